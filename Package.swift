@@ -1,0 +1,55 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "moe-tune",
+    products: [
+        .executable(name: "moe-tune", targets: ["moe-tune"]),
+        .library(name: "MoETune", targets: ["MoETune"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // OpenBLAS from Debian (libopenblas-dev): cblas_sgemm and the core-type switch.
+        .systemLibrary(
+            name: "COpenBLAS",
+            path: "Sources/COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // A C ABI over SentencePiece's C++ API; no C++ exception crosses into Swift.
+        .target(
+            name: "CSentencePiece",
+            path: "Sources/CSentencePiece",
+            cxxSettings: [.unsafeFlags(["-std=c++17"])],
+            linkerSettings: [.linkedLibrary("sentencepiece"), .linkedLibrary("stdc++")]
+        ),
+        .target(
+            name: "MoETune",
+            dependencies: [
+                "COpenBLAS",
+                "CSentencePiece",
+                .product(name: "Yams", package: "Yams"),
+            ],
+            path: "Sources/MoETune",
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        .executableTarget(
+            name: "moe-tune",
+            dependencies: [
+                "MoETune",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/moe-tune"
+        ),
+        .testTarget(
+            name: "MoETuneTests",
+            dependencies: ["MoETune"],
+            path: "Tests/MoETuneTests",
+            exclude: ["Fixtures"]
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

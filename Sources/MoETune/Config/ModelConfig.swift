@@ -1,0 +1,226 @@
+import Foundation
+
+/// The architecture of a Hugging Face Llama, Mistral or Mixtral checkpoint, read from
+/// its config.json. Field names are Hugging Face's; defaults are those of the
+/// transformers configuration class of each model_type where the file omits a field.
+public struct ModelConfig: Equatable, Sendable {
+    public enum Family: String, Sendable { case llama, mistral, mixtral }
+
+    public var family: Family
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var numLayers: Int
+    public var numHeads: Int
+    public var numKVHeads: Int
+    public var headDim: Int
+    public var rmsNormEps: Float
+    public var ropeTheta: Double
+    public var vocabSize: Int
+    public var tieWordEmbeddings: Bool
+    public var bosTokenId: Int32?
+    public var eosTokenIds: [Int32]
+    /// Experts per MoE layer; 0 for dense models.
+    public var numExperts: Int
+    public var expertsPerToken: Int
+    public var routerAuxLossCoef: Float
+    public var slidingWindow: Int?
+    public var maxPositionEmbeddings: Int
+
+    public var isMoE: Bool { numExperts > 0 }
+    public var qDim: Int { numHeads * headDim }
+    public var kvDim: Int { numKVHeads * headDim }
+
+    public init(
+        family: Family, hiddenSize: Int, intermediateSize: Int, numLayers: Int, numHeads: Int,
+        numKVHeads: Int, headDim: Int, rmsNormEps: Float, ropeTheta: Double, vocabSize: Int,
+        tieWordEmbeddings: Bool, bosTokenId: Int32?, eosTokenIds: [Int32], numExperts: Int,
+        expertsPerToken: Int, routerAuxLossCoef: Float, slidingWindow: Int?, maxPositionEmbeddings: Int
+    ) {
+        self.family = family; self.hiddenSize = hiddenSize; self.intermediateSize = intermediateSize
+        self.numLayers = numLayers; self.numHeads = numHeads; self.numKVHeads = numKVHeads
+        self.headDim = headDim; self.rmsNormEps = rmsNormEps; self.ropeTheta = ropeTheta
+        self.vocabSize = vocabSize; self.tieWordEmbeddings = tieWordEmbeddings
+        self.bosTokenId = bosTokenId; self.eosTokenIds = eosTokenIds; self.numExperts = numExperts
+        self.expertsPerToken = expertsPerToken; self.routerAuxLossCoef = routerAuxLossCoef
+        self.slidingWindow = slidingWindow; self.maxPositionEmbeddings = maxPositionEmbeddings
+    }
+
+    /// Reads and validates `dir/config.json`.
+    public static func load(directory: String) throws -> ModelConfig {
+        let path = (directory as NSString).appendingPathComponent("config.json")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw MoETuneError.file(path: path, message: "not found (is \(directory) a Hugging Face model folder?)")
+        }
+        return try parse(data, path: path)
+    }
+
+    public static func parse(_ data: Data, path: String) throws -> ModelConfig {
+        guard let obj = try? JSONSerialization.jsonObject(with: data), let json = obj as? [String: Any] else {
+            throw MoETuneError.file(path: path, message: "not a JSON object")
+        }
+        let r = FieldReader(json: json, path: path)
+        let typeName = try r.string("model_type")
+        guard let family = Family(rawValue: typeName) else {
+            throw MoETuneError.config(path: path, key: "model_type",
+                message: "unsupported model_type '\(typeName)' (supported: llama, mistral, mixtral)")
+        }
+        let hidden = try r.int("hidden_size")
+        let heads = try r.int("num_attention_heads")
+        guard hidden > 0, heads > 0 else {
+            throw MoETuneError.config(path: path, key: "hidden_size", message: "hidden_size and num_attention_heads must be positive")
+        }
+        let kvHeads = try r.optionalInt("num_key_value_heads") ?? heads
+        let headDim = try r.optionalInt("head_dim") ?? hidden / heads
+        guard kvHeads > 0, heads % kvHeads == 0 else {
+            throw MoETuneError.config(path: path, key: "num_key_value_heads",
+                message: "\(kvHeads) does not divide num_attention_heads \(heads)")
+        }
+        guard headDim > 0, headDim % 2 == 0 else {
+            throw MoETuneError.config(path: path, key: "head_dim", message: "must be a positive even number, got \(headDim)")
+        }
+        if let act = try r.optionalString("hidden_act"), act != "silu" {
+            throw MoETuneError.config(path: path, key: "hidden_act", message: "only silu is supported, got '\(act)'")
+        }
+        for key in ["attention_bias", "mlp_bias"] where try r.optionalBool(key) == true {
+            throw MoETuneError.config(path: path, key: key, message: "biases in linear layers are not supported")
+        }
+        // rope_theta sits at the top level in older files and in rope_parameters in newer ones.
+        var theta = try r.optionalDouble("rope_theta")
+        if let params = json["rope_parameters"] as? [String: Any] {
+            let sub = FieldReader(json: params, path: path, prefix: "rope_parameters.")
+            if let t = try sub.optionalDouble("rope_theta") { theta = t }
+            if let kind = try sub.optionalString("rope_type"), kind != "default" {
+                throw MoETuneError.config(path: path, key: "rope_parameters.rope_type",
+                    message: "RoPE scaling '\(kind)' is not supported yet")
+            }
+        }
+        if let scaling = json["rope_scaling"], !(scaling is NSNull) {
+            let kind = (scaling as? [String: Any])?["rope_type"] ?? (scaling as? [String: Any])?["type"] ?? "?"
+            if "\(kind)" != "default" {
+                throw MoETuneError.config(path: path, key: "rope_scaling", message: "RoPE scaling '\(kind)' is not supported yet")
+            }
+        }
+        let isMoE = family == .mixtral
+        let eos: [Int32]
+        if let list = json["eos_token_id"] as? [Any] {
+            eos = try list.map { v in
+                guard let n = v as? NSNumber else {
+                    throw MoETuneError.config(path: path, key: "eos_token_id", message: "expected integers")
+                }
+                return n.int32Value
+            }
+        } else {
+            eos = try r.optionalInt("eos_token_id").map { [Int32($0)] } ?? [2]
+        }
+        var config = ModelConfig(
+            family: family,
+            hiddenSize: hidden,
+            intermediateSize: try r.int("intermediate_size"),
+            numLayers: try r.int("num_hidden_layers"),
+            numHeads: heads,
+            numKVHeads: kvHeads,
+            headDim: headDim,
+            rmsNormEps: Float(try r.optionalDouble("rms_norm_eps") ?? (family == .mixtral ? 1e-5 : 1e-6)),
+            ropeTheta: theta ?? (family == .mixtral ? 1e6 : 10000),
+            vocabSize: try r.int("vocab_size"),
+            tieWordEmbeddings: try r.optionalBool("tie_word_embeddings") ?? false,
+            bosTokenId: try r.optionalInt("bos_token_id").map(Int32.init) ?? 1,
+            eosTokenIds: eos,
+            numExperts: isMoE ? (try r.optionalInt("num_local_experts") ?? 8) : 0,
+            expertsPerToken: isMoE ? (try r.optionalInt("num_experts_per_tok") ?? 2) : 0,
+            routerAuxLossCoef: Float(try r.optionalDouble("router_aux_loss_coef") ?? 0.001),
+            slidingWindow: try r.optionalInt("sliding_window"),
+            maxPositionEmbeddings: try r.optionalInt("max_position_embeddings") ?? 4096)
+        if config.family == .llama { config.slidingWindow = nil }
+        for (key, value) in [("intermediate_size", config.intermediateSize), ("num_hidden_layers", config.numLayers),
+                             ("vocab_size", config.vocabSize)] where value <= 0 {
+            throw MoETuneError.config(path: path, key: key, message: "must be positive, got \(value)")
+        }
+        if isMoE {
+            guard config.numExperts > 0 else {
+                throw MoETuneError.config(path: path, key: "num_local_experts", message: "must be positive")
+            }
+            guard (1...config.numExperts).contains(config.expertsPerToken) else {
+                throw MoETuneError.config(path: path, key: "num_experts_per_tok",
+                    message: "must be between 1 and num_local_experts (\(config.numExperts)), got \(config.expertsPerToken)")
+            }
+        }
+        return config
+    }
+
+    /// Refuses a sequence length at which the sliding window would change attention.
+    public func checkSequenceLength(_ length: Int) throws {
+        if let w = slidingWindow, w < length {
+            throw MoETuneError.invalid(
+                "sliding_window \(w) is shorter than the sequence length \(length); sliding-window attention is not supported yet: use a max_seq_len of at most \(w)")
+        }
+    }
+}
+
+/// Typed access to config.json fields with errors that name the key.
+struct FieldReader {
+    let json: [String: Any]
+    let path: String
+    var prefix = ""
+
+    private func value(_ key: String) -> Any? {
+        guard let v = json[key], !(v is NSNull) else { return nil }
+        return v
+    }
+
+    private func number(_ key: String) throws -> NSNumber? {
+        guard let v = value(key) else { return nil }
+        guard let n = v as? NSNumber, !(CFGetTypeIDIsBool(n)) else {
+            throw MoETuneError.config(path: path, key: prefix + key, message: "expected a number, got \(v)")
+        }
+        return n
+    }
+
+    func int(_ key: String) throws -> Int {
+        guard let v = try optionalInt(key) else {
+            throw MoETuneError.config(path: path, key: prefix + key, message: "required field is missing")
+        }
+        return v
+    }
+
+    func optionalInt(_ key: String) throws -> Int? {
+        guard let n = try number(key) else { return nil }
+        let d = n.doubleValue
+        guard d == d.rounded(), abs(d) < 1e15 else {
+            throw MoETuneError.config(path: path, key: prefix + key, message: "expected an integer, got \(n)")
+        }
+        return Int(d)
+    }
+
+    func optionalDouble(_ key: String) throws -> Double? { try number(key)?.doubleValue }
+
+    func string(_ key: String) throws -> String {
+        guard let v = try optionalString(key) else {
+            throw MoETuneError.config(path: path, key: prefix + key, message: "required field is missing")
+        }
+        return v
+    }
+
+    func optionalString(_ key: String) throws -> String? {
+        guard let v = value(key) else { return nil }
+        guard let s = v as? String else {
+            throw MoETuneError.config(path: path, key: prefix + key, message: "expected a string, got \(v)")
+        }
+        return s
+    }
+
+    func optionalBool(_ key: String) throws -> Bool? {
+        guard let v = value(key) else { return nil }
+        guard let n = v as? NSNumber, CFGetTypeIDIsBool(n) else {
+            throw MoETuneError.config(path: path, key: prefix + key, message: "expected true or false, got \(v)")
+        }
+        return n.boolValue
+    }
+}
+
+/// On Linux Foundation, JSON booleans arrive as NSNumber too; tell them apart.
+@inline(__always)
+func CFGetTypeIDIsBool(_ n: NSNumber) -> Bool {
+    // swift-corelibs-foundation bridges JSON true/false to NSNumber with objCType "c".
+    String(cString: n.objCType) == "c" && (n == true as NSNumber || n == false as NSNumber)
+}

@@ -1,0 +1,130 @@
+import Foundation
+
+/// One training or evaluation example after tokenization: the full token sequence and,
+/// per position j, whether predicting token j (from tokens 0..<j) counts toward the loss.
+public struct Example: Sendable {
+    public var tokens: [Int32]
+    public var counted: [Bool]
+    /// Line in the source file (1-based), for messages.
+    public var line: Int
+    /// Length of the prompt part (tokens that are context, not targets) before masking
+    /// options were applied; equals 0 for plain text.
+    public var promptLength: Int
+    /// Optional "task" field of the line, for per-task breakdowns.
+    public var task: String?
+
+    public var countedTokens: Int { counted.dropFirst().reduce(0) { $0 + ($1 ? 1 : 0) } }
+}
+
+/// How a data line becomes text and which part is trained on. The JSONL formats of
+/// DESIGN.md section 2.
+public enum ExampleFormat: String, Sendable {
+    case text, promptCompletion = "prompt_completion", alpaca
+
+    /// Detects the format from the keys of one line.
+    static func detect(_ object: [String: Any]) -> ExampleFormat? {
+        if object["text"] != nil { return .text }
+        if object["prompt"] != nil || object["completion"] != nil { return .promptCompletion }
+        if object["instruction"] != nil || object["output"] != nil { return .alpaca }
+        return nil
+    }
+}
+
+public struct DataOptions: Sendable {
+    /// Longer examples keep their first maxSeqLen tokens (and are counted as truncated).
+    public var maxSeqLen: Int
+    /// Count prompt tokens as targets too.
+    public var trainOnInputs: Bool
+
+    public init(maxSeqLen: Int = 2048, trainOnInputs: Bool = false) {
+        self.maxSeqLen = maxSeqLen
+        self.trainOnInputs = trainOnInputs
+    }
+}
+
+/// A tokenized data file.
+public struct Dataset: Sendable {
+    public var path: String
+    public var examples: [Example]
+    /// Examples cut at maxSeqLen.
+    public var truncated: Int
+
+    public var countedTokens: Int { examples.reduce(0) { $0 + $1.countedTokens } }
+
+    /// Reads and tokenizes every line of `path`. Any bad line is an error naming the
+    /// file and line; nothing is dropped silently.
+    public static func load(path: String, tokenizer: Tokenizer, vocabSize: Int, options: DataOptions) throws -> Dataset {
+        let rows = try JSONL.readObjects(path: path)
+        guard !rows.isEmpty else { throw MoETuneError.file(path: path, message: "data file has no examples") }
+        var examples: [Example] = []
+        var truncated = 0
+        examples.reserveCapacity(rows.count)
+        for (line, object) in rows {
+            var ex = try tokenize(object, path: path, line: line, tokenizer: tokenizer, options: options)
+            if let bad = ex.tokens.first(where: { Int($0) >= vocabSize || $0 < 0 }) {
+                throw MoETuneError.line(path: path, line: line,
+                    message: "token id \(bad) is outside the model's vocabulary of \(vocabSize)")
+            }
+            if ex.tokens.count > options.maxSeqLen {
+                ex.tokens.removeLast(ex.tokens.count - options.maxSeqLen)
+                ex.counted.removeLast(ex.counted.count - options.maxSeqLen)
+                truncated += 1
+            }
+            examples.append(ex)
+        }
+        return Dataset(path: path, examples: examples, truncated: truncated)
+    }
+
+    static func tokenize(_ object: [String: Any], path: String, line: Int, tokenizer: Tokenizer,
+                         options: DataOptions) throws -> Example {
+        func field(_ key: String, required: Bool = true) throws -> String? {
+            guard let v = object[key], !(v is NSNull) else {
+                if required { throw MoETuneError.line(path: path, line: line, message: "missing field \"\(key)\"") }
+                return nil
+            }
+            guard let s = v as? String else {
+                throw MoETuneError.line(path: path, line: line, message: "field \"\(key)\" must be a string")
+            }
+            return s
+        }
+        let task = object["task"] as? String
+        guard let format = ExampleFormat.detect(object) else {
+            let keys = object.keys.sorted().joined(separator: ", ")
+            throw MoETuneError.line(path: path, line: line,
+                message: "no known fields (found: \(keys)); expected \"text\", \"prompt\"+\"completion\" or \"instruction\"+\"output\"")
+        }
+        let bos = tokenizer.bosId, eos = tokenizer.eosId
+        switch format {
+        case .text:
+            let text = try field("text")!
+            let tokens = [bos] + (try tokenizer.encode(text)) + [eos]
+            return Example(tokens: tokens, counted: [false] + Array(repeating: true, count: tokens.count - 1),
+                           line: line, promptLength: 1, task: task)
+        case .promptCompletion, .alpaca:
+            let prompt: String, completion: String
+            if format == .promptCompletion {
+                prompt = try field("prompt")!
+                completion = try field("completion")!
+            } else {
+                prompt = AlpacaTemplate.prompt(instruction: try field("instruction")!, input: try field("input", required: false))
+                completion = try field("output")!
+            }
+            let p = [bos] + (try tokenizer.encode(prompt))
+            let cpl = (try tokenizer.encode(completion)) + [eos]
+            let tokens = p + cpl
+            var counted = Array(repeating: options.trainOnInputs, count: p.count) + Array(repeating: true, count: cpl.count)
+            counted[0] = false
+            return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task)
+        }
+    }
+}
+
+/// The Stanford Alpaca prompt template.
+public enum AlpacaTemplate {
+    public static func prompt(instruction: String, input: String?) -> String {
+        if let input, !input.isEmpty {
+            return "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n\(instruction)\n\n### Input:\n\(input)\n\n### Response:\n"
+        }
+        return "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n\(instruction)\n\n### Response:\n"
+    }
+}

@@ -1,0 +1,33 @@
+/// A right-padded batch of token sequences, laid out [B, T] row-major.
+/// targets[b*T + t] is the token to predict after position t, or -1 where no
+/// prediction counts (padding, the last position, masked prompt tokens).
+public struct TokenBatch: Sendable {
+    public var batch: Int
+    public var seq: Int
+    public var ids: [Int32]
+    public var targets: [Int32]
+    /// Unpadded length of each sequence.
+    public var lengths: [Int]
+
+    public init(batch: Int, seq: Int, ids: [Int32], targets: [Int32], lengths: [Int]) {
+        precondition(ids.count == batch * seq && targets.count == batch * seq && lengths.count == batch)
+        self.batch = batch; self.seq = seq; self.ids = ids; self.targets = targets; self.lengths = lengths
+    }
+
+    /// Builds a batch from token sequences and, for each, which of its tokens count as
+    /// predictions (counted[j] == true: predicting token j from tokens 0..<j counts).
+    /// Padding uses token `pad` and never counts. Sequences must be non-empty.
+    public init(sequences: [[Int32]], counted: [[Bool]], pad: Int32 = 0) {
+        let b = sequences.count
+        let t = max(1, sequences.map(\.count).max() ?? 1)
+        var ids = [Int32](repeating: pad, count: b * t)
+        var targets = [Int32](repeating: -1, count: b * t)
+        for (i, s) in sequences.enumerated() {
+            for (j, tok) in s.enumerated() { ids[i * t + j] = tok }
+            for j in 1..<max(1, s.count) where counted[i][j] { targets[i * t + j - 1] = s[j] }
+        }
+        self.init(batch: b, seq: t, ids: ids, targets: targets, lengths: sequences.map(\.count))
+    }
+
+    public var countedTokens: Int { targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+}

@@ -1,0 +1,40 @@
+import Foundation
+
+/// Mean next-token cross-entropy of a model over a data set.
+public struct EvalResult: Codable, Sendable {
+    public var loss: Double
+    public var perplexity: Double
+    public var tokens: Int
+    public var examples: Int
+    public var truncated: Int
+    public var seconds: Double
+}
+
+public enum Evaluator {
+    /// Runs the model over every example, batched by similar length. `progress` gets
+    /// (examples done, examples total) after each batch.
+    public static func evaluate(model: Transformer, dataset: Dataset, batchSize: Int,
+                                progress: ((Int, Int) -> Void)? = nil) throws -> EvalResult {
+        guard batchSize > 0 else { throw MoETuneError.invalid("--batch-size must be at least 1") }
+        let start = Date()
+        let batches = lengthGroupedBatches(dataset.examples, batchSize: batchSize)
+        let longest = dataset.examples.map(\.tokens.count).max() ?? 1
+        let state = ForwardState(config: model.config, batch: min(batchSize, dataset.examples.count),
+                                 seq: longest, training: false)
+        var lossSum = 0.0
+        var count = 0
+        var done = 0
+        for indices in batches {
+            let batch = TokenBatch(examples: indices.map { dataset.examples[$0] })
+            let r = try model.forward(batch, state: state)
+            lossSum += r.sum
+            count += r.count
+            done += indices.count
+            progress?(done, dataset.examples.count)
+        }
+        let loss = count > 0 ? lossSum / Double(count) : .nan
+        return EvalResult(loss: loss, perplexity: Foundation.exp(loss), tokens: count,
+                          examples: dataset.examples.count, truncated: dataset.truncated,
+                          seconds: Date().timeIntervalSince(start))
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+
+/// A Hugging Face model folder: config.json plus model.safetensors, or shards listed in
+/// model.safetensors.index.json. Files are memory-mapped; an aligned F32 tensor is
+/// used in place, other dtypes are converted to fp32 once (so nothing is copied twice).
+public final class Checkpoint: @unchecked Sendable {
+    public let directory: String
+    public let config: ModelConfig
+    private let files: [SafeTensorsFile]
+    private let location: [String: (file: Int, info: TensorInfo)]
+    private var converted: [FloatBuffer] = []
+
+    public init(directory: String) throws {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
+            throw MoETuneError.file(path: directory, message: "model folder not found")
+        }
+        self.directory = directory
+        config = try ModelConfig.load(directory: directory)
+        let single = (directory as NSString).appendingPathComponent("model.safetensors")
+        let indexPath = (directory as NSString).appendingPathComponent("model.safetensors.index.json")
+        var fileNames: [String] = []
+        var expected: [String: String] = [:]
+        if FileManager.default.fileExists(atPath: indexPath) {
+            guard let data = FileManager.default.contents(atPath: indexPath),
+                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let map = obj["weight_map"] as? [String: String]
+            else { throw MoETuneError.file(path: indexPath, message: "not a safetensors index (no weight_map object)") }
+            expected = map
+            fileNames = Array(Set(map.values)).sorted()
+        } else if FileManager.default.fileExists(atPath: single) {
+            fileNames = ["model.safetensors"]
+        } else {
+            throw MoETuneError.file(path: directory, message: "no model.safetensors or model.safetensors.index.json")
+        }
+        var files: [SafeTensorsFile] = []
+        var location: [String: (file: Int, info: TensorInfo)] = [:]
+        for name in fileNames {
+            let path = (directory as NSString).appendingPathComponent(name)
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw MoETuneError.file(path: indexPath, message: "shard \(name) is listed but missing")
+            }
+            let f = try SafeTensorsFile(path: path)
+            for (tname, info) in f.tensors { location[tname] = (files.count, info) }
+            files.append(f)
+        }
+        for (tname, file) in expected where location[tname] == nil {
+            throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is listed in \(file) but not stored there")
+        }
+        self.files = files
+        self.location = location
+    }
+
+    public var tensorNames: [String] { Array(location.keys) }
+
+    public func contains(_ name: String) -> Bool { location[name] != nil }
+
+    public func info(_ name: String) -> TensorInfo? { location[name]?.info }
+
+    /// The file holding `name`, for error messages.
+    public func path(of name: String) -> String {
+        location[name].map { files[$0.file].path } ?? directory
+    }
+
+    /// An fp32 view of tensor `name`, checked against `shape`. Valid while this
+    /// checkpoint lives.
+    public func floats(_ name: String, shape: [Int]) throws -> UnsafePointer<Float> {
+        guard let (fileIndex, info) = location[name] else {
+            throw MoETuneError.file(path: directory, message: "tensor '\(name)' not found in the checkpoint")
+        }
+        let file = files[fileIndex]
+        guard info.shape == shape else {
+            throw MoETuneError.file(path: file.path,
+                message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
+        }
+        let bytes = file.bytes(of: info)
+        if info.dtype == .f32, Int(bitPattern: bytes.baseAddress) % MemoryLayout<Float>.alignment == 0 {
+            return bytes.baseAddress!.assumingMemoryBound(to: Float.self)
+        }
+        let buffer = FloatBuffer(count: info.count, zeroed: false)
+        guard FloatConversion.toFloat(bytes.baseAddress!, dtype: info.dtype, count: info.count, into: buffer.pointer) else {
+            throw MoETuneError.file(path: file.path,
+                message: "tensor '\(name)' has dtype \(info.dtype.rawValue); model weights must be F32, F16 or BF16")
+        }
+        file.release(info)
+        converted.append(buffer)
+        return UnsafePointer(buffer.pointer)
+    }
+
+    /// Like `floats` for a [rows, cols] weight.
+    public func matrix(_ name: String, rows: Int, cols: Int) throws -> Matrix {
+        Matrix(try floats(name, shape: [rows, cols]), rows: rows, cols: cols)
+    }
+}

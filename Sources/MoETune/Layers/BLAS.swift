@@ -1,0 +1,98 @@
+import COpenBLAS
+import Foundation
+
+/// The one entry point for matrix products in moe-tune. Every GEMM goes through
+/// `BLAS.gemm`, so the backend can change in one place.
+///
+/// OpenBLAS selection: Debian's OpenBLAS 0.3.21 (DYNAMIC_ARCH) does not recognise
+/// recent AVX-512 CPUs and falls back to its Haswell (AVX2) kernels, about half the
+/// speed of its SkylakeX kernels on transformer shapes; some environments also export
+/// OPENBLAS_CORETYPE=Haswell. OpenBLAS reads that variable only in its load-time
+/// constructor, before main() runs, but it exports its dispatcher
+/// (gotoblas_dynamic_quit / gotoblas_dynamic_init). So on first use moe-tune checks the
+/// CPU itself and, when it has the AVX-512 subsets the SkylakeX kernels need, re-runs
+/// the dispatcher with OPENBLAS_CORETYPE=SkylakeX. On other CPUs it leaves OpenBLAS's
+/// choice alone. MOE_TUNE_BLAS_CORETYPE=NAME forces a core type (e.g. Haswell, to
+/// measure without the switch); MOE_TUNE_BLAS_CORETYPE=keep keeps OpenBLAS's choice.
+public enum BLAS {
+    public enum Transpose { case none, transpose }
+
+    /// What `ensureInitialized` did, for reports and the bench command.
+    public struct Selection: Sendable {
+        public let coreBefore: String
+        public let core: String
+        public let switched: Bool
+        public let cpuHasAVX512: Bool
+    }
+
+    private static let selectionOnce: Selection = selectKernels()
+
+    /// Idempotent; called by every gemm (cheap after the first call).
+    @discardableResult
+    public static func ensureInitialized() -> Selection { selectionOnce }
+
+    private static func corename() -> String {
+        guard let p = openblas_get_corename() else { return "unknown" }
+        return String(cString: p)
+    }
+
+    private static func selectKernels() -> Selection {
+        let before = corename()
+        let avx512 = cpuSupportsSkylakeXKernels()
+        let request = ProcessInfo.processInfo.environment["MOE_TUNE_BLAS_CORETYPE"] ?? "auto"
+        let target: String?
+        switch request.lowercased() {
+        case "keep": target = nil
+        case "auto", "": target = avx512 ? "SkylakeX" : nil
+        default: target = request
+        }
+        var switched = false
+        if let target, target.lowercased() != before.lowercased() {
+            setenv("OPENBLAS_CORETYPE", target, 1)
+            gotoblas_dynamic_quit()
+            gotoblas_dynamic_init()
+            switched = true
+        }
+        return Selection(coreBefore: before, core: corename(), switched: switched, cpuHasAVX512: avx512)
+    }
+
+    /// AVX-512 F, CD, BW, DQ and VL: what OpenBLAS's SkylakeX kernels execute.
+    static func cpuSupportsSkylakeXKernels() -> Bool {
+        #if arch(x86_64)
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let flagsLine = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return false }
+        let flags = Set(flagsLine.split(separator: " ").map(String.init))
+        return ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains)
+        #else
+        return false
+        #endif
+    }
+
+    public static func setThreads(_ n: Int) {
+        ensureInitialized()
+        openblas_set_num_threads(Int32(n))
+    }
+
+    /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, with leading dimensions
+    /// (row strides) lda, ldb, ldc. op(A) is [m, k], op(B) is [k, n].
+    @inline(__always)
+    public static func gemm(
+        _ transA: Transpose, _ transB: Transpose,
+        m: Int, n: Int, k: Int,
+        alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0,
+        c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        _ = selectionOnce
+        cblas_sgemm(
+            CblasRowMajor,
+            transA == .none ? CblasNoTrans : CblasTrans,
+            transB == .none ? CblasNoTrans : CblasTrans,
+            Int32(m), Int32(n), Int32(k), alpha,
+            a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+}

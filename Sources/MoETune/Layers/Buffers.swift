@@ -1,0 +1,59 @@
+import Foundation
+
+/// An owned, 64-byte aligned, fixed-size buffer of Float. Activations, gradients and
+/// converted weights live in these; the hot path only slices them.
+public final class FloatBuffer: @unchecked Sendable {
+    public let pointer: UnsafeMutablePointer<Float>
+    public let count: Int
+
+    public init(count: Int, zeroed: Bool = true) {
+        self.count = count
+        var raw: UnsafeMutableRawPointer?
+        let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
+            fatalError("out of memory allocating \(bytes) bytes")
+        }
+        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        if zeroed { pointer.initialize(repeating: 0, count: max(count, 1)) }
+    }
+
+    deinit { free(pointer) }
+
+    public func zero() { pointer.update(repeating: 0, count: count) }
+
+    public subscript(i: Int) -> Float {
+        get { pointer[i] }
+        set { pointer[i] = newValue }
+    }
+
+    public var array: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
+}
+
+/// A read-only row-major matrix view [rows, cols] over weights owned elsewhere.
+public struct Matrix: @unchecked Sendable {
+    public let pointer: UnsafePointer<Float>
+    public let rows: Int
+    public let cols: Int
+
+    public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int) {
+        self.pointer = pointer
+        self.rows = rows
+        self.cols = cols
+    }
+}
+
+/// Splits `0..<count` into one contiguous chunk per core and runs them in parallel.
+/// The body gets a half-open range. Falls back to a plain call for small work.
+@inline(__always)
+public func parallelChunks(_ count: Int, minChunk: Int = 16, _ body: (Range<Int>) -> Void) {
+    let workers = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / minChunk))
+    if workers <= 1 {
+        body(0..<count)
+        return
+    }
+    let per = (count + workers - 1) / workers
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        let lo = w * per, hi = min(count, lo + per)
+        if lo < hi { body(lo..<hi) }
+    }
+}

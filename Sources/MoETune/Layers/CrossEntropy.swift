@@ -1,0 +1,28 @@
+import Foundation
+
+/// Next-token cross-entropy over N rows of logits [N, V].
+/// targets [N]: the id to predict at each row, or -1 where no prediction counts.
+/// losses [N] receives each row's loss (0 where ignored). Returns (sum of losses, count).
+/// The sum is accumulated in Double so means over many tokens stay exact to fp32.
+public func crossEntropyForward(losses: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>,
+                                targets: UnsafePointer<Int32>, rows n: Int, vocab v: Int) -> (sum: Double, count: Int) {
+    parallelChunks(n, minChunk: 8) { range in
+        for i in range {
+            let tgt = Int(targets[i])
+            guard tgt >= 0 else { losses[i] = 0; continue }
+            let row = logits + i * v
+            var m = -Float.infinity
+            for j in 0..<v { m = max(m, row[j]) }
+            var sum: Float = 0
+            for j in 0..<v { sum += Foundation.exp(row[j] - m) }
+            losses[i] = m + Foundation.log(sum) - row[tgt]
+        }
+    }
+    var total = 0.0
+    var count = 0
+    for i in 0..<n where targets[i] >= 0 {
+        total += Double(losses[i])
+        count += 1
+    }
+    return (total, count)
+}

@@ -1,0 +1,9 @@
+/// A linear layer without bias, weight stored [out, in] as in Hugging Face checkpoints.
+/// y [N, out] = x [N, in] W^T  (beta = 1 accumulates into y).
+@inline(__always)
+public func linearForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int,
+                          weight w: Matrix, accumulate: Bool = false) {
+    BLAS.gemm(.none, .transpose, m: n, n: w.rows, k: w.cols,
+              a: x, lda: w.cols, b: w.pointer, ldb: w.cols,
+              beta: accumulate ? 1 : 0, c: y, ldc: w.rows)
+}

@@ -1,0 +1,66 @@
+/// Weights of one SwiGLU feed-forward: the dense Llama MLP or one Mixtral expert.
+/// gate (w1) [I, H], up (w3) [I, H], down (w2) [H, I].
+public struct FeedForwardWeights: @unchecked Sendable {
+    public var gate: Matrix
+    public var up: Matrix
+    public var down: Matrix
+}
+
+/// Scratch for the expert computation over the N*k routed assignments.
+public struct ExpertBuffers {
+    public let xe: FloatBuffer    // [N*k, H] inputs gathered in expert order
+    public let gate: FloatBuffer  // [N*k, I]
+    public let up: FloatBuffer    // [N*k, I]
+    public let act: FloatBuffer   // [N*k, I] silu(gate) * up
+    public let ye: FloatBuffer    // [N*k, H] expert outputs before the routing weight
+
+    public init(assignments: Int, hidden: Int, inter: Int) {
+        xe = FloatBuffer(count: assignments * hidden)
+        gate = FloatBuffer(count: assignments * inter)
+        up = FloatBuffer(count: assignments * inter)
+        act = FloatBuffer(count: assignments * inter)
+        ye = FloatBuffer(count: assignments * hidden)
+    }
+}
+
+/// Dense SwiGLU MLP: out [N, H] (+)= (silu(x Wg^T) * (x Wu^T)) Wd^T.
+/// gate/up/act [N, I] are kept for the backward pass.
+public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int,
+                        weights w: FeedForwardWeights,
+                        gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>,
+                        act: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    linearForward(y: gate, x: x, rows: n, weight: w.gate)
+    linearForward(y: up, x: x, rows: n, weight: w.up)
+    swigluForward(out: act, gate: gate, up: up, count: n * w.gate.rows)
+    linearForward(y: out, x: act, rows: n, weight: w.down, accumulate: accumulate)
+}
+
+/// Mixtral sparse MoE block, dropless:
+///   out[i, :] += sum over the k experts e chosen for token i of weight(i, e) * FFN_e(x[i, :]).
+/// x [N, H]; routing already done (RoutingBuffers); each expert runs one matrix product
+/// over its gathered tokens.
+public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, hidden h: Int,
+                       experts: [FeedForwardWeights], routing r: RoutingBuffers, scratch s: ExpertBuffers) {
+    let total = n * r.k
+    // Gather token rows into expert order.
+    parallelChunks(total, minChunk: 64) { range in
+        for a in range {
+            (s.xe.pointer + a * h).update(from: x + Int(r.assignToken[a]) * h, count: h)
+        }
+    }
+    for (e, w) in experts.enumerated() {
+        let start = r.expertStart[e], count = r.count(of: e)
+        if count == 0 { continue }
+        let inter = w.gate.rows
+        feedForward(out: s.ye.pointer + start * h, x: s.xe.pointer + start * h, rows: count, weights: w,
+                    gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
+                    act: s.act.pointer + start * inter, accumulate: false)
+    }
+    // Scatter-add with the routing weights; serial, because two assignments may share a token.
+    for a in 0..<total {
+        let token = Int(r.assignToken[a])
+        let weight = r.topWeight[token * r.k + Int(r.assignSlot[a])]
+        let src = s.ye.pointer + a * h, dst = out + token * h
+        for j in 0..<h { dst[j] += weight * src[j] }
+    }
+}

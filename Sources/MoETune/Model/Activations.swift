@@ -1,0 +1,96 @@
+/// Activations of one decoder layer for a batch of up to N = B*T tokens. Kept per layer
+/// when training (the backward pass reads them), shared by all layers in inference.
+public final class LayerActivations {
+    public let ln1: FloatBuffer      // [N, H] input_layernorm output
+    public let rstd1: FloatBuffer    // [N]
+    public let q: FloatBuffer        // [N, nH*D] after RoPE
+    public let k: FloatBuffer        // [N, nKV*D] after RoPE
+    public let v: FloatBuffer        // [N, nKV*D]
+    public let probs: FloatBuffer    // [B, nH, T, T]
+    public let attn: FloatBuffer     // [N, nH*D] attention output before o_proj
+    public let ln2: FloatBuffer      // [N, H] post_attention_layernorm output
+    public let rstd2: FloatBuffer    // [N]
+    // Dense MLP
+    public let gate: FloatBuffer?    // [N, I]
+    public let up: FloatBuffer?      // [N, I]
+    public let act: FloatBuffer?     // [N, I]
+    // Mixtral MoE
+    public let routing: RoutingBuffers?
+    public let experts: ExpertBuffers?
+
+    init(config c: ModelConfig, batch b: Int, seq t: Int) {
+        let n = b * t, h = c.hiddenSize
+        ln1 = FloatBuffer(count: n * h)
+        rstd1 = FloatBuffer(count: n)
+        q = FloatBuffer(count: n * c.qDim)
+        k = FloatBuffer(count: n * c.kvDim)
+        v = FloatBuffer(count: n * c.kvDim)
+        probs = FloatBuffer(count: b * c.numHeads * t * t)
+        attn = FloatBuffer(count: n * c.qDim)
+        ln2 = FloatBuffer(count: n * h)
+        rstd2 = FloatBuffer(count: n)
+        if c.isMoE {
+            gate = nil; up = nil; act = nil
+            routing = RoutingBuffers(tokens: n, experts: c.numExperts, k: c.expertsPerToken)
+            experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.intermediateSize)
+        } else {
+            gate = FloatBuffer(count: n * c.intermediateSize)
+            up = FloatBuffer(count: n * c.intermediateSize)
+            act = FloatBuffer(count: n * c.intermediateSize)
+            routing = nil; experts = nil
+        }
+    }
+
+    deinit { routing?.deallocate() }
+}
+
+/// Everything a forward pass writes, allocated once for a capacity of B sequences of up
+/// to T tokens and reused for every batch that fits (the hot path allocates nothing).
+public final class ForwardState {
+    public let batchCapacity: Int
+    public let seqCapacity: Int
+    /// residual[l] is the input of layer l; residual[L] the output of the last layer.
+    /// In inference only two alternate.
+    public let residual: [FloatBuffer]  // each [N, H]
+    /// mids[l]: the residual after layer l's attention block, [N, H].
+    public let mids: [FloatBuffer]
+    public let layers: [LayerActivations]
+    public let lnF: FloatBuffer         // [N, H] final norm output
+    public let rstdF: FloatBuffer       // [N]
+    public let logits: FloatBuffer      // [N, V]
+    public let losses: FloatBuffer      // [N]
+    public let ids: UnsafeMutablePointer<Int32>
+    public let targets: UnsafeMutablePointer<Int32>
+    public let keepsAllLayers: Bool
+
+    public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool) {
+        batchCapacity = b
+        seqCapacity = t
+        keepsAllLayers = training
+        let n = b * t
+        let copies = training ? c.numLayers : 1
+        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t) }
+        residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
+        mids = (0..<copies).map { _ in FloatBuffer(count: n * c.hiddenSize) }
+        lnF = FloatBuffer(count: n * c.hiddenSize)
+        rstdF = FloatBuffer(count: n)
+        logits = FloatBuffer(count: n * c.vocabSize)
+        losses = FloatBuffer(count: n)
+        ids = .allocate(capacity: n)
+        targets = .allocate(capacity: n)
+    }
+
+    deinit {
+        ids.deallocate()
+        targets.deallocate()
+    }
+
+    func fits(_ batch: TokenBatch) -> Bool {
+        batch.batch * batch.seq <= batchCapacity * seqCapacity && batch.batch <= batchCapacity && batch.seq <= seqCapacity
+    }
+
+    func layer(_ l: Int) -> LayerActivations { layers[keepsAllLayers ? l : 0] }
+    func midBuffer(_ l: Int) -> FloatBuffer { mids[keepsAllLayers ? l : 0] }
+    func residualIn(_ l: Int) -> FloatBuffer { residual[keepsAllLayers ? l : l % 2] }
+    func residualOut(_ l: Int) -> FloatBuffer { residual[keepsAllLayers ? l + 1 : (l + 1) % 2] }
+}

@@ -1,0 +1,97 @@
+import Foundation
+
+/// Frozen base weights of one decoder layer.
+public struct LayerWeights: @unchecked Sendable {
+    public var inputNorm: UnsafePointer<Float>      // [H]
+    public var postAttentionNorm: UnsafePointer<Float>  // [H]
+    public var q: Matrix   // [nH*D, H]
+    public var k: Matrix   // [nKV*D, H]
+    public var v: Matrix   // [nKV*D, H]
+    public var o: Matrix   // [H, nH*D]
+    /// Dense models.
+    public var mlp: FeedForwardWeights?
+    /// Mixtral: router [E, H] and the experts.
+    public var router: Matrix?
+    public var experts: [FeedForwardWeights]
+}
+
+/// A Llama/Mistral/Mixtral decoder with its weights, read from a Hugging Face folder.
+public final class Transformer: @unchecked Sendable {
+    public let config: ModelConfig
+    public let checkpoint: Checkpoint
+    public let embed: Matrix        // [V, H]
+    public let finalNorm: UnsafePointer<Float>
+    public let lmHead: Matrix       // [V, H]; the embedding when tied
+    public let layers: [LayerWeights]
+    public let rope: RoPETable
+
+    public static func load(directory: String) throws -> Transformer {
+        try Transformer(checkpoint: Checkpoint(directory: directory))
+    }
+
+    public init(checkpoint ck: Checkpoint) throws {
+        let c = ck.config
+        config = c
+        checkpoint = ck
+        let h = c.hiddenSize
+        embed = try ck.matrix(WeightNames.embedTokens, rows: c.vocabSize, cols: h)
+        finalNorm = try ck.floats(WeightNames.finalNorm, shape: [h])
+        if c.tieWordEmbeddings || !ck.contains(WeightNames.lmHead) {
+            guard c.tieWordEmbeddings else {
+                throw MoETuneError.file(path: ck.directory,
+                    message: "tensor '\(WeightNames.lmHead)' not found and tie_word_embeddings is false")
+            }
+            lmHead = embed
+        } else {
+            lmHead = try ck.matrix(WeightNames.lmHead, rows: c.vocabSize, cols: h)
+        }
+        var layers: [LayerWeights] = []
+        for l in 0..<c.numLayers {
+            let attn = { (p: String, rows: Int, cols: Int) in try ck.matrix(WeightNames.attention(l, p), rows: rows, cols: cols) }
+            var lw = LayerWeights(
+                inputNorm: try ck.floats(WeightNames.inputNorm(l), shape: [h]),
+                postAttentionNorm: try ck.floats(WeightNames.postAttentionNorm(l), shape: [h]),
+                q: try attn("q_proj", c.qDim, h), k: try attn("k_proj", c.kvDim, h),
+                v: try attn("v_proj", c.kvDim, h), o: try attn("o_proj", h, c.qDim),
+                mlp: nil, router: nil, experts: [])
+            if c.isMoE {
+                (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l)
+            } else {
+                let i = c.intermediateSize
+                lw.mlp = FeedForwardWeights(
+                    gate: try ck.matrix(WeightNames.mlp(l, "gate_proj"), rows: i, cols: h),
+                    up: try ck.matrix(WeightNames.mlp(l, "up_proj"), rows: i, cols: h),
+                    down: try ck.matrix(WeightNames.mlp(l, "down_proj"), rows: h, cols: i))
+            }
+            layers.append(lw)
+        }
+        self.layers = layers
+        rope = RoPETable(headDim: c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1))
+    }
+
+    /// Router and experts of a Mixtral layer, in the classic per-expert layout or the
+    /// fused layout of transformers 5.
+    private static func loadExperts(_ ck: Checkpoint, layer l: Int) throws -> (Matrix, [FeedForwardWeights]) {
+        let c = ck.config, h = c.hiddenSize, i = c.intermediateSize, e = c.numExperts
+        if ck.contains(WeightNames.fusedGateUp(l)) {
+            let router = try ck.matrix(WeightNames.fusedRouter(l), rows: e, cols: h)
+            let gateUp = try ck.floats(WeightNames.fusedGateUp(l), shape: [e, 2 * i, h])
+            let down = try ck.floats(WeightNames.fusedDown(l), shape: [e, h, i])
+            let experts = (0..<e).map { x in
+                FeedForwardWeights(
+                    gate: Matrix(gateUp + x * 2 * i * h, rows: i, cols: h),
+                    up: Matrix(gateUp + x * 2 * i * h + i * h, rows: i, cols: h),
+                    down: Matrix(down + x * h * i, rows: h, cols: i))
+            }
+            return (router, experts)
+        }
+        let router = try ck.matrix(WeightNames.router(l), rows: e, cols: h)
+        let experts = try (0..<e).map { x in
+            FeedForwardWeights(
+                gate: try ck.matrix(WeightNames.expert(l, x, "w1"), rows: i, cols: h),
+                up: try ck.matrix(WeightNames.expert(l, x, "w3"), rows: i, cols: h),
+                down: try ck.matrix(WeightNames.expert(l, x, "w2"), rows: h, cols: i))
+        }
+        return (router, experts)
+    }
+}

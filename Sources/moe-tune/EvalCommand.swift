@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import MoETune
+
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Mean token cross-entropy and perplexity of a model over a JSONL file.",
+        discussion: """
+        Lines are {"text": ...} (every next-token prediction counts), {"prompt": ..., "completion": ...} \
+        or Alpaca {"instruction", "input", "output"} (only completion tokens and EOS count).
+        """)
+
+    @Option(help: "Hugging Face model folder (config.json, safetensors, tokenizer.model).")
+    var model: String
+
+    @Option(help: "JSONL data file.")
+    var data: String
+
+    @Option(help: "Sequences per forward pass.")
+    var batchSize: Int = 4
+
+    @Option(help: "Longer examples keep their first N tokens.")
+    var maxSeqLen: Int = 2048
+
+    @Flag(help: "Print exactly one JSON object on stdout.")
+    var json = false
+
+    func validate() throws {
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
+        guard maxSeqLen >= 2 else { throw ValidationError("--max-seq-len must be at least 2") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let loaded = try LoadedModel.load(directory: model)
+            let dataset = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
+                                           options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false))
+            if dataset.truncated > 0 {
+                FileHandle.standardError.write(Data("moe-tune: note: \(dataset.truncated) of \(dataset.examples.count) examples were longer than --max-seq-len \(maxSeqLen) and were truncated\n".utf8))
+            }
+            let progress = ProgressLine("eval")
+            let r = try Evaluator.evaluate(model: loaded.model, dataset: dataset, batchSize: batchSize) { done, total in
+                progress.update(done: done, total: total)
+            }
+            if json {
+                let obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens, "examples": r.examples]
+                let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print("""
+                model       \(model)
+                data        \(data) (\(r.examples) examples, \(r.tokens) scored tokens\(r.truncated > 0 ? ", \(r.truncated) truncated" : ""))
+                loss        \(String(format: "%.6f", r.loss))
+                perplexity  \(String(format: "%.4f", r.perplexity))
+                time        \(String(format: "%.2f", r.seconds)) s (\(String(format: "%.0f", Double(r.tokens) / max(r.seconds, 1e-9))) scored tokens/s)
+                """)
+            }
+        }
+    }
+}

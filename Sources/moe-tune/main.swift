@@ -1,0 +1,24 @@
+import ArgumentParser
+import Foundation
+import MoETune
+
+/// The command-line layer: parses arguments, hands off to library code, renders
+/// progress and results, and decides exit codes.
+struct MoETuneCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moe-tune",
+        abstract: "Fine-tune Llama, Mistral and Mixtral models on a CPU with LoRA and QLoRA.",
+        subcommands: [EvalCommand.self, BenchBLASCommand.self])
+}
+
+/// Prints a library error as one line and exits non-zero.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as MoETuneError {
+        FileHandle.standardError.write(Data("moe-tune: error: \(error.description)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+MoETuneCommand.main()
