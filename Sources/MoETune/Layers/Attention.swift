@@ -61,3 +61,50 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
         }
     }
 }
+
+/// Backward of attentionForward.
+/// dout [B*T, nH*D]; q, k, v, probs from the forward pass.
+/// dq [B*T, nH*D] is overwritten; dk, dv [B*T, nKV*D] are overwritten (query heads of a
+/// group accumulate into their shared KV head). scratch holds T*T floats.
+///   dP = dO V^T;  dV += P^T dO;  dS = P * (dP - rowsum(dP * P));
+///   dQ = scale dS K;  dK += scale dS^T Q.
+public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                              dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                              probs: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                              shape s: AttentionShape) {
+    let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
+    let scale = 1 / Float(d).squareRoot()
+    let n = s.batch * t
+    dk.update(repeating: 0, count: n * s.kvDim)
+    dv.update(repeating: 0, count: n * s.kvDim)
+    for b in 0..<s.batch {
+        for h in 0..<s.heads {
+            let kvh = h / group
+            let p = probs + (b * s.heads + h) * t * t
+            let dO = dout + b * t * s.qDim + h * d
+            let qh = q + b * t * s.qDim + h * d, dqh = dq + b * t * s.qDim + h * d
+            let kh = k + b * t * s.kvDim + kvh * d, dkh = dk + b * t * s.kvDim + kvh * d
+            let vh = v + b * t * s.kvDim + kvh * d, dvh = dv + b * t * s.kvDim + kvh * d
+            // dP [T, T] = dO V^T
+            BLAS.gemm(.none, .transpose, m: t, n: t, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
+                      c: scratch, ldc: t)
+            // dV += P^T dO
+            BLAS.gemm(.transpose, .none, m: t, n: d, k: t, a: p, lda: t, b: dO, ldb: s.qDim,
+                      beta: 1, c: dvh, ldc: s.kvDim)
+            // dS = P * (dP - rowsum(dP * P)), in place in scratch; zero above the diagonal.
+            for i in 0..<t {
+                let pr = p + i * t, dr = scratch + i * t
+                var dot: Float = 0
+                for j in 0...i { dot += pr[j] * dr[j] }
+                for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                for j in (i + 1)..<t { dr[j] = 0 }
+            }
+            // dQ = scale dS K;  dK += scale dS^T Q
+            BLAS.gemm(.none, .none, m: t, n: d, k: t, alpha: scale, a: scratch, lda: t, b: kh, ldb: s.kvDim,
+                      c: dqh, ldc: s.qDim)
+            BLAS.gemm(.transpose, .none, m: t, n: d, k: t, alpha: scale, a: scratch, lda: t, b: qh, ldb: s.qDim,
+                      beta: 1, c: dkh, ldc: s.kvDim)
+        }
+    }
+}

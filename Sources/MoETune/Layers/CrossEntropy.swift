@@ -26,3 +26,25 @@ public func crossEntropyForward(losses: UnsafeMutablePointer<Float>, logits: Uns
     }
     return (total, count)
 }
+
+/// Backward of the mean cross-entropy: dlogits[n, :] = scale * (softmax(logits[n, :]) - onehot(target)),
+/// zero on ignored rows. scale is 1 / (counted tokens) for a mean loss (times any
+/// gradient-accumulation factor). Overwrites dlogits [N, V].
+public func crossEntropyBackward(dlogits: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>,
+                                 targets: UnsafePointer<Int32>, rows n: Int, vocab v: Int, scale: Float) {
+    parallelChunks(n, minChunk: 8) { range in
+        for i in range {
+            let d = dlogits + i * v
+            let tgt = Int(targets[i])
+            guard tgt >= 0 else { d.update(repeating: 0, count: v); continue }
+            let row = logits + i * v
+            var m = -Float.infinity
+            for j in 0..<v { m = max(m, row[j]) }
+            var sum: Float = 0
+            for j in 0..<v { let e = Foundation.exp(row[j] - m); d[j] = e; sum += e }
+            let k = scale / sum
+            for j in 0..<v { d[j] *= k }
+            d[tgt] -= scale
+        }
+    }
+}

@@ -7,3 +7,13 @@ public func linearForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
               a: x, lda: w.cols, b: w.pointer, ldb: w.cols,
               beta: accumulate ? 1 : 0, c: y, ldc: w.rows)
 }
+
+/// Backward of linearForward through a frozen weight: dx [N, in] (+)= dy [N, out] W.
+/// No gradient is computed for W.
+@inline(__always)
+public func linearBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, rows n: Int,
+                                weight w: Matrix, accumulate: Bool) {
+    BLAS.gemm(.none, .none, m: n, n: w.cols, k: w.rows,
+              a: dy, lda: w.rows, b: w.pointer, ldb: w.cols,
+              beta: accumulate ? 1 : 0, c: dx, ldc: w.cols)
+}

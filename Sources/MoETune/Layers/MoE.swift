@@ -23,16 +23,35 @@ public struct ExpertBuffers {
     }
 }
 
-/// Dense SwiGLU MLP: out [N, H] (+)= (silu(x Wg^T) * (x Wu^T)) Wd^T.
+/// LoRA inputs kept by a feed-forward for its backward pass: u = x A^T of each adapted
+/// projection, [rows, r] (rows = tokens, or assignments for experts).
+public struct FeedForwardLoRACache {
+    public var gate: UnsafeMutablePointer<Float>?
+    public var up: UnsafeMutablePointer<Float>?
+    public var down: UnsafeMutablePointer<Float>?
+
+    /// The cache for rows starting at `row` (an expert's slice).
+    func offset(row: Int, adapters a: FeedForwardAdapters) -> FeedForwardLoRACache {
+        FeedForwardLoRACache(gate: gate.map { $0 + row * (a.gate?.rank ?? 0) },
+                             up: up.map { $0 + row * (a.up?.rank ?? 0) },
+                             down: down.map { $0 + row * (a.down?.rank ?? 0) })
+    }
+}
+
+/// Dense SwiGLU MLP (also one expert): out [N, H] (+)= (silu(x Wg^T) * (x Wu^T)) Wd^T,
+/// each projection with its LoRA update when adapted.
 /// gate/up/act [N, I] are kept for the backward pass.
 public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int,
-                        weights w: FeedForwardWeights,
+                        weights w: FeedForwardWeights, adapters: FeedForwardAdapters, cache: FeedForwardLoRACache,
                         gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>,
                         act: UnsafeMutablePointer<Float>, accumulate: Bool) {
     linearForward(y: gate, x: x, rows: n, weight: w.gate)
+    if let l = adapters.gate { loraForward(y: gate, x: x, rows: n, adapter: l, u: cache.gate!) }
     linearForward(y: up, x: x, rows: n, weight: w.up)
+    if let l = adapters.up { loraForward(y: up, x: x, rows: n, adapter: l, u: cache.up!) }
     swigluForward(out: act, gate: gate, up: up, count: n * w.gate.rows)
     linearForward(y: out, x: act, rows: n, weight: w.down, accumulate: accumulate)
+    if let l = adapters.down { loraForward(y: out, x: act, rows: n, adapter: l, u: cache.down!) }
 }
 
 /// Mixtral sparse MoE block, dropless:
@@ -40,7 +59,8 @@ public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
 /// x [N, H]; routing already done (RoutingBuffers); each expert runs one matrix product
 /// over its gathered tokens.
 public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, hidden h: Int,
-                       experts: [FeedForwardWeights], routing r: RoutingBuffers, scratch s: ExpertBuffers) {
+                       experts: [FeedForwardWeights], adapters: [FeedForwardAdapters], cache: FeedForwardLoRACache,
+                       routing r: RoutingBuffers, scratch s: ExpertBuffers) {
     let total = n * r.k
     // Gather token rows into expert order.
     parallelChunks(total, minChunk: 64) { range in
@@ -52,7 +72,9 @@ public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
         let start = r.expertStart[e], count = r.count(of: e)
         if count == 0 { continue }
         let inter = w.gate.rows
+        let ad = adapters.isEmpty ? FeedForwardAdapters() : adapters[e]
         feedForward(out: s.ye.pointer + start * h, x: s.xe.pointer + start * h, rows: count, weights: w,
+                    adapters: ad, cache: cache.offset(row: start, adapters: ad),
                     gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
                     act: s.act.pointer + start * inter, accumulate: false)
     }

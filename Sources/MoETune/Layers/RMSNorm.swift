@@ -17,3 +17,20 @@ public func rmsnormForward(out: UnsafeMutablePointer<Float>, rstd: UnsafeMutable
         }
     }
 }
+
+/// Backward of rmsnormForward with a frozen weight:
+/// dx[n, :] += rstd * (w * dy) - rstd^3 / C * x * sum_j(w_j dy_j x_j).
+/// dy, x, dx [N, C]; rstd [N] from the forward pass.
+public func rmsnormBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                            weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>, rows n: Int, cols c: Int) {
+    parallelChunks(n, minChunk: 64) { range in
+        for i in range {
+            let xi = x + i * c, dyi = dy + i * c, dxi = dx + i * c
+            let r = rstd[i]
+            var dot: Float = 0
+            for j in 0..<c { dot += weight[j] * dyi[j] * xi[j] }
+            let k = r * r * r * dot / Float(c)
+            for j in 0..<c { dxi[j] += r * weight[j] * dyi[j] - k * xi[j] }
+        }
+    }
+}

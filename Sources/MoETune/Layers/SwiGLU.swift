@@ -11,3 +11,20 @@ public func swigluForward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<
         }
     }
 }
+
+/// Backward of swigluForward: with s = sigmoid(g),
+/// dgate = dout * up * s * (1 + g * (1 - s)),  dup = dout * g * s.
+/// All [count]; dgate and dup are overwritten.
+public func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
+                           dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+                           count: Int) {
+    parallelChunks(count, minChunk: 4096) { range in
+        for i in range {
+            let g = gate[i]
+            let s = 1 / (1 + Foundation.exp(-g))
+            let d = dout[i]
+            dgate[i] = d * up[i] * s * (1 + g * (1 - s))
+            dup[i] = d * g * s
+        }
+    }
+}

@@ -17,9 +17,12 @@ public final class LayerActivations {
     // Mixtral MoE
     public let routing: RoutingBuffers?
     public let experts: ExpertBuffers?
+    /// LoRA inputs u = x A^T of each adapted projection, [rows, r]; nil without adapters.
+    public let lora: LayerLoRACache?
 
-    init(config c: ModelConfig, batch b: Int, seq t: Int) {
+    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int) {
         let n = b * t, h = c.hiddenSize
+        lora = loraRank > 0 ? LayerLoRACache(tokens: n, ffnRows: c.isMoE ? n * c.expertsPerToken : n, rank: loraRank) : nil
         ln1 = FloatBuffer(count: n * h)
         rstd1 = FloatBuffer(count: n)
         q = FloatBuffer(count: n * c.qDim)
@@ -44,6 +47,20 @@ public final class LayerActivations {
     deinit { routing?.deallocate() }
 }
 
+/// Room for the LoRA inputs of one layer, sized for the largest rank in use.
+public final class LayerLoRACache {
+    public let q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, o: FloatBuffer, router: FloatBuffer
+    public let gate: FloatBuffer, up: FloatBuffer, down: FloatBuffer  // rows: tokens, or assignments for experts
+
+    init(tokens n: Int, ffnRows: Int, rank r: Int) {
+        q = FloatBuffer(count: n * r); k = FloatBuffer(count: n * r); v = FloatBuffer(count: n * r)
+        o = FloatBuffer(count: n * r); router = FloatBuffer(count: n * r)
+        gate = FloatBuffer(count: ffnRows * r); up = FloatBuffer(count: ffnRows * r); down = FloatBuffer(count: ffnRows * r)
+    }
+
+    var ffn: FeedForwardLoRACache { FeedForwardLoRACache(gate: gate.pointer, up: up.pointer, down: down.pointer) }
+}
+
 /// Everything a forward pass writes, allocated once for a capacity of B sequences of up
 /// to T tokens and reused for every batch that fits (the hot path allocates nothing).
 public final class ForwardState {
@@ -59,23 +76,30 @@ public final class ForwardState {
     public let rstdF: FloatBuffer       // [N]
     public let logits: FloatBuffer      // [N, V]
     public let losses: FloatBuffer      // [N]
+    public let headLoRA: FloatBuffer?   // [N, r] u of the lm_head adapter
     public let ids: UnsafeMutablePointer<Int32>
     public let targets: UnsafeMutablePointer<Int32>
     public let keepsAllLayers: Bool
+    public let loraRank: Int
+    /// Shape of the batch of the last forward pass (read by backward).
+    public internal(set) var batch = 0
+    public internal(set) var seq = 0
 
-    public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool) {
+    public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool, loraRank: Int = 0) {
         batchCapacity = b
         seqCapacity = t
         keepsAllLayers = training
+        self.loraRank = loraRank
         let n = b * t
         let copies = training ? c.numLayers : 1
-        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t) }
+        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank) }
         residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         mids = (0..<copies).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         lnF = FloatBuffer(count: n * c.hiddenSize)
         rstdF = FloatBuffer(count: n)
         logits = FloatBuffer(count: n * c.vocabSize)
         losses = FloatBuffer(count: n)
+        headLoRA = loraRank > 0 ? FloatBuffer(count: n * loraRank) : nil
         ids = .allocate(capacity: n)
         targets = .allocate(capacity: n)
     }

@@ -1,11 +1,15 @@
 /// The forward pass of the decoder over a TokenBatch, writing every activation into a
-/// ForwardState. Returns the summed next-token loss and the number of counted tokens.
+/// ForwardState. With adapters, each adapted linear adds its LoRA update.
+/// Returns the summed next-token loss and the number of counted tokens.
 extension Transformer {
     @discardableResult
-    public func forward(_ batch: TokenBatch, state s: ForwardState) throws -> (sum: Double, count: Int) {
+    public func forward(_ batch: TokenBatch, state s: ForwardState, adapters: AdapterSet? = nil) throws -> (sum: Double, count: Int) {
         let c = config
         guard s.fits(batch) else {
             throw MoETuneError.invalid("internal: batch \(batch.batch)x\(batch.seq) exceeds the forward state's capacity \(s.batchCapacity)x\(s.seqCapacity)")
+        }
+        if let adapters, adapters.maxRank > 0, s.loraRank < adapters.maxRank {
+            throw MoETuneError.invalid("internal: forward state has no room for LoRA rank \(adapters.maxRank)")
         }
         try c.checkSequenceLength(batch.seq)
         guard batch.seq <= rope.maxPositions else {
@@ -20,40 +24,51 @@ extension Transformer {
             s.ids[i] = id
             s.targets[i] = batch.targets[i]
         }
+        s.batch = b
+        s.seq = t
         let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         for (l, w) in layers.enumerated() {
             let a = s.layer(l)
+            let ad = adapters?.layers[l] ?? LayerAdapters()
+            let u = a.lora
             let x = s.residualIn(l).pointer, mid = s.midBuffer(l).pointer, out = s.residualOut(l).pointer
             // Attention block: mid = x + o_proj(attention(rope(q), rope(k), v)).
             rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: w.inputNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
             linearForward(y: a.q.pointer, x: a.ln1.pointer, rows: n, weight: w.q)
+            if let l = ad.q { loraForward(y: a.q.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.q.pointer) }
             linearForward(y: a.k.pointer, x: a.ln1.pointer, rows: n, weight: w.k)
+            if let l = ad.k { loraForward(y: a.k.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.k.pointer) }
             linearForward(y: a.v.pointer, x: a.ln1.pointer, rows: n, weight: w.v)
+            if let l = ad.v { loraForward(y: a.v.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.v.pointer) }
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
             attentionForward(out: a.attn.pointer, probs: a.probs.pointer, q: a.q.pointer, k: a.k.pointer,
                              v: a.v.pointer, shape: shape)
             mid.update(from: x, count: n * h)
             linearForward(y: mid, x: a.attn.pointer, rows: n, weight: w.o, accumulate: true)
+            if let l = ad.o { loraForward(y: mid, x: a.attn.pointer, rows: n, adapter: l, u: u!.o.pointer) }
             // Feed-forward block: out = mid + ffn(norm(mid)).
             rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: w.postAttentionNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
             out.update(from: mid, count: n * h)
+            let ffnCache = u?.ffn ?? FeedForwardLoRACache()
             if let mlp = w.mlp {
-                feedForward(out: out, x: a.ln2.pointer, rows: n, weights: mlp,
+                feedForward(out: out, x: a.ln2.pointer, rows: n, weights: mlp, adapters: ad.mlp, cache: ffnCache,
                             gate: a.gate!.pointer, up: a.up!.pointer, act: a.act!.pointer, accumulate: true)
             } else if let router = w.router, let r = a.routing, let scratch = a.experts {
                 linearForward(y: r.logits.pointer, x: a.ln2.pointer, rows: n, weight: router)
+                if let l = ad.router { loraForward(y: r.logits.pointer, x: a.ln2.pointer, rows: n, adapter: l, u: u!.router.pointer) }
                 routeTokens(r, tokens: n)
                 moeForward(out: out, x: a.ln2.pointer, tokens: n, hidden: h, experts: w.experts,
-                           routing: r, scratch: scratch)
+                           adapters: ad.experts, cache: ffnCache, routing: r, scratch: scratch)
             }
         }
         rmsnormForward(out: s.lnF.pointer, rstd: s.rstdF.pointer, x: s.residualIn(c.numLayers).pointer,
                        weight: finalNorm, rows: n, cols: h, eps: c.rmsNormEps)
         linearForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, weight: lmHead)
+        if let l = adapters?.head { loraForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, adapter: l, u: s.headLoRA!.pointer) }
         return crossEntropyForward(losses: s.losses.pointer, logits: s.logits.pointer, targets: s.targets,
                                    rows: n, vocab: c.vocabSize)
     }

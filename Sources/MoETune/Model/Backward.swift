@@ -1,0 +1,182 @@
+/// Gradient buffers of a backward pass, allocated once for the capacity of a
+/// ForwardState (training mode) and reused for every step.
+public final class BackwardState {
+    let dres: FloatBuffer      // [N, H] gradient of the residual stream, running downward
+    let dln: FloatBuffer       // [N, H] gradient of a norm's output
+    let dq: FloatBuffer        // [N, nH*D]
+    let dk: FloatBuffer        // [N, nKV*D]
+    let dv: FloatBuffer        // [N, nKV*D]
+    let dattn: FloatBuffer     // [N, nH*D]
+    let dgate: FloatBuffer     // [rows, I] rows = N (dense) or N*k (experts)
+    let dup: FloatBuffer       // [rows, I]
+    let dact: FloatBuffer      // [rows, I]
+    let dye: FloatBuffer?      // [N*k, H]
+    let dxe: FloatBuffer?      // [N*k, H]
+    let dtopWeight: FloatBuffer?   // [N, k]
+    let drouter: FloatBuffer?      // [N, E] gradient of the router logits
+    let dlogits: FloatBuffer   // [N, V]
+    let attnScratch: FloatBuffer   // [T, T]
+    let du: FloatBuffer        // [rows, r] LoRA scratch
+
+    public init(for s: ForwardState, config c: ModelConfig) {
+        let n = s.batchCapacity * s.seqCapacity, h = c.hiddenSize
+        let rows = c.isMoE ? n * c.expertsPerToken : n
+        dres = FloatBuffer(count: n * h)
+        dln = FloatBuffer(count: n * h)
+        dq = FloatBuffer(count: n * c.qDim)
+        dk = FloatBuffer(count: n * c.kvDim)
+        dv = FloatBuffer(count: n * c.kvDim)
+        dattn = FloatBuffer(count: n * c.qDim)
+        dgate = FloatBuffer(count: rows * c.intermediateSize)
+        dup = FloatBuffer(count: rows * c.intermediateSize)
+        dact = FloatBuffer(count: rows * c.intermediateSize)
+        dye = c.isMoE ? FloatBuffer(count: rows * h) : nil
+        dxe = c.isMoE ? FloatBuffer(count: rows * h) : nil
+        dtopWeight = c.isMoE ? FloatBuffer(count: n * c.expertsPerToken) : nil
+        drouter = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
+        dlogits = FloatBuffer(count: n * c.vocabSize)
+        attnScratch = FloatBuffer(count: s.seqCapacity * s.seqCapacity)
+        du = FloatBuffer(count: max(rows, n) * max(s.loraRank, 1))
+    }
+}
+
+extension Transformer {
+    /// Backward pass of the last `forward` on `s` (a training-mode state): accumulates
+    /// (+=) the gradient of lossScale * (summed token loss) into the adapters' gradient
+    /// buffers. Gradients flow through every frozen weight to the inputs; none is
+    /// computed for a frozen weight. For a mean loss, lossScale = 1 / counted tokens.
+    public func backward(state s: ForwardState, adapters: AdapterSet, grads g: BackwardState, lossScale: Float) {
+        precondition(s.keepsAllLayers, "backward needs a training-mode ForwardState")
+        let c = config
+        let b = s.batch, t = s.seq, n = b * t, h = c.hiddenSize
+        let du = g.du.pointer
+        let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
+
+        // Loss and head: logits = lnF Wlm^T (+ LoRA).
+        crossEntropyBackward(dlogits: g.dlogits.pointer, logits: s.logits.pointer, targets: s.targets,
+                             rows: n, vocab: c.vocabSize, scale: lossScale)
+        linearBackwardInput(dx: g.dln.pointer, dy: g.dlogits.pointer, rows: n, weight: lmHead, accumulate: false)
+        if let l = adapters.head {
+            loraBackward(dx: g.dln.pointer, dy: g.dlogits.pointer, x: s.lnF.pointer, rows: n, adapter: l,
+                         u: s.headLoRA!.pointer, du: du)
+        }
+        g.dres.zero()
+        rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(c.numLayers).pointer,
+                        weight: finalNorm, rstd: s.rstdF.pointer, rows: n, cols: h)
+
+        for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
+            let w = layers[l], a = s.layer(l), ad = adapters.layers[l]
+            let u = a.lora
+            // Feed-forward block: out = mid + ffn(ln2(mid)); dres holds d out.
+            if let mlp = w.mlp {
+                feedForwardBackward(dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, rows: n,
+                                    weights: mlp, adapters: ad.mlp, cache: u?.ffn ?? FeedForwardLoRACache(),
+                                    gate: a.gate!.pointer, up: a.up!.pointer, act: a.act!.pointer,
+                                    dgate: g.dgate.pointer, dup: g.dup.pointer, dact: g.dact.pointer,
+                                    du: du, accumulate: false)
+            } else if let router = w.router {
+                moeBackward(layer: l, dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, tokens: n,
+                            router: router, adapters: ad, acts: a, grads: g)
+            }
+            rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.midBuffer(l).pointer,
+                            weight: w.postAttentionNorm, rstd: a.rstd2.pointer, rows: n, cols: h)
+            // Attention block: mid = x + o_proj(attn); dres now holds d mid.
+            linearBackwardInput(dx: g.dattn.pointer, dy: g.dres.pointer, rows: n, weight: w.o, accumulate: false)
+            if let lo = ad.o {
+                loraBackward(dx: g.dattn.pointer, dy: g.dres.pointer, x: a.attn.pointer, rows: n, adapter: lo,
+                             u: u!.o.pointer, du: du)
+            }
+            attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
+                              q: a.q.pointer, k: a.k.pointer, v: a.v.pointer, probs: a.probs.pointer,
+                              scratch: g.attnScratch.pointer, shape: shape)
+            rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
+            rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            linearBackwardInput(dx: g.dln.pointer, dy: g.dq.pointer, rows: n, weight: w.q, accumulate: false)
+            if let lq = ad.q { loraBackward(dx: g.dln.pointer, dy: g.dq.pointer, x: a.ln1.pointer, rows: n, adapter: lq, u: u!.q.pointer, du: du) }
+            linearBackwardInput(dx: g.dln.pointer, dy: g.dk.pointer, rows: n, weight: w.k, accumulate: true)
+            if let lk = ad.k { loraBackward(dx: g.dln.pointer, dy: g.dk.pointer, x: a.ln1.pointer, rows: n, adapter: lk, u: u!.k.pointer, du: du) }
+            linearBackwardInput(dx: g.dln.pointer, dy: g.dv.pointer, rows: n, weight: w.v, accumulate: true)
+            if let lv = ad.v { loraBackward(dx: g.dln.pointer, dy: g.dv.pointer, x: a.ln1.pointer, rows: n, adapter: lv, u: u!.v.pointer, du: du) }
+            rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
+                            weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
+        }
+        // The embedding is frozen: the gradient stops here.
+    }
+
+    /// Backward of the Mixtral MoE block (dropless, top-k renormalised routing).
+    /// dy [N, H] = d out; writes dx [N, H] = d ln2 (through the experts and the router).
+    private func moeBackward(layer l: Int, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                             x: UnsafePointer<Float>, tokens n: Int, router: Matrix, adapters ad: LayerAdapters,
+                             acts a: LayerActivations, grads g: BackwardState) {
+        let c = config, h = c.hiddenSize, k = c.expertsPerToken, e = c.numExperts
+        let r = a.routing!, sc = a.experts!
+        let dye = g.dye!.pointer, dxe = g.dxe!.pointer, dtw = g.dtopWeight!.pointer
+        let total = n * k
+        // out[token] += w * ye[a]:  dye[a] = w * dy[token];  dw = <dy[token], ye[a]>.
+        parallelChunks(total, minChunk: 64) { range in
+            for asg in range {
+                let token = Int(r.assignToken[asg]), slot = Int(r.assignSlot[asg])
+                let wgt = r.topWeight[token * k + slot]
+                let src = dy + token * h, ye = sc.ye.pointer + asg * h, d = dye + asg * h
+                var dot: Float = 0
+                for j in 0..<h { d[j] = wgt * src[j]; dot += src[j] * ye[j] }
+                dtw[token * k + slot] = dot
+            }
+        }
+        let cache = a.lora?.ffn ?? FeedForwardLoRACache()
+        for (ex, w) in layers[l].experts.enumerated() {
+            let start = r.expertStart[ex], count = r.count(of: ex)
+            if count == 0 { continue }
+            let inter = w.gate.rows
+            let ead = ad.experts.isEmpty ? FeedForwardAdapters() : ad.experts[ex]
+            feedForwardBackward(dx: dxe + start * h, dy: dye + start * h, x: sc.xe.pointer + start * h, rows: count,
+                                weights: w, adapters: ead, cache: cache.offset(row: start, adapters: ead),
+                                gate: sc.gate.pointer + start * inter, up: sc.up.pointer + start * inter,
+                                act: sc.act.pointer + start * inter,
+                                dgate: g.dgate.pointer + start * inter, dup: g.dup.pointer + start * inter,
+                                dact: g.dact.pointer + start * inter, du: g.du.pointer, accumulate: false)
+        }
+        dx.update(repeating: 0, count: n * h)
+        for asg in 0..<total {
+            let token = Int(r.assignToken[asg])
+            let src = dxe + asg * h, dst = dx + token * h
+            for j in 0..<h { dst[j] += src[j] }
+        }
+        // Router: w_s = p_s / S over the selected experts, p = softmax(logits).
+        let dlog = g.drouter!.pointer
+        parallelChunks(n, minChunk: 64) { range in
+            for i in range {
+                let p = r.probs.pointer + i * e, te = r.topExpert + i * k, tw = r.topWeight.pointer + i * k
+                let dl = dlog + i * e
+                var sel: Float = 0, wdot: Float = 0
+                for s in 0..<k { sel += p[Int(te[s])]; wdot += dtw[i * k + s] * tw[s] }
+                for j in 0..<e { dl[j] = 0 }
+                for s in 0..<k { dl[Int(te[s])] = (dtw[i * k + s] - wdot) / sel }
+                var dot: Float = 0
+                for j in 0..<e { dot += p[j] * dl[j] }
+                for j in 0..<e { dl[j] = p[j] * (dl[j] - dot) }
+            }
+        }
+        linearBackwardInput(dx: dx, dy: dlog, rows: n, weight: router, accumulate: true)
+        if let lr = ad.router {
+            loraBackward(dx: dx, dy: dlog, x: x, rows: n, adapter: lr, u: a.lora!.router.pointer, du: g.du.pointer)
+        }
+    }
+}
+
+/// Backward of feedForward: dx [N, H] (+)= d input through down, SwiGLU, gate and up,
+/// with each adapter's gradients accumulated. dy [N, H] = d out.
+func feedForwardBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                         rows n: Int, weights w: FeedForwardWeights, adapters ad: FeedForwardAdapters,
+                         cache: FeedForwardLoRACache,
+                         gate: UnsafePointer<Float>, up: UnsafePointer<Float>, act: UnsafePointer<Float>,
+                         dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
+                         dact: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    linearBackwardInput(dx: dact, dy: dy, rows: n, weight: w.down, accumulate: false)
+    if let l = ad.down { loraBackward(dx: dact, dy: dy, x: act, rows: n, adapter: l, u: cache.down!, du: du) }
+    swigluBackward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: n * w.gate.rows)
+    linearBackwardInput(dx: dx, dy: dgate, rows: n, weight: w.gate, accumulate: accumulate)
+    if let l = ad.gate { loraBackward(dx: dx, dy: dgate, x: x, rows: n, adapter: l, u: cache.gate!, du: du) }
+    linearBackwardInput(dx: dx, dy: dup, rows: n, weight: w.up, accumulate: true)
+    if let l = ad.up { loraBackward(dx: dx, dy: dup, x: x, rows: n, adapter: l, u: cache.up!, du: du) }
+}

@@ -1,0 +1,51 @@
+import Foundation
+@testable import MoETune
+
+/// Writes a small random Hugging Face-style model folder (config.json + model.safetensors)
+/// for tests that need a model with particular properties; no tokenizer.
+enum TinyModel {
+    static func make(dir: String, moe: Bool, hidden: Int = 16, inter: Int = 24, layers: Int = 2, heads: Int = 4,
+                     kvHeads: Int = 2, experts: Int = 4, topK: Int = 2, vocab: Int = 40, seed: UInt64 = 1,
+                     tied: Bool = false) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var config: [String: Any] = [
+            "model_type": moe ? "mixtral" : "llama", "hidden_size": hidden, "intermediate_size": inter,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kvHeads,
+            "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": tied,
+            "max_position_embeddings": 64,
+        ]
+        if moe { config["num_local_experts"] = experts; config["num_experts_per_tok"] = topK }
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        var rng = SplitMix64(seed: seed)
+        var w = SafeTensorsWriter()
+        func add(_ name: String, _ shape: [Int], scale: Float = 0.3, around: Float = 0) {
+            let n = shape.reduce(1, *)
+            w.add(.init(name: name, shape: shape, floats: (0..<n).map { _ in around + (rng.nextFloat() * 2 - 1) * scale }))
+        }
+        let d = hidden / heads
+        add(WeightNames.embedTokens, [vocab, hidden], scale: 1)
+        add(WeightNames.finalNorm, [hidden], scale: 0.2, around: 1)
+        if !tied { add(WeightNames.lmHead, [vocab, hidden]) }
+        for l in 0..<layers {
+            add(WeightNames.inputNorm(l), [hidden], scale: 0.2, around: 1)
+            add(WeightNames.postAttentionNorm(l), [hidden], scale: 0.2, around: 1)
+            add(WeightNames.attention(l, "q_proj"), [heads * d, hidden])
+            add(WeightNames.attention(l, "k_proj"), [kvHeads * d, hidden])
+            add(WeightNames.attention(l, "v_proj"), [kvHeads * d, hidden])
+            add(WeightNames.attention(l, "o_proj"), [hidden, heads * d])
+            if moe {
+                add(WeightNames.router(l), [experts, hidden], scale: 1)
+                for e in 0..<experts {
+                    add(WeightNames.expert(l, e, "w1"), [inter, hidden])
+                    add(WeightNames.expert(l, e, "w3"), [inter, hidden])
+                    add(WeightNames.expert(l, e, "w2"), [hidden, inter])
+                }
+            } else {
+                add(WeightNames.mlp(l, "gate_proj"), [inter, hidden])
+                add(WeightNames.mlp(l, "up_proj"), [inter, hidden])
+                add(WeightNames.mlp(l, "down_proj"), [hidden, inter])
+            }
+        }
+        try w.write(to: dir + "/model.safetensors")
+    }
+}
