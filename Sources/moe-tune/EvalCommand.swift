@@ -14,6 +14,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Hugging Face model folder (config.json, safetensors, tokenizer.model).")
     var model: String
 
+    @Option(help: "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to apply.")
+    var adapter: String?
+
     @Option(help: "JSONL data file.")
     var data: String
 
@@ -39,8 +42,9 @@ struct EvalCommand: ParsableCommand {
             if dataset.truncated > 0 {
                 FileHandle.standardError.write(Data("moe-tune: note: \(dataset.truncated) of \(dataset.examples.count) examples were longer than --max-seq-len \(maxSeqLen) and were truncated\n".utf8))
             }
+            let adapters = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
             let progress = ProgressLine("eval")
-            let r = try Evaluator.evaluate(model: loaded.model, dataset: dataset, batchSize: batchSize) { done, total in
+            let r = try Evaluator.evaluate(model: loaded.model, adapters: adapters, dataset: dataset, batchSize: batchSize) { done, total in
                 progress.update(done: done, total: total)
             }
             if json {
@@ -49,7 +53,7 @@ struct EvalCommand: ParsableCommand {
                 print(String(decoding: data, as: UTF8.self))
             } else {
                 print("""
-                model       \(model)
+                model       \(model)\(adapter.map { " + adapter \($0)" } ?? "")
                 data        \(data) (\(r.examples) examples, \(r.tokens) scored tokens\(r.truncated > 0 ? ", \(r.truncated) truncated" : ""))
                 loss        \(String(format: "%.6f", r.loss))
                 perplexity  \(String(format: "%.4f", r.perplexity))

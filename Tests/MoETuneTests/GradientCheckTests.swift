@@ -5,11 +5,11 @@ import XCTest
 /// small random models (independent of the peft fixtures). Tolerance: 2% relative on
 /// the entries with the largest gradients (fp32 finite differences are noisy).
 final class GradientCheckTests: XCTestCase {
-    func check(moe: Bool) throws {
+    func check(moe: Bool, dropout: Double = 0) throws {
         let dir = try makeTempDir(self) + "/m"
         try TinyModel.make(dir: dir, moe: moe)
         let model = try Transformer.load(directory: dir)
-        let spec = LoRASpec(rank: 2, alpha: 4, targets: Set(ModuleKind.allCases).subtracting(moe ? [] : [.router]))
+        let spec = LoRASpec(rank: 2, alpha: 4, dropout: dropout, targets: Set(ModuleKind.allCases).subtracting(moe ? [] : [.router]))
         let adapters = try AdapterSet(model: model, spec: spec, seed: 3)
         // B starts at zero; make it non-zero so A's gradients are too.
         var rng = SplitMix64(seed: 9)
@@ -19,6 +19,12 @@ final class GradientCheckTests: XCTestCase {
         let batch = TokenBatch(sequences: seqs, counted: counted)
         let state = ForwardState(config: model.config, batch: 2, seq: 10, training: true, loraRank: adapters.maxRank)
         let grads = BackwardState(for: state, config: model.config)
+        if let d = adapters.dropout {
+            // The mask is a function of (step, adapter), so finite differences still apply.
+            d.reserve(20 * 64)
+            d.active = true
+            d.step = 5
+        }
         func loss() throws -> Double {
             let r = try model.forward(batch, state: state, adapters: adapters)
             return r.sum / Double(r.count)
@@ -58,10 +64,17 @@ final class GradientCheckTests: XCTestCase {
                 checked += 1
             }
         }
+        if let d = adapters.dropout {
+            let withDropout = try loss()
+            d.active = false
+            let without = try loss()
+            XCTAssertNotEqual(withDropout, without, accuracy: 1e-4, "dropout must change the loss")
+        }
         XCTAssertGreaterThan(checked, 10)
         XCTAssertLessThan(skipped, checked / 4, "too many samples changed the routing")
     }
 
     func testDenseGradientsMatchFiniteDifferences() throws { try check(moe: false) }
     func testMoEGradientsMatchFiniteDifferences() throws { try check(moe: true) }
+    func testGradientsWithAdapterDropout() throws { try check(moe: true, dropout: 0.3) }
 }

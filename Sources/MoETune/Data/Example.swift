@@ -19,10 +19,11 @@ public struct Example: Sendable {
 /// How a data line becomes text and which part is trained on. The JSONL formats of
 /// DESIGN.md section 2.
 public enum ExampleFormat: String, Sendable {
-    case text, promptCompletion = "prompt_completion", alpaca
+    case text, promptCompletion = "prompt_completion", alpaca, chat
 
     /// Detects the format from the keys of one line.
     static func detect(_ object: [String: Any]) -> ExampleFormat? {
+        if object["messages"] != nil { return .chat }
         if object["text"] != nil { return .text }
         if object["prompt"] != nil || object["completion"] != nil { return .promptCompletion }
         if object["instruction"] != nil || object["output"] != nil { return .alpaca }
@@ -36,9 +37,13 @@ public struct DataOptions: Sendable {
     /// Count prompt tokens as targets too.
     public var trainOnInputs: Bool
 
-    public init(maxSeqLen: Int = 2048, trainOnInputs: Bool = false) {
+    /// How {"messages": ...} lines are rendered.
+    public var chatTemplate: ChatTemplate
+
+    public init(maxSeqLen: Int = 2048, trainOnInputs: Bool = false, chatTemplate: ChatTemplate = .llama2) {
         self.maxSeqLen = maxSeqLen
         self.trainOnInputs = trainOnInputs
+        self.chatTemplate = chatTemplate
     }
 }
 
@@ -91,7 +96,7 @@ public struct Dataset: Sendable {
         guard let format = ExampleFormat.detect(object) else {
             let keys = object.keys.sorted().joined(separator: ", ")
             throw MoETuneError.line(path: path, line: line,
-                message: "no known fields (found: \(keys)); expected \"text\", \"prompt\"+\"completion\" or \"instruction\"+\"output\"")
+                message: "no known fields (found: \(keys)); expected \"text\", \"prompt\"+\"completion\", \"instruction\"+\"output\" or \"messages\"")
         }
         let bos = tokenizer.bosId, eos = tokenizer.eosId
         switch format {
@@ -100,6 +105,33 @@ public struct Dataset: Sendable {
             let tokens = [bos] + (try tokenizer.encode(text)) + [eos]
             return Example(tokens: tokens, counted: [false] + Array(repeating: true, count: tokens.count - 1),
                            line: line, promptLength: 1, task: task)
+        case .chat:
+            guard let list = object["messages"] as? [Any], !list.isEmpty else {
+                throw MoETuneError.line(path: path, line: line, message: "\"messages\" must be a non-empty list")
+            }
+            var messages: [(role: String, content: String)] = []
+            for (i, item) in list.enumerated() {
+                guard let m = item as? [String: Any], let role = m["role"] as? String, let content = m["content"] as? String else {
+                    throw MoETuneError.line(path: path, line: line,
+                        message: "messages[\(i)] must be an object with string \"role\" and \"content\"")
+                }
+                messages.append((role, content))
+            }
+            let segments: [(text: String, counted: Bool, eos: Bool)]
+            do { segments = try options.chatTemplate.segments(messages) } catch let e as MoETuneError {
+                throw MoETuneError.line(path: path, line: line, message: e.description)
+            }
+            var tokens: [Int32] = [bos]
+            var counted: [Bool] = [false]
+            var promptLength = 0
+            for seg in segments {
+                var ids = try tokenizer.encode(seg.text)
+                if seg.eos { ids.append(eos) }
+                tokens += ids
+                counted += Array(repeating: seg.counted || options.trainOnInputs, count: ids.count)
+                if promptLength == 0, seg.counted { promptLength = tokens.count - ids.count }
+            }
+            return Example(tokens: tokens, counted: counted, line: line, promptLength: promptLength, task: task)
         case .promptCompletion, .alpaca:
             let prompt: String, completion: String
             if format == .promptCompletion {

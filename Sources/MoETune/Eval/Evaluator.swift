@@ -13,20 +13,20 @@ public struct EvalResult: Codable, Sendable {
 public enum Evaluator {
     /// Runs the model over every example, batched by similar length. `progress` gets
     /// (examples done, examples total) after each batch.
-    public static func evaluate(model: Transformer, dataset: Dataset, batchSize: Int,
+    public static func evaluate(model: Transformer, adapters: AdapterSet? = nil, dataset: Dataset, batchSize: Int,
                                 progress: ((Int, Int) -> Void)? = nil) throws -> EvalResult {
         guard batchSize > 0 else { throw MoETuneError.invalid("--batch-size must be at least 1") }
         let start = Date()
         let batches = lengthGroupedBatches(dataset.examples, batchSize: batchSize)
         let longest = dataset.examples.map(\.tokens.count).max() ?? 1
         let state = ForwardState(config: model.config, batch: min(batchSize, dataset.examples.count),
-                                 seq: longest, training: false)
+                                 seq: longest, training: false, loraRank: adapters?.maxRank ?? 0)
         var lossSum = 0.0
         var count = 0
         var done = 0
         for indices in batches {
             let batch = TokenBatch(examples: indices.map { dataset.examples[$0] })
-            let r = try model.forward(batch, state: state)
+            let r = try model.forward(batch, state: state, adapters: adapters)
             lossSum += r.sum
             count += r.count
             done += indices.count

@@ -29,3 +29,26 @@ public enum WeightNames {
     public static func fusedGateUp(_ l: Int) -> String { "model.layers.\(l).mlp.experts.gate_up_proj" }
     public static func fusedDown(_ l: Int) -> String { "model.layers.\(l).mlp.experts.down_proj" }
 }
+
+extension WeightNames {
+    /// Maps a module path of another layout onto moe-tune's: transformers 5 calls the
+    /// Mixtral router "mlp.gate" where checkpoints say "block_sparse_moe.gate".
+    public static func canonicalModule(_ module: String, isMoE: Bool) -> String {
+        if isMoE, module.hasSuffix(".mlp.gate") {
+            return String(module.dropLast(".mlp.gate".count)) + ".block_sparse_moe.gate"
+        }
+        return module
+    }
+
+    /// peft's fused-expert adapter modules (transformers 5, target_parameters):
+    /// "model.layers.N.mlp.experts.base_layer" holds gate_up_proj's adapter and
+    /// "model.layers.N.mlp.experts" holds down_proj's.
+    public static func fusedExpertAdapter(_ module: String) -> (layer: Int, gateUp: Bool)? {
+        let parts = module.split(separator: ".")
+        guard parts.count >= 5, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]),
+              parts[3] == "mlp", parts[4] == "experts" else { return nil }
+        if parts.count == 5 { return (l, false) }
+        if parts.count == 6, parts[5] == "base_layer" { return (l, true) }
+        return nil
+    }
+}

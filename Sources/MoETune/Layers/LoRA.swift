@@ -1,5 +1,5 @@
 /// A LoRA adapter on a frozen linear layer W [out, in]:
-///   y = x W^T + s * (x A^T) B^T,   A [r, in], B [out, r], s = alpha / r (or alpha / sqrt(r)).
+///   y = x W^T + s * (dropout(x) A^T) B^T,   A [r, in], B [out, r], s = alpha / r (or alpha / sqrt(r)).
 /// A, B and their gradients are slices of the flat parameter and gradient buffers of a
 /// ParameterStore (llm.c style), so zeroing, the optimizer and saving are one loop each.
 public struct LoRAAdapter: @unchecked Sendable {
@@ -13,13 +13,55 @@ public struct LoRAAdapter: @unchecked Sendable {
     public let b: UnsafeMutablePointer<Float>    // [out, r]
     public let gradA: UnsafeMutablePointer<Float>
     public let gradB: UnsafeMutablePointer<Float>
+    /// Position in its AdapterSet; keys the dropout mask.
+    public let index: Int
+    /// Shared dropout settings of the set (nil: no dropout).
+    public let dropout: LoRADropout?
+}
+
+/// Dropout on adapter inputs while training. The mask of a call is a counter-based hash
+/// of (seed, step, adapter, rows), regenerated in backward, so nothing is stored.
+public final class LoRADropout: @unchecked Sendable {
+    public let p: Float
+    let seed: UInt64
+    /// Set by the trainer: true for training steps, false for evaluation.
+    public var active = false
+    /// Counts micro-batches, so each draws new masks.
+    public var step = 0
+    private(set) var dropped: FloatBuffer   // [rows, in] the dropped input
+    private(set) var grad: FloatBuffer      // [rows, in] scratch for the input gradient
+
+    init(p: Float, seed: UInt64, scratchCount: Int) {
+        self.p = p
+        self.seed = seed
+        dropped = FloatBuffer(count: scratchCount)
+        grad = FloatBuffer(count: scratchCount)
+    }
+
+    /// Each adapter runs once per micro-batch, so (step, adapter) keys a mask.
+    func key(_ l: LoRAAdapter) -> UInt64 {
+        mixBits(seed ^ (UInt64(step) &* 0x1000_0001) ^ (UInt64(l.index) &* 0x9E37_79B9))
+    }
+
+    /// Makes room for inputs of `count` floats (rows x in) before training starts.
+    public func reserve(_ count: Int) {
+        if dropped.count < count {
+            dropped = FloatBuffer(count: count)
+            grad = FloatBuffer(count: count)
+        }
+    }
 }
 
 /// Forward of the adapter's update, added to y [N, out] (which already holds x W^T):
-///   u [N, r] = x A^T (kept for backward);  y += s u B^T.
+///   u [N, r] = dropout(x) A^T (kept for backward);  y += s u B^T.
 @inline(__always)
-public func loraForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int,
+public func loraForward(y: UnsafeMutablePointer<Float>, x xIn: UnsafePointer<Float>, rows n: Int,
                         adapter l: LoRAAdapter, u: UnsafeMutablePointer<Float>) {
+    var x = xIn
+    if let d = l.dropout, d.active {
+        dropoutForward(dst: d.dropped.pointer, src: xIn, count: n * l.inFeatures, p: d.p, key: d.key(l))
+        x = UnsafePointer(d.dropped.pointer)
+    }
     BLAS.gemm(.none, .transpose, m: n, n: l.rank, k: l.inFeatures,
               a: x, lda: l.inFeatures, b: l.a, ldb: l.inFeatures, c: u, ldc: l.rank)
     BLAS.gemm(.none, .transpose, m: n, n: l.outFeatures, k: l.rank, alpha: l.scale,
@@ -27,18 +69,30 @@ public func loraForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
 }
 
 /// Backward of loraForward: accumulates the adapter's gradients and adds its share of dx.
-///   dB += s dy^T u;  du = s dy B;  dA += du^T x;  dx += du A.
+///   dB += s dy^T u;  du = s dy B;  dA += du^T dropout(x);  dx += dropout'(du A).
 /// dy [N, out], x [N, in], u [N, r] from forward; du is scratch [N, r]; dx [N, in].
 @inline(__always)
-public func loraBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+public func loraBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x xIn: UnsafePointer<Float>,
                          rows n: Int, adapter l: LoRAAdapter, u: UnsafePointer<Float>,
                          du: UnsafeMutablePointer<Float>) {
     BLAS.gemm(.transpose, .none, m: l.outFeatures, n: l.rank, k: n, alpha: l.scale,
               a: dy, lda: l.outFeatures, b: u, ldb: l.rank, beta: 1, c: l.gradB, ldc: l.rank)
     BLAS.gemm(.none, .none, m: n, n: l.rank, k: l.outFeatures, alpha: l.scale,
               a: dy, lda: l.outFeatures, b: l.b, ldb: l.rank, c: du, ldc: l.rank)
+    guard let d = l.dropout, d.active else {
+        BLAS.gemm(.transpose, .none, m: l.rank, n: l.inFeatures, k: n,
+                  a: du, lda: l.rank, b: xIn, ldb: l.inFeatures, beta: 1, c: l.gradA, ldc: l.inFeatures)
+        BLAS.gemm(.none, .none, m: n, n: l.inFeatures, k: l.rank,
+                  a: du, lda: l.rank, b: l.a, ldb: l.inFeatures, beta: 1, c: dx, ldc: l.inFeatures)
+        return
+    }
+    let count = n * l.inFeatures, key = d.key(l)
+    dropoutForward(dst: d.dropped.pointer, src: xIn, count: count, p: d.p, key: key)
     BLAS.gemm(.transpose, .none, m: l.rank, n: l.inFeatures, k: n,
-              a: du, lda: l.rank, b: x, ldb: l.inFeatures, beta: 1, c: l.gradA, ldc: l.inFeatures)
+              a: du, lda: l.rank, b: d.dropped.pointer, ldb: l.inFeatures, beta: 1, c: l.gradA, ldc: l.inFeatures)
     BLAS.gemm(.none, .none, m: n, n: l.inFeatures, k: l.rank,
-              a: du, lda: l.rank, b: l.a, ldb: l.inFeatures, beta: 1, c: dx, ldc: l.inFeatures)
+              a: du, lda: l.rank, b: l.a, ldb: l.inFeatures, c: d.grad.pointer, ldc: l.inFeatures)
+    // The same mask and scale apply to the gradient of the input.
+    dropoutForward(dst: d.grad.pointer, src: d.grad.pointer, count: count, p: d.p, key: key)
+    for i in 0..<count { dx[i] += d.grad[i] }
 }

@@ -89,6 +89,14 @@ public struct LayerAdapters: Sendable {
     public var router: LoRAAdapter?
 }
 
+/// One adapter to lay out: a module path (PEFT naming), its rank and its scale.
+public struct AdapterPlan: Equatable, Sendable {
+    public var module: String
+    public var rank: Int
+    public var scale: Float
+    public init(module: String, rank: Int, scale: Float) { self.module = module; self.rank = rank; self.scale = scale }
+}
+
 /// Every adapter of a model, in one ParameterStore.
 public final class AdapterSet: @unchecked Sendable {
     public let spec: LoRASpec
@@ -98,68 +106,75 @@ public final class AdapterSet: @unchecked Sendable {
     /// All adapters in a fixed order (for saving, norms and tests).
     public let all: [LoRAAdapter]
     public let maxRank: Int
+    /// Dropout on adapter inputs (nil when the spec's dropout is 0).
+    public let dropout: LoRADropout?
 
     /// Lays out adapters for `spec` on `model`. A is initialised kaiming-uniform
     /// (bound 1/sqrt(in), as PEFT does), B with zeros; `seed` makes it reproducible.
-    public init(model: Transformer, spec: LoRASpec, seed: UInt64) throws {
+    public convenience init(model: Transformer, spec: LoRASpec, seed: UInt64) throws {
         let c = model.config
         if spec.targets.contains(.router), !c.isMoE {
             throw MoETuneError.invalid("lora targets 'router' but \(c.family.rawValue) models have no router")
         }
-        // First pass: sizes.
-        struct Slot { var module: String; var kind: ModuleKind; var out: Int; var inp: Int }
-        var slots: [Slot] = []
+        if spec.targets.contains(.mlp), c.isMoE == false, model.layers.first?.mlp == nil {
+            throw MoETuneError.invalid("lora targets 'mlp' but the model has no MLP")
+        }
+        if case .list(let ls) = spec.layers, let bad = ls.first(where: { $0 < 0 || $0 >= c.numLayers }) {
+            throw MoETuneError.invalid("lora layer \(bad) does not exist (the model has layers 0..\(c.numLayers - 1))")
+        }
+        if case .last(let n) = spec.layers, n < 1 || n > c.numLayers {
+            throw MoETuneError.invalid("lora layers: \(n) must be between 1 and the model's \(c.numLayers) layers")
+        }
+        var plan: [AdapterPlan] = []
         for l in 0..<c.numLayers where spec.layers.contains(l, of: c.numLayers) {
-            let w = model.layers[l]
-            let p = WeightNames.layerPrefix(l)
-            if spec.targets.contains(.query) { slots.append(Slot(module: p + "self_attn.q_proj", kind: .query, out: w.q.rows, inp: w.q.cols)) }
-            if spec.targets.contains(.key) { slots.append(Slot(module: p + "self_attn.k_proj", kind: .key, out: w.k.rows, inp: w.k.cols)) }
-            if spec.targets.contains(.value) { slots.append(Slot(module: p + "self_attn.v_proj", kind: .value, out: w.v.rows, inp: w.v.cols)) }
-            if spec.targets.contains(.projection) { slots.append(Slot(module: p + "self_attn.o_proj", kind: .projection, out: w.o.rows, inp: w.o.cols)) }
-            if spec.targets.contains(.mlp) {
-                if let m = w.mlp {
-                    slots.append(Slot(module: p + "mlp.gate_proj", kind: .mlp, out: m.gate.rows, inp: m.gate.cols))
-                    slots.append(Slot(module: p + "mlp.up_proj", kind: .mlp, out: m.up.rows, inp: m.up.cols))
-                    slots.append(Slot(module: p + "mlp.down_proj", kind: .mlp, out: m.down.rows, inp: m.down.cols))
+            for kind in ModuleKind.allCases where kind != .head && spec.targets.contains(kind) {
+                for module in model.modules(of: kind, layer: l) {
+                    plan.append(AdapterPlan(module: module, rank: spec.shape(of: kind).rank, scale: spec.scale(of: kind)))
                 }
-                for (e, x) in w.experts.enumerated() {
-                    let ep = p + "block_sparse_moe.experts.\(e)."
-                    slots.append(Slot(module: ep + "w1", kind: .mlp, out: x.gate.rows, inp: x.gate.cols))
-                    slots.append(Slot(module: ep + "w3", kind: .mlp, out: x.up.rows, inp: x.up.cols))
-                    slots.append(Slot(module: ep + "w2", kind: .mlp, out: x.down.rows, inp: x.down.cols))
-                }
-            }
-            if spec.targets.contains(.router), let r = w.router {
-                slots.append(Slot(module: p + "block_sparse_moe.gate", kind: .router, out: r.rows, inp: r.cols))
             }
         }
         if spec.targets.contains(.head) {
-            slots.append(Slot(module: "lm_head", kind: .head, out: model.lmHead.rows, inp: model.lmHead.cols))
+            plan.append(AdapterPlan(module: "lm_head", rank: spec.shape(of: .head).rank, scale: spec.scale(of: .head)))
         }
-        for s in slots {
-            let r = spec.shape(of: s.kind).rank
-            guard r >= 1, r <= min(s.out, s.inp) else {
-                throw MoETuneError.invalid("lora rank \(r) for \(s.module) must be between 1 and \(min(s.out, s.inp)) (the layer is [\(s.out), \(s.inp)])")
+        try self.init(model: model, plan: plan, spec: spec, seed: seed)
+    }
+
+    /// Lays out the adapters of `plan` (module paths with rank and scale).
+    public init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64) throws {
+        let c = model.config
+        var shapes: [(plan: AdapterPlan, weight: Matrix)] = []
+        for p in plan {
+            guard let w = model.linear(module: p.module) else {
+                throw MoETuneError.invalid("the model has no linear layer \(p.module)")
             }
+            guard p.rank >= 1, p.rank <= min(w.rows, w.cols) else {
+                throw MoETuneError.invalid("lora rank \(p.rank) for \(p.module) must be between 1 and \(min(w.rows, w.cols)) (the layer is [\(w.rows), \(w.cols)])")
+            }
+            shapes.append((p, w))
         }
-        let total = slots.reduce(0) { $0 + spec.shape(of: $1.kind).rank * ($1.inp + $1.out) }
+        let total = shapes.reduce(0) { $0 + $1.plan.rank * ($1.weight.rows + $1.weight.cols) }
+        guard spec.dropout >= 0, spec.dropout < 1 else {
+            throw MoETuneError.invalid("lora dropout must be in [0, 1), got \(spec.dropout)")
+        }
+        // Scratch for dropped inputs is sized by the trainer (LoRADropout.reserve).
+        let dropout = spec.dropout > 0 ? LoRADropout(p: Float(spec.dropout), seed: seed ^ 0xD0, scratchCount: 0) : nil
         let store = ParameterStore(count: total)
         var rng = SplitMix64(seed: seed)
         var offset = 0
         var byModule: [String: LoRAAdapter] = [:]
         var all: [LoRAAdapter] = []
-        for s in slots {
-            let shape = spec.shape(of: s.kind)
-            let r = shape.rank
+        for (p, w) in shapes {
+            let r = p.rank
             let a = store.params.pointer + offset, ga = store.grads.pointer + offset
-            offset += r * s.inp
+            offset += r * w.cols
             let b = store.params.pointer + offset, gb = store.grads.pointer + offset
-            offset += r * s.out
-            let bound = 1 / Float(s.inp).squareRoot()
-            for i in 0..<(r * s.inp) { a[i] = (rng.nextFloat() * 2 - 1) * bound }
-            let adapter = LoRAAdapter(module: s.module, rank: r, inFeatures: s.inp, outFeatures: s.out,
-                                      scale: spec.scale(of: s.kind), a: a, b: b, gradA: ga, gradB: gb)
-            byModule[s.module] = adapter
+            offset += r * w.rows
+            let bound = 1 / Float(w.cols).squareRoot()
+            for i in 0..<(r * w.cols) { a[i] = (rng.nextFloat() * 2 - 1) * bound }
+            let adapter = LoRAAdapter(module: p.module, rank: r, inFeatures: w.cols, outFeatures: w.rows,
+                                      scale: p.scale, a: a, b: b, gradA: ga, gradB: gb,
+                                      index: all.count, dropout: dropout)
+            byModule[p.module] = adapter
             all.append(adapter)
         }
         var layers: [LayerAdapters] = []
@@ -185,6 +200,7 @@ public final class AdapterSet: @unchecked Sendable {
         self.head = byModule["lm_head"]
         self.all = all
         self.maxRank = all.map(\.rank).max() ?? 0
+        self.dropout = dropout
     }
 
     public func adapter(module: String) -> LoRAAdapter? { all.first { $0.module == module } }

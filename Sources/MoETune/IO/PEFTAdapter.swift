@@ -1,0 +1,180 @@
+import Foundation
+
+/// LoRA adapters in the Hugging Face PEFT format: a folder with adapter_config.json and
+/// adapter_model.safetensors, keys "base_model.model." + module + ".lora_A.weight" [r, in]
+/// and ".lora_B.weight" [out, r]. Mixtral experts use their per-expert checkpoint names,
+/// which peft maps onto any expert layout itself. Reading also accepts the fused expert
+/// layout that peft writes for transformers 5 (target_parameters).
+public enum PEFTAdapter {
+    static let prefix = "base_model.model."
+
+    /// The module-name suffixes PEFT matches for each adapted module.
+    static func targetSuffix(_ module: String) -> String {
+        if module.hasSuffix("block_sparse_moe.gate") { return "gate" }
+        return String(module.split(separator: ".").last!)
+    }
+
+    /// Writes `adapters` to `dir` (created if needed). Files appear atomically.
+    public static func save(_ adapters: AdapterSet, baseModel: String, to dir: String) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var writer = SafeTensorsWriter()
+        for a in adapters.all {
+            writer.add(.init(name: prefix + a.module + ".lora_A.weight", shape: [a.rank, a.inFeatures],
+                             floats: UnsafeBufferPointer(start: a.a, count: a.rank * a.inFeatures)))
+            writer.add(.init(name: prefix + a.module + ".lora_B.weight", shape: [a.outFeatures, a.rank],
+                             floats: UnsafeBufferPointer(start: a.b, count: a.rank * a.outFeatures)))
+        }
+        let spec = adapters.spec
+        let suffixes = Array(Set(adapters.all.map { targetSuffix($0.module) })).sorted()
+        // PEFT's layers_to_transform would drop lm_head (it has no layer index), so a layer
+        // subset is written as a regex over the exact module paths instead.
+        let targets: Any
+        if spec.layers == .all {
+            targets = suffixes
+        } else {
+            targets = "^(" + adapters.all.map { NSRegularExpression.escapedPattern(for: $0.module) }.joined(separator: "|") + ")$"
+        }
+        var rankPattern: [String: Int] = [:]
+        var alphaPattern: [String: Double] = [:]
+        for (kind, shape) in spec.overrides {
+            for a in adapters.all where Transformer.kind(of: a.module) == kind {
+                rankPattern[targetSuffix(a.module)] = shape.rank
+                alphaPattern[targetSuffix(a.module)] = shape.alpha
+            }
+        }
+        let config: [String: Any] = [
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
+            "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
+            "target_modules": targets, "bias": "none", "fan_in_fan_out": false,
+            "use_rslora": spec.rslora, "use_dora": false, "rank_pattern": rankPattern,
+            "alpha_pattern": alphaPattern, "modules_to_save": NSNull(), "layers_to_transform": NSNull(),
+            "init_lora_weights": true, "inference_mode": true, "revision": NSNull(),
+        ]
+        let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try writer.write(to: dir + "/adapter_model.safetensors")
+        try AtomicFile.write(json, to: dir + "/adapter_config.json")
+    }
+
+    /// Reads the adapter in `dir` for `model`. Ranks come from the tensors, scales from
+    /// lora_alpha (or alpha_pattern) and use_rslora.
+    public static func load(directory dir: String, model: Transformer) throws -> AdapterSet {
+        let configPath = dir + "/adapter_config.json"
+        guard let data = FileManager.default.contents(atPath: configPath) else {
+            throw MoETuneError.file(path: configPath, message: FileManager.default.fileExists(atPath: dir)
+                ? "not found (is \(dir) a PEFT adapter folder?)" : "adapter folder not found")
+        }
+        guard let cfg = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw MoETuneError.file(path: configPath, message: "not a JSON object")
+        }
+        if let type = cfg["peft_type"] as? String, type != "LORA" {
+            throw MoETuneError.config(path: configPath, key: "peft_type", message: "only LORA adapters are supported, got \(type)")
+        }
+        if cfg["use_dora"] as? Bool == true {
+            throw MoETuneError.config(path: configPath, key: "use_dora", message: "DoRA adapters are not supported")
+        }
+        guard let r = (cfg["r"] as? NSNumber)?.intValue, r > 0 else {
+            throw MoETuneError.config(path: configPath, key: "r", message: "missing or not a positive integer")
+        }
+        let alpha = (cfg["lora_alpha"] as? NSNumber)?.doubleValue ?? Double(r)
+        let rslora = cfg["use_rslora"] as? Bool ?? false
+        let alphaPattern = (cfg["alpha_pattern"] as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.doubleValue }
+        let weightsPath = dir + "/adapter_model.safetensors"
+        let file = try SafeTensorsFile(path: weightsPath)
+
+        func alphaFor(_ module: String) -> Double {
+            for (pattern, value) in alphaPattern.sorted(by: { $0.key < $1.key }) {
+                if module == pattern || module.hasSuffix("." + pattern) { return value }
+                if let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(pattern))$"),
+                   re.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil { return value }
+            }
+            return alpha
+        }
+        func scale(_ module: String, rank: Int) -> Float {
+            let a = alphaFor(module)
+            return Float(rslora ? a / Double(rank).squareRoot() : a / Double(rank))
+        }
+        func floats(_ name: String) throws -> [Float] {
+            let info = file.tensors[name]!
+            var out = [Float](repeating: 0, count: info.count)
+            let ok = out.withUnsafeMutableBufferPointer {
+                FloatConversion.toFloat(file.bytes(of: info).baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!)
+            }
+            guard ok else { throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' has dtype \(info.dtype.rawValue); expected a float type") }
+            return out
+        }
+
+        // Collect (module → A, B) in moe-tune's per-module naming.
+        var pieces: [(module: String, a: [Float], b: [Float], rank: Int)] = []
+        var seen = Set<String>()
+        for name in file.tensors.keys.sorted() where name.hasSuffix(".lora_A.weight") {
+            guard name.hasPrefix(prefix) else {
+                throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' does not start with \(prefix)")
+            }
+            let module = String(name.dropFirst(prefix.count).dropLast(".lora_A.weight".count))
+            let bName = prefix + module + ".lora_B.weight"
+            guard let aInfo = file.tensors[name], let bInfo = file.tensors[bName], aInfo.shape.count == 2, bInfo.shape.count == 2 else {
+                throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_A/lora_B missing or not 2-D")
+            }
+            if let fused = WeightNames.fusedExpertAdapter(module) {
+                // A: (E, r, in) as [E*r, in];  B: (out, r, E) as [out, r*E], expert fastest.
+                let e = model.config.numExperts
+                guard e > 0, aInfo.shape[0] % e == 0 else {
+                    throw MoETuneError.file(path: weightsPath, message: "module \(module): fused expert adapter does not match \(e) experts")
+                }
+                let rank = aInfo.shape[0] / e, inF = aInfo.shape[1], outF = bInfo.shape[0]
+                guard bInfo.shape[1] == rank * e else {
+                    throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_B shape \(bInfo.shape) does not match lora_A \(aInfo.shape)")
+                }
+                let a = try floats(name), b = try floats(bName)
+                let inter = model.config.intermediateSize
+                for x in 0..<e {
+                    let ax = Array(a[(x * rank * inF)..<((x + 1) * rank * inF)])
+                    var bx = [Float](repeating: 0, count: outF * rank)
+                    for o in 0..<outF { for j in 0..<rank { bx[o * rank + j] = b[o * rank * e + j * e + x] } }
+                    let base = WeightNames.layerPrefix(fused.layer) + "block_sparse_moe.experts.\(x)."
+                    if fused.gateUp {
+                        guard outF == 2 * inter else {
+                            throw MoETuneError.file(path: weightsPath, message: "module \(module): gate_up lora_B has \(outF) rows, expected \(2 * inter)")
+                        }
+                        pieces.append((base + "w1", ax, Array(bx[0..<(inter * rank)]), rank))
+                        pieces.append((base + "w3", ax, Array(bx[(inter * rank)...]), rank))
+                    } else {
+                        pieces.append((base + "w2", ax, bx, rank))
+                    }
+                }
+                continue
+            }
+            let canonical = WeightNames.canonicalModule(module, isMoE: model.config.isMoE)
+            guard !seen.contains(canonical) else {
+                throw MoETuneError.file(path: weightsPath, message: "module \(canonical) appears twice")
+            }
+            seen.insert(canonical)
+            guard aInfo.shape[0] == bInfo.shape[1] else {
+                throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_A \(aInfo.shape) and lora_B \(bInfo.shape) disagree on the rank")
+            }
+            pieces.append((canonical, try floats(name), try floats(bName), aInfo.shape[0]))
+        }
+        guard !pieces.isEmpty else {
+            throw MoETuneError.file(path: weightsPath, message: "no LoRA tensors (*.lora_A.weight) found")
+        }
+        var plan: [AdapterPlan] = []
+        for p in pieces {
+            guard let w = model.linear(module: p.module) else {
+                throw MoETuneError.file(path: weightsPath, message: "module \(p.module) does not exist in the base model")
+            }
+            guard p.a.count == p.rank * w.cols, p.b.count == w.rows * p.rank else {
+                throw MoETuneError.file(path: weightsPath,
+                    message: "module \(p.module): adapter shapes A [\(p.rank), \(p.a.count / max(p.rank, 1))], B [\(p.b.count / max(p.rank, 1)), \(p.rank)] do not fit the base weight [\(w.rows), \(w.cols)]")
+            }
+            plan.append(AdapterPlan(module: p.module, rank: p.rank, scale: scale(p.module, rank: p.rank)))
+        }
+        let kinds = Set(plan.compactMap { Transformer.kind(of: $0.module) })
+        let spec = LoRASpec(rank: r, alpha: alpha, dropout: 0, rslora: rslora, targets: kinds, layers: .all)
+        let set = try AdapterSet(model: model, plan: plan, spec: spec, seed: 0)
+        for (adapter, p) in zip(set.all, pieces) {
+            adapter.a.update(from: p.a, count: p.a.count)
+            adapter.b.update(from: p.b, count: p.b.count)
+        }
+        return set
+    }
+}
