@@ -1,0 +1,203 @@
+"""Reference fixtures for moe-tune's tests, written by transformers (fp32).
+
+    /root/peer-venv/bin/python scripts/make_fixtures.py --out Tests/MoETuneTests/Fixtures
+
+Writes, deterministically (seeded):
+  tokenizer: a tiny SentencePiece BPE model (byte fallback) trained on generated text
+  llama/         LlamaForCausalLM, GQA, tied embeddings, saved SHARDED (index + shards)
+  mixtral/       MixtralForCausalLM, 4 experts top-2, GQA, classic per-expert tensor names
+  mixtral-bf16/  the same Mixtral weights stored as BF16
+  eval.jsonl     text and prompt/completion lines for the eval test
+  tokenizer-large.model  a tokenizer with more pieces than the models' vocabularies
+Each model folder also gets reference.safetensors (input_ids, attention_mask, logits,
+loss) and reference.json (loss, eval_loss, eval_tokens) from transformers.
+"""
+import argparse, json, math, os, random, shutil, tempfile
+
+import sentencepiece as spm
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+
+WORDS = ("the a of and to in is was he she it they we you for on with as at by from this that "
+         "river stone cloud green silver orange window garden candle rocket marble piano forest "
+         "tiger lemon yellow button castle dragon quick brown fox jumps over lazy dog number add "
+         "sort reverse word answer question model expert router token layer").split()
+
+
+def corpus(rnd, lines):
+    out = []
+    for _ in range(lines):
+        n = rnd.randrange(4, 14)
+        ws = [rnd.choice(WORDS) if rnd.random() < 0.85 else str(rnd.randrange(1000)) for _ in range(n)]
+        out.append(" ".join(ws).capitalize() + rnd.choice([".", "?", "!", ","]))
+    return out
+
+
+def train_tokenizer(prefix, text_lines, vocab):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "corpus.txt")
+        with open(path, "w") as f:
+            f.write("\n".join(text_lines))
+        spm.SentencePieceTrainer.train(
+            input=path, model_prefix=prefix, vocab_size=vocab, model_type="bpe", byte_fallback=True,
+            character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    os.remove(prefix + ".vocab")
+    return spm.SentencePieceProcessor(model_file=prefix + ".model")
+
+
+def per_expert_state(model, cfg):
+    """The state dict under the classic Mixtral checkpoint names (per-expert w1/w2/w3,
+    block_sparse_moe.gate), whatever layout the installed transformers keeps in memory."""
+    out = {}
+    inter, hidden = cfg.intermediate_size, cfg.hidden_size
+    for name, t in model.state_dict().items():
+        if name.endswith(".mlp.experts.gate_up_proj"):
+            layer = name.split(".")[2]
+            assert t.shape[1:] == (2 * inter, hidden), t.shape
+            for e in range(t.shape[0]):
+                out[f"model.layers.{layer}.block_sparse_moe.experts.{e}.w1.weight"] = t[e, :inter].clone()
+                out[f"model.layers.{layer}.block_sparse_moe.experts.{e}.w3.weight"] = t[e, inter:].clone()
+        elif name.endswith(".mlp.experts.down_proj"):
+            layer = name.split(".")[2]
+            assert t.shape[1:] == (hidden, inter), t.shape
+            for e in range(t.shape[0]):
+                out[f"model.layers.{layer}.block_sparse_moe.experts.{e}.w2.weight"] = t[e].clone()
+        elif name.endswith(".mlp.gate.weight") and cfg.model_type == "mixtral":
+            out[name.replace(".mlp.gate.", ".block_sparse_moe.gate.")] = t.clone()
+        else:
+            out[name] = t.clone()
+    return out
+
+
+def write_config(cfg, folder, dtype):
+    d = cfg.to_dict()
+    d["torch_dtype"] = dtype
+    d["dtype"] = dtype
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(d, f, indent=2, sort_keys=True)
+
+
+def router_margin(model, ids, mask):
+    """Smallest gap between the k-th and (k+1)-th router probability over all tokens."""
+    gaps = []
+    hooks = []
+    def hook(_m, _i, out):
+        logits = out[0] if isinstance(out, tuple) else out
+        p = torch.softmax(logits.float(), -1).sort(-1, descending=True).values
+        k = model.config.num_experts_per_tok
+        gaps.append((p[..., k - 1] - p[..., k]).min().item())
+    for name, m in model.named_modules():
+        if name.endswith("mlp.gate") or name.endswith("block_sparse_moe.gate"):
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    return min(gaps)
+
+
+def references(model, sp, ids, mask, eval_rows, folder):
+    model.eval()
+    labels = ids.clone()
+    labels[mask == 0] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    save_file({"input_ids": ids.to(torch.int32).contiguous(), "attention_mask": mask.to(torch.int32).contiguous(),
+               "logits": out.logits.float().contiguous(), "loss": out.loss.float().reshape(1)},
+              os.path.join(folder, "reference.safetensors"))
+    total, count = 0.0, 0
+    for r in eval_rows:
+        if "text" in r:
+            toks = [1] + sp.encode(r["text"]) + [2]
+            start = 1
+        else:
+            p = [1] + sp.encode(r["prompt"])
+            toks = p + sp.encode(r["completion"]) + [2]
+            start = len(p)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([toks])).logits[0].double(), -1)
+        for j in range(start, len(toks)):
+            total -= logp[j - 1, toks[j]].item()
+            count += 1
+    ref = {"loss": out.loss.item(), "eval_loss": total / count, "eval_tokens": count}
+    with open(os.path.join(folder, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=2)
+    return ref
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="Tests/MoETuneTests/Fixtures")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    rnd = random.Random(1234)
+    torch.manual_seed(1234)
+
+    text = corpus(rnd, 3000)
+    tok_prefix = os.path.join(a.out, "tokenizer")
+    sp = train_tokenizer(tok_prefix, text, 384)
+    big = train_tokenizer(os.path.join(a.out, "tokenizer-large"), text, 600)
+    V = sp.get_piece_size()
+    assert big.get_piece_size() > V
+
+    eval_rows = [{"text": " ".join(corpus(rnd, rnd.randrange(1, 4)))} for _ in range(8)]
+    eval_rows += [{"prompt": f"Add {x} and {y}.", "completion": f" {x + y}"}
+                  for x, y in [(3, 4), (12, 30), (7, 91), (250, 250)]]
+    with open(os.path.join(a.out, "eval.jsonl"), "w") as f:
+        for r in eval_rows:
+            f.write(json.dumps(r) + "\n")
+
+    B, T = 2, 24
+    ids = torch.randint(3, V, (B, T))
+    ids[:, 0] = 1
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, T - 6:] = 0
+
+    common = dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, max_position_embeddings=256,
+                  bos_token_id=1, eos_token_id=2)
+    summary = {}
+
+    # Llama: tied embeddings, sharded checkpoint.
+    llama_cfg = LlamaConfig(intermediate_size=128, rope_theta=10000.0, tie_word_embeddings=True, **common)
+    llama = LlamaForCausalLM(llama_cfg).float().eval()
+    folder = os.path.join(a.out, "llama")
+    shutil.rmtree(folder, ignore_errors=True)
+    llama.save_pretrained(folder, safe_serialization=True, max_shard_size="60KB")
+    assert os.path.exists(os.path.join(folder, "model.safetensors.index.json")), "llama must be sharded"
+    shutil.copy(tok_prefix + ".model", os.path.join(folder, "tokenizer.model"))
+    summary["llama"] = references(llama, sp, ids, mask, eval_rows, folder)
+
+    # Mixtral: per-expert names, fp32; pick a seed whose router decisions have a margin.
+    for seed in range(100):
+        torch.manual_seed(seed)
+        mcfg = MixtralConfig(intermediate_size=96, rope_theta=1e6, tie_word_embeddings=False,
+                             num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.02, **common)
+        mixtral = MixtralForCausalLM(mcfg).float().eval()
+        margin = router_margin(mixtral, ids, mask)
+        if margin > 1e-4:
+            break
+    summary["router_seed"], summary["router_margin"] = seed, margin
+    state = per_expert_state(mixtral, mcfg)
+    for name, dtype, conv in [("mixtral", "float32", lambda t: t.float()),
+                              ("mixtral-bf16", "bfloat16", lambda t: t.to(torch.bfloat16))]:
+        folder = os.path.join(a.out, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        save_file({k: conv(v).contiguous() for k, v in state.items()}, os.path.join(folder, "model.safetensors"),
+                  metadata={"format": "pt"})
+        write_config(mcfg, folder, dtype)
+        shutil.copy(tok_prefix + ".model", os.path.join(folder, "tokenizer.model"))
+        # The reference runs the stored weights (BF16 rounded for the bf16 copy) in fp32.
+        model = MixtralForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        if name == "mixtral":
+            with torch.no_grad():
+                assert torch.equal(model(input_ids=ids).logits, mixtral(input_ids=ids).logits), "reload changed logits"
+        summary[name] = references(model, sp, ids, mask, eval_rows, folder)
+    os.remove(tok_prefix + ".model")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
