@@ -27,6 +27,14 @@ final class ProgressLine {
     }
 }
 
+extension ProgressLine {
+    /// Prints a message on its own line without losing the progress line.
+    func interrupt(_ message: String) {
+        let prefix = isatty(STDERR_FILENO) != 0 ? "\r\u{1B}[K" : ""
+        FileHandle.standardError.write(Data("\(prefix)\(message)\n".utf8))
+    }
+}
+
 func formatDuration(_ s: Double) -> String {
     let t = Int(s.rounded())
     return t >= 3600 ? String(format: "%dh%02dm", t / 3600, t % 3600 / 60)

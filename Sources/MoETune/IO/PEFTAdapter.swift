@@ -50,7 +50,7 @@ public enum PEFTAdapter {
             "alpha_pattern": alphaPattern, "modules_to_save": NSNull(), "layers_to_transform": NSNull(),
             "init_lora_weights": true, "inference_mode": true, "revision": NSNull(),
         ]
-        let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try writer.write(to: dir + "/adapter_model.safetensors")
         try AtomicFile.write(json, to: dir + "/adapter_config.json")
     }

@@ -1,0 +1,164 @@
+import Foundation
+import Yams
+
+/// Typed reading of one mapping of a YAML config, with errors that name the file, the
+/// dotted key and the line (or "--set" for a command-line override). Every accessor
+/// registers its key as known, so `finish()` can refuse unknown keys and suggest the
+/// nearest known one. Sections are decoded by a list of accessor calls: the schema.
+final class ConfigReader {
+    let file: String
+    let prefix: String
+    private let entries: [(key: String, node: Node)]
+    private let overridden: Set<String>
+    private var known: [String] = []
+
+    init(file: String, prefix: String, node: Node?, overridden: Set<String>) throws {
+        self.file = file
+        self.prefix = prefix
+        self.overridden = overridden
+        switch node {
+        case nil, .scalar(_) where node?.null != nil:
+            entries = []
+        case .mapping(let m):
+            entries = try m.map { pair in
+                guard let k = pair.key.string else {
+                    throw MoETuneError.config(path: file, key: prefix.isEmpty ? "?" : String(prefix.dropLast()),
+                                              message: "\(ConfigReader.where(pair.key)): keys must be strings")
+                }
+                return (k, pair.value)
+            }
+        default:
+            throw MoETuneError.config(path: file, key: String(prefix.dropLast()),
+                                      message: "\(ConfigReader.where(node!)): expected a mapping of keys")
+        }
+    }
+
+    static func `where`(_ node: Node) -> String {
+        node.mark.map { "line \($0.line)" } ?? "--set"
+    }
+
+    func location(_ key: String) -> String {
+        if overridden.contains(prefix + key) { return "--set" }
+        return node(key).map(ConfigReader.where) ?? "default"
+    }
+
+    func fail(_ key: String, _ message: String) -> MoETuneError {
+        .config(path: file, key: prefix + key, message: "\(location(key)): \(message)")
+    }
+
+    func node(_ key: String) -> Node? {
+        entries.last { $0.key == key }?.node
+    }
+
+    private func value(_ key: String) -> Node? {
+        known.append(key)
+        guard let n = node(key), n.null == nil else { return nil }
+        return n
+    }
+
+    /// The text of an unquoted scalar: only those are numbers or booleans.
+    private func plain(_ n: Node) -> String? {
+        guard case .scalar(let s) = n, s.style == .plain || s.style == .any else { return nil }
+        return s.string
+    }
+
+    func optionalInt(_ key: String) throws -> Int? {
+        guard let n = value(key) else { return nil }
+        guard let text = plain(n), let v = Int(text.replacingOccurrences(of: "_", with: "")) else {
+            throw fail(key, "expected an integer, got \(describe(n))")
+        }
+        return v
+    }
+
+    func int(_ key: String, default d: Int) throws -> Int { try optionalInt(key) ?? d }
+
+    func optionalDouble(_ key: String) throws -> Double? {
+        guard let n = value(key) else { return nil }
+        // Double() also takes 1e-4, which YAML 1.1 would leave a string.
+        guard let text = plain(n), let v = Double(text.replacingOccurrences(of: "_", with: "")), v.isFinite else {
+            throw fail(key, "expected a number, got \(describe(n))")
+        }
+        return v
+    }
+
+    func double(_ key: String, default d: Double) throws -> Double { try optionalDouble(key) ?? d }
+
+    func bool(_ key: String, default d: Bool) throws -> Bool {
+        guard let n = value(key) else { return d }
+        switch plain(n)?.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw fail(key, "expected true or false, got \(describe(n))")
+        }
+    }
+
+    func optionalString(_ key: String) throws -> String? {
+        guard let n = value(key) else { return nil }
+        guard case .scalar(let s) = n else { throw fail(key, "expected a string, got \(describe(n))") }
+        return s.string
+    }
+
+    func string(_ key: String, required: Bool = true) throws -> String {
+        guard let s = try optionalString(key) else { throw fail(key, "required key is missing") }
+        return s
+    }
+
+    /// One of a fixed set of names, with a suggestion when misspelt.
+    func choice(_ key: String, _ options: [String], default d: String) throws -> String {
+        guard let s = try optionalString(key) else { return d }
+        guard options.contains(s) else {
+            throw fail(key, "unknown value \"\(s)\"; expected one of \(options.joined(separator: ", "))" + suggestion(s, options))
+        }
+        return s
+    }
+
+    /// The raw node of a key with a custom shape (lists, "all"-or-number, sub-mappings).
+    func raw(_ key: String) -> Node? { value(key) }
+
+    /// A sub-section's reader.
+    func section(_ key: String) throws -> ConfigReader {
+        known.append(key)
+        return try ConfigReader(file: file, prefix: prefix + key + ".", node: node(key), overridden: overridden)
+    }
+
+    /// Refuses keys no accessor asked for.
+    func finish() throws {
+        for (key, n) in entries where !known.contains(key) {
+            throw MoETuneError.config(path: file, key: prefix + key,
+                message: "\(overridden.contains(prefix + key) ? "--set" : ConfigReader.where(n)): unknown key"
+                    + suggestion(key, known, withPrefix: prefix))
+        }
+    }
+
+    func describe(_ n: Node) -> String {
+        switch n {
+        case .scalar(let s): return "\"\(s.string)\""
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        }
+    }
+}
+
+/// "; did you mean X?" for the nearest candidate by edit distance, if any is close.
+func suggestion(_ word: String, _ candidates: [String], withPrefix prefix: String = "") -> String {
+    let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }
+    guard let best = scored.min(by: { $0.1 < $1.1 }), best.1 <= max(2, word.count / 2) else { return "" }
+    return "; did you mean \(prefix)\(best.0)?"
+}
+
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var prev = Array(0...b.count)
+    var cur = prev
+    for i in 1...a.count {
+        cur[0] = i
+        for j in 1...b.count {
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        swap(&prev, &cur)
+    }
+    return prev[b.count]
+}

@@ -1,0 +1,354 @@
+import Foundation
+import Yams
+
+/// The training configuration: a YAML file (see configs/example.yaml for every key),
+/// then `--set key.sub=value` overrides, then defaults. Every error names the file, the
+/// key and the line (or --set).
+public struct TrainConfig: Equatable, Sendable {
+    public struct DataSection: Equatable, Sendable {
+        public var train: String
+        public var valid: String?
+        public var test: String?
+        public var trainOnInputs = false
+        public var chatTemplate: String?
+    }
+
+    public struct LoRASection: Equatable, Sendable {
+        public var rank = 8
+        public var alpha = 16.0
+        public var dropout = 0.0
+        public var rslora = false
+        public var targets: [ModuleKind] = [.query, .key, .value, .projection]
+        public var layers: LayerSelection = .all
+        public var overrides: [ModuleKind: LoRAShape] = [:]
+    }
+
+    public enum OptimizerName: String, Sendable, CaseIterable { case adamw, sgd }
+    public enum ScheduleName: String, Sendable, CaseIterable { case cosine, constant }
+
+    public struct OptimizerSection: Equatable, Sendable {
+        public var name: OptimizerName = .adamw
+        public var lr = 2e-4
+        public var beta1 = 0.9
+        public var beta2 = 0.999
+        public var eps = 1e-8
+        public var weightDecay = 0.0
+        public var momentum = 0.0
+        public var nesterov = false
+        /// Clip the global gradient norm to this; nil: no clipping.
+        public var gradClip: Double? = 1.0
+    }
+
+    public struct ScheduleSection: Equatable, Sendable {
+        public var name: ScheduleName = .cosine
+        public var warmupSteps = 0
+        public var minLR = 0.0
+    }
+
+    public struct TrainingSection: Equatable, Sendable {
+        public var batchSize = 4
+        public var gradAccum = 1
+        public var maxSteps: Int?
+        public var epochs: Double?
+        public var maxSeqLen = 512
+        public var seed = 0
+        public var evalEvery = 50
+        public var evalBatches: Int?
+        public var saveEvery = 0
+        public var outDir: String
+        public var logEvery = 1
+    }
+
+    public var model: String
+    public var data: DataSection
+    public var lora = LoRASection()
+    public var optimizer = OptimizerSection()
+    public var schedule = ScheduleSection()
+    public var training: TrainingSection
+
+    public var loraSpec: LoRASpec {
+        LoRASpec(rank: lora.rank, alpha: lora.alpha, dropout: lora.dropout, rslora: lora.rslora,
+                 targets: Set(lora.targets), layers: lora.layers, overrides: lora.overrides)
+    }
+
+    // MARK: Loading
+
+    public static func load(path: String, overrides: [String] = []) throws -> TrainConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw MoETuneError.file(path: path, message: FileManager.default.fileExists(atPath: path) ? "cannot read" : "config file not found")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw MoETuneError.file(path: path, message: "not UTF-8 text") }
+        return try parse(text, path: path, overrides: overrides)
+    }
+
+    public static func parse(_ text: String, path: String, overrides: [String] = []) throws -> TrainConfig {
+        var root: Node
+        do {
+            root = try Yams.compose(yaml: text) ?? Node.mapping(Node.Mapping([]))
+        } catch let e as YamlError {
+            throw MoETuneError.file(path: path, message: "not valid YAML: \(String(describing: e).split(separator: "\n").first ?? "")")
+        } catch {
+            throw MoETuneError.file(path: path, message: "not valid YAML")
+        }
+        guard case .mapping = root else { throw MoETuneError.file(path: path, message: "expected a YAML mapping of sections at the top level") }
+        var overridden = Set<String>()
+        for o in overrides {
+            let (key, node) = try parseOverride(o)
+            root = try setting(root, path: key.split(separator: ".").map(String.init), to: node, argument: o)
+            overridden.insert(key)
+        }
+        let r = try ConfigReader(file: path, prefix: "", node: root, overridden: overridden)
+        let config = try decode(r)
+        try r.finish()
+        try config.validate(r)
+        return config
+    }
+
+    static func parseOverride(_ arg: String) throws -> (String, Node) {
+        guard let eq = arg.firstIndex(of: "="), eq != arg.startIndex else {
+            throw MoETuneError.invalid("--set \(arg): expected key.sub=value")
+        }
+        let key = String(arg[..<eq]), valueText = String(arg[arg.index(after: eq)...])
+        guard key.split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ !$0.isEmpty }) else {
+            throw MoETuneError.invalid("--set \(arg): malformed key \"\(key)\"")
+        }
+        let node: Node
+        do {
+            node = try Yams.compose(yaml: valueText) ?? Node("", .init(.null))
+        } catch {
+            throw MoETuneError.invalid("--set \(arg): the value is not valid YAML")
+        }
+        return (key, stripMarks(node))
+    }
+
+    /// Override values carry no line numbers (reported as "--set").
+    static func stripMarks(_ n: Node) -> Node {
+        switch n {
+        case .scalar(let s): return Node(s.string, s.tag, s.style)
+        case .sequence(let s): return Node(s.map(stripMarks), s.tag, s.style)
+        case .mapping(let m): return Node(m.map { (stripMarks($0.key), stripMarks($0.value)) }, m.tag, m.style)
+        case .alias: return n
+        }
+    }
+
+    static func setting(_ node: Node, path: [String], to value: Node, argument: String) throws -> Node {
+        guard let head = path.first else { return value }
+        var pairs: [(Node, Node)] = []
+        if case .mapping(let m) = node { pairs = m.map { ($0.key, $0.value) } }
+        else if node.null == nil, case .scalar = node {
+            throw MoETuneError.invalid("--set \(argument): \(head) is inside a value that is not a mapping")
+        }
+        if let i = pairs.firstIndex(where: { $0.0.string == head }) {
+            pairs[i].1 = try setting(pairs[i].1, path: Array(path.dropFirst()), to: value, argument: argument)
+        } else {
+            pairs.append((Node(head), try setting(Node("", .init(.null)), path: Array(path.dropFirst()), to: value, argument: argument)))
+        }
+        return Node(pairs)
+    }
+
+    static func decode(_ r: ConfigReader) throws -> TrainConfig {
+        let model = try r.string("model")
+        let d = try r.section("data")
+        let data = DataSection(train: try d.string("train"), valid: try d.optionalString("valid"), test: try d.optionalString("test"),
+                               trainOnInputs: try d.bool("train_on_inputs", default: false),
+                               chatTemplate: try d.optionalString("chat_template"))
+        try d.finish()
+
+        let l = try r.section("lora")
+        var lora = LoRASection()
+        lora.rank = try l.int("rank", default: lora.rank)
+        lora.alpha = try l.double("alpha", default: lora.alpha)
+        lora.dropout = try l.double("dropout", default: lora.dropout)
+        lora.rslora = try l.bool("rslora", default: lora.rslora)
+        if let t = l.raw("targets") { lora.targets = try moduleKinds(t, reader: l, key: "targets") }
+        if let n = l.raw("layers") { lora.layers = try layerSelection(n, reader: l) }
+        let o = try l.section("overrides")
+        for kind in ModuleKind.allCases {
+            let s = try o.section(kind.rawValue)
+            if o.node(kind.rawValue) != nil {
+                let rank = try s.int("rank", default: lora.rank)
+                let alpha = try s.double("alpha", default: lora.alpha)
+                lora.overrides[kind] = LoRAShape(rank: rank, alpha: alpha)
+            }
+            try s.finish()
+        }
+        try o.finish()
+        try l.finish()
+
+        let op = try r.section("optimizer")
+        var opt = OptimizerSection()
+        opt.name = OptimizerName(rawValue: try op.choice("name", OptimizerName.allCases.map(\.rawValue), default: opt.name.rawValue))!
+        opt.lr = try op.double("lr", default: opt.lr)
+        if let b = op.raw("betas") {
+            guard case .sequence(let seq) = b, seq.count == 2,
+                  let b1 = seq[0].float ?? seq[0].int.map(Double.init), let b2 = seq[1].float ?? seq[1].int.map(Double.init) else {
+                throw op.fail("betas", "expected a list of two numbers, e.g. [0.9, 0.999]")
+            }
+            (opt.beta1, opt.beta2) = (b1, b2)
+        }
+        opt.eps = try op.double("eps", default: opt.eps)
+        opt.weightDecay = try op.double("weight_decay", default: opt.weightDecay)
+        opt.momentum = try op.double("momentum", default: opt.momentum)
+        opt.nesterov = try op.bool("nesterov", default: opt.nesterov)
+        opt.gradClip = op.node("grad_clip") == nil ? opt.gradClip : try op.optionalDouble("grad_clip")
+        try op.finish()
+
+        let sc = try r.section("schedule")
+        var schedule = ScheduleSection()
+        schedule.name = ScheduleName(rawValue: try sc.choice("name", ScheduleName.allCases.map(\.rawValue), default: schedule.name.rawValue))!
+        schedule.warmupSteps = try sc.int("warmup_steps", default: schedule.warmupSteps)
+        schedule.minLR = try sc.double("min_lr", default: schedule.minLR)
+        try sc.finish()
+
+        let t = try r.section("training")
+        let outDir = try t.string("out_dir")
+        var tr = TrainingSection(outDir: outDir)
+        tr.batchSize = try t.int("batch_size", default: tr.batchSize)
+        tr.gradAccum = try t.int("grad_accum", default: tr.gradAccum)
+        tr.maxSteps = try t.optionalInt("max_steps")
+        tr.epochs = try t.optionalDouble("epochs")
+        tr.maxSeqLen = try t.int("max_seq_len", default: tr.maxSeqLen)
+        tr.seed = try t.int("seed", default: tr.seed)
+        tr.evalEvery = try t.int("eval_every", default: tr.evalEvery)
+        tr.evalBatches = try t.optionalInt("eval_batches")
+        tr.saveEvery = try t.int("save_every", default: tr.saveEvery)
+        tr.logEvery = try t.int("log_every", default: tr.logEvery)
+        try t.finish()
+        return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, training: tr)
+    }
+
+    static func moduleKinds(_ n: Node, reader: ConfigReader, key: String) throws -> [ModuleKind] {
+        guard case .sequence(let seq) = n else {
+            throw reader.fail(key, "expected a list of module kinds, e.g. [query, value]")
+        }
+        var kinds: [ModuleKind] = []
+        let names = ModuleKind.allCases.map(\.rawValue)
+        for item in seq {
+            guard let s = item.string, let k = ModuleKind(rawValue: s) else {
+                let s = item.string ?? "?"
+                throw reader.fail(key, "unknown module kind \"\(s)\"; expected one of \(names.joined(separator: ", "))" + suggestion(s, names))
+            }
+            guard !kinds.contains(k) else { throw reader.fail(key, "\(s) is listed twice") }
+            kinds.append(k)
+        }
+        guard !kinds.isEmpty else { throw reader.fail(key, "the list of targets is empty") }
+        return kinds
+    }
+
+    static func layerSelection(_ n: Node, reader: ConfigReader) throws -> LayerSelection {
+        switch n {
+        case .scalar(let s) where s.string == "all": return .all
+        case .scalar(let s):
+            guard let v = Int(s.string), v >= 1 else { throw reader.fail("layers", "expected all, a positive number (the last N layers) or a list of layer indices") }
+            return .last(v)
+        case .sequence(let seq):
+            let ls = seq.compactMap { $0.int }
+            guard ls.count == seq.count, !ls.isEmpty, ls.allSatisfy({ $0 >= 0 }) else {
+                throw reader.fail("layers", "expected a non-empty list of layer indices")
+            }
+            return .list(ls)
+        default: throw reader.fail("layers", "expected all, a number or a list")
+        }
+    }
+
+    // MARK: Validation
+
+    func validate(_ r: ConfigReader) throws {
+        let l = try r.section("lora"), op = try r.section("optimizer"), sc = try r.section("schedule"), t = try r.section("training")
+        guard lora.rank >= 1 else { throw l.fail("rank", "must be at least 1, got \(lora.rank)") }
+        guard lora.alpha > 0 else { throw l.fail("alpha", "must be positive, got \(lora.alpha)") }
+        guard lora.dropout >= 0, lora.dropout < 1 else { throw l.fail("dropout", "must be in [0, 1), got \(lora.dropout)") }
+        for (kind, shape) in lora.overrides {
+            let s = try l.section("overrides").section(kind.rawValue)
+            guard shape.rank >= 1 else { throw s.fail("rank", "must be at least 1") }
+            guard shape.alpha > 0 else { throw s.fail("alpha", "must be positive") }
+        }
+        guard optimizer.lr > 0 else { throw op.fail("lr", "must be positive, got \(optimizer.lr)") }
+        guard (0..<1).contains(optimizer.beta1), (0..<1).contains(optimizer.beta2) else { throw op.fail("betas", "each must be in [0, 1)") }
+        guard optimizer.eps > 0 else { throw op.fail("eps", "must be positive") }
+        guard optimizer.weightDecay >= 0 else { throw op.fail("weight_decay", "must not be negative") }
+        guard optimizer.momentum >= 0, optimizer.momentum < 1 else { throw op.fail("momentum", "must be in [0, 1)") }
+        guard !optimizer.nesterov || optimizer.momentum > 0 else { throw op.fail("nesterov", "needs momentum > 0") }
+        if let c = optimizer.gradClip, c <= 0 { throw op.fail("grad_clip", "must be positive, or null for no clipping") }
+        guard schedule.warmupSteps >= 0 else { throw sc.fail("warmup_steps", "must not be negative") }
+        guard schedule.minLR >= 0, schedule.minLR <= optimizer.lr else { throw sc.fail("min_lr", "must be between 0 and optimizer.lr (\(optimizer.lr))") }
+        guard training.batchSize >= 1 else { throw t.fail("batch_size", "must be at least 1") }
+        guard training.gradAccum >= 1 else { throw t.fail("grad_accum", "must be at least 1") }
+        guard training.maxSeqLen >= 2 else { throw t.fail("max_seq_len", "must be at least 2") }
+        if training.maxSteps != nil, training.epochs != nil { throw t.fail("max_steps", "give max_steps or epochs, not both") }
+        if let s = training.maxSteps, s < 1 { throw t.fail("max_steps", "must be at least 1") }
+        if let e = training.epochs, e <= 0 { throw t.fail("epochs", "must be positive") }
+        guard training.evalEvery >= 0 else { throw t.fail("eval_every", "must not be negative (0: evaluate only at the end)") }
+        if let b = training.evalBatches, b < 1 { throw t.fail("eval_batches", "must be at least 1, or null for the whole set") }
+        guard training.saveEvery >= 0 else { throw t.fail("save_every", "must not be negative (0: save only at the end)") }
+        guard training.logEvery >= 1 else { throw t.fail("log_every", "must be at least 1") }
+        if let tpl = data.chatTemplate {
+            do { _ = try ChatTemplate.custom(tpl) } catch { throw try r.section("data").fail("chat_template", "must contain {user} followed by {assistant}") }
+        }
+    }
+
+    // MARK: Rendering
+
+    /// Every key with its value, defaults included, as YAML that `load` reads back.
+    public func resolvedYAML() -> String {
+        func q(_ s: String?) -> String {
+            guard let s else { return "null" }
+            let escaped = s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                .replacingOccurrences(of: "\n", with: "\\n")
+            return "\"\(escaped)\""
+        }
+        func n(_ v: Double?) -> String { v.map { "\($0)" } ?? "null" }
+        func n(_ v: Int?) -> String { v.map { "\($0)" } ?? "null" }
+        let layers: String
+        switch lora.layers {
+        case .all: layers = "all"
+        case .last(let k): layers = "\(k)"
+        case .list(let ls): layers = "[" + ls.map(String.init).joined(separator: ", ") + "]"
+        }
+        var overrides = ""
+        for kind in ModuleKind.allCases { if let o = lora.overrides[kind] { overrides += "\n    \(kind.rawValue): {rank: \(o.rank), alpha: \(o.alpha)}" } }
+        return """
+        model: \(q(model))
+        data:
+          train: \(q(data.train))
+          valid: \(q(data.valid))
+          test: \(q(data.test))
+          train_on_inputs: \(data.trainOnInputs)
+          chat_template: \(q(data.chatTemplate))
+        lora:
+          rank: \(lora.rank)
+          alpha: \(lora.alpha)
+          dropout: \(lora.dropout)
+          rslora: \(lora.rslora)
+          targets: [\(lora.targets.map(\.rawValue).joined(separator: ", "))]
+          layers: \(layers)
+          overrides:\(overrides.isEmpty ? " {}" : overrides)
+        optimizer:
+          name: \(optimizer.name.rawValue)
+          lr: \(optimizer.lr)
+          betas: [\(optimizer.beta1), \(optimizer.beta2)]
+          eps: \(optimizer.eps)
+          weight_decay: \(optimizer.weightDecay)
+          momentum: \(optimizer.momentum)
+          nesterov: \(optimizer.nesterov)
+          grad_clip: \(n(optimizer.gradClip))
+        schedule:
+          name: \(schedule.name.rawValue)
+          warmup_steps: \(schedule.warmupSteps)
+          min_lr: \(schedule.minLR)
+        training:
+          batch_size: \(training.batchSize)
+          grad_accum: \(training.gradAccum)
+          max_steps: \(n(training.maxSteps))
+          epochs: \(n(training.epochs))
+          max_seq_len: \(training.maxSeqLen)
+          seed: \(training.seed)
+          eval_every: \(training.evalEvery)
+          eval_batches: \(n(training.evalBatches))
+          save_every: \(training.saveEvery)
+          out_dir: \(q(training.outDir))
+          log_every: \(training.logEvery)
+
+        """
+    }
+}

@@ -1,0 +1,195 @@
+import Foundation
+
+/// What the trainer reports as it goes; the command-line layer renders it.
+public struct TrainerEvents {
+    public var log: (String) -> Void = { _ in }
+    public var step: (StepRecord) -> Void = { _ in }
+    public var evaluation: (String, Int, EvalResult) -> Void = { _, _, _ in }
+    public init() {}
+}
+
+public struct StepRecord: Sendable {
+    public var step: Int
+    public var totalSteps: Int
+    public var loss: Double
+    public var lr: Double
+    public var gradNorm: Double
+    public var tokens: Int
+    public var tokensPerSecond: Double
+    public var elapsed: Double
+}
+
+public struct TrainSummary: Sendable {
+    public var steps: Int
+    public var seconds: Double
+    public var trainedTokens: Int
+    public var firstValidLoss: Double?
+    public var lastValidLoss: Double?
+    public var testLoss: Double?
+    public var outDir: String
+}
+
+/// LoRA fine-tuning of a frozen base: forward, hand-written backward, clipping,
+/// optimizer and schedule over batches of similar length, with evaluation, metrics and
+/// PEFT-format checkpoints in out_dir.
+public final class Trainer {
+    public let config: TrainConfig
+    public let configPath: String
+
+    public init(config: TrainConfig, configPath: String) {
+        self.config = config
+        self.configPath = configPath
+    }
+
+    public func run(overwrite: Bool = false, events: TrainerEvents = TrainerEvents()) throws -> TrainSummary {
+        let c = config, tc = config.training
+        let outDir = tc.outDir
+        try prepareOutDir(outDir, overwrite: overwrite)
+
+        let loaded = try LoadedModel.load(directory: c.model)
+        let model = loaded.model
+        try model.config.checkSequenceLength(tc.maxSeqLen)
+        let template = try c.data.chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
+        let options = DataOptions(maxSeqLen: tc.maxSeqLen, trainOnInputs: c.data.trainOnInputs, chatTemplate: template)
+        func load(_ path: String, _ split: String) throws -> Dataset {
+            let ds = try Dataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: model.config.vocabSize, options: options)
+            let empty = ds.examples.filter { $0.countedTokens == 0 }.count
+            events.log("\(split): \(ds.examples.count) examples, \(ds.countedTokens) trained-on tokens from \(path)"
+                + (ds.truncated > 0 ? "; \(ds.truncated) truncated to max_seq_len \(tc.maxSeqLen)" : "")
+                + (empty > 0 ? "; \(empty) have no target tokens left (prompt fills max_seq_len) and add nothing to the loss" : ""))
+            guard ds.countedTokens > 0 else {
+                throw MoETuneError.file(path: path, message: "no example has a token to train on (all prompts fill max_seq_len \(tc.maxSeqLen)?)")
+            }
+            return ds
+        }
+        let train = try load(c.data.train, "train")
+        let valid = try c.data.valid.map { try load($0, "valid") }
+        let test = try c.data.test.map { try load($0, "test") }
+
+        let adapters = try AdapterSet(model: model, spec: c.loraSpec, seed: UInt64(bitPattern: Int64(tc.seed)))
+        events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters")
+        let optimizer: Optimizer
+        switch c.optimizer.name {
+        case .adamw:
+            optimizer = AdamW(store: adapters.store, beta1: Float(c.optimizer.beta1), beta2: Float(c.optimizer.beta2),
+                              eps: Float(c.optimizer.eps), weightDecay: Float(c.optimizer.weightDecay))
+        case .sgd:
+            optimizer = SGD(store: adapters.store, momentum: Float(c.optimizer.momentum), nesterov: c.optimizer.nesterov,
+                            weightDecay: Float(c.optimizer.weightDecay))
+        }
+
+        // Step plan: micro-batches of similar length, grad_accum of them per step.
+        let perEpoch = (train.examples.count + tc.batchSize - 1) / tc.batchSize
+        let totalSteps = tc.maxSteps ?? max(1, Int((Double(perEpoch) * (tc.epochs ?? 1) / Double(tc.gradAccum)).rounded(.up)))
+        var micro: [[Int]] = []
+        var epoch = 0
+        while micro.count < totalSteps * tc.gradAccum {
+            micro += trainingBatches(train.examples, batchSize: tc.batchSize, seed: UInt64(bitPattern: Int64(tc.seed)), epoch: epoch)
+            epoch += 1
+        }
+        let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
+                                            minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
+
+        let longest = train.examples.map(\.tokens.count).max()!
+        let state = ForwardState(config: model.config, batch: tc.batchSize, seq: longest, training: true,
+                                 loraRank: adapters.maxRank)
+        let grads = BackwardState(for: state, config: model.config)
+        let mc = model.config
+        adapters.dropout?.reserve(tc.batchSize * longest * max(mc.hiddenSize, mc.intermediateSize, mc.qDim))
+
+        let metrics = try MetricsLog(path: outDir + "/metrics.jsonl")
+        try AtomicFile.write(Data(c.resolvedYAML().utf8), to: outDir + "/config.yaml")
+
+        func evaluate(_ ds: Dataset, _ split: String, step: Int, limit: Int?) throws -> EvalResult {
+            adapters.dropout?.active = false
+            var subset = ds
+            if let limit { subset.examples = Array(ds.examples.prefix(limit * tc.batchSize)) }
+            let r = try Evaluator.evaluate(model: model, adapters: adapters, dataset: subset, batchSize: tc.batchSize)
+            metrics.write(["type": "eval", "step": step, "split": split, "loss": r.loss, "perplexity": r.perplexity,
+                           "tokens": r.tokens, "examples": r.examples])
+            events.evaluation(split, step, r)
+            return r
+        }
+
+        var firstValid: Double?
+        var lastValid: Double?
+        if let valid {
+            firstValid = try evaluate(valid, "valid", step: 0, limit: tc.evalBatches).loss
+            lastValid = firstValid
+        }
+        let start = Date()
+        var trainedTokens = 0
+        var microIndex = 0
+        for step in 1...totalSteps {
+            let group = (0..<tc.gradAccum).map { micro[microIndex + $0] }
+            let stepTokens = group.reduce(0) { acc, idx in acc + idx.reduce(0) { $0 + train.examples[$1].countedTokens } }
+            adapters.store.zeroGrads()
+            adapters.dropout?.active = true
+            var lossSum = 0.0
+            let stepStart = Date()
+            if stepTokens > 0 {
+                for indices in group {
+                    adapters.dropout?.step = microIndex
+                    microIndex += 1
+                    let batch = TokenBatch(examples: indices.map { train.examples[$0] })
+                    let r = try model.forward(batch, state: state, adapters: adapters)
+                    lossSum += r.sum
+                    if r.count > 0 {
+                        model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(stepTokens))
+                    }
+                }
+            } else {
+                microIndex += group.count
+            }
+            let loss = stepTokens > 0 ? lossSum / Double(stepTokens) : 0
+            let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
+            guard loss.isFinite, norm.isFinite else {
+                // The parameters still hold the last good step: keep them.
+                try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+                throw MoETuneError.invalid("training diverged at step \(step): loss \(loss), gradient norm \(norm); the adapter of step \(step - 1) is saved in \(outDir); try a lower optimizer.lr")
+            }
+            let lr = schedule.lr(step: step)
+            optimizer.step(lr: Float(lr))
+            trainedTokens += stepTokens
+            let elapsed = Date().timeIntervalSince(start)
+            let record = StepRecord(step: step, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: stepTokens,
+                                    tokensPerSecond: Double(stepTokens) / max(Date().timeIntervalSince(stepStart), 1e-9),
+                                    elapsed: elapsed)
+            if step % tc.logEvery == 0 || step == totalSteps {
+                metrics.write(["type": "step", "step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": stepTokens,
+                               "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed])
+            }
+            events.step(record)
+            if let valid, tc.evalEvery > 0, step % tc.evalEvery == 0, step != totalSteps {
+                lastValid = try evaluate(valid, "valid", step: step, limit: tc.evalBatches).loss
+            }
+            if tc.saveEvery > 0, step % tc.saveEvery == 0, step != totalSteps {
+                try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+            }
+        }
+        let seconds = Date().timeIntervalSince(start)
+        if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil).loss }
+        let testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil).loss }
+        try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+        return TrainSummary(steps: totalSteps, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
+                            lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir)
+    }
+
+    /// Refuses to write into a folder that already holds a run, unless told to.
+    private func prepareOutDir(_ dir: String, overwrite: Bool) throws {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: dir, isDirectory: &isDir) {
+            guard isDir.boolValue else { throw MoETuneError.config(path: configPath, key: "training.out_dir", message: "\(dir) exists and is not a folder") }
+            let existing = ["adapter_model.safetensors", "adapter_config.json", "metrics.jsonl"].filter { fm.fileExists(atPath: dir + "/" + $0) }
+            if !existing.isEmpty && !overwrite {
+                throw MoETuneError.config(path: configPath, key: "training.out_dir",
+                    message: "\(dir) already holds a training run (\(existing.joined(separator: ", "))); choose another out_dir or pass --overwrite")
+            }
+        } else {
+            do { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+                throw MoETuneError.config(path: configPath, key: "training.out_dir", message: "cannot create \(dir)")
+            }
+        }
+    }
+}
