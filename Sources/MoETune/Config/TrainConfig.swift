@@ -114,7 +114,7 @@ public struct TrainConfig: Equatable, Sendable {
         }
         let node: Node
         do {
-            node = try Yams.compose(yaml: valueText) ?? Node("", .init(.null))
+            node = try Yams.compose(yaml: valueText) ?? Node("null")
         } catch {
             throw MoETuneError.invalid("--set \(arg): the value is not valid YAML")
         }
@@ -135,13 +135,13 @@ public struct TrainConfig: Equatable, Sendable {
         guard let head = path.first else { return value }
         var pairs: [(Node, Node)] = []
         if case .mapping(let m) = node { pairs = m.map { ($0.key, $0.value) } }
-        else if node.null == nil, case .scalar = node {
+        else if case .scalar(let sc) = node, !["", "~", "null", "Null", "NULL"].contains(sc.string) {
             throw MoETuneError.invalid("--set \(argument): \(head) is inside a value that is not a mapping")
         }
         if let i = pairs.firstIndex(where: { $0.0.string == head }) {
             pairs[i].1 = try setting(pairs[i].1, path: Array(path.dropFirst()), to: value, argument: argument)
         } else {
-            pairs.append((Node(head), try setting(Node("", .init(.null)), path: Array(path.dropFirst()), to: value, argument: argument)))
+            pairs.append((Node(head), try setting(Node("null"), path: Array(path.dropFirst()), to: value, argument: argument)))
         }
         return Node(pairs)
     }
