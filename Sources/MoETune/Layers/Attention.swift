@@ -23,41 +23,34 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
                              shape s: AttentionShape) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let scale = 1 / Float(d).squareRoot()
-    for b in 0..<s.batch {
-        for h in 0..<s.heads {
-            let kvh = h / group
-            let p = probs + (b * s.heads + h) * t * t
+    // One task per (sequence, head), spread over the cores; each runs its products on
+    // its own thread.
+    parallelChunks(s.batch * s.heads, minChunk: 1) { tasks in
+        for task in tasks {
+            let b = task / s.heads, h = task % s.heads, kvh = h / group
+            let p = probs + task * t * t
             BLAS.gemm(.none, .transpose, m: t, n: t, k: d, alpha: scale,
                       a: q + b * t * s.qDim + h * d, lda: s.qDim,
                       b: k + b * t * s.kvDim + kvh * d, ldb: s.kvDim,
-                      c: p, ldc: t)
-        }
-    }
-    // Causal softmax over each row of each (b, h) block.
-    parallelChunks(s.batch * s.heads * t, minChunk: 64) { rows in
-        for r in rows {
-            let i = r % t
-            let row = probs + r * t
-            var m = -Float.infinity
-            for j in 0...i { m = max(m, row[j]) }
-            var sum: Float = 0
-            for j in 0...i {
-                let e = Foundation.exp(row[j] - m)
-                row[j] = e
-                sum += e
+                      c: p, ldc: t, split: false)
+            // Causal softmax of each row.
+            for i in 0..<t {
+                let row = p + i * t
+                var m = -Float.infinity
+                for j in 0...i { m = max(m, row[j]) }
+                var sum: Float = 0
+                for j in 0...i {
+                    let e = Foundation.exp(row[j] - m)
+                    row[j] = e
+                    sum += e
+                }
+                let inv = 1 / sum
+                for j in 0...i { row[j] *= inv }
+                for j in (i + 1)..<t { row[j] = 0 }
             }
-            let inv = 1 / sum
-            for j in 0...i { row[j] *= inv }
-            for j in (i + 1)..<t { row[j] = 0 }
-        }
-    }
-    for b in 0..<s.batch {
-        for h in 0..<s.heads {
-            let kvh = h / group
             BLAS.gemm(.none, .none, m: t, n: d, k: t,
-                      a: probs + (b * s.heads + h) * t * t, lda: t,
-                      b: v + b * t * s.kvDim + kvh * d, ldb: s.kvDim,
-                      c: out + b * t * s.qDim + h * d, ldc: s.qDim)
+                      a: p, lda: t, b: v + b * t * s.kvDim + kvh * d, ldb: s.kvDim,
+                      c: out + b * t * s.qDim + h * d, ldc: s.qDim, split: false)
         }
     }
 }
@@ -65,7 +58,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
 /// Backward of attentionForward.
 /// dout [B*T, nH*D]; q, k, v, probs from the forward pass.
 /// dq [B*T, nH*D] is overwritten; dk, dv [B*T, nKV*D] are overwritten (query heads of a
-/// group accumulate into their shared KV head). scratch holds T*T floats.
+/// group accumulate into their shared KV head). scratch holds cores * T*T floats.
 ///   dP = dO V^T;  dV += P^T dO;  dS = P * (dP - rowsum(dP * P));
 ///   dQ = scale dS K;  dK += scale dS^T Q.
 public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
@@ -75,36 +68,45 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               shape s: AttentionShape) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let scale = 1 / Float(d).squareRoot()
-    let n = s.batch * t
-    dk.update(repeating: 0, count: n * s.kvDim)
-    dv.update(repeating: 0, count: n * s.kvDim)
-    for b in 0..<s.batch {
-        for h in 0..<s.heads {
-            let kvh = h / group
-            let p = probs + (b * s.heads + h) * t * t
-            let dO = dout + b * t * s.qDim + h * d
-            let qh = q + b * t * s.qDim + h * d, dqh = dq + b * t * s.qDim + h * d
+    // One task per (sequence, KV head): the query heads of a group accumulate into the
+    // same dK/dV, so they stay on one thread. Each worker has its own T*T scratch.
+    let tasks = s.batch * s.kvHeads
+    let workers = min(BLAS.cores, tasks)
+    let per = (tasks + workers - 1) / workers
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        let dS = scratch + w * t * t
+        for task in (w * per)..<min(tasks, (w + 1) * per) {
+            let b = task / s.kvHeads, kvh = task % s.kvHeads
             let kh = k + b * t * s.kvDim + kvh * d, dkh = dk + b * t * s.kvDim + kvh * d
             let vh = v + b * t * s.kvDim + kvh * d, dvh = dv + b * t * s.kvDim + kvh * d
-            // dP [T, T] = dO V^T
-            BLAS.gemm(.none, .transpose, m: t, n: t, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
-                      c: scratch, ldc: t)
-            // dV += P^T dO
-            BLAS.gemm(.transpose, .none, m: t, n: d, k: t, a: p, lda: t, b: dO, ldb: s.qDim,
-                      beta: 1, c: dvh, ldc: s.kvDim)
-            // dS = P * (dP - rowsum(dP * P)), in place in scratch; zero above the diagonal.
-            for i in 0..<t {
-                let pr = p + i * t, dr = scratch + i * t
-                var dot: Float = 0
-                for j in 0...i { dot += pr[j] * dr[j] }
-                for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
-                for j in (i + 1)..<t { dr[j] = 0 }
+            for row in 0..<t {
+                (dkh + row * s.kvDim).update(repeating: 0, count: d)
+                (dvh + row * s.kvDim).update(repeating: 0, count: d)
             }
-            // dQ = scale dS K;  dK += scale dS^T Q
-            BLAS.gemm(.none, .none, m: t, n: d, k: t, alpha: scale, a: scratch, lda: t, b: kh, ldb: s.kvDim,
-                      c: dqh, ldc: s.qDim)
-            BLAS.gemm(.transpose, .none, m: t, n: d, k: t, alpha: scale, a: scratch, lda: t, b: qh, ldb: s.qDim,
-                      beta: 1, c: dkh, ldc: s.kvDim)
+            for h in (kvh * group)..<((kvh + 1) * group) {
+                let p = probs + (b * s.heads + h) * t * t
+                let dO = dout + b * t * s.qDim + h * d
+                let qh = q + b * t * s.qDim + h * d, dqh = dq + b * t * s.qDim + h * d
+                // dP [T, T] = dO V^T
+                BLAS.gemm(.none, .transpose, m: t, n: t, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
+                          c: dS, ldc: t, split: false)
+                // dV += P^T dO
+                BLAS.gemm(.transpose, .none, m: t, n: d, k: t, a: p, lda: t, b: dO, ldb: s.qDim,
+                          beta: 1, c: dvh, ldc: s.kvDim, split: false)
+                // dS = P * (dP - rowsum(dP * P)), in place; zero above the diagonal.
+                for i in 0..<t {
+                    let pr = p + i * t, dr = dS + i * t
+                    var dot: Float = 0
+                    for j in 0...i { dot += pr[j] * dr[j] }
+                    for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                    for j in (i + 1)..<t { dr[j] = 0 }
+                }
+                // dQ = scale dS K;  dK += scale dS^T Q
+                BLAS.gemm(.none, .none, m: t, n: d, k: t, alpha: scale, a: dS, lda: t, b: kh, ldb: s.kvDim,
+                          c: dqh, ldc: s.qDim, split: false)
+                BLAS.gemm(.transpose, .none, m: t, n: d, k: t, alpha: scale, a: dS, lda: t, b: qh, ldb: s.qDim,
+                          beta: 1, c: dkh, ldc: s.kvDim, split: false)
+            }
         }
     }
 }

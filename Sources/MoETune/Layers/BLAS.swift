@@ -46,6 +46,11 @@ public enum BLAS {
         case "auto", "": target = avx512 ? "SkylakeX" : nil
         default: target = request
         }
+        // moe-tune splits each large product over the cores itself and runs independent
+        // small ones side by side, so OpenBLAS runs single-threaded in the calling thread:
+        // its own worker threads would spin (sched_yield) through every non-BLAS stretch
+        // of the step, taking the second core from the element-wise work.
+        openblas_set_num_threads(1)
         var switched = false
         if let target, target.lowercased() != before.lowercased() {
             setenv("OPENBLAS_CORETYPE", target, 1)
@@ -69,13 +74,14 @@ public enum BLAS {
         #endif
     }
 
-    public static func setThreads(_ n: Int) {
-        ensureInitialized()
-        openblas_set_num_threads(Int32(n))
-    }
+    /// Work below this many multiply-adds runs on the calling thread only.
+    static let splitThreshold = 1 << 21
+    static let cores = ProcessInfo.processInfo.activeProcessorCount
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, with leading dimensions
     /// (row strides) lda, ldb, ldc. op(A) is [m, k], op(B) is [k, n].
+    /// Large products are split over the cores along the longer of m and n; pass
+    /// `split: false` from code that already runs in parallel.
     @inline(__always)
     public static func gemm(
         _ transA: Transpose, _ transB: Transpose,
@@ -84,10 +90,45 @@ public enum BLAS {
         a: UnsafePointer<Float>, lda: Int,
         b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0,
-        c: UnsafeMutablePointer<Float>, ldc: Int
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        split: Bool = true
     ) {
         if m == 0 || n == 0 { return }
         _ = selectionOnce
+        let parts = split && m * n * k >= splitThreshold ? cores : 1
+        if parts <= 1 {
+            sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+        if m >= n {
+            // Rows of op(A) and C.
+            let per = (m + parts - 1) / parts
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let lo = p * per, rows = min(m, lo + per) - lo
+                guard rows > 0 else { return }
+                let ap = transA == .none ? a + lo * lda : a + lo
+                sgemm(transA, transB, m: rows, n: n, k: k, alpha: alpha, a: ap, lda: lda, b: b, ldb: ldb,
+                      beta: beta, c: c + lo * ldc, ldc: ldc)
+            }
+        } else {
+            // Columns of op(B) and C.
+            let per = (n + parts - 1) / parts
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let lo = p * per, cols = min(n, lo + per) - lo
+                guard cols > 0 else { return }
+                let bp = transB == .none ? b + lo : b + lo * ldb
+                sgemm(transA, transB, m: m, n: cols, k: k, alpha: alpha, a: a, lda: lda, b: bp, ldb: ldb,
+                      beta: beta, c: c + lo, ldc: ldc)
+            }
+        }
+    }
+
+    @inline(__always)
+    static func sgemm(
+        _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
         cblas_sgemm(
             CblasRowMajor,
             transA == .none ? CblasNoTrans : CblasTrans,

@@ -15,7 +15,7 @@ public final class BackwardState {
     let dtopWeight: FloatBuffer?   // [N, k]
     let drouter: FloatBuffer?      // [N, E] gradient of the router logits
     let dlogits: FloatBuffer   // [N, V]
-    let attnScratch: FloatBuffer   // [T, T]
+    let attnScratch: FloatBuffer   // [cores, T, T]
     let du: FloatBuffer        // [rows, r] LoRA scratch
 
     public init(for s: ForwardState, config c: ModelConfig) {
@@ -35,7 +35,7 @@ public final class BackwardState {
         dtopWeight = c.isMoE ? FloatBuffer(count: n * c.expertsPerToken) : nil
         drouter = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
         dlogits = FloatBuffer(count: n * c.vocabSize)
-        attnScratch = FloatBuffer(count: s.seqCapacity * s.seqCapacity)
+        attnScratch = FloatBuffer(count: BLAS.cores * s.seqCapacity * s.seqCapacity)
         du = FloatBuffer(count: max(rows, n) * max(s.loraRank, 1))
     }
 }

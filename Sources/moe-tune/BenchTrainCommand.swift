@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import MoETune
+
+/// moe-tune's side of ../shared/peer/peft_bench.py, with the same settings.
+struct BenchTrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-train",
+        abstract: "Measure LoRA training tokens/s and peak memory on random tokens (as the peer benchmark does).",
+        shouldDisplay: false)
+
+    @Option(help: "Model folder.") var model: String
+    @Option(help: "Sequences per step.") var batch = 4
+    @Option(help: "Tokens per sequence.") var seq = 256
+    @Option(help: "LoRA rank (alpha = 2 * rank).") var rank = 8
+    @Option(help: "Timed steps.") var steps = 6
+    @Option(help: "Untimed warm-up steps.") var warmup = 2
+    @Flag(help: "Also adapt every expert (or the dense MLP).") var experts = false
+
+    func run() throws {
+        try runReportingErrors {
+            let m = try Transformer.load(directory: model)
+            var bench = TrainBenchmark()
+            bench.batch = batch; bench.seq = seq; bench.rank = rank; bench.steps = steps; bench.warmup = warmup
+            if experts { bench.targets.insert(.mlp) }
+            let r = try bench.run(model: m)
+            let obj: [String: Any] = ["tool": "moe-tune", "tokens_per_s": (r.tokensPerSecond * 10).rounded() / 10,
+                                      "step_s": (r.stepSeconds * 1000).rounded() / 1000, "trainable": r.trainable,
+                                      "peak_rss_mb": r.peakRSSMB, "loss": (r.loss * 10000).rounded() / 10000,
+                                      "blas_core": BLAS.ensureInitialized().core]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+        }
+    }
+}
