@@ -4,7 +4,7 @@
 
 {"text"} lines: [BOS] + encode(text) + [EOS], every next-token prediction counts.
 {"prompt","completion"} lines: [BOS] + encode(prompt) + encode(completion) + [EOS], only
-the completion tokens and EOS count. Prints one JSON line with loss, perplexity, tokens,
+the completion tokens and EOS count. --adapter applies a PEFT LoRA adapter. Prints one JSON line with loss, perplexity, tokens,
 examples and the wall time of the forward passes (fp32, 2 threads, one example at a time
 and then batched by 4 with padding).
 """
@@ -20,10 +20,14 @@ p.add_argument("--data", required=True)
 p.add_argument("--max-seq-len", type=int, default=2048)
 p.add_argument("--batch-size", type=int, default=4)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--adapter", help="PEFT adapter folder, loaded with PeftModel.from_pretrained")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 sp = spm.SentencePieceProcessor(model_file=a.model + "/tokenizer.model")
 model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+if a.adapter:
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(model, a.adapter).eval()
 bos, eos = model.config.bos_token_id, model.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
 

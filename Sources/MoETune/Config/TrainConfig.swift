@@ -257,6 +257,9 @@ public struct TrainConfig: Equatable, Sendable {
         let l = try r.section("lora"), op = try r.section("optimizer"), sc = try r.section("schedule"), t = try r.section("training")
         guard lora.rank >= 1 else { throw l.fail("rank", "must be at least 1, got \(lora.rank)") }
         guard lora.alpha > 0 else { throw l.fail("alpha", "must be positive, got \(lora.alpha)") }
+        if lora.layers != .all, lora.targets.contains(.head) {
+            throw l.fail("layers", "a layer subset cannot be combined with the head target: PEFT's layers_to_transform, which records the subset in the adapter, has no layer for lm_head")
+        }
         guard lora.dropout >= 0, lora.dropout < 1 else { throw l.fail("dropout", "must be in [0, 1), got \(lora.dropout)") }
         for (kind, shape) in lora.overrides {
             let s = try l.section("overrides").section(kind.rawValue)

@@ -26,28 +26,38 @@ public enum PEFTAdapter {
         }
         let spec = adapters.spec
         let suffixes = Array(Set(adapters.all.map { targetSuffix($0.module) })).sorted()
-        // PEFT's layers_to_transform would drop lm_head (it has no layer index), so a layer
-        // subset is written as a regex over the exact module paths instead.
-        let targets: Any
-        if spec.layers == .all {
-            targets = suffixes
-        } else {
-            targets = "^(" + adapters.all.map { NSRegularExpression.escapedPattern(for: $0.module) }.joined(separator: "|") + ")$"
+        // Suffixes, not a regex over full paths: peft rewrites suffix lists for the fused
+        // expert layout of transformers 5, and a layer subset goes in layers_to_transform
+        // (which cannot hold lm_head: TrainConfig refuses head with a layer subset).
+        var layers: Any = NSNull()
+        var layersPattern: Any = NSNull()
+        if spec.layers != .all {
+            let indices = Set(adapters.all.compactMap { a -> Int? in
+                let parts = a.module.split(separator: ".")
+                return parts.count > 2 && parts[1] == "layers" ? Int(parts[2]) : nil
+            })
+            layers = indices.sorted()
+            layersPattern = "layers"
         }
         var rankPattern: [String: Int] = [:]
         var alphaPattern: [String: Double] = [:]
         for (kind, shape) in spec.overrides {
             for a in adapters.all where Transformer.kind(of: a.module) == kind {
-                rankPattern[targetSuffix(a.module)] = shape.rank
-                alphaPattern[targetSuffix(a.module)] = shape.alpha
+                // The router is a module in transformers 4 ("gate") and a parameter in 5 ("gate.weight").
+                let keys = kind == .router ? ["gate", "gate.weight"] : [targetSuffix(a.module)]
+                for key in keys {
+                    rankPattern[key] = shape.rank
+                    alphaPattern[key] = shape.alpha
+                }
             }
         }
         let config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
-            "target_modules": targets, "bias": "none", "fan_in_fan_out": false,
+            "target_modules": suffixes, "bias": "none", "fan_in_fan_out": false,
             "use_rslora": spec.rslora, "use_dora": false, "rank_pattern": rankPattern,
-            "alpha_pattern": alphaPattern, "modules_to_save": NSNull(), "layers_to_transform": NSNull(),
+            "alpha_pattern": alphaPattern, "modules_to_save": NSNull(), "layers_to_transform": layers,
+            "layers_pattern": layersPattern,
             "init_lora_weights": true, "inference_mode": true, "revision": NSNull(),
         ]
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
