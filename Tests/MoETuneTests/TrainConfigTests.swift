@@ -36,7 +36,7 @@ final class TrainConfigTests: XCTestCase {
           rank: 4
           alpha: 8
           rslora: true
-          targets: [query, mlp, router, head]
+          targets: [query, mlp, router]
           layers: 2
           overrides:
             mlp: {rank: 2, alpha: 4}
@@ -80,6 +80,7 @@ final class TrainConfigTests: XCTestCase {
             ("lora:\n  dropout: 1.0", ["lora.dropout", "[0, 1)"]),
             ("lora:\n  targets: []", ["lora.targets", "empty"]),
             ("lora:\n  targets: [query, query]", ["lora.targets", "twice"]),
+            ("lora:\n  targets: [query, head]\n  layers: 2", ["lora.layers", "head"]),
             ("optimizer:\n  lr: 0", ["optimizer.lr", "positive"]),
             ("optimizer:\n  lr: -1e-3", ["optimizer.lr", "positive"]),
             ("optimizer:\n  nesterov: true", ["optimizer.nesterov", "momentum"]),

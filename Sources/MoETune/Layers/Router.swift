@@ -54,12 +54,15 @@ public func routeTokens(_ r: RoutingBuffers, tokens n: Int) {
             let te = r.topExpert + i * k, tw = r.topWeight.pointer + i * k
             var total: Float = 0
             for slot in 0..<k {
+                // The first expert not yet taken, then any better one; NaN scores (from a
+                // diverged run) never win a comparison, so a valid index is always chosen.
                 var best = -1
                 var bestP = -Float.infinity
-                for j in 0..<e where p[j] > bestP {
+                for j in 0..<e {
                     var taken = false
                     for s in 0..<slot where te[s] == Int32(j) { taken = true }
-                    if !taken { best = j; bestP = p[j] }
+                    if taken { continue }
+                    if best < 0 || p[j] > bestP { best = j; bestP = p[j] }
                 }
                 te[slot] = Int32(best)
                 tw[slot] = bestP

@@ -111,6 +111,9 @@ public final class Trainer {
             return r
         }
 
+        // Parameters of the last step whose loss was finite, restored if training diverges.
+        let lastGood = FloatBuffer(count: adapters.store.count)
+        lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
         var firstValid: Double?
         var lastValid: Double?
         if let valid {
@@ -144,10 +147,11 @@ public final class Trainer {
             let loss = stepTokens > 0 ? lossSum / Double(stepTokens) : 0
             let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
             guard loss.isFinite, norm.isFinite else {
-                // The parameters still hold the last good step: keep them.
+                adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
                 try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
-                throw MoETuneError.invalid("training diverged at step \(step): loss \(loss), gradient norm \(norm); the adapter of step \(step - 1) is saved in \(outDir); try a lower optimizer.lr")
+                throw MoETuneError.invalid("training diverged at step \(step): loss \(loss), gradient norm \(norm); the last adapter with a finite loss (the one step \(max(step - 1, 0)) evaluated) is saved in \(outDir); try a lower optimizer.lr")
             }
+            lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
             let lr = schedule.lr(step: step)
             optimizer.step(lr: Float(lr))
             trainedTokens += stepTokens
