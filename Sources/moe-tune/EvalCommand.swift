@@ -37,12 +37,12 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let loaded = try LoadedModel.load(directory: model)
+            let adapters = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
             let dataset = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
                                            options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false))
             if dataset.truncated > 0 {
                 FileHandle.standardError.write(Data("moe-tune: note: \(dataset.truncated) of \(dataset.examples.count) examples were longer than --max-seq-len \(maxSeqLen) and were truncated\n".utf8))
             }
-            let adapters = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
             let progress = ProgressLine("eval")
             let r = try Evaluator.evaluate(model: loaded.model, adapters: adapters, dataset: dataset, batchSize: batchSize) { done, total in
                 progress.update(done: done, total: total)

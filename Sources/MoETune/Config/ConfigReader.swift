@@ -43,7 +43,8 @@ final class ConfigReader {
     }
 
     func fail(_ key: String, _ message: String) -> MoETuneError {
-        .config(path: file, key: prefix + key, message: "\(location(key)): \(message)")
+        let at = location(key)
+        return .config(path: file, key: prefix + key, message: at == "default" ? message : "\(at): \(message)")
     }
 
     func node(_ key: String) -> Node? {
