@@ -107,3 +107,41 @@ final class TrainingParityTests: XCTestCase {
     func testMixtralAdamWTrajectory() throws { try checkTrajectory("mixtral", "adamw") }
     func testMixtralSGDTrajectory() throws { try checkTrajectory("mixtral", "sgd") }
 }
+
+/// The MoE auxiliary losses against transformers (4.57) on the Mixtral fixture.
+extension TrainingParityTests {
+    func testLoadBalancingLossAndGradientsMatchTransformers() throws {
+        let s = try setup("mixtral")
+        s.model.moe.auxLossCoef = 0.02
+        s.adapters.store.zeroGrads()
+        let (sum, count) = try s.model.forward(s.batch, state: s.state, adapters: s.adapters)
+        let refAux = Double(try s.ref.floatArray("aux_loss")[0])
+        let refTotal = Double(try s.ref.floatArray("loss_aux")[0])
+        let total = sum / Double(count) + 0.02 * s.state.auxLoss
+        print("aux loss \(s.state.auxLoss) vs transformers \(refAux); total \(total) vs \(refTotal)")
+        XCTAssertLessThanOrEqual(abs(s.state.auxLoss - refAux) / refAux, 1e-5, "load_balancing_loss_func")
+        XCTAssertLessThanOrEqual(abs(total - refTotal) / refTotal, 1e-5)
+        s.model.backward(state: s.state, adapters: s.adapters, grads: s.grads, lossScale: 1 / Float(count))
+        let g = try SafeTensorsFile(path: Fixtures.dir("train-mixtral") + "/grads_aux.safetensors")
+        let plain = try SafeTensorsFile(path: Fixtures.dir("train-mixtral") + "/grads.safetensors")
+        var worst: Double = 0
+        var changed = 0
+        for a in s.adapters.all {
+            for (suffix, ptr, n) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
+                let key = "base_model.model.\(a.module).\(suffix).weight"
+                let expected = try g.floatArray(key), without = try plain.floatArray(key)
+                let scale = expected.map { abs($0) }.max()!
+                var diff: Float = 0, delta: Float = 0
+                for i in 0..<n {
+                    diff = Swift.max(diff, abs(ptr[i] - expected[i]))
+                    delta = Swift.max(delta, abs(expected[i] - without[i]))
+                }
+                if delta > 1e-3 * scale { changed += 1 }
+                worst = Swift.max(worst, Double(diff / scale))
+                XCTAssertLessThanOrEqual(Double(diff / scale), 1e-4, key)
+            }
+        }
+        print("with aux loss: worst gradient error \(worst); \(changed) tensors changed by the aux loss")
+        XCTAssertGreaterThan(changed, 4, "the aux loss must change the router-side gradients measurably")
+    }
+}

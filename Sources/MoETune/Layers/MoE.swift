@@ -61,7 +61,7 @@ public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
 public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, hidden h: Int,
                        experts: [FeedForwardWeights], adapters: [FeedForwardAdapters], cache: FeedForwardLoRACache,
                        routing r: RoutingBuffers, scratch s: ExpertBuffers) {
-    let total = n * r.k
+    let total = r.assignCount
     // Gather token rows into expert order.
     parallelChunks(total, minChunk: 64) { range in
         for a in range {

@@ -19,9 +19,14 @@ public final class LayerActivations {
     public let experts: ExpertBuffers?
     /// LoRA inputs u = x A^T of each adapted projection, [rows, r]; nil without adapters.
     public let lora: LayerLoRACache?
+    /// Router jitter: the factors [N, H] and the jittered MoE input [N, H] (nil when off).
+    public let jitter: FloatBuffer?
+    public let moeInput: FloatBuffer?
 
-    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int) {
+    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int, jitter useJitter: Bool) {
         let n = b * t, h = c.hiddenSize
+        jitter = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
+        moeInput = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
         lora = loraRank > 0 ? LayerLoRACache(tokens: n, ffnRows: c.isMoE ? n * c.expertsPerToken : n, rank: loraRank) : nil
         ln1 = FloatBuffer(count: n * h)
         rstd1 = FloatBuffer(count: n)
@@ -43,8 +48,6 @@ public final class LayerActivations {
             routing = nil; experts = nil
         }
     }
-
-    deinit { routing?.deallocate() }
 }
 
 /// Room for the LoRA inputs of one layer, sized for the largest rank in use.
@@ -79,20 +82,33 @@ public final class ForwardState {
     public let headLoRA: FloatBuffer?   // [N, r] u of the lm_head adapter
     public let ids: UnsafeMutablePointer<Int32>
     public let targets: UnsafeMutablePointer<Int32>
+    /// valid[i]: token i is not padding.
+    public let valid: UnsafeMutablePointer<Bool>
+    /// MoE auxiliary losses of the last forward pass (0 for dense models): the
+    /// load-balancing loss (transformers' load_balancing_loss_func over all layers) and
+    /// the router z-loss, both without their coefficients; auxFraction [E] is the share
+    /// of assignments per expert over all layers and valid tokens, auxRows their count
+    /// (valid tokens x MoE layers), kept for the backward pass.
+    public internal(set) var auxLoss = 0.0
+    public internal(set) var zLoss = 0.0
+    public let auxFraction: FloatBuffer
+    public internal(set) var auxRows = 0
+    /// Routing statistics of the last forward pass, per layer (nil for dense models).
+    public let routing: RoutingStatistics?
     public let keepsAllLayers: Bool
     public let loraRank: Int
     /// Shape of the batch of the last forward pass (read by backward).
     public internal(set) var batch = 0
     public internal(set) var seq = 0
 
-    public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool, loraRank: Int = 0) {
+    public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool, loraRank: Int = 0, jitter: Bool = false) {
         batchCapacity = b
         seqCapacity = t
         keepsAllLayers = training
         self.loraRank = loraRank
         let n = b * t
         let copies = training ? c.numLayers : 1
-        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank) }
+        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter) }
         residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         mids = (0..<copies).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         lnF = FloatBuffer(count: n * c.hiddenSize)
@@ -102,11 +118,15 @@ public final class ForwardState {
         headLoRA = loraRank > 0 ? FloatBuffer(count: n * loraRank) : nil
         ids = .allocate(capacity: n)
         targets = .allocate(capacity: n)
+        valid = .allocate(capacity: n)
+        auxFraction = FloatBuffer(count: max(c.numExperts, 1))
+        routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
     }
 
     deinit {
         ids.deallocate()
         targets.deallocate()
+        valid.deallocate()
     }
 
     func fits(_ batch: TokenBatch) -> Bool {

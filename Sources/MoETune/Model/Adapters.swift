@@ -37,6 +37,8 @@ public struct LoRASpec: Equatable, Sendable {
     public var layers: LayerSelection
     /// Per-kind rank/alpha overrides.
     public var overrides: [ModuleKind: LoRAShape]
+    /// Train each router's weight in full (moe.router: full) instead of freezing it.
+    public var trainRouters = false
 
     public init(rank: Int = 8, alpha: Double = 16, dropout: Double = 0, rslora: Bool = false,
                 targets: Set<ModuleKind> = [.query, .key, .value, .projection],
@@ -89,6 +91,16 @@ public struct LayerAdapters: Sendable {
     public var router: LoRAAdapter?
 }
 
+/// A router weight [E, H] trained in full, a slice of the ParameterStore (saved like
+/// PEFT's modules_to_save).
+public struct TrainedRouter: @unchecked Sendable {
+    public let module: String          // "model.layers.N.block_sparse_moe.gate"
+    public let experts: Int
+    public let hidden: Int
+    public let weight: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+}
+
 /// One adapter to lay out: a module path (PEFT naming), its rank and its scale.
 public struct AdapterPlan: Equatable, Sendable {
     public var module: String
@@ -108,6 +120,15 @@ public final class AdapterSet: @unchecked Sendable {
     public let maxRank: Int
     /// Dropout on adapter inputs (nil when the spec's dropout is 0).
     public let dropout: LoRADropout?
+    /// Routers trained in full (fp32), per layer; nil where the router is frozen or has LoRA.
+    public let routers: [TrainedRouter?]
+
+    /// The router weight layer l uses in place of the checkpoint's, if trained in full.
+    @inline(__always)
+    func trainedRouter(layer l: Int) -> Matrix? {
+        guard l < routers.count, let r = routers[l] else { return nil }
+        return Matrix(r.weight, rows: r.experts, cols: r.hidden)
+    }
 
     /// Lays out adapters for `spec` on `model`. A is initialised kaiming-uniform
     /// (bound 1/sqrt(in), as PEFT does), B with zeros; `seed` makes it reproducible.
@@ -136,11 +157,15 @@ public final class AdapterSet: @unchecked Sendable {
         if spec.targets.contains(.head) {
             plan.append(AdapterPlan(module: "lm_head", rank: spec.shape(of: .head).rank, scale: spec.scale(of: .head)))
         }
-        try self.init(model: model, plan: plan, spec: spec, seed: seed)
+        let routerLayers = spec.trainRouters
+            ? (0..<c.numLayers).filter { spec.layers.contains($0, of: c.numLayers) && model.layers[$0].router != nil } : []
+        try self.init(model: model, plan: plan, spec: spec, seed: seed, fullRouters: routerLayers)
     }
 
     /// Lays out the adapters of `plan` (module paths with rank and scale).
-    public init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64) throws {
+    /// `fullRouters`: layers whose router weight is trained in full, starting from the
+    /// checkpoint's values.
+    public init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64, fullRouters: [Int] = []) throws {
         let c = model.config
         var shapes: [(plan: AdapterPlan, weight: Matrix)] = []
         for p in plan {
@@ -152,7 +177,8 @@ public final class AdapterSet: @unchecked Sendable {
             }
             shapes.append((p, w))
         }
-        let total = shapes.reduce(0) { $0 + $1.plan.rank * ($1.weight.rows + $1.weight.cols) }
+        let routerSize = c.numExperts * c.hiddenSize
+        let total = shapes.reduce(0) { $0 + $1.plan.rank * ($1.weight.rows + $1.weight.cols) } + fullRouters.count * routerSize
         guard spec.dropout >= 0, spec.dropout < 1 else {
             throw MoETuneError.invalid("lora dropout must be in [0, 1), got \(spec.dropout)")
         }
@@ -176,6 +202,15 @@ public final class AdapterSet: @unchecked Sendable {
                                       index: all.count, dropout: dropout)
             byModule[p.module] = adapter
             all.append(adapter)
+        }
+        var routers = [TrainedRouter?](repeating: nil, count: c.numLayers)
+        for l in fullRouters {
+            guard let base = model.layers[l].router else { continue }
+            let w = store.params.pointer + offset, g = store.grads.pointer + offset
+            offset += routerSize
+            w.update(from: base.pointer, count: routerSize)
+            routers[l] = TrainedRouter(module: WeightNames.layerPrefix(l) + "block_sparse_moe.gate",
+                                       experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g)
         }
         var layers: [LayerAdapters] = []
         for l in 0..<c.numLayers {
@@ -201,6 +236,7 @@ public final class AdapterSet: @unchecked Sendable {
         self.all = all
         self.maxRank = all.map(\.rank).max() ?? 0
         self.dropout = dropout
+        self.routers = routers
     }
 
     public func adapter(module: String) -> LoRAAdapter? { all.first { $0.module == module } }

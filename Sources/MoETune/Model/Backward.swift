@@ -45,7 +45,10 @@ extension Transformer {
     /// (+=) the gradient of lossScale * (summed token loss) into the adapters' gradient
     /// buffers. Gradients flow through every frozen weight to the inputs; none is
     /// computed for a frozen weight. For a mean loss, lossScale = 1 / counted tokens.
-    public func backward(state s: ForwardState, adapters: AdapterSet, grads g: BackwardState, lossScale: Float) {
+    /// With MoE, the auxiliary losses of the forward pass (moe.auxLossCoef * aux +
+    /// moe.zLossCoef * z) join the objective, times auxScale (1 / grad_accum).
+    public func backward(state s: ForwardState, adapters: AdapterSet, grads g: BackwardState, lossScale: Float,
+                         auxScale: Float = 1) {
         precondition(s.keepsAllLayers, "backward needs a training-mode ForwardState")
         let c = config
         let b = s.batch, t = s.seq, n = b * t, h = c.hiddenSize
@@ -76,7 +79,8 @@ extension Transformer {
                                     du: du, accumulate: false)
             } else if let router = w.router {
                 moeBackward(layer: l, dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, tokens: n,
-                            router: router, adapters: ad, acts: a, grads: g)
+                            router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
+                            adapters: ad, acts: a, state: s, grads: g, auxScale: auxScale)
             }
             rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.midBuffer(l).pointer,
                             weight: w.postAttentionNorm, rstd: a.rstd2.pointer, rows: n, cols: h)
@@ -103,16 +107,22 @@ extension Transformer {
         // The embedding is frozen: the gradient stops here.
     }
 
-    /// Backward of the Mixtral MoE block (dropless, top-k renormalised routing).
+    /// Backward of the Mixtral MoE block (top-k renormalised routing, optional capacity,
+    /// jitter and noise) and of the auxiliary losses' share in this layer.
     /// dy [N, H] = d out; writes dx [N, H] = d ln2 (through the experts and the router).
     private func moeBackward(layer l: Int, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
-                             x: UnsafePointer<Float>, tokens n: Int, router: Matrix, adapters ad: LayerAdapters,
-                             acts a: LayerActivations, grads g: BackwardState) {
+                             x ln2: UnsafePointer<Float>, tokens n: Int, router: Matrix, trained: TrainedRouter?,
+                             adapters ad: LayerAdapters, acts a: LayerActivations, state s: ForwardState,
+                             grads g: BackwardState, auxScale: Float) {
         let c = config, h = c.hiddenSize, k = c.expertsPerToken, e = c.numExperts
         let r = a.routing!, sc = a.experts!
         let dye = g.dye!.pointer, dxe = g.dxe!.pointer, dtw = g.dtopWeight!.pointer
-        let total = n * k
+        let jittered = moe.training && moe.jitter > 0 && a.moeInput != nil
+        let x = jittered ? UnsafePointer(a.moeInput!.pointer) : ln2
+        let total = r.assignCount
         // out[token] += w * ye[a]:  dye[a] = w * dy[token];  dw = <dy[token], ye[a]>.
+        // Slots without an expert (padding, over capacity) had no effect: dw = 0.
+        dtw.update(repeating: 0, count: n * k)
         parallelChunks(total, minChunk: 64) { range in
             for asg in range {
                 let token = Int(r.assignToken[asg]), slot = Int(r.assignSlot[asg])
@@ -142,8 +152,15 @@ extension Transformer {
             let src = dxe + asg * h, dst = dx + token * h
             for j in 0..<h { dst[j] += src[j] }
         }
-        // Router: w_s = p_s / S over the selected experts, p = softmax(logits).
+        // Router: w_s = p_s / S over the selected experts, p = softmax(logits (+ noise)).
+        // The load-balancing loss adds coef * E * F_e / rows to d p_e of every valid token
+        // (F, the assignment shares, are constants: top-k is not differentiable); the
+        // z-loss adds coef * 2 * lse * p_j / rows to d logit_j.
         let dlog = g.drouter!.pointer
+        let rows = Float(max(s.auxRows, 1))
+        let auxCoef = moe.auxLossCoef * auxScale, zCoef = moe.zLossCoef * auxScale
+        let auxGrad = UnsafePointer(s.auxFraction.pointer)
+        let valid = UnsafePointer(s.valid)
         parallelChunks(n, minChunk: 64) { range in
             for i in range {
                 let p = r.probs.pointer + i * e, te = r.topExpert + i * k, tw = r.topWeight.pointer + i * k
@@ -152,14 +169,29 @@ extension Transformer {
                 for s in 0..<k { sel += p[Int(te[s])]; wdot += dtw[i * k + s] * tw[s] }
                 for j in 0..<e { dl[j] = 0 }
                 for s in 0..<k { dl[Int(te[s])] = (dtw[i * k + s] - wdot) / sel }
+                if auxCoef != 0, valid[i] {
+                    for j in 0..<e { dl[j] += auxCoef * Float(e) * auxGrad[j] / rows }
+                }
                 var dot: Float = 0
                 for j in 0..<e { dot += p[j] * dl[j] }
                 for j in 0..<e { dl[j] = p[j] * (dl[j] - dot) }
+                if zCoef != 0, valid[i] {
+                    let lse = r.lse[i]
+                    for j in 0..<e { dl[j] += zCoef * 2 * lse * p[j] / rows }
+                }
             }
+        }
+        if let t = trained {
+            // d W_router [E, H] += dlogits^T x
+            BLAS.gemm(.transpose, .none, m: e, n: h, k: n, a: dlog, lda: e, b: x, ldb: h, beta: 1, c: t.grad, ldc: h)
         }
         linearBackwardInput(dx: dx, dy: dlog, rows: n, weight: router, accumulate: true)
         if let lr = ad.router {
             loraBackward(dx: dx, dy: dlog, x: x, rows: n, adapter: lr, u: a.lora!.router.pointer, du: g.du.pointer)
+        }
+        if jittered, let factors = a.jitter {
+            // The block saw ln2 * factors: d ln2 = d input * factors.
+            for i in 0..<(n * h) { dx[i] *= factors[i] }
         }
     }
 }

@@ -26,6 +26,7 @@ extension Transformer {
         }
         s.batch = b
         s.seq = t
+        for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
         let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         for (l, w) in layers.enumerated() {
@@ -57,19 +58,54 @@ extension Transformer {
             if let mlp = w.mlp {
                 feedForward(out: out, x: a.ln2.pointer, rows: n, weights: mlp, adapters: ad.mlp, cache: ffnCache,
                             gate: a.gate!.pointer, up: a.up!.pointer, act: a.act!.pointer, accumulate: true)
-            } else if let router = w.router, let r = a.routing, let scratch = a.experts {
-                linearForward(y: r.logits.pointer, x: a.ln2.pointer, rows: n, weight: router)
-                if let l = ad.router { loraForward(y: r.logits.pointer, x: a.ln2.pointer, rows: n, adapter: l, u: u!.router.pointer) }
-                routeTokens(r, tokens: n)
-                moeForward(out: out, x: a.ln2.pointer, tokens: n, hidden: h, experts: w.experts,
+            } else if let base = w.router, let r = a.routing, let scratch = a.experts {
+                var xm = UnsafePointer(a.ln2.pointer)
+                if moe.training, moe.jitter > 0, let factors = a.jitter, let jittered = a.moeInput {
+                    // Mixtral's router jitter: the block input times uniform(1 - eps, 1 + eps).
+                    var rng = SplitMix64(seed: mixBits(moe.seed ^ UInt64(moe.step) &* 0x5851_F42D ^ UInt64(l) &* 0x14057B7E))
+                    let eps = moe.jitter
+                    for i in 0..<(n * h) {
+                        factors[i] = 1 - eps + 2 * eps * rng.nextFloat()
+                        jittered[i] = a.ln2[i] * factors[i]
+                    }
+                    xm = UnsafePointer(jittered.pointer)
+                }
+                let router = adapters?.trainedRouter(layer: l) ?? base
+                linearForward(y: r.logits.pointer, x: xm, rows: n, weight: router)
+                if let lr = ad.router { loraForward(y: r.logits.pointer, x: xm, rows: n, adapter: lr, u: u!.router.pointer) }
+                r.route(tokens: n, valid: s.valid, options: moe, layer: l)
+                s.routing?.record(layer: l, from: r)
+                moeForward(out: out, x: xm, tokens: n, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: ffnCache, routing: r, scratch: scratch)
             }
         }
+        if c.isMoE { computeAuxiliaryLosses(s) }
         rmsnormForward(out: s.lnF.pointer, rstd: s.rstdF.pointer, x: s.residualIn(c.numLayers).pointer,
                        weight: finalNorm, rows: n, cols: h, eps: c.rmsNormEps)
         linearForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, weight: lmHead)
         if let l = adapters?.head { loraForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, adapter: l, u: s.headLoRA!.pointer) }
         return crossEntropyForward(losses: s.losses.pointer, logits: s.logits.pointer, targets: s.targets,
                                    rows: n, vocab: c.vocabSize)
+    }
+
+    /// The load-balancing loss as transformers' load_balancing_loss_func computes it for
+    /// top-k routing over all layers at once (padding excluded):
+    ///   aux = E * sum_e F_e * P_e,  F_e = assignments to e / rows,  P_e = mean router probability of e,
+    /// rows = valid tokens x layers; and the ST-MoE z-loss, mean over rows of logsumexp(logits)^2.
+    func computeAuxiliaryLosses(_ s: ForwardState) {
+        guard let st = s.routing else { return }
+        let e = config.numExperts
+        let rows = st.tokens.reduce(0, +)
+        s.auxRows = rows
+        guard rows > 0 else { s.auxLoss = 0; s.zLoss = 0; return }
+        var aux = 0.0
+        for j in 0..<e {
+            var selected = 0.0, prob = 0.0
+            for l in 0..<config.numLayers { selected += st.selected[l * e + j]; prob += st.probSum[l * e + j] }
+            s.auxFraction[j] = Float(selected / Double(rows))
+            aux += selected / Double(rows) * prob / Double(rows)
+        }
+        s.auxLoss = Double(e) * aux
+        s.zLoss = st.zSum.reduce(0, +) / Double(rows)
     }
 }

@@ -17,7 +17,9 @@ public struct LayerWeights: @unchecked Sendable {
 
 /// A Llama/Mistral/Mixtral decoder with its weights, read from a Hugging Face folder.
 public final class Transformer: @unchecked Sendable {
-    public let config: ModelConfig
+    public private(set) var config: ModelConfig
+    /// How the MoE blocks run (losses, capacity, noise); set before building states.
+    public var moe = MoEOptions()
     public let checkpoint: Checkpoint
     public let embed: Matrix        // [V, H]
     public let finalNorm: UnsafePointer<Float>
@@ -67,6 +69,16 @@ public final class Transformer: @unchecked Sendable {
         }
         self.layers = layers
         rope = RoPETable(headDim: c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1))
+    }
+
+    /// Routes each token to k experts instead of the checkpoint's num_experts_per_tok
+    /// (e.g. fine-tune a top-2 model with k = 1, as Switch did). Build ForwardStates after.
+    public func overrideExpertsPerToken(_ k: Int) throws {
+        guard config.isMoE else { throw MoETuneError.invalid("moe.top_k is set but \(config.family.rawValue) models have no experts") }
+        guard (1...config.numExperts).contains(k) else {
+            throw MoETuneError.invalid("moe.top_k \(k) is out of range: the model has \(config.numExperts) experts")
+        }
+        config.expertsPerToken = k
     }
 
     /// Router and experts of a Mixtral layer, in the classic per-expert layout or the
