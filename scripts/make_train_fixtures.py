@@ -136,6 +136,20 @@ def main():
             tensors["aux_loss"] = res.aux_loss.detach().reshape(1)
             info.update(loss_aux=res.loss.item(), aux_loss=res.aux_loss.item())
 
+            # Router z-loss (ST-MoE), written out in torch: the mean over (layer, valid
+            # token) rows of logsumexp(router logits)^2; objective CE + 0.01 * z.
+            model.zero_grad()
+            res = model(input_ids=ids, attention_mask=mask, labels=labels, output_router_logits=True)
+            keep = mask.reshape(-1).bool()
+            lse = torch.cat([torch.logsumexp(r.float(), dim=-1)[keep] for r in res.router_logits])
+            z = (lse ** 2).mean()
+            ce = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            (ce + 0.01 * z).backward()
+            save_file({key_of(n): p.grad.float().contiguous() for n, p in lora_params(model).items()},
+                      os.path.join(out, "grads_z.safetensors"))
+            tensors["z_loss"] = z.detach().reshape(1)
+            info.update(z_loss=z.item())
+
         save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, "batch.safetensors"))
         traj = {k: trajectory(base, name, ids, mask, labels, k) for k in ["adamw", "sgd"]}
         traj["settings"] = {

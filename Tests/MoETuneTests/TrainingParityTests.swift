@@ -145,3 +145,31 @@ extension TrainingParityTests {
         XCTAssertGreaterThan(changed, 4, "the aux loss must change the router-side gradients measurably")
     }
 }
+
+extension TrainingParityTests {
+    /// The router z-loss and its LoRA gradients against the formula written in torch.
+    func testRouterZLossAndGradientsMatchTorch() throws {
+        let s = try setup("mixtral")
+        s.model.moe.zLossCoef = 0.01
+        s.adapters.store.zeroGrads()
+        let (_, count) = try s.model.forward(s.batch, state: s.state, adapters: s.adapters)
+        let refZ = Double(try s.ref.floatArray("z_loss")[0])
+        print("z-loss \(s.state.zLoss) vs torch \(refZ)")
+        XCTAssertLessThanOrEqual(abs(s.state.zLoss - refZ) / refZ, 1e-5)
+        s.model.backward(state: s.state, adapters: s.adapters, grads: s.grads, lossScale: 1 / Float(count))
+        let g = try SafeTensorsFile(path: Fixtures.dir("train-mixtral") + "/grads_z.safetensors")
+        var worst: Double = 0
+        for a in s.adapters.all {
+            for (suffix, ptr, n) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
+                let key = "base_model.model.\(a.module).\(suffix).weight"
+                let expected = try g.floatArray(key)
+                let scale = expected.map { abs($0) }.max()!
+                var diff: Float = 0
+                for i in 0..<n { diff = Swift.max(diff, abs(ptr[i] - expected[i])) }
+                worst = Swift.max(worst, Double(diff / scale))
+                XCTAssertLessThanOrEqual(Double(diff / scale), 1e-4, key)
+            }
+        }
+        print("with z-loss: worst gradient error \(worst)")
+    }
+}
