@@ -45,6 +45,21 @@ public struct TrainConfig: Equatable, Sendable {
         public var minLR = 0.0
     }
 
+    public enum RouterMode: String, Sendable, CaseIterable { case frozen, lora, full }
+
+    /// The `moe:` section: Mixture-of-Experts switches (ignored keys on dense models are errors).
+    public struct MoESection: Equatable, Sendable {
+        /// nil: the model's router_aux_loss_coef; 0: off.
+        public var auxLossCoef: Double?
+        public var zLossCoef = 0.0
+        /// nil: LoRA if lora.targets holds router, else frozen.
+        public var router: RouterMode?
+        public var jitter = 0.0
+        public var noiseStd = 0.0
+        public var capacityFactor: Double?
+        public var topK: Int?
+    }
+
     public struct TrainingSection: Equatable, Sendable {
         public var batchSize = 4
         public var gradAccum = 1
@@ -64,11 +79,18 @@ public struct TrainConfig: Equatable, Sendable {
     public var lora = LoRASection()
     public var optimizer = OptimizerSection()
     public var schedule = ScheduleSection()
+    public var moe = MoESection()
     public var training: TrainingSection
 
+    /// The router mode after defaults: LoRA when lora.targets holds router.
+    public var routerMode: RouterMode { moe.router ?? (lora.targets.contains(.router) ? .lora : .frozen) }
+
     public var loraSpec: LoRASpec {
-        LoRASpec(rank: lora.rank, alpha: lora.alpha, dropout: lora.dropout, rslora: lora.rslora,
-                 targets: Set(lora.targets), layers: lora.layers, overrides: lora.overrides)
+        var spec = LoRASpec(rank: lora.rank, alpha: lora.alpha, dropout: lora.dropout, rslora: lora.rslora,
+                            targets: Set(lora.targets), layers: lora.layers, overrides: lora.overrides)
+        if routerMode == .lora { spec.targets.insert(.router) }
+        spec.trainRouters = routerMode == .full
+        return spec
     }
 
     // MARK: Loading
@@ -200,6 +222,19 @@ public struct TrainConfig: Equatable, Sendable {
         schedule.minLR = try sc.double("min_lr", default: schedule.minLR)
         try sc.finish()
 
+        let m = try r.section("moe")
+        var moe = MoESection()
+        moe.auxLossCoef = try m.optionalDouble("aux_loss_coef")
+        moe.zLossCoef = try m.double("z_loss_coef", default: 0)
+        if m.node("router") != nil {
+            moe.router = RouterMode(rawValue: try m.choice("router", RouterMode.allCases.map(\.rawValue), default: "frozen"))
+        }
+        moe.jitter = try m.double("jitter", default: 0)
+        moe.noiseStd = try m.double("noise_std", default: 0)
+        moe.capacityFactor = try m.optionalDouble("capacity_factor")
+        moe.topK = try m.optionalInt("top_k")
+        try m.finish()
+
         let t = try r.section("training")
         let outDir = try t.string("out_dir")
         var tr = TrainingSection(outDir: outDir)
@@ -214,7 +249,7 @@ public struct TrainConfig: Equatable, Sendable {
         tr.saveEvery = try t.int("save_every", default: tr.saveEvery)
         tr.logEvery = try t.int("log_every", default: tr.logEvery)
         try t.finish()
-        return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, training: tr)
+        return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe, training: tr)
     }
 
     static func moduleKinds(_ n: Node, reader: ConfigReader, key: String) throws -> [ModuleKind] {
@@ -273,6 +308,19 @@ public struct TrainConfig: Equatable, Sendable {
         guard optimizer.momentum >= 0, optimizer.momentum < 1 else { throw op.fail("momentum", "must be in [0, 1)") }
         guard !optimizer.nesterov || optimizer.momentum > 0 else { throw op.fail("nesterov", "needs momentum > 0") }
         if let c = optimizer.gradClip, c <= 0 { throw op.fail("grad_clip", "must be positive, or null for no clipping") }
+        let m = try r.section("moe")
+        if let a = moe.auxLossCoef, a < 0 { throw m.fail("aux_loss_coef", "must not be negative (0: off, null: the model's router_aux_loss_coef)") }
+        guard moe.zLossCoef >= 0 else { throw m.fail("z_loss_coef", "must not be negative") }
+        guard moe.jitter >= 0, moe.jitter < 1 else { throw m.fail("jitter", "must be in [0, 1)") }
+        guard moe.noiseStd >= 0 else { throw m.fail("noise_std", "must not be negative") }
+        if let f = moe.capacityFactor, f <= 0 { throw m.fail("capacity_factor", "must be positive, or null for dropless routing") }
+        if let k = moe.topK, k < 1 { throw m.fail("top_k", "must be at least 1") }
+        if moe.router == .frozen, lora.targets.contains(.router) {
+            throw m.fail("router", "frozen, but lora.targets holds router; drop one of them")
+        }
+        if moe.router == .full, lora.targets.contains(.router) {
+            throw m.fail("router", "full training replaces the router's LoRA; remove router from lora.targets")
+        }
         guard schedule.warmupSteps >= 0 else { throw sc.fail("warmup_steps", "must not be negative") }
         guard schedule.minLR >= 0, schedule.minLR <= optimizer.lr else { throw sc.fail("min_lr", "must be between 0 and optimizer.lr (\(optimizer.lr))") }
         guard training.batchSize >= 1 else { throw t.fail("batch_size", "must be at least 1") }
@@ -335,6 +383,14 @@ public struct TrainConfig: Equatable, Sendable {
           momentum: \(optimizer.momentum)
           nesterov: \(optimizer.nesterov)
           grad_clip: \(n(optimizer.gradClip))
+        moe:
+          aux_loss_coef: \(n(moe.auxLossCoef))
+          z_loss_coef: \(moe.zLossCoef)
+          router: \(moe.router?.rawValue ?? "null")
+          jitter: \(moe.jitter)
+          noise_std: \(moe.noiseStd)
+          capacity_factor: \(n(moe.capacityFactor))
+          top_k: \(n(moe.topK))
         schedule:
           name: \(schedule.name.rawValue)
           warmup_steps: \(schedule.warmupSteps)

@@ -1,13 +1,15 @@
 import Foundation
 
 /// Mean next-token cross-entropy of a model over a data set.
-public struct EvalResult: Codable, Sendable {
+public struct EvalResult: @unchecked Sendable {
     public var loss: Double
     public var perplexity: Double
     public var tokens: Int
     public var examples: Int
     public var truncated: Int
     public var seconds: Double
+    /// Routing statistics summed over the data set (MoE models).
+    public var routing: RoutingStatistics?
 }
 
 public enum Evaluator {
@@ -21,6 +23,8 @@ public enum Evaluator {
         let longest = dataset.examples.map(\.tokens.count).max() ?? 1
         let state = ForwardState(config: model.config, batch: min(batchSize, dataset.examples.count),
                                  seq: longest, training: false, loraRank: adapters?.maxRank ?? 0)
+        let c = model.config
+        let routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
         var lossSum = 0.0
         var count = 0
         var done = 0
@@ -29,12 +33,13 @@ public enum Evaluator {
             let r = try model.forward(batch, state: state, adapters: adapters)
             lossSum += r.sum
             count += r.count
+            if let routing, let st = state.routing { routing.add(st, auxLoss: state.auxLoss, zLoss: state.zLoss) }
             done += indices.count
             progress?(done, dataset.examples.count)
         }
         let loss = count > 0 ? lossSum / Double(count) : .nan
         return EvalResult(loss: loss, perplexity: Foundation.exp(loss), tokens: count,
                           examples: dataset.examples.count, truncated: dataset.truncated,
-                          seconds: Date().timeIntervalSince(start))
+                          seconds: Date().timeIntervalSince(start), routing: routing)
     }
 }

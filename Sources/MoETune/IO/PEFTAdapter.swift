@@ -24,6 +24,17 @@ public enum PEFTAdapter {
             writer.add(.init(name: prefix + a.module + ".lora_B.weight", shape: [a.outFeatures, a.rank],
                              floats: UnsafeBufferPointer(start: a.b, count: a.rank * a.outFeatures)))
         }
+        // Routers trained in full are saved as PEFT's modules_to_save saves a module: the
+        // whole weight under the module's own name.
+        let fullRouters = adapters.routers.compactMap { $0 }
+        // The router is "block_sparse_moe.gate" in transformers 4 and "mlp.gate" in 5, and
+        // peft does not rename modules_to_save: write both names (peft loads non-strictly).
+        for r in fullRouters {
+            for name in [r.module, WeightNames.transformers5Module(r.module)] {
+                writer.add(.init(name: prefix + name + ".weight", shape: [r.experts, r.hidden],
+                                 floats: UnsafeBufferPointer(start: r.weight, count: r.experts * r.hidden)))
+            }
+        }
         let spec = adapters.spec
         let suffixes = Array(Set(adapters.all.map { targetSuffix($0.module) })).sorted()
         // Suffixes, not a regex over full paths: peft rewrites suffix lists for the fused
@@ -56,7 +67,7 @@ public enum PEFTAdapter {
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
             "target_modules": suffixes, "bias": "none", "fan_in_fan_out": false,
             "use_rslora": spec.rslora, "use_dora": false, "rank_pattern": rankPattern,
-            "alpha_pattern": alphaPattern, "modules_to_save": NSNull(), "layers_to_transform": layers,
+            "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : ["gate"] as Any, "layers_to_transform": layers,
             "layers_pattern": layersPattern,
             "init_lora_weights": true, "inference_mode": true, "revision": NSNull(),
         ]
@@ -164,7 +175,21 @@ public enum PEFTAdapter {
             }
             pieces.append((canonical, try floats(name), try floats(bName), aInfo.shape[0]))
         }
-        guard !pieces.isEmpty else {
+        // Full router weights (modules_to_save), in either layout's naming.
+        var routerWeights: [Int: [Float]] = [:]
+        let savesModules = (cfg["modules_to_save"] as? [String]) ?? []
+        if model.config.isMoE, savesModules.contains(where: { $0 == "gate" || $0.hasSuffix(".gate") }) {
+            for name in file.tensors.keys where name.hasSuffix(".gate.weight") && !name.contains("lora_") {
+                let module = WeightNames.canonicalModule(String(name.dropFirst(prefix.count).dropLast(".weight".count)), isMoE: true)
+                let parts = module.split(separator: ".")
+                guard parts.count > 2, let l = Int(parts[2]), l < model.config.numLayers,
+                      file.tensors[name]!.shape == [model.config.numExperts, model.config.hiddenSize] else {
+                    throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' is not a router weight of this model")
+                }
+                routerWeights[l] = try floats(name)
+            }
+        }
+        guard !pieces.isEmpty || !routerWeights.isEmpty else {
             throw MoETuneError.file(path: weightsPath, message: "no LoRA tensors (*.lora_A.weight) found")
         }
         var plan: [AdapterPlan] = []
@@ -179,12 +204,14 @@ public enum PEFTAdapter {
             plan.append(AdapterPlan(module: p.module, rank: p.rank, scale: scale(p.module, rank: p.rank)))
         }
         let kinds = Set(plan.compactMap { Transformer.kind(of: $0.module) })
-        let spec = LoRASpec(rank: r, alpha: alpha, dropout: 0, rslora: rslora, targets: kinds, layers: .all)
-        let set = try AdapterSet(model: model, plan: plan, spec: spec, seed: 0)
+        var spec = LoRASpec(rank: r, alpha: alpha, dropout: 0, rslora: rslora, targets: kinds, layers: .all)
+        spec.trainRouters = !routerWeights.isEmpty
+        let set = try AdapterSet(model: model, plan: plan, spec: spec, seed: 0, fullRouters: routerWeights.keys.sorted())
         for (adapter, p) in zip(set.all, pieces) {
             adapter.a.update(from: p.a, count: p.a.count)
             adapter.b.update(from: p.b, count: p.b.count)
         }
+        for (l, w) in routerWeights { set.routers[l]!.weight.update(from: w, count: w.count) }
         return set
     }
 }

@@ -40,6 +40,11 @@ extension WeightNames {
         return module
     }
 
+    /// The transformers 5 name of a Mixtral router module ("mlp.gate").
+    public static func transformers5Module(_ module: String) -> String {
+        module.replacingOccurrences(of: ".block_sparse_moe.gate", with: ".mlp.gate")
+    }
+
     /// peft's fused-expert adapter modules (transformers 5, target_parameters):
     /// "model.layers.N.mlp.experts.base_layer" holds gate_up_proj's adapter and
     /// "model.layers.N.mlp.experts" holds down_proj's.

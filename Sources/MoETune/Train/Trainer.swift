@@ -27,6 +27,9 @@ public struct TrainSummary: Sendable {
     public var lastValidLoss: Double?
     public var testLoss: Double?
     public var outDir: String
+    /// Expert load at the first and the last validation (MoE models with a valid set).
+    public var firstRouting: RoutingStatistics?
+    public var lastRouting: RoutingStatistics?
 }
 
 /// LoRA fine-tuning of a frozen base: forward, hand-written backward, clipping,
@@ -49,6 +52,7 @@ public final class Trainer {
         let loaded = try LoadedModel.load(directory: c.model)
         let model = loaded.model
         try model.config.checkSequenceLength(tc.maxSeqLen)
+        try configureMoE(model)
         let template = try c.data.chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
         let options = DataOptions(maxSeqLen: tc.maxSeqLen, trainOnInputs: c.data.trainOnInputs, chatTemplate: template)
         func load(_ path: String, _ split: String) throws -> Dataset {
@@ -92,7 +96,7 @@ public final class Trainer {
 
         let longest = train.examples.map(\.tokens.count).max()!
         let state = ForwardState(config: model.config, batch: tc.batchSize, seq: longest, training: true,
-                                 loraRank: adapters.maxRank)
+                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
         adapters.dropout?.reserve(tc.batchSize * longest * max(mc.hiddenSize, mc.intermediateSize, mc.qDim))
@@ -100,13 +104,24 @@ public final class Trainer {
         let metrics = try MetricsLog(path: outDir + "/metrics.jsonl")
         try AtomicFile.write(Data(c.resolvedYAML().utf8), to: outDir + "/config.yaml")
 
+        var firstRouting: RoutingStatistics?
+        var lastRouting: RoutingStatistics?
         func evaluate(_ ds: Dataset, _ split: String, step: Int, limit: Int?) throws -> EvalResult {
             adapters.dropout?.active = false
+            model.moe.training = false
             var subset = ds
             if let limit { subset.examples = Array(ds.examples.prefix(limit * tc.batchSize)) }
             let r = try Evaluator.evaluate(model: model, adapters: adapters, dataset: subset, batchSize: tc.batchSize)
-            metrics.write(["type": "eval", "step": step, "split": split, "loss": r.loss, "perplexity": r.perplexity,
-                           "tokens": r.tokens, "examples": r.examples])
+            var line: [String: Any] = ["type": "eval", "step": step, "split": split, "loss": r.loss, "perplexity": r.perplexity,
+                                       "tokens": r.tokens, "examples": r.examples]
+            if let routing = r.routing {
+                line["experts"] = routing.summary()
+                if split == "valid" {
+                    if firstRouting == nil { firstRouting = routing }
+                    lastRouting = routing
+                }
+            }
+            metrics.write(line)
             events.evaluation(split, step, r)
             return r
         }
@@ -128,25 +143,29 @@ public final class Trainer {
             let stepTokens = group.reduce(0) { acc, idx in acc + idx.reduce(0) { $0 + train.examples[$1].countedTokens } }
             adapters.store.zeroGrads()
             adapters.dropout?.active = true
-            var lossSum = 0.0
+            model.moe.training = true
+            var lossSum = 0.0, auxSum = 0.0, zSum = 0.0
             let stepStart = Date()
             if stepTokens > 0 {
                 for indices in group {
                     adapters.dropout?.step = microIndex
+                    model.moe.step = microIndex
                     microIndex += 1
                     let batch = TokenBatch(examples: indices.map { train.examples[$0] })
                     let r = try model.forward(batch, state: state, adapters: adapters)
                     lossSum += r.sum
-                    if r.count > 0 {
-                        model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(stepTokens))
-                    }
+                    auxSum += state.auxLoss / Double(tc.gradAccum)
+                    zSum += state.zLoss / Double(tc.gradAccum)
+                    model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(stepTokens),
+                                   auxScale: 1 / Float(tc.gradAccum))
                 }
             } else {
                 microIndex += group.count
             }
             let loss = stepTokens > 0 ? lossSum / Double(stepTokens) : 0
+            let objective = loss + Double(model.moe.auxLossCoef) * auxSum + Double(model.moe.zLossCoef) * zSum
             let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
-            guard loss.isFinite, norm.isFinite else {
+            guard objective.isFinite, norm.isFinite else {
                 adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
                 try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
                 throw MoETuneError.invalid("training diverged at step \(step): loss \(loss), gradient norm \(norm); the last adapter with a finite loss (the one step \(max(step - 1, 0)) evaluated) is saved in \(outDir); try a lower optimizer.lr")
@@ -160,8 +179,10 @@ public final class Trainer {
                                     tokensPerSecond: Double(stepTokens) / max(Date().timeIntervalSince(stepStart), 1e-9),
                                     elapsed: elapsed)
             if step % tc.logEvery == 0 || step == totalSteps {
-                metrics.write(["type": "step", "step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": stepTokens,
-                               "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed])
+                var line: [String: Any] = ["type": "step", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
+                                           "tokens": stepTokens, "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed]
+                if model.config.isMoE { line["aux_loss"] = auxSum; line["z_loss"] = zSum }
+                metrics.write(line)
             }
             events.step(record)
             if let valid, tc.evalEvery > 0, step % tc.evalEvery == 0, step != totalSteps {
@@ -176,7 +197,34 @@ public final class Trainer {
         let testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil).loss }
         try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
         return TrainSummary(steps: totalSteps, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
-                            lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir)
+                            lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir,
+                            firstRouting: firstRouting, lastRouting: lastRouting)
+    }
+
+    /// Applies the `moe:` section to the model before any state is built.
+    private func configureMoE(_ model: Transformer) throws {
+        let m = config.moe
+        guard model.config.isMoE else {
+            let used = m.zLossCoef != 0 || (m.auxLossCoef ?? 0) != 0 || m.router != nil || m.jitter != 0 || m.noiseStd != 0
+                || m.capacityFactor != nil || m.topK != nil
+            if used {
+                throw MoETuneError.config(path: configPath, key: "moe", message: "\(model.config.family.rawValue) models have no experts; remove the moe section")
+            }
+            return
+        }
+        if let k = m.topK {
+            do { try model.overrideExpertsPerToken(k) } catch let e as MoETuneError {
+                throw MoETuneError.config(path: configPath, key: "moe.top_k", message: e.description)
+            }
+        }
+        var o = MoEOptions()
+        o.auxLossCoef = Float(m.auxLossCoef ?? Double(model.config.routerAuxLossCoef))
+        o.zLossCoef = Float(m.zLossCoef)
+        o.capacityFactor = m.capacityFactor
+        o.jitter = Float(m.jitter)
+        o.noiseStd = Float(m.noiseStd)
+        o.seed = UInt64(bitPattern: Int64(config.training.seed)) ^ 0x4D6F45
+        model.moe = o
     }
 
     /// Refuses to write into a folder that already holds a run, unless told to.
