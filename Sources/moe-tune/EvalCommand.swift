@@ -26,6 +26,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Longer examples keep their first N tokens.")
     var maxSeqLen: Int = 2048
 
+    @Flag(help: "Report how tokens spread over the experts of each layer (MoE models).")
+    var expertStats = false
+
     @Flag(help: "Print exactly one JSON object on stdout.")
     var json = false
 
@@ -48,7 +51,8 @@ struct EvalCommand: ParsableCommand {
                 progress.update(done: done, total: total)
             }
             if json {
-                let obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens, "examples": r.examples]
+                var obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens, "examples": r.examples]
+                if expertStats, let routing = r.routing { obj["expert_stats"] = routing.summary() }
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
@@ -59,6 +63,13 @@ struct EvalCommand: ParsableCommand {
                 perplexity  \(String(format: "%.4f", r.perplexity))
                 time        \(String(format: "%.2f", r.seconds)) s (\(String(format: "%.0f", Double(r.tokens) / max(r.seconds, 1e-9))) scored tokens/s)
                 """)
+                if expertStats {
+                    if let routing = r.routing {
+                        print("\nexpert load (share of each layer's assignments, valid tokens only)\n" + expertTable(routing))
+                    } else {
+                        print("\n(no experts: \(loaded.model.config.family.rawValue) is a dense model)")
+                    }
+                }
             }
         }
     }

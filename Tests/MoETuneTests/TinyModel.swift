@@ -6,7 +6,7 @@ import Foundation
 enum TinyModel {
     static func make(dir: String, moe: Bool, hidden: Int = 16, inter: Int = 24, layers: Int = 2, heads: Int = 4,
                      kvHeads: Int = 2, experts: Int = 4, topK: Int = 2, vocab: Int = 40, seed: UInt64 = 1,
-                     tied: Bool = false) throws {
+                     tied: Bool = false, skewedRouter: Bool = false, tokenizer: String? = nil) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var config: [String: Any] = [
             "model_type": moe ? "mixtral" : "llama", "hidden_size": hidden, "intermediate_size": inter,
@@ -23,7 +23,9 @@ enum TinyModel {
             w.add(.init(name: name, shape: shape, floats: (0..<n).map { _ in around + (rng.nextFloat() * 2 - 1) * scale }))
         }
         let d = hidden / heads
-        add(WeightNames.embedTokens, [vocab, hidden], scale: 1)
+        // A skewed router: positive embeddings keep the residual stream mostly positive,
+        // and router row 0 is all +0.25, so expert 0 wins for nearly every token.
+        add(WeightNames.embedTokens, [vocab, hidden], scale: skewedRouter ? 0.5 : 1, around: skewedRouter ? 1 : 0)
         add(WeightNames.finalNorm, [hidden], scale: 0.2, around: 1)
         if !tied { add(WeightNames.lmHead, [vocab, hidden]) }
         for l in 0..<layers {
@@ -34,7 +36,12 @@ enum TinyModel {
             add(WeightNames.attention(l, "v_proj"), [kvHeads * d, hidden])
             add(WeightNames.attention(l, "o_proj"), [hidden, heads * d])
             if moe {
-                add(WeightNames.router(l), [experts, hidden], scale: 1)
+                if skewedRouter {
+                    let rows = (0..<(experts * hidden)).map { i in i < hidden ? Float(0.25) : (rng.nextFloat() * 2 - 1) * 0.3 }
+                    w.add(.init(name: WeightNames.router(l), shape: [experts, hidden], floats: rows))
+                } else {
+                    add(WeightNames.router(l), [experts, hidden], scale: 1)
+                }
                 for e in 0..<experts {
                     add(WeightNames.expert(l, e, "w1"), [inter, hidden])
                     add(WeightNames.expert(l, e, "w3"), [inter, hidden])
@@ -47,5 +54,6 @@ enum TinyModel {
             }
         }
         try w.write(to: dir + "/model.safetensors")
+        if let tokenizer { try FileManager.default.copyItem(atPath: tokenizer, toPath: dir + "/tokenizer.model") }
     }
 }
