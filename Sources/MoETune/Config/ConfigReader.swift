@@ -113,6 +113,12 @@ final class ConfigReader {
         return s
     }
 
+    /// Like `choice`, nil when absent or null.
+    func optionalChoice(_ key: String, _ options: [String]) throws -> String? {
+        guard try optionalString(key) != nil else { return nil }
+        return try choice(key, options, default: "")
+    }
+
     /// The raw node of a key with a custom shape (lists, "all"-or-number, sub-mappings).
     func raw(_ key: String) -> Node? { value(key) }
 

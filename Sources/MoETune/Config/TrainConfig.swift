@@ -226,9 +226,7 @@ public struct TrainConfig: Equatable, Sendable {
         var moe = MoESection()
         moe.auxLossCoef = try m.optionalDouble("aux_loss_coef")
         moe.zLossCoef = try m.double("z_loss_coef", default: 0)
-        if m.node("router") != nil {
-            moe.router = RouterMode(rawValue: try m.choice("router", RouterMode.allCases.map(\.rawValue), default: "frozen"))
-        }
+        moe.router = try m.optionalChoice("router", RouterMode.allCases.map(\.rawValue)).flatMap(RouterMode.init(rawValue:))
         moe.jitter = try m.double("jitter", default: 0)
         moe.noiseStd = try m.double("noise_std", default: 0)
         moe.capacityFactor = try m.optionalDouble("capacity_factor")
