@@ -5,11 +5,22 @@ import XCTest
 /// small random models (independent of the peft fixtures). Tolerance: 2% relative on
 /// the entries with the largest gradients (fp32 finite differences are noisy).
 final class GradientCheckTests: XCTestCase {
-    func check(moe: Bool, dropout: Double = 0) throws {
+    func check(moe: Bool, dropout: Double = 0, noisy: Bool = false, trainRouters: Bool = false) throws {
         let dir = try makeTempDir(self) + "/m"
         try TinyModel.make(dir: dir, moe: moe)
         let model = try Transformer.load(directory: dir)
-        let spec = LoRASpec(rank: 2, alpha: 4, dropout: dropout, targets: Set(ModuleKind.allCases).subtracting(moe ? [] : [.router]))
+        var spec = LoRASpec(rank: 2, alpha: 4, dropout: dropout, targets: Set(ModuleKind.allCases).subtracting(moe && !trainRouters ? [] : [.router]))
+        spec.trainRouters = trainRouters
+        if noisy {
+            // Jitter and noise are drawn from (seed, step): fixed within this check. The
+            // auxiliary losses join the objective too.
+            model.moe.jitter = 0.1
+            model.moe.noiseStd = 0.5
+            model.moe.training = true
+            model.moe.step = 3
+            model.moe.auxLossCoef = 0.1
+            model.moe.zLossCoef = 0.05
+        }
         let adapters = try AdapterSet(model: model, spec: spec, seed: 3)
         // B starts at zero; make it non-zero so A's gradients are too.
         var rng = SplitMix64(seed: 9)
@@ -17,7 +28,7 @@ final class GradientCheckTests: XCTestCase {
         let seqs: [[Int32]] = [[1, 5, 9, 13, 2, 7, 30, 31, 3, 4], [1, 8, 6, 22, 17]]
         let counted: [[Bool]] = [[false, false, false, true, true, true, true, true, true, true], [false, true, true, true, true]]
         let batch = TokenBatch(sequences: seqs, counted: counted)
-        let state = ForwardState(config: model.config, batch: 2, seq: 10, training: true, loraRank: adapters.maxRank)
+        let state = ForwardState(config: model.config, batch: 2, seq: 10, training: true, loraRank: adapters.maxRank, jitter: noisy)
         let grads = BackwardState(for: state, config: model.config)
         if let d = adapters.dropout {
             // The mask is a function of (step, adapter), so finite differences still apply.
@@ -27,7 +38,7 @@ final class GradientCheckTests: XCTestCase {
         }
         func loss() throws -> Double {
             let r = try model.forward(batch, state: state, adapters: adapters)
-            return r.sum / Double(r.count)
+            return r.sum / Double(r.count) + Double(model.moe.auxLossCoef) * state.auxLoss + Double(model.moe.zLossCoef) * state.zLoss
         }
         // Top-k selection is piecewise constant: a perturbation that flips a routing
         // decision makes the finite difference meaningless, so such samples are skipped.
@@ -52,7 +63,7 @@ final class GradientCheckTests: XCTestCase {
                 for i in 0..<size where abs(gbase[i]) > abs(gbase[best]) { best = i }
                 let idx = base - p + best
                 let analytic = Double(g[idx])
-                let eps: Float = 1e-2
+                let eps: Float = noisy ? 2e-3 : 1e-2
                 let orig = p[idx]
                 p[idx] = orig + eps; let lp = try loss(); let rp = routing()
                 p[idx] = orig - eps; let lm = try loss(); let rm = routing()
@@ -70,6 +81,20 @@ final class GradientCheckTests: XCTestCase {
             let without = try loss()
             XCTAssertNotEqual(withDropout, without, accuracy: 1e-4, "dropout must change the loss")
         }
+        for (l, r) in adapters.routers.enumerated() {
+            guard let r else { continue }
+            // The largest-gradient entry of each fully trained router.
+            var best = 0
+            for i in 0..<(r.experts * r.hidden) where abs(r.grad[i]) > abs(r.grad[best]) { best = i }
+            let analytic = Double(r.grad[best]), orig = r.weight[best], eps: Float = noisy ? 2e-3 : 1e-2
+            r.weight[best] = orig + eps; let lp = try loss(); let rp = routing()
+            r.weight[best] = orig - eps; let lm = try loss(); let rm = routing()
+            r.weight[best] = orig
+            if rp != baseRouting || rm != baseRouting { skipped += 1; continue }
+            let numeric = (lp - lm) / Double(2 * eps)
+            XCTAssertLessThan(abs(numeric - analytic) / max(abs(numeric), 1e-4), 0.02, "router \(l): analytic \(analytic) numeric \(numeric)")
+            checked += 1
+        }
         XCTAssertGreaterThan(checked, 10)
         XCTAssertLessThan(skipped, checked / 4, "too many samples changed the routing")
     }
@@ -77,4 +102,6 @@ final class GradientCheckTests: XCTestCase {
     func testDenseGradientsMatchFiniteDifferences() throws { try check(moe: false) }
     func testMoEGradientsMatchFiniteDifferences() throws { try check(moe: true) }
     func testGradientsWithAdapterDropout() throws { try check(moe: true, dropout: 0.3) }
+    func testGradientsWithJitterNoiseAuxAndZLoss() throws { try check(moe: true, noisy: true) }
+    func testGradientsOfFullyTrainedRouters() throws { try check(moe: true, noisy: true, trainRouters: true) }
 }

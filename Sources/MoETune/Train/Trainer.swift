@@ -196,6 +196,7 @@ public final class Trainer {
         if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil).loss }
         let testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil).loss }
         try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+        try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
         return TrainSummary(steps: totalSteps, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
                             lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir,
                             firstRouting: firstRouting, lastRouting: lastRouting)
