@@ -20,6 +20,7 @@ final class GradientCheckTests: XCTestCase {
             model.moe.step = 3
             model.moe.auxLossCoef = 0.1
             model.moe.zLossCoef = 0.05
+            model.moe.learnedNoise = trainRouters
         }
         let adapters = try AdapterSet(model: model, spec: spec, seed: 3)
         // B starts at zero; make it non-zero so A's gradients are too.
@@ -81,7 +82,7 @@ final class GradientCheckTests: XCTestCase {
             let without = try loss()
             XCTAssertNotEqual(withDropout, without, accuracy: 1e-4, "dropout must change the loss")
         }
-        for (l, r) in adapters.routers.enumerated() {
+        for (l, r) in (adapters.routers + adapters.noiseWeights).enumerated() {
             guard let r else { continue }
             // The largest-gradient entry of each fully trained router.
             var best = 0
@@ -96,6 +97,7 @@ final class GradientCheckTests: XCTestCase {
             checked += 1
         }
         XCTAssertGreaterThan(checked, 10)
+        if trainRouters { XCTAssertNotNil(adapters.noiseWeights.first { $0 != nil } ?? nil, "learned noise weights exist") }
         XCTAssertLessThan(skipped, checked / 4, "too many samples changed the routing")
     }
 
@@ -103,5 +105,5 @@ final class GradientCheckTests: XCTestCase {
     func testMoEGradientsMatchFiniteDifferences() throws { try check(moe: true) }
     func testGradientsWithAdapterDropout() throws { try check(moe: true, dropout: 0.3) }
     func testGradientsWithJitterNoiseAuxAndZLoss() throws { try check(moe: true, noisy: true) }
-    func testGradientsOfFullyTrainedRouters() throws { try check(moe: true, noisy: true, trainRouters: true) }
+    func testGradientsOfFullyTrainedRoutersAndLearnedNoise() throws { try check(moe: true, noisy: true, trainRouters: true) }
 }

@@ -56,6 +56,7 @@ public struct TrainConfig: Equatable, Sendable {
         public var router: RouterMode?
         public var jitter = 0.0
         public var noiseStd = 0.0
+        public var noiseLearned = false
         public var capacityFactor: Double?
         public var topK: Int?
     }
@@ -229,6 +230,7 @@ public struct TrainConfig: Equatable, Sendable {
         moe.router = try m.optionalChoice("router", RouterMode.allCases.map(\.rawValue)).flatMap(RouterMode.init(rawValue:))
         moe.jitter = try m.double("jitter", default: 0)
         moe.noiseStd = try m.double("noise_std", default: 0)
+        moe.noiseLearned = try m.bool("noise_learned", default: false)
         moe.capacityFactor = try m.optionalDouble("capacity_factor")
         moe.topK = try m.optionalInt("top_k")
         try m.finish()
@@ -311,6 +313,7 @@ public struct TrainConfig: Equatable, Sendable {
         guard moe.zLossCoef >= 0 else { throw m.fail("z_loss_coef", "must not be negative") }
         guard moe.jitter >= 0, moe.jitter < 1 else { throw m.fail("jitter", "must be in [0, 1)") }
         guard moe.noiseStd >= 0 else { throw m.fail("noise_std", "must not be negative") }
+        if moe.noiseLearned, moe.noiseStd <= 0 { throw m.fail("noise_learned", "needs noise_std > 0 (the starting scale)") }
         if let f = moe.capacityFactor, f <= 0 { throw m.fail("capacity_factor", "must be positive, or null for dropless routing") }
         if let k = moe.topK, k < 1 { throw m.fail("top_k", "must be at least 1") }
         if moe.router == .frozen, lora.targets.contains(.router) {
@@ -387,6 +390,7 @@ public struct TrainConfig: Equatable, Sendable {
           router: \(moe.router?.rawValue ?? "null")
           jitter: \(moe.jitter)
           noise_std: \(moe.noiseStd)
+          noise_learned: \(moe.noiseLearned)
           capacity_factor: \(n(moe.capacityFactor))
           top_k: \(n(moe.topK))
         schedule:

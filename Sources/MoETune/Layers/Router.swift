@@ -14,6 +14,9 @@ public struct MoEOptions: Equatable, Sendable {
     /// Shazeer-style noisy top-k: Gaussian noise times this std added to the router
     /// logits before softmax and top-k (training only; 0: off).
     public var noiseStd: Float = 0
+    /// Learn the noise scale per token and expert: std = noiseStd * softplus(x W_noise^T) / ln 2,
+    /// W_noise [E, H] trained from zeros (so it starts at noiseStd).
+    public var learnedNoise = false
     /// True while training: noise and jitter apply only then.
     public var training = false
     /// Seeds the noise; the trainer advances `step` so every micro-batch draws anew.
@@ -36,6 +39,7 @@ public final class RoutingBuffers {
     public let k: Int
     public let logits: FloatBuffer    // [N, E] router output (the gate, with its LoRA)
     public let noise: FloatBuffer     // [N, E] standard normal draws when noisy top-k is on
+    public let noisePre: FloatBuffer  // [N, E] x W_noise^T when the noise scale is learned
     public let probs: FloatBuffer     // [N, E]
     public let lse: FloatBuffer       // [N] logsumexp of the (noisy) logits, for the z-loss
     public let topExpert: UnsafeMutablePointer<Int32>  // [N, k], best first
@@ -62,6 +66,7 @@ public final class RoutingBuffers {
         self.tokens = tokens; self.experts = experts; self.k = k
         logits = FloatBuffer(count: tokens * experts)
         noise = FloatBuffer(count: tokens * experts)
+        noisePre = FloatBuffer(count: tokens * experts)
         probs = FloatBuffer(count: tokens * experts)
         lse = FloatBuffer(count: tokens)
         topWeight = FloatBuffer(count: tokens * k)
@@ -93,13 +98,19 @@ public final class RoutingBuffers {
         }
         let logits = self.logits.pointer, noise = self.noise.pointer, probs = self.probs.pointer
         let topExpert = self.topExpert, topWeight = self.topWeight.pointer, lse = self.lse.pointer
-        let std = o.noiseStd
+        let std = o.noiseStd, learned = o.learnedNoise
+        let pre = noisePre.pointer, c = o.noiseStd / Float(M_LN2)
         parallelChunks(n, minChunk: 64) { range in
             for i in range {
-                let l = logits + i * e, p = probs + i * e, z = noise + i * e
+                let l = logits + i * e, p = probs + i * e, z = noise + i * e, a = pre + i * e
                 var m = -Float.infinity
                 for j in 0..<e {
-                    p[j] = noisy ? l[j] + std * z[j] : l[j]
+                    if noisy {
+                        let scale = learned ? c * softplus(a[j]) : std
+                        p[j] = l[j] + scale * z[j]
+                    } else {
+                        p[j] = l[j]
+                    }
                     m = max(m, p[j])
                 }
                 var sum: Float = 0
@@ -176,6 +187,9 @@ public final class RoutingBuffers {
         }
     }
 }
+
+@inline(__always)
+func softplus(_ x: Float) -> Float { x > 20 ? x : Foundation.log1p(Foundation.exp(x)) }
 
 extension SplitMix64 {
     /// A standard normal draw (Box-Muller).

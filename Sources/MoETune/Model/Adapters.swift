@@ -122,8 +122,17 @@ public final class AdapterSet: @unchecked Sendable {
     public let dropout: LoRADropout?
     /// Routers trained in full (fp32), per layer; nil where the router is frozen or has LoRA.
     public let routers: [TrainedRouter?]
+    /// Learned noise-scale weights W_noise [E, H] of noisy top-k, per layer (training only;
+    /// not part of the saved adapter, since noise is off at inference).
+    public let noiseWeights: [TrainedRouter?]
 
     /// The router weight layer l uses in place of the checkpoint's, if trained in full.
+    @inline(__always)
+    func noiseWeight(layer l: Int) -> Matrix? {
+        guard l < noiseWeights.count, let r = noiseWeights[l] else { return nil }
+        return Matrix(r.weight, rows: r.experts, cols: r.hidden)
+    }
+
     @inline(__always)
     func trainedRouter(layer l: Int) -> Matrix? {
         guard l < routers.count, let r = routers[l] else { return nil }
@@ -159,13 +168,16 @@ public final class AdapterSet: @unchecked Sendable {
         }
         let routerLayers = spec.trainRouters
             ? (0..<c.numLayers).filter { spec.layers.contains($0, of: c.numLayers) && model.layers[$0].router != nil } : []
-        try self.init(model: model, plan: plan, spec: spec, seed: seed, fullRouters: routerLayers)
+        let noiseLayers = model.moe.learnedNoise && model.moe.noiseStd > 0
+            ? (0..<c.numLayers).filter { model.layers[$0].router != nil } : []
+        try self.init(model: model, plan: plan, spec: spec, seed: seed, fullRouters: routerLayers, noiseLayers: noiseLayers)
     }
 
     /// Lays out the adapters of `plan` (module paths with rank and scale).
     /// `fullRouters`: layers whose router weight is trained in full, starting from the
     /// checkpoint's values.
-    public init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64, fullRouters: [Int] = []) throws {
+    public init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64, fullRouters: [Int] = [],
+                noiseLayers: [Int] = []) throws {
         let c = model.config
         var shapes: [(plan: AdapterPlan, weight: Matrix)] = []
         for p in plan {
@@ -178,7 +190,7 @@ public final class AdapterSet: @unchecked Sendable {
             shapes.append((p, w))
         }
         let routerSize = c.numExperts * c.hiddenSize
-        let total = shapes.reduce(0) { $0 + $1.plan.rank * ($1.weight.rows + $1.weight.cols) } + fullRouters.count * routerSize
+        let total = shapes.reduce(0) { $0 + $1.plan.rank * ($1.weight.rows + $1.weight.cols) } + (fullRouters.count + noiseLayers.count) * routerSize
         guard spec.dropout >= 0, spec.dropout < 1 else {
             throw MoETuneError.invalid("lora dropout must be in [0, 1), got \(spec.dropout)")
         }
@@ -212,6 +224,13 @@ public final class AdapterSet: @unchecked Sendable {
             routers[l] = TrainedRouter(module: WeightNames.layerPrefix(l) + "block_sparse_moe.gate",
                                        experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g)
         }
+        var noiseWeights = [TrainedRouter?](repeating: nil, count: c.numLayers)
+        for l in noiseLayers where model.layers[l].router != nil {
+            let w = store.params.pointer + offset, g = store.grads.pointer + offset
+            offset += routerSize
+            noiseWeights[l] = TrainedRouter(module: WeightNames.layerPrefix(l) + "block_sparse_moe.noise",
+                                            experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g)
+        }
         var layers: [LayerAdapters] = []
         for l in 0..<c.numLayers {
             let p = WeightNames.layerPrefix(l)
@@ -237,6 +256,7 @@ public final class AdapterSet: @unchecked Sendable {
         self.maxRank = all.map(\.rank).max() ?? 0
         self.dropout = dropout
         self.routers = routers
+        self.noiseWeights = noiseWeights
     }
 
     public func adapter(module: String) -> LoRAAdapter? { all.first { $0.module == module } }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Gradient buffers of a backward pass, allocated once for the capacity of a
 /// ForwardState (training mode) and reused for every step.
 public final class BackwardState {
@@ -14,6 +16,7 @@ public final class BackwardState {
     let dxe: FloatBuffer?      // [N*k, H]
     let dtopWeight: FloatBuffer?   // [N, k]
     let drouter: FloatBuffer?      // [N, E] gradient of the router logits
+    let dnoise: FloatBuffer?       // [N, E] gradient of the learned noise-scale pre-activation
     let dlogits: FloatBuffer   // [N, V]
     let attnScratch: FloatBuffer   // [cores, T, T]
     let du: FloatBuffer        // [rows, r] LoRA scratch
@@ -34,6 +37,7 @@ public final class BackwardState {
         dxe = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dtopWeight = c.isMoE ? FloatBuffer(count: n * c.expertsPerToken) : nil
         drouter = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
+        dnoise = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
         dlogits = FloatBuffer(count: n * c.vocabSize)
         attnScratch = FloatBuffer(count: BLAS.cores * s.seqCapacity * s.seqCapacity)
         du = FloatBuffer(count: max(rows, n) * max(s.loraRank, 1))
@@ -80,6 +84,7 @@ extension Transformer {
             } else if let router = w.router {
                 moeBackward(layer: l, dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, tokens: n,
                             router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
+                            noise: adapters.noiseWeights[l],
                             adapters: ad, acts: a, state: s, grads: g, auxScale: auxScale)
             }
             rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.midBuffer(l).pointer,
@@ -112,6 +117,7 @@ extension Transformer {
     /// dy [N, H] = d out; writes dx [N, H] = d ln2 (through the experts and the router).
     private func moeBackward(layer l: Int, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                              x ln2: UnsafePointer<Float>, tokens n: Int, router: Matrix, trained: TrainedRouter?,
+                             noise learnedNoise: TrainedRouter?,
                              adapters ad: LayerAdapters, acts a: LayerActivations, state s: ForwardState,
                              grads g: BackwardState, auxScale: Float) {
         let c = config, h = c.hiddenSize, k = c.expertsPerToken, e = c.numExperts
@@ -180,6 +186,15 @@ extension Transformer {
                     for j in 0..<e { dl[j] += zCoef * 2 * lse * p[j] / rows }
                 }
             }
+        }
+        if moe.training, moe.learnedNoise, moe.noiseStd > 0, let wn = learnedNoise {
+            // logits' = logits + z * c * softplus(a), a = x W_noise^T:
+            // d a = d logits' * z * c * sigmoid(a); dW_noise += da^T x; dx += da W_noise.
+            let da = g.dnoise!.pointer, z = r.noise.pointer, a = r.noisePre.pointer
+            let cst = moe.noiseStd / Float(M_LN2)
+            for i in 0..<(n * e) { da[i] = dlog[i] * z[i] * cst / (1 + Foundation.exp(-a[i])) }
+            BLAS.gemm(.transpose, .none, m: e, n: h, k: n, a: da, lda: e, b: x, ldb: h, beta: 1, c: wn.grad, ldc: h)
+            linearBackwardInput(dx: dx, dy: da, rows: n, weight: Matrix(wn.weight, rows: e, cols: h), accumulate: true)
         }
         if let t = trained {
             // d W_router [E, H] += dlogits^T x

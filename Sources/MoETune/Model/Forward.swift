@@ -73,6 +73,9 @@ extension Transformer {
                 let router = adapters?.trainedRouter(layer: l) ?? base
                 linearForward(y: r.logits.pointer, x: xm, rows: n, weight: router)
                 if let lr = ad.router { loraForward(y: r.logits.pointer, x: xm, rows: n, adapter: lr, u: u!.router.pointer) }
+                if moe.training, moe.learnedNoise, let wn = adapters?.noiseWeight(layer: l) {
+                    linearForward(y: r.noisePre.pointer, x: xm, rows: n, weight: wn)
+                }
                 r.route(tokens: n, valid: s.valid, options: moe, layer: l)
                 s.routing?.record(layer: l, from: r)
                 moeForward(out: out, x: xm, tokens: n, hidden: h, experts: w.experts,

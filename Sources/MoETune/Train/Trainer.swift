@@ -206,7 +206,7 @@ public final class Trainer {
     private func configureMoE(_ model: Transformer) throws {
         let m = config.moe
         guard model.config.isMoE else {
-            let used = m.zLossCoef != 0 || (m.auxLossCoef ?? 0) != 0 || m.router != nil || m.jitter != 0 || m.noiseStd != 0
+            let used = m.zLossCoef != 0 || (m.auxLossCoef ?? 0) != 0 || m.router != nil || m.jitter != 0 || m.noiseStd != 0 || m.noiseLearned
                 || m.capacityFactor != nil || m.topK != nil
             if used {
                 throw MoETuneError.config(path: configPath, key: "moe", message: "\(model.config.family.rawValue) models have no experts; remove the moe section")
@@ -224,6 +224,7 @@ public final class Trainer {
         o.capacityFactor = m.capacityFactor
         o.jitter = Float(m.jitter)
         o.noiseStd = Float(m.noiseStd)
+        o.learnedNoise = m.noiseLearned
         o.seed = UInt64(bitPattern: Int64(config.training.seed)) ^ 0x4D6F45
         model.moe = o
     }
