@@ -120,7 +120,13 @@ def references(model, sp, ids, mask, eval_rows, folder):
         for j in range(start, len(toks)):
             total -= logp[j - 1, toks[j]].item()
             count += 1
-    ref = {"loss": out.loss.item(), "eval_loss": total / count, "eval_tokens": count}
+    # Greedy tokens from transformers' generate (KV cache), EOS disabled so the length is fixed.
+    prompt = ids[:1, :8]
+    with torch.no_grad():
+        gen = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                             max_new_tokens=16, min_new_tokens=16, eos_token_id=None, pad_token_id=0)
+    ref = {"loss": out.loss.item(), "eval_loss": total / count, "eval_tokens": count,
+           "greedy_prompt": prompt[0].tolist(), "greedy_tokens": gen[0, 8:].tolist()}
     with open(os.path.join(folder, "reference.json"), "w") as f:
         json.dump(ref, f, indent=2)
     return ref

@@ -40,6 +40,23 @@ public struct RoPETable: Sendable {
         apply(dx, batch: b, seq: t, heads: heads, sign: -1)
     }
 
+    /// Rotates one token's x [heads*D] at `position` in place (incremental decoding).
+    public func rotate(_ x: UnsafeMutablePointer<Float>, position: Int, heads: Int) {
+        let d = headDim, half = d / 2
+        cos.withUnsafeBufferPointer { cp in
+            sin.withUnsafeBufferPointer { sp in
+                for h in 0..<heads {
+                    let v = x + h * d
+                    for i in 0..<half {
+                        let x1 = v[i], x2 = v[i + half], c = cp[position * half + i], s = sp[position * half + i]
+                        v[i] = x1 * c - x2 * s
+                        v[i + half] = x2 * c + x1 * s
+                    }
+                }
+            }
+        }
+    }
+
     private func apply(_ x: UnsafeMutablePointer<Float>, batch b: Int, seq t: Int, heads: Int, sign: Float) {
         let d = headDim, half = d / 2, width = heads * d
         cos.withUnsafeBufferPointer { cosBuf in

@@ -1,0 +1,123 @@
+import Foundation
+
+/// Token-by-token inference with a KV cache: each step runs one new token through every
+/// layer, attending over the keys and values of all earlier positions, which stay in the
+/// cache. Uses the same layer functions as the batched forward pass (rows = 1), with
+/// adapters applied (LoRA, fully trained routers). Allocates everything up front.
+public final class Decoder {
+    public let model: Transformer
+    public let adapters: AdapterSet?
+    public let maxLength: Int
+    public private(set) var length = 0
+
+    let c: ModelConfig
+    let keys: [FloatBuffer]     // per layer [maxLength, nKV*D], after RoPE
+    let values: [FloatBuffer]   // per layer [maxLength, nKV*D]
+    let x: FloatBuffer, ln: FloatBuffer, rstd: FloatBuffer
+    let q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, attn: FloatBuffer, scores: FloatBuffer
+    let gate: FloatBuffer, up: FloatBuffer, act: FloatBuffer
+    let u: FloatBuffer          // [r] LoRA scratch (one row)
+    let ffnU: (FloatBuffer, FloatBuffer, FloatBuffer)   // [k, r] each
+    let routing: RoutingBuffers?
+    let experts: ExpertBuffers?
+    public let logits: FloatBuffer   // [V]
+    private var valid = true
+
+    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int) {
+        self.model = model
+        self.adapters = adapters
+        let c = model.config
+        self.c = c
+        self.maxLength = min(maxLength, model.rope.maxPositions)
+        keys = (0..<c.numLayers).map { _ in FloatBuffer(count: maxLength * c.kvDim) }
+        values = (0..<c.numLayers).map { _ in FloatBuffer(count: maxLength * c.kvDim) }
+        x = FloatBuffer(count: c.hiddenSize); ln = FloatBuffer(count: c.hiddenSize); rstd = FloatBuffer(count: 1)
+        q = FloatBuffer(count: c.qDim); k = FloatBuffer(count: c.kvDim); v = FloatBuffer(count: c.kvDim)
+        attn = FloatBuffer(count: c.qDim); scores = FloatBuffer(count: maxLength)
+        let rows = max(1, c.expertsPerToken)
+        gate = FloatBuffer(count: rows * c.intermediateSize); up = FloatBuffer(count: rows * c.intermediateSize)
+        act = FloatBuffer(count: rows * c.intermediateSize)
+        let r = max(adapters?.maxRank ?? 0, 1)
+        u = FloatBuffer(count: r)
+        ffnU = (FloatBuffer(count: rows * r), FloatBuffer(count: rows * r), FloatBuffer(count: rows * r))
+        routing = c.isMoE ? RoutingBuffers(tokens: 1, experts: c.numExperts, k: c.expertsPerToken) : nil
+        experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.intermediateSize) : nil
+        logits = FloatBuffer(count: c.vocabSize)
+    }
+
+    public func reset() { length = 0 }
+
+    /// Feeds one token at position `length` and returns the logits of the next one [V].
+    @discardableResult
+    public func step(_ token: Int32) throws -> UnsafeMutablePointer<Float> {
+        guard length < maxLength else {
+            throw MoETuneError.invalid("the sequence reached the maximum length \(maxLength)")
+        }
+        guard token >= 0, Int(token) < c.vocabSize else {
+            throw MoETuneError.invalid("token id \(token) is outside the model's vocabulary of \(c.vocabSize)")
+        }
+        let h = c.hiddenSize, pos = length, d = c.headDim
+        var o = model.moe
+        o.training = false
+        x.pointer.update(from: model.embed.pointer + Int(token) * h, count: h)
+        for (l, w) in model.layers.enumerated() {
+            let ad = adapters?.layers[l] ?? LayerAdapters()
+            rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.inputNorm, rows: 1, cols: h, eps: c.rmsNormEps)
+            project(q.pointer, ln.pointer, w.q, ad.q)
+            project(k.pointer, ln.pointer, w.k, ad.k)
+            project(v.pointer, ln.pointer, w.v, ad.v)
+            model.rope.rotate(q.pointer, position: pos, heads: c.numHeads)
+            model.rope.rotate(k.pointer, position: pos, heads: c.numKVHeads)
+            (keys[l].pointer + pos * c.kvDim).update(from: k.pointer, count: c.kvDim)
+            (values[l].pointer + pos * c.kvDim).update(from: v.pointer, count: c.kvDim)
+            // Attention of the new query over positions 0...pos.
+            let group = c.numHeads / c.numKVHeads, scale = 1 / Float(d).squareRoot()
+            for head in 0..<c.numHeads {
+                let kvh = head / group, qh = q.pointer + head * d
+                var m = -Float.infinity
+                for j in 0...pos {
+                    let kj = keys[l].pointer + j * c.kvDim + kvh * d
+                    var dot: Float = 0
+                    for i in 0..<d { dot += qh[i] * kj[i] }
+                    scores[j] = dot * scale
+                    m = max(m, scores[j])
+                }
+                var sum: Float = 0
+                for j in 0...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
+                let out = attn.pointer + head * d
+                out.update(repeating: 0, count: d)
+                for j in 0...pos {
+                    let p = scores[j] / sum, vj = values[l].pointer + j * c.kvDim + kvh * d
+                    for i in 0..<d { out[i] += p * vj[i] }
+                }
+            }
+            // x += o_proj(attn)
+            linearForward(y: x.pointer, x: attn.pointer, rows: 1, weight: w.o, accumulate: true)
+            if let lo = ad.o { loraForward(y: x.pointer, x: attn.pointer, rows: 1, adapter: lo, u: u.pointer) }
+            rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.postAttentionNorm, rows: 1, cols: h, eps: c.rmsNormEps)
+            let cache = FeedForwardLoRACache(gate: ffnU.0.pointer, up: ffnU.1.pointer, down: ffnU.2.pointer)
+            if let mlp = w.mlp {
+                feedForward(out: x.pointer, x: ln.pointer, rows: 1, weights: mlp, adapters: ad.mlp, cache: cache,
+                            gate: gate.pointer, up: up.pointer, act: act.pointer, accumulate: true)
+            } else if let base = w.router, let r = routing, let scratch = experts {
+                let router = adapters?.trainedRouter(layer: l) ?? base
+                linearForward(y: r.logits.pointer, x: ln.pointer, rows: 1, weight: router)
+                if let lr = ad.router { loraForward(y: r.logits.pointer, x: ln.pointer, rows: 1, adapter: lr, u: u.pointer) }
+                withUnsafePointer(to: &valid) { r.route(tokens: 1, valid: $0, options: o, layer: l) }
+                moeForward(out: x.pointer, x: ln.pointer, tokens: 1, hidden: h, experts: w.experts,
+                           adapters: ad.experts, cache: cache, routing: r, scratch: scratch)
+            }
+        }
+        rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: model.finalNorm, rows: 1, cols: h, eps: c.rmsNormEps)
+        linearForward(y: logits.pointer, x: ln.pointer, rows: 1, weight: model.lmHead)
+        if let lh = adapters?.head { loraForward(y: logits.pointer, x: ln.pointer, rows: 1, adapter: lh, u: u.pointer) }
+        length += 1
+        return logits.pointer
+    }
+
+    @inline(__always)
+    private func project(_ y: UnsafeMutablePointer<Float>, _ xIn: UnsafePointer<Float>, _ w: Matrix, _ l: LoRAAdapter?) {
+        linearForward(y: y, x: xIn, rows: 1, weight: w)
+        if let l { loraForward(y: y, x: xIn, rows: 1, adapter: l, u: u.pointer) }
+    }
+}
