@@ -42,12 +42,12 @@ def key_of(param_name):
     return param_name.replace(".default", "")
 
 
-def build(base_dir, name):
-    torch.manual_seed(0)
+def build(base_dir, name, seed=0):
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS[name], task_type="CAUSAL_LM")
     model = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1 + seed)
     with torch.no_grad():
         for n, p in lora_params(model).items():
             if "lora_B" in n:
@@ -150,6 +150,31 @@ def main():
             tensors["z_loss"] = z.detach().reshape(1)
             info.update(z_loss=z.item())
 
+        # Logits of base + adapter unmerged (peft), the reference for merged checkpoints.
+        with torch.no_grad():
+            tensors["logits"] = model(input_ids=ids, attention_mask=mask).logits.float().contiguous()
+        if name == "mixtral":
+            # A second adapter, and the weighted merge 0.7 * first + 0.3 * second computed
+            # in torch on the base weights: W += sum_i w_i * (alpha / r) * B_i @ A_i.
+            second = build(base, name, seed=5)
+            second.save_pretrained(os.path.join(out, "adapter2"))
+            readme = os.path.join(out, "adapter2", "README.md")
+            if os.path.exists(readme):
+                os.remove(readme)
+            merged = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval()
+            sd = merged.state_dict()
+            scale = 8 / 4
+            with torch.no_grad():
+                for w, m in [(0.7, model), (0.3, second)]:
+                    lp = {key_of(n): p for n, p in m.named_parameters() if "lora_" in n}
+                    for k, A in lp.items():
+                        if not k.endswith("lora_A.weight"):
+                            continue
+                        B = lp[k.replace("lora_A", "lora_B")]
+                        target = k.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+                        sd[target] += w * scale * (B @ A)
+                merged.load_state_dict(sd)
+                tensors["logits_mix"] = merged(input_ids=ids, attention_mask=mask).logits.float().contiguous()
         save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, "batch.safetensors"))
         traj = {k: trajectory(base, name, ids, mask, labels, k) for k in ["adamw", "sgd"]}
         traj["settings"] = {

@@ -176,15 +176,16 @@ public final class AdapterSet: @unchecked Sendable {
     /// Lays out the adapters of `plan` (module paths with rank and scale).
     /// `fullRouters`: layers whose router weight is trained in full, starting from the
     /// checkpoint's values.
+    /// `stackedRanks`: ranks are sums of several adapters' (a mix), so they may exceed the layer's.
     public init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64, fullRouters: [Int] = [],
-                noiseLayers: [Int] = []) throws {
+                noiseLayers: [Int] = [], stackedRanks: Bool = false) throws {
         let c = model.config
         var shapes: [(plan: AdapterPlan, weight: Matrix)] = []
         for p in plan {
             guard let w = model.linear(module: p.module) else {
                 throw MoETuneError.invalid("the model has no linear layer \(p.module)")
             }
-            guard p.rank >= 1, p.rank <= min(w.rows, w.cols) else {
+            guard p.rank >= 1, stackedRanks || p.rank <= min(w.rows, w.cols) else {
                 throw MoETuneError.invalid("lora rank \(p.rank) for \(p.module) must be between 1 and \(min(w.rows, w.cols)) (the layer is [\(w.rows), \(w.cols)])")
             }
             shapes.append((p, w))

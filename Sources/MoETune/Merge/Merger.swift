@@ -1,0 +1,191 @@
+import Foundation
+
+/// Folds LoRA adapters into a copy of the base model: W += sum_i w_i * s_i * B_i A_i for
+/// every adapted module (experts and router included; a fully trained router replaces
+/// the gate). Always merges into the full-precision base weights. Writes a Hugging Face
+/// model folder (config.json, model.safetensors or shards with an index, tokenizer files)
+/// into a temporary folder that is renamed into place when complete.
+public enum Merger {
+    public struct Options: Sendable {
+        /// Output element type; nil: the base checkpoint's.
+        public var dtype: DType?
+        /// Shard the weights above this many bytes per file.
+        public var maxShardBytes = 2 << 30
+        public var overwrite = false
+        public init() {}
+    }
+
+    public struct Summary: Sendable {
+        public var tensors: Int
+        public var mergedModules: Int
+        public var files: Int
+        public var dtype: DType
+        public var bytes: Int
+    }
+
+    public static func merge(modelDir: String, adapters: [(path: String, weight: Float)], outDir: String,
+                             options: Options = Options()) throws -> Summary {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: outDir) {
+            let contents = (try? fm.contentsOfDirectory(atPath: outDir)) ?? []
+            if !contents.isEmpty && !options.overwrite {
+                throw MoETuneError.file(path: outDir, message: "already exists and is not empty; choose another --out or pass --overwrite")
+            }
+        }
+        let ck = try Checkpoint(directory: modelDir)
+        let model = try Transformer(checkpoint: ck)
+        let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
+        let mixed = try AdapterSet.mix(sets.map { (set: $0.0, weight: $0.1) }, model: model)
+        let byModule = Dictionary(uniqueKeysWithValues: mixed.all.map { ($0.module, $0) })
+        let c = model.config
+        let baseDType = ck.info(WeightNames.embedTokens)?.dtype ?? .f32
+        let dtype = options.dtype ?? baseDType
+        guard [.f32, .f16, .bf16].contains(dtype) else { throw MoETuneError.invalid("--dtype must be f32, bf16 or f16") }
+
+        var merged = 0
+        /// The merged fp32 values of one tensor.
+        func mergedValues(_ name: String, _ info: TensorInfo) throws -> [Float] {
+            var values = [Float](repeating: 0, count: info.count)
+            let src = try ck.floats(name, shape: info.shape)
+            values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src, count: info.count) }
+            func add(_ module: String, at offset: Int) {
+                guard let a = byModule[module] else { return }
+                values.withUnsafeMutableBufferPointer { buf in
+                    BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
+                              a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 1,
+                              c: buf.baseAddress! + offset, ldc: a.inFeatures)
+                }
+                merged += 1
+            }
+            if let l = fusedLayer(name, suffix: "mlp.experts.gate_up_proj") {
+                let (i, h) = (c.intermediateSize, c.hiddenSize)
+                for e in 0..<c.numExperts {
+                    let base = WeightNames.layerPrefix(l) + "block_sparse_moe.experts.\(e)."
+                    add(base + "w1", at: e * 2 * i * h)
+                    add(base + "w3", at: e * 2 * i * h + i * h)
+                }
+            } else if let l = fusedLayer(name, suffix: "mlp.experts.down_proj") {
+                for e in 0..<c.numExperts {
+                    add(WeightNames.layerPrefix(l) + "block_sparse_moe.experts.\(e).w2", at: e * c.hiddenSize * c.intermediateSize)
+                }
+            } else if name.hasSuffix(".weight") {
+                let module = WeightNames.canonicalModule(String(name.dropLast(".weight".count)), isMoE: c.isMoE)
+                if module.hasSuffix("block_sparse_moe.gate"), let l = Int(module.split(separator: ".")[2]),
+                   let r = mixed.routers[l] {
+                    values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: r.weight, count: r.experts * r.hidden) }
+                    merged += 1
+                } else {
+                    add(module, at: 0)
+                }
+            }
+            return values
+        }
+
+        var entries: [(name: String, shape: [Int], values: [Float]?, raw: (DType, Data)?)] = []
+        for name in ck.tensorNames.sorted() {
+            let info = ck.info(name)!
+            if [.f32, .f16, .bf16, .f64].contains(info.dtype) {
+                entries.append((name, info.shape, try mergedValues(name, info), nil))
+            } else {
+                let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytes(of: info)
+                entries.append((name, info.shape, nil, (info.dtype, Data(bytes))))
+            }
+        }
+        // A head adapter on a model with tied embeddings needs its own lm_head.
+        var untie = false
+        if let head = byModule["lm_head"], !ck.contains(WeightNames.lmHead) {
+            var values = [Float](repeating: 0, count: c.vocabSize * c.hiddenSize)
+            values.withUnsafeMutableBufferPointer { buf in
+                buf.baseAddress!.update(from: model.embed.pointer, count: buf.count)
+                BLAS.gemm(.none, .none, m: head.outFeatures, n: head.inFeatures, k: head.rank, alpha: head.scale,
+                          a: head.b, lda: head.rank, b: head.a, ldb: head.inFeatures, beta: 1, c: buf.baseAddress!, ldc: head.inFeatures)
+            }
+            merged += 1
+            entries.append((WeightNames.lmHead, [c.vocabSize, c.hiddenSize], values, nil))
+            untie = true
+        }
+        guard merged == mixed.all.count + mixed.routers.compactMap({ $0 }).count else {
+            throw MoETuneError.invalid("internal: merged \(merged) modules but the adapters hold \(mixed.all.count)")
+        }
+
+        // Write shards into a temporary folder beside the destination.
+        let tmp = (outDir as NSString).deletingLastPathComponent.isEmpty ? "." : (outDir as NSString).deletingLastPathComponent
+        let staging = tmp + "/.\((outDir as NSString).lastPathComponent).tmp-\(getpid())"
+        try? fm.removeItem(atPath: staging)
+        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        do {
+            var shards: [[SafeTensorsWriter.Entry]] = [[]]
+            var shardBytes = 0
+            var total = 0
+            for e in entries {
+                let entry: SafeTensorsWriter.Entry
+                if let values = e.values {
+                    entry = .init(name: e.name, dtype: dtype, shape: e.shape, data: encode(values, as: dtype))
+                } else {
+                    entry = .init(name: e.name, dtype: e.raw!.0, shape: e.shape, data: e.raw!.1)
+                }
+                if shardBytes > 0, shardBytes + entry.data.count > options.maxShardBytes {
+                    shards.append([])
+                    shardBytes = 0
+                }
+                shards[shards.count - 1].append(entry)
+                shardBytes += entry.data.count
+                total += entry.data.count
+            }
+            var weightMap: [String: String] = [:]
+            for (i, shard) in shards.enumerated() {
+                let file = shards.count == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", i + 1, shards.count)
+                var w = SafeTensorsWriter()
+                w.entries = shard
+                try w.write(to: staging + "/" + file)
+                for e in shard { weightMap[e.name] = file }
+            }
+            if shards.count > 1 {
+                let index: [String: Any] = ["metadata": ["total_size": total], "weight_map": weightMap]
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys]),
+                                     to: staging + "/model.safetensors.index.json")
+            }
+            // config.json with the output dtype (and untied head if needed); tokenizer files as they are.
+            let cfgData = try Data(contentsOf: URL(fileURLWithPath: modelDir + "/config.json"))
+            var cfg = try JSONSerialization.jsonObject(with: cfgData) as? [String: Any] ?? [:]
+            let dtypeName = ["F32": "float32", "F16": "float16", "BF16": "bfloat16"][dtype.rawValue]!
+            cfg["torch_dtype"] = dtypeName
+            cfg["dtype"] = dtypeName
+            if untie { cfg["tie_word_embeddings"] = false }
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: cfg, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
+                                 to: staging + "/config.json")
+            for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
+            where fm.fileExists(atPath: modelDir + "/" + f) {
+                try fm.copyItem(atPath: modelDir + "/" + f, toPath: staging + "/" + f)
+            }
+            if fm.fileExists(atPath: outDir) { try fm.removeItem(atPath: outDir) }
+            try fm.moveItem(atPath: staging, toPath: outDir)
+            return Summary(tensors: entries.count, mergedModules: merged, files: shards.count, dtype: dtype, bytes: total)
+        } catch {
+            try? fm.removeItem(atPath: staging)
+            throw error
+        }
+    }
+
+    static func fusedLayer(_ name: String, suffix: String) -> Int? {
+        let parts = name.split(separator: ".")
+        guard name.hasSuffix(suffix), parts.count > 3, parts[0] == "model", parts[1] == "layers" else { return nil }
+        return Int(parts[2])
+    }
+
+    /// fp32 values as little-endian bytes of `dtype`.
+    static func encode(_ values: [Float], as dtype: DType) -> Data {
+        switch dtype {
+        case .bf16:
+            var out = [UInt16](repeating: 0, count: values.count)
+            for i in values.indices { out[i] = FloatConversion.floatToBF16(values[i]).littleEndian }
+            return out.withUnsafeBufferPointer { Data(buffer: $0) }
+        case .f16:
+            var out = [UInt16](repeating: 0, count: values.count)
+            for i in values.indices { out[i] = Float16(values[i]).bitPattern.littleEndian }
+            return out.withUnsafeBufferPointer { Data(buffer: $0) }
+        default:
+            return values.withUnsafeBufferPointer { Data(buffer: $0) }
+        }
+    }
+}
