@@ -14,8 +14,17 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Hugging Face model folder (config.json, safetensors, tokenizer.model).")
     var model: String
 
-    @Option(help: "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to apply.")
-    var adapter: String?
+    @Option(help: "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to apply (repeatable).")
+    var adapter: [String] = []
+
+    @Option(help: "Weight of each adapter, in --adapter order (repeatable; default 1 each).")
+    var weight: [Float] = []
+
+    @Flag(help: "Also decode greedily from each prompt and report exact-match accuracy (and per task).")
+    var generate = false
+
+    @Option(help: "With --generate: the most new tokens per answer.")
+    var maxNewTokens = 64
 
     @Option(help: "JSONL data file.")
     var data: String
@@ -35,12 +44,14 @@ struct EvalCommand: ParsableCommand {
     func validate() throws {
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard maxSeqLen >= 2 else { throw ValidationError("--max-seq-len must be at least 2") }
+        guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
+        guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
     }
 
     func run() throws {
         try runReportingErrors {
             let loaded = try LoadedModel.load(directory: model)
-            let adapters = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
+            let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
             let dataset = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
                                            options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false))
             if dataset.truncated > 0 {
@@ -50,19 +61,40 @@ struct EvalCommand: ParsableCommand {
             let r = try Evaluator.evaluate(model: loaded.model, adapters: adapters, dataset: dataset, batchSize: batchSize) { done, total in
                 progress.update(done: done, total: total)
             }
+            var em: ExactMatchResult?
+            if generate {
+                let genProgress = ProgressLine("generate")
+                em = try ExactMatch.evaluate(model: loaded.model, adapters: adapters, tokenizer: loaded.tokenizer, dataset: dataset,
+                                             maxNewTokens: maxNewTokens) { genProgress.update(done: $0, total: $1) }
+            }
             if json {
                 var obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens, "examples": r.examples]
                 if expertStats, let routing = r.routing { obj["expert_stats"] = routing.summary() }
+                if let em {
+                    obj["exact_match"] = em.accuracy
+                    obj["per_task"] = em.perTask.mapValues { ["exact_match": $0.total > 0 ? Double($0.correct) / Double($0.total) : 0,
+                                                              "correct": $0.correct, "examples": $0.total] }
+                }
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
                 print("""
-                model       \(model)\(adapter.map { " + adapter \($0)" } ?? "")
+                model       \(model)\(adapter.isEmpty ? "" : " + adapter " + adapter.joined(separator: ", "))
                 data        \(data) (\(r.examples) examples, \(r.tokens) scored tokens\(r.truncated > 0 ? ", \(r.truncated) truncated" : ""))
                 loss        \(String(format: "%.6f", r.loss))
                 perplexity  \(String(format: "%.4f", r.perplexity))
                 time        \(String(format: "%.2f", r.seconds)) s (\(String(format: "%.0f", Double(r.tokens) / max(r.seconds, 1e-9))) scored tokens/s)
                 """)
+                if let em {
+                    print(String(format: "exact match %.1f%% (%d of %d)", 100 * em.accuracy, em.correct, em.total))
+                    for task in em.perTask.keys.sorted() {
+                        let t = em.perTask[task]!
+                        print(String(format: "  %-14@ %5.1f%% (%d of %d)", task as NSString, 100 * Double(t.correct) / Double(max(t.total, 1)), t.correct, t.total))
+                    }
+                    for s in em.samples.prefix(3) {
+                        print("  e.g. \(s.prompt.debugDescription) -> \(s.generated.debugDescription) (expected \(s.expected.debugDescription))")
+                    }
+                }
                 if expertStats {
                     if let routing = r.routing {
                         print("\nexpert load (share of each layer's assignments, valid tokens only)\n" + expertTable(routing))

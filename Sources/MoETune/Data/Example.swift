@@ -12,6 +12,11 @@ public struct Example: Sendable {
     public var promptLength: Int
     /// Optional "task" field of the line, for per-task breakdowns.
     public var task: String?
+    /// For examples with an expected answer (completion, Alpaca output, the last assistant
+    /// turn): the answer text and the token index where it starts (the generation prompt
+    /// is tokens[0..<replyStart]).
+    public var reply: String?
+    public var replyStart = 0
 
     public var countedTokens: Int { counted.dropFirst().reduce(0) { $0 + ($1 ? 1 : 0) } }
 }
@@ -123,15 +128,18 @@ public struct Dataset: Sendable {
             }
             var tokens: [Int32] = [bos]
             var counted: [Bool] = [false]
-            var promptLength = 0
+            var promptLength = 0, lastReplyStart = 0
             for seg in segments {
                 var ids = try tokenizer.encode(seg.text)
                 if seg.eos { ids.append(eos) }
+                if seg.counted { lastReplyStart = tokens.count }
                 tokens += ids
                 counted += Array(repeating: seg.counted || options.trainOnInputs, count: ids.count)
                 if promptLength == 0, seg.counted { promptLength = tokens.count - ids.count }
             }
-            return Example(tokens: tokens, counted: counted, line: line, promptLength: promptLength, task: task)
+            let lastAssistant = messages.last { $0.role == "assistant" }?.content
+            return Example(tokens: tokens, counted: counted, line: line, promptLength: promptLength, task: task,
+                           reply: lastAssistant, replyStart: lastReplyStart)
         case .promptCompletion, .alpaca:
             let prompt: String, completion: String
             if format == .promptCompletion {
@@ -146,7 +154,8 @@ public struct Dataset: Sendable {
             let tokens = p + cpl
             var counted = Array(repeating: options.trainOnInputs, count: p.count) + Array(repeating: true, count: cpl.count)
             counted[0] = false
-            return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task)
+            return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task,
+                           reply: completion, replyStart: p.count)
         }
     }
 }

@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import MoETune
+
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate text with a KV cache, streaming it as it comes.",
+        discussion: "Greedy by default; --temperature > 0 samples (with --top-k, --top-p, --seed). --chat reads turns from standard input.")
+
+    @Option(help: "Model folder.") var model: String
+    @Option(help: "PEFT adapter folder (repeatable).") var adapter: [String] = []
+    @Option(help: "Weight of each adapter (repeatable).") var weight: [Float] = []
+    @Option(help: "The prompt (with --chat: the first user message).") var prompt: String?
+    @Flag(help: "Chat: wrap turns in the chat template; without --prompt, read user turns from standard input.") var chat = false
+    @Option(help: "A custom chat template with {user} and {assistant} (default: Llama-2/Mistral [INST]).") var chatTemplate: String?
+    @Option(help: "Largest number of new tokens.") var maxNewTokens = 256
+    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Double = 0
+    @Option(help: "Keep the k most likely tokens (0: all).") var topK = 0
+    @Option(help: "Keep the smallest set of tokens whose probability reaches p.") var topP: Double = 1
+    @Option(help: "Random seed for sampling.") var seed: UInt64 = 0
+
+    func validate() throws {
+        guard prompt != nil || chat else { throw ValidationError("give --prompt TEXT, or --chat") }
+        guard temperature >= 0 else { throw ValidationError("--temperature must not be negative") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+        guard topK >= 0 else { throw ValidationError("--top-k must not be negative") }
+        guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
+        guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let loaded = try LoadedModel.load(directory: model)
+            let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
+            let template = try chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
+            var options = SamplingOptions()
+            options.temperature = temperature; options.topK = topK; options.topP = topP; options.seed = seed
+            options.maxNewTokens = maxNewTokens
+            let generator = Generator(model: loaded.model, adapters: adapters, maxLength: min(loaded.model.config.maxPositionEmbeddings, 4096))
+            let tok = loaded.tokenizer
+            func reply(to promptIDs: [Int32]) throws -> String {
+                var ids: [Int32] = []
+                var printed = ""
+                _ = try generator.generate(prompt: promptIDs, options: options) { t in
+                    ids.append(t)
+                    // Decode the whole reply each time so multi-token characters print whole.
+                    if let text = try? tok.decode(ids), text.count > printed.count, text.hasPrefix(printed) {
+                        FileHandle.standardOutput.write(Data(String(text.dropFirst(printed.count)).utf8))
+                        printed = text
+                    }
+                }
+                print("")
+                return (try? tok.decode(ids)) ?? printed
+            }
+            if !chat {
+                _ = try reply(to: [tok.bosId] + tok.encode(prompt!))
+                return
+            }
+            var messages: [(role: String, content: String)] = []
+            func turn(_ user: String) throws {
+                messages.append(("user", user))
+                let text = try template.prompt(messages)
+                let answer = try reply(to: [tok.bosId] + tok.encode(text))
+                messages.append(("assistant", answer.trimmingCharacters(in: .whitespaces)))
+            }
+            if let prompt { try turn(prompt); return }
+            FileHandle.standardError.write(Data("chat: type a message, an empty line or end of input stops\n".utf8))
+            while true {
+                FileHandle.standardError.write(Data("> ".utf8))
+                guard let line = readLine(), !line.isEmpty else { break }
+                try turn(line)
+            }
+        }
+    }
+}
+
+/// Loads and, for several, mixes adapters with their weights.
+func loadAdapters(_ paths: [String], weights: [Float], model: Transformer) throws -> AdapterSet? {
+    guard !paths.isEmpty else { return nil }
+    let w = weights.isEmpty ? Array(repeating: Float(1), count: paths.count) : weights
+    let sets = try zip(paths, w).map { (set: try PEFTAdapter.load(directory: $0.0, model: model), weight: $0.1) }
+    return try AdapterSet.mix(sets, model: model)
+}

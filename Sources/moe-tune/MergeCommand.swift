@@ -1,0 +1,47 @@
+import ArgumentParser
+import Foundation
+import MoETune
+
+struct MergeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "merge",
+        abstract: "Fold LoRA adapters into the base weights and write a Hugging Face model folder.",
+        discussion: """
+        W += sum_i weight_i * scale_i * B_i A_i for every adapted module (experts and router included; \
+        a fully trained router replaces the gate). Always merges into the full-precision base, also for \
+        adapters trained with QLoRA. Writes config.json, model.safetensors (sharded with an index above \
+        --max-shard-mb) and the tokenizer files, in the base's dtype unless --dtype says otherwise.
+        """)
+
+    @Option(help: "Base model folder.") var model: String
+    @Option(help: "PEFT adapter folder (repeatable).") var adapter: [String] = []
+    @Option(help: "Weight of each adapter, in --adapter order (repeatable; default 1 each).") var weight: [Float] = []
+    @Option(help: "Output folder (must not exist, or be empty).") var out: String
+    @Option(help: "Output dtype: f32, bf16 or f16 (default: the base's).") var dtype: String?
+    @Option(help: "Largest shard in MiB.") var maxShardMb = 2048
+    @Flag(help: "Replace a non-empty --out folder.") var overwrite = false
+
+    func validate() throws {
+        guard !adapter.isEmpty else { throw ValidationError("give at least one --adapter") }
+        guard weight.isEmpty || weight.count == adapter.count else {
+            throw ValidationError("give one --weight per --adapter (\(adapter.count)), or none")
+        }
+        if let dtype, !["f32", "bf16", "f16"].contains(dtype) { throw ValidationError("--dtype must be f32, bf16 or f16") }
+        guard maxShardMb >= 1 else { throw ValidationError("--max-shard-mb must be at least 1") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            var o = Merger.Options()
+            o.dtype = dtype.map { ["f32": DType.f32, "bf16": .bf16, "f16": .f16][$0]! }
+            o.maxShardBytes = maxShardMb << 20
+            o.overwrite = overwrite
+            let weights = weight.isEmpty ? Array(repeating: Float(1), count: adapter.count) : weight
+            let start = Date()
+            let s = try Merger.merge(modelDir: model, adapters: Array(zip(adapter, weights)).map { (path: $0.0, weight: $0.1) },
+                                     outDir: out, options: o)
+            print("merged \(s.mergedModules) modules from \(adapter.count) adapter(s) into \(out): \(s.tensors) tensors, "
+                + "\(s.files) file(s), \(s.dtype.rawValue), \(String(format: "%.1f", Double(s.bytes) / 1_048_576)) MiB in \(formatDuration(Date().timeIntervalSince(start)))")
+        }
+    }
+}
