@@ -89,7 +89,8 @@ struct EvalCommand: ParsableCommand {
                     print(String(format: "exact match %.1f%% (%d of %d)", 100 * em.accuracy, em.correct, em.total))
                     for task in em.perTask.keys.sorted() {
                         let t = em.perTask[task]!
-                        print(String(format: "  %-14@ %5.1f%% (%d of %d)", task as NSString, 100 * Double(t.correct) / Double(max(t.total, 1)), t.correct, t.total))
+                        let name = task.count < 14 ? task + String(repeating: " ", count: 14 - task.count) : task
+                        print("  " + name + String(format: " %5.1f%% (%d of %d)", 100 * Double(t.correct) / Double(max(t.total, 1)), t.correct, t.total))
                     }
                     for s in em.samples.prefix(3) {
                         print("  e.g. \(s.prompt.debugDescription) -> \(s.generated.debugDescription) (expected \(s.expected.debugDescription))")

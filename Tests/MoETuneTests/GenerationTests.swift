@@ -73,3 +73,33 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(try g.generate(prompt: [1, 50, 60], options: o), greedy)
     }
 }
+
+extension GenerationTests {
+    /// Exact match compares trimmed greedy generations with the expected answers, per task.
+    func testExactMatchCountsPerTask() throws {
+        let loaded = try LoadedModel.load(directory: Fixtures.dir("mixtral"))
+        let tok = loaded.tokenizer
+        let g = Generator(model: loaded.model, adapters: nil, maxLength: 64)
+        var o = SamplingOptions()
+        o.maxNewTokens = 6
+        let prompt = "Add 3 and 4."
+        let own = try tok.decode(try g.generate(prompt: [tok.bosId] + tok.encode(prompt), options: o))
+        let chatPrompt = try ChatTemplate.llama2.prompt([("user", "Hello")])
+        let ownChat = try tok.decode(try g.generate(prompt: [tok.bosId] + tok.encode(chatPrompt), options: o))
+        let dir = try makeTempDir(self)
+        let lines = [
+            ["task": "a", "prompt": prompt, "completion": "  " + own + " "],
+            ["task": "b", "prompt": prompt, "completion": own + " wrong"],
+            ["task": "b", "messages": [["role": "user", "content": "Hello"], ["role": "assistant", "content": ownChat]]] as [String: Any],
+        ]
+        let text = try lines.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }.joined(separator: "\n")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/d.jsonl"))
+        let ds = try Dataset.load(path: dir + "/d.jsonl", tokenizer: tok, vocabSize: loaded.model.config.vocabSize, options: DataOptions())
+        let r = try ExactMatch.evaluate(model: loaded.model, adapters: nil, tokenizer: tok, dataset: ds, maxNewTokens: 6)
+        XCTAssertEqual(r.total, 3)
+        XCTAssertEqual(r.correct, 2)
+        XCTAssertEqual(r.perTask["a"]!.correct, 1)
+        XCTAssertEqual(r.perTask["b"]!.correct, 1)
+        XCTAssertEqual(r.perTask["b"]!.total, 2)
+    }
+}

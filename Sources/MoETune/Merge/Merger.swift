@@ -145,15 +145,20 @@ public enum Merger {
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys]),
                                      to: staging + "/model.safetensors.index.json")
             }
-            // config.json with the output dtype (and untied head if needed); tokenizer files as they are.
-            let cfgData = try Data(contentsOf: URL(fileURLWithPath: modelDir + "/config.json"))
-            var cfg = try JSONSerialization.jsonObject(with: cfgData) as? [String: Any] ?? [:]
+            // config.json as it was, with only the dtype (and an untied head) changed in the
+            // text: re-serialising would turn 0.0 into 0, which transformers 5 refuses for
+            // float fields.
+            var cfgText = try String(contentsOfFile: modelDir + "/config.json", encoding: .utf8)
             let dtypeName = ["F32": "float32", "F16": "float16", "BF16": "bfloat16"][dtype.rawValue]!
-            cfg["torch_dtype"] = dtypeName
-            cfg["dtype"] = dtypeName
-            if untie { cfg["tie_word_embeddings"] = false }
-            try AtomicFile.write(try JSONSerialization.data(withJSONObject: cfg, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]),
-                                 to: staging + "/config.json")
+            for key in ["torch_dtype", "dtype"] {
+                cfgText = cfgText.replacingOccurrences(of: "(\"\(key)\"\\s*:\\s*)\"[a-z0-9]+\"", with: "$1\"\(dtypeName)\"",
+                                                       options: .regularExpression)
+            }
+            if untie {
+                cfgText = cfgText.replacingOccurrences(of: "(\"tie_word_embeddings\"\\s*:\\s*)true", with: "$1false",
+                                                       options: .regularExpression)
+            }
+            try AtomicFile.write(Data(cfgText.utf8), to: staging + "/config.json")
             for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
             where fm.fileExists(atPath: modelDir + "/" + f) {
                 try fm.copyItem(atPath: modelDir + "/" + f, toPath: staging + "/" + f)
