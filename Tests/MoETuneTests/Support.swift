@@ -30,6 +30,7 @@ extension SafeTensorsFile {
         switch info.dtype {
         case .i32: return (0..<info.count).map { Float(bytes.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
         case .i64: return (0..<info.count).map { Float(bytes.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+        case .u8: return (0..<info.count).map { Float(bytes[$0]) }
         default:
             var out = [Float](repeating: 0, count: info.count)
             _ = out.withUnsafeMutableBufferPointer { FloatConversion.toFloat(bytes.baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!) }

@@ -29,17 +29,30 @@ public final class FloatBuffer: @unchecked Sendable {
     public var array: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
 }
 
-/// A read-only row-major matrix view [rows, cols] over weights owned elsewhere.
+/// A read-only row-major matrix [rows, cols]: a view over fp32 weights owned elsewhere,
+/// or 4-bit NF4 weights (QLoRA), which only the linear-layer products read.
 public struct Matrix: @unchecked Sendable {
     public let pointer: UnsafePointer<Float>
     public let rows: Int
     public let cols: Int
+    /// The NF4 storage of a quantized weight; `pointer` is then not to be read.
+    public let nf4: NF4Weight?
 
     public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int) {
         self.pointer = pointer
         self.rows = rows
         self.cols = cols
+        nf4 = nil
     }
+
+    public init(nf4: NF4Weight) {
+        pointer = UnsafePointer(Matrix.none.pointer)
+        rows = nf4.rows
+        cols = nf4.cols
+        self.nf4 = nf4
+    }
+
+    private static let none = FloatBuffer(count: 1)
 }
 
 /// Splits `0..<count` into one contiguous chunk per core and runs them in parallel.
