@@ -58,7 +58,11 @@ save_file(tensors, os.path.join(out, "quant.safetensors"))
 # 2. A pre-quantized checkpoint saved by transformers, and its loss.
 bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                          bnb_4bit_compute_dtype=torch.float32)
-model = AutoModelForCausalLM.from_pretrained(base, quantization_config=bnb, dtype=torch.float32).eval()
+# Train mode on purpose: in eval mode without gradients, bitsandbytes on an AVX512-BF16 CPU
+# repacks the weights for a bf16 GEMV kernel (activations rounded to bf16); in train mode
+# it dequantizes to fp32 and multiplies in fp32, the exact NF4 computation. Dropout is 0.
+model = AutoModelForCausalLM.from_pretrained(base, quantization_config=bnb, dtype=torch.float32)
+model.train()
 model.save_pretrained(os.path.join(out, "llama-4bit"))
 shutil.copy(os.path.join(base, "tokenizer.model"), os.path.join(out, "llama-4bit", "tokenizer.model"))
 for extra in ["generation_config.json"]:

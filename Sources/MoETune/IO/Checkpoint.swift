@@ -87,6 +87,30 @@ public final class Checkpoint: @unchecked Sendable {
         return UnsafePointer(buffer.pointer)
     }
 
+    /// Runs `body` on an fp32 view of `name` that exists only for the call: an aligned F32
+    /// tensor straight from the map, anything else converted into a temporary buffer.
+    /// The mapped pages are released afterwards, so quantizing while loading keeps at most
+    /// one full-precision tensor in memory.
+    public func withTemporaryFloats<T>(_ name: String, shape: [Int], _ body: (UnsafePointer<Float>) throws -> T) throws -> T {
+        guard let (fileIndex, info) = location[name] else {
+            throw MoETuneError.file(path: directory, message: "tensor '\(name)' not found in the checkpoint")
+        }
+        let file = files[fileIndex]
+        guard info.shape == shape else {
+            throw MoETuneError.file(path: file.path, message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
+        }
+        defer { file.release(info) }
+        let bytes = file.bytes(of: info)
+        if info.dtype == .f32, Int(bitPattern: bytes.baseAddress) % MemoryLayout<Float>.alignment == 0 {
+            return try body(bytes.baseAddress!.assumingMemoryBound(to: Float.self))
+        }
+        let buffer = FloatBuffer(count: info.count, zeroed: false)
+        guard FloatConversion.toFloat(bytes.baseAddress!, dtype: info.dtype, count: info.count, into: buffer.pointer) else {
+            throw MoETuneError.file(path: file.path, message: "tensor '\(name)' has dtype \(info.dtype.rawValue); model weights must be F32, F16 or BF16")
+        }
+        return try body(buffer.pointer)
+    }
+
     /// Like `floats` for a [rows, cols] weight.
     public func matrix(_ name: String, rows: Int, cols: Int) throws -> Matrix {
         Matrix(try floats(name, shape: [rows, cols]), rows: rows, cols: cols)

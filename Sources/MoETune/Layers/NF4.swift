@@ -93,9 +93,9 @@ public final class NF4Weight: @unchecked Sendable {
     /// Double quantization: subtract the mean, then blockwise (256) 8-bit with the signed
     /// dynamic map: per block scale = max |v|, code = nearest map entry to v / scale.
     static func quantizeBlockScales(_ a: UnsafePointer<Float>, count n: Int) -> (UnsafeMutablePointer<UInt8>, [Float], Float) {
-        var sum: Float = 0
-        for i in 0..<n { sum += a[i] }
-        let mean = sum / Float(n)
+        var sum = 0.0
+        for i in 0..<n { sum += Double(a[i]) }
+        let mean = Float(sum / Double(n))
         let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, n))
         let nb = (n + nestedBlockSize - 1) / nestedBlockSize
         var nested = [Float](repeating: 0, count: nb)
@@ -105,9 +105,8 @@ public final class NF4Weight: @unchecked Sendable {
             var m: Float = 0
             for i in lo..<hi { m = max(m, abs(a[i] - mean)) }
             nested[b] = m
-            let inv: Float = m > 0 ? 1 / m : 0
             for i in lo..<hi {
-                let v = (a[i] - mean) * inv
+                let v = m > 0 ? (a[i] - mean) / m : 0
                 // Binary search for the nearest of the sorted map values.
                 var l = 0, h = map.count - 1
                 while h - l > 1 {

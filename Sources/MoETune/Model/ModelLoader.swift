@@ -6,8 +6,8 @@ public struct LoadedModel {
     public let model: Transformer
     public let tokenizer: Tokenizer
 
-    public static func load(directory: String) throws -> LoadedModel {
-        let model = try Transformer.load(directory: directory)
+    public static func load(directory: String, quantize: QuantizationSpec? = nil) throws -> LoadedModel {
+        let model = try Transformer.load(directory: directory, quantize: quantize)
         let c = model.config
         let tokPath = (directory as NSString).appendingPathComponent("tokenizer.model")
         guard FileManager.default.fileExists(atPath: tokPath) else {

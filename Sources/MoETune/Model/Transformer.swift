@@ -27,11 +27,18 @@ public final class Transformer: @unchecked Sendable {
     public let layers: [LayerWeights]
     public let rope: RoPETable
 
-    public static func load(directory: String) throws -> Transformer {
-        try Transformer(checkpoint: Checkpoint(directory: directory))
+    /// With `quantize`, every linear weight of the decoder layers (attention, MLP, every
+    /// expert) is stored NF4, quantized tensor by tensor while loading; embeddings, router,
+    /// norms and lm_head stay in full precision. Weights a checkpoint already stores in
+    /// bitsandbytes' 4-bit format are read as they are.
+    public static func load(directory: String, quantize: QuantizationSpec? = nil) throws -> Transformer {
+        try Transformer(checkpoint: Checkpoint(directory: directory), quantize: quantize)
     }
 
-    public init(checkpoint ck: Checkpoint) throws {
+    /// Whether any weight is stored 4-bit.
+    public var isQuantized: Bool { layers.contains { $0.q.nf4 != nil } }
+
+    public init(checkpoint ck: Checkpoint, quantize: QuantizationSpec? = nil) throws {
         let c = ck.config
         config = c
         checkpoint = ck
@@ -49,7 +56,9 @@ public final class Transformer: @unchecked Sendable {
         }
         var layers: [LayerWeights] = []
         for l in 0..<c.numLayers {
-            let attn = { (p: String, rows: Int, cols: Int) in try ck.matrix(WeightNames.attention(l, p), rows: rows, cols: cols) }
+            let attn = { (p: String, rows: Int, cols: Int) in
+                try ck.linear(WeightNames.attention(l, p), rows: rows, cols: cols, quantize: quantize)
+            }
             var lw = LayerWeights(
                 inputNorm: try ck.floats(WeightNames.inputNorm(l), shape: [h]),
                 postAttentionNorm: try ck.floats(WeightNames.postAttentionNorm(l), shape: [h]),
@@ -57,13 +66,13 @@ public final class Transformer: @unchecked Sendable {
                 v: try attn("v_proj", c.kvDim, h), o: try attn("o_proj", h, c.qDim),
                 mlp: nil, router: nil, experts: [])
             if c.isMoE {
-                (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l)
+                (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize)
             } else {
                 let i = c.intermediateSize
                 lw.mlp = FeedForwardWeights(
-                    gate: try ck.matrix(WeightNames.mlp(l, "gate_proj"), rows: i, cols: h),
-                    up: try ck.matrix(WeightNames.mlp(l, "up_proj"), rows: i, cols: h),
-                    down: try ck.matrix(WeightNames.mlp(l, "down_proj"), rows: h, cols: i))
+                    gate: try ck.linear(WeightNames.mlp(l, "gate_proj"), rows: i, cols: h, quantize: quantize),
+                    up: try ck.linear(WeightNames.mlp(l, "up_proj"), rows: i, cols: h, quantize: quantize),
+                    down: try ck.linear(WeightNames.mlp(l, "down_proj"), rows: h, cols: i, quantize: quantize))
             }
             layers.append(lw)
         }
@@ -83,10 +92,23 @@ public final class Transformer: @unchecked Sendable {
 
     /// Router and experts of a Mixtral layer, in the classic per-expert layout or the
     /// fused layout of transformers 5.
-    private static func loadExperts(_ ck: Checkpoint, layer l: Int) throws -> (Matrix, [FeedForwardWeights]) {
+    private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?) throws -> (Matrix, [FeedForwardWeights]) {
         let c = ck.config, h = c.hiddenSize, i = c.intermediateSize, e = c.numExperts
         if ck.contains(WeightNames.fusedGateUp(l)) {
             let router = try ck.matrix(WeightNames.fusedRouter(l), rows: e, cols: h)
+            if let q = quantize {
+                // Quantize each expert's slice of the fused tensors, one fused tensor at a time.
+                let gateUp = try ck.withTemporaryFloats(WeightNames.fusedGateUp(l), shape: [e, 2 * i, h]) { p in
+                    (0..<e).map { x in (NF4Weight.quantize(p + x * 2 * i * h, rows: i, cols: h, doubleQuant: q.doubleQuant),
+                                        NF4Weight.quantize(p + x * 2 * i * h + i * h, rows: i, cols: h, doubleQuant: q.doubleQuant)) }
+                }
+                let down = try ck.withTemporaryFloats(WeightNames.fusedDown(l), shape: [e, h, i]) { p in
+                    (0..<e).map { x in NF4Weight.quantize(p + x * h * i, rows: h, cols: i, doubleQuant: q.doubleQuant) }
+                }
+                return (router, (0..<e).map { x in
+                    FeedForwardWeights(gate: Matrix(nf4: gateUp[x].0), up: Matrix(nf4: gateUp[x].1), down: Matrix(nf4: down[x]))
+                })
+            }
             let gateUp = try ck.floats(WeightNames.fusedGateUp(l), shape: [e, 2 * i, h])
             let down = try ck.floats(WeightNames.fusedDown(l), shape: [e, h, i])
             let experts = (0..<e).map { x in
@@ -100,9 +122,9 @@ public final class Transformer: @unchecked Sendable {
         let router = try ck.matrix(WeightNames.router(l), rows: e, cols: h)
         let experts = try (0..<e).map { x in
             FeedForwardWeights(
-                gate: try ck.matrix(WeightNames.expert(l, x, "w1"), rows: i, cols: h),
-                up: try ck.matrix(WeightNames.expert(l, x, "w3"), rows: i, cols: h),
-                down: try ck.matrix(WeightNames.expert(l, x, "w2"), rows: h, cols: i))
+                gate: try ck.linear(WeightNames.expert(l, x, "w1"), rows: i, cols: h, quantize: quantize),
+                up: try ck.linear(WeightNames.expert(l, x, "w3"), rows: i, cols: h, quantize: quantize),
+                down: try ck.linear(WeightNames.expert(l, x, "w2"), rows: h, cols: i, quantize: quantize))
         }
         return (router, experts)
     }

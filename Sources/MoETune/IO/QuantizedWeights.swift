@@ -1,0 +1,105 @@
+import Foundation
+
+/// What to quantize while loading (QLoRA): NF4 in blocks of 64, optionally with double
+/// quantization of the block scales.
+public struct QuantizationSpec: Equatable, Sendable {
+    public var doubleQuant = true
+    public init(doubleQuant: Bool = true) { self.doubleQuant = doubleQuant }
+}
+
+/// The JSON that bitsandbytes stores as "<name>.quant_state.bitsandbytes__nf4" (a UInt8 tensor).
+struct BnbQuantState: Codable {
+    var quant_type: String
+    var blocksize: Int
+    var dtype: String
+    var shape: [Int]
+    var nested_blocksize: Int?
+    var nested_dtype: String?
+    var nested_offset: Double?
+}
+
+extension Checkpoint {
+    /// Whether `name` is stored 4-bit in bitsandbytes' format (a pre-quantized checkpoint).
+    func isBnb4bit(_ name: String) -> Bool { contains(name + ".quant_state.bitsandbytes__nf4") }
+
+    /// A linear weight [rows, cols]: NF4 when the file holds it so or `quantize` asks for
+    /// it (quantized from a temporary fp32 copy that is dropped at once), fp32 otherwise.
+    public func linear(_ name: String, rows: Int, cols: Int, quantize: QuantizationSpec?) throws -> Matrix {
+        if isBnb4bit(name) { return Matrix(nf4: try readBnb4bit(name, rows: rows, cols: cols)) }
+        guard let q = quantize else { return try matrix(name, rows: rows, cols: cols) }
+        return Matrix(nf4: try withTemporaryFloats(name, shape: [rows, cols]) {
+            NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+        })
+    }
+
+    /// Reads a bitsandbytes 4-bit weight: packed codes, absmax (8-bit with nested absmax,
+    /// map and offset when double-quantized, else fp32) and the JSON quant state.
+    func readBnb4bit(_ name: String, rows: Int, cols: Int) throws -> NF4Weight {
+        let file = path(of: name)
+        func raw(_ n: String) throws -> (TensorInfo, UnsafeRawBufferPointer) {
+            guard let info = info(n) else { throw MoETuneError.file(path: file, message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
+            return (info, try SafeTensorsFile(path: path(of: n)).bytesCopy(info))
+        }
+        let (_, stateBytes) = try raw(name + ".quant_state.bitsandbytes__nf4")
+        guard let state = try? JSONDecoder().decode(BnbQuantState.self, from: Data(stateBytes)) else {
+            throw MoETuneError.file(path: file, message: "\(name): unreadable bitsandbytes quant state")
+        }
+        guard state.quant_type == "nf4" else {
+            throw MoETuneError.file(path: file, message: "\(name): quant_type \(state.quant_type) is not supported (only nf4)")
+        }
+        guard state.blocksize == NF4Weight.blockSize else {
+            throw MoETuneError.file(path: file, message: "\(name): block size \(state.blocksize) is not supported (only 64)")
+        }
+        guard state.shape == [rows, cols] else {
+            throw MoETuneError.file(path: file, message: "\(name): 4-bit weight of shape \(state.shape), expected \([rows, cols]) from config.json")
+        }
+        let n = rows * cols, nblocks = (n + 63) / 64
+        let (pInfo, packedBytes) = try raw(name)
+        guard pInfo.dtype == .u8, pInfo.byteCount == (n + 1) / 2 else {
+            throw MoETuneError.file(path: file, message: "\(name): packed 4-bit data of \(pInfo.byteCount) bytes, expected \((n + 1) / 2)")
+        }
+        let packed = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, (n + 1) / 2))
+        packed.update(from: packedBytes.bindMemory(to: UInt8.self).baseAddress!, count: (n + 1) / 2)
+        let (aInfo, absBytes) = try raw(name + ".absmax")
+        if let offset = state.nested_offset {
+            guard aInfo.dtype == .u8, aInfo.count == nblocks else {
+                throw MoETuneError.file(path: file, message: "\(name).absmax: expected \(nblocks) 8-bit scales")
+            }
+            let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, nblocks))
+            codes.update(from: absBytes.bindMemory(to: UInt8.self).baseAddress!, count: nblocks)
+            let nested = try floatsCopy(name + ".nested_absmax")
+            let map = try floatsCopy(name + ".nested_quant_map")
+            guard map.count == 256, nested.count == (nblocks + 255) / 256, state.nested_blocksize ?? 256 == 256 else {
+                throw MoETuneError.file(path: file, message: "\(name): nested absmax or map has the wrong size")
+            }
+            return NF4Weight(rows: rows, cols: cols, packed: packed, absmax: nil, absmaxCodes: codes,
+                             nestedAbsmax: nested, nestedMap: map, offset: Float(offset))
+        }
+        let absmax = try floatsCopy(name + ".absmax")
+        guard absmax.count == nblocks else {
+            throw MoETuneError.file(path: file, message: "\(name).absmax: \(absmax.count) scales, expected \(nblocks)")
+        }
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: max(1, nblocks))
+        a.update(from: absmax, count: nblocks)
+        return NF4Weight(rows: rows, cols: cols, packed: packed, absmax: a, absmaxCodes: nil, nestedAbsmax: [], nestedMap: [], offset: 0)
+    }
+
+    func floatsCopy(_ n: String) throws -> [Float] {
+        guard let info = info(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
+        var out = [Float](repeating: 0, count: info.count)
+        let bytes = try SafeTensorsFile(path: path(of: n)).bytesCopy(info)
+        let ok = out.withUnsafeMutableBufferPointer { FloatConversion.toFloat(bytes.baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!) }
+        guard ok else { throw MoETuneError.file(path: path(of: n), message: "tensor '\(n)' is not a float tensor") }
+        return out
+    }
+}
+
+extension SafeTensorsFile {
+    /// A copy of a tensor's bytes that outlives this object.
+    func bytesCopy(_ info: TensorInfo) -> UnsafeRawBufferPointer {
+        let src = bytes(of: info)
+        let dst = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, src.count), alignment: 16)
+        dst.copyMemory(from: src)
+        return UnsafeRawBufferPointer(dst)
+    }
+}
