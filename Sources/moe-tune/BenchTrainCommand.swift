@@ -16,10 +16,11 @@ struct BenchTrainCommand: ParsableCommand {
     @Option(help: "Timed steps.") var steps = 6
     @Option(help: "Untimed warm-up steps.") var warmup = 2
     @Flag(help: "Also adapt every expert (or the dense MLP).") var experts = false
+    @Flag(help: "QLoRA: NF4 base weights (double quantization), quantized while loading.") var qlora = false
 
     func run() throws {
         try runReportingErrors {
-            let m = try Transformer.load(directory: model)
+            let m = try Transformer.load(directory: model, quantize: qlora ? QuantizationSpec(doubleQuant: true) : nil)
             var bench = TrainBenchmark()
             bench.batch = batch; bench.seq = seq; bench.rank = rank; bench.steps = steps; bench.warmup = warmup
             if experts { bench.targets.insert(.mlp) }
@@ -27,7 +28,7 @@ struct BenchTrainCommand: ParsableCommand {
             let obj: [String: Any] = ["tool": "moe-tune", "tokens_per_s": (r.tokensPerSecond * 10).rounded() / 10,
                                       "step_s": (r.stepSeconds * 1000).rounded() / 1000, "trainable": r.trainable,
                                       "peak_rss_mb": r.peakRSSMB, "loss": (r.loss * 10000).rounded() / 10000,
-                                      "blas_core": BLAS.ensureInitialized().core]
+                                      "blas_core": BLAS.ensureInitialized().core, "qlora": qlora]
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
         }
     }

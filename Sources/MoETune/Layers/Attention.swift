@@ -11,43 +11,48 @@ public struct AttentionShape: Sendable {
     var kvDim: Int { kvHeads * headDim }
 }
 
+/// P [T, T] = causal softmax(q_h k_h^T / sqrt(D)) of one (sequence, head); entries above
+/// the diagonal are 0. q rows have stride qDim, k rows stride kvDim.
+@inline(__always)
+func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                            shape s: AttentionShape) {
+    let t = s.seq
+    BLAS.gemm(.none, .transpose, m: t, n: t, k: s.headDim, alpha: 1 / Float(s.headDim).squareRoot(),
+              a: q, lda: s.qDim, b: k, ldb: s.kvDim, c: p, ldc: t, split: false)
+    for i in 0..<t {
+        let row = p + i * t
+        var m = -Float.infinity
+        for j in 0...i { m = max(m, row[j]) }
+        var sum: Float = 0
+        for j in 0...i {
+            let e = Foundation.exp(row[j] - m)
+            row[j] = e
+            sum += e
+        }
+        let inv = 1 / sum
+        for j in 0...i { row[j] *= inv }
+        for j in (i + 1)..<t { row[j] = 0 }
+    }
+}
+
 /// Causal grouped-query attention.
 /// q [B*T, nH*D], k/v [B*T, nKV*D] (RoPE already applied to q and k)
-/// probs [B, nH, T, T]: softmax(q k^T / sqrt(D)) with the causal mask (kept for backward;
-///   entries above the diagonal are 0)
-/// out [B*T, nH*D] = probs v, heads side by side.
-/// Sequences are right-padded, so causal masking alone keeps real tokens from seeing
-/// padding.
-public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
-                             q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                             shape s: AttentionShape) {
+/// out [B*T, nH*D] = softmax(q k^T / sqrt(D)) v per head, heads side by side.
+/// The probabilities are not kept: the backward pass recomputes them from q and k
+/// (as flash attention does), which saves B*nH*T*T floats per layer.
+/// scratch holds cores * T*T floats. Sequences are right-padded, so causal masking alone
+/// keeps real tokens from seeing padding.
+public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                             v: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
-    let scale = 1 / Float(d).squareRoot()
-    // One task per (sequence, head), spread over the cores; each runs its products on
-    // its own thread.
-    parallelChunks(s.batch * s.heads, minChunk: 1) { tasks in
-        for task in tasks {
+    let tasks = s.batch * s.heads
+    let workers = min(BLAS.cores, tasks)
+    let per = (tasks + workers - 1) / workers
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        let p = scratch + w * t * t
+        for task in (w * per)..<min(tasks, (w + 1) * per) {
             let b = task / s.heads, h = task % s.heads, kvh = h / group
-            let p = probs + task * t * t
-            BLAS.gemm(.none, .transpose, m: t, n: t, k: d, alpha: scale,
-                      a: q + b * t * s.qDim + h * d, lda: s.qDim,
-                      b: k + b * t * s.kvDim + kvh * d, ldb: s.kvDim,
-                      c: p, ldc: t, split: false)
-            // Causal softmax of each row.
-            for i in 0..<t {
-                let row = p + i * t
-                var m = -Float.infinity
-                for j in 0...i { m = max(m, row[j]) }
-                var sum: Float = 0
-                for j in 0...i {
-                    let e = Foundation.exp(row[j] - m)
-                    row[j] = e
-                    sum += e
-                }
-                let inv = 1 / sum
-                for j in 0...i { row[j] *= inv }
-                for j in (i + 1)..<t { row[j] = 0 }
-            }
+            attentionProbabilities(p, q: q + b * t * s.qDim + h * d, k: k + b * t * s.kvDim + kvh * d, shape: s)
             BLAS.gemm(.none, .none, m: t, n: d, k: t,
                       a: p, lda: t, b: v + b * t * s.kvDim + kvh * d, ldb: s.kvDim,
                       c: out + b * t * s.qDim + h * d, ldc: s.qDim, split: false)
@@ -56,25 +61,24 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, probs: UnsafeMuta
 }
 
 /// Backward of attentionForward.
-/// dout [B*T, nH*D]; q, k, v, probs from the forward pass.
+/// dout [B*T, nH*D]; q, k, v from the forward pass (P is recomputed).
 /// dq [B*T, nH*D] is overwritten; dk, dv [B*T, nKV*D] are overwritten (query heads of a
-/// group accumulate into their shared KV head). scratch holds cores * T*T floats.
+/// group accumulate into their shared KV head). scratch holds cores * 2 * T*T floats.
 ///   dP = dO V^T;  dV += P^T dO;  dS = P * (dP - rowsum(dP * P));
 ///   dQ = scale dS K;  dK += scale dS^T Q.
 public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                               dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                              probs: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>,
-                              shape s: AttentionShape) {
+                              scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let scale = 1 / Float(d).squareRoot()
     // One task per (sequence, KV head): the query heads of a group accumulate into the
-    // same dK/dV, so they stay on one thread. Each worker has its own T*T scratch.
+    // same dK/dV, so they stay on one thread. Each worker has its own scratch.
     let tasks = s.batch * s.kvHeads
     let workers = min(BLAS.cores, tasks)
     let per = (tasks + workers - 1) / workers
     DispatchQueue.concurrentPerform(iterations: workers) { w in
-        let dS = scratch + w * t * t
+        let p = scratch + w * 2 * t * t, dS = p + t * t
         for task in (w * per)..<min(tasks, (w + 1) * per) {
             let b = task / s.kvHeads, kvh = task % s.kvHeads
             let kh = k + b * t * s.kvDim + kvh * d, dkh = dk + b * t * s.kvDim + kvh * d
@@ -84,9 +88,9 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                 (dvh + row * s.kvDim).update(repeating: 0, count: d)
             }
             for h in (kvh * group)..<((kvh + 1) * group) {
-                let p = probs + (b * s.heads + h) * t * t
                 let dO = dout + b * t * s.qDim + h * d
                 let qh = q + b * t * s.qDim + h * d, dqh = dq + b * t * s.qDim + h * d
+                attentionProbabilities(p, q: qh, k: kh, shape: s)
                 // dP [T, T] = dO V^T
                 BLAS.gemm(.none, .transpose, m: t, n: t, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
                           c: dS, ldc: t, split: false)

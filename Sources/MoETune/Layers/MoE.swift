@@ -11,14 +11,14 @@ public struct ExpertBuffers {
     public let xe: FloatBuffer    // [N*k, H] inputs gathered in expert order
     public let gate: FloatBuffer  // [N*k, I]
     public let up: FloatBuffer    // [N*k, I]
-    public let act: FloatBuffer   // [N*k, I] silu(gate) * up
+    public let act: FloatBuffer   // [N*k, I] silu(gate) * up (shared across layers)
     public let ye: FloatBuffer    // [N*k, H] expert outputs before the routing weight
 
-    public init(assignments: Int, hidden: Int, inter: Int) {
+    public init(assignments: Int, hidden: Int, inter: Int, act: FloatBuffer? = nil) {
         xe = FloatBuffer(count: assignments * hidden)
         gate = FloatBuffer(count: assignments * inter)
         up = FloatBuffer(count: assignments * inter)
-        act = FloatBuffer(count: assignments * inter)
+        self.act = act ?? FloatBuffer(count: assignments * inter)
         ye = FloatBuffer(count: assignments * hidden)
     }
 }

@@ -6,14 +6,12 @@ public final class LayerActivations {
     public let q: FloatBuffer        // [N, nH*D] after RoPE
     public let k: FloatBuffer        // [N, nKV*D] after RoPE
     public let v: FloatBuffer        // [N, nKV*D]
-    public let probs: FloatBuffer    // [B, nH, T, T]
     public let attn: FloatBuffer     // [N, nH*D] attention output before o_proj
     public let ln2: FloatBuffer      // [N, H] post_attention_layernorm output
     public let rstd2: FloatBuffer    // [N]
-    // Dense MLP
+    // Dense MLP (silu(gate) * up is recomputed where backward needs it)
     public let gate: FloatBuffer?    // [N, I]
     public let up: FloatBuffer?      // [N, I]
-    public let act: FloatBuffer?     // [N, I]
     // Mixtral MoE
     public let routing: RoutingBuffers?
     public let experts: ExpertBuffers?
@@ -23,7 +21,7 @@ public final class LayerActivations {
     public let jitter: FloatBuffer?
     public let moeInput: FloatBuffer?
 
-    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int, jitter useJitter: Bool) {
+    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int, jitter useJitter: Bool, act shared: FloatBuffer) {
         let n = b * t, h = c.hiddenSize
         jitter = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
         moeInput = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
@@ -33,18 +31,16 @@ public final class LayerActivations {
         q = FloatBuffer(count: n * c.qDim)
         k = FloatBuffer(count: n * c.kvDim)
         v = FloatBuffer(count: n * c.kvDim)
-        probs = FloatBuffer(count: b * c.numHeads * t * t)
         attn = FloatBuffer(count: n * c.qDim)
         ln2 = FloatBuffer(count: n * h)
         rstd2 = FloatBuffer(count: n)
         if c.isMoE {
-            gate = nil; up = nil; act = nil
+            gate = nil; up = nil
             routing = RoutingBuffers(tokens: n, experts: c.numExperts, k: c.expertsPerToken)
-            experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.intermediateSize)
+            experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.intermediateSize, act: shared)
         } else {
             gate = FloatBuffer(count: n * c.intermediateSize)
             up = FloatBuffer(count: n * c.intermediateSize)
-            act = FloatBuffer(count: n * c.intermediateSize)
             routing = nil; experts = nil
         }
     }
@@ -75,6 +71,11 @@ public final class ForwardState {
     /// mids[l]: the residual after layer l's attention block, [N, H].
     public let mids: [FloatBuffer]
     public let layers: [LayerActivations]
+    /// silu(gate) * up of the layer being computed [rows, I], shared by all layers: the
+    /// backward pass recomputes it instead of keeping one per layer.
+    public let act: FloatBuffer
+    /// Per-core attention probabilities [cores, T, T] (not kept: recomputed in backward).
+    let attnScratch: FloatBuffer
     public let lnF: FloatBuffer         // [N, H] final norm output
     public let rstdF: FloatBuffer       // [N]
     public let logits: FloatBuffer      // [N, V]
@@ -108,7 +109,11 @@ public final class ForwardState {
         self.loraRank = loraRank
         let n = b * t
         let copies = training ? c.numLayers : 1
-        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter) }
+        let rows = c.isMoE ? n * c.expertsPerToken : n
+        act = FloatBuffer(count: rows * c.intermediateSize)
+        attnScratch = FloatBuffer(count: BLAS.cores * t * t)
+        let shared = act
+        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, act: shared) }
         residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         mids = (0..<copies).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         lnF = FloatBuffer(count: n * c.hiddenSize)

@@ -9,16 +9,14 @@ public final class BackwardState {
     let dk: FloatBuffer        // [N, nKV*D]
     let dv: FloatBuffer        // [N, nKV*D]
     let dattn: FloatBuffer     // [N, nH*D]
-    let dgate: FloatBuffer     // [rows, I] rows = N (dense) or N*k (experts)
-    let dup: FloatBuffer       // [rows, I]
-    let dact: FloatBuffer      // [rows, I]
+    let dgate: FloatBuffer     // [rows, I] rows = N (dense) or N*k (experts); first holds d act
+    let dup: FloatBuffer       // [rows, I]; first holds the recomputed act
     let dye: FloatBuffer?      // [N*k, H]
     let dxe: FloatBuffer?      // [N*k, H]
     let dtopWeight: FloatBuffer?   // [N, k]
     let drouter: FloatBuffer?      // [N, E] gradient of the router logits
     let dnoise: FloatBuffer?       // [N, E] gradient of the learned noise-scale pre-activation
-    let dlogits: FloatBuffer   // [N, V]
-    let attnScratch: FloatBuffer   // [cores, T, T]
+    let attnScratch: FloatBuffer   // [cores, 2, T, T]
     let du: FloatBuffer        // [rows, r] LoRA scratch
 
     public init(for s: ForwardState, config c: ModelConfig) {
@@ -32,14 +30,12 @@ public final class BackwardState {
         dattn = FloatBuffer(count: n * c.qDim)
         dgate = FloatBuffer(count: rows * c.intermediateSize)
         dup = FloatBuffer(count: rows * c.intermediateSize)
-        dact = FloatBuffer(count: rows * c.intermediateSize)
         dye = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dxe = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dtopWeight = c.isMoE ? FloatBuffer(count: n * c.expertsPerToken) : nil
         drouter = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
         dnoise = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
-        dlogits = FloatBuffer(count: n * c.vocabSize)
-        attnScratch = FloatBuffer(count: BLAS.cores * s.seqCapacity * s.seqCapacity)
+        attnScratch = FloatBuffer(count: BLAS.cores * 2 * s.seqCapacity * s.seqCapacity)
         du = FloatBuffer(count: max(rows, n) * max(s.loraRank, 1))
     }
 }
@@ -60,11 +56,13 @@ extension Transformer {
         let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
 
         // Loss and head: logits = lnF Wlm^T (+ LoRA).
-        crossEntropyBackward(dlogits: g.dlogits.pointer, logits: s.logits.pointer, targets: s.targets,
+        // d logits overwrite the logits, which nothing needs any more.
+        let dlogits = s.logits.pointer
+        crossEntropyBackward(dlogits: dlogits, logits: dlogits, targets: s.targets,
                              rows: n, vocab: c.vocabSize, scale: lossScale)
-        linearBackwardInput(dx: g.dln.pointer, dy: g.dlogits.pointer, rows: n, weight: lmHead, accumulate: false)
+        linearBackwardInput(dx: g.dln.pointer, dy: dlogits, rows: n, weight: lmHead, accumulate: false)
         if let l = adapters.head {
-            loraBackward(dx: g.dln.pointer, dy: g.dlogits.pointer, x: s.lnF.pointer, rows: n, adapter: l,
+            loraBackward(dx: g.dln.pointer, dy: dlogits, x: s.lnF.pointer, rows: n, adapter: l,
                          u: s.headLoRA!.pointer, du: du)
         }
         g.dres.zero()
@@ -78,9 +76,8 @@ extension Transformer {
             if let mlp = w.mlp {
                 feedForwardBackward(dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, rows: n,
                                     weights: mlp, adapters: ad.mlp, cache: u?.ffn ?? FeedForwardLoRACache(),
-                                    gate: a.gate!.pointer, up: a.up!.pointer, act: a.act!.pointer,
-                                    dgate: g.dgate.pointer, dup: g.dup.pointer, dact: g.dact.pointer,
-                                    du: du, accumulate: false)
+                                    gate: a.gate!.pointer, up: a.up!.pointer,
+                                    dgate: g.dgate.pointer, dup: g.dup.pointer, du: du, accumulate: false)
             } else if let router = w.router {
                 moeBackward(layer: l, dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, tokens: n,
                             router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
@@ -96,7 +93,7 @@ extension Transformer {
                              u: u!.o.pointer, du: du)
             }
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
-                              q: a.q.pointer, k: a.k.pointer, v: a.v.pointer, probs: a.probs.pointer,
+                              q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
                               scratch: g.attnScratch.pointer, shape: shape)
             rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
@@ -148,9 +145,8 @@ extension Transformer {
             feedForwardBackward(dx: dxe + start * h, dy: dye + start * h, x: sc.xe.pointer + start * h, rows: count,
                                 weights: w, adapters: ead, cache: cache.offset(row: start, adapters: ead),
                                 gate: sc.gate.pointer + start * inter, up: sc.up.pointer + start * inter,
-                                act: sc.act.pointer + start * inter,
                                 dgate: g.dgate.pointer + start * inter, dup: g.dup.pointer + start * inter,
-                                dact: g.dact.pointer + start * inter, du: g.du.pointer, accumulate: false)
+                                du: g.du.pointer, accumulate: false)
         }
         dx.update(repeating: 0, count: n * h)
         for asg in 0..<total {
@@ -212,16 +208,24 @@ extension Transformer {
 }
 
 /// Backward of feedForward: dx [N, H] (+)= d input through down, SwiGLU, gate and up,
-/// with each adapter's gradients accumulated. dy [N, H] = d out.
+/// with each adapter's gradients accumulated. dy [N, H] = d out. `dgate` first holds
+/// d act and `dup` the recomputed act (silu(gate) * up, the down adapter's input), so no
+/// per-layer copy of act is kept.
 func feedForwardBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                          rows n: Int, weights w: FeedForwardWeights, adapters ad: FeedForwardAdapters,
                          cache: FeedForwardLoRACache,
-                         gate: UnsafePointer<Float>, up: UnsafePointer<Float>, act: UnsafePointer<Float>,
+                         gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                          dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
-                         dact: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                         du: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    let count = n * w.gate.rows
+    let dact = dgate
     linearBackwardInput(dx: dact, dy: dy, rows: n, weight: w.down, accumulate: false)
-    if let l = ad.down { loraBackward(dx: dact, dy: dy, x: act, rows: n, adapter: l, u: cache.down!, du: du) }
-    swigluBackward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: n * w.gate.rows)
+    if let l = ad.down {
+        swigluForward(out: dup, gate: gate, up: up, count: count)
+        loraBackward(dx: dact, dy: dy, x: dup, rows: n, adapter: l, u: cache.down!, du: du)
+    }
+    // In place: dgate overwrites d act element by element.
+    swigluBackward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: count)
     linearBackwardInput(dx: dx, dy: dgate, rows: n, weight: w.gate, accumulate: accumulate)
     if let l = ad.gate { loraBackward(dx: dx, dy: dgate, x: x, rows: n, adapter: l, u: cache.gate!, du: du) }
     linearBackwardInput(dx: dx, dy: dup, rows: n, weight: w.up, accumulate: true)

@@ -45,8 +45,8 @@ extension Transformer {
             if let l = ad.v { loraForward(y: a.v.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.v.pointer) }
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
-            attentionForward(out: a.attn.pointer, probs: a.probs.pointer, q: a.q.pointer, k: a.k.pointer,
-                             v: a.v.pointer, shape: shape)
+            attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
+                             scratch: s.attnScratch.pointer, shape: shape)
             mid.update(from: x, count: n * h)
             linearForward(y: mid, x: a.attn.pointer, rows: n, weight: w.o, accumulate: true)
             if let l = ad.o { loraForward(y: mid, x: a.attn.pointer, rows: n, adapter: l, u: u!.o.pointer) }
@@ -57,7 +57,7 @@ extension Transformer {
             let ffnCache = u?.ffn ?? FeedForwardLoRACache()
             if let mlp = w.mlp {
                 feedForward(out: out, x: a.ln2.pointer, rows: n, weights: mlp, adapters: ad.mlp, cache: ffnCache,
-                            gate: a.gate!.pointer, up: a.up!.pointer, act: a.act!.pointer, accumulate: true)
+                            gate: a.gate!.pointer, up: a.up!.pointer, act: s.act.pointer, accumulate: true)
             } else if let base = w.router, let r = a.routing, let scratch = a.experts {
                 var xm = UnsafePointer(a.ln2.pointer)
                 if moe.training, moe.jitter > 0, let factors = a.jitter, let jittered = a.moeInput {
