@@ -26,6 +26,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "With --generate: the most new tokens per answer.")
     var maxNewTokens = 64
 
+    @Option(help: "Quantize the base weights while loading: nf4 (QLoRA; attention, MLP and experts in 4 bits).")
+    var quantize: String?
+
     @Option(help: "JSONL data file.")
     var data: String
 
@@ -45,12 +48,13 @@ struct EvalCommand: ParsableCommand {
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard maxSeqLen >= 2 else { throw ValidationError("--max-seq-len must be at least 2") }
         guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
+        if let quantize, quantize != "nf4" { throw ValidationError("--quantize supports nf4 only") }
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
     }
 
     func run() throws {
         try runReportingErrors {
-            let loaded = try LoadedModel.load(directory: model)
+            let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true))
             let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
             let dataset = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
                                            options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false))

@@ -12,6 +12,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "PEFT adapter folder (repeatable).") var adapter: [String] = []
     @Option(help: "Weight of each adapter (repeatable).") var weight: [Float] = []
     @Option(help: "The prompt (with --chat: the first user message).") var prompt: String?
+    @Option(help: "Quantize the base weights while loading: nf4.") var quantize: String?
     @Flag(help: "Chat: wrap turns in the chat template; without --prompt, read user turns from standard input.") var chat = false
     @Option(help: "A custom chat template with {user} and {assistant} (default: Llama-2/Mistral [INST]).") var chatTemplate: String?
     @Option(help: "Largest number of new tokens.") var maxNewTokens = 256
@@ -27,11 +28,12 @@ struct GenerateCommand: ParsableCommand {
         guard topK >= 0 else { throw ValidationError("--top-k must not be negative") }
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
         guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
+        if let quantize, quantize != "nf4" { throw ValidationError("--quantize supports nf4 only") }
     }
 
     func run() throws {
         try runReportingErrors {
-            let loaded = try LoadedModel.load(directory: model)
+            let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true))
             let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
             let template = try chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
             var options = SamplingOptions()

@@ -8,14 +8,14 @@ public struct FeedForwardWeights: @unchecked Sendable {
 
 /// Scratch for the expert computation over the N*k routed assignments.
 public struct ExpertBuffers {
-    public let xe: FloatBuffer    // [N*k, H] inputs gathered in expert order
+    public let xe: FloatBuffer    // [N*k, H] inputs gathered in expert order (shared across layers)
     public let gate: FloatBuffer  // [N*k, I]
     public let up: FloatBuffer    // [N*k, I]
     public let act: FloatBuffer   // [N*k, I] silu(gate) * up (shared across layers)
     public let ye: FloatBuffer    // [N*k, H] expert outputs before the routing weight
 
-    public init(assignments: Int, hidden: Int, inter: Int, act: FloatBuffer? = nil) {
-        xe = FloatBuffer(count: assignments * hidden)
+    public init(assignments: Int, hidden: Int, inter: Int, act: FloatBuffer? = nil, xe: FloatBuffer? = nil) {
+        self.xe = xe ?? FloatBuffer(count: assignments * hidden)
         gate = FloatBuffer(count: assignments * inter)
         up = FloatBuffer(count: assignments * inter)
         self.act = act ?? FloatBuffer(count: assignments * inter)
@@ -54,6 +54,15 @@ public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
     if let l = adapters.down { loraForward(y: out, x: act, rows: n, adapter: l, u: cache.down!) }
 }
 
+/// xe [assignments, H]: the rows of x [N, H] in expert order.
+func gatherExpertInputs(_ xe: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, hidden h: Int, routing r: RoutingBuffers) {
+    parallelChunks(r.assignCount, minChunk: 64) { range in
+        for a in range {
+            (xe + a * h).update(from: x + Int(r.assignToken[a]) * h, count: h)
+        }
+    }
+}
+
 /// Mixtral sparse MoE block, dropless:
 ///   out[i, :] += sum over the k experts e chosen for token i of weight(i, e) * FFN_e(x[i, :]).
 /// x [N, H]; routing already done (RoutingBuffers); each expert runs one matrix product
@@ -62,12 +71,7 @@ public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
                        experts: [FeedForwardWeights], adapters: [FeedForwardAdapters], cache: FeedForwardLoRACache,
                        routing r: RoutingBuffers, scratch s: ExpertBuffers) {
     let total = r.assignCount
-    // Gather token rows into expert order.
-    parallelChunks(total, minChunk: 64) { range in
-        for a in range {
-            (s.xe.pointer + a * h).update(from: x + Int(r.assignToken[a]) * h, count: h)
-        }
-    }
+    gatherExpertInputs(s.xe.pointer, x: x, hidden: h, routing: r)
     for (e, w) in experts.enumerated() {
         let start = r.expertStart[e], count = r.count(of: e)
         if count == 0 { continue }

@@ -1,13 +1,13 @@
 /// Activations of one decoder layer for a batch of up to N = B*T tokens. Kept per layer
 /// when training (the backward pass reads them), shared by all layers in inference.
 public final class LayerActivations {
-    public let ln1: FloatBuffer      // [N, H] input_layernorm output
+    public let ln1: FloatBuffer      // [N, H] input_layernorm output (shared; backward recomputes it)
     public let rstd1: FloatBuffer    // [N]
     public let q: FloatBuffer        // [N, nH*D] after RoPE
     public let k: FloatBuffer        // [N, nKV*D] after RoPE
     public let v: FloatBuffer        // [N, nKV*D]
     public let attn: FloatBuffer     // [N, nH*D] attention output before o_proj
-    public let ln2: FloatBuffer      // [N, H] post_attention_layernorm output
+    public let ln2: FloatBuffer      // [N, H] post_attention_layernorm output (shared; recomputed)
     public let rstd2: FloatBuffer    // [N]
     // Dense MLP (silu(gate) * up is recomputed where backward needs it)
     public let gate: FloatBuffer?    // [N, I]
@@ -21,29 +21,40 @@ public final class LayerActivations {
     public let jitter: FloatBuffer?
     public let moeInput: FloatBuffer?
 
-    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int, jitter useJitter: Bool, act shared: FloatBuffer) {
+    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int, jitter useJitter: Bool, shared: SharedActivations) {
         let n = b * t, h = c.hiddenSize
         jitter = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
         moeInput = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
         lora = loraRank > 0 ? LayerLoRACache(tokens: n, ffnRows: c.isMoE ? n * c.expertsPerToken : n, rank: loraRank) : nil
-        ln1 = FloatBuffer(count: n * h)
+        ln1 = shared.ln1
         rstd1 = FloatBuffer(count: n)
         q = FloatBuffer(count: n * c.qDim)
         k = FloatBuffer(count: n * c.kvDim)
         v = FloatBuffer(count: n * c.kvDim)
         attn = FloatBuffer(count: n * c.qDim)
-        ln2 = FloatBuffer(count: n * h)
+        ln2 = shared.ln2
         rstd2 = FloatBuffer(count: n)
         if c.isMoE {
             gate = nil; up = nil
             routing = RoutingBuffers(tokens: n, experts: c.numExperts, k: c.expertsPerToken)
-            experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.intermediateSize, act: shared)
+            experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.intermediateSize,
+                                    act: shared.act, xe: shared.xe)
         } else {
             gate = FloatBuffer(count: n * c.intermediateSize)
             up = FloatBuffer(count: n * c.intermediateSize)
             routing = nil; experts = nil
         }
     }
+}
+
+/// Buffers every layer writes and the backward pass recomputes instead of keeping one per
+/// layer: the two norm outputs (cheap from the residual stream), the expert inputs (a
+/// gather of ln2) and silu(gate) * up.
+struct SharedActivations {
+    let act: FloatBuffer
+    let ln1: FloatBuffer
+    let ln2: FloatBuffer
+    let xe: FloatBuffer?
 }
 
 /// Room for the LoRA inputs of one layer, sized for the largest rank in use.
@@ -112,8 +123,9 @@ public final class ForwardState {
         let rows = c.isMoE ? n * c.expertsPerToken : n
         act = FloatBuffer(count: rows * c.intermediateSize)
         attnScratch = FloatBuffer(count: BLAS.cores * t * t)
-        let shared = act
-        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, act: shared) }
+        let shared = SharedActivations(act: act, ln1: FloatBuffer(count: n * c.hiddenSize), ln2: FloatBuffer(count: n * c.hiddenSize),
+                                       xe: c.isMoE ? FloatBuffer(count: rows * c.hiddenSize) : nil)
+        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, shared: shared) }
         residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         mids = (0..<copies).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         lnF = FloatBuffer(count: n * c.hiddenSize)

@@ -73,6 +73,9 @@ extension Transformer {
             let w = layers[l], a = s.layer(l), ad = adapters.layers[l]
             let u = a.lora
             // Feed-forward block: out = mid + ffn(ln2(mid)); dres holds d out.
+            // ln2 is shared between layers: recompute this layer's.
+            rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: s.midBuffer(l).pointer, weight: w.postAttentionNorm,
+                           rows: n, cols: h, eps: c.rmsNormEps)
             if let mlp = w.mlp {
                 feedForwardBackward(dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, rows: n,
                                     weights: mlp, adapters: ad.mlp, cache: u?.ffn ?? FeedForwardLoRACache(),
@@ -97,6 +100,11 @@ extension Transformer {
                               scratch: g.attnScratch.pointer, shape: shape)
             rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            if ad.q != nil || ad.k != nil || ad.v != nil {
+                // The adapters' input ln1 is shared between layers: recompute this layer's.
+                rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
+                               rows: n, cols: h, eps: c.rmsNormEps)
+            }
             linearBackwardInput(dx: g.dln.pointer, dy: g.dq.pointer, rows: n, weight: w.q, accumulate: false)
             if let lq = ad.q { loraBackward(dx: g.dln.pointer, dy: g.dq.pointer, x: a.ln1.pointer, rows: n, adapter: lq, u: u!.q.pointer, du: du) }
             linearBackwardInput(dx: g.dln.pointer, dy: g.dk.pointer, rows: n, weight: w.k, accumulate: true)
@@ -137,6 +145,7 @@ extension Transformer {
             }
         }
         let cache = a.lora?.ffn ?? FeedForwardLoRACache()
+        gatherExpertInputs(sc.xe.pointer, x: x, hidden: h, routing: r)
         for (ex, w) in layers[l].experts.enumerated() {
             let start = r.expertStart[ex], count = r.count(of: ex)
             if count == 0 { continue }
