@@ -109,3 +109,29 @@ extension QLoRATests {
         XCTAssertLessThanOrEqual(worstOther, 1e-6)
     }
 }
+
+extension QLoRATests {
+    /// `moe-tune quantize` writes transformers' bitsandbytes layout, which reads back to
+    /// the same 4-bit weights (and so the same loss) as quantizing while loading.
+    func testQuantizeWritesTheBitsandbytesFormat() throws {
+        let out = try makeTempDir(self) + "/q"
+        let s = try Quantizer.quantize(modelDir: Fixtures.dir("llama"), outDir: out)
+        XCTAssertEqual(s.quantized, 14)
+        let file = try SafeTensorsFile(path: out + "/model.safetensors")
+        let name = "model.layers.0.self_attn.q_proj.weight"
+        for suffix in ["", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__nf4"] {
+            XCTAssertNotNil(file.tensors[name + suffix], name + suffix)
+        }
+        XCTAssertEqual(file.tensors[name]?.shape, [64 * 64 / 2, 1])
+        let cfg = try String(contentsOfFile: out + "/config.json", encoding: .utf8)
+        XCTAssertTrue(cfg.contains("\"quant_method\": \"bitsandbytes\""))
+        XCTAssertNotNil(try JSONSerialization.jsonObject(with: Data(cfg.utf8)))
+        let a = try loss(try Transformer.load(directory: out))
+        let b = try loss(try Transformer.load(directory: Fixtures.dir("llama"), quantize: QuantizationSpec()))
+        XCTAssertEqual(a, b, accuracy: 1e-9)
+        // The packed codes equal the ones bitsandbytes wrote for the same weights.
+        let theirs = try SafeTensorsFile(path: Fixtures.dir("nf4") + "/llama-4bit/model.safetensors")
+        XCTAssertEqual(try file.floatArray(name), try theirs.floatArray(name))
+        assertMoETuneError(try Quantizer.quantize(modelDir: Fixtures.dir("llama"), outDir: out), contains: [out, "not empty"])
+    }
+}

@@ -114,7 +114,7 @@ final class TrainConfigTests: XCTestCase {
 
     func testShippedConfigsLoadAndResolvedYAMLRoundTrips() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        for name in ["demo.yaml", "example.yaml", "moe.yaml"] {
+        for name in ["demo.yaml", "example.yaml", "moe.yaml", "qlora.yaml"] {
             let path = root.appendingPathComponent("configs/" + name).path
             let c = try TrainConfig.load(path: path)
             let again = try TrainConfig.parse(c.resolvedYAML(), path: "resolved.yaml")

@@ -81,6 +81,8 @@ public struct TrainConfig: Equatable, Sendable {
     public var optimizer = OptimizerSection()
     public var schedule = ScheduleSection()
     public var moe = MoESection()
+    /// QLoRA: NF4 base weights (nil: full precision).
+    public var quantization: QuantizationSpec?
     public var training: TrainingSection
 
     /// The router mode after defaults: LoRA when lora.targets holds router.
@@ -235,6 +237,18 @@ public struct TrainConfig: Equatable, Sendable {
         moe.topK = try m.optionalInt("top_k")
         try m.finish()
 
+        var quantization: QuantizationSpec?
+        if let qn = r.node("quantization"), qn.null == nil {
+            let q = try r.section("quantization")
+            _ = try q.choice("type", ["nf4"], default: "nf4")
+            let bs = try q.int("block_size", default: 64)
+            guard bs == 64 else { throw q.fail("block_size", "only 64 is supported (as bitsandbytes' default)") }
+            quantization = QuantizationSpec(doubleQuant: try q.bool("double_quant", default: true))
+            try q.finish()
+        } else {
+            _ = r.raw("quantization")
+        }
+
         let t = try r.section("training")
         let outDir = try t.string("out_dir")
         var tr = TrainingSection(outDir: outDir)
@@ -249,7 +263,8 @@ public struct TrainConfig: Equatable, Sendable {
         tr.saveEvery = try t.int("save_every", default: tr.saveEvery)
         tr.logEvery = try t.int("log_every", default: tr.logEvery)
         try t.finish()
-        return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe, training: tr)
+        return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
+                           quantization: quantization, training: tr)
     }
 
     static func moduleKinds(_ n: Node, reader: ConfigReader, key: String) throws -> [ModuleKind] {
@@ -393,6 +408,7 @@ public struct TrainConfig: Equatable, Sendable {
           noise_learned: \(moe.noiseLearned)
           capacity_factor: \(n(moe.capacityFactor))
           top_k: \(n(moe.topK))
+        quantization: \(quantization.map { "{type: nf4, block_size: 64, double_quant: \($0.doubleQuant)}" } ?? "null")
         schedule:
           name: \(schedule.name.rawValue)
           warmup_steps: \(schedule.warmupSteps)

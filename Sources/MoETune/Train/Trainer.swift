@@ -49,7 +49,7 @@ public final class Trainer {
         let outDir = tc.outDir
         try prepareOutDir(outDir, overwrite: overwrite)
 
-        let loaded = try LoadedModel.load(directory: c.model)
+        let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization)
         let model = loaded.model
         try model.config.checkSequenceLength(tc.maxSeqLen)
         try configureMoE(model)
@@ -71,7 +71,8 @@ public final class Trainer {
         let test = try c.data.test.map { try load($0, "test") }
 
         let adapters = try AdapterSet(model: model, spec: c.loraSpec, seed: UInt64(bitPattern: Int64(tc.seed)))
-        events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters")
+        events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters"
+            + (model.isQuantized ? "; base weights in NF4 (QLoRA)" : ""))
         let optimizer: Optimizer
         switch c.optimizer.name {
         case .adamw:

@@ -1,0 +1,101 @@
+import Foundation
+
+/// `moe-tune quantize`: writes a model folder with its decoder-layer linear weights in the
+/// 4-bit format transformers saves for a bitsandbytes model (weight, weight.absmax,
+/// weight.quant_map, weight.nested_absmax, weight.nested_quant_map,
+/// weight.quant_state.bitsandbytes__nf4, and quantization_config in config.json), so a
+/// model is quantized once and loads quickly afterwards, in moe-tune and in transformers.
+/// Tensor by tensor: at most one full-precision tensor exists at a time.
+public enum Quantizer {
+    public struct Summary: Sendable {
+        public var quantized: Int
+        public var kept: Int
+        public var bytes: Int
+    }
+
+    /// Whether a checkpoint tensor is a linear weight of a decoder layer.
+    static func isQuantizable(_ name: String, keepExperts: Bool) -> Bool {
+        guard name.hasPrefix("model.layers."), name.hasSuffix(".weight") else { return false }
+        if name.contains("_proj.weight") && !name.contains("layernorm") { return true }
+        if name.contains("block_sparse_moe.experts.") { return !keepExperts }
+        return false
+    }
+
+    public static func quantize(modelDir: String, outDir: String, doubleQuant: Bool = true, keepExperts: Bool = false,
+                                overwrite: Bool = false) throws -> Summary {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: outDir), !((try? fm.contentsOfDirectory(atPath: outDir)) ?? []).isEmpty, !overwrite {
+            throw MoETuneError.file(path: outDir, message: "already exists and is not empty; choose another --out or pass --overwrite")
+        }
+        let ck = try Checkpoint(directory: modelDir)
+        if ck.tensorNames.contains(where: { $0.hasSuffix("mlp.experts.gate_up_proj") }) {
+            throw MoETuneError.file(path: modelDir, message: "fused expert tensors (transformers 5 layout) cannot be written in the 4-bit checkpoint format; save the model with per-expert names first")
+        }
+        var writer = SafeTensorsWriter()
+        var quantized = 0, kept = 0
+        let nf4Code = NF4Weight.code
+        for name in ck.tensorNames.sorted() {
+            let info = ck.info(name)!
+            guard isQuantizable(name, keepExperts: keepExperts), info.shape.count == 2, !ck.isBnb4bit(name) else {
+                let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytesCopy(info)
+                writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: Data(bytes)))
+                bytes.deallocate()
+                kept += 1
+                continue
+            }
+            let (rows, cols) = (info.shape[0], info.shape[1])
+            let q = try ck.withTemporaryFloats(name, shape: info.shape) { NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: doubleQuant) }
+            let n = rows * cols
+            writer.add(.init(name: name, dtype: .u8, shape: [(n + 1) / 2, 1], data: Data(bytes: q.packed, count: (n + 1) / 2)))
+            writer.add(.init(name: name + ".quant_map", shape: [16], floats: nf4Code))
+            var state: [String: Any] = ["quant_type": "nf4", "blocksize": 64,
+                                        "dtype": ["F32": "float32", "BF16": "bfloat16", "F16": "float16"][info.dtype.rawValue] ?? "float32",
+                                        "shape": [rows, cols]]
+            if let codes = q.absmaxCodes {
+                writer.add(.init(name: name + ".absmax", dtype: .u8, shape: [q.blocks], data: Data(bytes: codes, count: q.blocks)))
+                writer.add(.init(name: name + ".nested_absmax", shape: [q.nestedAbsmax.count], floats: q.nestedAbsmax))
+                writer.add(.init(name: name + ".nested_quant_map", shape: [256], floats: q.nestedMap))
+                state["nested_blocksize"] = 256
+                state["nested_dtype"] = "float32"
+                state["nested_offset"] = Double(q.offset)
+            } else {
+                writer.add(.init(name: name + ".absmax", shape: [q.blocks], floats: UnsafeBufferPointer(start: q.absmax!, count: q.blocks)))
+            }
+            let json = try JSONSerialization.data(withJSONObject: state, options: [.sortedKeys])
+            writer.add(.init(name: name + ".quant_state.bitsandbytes__nf4", dtype: .u8, shape: [json.count], data: json))
+            quantized += 1
+        }
+        let parent = (outDir as NSString).deletingLastPathComponent
+        let staging = (parent.isEmpty ? "." : parent) + "/.\((outDir as NSString).lastPathComponent).tmp-\(getpid())"
+        try? fm.removeItem(atPath: staging)
+        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        do {
+            let data = try writer.serialized()
+            try AtomicFile.write(data, to: staging + "/model.safetensors")
+            // config.json as it was, plus quantization_config (inserted as text, so float
+            // fields keep their form).
+            var cfg = try String(contentsOfFile: modelDir + "/config.json", encoding: .utf8)
+            if !cfg.contains("\"quantization_config\""), let close = cfg.lastIndex(of: "}") {
+                let q = """
+                ,
+                  "quantization_config": {"_load_in_4bit": true, "_load_in_8bit": false, "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": \(doubleQuant), "llm_int8_enable_fp32_cpu_offload": false, "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": \(keepExperts ? "[\"block_sparse_moe\", \"lm_head\"]" : "null"), "llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false, "quant_method": "bitsandbytes"}
+
+                """
+                var head = String(cfg[..<close])
+                while head.last?.isWhitespace == true { head.removeLast() }
+                cfg = head + q + "}\n"
+            }
+            try AtomicFile.write(Data(cfg.utf8), to: staging + "/config.json")
+            for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
+            where fm.fileExists(atPath: modelDir + "/" + f) {
+                try fm.copyItem(atPath: modelDir + "/" + f, toPath: staging + "/" + f)
+            }
+            if fm.fileExists(atPath: outDir) { try fm.removeItem(atPath: outDir) }
+            try fm.moveItem(atPath: staging, toPath: outDir)
+            return Summary(quantized: quantized, kept: kept, bytes: data.count)
+        } catch {
+            try? fm.removeItem(atPath: staging)
+            throw error
+        }
+    }
+}
