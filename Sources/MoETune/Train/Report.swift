@@ -92,7 +92,9 @@ public enum RunReport {
         if x1 == x0 { x1 = x0 + 1 }
         if y1 == y0 { y0 -= 0.5 * abs(y0) + 1e-9; y1 += 0.5 * abs(y1) + 1e-9 }
         let pad = (y1 - y0) * 0.05
-        y0 -= pad; y1 += pad
+        // Losses, rates and throughput are never negative: keep the axis at or above 0.
+        y0 = pts.allSatisfy({ $0.1 >= 0 }) ? max(0, y0 - pad) : y0 - pad
+        y1 += pad
         func px(_ x: Double) -> Double { l + (x - x0) / (x1 - x0) * (w - l - r) }
         func py(_ y: Double) -> Double { t + (1 - (y - y0) / (y1 - y0)) * (h - t - b) }
         var svg = "<svg xmlns='http://www.w3.org/2000/svg' width='\(Int(w))' height='\(Int(h))' viewBox='0 0 \(Int(w)) \(Int(h))'>"
