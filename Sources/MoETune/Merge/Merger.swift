@@ -25,13 +25,7 @@ public enum Merger {
 
     public static func merge(modelDir: String, adapters: [(path: String, weight: Float)], outDir: String,
                              options: Options = Options()) throws -> Summary {
-        let fm = FileManager.default
-        if fm.fileExists(atPath: outDir) {
-            let contents = (try? fm.contentsOfDirectory(atPath: outDir)) ?? []
-            if !contents.isEmpty && !options.overwrite {
-                throw MoETuneError.file(path: outDir, message: "already exists and is not empty; choose another --out or pass --overwrite")
-            }
-        }
+        let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite)
         let ck = try Checkpoint(directory: modelDir)
         let model = try Transformer(checkpoint: ck)
         let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
@@ -108,12 +102,7 @@ public enum Merger {
             throw MoETuneError.invalid("internal: merged \(merged) modules but the adapters hold \(mixed.all.count)")
         }
 
-        // Write shards into a temporary folder beside the destination.
-        let tmp = (outDir as NSString).deletingLastPathComponent.isEmpty ? "." : (outDir as NSString).deletingLastPathComponent
-        let staging = tmp + "/.\((outDir as NSString).lastPathComponent).tmp-\(getpid())"
-        try? fm.removeItem(atPath: staging)
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
-        do {
+        return try folder.write { staging in
             var shards: [[SafeTensorsWriter.Entry]] = [[]]
             var shardBytes = 0
             var total = 0
@@ -159,16 +148,8 @@ public enum Merger {
                                                        options: .regularExpression)
             }
             try AtomicFile.write(Data(cfgText.utf8), to: staging + "/config.json")
-            for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
-            where fm.fileExists(atPath: modelDir + "/" + f) {
-                try fm.copyItem(atPath: modelDir + "/" + f, toPath: staging + "/" + f)
-            }
-            if fm.fileExists(atPath: outDir) { try fm.removeItem(atPath: outDir) }
-            try fm.moveItem(atPath: staging, toPath: outDir)
+            try ModelFolderWriter.copyTokenizerFiles(from: modelDir, to: staging)
             return Summary(tensors: entries.count, mergedModules: merged, files: shards.count, dtype: dtype, bytes: total)
-        } catch {
-            try? fm.removeItem(atPath: staging)
-            throw error
         }
     }
 

@@ -23,10 +23,7 @@ public enum Quantizer {
 
     public static func quantize(modelDir: String, outDir: String, doubleQuant: Bool = true, keepExperts: Bool = false,
                                 overwrite: Bool = false) throws -> Summary {
-        let fm = FileManager.default
-        if fm.fileExists(atPath: outDir), !((try? fm.contentsOfDirectory(atPath: outDir)) ?? []).isEmpty, !overwrite {
-            throw MoETuneError.file(path: outDir, message: "already exists and is not empty; choose another --out or pass --overwrite")
-        }
+        let folder = try ModelFolderWriter(outDir: outDir, overwrite: overwrite)
         let ck = try Checkpoint(directory: modelDir)
         if ck.tensorNames.contains(where: { $0.hasSuffix("mlp.experts.gate_up_proj") }) {
             throw MoETuneError.file(path: modelDir, message: "fused expert tensors (transformers 5 layout) cannot be written in the 4-bit checkpoint format; save the model with per-expert names first")
@@ -65,11 +62,7 @@ public enum Quantizer {
             writer.add(.init(name: name + ".quant_state.bitsandbytes__nf4", dtype: .u8, shape: [json.count], data: json))
             quantized += 1
         }
-        let parent = (outDir as NSString).deletingLastPathComponent
-        let staging = (parent.isEmpty ? "." : parent) + "/.\((outDir as NSString).lastPathComponent).tmp-\(getpid())"
-        try? fm.removeItem(atPath: staging)
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
-        do {
+        return try folder.write { staging in
             let data = try writer.serialized()
             try AtomicFile.write(data, to: staging + "/model.safetensors")
             // config.json as it was, plus quantization_config (inserted as text, so float
@@ -86,16 +79,8 @@ public enum Quantizer {
                 cfg = head + q + "}\n"
             }
             try AtomicFile.write(Data(cfg.utf8), to: staging + "/config.json")
-            for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
-            where fm.fileExists(atPath: modelDir + "/" + f) {
-                try fm.copyItem(atPath: modelDir + "/" + f, toPath: staging + "/" + f)
-            }
-            if fm.fileExists(atPath: outDir) { try fm.removeItem(atPath: outDir) }
-            try fm.moveItem(atPath: staging, toPath: outDir)
+            try ModelFolderWriter.copyTokenizerFiles(from: modelDir, to: staging)
             return Summary(quantized: quantized, kept: kept, bytes: data.count)
-        } catch {
-            try? fm.removeItem(atPath: staging)
-            throw error
         }
     }
 }
