@@ -32,6 +32,28 @@ final class TrainingParityTests: XCTestCase {
                      grads: BackwardState(for: state, config: model.config), ref: ref)
     }
 
+    /// Worst max-norm relative error of every adapter's gradients against a file of
+    /// reference gradients (keys as in the adapter file); each tensor must be within `tolerance`.
+    @discardableResult
+    func compareGradients(_ adapters: AdapterSet, with path: String, tolerance: Double) throws -> Double {
+        let g = try SafeTensorsFile(path: path)
+        var worst: Double = 0
+        for a in adapters.all {
+            for (suffix, ptr, n) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
+                let key = "base_model.model.\(a.module).\(suffix).weight"
+                let expected = try g.floatArray(key)
+                XCTAssertEqual(expected.count, n, key)
+                let scale = expected.map { abs($0) }.max() ?? 0
+                XCTAssertGreaterThan(scale, 0, "\(key): the reference gradient must not be zero")
+                var diff: Float = 0
+                for i in 0..<n { diff = Swift.max(diff, abs(ptr[i] - expected[i])) }
+                worst = Swift.max(worst, Double(diff / scale))
+                XCTAssertLessThanOrEqual(Double(diff / scale), tolerance, key)
+            }
+        }
+        return worst
+    }
+
     func lossAndGrads(_ s: Setup) throws -> Double {
         s.adapters.store.zeroGrads()
         let (sum, count) = try s.model.forward(s.batch, state: s.state, adapters: s.adapters)
@@ -46,22 +68,8 @@ final class TrainingParityTests: XCTestCase {
         XCTAssertLessThanOrEqual(abs(loss - refLoss) / refLoss, 1e-5, "\(name) loss \(loss) vs peft \(refLoss)")
         let g = try SafeTensorsFile(path: Fixtures.dir("train-" + name) + "/grads.safetensors")
         XCTAssertEqual(g.tensors.count, 2 * s.adapters.all.count, "every peft LoRA tensor has a moe-tune counterpart")
-        var worst = (0.0, "")
-        for a in s.adapters.all {
-            for (suffix, ptr, count) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
-                let key = "base_model.model.\(a.module).\(suffix).weight"
-                let expected = try g.floatArray(key)
-                XCTAssertEqual(expected.count, count, key)
-                let scale = expected.map { abs($0) }.max() ?? 0
-                XCTAssertGreaterThan(scale, 0, "\(key): the reference gradient must not be zero")
-                var maxDiff: Float = 0
-                for i in 0..<count { maxDiff = max(maxDiff, abs(ptr[i] - expected[i])) }
-                let rel = Double(maxDiff / scale)
-                if rel > worst.0 { worst = (rel, key) }
-                XCTAssertLessThanOrEqual(rel, 1e-4, "\(key): max |diff| / max |ref| = \(rel)")
-            }
-        }
-        print("\(name): \(s.adapters.all.count) adapters, loss \(loss) vs \(refLoss), worst gradient error \(worst.0) at \(worst.1)")
+        let worst = try compareGradients(s.adapters, with: Fixtures.dir("train-" + name) + "/grads.safetensors", tolerance: 1e-4)
+        print("\(name): \(s.adapters.all.count) adapters, loss \(loss) vs \(refLoss), worst gradient error \(worst)")
     }
 
     func testLlamaLoRAGradientsMatchPeft() throws { try checkGradients("llama") }
@@ -157,19 +165,7 @@ extension TrainingParityTests {
         print("z-loss \(s.state.zLoss) vs torch \(refZ)")
         XCTAssertLessThanOrEqual(abs(s.state.zLoss - refZ) / refZ, 1e-5)
         s.model.backward(state: s.state, adapters: s.adapters, grads: s.grads, lossScale: 1 / Float(count))
-        let g = try SafeTensorsFile(path: Fixtures.dir("train-mixtral") + "/grads_z.safetensors")
-        var worst: Double = 0
-        for a in s.adapters.all {
-            for (suffix, ptr, n) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
-                let key = "base_model.model.\(a.module).\(suffix).weight"
-                let expected = try g.floatArray(key)
-                let scale = expected.map { abs($0) }.max()!
-                var diff: Float = 0
-                for i in 0..<n { diff = Swift.max(diff, abs(ptr[i] - expected[i])) }
-                worst = Swift.max(worst, Double(diff / scale))
-                XCTAssertLessThanOrEqual(Double(diff / scale), 1e-4, key)
-            }
-        }
+        let worst = try compareGradients(s.adapters, with: Fixtures.dir("train-mixtral") + "/grads_z.safetensors", tolerance: 1e-4)
         print("with z-loss: worst gradient error \(worst)")
     }
 }
