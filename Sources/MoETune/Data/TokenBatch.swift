@@ -2,16 +2,17 @@
 /// targets[b*T + t] is the token to predict after position t, or -1 where no
 /// prediction counts (padding, the last position, masked prompt tokens).
 public struct TokenBatch: Sendable {
-    public var batch: Int
-    public var seq: Int
-    public var ids: [Int32]
-    public var targets: [Int32]
+    public let batch: Int
+    public let seq: Int
+    public let ids: [Int32]
+    public let targets: [Int32]
     /// Unpadded length of each sequence.
-    public var lengths: [Int]
+    public let lengths: [Int]
 
     public init(batch: Int, seq: Int, ids: [Int32], targets: [Int32], lengths: [Int]) {
         precondition(ids.count == batch * seq && targets.count == batch * seq && lengths.count == batch)
         self.batch = batch; self.seq = seq; self.ids = ids; self.targets = targets; self.lengths = lengths
+        countedTokens = targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
     }
 
     /// Builds a batch from token sequences and, for each, which of its tokens count as
@@ -29,5 +30,6 @@ public struct TokenBatch: Sendable {
         self.init(batch: b, seq: t, ids: ids, targets: targets, lengths: sequences.map(\.count))
     }
 
-    public var countedTokens: Int { targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+    /// Predictions that count toward the loss.
+    public let countedTokens: Int
 }

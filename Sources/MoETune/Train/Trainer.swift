@@ -92,6 +92,10 @@ public final class Trainer {
             micro += trainingBatches(train.examples, batchSize: tc.batchSize, seed: UInt64(bitPattern: Int64(tc.seed)), epoch: epoch)
             epoch += 1
         }
+        // Every micro-batch is padded and laid out once, before the loop, so a step only
+        // computes: the hot path allocates nothing.
+        let microCount = totalSteps * tc.gradAccum
+        let prepared = micro.prefix(microCount).map { TokenBatch(examples: $0.map { train.examples[$0] }) }
         let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
                                             minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
 
@@ -140,20 +144,20 @@ public final class Trainer {
         var trainedTokens = 0
         var microIndex = 0
         for step in 1...totalSteps {
-            let group = (0..<tc.gradAccum).map { micro[microIndex + $0] }
-            let stepTokens = group.reduce(0) { acc, idx in acc + idx.reduce(0) { $0 + train.examples[$1].countedTokens } }
+            let group = microIndex..<(microIndex + tc.gradAccum)
+            var stepTokens = 0
+            for m in group { stepTokens += prepared[m].countedTokens }
             adapters.store.zeroGrads()
             adapters.dropout?.active = true
             model.moe.training = true
             var lossSum = 0.0, auxSum = 0.0, zSum = 0.0
             let stepStart = Date()
             if stepTokens > 0 {
-                for indices in group {
+                for m in group {
                     adapters.dropout?.step = microIndex
                     model.moe.step = microIndex
                     microIndex += 1
-                    let batch = TokenBatch(examples: indices.map { train.examples[$0] })
-                    let r = try model.forward(batch, state: state, adapters: adapters)
+                    let r = try model.forward(prepared[m], state: state, adapters: adapters)
                     lossSum += r.sum
                     auxSum += state.auxLoss / Double(tc.gradAccum)
                     zSum += state.zLoss / Double(tc.gradAccum)
