@@ -8,8 +8,8 @@ struct TrainCommand: ParsableCommand {
         abstract: "Fine-tune a model with LoRA as a YAML config says; writes a PEFT adapter.",
         discussion: """
         Every key of the config is documented in configs/example.yaml and README.md. \
-        Writes adapter_model.safetensors, adapter_config.json, config.yaml (the resolved config) \
-        and metrics.jsonl into training.out_dir.
+        Writes adapter_model.safetensors, adapter_config.json, config.yaml (the resolved config), \
+        metrics.jsonl and report.html into training.out_dir.
         """)
 
     @Option(help: "YAML training config.")
