@@ -26,10 +26,17 @@ let package = Package(
             cxxSettings: [.unsafeFlags(["-std=c++17"])],
             linkerSettings: [.linkedLibrary("sentencepiece"), .linkedLibrary("stdc++")]
         ),
+        // Vectorised element-wise kernels (exp, SwiGLU) with per-CPU clones.
+        .target(
+            name: "CKernels",
+            path: "Sources/CKernels",
+            cSettings: [.unsafeFlags(["-O3"])]
+        ),
         .target(
             name: "MoETune",
             dependencies: [
                 "COpenBLAS",
+                "CKernels",
                 "CSentencePiece",
                 .product(name: "Yams", package: "Yams"),
             ],

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Shapes of one attention call.
@@ -21,15 +22,7 @@ func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<F
               a: q, lda: s.qDim, b: k, ldb: s.kvDim, c: p, ldc: t, split: false)
     for i in 0..<t {
         let row = p + i * t
-        var m = -Float.infinity
-        for j in 0...i { m = max(m, row[j]) }
-        var sum: Float = 0
-        for j in 0...i {
-            let e = Foundation.exp(row[j] - m)
-            row[j] = e
-            sum += e
-        }
-        let inv = 1 / sum
+        let inv = 1 / mt_exp_shift_inplace(row, i + 1, mt_max(row, i + 1))
         for j in 0...i { row[j] *= inv }
         for j in (i + 1)..<t { row[j] = 0 }
     }

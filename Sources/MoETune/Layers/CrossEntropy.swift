@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Next-token cross-entropy over N rows of logits [N, V].
@@ -11,10 +12,8 @@ public func crossEntropyForward(losses: UnsafeMutablePointer<Float>, logits: Uns
             let tgt = Int(targets[i])
             guard tgt >= 0 else { losses[i] = 0; continue }
             let row = logits + i * v
-            var m = -Float.infinity
-            for j in 0..<v { m = max(m, row[j]) }
-            var sum: Float = 0
-            for j in 0..<v { sum += Foundation.exp(row[j] - m) }
+            let m = mt_max(row, v)
+            let sum = mt_sum_exp_shift(row, v, m)
             losses[i] = m + Foundation.log(sum) - row[tgt]
         }
     }
@@ -29,7 +28,8 @@ public func crossEntropyForward(losses: UnsafeMutablePointer<Float>, logits: Uns
 
 /// Backward of the mean cross-entropy: dlogits[n, :] = scale * (softmax(logits[n, :]) - onehot(target)),
 /// zero on ignored rows. scale is 1 / (counted tokens) for a mean loss (times any
-/// gradient-accumulation factor). Overwrites dlogits [N, V].
+/// gradient-accumulation factor). Overwrites dlogits [N, V], which may be the logits
+/// themselves (computed in place).
 public func crossEntropyBackward(dlogits: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>,
                                  targets: UnsafePointer<Int32>, rows n: Int, vocab v: Int, scale: Float) {
     parallelChunks(n, minChunk: 8) { range in
@@ -38,11 +38,9 @@ public func crossEntropyBackward(dlogits: UnsafeMutablePointer<Float>, logits: U
             let tgt = Int(targets[i])
             guard tgt >= 0 else { d.update(repeating: 0, count: v); continue }
             let row = logits + i * v
-            var m = -Float.infinity
-            for j in 0..<v { m = max(m, row[j]) }
-            var sum: Float = 0
-            for j in 0..<v { let e = Foundation.exp(row[j] - m); d[j] = e; sum += e }
-            let k = scale / sum
+            let m = mt_max(row, v)
+            if UnsafePointer(d) != row { d.update(from: row, count: v) }
+            let k = scale / mt_exp_shift_inplace(d, v, m)
             for j in 0..<v { d[j] *= k }
             d[tgt] -= scale
         }

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// SwiGLU activation of the Llama MLP and of each Mixtral expert:
@@ -5,10 +6,8 @@ import Foundation
 public func swigluForward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>,
                           up: UnsafePointer<Float>, count: Int) {
     parallelChunks(count, minChunk: 4096) { range in
-        for i in range {
-            let g = gate[i]
-            out[i] = g / (1 + Foundation.exp(-g)) * up[i]
-        }
+        let lo = range.lowerBound
+        mt_swiglu_forward(out + lo, gate + lo, up + lo, range.count)
     }
 }
 
@@ -19,12 +18,7 @@ public func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutabl
                            dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                            count: Int) {
     parallelChunks(count, minChunk: 4096) { range in
-        for i in range {
-            let g = gate[i]
-            let s = 1 / (1 + Foundation.exp(-g))
-            let d = dout[i]
-            dgate[i] = d * up[i] * s * (1 + g * (1 - s))
-            dup[i] = d * g * s
-        }
+        let lo = range.lowerBound
+        mt_swiglu_backward(dgate + lo, dup + lo, dout + lo, gate + lo, up + lo, range.count)
     }
 }
