@@ -17,7 +17,9 @@ final class ConfigReader {
         self.prefix = prefix
         self.overridden = overridden
         switch node {
-        case nil, .scalar(_) where node?.null != nil:
+        case nil:
+            entries = []
+        case .scalar(_) where node?.null != nil:   // "section:" with nothing under it
             entries = []
         case .mapping(let m):
             entries = try m.map { pair in

@@ -79,8 +79,9 @@ public final class ForwardState {
     /// residual[l] is the input of layer l; residual[L] the output of the last layer.
     /// In inference only two alternate.
     public let residual: [FloatBuffer]  // each [N, H]
-    /// mids[l]: the residual after layer l's attention block, [N, H].
-    public let mids: [FloatBuffer]
+    /// The residual after a layer's attention block, [N, H]: one buffer for all layers,
+    /// which the backward pass refills from the layer's input and attention output.
+    public let mid: FloatBuffer
     public let layers: [LayerActivations]
     /// silu(gate) * up of the layer being computed [rows, I], shared by all layers: the
     /// backward pass recomputes it instead of keeping one per layer.
@@ -127,7 +128,7 @@ public final class ForwardState {
                                        xe: c.isMoE ? FloatBuffer(count: rows * c.hiddenSize) : nil)
         layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, shared: shared) }
         residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
-        mids = (0..<copies).map { _ in FloatBuffer(count: n * c.hiddenSize) }
+        mid = FloatBuffer(count: n * c.hiddenSize)
         lnF = FloatBuffer(count: n * c.hiddenSize)
         rstdF = FloatBuffer(count: n)
         logits = FloatBuffer(count: n * c.vocabSize)
@@ -151,7 +152,7 @@ public final class ForwardState {
     }
 
     func layer(_ l: Int) -> LayerActivations { layers[keepsAllLayers ? l : 0] }
-    func midBuffer(_ l: Int) -> FloatBuffer { mids[keepsAllLayers ? l : 0] }
+    func midBuffer(_ l: Int) -> FloatBuffer { mid }
     func residualIn(_ l: Int) -> FloatBuffer { residual[keepsAllLayers ? l : l % 2] }
     func residualOut(_ l: Int) -> FloatBuffer { residual[keepsAllLayers ? l + 1 : (l + 1) % 2] }
 }

@@ -73,7 +73,12 @@ extension Transformer {
             let w = layers[l], a = s.layer(l), ad = adapters.layers[l]
             let u = a.lora
             // Feed-forward block: out = mid + ffn(ln2(mid)); dres holds d out.
-            // ln2 is shared between layers: recompute this layer's.
+            // mid and ln2 are shared between layers: recompute this layer's,
+            // mid = x + o_proj(attn) (+ LoRA), ln2 = norm(mid).
+            let mid = s.midBuffer(l).pointer
+            mid.update(from: s.residualIn(l).pointer, count: n * h)
+            linearForward(y: mid, x: a.attn.pointer, rows: n, weight: w.o, accumulate: true)
+            if let lo = ad.o { loraForward(y: mid, x: a.attn.pointer, rows: n, adapter: lo, u: u!.o.pointer) }
             rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: s.midBuffer(l).pointer, weight: w.postAttentionNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
             if let mlp = w.mlp {

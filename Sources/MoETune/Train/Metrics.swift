@@ -9,8 +9,7 @@ public final class MetricsLog {
     public let path: String
 
     public init(path: String) throws {
-        FileManager.default.createFile(atPath: path, contents: nil)
-        guard let h = FileHandle(forWritingAtPath: path) else {
+        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
             throw MoETuneError.file(path: path, message: "cannot write the metrics file")
         }
         handle = h
