@@ -139,7 +139,8 @@ public struct TrainConfig: Equatable, Sendable {
         }
         let node: Node
         do {
-            node = try Yams.compose(yaml: valueText) ?? Node("null")
+            // An empty value is YAML's null, as `key:` with nothing after it is in a file.
+            node = try Yams.compose(yaml: valueText) ?? Node("null", Tag(.null), .plain)
         } catch {
             throw MoETuneError.invalid("--set \(arg): the value is not valid YAML")
         }
@@ -274,8 +275,11 @@ public struct TrainConfig: Equatable, Sendable {
         var kinds: [ModuleKind] = []
         let names = ModuleKind.allCases.map(\.rawValue)
         for item in seq {
-            guard let s = item.string, let k = ModuleKind(rawValue: s) else {
-                let s = item.string ?? "?"
+            guard case .scalar(let scalar) = item else {
+                throw reader.fail(key, "expected a module kind, got \(reader.describe(item))")
+            }
+            let s = scalar.string
+            guard let k = ModuleKind(rawValue: s) else {
                 throw reader.fail(key, "unknown module kind \"\(s)\"; expected one of \(names.joined(separator: ", "))" + suggestion(s, names))
             }
             guard !kinds.contains(k) else { throw reader.fail(key, "\(s) is listed twice") }
@@ -295,6 +299,9 @@ public struct TrainConfig: Equatable, Sendable {
             let ls = seq.compactMap { $0.int }
             guard ls.count == seq.count, !ls.isEmpty, ls.allSatisfy({ $0 >= 0 }) else {
                 throw reader.fail("layers", "expected a non-empty list of layer indices")
+            }
+            if let dup = ls.enumerated().first(where: { ls[..<$0.offset].contains($0.element) })?.element {
+                throw reader.fail("layers", "layer \(dup) is listed twice")
             }
             return .list(ls)
         default: throw reader.fail("layers", "expected all, a number or a list")
@@ -360,8 +367,20 @@ public struct TrainConfig: Equatable, Sendable {
     public func resolvedYAML() -> String {
         func q(_ s: String?) -> String {
             guard let s else { return "null" }
-            let escaped = s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-                .replacingOccurrences(of: "\n", with: "\\n")
+            // A double-quoted YAML scalar; control characters escaped so the file reads back.
+            var escaped = ""
+            for u in s.unicodeScalars {
+                switch u {
+                case "\\": escaped += "\\\\"
+                case "\"": escaped += "\\\""
+                case "\n": escaped += "\\n"
+                case "\t": escaped += "\\t"
+                case _ where u.value < 0x20 || (0x7F...0x9F).contains(u.value) || [0xFEFF, 0xFFFE, 0xFFFF].contains(u.value):
+                    let hex = String(u.value, radix: 16)
+                    escaped += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                default: escaped.unicodeScalars.append(u)
+                }
+            }
             return "\"\(escaped)\""
         }
         func n(_ v: Double?) -> String { v.map { "\($0)" } ?? "null" }
