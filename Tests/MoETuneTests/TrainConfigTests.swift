@@ -426,3 +426,11 @@ final class TrainConfigTests: XCTestCase {
         XCTAssertEqual(try parse(list.resolvedYAML()), list)
     }
 }
+
+extension TrainConfigTests {
+    /// A key whose value is a block on the following lines is reported on its own line.
+    func testBlockValuedKeysAreReportedOnTheKeyLine() {
+        assertMoETuneError(try parse(minimal + "\noptimiser:\n  lr: 1\n"), contains: ["optimiser", "line 6:", "did you mean optimizer"])
+        assertMoETuneError(try parse(minimal + "\nlora:\n  targets:\n    - query\n    - valu\n"), contains: ["lora.targets", "line 7:", "valu"])
+    }
+}

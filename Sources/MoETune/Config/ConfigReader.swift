@@ -8,7 +8,8 @@ import Yams
 final class ConfigReader {
     let file: String
     let prefix: String
-    private let entries: [(key: String, node: Node)]
+    /// Each key with its own node (for the line a message names) and its value.
+    private let entries: [(key: String, keyNode: Node, node: Node)]
     private let overridden: Set<String>
     private var known: [String] = []
 
@@ -27,7 +28,7 @@ final class ConfigReader {
                     throw MoETuneError.config(path: file, key: prefix.isEmpty ? "?" : String(prefix.dropLast()),
                                               message: "\(ConfigReader.where(pair.key)): keys must be strings")
                 }
-                return (k, pair.value)
+                return (k, pair.key, pair.value)
             }
         default:
             throw MoETuneError.config(path: file, key: String(prefix.dropLast()),
@@ -39,9 +40,11 @@ final class ConfigReader {
         node.mark.map { "line \($0.line)" } ?? "--set"
     }
 
+    /// Where a key's value came from: the key's line in the file (also when its value is a
+    /// block on the following lines), "--set", or "default" when absent.
     func location(_ key: String) -> String {
         if overridden.contains(prefix + key) { return "--set" }
-        return node(key).map(ConfigReader.where) ?? "default"
+        return entries.last { $0.key == key }.map { ConfigReader.where($0.keyNode) } ?? "default"
     }
 
     func fail(_ key: String, _ message: String) -> MoETuneError {
@@ -132,9 +135,9 @@ final class ConfigReader {
 
     /// Refuses keys no accessor asked for.
     func finish() throws {
-        for (key, n) in entries where !known.contains(key) {
+        for (key, keyNode, _) in entries where !known.contains(key) {
             throw MoETuneError.config(path: file, key: prefix + key,
-                message: "\(overridden.contains(prefix + key) ? "--set" : ConfigReader.where(n)): unknown key"
+                message: "\(overridden.contains(prefix + key) ? "--set" : ConfigReader.where(keyNode)): unknown key"
                     + suggestion(key, known, withPrefix: prefix))
         }
     }
