@@ -31,11 +31,6 @@ public final class NF4Weight: @unchecked Sendable {
     public var blocks: Int { (count + NF4Weight.blockSize - 1) / NF4Weight.blockSize }
     public var doubleQuantized: Bool { absmaxCodes != nil }
 
-    /// Bytes this weight occupies (codes and scales).
-    public var storageBytes: Int {
-        (count + 1) / 2 + (doubleQuantized ? blocks + 4 * nestedAbsmax.count + 4 * 256 : 4 * blocks)
-    }
-
     init(rows: Int, cols: Int, packed: UnsafeMutablePointer<UInt8>, absmax: UnsafeMutablePointer<Float>?,
          absmaxCodes: UnsafeMutablePointer<UInt8>?, nestedAbsmax: [Float], nestedMap: [Float], offset: Float) {
         self.rows = rows; self.cols = cols; self.packed = packed; self.absmax = absmax; self.absmaxCodes = absmaxCodes

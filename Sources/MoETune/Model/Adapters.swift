@@ -260,7 +260,6 @@ public final class AdapterSet: @unchecked Sendable {
         self.noiseWeights = noiseWeights
     }
 
-    public func adapter(module: String) -> LoRAAdapter? { all.first { $0.module == module } }
 }
 
 /// A small, fast, seedable generator (SplitMix64) for initialisation, dropout and
