@@ -4,9 +4,14 @@
 
 {"text"} lines: [BOS] + encode(text) + [EOS], every next-token prediction counts.
 {"prompt","completion"} lines: [BOS] + encode(prompt) + encode(completion) + [EOS], only
-the completion tokens and EOS count. --adapter applies a PEFT LoRA adapter. Prints one JSON line with loss, perplexity, tokens,
-examples and the wall time of the forward passes (fp32, 2 threads, one example at a time
-and then batched by 4 with padding).
+the completion tokens and EOS count. Examples longer than --max-seq-len keep their first
+tokens, as in moe-tune. --adapter applies a PEFT LoRA adapter.
+
+Prints one JSON line: loss (sum of per-token cross-entropy over the counted tokens, summed
+in float64, / tokens), perplexity, tokens, examples, and seconds, the wall time of the
+forward passes (fp32, torch.no_grad, --threads 2). Examples are sorted by length and run in
+right-padded batches of --batch-size (4, moe-tune eval's default, so the timings compare);
+padding is masked, so the loss equals running each example on its own (--batch-size 1).
 """
 import argparse, json, math, time
 
@@ -32,15 +37,17 @@ bos, eos = model.config.bos_token_id, model.config.eos_token_id
 eos = eos[0] if isinstance(eos, list) else eos
 
 examples = []
-for line in open(a.data):
+for n, line in enumerate(open(a.data), 1):
     if not line.strip():
         continue
     r = json.loads(line)
-    if "text" in r:
+    if isinstance(r.get("text"), str):
         toks, start = [bos] + sp.encode(r["text"]) + [eos], 1
-    else:
+    elif isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str):
         pr = [bos] + sp.encode(r["prompt"])
         toks, start = pr + sp.encode(r["completion"]) + [eos], len(pr)
+    else:
+        raise SystemExit(f"{a.data}:{n}: only {{\"text\"}} and {{\"prompt\", \"completion\"}} lines are supported")
     examples.append((toks[: a.max_seq_len], start))
 
 # Batches of similar length, right-padded, labels -100 where not counted.

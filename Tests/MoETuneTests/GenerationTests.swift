@@ -37,14 +37,20 @@ final class GenerationTests: XCTestCase {
         // With an adapter on every module kind, so LoRA paths are covered too.
         let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
         let adapters = try PEFTAdapter.load(directory: Fixtures.dir("train-mixtral"), model: model)
-        let prompt: [Int32] = [1, 40, 77, 120, 9, 300]
-        let cached = try Generator(model: model, adapters: adapters, maxLength: 64)
-            .generate(prompt: prompt, options: { var o = SamplingOptions(); o.maxNewTokens = 20; return o }())
-        let full = try model.greedyWithoutCache(prompt: prompt, adapters: adapters, maxNewTokens: 20)
-        XCTAssertEqual(cached, full)
-        XCTAssertGreaterThan(cached.count, 3)
+        // Several prompts, so that at least one generates a few tokens before EOS.
+        var longest = 0
+        for start in [40, 90, 150, 210, 270, 330] as [Int32] {
+            let prompt: [Int32] = [1, start, start + 7, start + 13, 9]
+            var o = SamplingOptions()
+            o.maxNewTokens = 20
+            let cached = try Generator(model: model, adapters: adapters, maxLength: 64).generate(prompt: prompt, options: o)
+            let full = try model.greedyWithoutCache(prompt: prompt, adapters: adapters, maxNewTokens: 20)
+            XCTAssertEqual(cached, full, "prompt starting \(start)")
+            longest = max(longest, cached.count)
+        }
+        XCTAssertGreaterThan(longest, 3, "some prompt must generate several tokens")
         // The decoder's logits equal the batched forward's at every position.
-        let seq = prompt + cached
+        let seq: [Int32] = [1] + (0..<23).map { Int32(3 + ($0 * 37) % 370) }
         let d = Decoder(model: model, adapters: adapters, maxLength: 64)
         let state = ForwardState(config: model.config, batch: 1, seq: seq.count, training: false, loraRank: adapters.maxRank)
         _ = try model.forward(TokenBatch(sequences: [seq], counted: [Array(repeating: false, count: seq.count)]), state: state, adapters: adapters)
