@@ -93,3 +93,178 @@ final class JinjaTests: XCTestCase {
         XCTAssert(failures.isEmpty, "\(failures.count) of \(total) chats differ:\n" + failures.joined(separator: "\n"))
     }
 }
+
+extension JinjaTests {
+    static func spanTexts(_ name: String, _ messages: [ChatMessage], kwargs: [String: JinjaValue] = [:]) throws -> [String] {
+        guard case let .list(templates) = try fixture("real.json") else { return [] }
+        var special: [String: String] = [:]
+        for t in templates {
+            if case let .dict(d) = t, d["name"]?.str == name, case let .dict(tokens)? = d["special_tokens"] {
+                for (k, v) in tokens.pairs { special[k.str] = v.str }
+            }
+        }
+        let r = try ChatTemplateRenderer(template: try realTemplate(name), specialTokens: special)
+        var kw = kwargs
+        kw["date_string"] = .string("26 Jul 2024")
+        let (text, spans) = try r.renderWithAssistantSpans(messages, kwargs: kw)
+        let bytes = Array(text.utf8)
+        return spans.map { String(decoding: bytes[$0], as: UTF8.self) }
+    }
+
+    /// One hand-checked chat per real template: the exact text the assistant spans cover.
+    func testAssistantSpansOfRealTemplates() throws {
+        let chat = [ChatMessage(role: "system", content: "S"), ChatMessage(role: "user", content: "U1"),
+                    ChatMessage(role: "assistant", content: "A1"), ChatMessage(role: "user", content: "U2"),
+                    ChatMessage(role: "assistant", content: "A2 😀")]
+        let eos = "<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>"
+        let expected: [(String, [String])] = [
+            ("llama3.2", ["A1<|eot_id|>", "A2 😀<|eot_id|>"]),
+            ("qwen2.5", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
+            // Qwen3 writes an empty think block into the last turn; the model generates it.
+            ("qwen3", ["A1<|im_end|>", "<think>\n\n</think>\n\nA2 😀<|im_end|>"]),
+            ("qwq-32b", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
+            // Qwen3.5's generation prompt opens the think block itself.
+            ("qwen3.5", ["A1<|im_end|>", "\n</think>\n\nA2 😀<|im_end|>"]),
+            ("deepseek-v3", ["A1" + eos, "A2 😀" + eos]),
+            ("deepseek-v3.1", ["A1" + eos, "A2 😀" + eos]),
+            ("deepseek-r1", ["A1" + eos, "A2 😀" + eos]),
+            ("deepseek-r1-distill-llama-8b", ["A1" + eos, "A2 😀" + eos]),
+            ("deepseek-r1-0528-qwen3-8b", ["A1" + eos, "A2 😀" + eos]),
+            // GLM-4 closes no turn: the next header (<|user|>) is its stop token.
+            ("glm-4-9b-0414", ["\nA1", "\nA2 😀"]),
+        ]
+        for (name, want) in expected {
+            XCTAssertEqual(try Self.spanTexts(name, chat), want, name)
+        }
+    }
+
+    /// Qwen3 drops the reasoning of turns before the last user message, so prefix renders are
+    /// not prefixes of the full chat: the spans come from locating the turn instead.
+    func testAssistantSpansWithReasoning() throws {
+        let chat = [ChatMessage(role: "user", content: "U1"), ChatMessage(role: "assistant", content: "A1", reasoningContent: "R1"),
+                    ChatMessage(role: "user", content: "U2"), ChatMessage(role: "assistant", content: "A2", reasoningContent: "R2")]
+        XCTAssertEqual(try Self.spanTexts("qwen3", chat), ["A1<|im_end|>", "<think>\nR2\n</think>\n\nA2<|im_end|>"])
+        XCTAssertEqual(try Self.spanTexts("qwen3", chat, kwargs: ["enable_thinking": .bool(true)]),
+                       ["A1<|im_end|>", "<think>\nR2\n</think>\n\nA2<|im_end|>"])
+        XCTAssertEqual(try Self.spanTexts("qwen3.5", chat), ["A1<|im_end|>", "R2\n</think>\n\nA2<|im_end|>"])
+    }
+
+    func testGenerationBlocksGiveTheSpans() throws {
+        let source = "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
+        let r = try ChatTemplateRenderer(template: source)
+        let (text, spans) = try r.renderWithAssistantSpans([ChatMessage(role: "user", content: "é"), ChatMessage(role: "assistant", content: "ü1"),
+                                                           ChatMessage(role: "user", content: "x"), ChatMessage(role: "assistant", content: "2")])
+        XCTAssertEqual(text, "<user>é<assistant>ü1</s><user>x<assistant>2</s>")
+        let bytes = Array(text.utf8)
+        XCTAssertEqual(spans.map { String(decoding: bytes[$0], as: UTF8.self) }, ["ü1</s>", "2</s>"])
+    }
+
+    func testGenerationPromptAndLoadFromModelFolder() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("jinja-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = #"{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>", "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"}]}"#
+        try config.write(toFile: dir + "/tokenizer_config.json", atomically: true, encoding: .utf8)
+        let r = try XCTUnwrap(try ChatTemplateRenderer.load(modelDirectory: dir))
+        XCTAssertEqual(try r.generationPrompt([ChatMessage(role: "user", content: "hi")]), "<s>[user]hi</s>[assistant]")
+        try "{{ 'from jinja file' }}".write(toFile: dir + "/chat_template.jinja", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try ChatTemplateRenderer.load(modelDirectory: dir)?.render([]), "from jinja file")
+    }
+
+    func testStrftimeNowReadsTheClock() throws {
+        var r = try ChatTemplateRenderer(template: "{{ strftime_now('%Y-%m-%d') }}")
+        r.now = { Date(timeIntervalSince1970: 86400 * 365) }
+        XCTAssertEqual(try r.render([]).count, 10)
+        XCTAssert(try r.render([]).hasPrefix("197"))
+    }
+
+    func testUnsupportedConstructsAreRefusedWithTheLine() {
+        let cases: [(String, String)] = [
+            ("a\n{% include 'x.jinja' %}", "chat template line 2: the 'include' tag is not supported"),
+            ("{% extends 'base' %}", "chat template line 1: the 'extends' tag is not supported"),
+            ("\n\n{% import 'm' as m %}", "chat template line 3: the 'import' tag is not supported"),
+            ("{% block b %}{% endblock %}", "chat template line 1: the 'block' tag is not supported"),
+            ("{% do x.append(1) %}", "chat template line 1: the 'do' tag is not supported"),
+            ("x\n{{ 'a' | truncate(3) }}", "chat template line 2: the 'truncate' filter is not supported"),
+            ("{{ x | groupby('a') }}", "chat template line 1: the 'groupby' filter is not supported"),
+            ("{{ x | nosuchfilter }}", "chat template line 1: no filter named 'nosuchfilter'"),
+            ("{% if x is nosuchtest %}{% endif %}", "chat template line 1: no test named 'nosuchtest'"),
+            ("{% for x in y recursive %}{% endfor %}", "chat template line 1: recursive for loops are not supported"),
+            ("{% for x in y %}\n\n", "chat template line 1: the 'for' tag is never closed (expected 'else' or 'endfor')"),
+            ("{% endif %}", "chat template line 1: unexpected 'endif'"),
+            ("{{ f(*args) }}", "chat template line 1: *args and **kwargs in calls are not supported"),
+        ]
+        for (source, message) in cases {
+            XCTAssertThrowsError(try JinjaTemplate(source), source) { error in
+                XCTAssertEqual("\(error)", message)
+            }
+        }
+    }
+
+    func testRuntimeErrorsNameTheLineAndMessage() throws {
+        let t = try JinjaTemplate("a\n{% if messages | length > 1 %}\n{{ raise_exception('Only one message, please.') }}\n{% endif %}")
+        XCTAssertThrowsError(try t.render(["messages": .list([.int(1), .int(2)])])) { error in
+            XCTAssertEqual("\(error)", "chat template line 3: Only one message, please.")
+        }
+        XCTAssertThrowsError(try JinjaTemplate("{% set l = [] %}{{ l.append(1) }}").render([:])) { error in
+            XCTAssertEqual("\(error)", "chat template line 1: access to attribute 'append' of 'list' object is unsafe.")
+        }
+        XCTAssertThrowsError(try JinjaTemplate("\n{{ m.a.b }}").render(["m": .dict(JinjaDict())])) { error in
+            XCTAssertEqual("\(error)", "chat template line 2: 'dict object' has no attribute 'a'")
+        }
+    }
+
+    /// Runaway templates stop with an error instead of hanging or exhausting memory.
+    func testRunawayTemplatesAreStopped() {
+        let runaway = [
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+            "{{ 'x' * 1000000000 }}",
+            "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            "{{ range(1000000) | list }}",
+            "{{ 10 ** 100 }}",
+            "{{ [1] * 100000000 }}",
+        ]
+        for source in runaway {
+            XCTAssertThrowsError(try JinjaTemplate(source).render([:]), source)
+        }
+    }
+
+    /// Malformed and mutilated templates throw (or render) but never crash.
+    func testBadTemplatesNeverCrash() throws {
+        var sources = ["{{", "{%", "{#", "{{ }}", "{% %}", "{{ 'abc }}", "{{ (1 }}", "{{ [1, }}", "{{ {1: }}", "{% if %}",
+                       "{% for %}", "{% for x in %}", "{% set %}", "{% set = 1 %}", "{{ 1 +* 2 }}", "{{ a.. }}", "{{ a[ }}",
+                       "{{ a[1:2:3:4] }}", "{% raw %}never closed", "{% macro %}", "{% call %}{% endcall %}", "{{ x is }}",
+                       "{{ x | }}", "{{ 'a' if }}", "{% break %}", "{% continue %}", "{{ -'a' }}", "{{ not }}", "}}{{", "%}{%",
+                       String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000),
+                       "{{ " + String(repeating: "[", count: 5000) + " }}",
+                       String(repeating: "{% if true %}", count: 3000) + "x",
+                       "{{ " + String(repeating: "not ", count: 5000) + "x }}",
+                       "{{ " + String(repeating: "-", count: 5000) + "1 }}",
+                       "{{ '\\u12' }}{{ '\\x' }}{{ '\\U0011ffff' }}"]
+        // Truncations and byte flips of a real template.
+        let real = try Self.realTemplate("qwen3")
+        let u = Array(real.unicodeScalars)
+        var seed: UInt64 = 42
+        func next() -> Int { seed = seed &* 6364136223846793005 &+ 1442695040888963407; return Int(seed >> 33) }
+        for _ in 0..<300 {
+            var v = u
+            switch next() % 3 {
+            case 0: v = Array(v[..<(next() % v.count)])
+            case 1: v.remove(at: next() % v.count)
+            default: v.insert(["{", "}", "%", "'", "(", "|", "-", "#"][next() % 8], at: next() % v.count)
+            }
+            var s = String.UnicodeScalarView()
+            s.append(contentsOf: v)
+            sources.append(String(s))
+        }
+        let messages: JinjaValue = .list([.dict(JinjaDict([("role", .string("user")), ("content", .string("hi"))]))])
+        for source in sources {
+            do {
+                _ = try JinjaTemplate(source).render(["messages": messages])
+            } catch {
+                XCTAssertFalse("\(error)".contains("\n"), "error is not one line: \(error)")
+            }
+        }
+    }
+}

@@ -23,7 +23,7 @@ final class JinjaEvaluator {
     enum Flow { case normal, breakLoop, continueLoop }
 
     static let maxOutputBytes = 64 << 20
-    static let maxIterations = 1_000_000
+    static let maxIterations = 200_000
     static let maxCallDepth = 100
 
     private(set) var output = ""

@@ -256,6 +256,9 @@ struct JinjaParser {
             if JinjaParser.unsupportedTags.contains(tag) {
                 throw JinjaError(line: line, message: "the '\(tag)' tag is not supported")
             }
+            if tag.hasPrefix("end") || tag == "else" || tag == "elif" {
+                throw JinjaError(line: line, message: "unexpected '\(tag)'")
+            }
             throw JinjaError(line: line, message: "unknown tag '\(tag)'")
         }
     }
