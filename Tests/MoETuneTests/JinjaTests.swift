@@ -130,9 +130,16 @@ extension JinjaTests {
             ("deepseek-r1", ["A1" + eos, "A2 😀" + eos]),
             ("deepseek-r1-distill-llama-8b", ["A1" + eos, "A2 😀" + eos]),
             ("deepseek-r1-0528-qwen3-8b", ["A1" + eos, "A2 😀" + eos]),
+            // Mistral v3 (SentencePiece) writes a space before the answer, inside the turn.
+            ("mistral-v3", [" A1</s>", " A2 😀</s>"]),
+            ("mistral-v7", ["A1</s>", "A2 😀</s>"]),
+            // Phi-3 writes eos_token once, at the end of a chat without generation prompt.
+            ("phi-3.5-mini", ["A1<|end|>", "A2 😀<|end|>\n<|endoftext|>"]),
             // GLM-4 closes no turn: the next header (<|user|>) is its stop token.
             ("glm-4-9b-0414", ["\nA1", "\nA2 😀"]),
         ]
+        let gemmaChat = Array(chat.dropFirst())
+        XCTAssertEqual(try Self.spanTexts("gemma", gemmaChat), ["A1<end_of_turn>", "A2 😀<end_of_turn>"])
         for (name, want) in expected {
             XCTAssertEqual(try Self.spanTexts(name, chat), want, name)
         }

@@ -49,12 +49,17 @@ public struct ChatMessage {
 /// - a template with `{% generation %}` blocks: the ranges those blocks wrote, as they are;
 /// - otherwise, for each assistant message i: from the end of render(messages[..<i],
 ///   add_generation_prompt: true) to the end of render(messages[...i], add_generation_prompt:
-///   false), both checked to be byte prefixes of the full render; then whitespace at the end is
+///   false), both checked to be byte prefixes of the full render (a special token such as
+///   eos_token that the template writes only at the very end of a chat is dropped from the
+///   second when that makes it a prefix: Phi-3); then whitespace at the end is
 ///   cut, so a ChatML turn ends at `<|im_end|>` without the newline after it (the model stops at
 ///   the marker and never generates that newline). Llama 3's turn ends at `<|eot_id|>`.
 /// - where a template breaks the prefix property (Qwen3 drops the reasoning of earlier turns,
-///   a generation prompt that opens an empty think block, a template that fails on a partial
-///   chat), the start is where the full render and the prefix render stop agreeing, and the end
+///   a generation prompt that opens an empty think block, Mistral v3 moving the system prompt
+///   into the last user turn, a template that fails on a partial chat): first the turn as the
+///   one-turn-longer render writes it (its text after the generation-prompt render) is looked
+///   for whole in the full render; else the start is where the full render and the prefix
+///   render stop agreeing, and the end
 ///   is found by locating the message's content in the full render after that start followed by
 ///   the same closing text (e.g. `<|im_end|>`) that the one-turn-longer render puts after it.
 ///   When that cannot be found the chat is refused with a message naming the turn.
@@ -155,9 +160,12 @@ public struct ChatTemplateRenderer {
             var start = cursor
             if let prefix { start = max(cursor, ChatTemplateRenderer.commonPrefix(prefix, f)) }
             var end: Int?
-            if let through, through.count <= f.count, f[..<through.count].elementsEqual(through), through.count > start,
-               prefix.map({ $0.count <= f.count && f[..<$0.count].elementsEqual($0) }) ?? false {
-                end = through.count
+            let prefixHolds = prefix.map { $0.count <= f.count && f[..<$0.count].elementsEqual($0) } ?? false
+            if prefixHolds, let through, let n = closedTurn(through, within: f), n > start {
+                end = n
+            } else if let (a, b) = locateTurn(prefix: prefix, through: through, in: f, from: cursor) {
+                start = a
+                end = b
             } else {
                 end = ChatTemplateRenderer.locateEnd(of: m, in: f, from: start, through: through)
             }
@@ -169,6 +177,39 @@ public struct ChatTemplateRenderer {
             cursor = e
         }
         return (full.text, spans)
+    }
+
+    /// The length of `through` when it is a prefix of the full render; a template that closes
+    /// the whole chat with a special token (Phi-3 ends with eos_token unless a generation prompt
+    /// follows) gets that token dropped first when only then is it a prefix.
+    func closedTurn(_ through: [UInt8], within f: [UInt8]) -> Int? {
+        func isPrefix(_ n: Int) -> Bool { n <= f.count && f[..<n].elementsEqual(through[..<n]) }
+        if isPrefix(through.count) { return through.count }
+        for token in Set(specialTokens.values) where !token.isEmpty {
+            let t = Array(token.utf8)
+            if through.count >= t.count, through[(through.count - t.count)...].elementsEqual(t), isPrefix(through.count - t.count) {
+                return through.count - t.count
+            }
+        }
+        return nil
+    }
+
+    /// The turn as the one-turn-longer render writes it (what follows the generation-prompt
+    /// render there), found whole in the full render: for templates that move text between
+    /// turns (Mistral v3 puts the system prompt into the last user turn).
+    func locateTurn(prefix: [UInt8]?, through: [UInt8]?, in f: [UInt8], from cursor: Int) -> (Int, Int)? {
+        guard let prefix, let through, prefix.count < through.count, through[..<prefix.count].elementsEqual(prefix) else { return nil }
+        var turns = [Array(through[prefix.count...])]
+        for token in Set(specialTokens.values) where !token.isEmpty {
+            let t = Array(token.utf8)
+            if let turn = turns.first, turn.count > t.count, turn[(turn.count - t.count)...].elementsEqual(t) {
+                turns.append(Array(turn[..<(turn.count - t.count)]))
+            }
+        }
+        for turn in turns {
+            if let hit = ChatTemplateRenderer.firstIndex(of: turn, in: f, from: cursor) { return (hit, hit + turn.count) }
+        }
+        return nil
     }
 
     /// Length of the common byte prefix, backed off to a UTF-8 character boundary.
