@@ -126,6 +126,23 @@ case("whitespace heavy", "{%- for m in ms -%}\n    {{- m -}}\n    {%- if not loo
 case("is not chaining", "{{ 1 is not odd }} {{ none is not none }} {{ not x is defined }}")
 case("neg filter precedence", "{{ -1 | abs }} {{ -(1 | abs) }} {{ 1 + 2 | string }} {{ 'a' ~ 2 * 3 }}")
 
+case("title apostrophe digits", "{{ \"o'neil 1st mcdonald's\".title() }} {{ \"o'neil 1st\" | title }}")
+case("percent float", "{{ '%.2f' | format(3.14159) }} {{ '%f' % 2 }} {{ '%.0f%%' % 99.5 }}")
+case("joiner", "{% set j = joiner(' | ') %}{% for x in [1, 2, 3] %}{{ j() }}{{ x }}{% endfor %}")
+case("read before set in loop", "{% set x = 1 %}{% for i in [1, 2] %}[{{ x }}]{% set x = 5 %}[{{ x }}]{% endfor %}{{ x }}")
+case("set in if in loop", "{% set x = 'out' %}{% for i in [1] %}{% if true %}{% set x = 'in' %}{% endif %}{{ x }}{% endfor %}{{ x }}")
+case("macro sees later globals", "{% macro m() %}{{ g }}{% endmacro %}{% set g = 'G' %}{{ m() }}")
+case("macro in loop", "{% macro m(x) %}<{{ x }}>{% endmacro %}{% for i in [1, 2] %}{{ m(i) }}{% endfor %}")
+case("tool call json", "{% for tc in calls %}{{ tc.function.arguments | tojson }}|{{ tc.function | tojson(indent=2, sort_keys=true) }}{% endfor %}", calls=[{"function": {"name": "f", "arguments": {"b": 1, "a": [1.5, "x"]}}}])
+case("string iteration and comparisons", "{% for c in 'héy' %}{{ c }}-{% endfor %}{{ 'B' < 'a' }} {{ 'é' > 'z' }} {{ 'abc'[1] }} {{ 'abc'[-1] }}")
+case("undefined comparisons", "{{ nothing == nothing }} {{ nothing == none }} {{ nothing != 1 }} {{ nothing is none }} {{ 'x' in nothing }} {{ nothing | default(none) is none }}")
+case("content list", "{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}{% if c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %};{% endfor %}",
+     messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"}]}, {"role": "assistant", "content": "yo"}])
+case("loop last with filter", "{% for m in ms if m != 2 %}{{ m }}{{ ',' if not loop.last }}{% endfor %}", ms=[1, 2, 3, 2])
+case("nested data access", "{{ messages[-1]['content'][:3] }} {{ messages | selectattr('role', 'equalto', 'user') | list | length }} {{ (messages | last).role }} {{ messages[0].get('name', 'anon') }}",
+     messages=[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}])
+case("whitespace control mixed", "<s>\n{%- for m in ms %}\n  {{- m }}\n  {% if loop.last -%}\n  END\n  {%- endif %}\n{% endfor -%}\n</s>", ms=["a", "b"])
+
 # error cases: jinja2 raises
 case("err raise_exception", "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}")
 case("err attr of undefined", "{{ nothing.attr }}")

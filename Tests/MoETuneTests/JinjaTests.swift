@@ -47,6 +47,11 @@ final class JinjaTests: XCTestCase {
             } catch {
                 if d["expected"] != nil { failures.append("\(name): \(error)") }
                 else if "\(error)".contains("\n") { failures.append("\(name): error is not one line") }
+                else if let jinja = d["error"]?.str, let colon = jinja.range(of: ": ") {
+                    // The same message as jinja2's (after its exception type).
+                    let message = String(jinja[colon.upperBound...])
+                    if !"\(error)".hasSuffix(message) { failures.append("\(name): error \"\(error)\", jinja2: \"\(message)\"") }
+                }
             }
         }
         XCTAssert(failures.isEmpty, "\(failures.count) of \(cases.count) differ:\n" + failures.joined(separator: "\n"))
@@ -85,6 +90,9 @@ final class JinjaTests: XCTestCase {
                     }
                 } catch {
                     if c["expected"] != nil { failures.append("\(label): \(error)") }
+                    else if let jinja = c["error"]?.str, let colon = jinja.range(of: ": "), !"\(error)".hasSuffix(jinja[colon.upperBound...]) {
+                        failures.append("\(label): error \"\(error)\", jinja2: \"\(jinja)\"")
+                    }
                 }
             }
         }

@@ -28,16 +28,17 @@ enum JinjaBuiltins {
         return hint.hasPrefix("\u{0}") ? String(hint.dropFirst()) : (hint.isEmpty ? "value is undefined" : hint)
     }
 
-    static func objectRepr(_ v: JinjaValue) -> String {
-        if case .none = v { return "'None'" }
-        return "'\(v.typeName) object'"
+    /// jinja2's object_type_repr: "None", "dict object", …
+    static func objectType(_ v: JinjaValue) -> String {
+        if case .none = v { return "None" }
+        return "\(v.typeName) object"
     }
 
     static func missing(_ obj: JinjaValue, _ name: JinjaValue) -> JinjaValue {
         if case let .string(s) = name {
-            return .undefined(hint: "\(objectRepr(obj)) has no attribute \(JinjaValue.pythonRepr(s))")
+            return .undefined(hint: "'\(objectType(obj))' has no attribute \(JinjaValue.pythonRepr(s))")
         }
-        return .undefined(hint: "\(objectRepr(obj)) has no element \(name.repr)")
+        return .undefined(hint: "\(objectType(obj)) has no element \(name.repr)")
     }
 
     static func unsafe(_ obj: JinjaValue, _ name: String) -> JinjaValue {
@@ -278,7 +279,7 @@ enum JinjaBuiltins {
                 prevCased = true
             } else {
                 out += c
-                prevCased = u.properties.isCaseIgnorable && prevCased ? prevCased : false
+                prevCased = false
             }
         }
         return out
@@ -441,7 +442,7 @@ enum JinjaBuiltins {
         return out
     }
 
-    /// `"%s" % x` for %s, %r, %d, %i and %%.
+    /// `"%s" % x` for %s, %r, %d, %i, %f (with a precision: `%.2f`) and %%.
     static func percentFormat(_ s: String, _ arg: JinjaValue) throws -> String {
         var args: [JinjaValue]
         if case let .tuple(a) = arg { args = a } else { args = [arg] }
@@ -451,6 +452,14 @@ enum JinjaBuiltins {
         while i < u.count {
             guard u[i] == "%" else { out.unicodeScalars.append(u[i]); i += 1; continue }
             guard i + 1 < u.count else { throw fail("incomplete format") }
+            var precision: Int?
+            if u[i + 1] == ".", i + 2 < u.count {
+                var k = i + 2, p = 0
+                while k < u.count, let d = Int(String(u[k])) { p = p * 10 + d; k += 1 }
+                precision = p
+                i = k - 1
+                guard i + 1 < u.count else { throw fail("incomplete format") }
+            }
             let f = u[i + 1]
             i += 2
             if f == "%" { out += "%"; continue }
@@ -459,6 +468,9 @@ enum JinjaBuiltins {
             switch f {
             case "s": out += v.str
             case "r": out += v.repr
+            case "f", "F":
+                guard let x = v.numeric else { throw fail("must be real number, not \(v.typeName)") }
+                out += String(format: "%.\(precision ?? 6)f", x)
             case "d", "i":
                 if case let .float(d) = v { out += String(Int(d)) }
                 else if let n = intIndex(v) { out += String(n) }
@@ -482,6 +494,10 @@ enum JinjaBuiltins {
             if n > JinjaEvaluator.maxOutputBytes { throw fail("result of \(op) is too large") }
         }
         switch (op, l, r) {
+        case (_, .string, _) where op == "+" && r.typeName != "str",
+             (_, .list, _) where op == "+" && r.typeName != "list",
+             (_, .tuple, _) where op == "+" && r.typeName != "tuple":
+            throw fail("can only concatenate \(l.typeName) (not \"\(r.typeName)\") to \(l.typeName)")
         case let ("+", .string(a), .string(b)):
             try checkSize(a.utf8.count + b.utf8.count); return .string(a + b)
         case let ("+", .list(a), .list(b)): return .list(a + b)

@@ -187,7 +187,7 @@ final class JinjaEvaluator {
                 throw JinjaError(line: line, message: "cannot assign attribute on non-namespace object")
             }
             if attr.hasPrefix("_") {
-                throw JinjaError(line: line, message: "chat templates cannot store underscore-prefixed attributes on a namespace, but got '\(attr)'")
+                throw JinjaError(line: line, message: "Chat templates cannot store underscore-prefixed attributes on a namespace, but got '\(attr)'. Please rename the attribute.")
             }
             ns.attributes[attr] = value
         }

@@ -401,8 +401,9 @@ extension JinjaBuiltins {
         }
     }
 
-    /// The globals of transformers' environment: `range`, `dict`, `namespace`, `joiner`,
-    /// `cycler`-free; `raise_exception` and `strftime_now` (clock injectable for tests).
+    /// The globals of transformers' environment: jinja2's `range`, `dict`, `namespace` and
+    /// `joiner` (not `cycler` or `lipsum`), and transformers' `raise_exception` and
+    /// `strftime_now` (its clock injectable for tests).
     static func globals(now: @escaping () -> Date) -> [String: JinjaValue] {
         var g: [String: JinjaValue] = [:]
         g["range"] = fn("range") { a, _ in
@@ -429,7 +430,7 @@ extension JinjaBuiltins {
                 for (key, value) in src.pairs { d[key] = value }
             }
             for (key, value) in k {
-                if key.hasPrefix("_") { throw fail("chat templates cannot store underscore-prefixed attributes on a namespace, but got '\(key)'") }
+                if key.hasPrefix("_") { throw fail("Chat templates cannot store underscore-prefixed attributes on a namespace, but got '\(key)'. Please rename the attribute.") }
                 d[key] = value
             }
             return .namespace(JinjaNamespace(d))
@@ -448,6 +449,14 @@ extension JinjaBuiltins {
             }
             for (key, value) in k { d[key] = value }
             return .dict(d)
+        }
+        g["joiner"] = fn("joiner") { a, _ in
+            let sep = a.first?.str ?? ", "
+            var used = false
+            return fn("joiner") { _, _ in
+                defer { used = true }
+                return .string(used ? sep : "")
+            }
         }
         g["raise_exception"] = fn("raise_exception") { a, _ in
             let message = (a.first?.str ?? "").replacingOccurrences(of: "\n", with: " ")
