@@ -164,6 +164,32 @@ extension JinjaTests {
         XCTAssertEqual(try Self.spanTexts("qwen3.5", chat), ["A1<|im_end|>", "R2\n</think>\n\nA2<|im_end|>"])
     }
 
+    /// Tool calls (an empty content beside `tool_calls`), tool results, empty turns and a think
+    /// block inside the content, on the templates that rewrite them.
+    func testAssistantSpansOfToolCallsAndRewrittenTurns() throws {
+        guard case let .list(ms) = try JinjaValue.fromJSON(#"[{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "{\"temp\": 21}", "name": "get_weather"}, {"role": "assistant", "content": "21 degrees."}]"#) else { return XCTFail() }
+        let tool = try ms.map { try ChatMessage($0) }
+        let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>"
+        XCTAssertEqual(try Self.spanTexts("qwen2.5", tool), [call, "21 degrees.<|im_end|>"])
+        // Qwen3 drops the empty think block of the earlier turn and keeps it in the last.
+        XCTAssertEqual(try Self.spanTexts("qwen3", tool), [call, "<think>\n\n</think>\n\n21 degrees.<|im_end|>"])
+        XCTAssertEqual(try Self.spanTexts("llama3.2", tool),
+                       ["{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|>", "21 degrees.<|eot_id|>"])
+
+        // Generation prompts that open a think block the chat does not have.
+        let empty = [ChatMessage(role: "user", content: ""), ChatMessage(role: "assistant", content: "")]
+        XCTAssertEqual(try Self.spanTexts("qwq-32b", empty), ["<|im_end|>"])
+        XCTAssertEqual(try Self.spanTexts("deepseek-r1", empty), ["<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>"])
+        XCTAssertEqual(try Self.spanTexts("glm-4-9b-0414", empty), [""])
+
+        let think = [ChatMessage(role: "user", content: "Q"), ChatMessage(role: "assistant", content: "<think>\nhidden\n</think>\n\nvisible"),
+                     ChatMessage(role: "user", content: "Q2"), ChatMessage(role: "assistant", content: "B")]
+        XCTAssertEqual(try Self.spanTexts("qwen3", think), ["visible<|im_end|>", "<think>\n\n</think>\n\nB<|im_end|>"])
+        XCTAssertEqual(try Self.spanTexts("qwq-32b", think), ["visible<|im_end|>", "B<|im_end|>"])
+        XCTAssertEqual(try Self.spanTexts("deepseek-r1", think),
+                       ["\n\nvisible<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>", "B<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>"])
+    }
+
     func testGenerationBlocksGiveTheSpans() throws {
         let source = "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
         let r = try ChatTemplateRenderer(template: source)
@@ -281,5 +307,51 @@ extension JinjaTests {
                 XCTAssertFalse("\(error)".contains("\n"), "error is not one line: \(error)")
             }
         }
+    }
+}
+
+extension JinjaTests {
+    /// Every fixture chat of every real template: the spans are ordered, disjoint, non-empty,
+    /// on character boundaries, one per assistant message, and hold that message's content.
+    func testAssistantSpansOverAllFixtureChats() throws {
+        guard case let .list(templates) = try Self.fixture("real.json") else { return XCTFail("bad fixture") }
+        var problems: [String] = []
+        var checked = 0
+        for t in templates {
+            guard case let .dict(td) = t, case let .string(name)? = td["name"], case let .dict(tokens)? = td["special_tokens"],
+                  case let .list(chats)? = td["chats"] else { continue }
+            var special: [String: String] = [:]
+            for (k, v) in tokens.pairs { special[k.str] = v.str }
+            let r = try ChatTemplateRenderer(template: try Self.realTemplate(name), specialTokens: special)
+            for (index, chat) in chats.enumerated() {
+                guard case let .dict(c) = chat, c["expected"] != nil, c["add_generation_prompt"]?.truthy == false,
+                      case let .list(ms)? = c["messages"], case let .dict(kw)? = c["kwargs"] else { continue }
+                var kwargs: [String: JinjaValue] = ["date_string": .string("26 Jul 2024")]
+                for (k, v) in kw.pairs { kwargs[k.str] = v }
+                let messages = try ms.map { try ChatMessage($0) }
+                let label = "\(name) chat \(index) (\(c["chat"]?.str ?? ""))"
+                do {
+                    let (text, spans) = try r.renderWithAssistantSpans(messages, kwargs: kwargs, tools: c["tools"] ?? .none)
+                    checked += 1
+                    let bytes = Array(text.utf8)
+                    let assistants = messages.filter { $0.role == "assistant" }
+                    if spans.count != assistants.count { problems.append("\(label): \(spans.count) spans for \(assistants.count) assistant messages"); continue }
+                    var last = 0
+                    for (span, m) in zip(spans, assistants) {
+                        // A turn may be empty only when the message is and the template closes no turn (GLM-4).
+                        if span.lowerBound < last || (span.isEmpty && m.content?.isEmpty == false) || span.upperBound > bytes.count { problems.append("\(label): bad span \(span)"); break }
+                        last = span.upperBound
+                        guard let s = String(bytes: bytes[span], encoding: .utf8) else { problems.append("\(label): span splits a character"); break }
+                        let content = JinjaBuiltins.pyStrip(m.content ?? "", nil, left: true, right: true)
+                        let visible = content.components(separatedBy: "</think>").last.map { JinjaBuiltins.pyStrip($0, nil, left: true, right: true) } ?? content
+                        if !visible.isEmpty && !s.contains(visible) { problems.append("\(label): span \(s.debugDescription) lacks \(visible.debugDescription)") }
+                    }
+                } catch {
+                    problems.append("\(label): \(error)")
+                }
+            }
+        }
+        print("assistant spans: \(checked) chats checked")
+        XCTAssert(problems.isEmpty, "\(problems.count) problems:\n" + problems.joined(separator: "\n"))
     }
 }

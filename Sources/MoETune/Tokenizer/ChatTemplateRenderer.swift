@@ -59,7 +59,11 @@ public struct ChatMessage {
 ///   into the last user turn, a template that fails on a partial chat): first the turn as the
 ///   one-turn-longer render writes it (its text after the generation-prompt render) is looked
 ///   for whole in the full render; else the start is where the full render and the prefix
-///   render stop agreeing, and the end
+///   render stop agreeing, and the end is found by rendering the chat with the message's
+///   content replaced by a marker (which shows where the content sits in the full render,
+///   however the template rewrote it) followed by the closing text; or as the longest text
+///   from the start that ends the turn as the one-turn-longer render writes it (Qwen3 drops
+///   the think block of earlier turns); or, last, the end
 ///   is found by locating the message's content in the full render after that start followed by
 ///   the same closing text (e.g. `<|im_end|>`) that the one-turn-longer render puts after it.
 ///   When that cannot be found the chat is refused with a message naming the turn.
@@ -166,6 +170,11 @@ public struct ChatTemplateRenderer {
             } else if let (a, b) = locateTurn(prefix: prefix, through: through, in: f, from: cursor) {
                 start = a
                 end = b
+            } else if let (contentStart, e) = markedEnd(messages, i, full: f, from: cursor, kwargs: kwargs, tools: tools) {
+                start = max(cursor, min(start, contentStart))
+                end = e
+            } else if let e = suffixAligned(through: through, full: f, start: start) {
+                end = e
             } else {
                 end = ChatTemplateRenderer.locateEnd(of: m, in: f, from: start, through: through)
             }
@@ -218,6 +227,62 @@ public struct ChatTemplateRenderer {
         while n < a.count, n < b.count, a[n] == b[n] { n += 1 }
         if n < a.count || n < b.count { while n > 0, n < b.count, b[n] & 0xC0 == 0x80 { n -= 1 } }
         return n
+    }
+
+    /// The end of assistant turn i found through a marker: the chat is rendered again with the
+    /// message's content replaced by a marker, which shows where the content sits in the full
+    /// render however the template rewrote it (Qwen3 drops `<think>…</think>` from earlier
+    /// turns; an empty content next to tool calls); the turn ends after the text that follows
+    /// the marker in the one-turn-longer render (`<|im_end|>`), if the full render has it there.
+    /// Returns where the content starts (a start found by comparing renders can overshoot into
+    /// a special token that two renders begin alike, `<think>` against `<|im_end|>`) and the end.
+    func markedEnd(_ messages: [ChatMessage], _ i: Int, full f: [UInt8], from start: Int,
+                   kwargs: [String: JinjaValue], tools: JinjaValue) -> (Int, Int)? {
+        let marker = "\u{F8FF}moe-tune-assistant-turn\u{F8FF}"
+        let mb = Array(marker.utf8)
+        var marked = messages
+        switch marked[i].fields["content"] {
+        case .string?, .none?, nil: marked[i].fields["content"] = .string(marker)
+        default: return nil
+        }
+        guard let fm = try? Array(renderFull(marked, addGenerationPrompt: false, kwargs: kwargs, tools: tools).text.utf8),
+              let tm = try? Array(renderFull(Array(marked[...i]), addGenerationPrompt: false, kwargs: kwargs, tools: tools).text.utf8),
+              let at = ChatTemplateRenderer.firstIndex(of: mb, in: fm, from: 0),
+              ChatTemplateRenderer.firstIndex(of: mb, in: fm, from: at + 1) == nil,
+              let inThrough = ChatTemplateRenderer.lastIndex(of: mb, in: tm) else { return nil }
+        let suffix = fm.count - at - mb.count
+        guard at >= start, at <= f.count - suffix, f[..<at].elementsEqual(fm[..<at]),
+              f[(f.count - suffix)...].elementsEqual(fm[(at + mb.count)...]) else { return nil }
+        let contentEnd = f.count - suffix
+        var closings = [Array(tm[(inThrough + mb.count)...])]
+        for token in Set(specialTokens.values) where !token.isEmpty {
+            let t = Array(token.utf8)
+            if let c = closings.first, c.count >= t.count, c[(c.count - t.count)...].elementsEqual(t) { closings.append(Array(c[..<(c.count - t.count)])) }
+        }
+        for closing in closings where contentEnd + closing.count <= f.count {
+            if f[contentEnd..<(contentEnd + closing.count)].elementsEqual(closing) { return (at, contentEnd + closing.count) }
+        }
+        return nil
+    }
+
+    /// The end of a turn whose start is known, for templates that drop the front of earlier
+    /// turns (Qwen3's think block): the longest text from `start` in the full render that ends
+    /// the turn as the one-turn-longer render writes it.
+    func suffixAligned(through: [UInt8]?, full f: [UInt8], start: Int) -> Int? {
+        guard let through, start < through.count, start <= f.count, through[..<start].elementsEqual(f[..<start]) else { return nil }
+        var turns = [Array(through[start...])]
+        for token in Set(specialTokens.values) where !token.isEmpty {
+            let t = Array(token.utf8)
+            if let c = turns.first, c.count > t.count, c[(c.count - t.count)...].elementsEqual(t) { turns.append(Array(c[..<(c.count - t.count)])) }
+        }
+        for turn in turns {
+            var e = min(f.count, start + turn.count)
+            while e > start {
+                if f[e - 1] == turn[turn.count - 1], f[start..<e].elementsEqual(turn[(turn.count - (e - start))...]) { return e }
+                e -= 1
+            }
+        }
+        return nil
     }
 
     /// The end of an assistant turn found by its content: the first place after `start` where
