@@ -355,3 +355,31 @@ extension JinjaTests {
         XCTAssert(problems.isEmpty, "\(problems.count) problems:\n" + problems.joined(separator: "\n"))
     }
 }
+
+extension JinjaTests {
+    func testValuesFromJSONSerialization() throws {
+        let any = try JSONSerialization.jsonObject(with: Data(#"{"b": true, "i": 3, "f": 1.5, "n": null, "s": "x", "l": [false, 0]}"#.utf8))
+        let v = JinjaValue.from(any: any)
+        XCTAssertEqual(try JinjaTemplate("{{ v.b }} {{ v.i }} {{ v.f }} {{ v.n }} {{ v.s }} {{ v.l }} {{ v | tojson }}").render(["v": v]).text,
+                       #"True 3 1.5 None x [False, 0] {"b": true, "f": 1.5, "i": 3, "l": [false, 0], "n": null, "s": "x"}"#)
+    }
+
+    /// A 20-turn chat with Qwen3's template: render and spans stay cheap (debug build).
+    func testRenderingIsFast() throws {
+        var chat = [ChatMessage(role: "system", content: "You are helpful.")]
+        for i in 0..<10 {
+            chat.append(ChatMessage(role: "user", content: "Question \(i): " + String(repeating: "words ", count: 50)))
+            chat.append(ChatMessage(role: "assistant", content: "Answer \(i): " + String(repeating: "more ", count: 80), reasoningContent: "thinking \(i)"))
+        }
+        let r = try ChatTemplateRenderer(template: try Self.realTemplate("qwen3"))
+        let t0 = Date()
+        for _ in 0..<20 { _ = try r.render(chat) }
+        let render = Date().timeIntervalSince(t0) / 20
+        let t1 = Date()
+        let (_, spans) = try r.renderWithAssistantSpans(chat)
+        let withSpans = Date().timeIntervalSince(t1)
+        XCTAssertEqual(spans.count, 10)
+        print(String(format: "qwen3, 21 messages: render %.2f ms, with spans %.1f ms", render * 1000, withSpans * 1000))
+        XCTAssertLessThan(render, 0.5)
+    }
+}

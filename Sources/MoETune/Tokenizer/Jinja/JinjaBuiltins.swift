@@ -25,7 +25,7 @@ enum JinjaBuiltins {
     /// The message an undefined value fails with, nil for other values.
     static func undefinedMessage(_ v: JinjaValue) -> String? {
         guard case let .undefined(hint) = v else { return nil }
-        return hint.hasPrefix("\u{0}") ? String(hint.dropFirst()) : (hint.isEmpty ? "value is undefined" : hint)
+        return v.unsafeMessage ?? (hint.isEmpty ? "value is undefined" : hint)
     }
 
     /// jinja2's object_type_repr: "None", "dict object", …
@@ -42,7 +42,7 @@ enum JinjaBuiltins {
     }
 
     static func unsafe(_ obj: JinjaValue, _ name: String) -> JinjaValue {
-        .undefined(hint: "\u{0}access to attribute '\(name)' of '\(obj.typeName)' object is unsafe.")
+        .unsafe("access to attribute '\(name)' of '\(obj.typeName)' object is unsafe.")
     }
 
     // MARK: iteration, attributes, items
@@ -53,7 +53,7 @@ enum JinjaBuiltins {
         case let .dict(d): return d.keys
         case let .string(s): return s.unicodeScalars.map { .string(String($0)) }
         case .undefined:
-            if let m = undefinedMessage(v), m.hasPrefix("access") { throw JinjaError(line: line, message: m) }
+            if let m = v.unsafeMessage { throw JinjaError(line: line, message: m) }
             return []
         default: throw JinjaError(line: line, message: "'\(v.typeName)' object is not iterable")
         }
@@ -577,7 +577,7 @@ enum JinjaBuiltins {
         case let .list(a), let .tuple(a): return a.contains { $0.pyEquals(item) }
         case let .dict(d): return d[item] != nil
         case .undefined:
-            if let m = undefinedMessage(container), m.hasPrefix("access") { throw fail(m) }
+            if let m = container.unsafeMessage { throw fail(m) }
             return false
         case let .namespace(ns): return ns.attributes[item] != nil
         default: throw fail("argument of type '\(container.typeName)' is not iterable")

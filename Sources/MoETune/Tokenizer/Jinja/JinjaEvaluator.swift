@@ -58,9 +58,7 @@ final class JinjaEvaluator {
             try write(s)
         case let .output(e, line):
             let v = try eval(e, scope)
-            if case let .undefined(hint) = v, hint.hasPrefix("\u{0}") {
-                throw JinjaError(line: line, message: String(hint.dropFirst()))
-            }
+            if let m = v.unsafeMessage { throw JinjaError(line: line, message: m) }
             try write(v.str)
         case let .conditional(branches, otherwise):
             for (cond, body) in branches where try eval(cond, scope).truthy {
@@ -238,7 +236,7 @@ final class JinjaEvaluator {
                 throw JinjaError(line: line, message: e.message)
             }
         case let .undefined(hint):
-            throw JinjaError(line: line, message: hint.hasPrefix("\u{0}") ? String(hint.dropFirst()) : hint)
+            throw JinjaError(line: line, message: f.unsafeMessage ?? hint)
         default:
             throw JinjaError(line: line, message: "'\(f.typeName)' object is not callable")
         }

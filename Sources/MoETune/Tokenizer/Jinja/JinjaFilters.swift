@@ -5,8 +5,9 @@ import Foundation
 extension JinjaBuiltins {
     static func applyFilter(_ name: String, _ v: JinjaValue, _ args: [JinjaValue], _ kwargs: [(String, JinjaValue)], line: Int) throws -> JinjaValue {
         func b(_ names: [String]) throws -> [JinjaValue?] { try bind(name, names, args, kwargs) }
+        /// The value, unless the sandbox refused it.
         func strict(_ x: JinjaValue) throws -> JinjaValue {
-            if let m = undefinedMessage(x), !(m.isEmpty) , case .undefined = x, m.hasPrefix("access") { throw fail(m) }
+            if let m = x.unsafeMessage { throw fail(m) }
             return x
         }
         switch name {
@@ -66,7 +67,7 @@ extension JinjaBuiltins {
         case "join":
             let a = try b(["d", "attribute"])
             var items = try iterate(v, line: line)
-            if let attr = a[1], !(attr.isUndefined) , case .none = attr {} else if let attr = a[1] {
+            if let attr = a[1], attr.numeric != nil || attr.typeName == "str" {
                 items = try items.map { try attributeGetter(attr)($0) }
             }
             return .string(items.map(\.str).joined(separator: a[0]?.str ?? ""))
@@ -130,7 +131,7 @@ extension JinjaBuiltins {
             default: throw fail("tojson: indent must be an int or a string")
             }
             var item: String?, key: String?
-            if let sep = a[2], case .none = sep {} else if let sep = a[2] {
+            if let sep = a[2], sep.typeName != "NoneType" {
                 let parts = try iterate(sep, line: line)
                 guard parts.count == 2, case let .string(i) = parts[0], case let .string(k) = parts[1] else {
                     throw fail("tojson: separators must be a pair of strings")

@@ -213,7 +213,7 @@ struct JinjaParser {
             let params = try parseSignature(&s)
             try endOfTag(s)
             let (nodes, _, es) = try body(until: ["endmacro"], openedBy: "macro", line: line)
-            _ = es
+            try endOfTag(es)
             return .macro(name: name, parameters: params, body: nodes, line: line)
         case "call":
             var params: [(String, JinjaExpr?)] = []

@@ -20,6 +20,16 @@ public indirect enum JinjaValue {
 
     public static func undefinedName(_ name: String) -> JinjaValue { .undefined(hint: "'\(name)' is undefined") }
 
+    /// What the sandbox gives for a forbidden attribute (`list.append`): an undefined that fails
+    /// as soon as it is printed, called or iterated.
+    static func unsafe(_ message: String) -> JinjaValue { .undefined(hint: "\u{0}" + message) }
+
+    /// The message of a value the sandbox refused, nil for any other.
+    var unsafeMessage: String? {
+        if case let .undefined(hint) = self, hint.hasPrefix("\u{0}") { return String(hint.dropFirst()) }
+        return nil
+    }
+
     var isUndefined: Bool { if case .undefined = self { return true } else { return false } }
 
     /// Python truthiness.
