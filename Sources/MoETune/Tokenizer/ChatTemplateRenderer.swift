@@ -47,26 +47,23 @@ public struct ChatMessage {
 ///
 /// Assistant spans come from the template itself:
 /// - a template with `{% generation %}` blocks: the ranges those blocks wrote, as they are;
-/// - otherwise, for each assistant message i: from the end of render(messages[..<i],
-///   add_generation_prompt: true) to the end of render(messages[...i], add_generation_prompt:
-///   false), both checked to be byte prefixes of the full render (a special token such as
-///   eos_token that the template writes only at the very end of a chat is dropped from the
-///   second when that makes it a prefix: Phi-3); then whitespace at the end is
-///   cut, so a ChatML turn ends at `<|im_end|>` without the newline after it (the model stops at
-///   the marker and never generates that newline). Llama 3's turn ends at `<|eot_id|>`.
-/// - where a template breaks the prefix property (Qwen3 drops the reasoning of earlier turns,
-///   a generation prompt that opens an empty think block, Mistral v3 moving the system prompt
-///   into the last user turn, a template that fails on a partial chat): first the turn as the
-///   one-turn-longer render writes it (its text after the generation-prompt render) is looked
-///   for whole in the full render; else the start is where the full render and the prefix
-///   render stop agreeing, and the end is found by rendering the chat with the message's
-///   content replaced by a marker (which shows where the content sits in the full render,
-///   however the template rewrote it) followed by the closing text; or as the longest text
-///   from the start that ends the turn as the one-turn-longer render writes it (Qwen3 drops
-///   the think block of earlier turns); or, last, the end
-///   is found by locating the message's content in the full render after that start followed by
-///   the same closing text (e.g. `<|im_end|>`) that the one-turn-longer render puts after it.
-///   When that cannot be found the chat is refused with a message naming the turn.
+/// - otherwise, for each assistant message i: from the end of P = render(messages[..<i],
+///   add_generation_prompt: true) to the end of E = render(messages[...i],
+///   add_generation_prompt: false), both checked to be byte prefixes of the full render F (a
+///   special token such as eos_token that the template writes only at the very end of a chat
+///   is dropped from E when that makes it a prefix: Phi-3);
+/// - where a template breaks that, in this order: (1) the turn as E writes it after P is looked
+///   for whole in F (Mistral v3 moves the system prompt into the last user turn); (2) the start
+///   is where P and F part, and the end comes from rendering the chat with the message's
+///   content replaced by a marker, which shows where the content sits in F however the
+///   template rewrote it (Qwen3 drops `<think>` blocks of earlier turns; an empty content beside
+///   tool calls), followed by the closing text that follows it in E (`<|im_end|>`); (3) the end
+///   is the longest text from the start that ends the turn as E writes it; (4) the message's
+///   content followed by that closing text is looked for in F. Failing all, the chat is refused
+///   with a message naming the turn.
+/// - Whitespace at the end of each span is cut: a ChatML turn ends at `<|im_end|>` without the
+///   newline after it (the model stops at the marker and never generates that newline); Llama
+///   3's ends at `<|eot_id|>`. The end-of-turn marker is inside the span, the next header is not.
 public struct ChatTemplateRenderer {
     public let template: JinjaTemplate
     public let source: String
