@@ -265,9 +265,21 @@ extension JinjaTests {
             "{{ range(1000000) | list }}",
             "{{ 10 ** 100 }}",
             "{{ [1] * 100000000 }}",
+            "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x | length }}",
+            "{% set ns = namespace(x=none) %}{% for i in range(100000) %}{% set ns.x = namespace(p=ns.x) %}{% endfor %}",
+            "{% set ns = namespace(x={}) %}{% for i in range(100000) %}{% set ns.x = {'k': ns.x} %}{% endfor %}",
+            "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] | list %}{% endfor %}",
+            "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = dict(a=ns.x) %}{% endfor %}",
         ]
         for source in runaway {
             XCTAssertThrowsError(try JinjaTemplate(source).render([:]), source)
+        }
+    }
+
+    /// A namespace that would hold itself is refused (jinja2 allows it; no chat template does it).
+    func testSelfReferenceIsRefused() throws {
+        XCTAssertThrowsError(try JinjaTemplate("{% set ns = namespace(a=1) %}\n{% set ns.me = ns %}{{ ns }}").render([:])) { error in
+            XCTAssertEqual("\(error)", "chat template line 2: values nested deeper than 100 levels")
         }
     }
 

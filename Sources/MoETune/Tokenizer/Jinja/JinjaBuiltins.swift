@@ -22,6 +22,16 @@ enum JinjaBuiltins {
 
     static func fail(_ m: String) -> JinjaError { JinjaError(line: 0, message: m) }
 
+    static let maxNesting = 100
+
+    /// Refuses a container nested deeper than `maxNesting` (a loop that wraps a list in a list
+    /// each turn would otherwise build values too deep to print, compare or even free).
+    @discardableResult
+    static func checkNesting(_ v: JinjaValue) throws -> JinjaValue {
+        if v.nesting(limit: maxNesting) > maxNesting { throw fail("values nested deeper than \(maxNesting) levels") }
+        return v
+    }
+
     /// The message an undefined value fails with, nil for other values.
     static func undefinedMessage(_ v: JinjaValue) -> String? {
         guard case let .undefined(hint) = v else { return nil }

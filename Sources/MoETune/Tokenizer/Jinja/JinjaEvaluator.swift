@@ -188,6 +188,10 @@ final class JinjaEvaluator {
                 throw JinjaError(line: line, message: "Chat templates cannot store underscore-prefixed attributes on a namespace, but got '\(attr)'. Please rename the attribute.")
             }
             ns.attributes[attr] = value
+            do { try JinjaBuiltins.checkNesting(.namespace(ns)) } catch let e as JinjaError {
+                ns.attributes[attr] = nil
+                throw JinjaError(line: line, message: e.message)
+            }
         }
     }
 
@@ -231,7 +235,7 @@ final class JinjaEvaluator {
         switch f {
         case let .function(fn):
             do {
-                return try fn.call(args, kwargs)
+                return try JinjaBuiltins.checkNesting(try fn.call(args, kwargs))
             } catch let e as JinjaError where e.line == 0 {
                 throw JinjaError(line: line, message: e.message)
             }
@@ -250,8 +254,8 @@ final class JinjaEvaluator {
         case .blockInput: return blockInput
         case let .name(n, _):
             return scope.lookup(n) ?? globals[n] ?? .undefinedName(n)
-        case let .list(items): return .list(try items.map { try eval($0, scope, blockInput: blockInput) })
-        case let .tuple(items): return .tuple(try items.map { try eval($0, scope, blockInput: blockInput) })
+        case let .list(items): return try JinjaBuiltins.checkNesting(.list(try items.map { try eval($0, scope, blockInput: blockInput) }))
+        case let .tuple(items): return try JinjaBuiltins.checkNesting(.tuple(try items.map { try eval($0, scope, blockInput: blockInput) }))
         case let .dict(pairs):
             var d = JinjaDict()
             for (k, v) in pairs {
@@ -259,7 +263,7 @@ final class JinjaEvaluator {
                 guard JinjaKey(key) != nil else { throw JinjaError(line: 0, message: "unhashable type: '\(key.typeName)'") }
                 d[key] = try eval(v, scope, blockInput: blockInput)
             }
-            return .dict(d)
+            return try JinjaBuiltins.checkNesting(.dict(d))
         case let .attribute(obj, name, line):
             let o = try eval(obj, scope, blockInput: blockInput)
             return try JinjaBuiltins.getAttribute(o, name, line: line)
@@ -281,7 +285,7 @@ final class JinjaEvaluator {
             let a = try args.map { try eval($0, scope, blockInput: blockInput) }
             let k = try kwargs.map { ($0.0, try eval($0.1, scope, blockInput: blockInput)) }
             do {
-                return try JinjaBuiltins.applyFilter(name, v, a, k, line: line)
+                return try JinjaBuiltins.checkNesting(try JinjaBuiltins.applyFilter(name, v, a, k, line: line))
             } catch let err as JinjaError where err.line == 0 {
                 throw JinjaError(line: line, message: err.message)
             }

@@ -73,7 +73,23 @@ public indirect enum JinjaValue {
     }
 
     /// Python's `repr()`.
-    var repr: String {
+    var repr: String { repr(depth: 0) }
+
+    /// How deeply lists, tuples, dicts and namespaces nest in this value, counted up to
+    /// `limit + 1` (so the count itself never recurses deeper than that).
+    func nesting(limit: Int) -> Int {
+        guard limit >= 0 else { return 1 }
+        switch self {
+        case let .list(a), let .tuple(a): return 1 + (a.lazy.map { $0.nesting(limit: limit - 1) }.max() ?? 0)
+        case let .dict(d): return 1 + (d.valueList.lazy.map { $0.nesting(limit: limit - 1) }.max() ?? 0)
+        case let .namespace(n): return 1 + (n.attributes.valueList.lazy.map { $0.nesting(limit: limit - 1) }.max() ?? 0)
+        default: return 0
+        }
+    }
+
+    /// repr, with "..." past 100 levels (a namespace can hold itself).
+    private func repr(depth: Int) -> String {
+        if depth > 100 { return "..." }
         switch self {
         case .undefined: return ""
         case .none: return "None"
@@ -81,11 +97,12 @@ public indirect enum JinjaValue {
         case let .int(i): return String(i)
         case let .float(d): return JinjaValue.pythonFloat(d)
         case let .string(s): return JinjaValue.pythonRepr(s)
-        case let .list(a): return "[" + a.map(\.repr).joined(separator: ", ") + "]"
-        case let .tuple(a): return a.count == 1 ? "(" + a[0].repr + ",)" : "(" + a.map(\.repr).joined(separator: ", ") + ")"
+        case let .list(a): return "[" + a.map { $0.repr(depth: depth + 1) }.joined(separator: ", ") + "]"
+        case let .tuple(a):
+            return a.count == 1 ? "(" + a[0].repr(depth: depth + 1) + ",)" : "(" + a.map { $0.repr(depth: depth + 1) }.joined(separator: ", ") + ")"
         case let .dict(d):
-            return "{" + d.pairs.map { $0.0.repr + ": " + $0.1.repr }.joined(separator: ", ") + "}"
-        case let .namespace(n): return "<Namespace " + JinjaValue.dict(n.attributes).repr + ">"
+            return "{" + d.pairs.map { $0.0.repr(depth: depth + 1) + ": " + $0.1.repr(depth: depth + 1) }.joined(separator: ", ") + "}"
+        case let .namespace(n): return "<Namespace " + JinjaValue.dict(n.attributes).repr(depth: depth + 1) + ">"
         case let .function(f): return "<function \(f.name)>"
         }
     }
