@@ -265,11 +265,11 @@ extension JinjaTests {
             "{{ range(1000000) | list }}",
             "{{ 10 ** 100 }}",
             "{{ [1] * 100000000 }}",
-            "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x | length }}",
-            "{% set ns = namespace(x=none) %}{% for i in range(100000) %}{% set ns.x = namespace(p=ns.x) %}{% endfor %}",
-            "{% set ns = namespace(x={}) %}{% for i in range(100000) %}{% set ns.x = {'k': ns.x} %}{% endfor %}",
-            "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] | list %}{% endfor %}",
-            "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = dict(a=ns.x) %}{% endfor %}",
+            "{% set ns = namespace(x=[]) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x | length }}",
+            "{% set ns = namespace(x=none) %}{% for i in range(1000) %}{% set ns.x = namespace(p=ns.x) %}{% endfor %}",
+            "{% set ns = namespace(x={}) %}{% for i in range(1000) %}{% set ns.x = {'k': ns.x} %}{% endfor %}",
+            "{% set ns = namespace(x=[]) %}{% for i in range(1000) %}{% set ns.x = [ns.x] | list %}{% endfor %}",
+            "{% set ns = namespace(x=[]) %}{% for i in range(1000) %}{% set ns.x = dict(a=ns.x) %}{% endfor %}",
         ]
         for source in runaway {
             XCTAssertThrowsError(try JinjaTemplate(source).render([:]), source)
@@ -295,6 +295,10 @@ extension JinjaTests {
                        "{{ " + String(repeating: "not ", count: 5000) + "x }}",
                        "{{ " + String(repeating: "-", count: 5000) + "1 }}",
                        "{{ '\\u12' }}{{ '\\x' }}{{ '\\U0011ffff' }}"]
+        // Long operator, filter and attribute chains (left-nested trees).
+        for op in [" + ", " ~ ", " or ", " and ", " * ", " ** ", " | string | ", ".a.", "[0]["] {
+            sources.append("{{ x" + String(repeating: op + "x", count: 20_000) + " }}")
+        }
         // Truncations and byte flips of a real template.
         let real = try Self.realTemplate("qwen3")
         let u = Array(real.unicodeScalars)

@@ -22,8 +22,8 @@ final class JinjaScope {
 final class JinjaEvaluator {
     enum Flow { case normal, breakLoop, continueLoop }
 
-    static let maxOutputBytes = 64 << 20
-    static let maxIterations = 200_000
+    static let maxOutputBytes = 16 << 20
+    static let maxIterations = 100_000
     static let maxCallDepth = 100
 
     private(set) var output = ""

@@ -323,7 +323,10 @@ struct JinjaParser {
     func parseExpression(_ s: inout JinjaTokenStream, depth d: Int = 0) throws -> JinjaExpr {
         try guardDepth(s, d)
         var e = try parseOr(&s, d)
+        var n = 0
         while s.skipName("if") {
+            n += 1
+            try guardDepth(s, d + n)
             let cond = try parseOr(&s, d)
             var other: JinjaExpr?
             if s.skipName("else") { other = try parseExpression(&s, depth: d + 1) }
@@ -334,13 +337,15 @@ struct JinjaParser {
 
     private func parseOr(_ s: inout JinjaTokenStream, _ d: Int = 0) throws -> JinjaExpr {
         var e = try parseAnd(&s, d)
-        while s.skipName("or") { e = .or(e, try parseAnd(&s, d)) }
+        var n = 0
+        while s.skipName("or") { n += 1; try guardDepth(s, d + n); e = .or(e, try parseAnd(&s, d)) }
         return e
     }
 
     private func parseAnd(_ s: inout JinjaTokenStream, _ d: Int) throws -> JinjaExpr {
         var e = try parseNot(&s, d)
-        while s.skipName("and") { e = .and(e, try parseNot(&s, d)) }
+        var n = 0
+        while s.skipName("and") { n += 1; try guardDepth(s, d + n); e = .and(e, try parseNot(&s, d)) }
         return e
     }
 
@@ -355,6 +360,7 @@ struct JinjaParser {
         let first = try parseMath1(&s, d)
         var ops: [(String, JinjaExpr)] = []
         while let t = s.current {
+            try guardDepth(s, d + ops.count)
             if case let .op(o) = t.kind, ["==", "!=", "<", "<=", ">", ">="].contains(o) {
                 s.i += 1
                 ops.append((o, try parseMath1(&s, d)))
@@ -371,8 +377,10 @@ struct JinjaParser {
 
     private func parseMath1(_ s: inout JinjaTokenStream, _ d: Int) throws -> JinjaExpr {
         var e = try parseConcat(&s, d)
+        var n = 0
         while let t = s.current, t.isOp("+") || t.isOp("-") {
             s.i += 1
+            n += 1; try guardDepth(s, d + n)
             e = .binary(t.isOp("+") ? "+" : "-", e, try parseConcat(&s, d), line: t.line)
         }
         return e
@@ -380,8 +388,10 @@ struct JinjaParser {
 
     private func parseConcat(_ s: inout JinjaTokenStream, _ d: Int) throws -> JinjaExpr {
         var e = try parseMath2(&s, d)
+        var n = 0
         while let t = s.current, t.isOp("~") {
             s.i += 1
+            n += 1; try guardDepth(s, d + n)
             e = .binary("~", e, try parseMath2(&s, d), line: t.line)
         }
         return e
@@ -389,8 +399,10 @@ struct JinjaParser {
 
     private func parseMath2(_ s: inout JinjaTokenStream, _ d: Int) throws -> JinjaExpr {
         var e = try parsePow(&s, d)
+        var n = 0
         while let t = s.current, case let .op(o) = t.kind, ["*", "/", "//", "%"].contains(o) {
             s.i += 1
+            n += 1; try guardDepth(s, d + n)
             e = .binary(o, e, try parsePow(&s, d), line: t.line)
         }
         return e
@@ -398,8 +410,10 @@ struct JinjaParser {
 
     private func parsePow(_ s: inout JinjaTokenStream, _ d: Int) throws -> JinjaExpr {
         var e = try parseUnary(&s, d, withFilter: true)
+        var n = 0
         while let t = s.current, t.isOp("**") {
             s.i += 1
+            n += 1; try guardDepth(s, d + n)
             e = .binary("**", e, try parseUnary(&s, d, withFilter: true), line: t.line)
         }
         return e
@@ -485,7 +499,10 @@ struct JinjaParser {
 
     private func parsePostfix(_ e0: JinjaExpr, _ s: inout JinjaTokenStream, _ d: Int) throws -> JinjaExpr {
         var e = e0
+        var n = 0
         while let t = s.current {
+            n += 1
+            try guardDepth(s, d + n)
             if t.isOp(".") {
                 s.i += 1
                 guard let next = s.current else { throw s.fail("expected an attribute name") }
@@ -557,7 +574,10 @@ struct JinjaParser {
 
     private func parseFilterExpr(_ e0: JinjaExpr, _ s: inout JinjaTokenStream, _ d: Int) throws -> JinjaExpr {
         var e = e0
+        var n = 0
         while let t = s.current {
+            n += 1
+            try guardDepth(s, d + n)
             if t.isOp("|") {
                 e = try parseFilters(e, &s, d: d)
             } else if t.isName("is") {
@@ -592,8 +612,11 @@ struct JinjaParser {
     private func parseFilters(_ e0: JinjaExpr, _ s: inout JinjaTokenStream, first: Bool = false, d: Int = 0) throws -> JinjaExpr {
         var e = e0
         var implied = first
+        var n = 0
         while implied || s.skipOp("|") {
             implied = false
+            n += 1
+            try guardDepth(s, d + n)
             let line = s.currentLine
             var name = try s.expectName()
             while s.skipOp(".") { name += "." + (try s.expectName()) }
