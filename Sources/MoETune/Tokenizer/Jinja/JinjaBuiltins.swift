@@ -480,9 +480,13 @@ enum JinjaBuiltins {
             case "r": out += v.repr
             case "f", "F":
                 guard let x = v.numeric else { throw fail("must be real number, not \(v.typeName)") }
+                guard (precision ?? 6) <= 100 else { throw fail("format precision too large") }
                 out += String(format: "%.\(precision ?? 6)f", x)
             case "d", "i":
-                if case let .float(d) = v { out += String(Int(d)) }
+                if case let .float(d) = v {
+                    guard d.isFinite, abs(d) < 9.2e18 else { throw fail("%d format: number out of range") }
+                    out += String(Int(d))
+                }
                 else if let n = intIndex(v) { out += String(n) }
                 else { throw fail("%d format: a real number is required, not \(v.typeName)") }
             default: throw fail("unsupported format character '\(f)'")
@@ -500,8 +504,9 @@ enum JinjaBuiltins {
         func unsupported() -> JinjaError {
             fail("unsupported operand type(s) for \(op): '\(l.typeName)' and '\(r.typeName)'")
         }
-        func checkSize(_ n: Int) throws {
-            if n > JinjaEvaluator.maxOutputBytes { throw fail("result of \(op) is too large") }
+        func checkSize(_ n: Int, times unit: Int = 1) throws {
+            let (total, overflow) = max(n, 0).multipliedReportingOverflow(by: unit)
+            if overflow || total > JinjaEvaluator.maxOutputBytes { throw fail("result of \(op) is too large") }
         }
         switch (op, l, r) {
         case (_, .string, _) where op == "+" && r.typeName != "str",
@@ -515,12 +520,12 @@ enum JinjaBuiltins {
         case let ("*", .string(a), _), let ("*", _, .string(a)):
             let isLeft: Bool = { if case .string = l { return true } else { return false } }()
             guard let n = intIndex(isLeft ? r : l) else { throw unsupported() }
-            try checkSize(max(n, 0) * a.utf8.count)
+            try checkSize(n, times: a.utf8.count)
             return .string(n > 0 ? String(repeating: a, count: n) : "")
         case let ("*", .list(a), _), let ("*", _, .list(a)):
             let isLeft: Bool = { if case .list = l { return true } else { return false } }()
             guard let n = intIndex(isLeft ? r : l) else { throw unsupported() }
-            try checkSize(max(n, 0) * a.count)
+            try checkSize(n, times: a.count)
             return .list(n > 0 ? Array([[JinjaValue]](repeating: a, count: n).joined()) : [])
         case let ("%", .string(a), _):
             return .string(try percentFormat(a, r))
@@ -536,11 +541,13 @@ enum JinjaBuiltins {
                 return .float(Double(a) / Double(b))
             case "//":
                 guard b != 0 else { throw fail("integer division or modulo by zero") }
+                if a == Int.min && b == -1 { throw fail("integer overflow") }
                 var q = a / b
                 if (a % b != 0) && ((a < 0) != (b < 0)) { q -= 1 }
                 return .int(q)
             case "%":
                 guard b != 0 else { throw fail("integer division or modulo by zero") }
+                if b == -1 { return .int(0) }
                 let m = a % b
                 return .int(m != 0 && ((m < 0) != (b < 0)) ? m + b : m)
             case "**":

@@ -308,7 +308,10 @@ final class JinjaEvaluator {
         case let .negate(x, plus, line):
             let v = try eval(x, scope, blockInput: blockInput)
             switch v {
-            case let .int(i): return plus ? .int(i) : .int(0 &- i)
+            case let .int(i):
+                if plus { return .int(i) }
+                guard i != Int.min else { throw JinjaError(line: line, message: "integer overflow") }
+                return .int(-i)
             case let .float(d): return .float(plus ? d : -d)
             case let .bool(b): return .int(plus ? (b ? 1 : 0) : (b ? -1 : 0))
             default: throw JinjaError(line: line, message: JinjaBuiltins.undefinedMessage(v) ?? "bad operand type for unary \(plus ? "+" : "-"): '\(v.typeName)'")

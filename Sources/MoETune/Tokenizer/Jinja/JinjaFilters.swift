@@ -103,7 +103,9 @@ extension JinjaBuiltins {
             }
         case "abs":
             switch v {
-            case let .int(i): return .int(abs(i))
+            case let .int(i):
+                guard i != Int.min else { throw fail("integer overflow") }
+                return .int(abs(i))
             case let .bool(x): return .int(x ? 1 : 0)
             case let .float(d): return .float(abs(d))
             default: throw fail("bad operand type for abs(): '\(v.typeName)'")
@@ -125,7 +127,9 @@ extension JinjaBuiltins {
             let a = try b(["ensure_ascii", "indent", "separators", "sort_keys"])
             var indent: String?
             switch a[1] {
-            case let .int(n)?: indent = String(repeating: " ", count: max(n, 0))
+            case let .int(n)?:
+                guard n <= 10_000 else { throw fail("tojson: indent too large") }
+                indent = String(repeating: " ", count: max(n, 0))
             case let .string(s)?: indent = s
             case nil, .none?: indent = nil
             default: throw fail("tojson: indent must be an int or a string")
@@ -167,6 +171,7 @@ extension JinjaBuiltins {
             case nil: ind = "    "
             case let w?:
                 guard let n = intIndex(w) else { throw fail("indent width must be an int or a string") }
+                guard n <= 10_000 else { throw fail("indent width too large") }
                 ind = String(repeating: " ", count: max(n, 0))
             }
             let s = try strict(v).str + "\n"
@@ -186,6 +191,7 @@ extension JinjaBuiltins {
             let s = try strict(v).str
             let n = s.unicodeScalars.count
             guard w > n else { return .string(s) }
+            guard w <= JinjaEvaluator.maxOutputBytes else { throw fail("center width too large") }
             let marg = w - n
             let left = marg / 2 + (marg & w & 1)
             return .string(String(repeating: " ", count: left) + s + String(repeating: " ", count: marg - left))
@@ -373,7 +379,7 @@ extension JinjaBuiltins {
                 if let m = undefinedMessage(v) { throw fail(m) }
                 throw fail("unsupported operand type(s) for %: '\(v.typeName)' and 'int'")
             }
-            return (abs(i) % 2 == 1) == (name == "odd")
+            return (i & 1 == 1) == (name == "odd")
         case "divisibleby":
             let m = try binary("%", v, try arg())
             return m.pyEquals(.int(0))
@@ -420,8 +426,11 @@ extension JinjaBuiltins {
             default: throw fail("range expected 1 to 3 arguments, got \(n.count)")
             }
             guard step != 0 else { throw fail("range() arg 3 must not be zero") }
+            let (span, overflow) = step > 0 ? stop.subtractingReportingOverflow(start) : start.subtractingReportingOverflow(stop)
+            if overflow || span / (step == Int.min ? Int.max : abs(step)) > 100_000 {
+                throw fail("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).")
+            }
             let r = Array(stride(from: start, to: stop, by: step))
-            if r.count > 100_000 { throw fail("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).") }
             return .list(r.map { .int($0) })
         }
         g["namespace"] = fn("namespace") { a, k in
