@@ -159,6 +159,46 @@ case("err namespace underscore", "{% set ns = namespace() %}{% set ns._x = 1 %}"
 case("err call non callable", "{{ 'a'() }}")
 
 
+# Random expressions, seeded: values, operators, filters, tests and slices combined.
+def random_cases(n, seed=7):
+    import random
+    rnd = random.Random(seed)
+    atoms = ["0", "1", "-3", "7", "2.5", "-0.5", "1e3", "'a'", "'Hello World'", "''", "' x '", "'héllo ünï 日本'", "'😀 ok'",
+             "none", "true", "false", "[1, 2, 3]", "[]", "['b', 'A', 'c']", "[3, 1, 2]", "{'k': 1, 'a': 'v'}", "{}", "(1, 'x')",
+             "[[1, 2], [3]]", "[{'n': 'x', 'v': 2}, {'n': 'y', 'v': 1}]", "d", "l", "s", "missing", "d.k", "d['zz']", "l[1]", "l[-1]",
+             "s[1:4]", "s[::-1]", "l[::2]"]
+    # No `e`/`safe` here: they return Markup, which moe-tune treats as a plain string (see README).
+    filters = ["upper", "lower", "length", "first", "last", "list", "string", "trim", "title", "capitalize", "reverse | list",
+               "sort | list", "unique | list", "tojson", "int", "float", "abs", "round", "sum", "min", "max", "items | list",
+               "dictsort", "wordcount", "join", "join('-')", "default('D')", "d('D', true)", "replace('l', 'L')",
+               "map('string') | list", "select | list", "reject('none') | list", "count", "center(9)", "indent(2)",
+               "tojson(indent=1)", "batch(2) | list", "selectattr('v') | list", "map(attribute='n') | list", "sort(attribute='v') | list"]
+    tests = ["defined", "undefined", "none", "string", "number", "integer", "float", "mapping", "iterable", "sequence",
+             "odd", "even", "true", "false", "boolean", "lower", "upper", "divisibleby 2", "in [1, 'a']", "eq 1"]
+    binops = ["+", "-", "*", "/", "//", "%", "**", "~", "==", "!=", "<", ">=", "in", "not in", "and", "or"]
+
+    def expr(depth):
+        r = rnd.random()
+        if depth <= 0 or r < 0.3:
+            return rnd.choice(atoms)
+        if r < 0.55:
+            return f"({expr(depth - 1)}) | {rnd.choice(filters)}"
+        if r < 0.7:
+            neg = "not " if rnd.random() < 0.3 else ""
+            return f"({expr(depth - 1)}) is {neg}{rnd.choice(tests)}"
+        if r < 0.9:
+            return f"({expr(depth - 1)}) {rnd.choice(binops)} ({expr(depth - 1)})"
+        if r < 0.95:
+            return f"({expr(depth - 1)}) if ({expr(depth - 1)}) else ({expr(depth - 1)})"
+        return f"not ({expr(depth - 1)})"
+
+    for i in range(n):
+        case(f"random {i}", "{{ " + expr(3) + " }}", d={"k": [1, "x"], "b": None}, l=[5, "six", 7.0], s="template")
+
+
+random_cases(1200)
+
+
 def render_synthetic():
     out = []
     for name, template, context in S:

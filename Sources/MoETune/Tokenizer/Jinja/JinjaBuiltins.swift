@@ -456,6 +456,8 @@ enum JinjaBuiltins {
     static func percentFormat(_ s: String, _ arg: JinjaValue) throws -> String {
         var args: [JinjaValue]
         if case let .tuple(a) = arg { args = a } else { args = [arg] }
+        // Python takes a list or dict right of % as a mapping: no error for arguments left over.
+        let mappingLike: Bool = { switch arg { case .list, .dict: return true; default: return false } }()
         var out = ""
         let u = Array(s.unicodeScalars)
         var i = 0
@@ -492,7 +494,7 @@ enum JinjaBuiltins {
             default: throw fail("unsupported format character '\(f)'")
             }
         }
-        if !args.isEmpty { throw fail("not all arguments converted during string formatting") }
+        if !args.isEmpty && !mappingLike { throw fail("not all arguments converted during string formatting") }
         return out
     }
 
@@ -502,7 +504,14 @@ enum JinjaBuiltins {
         if op == "~" { return .string(l.str + r.str) }
         if let m = undefinedMessage(l) ?? undefinedMessage(r) { throw fail(m) }
         func unsupported() -> JinjaError {
-            fail("unsupported operand type(s) for \(op): '\(l.typeName)' and '\(r.typeName)'")
+            switch (op, l, r) {
+            case ("*", .string, _), ("*", .list, _), ("*", .tuple, _):
+                return fail("can't multiply sequence by non-int of type '\(r.typeName)'")
+            case ("*", _, .string), ("*", _, .list), ("*", _, .tuple):
+                return fail("can't multiply sequence by non-int of type '\(l.typeName)'")
+            default:
+                return fail("unsupported operand type(s) for \(op == "**" ? "** or pow()" : op): '\(l.typeName)' and '\(r.typeName)'")
+            }
         }
         func checkSize(_ n: Int, times unit: Int = 1) throws {
             let (total, overflow) = max(n, 0).multipliedReportingOverflow(by: unit)
@@ -527,6 +536,11 @@ enum JinjaBuiltins {
             guard let n = intIndex(isLeft ? r : l) else { throw unsupported() }
             try checkSize(n, times: a.count)
             return .list(n > 0 ? Array([[JinjaValue]](repeating: a, count: n).joined()) : [])
+        case let ("*", .tuple(a), _), let ("*", _, .tuple(a)):
+            let isLeft: Bool = { if case .tuple = l { return true } else { return false } }()
+            guard let n = intIndex(isLeft ? r : l) else { throw unsupported() }
+            try checkSize(n, times: a.count)
+            return .tuple(n > 0 ? Array([[JinjaValue]](repeating: a, count: n).joined()) : [])
         case let ("%", .string(a), _):
             return .string(try percentFormat(a, r))
         default: break
@@ -546,7 +560,7 @@ enum JinjaBuiltins {
                 if (a % b != 0) && ((a < 0) != (b < 0)) { q -= 1 }
                 return .int(q)
             case "%":
-                guard b != 0 else { throw fail("integer division or modulo by zero") }
+                guard b != 0 else { throw fail("integer modulo by zero") }
                 if b == -1 { return .int(0) }
                 let m = a % b
                 return .int(m != 0 && ((m < 0) != (b < 0)) ? m + b : m)
@@ -592,7 +606,9 @@ enum JinjaBuiltins {
             for i in 0...(u.count - p.count) where u[i] == p[0] && Array(u[i..<i + p.count]) == p { return true }
             return false
         case let .list(a), let .tuple(a): return a.contains { $0.pyEquals(item) }
-        case let .dict(d): return d[item] != nil
+        case let .dict(d):
+            guard JinjaKey(item) != nil else { throw fail("unhashable type: '\(item.typeName)'") }
+            return d[item] != nil
         case .undefined:
             if let m = container.unsafeMessage { throw fail(m) }
             return false
@@ -609,17 +625,32 @@ enum JinjaBuiltins {
         case "notin": return !(try contains(r, l))
         default:
             if let m = undefinedMessage(l) ?? undefinedMessage(r) { throw fail(m) }
-            func less(_ a: JinjaValue, _ b: JinjaValue) throws -> Bool {
-                guard let v = a.pyLess(b) else {
-                    throw fail("'\(op)' not supported between instances of '\(l.typeName)' and '\(r.typeName)'")
-                }
-                return v
+            return try ordered(op, l, r)
+        }
+    }
+
+    /// `<`, `<=`, `>`, `>=` as Python orders: sequences by their first differing items, and the
+    /// error names the two values that cannot be ordered.
+    static func ordered(_ op: String, _ a: JinjaValue, _ b: JinjaValue) throws -> Bool {
+        switch (a, b) {
+        case let (.list(x), .list(y)), let (.tuple(x), .tuple(y)):
+            for (p, q) in zip(x, y) where !p.pyEquals(q) { return try ordered(op, p, q) }
+            switch op {
+            case "<": return x.count < y.count
+            case "<=": return x.count <= y.count
+            case ">": return x.count > y.count
+            default: return x.count >= y.count
+            }
+        default:
+            if let m = undefinedMessage(a) ?? undefinedMessage(b) { throw fail(m) }
+            guard let lt = a.pyLess(b), let gt = b.pyLess(a) else {
+                throw fail("'\(op)' not supported between instances of '\(a.typeName)' and '\(b.typeName)'")
             }
             switch op {
-            case "<": return try less(l, r)
-            case ">": return try less(r, l)
-            case "<=": return try less(l, r) || l.pyEquals(r)
-            default: return try less(r, l) || l.pyEquals(r)
+            case "<": return lt
+            case ">": return gt
+            case "<=": return lt || a.pyEquals(b)
+            default: return gt || a.pyEquals(b)
             }
         }
     }

@@ -58,11 +58,18 @@ extension JinjaBuiltins {
         case "first":
             return try iterate(v, line: line).first ?? .undefined(hint: "No first item, sequence was empty.")
         case "last":
-            if case .undefined = v { throw fail("'Undefined' object is not reversible") }
+            switch v {
+            case .list, .tuple, .string, .dict: break
+            default: throw fail("'\(v.typeName)' object is not reversible")
+            }
             return try iterate(v, line: line).last ?? .undefined(hint: "No last item, sequence was empty.")
         case "list": return .list(try iterate(v, line: line))
         case "reverse":
             if case let .string(s) = v { return .string(String(String.UnicodeScalarView(s.unicodeScalars.reversed()))) }
+            switch v {
+            case .list, .tuple, .dict, .undefined: break
+            default: throw fail("argument must be iterable")
+            }
             return .list(try iterate(v, line: line).reversed())
         case "join":
             let a = try b(["d", "attribute"])
@@ -116,7 +123,7 @@ extension JinjaBuiltins {
             let method = a[1]?.str ?? "common"
             guard ["common", "ceil", "floor"].contains(method) else { throw fail("method must be 'common', 'ceil' or 'floor'") }
             guard let x = v.numeric else { throw fail("type \(v.typeName) doesn't define __round__ method") }
-            if method == "common", case .int = v { return v }
+            if method == "common", let i = intIndex(v) { return .int(i) }
             let scale = pow(10.0, Double(p))
             switch method {
             case "ceil": return .float((x * scale).rounded(.up) / scale)
@@ -174,7 +181,13 @@ extension JinjaBuiltins {
                 guard n <= 10_000 else { throw fail("indent width too large") }
                 ind = String(repeating: " ", count: max(n, 0))
             }
-            let s = try strict(v).str + "\n"
+            // jinja2 appends "\n" to the value itself: only strings work.
+            guard case let .string(text) = v else {
+                if case .list = v { throw fail("'list' object has no attribute 'splitlines'") }
+                if let m = undefinedMessage(v) { throw fail(m) }
+                throw fail("unsupported operand type(s) for +=: '\(v.typeName)' and 'str'")
+            }
+            let s = text + "\n"
             var lines = splitLines(s)
             var rv: String
             if a[2]?.truthy ?? false {
@@ -209,7 +222,8 @@ extension JinjaBuiltins {
         case "format":
             return .string(try percentFormat(try strict(v).str, .tuple(args)))
         case "map":
-            let items = try iterate(v, line: line)
+            // jinja2 iterates only a truthy value (so 0 | map(…) is empty).
+            let items = v.truthy ? try iterate(v, line: line) : []
             if let attrArg = kwargs.first(where: { $0.0 == "attribute" })?.1 {
                 let def = kwargs.first(where: { $0.0 == "default" })?.1
                 let get = attributeGetter(attrArg)
@@ -224,14 +238,14 @@ extension JinjaBuiltins {
             let rest = Array(args.dropFirst())
             return .list(try items.map { try applyFilter(f, $0, rest, kwargs, line: line) })
         case "select", "reject":
-            let items = try iterate(v, line: line)
+            let items = v.truthy ? try iterate(v, line: line) : []
             let keep = name == "select"
             guard case let .string(t)? = args.first else { return .list(items.filter { $0.truthy == keep }) }
             guard tests.contains(t) else { throw fail("no test named '\(t)'") }
             let rest = Array(args.dropFirst())
             return .list(try items.filter { try applyTest(t, $0, rest, line: line) == keep })
         case "selectattr", "rejectattr":
-            let items = try iterate(v, line: line)
+            let items = v.truthy ? try iterate(v, line: line) : []
             let keep = name == "selectattr"
             guard let attr = args.first else { throw fail("\(name) requires an attribute name") }
             let get = attributeGetter(attr)
@@ -257,18 +271,24 @@ extension JinjaBuiltins {
             let a = try b(["reverse", "case_sensitive", "attribute"])
             let rev = a[0]?.truthy ?? false
             let cs = a[1]?.truthy ?? false
-            let get = a[2].map { attributeGetter($0) }
+            // With attribute= jinja2 sorts by the list of the (comma-separated) attributes' values,
+            // so items whose values are all missing compare equal instead of failing.
+            let getters = a[2].map { attr in attr.str.split(separator: ",").map { attributeGetter(.string(String($0).trimmingCharacters(in: .whitespaces))) } }
             let items = try iterate(v, line: line)
             var keyed: [(JinjaValue, JinjaValue)] = try items.map { item in
-                var key = try get?(item) ?? item
-                if !cs, case let .string(s) = key { key = .string(s.lowercased()) }
-                return (key, item)
+                func fold(_ k: JinjaValue) -> JinjaValue {
+                    if !cs, case let .string(s) = k { return .string(s.lowercased()) }
+                    return k
+                }
+                if let getters { return (.list(try getters.map { fold(try $0(item)) }), item) }
+                return (fold(item), item)
             }
             keyed = try stableSort(keyed, reverse: rev)
             return .list(keyed.map(\.1))
         case "dictsort":
             let a = try b(["case_sensitive", "by", "reverse"])
-            guard case let .dict(d) = v else { throw fail("You can only sort by either 'key' or 'value'") }
+            guard case let .dict(d) = v else { throw fail(undefinedMessage(v) ?? "'\(v.typeName)' object has no attribute 'items'") }
+            guard a[1] == nil || ["key", "value"].contains(a[1]?.str ?? "") else { throw fail("You can only sort by either 'key' or 'value'") }
             let cs = a[0]?.truthy ?? false
             let byValue = a[1]?.str == "value"
             var keyed: [(JinjaValue, JinjaValue)] = d.pairs.map { pair in
@@ -319,23 +339,32 @@ extension JinjaBuiltins {
         }
     }
 
+    /// A stable sort by key that compares in the order CPython's list.sort does for short
+    /// lists (the first run, then binary insertion), so a pair that cannot be ordered is found
+    /// and named as Python names it. reverse keeps equal items in their order, as Python does.
     static func stableSort(_ keyed: [(JinjaValue, JinjaValue)], reverse: Bool) throws -> [(JinjaValue, JinjaValue)] {
-        var err: Error?
-        let indexed = keyed.enumerated().map { ($0.offset, $0.element) }
-        let sorted = indexed.sorted { x, y in
-            do {
-                if reverse {
-                    if try compare("<", y.1.0, x.1.0) { return true }
-                    if try compare("<", x.1.0, y.1.0) { return false }
-                } else {
-                    if try compare("<", x.1.0, y.1.0) { return true }
-                    if try compare("<", y.1.0, x.1.0) { return false }
-                }
-            } catch { err = error }
-            return x.0 < y.0
+        var a = reverse ? Array(keyed.reversed()) : keyed
+        func less(_ x: JinjaValue, _ y: JinjaValue) throws -> Bool { try compare("<", x, y) }
+        guard a.count > 1 else { return a }
+        // The first run: strictly descending (reversed in place) or non-descending.
+        var run = 2
+        if try less(a[1].0, a[0].0) {
+            while run < a.count, try less(a[run].0, a[run - 1].0) { run += 1 }
+            a[0..<run].reverse()
+        } else {
+            while run < a.count, !(try less(a[run].0, a[run - 1].0)) { run += 1 }
         }
-        if let err { throw err }
-        return sorted.map(\.1)
+        for start in run..<a.count {
+            let pivot = a[start]
+            var l = 0, r = start
+            while l < r {
+                let p = l + (r - l) >> 1
+                if try less(pivot.0, a[p].0) { r = p } else { l = p + 1 }
+            }
+            a.remove(at: start)
+            a.insert(pivot, at: l)
+        }
+        return reverse ? a.reversed() : a
     }
 
     /// jinja2's make_attrgetter: "a.b.0" looks up item by item (integers as indices).
@@ -375,11 +404,8 @@ extension JinjaBuiltins {
             }
         case "callable": if case .function = v { return true }; return false
         case "odd", "even":
-            guard let i = intIndex(v) else {
-                if let m = undefinedMessage(v) { throw fail(m) }
-                throw fail("unsupported operand type(s) for %: '\(v.typeName)' and 'int'")
-            }
-            return (i & 1 == 1) == (name == "odd")
+            if let i = intIndex(v) { return (i & 1 == 1) == (name == "odd") }
+            return try binary("%", v, .int(2)).pyEquals(.int(name == "odd" ? 1 : 0))
         case "divisibleby":
             let m = try binary("%", v, try arg())
             return m.pyEquals(.int(0))

@@ -91,7 +91,7 @@ public indirect enum JinjaValue {
     private func repr(depth: Int) -> String {
         if depth > 100 { return "..." }
         switch self {
-        case .undefined: return ""
+        case .undefined: return "Undefined"
         case .none: return "None"
         case let .bool(b): return b ? "True" : "False"
         case let .int(i): return String(i)
