@@ -199,6 +199,57 @@ def random_cases(n, seed=7):
 random_cases(1200)
 
 
+# Random whitespace: text runs, tags with and without -/+ markers, comments, raw, nested blocks.
+def random_layouts(n, seed=11):
+    import random
+    rnd = random.Random(seed)
+    texts = ["a", " ", "  ", "\n", "\t", " \n ", "\n\n", "x y", "\n  ", "  \n", "\r\n", "\t\n\t", "é\n"]
+
+    def ws():
+        return "".join(rnd.choice(texts) for _ in range(rnd.randint(0, 3)))
+
+    def tag(body, kind="%"):
+        left = rnd.choice(["", "", "-", "+"]) if kind != "{" else rnd.choice(["", "-"])
+        right = rnd.choice(["", "", "-", "+"]) if kind != "{" else rnd.choice(["", "-"])
+        if kind == "{":
+            return "{{" + left + " " + body + " " + right + "}}"
+        if kind == "#":
+            return "{#" + left + " " + body + " " + right + "#}"
+        return "{%" + left + " " + body + " " + right + "%}"
+
+    def block(depth):
+        out = ""
+        for _ in range(rnd.randint(1, 4)):
+            r = rnd.random()
+            out += ws()
+            if r < 0.3:
+                out += tag(rnd.choice(["'v'", "x", "loop.index if loop is defined else '-'", "' s '"]), "{")
+            elif r < 0.45:
+                out += tag("comment", "#")
+            elif r < 0.55:
+                out += "{% raw %}" + ws() + "{{ raw }}" + ws() + "{% endraw %}"
+            elif r < 0.6:
+                out += tag(rnd.choice(["set x = 'X'", "set x = x ~ 'y'", "set y = x", "set ns.v = ns.v ~ x"]))
+            elif r < 0.65:
+                out += rnd.choice(["{% macro m(a='d') %}[{{ a }}{{ x }}]{% endmacro %}", "{{ m() if m is defined else 'nm' }}",
+                                   "{% with x = 'W' %}{{ x }}{% endwith %}", "{{ y if y is defined else 'ny' }}", "{{ ns.v }}"])
+            elif r < 0.82 and depth > 0:
+                out += tag(rnd.choice(["if true", "if false", "if x"])) + block(depth - 1)
+                if rnd.random() < 0.4:
+                    out += ws() + tag("else") + block(depth - 1)
+                out += ws() + tag("endif")
+            elif depth > 0:
+                out += tag("for i in [1, 2]") + block(depth - 1) + ws() + tag("endfor")
+            out += ws()
+        return out
+
+    for i in range(n):
+        case(f"layout {i}", "{% set ns = namespace(v='') %}" + block(3), x="x")
+
+
+random_layouts(800)
+
+
 def render_synthetic():
     out = []
     for name, template, context in S:

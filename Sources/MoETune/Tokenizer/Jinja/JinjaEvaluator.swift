@@ -5,7 +5,28 @@ import Foundation
 final class JinjaScope {
     var variables: [String: JinjaValue] = [:]
     let parent: JinjaScope?
+    /// The names this frame's statements use (see JinjaFrame).
+    var refs: Set<String> = []
     init(parent: JinjaScope?) { self.parent = parent }
+
+    /// A scope for `frame` inside `parent`: names the frame assigns before reading start
+    /// undefined unless an enclosing frame uses them, as jinja2 compiles it.
+    init(_ frame: JinjaFrame, parent: JinjaScope?) {
+        self.parent = parent
+        refs = frame.refs
+        for name in frame.assignedFirst where !(parent?.refersTo(name) ?? false) {
+            variables[name] = .undefinedName(name)
+        }
+    }
+
+    func refersTo(_ name: String) -> Bool {
+        var s: JinjaScope? = self
+        while let scope = s {
+            if scope.refs.contains(name) { return true }
+            s = scope.parent
+        }
+        return false
+    }
 
     func lookup(_ name: String) -> JinjaValue? {
         var s: JinjaScope? = self
@@ -65,21 +86,21 @@ final class JinjaEvaluator {
                 return try run(body, scope: scope)
             }
             return try run(otherwise, scope: scope)
-        case let .loop(target, iterable, condition, body, otherwise, line):
+        case let .loop(target, iterable, condition, body, otherwise, line, bodyFrame, elseFrame):
             return try executeLoop(target: target, iterable: iterable, condition: condition, body: body,
-                                   otherwise: otherwise, line: line, scope: scope)
+                                   otherwise: otherwise, line: line, scope: scope, bodyFrame: bodyFrame, elseFrame: elseFrame)
         case let .set(target, e, line):
             try assign(target, try eval(e, scope), scope, line: line)
-        case let .setBlock(target, filter, body, line):
-            let text = try capture { _ = try run(body, scope: scope) }
+        case let .setBlock(target, filter, body, line, frame):
+            let text = try capture { _ = try run(body, scope: JinjaScope(frame, parent: scope)) }
             var value = JinjaValue.string(text)
             if let filter { value = try eval(filter, scope, blockInput: value) }
             try assign(target, value, scope, line: line)
-        case let .macro(name, parameters, body, line):
-            scope.variables[name] = .function(makeMacro(name: name, parameters: parameters, body: body, scope: scope, line: line))
-        case let .callBlock(call, parameters, body, line):
+        case let .macro(name, parameters, body, line, frame):
+            scope.variables[name] = .function(makeMacro(name: name, parameters: parameters, body: body, frame: frame, scope: scope, line: line))
+        case let .callBlock(call, parameters, body, line, frame):
             guard case let .call(callee, args, kwargs, callLine) = call else { return .normal }
-            let caller = makeMacro(name: "caller", parameters: parameters, body: body, scope: scope, line: line)
+            let caller = makeMacro(name: "caller", parameters: parameters, body: body, frame: frame, scope: scope, line: line)
             let f = try eval(callee, scope)
             let v = try callValue(f, try args.map { try eval($0, scope) },
                                   try kwargs.map { ($0.0, try eval($0.1, scope)) } + [("caller", .function(caller))], line: callLine)
@@ -87,13 +108,13 @@ final class JinjaEvaluator {
         case let .filterBlock(filter, body, _):
             let text = try capture { _ = try run(body, scope: scope) }
             try write(try eval(filter, scope, blockInput: .string(text)).str)
-        case let .with(assignments, body):
-            let inner = JinjaScope(parent: scope)
+        case let .with(assignments, body, frame):
+            let inner = JinjaScope(frame, parent: scope)
             for (t, e) in assignments { try assign(t, try eval(e, scope), inner, line: 0) }
             return try run(body, scope: inner)
-        case let .generation(body):
+        case let .generation(body, frame):
             let start = output.utf8.count
-            let flow = try run(body, scope: scope)
+            let flow = try run(body, scope: JinjaScope(frame, parent: scope))
             generationSpans.append(start..<output.utf8.count)
             return flow
         case let .breakLoop(line):
@@ -124,17 +145,18 @@ final class JinjaEvaluator {
     }
 
     private func executeLoop(target: JinjaTarget, iterable: JinjaExpr, condition: JinjaExpr?, body: [JinjaNode],
-                             otherwise: [JinjaNode], line: Int, scope: JinjaScope) throws -> Flow {
+                             otherwise: [JinjaNode], line: Int, scope: JinjaScope,
+                             bodyFrame: JinjaFrame, elseFrame: JinjaFrame) throws -> Flow {
         let seq = try eval(iterable, scope)
         var items = try JinjaBuiltins.iterate(seq, line: line)
         if let condition {
             items = try items.filter { item in
-                let s = JinjaScope(parent: scope)
+                let s = JinjaScope(bodyFrame, parent: scope)
                 try assign(target, item, s, line: line)
                 return try eval(condition, s).truthy
             }
         }
-        if items.isEmpty { return try run(otherwise, scope: scope) }
+        if items.isEmpty { return try run(otherwise, scope: JinjaScope(elseFrame, parent: scope)) }
         loopDepth += 1
         defer { loopDepth -= 1 }
         let n = items.count
@@ -143,7 +165,7 @@ final class JinjaEvaluator {
             if iterations > JinjaEvaluator.maxIterations {
                 throw JinjaError(line: line, message: "more than \(JinjaEvaluator.maxIterations) loop iterations")
             }
-            let s = JinjaScope(parent: scope)
+            let s = JinjaScope(bodyFrame, parent: scope)
             var loop = JinjaDict()
             loop["index"] = .int(i + 1)
             loop["index0"] = .int(i)
@@ -195,7 +217,7 @@ final class JinjaEvaluator {
         }
     }
 
-    private func makeMacro(name: String, parameters: [(String, JinjaExpr?)], body: [JinjaNode],
+    private func makeMacro(name: String, parameters: [(String, JinjaExpr?)], body: [JinjaNode], frame: JinjaFrame,
                            scope: JinjaScope, line: Int) -> JinjaFunction {
         JinjaFunction(name) { [unowned self] args, kwargs in
             self.callDepth += 1
@@ -203,7 +225,7 @@ final class JinjaEvaluator {
             if self.callDepth > JinjaEvaluator.maxCallDepth {
                 throw JinjaError(line: line, message: "macro calls nested deeper than \(JinjaEvaluator.maxCallDepth)")
             }
-            let s = JinjaScope(parent: scope)
+            let s = JinjaScope(frame, parent: scope)
             var kw = kwargs
             for (i, (p, def)) in parameters.enumerated() {
                 if i < args.count {

@@ -34,14 +34,15 @@ indirect enum JinjaNode {
     case text(String)
     case output(JinjaExpr, line: Int)
     case conditional([(JinjaExpr, [JinjaNode])], otherwise: [JinjaNode])
-    case loop(target: JinjaTarget, iterable: JinjaExpr, condition: JinjaExpr?, body: [JinjaNode], otherwise: [JinjaNode], line: Int)
+    case loop(target: JinjaTarget, iterable: JinjaExpr, condition: JinjaExpr?, body: [JinjaNode], otherwise: [JinjaNode], line: Int,
+              bodyFrame: JinjaFrame, elseFrame: JinjaFrame)
     case set(JinjaTarget, JinjaExpr, line: Int)
-    case setBlock(JinjaTarget, filter: JinjaExpr?, body: [JinjaNode], line: Int)
-    case macro(name: String, parameters: [(String, JinjaExpr?)], body: [JinjaNode], line: Int)
-    case callBlock(call: JinjaExpr, parameters: [(String, JinjaExpr?)], body: [JinjaNode], line: Int)
+    case setBlock(JinjaTarget, filter: JinjaExpr?, body: [JinjaNode], line: Int, frame: JinjaFrame)
+    case macro(name: String, parameters: [(String, JinjaExpr?)], body: [JinjaNode], line: Int, frame: JinjaFrame)
+    case callBlock(call: JinjaExpr, parameters: [(String, JinjaExpr?)], body: [JinjaNode], line: Int, frame: JinjaFrame)
     case filterBlock(JinjaExpr, body: [JinjaNode], line: Int)
-    case with([(JinjaTarget, JinjaExpr)], body: [JinjaNode])
-    case generation(body: [JinjaNode])
+    case with([(JinjaTarget, JinjaExpr)], body: [JinjaNode], frame: JinjaFrame)
+    case generation(body: [JinjaNode], frame: JinjaFrame)
     case breakLoop(line: Int)
     case continueLoop(line: Int)
 }
@@ -194,7 +195,9 @@ struct JinjaParser {
                 try endOfTag(last)
                 other = o
             }
-            return .loop(target: target, iterable: iterable, condition: condition, body: nodes, otherwise: other, line: line)
+            return .loop(target: target, iterable: iterable, condition: condition, body: nodes, otherwise: other, line: line,
+                         bodyFrame: JinjaFrame(nodes, assigned: JinjaFrame.assignedNames(target) + ["loop"], reads: condition.map { [$0] } ?? []),
+                         elseFrame: JinjaFrame(other))
         case "set":
             let target = try parseTarget(&s, allowAttribute: true)
             if s.skipOp("=") {
@@ -207,14 +210,15 @@ struct JinjaParser {
             try endOfTag(s)
             let (nodes, _, es) = try body(until: ["endset"], openedBy: "set", line: line)
             try endOfTag(es)
-            return .setBlock(target, filter: filter, body: nodes, line: line)
+            return .setBlock(target, filter: filter, body: nodes, line: line, frame: JinjaFrame(nodes))
         case "macro":
             let name = try s.expectName()
             let params = try parseSignature(&s)
             try endOfTag(s)
             let (nodes, _, es) = try body(until: ["endmacro"], openedBy: "macro", line: line)
             try endOfTag(es)
-            return .macro(name: name, parameters: params, body: nodes, line: line)
+            return .macro(name: name, parameters: params, body: nodes, line: line,
+                          frame: JinjaFrame(nodes, assigned: params.map(\.0) + ["caller", "varargs", "kwargs"], reads: params.compactMap(\.1)))
         case "call":
             var params: [(String, JinjaExpr?)] = []
             if s.current?.isOp("(") == true { params = try parseSignature(&s) }
@@ -223,7 +227,8 @@ struct JinjaParser {
             try endOfTag(s)
             let (nodes, _, es) = try body(until: ["endcall"], openedBy: "call", line: line)
             try endOfTag(es)
-            return .callBlock(call: call, parameters: params, body: nodes, line: line)
+            return .callBlock(call: call, parameters: params, body: nodes, line: line,
+                              frame: JinjaFrame(nodes, assigned: params.map(\.0) + ["caller", "varargs", "kwargs"], reads: params.compactMap(\.1)))
         case "filter":
             let f = try parseFilters(.blockInput, &s, first: true)
             try endOfTag(s)
@@ -240,12 +245,12 @@ struct JinjaParser {
             }
             let (nodes, _, es) = try body(until: ["endwith"], openedBy: "with", line: line)
             try endOfTag(es)
-            return .with(assignments, body: nodes)
+            return .with(assignments, body: nodes, frame: JinjaFrame(nodes, assigned: assignments.flatMap { JinjaFrame.assignedNames($0.0) }))
         case "generation":
             try endOfTag(s)
             let (nodes, _, es) = try body(until: ["endgeneration"], openedBy: "generation", line: line)
             try endOfTag(es)
-            return .generation(body: nodes)
+            return .generation(body: nodes, frame: JinjaFrame(nodes))
         case "break":
             try endOfTag(s)
             return .breakLoop(line: line)

@@ -15,12 +15,14 @@ public struct JinjaTemplate {
     }
 
     let nodes: [JinjaNode]
+    let frame: JinjaFrame
     /// Whether the template has a `{% generation %}` block (transformers' assistant mask).
     public let hasGenerationBlocks: Bool
 
     public init(_ source: String) throws {
         do {
             nodes = try JinjaParser.parse(source)
+            frame = JinjaFrame(nodes)
         } catch let e as JinjaError {
             throw MoETuneError.invalid(e.description)
         }
@@ -30,8 +32,8 @@ public struct JinjaTemplate {
     /// Renders with `context` as the template's variables. `now` is what `strftime_now` reads.
     public func render(_ context: [String: JinjaValue], now: @escaping () -> Date = Date.init) throws -> Rendered {
         let evaluator = JinjaEvaluator(globals: JinjaBuiltins.globals(now: now))
-        let scope = JinjaScope(parent: nil)
-        scope.variables = context
+        let scope = JinjaScope(frame, parent: nil)
+        for (k, v) in context where scope.variables[k] == nil { scope.variables[k] = v }
         do {
             _ = try evaluator.run(nodes, scope: scope)
         } catch let e as JinjaError {
