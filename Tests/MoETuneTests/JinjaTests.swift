@@ -182,6 +182,13 @@ extension JinjaTests {
         XCTAssertEqual(try Self.spanTexts("deepseek-r1", empty), ["<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>"])
         XCTAssertEqual(try Self.spanTexts("glm-4-9b-0414", empty), [""])
 
+        // A chat that opens with the assistant, which Qwen3.5 cannot render up to that turn.
+        let assistantFirst = [ChatMessage(role: "assistant", content: "Hi."), ChatMessage(role: "user", content: "Q"), ChatMessage(role: "assistant", content: "A")]
+        XCTAssertEqual(try Self.spanTexts("qwen2.5", assistantFirst), ["Hi.<|im_end|>", "A<|im_end|>"])
+        XCTAssertThrowsError(try Self.spanTexts("qwen3.5", assistantFirst)) { error in
+            XCTAssertEqual("\(error)", "cannot find assistant message 1 in the rendered chat: the template fails on the chat up to it (chat template line 79: No user query found in messages.)")
+        }
+
         let think = [ChatMessage(role: "user", content: "Q"), ChatMessage(role: "assistant", content: "<think>\nhidden\n</think>\n\nvisible"),
                      ChatMessage(role: "user", content: "Q2"), ChatMessage(role: "assistant", content: "B")]
         XCTAssertEqual(try Self.spanTexts("qwen3", think), ["visible<|im_end|>", "<think>\n\n</think>\n\nB<|im_end|>"])
@@ -371,7 +378,9 @@ extension JinjaTests {
                         if !visible.isEmpty && !s.contains(visible) { problems.append("\(label): span \(s.debugDescription) lacks \(visible.debugDescription)") }
                     }
                 } catch {
-                    problems.append("\(label): \(error)")
+                    // A template that fails on the chat up to an assistant message (Qwen3.5 wants a
+                    // user message before any assistant one) cannot say where that turn ends.
+                    if !"\(error)".contains("the template fails on the chat up to it") { problems.append("\(label): \(error)") }
                 }
             }
         }

@@ -59,8 +59,10 @@ public struct ChatMessage {
 ///   template rewrote it (Qwen3 drops `<think>` blocks of earlier turns; an empty content beside
 ///   tool calls), followed by the closing text that follows it in E (`<|im_end|>`); (3) the end
 ///   is the longest text from the start that ends the turn as E writes it; (4) the message's
-///   content followed by that closing text is looked for in F. Failing all, the chat is refused
-///   with a message naming the turn.
+///   content followed by that closing text is looked for in F. Where P itself cannot be rendered
+///   (a template that fails on an empty chat) the turn starts at its content. Failing all, the
+///   chat is refused with a message naming the turn (and the template's own error when it fails
+///   on the chat up to that turn: Qwen3.5 wants a user message before any assistant one).
 /// - Whitespace at the end of each span is cut: a ChatML turn ends at `<|im_end|>` without the
 ///   newline after it (the model stops at the marker and never generates that newline); Llama
 ///   3's ends at `<|eot_id|>`. The end-of-turn marker is inside the span, the next header is not.
@@ -157,7 +159,11 @@ public struct ChatTemplateRenderer {
         var cursor = 0
         for (i, m) in messages.enumerated() where m.role == "assistant" {
             let prefix = try? Array(renderFull(Array(messages[..<i]), addGenerationPrompt: true, kwargs: kwargs, tools: tools).text.utf8)
-            let through = try? Array(renderFull(Array(messages[...i]), addGenerationPrompt: false, kwargs: kwargs, tools: tools).text.utf8)
+            var throughError: Error?
+            var through: [UInt8]?
+            do {
+                through = Array(try renderFull(Array(messages[...i]), addGenerationPrompt: false, kwargs: kwargs, tools: tools).text.utf8)
+            } catch { throughError = error }
             var start = cursor
             if let prefix { start = max(cursor, ChatTemplateRenderer.commonPrefix(prefix, f)) }
             var end: Int?
@@ -168,7 +174,8 @@ public struct ChatTemplateRenderer {
                 start = a
                 end = b
             } else if let (contentStart, e) = markedEnd(messages, i, full: f, from: cursor, kwargs: kwargs, tools: tools) {
-                start = max(cursor, min(start, contentStart))
+                // Without a prefix render the turn starts at its content.
+                start = prefix == nil ? max(cursor, contentStart) : max(cursor, min(start, contentStart))
                 end = e
             } else if let e = suffixAligned(through: through, full: f, start: start) {
                 end = e
@@ -176,6 +183,9 @@ public struct ChatTemplateRenderer {
                 end = ChatTemplateRenderer.locateEnd(of: m, in: f, from: start, through: through)
             }
             guard var e = end, e > start else {
+                if let throughError {
+                    throw MoETuneError.invalid("cannot find assistant message \(i + 1) in the rendered chat: the template fails on the chat up to it (\(throughError))")
+                }
                 throw MoETuneError.invalid("chat template: cannot find assistant message \(i + 1) in the rendered chat (the template changes it)")
             }
             while e > start, f[e - 1] < 0x80, JinjaLexer.isSpace(Unicode.Scalar(f[e - 1])) { e -= 1 }
