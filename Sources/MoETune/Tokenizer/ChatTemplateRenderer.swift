@@ -131,8 +131,9 @@ public struct ChatTemplateRenderer {
     }
 
     /// The prompt for generation: the chat (ending with a user turn) and the assistant header.
-    public func generationPrompt(_ messages: [ChatMessage], kwargs: [String: JinjaValue] = [:]) throws -> String {
-        try render(messages, addGenerationPrompt: true, kwargs: kwargs)
+    public func generationPrompt(_ messages: [ChatMessage], kwargs: [String: JinjaValue] = [:],
+                                 tools: JinjaValue = .none) throws -> String {
+        try render(messages, addGenerationPrompt: true, kwargs: kwargs, tools: tools)
     }
 
     func renderFull(_ messages: [ChatMessage], addGenerationPrompt: Bool, kwargs: [String: JinjaValue],
