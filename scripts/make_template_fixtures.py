@@ -280,6 +280,8 @@ REAL = [
     # files carry them (copied from public repositories that quote them; no package here ships them).
     ("gemma", None),
     ("phi-3.5-mini", None),
+    # SmolLM2-Instruct's template (ChatML with a default system prompt), as public repositories quote it.
+    ("smollm2", None),
     ("qwen2.5", "qwen-2.5"),
     ("qwen3", "qwen-3"),
     ("qwq-32b", "qwq-32b"),
@@ -327,6 +329,7 @@ SPECIAL_TOKENS = {
     "mistral-v7": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
     "gemma": {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"},
     "phi-3.5-mini": {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>"},
+    "smollm2": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>"},
 }
 
 

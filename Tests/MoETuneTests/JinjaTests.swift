@@ -128,6 +128,7 @@ extension JinjaTests {
         let expected: [(String, [String])] = [
             ("llama3.2", ["A1<|eot_id|>", "A2 😀<|eot_id|>"]),
             ("qwen2.5", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
+            ("smollm2", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
             // Qwen3 writes an empty think block into the last turn; the model generates it.
             ("qwen3", ["A1<|im_end|>", "<think>\n\n</think>\n\nA2 😀<|im_end|>"]),
             ("qwq-32b", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
