@@ -47,8 +47,10 @@ extension JinjaValue {
     /// A template value from JSON text (objects keep their key order).
     public static func fromJSON(_ text: String) throws -> JinjaValue { try JinjaJSON.parse(text) }
 
-    /// A template value from what JSONSerialization returns (objects lose their key order:
-    /// keys are sorted, so prefer `fromJSON` where order matters, e.g. tool schemas).
+    /// A template value from what JSONSerialization returns. Objects lose their key order (keys
+    /// are sorted) and a float with an integral value may come back as an int (3.0 → 3): use
+    /// `fromJSON` on the JSON text where that matters (tool schemas and tool-call arguments,
+    /// which templates print with `tojson`).
     public static func from(any value: Any?) -> JinjaValue {
         switch value {
         case nil, is NSNull: return .none
