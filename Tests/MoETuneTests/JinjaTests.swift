@@ -391,6 +391,15 @@ extension JinjaTests {
 }
 
 extension JinjaTests {
+    func testMessagesFromJSON() throws {
+        let messages = try ChatMessage.list(fromJSON: #"[{"role": "user", "content": "Hi", "name": "x"}, {"role": "assistant", "content": null}]"#)
+        XCTAssertEqual(messages.map(\.role), ["user", "assistant"])
+        XCTAssertEqual(messages[0].fields.keys.map(\.str), ["role", "content", "name"])
+        XCTAssertNil(messages[1].content)
+        XCTAssertThrowsError(try ChatMessage.list(fromJSON: #"{"role": "user"}"#))
+        XCTAssertThrowsError(try ChatMessage.list(fromJSON: #"[{"content": "no role"}]"#))
+    }
+
     func testValuesFromJSONSerialization() throws {
         let any = try JSONSerialization.jsonObject(with: Data(#"{"b": true, "i": 3, "f": 1.5, "n": null, "s": "x", "l": [false, 0]}"#.utf8))
         let v = JinjaValue.from(any: any)

@@ -21,6 +21,14 @@ public struct ChatMessage {
         fields = d
     }
 
+    /// The messages of a JSON array (`[{"role": …, "content": …}, …]`), every field kept in its order.
+    public static func list(fromJSON text: String) throws -> [ChatMessage] {
+        guard case let .list(items) = try JinjaValue.fromJSON(text) else {
+            throw MoETuneError.invalid("chat messages must be a JSON array")
+        }
+        return try items.map { try ChatMessage($0) }
+    }
+
     public var role: String { if case let .string(r)? = fields["role"] { return r } else { return "" } }
     public var content: String? { if case let .string(c)? = fields["content"] { return c } else { return nil } }
 
