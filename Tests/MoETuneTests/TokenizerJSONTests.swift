@@ -142,6 +142,61 @@ final class TokenizerJSONTests: XCTestCase {
         XCTAssertEqual(tok.stopIds, [128001, 128008, 128009])
     }
 
+    // MARK: Training data and model folders
+
+    func testDatasetRulesWithTokenizerJSON() throws {
+        let dir = try makeTempDir(self)
+        let path = dir + "/d.jsonl"
+        let lines = [
+            #"{"text": "Hello world"}"#,
+            #"{"prompt": "Q: 2+2?", "completion": " 4"}"#,
+            #"{"instruction": "Say hi", "output": "hi"}"#,
+            #"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#,
+        ]
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: path))
+        let llama = try HFTokenizer(directory: try Self.folder("llama3"))
+        let ds = try Dataset.load(path: path, tokenizer: llama, vocabSize: llama.vocabSize, options: DataOptions())
+        XCTAssertEqual(ds.examples.count, 4)
+        XCTAssertEqual(ds.examples[0].tokens, [128000] + (try llama.encode("Hello world")) + [128001])
+        let p = [128000] + (try llama.encode("Q: 2+2?")), c = (try llama.encode(" 4")) + [128001]
+        XCTAssertEqual(ds.examples[1].tokens, p + c)
+        XCTAssertEqual(ds.examples[1].counted, Array(repeating: false, count: p.count) + Array(repeating: true, count: c.count))
+        XCTAssertEqual(ds.examples[3].tokens.first, 128000)
+        XCTAssertEqual(ds.examples[3].tokens.last, 128001)
+        // No BOS: Qwen's text examples are tokenizer(text).input_ids + EOS.
+        let qwen = try HFTokenizer(directory: try Self.folder("qwen2.5"))
+        let dq = try Dataset.load(path: path, tokenizer: qwen, vocabSize: qwen.vocabSize, options: DataOptions())
+        XCTAssertEqual(dq.examples[0].tokens, (try qwen.encode("Hello world")) + [qwen.eosId!])
+        XCTAssertEqual(dq.examples[0].counted.first, false)
+    }
+
+    /// Parallel tokenization keeps the file's order and the first bad line's error.
+    func testDatasetOrderAndErrorsAcrossChunks() throws {
+        let dir = try makeTempDir(self)
+        let path = dir + "/d.jsonl"
+        let texts = (0..<500).map { "line \($0) \(String(repeating: "x", count: $0 % 7))" }
+        try Data(texts.map { #"{"text": "\#($0)"}"# }.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: path))
+        let tok = try HFTokenizer(directory: try Self.folder("gpt2-style"))
+        let ds = try Dataset.load(path: path, tokenizer: tok, vocabSize: tok.vocabSize, options: DataOptions())
+        for (i, ex) in ds.examples.enumerated() { XCTAssertEqual(ex.tokens, try tok.trainingIds(texts[i])) }
+        var bad = texts.map { #"{"text": "\#($0)"}"# }
+        bad[300] = #"{"text": 3}"#; bad[400] = #"{"prompt": 1}"#
+        try Data(bad.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: path))
+        assertMoETuneError(try Dataset.load(path: path, tokenizer: tok, vocabSize: tok.vocabSize, options: DataOptions()),
+                           contains: [path + ":301:", "\"text\""])
+    }
+
+    func testModelFolderWithTokenizerJSON() throws {
+        let dir = try makeTempDir(self)
+        try TinyModel.make(dir: dir, moe: true, vocab: 1500)
+        try FileManager.default.copyItem(atPath: try Self.folder("gpt2-style") + "/tokenizer.json", toPath: dir + "/tokenizer.json")
+        let loaded = try LoadedModel.load(directory: dir)
+        XCTAssertTrue(loaded.tokenizer is HFTokenizer)
+        XCTAssertEqual(try loaded.tokenizer.decode(try loaded.tokenizer.encode("hello 42")), "hello 42")
+        try FileManager.default.removeItem(atPath: dir + "/tokenizer.json")
+        assertMoETuneError(try LoadedModel.load(directory: dir), contains: ["tokenizer.model", "neither tokenizer.json nor tokenizer.model"])
+    }
+
     // MARK: Refusals and malformed files
 
     func write(_ json: String) throws -> String {
