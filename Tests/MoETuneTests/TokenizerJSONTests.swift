@@ -249,3 +249,31 @@ final class TokenizerJSONTests: XCTestCase {
         assertMoETuneError(try HFTokenizer(directory: badBehavior), contains: ["pre_tokenizer.behavior", "Sideways"])
     }
 }
+
+final class NFCFastPathTests: XCTestCase {
+    /// Every scalar the fast path calls NFC-stable is its own NFC, alone and after each
+    /// other scalar of the ranges (so no composition with a neighbour is missed).
+    func testStableRangesAreTheirOwnNFC() {
+        let ranges: [ClosedRange<UInt32>] = [0x20...0x2FF, 0x388...0x3FF, 0x400...0x482, 0x48A...0x52F, 0x2002...0x2027,
+            0x2030...0x205E, 0x2190...0x22FF, 0x2500...0x27BF, 0x3000...0x3029, 0x3030...0x303F, 0x3041...0x3096,
+            0x30A1...0x30FA, 0x30FC...0x30FF, 0x4E00...0x9FFF, 0xAC00...0xD7A3, 0xFE00...0xFE0F, 0xFF01...0xFF60, 0x1F300...0x1FAFF]
+        var scalars: [Unicode.Scalar] = []
+        for r in ranges { for v in r { if let s = Unicode.Scalar(v) { scalars.append(s) } } }
+        for s in scalars {
+            let str = String(s)
+            XCTAssertTrue(Normalizer.nfcStable(Array(str.utf8)), "U+\(String(s.value, radix: 16))")
+            XCTAssertEqual(Array(str.precomposedStringWithCanonicalMapping.unicodeScalars), [s], "U+\(String(s.value, radix: 16))")
+        }
+        // Pairs among the small-alphabet ranges (CJK and Hangul have no compositions).
+        let small = scalars.filter { $0.value < 0x3100 }
+        for a in small.prefix(500) {
+            for b in small where b.value >= 0x300 {
+                let str = String(a) + String(b)
+                if Array(str.precomposedStringWithCanonicalMapping.unicodeScalars) != [a, b] {
+                    XCTFail("U+\(String(a.value, radix: 16)) U+\(String(b.value, radix: 16)) composes")
+                    return
+                }
+            }
+        }
+    }
+}

@@ -87,7 +87,7 @@ final class BPEModel: @unchecked Sendable {
             guard let id = byString[merged] else {
                 throw r.fail("model.merges[\(rank)]", "'\(a) \(b)': the merged token is not in the vocabulary")
             }
-            if table.get(ia, ib) == nil { table.put(ia, ib, rank: Int32(rank), id: id) }
+            table.put(ia, ib, rank: Int32(rank), id: id)   // a repeated pair keeps its last rank, as in Rust
         }
         merges = table
     }
@@ -148,6 +148,13 @@ final class BPEModel: @unchecked Sendable {
                 i += n
             }
         }
+        if sym.count > 48 {
+            mergeLong(&sym, &len)
+            var out = [Int32]()
+            out.reserveCapacity(sym.count * 2)
+            for k in sym.indices { out.append(sym[k]); out.append(len[k]) }
+            return out
+        }
         // Merge the lowest-ranked adjacent pair, leftmost first, until none is left.
         var rank = cache.rank
         rank.removeAll(keepingCapacity: true)
@@ -177,6 +184,64 @@ final class BPEModel: @unchecked Sendable {
         for k in sym.indices { out.append(sym[k]); out.append(len[k]) }
         cache.sym = sym; cache.len = len; cache.rank = rank; cache.newIds = newIds
         return out
+    }
+
+    /// The same merge order for long words in O(n log n): a min-heap of (rank, position)
+    /// over a linked list of symbols; stale heap entries are skipped.
+    private func mergeLong(_ sym: inout [Int32], _ len: inout [Int32]) {
+        let n = sym.count
+        var next = (0..<n).map { Int32($0 + 1) }
+        var prev = (0..<n).map { Int32($0 - 1) }
+        next[n - 1] = -1
+        var heap: [UInt64] = []
+        heap.reserveCapacity(n)
+        func push(_ v: UInt64) {
+            heap.append(v)
+            var c = heap.count - 1
+            while c > 0 {
+                let p = (c - 1) / 2
+                if heap[p] <= heap[c] { break }
+                heap.swapAt(p, c); c = p
+            }
+        }
+        func pop() -> UInt64? {
+            guard let top = heap.first else { return nil }
+            let last = heap.removeLast()
+            if !heap.isEmpty {
+                heap[0] = last
+                var p = 0
+                while true {
+                    let l = 2 * p + 1, r = l + 1
+                    var m = p
+                    if l < heap.count, heap[l] < heap[m] { m = l }
+                    if r < heap.count, heap[r] < heap[m] { m = r }
+                    if m == p { break }
+                    heap.swapAt(p, m); p = m
+                }
+            }
+            return top
+        }
+        @inline(__always) func key(_ rank: Int32, _ pos: Int) -> UInt64 { UInt64(UInt32(bitPattern: rank)) << 32 | UInt64(pos) }
+        for i in 0..<(n - 1) { if let m = merges.get(sym[i], sym[i + 1]) { push(key(m.rank, i)) } }
+        while let top = pop() {
+            let pos = Int(top & 0xFFFF_FFFF), rank = Int32(truncatingIfNeeded: top >> 32)
+            guard len[pos] > 0, next[pos] >= 0 else { continue }
+            let nx = Int(next[pos])
+            guard let m = merges.get(sym[pos], sym[nx]), m.rank == rank else { continue }
+            sym[pos] = m.id
+            len[pos] += len[nx]; len[nx] = 0
+            next[pos] = next[nx]
+            if next[nx] >= 0 { prev[Int(next[nx])] = Int32(pos) }
+            if prev[pos] >= 0, let l = merges.get(sym[Int(prev[pos])], sym[pos]) { push(key(l.rank, Int(prev[pos]))) }
+            if next[pos] >= 0, let r = merges.get(sym[pos], sym[Int(next[pos])]) { push(key(r.rank, pos)) }
+        }
+        var s2: [Int32] = [], l2: [Int32] = []
+        var i = 0
+        while i >= 0 {
+            s2.append(sym[i]); l2.append(len[i])
+            i = Int(next[i])
+        }
+        sym = s2; len = l2
     }
 
     // MARK: Per-thread caches

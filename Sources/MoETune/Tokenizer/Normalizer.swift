@@ -35,6 +35,7 @@ indirect enum Normalizer: Sendable {
         switch self {
         case .nfc, .nfd, .nfkc, .nfkd:
             if !t.bytes.contains(where: { $0 >= 0x80 }) { return }
+            if case .nfc = self, Normalizer.nfcStable(t.bytes) { return }
             let s = String(decoding: t.bytes, as: UTF8.self)
             let n: String
             switch self {
@@ -101,6 +102,29 @@ indirect enum Normalizer: Sendable {
             t.rewrite { emit in emit(old[lo..<hi], lo..<hi) }
         case let .sequence(list):
             for n in list { n.apply(&t) }
+        }
+    }
+
+    /// True when every scalar lies in a range whose characters NFC leaves alone whatever
+    /// surrounds them (no combining marks, jamo, singletons or composition exclusions), so
+    /// the text is its own NFC without asking Foundation.
+    static func nfcStable(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBufferPointer { b in
+            var i = 0
+            while i < b.count {
+                let (v, n) = decodeScalar(b, i)
+                i += n
+                switch v {
+                case 0..<0x300, 0x388...0x3FF, 0x400...0x482, 0x48A...0x52F, 0x2002...0x2027, 0x2030...0x205E,
+                     0x2190...0x22FF, 0x2500...0x27BF, 0x3000...0x3029, 0x3030...0x303F, 0x3041...0x3096,
+                     0x30A1...0x30FA, 0x30FC...0x30FF, 0x4E00...0x9FFF, 0xAC00...0xD7A3, 0xFE00...0xFE0F,
+                     0xFEFF, 0xFF01...0xFF60, 0x1F300...0x1FAFF:
+                    continue
+                default:
+                    return false
+                }
+            }
+            return true
         }
     }
 
