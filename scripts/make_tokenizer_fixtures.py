@@ -67,6 +67,8 @@ CORPUS = [
     "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>",
     "text <|im_start|> inside <|endoftext|> and <|eot_id|>text",
     "<s>[INST] Hello [/INST] Hi</s>",
+    "a <mask> b  <mask>c [SW] x[SW]y [SW]. <r>   z <r>\n\nq Caf\u00e9 au lait, CAFE\u0301 AU LAIT; it was the end  of the end",
+    "Numbers 1234567 and 123 and 12345, MiXeD CaSe \u03a3\u038a\u03a3\u03a5\u03a6\u039f\u03a3 \u0130 \ufb01 \u2460 \u00b2",
     "<｜begin▁of▁sentence｜>deepseek<｜end▁of▁sentence｜>",
     "<|begin_of_text|><|begin_of_text|> double",
     "<|im_start|",
@@ -155,6 +157,49 @@ def gpt2_style(corpus, out_dir):
         json.dump({"bos_token": None, "eos_token": "<|endoftext|>", "tokenizer_class": "GPT2Tokenizer"}, f)
 
 
+def synthetic(corpus, out_dir, kind):
+    """Small trained BPEs that exercise what the real files do not: added-token options,
+    normalizers, ByteLevel's prefix space, Metaspace splitting, Whitespace/Punctuation,
+    continuing_subword_prefix / end_of_word_suffix, unk_token with fuse_unk."""
+    from tokenizers import normalizers, AddedToken, Regex
+    text = corpus * 3 + [open(__file__, encoding="utf-8").read()]
+    if kind == "bpe-options":
+        tok = Tokenizer(models.BPE(unk_token="[UNK]", fuse_unk=True, continuing_subword_prefix="##", end_of_word_suffix="</w>"))
+        tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.Lowercase(), normalizers.Strip(),
+                                               normalizers.Replace(Regex(r"\d{4,}"), "<num>")])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation("isolated"),
+                                                     pre_tokenizers.Digits(individual_digits=False)])
+        trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["[UNK]", "[CLS]", "[SEP]"],
+                                      continuing_subword_prefix="##", end_of_word_suffix="</w>", limit_alphabet=120)
+        tok.train_from_iterator(text, trainer)
+        tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")), ("[CLS]", tok.token_to_id("[CLS]")))
+    elif kind == "metaspace-split":
+        tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+        tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace("\t", "    ")])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="\u2581", prepend_scheme="always")])
+        trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)])
+        tok.train_from_iterator(text, trainer)
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+            special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    else:  # byte-level with prefix space and added-token options
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(text, trainer)
+        tok.post_processor = processors.RobertaProcessing(("<|endoftext|>", 0), ("<|endoftext|>", 0))
+        tok.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=False, special=True, normalized=False)])
+        tok.add_tokens([AddedToken("[SW]", single_word=True, normalized=False),
+                        AddedToken("<r>", rstrip=True, normalized=False),
+                        AddedToken("caf\u00e9 au lait", normalized=True),
+                        AddedToken("the end", normalized=True, lstrip=True, rstrip=True)])
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+
+
 def sentencepiece_style(model_file, out_dir, legacy_normalizer):
     """transformers' own conversion of a SentencePiece model (Metaspace + byte fallback); with
     legacy_normalizer, rewritten to the Llama 2 hub layout (Prepend + Replace normalizer, no
@@ -207,11 +252,14 @@ def main():
     sentencepiece_style(args.mistral_model, sources["mistral-sp-legacy"], legacy_normalizer=True)
     sources["gpt2-style"] = os.path.join(work, "gpt2-style")
     gpt2_style(corpus, sources["gpt2-style"])
+    for kind in ["bpe-options", "metaspace-split", "bytelevel-added"]:
+        sources[kind] = os.path.join(work, kind)
+        synthetic(corpus, sources[kind], kind)
 
     from transformers import AutoTokenizer
     for name, src in sources.items():
         tok = Tokenizer.from_file(os.path.join(src, "tokenizer.json"))
-        hf = AutoTokenizer.from_pretrained(src)
+        hf = AutoTokenizer.from_pretrained(src) if os.path.exists(os.path.join(src, "tokenizer_config.json")) else None
         rows = []
         for text in corpus:
             plain = tok.encode(text, add_special_tokens=False).ids
@@ -219,7 +267,7 @@ def main():
             rows.append({
                 "ids": plain,
                 "ids_special": special,
-                "input_ids": hf(text)["input_ids"],
+                "input_ids": hf(text)["input_ids"] if hf else special,
                 "decoded": tok.decode(plain, skip_special_tokens=True),
                 "decoded_special": tok.decode(special, skip_special_tokens=False),
             })

@@ -19,6 +19,9 @@ final class TokenizerJSONTests: XCTestCase {
     /// differ from the file's; their "text" rule is checked against the file's ids.
     static let transformersRebuilds: Set<String> = ["mistral-sp-legacy", "gpt2-style"]
 
+    /// Tokenizers whose normalizer leaves the text alone: token offsets tile the text exactly.
+    static let exactOffsets: Set<String> = ["llama3", "deepseek-v3", "gpt2-style"]
+
     static func xz(_ path: String) throws -> Data {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -78,6 +81,14 @@ final class TokenizerJSONTests: XCTestCase {
             let spans = try tok.encodeWithOffsets(text)
             if spans.map(\.id) != ids { problems.append("encodeWithOffsets ids differ from encode") }
             if spans.contains(where: { $0.utf8.upperBound > text.utf8.count }) { problems.append("offset past the end") }
+            if zip(spans, spans.dropFirst()).contains(where: { $0.utf8.lowerBound > $1.utf8.lowerBound }) { problems.append("offsets go backwards") }
+            if Self.exactOffsets.contains(name) {
+                // Byte ranges: a token may hold part of a character's bytes.
+                let tiled = spans.first.map { $0.utf8.lowerBound == 0 } ?? true
+                    && zip(spans, spans.dropFirst()).allSatisfy { $0.utf8.upperBound == $1.utf8.lowerBound }
+                    && (spans.last?.utf8.upperBound ?? 0) == text.utf8.count
+                if !tiled { problems.append("offsets do not tile the text") }
+            }
             let decoded = try tok.decode(e.ids)
             if decoded != e.decoded { problems.append("decode: got \(decoded.debugDescription) expected \(e.decoded.debugDescription)") }
             let decodedSpecial = try tok.decode(e.ids_special, skipSpecialTokens: false)
@@ -101,6 +112,14 @@ final class TokenizerJSONTests: XCTestCase {
     func testMistralSentencePieceParity() throws { try checkParity("mistral-sp") }
     func testMistralLegacyNormalizerParity() throws { try checkParity("mistral-sp-legacy") }
     func testGPT2StyleParity() throws { try checkParity("gpt2-style") }
+    /// Trained here: NFKD + Lowercase + Strip + regex Replace, Whitespace + Punctuation +
+    /// Digits, "##" prefix and "</w>" suffix, [UNK] with fuse_unk, BertProcessing.
+    func testBPEOptionsParity() throws { try checkParity("bpe-options") }
+    /// Metaspace with prepend_scheme always and split, byte fallback, TemplateProcessing <s> $A </s>.
+    func testMetaspaceSplitParity() throws { try checkParity("metaspace-split") }
+    /// ByteLevel with add_prefix_space, added tokens with lstrip / rstrip / single_word /
+    /// normalized, RobertaProcessing.
+    func testByteLevelAddedTokensParity() throws { try checkParity("bytelevel-added") }
 
     /// decode(encode(x)) == x for the byte-level tokenizers (lossless, no normalizer that changes x).
     func testRoundTrip() throws {

@@ -31,7 +31,7 @@ indirect enum PreTokenizer: Sendable {
         case "Punctuation":
             return .split(.scalarClass(ScalarClass.punct | asciiPunctuationMark), try behavior(.isolated), invert: false)
         case "Whitespace":
-            return .split(try SplitPattern.regex(#"\w+|[^\w\s]+"#), .removed, invert: true)
+            return .split(.wordsOrSymbols, .removed, invert: true)
         case "WhitespaceSplit":
             return .split(.scalarClass(ScalarClass.space), .removed, invert: false)
         case "Metaspace":

@@ -13,6 +13,9 @@ enum SplitPattern: @unchecked Sendable {
     case regex(Regex<AnyRegexOutput>)
     /// Each scalar whose class has one of these bits is a match of its own.
     case scalarClass(UInt8)
+    /// The Whitespace pre-tokenizer's `\w+|[^\w\s]+`, \w being Oniguruma's word class
+    /// (Alphabetic, marks, decimal digits, connector punctuation, Join_Control).
+    case wordsOrSymbols
 
     static let gpt2Source = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#
     static let llama3Source = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
@@ -65,6 +68,29 @@ enum SplitPattern: @unchecked Sendable {
                 let (v, n) = decodeScalar(b, i)
                 if ScalarClass.of(v) & mask != 0 { emit(i..<(i + n)) }
                 i += n
+            }
+        case .wordsOrSymbols:
+            @inline(__always) func kind(_ v: UInt32) -> Int {
+                let c = v < 0x80 ? asciiClass[Int(v)] : ScalarClass.of(v)
+                if c & ScalarClass.space != 0 { return 0 }
+                if c & (ScalarClass.letter | ScalarClass.mark | ScalarClass.decimal) != 0 || v == 0x5F { return 1 }
+                if v == 0x200C || v == 0x200D { return 1 }                       // Join_Control
+                if v >= 0x80, let p = Unicode.Scalar(v)?.properties, p.isAlphabetic || p.generalCategory == .connectorPunctuation { return 1 }
+                return 2
+            }
+            var i = range.lowerBound
+            while i < range.upperBound {
+                let (v, n) = decodeScalar(b, i)
+                let k = kind(v)
+                if k == 0 { i += n; continue }
+                var j = i + n
+                while j < range.upperBound {
+                    let (w, m) = decodeScalar(b, j)
+                    if kind(w) != k { break }
+                    j += m
+                }
+                emit(i..<j)
+                i = j
             }
         case let .regex(r):
             let s = String(decoding: UnsafeBufferPointer(rebasing: b[range]), as: UTF8.self)
