@@ -241,6 +241,9 @@ final class TokenizerJSONTests: XCTestCase {
             (#""normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Precompiled"}]}"#,
              ["normalizer.normalizers[1] type 'Precompiled' is not supported"]),
             (#""decoder": {"type": "WordPiece"}"#, ["decoder type 'WordPiece' is not supported"]),
+            (#""pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "ByteLevel"}, {"type": "Digits"}]}"#,
+             ["pre_tokenizer.pretokenizers[1]", "after ByteLevel is not supported"]),
+            (#""normalizer": {"type": "Replace", "pattern": {"Regex": "(?<=a"}, "content": ""}"#, ["normalizer.pattern", "cannot be compiled"]),
             (#""post_processor": {"type": "Weird"}"#, ["post_processor type 'Weird' is not supported"]),
         ]
         for (extra, fragments) in cases {

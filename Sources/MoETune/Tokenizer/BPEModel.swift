@@ -39,7 +39,7 @@ final class BPEModel: @unchecked Sendable {
         pairs.reserveCapacity(vocab.count)
         for (tok, v) in vocab {
             let id = try r.int(v, "model.vocab[\"\(tok)\"]")
-            guard id >= 0 else { throw r.fail("model.vocab[\"\(tok)\"]", "negative id") }
+            guard id >= 0, id < 1 << 24 else { throw r.fail("model.vocab[\"\(tok)\"]", "id \(id) is outside 0..<16777216") }
             pairs.append((tok, id)); maxId = max(maxId, id)
         }
         var names = [String](repeating: "", count: maxId + 1)

@@ -47,7 +47,12 @@ indirect enum PreTokenizer: Sendable {
             return .metaspace(replacement: Array(rep.utf8), prepend: scheme, split: try r.bool(o, "split", key, default: true))
         case "Sequence":
             let list = try r.array(o, "pretokenizers", key)
-            return .sequence(try list.enumerated().compactMap { try parse(r, $1, key: "\(key).pretokenizers[\($0)]") })
+            let parts = try list.enumerated().compactMap { try parse(r, $1, key: "\(key).pretokenizers[\($0)]") }
+            // BPE works on raw bytes, so later steps would see the text, not ByteLevel's characters.
+            if let k = parts.firstIndex(where: { $0.isByteLevel }), k != parts.count - 1 {
+                throw r.fail("\(key).pretokenizers[\(k + 1)]", "a pre-tokenizer after ByteLevel is not supported")
+            }
+            return .sequence(parts)
         default:
             throw r.unsupported(key, type)
         }
