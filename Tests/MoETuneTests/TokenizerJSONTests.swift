@@ -216,6 +216,21 @@ final class TokenizerJSONTests: XCTestCase {
         assertMoETuneError(try LoadedModel.load(directory: dir), contains: ["tokenizer.model", "neither tokenizer.json nor tokenizer.model"])
     }
 
+    /// SentencePiece offsets from the pieces tile the text (the dummy-prefix space covers nothing).
+    func testSentencePieceOffsets() throws {
+        let tok = try Tokenizer(path: Fixtures.dir("llama") + "/tokenizer.model")
+        for text in ["The quick brown fox.", "naïve ☃ 42"] {
+            let spans = try tok.encodeWithOffsets(text)
+            XCTAssertEqual(spans.map(\.id), try tok.encode(text))
+            XCTAssertEqual(spans.first?.utf8.lowerBound, 0)
+            XCTAssertEqual(spans.last?.utf8.upperBound, text.utf8.count, text)
+            XCTAssertTrue(zip(spans, spans.dropFirst()).allSatisfy { $0.utf8.upperBound == $1.utf8.lowerBound }, text)
+        }
+        // SentencePiece's own normalization (here: extra spaces removed) makes them approximate.
+        let spans = try tok.encodeWithOffsets("a  b")
+        XCTAssertTrue(spans.allSatisfy { $0.utf8.upperBound <= 4 })
+    }
+
     // MARK: Refusals and malformed files
 
     func write(_ json: String) throws -> String {

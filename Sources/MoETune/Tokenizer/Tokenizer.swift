@@ -78,7 +78,9 @@ public final class Tokenizer: TextTokenizer, @unchecked Sendable {
     }
 
     /// Offsets from the pieces: "▁" stands for one space byte, "<0xNN>" for one byte, and
-    /// the space SentencePiece adds in front of the text covers nothing.
+    /// the space SentencePiece adds in front of the text covers nothing. Exact when
+    /// SentencePiece's normalization leaves the text alone; approximate (clamped to the
+    /// text) when it rewrites it, e.g. removes extra spaces.
     public func encodeWithOffsets(_ text: String) throws -> [TokenSpan] {
         let ids = try encode(text)
         var spans: [TokenSpan] = []
