@@ -11,7 +11,7 @@ struct EvalCommand: ParsableCommand {
         or Alpaca {"instruction", "input", "output"} (only completion tokens and EOS count).
         """)
 
-    @Option(help: "Hugging Face model folder (config.json, safetensors, tokenizer.model).")
+    @Option(help: "Hugging Face model folder (config.json, safetensors, tokenizer.json or tokenizer.model).")
     var model: String
 
     @Option(help: "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to apply (repeatable).")

@@ -39,7 +39,8 @@ struct GenerateCommand: ParsableCommand {
             var options = SamplingOptions()
             options.temperature = temperature; options.topK = topK; options.topP = topP; options.seed = seed
             options.maxNewTokens = maxNewTokens
-            let generator = Generator(model: loaded.model, adapters: adapters, maxLength: min(loaded.model.config.maxPositionEmbeddings, 4096))
+            let generator = Generator(model: loaded.model, adapters: adapters, maxLength: min(loaded.model.config.maxPositionEmbeddings, 4096),
+                                      stopIds: loaded.tokenizer.stopIds)
             let tok = loaded.tokenizer
             func reply(to promptIDs: [Int32]) throws -> String {
                 var ids: [Int32] = []
@@ -56,14 +57,14 @@ struct GenerateCommand: ParsableCommand {
                 return (try? tok.decode(ids)) ?? printed
             }
             if !chat {
-                _ = try reply(to: [tok.bosId] + tok.encode(prompt!))
+                _ = try reply(to: tok.encode(prompt!, addSpecialTokens: true))
                 return
             }
             var messages: [(role: String, content: String)] = []
             func turn(_ user: String) throws {
                 messages.append(("user", user))
                 let text = try template.prompt(messages)
-                let answer = try reply(to: [tok.bosId] + tok.encode(text))
+                let answer = try reply(to: tok.encode(text, addSpecialTokens: true))
                 messages.append(("assistant", answer.trimmingCharacters(in: .whitespaces)))
             }
             if let prompt { try turn(prompt); return }

@@ -89,9 +89,9 @@ extension GenerationTests {
         var o = SamplingOptions()
         o.maxNewTokens = 6
         let prompt = "Add 3 and 4."
-        let own = try tok.decode(try g.generate(prompt: [tok.bosId] + tok.encode(prompt), options: o))
+        let own = try tok.decode(try g.generate(prompt: tok.encode(prompt, addSpecialTokens: true), options: o))
         let chatPrompt = try ChatTemplate.llama2.prompt([("user", "Hello")])
-        let ownChat = try tok.decode(try g.generate(prompt: [tok.bosId] + tok.encode(chatPrompt), options: o))
+        let ownChat = try tok.decode(try g.generate(prompt: tok.encode(chatPrompt, addSpecialTokens: true), options: o))
         let dir = try makeTempDir(self)
         let lines = [
             ["task": "a", "prompt": prompt, "completion": "  " + own + " "],

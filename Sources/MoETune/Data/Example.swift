@@ -63,14 +63,29 @@ public struct Dataset: Sendable {
 
     /// Reads and tokenizes every line of `path`. Any bad line is an error naming the
     /// file and line; nothing is dropped silently.
-    public static func load(path: String, tokenizer: Tokenizer, vocabSize: Int, options: DataOptions) throws -> Dataset {
+    public static func load(path: String, tokenizer: any TextTokenizer, vocabSize: Int, options: DataOptions) throws -> Dataset {
         let rows = try JSONL.readObjects(path: path)
         guard !rows.isEmpty else { throw MoETuneError.file(path: path, message: "data file has no examples") }
+        // Tokenize on every core, in chunks; results keep the file's order.
+        var results = [Result<Example, Error>?](repeating: nil, count: rows.count)
+        let chunk = 64
+        let chunks = (rows.count + chunk - 1) / chunk
+        results.withUnsafeMutableBufferPointer { out in
+            nonisolated(unsafe) let out = out
+            nonisolated(unsafe) let rows = rows
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                for k in (c * chunk)..<min(rows.count, (c + 1) * chunk) {
+                    let (line, object) = rows[k]
+                    out[k] = Result { try tokenize(object, path: path, line: line, tokenizer: tokenizer, options: options) }
+                }
+            }
+        }
         var examples: [Example] = []
         var truncated = 0
         examples.reserveCapacity(rows.count)
-        for (line, object) in rows {
-            var ex = try tokenize(object, path: path, line: line, tokenizer: tokenizer, options: options)
+        for (k, result) in results.enumerated() {
+            let line = rows[k].0
+            var ex = try result!.get()
             if let bad = ex.tokens.first(where: { Int($0) >= vocabSize || $0 < 0 }) {
                 throw MoETuneError.line(path: path, line: line,
                     message: "token id \(bad) is outside the model's vocabulary of \(vocabSize)")
@@ -85,7 +100,7 @@ public struct Dataset: Sendable {
         return Dataset(path: path, examples: examples, truncated: truncated)
     }
 
-    static func tokenize(_ object: [String: Any], path: String, line: Int, tokenizer: Tokenizer,
+    static func tokenize(_ object: [String: Any], path: String, line: Int, tokenizer: any TextTokenizer,
                          options: DataOptions) throws -> Example {
         func field(_ key: String, required: Bool = true) throws -> String? {
             guard let v = object[key], !(v is NSNull) else {
@@ -103,11 +118,13 @@ public struct Dataset: Sendable {
             throw MoETuneError.line(path: path, line: line,
                 message: "no known fields (found: \(keys)); expected \"text\", \"prompt\"+\"completion\", \"instruction\"+\"output\" or \"messages\"")
         }
-        let bos = tokenizer.bosId, eos = tokenizer.eosId
+        let eos = tokenizer.eosId
         switch format {
         case .text:
+            // SentencePiece: [BOS] + encode + [EOS]; tokenizer.json: transformers'
+            // tokenizer(text).input_ids, then EOS unless already last.
             let text = try field("text")!
-            let tokens = [bos] + (try tokenizer.encode(text)) + [eos]
+            let tokens = try tokenizer.trainingIds(text)
             return Example(tokens: tokens, counted: [false] + Array(repeating: true, count: tokens.count - 1),
                            line: line, promptLength: 1, task: task)
         case .chat:
@@ -126,12 +143,12 @@ public struct Dataset: Sendable {
             do { segments = try options.chatTemplate.segments(messages) } catch let e as MoETuneError {
                 throw MoETuneError.line(path: path, line: line, message: e.description)
             }
-            var tokens: [Int32] = [bos]
-            var counted: [Bool] = [false]
+            var tokens: [Int32] = tokenizer.prefixIds
+            var counted = [Bool](repeating: false, count: tokens.count)
             var promptLength = 0, lastReplyStart = 0
             for seg in segments {
                 var ids = try tokenizer.encode(seg.text)
-                if seg.eos { ids.append(eos) }
+                if seg.eos, let eos { ids.append(eos) }
                 if seg.counted { lastReplyStart = tokens.count }
                 tokens += ids
                 counted += Array(repeating: seg.counted || options.trainOnInputs, count: ids.count)
@@ -149,11 +166,12 @@ public struct Dataset: Sendable {
                 prompt = AlpacaTemplate.prompt(instruction: try field("instruction")!, input: try field("input", required: false))
                 completion = try field("output")!
             }
-            let p = [bos] + (try tokenizer.encode(prompt))
-            let cpl = (try tokenizer.encode(completion)) + [eos]
+            let p = tokenizer.prefixIds + (try tokenizer.encode(prompt))
+            var cpl = (try tokenizer.encode(completion)) + tokenizer.suffixIds
+            if let eos, cpl.last != eos { cpl.append(eos) }
             let tokens = p + cpl
             var counted = Array(repeating: options.trainOnInputs, count: p.count) + Array(repeating: true, count: cpl.count)
-            counted[0] = false
+            if !counted.isEmpty { counted[0] = false }
             return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task,
                            reply: completion, replyStart: p.count)
         }

@@ -13,12 +13,12 @@ public struct ExactMatchResult: Sendable {
 }
 
 public enum ExactMatch {
-    public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: Tokenizer, dataset: Dataset,
+    public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: any TextTokenizer, dataset: Dataset,
                                 maxNewTokens: Int, progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
         let items = dataset.examples.filter { $0.reply != nil && $0.replyStart > 0 && $0.replyStart <= $0.tokens.count }
         let longest = items.map(\.replyStart).max() ?? 1
         let generator = Generator(model: model, adapters: adapters,
-                                  maxLength: min(longest + maxNewTokens + 1, model.rope.maxPositions))
+                                  maxLength: min(longest + maxNewTokens + 1, model.rope.maxPositions), stopIds: tokenizer.stopIds)
         var options = SamplingOptions()
         options.maxNewTokens = maxNewTokens
         var result = ExactMatchResult(correct: 0, total: 0, perTask: [:], samples: [])

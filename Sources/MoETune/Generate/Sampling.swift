@@ -64,9 +64,10 @@ public final class Generator {
     public let decoder: Decoder
     public let eosIds: Set<Int32>
 
-    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int) {
+    /// `stopIds`: the tokenizer's stop ids, added to config.json's eos ids.
+    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int, stopIds: Set<Int32> = []) {
         decoder = Decoder(model: model, adapters: adapters, maxLength: maxLength)
-        eosIds = Set(model.config.eosTokenIds)
+        eosIds = Set(model.config.eosTokenIds).union(stopIds)
     }
 
     /// New tokens after `prompt` (EOS not included).
