@@ -25,7 +25,7 @@ public enum Merger {
 
     public static func merge(modelDir: String, adapters: [(path: String, weight: Float)], outDir: String,
                              options: Options = Options()) throws -> Summary {
-        let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite)
+        let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite, inputs: [modelDir] + adapters.map(\.path), command: "merge")
         let ck = try Checkpoint(directory: modelDir)
         let model = try Transformer(checkpoint: ck)
         let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
