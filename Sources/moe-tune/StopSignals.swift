@@ -18,19 +18,22 @@ final class StopSignals {
         for sig in [SIGINT, SIGTERM] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: DispatchQueue.global())
-            source.setEventHandler { [unowned self] in self.handle(sig) }
+            // `data` counts the signals coalesced into this event (two at once mean "now").
+            source.setEventHandler { [unowned self] in self.handle(sig, times: Int(source.data)) }
             source.resume()
             sources.append(source)
         }
     }
 
-    private func handle(_ sig: Int32) {
+    private func handle(_ sig: Int32, times: Int) {
         lock.lock()
-        count += 1
-        let first = count == 1
+        let first = count == 0
+        count += max(times, 1)
         if first { received = sig }
+        let again = count > 1
         lock.unlock()
-        if first { onFirst(sig) } else { _exit(128 + sig) }
+        if again { _exit(128 + sig) }
+        onFirst(sig)
     }
 
     /// The first signal received, or nil.
