@@ -6,12 +6,7 @@ import XCTest
 /// at a random step followed by --resume gives the uninterrupted run's adapter bit for bit;
 /// a second SIGTERM exits 143 at once with every checkpoint on disk complete.
 final class SignalTests: XCTestCase {
-    var binary: String {
-        let products = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }.map {
-            URL(fileURLWithPath: $0.bundlePath).deletingLastPathComponent()
-        } ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        return products.appendingPathComponent("moe-tune").path
-    }
+    var binary: String { moeTuneBinary }
 
     func setUp(_ dir: String, steps: Int, saveEvery: Int = 0) throws -> String {
         var text = ""

@@ -11,6 +11,8 @@ public struct TrainConfig: Equatable, Sendable {
         public var test: String?
         public var trainOnInputs = false
         public var chatTemplate: String?
+        /// Longest JSONL line accepted, in bytes.
+        public var maxLineBytes = JSONL.defaultMaxLineBytes
     }
 
     public struct LoRASection: Equatable, Sendable {
@@ -177,9 +179,10 @@ public struct TrainConfig: Equatable, Sendable {
     static func decode(_ r: ConfigReader) throws -> TrainConfig {
         let model = try r.string("model")
         let d = try r.section("data")
-        let data = DataSection(train: try d.string("train"), valid: try d.optionalString("valid"), test: try d.optionalString("test"),
+        var data = DataSection(train: try d.string("train"), valid: try d.optionalString("valid"), test: try d.optionalString("test"),
                                trainOnInputs: try d.bool("train_on_inputs", default: false),
                                chatTemplate: try d.optionalString("chat_template"))
+        data.maxLineBytes = try d.int("max_line_bytes", default: data.maxLineBytes)
         try d.finish()
 
         let l = try r.section("lora")
@@ -367,6 +370,7 @@ public struct TrainConfig: Equatable, Sendable {
         if let b = training.evalBatches, b < 1 { throw t.fail("eval_batches", "must be at least 1, or null for the whole set") }
         guard training.saveEvery >= 0 else { throw t.fail("save_every", "must not be negative (0: save only at the end)") }
         guard training.logEvery >= 1 else { throw t.fail("log_every", "must be at least 1") }
+        guard data.maxLineBytes >= 1 else { throw try r.section("data").fail("max_line_bytes", "must be at least 1") }
         if let tpl = data.chatTemplate {
             do { _ = try ChatTemplate.custom(tpl) } catch { throw try r.section("data").fail("chat_template", "must contain {user} followed by {assistant}") }
         }
@@ -415,6 +419,7 @@ public struct TrainConfig: Equatable, Sendable {
           test: \(q(data.test))
           train_on_inputs: \(data.trainOnInputs)
           chat_template: \(q(data.chatTemplate))
+          max_line_bytes: \(data.maxLineBytes)
         lora:
           rank: \(lora.rank)
           alpha: \(lora.alpha)

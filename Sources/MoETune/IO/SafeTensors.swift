@@ -94,9 +94,13 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 let (count, overflow) = shape.reduce((1, false)) { acc, d in
                     let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
                 }
-                guard !overflow, count * dtype.size == end - begin else {
+                let (bytes, bytesOverflow) = count.multipliedReportingOverflow(by: dtype.size)
+                guard !overflow, !bytesOverflow else {
+                    throw MoETuneError.file(path: path, message: "tensor '\(name)': shape \(shape) of \(dtypeName) is too large (its size overflows)")
+                }
+                guard bytes == end - begin else {
                     throw MoETuneError.file(path: path,
-                        message: "tensor '\(name)': shape \(shape) of \(dtypeName) needs \(count * dtype.size) bytes but data_offsets give \(end - begin)")
+                        message: "tensor '\(name)': shape \(shape) of \(dtypeName) needs \(bytes) bytes but data_offsets give \(end - begin)")
                 }
                 tensors[name] = TensorInfo(name: name, dtype: dtype, shape: shape, offset: dataStart + begin, byteCount: end - begin)
             }

@@ -71,6 +71,8 @@ public final class Trainer {
         try model.config.checkSequenceLength(tc.maxSeqLen)
         try configureMoE(model)
         let template = try c.data.chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
+        JSONL.maxLineBytes = c.data.maxLineBytes
+        defer { JSONL.maxLineBytes = JSONL.defaultMaxLineBytes }
         let options = DataOptions(maxSeqLen: tc.maxSeqLen, trainOnInputs: c.data.trainOnInputs, chatTemplate: template)
         func load(_ path: String, _ split: String) throws -> Dataset {
             let ds = try Dataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: model.config.vocabSize, options: options)
@@ -128,6 +130,11 @@ public final class Trainer {
         // Buffers are sized from the data that is batched, not from the configured maxima.
         let longest = train.examples.map(\.tokens.count).max() ?? 1
         let rows = min(tc.batchSize, train.examples.count)
+        let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest)
+        if let physical = MemoryEstimate.physicalBytes, needed > physical {
+            throw MoETuneError.config(path: configPath, key: "training.batch_size",
+                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size or training.max_seq_len")
+        }
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
         let grads = BackwardState(for: state, config: model.config)
