@@ -68,6 +68,19 @@ final class HostileSizeTests: XCTestCase {
         assertMoETuneError(try SafeTensorsFile(path: path), contains: ["evil.safetensors", "'w'", "too large"])
     }
 
+    func testOverlappingTensorsAreRefused() throws {
+        let dir = try makeTempDir(self)
+        let path = dir + "/overlap.safetensors"
+        var header = Data("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}".utf8)
+        while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }
+        var file = Data()
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { file.append(contentsOf: $0) }
+        file.append(header)
+        file.append(Data(count: 12))
+        try file.write(to: URL(fileURLWithPath: path))
+        assertMoETuneError(try SafeTensorsFile(path: path), contains: ["overlap.safetensors", "'a' and 'b' overlap"])
+    }
+
     /// A copy of the train-mixtral adapter with one lora_B tensor set to NaN.
     func nanAdapter(_ dir: String) throws -> (dir: String, tensor: String) {
         let src = Fixtures.dir("train-mixtral")

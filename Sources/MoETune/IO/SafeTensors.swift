@@ -104,6 +104,11 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 }
                 tensors[name] = TensorInfo(name: name, dtype: dtype, shape: shape, offset: dataStart + begin, byteCount: end - begin)
             }
+            // Two tensors sharing bytes would silently alias each other: refuse overlaps.
+            let spans = tensors.values.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
+            for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
+                throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data (data_offsets)")
+            }
             self.tensors = tensors
             self.metadata = metadata
         } catch {
