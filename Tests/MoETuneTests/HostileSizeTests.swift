@@ -81,6 +81,20 @@ final class HostileSizeTests: XCTestCase {
         assertMoETuneError(try SafeTensorsFile(path: path), contains: ["overlap.safetensors", "'a' and 'b' overlap"])
     }
 
+    func testADuplicateHeaderKeyIsRefused() throws {
+        let dir = try makeTempDir(self)
+        let path = dir + "/dup.safetensors"
+        var header = Data("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}, \"a\" :{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},\"__metadata__\":{\"x\":\"a\"}}".utf8)
+        while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }
+        var file = Data()
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { file.append(contentsOf: $0) }
+        file.append(header)
+        file.append(Data(count: 8))
+        try file.write(to: URL(fileURLWithPath: path))
+        assertMoETuneError(try SafeTensorsFile(path: path), contains: ["dup.safetensors", "names 'a' twice"])
+        XCTAssertNil(JSONDuplicateKeys.firstDuplicate(in: Data("{\"a\":{\"a\":1,\"b\":\"a\"},\"b\":[\"a\",\"x\\\"a\"]}".utf8)))
+    }
+
     /// A copy of the train-mixtral adapter with one lora_B tensor set to NaN.
     func nanAdapter(_ dir: String) throws -> (dir: String, tensor: String) {
         let src = Fixtures.dir("train-mixtral")

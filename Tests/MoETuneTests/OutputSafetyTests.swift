@@ -23,6 +23,13 @@ final class OutputSafetyTests: XCTestCase {
             assertMoETuneError(try Quantizer.quantize(modelDir: Fixtures.dir("llama"), outDir: file, overwrite: overwrite),
                                contains: ["precious.txt", "is a file"])
         }
+        // The command line says so in one line and exits 1.
+        for args in [["merge", "--model", Fixtures.dir("mixtral"), "--adapter", adapter, "--out", file, "--overwrite"],
+                     ["quantize", "--model", Fixtures.dir("llama"), "--out", file, "--overwrite"]] {
+            let r = try runMoETune(args)
+            XCTAssertEqual(r.status, 1, r.err)
+            XCTAssertTrue(r.err.hasPrefix("moe-tune: error: \(file): exists and is a file"), r.err)
+        }
         XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "keep me")
     }
 

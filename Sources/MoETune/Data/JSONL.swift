@@ -6,7 +6,7 @@ import Foundation
 /// cannot cost minutes and gigabytes.
 public enum JSONL {
     /// The longest line accepted, in bytes (data.max_line_bytes in the training config).
-    public static let defaultMaxLineBytes = 4 << 20
+    public static let defaultMaxLineBytes = 1 << 20
     public static var maxLineBytes = defaultMaxLineBytes
 
     public static func readObjects(path: String, maxLineBytes: Int = JSONL.maxLineBytes) throws -> [(line: Int, object: [String: Any])] {

@@ -67,6 +67,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
             guard let obj = try? JSONSerialization.jsonObject(with: header), let json = obj as? [String: Any] else {
                 throw MoETuneError.file(path: path, message: "safetensors header is not a JSON object")
             }
+            if let dup = JSONDuplicateKeys.firstDuplicate(in: header) {
+                throw MoETuneError.file(path: path, message: "the safetensors header names '\(dup)' twice")
+            }
             let dataStart = 8 + Int(headerLen)
             var tensors: [String: TensorInfo] = [:]
             var metadata: [String: String] = [:]
