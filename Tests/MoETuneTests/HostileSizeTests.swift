@@ -95,6 +95,17 @@ final class HostileSizeTests: XCTestCase {
         XCTAssertNil(JSONDuplicateKeys.firstDuplicate(in: Data("{\"a\":{\"a\":1,\"b\":\"a\"},\"b\":[\"a\",\"x\\\"a\"]}".utf8)))
     }
 
+    func testACheckpointWithMoreLayersThanItsConfigIsRefused() throws {
+        let dir = try makeTempDir(self)
+        let src = Fixtures.dir("mixtral")
+        var cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: src + "/config.json"))) as! [String: Any]
+        let layers = cfg["num_hidden_layers"] as! Int
+        cfg["num_hidden_layers"] = layers - 1
+        try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        try FileManager.default.createSymbolicLink(atPath: dir + "/model.safetensors", withDestinationPath: src + "/model.safetensors")
+        assertMoETuneError(try Checkpoint(directory: dir), contains: ["model.safetensors", "layer \(layers - 1)", "num_hidden_layers \(layers - 1)"])
+    }
+
     /// A copy of the train-mixtral adapter with one lora_B tensor set to NaN.
     func nanAdapter(_ dir: String) throws -> (dir: String, tensor: String) {
         let src = Fixtures.dir("train-mixtral")
