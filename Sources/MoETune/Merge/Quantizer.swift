@@ -35,8 +35,7 @@ public enum Quantizer {
             let info = ck.info(name)!
             guard isQuantizable(name, keepExperts: keepExperts), info.shape.count == 2, !ck.isBnb4bit(name) else {
                 let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytesCopy(info)
-                writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: Data(bytes)))
-                bytes.deallocate()
+                writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: bytes))
                 kept += 1
                 continue
             }
