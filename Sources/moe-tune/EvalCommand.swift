@@ -50,6 +50,7 @@ struct EvalCommand: ParsableCommand {
         guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
         if let quantize, quantize != "nf4" { throw ValidationError("--quantize supports nf4 only") }
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
+        guard maxNewTokens <= maxNewTokensLimit else { throw ValidationError("--max-new-tokens must be at most \(maxNewTokensLimit), got \(maxNewTokens)") }
     }
 
     func run() throws {
@@ -65,6 +66,9 @@ struct EvalCommand: ParsableCommand {
             let r = try Evaluator.evaluate(model: loaded.model, adapters: adapters, dataset: dataset, batchSize: batchSize) { done, total in
                 progress.update(done: done, total: total)
             }
+            guard r.loss.isFinite else {
+                throw MoETuneError.invalid("the evaluation loss is \(r.loss) over \(r.tokens) tokens of \(data): the model\(adapter.isEmpty ? "" : " or adapter") produced non-finite logits; check \(adapter.isEmpty ? model : adapter.joined(separator: ", ")) for NaN/inf weights (or an F16 overflow)")
+            }
             var em: ExactMatchResult?
             if generate {
                 let genProgress = ProgressLine("generate")
@@ -72,15 +76,20 @@ struct EvalCommand: ParsableCommand {
                                              maxNewTokens: maxNewTokens) { genProgress.update(done: $0, total: $1) }
             }
             if json {
-                var obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens, "examples": r.examples]
+                // A loss above ~709 overflows exp: the perplexity is then null, never an invalid number.
+                var obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity.isFinite ? r.perplexity : NSNull(),
+                                          "tokens": r.tokens, "examples": r.examples]
                 if expertStats, let routing = r.routing { obj["expert_stats"] = routing.summary() }
                 if let em {
                     obj["exact_match"] = em.accuracy
                     obj["per_task"] = em.perTask.mapValues { ["exact_match": $0.total > 0 ? Double($0.correct) / Double($0.total) : 0,
                                                               "correct": $0.correct, "examples": $0.total] }
                 }
-                let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
+                // Valid JSON or nothing: an object that cannot be encoded is an error on stderr.
+                guard JSONSerialization.isValidJSONObject(obj), let json = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else {
+                    throw MoETuneError.invalid("the results hold a value JSON cannot encode (a NaN or infinite statistic); run without --json to see them")
+                }
+                print(String(decoding: json, as: UTF8.self))
             } else {
                 print("""
                 model       \(model)\(adapter.isEmpty ? "" : " + adapter " + adapter.joined(separator: ", "))

@@ -27,6 +27,7 @@ struct GenerateCommand: ParsableCommand {
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard topK >= 0 else { throw ValidationError("--top-k must not be negative") }
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
+        guard maxNewTokens <= maxNewTokensLimit else { throw ValidationError("--max-new-tokens must be at most \(maxNewTokensLimit), got \(maxNewTokens)") }
         guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
         if let quantize, quantize != "nf4" { throw ValidationError("--quantize supports nf4 only") }
     }

@@ -9,7 +9,11 @@ struct TrainCommand: ParsableCommand {
         discussion: """
         Every key of the config is documented in configs/example.yaml and README.md. \
         Writes adapter_model.safetensors, adapter_config.json, config.yaml (the resolved config), \
-        metrics.jsonl and report.html into training.out_dir.
+        metrics.jsonl and report.html into training.out_dir, and a checkpoint into \
+        out_dir/checkpoints/step-N every save_every steps and whenever training stops. \
+        The first SIGINT or SIGTERM finishes the current step, writes a checkpoint and the adapter \
+        and exits 130 or 143; --resume continues from the newest checkpoint exactly as the run \
+        would have gone on. A second signal exits at once, the last checkpoint intact.
         """)
 
     @Option(help: "YAML training config.")
@@ -18,8 +22,11 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key, e.g. --set training.max_steps=20 (repeatable).", valueName: "key.sub=value"))
     var overrides: [String] = []
 
-    @Flag(help: "Write into an out_dir that already holds a training run.")
+    @Flag(help: "Start over in an out_dir that holds a training run (removes that run's files, nothing else).")
     var overwrite = false
+
+    @Flag(help: "Continue the run in out_dir from its newest checkpoint.")
+    var resume = false
 
     func run() throws {
         try runReportingErrors {
@@ -36,7 +43,20 @@ struct TrainCommand: ParsableCommand {
             events.evaluation = { split, step, r in
                 progress.interrupt(String(format: "%@ loss %.4f (ppl %.2f) at step %d", split, r.loss, r.perplexity, step))
             }
-            let s = try trainer.run(overwrite: overwrite, events: events)
+            let signals = StopSignals { sig in
+                err.write(Data("\n\(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping after this step to write a checkpoint (send it again to exit at once)\n".utf8))
+            }
+            events.shouldStop = { signals.requested != nil }
+            let s = try trainer.run(overwrite: overwrite, resume: resume, events: events)
+            signals.uninstall()
+            if let step = s.stoppedAt {
+                let sig = signals.requested ?? SIGINT
+                let resumeCommand = (["moe-tune", "train", "--config", config] + overrides.flatMap { ["--set", $0] } + ["--resume"])
+                    .map(shellQuoted).joined(separator: " ")
+                print("stopped at step \(step): checkpoint \(s.checkpoint ?? "?"), adapter in \(s.outDir)\n"
+                    + "resume with: \(resumeCommand)")
+                throw ExitCode(128 + sig)
+            }
             var lines = ["trained \(s.steps) steps, \(s.trainedTokens) tokens in \(formatDuration(s.seconds)) (\(String(format: "%.0f", Double(s.trainedTokens) / max(s.seconds, 1e-9))) tokens/s)"]
             if let a = s.firstValidLoss, let b = s.lastValidLoss { lines.append(String(format: "valid loss %.4f -> %.4f", a, b)) }
             if let t = s.testLoss { lines.append(String(format: "test loss %.4f", t)) }
@@ -48,4 +68,11 @@ struct TrainCommand: ParsableCommand {
             print(lines.joined(separator: "\n"))
         }
     }
+}
+
+/// `s` quoted for a POSIX shell when it needs it.
+func shellQuoted(_ s: String) -> String {
+    let safe = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%")
+    if !s.isEmpty, s.unicodeScalars.allSatisfy(safe.contains) { return s }
+    return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
 }

@@ -11,6 +11,10 @@ struct MoETuneCommand: ParsableCommand {
         subcommands: [TrainCommand.self, EvalCommand.self, MergeCommand.self, GenerateCommand.self, QuantizeCommand.self, BenchBLASCommand.self, BenchTrainCommand.self, BenchTokenizerCommand.self])
 }
 
+/// The largest --max-new-tokens (eval --generate, generate): far beyond any model's context,
+/// and far from overflowing the sizes computed from it.
+let maxNewTokensLimit = 1 << 20
+
 /// Prints a library error as one line and exits non-zero.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {

@@ -11,6 +11,8 @@ public struct TrainConfig: Equatable, Sendable {
         public var test: String?
         public var trainOnInputs = false
         public var chatTemplate: String?
+        /// Longest JSONL line accepted, in bytes.
+        public var maxLineBytes = JSONL.defaultMaxLineBytes
     }
 
     public struct LoRASection: Equatable, Sendable {
@@ -71,6 +73,8 @@ public struct TrainConfig: Equatable, Sendable {
         public var evalEvery = 50
         public var evalBatches: Int?
         public var saveEvery = 0
+        /// Checkpoints kept in out_dir/checkpoints (the newest ones).
+        public var keepCheckpoints = 2
         public var outDir: String
         public var logEvery = 1
     }
@@ -175,9 +179,10 @@ public struct TrainConfig: Equatable, Sendable {
     static func decode(_ r: ConfigReader) throws -> TrainConfig {
         let model = try r.string("model")
         let d = try r.section("data")
-        let data = DataSection(train: try d.string("train"), valid: try d.optionalString("valid"), test: try d.optionalString("test"),
+        var data = DataSection(train: try d.string("train"), valid: try d.optionalString("valid"), test: try d.optionalString("test"),
                                trainOnInputs: try d.bool("train_on_inputs", default: false),
                                chatTemplate: try d.optionalString("chat_template"))
+        data.maxLineBytes = try d.int("max_line_bytes", default: data.maxLineBytes)
         try d.finish()
 
         let l = try r.section("lora")
@@ -262,6 +267,7 @@ public struct TrainConfig: Equatable, Sendable {
         tr.evalEvery = try t.int("eval_every", default: tr.evalEvery)
         tr.evalBatches = try t.optionalInt("eval_batches")
         tr.saveEvery = try t.int("save_every", default: tr.saveEvery)
+        tr.keepCheckpoints = try t.int("keep_checkpoints", default: tr.keepCheckpoints)
         tr.logEvery = try t.int("log_every", default: tr.logEvery)
         try t.finish()
         return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
@@ -346,20 +352,32 @@ public struct TrainConfig: Equatable, Sendable {
         }
         guard schedule.warmupSteps >= 0 else { throw sc.fail("warmup_steps", "must not be negative") }
         guard schedule.minLR >= 0, schedule.minLR <= optimizer.lr else { throw sc.fail("min_lr", "must be between 0 and optimizer.lr (\(optimizer.lr))") }
+        // Upper bounds keep every size computed from these far from overflow.
+        let L = TrainConfig.limits
         guard training.batchSize >= 1 else { throw t.fail("batch_size", "must be at least 1") }
+        guard training.batchSize <= L.batchSize else { throw t.fail("batch_size", "must be at most \(L.batchSize), got \(training.batchSize)") }
         guard training.gradAccum >= 1 else { throw t.fail("grad_accum", "must be at least 1") }
+        guard training.gradAccum <= L.gradAccum else { throw t.fail("grad_accum", "must be at most \(L.gradAccum), got \(training.gradAccum)") }
         guard training.maxSeqLen >= 2 else { throw t.fail("max_seq_len", "must be at least 2") }
+        guard training.maxSeqLen <= L.maxSeqLen else { throw t.fail("max_seq_len", "must be at most \(L.maxSeqLen), got \(training.maxSeqLen)") }
         if training.maxSteps != nil, training.epochs != nil { throw t.fail("max_steps", "give max_steps or epochs, not both") }
         if let s = training.maxSteps, s < 1 { throw t.fail("max_steps", "must be at least 1") }
-        if let e = training.epochs, e <= 0 { throw t.fail("epochs", "must be positive") }
+        if let s = training.maxSteps, s > L.maxSteps { throw t.fail("max_steps", "must be at most \(L.maxSteps), got \(s)") }
+        if let e = training.epochs, !(e > 0) { throw t.fail("epochs", "must be positive") }
+        if let e = training.epochs, e > Double(L.epochs) { throw t.fail("epochs", "must be at most \(L.epochs), got \(e)") }
+        guard training.keepCheckpoints >= 1 else { throw t.fail("keep_checkpoints", "must be at least 1") }
         guard training.evalEvery >= 0 else { throw t.fail("eval_every", "must not be negative (0: evaluate only at the end)") }
         if let b = training.evalBatches, b < 1 { throw t.fail("eval_batches", "must be at least 1, or null for the whole set") }
         guard training.saveEvery >= 0 else { throw t.fail("save_every", "must not be negative (0: save only at the end)") }
         guard training.logEvery >= 1 else { throw t.fail("log_every", "must be at least 1") }
+        guard data.maxLineBytes >= 1 else { throw try r.section("data").fail("max_line_bytes", "must be at least 1") }
         if let tpl = data.chatTemplate {
             do { _ = try ChatTemplate.custom(tpl) } catch { throw try r.section("data").fail("chat_template", "must contain {user} followed by {assistant}") }
         }
     }
+
+    /// The largest sizes a config may ask for.
+    public static let limits = (batchSize: 65_536, gradAccum: 65_536, maxSeqLen: 1 << 20, maxSteps: 1_000_000_000, epochs: 1_000_000)
 
     // MARK: Rendering
 
@@ -401,6 +419,7 @@ public struct TrainConfig: Equatable, Sendable {
           test: \(q(data.test))
           train_on_inputs: \(data.trainOnInputs)
           chat_template: \(q(data.chatTemplate))
+          max_line_bytes: \(data.maxLineBytes)
         lora:
           rank: \(lora.rank)
           alpha: \(lora.alpha)
@@ -442,6 +461,7 @@ public struct TrainConfig: Equatable, Sendable {
           eval_every: \(training.evalEvery)
           eval_batches: \(n(training.evalBatches))
           save_every: \(training.saveEvery)
+          keep_checkpoints: \(training.keepCheckpoints)
           out_dir: \(q(training.outDir))
           log_every: \(training.logEvery)
 

@@ -2,8 +2,14 @@ import Foundation
 
 /// Reads a JSONL file: one JSON object per line. Blank lines are allowed (and are not
 /// examples); every other line must be an object, or the error names file and line.
+/// A line longer than `maxLineBytes` is refused before it is parsed, so one hostile line
+/// cannot cost minutes and gigabytes.
 public enum JSONL {
-    public static func readObjects(path: String) throws -> [(line: Int, object: [String: Any])] {
+    /// The longest line accepted, in bytes (data.max_line_bytes in the training config).
+    public static let defaultMaxLineBytes = 1 << 20
+    public static var maxLineBytes = defaultMaxLineBytes
+
+    public static func readObjects(path: String, maxLineBytes: Int = JSONL.maxLineBytes) throws -> [(line: Int, object: [String: Any])] {
         guard FileManager.default.fileExists(atPath: path) else {
             throw MoETuneError.file(path: path, message: "data file not found")
         }
@@ -18,6 +24,9 @@ public enum JSONL {
             let end = data[start...].firstIndex(of: UInt8(ascii: "\n")) ?? data.endIndex
             let line = data[start..<end]
             start = end < data.endIndex ? data.index(after: end) : end
+            guard line.count <= maxLineBytes else {
+                throw MoETuneError.line(path: path, line: lineNo, message: "line of \(line.count) bytes is longer than the limit of \(maxLineBytes) (data.max_line_bytes)")
+            }
             if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }) {
                 continue
             }

@@ -18,7 +18,8 @@ public enum ExactMatch {
         let items = dataset.examples.filter { $0.reply != nil && $0.replyStart > 0 && $0.replyStart <= $0.tokens.count }
         let longest = items.map(\.replyStart).max() ?? 1
         let generator = Generator(model: model, adapters: adapters,
-                                  maxLength: min(longest + maxNewTokens + 1, model.rope.maxPositions), stopIds: tokenizer.stopIds)
+                                  maxLength: min(longest + min(maxNewTokens, model.rope.maxPositions) + 1, model.rope.maxPositions),
+                                  stopIds: tokenizer.stopIds)
         var options = SamplingOptions()
         options.maxNewTokens = maxNewTokens
         var result = ExactMatchResult(correct: 0, total: 0, perTask: [:], samples: [])

@@ -41,7 +41,17 @@ public final class Checkpoint: @unchecked Sendable {
                 throw MoETuneError.file(path: indexPath, message: "shard \(name) is listed but missing")
             }
             let f = try SafeTensorsFile(path: path)
-            for (tname, info) in f.tensors { location[tname] = (files.count, info) }
+            for (tname, info) in f.tensors {
+                if let other = location[tname] {
+                    throw MoETuneError.file(path: path, message: "tensor '\(tname)' is also stored in \(fileNames.count > 1 ? files[other.file].path : path)")
+                }
+                // A layer the config does not have would be ignored silently: refuse it.
+                if tname.hasPrefix("model.layers."), let l = Int(tname.dropFirst("model.layers.".count).prefix { $0.isNumber }),
+                   l >= config.numLayers {
+                    throw MoETuneError.file(path: path, message: "tensor '\(tname)' belongs to layer \(l), but config.json has num_hidden_layers \(config.numLayers)")
+                }
+                location[tname] = (files.count, info)
+            }
             files.append(f)
         }
         for (tname, file) in expected where location[tname] == nil {

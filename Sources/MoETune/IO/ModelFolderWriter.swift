@@ -1,32 +1,53 @@
 import Foundation
 
-/// Writes a new Hugging Face model folder the safe way: everything goes into a staging
-/// folder beside the destination, which is renamed into place only when complete, and an
-/// existing non-empty destination is refused unless `overwrite`.
+/// Writes a new Hugging Face model folder the safe way: the rules of `OutputFolder` are
+/// checked first; everything goes into a staging folder beside the destination (with the
+/// moe-tune marker), every file fsynced; it is renamed into place only when complete. A
+/// folder being replaced is first renamed aside and removed only after the new one is in
+/// place. Staging folders of killed runs are removed at the next start.
 struct ModelFolderWriter {
     let outDir: String
     let staging: String
 
-    init(outDir: String, overwrite: Bool) throws {
-        let fm = FileManager.default
-        if fm.fileExists(atPath: outDir), !((try? fm.contentsOfDirectory(atPath: outDir)) ?? []).isEmpty, !overwrite {
-            throw MoETuneError.file(path: outDir, message: "already exists and is not empty; choose another --out or pass --overwrite")
-        }
+    init(outDir: String, overwrite: Bool, inputs: [String] = [], command: String = "") throws {
+        try OutputFolder.check(outDir, inputs: inputs, overwrite: overwrite)
         self.outDir = outDir
         let parent = (outDir as NSString).deletingLastPathComponent
-        staging = (parent.isEmpty ? "." : parent) + "/.\((outDir as NSString).lastPathComponent).tmp-\(getpid())"
+        AtomicFile.removeStale(in: parent.isEmpty ? "." : parent)
+        staging = AtomicFile.temporaryPath(for: outDir)
+        self.command = command
     }
+
+    let command: String
 
     /// Runs `body` with the staging folder, then puts it in place; on any error the
     /// staging folder is removed and the destination is left as it was.
     func write<T>(_ body: (String) throws -> T) throws -> T {
         let fm = FileManager.default
         try? fm.removeItem(atPath: staging)
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        do {
+            try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        } catch {
+            throw MoETuneError.file(path: staging, message: "cannot create the output folder: \(error.localizedDescription)")
+        }
         do {
             let result = try body(staging)
-            if fm.fileExists(atPath: outDir) { try fm.removeItem(atPath: outDir) }
-            try fm.moveItem(atPath: staging, toPath: outDir)
+            try OutputFolder.mark(staging, by: command.isEmpty ? "merge/quantize" : command)
+            var aside: String?
+            if fm.fileExists(atPath: outDir) {
+                let old = AtomicFile.temporaryPath(for: outDir + ".old")
+                guard rename(outDir, old) == 0 else {
+                    throw MoETuneError.file(path: outDir, message: "cannot move the old folder aside: \(String(cString: strerror(errno)))")
+                }
+                aside = old
+            }
+            guard rename(staging, outDir) == 0 else {
+                let reason = String(cString: strerror(errno))
+                if let aside { rename(aside, outDir) }
+                throw MoETuneError.file(path: outDir, message: "cannot move the new folder into place: \(reason)")
+            }
+            AtomicFile.syncDirectory(of: outDir)
+            if let aside { try? fm.removeItem(atPath: aside) }
             return result
         } catch {
             try? fm.removeItem(atPath: staging)
@@ -34,12 +55,15 @@ struct ModelFolderWriter {
         }
     }
 
-    /// Copies the tokenizer and generation files a model folder has.
+    /// Copies the tokenizer and generation files a model folder has (atomically, fsynced).
     static func copyTokenizerFiles(from modelDir: String, to dir: String) throws {
         let fm = FileManager.default
         for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
         where fm.fileExists(atPath: modelDir + "/" + f) {
-            try fm.copyItem(atPath: modelDir + "/" + f, toPath: dir + "/" + f)
+            guard let data = fm.contents(atPath: modelDir + "/" + f) else {
+                throw MoETuneError.file(path: modelDir + "/" + f, message: "cannot read")
+            }
+            try AtomicFile.write(data, to: dir + "/" + f)
         }
     }
 }

@@ -96,19 +96,40 @@ public enum PEFTAdapter {
         guard let r = (cfg["r"] as? NSNumber)?.intValue, r > 0 else {
             throw MoETuneError.config(path: configPath, key: "r", message: "missing or not a positive integer")
         }
-        let alpha = (cfg["lora_alpha"] as? NSNumber)?.doubleValue ?? Double(r)
+        // No silent fallbacks: a missing or mistyped alpha, or a pattern that cannot be read, is an error.
+        guard let alpha = (cfg["lora_alpha"] as? NSNumber)?.doubleValue, !(cfg["lora_alpha"] is Bool), alpha.isFinite else {
+            throw MoETuneError.config(path: configPath, key: "lora_alpha", message: "missing or not a number (got \(cfg["lora_alpha"].map { "\($0)" } ?? "nothing"))")
+        }
         let rslora = cfg["use_rslora"] as? Bool ?? false
-        let alphaPattern = (cfg["alpha_pattern"] as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.doubleValue }
+        /// rank_pattern / alpha_pattern: key → (value, regex matching a module path).
+        func patterns(_ key: String) throws -> [(key: String, value: Double, regex: NSRegularExpression)] {
+            guard let raw = cfg[key], !(raw is NSNull) else { return [] }
+            guard let dict = raw as? [String: Any] else { throw MoETuneError.config(path: configPath, key: key, message: "is not an object") }
+            return try dict.keys.sorted().map { k in
+                guard let v = (dict[k] as? NSNumber)?.doubleValue, !(dict[k] is Bool), v.isFinite else {
+                    throw MoETuneError.config(path: configPath, key: key, message: "'\(k)' has \(dict[k].map { "\($0)" } ?? "no value"), not a number")
+                }
+                guard let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(k))$") else {
+                    throw MoETuneError.config(path: configPath, key: key, message: "'\(k)' is not a valid regular expression")
+                }
+                return (k, v, re)
+            }
+        }
+        let alphaPattern = try patterns("alpha_pattern"), rankPattern = try patterns("rank_pattern")
+        func match(_ table: [(key: String, value: Double, regex: NSRegularExpression)], _ modules: [String]) -> Double? {
+            for p in table {
+                for module in modules {
+                    if module == p.key || module.hasSuffix("." + p.key) { return p.value }
+                    if p.regex.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil { return p.value }
+                }
+            }
+            return nil
+        }
         let weightsPath = dir + "/adapter_model.safetensors"
         let file = try SafeTensorsFile(path: weightsPath)
 
         func alphaFor(_ module: String) -> Double {
-            for (pattern, value) in alphaPattern.sorted(by: { $0.key < $1.key }) {
-                if module == pattern || module.hasSuffix("." + pattern) { return value }
-                if let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(pattern))$"),
-                   re.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil { return value }
-            }
-            return alpha
+            match(alphaPattern, [module]) ?? alpha
         }
         func scale(_ module: String, rank: Int) -> Float {
             let a = alphaFor(module)
@@ -124,6 +145,12 @@ public enum PEFTAdapter {
             return out
         }
 
+        for name in file.tensors.keys.sorted() where name.hasSuffix(".lora_B.weight") {
+            let a = String(name.dropLast(".lora_B.weight".count)) + ".lora_A.weight"
+            guard file.tensors[a] != nil else {
+                throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' has no lora_A beside it")
+            }
+        }
         // Collect (module → A, B) in moe-tune's per-module naming.
         var pieces: [(module: String, a: [Float], b: [Float], rank: Int)] = []
         var seen = Set<String>()
@@ -173,6 +200,11 @@ public enum PEFTAdapter {
             guard aInfo.shape[0] == bInfo.shape[1] else {
                 throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_A \(aInfo.shape) and lora_B \(bInfo.shape) disagree on the rank")
             }
+            let expectedRank = match(rankPattern, [module, canonical]).map { Int($0) } ?? r
+            guard aInfo.shape[0] == expectedRank else {
+                throw MoETuneError.config(path: configPath, key: "r",
+                    message: "module \(module) has rank \(aInfo.shape[0]) in \(weightsPath) but the config gives \(expectedRank) (r or rank_pattern)")
+            }
             pieces.append((canonical, try floats(name), try floats(bName), aInfo.shape[0]))
         }
         // Full router weights (modules_to_save), in either layout's naming.
@@ -191,6 +223,14 @@ public enum PEFTAdapter {
         }
         guard !pieces.isEmpty || !routerWeights.isEmpty else {
             throw MoETuneError.file(path: weightsPath, message: "no LoRA tensors (*.lora_A.weight) found")
+        }
+        // As peft does: target_modules (a list of suffixes) must name at least one module the tensors hold.
+        if let targets = cfg["target_modules"] as? [String], !targets.isEmpty,
+           (cfg["target_parameters"] as? [Any] ?? []).isEmpty {
+            let modules = file.tensors.keys.filter { $0.hasSuffix(".lora_A.weight") }.map { String($0.dropLast(".lora_A.weight".count)) }
+            guard targets.contains(where: { t in modules.contains { $0 == t || $0.hasSuffix("." + t) } }) else {
+                throw MoETuneError.config(path: configPath, key: "target_modules", message: "\(targets) match none of the adapter's modules")
+            }
         }
         var plan: [AdapterPlan] = []
         for p in pieces {

@@ -36,12 +36,12 @@ extension Checkpoint {
     /// map and offset when double-quantized, else fp32) and the JSON quant state.
     func readBnb4bit(_ name: String, rows: Int, cols: Int) throws -> NF4Weight {
         let file = path(of: name)
-        func raw(_ n: String) throws -> (TensorInfo, UnsafeRawBufferPointer) {
+        func raw(_ n: String) throws -> (TensorInfo, Data) {
             guard let info = info(n) else { throw MoETuneError.file(path: file, message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
             return (info, try SafeTensorsFile(path: path(of: n)).bytesCopy(info))
         }
         let (_, stateBytes) = try raw(name + ".quant_state.bitsandbytes__nf4")
-        guard let state = try? JSONDecoder().decode(BnbQuantState.self, from: Data(stateBytes)) else {
+        guard let state = try? JSONDecoder().decode(BnbQuantState.self, from: stateBytes) else {
             throw MoETuneError.file(path: file, message: "\(name): unreadable bitsandbytes quant state")
         }
         guard state.quant_type == "nf4" else {
@@ -59,14 +59,14 @@ extension Checkpoint {
             throw MoETuneError.file(path: file, message: "\(name): packed 4-bit data of \(pInfo.byteCount) bytes, expected \((n + 1) / 2)")
         }
         let packed = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, (n + 1) / 2))
-        packed.update(from: packedBytes.bindMemory(to: UInt8.self).baseAddress!, count: (n + 1) / 2)
+        packedBytes.withUnsafeBytes { packed.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: (n + 1) / 2) }
         let (aInfo, absBytes) = try raw(name + ".absmax")
         if let offset = state.nested_offset {
             guard aInfo.dtype == .u8, aInfo.count == nblocks else {
                 throw MoETuneError.file(path: file, message: "\(name).absmax: expected \(nblocks) 8-bit scales")
             }
             let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, nblocks))
-            codes.update(from: absBytes.bindMemory(to: UInt8.self).baseAddress!, count: nblocks)
+            absBytes.withUnsafeBytes { codes.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: nblocks) }
             let nested = try floatsCopy(name + ".nested_absmax")
             let map = try floatsCopy(name + ".nested_quant_map")
             guard map.count == 256, nested.count == (nblocks + 255) / 256, state.nested_blocksize ?? 256 == 256 else {
@@ -88,18 +88,17 @@ extension Checkpoint {
         guard let info = info(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
         var out = [Float](repeating: 0, count: info.count)
         let bytes = try SafeTensorsFile(path: path(of: n)).bytesCopy(info)
-        let ok = out.withUnsafeMutableBufferPointer { FloatConversion.toFloat(bytes.baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!) }
+        let ok = bytes.withUnsafeBytes { src in
+            out.withUnsafeMutableBufferPointer { FloatConversion.toFloat(src.baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!) }
+        }
         guard ok else { throw MoETuneError.file(path: path(of: n), message: "tensor '\(n)' is not a float tensor") }
         return out
     }
 }
 
 extension SafeTensorsFile {
-    /// A copy of a tensor's bytes that outlives this object.
-    func bytesCopy(_ info: TensorInfo) -> UnsafeRawBufferPointer {
-        let src = bytes(of: info)
-        let dst = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, src.count), alignment: 16)
-        dst.copyMemory(from: src)
-        return UnsafeRawBufferPointer(dst)
+    /// A copy of a tensor's bytes that outlives this object (and is freed with its last use).
+    func bytesCopy(_ info: TensorInfo) -> Data {
+        Data(bytes(of: info))
     }
 }

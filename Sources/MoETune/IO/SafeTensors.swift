@@ -67,6 +67,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
             guard let obj = try? JSONSerialization.jsonObject(with: header), let json = obj as? [String: Any] else {
                 throw MoETuneError.file(path: path, message: "safetensors header is not a JSON object")
             }
+            if let dup = JSONDuplicateKeys.firstDuplicate(in: header) {
+                throw MoETuneError.file(path: path, message: "the safetensors header names '\(dup)' twice")
+            }
             let dataStart = 8 + Int(headerLen)
             var tensors: [String: TensorInfo] = [:]
             var metadata: [String: String] = [:]
@@ -94,11 +97,20 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 let (count, overflow) = shape.reduce((1, false)) { acc, d in
                     let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
                 }
-                guard !overflow, count * dtype.size == end - begin else {
+                let (bytes, bytesOverflow) = count.multipliedReportingOverflow(by: dtype.size)
+                guard !overflow, !bytesOverflow else {
+                    throw MoETuneError.file(path: path, message: "tensor '\(name)': shape \(shape) of \(dtypeName) is too large (its size overflows)")
+                }
+                guard bytes == end - begin else {
                     throw MoETuneError.file(path: path,
-                        message: "tensor '\(name)': shape \(shape) of \(dtypeName) needs \(count * dtype.size) bytes but data_offsets give \(end - begin)")
+                        message: "tensor '\(name)': shape \(shape) of \(dtypeName) needs \(bytes) bytes but data_offsets give \(end - begin)")
                 }
                 tensors[name] = TensorInfo(name: name, dtype: dtype, shape: shape, offset: dataStart + begin, byteCount: end - begin)
+            }
+            // Two tensors sharing bytes would silently alias each other: refuse overlaps.
+            let spans = tensors.values.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
+            for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
+                throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data (data_offsets)")
             }
             self.tensors = tensors
             self.metadata = metadata

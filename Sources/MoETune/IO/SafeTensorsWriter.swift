@@ -54,19 +54,3 @@ public struct SafeTensorsWriter {
         try AtomicFile.write(try serialized(), to: path)
     }
 }
-
-/// Whole-file writes that appear at their destination complete or not at all.
-public enum AtomicFile {
-    public static func write(_ data: Data, to path: String) throws {
-        let dir = (path as NSString).deletingLastPathComponent
-        let tmp = (dir.isEmpty ? "." : dir) + "/.\((path as NSString).lastPathComponent).tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: data) else {
-            throw MoETuneError.file(path: path, message: "cannot write (is the folder writable?)")
-        }
-        guard rename(tmp, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(tmp)
-            throw MoETuneError.file(path: path, message: "cannot move into place: \(reason)")
-        }
-    }
-}

@@ -25,7 +25,7 @@ public enum Merger {
 
     public static func merge(modelDir: String, adapters: [(path: String, weight: Float)], outDir: String,
                              options: Options = Options()) throws -> Summary {
-        let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite)
+        let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite, inputs: [modelDir] + adapters.map(\.path), command: "merge")
         let ck = try Checkpoint(directory: modelDir)
         let model = try Transformer(checkpoint: ck)
         let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
@@ -97,6 +97,12 @@ public enum Merger {
             merged += 1
             entries.append((WeightNames.lmHead, [c.vocabSize, c.hiddenSize], values, nil))
             untie = true
+        }
+        // A NaN or infinite merged weight would silently break every later use: refuse it.
+        for e in entries {
+            if let v = e.values, let i = v.firstIndex(where: { !$0.isFinite }) {
+                throw MoETuneError.file(path: modelDir, message: "merging gives a non-finite weight in \(e.name) (element \(i) is \(v[i])); check the adapters (\(adapters.map(\.path).joined(separator: ", "))) and the base for NaN/inf values")
+            }
         }
         guard merged == mixed.all.count + mixed.routers.compactMap({ $0 }).count else {
             throw MoETuneError.invalid("internal: merged \(merged) modules but the adapters hold \(mixed.all.count)")

@@ -23,7 +23,7 @@ public enum Quantizer {
 
     public static func quantize(modelDir: String, outDir: String, doubleQuant: Bool = true, keepExperts: Bool = false,
                                 overwrite: Bool = false) throws -> Summary {
-        let folder = try ModelFolderWriter(outDir: outDir, overwrite: overwrite)
+        let folder = try ModelFolderWriter(outDir: outDir, overwrite: overwrite, inputs: [modelDir], command: "quantize")
         let ck = try Checkpoint(directory: modelDir)
         if ck.tensorNames.contains(where: { $0.hasSuffix("mlp.experts.gate_up_proj") }) {
             throw MoETuneError.file(path: modelDir, message: "fused expert tensors (transformers 5 layout) cannot be written in the 4-bit checkpoint format; save the model with per-expert names first")
@@ -35,8 +35,7 @@ public enum Quantizer {
             let info = ck.info(name)!
             guard isQuantizable(name, keepExperts: keepExperts), info.shape.count == 2, !ck.isBnb4bit(name) else {
                 let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytesCopy(info)
-                writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: Data(bytes)))
-                bytes.deallocate()
+                writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: bytes))
                 kept += 1
                 continue
             }

@@ -5,6 +5,10 @@ import Foundation
 public protocol Optimizer: AnyObject {
     /// One update of every parameter with the current gradients at learning rate `lr`.
     func step(lr: Float)
+    /// Steps taken (torch's `step` count: AdamW's bias correction, SGD's first step).
+    var t: Int { get set }
+    /// The state a resumed run needs, by name: AdamW's moments, SGD's momentum buffer.
+    var stateBuffers: [String: FloatBuffer] { get }
 }
 
 /// AdamW (Loshchilov & Hutter) as torch implements it, step t counting from 1:
@@ -14,7 +18,8 @@ public final class AdamW: Optimizer {
     let store: ParameterStore
     let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
     let m: FloatBuffer, v: FloatBuffer
-    public private(set) var t = 0
+    public var t = 0
+    public var stateBuffers: [String: FloatBuffer] { ["adamw.exp_avg": m, "adamw.exp_avg_sq": v] }
 
     public init(store: ParameterStore, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8, weightDecay: Float = 0) {
         self.store = store
@@ -49,7 +54,8 @@ public final class SGD: Optimizer {
     let store: ParameterStore
     let momentum: Float, nesterov: Bool, weightDecay: Float
     let buf: FloatBuffer?
-    public private(set) var t = 0
+    public var t = 0
+    public var stateBuffers: [String: FloatBuffer] { buf.map { ["sgd.momentum_buffer": $0] } ?? [:] }
 
     public init(store: ParameterStore, momentum: Float = 0, nesterov: Bool = false, weightDecay: Float = 0) {
         self.store = store

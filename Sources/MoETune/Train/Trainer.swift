@@ -5,6 +5,9 @@ public struct TrainerEvents {
     public var log: (String) -> Void = { _ in }
     public var step: (StepRecord) -> Void = { _ in }
     public var evaluation: (String, Int, EvalResult) -> Void = { _, _, _ in }
+    /// Polled after every step: true asks the trainer to stop there, write a checkpoint
+    /// and the adapter, and return (a signal handler sets it).
+    public var shouldStop: () -> Bool = { false }
     public init() {}
 }
 
@@ -30,6 +33,12 @@ public struct TrainSummary: Sendable {
     /// Expert load at the first and the last validation (MoE models with a valid set).
     public var firstRouting: RoutingStatistics?
     public var lastRouting: RoutingStatistics?
+    /// The step training stopped at when `shouldStop` asked for it (nil: ran to the end).
+    public var stoppedAt: Int?
+    /// The newest checkpoint written (nil: none).
+    public var checkpoint: String?
+    /// The step a resumed run continued from.
+    public var resumedFrom: Int?
 }
 
 /// LoRA fine-tuning of a frozen base: forward, hand-written backward, clipping,
@@ -44,16 +53,26 @@ public final class Trainer {
         self.configPath = configPath
     }
 
-    public func run(overwrite: Bool = false, events: TrainerEvents = TrainerEvents()) throws -> TrainSummary {
+    /// Trains; with `resume`, continues from the newest checkpoint in out_dir exactly as
+    /// the run would have gone on (bit-identical on the same machine and thread count).
+    public func run(overwrite: Bool = false, resume: Bool = false, events: TrainerEvents = TrainerEvents()) throws -> TrainSummary {
+        let outDir = config.training.outDir
+        let lock = try prepareOutDir(outDir, overwrite: overwrite, resume: resume)
+        return try withExtendedLifetime(lock) {
+            try train(outDir: outDir, resumeFrom: resume ? TrainCheckpoint.list(outDir: outDir).last?.path : nil, events: events)
+        }
+    }
+
+    private func train(outDir: String, resumeFrom: String?, events: TrainerEvents) throws -> TrainSummary {
         let c = config, tc = config.training
-        let outDir = tc.outDir
-        try prepareOutDir(outDir, overwrite: overwrite)
 
         let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization)
         let model = loaded.model
         try model.config.checkSequenceLength(tc.maxSeqLen)
         try configureMoE(model)
         let template = try c.data.chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
+        JSONL.maxLineBytes = c.data.maxLineBytes
+        defer { JSONL.maxLineBytes = JSONL.defaultMaxLineBytes }
         let options = DataOptions(maxSeqLen: tc.maxSeqLen, trainOnInputs: c.data.trainOnInputs, chatTemplate: template)
         func load(_ path: String, _ split: String) throws -> Dataset {
             let ds = try Dataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: model.config.vocabSize, options: options)
@@ -83,31 +102,75 @@ public final class Trainer {
                             weightDecay: Float(c.optimizer.weightDecay))
         }
 
-        // Step plan: micro-batches of similar length, grad_accum of them per step.
+        // Step plan: micro-batches of similar length, grad_accum of them per step; micro-batch
+        // m is batch m % perEpoch of epoch m / perEpoch, whose order is a function of the seed.
         let perEpoch = (train.examples.count + tc.batchSize - 1) / tc.batchSize
-        let totalSteps = tc.maxSteps ?? max(1, Int((Double(perEpoch) * (tc.epochs ?? 1) / Double(tc.gradAccum)).rounded(.up)))
-        var micro: [[Int]] = []
-        var epoch = 0
-        while micro.count < totalSteps * tc.gradAccum {
-            micro += trainingBatches(train.examples, batchSize: tc.batchSize, seed: UInt64(bitPattern: Int64(tc.seed)), epoch: epoch)
-            epoch += 1
+        let stepsFromEpochs = (Double(perEpoch) * (tc.epochs ?? 1) / Double(tc.gradAccum)).rounded(.up)
+        guard tc.maxSteps != nil || stepsFromEpochs <= Double(TrainConfig.limits.maxSteps) else {
+            throw MoETuneError.config(path: configPath, key: "training.epochs",
+                                      message: "\(tc.epochs ?? 1) epochs of \(perEpoch) batches are \(stepsFromEpochs) steps, more than \(TrainConfig.limits.maxSteps)")
         }
-        // Every micro-batch is padded and laid out once, before the loop, so a step only
-        // computes: the hot path allocates nothing.
-        let microCount = totalSteps * tc.gradAccum
-        let prepared = micro.prefix(microCount).map { TokenBatch(examples: $0.map { train.examples[$0] }) }
+        let totalSteps = tc.maxSteps ?? max(1, Int(stepsFromEpochs))
+        // One epoch's micro-batches are padded and laid out at a time, before its steps, so a
+        // step only computes: the hot path allocates nothing.
+        var preparedEpoch = -1
+        var prepared: [TokenBatch] = []
+        func microBatch(_ m: Int) -> TokenBatch {
+            let epoch = m / perEpoch
+            if epoch != preparedEpoch {
+                prepared = trainingBatches(train.examples, batchSize: tc.batchSize, seed: UInt64(bitPattern: Int64(tc.seed)), epoch: epoch)
+                    .map { TokenBatch(examples: $0.map { train.examples[$0] }) }
+                preparedEpoch = epoch
+            }
+            return prepared[m % perEpoch]
+        }
         let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
                                             minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
 
-        let longest = train.examples.map(\.tokens.count).max()!
-        let state = ForwardState(config: model.config, batch: tc.batchSize, seq: longest, training: true,
+        // Buffers are sized from the data that is batched, not from the configured maxima.
+        let longest = train.examples.map(\.tokens.count).max() ?? 1
+        let rows = min(tc.batchSize, train.examples.count)
+        let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest)
+        if let physical = MemoryEstimate.physicalBytes, needed > physical {
+            throw MoETuneError.config(path: configPath, key: "training.batch_size",
+                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size or training.max_seq_len")
+        }
+        let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
-        adapters.dropout?.reserve(tc.batchSize * longest * max(mc.hiddenSize, mc.intermediateSize, mc.qDim))
+        adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.qDim))
 
-        let metrics = try MetricsLog(path: outDir + "/metrics.jsonl")
-        try AtomicFile.write(Data(c.resolvedYAML().utf8), to: outDir + "/config.yaml")
+        // Resume: parameters, optimizer state and position from the newest checkpoint.
+        let yaml = c.resolvedYAML()
+        var resumed: TrainCheckpoint?
+        if let path = resumeFrom {
+            let ck = try TrainCheckpoint.restore(path: path, adapters: adapters, optimizer: optimizer) { ck in
+                let changed = ConfigFingerprint.changes(from: ck.configYAML, to: yaml)
+                guard changed.isEmpty, ck.configHash == ConfigFingerprint.hash(yaml) else {
+                    throw MoETuneError.config(path: configPath, key: changed.first.map { String($0.prefix { $0 != ":" }) } ?? "config",
+                        message: "differs from the checkpoint \(path) it would resume (\(changed.joined(separator: "; "))); only \(ConfigFingerprint.mayChange.sorted().joined(separator: ", ")) may change; resume with the old values or start a new run")
+                }
+                guard totalSteps >= ck.step else {
+                    throw MoETuneError.config(path: configPath, key: tc.maxSteps != nil ? "training.max_steps" : "training.epochs",
+                        message: "gives \(totalSteps) steps, but the checkpoint \(path) is at step \(ck.step); it can only be extended")
+                }
+            }
+            resumed = ck
+            events.log("resuming from \(path) (step \(ck.step) of \(totalSteps))")
+        }
+        let startStep = (resumed?.step ?? 0) + 1
+
+        let metrics = try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps)
+        try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml")
+        var lastCheckpoint: String?
+        func checkpoint(step: Int, microIndex: Int, trainedTokens: Int, elapsed: Double, firstValid: Double?, lastValid: Double?) throws {
+            let ck = TrainCheckpoint(step: step, microIndex: microIndex, optimizerStep: optimizer.t, trainedTokens: trainedTokens,
+                                     elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
+                                     configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
+            lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, baseModel: c.model,
+                                          keep: tc.keepCheckpoints)
+        }
 
         var firstRouting: RoutingStatistics?
         var lastRouting: RoutingStatistics?
@@ -126,7 +189,7 @@ public final class Trainer {
                     lastRouting = routing
                 }
             }
-            metrics.write(line)
+            try metrics.write(line)
             events.evaluation(split, step, r)
             return r
         }
@@ -134,19 +197,21 @@ public final class Trainer {
         // Parameters of the last step whose loss was finite, restored if training diverges.
         let lastGood = FloatBuffer(count: adapters.store.count)
         lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
-        var firstValid: Double?
-        var lastValid: Double?
-        if let valid {
+        var firstValid = resumed?.firstValidLoss
+        var lastValid = resumed?.lastValidLoss
+        if let valid, resumed == nil {
             firstValid = try evaluate(valid, "valid", step: 0, limit: tc.evalBatches).loss
             lastValid = firstValid
         }
         let start = Date()
-        var trainedTokens = 0
-        var microIndex = 0
-        for step in 1...totalSteps {
+        let elapsedBefore = resumed?.elapsed ?? 0
+        var trainedTokens = resumed?.trainedTokens ?? 0
+        var microIndex = resumed?.microIndex ?? 0
+        var stoppedAt: Int?
+        for step in stride(from: startStep, through: totalSteps, by: 1) {
             let group = microIndex..<(microIndex + tc.gradAccum)
             var stepTokens = 0
-            for m in group { stepTokens += prepared[m].countedTokens }
+            for m in group { stepTokens += microBatch(m).countedTokens }
             adapters.store.zeroGrads()
             adapters.dropout?.active = true
             model.moe.training = true
@@ -157,7 +222,7 @@ public final class Trainer {
                     adapters.dropout?.step = microIndex
                     model.moe.step = microIndex
                     microIndex += 1
-                    let r = try model.forward(prepared[m], state: state, adapters: adapters)
+                    let r = try model.forward(microBatch(m), state: state, adapters: adapters)
                     lossSum += r.sum
                     auxSum += state.auxLoss / Double(tc.gradAccum)
                     zSum += state.zLoss / Double(tc.gradAccum)
@@ -179,7 +244,7 @@ public final class Trainer {
             let lr = schedule.lr(step: step)
             optimizer.step(lr: Float(lr))
             trainedTokens += stepTokens
-            let elapsed = Date().timeIntervalSince(start)
+            let elapsed = elapsedBefore + Date().timeIntervalSince(start)
             let record = StepRecord(step: step, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: stepTokens,
                                     tokensPerSecond: Double(stepTokens) / max(Date().timeIntervalSince(stepStart), 1e-9),
                                     elapsed: elapsed)
@@ -187,24 +252,38 @@ public final class Trainer {
                 var line: [String: Any] = ["type": "step", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
                                            "tokens": stepTokens, "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed]
                 if model.config.isMoE { line["aux_loss"] = auxSum; line["z_loss"] = zSum }
-                metrics.write(line)
+                try metrics.write(line)
             }
             events.step(record)
             if let valid, tc.evalEvery > 0, step % tc.evalEvery == 0, step != totalSteps {
                 lastValid = try evaluate(valid, "valid", step: step, limit: tc.evalBatches).loss
             }
-            if tc.saveEvery > 0, step % tc.saveEvery == 0, step != totalSteps {
-                try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+            let stop = events.shouldStop()
+            if stop || step == totalSteps || (tc.saveEvery > 0 && step % tc.saveEvery == 0) {
+                try checkpoint(step: step, microIndex: microIndex, trainedTokens: trainedTokens, elapsed: elapsed,
+                               firstValid: firstValid, lastValid: lastValid)
+                if step != totalSteps { try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir) }
+            }
+            if stop && step != totalSteps {
+                stoppedAt = step
+                break
             }
         }
         let seconds = Date().timeIntervalSince(start)
+        if let stoppedAt {
+            try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
+            return TrainSummary(steps: stoppedAt, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
+                                lastValidLoss: lastValid, testLoss: nil, outDir: outDir, firstRouting: firstRouting, lastRouting: lastRouting,
+                                stoppedAt: stoppedAt, checkpoint: lastCheckpoint, resumedFrom: resumed?.step)
+        }
         if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil).loss }
         let testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil).loss }
         try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
         try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
         return TrainSummary(steps: totalSteps, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
                             lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir,
-                            firstRouting: firstRouting, lastRouting: lastRouting)
+                            firstRouting: firstRouting, lastRouting: lastRouting, stoppedAt: nil,
+                            checkpoint: lastCheckpoint ?? TrainCheckpoint.list(outDir: outDir).last?.path, resumedFrom: resumed?.step)
     }
 
     /// Applies the `moe:` section to the model before any state is built.
@@ -234,21 +313,54 @@ public final class Trainer {
         model.moe = o
     }
 
-    /// Refuses to write into a folder that already holds a run, unless told to.
-    private func prepareOutDir(_ dir: String, overwrite: Bool) throws {
+    /// The files a training run writes into out_dir (removed by an --overwrite run first).
+    static let runFiles = ["adapter_model.safetensors", "adapter_config.json", "metrics.jsonl", "config.yaml", "report.html", "checkpoints"]
+
+    /// Makes out_dir ready and locks it: refuses an out_dir that holds the config file or
+    /// the model, or that holds a run (unless `overwrite`, which removes that run's files
+    /// and nothing else, or `resume`, which needs a checkpoint there); removes temporaries
+    /// of killed runs; marks the folder as moe-tune's.
+    private func prepareOutDir(_ dir: String, overwrite: Bool, resume: Bool) throws -> DirectoryLock {
         let fm = FileManager.default
-        var isDir: ObjCBool = false
-        if fm.fileExists(atPath: dir, isDirectory: &isDir) {
-            guard isDir.boolValue else { throw MoETuneError.config(path: configPath, key: "training.out_dir", message: "\(dir) exists and is not a folder") }
-            let existing = ["adapter_model.safetensors", "adapter_config.json", "metrics.jsonl"].filter { fm.fileExists(atPath: dir + "/" + $0) }
-            if !existing.isEmpty && !overwrite {
-                throw MoETuneError.config(path: configPath, key: "training.out_dir",
-                    message: "\(dir) already holds a training run (\(existing.joined(separator: ", "))); choose another out_dir or pass --overwrite")
-            }
-        } else {
-            do { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
-                throw MoETuneError.config(path: configPath, key: "training.out_dir", message: "cannot create \(dir)")
+        let key = "training.out_dir"
+        if overwrite && resume { throw MoETuneError.invalid("--overwrite and --resume exclude each other: one starts over, the other continues") }
+        for (what, path) in [("the config file", configPath), ("the model", config.model)] where OutputFolder.contains(dir, path) {
+            throw MoETuneError.config(path: configPath, key: key, message: "\(dir) holds \(what) (\(path)); choose an out_dir of its own")
+        }
+        for (what, path) in [("training data", config.data.train), ("validation data", config.data.valid), ("test data", config.data.test)] {
+            if let path, OutputFolder.contains(path, dir) || OutputFolder.canonical(path) == OutputFolder.canonical(dir) {
+                throw MoETuneError.config(path: configPath, key: key, message: "\(dir) is the \(what) \(path)")
             }
         }
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: dir, isDirectory: &isDir) {
+            guard isDir.boolValue else { throw MoETuneError.config(path: configPath, key: key, message: "\(dir) exists and is not a folder") }
+        } else {
+            if resume { throw MoETuneError.config(path: configPath, key: key, message: "\(dir) does not exist: there is no run to resume") }
+            do { try fm.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+                throw MoETuneError.config(path: configPath, key: key, message: "cannot create \(dir)")
+            }
+        }
+        let lock = try DirectoryLock(directory: dir)
+        AtomicFile.removeStale(in: dir, all: true)
+        AtomicFile.removeStale(in: TrainCheckpoint.folder(dir), all: true)
+        let existing = Trainer.runFiles.filter { fm.fileExists(atPath: dir + "/" + $0) }
+        if resume {
+            guard TrainCheckpoint.list(outDir: dir).last != nil else {
+                throw MoETuneError.config(path: configPath, key: key, message: "\(dir) has no checkpoint to resume from (checkpoints/step-N); run without --resume")
+            }
+        } else if !existing.isEmpty {
+            guard overwrite else {
+                throw MoETuneError.config(path: configPath, key: key,
+                    message: "\(dir) already holds a training run (\(existing.joined(separator: ", "))); continue it with --resume, choose another out_dir or pass --overwrite")
+            }
+            for f in existing {
+                do { try fm.removeItem(atPath: dir + "/" + f) } catch {
+                    throw MoETuneError.file(path: dir + "/" + f, message: "cannot remove the old run's file: \(error.localizedDescription)")
+                }
+            }
+        }
+        try OutputFolder.mark(dir, by: "train")
+        return lock
     }
 }

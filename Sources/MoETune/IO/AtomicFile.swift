@@ -1,0 +1,98 @@
+import Foundation
+
+/// Whole-file writes that appear at their destination complete or not at all: the data
+/// goes to a temporary name in the same folder (`.NAME.moe-tune-tmp-PID`), is fsynced,
+/// then renamed over the destination, and the folder is fsynced. A failed write removes
+/// its temporary; a killed run's temporaries are removed by `removeStale` at the next start.
+/// A full disk is reported as "no space left on device (needed about N MB at PATH)".
+public enum AtomicFile {
+    /// Testing hook: an errno to fail the write of a path with (e.g. ENOSPC), or nil.
+    public static var injectedError: ((String) -> Int32?)?
+
+    static let tempMarker = ".moe-tune-tmp-"
+
+    /// The temporary name `path` is written under before it is renamed into place.
+    public static func temporaryPath(for path: String) -> String {
+        let dir = (path as NSString).deletingLastPathComponent
+        return (dir.isEmpty ? "." : dir) + "/.\((path as NSString).lastPathComponent)\(tempMarker)\(getpid())"
+    }
+
+    public static func write(_ data: Data, to path: String) throws {
+        let tmp = temporaryPath(for: path)
+        unlink(tmp)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw error(errno, path: path, bytes: data.count) }
+        do {
+            try writeAll(fd: fd, data: data, path: path)
+            guard fsync(fd) == 0 else { throw error(errno, path: path, bytes: data.count) }
+            close(fd)
+        } catch {
+            close(fd)
+            unlink(tmp)
+            throw error
+        }
+        guard rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw error(e, path: path, bytes: data.count)
+        }
+        syncDirectory(of: path)
+    }
+
+    /// Writes every byte of `data` to `fd` (retrying short writes and EINTR).
+    static func writeAll(fd: Int32, data: Data, path: String) throws {
+        if let e = injectedError?(path) { throw error(e, path: path, bytes: data.count) }
+        try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            var done = 0
+            while done < raw.count {
+                let n = Foundation.write(fd, raw.baseAddress! + done, raw.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw error(errno, path: path, bytes: raw.count)
+                }
+                done += n
+            }
+        }
+    }
+
+    /// One-line error for a failed write of about `bytes` bytes to `path`.
+    static func error(_ code: Int32, path: String, bytes: Int) -> MoETuneError {
+        if code == ENOSPC || code == EDQUOT {
+            let mb = max(1, (bytes + (1 << 20) - 1) >> 20)
+            return .file(path: path, message: "no space left on device (needed about \(mb) MB at \(path))")
+        }
+        return .file(path: path, message: "cannot write: \(String(cString: strerror(code)))")
+    }
+
+    /// fsyncs the folder holding `path`, so the rename survives a power loss.
+    static func syncDirectory(of path: String) {
+        let dir = (path as NSString).deletingLastPathComponent
+        let fd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        close(fd)
+    }
+
+    /// The pid a temporary name of moe-tune ends in (`.X.moe-tune-tmp-PID`), or nil for
+    /// any other name.
+    static func temporaryOwner(_ name: String) -> Int32? {
+        guard name.hasPrefix("."), let r = name.range(of: tempMarker, options: .backwards),
+              let pid = Int32(name[r.upperBound...]), pid > 0 else { return nil }
+        return pid
+    }
+
+    /// Removes the temporaries (files or staging folders) in `dir` left by runs that no
+    /// longer exist. With `all`, removes every one not of this process (the caller holds
+    /// the folder's lock, so no other run can be writing there). Returns the names removed.
+    @discardableResult
+    public static func removeStale(in dir: String, all: Bool = false) -> [String] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+        var removed: [String] = []
+        for name in names {
+            guard let pid = temporaryOwner(name), pid != getpid() else { continue }
+            if !all, kill(pid, 0) == 0 || errno != ESRCH { continue }
+            if (try? FileManager.default.removeItem(atPath: dir + "/" + name)) != nil { removed.append(name) }
+        }
+        return removed
+    }
+}
