@@ -11,6 +11,12 @@ final class JinjaTests: XCTestCase {
         return try JinjaValue.fromJSON(text)
     }
 
+    /// The clock the fixtures were rendered with (strftime_now: 26 Jul 2024, noon).
+    static let fixtureNow: () -> Date = {
+        var c = DateComponents(); (c.year, c.month, c.day, c.hour) = (2024, 7, 26, 12)
+        return Calendar.current.date(from: c)!
+    }
+
     static func realTemplate(_ name: String) throws -> String {
         try String(contentsOfFile: Fixtures.dir("templates/real/\(name).jinja"), encoding: .utf8)
     }
@@ -66,9 +72,10 @@ final class JinjaTests: XCTestCase {
                   case let .list(chats)? = td["chats"] else { XCTFail("bad template entry"); continue }
             var special: [String: String] = [:]
             for (k, v) in tokens.pairs { special[k.str] = v.str }
-            let renderer: ChatTemplateRenderer
+            var renderer: ChatTemplateRenderer
             do {
                 renderer = try ChatTemplateRenderer(template: try Self.realTemplate(name), specialTokens: special)
+                renderer.now = Self.fixtureNow
             } catch {
                 failures.append("\(name): \(error)"); continue
             }
@@ -103,7 +110,7 @@ final class JinjaTests: XCTestCase {
 }
 
 extension JinjaTests {
-    static func spanTexts(_ name: String, _ messages: [ChatMessage], kwargs: [String: JinjaValue] = [:]) throws -> [String] {
+    static func spanTexts(_ name: String, _ messages: [ChatMessage], kwargs: [String: JinjaValue] = [:], tools: JinjaValue = .none) throws -> [String] {
         guard case let .list(templates) = try fixture("real.json") else { return [] }
         var special: [String: String] = [:]
         for t in templates {
@@ -111,10 +118,11 @@ extension JinjaTests {
                 for (k, v) in tokens.pairs { special[k.str] = v.str }
             }
         }
-        let r = try ChatTemplateRenderer(template: try realTemplate(name), specialTokens: special)
+        var r = try ChatTemplateRenderer(template: try realTemplate(name), specialTokens: special)
+        r.now = fixtureNow
         var kw = kwargs
         kw["date_string"] = .string("26 Jul 2024")
-        let (text, spans) = try r.renderWithAssistantSpans(messages, kwargs: kw)
+        let (text, spans) = try r.renderWithAssistantSpans(messages, kwargs: kw, tools: tools)
         let bytes = Array(text.utf8)
         return spans.map { String(decoding: bytes[$0], as: UTF8.self) }
     }
@@ -127,6 +135,16 @@ extension JinjaTests {
         let eos = "<\u{FF5C}end\u{2581}of\u{2581}sentence\u{FF5C}>"
         let expected: [(String, [String])] = [
             ("llama3.2", ["A1<|eot_id|>", "A2 😀<|eot_id|>"]),
+            ("llama3.1", ["A1<|eot_id|>", "A2 😀<|eot_id|>"]),
+            ("llama3.3", ["A1<|eot_id|>", "A2 😀<|eot_id|>"]),
+            // gpt-oss: the generation prompt is "<|start|>assistant", the channel is the model's;
+            // the last turn ends with <|return|> (eos_token), earlier ones with <|end|>. Known
+            // limitation: the chat up to A1 ends with eos_token, which is dropped to make it a
+            // prefix of the full chat (the Phi-3 rule), so the earlier turn's <|end|> is left out.
+            ("gpt-oss-120b", ["<|channel|>final<|message|>A1", "<|channel|>final<|message|>A2 😀<|return|>"]),
+            ("granite-3.3", ["A1<|end_of_text|>", "A2 😀<|end_of_text|>"]),
+            ("smollm3", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
+            ("mistral-nemo", ["A1</s>", "A2 😀</s>"]),
             ("qwen2.5", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
             ("smollm2", ["A1<|im_end|>", "A2 😀<|im_end|>"]),
             // Qwen3 writes an empty think block into the last turn; the model generates it.
@@ -147,6 +165,13 @@ extension JinjaTests {
             // GLM-4 closes no turn: the next header (<|user|>) is its stop token.
             ("glm-4-9b-0414", ["\nA1", "\nA2 😀"]),
         ]
+        // Hermes 3's tool_use template is the one to use with tools (jinja2 fails without them).
+        let tools = try JinjaValue.fromJSON(#"[{"type": "function", "function": {"name": "get_weather", "description": "Current weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"#)
+        XCTAssertEqual(try Self.spanTexts("hermes-3-tool-use", chat, tools: tools), ["A1<|im_end|>", "A2 😀<|im_end|>"])
+        // Command R7B writes an empty thinking turn after the chat: no span is given.
+        XCTAssertThrowsError(try Self.spanTexts("command-r7b-tool-use", chat, tools: tools)) { error in
+            XCTAssertTrue("\(error)".contains("the template changes it"), "\(error)")
+        }
         let gemmaChat = Array(chat.dropFirst())
         XCTAssertEqual(try Self.spanTexts("gemma", gemmaChat), ["A1<end_of_turn>", "A2 😀<end_of_turn>"])
         for (name, want) in expected {
@@ -236,8 +261,10 @@ extension JinjaTests {
             ("{% do x.append(1) %}", "chat template line 1: the 'do' tag is not supported"),
             ("x\n{{ 'a' | truncate(3) }}", "chat template line 2: the 'truncate' filter is not supported"),
             ("{{ x | groupby('a') }}", "chat template line 1: the 'groupby' filter is not supported"),
-            ("{{ x | nosuchfilter }}", "chat template line 1: no filter named 'nosuchfilter'"),
-            ("{% if x is nosuchtest %}{% endif %}", "chat template line 1: no test named 'nosuchtest'"),
+            ("{{ x | nosuchfilter }}", "chat template line 1: No filter named 'nosuchfilter'."),
+            ("{{ x is nosuchtest }}", "chat template line 1: No test named 'nosuchtest'."),
+            // Inside an if, jinja2 fails at run time, but not in a loop body within it.
+            ("{% if a %}\n{% for b in c %}{{ b | nosuchfilter }}{% endfor %}{% endif %}", "chat template line 2: No filter named 'nosuchfilter'."),
             ("{% for x in y recursive %}{% endfor %}", "chat template line 1: recursive for loops are not supported"),
             ("{% for x in y %}\n\n", "chat template line 1: the 'for' tag is never closed (expected 'else' or 'endfor')"),
             ("{% endif %}", "chat template line 1: unexpected 'endif'"),
@@ -247,6 +274,16 @@ extension JinjaTests {
             XCTAssertThrowsError(try JinjaTemplate(source), source) { error in
                 XCTAssertEqual("\(error)", message)
             }
+        }
+    }
+
+    /// jinja2 compiles an unknown filter or test inside an `if` (or `x if c else y`) and fails
+    /// only when it runs: DeepSeek-V3.2's `from_json` sits in a branch that chats rarely take.
+    func testUnknownFilterInsideIfFailsOnlyWhenRun() throws {
+        XCTAssertEqual(try JinjaTemplate("{% if x %}{{ x | from_json }}{% endif %}{% if true %}ok{% elif y is nosuch %}{% endif %}").render([:]).text, "ok")
+        XCTAssertEqual(try JinjaTemplate("{{ 'a' if true else (x | nosuch) }}").render([:]).text, "a")
+        XCTAssertThrowsError(try JinjaTemplate("{% if true %}\n{{ 1 | from_json }}{% endif %}").render([:])) { error in
+            XCTAssertEqual("\(error)", "chat template line 2: No filter named 'from_json' found.")
         }
     }
 
@@ -354,7 +391,8 @@ extension JinjaTests {
                   case let .list(chats)? = td["chats"] else { continue }
             var special: [String: String] = [:]
             for (k, v) in tokens.pairs { special[k.str] = v.str }
-            let r = try ChatTemplateRenderer(template: try Self.realTemplate(name), specialTokens: special)
+            var r = try ChatTemplateRenderer(template: try Self.realTemplate(name), specialTokens: special)
+            r.now = Self.fixtureNow
             for (index, chat) in chats.enumerated() {
                 guard case let .dict(c) = chat, c["expected"] != nil, c["add_generation_prompt"]?.truthy == false,
                       case let .list(ms)? = c["messages"], case let .dict(kw)? = c["kwargs"] else { continue }
@@ -381,7 +419,11 @@ extension JinjaTests {
                 } catch {
                     // A template that fails on the chat up to an assistant message (Qwen3.5 wants a
                     // user message before any assistant one) cannot say where that turn ends.
-                    if !"\(error)".contains("the template fails on the chat up to it") { problems.append("\(label): \(error)") }
+                    // Cohere's tool_use templates (an empty thinking turn after the chat) and Nemotron
+                    // Nano v2 on tool calls rewrite turns in ways the renderer cannot locate: it refuses.
+                    let refused = ["command-r7b-tool-use", "lc-cohereforai-c4ai-command-r-plus-tool-use", "lc-nvidia-nemotron-nano-v2"]
+                    if !"\(error)".contains("the template fails on the chat up to it")
+                        && !(refused.contains(name) && "\(error)".contains("the template changes it")) { problems.append("\(label): \(error)") }
                 }
             }
         }

@@ -183,8 +183,12 @@ public struct ChatTemplateRenderer {
                 start = a
                 end = b
             } else if let (contentStart, e) = markedEnd(messages, i, full: f, from: cursor, kwargs: kwargs, tools: tools) {
-                // Without a prefix render the turn starts at its content.
-                start = prefix == nil ? max(cursor, contentStart) : max(cursor, min(start, contentStart))
+                // Without a prefix render the turn starts at its content; so it does where the
+                // prefix render is not a prefix of the chat up to the turn while that chat is one
+                // of the full render (Mistral Nemo writes the system prompt into the last user
+                // turn only when it is the last message, so P has it and F does not).
+                let movedPrefix = prefix.map { p in through.map { t in !(p.count <= t.count && t[..<p.count].elementsEqual(p)) && closedTurn(t, within: f) != nil } ?? false } ?? false
+                start = prefix == nil || movedPrefix ? max(cursor, contentStart) : max(cursor, min(start, contentStart))
                 end = e
             } else if let e = suffixAligned(through: through, full: f, start: start) {
                 end = e

@@ -306,6 +306,11 @@ final class JinjaEvaluator {
             let v = try eval(value, scope, blockInput: blockInput)
             let a = try args.map { try eval($0, scope, blockInput: blockInput) }
             let k = try kwargs.map { ($0.0, try eval($0.1, scope, blockInput: blockInput)) }
+            // An unknown filter the parser let through (inside an `if`): jinja2's runtime error.
+            guard JinjaBuiltins.filters.contains(name) else {
+                throw JinjaError(line: line, message: JinjaBuiltins.knownUnsupportedFilters.contains(name)
+                    ? "the '\(name)' filter is not supported" : "No filter named '\(name)' found.")
+            }
             do {
                 return try JinjaBuiltins.checkNesting(try JinjaBuiltins.applyFilter(name, v, a, k, line: line))
             } catch let err as JinjaError where err.line == 0 {
@@ -314,6 +319,10 @@ final class JinjaEvaluator {
         case let .test(value, name, args, negated, line):
             let v = try eval(value, scope, blockInput: blockInput)
             let a = try args.map { try eval($0, scope, blockInput: blockInput) }
+            guard JinjaBuiltins.tests.contains(name) else {
+                throw JinjaError(line: line, message: JinjaBuiltins.knownUnsupportedTests.contains(name)
+                    ? "the '\(name)' test is not supported" : "No test named '\(name)' found.")
+            }
             do {
                 let r = try JinjaBuiltins.applyTest(name, v, a, line: line)
                 return .bool(negated ? !r : r)

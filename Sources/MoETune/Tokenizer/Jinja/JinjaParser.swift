@@ -94,6 +94,33 @@ struct JinjaParser {
     private var depth = 0
     static let maxDepth = 200
 
+    /// jinja2 fails at compile time on an unknown filter or test, except in a "soft" frame:
+    /// the condition and body of an `if` and a whole `x if c else y`, not the frames opened
+    /// inside them (for, macro, set block …). There the error waits for the filter or test to
+    /// run ("No filter named 'x' found."). Unknown names seen outside soft frames are pending
+    /// here until the tag or expression ends and are thrown then.
+    private final class Soft {
+        var on = false
+        var pending: [JinjaError] = []
+    }
+    private let soft = Soft()
+
+    /// Runs `body` with the soft flag set to `on`, restoring it after.
+    private mutating func withSoft<T>(_ on: Bool, _ body: (inout JinjaParser) throws -> T) rethrows -> T {
+        let was = soft.on
+        soft.on = on
+        defer { soft.on = was }
+        return try body(&self)
+    }
+
+    private func unknown(_ error: JinjaError) {
+        if !soft.on { soft.pending.append(error) }
+    }
+
+    private func throwPending() throws {
+        if let e = soft.pending.first { throw e }
+    }
+
     init(chunks: [JinjaChunk]) { self.chunks = chunks }
 
     static func parse(_ template: String) throws -> [JinjaNode] {
@@ -127,6 +154,7 @@ struct JinjaParser {
                 if s.atEnd { throw JinjaError(line: line, message: "empty expression") }
                 let e = try parseTuple(&s)
                 guard s.atEnd else { throw s.fail("expected end of expression") }
+                try throwPending()
                 nodes.append(.output(e, line: line))
             case let .statement(tokens, line):
                 var s = JinjaTokenStream(tokens: tokens, line: line)
@@ -137,13 +165,15 @@ struct JinjaParser {
                 }
                 s.i += 1
                 nodes.append(try parseStatement(tag, &s, line: line))
+                try throwPending()
             }
         }
         return (nodes, nil)
     }
 
     private mutating func body(until: Set<String>, openedBy tag: String, line: Int) throws -> ([JinjaNode], String, JinjaTokenStream) {
-        let (nodes, end) = try parseBody(until: until)
+        // An if's branches are soft frames, the bodies of the other blocks are not.
+        let (nodes, end) = try withSoft(tag == "if") { p in try p.parseBody(until: until) }
         guard let end, let name = end.tokens.first?.name else {
             throw JinjaError(line: line, message: "the '\(tag)' tag is never closed (expected \(until.sorted().map { "'\($0)'" }.joined(separator: " or ")))")
         }
@@ -158,14 +188,14 @@ struct JinjaParser {
         switch tag {
         case "if":
             var branches: [(JinjaExpr, [JinjaNode])] = []
-            var cond = try parseExpression(&s)
+            var cond = try withSoft(true) { p in try p.parseExpression(&s) }
             try endOfTag(s)
             while true {
                 let (nodes, end, endStream) = try body(until: ["elif", "else", "endif"], openedBy: "if", line: line)
                 var es = endStream
                 branches.append((cond, nodes))
                 if end == "elif" {
-                    cond = try parseExpression(&es)
+                    cond = try withSoft(true) { p in try p.parseExpression(&es) }
                     try endOfTag(es)
                     continue
                 }
@@ -327,9 +357,15 @@ struct JinjaParser {
 
     func parseExpression(_ s: inout JinjaTokenStream, depth d: Int = 0) throws -> JinjaExpr {
         try guardDepth(s, d)
+        let mark = soft.pending.count
         var e = try parseOr(&s, d)
         var n = 0
+        let was = soft.on
+        defer { soft.on = was }
         while s.skipName("if") {
+            // The whole conditional expression, its first part included, is a soft frame.
+            if soft.pending.count > mark { soft.pending.removeSubrange(mark...) }
+            soft.on = true
             n += 1
             try guardDepth(s, d + n)
             let cond = try parseOr(&s, d)
@@ -590,9 +626,9 @@ struct JinjaParser {
                 let negated = s.skipName("not")
                 var name = try s.expectName()
                 while s.skipOp(".") { name += "." + (try s.expectName()) }
-                guard JinjaBuiltins.tests.contains(name) else {
-                    throw JinjaError(line: t.line, message: JinjaBuiltins.knownUnsupportedTests.contains(name)
-                        ? "the '\(name)' test is not supported" : "no test named '\(name)'")
+                if !JinjaBuiltins.tests.contains(name) {
+                    unknown(JinjaError(line: t.line, message: JinjaBuiltins.knownUnsupportedTests.contains(name)
+                        ? "the '\(name)' test is not supported" : "No test named '\(name)'."))
                 }
                 var args: [JinjaExpr] = []
                 if s.current?.isOp("(") == true {
@@ -625,9 +661,9 @@ struct JinjaParser {
             let line = s.currentLine
             var name = try s.expectName()
             while s.skipOp(".") { name += "." + (try s.expectName()) }
-            guard JinjaBuiltins.filters.contains(name) else {
-                throw JinjaError(line: line, message: JinjaBuiltins.knownUnsupportedFilters.contains(name)
-                    ? "the '\(name)' filter is not supported" : "no filter named '\(name)'")
+            if !JinjaBuiltins.filters.contains(name) {
+                unknown(JinjaError(line: line, message: JinjaBuiltins.knownUnsupportedFilters.contains(name)
+                    ? "the '\(name)' filter is not supported" : "No filter named '\(name)'."))
             }
             var args: [JinjaExpr] = []
             var kwargs: [(String, JinjaExpr)] = []
