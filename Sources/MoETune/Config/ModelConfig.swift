@@ -1,12 +1,10 @@
 import Foundation
 
-/// The architecture of a Hugging Face Llama, Mistral or Mixtral checkpoint, read from
-/// its config.json. Field names are Hugging Face's; defaults are those of the
-/// transformers configuration class of each model_type where the file omits a field.
+/// The architecture of a Hugging Face checkpoint, read from its config.json. Field names
+/// are Hugging Face's; defaults are those of the transformers configuration class of the
+/// family where the file omits a field. The family (Model/Families/) owns its own fields.
 public struct ModelConfig: Equatable, Sendable {
-    public enum Family: String, Sendable { case llama, mistral, mixtral }
-
-    public var family: Family
+    public var family: ModelFamily
     public var hiddenSize: Int
     public var intermediateSize: Int
     public var numLayers: Int
@@ -15,6 +13,8 @@ public struct ModelConfig: Equatable, Sendable {
     public var headDim: Int
     public var rmsNormEps: Float
     public var ropeTheta: Double
+    /// RoPE frequency scaling (rope_scaling / rope_parameters); nil: none.
+    public var ropeScaling: RoPEScaling?
     public var vocabSize: Int
     public var tieWordEmbeddings: Bool
     public var bosTokenId: Int32?
@@ -25,13 +25,15 @@ public struct ModelConfig: Equatable, Sendable {
     public var routerAuxLossCoef: Float
     public var slidingWindow: Int?
     public var maxPositionEmbeddings: Int
+    /// q, k and v projections carry a bias (Qwen2); o_proj never does here.
+    public var qkvBias = false
 
     public var isMoE: Bool { numExperts > 0 }
     public var qDim: Int { numHeads * headDim }
     public var kvDim: Int { numKVHeads * headDim }
 
     public init(
-        family: Family, hiddenSize: Int, intermediateSize: Int, numLayers: Int, numHeads: Int,
+        family: ModelFamily, hiddenSize: Int, intermediateSize: Int, numLayers: Int, numHeads: Int,
         numKVHeads: Int, headDim: Int, rmsNormEps: Float, ropeTheta: Double, vocabSize: Int,
         tieWordEmbeddings: Bool, bosTokenId: Int32?, eosTokenIds: [Int32], numExperts: Int,
         expertsPerToken: Int, routerAuxLossCoef: Float, slidingWindow: Int?, maxPositionEmbeddings: Int
@@ -60,10 +62,11 @@ public struct ModelConfig: Equatable, Sendable {
         }
         let r = FieldReader(json: json, path: path)
         let typeName = try r.string("model_type")
-        guard let family = Family(rawValue: typeName) else {
+        guard let family = ModelFamily.forModelType(typeName) else {
             throw MoETuneError.config(path: path, key: "model_type",
-                message: "unsupported model_type '\(typeName)' (supported: llama, mistral, mixtral)")
+                message: "unsupported model_type '\(typeName)' (supported: \(ModelFamily.supportedModelTypes.joined(separator: ", ")))")
         }
+        let d = family.defaults
         let hidden = try r.int("hidden_size")
         let heads = try r.int("num_attention_heads")
         guard hidden > 0, heads > 0 else {
@@ -81,26 +84,8 @@ public struct ModelConfig: Equatable, Sendable {
         if let act = try r.optionalString("hidden_act"), act != "silu" {
             throw MoETuneError.config(path: path, key: "hidden_act", message: "only silu is supported, got '\(act)'")
         }
-        for key in ["attention_bias", "mlp_bias"] where try r.optionalBool(key) == true {
-            throw MoETuneError.config(path: path, key: key, message: "biases in linear layers are not supported")
-        }
-        // rope_theta sits at the top level in older files and in rope_parameters in newer ones.
-        var theta = try r.optionalDouble("rope_theta")
-        if let params = json["rope_parameters"] as? [String: Any] {
-            let sub = FieldReader(json: params, path: path, prefix: "rope_parameters.")
-            if let t = try sub.optionalDouble("rope_theta") { theta = t }
-            if let kind = try sub.optionalString("rope_type"), kind != "default" {
-                throw MoETuneError.config(path: path, key: "rope_parameters.rope_type",
-                    message: "RoPE scaling '\(kind)' is not supported yet")
-            }
-        }
-        if let scaling = json["rope_scaling"], !(scaling is NSNull) {
-            let kind = (scaling as? [String: Any])?["rope_type"] ?? (scaling as? [String: Any])?["type"] ?? "?"
-            if "\(kind)" != "default" {
-                throw MoETuneError.config(path: path, key: "rope_scaling", message: "RoPE scaling '\(kind)' is not supported yet")
-            }
-        }
-        let isMoE = family == .mixtral
+        let maxPositions = try r.optionalInt("max_position_embeddings") ?? d.maxPositionEmbeddings
+        let (theta, scaling) = try RoPEScaling.read(json, reader: r, path: path, maxPositions: maxPositions)
         let eos: [Int32]
         if let list = json["eos_token_id"] as? [Any] {
             eos = try list.map { v in
@@ -110,7 +95,7 @@ public struct ModelConfig: Equatable, Sendable {
                 return n.int32Value
             }
         } else {
-            eos = try r.optionalInt("eos_token_id").map { [Int32($0)] } ?? [2]
+            eos = try r.optionalInt("eos_token_id").map { [Int32($0)] } ?? [Int32(d.eosTokenId)]
         }
         var config = ModelConfig(
             family: family,
@@ -120,30 +105,22 @@ public struct ModelConfig: Equatable, Sendable {
             numHeads: heads,
             numKVHeads: kvHeads,
             headDim: headDim,
-            rmsNormEps: Float(try r.optionalDouble("rms_norm_eps") ?? (family == .mixtral ? 1e-5 : 1e-6)),
-            ropeTheta: theta ?? (family == .mixtral ? 1e6 : 10000),
+            rmsNormEps: Float(try r.optionalDouble("rms_norm_eps") ?? d.rmsNormEps),
+            ropeTheta: theta ?? d.ropeTheta,
             vocabSize: try r.int("vocab_size"),
-            tieWordEmbeddings: try r.optionalBool("tie_word_embeddings") ?? false,
-            bosTokenId: try r.optionalInt("bos_token_id").map(Int32.init) ?? 1,
+            tieWordEmbeddings: try r.optionalBool("tie_word_embeddings") ?? d.tieWordEmbeddings,
+            bosTokenId: try r.optionalInt("bos_token_id").map(Int32.init) ?? d.bosTokenId.map(Int32.init),
             eosTokenIds: eos,
-            numExperts: isMoE ? (try r.optionalInt("num_local_experts") ?? 8) : 0,
-            expertsPerToken: isMoE ? (try r.optionalInt("num_experts_per_tok") ?? 2) : 0,
-            routerAuxLossCoef: Float(try r.optionalDouble("router_aux_loss_coef") ?? 0.001),
-            slidingWindow: try r.optionalInt("sliding_window"),
-            maxPositionEmbeddings: try r.optionalInt("max_position_embeddings") ?? 4096)
-        if config.family == .llama { config.slidingWindow = nil }
+            numExperts: 0,
+            expertsPerToken: 0,
+            routerAuxLossCoef: Float(try r.optionalDouble("router_aux_loss_coef") ?? d.routerAuxLossCoef),
+            slidingWindow: nil,
+            maxPositionEmbeddings: maxPositions)
+        config.ropeScaling = scaling
+        try family.readConfig(r, &config)
         for (key, value) in [("intermediate_size", config.intermediateSize), ("num_hidden_layers", config.numLayers),
                              ("vocab_size", config.vocabSize)] where value <= 0 {
             throw MoETuneError.config(path: path, key: key, message: "must be positive, got \(value)")
-        }
-        if isMoE {
-            guard config.numExperts > 0 else {
-                throw MoETuneError.config(path: path, key: "num_local_experts", message: "must be positive")
-            }
-            guard (1...config.numExperts).contains(config.expertsPerToken) else {
-                throw MoETuneError.config(path: path, key: "num_experts_per_tok",
-                    message: "must be between 1 and num_local_experts (\(config.numExperts)), got \(config.expertsPerToken)")
-            }
         }
         return config
     }
@@ -153,6 +130,29 @@ public struct ModelConfig: Equatable, Sendable {
         if let w = slidingWindow, w < length {
             throw MoETuneError.invalid(
                 "sliding_window \(w) is shorter than the sequence length \(length); sliding-window attention is not supported yet: use a max_seq_len of at most \(w)")
+        }
+    }
+}
+
+extension FieldReader {
+    /// Refuses `key` when it is present with a value other than `allowed` (or, with
+    /// allowed nil, present at all): a field of a supported family that moe-tune does not implement.
+    func refuse(_ key: String, unless allowed: Bool? = false, message: String) throws {
+        if let v = try optionalBool(key), v != allowed {
+            throw MoETuneError.config(path: path, key: prefix + key, message: message)
+        }
+    }
+
+    /// Reads the MoE fields shared by the MoE families into `c`.
+    func readExperts(_ c: inout ModelConfig, countKey: String, defaultCount: Int, defaultTopK: Int) throws {
+        c.numExperts = try optionalInt(countKey) ?? defaultCount
+        c.expertsPerToken = try optionalInt("num_experts_per_tok") ?? defaultTopK
+        guard c.numExperts > 0 else {
+            throw MoETuneError.config(path: path, key: countKey, message: "must be positive")
+        }
+        guard (1...c.numExperts).contains(c.expertsPerToken) else {
+            throw MoETuneError.config(path: path, key: "num_experts_per_tok",
+                message: "must be between 1 and \(countKey) (\(c.numExperts)), got \(c.expertsPerToken)")
         }
     }
 }

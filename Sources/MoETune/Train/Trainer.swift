@@ -172,7 +172,7 @@ public final class Trainer {
             let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
             guard objective.isFinite, norm.isFinite else {
                 adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
-                try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
                 throw MoETuneError.invalid("training diverged at step \(step): loss \(loss), gradient norm \(norm); the last adapter with a finite loss (the one step \(max(step - 1, 0)) evaluated) is saved in \(outDir); try a lower optimizer.lr")
             }
             lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
@@ -194,13 +194,13 @@ public final class Trainer {
                 lastValid = try evaluate(valid, "valid", step: step, limit: tc.evalBatches).loss
             }
             if tc.saveEvery > 0, step % tc.saveEvery == 0, step != totalSteps {
-                try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
             }
         }
         let seconds = Date().timeIntervalSince(start)
         if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil).loss }
         let testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil).loss }
-        try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+        try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
         try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
         return TrainSummary(steps: totalSteps, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
                             lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir,
@@ -214,7 +214,7 @@ public final class Trainer {
             let used = m.zLossCoef != 0 || (m.auxLossCoef ?? 0) != 0 || m.router != nil || m.jitter != 0 || m.noiseStd != 0 || m.noiseLearned
                 || m.capacityFactor != nil || m.topK != nil
             if used {
-                throw MoETuneError.config(path: configPath, key: "moe", message: "\(model.config.family.rawValue) models have no experts; remove the moe section")
+                throw MoETuneError.config(path: configPath, key: "moe", message: "\(model.config.family.name) models have no experts; remove the moe section")
             }
             return
         }
