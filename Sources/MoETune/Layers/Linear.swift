@@ -19,3 +19,15 @@ public func linearBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePoint
               a: dy, lda: w.rows, b: w.pointer, ldb: w.cols,
               beta: accumulate ? 1 : 0, c: dx, ldc: w.cols)
 }
+
+/// A frozen bias (Qwen2's q/k/v): y [N, out] += b [out] on every row. Its backward is the
+/// identity on dy (the gradient reaches the input through the weight alone), so there is
+/// no bias backward: the bias is frozen and no gradient is computed for it.
+@inline(__always)
+public func biasForward(y: UnsafeMutablePointer<Float>, rows n: Int, bias b: UnsafePointer<Float>?, cols: Int) {
+    guard let b else { return }
+    for i in 0..<n {
+        let row = y + i * cols
+        for j in 0..<cols { row[j] += b[j] }
+    }
+}

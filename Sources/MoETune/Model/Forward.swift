@@ -43,6 +43,9 @@ extension Transformer {
             if let l = ad.k { loraForward(y: a.k.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.k.pointer) }
             linearForward(y: a.v.pointer, x: a.ln1.pointer, rows: n, weight: w.v)
             if let l = ad.v { loraForward(y: a.v.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.v.pointer) }
+            biasForward(y: a.q.pointer, rows: n, bias: w.qBias, cols: c.qDim)
+            biasForward(y: a.k.pointer, rows: n, bias: w.kBias, cols: c.kvDim)
+            biasForward(y: a.v.pointer, rows: n, bias: w.vBias, cols: c.kvDim)
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
