@@ -17,6 +17,13 @@ unmerged) and grads.safetensors (d loss / d every LoRA tensor).
   llama-yarn   Llama, rope_type yarn (factor 4, original 64: attention factor 1.1386)
   llama-linear Llama, rope_type linear (factor 2)
   qwen2        Qwen2: random non-zero q/k/v biases, one KV head, norm weights not ones
+  qwen3        Qwen3: q/k RMSNorm per head (weights not ones), head_dim 24 with hidden 64 / 4 heads
+  mistral-sw   Mistral with sliding_window 7, shorter than the 24- and 16-token sequences
+For the `train` families NAME/reference.json also gets nf4_loss: the loss with every
+decoder-layer linear weight replaced by bitsandbytes' NF4 (blocks of 64, double
+quantization) quantize-dequantize of it, biases and norms unchanged (bitsandbytes' CPU
+4-bit matmul needs in_features % 64 == 0, which the 96-wide down_proj is not, so the
+reference runs the dequantized weights in fp32).
 Every model draws its weights with initializer_range 0.1 (so that greedy decoding is not a
 single repeated token), its RMSNorm weights as 1 + 0.3 N(0, 1), and has no pad_token_id.
 """
@@ -30,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import eval_examples, references  # noqa: E402
 
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config  # noqa: E402
 
 COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
               intermediate_size=96, rms_norm_eps=1e-6, max_position_embeddings=256, bos_token_id=1,
@@ -50,6 +57,10 @@ def configs(V):
         "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}, **COMMON), False
     yield "qwen2", Qwen2Config(vocab_size=V, tie_word_embeddings=False, use_sliding_window=False,
                                **{**COMMON, "num_key_value_heads": 1}), True
+    yield "qwen3", Qwen3Config(vocab_size=V, tie_word_embeddings=False, use_sliding_window=False,
+                               **{**COMMON, "head_dim": 24}), True
+    yield "mistral-sw", MistralConfig(vocab_size=V, tie_word_embeddings=False, sliding_window=7,
+                                      **{**COMMON, "num_key_value_heads": 1}), True
 
 
 def randomize(model, seed):
@@ -79,6 +90,13 @@ def train_fixture(folder, out, V):
     model.save_pretrained(out)
     if os.path.exists(os.path.join(out, "README.md")):
         os.remove(os.path.join(out, "README.md"))
+    # peft writes target_modules from a set: sort them so that the file is reproducible.
+    path = os.path.join(out, "adapter_config.json")
+    with open(path) as f:
+        acfg = json.load(f)
+    acfg["target_modules"] = sorted(acfg["target_modules"])
+    with open(path, "w") as f:
+        json.dump(acfg, f, indent=2, sort_keys=True)
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(3, V, (2, 16), generator=g)
     ids[:, 0] = 1
@@ -97,6 +115,28 @@ def train_fixture(folder, out, V):
     save_file({"input_ids": ids.int(), "attention_mask": mask.int(), "labels": labels.int(),
                "loss": loss.detach().reshape(1), "logits": logits.contiguous()}, os.path.join(out, "batch.safetensors"))
     return loss.item()
+
+
+def nf4_loss(model, ids, mask, folder):
+    import copy
+    import bitsandbytes.functional as F
+    q = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mod in q.named_modules():
+            if isinstance(mod, torch.nn.Linear) and ".layers." in name:
+                w = mod.weight.data.float().contiguous()
+                packed, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+                mod.weight.copy_(F.dequantize_4bit(packed, st).reshape(w.shape))
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        loss = q(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    path = os.path.join(folder, "reference.json")
+    with open(path) as f:
+        ref = json.load(f)
+    ref["nf4_loss"] = loss
+    with open(path, "w") as f:
+        json.dump(ref, f, indent=2)
+    return loss
 
 
 def main():
@@ -135,6 +175,7 @@ def main():
             assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits), name
         summary[name] = references(reloaded, sp, ids, mask, examples, folder)
         if train:
+            summary[name]["nf4_loss"] = nf4_loss(reloaded, ids, mask, folder)
             summary[name]["train_loss"] = train_fixture(folder, os.path.join(a.fixtures, "train-" + name), V)
     print(json.dumps(summary, indent=2))
 

@@ -7,8 +7,8 @@ import XCTest
 /// the decoder's logits against the batched forward, LoRA gradients within 1e-4 relative
 /// of peft, and merged folders against peft's unmerged logits.
 final class FamilyTests: XCTestCase {
-    static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2"]
-    static let trainFixtures = ["qwen2"]
+    static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw"]
+    static let trainFixtures = ["qwen2", "qwen3", "mistral-sw"]
 
     func batch(_ ref: SafeTensorsFile, labels: String? = nil) throws -> (TokenBatch, [Int32]) {
         let shape = ref.shape("input_ids")
@@ -140,7 +140,7 @@ final class FamilyTests: XCTestCase {
             let out = try makeTempDir(self) + "/merged"
             _ = try Merger.merge(modelDir: Fixtures.dir(name), adapters: [(Fixtures.dir("train-" + name), 1)], outDir: out)
             let model = try Transformer.load(directory: out)
-            XCTAssertEqual(model.config.family, ModelFamily.forModelType(name))
+            XCTAssertEqual(model.config.family, try ModelConfig.load(directory: Fixtures.dir(name)).family)
             let ref = try SafeTensorsFile(path: Fixtures.dir("train-" + name) + "/batch.safetensors")
             let (tb, mask) = try batch(ref)
             let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false)
@@ -164,6 +164,24 @@ final class FamilyTests: XCTestCase {
                 XCTAssertEqual(Array(UnsafeBufferPointer(start: x.a, count: x.rank * x.inFeatures)),
                                Array(UnsafeBufferPointer(start: y.a, count: y.rank * y.inFeatures)))
             }
+        }
+    }
+
+    /// NF4 base weights (moe-tune's quantizer, proven bit-equal to bitsandbytes in NF4Tests):
+    /// the loss equals transformers' with bitsandbytes' quantize-dequantize of every
+    /// decoder-layer linear weight; biases and q/k norms stay fp32.
+    func testNF4LossMatchesBitsandbytesQuantization() throws {
+        for name in Self.trainFixtures {
+            let model = try Transformer.load(directory: Fixtures.dir(name), quantize: QuantizationSpec(doubleQuant: true))
+            XCTAssertTrue(model.isQuantized)
+            let ref = try Fixtures.reference(name)
+            let (tb, _) = try batch(ref)
+            let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false)
+            let (sum, count) = try model.forward(tb, state: state)
+            let expected = (try Fixtures.referenceJSON(name)["nf4_loss"] as! NSNumber).doubleValue
+            let loss = sum / Double(count)
+            print("\(name) NF4: loss \(loss) vs bitsandbytes-quantized \(expected)")
+            XCTAssertLessThanOrEqual(abs(loss - expected) / expected, 1e-5, name)
         }
     }
 

@@ -27,6 +27,9 @@ public struct ModelConfig: Equatable, Sendable {
     public var maxPositionEmbeddings: Int
     /// q, k and v projections carry a bias (Qwen2); o_proj never does here.
     public var qkvBias = false
+    /// RMSNorm on q and k before RoPE (Qwen3: per head over head_dim; OLMoE: over the
+    /// whole projection width); nil: none.
+    public var qkNorm: QKNorm?
 
     public var isMoE: Bool { numExperts > 0 }
     public var qDim: Int { numHeads * headDim }
@@ -73,7 +76,7 @@ public struct ModelConfig: Equatable, Sendable {
             throw MoETuneError.config(path: path, key: "hidden_size", message: "hidden_size and num_attention_heads must be positive")
         }
         let kvHeads = try r.optionalInt("num_key_value_heads") ?? heads
-        let headDim = try r.optionalInt("head_dim") ?? hidden / heads
+        let headDim = try r.optionalInt("head_dim") ?? d.headDim ?? hidden / heads
         guard kvHeads > 0, heads % kvHeads == 0 else {
             throw MoETuneError.config(path: path, key: "num_key_value_heads",
                 message: "\(kvHeads) does not divide num_attention_heads \(heads)")
@@ -125,12 +128,21 @@ public struct ModelConfig: Equatable, Sendable {
         return config
     }
 
-    /// Refuses a sequence length at which the sliding window would change attention.
-    public func checkSequenceLength(_ length: Int) throws {
-        if let w = slidingWindow, w < length {
-            throw MoETuneError.invalid(
-                "sliding_window \(w) is shorter than the sequence length \(length); sliding-window attention is not supported yet: use a max_seq_len of at most \(w)")
-        }
+    /// The attention shape of a batch: a sliding window only where it is shorter than the sequence.
+    func attentionShape(batch b: Int, seq t: Int) -> AttentionShape {
+        AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
+                       window: slidingWindow.flatMap { $0 < t ? $0 : nil })
+    }
+}
+
+/// Where q/k RMSNorm normalises: over each head's head_dim values (Qwen3, weight [D]) or over
+/// the whole projection (OLMoE, weights [nH*D] and [nKV*D]).
+public enum QKNorm: Sendable, Equatable { case perHead, fullWidth }
+
+extension ModelConfig {
+    /// Rows and columns of q's (or k's) RMSNorm over N tokens.
+    func qkNormShape(tokens n: Int, heads: Int) -> (rows: Int, cols: Int) {
+        qkNorm == .fullWidth ? (n, heads * headDim) : (n * heads, headDim)
     }
 }
 

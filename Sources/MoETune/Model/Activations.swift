@@ -6,6 +6,9 @@ public final class LayerActivations {
     public let q: FloatBuffer        // [N, nH*D] after RoPE
     public let k: FloatBuffer        // [N, nKV*D] after RoPE
     public let v: FloatBuffer        // [N, nKV*D]
+    /// q/k before their RMSNorm [N, nH*D], [N, nKV*D] and its rstd, with q/k norms only.
+    public let qRaw: FloatBuffer?, kRaw: FloatBuffer?
+    public let qRstd: FloatBuffer?, kRstd: FloatBuffer?
     public let attn: FloatBuffer     // [N, nH*D] attention output before o_proj
     public let ln2: FloatBuffer      // [N, H] post_attention_layernorm output (shared; recomputed)
     public let rstd2: FloatBuffer    // [N]
@@ -31,6 +34,11 @@ public final class LayerActivations {
         q = FloatBuffer(count: n * c.qDim)
         k = FloatBuffer(count: n * c.kvDim)
         v = FloatBuffer(count: n * c.kvDim)
+        let qk = c.qkNorm != nil
+        qRaw = qk ? FloatBuffer(count: n * c.qDim) : nil
+        kRaw = qk ? FloatBuffer(count: n * c.kvDim) : nil
+        qRstd = qk ? FloatBuffer(count: c.qkNormShape(tokens: n, heads: c.numHeads).rows) : nil
+        kRstd = qk ? FloatBuffer(count: c.qkNormShape(tokens: n, heads: c.numKVHeads).rows) : nil
         attn = FloatBuffer(count: n * c.qDim)
         ln2 = shared.ln2
         rstd2 = FloatBuffer(count: n)

@@ -9,6 +9,7 @@ public final class BackwardState {
     let dk: FloatBuffer        // [N, nKV*D]
     let dv: FloatBuffer        // [N, nKV*D]
     let dattn: FloatBuffer     // [N, nH*D]
+    let dqkRaw: FloatBuffer?   // [N, nH*D] gradient before the q/k norm (with q/k norms only)
     let dgate: FloatBuffer     // [rows, I] rows = N (dense) or N*k (experts); first holds d act
     let dup: FloatBuffer       // [rows, I]; first holds the recomputed act
     let dye: FloatBuffer?      // [N*k, H]
@@ -28,6 +29,7 @@ public final class BackwardState {
         dk = FloatBuffer(count: n * c.kvDim)
         dv = FloatBuffer(count: n * c.kvDim)
         dattn = FloatBuffer(count: n * c.qDim)
+        dqkRaw = c.qkNorm != nil ? FloatBuffer(count: n * c.qDim) : nil
         dgate = FloatBuffer(count: rows * c.intermediateSize)
         dup = FloatBuffer(count: rows * c.intermediateSize)
         dye = c.isMoE ? FloatBuffer(count: rows * h) : nil
@@ -53,7 +55,7 @@ extension Transformer {
         let c = config
         let b = s.batch, t = s.seq, n = b * t, h = c.hiddenSize
         let du = g.du.pointer
-        let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
+        let shape = c.attentionShape(batch: b, seq: t)
 
         // Loss and head: logits = lnF Wlm^T (+ LoRA).
         // d logits overwrite the logits, which nothing needs any more.
@@ -105,6 +107,18 @@ extension Transformer {
                               scratch: g.attnScratch.pointer, shape: shape)
             rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            if let qn = w.qNorm, let kn = w.kNorm, let scratch = g.dqkRaw {
+                // Backward of the q/k RMSNorm: d q_raw from d q (both [N, nH*D]); then k.
+                let qs = c.qkNormShape(tokens: n, heads: c.numHeads), ks = c.qkNormShape(tokens: n, heads: c.numKVHeads)
+                scratch.pointer.update(repeating: 0, count: n * c.qDim)
+                rmsnormBackward(dx: scratch.pointer, dy: g.dq.pointer, x: a.qRaw!.pointer, weight: qn,
+                                rstd: a.qRstd!.pointer, rows: qs.rows, cols: qs.cols)
+                g.dq.pointer.update(from: scratch.pointer, count: n * c.qDim)
+                scratch.pointer.update(repeating: 0, count: n * c.kvDim)
+                rmsnormBackward(dx: scratch.pointer, dy: g.dk.pointer, x: a.kRaw!.pointer, weight: kn,
+                                rstd: a.kRstd!.pointer, rows: ks.rows, cols: ks.cols)
+                g.dk.pointer.update(from: scratch.pointer, count: n * c.kvDim)
+            }
             if ad.q != nil || ad.k != nil || ad.v != nil {
                 // The adapters' input ln1 is shared between layers: recompute this layer's.
                 rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,

@@ -11,7 +11,6 @@ extension Transformer {
         if let adapters, adapters.maxRank > 0, s.loraRank < adapters.maxRank {
             throw MoETuneError.invalid("internal: forward state has no room for LoRA rank \(adapters.maxRank)")
         }
-        try c.checkSequenceLength(batch.seq)
         guard batch.seq <= rope.maxPositions else {
             throw MoETuneError.invalid("sequence length \(batch.seq) exceeds max_position_embeddings \(rope.maxPositions)")
         }
@@ -27,7 +26,7 @@ extension Transformer {
         s.batch = b
         s.seq = t
         for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
-        let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
+        let shape = c.attentionShape(batch: b, seq: t)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         for (l, w) in layers.enumerated() {
             let a = s.layer(l)
@@ -46,6 +45,16 @@ extension Transformer {
             biasForward(y: a.q.pointer, rows: n, bias: w.qBias, cols: c.qDim)
             biasForward(y: a.k.pointer, rows: n, bias: w.kBias, cols: c.kvDim)
             biasForward(y: a.v.pointer, rows: n, bias: w.vBias, cols: c.kvDim)
+            if let qn = w.qNorm, let kn = w.kNorm, let qRaw = a.qRaw, let kRaw = a.kRaw {
+                // q/k RMSNorm before RoPE: q_raw [N, nH*D] → q, rows and width per c.qkNorm.
+                let qs = c.qkNormShape(tokens: n, heads: c.numHeads), ks = c.qkNormShape(tokens: n, heads: c.numKVHeads)
+                qRaw.pointer.update(from: a.q.pointer, count: n * c.qDim)
+                kRaw.pointer.update(from: a.k.pointer, count: n * c.kvDim)
+                rmsnormForward(out: a.q.pointer, rstd: a.qRstd!.pointer, x: qRaw.pointer, weight: qn,
+                               rows: qs.rows, cols: qs.cols, eps: c.rmsNormEps)
+                rmsnormForward(out: a.k.pointer, rstd: a.kRstd!.pointer, x: kRaw.pointer, weight: kn,
+                               rows: ks.rows, cols: ks.cols, eps: c.rmsNormEps)
+            }
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,

@@ -12,6 +12,9 @@ public struct LayerWeights: @unchecked Sendable {
     public var qBias: UnsafePointer<Float>? = nil
     public var kBias: UnsafePointer<Float>? = nil
     public var vBias: UnsafePointer<Float>? = nil
+    /// q/k RMSNorm weights (Qwen3 [D] each; OLMoE [nH*D] and [nKV*D]).
+    public var qNorm: UnsafePointer<Float>? = nil
+    public var kNorm: UnsafePointer<Float>? = nil
     /// Dense models.
     public var mlp: FeedForwardWeights?
     /// Mixtral: router [E, H] and the experts.
@@ -73,6 +76,10 @@ public final class Transformer: @unchecked Sendable {
                 lw.qBias = try ck.floats(f.bias(.q, layer: l), shape: [c.qDim])
                 lw.kBias = try ck.floats(f.bias(.k, layer: l), shape: [c.kvDim])
                 lw.vBias = try ck.floats(f.bias(.v, layer: l), shape: [c.kvDim])
+            }
+            if let kind = c.qkNorm {
+                lw.qNorm = try ck.floats(f.qNorm(l), shape: [kind == .perHead ? c.headDim : c.qDim])
+                lw.kNorm = try ck.floats(f.kNorm(l), shape: [kind == .perHead ? c.headDim : c.kvDim])
             }
             if c.isMoE {
                 (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize)

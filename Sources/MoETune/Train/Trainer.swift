@@ -51,7 +51,6 @@ public final class Trainer {
 
         let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization)
         let model = loaded.model
-        try model.config.checkSequenceLength(tc.maxSeqLen)
         try configureMoE(model)
         let template = try c.data.chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
         let options = DataOptions(maxSeqLen: tc.maxSeqLen, trainOnInputs: c.data.trainOnInputs, chatTemplate: template)

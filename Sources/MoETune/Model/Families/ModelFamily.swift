@@ -52,6 +52,8 @@ public struct FamilyDefaults: Sendable {
     public var bosTokenId: Int? = 1
     public var eosTokenId: Int = 2
     public var routerAuxLossCoef: Double = 0.001
+    /// head_dim when the file omits it; nil: hidden_size / num_attention_heads.
+    public var headDim: Int? = nil
 }
 
 /// Everything moe-tune knows about one model family, in one value: its model_type(s),
@@ -74,7 +76,7 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }
 
     /// Every supported family.
-    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2]
+    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3]
 
     public static var supportedModelTypes: [String] { all.flatMap(\.modelTypes) }
 
@@ -93,6 +95,8 @@ extension ModelFamily {
     public func layerPrefix(_ l: Int) -> String { "model.layers.\(l)." }
     public func inputNorm(_ l: Int) -> String { layerPrefix(l) + "input_layernorm.weight" }
     public func postAttentionNorm(_ l: Int) -> String { layerPrefix(l) + "post_attention_layernorm.weight" }
+    public func qNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_norm.weight" }
+    public func kNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.k_norm.weight" }
 
     private static let denseParts = ["gate_proj", "up_proj", "down_proj"]
 
