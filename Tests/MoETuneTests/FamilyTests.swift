@@ -7,8 +7,10 @@ import XCTest
 /// the decoder's logits against the batched forward, LoRA gradients within 1e-4 relative
 /// of peft, and merged folders against peft's unmerged logits.
 final class FamilyTests: XCTestCase {
-    static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw"]
+    static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw",
+                                  "qwen2_moe", "qwen3_moe"]
     static let trainFixtures = ["qwen2", "qwen3", "mistral-sw"]
+    static let moeFixtures = ["qwen2_moe", "qwen3_moe"]
 
     func batch(_ ref: SafeTensorsFile, labels: String? = nil) throws -> (TokenBatch, [Int32]) {
         let shape = ref.shape("input_ids")
@@ -80,7 +82,7 @@ final class FamilyTests: XCTestCase {
     func testDecoderLogitsEqualBatchedForward() throws {
         for name in Self.forwardFixtures {
             let model = try Transformer.load(directory: Fixtures.dir(name))
-            let adapters = Self.trainFixtures.contains(name)
+            let adapters = (Self.trainFixtures + Self.moeFixtures).contains(name)
                 ? try PEFTAdapter.load(directory: Fixtures.dir("train-" + name), model: model) : nil
             let seq: [Int32] = [1] + (0..<30).map { Int32(3 + ($0 * 37) % 370) }
             let d = Decoder(model: model, adapters: adapters, maxLength: 64)
@@ -97,46 +99,64 @@ final class FamilyTests: XCTestCase {
         }
     }
 
+    /// Loss and every LoRA gradient of the train-NAME fixture against the reference file
+    /// (peft, or the plain-torch per-expert LoRA of make_moe_fixtures.py), 1e-4 relative
+    /// (max-norm per tensor; an expert no token reached has exactly zero gradient on both sides).
+    @discardableResult
+    func checkGradients(_ name: String, file: String = "grads.safetensors", lossKey: String = "loss",
+                        auxCoef: Float = 0) throws -> Set<ModuleKind> {
+        let model = try Transformer.load(directory: Fixtures.dir(name))
+        model.moe.auxLossCoef = auxCoef
+        let dir = Fixtures.dir("train-" + name)
+        let adapters = try PEFTAdapter.load(directory: dir, model: model)
+        let ref = try SafeTensorsFile(path: dir + "/batch.safetensors")
+        let (tb, _) = try batch(ref, labels: "labels")
+        let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: true, loraRank: adapters.maxRank)
+        let grads = BackwardState(for: state, config: model.config)
+        adapters.store.zeroGrads()
+        let (sum, count) = try model.forward(tb, state: state, adapters: adapters)
+        model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(count))
+        let loss = sum / Double(count) + Double(auxCoef) * state.auxLoss
+        let refLoss = Double(try ref.floatArray(lossKey)[0])
+        XCTAssertLessThanOrEqual(abs(loss - refLoss) / refLoss, 1e-5, "\(name) loss \(loss) vs reference \(refLoss)")
+        if auxCoef != 0 {
+            let refAux = Double(try ref.floatArray("aux_loss")[0])
+            XCTAssertLessThanOrEqual(abs(state.auxLoss - refAux) / refAux, 1e-5, "\(name) aux loss \(state.auxLoss) vs \(refAux)")
+        }
+        let g = try SafeTensorsFile(path: dir + "/" + file)
+        XCTAssertEqual(g.tensors.count, 2 * adapters.all.count, name)
+        var kinds = Set<ModuleKind>()
+        var worst: Double = 0
+        for a in adapters.all {
+            kinds.insert(model.kind(of: a.module)!)
+            for (suffix, ptr, n) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
+                let key = "base_model.model.\(a.module).\(suffix).weight"
+                let expected = try g.floatArray(key)
+                XCTAssertEqual(expected.count, n, key)
+                let scale = expected.map { abs($0) }.max() ?? 0
+                var diff: Float = 0
+                for i in 0..<n { diff = max(diff, abs(ptr[i] - expected[i])) }
+                if scale == 0 {
+                    XCTAssertEqual(diff, 0, "\(key): reference gradient is zero, ours is not")
+                    continue
+                }
+                worst = max(worst, Double(diff / scale))
+                XCTAssertLessThanOrEqual(Double(diff / scale), 1e-4, key)
+            }
+        }
+        print("\(name) \(file): \(adapters.all.count) adapters, loss \(loss) vs \(refLoss), worst gradient error \(worst)")
+        return kinds
+    }
+
     func testLoRAGradientsMatchPeft() throws {
         for name in Self.trainFixtures {
-            let model = try Transformer.load(directory: Fixtures.dir(name))
-            let dir = Fixtures.dir("train-" + name)
-            let adapters = try PEFTAdapter.load(directory: dir, model: model)
-            let ref = try SafeTensorsFile(path: dir + "/batch.safetensors")
-            let (tb, _) = try batch(ref, labels: "labels")
-            let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: true, loraRank: adapters.maxRank)
-            let grads = BackwardState(for: state, config: model.config)
-            adapters.store.zeroGrads()
-            let (sum, count) = try model.forward(tb, state: state, adapters: adapters)
-            model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(count))
-            let loss = sum / Double(count), refLoss = Double(try ref.floatArray("loss")[0])
-            XCTAssertLessThanOrEqual(abs(loss - refLoss) / refLoss, 1e-5, "\(name) loss \(loss) vs peft \(refLoss)")
-            let g = try SafeTensorsFile(path: dir + "/grads.safetensors")
-            XCTAssertEqual(g.tensors.count, 2 * adapters.all.count, name)
-            var kinds = Set<ModuleKind>()
-            var worst: Double = 0
-            for a in adapters.all {
-                kinds.insert(model.kind(of: a.module)!)
-                for (suffix, ptr, n) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
-                    let key = "base_model.model.\(a.module).\(suffix).weight"
-                    let expected = try g.floatArray(key)
-                    XCTAssertEqual(expected.count, n, key)
-                    let scale = expected.map { abs($0) }.max() ?? 0
-                    XCTAssertGreaterThan(scale, 0, key)
-                    var diff: Float = 0
-                    for i in 0..<n { diff = max(diff, abs(ptr[i] - expected[i])) }
-                    worst = max(worst, Double(diff / scale))
-                    XCTAssertLessThanOrEqual(Double(diff / scale), 1e-4, key)
-                }
-            }
-            XCTAssertEqual(kinds, [.query, .key, .value, .projection, .mlp, .head], name)
-            print("\(name): \(adapters.all.count) adapters, loss \(loss) vs \(refLoss), worst gradient error \(worst)")
+            XCTAssertEqual(try checkGradients(name), [.query, .key, .value, .projection, .mlp, .head], name)
         }
     }
 
     /// Merged (biases passed through as they are) and reloaded: the logits of peft's base + adapter.
     func testMergedMatchesPeftUnmerged() throws {
-        for name in Self.trainFixtures {
+        for name in Self.trainFixtures + Self.moeFixtures {
             let out = try makeTempDir(self) + "/merged"
             _ = try Merger.merge(modelDir: Fixtures.dir(name), adapters: [(Fixtures.dir("train-" + name), 1)], outDir: out)
             let model = try Transformer.load(directory: out)
@@ -153,7 +173,7 @@ final class FamilyTests: XCTestCase {
 
     /// A written adapter reads back with the same module names and values (peft's naming).
     func testAdapterRoundTrip() throws {
-        for name in Self.trainFixtures {
+        for name in Self.trainFixtures + Self.moeFixtures {
             let model = try Transformer.load(directory: Fixtures.dir(name))
             let a = try PEFTAdapter.load(directory: Fixtures.dir("train-" + name), model: model)
             let out = try makeTempDir(self) + "/adapter"
@@ -209,5 +229,46 @@ final class FamilyTests: XCTestCase {
         XCTAssertEqual(c.ropeTheta, 500000)
         XCTAssertEqual(c.ropeScaling, .llama3(factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192))
         XCTAssertTrue(try parse(["model_type": "qwen2"]).qkvBias)
+    }
+}
+
+/// Qwen2-MoE (shared expert with its sigmoid gate, norm_topk_prob false, a dense layer
+/// between MoE layers, q/k/v biases) and Qwen3-MoE (q/k norms, norm_topk_prob true), against
+/// a per-expert LoRA written in plain torch on transformers 5 (make_moe_fixtures.py).
+extension FamilyTests {
+    func testMoEFamilyGradientsMatchTorch() throws {
+        let all: Set<ModuleKind> = [.query, .key, .value, .projection, .mlp, .router, .head]
+        XCTAssertEqual(try checkGradients("qwen2_moe"), all.union([.sharedExpert]))
+        XCTAssertEqual(try checkGradients("qwen3_moe"), all)
+    }
+
+    /// With the family's load-balancing loss (transformers' load_balancing_loss_func over the
+    /// MoE layers only, coefficient 0.02 in the fixtures): the aux loss within 1e-5 and the gradients.
+    func testMoEFamilyAuxLossAndGradientsMatchTorch() throws {
+        for name in Self.moeFixtures {
+            try checkGradients(name, file: "grads_aux.safetensors", lossKey: "loss_aux", auxCoef: 0.02)
+        }
+    }
+
+    func testMoEFamilyConfig() throws {
+        let c = try ModelConfig.load(directory: Fixtures.dir("qwen2_moe"))
+        XCTAssertEqual(c.numExperts, 8)
+        XCTAssertEqual(c.expertIntermediateSize, 32)
+        XCTAssertEqual(c.sharedExpertIntermediateSize, 48)
+        XCTAssertFalse(c.normTopKProb)
+        XCTAssertEqual((0..<3).map { c.isMoELayer($0) }, [true, false, true])
+        XCTAssertEqual(c.routerAuxLossCoef, 0.02)
+        let model = try Transformer.load(directory: Fixtures.dir("qwen2_moe"))
+        XCTAssertEqual(model.modules(of: .sharedExpert, layer: 0),
+                       ["model.layers.0.mlp.shared_expert.gate_proj", "model.layers.0.mlp.shared_expert.up_proj",
+                        "model.layers.0.mlp.shared_expert.down_proj"])
+        XCTAssertEqual(model.modules(of: .sharedExpert, layer: 1), [])
+        XCTAssertEqual(model.modules(of: .mlp, layer: 1).count, 3, "the dense layer's MLP")
+        XCTAssertEqual(model.modules(of: .mlp, layer: 0).count, 24, "8 experts x gate/up/down")
+        XCTAssertEqual(model.family.targetSuffix("model.layers.0.mlp.shared_expert.gate_proj"), "shared_expert.gate_proj")
+        let q3 = try ModelConfig.load(directory: Fixtures.dir("qwen3_moe"))
+        XCTAssertTrue(q3.normTopKProb)
+        XCTAssertEqual(q3.qkNorm, .perHead)
+        XCTAssertEqual(q3.sharedExpertIntermediateSize, 0)
     }
 }

@@ -30,6 +30,29 @@ public struct ModelConfig: Equatable, Sendable {
     /// RMSNorm on q and k before RoPE (Qwen3: per head over head_dim; OLMoE: over the
     /// whole projection width); nil: none.
     public var qkNorm: QKNorm?
+    /// Intermediate size of each routed expert (moe_intermediate_size; Mixtral: intermediate_size).
+    public var expertIntermediateSize: Int
+    /// Renormalise the top-k router weights to sum to 1 (Mixtral: always; Qwen-MoE, OLMoE: norm_topk_prob).
+    public var normTopKProb = true
+    /// Intermediate size of the shared expert (Qwen2-MoE); 0: none.
+    public var sharedExpertIntermediateSize = 0
+    /// Layers that keep a dense MLP in an MoE model (mlp_only_layers), and every
+    /// decoderSparseStep-th layer (1-based) is sparse (decoder_sparse_step).
+    public var mlpOnlyLayers: [Int] = []
+    public var decoderSparseStep = 1
+
+    /// Whether layer l has experts (else a dense MLP of intermediate_size).
+    public func isMoELayer(_ l: Int) -> Bool {
+        isMoE && !mlpOnlyLayers.contains(l) && (l + 1) % max(decoderSparseStep, 1) == 0
+    }
+    /// Whether any layer has a dense MLP.
+    public var hasDenseLayers: Bool { (0..<numLayers).contains { !isMoELayer($0) } }
+    /// Floats of the largest SwiGLU scratch [rows, I] over N tokens: the dense MLP, the
+    /// N*k routed assignments or the shared expert.
+    public func feedForwardScratch(tokens n: Int) -> Int {
+        max(hasDenseLayers ? n * intermediateSize : 0, isMoE ? n * expertsPerToken * expertIntermediateSize : 0,
+            n * sharedExpertIntermediateSize, 1)
+    }
 
     public var isMoE: Bool { numExperts > 0 }
     public var qDim: Int { numHeads * headDim }
@@ -48,6 +71,7 @@ public struct ModelConfig: Equatable, Sendable {
         self.bosTokenId = bosTokenId; self.eosTokenIds = eosTokenIds; self.numExperts = numExperts
         self.expertsPerToken = expertsPerToken; self.routerAuxLossCoef = routerAuxLossCoef
         self.slidingWindow = slidingWindow; self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.expertIntermediateSize = intermediateSize
     }
 
     /// Reads and validates `dir/config.json`.
@@ -120,6 +144,7 @@ public struct ModelConfig: Equatable, Sendable {
             slidingWindow: nil,
             maxPositionEmbeddings: maxPositions)
         config.ropeScaling = scaling
+        config.expertIntermediateSize = config.intermediateSize
         try family.readConfig(r, &config)
         for (key, value) in [("intermediate_size", config.intermediateSize), ("num_hidden_layers", config.numLayers),
                              ("vocab_size", config.vocabSize)] where value <= 0 {
@@ -152,6 +177,25 @@ extension FieldReader {
     func refuse(_ key: String, unless allowed: Bool? = false, message: String) throws {
         if let v = try optionalBool(key), v != allowed {
             throw MoETuneError.config(path: path, key: prefix + key, message: message)
+        }
+    }
+
+    /// moe_intermediate_size, norm_topk_prob, decoder_sparse_step and mlp_only_layers (Qwen-MoE).
+    func readSparseLayout(_ c: inout ModelConfig, defaultExpertIntermediate: Int, defaultNormTopK: Bool) throws {
+        c.expertIntermediateSize = try optionalInt("moe_intermediate_size") ?? defaultExpertIntermediate
+        c.normTopKProb = try optionalBool("norm_topk_prob") ?? defaultNormTopK
+        c.decoderSparseStep = try optionalInt("decoder_sparse_step") ?? 1
+        guard c.expertIntermediateSize > 0 else {
+            throw MoETuneError.config(path: path, key: prefix + "moe_intermediate_size", message: "must be positive")
+        }
+        guard c.decoderSparseStep >= 1 else {
+            throw MoETuneError.config(path: path, key: prefix + "decoder_sparse_step", message: "must be at least 1")
+        }
+        if let v = json["mlp_only_layers"], !(v is NSNull) {
+            guard let list = v as? [NSNumber] else {
+                throw MoETuneError.config(path: path, key: prefix + "mlp_only_layers", message: "expected a list of layer indices")
+            }
+            c.mlpOnlyLayers = list.map(\.intValue)
         }
     }
 

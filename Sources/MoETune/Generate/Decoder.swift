@@ -21,6 +21,7 @@ public final class Decoder {
     let ffnU: (FloatBuffer, FloatBuffer, FloatBuffer)   // [k, r] each
     let routing: RoutingBuffers?
     let experts: ExpertBuffers?
+    let shared: SharedExpertActivations?
     public let logits: FloatBuffer   // [V]
     private var valid = true
 
@@ -37,13 +38,16 @@ public final class Decoder {
         q = FloatBuffer(count: c.qDim); k = FloatBuffer(count: c.kvDim); v = FloatBuffer(count: c.kvDim)
         attn = FloatBuffer(count: c.qDim); scores = FloatBuffer(count: maxLength)
         let rows = max(1, c.expertsPerToken)
-        gate = FloatBuffer(count: rows * c.intermediateSize); up = FloatBuffer(count: rows * c.intermediateSize)
-        act = FloatBuffer(count: rows * c.intermediateSize)
+        gate = FloatBuffer(count: c.feedForwardScratch(tokens: 1)); up = FloatBuffer(count: c.feedForwardScratch(tokens: 1))
+        act = FloatBuffer(count: c.feedForwardScratch(tokens: 1))
+        shared = c.sharedExpertIntermediateSize > 0
+            ? SharedExpertActivations(tokens: 1, hidden: c.hiddenSize, inter: c.sharedExpertIntermediateSize) : nil
         let r = max(adapters?.maxRank ?? 0, 1)
         u = FloatBuffer(count: r)
         ffnU = (FloatBuffer(count: rows * r), FloatBuffer(count: rows * r), FloatBuffer(count: rows * r))
         routing = c.isMoE ? RoutingBuffers(tokens: 1, experts: c.numExperts, k: c.expertsPerToken) : nil
-        experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.intermediateSize) : nil
+        routing?.normalize = c.normTopKProb
+        experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.expertIntermediateSize) : nil
         logits = FloatBuffer(count: c.vocabSize)
     }
 
@@ -119,6 +123,10 @@ public final class Decoder {
                 withUnsafePointer(to: &valid) { r.route(tokens: 1, valid: $0, options: o, layer: l) }
                 moeForward(out: x.pointer, x: ln.pointer, tokens: 1, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: cache, routing: r, scratch: scratch)
+                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = shared {
+                    sharedExpertForward(out: x.pointer, x: ln.pointer, rows: 1, hidden: h, weights: se, gate: sg,
+                                        adapters: ad.shared, cache: cache, acts: sa, act: act.pointer)
+                }
             }
         }
         rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: model.finalNorm, rows: 1, cols: h, eps: c.rmsNormEps)

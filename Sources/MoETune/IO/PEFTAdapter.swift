@@ -144,7 +144,7 @@ public enum PEFTAdapter {
                     throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_B shape \(bInfo.shape) does not match lora_A \(aInfo.shape)")
                 }
                 let a = try floats(name), b = try floats(bName)
-                let inter = model.config.intermediateSize
+                let inter = model.config.expertIntermediateSize
                 for x in 0..<e {
                     let ax = Array(a[(x * rank * inF)..<((x + 1) * rank * inF)])
                     var bx = [Float](repeating: 0, count: outF * rank)

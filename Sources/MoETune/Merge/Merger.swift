@@ -52,7 +52,7 @@ public enum Merger {
                 merged += 1
             }
             if let (l, gateUp) = f.fusedExpertTensor(name) {
-                let (i, h) = (c.intermediateSize, c.hiddenSize)
+                let (i, h) = (c.expertIntermediateSize, c.hiddenSize)
                 for e in 0..<c.numExperts {
                     if gateUp {
                         add(f.module(.expert(e, .gate), layer: l), at: e * 2 * i * h)

@@ -3,6 +3,8 @@ import Foundation
 /// Which linear layers carry LoRA adapters. Names are the config's module kinds.
 public enum ModuleKind: String, CaseIterable, Sendable, Codable {
     case query, key, value, projection, mlp, router, head
+    /// The shared expert of Qwen2-MoE (its gate/up/down projections).
+    case sharedExpert = "shared_expert"
 }
 
 /// Which decoder layers get adapters.
@@ -89,6 +91,8 @@ public struct LayerAdapters: Sendable {
     public var mlp = FeedForwardAdapters()
     public var experts: [FeedForwardAdapters] = []
     public var router: LoRAAdapter?
+    /// The shared expert's projections (Qwen2-MoE).
+    public var shared = FeedForwardAdapters()
 }
 
 /// A router weight [E, H] trained in full, a slice of the ParameterStore (saved like
@@ -145,6 +149,9 @@ public final class AdapterSet: @unchecked Sendable {
         let c = model.config
         if spec.targets.contains(.router), !c.isMoE {
             throw MoETuneError.invalid("lora targets 'router' but \(c.family.name) models have no router")
+        }
+        if spec.targets.contains(.sharedExpert), !model.layers.contains(where: { $0.sharedExpert != nil }) {
+            throw MoETuneError.invalid("lora targets 'shared_expert' but \(c.family.name) models have no shared expert")
         }
         if spec.targets.contains(.mlp), c.isMoE == false, model.layers.first?.mlp == nil {
             throw MoETuneError.invalid("lora targets 'mlp' but the model has no MLP")
@@ -246,6 +253,7 @@ public final class AdapterSet: @unchecked Sendable {
                 FeedForwardAdapters(gate: at(.expert(e, .gate)), up: at(.expert(e, .up)), down: at(.expert(e, .down)))
             }
             la.router = at(.router)
+            la.shared = FeedForwardAdapters(gate: at(.shared(.gate)), up: at(.shared(.up)), down: at(.shared(.down)))
             layers.append(la)
         }
         self.spec = spec

@@ -14,6 +14,8 @@ public final class BackwardState {
     let dup: FloatBuffer       // [rows, I]; first holds the recomputed act
     let dye: FloatBuffer?      // [N*k, H]
     let dxe: FloatBuffer?      // [N*k, H]
+    let dshared: FloatBuffer?      // [N, H] d of the shared expert's output (Qwen2-MoE)
+    let dsharedGate: FloatBuffer?  // [N] d of its gate logit
     let dtopWeight: FloatBuffer?   // [N, k]
     let drouter: FloatBuffer?      // [N, E] gradient of the router logits
     let dnoise: FloatBuffer?       // [N, E] gradient of the learned noise-scale pre-activation
@@ -30,8 +32,10 @@ public final class BackwardState {
         dv = FloatBuffer(count: n * c.kvDim)
         dattn = FloatBuffer(count: n * c.qDim)
         dqkRaw = c.qkNorm != nil ? FloatBuffer(count: n * c.qDim) : nil
-        dgate = FloatBuffer(count: rows * c.intermediateSize)
-        dup = FloatBuffer(count: rows * c.intermediateSize)
+        dgate = FloatBuffer(count: c.feedForwardScratch(tokens: n))
+        dup = FloatBuffer(count: c.feedForwardScratch(tokens: n))
+        dshared = c.sharedExpertIntermediateSize > 0 ? FloatBuffer(count: n * h) : nil
+        dsharedGate = c.sharedExpertIntermediateSize > 0 ? FloatBuffer(count: n) : nil
         dye = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dxe = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dtopWeight = c.isMoE ? FloatBuffer(count: n * c.expertsPerToken) : nil
@@ -93,6 +97,13 @@ extension Transformer {
                             router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
                             noise: adapters.noiseWeights[l],
                             adapters: ad, acts: a, state: s, grads: g, auxScale: auxScale)
+                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared,
+                   let ds = g.dshared, let dz = g.dsharedGate {
+                    sharedExpertBackward(dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, rows: n, hidden: h,
+                                         weights: se, gate: sg, adapters: ad.shared,
+                                         cache: u?.sharedFFN ?? FeedForwardLoRACache(), acts: sa,
+                                         ds: ds.pointer, dz: dz.pointer, dgate: g.dgate.pointer, dup: g.dup.pointer, du: du)
+                }
             }
             rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.midBuffer(l).pointer,
                             weight: w.postAttentionNorm, rstd: a.rstd2.pointer, rows: n, cols: h)
@@ -198,7 +209,12 @@ extension Transformer {
                 var sel: Float = 0, wdot: Float = 0
                 for s in 0..<k { sel += p[Int(te[s])]; wdot += dtw[i * k + s] * tw[s] }
                 for j in 0..<e { dl[j] = 0 }
-                for s in 0..<k { dl[Int(te[s])] = (dtw[i * k + s] - wdot) / sel }
+                if r.normalize {
+                    for s in 0..<k { dl[Int(te[s])] = (dtw[i * k + s] - wdot) / sel }
+                } else {
+                    // w_s = p_s: d p_s = d w_s.
+                    for s in 0..<k { dl[Int(te[s])] = dtw[i * k + s] }
+                }
                 if auxCoef != 0, valid[i] {
                     for j in 0..<e { dl[j] += auxCoef * Float(e) * auxGrad[j] / rows }
                 }

@@ -92,6 +92,11 @@ extension Transformer {
                 s.routing?.record(layer: l, from: r)
                 moeForward(out: out, x: xm, tokens: n, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: ffnCache, routing: r, scratch: scratch)
+                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared {
+                    sharedExpertForward(out: out, x: a.ln2.pointer, rows: n, hidden: h, weights: se, gate: sg,
+                                        adapters: ad.shared, cache: u?.sharedFFN ?? FeedForwardLoRACache(),
+                                        acts: sa, act: s.act.pointer)
+                }
             }
         }
         if c.isMoE { computeAuxiliaryLosses(s) }

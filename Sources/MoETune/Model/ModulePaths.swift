@@ -18,6 +18,8 @@ extension Transformer {
                 [FeedForwardPart.gate, .up, .down].map { f.module(.expert(e, $0), layer: l) }
             }
         case .router: return layers[l].router == nil ? [] : [f.module(.router, layer: l)]
+        case .sharedExpert:
+            return layers[l].sharedExpert == nil ? [] : FeedForwardPart.allCases.map { f.module(.shared($0), layer: l) }
         case .head: return [f.module(.head, layer: 0)]
         }
     }
@@ -36,6 +38,8 @@ extension Transformer {
         case .mlp(let part): return w.mlp.map { $0[part] }
         case .router: return w.router
         case .expert(let e, let part): return e < w.experts.count ? w.experts[e][part] : nil
+        case .shared(let part): return w.sharedExpert.map { $0[part] }
+        case .sharedGate: return w.sharedExpertGate
         case .head: return lmHead
         }
     }

@@ -17,9 +17,13 @@ public struct LayerWeights: @unchecked Sendable {
     public var kNorm: UnsafePointer<Float>? = nil
     /// Dense models.
     public var mlp: FeedForwardWeights?
-    /// Mixtral: router [E, H] and the experts.
+    /// MoE layers: router [E, H] and the experts.
     public var router: Matrix?
     public var experts: [FeedForwardWeights]
+    /// Qwen2-MoE: the shared expert (SwiGLU of shared_expert_intermediate_size) and its
+    /// gate [1, H]: out += sigmoid(x gate^T) * shared(x).
+    public var sharedExpert: FeedForwardWeights? = nil
+    public var sharedExpertGate: Matrix? = nil
 }
 
 /// A decoder of any supported family (Model/Families/) with its weights, read from a Hugging Face folder.
@@ -81,8 +85,14 @@ public final class Transformer: @unchecked Sendable {
                 lw.qNorm = try ck.floats(f.qNorm(l), shape: [kind == .perHead ? c.headDim : c.qDim])
                 lw.kNorm = try ck.floats(f.kNorm(l), shape: [kind == .perHead ? c.headDim : c.kvDim])
             }
-            if c.isMoE {
+            if c.isMoELayer(l) {
                 (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize)
+                let s = c.sharedExpertIntermediateSize
+                if s > 0 {
+                    lw.sharedExpert = FeedForwardWeights(gate: try lin(.shared(.gate), s, h), up: try lin(.shared(.up), s, h),
+                                                         down: try lin(.shared(.down), h, s))
+                    lw.sharedExpertGate = try ck.matrix(f.weight(.sharedGate, layer: l), rows: 1, cols: h)
+                }
             } else {
                 let i = c.intermediateSize
                 lw.mlp = FeedForwardWeights(gate: try lin(.mlp(.gate), i, h), up: try lin(.mlp(.up), i, h),
@@ -108,7 +118,7 @@ public final class Transformer: @unchecked Sendable {
     /// Router and experts of an MoE layer, in the classic per-expert layout or the
     /// fused layout of transformers 5.
     private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?) throws -> (Matrix, [FeedForwardWeights]) {
-        let c = ck.config, h = c.hiddenSize, i = c.intermediateSize, e = c.numExperts, f = c.family
+        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
         if ck.contains(f.fusedGateUp(l)) {
             let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
             if let q = quantize {

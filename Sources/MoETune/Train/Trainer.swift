@@ -103,7 +103,7 @@ public final class Trainer {
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
-        adapters.dropout?.reserve(tc.batchSize * longest * max(mc.hiddenSize, mc.intermediateSize, mc.qDim))
+        adapters.dropout?.reserve(tc.batchSize * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
 
         let metrics = try MetricsLog(path: outDir + "/metrics.jsonl")
         try AtomicFile.write(Data(c.resolvedYAML().utf8), to: outDir + "/config.yaml")

@@ -11,6 +11,9 @@ public enum LinearSlot: Hashable, Sendable {
     case mlp(FeedForwardPart)
     case router
     case expert(Int, FeedForwardPart)
+    /// The shared expert (Qwen2-MoE) and its sigmoid gate [1, H].
+    case shared(FeedForwardPart)
+    case sharedGate
     case head
 
     /// The user's LoRA target kind of this slot.
@@ -22,6 +25,7 @@ public enum LinearSlot: Hashable, Sendable {
         case .o: return .projection
         case .mlp, .expert: return .mlp
         case .router: return .router
+        case .shared, .sharedGate: return .sharedExpert
         case .head: return .head
         }
     }
@@ -40,6 +44,9 @@ public struct MoENames: Sendable {
     /// "mlp.experts.gate_up_proj" [E, 2*inter, hidden] (rows 0..<inter gate, the rest up)
     /// and "mlp.experts.down_proj" [E, hidden, inter].
     public var fusedBlock = "mlp"
+    /// Shared expert module inside the block and its gate (Qwen2-MoE); nil: none.
+    public var sharedExpert: String? = nil
+    public var sharedExpertGate: String? = nil
 }
 
 /// Defaults of config.json fields the file may omit: those of the transformers
@@ -76,7 +83,7 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }
 
     /// Every supported family.
-    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3]
+    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE]
 
     public static var supportedModelTypes: [String] { all.flatMap(\.modelTypes) }
 
@@ -113,6 +120,9 @@ extension ModelFamily {
         case .expert(let e, let part):
             let m = moe ?? MoENames(block: "mlp", expertParts: Self.denseParts)
             return p + m.block + ".experts.\(e)." + m.expertParts[part.rawValue]
+        case .shared(let part):
+            return p + (moe?.block ?? "mlp") + "." + (moe?.sharedExpert ?? "shared_expert") + "." + Self.denseParts[part.rawValue]
+        case .sharedGate: return p + (moe?.block ?? "mlp") + "." + (moe?.sharedExpertGate ?? "shared_expert_gate")
         case .head: return "lm_head"
         }
     }
@@ -137,6 +147,11 @@ extension ModelFamily {
         }
         if let m = moe {
             if rest == m.block + "." + m.router { return (l, .router) }
+            if let se = m.sharedExpert, rest.hasPrefix(m.block + "." + se + "."),
+               let i = Self.denseParts.firstIndex(of: String(rest.dropFirst(m.block.count + se.count + 2))) {
+                return (l, .shared(FeedForwardPart(rawValue: i)!))
+            }
+            if let sg = m.sharedExpertGate, rest == m.block + "." + sg { return (l, .sharedGate) }
             let prefix = m.block + ".experts."
             if rest.hasPrefix(prefix) {
                 let sub = rest.dropFirst(prefix.count).split(separator: ".")
@@ -154,9 +169,15 @@ extension ModelFamily {
     /// The LoRA target kind of a module path.
     public func kind(of module: String) -> ModuleKind? { parse(module: module)?.slot.kind }
 
-    /// The suffix PEFT's target_modules matches for a module ("q_proj", "w1", "gate").
+    /// The suffix PEFT's target_modules matches for a module ("q_proj", "w1", "gate"); the
+    /// shared expert's projections keep their parent ("shared_expert.gate_proj"), so that
+    /// an adapter of the shared expert does not also match a dense layer's gate_proj.
     public func targetSuffix(_ module: String) -> String {
-        String(module.split(separator: ".").last ?? Substring(module))
+        let parts = module.split(separator: ".")
+        if case .shared? = parse(module: module)?.slot, parts.count >= 2 {
+            return parts.suffix(2).joined(separator: ".")
+        }
+        return String(parts.last ?? Substring(module))
     }
 
     // Fused expert layout of transformers 5.
@@ -207,9 +228,9 @@ extension ModelFamily {
     public func isDecoderLinearWeight(_ name: String, keepExperts: Bool) -> Bool {
         guard name.hasSuffix(".weight"), let (_, slot) = parse(module: String(name.dropLast(".weight".count))) else { return false }
         switch slot {
-        case .q, .k, .v, .o, .mlp: return true
+        case .q, .k, .v, .o, .mlp, .shared: return true
         case .expert: return !keepExperts
-        case .router, .head: return false
+        case .router, .sharedGate, .head: return false
         }
     }
 
