@@ -150,9 +150,6 @@ public final class AdapterSet: @unchecked Sendable {
         if spec.targets.contains(.router), !c.isMoE {
             throw MoETuneError.invalid("lora targets 'router' but \(c.family.name) models have no router")
         }
-        if spec.targets.contains(.sharedExpert), !model.layers.contains(where: { $0.sharedExpert != nil }) {
-            throw MoETuneError.invalid("lora targets 'shared_expert' but \(c.family.name) models have no shared expert")
-        }
         if spec.targets.contains(.mlp), c.isMoE == false, model.layers.first?.mlp == nil {
             throw MoETuneError.invalid("lora targets 'mlp' but the model has no MLP")
         }

@@ -69,6 +69,10 @@ public final class Trainer {
         let valid = try c.data.valid.map { try load($0, "valid") }
         let test = try c.data.test.map { try load($0, "test") }
 
+        if c.loraSpec.targets.contains(.sharedExpert), !model.layers.contains(where: { $0.sharedExpert != nil }) {
+            throw MoETuneError.config(path: configPath, key: "lora.targets",
+                message: "shared_expert, but \(model.config.family.name) models have no shared expert")
+        }
         let adapters = try AdapterSet(model: model, spec: c.loraSpec, seed: UInt64(bitPattern: Int64(tc.seed)))
         events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters"
             + (model.isQuantized ? "; base weights in NF4 (QLoRA)" : ""))
