@@ -13,7 +13,8 @@ the dense MLP of the mlp_only layer and lm_head; y = x W^T + (alpha / r) (x A^T)
 kaiming-uniform and B random (so A's gradients are not zero). Files: adapter_config.json,
 adapter_model.safetensors (peft's key names), batch.safetensors (input_ids, attention_mask,
 labels, loss, loss_aux, aux_loss, logits) and grads.safetensors / grads_aux.safetensors
-(d loss / d every LoRA tensor without / with router_aux_loss_coef * aux loss).
+(d loss / d every LoRA tensor without / with router_aux_loss_coef * aux loss); NAME/reference.json
+also gets nf4_loss (see nf4_loss below).
 
 Routers are drawn with std ROUTER_STD and the seed is the first whose every routing decision
 on every input the fixtures run has a gap of at least MIN_GAP between the k-th and (k+1)-th
@@ -22,6 +23,8 @@ router probability (asserted). No pad_token_id; norm weights 1 + 0.3 N(0,1); bia
   qwen2_moe  3 layers (layer 1 dense: mlp_only_layers [1]), 8 experts top-2 of 32, shared
              expert of 48 with its gate, norm_topk_prob false, q/k/v biases, one KV head
   qwen3_moe  2 layers, 8 experts top-3 of 32, norm_topk_prob true, q/k norms, head_dim 24
+  olmoe      2 layers, 8 experts top-2 of 32, norm_topk_prob false, q/k norms over the whole
+             projection, clip_qkv 1.5 (some values are clamped)
 """
 import argparse, json, math, os, shutil, sys
 
@@ -34,9 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import eval_examples, references, router_gaps, fixture_inputs  # noqa: E402
 
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, Qwen2MoeConfig, Qwen3MoeConfig  # noqa: E402
+from transformers import AutoModelForCausalLM, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig  # noqa: E402
 
-ROUTER_STD = {"qwen2_moe": 0.5, "qwen3_moe": 0.08}
+ROUTER_STD = {"qwen2_moe": 0.5, "qwen3_moe": 0.08, "olmoe": 0.08}
 MIN_GAP = 1e-4
 R, ALPHA = 4, 8
 COMMON = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96,
@@ -50,6 +53,9 @@ def configs(V):
                                       use_sliding_window=False, **{**COMMON, "num_key_value_heads": 1})
     yield "qwen3_moe", Qwen3MoeConfig(vocab_size=V, num_hidden_layers=2, num_experts_per_tok=3, norm_topk_prob=True,
                                       use_sliding_window=False, **{**COMMON, "head_dim": 24})
+    olmoe = {k: v for k, v in COMMON.items() if k not in ("moe_intermediate_size", "head_dim")}
+    yield "olmoe", OlmoeConfig(vocab_size=V, num_hidden_layers=2, num_experts_per_tok=2, norm_topk_prob=False,
+                               clip_qkv=1.5, **{**olmoe, "intermediate_size": 32})
 
 
 def randomize(model, seed):
@@ -145,6 +151,42 @@ def write_adapter(out, params, base_name):
         json.dump(cfg, f, indent=2, sort_keys=True)
 
 
+def nf4_loss(model, ids, mask, folder):
+    """The loss with every decoder-layer linear weight (attention, dense MLP, shared expert,
+    every expert's gate/up/down) replaced by bitsandbytes' NF4 quantize-dequantize (blocks of
+    64, double quantization), as moe-tune stores them; routers, the shared-expert gate,
+    norms, biases, embeddings and lm_head stay fp32."""
+    import copy
+    import bitsandbytes.functional as BF
+
+    def nf4(w):
+        w = w.float().contiguous()
+        packed, st = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+        return BF.dequantize_4bit(packed, st).reshape(w.shape)
+
+    q = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mod in q.named_modules():
+            if isinstance(mod, torch.nn.Linear) and ".layers." in name and not name.endswith("shared_expert_gate"):
+                mod.weight.copy_(nf4(mod.weight.data))
+            if hasattr(mod, "gate_up_proj") and hasattr(mod, "down_proj") and not isinstance(mod.down_proj, torch.nn.Module):
+                I = mod.gate_up_proj.shape[1] // 2
+                for e in range(mod.gate_up_proj.shape[0]):
+                    mod.gate_up_proj[e, :I] = nf4(mod.gate_up_proj[e, :I])
+                    mod.gate_up_proj[e, I:] = nf4(mod.gate_up_proj[e, I:])
+                    mod.down_proj[e] = nf4(mod.down_proj[e])
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        loss = q(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    path = os.path.join(folder, "reference.json")
+    with open(path) as f:
+        ref = json.load(f)
+    ref["nf4_loss"] = loss
+    with open(path, "w") as f:
+        json.dump(ref, f, indent=2)
+    return loss
+
+
 def grads_of(params):
     """Gradients by key; an expert no token of the batch was routed to has exactly zero."""
     return {k: (p.grad if p.grad is not None else torch.zeros_like(p)).float().contiguous() for k, p in params.items()}
@@ -194,6 +236,7 @@ def train_fixture(folder, out, V):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixtures", default="Tests/MoETuneTests/Fixtures")
+    ap.add_argument("--only", nargs="*")
     a = ap.parse_args()
     tok = os.path.join(a.fixtures, "llama", "tokenizer.model")
     sp = spm.SentencePieceProcessor(model_file=tok)
@@ -209,6 +252,8 @@ def main():
     mask[1, T - 6:] = 0
     summary = {"versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     for name, cfg in configs(V):
+        if a.only and name not in a.only:
+            continue
         for seed in range(200):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(cfg).float().eval()
@@ -229,6 +274,7 @@ def main():
             assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits), name
         summary[name] = references(reloaded, sp, ids, mask, examples, folder)
         summary[name]["router_seed"], summary[name]["router_gap"] = seed, gap
+        summary[name]["nf4_loss"] = nf4_loss(reloaded, ids, mask, folder)
         summary[name]["train"] = train_fixture(folder, os.path.join(a.fixtures, "train-" + name), V)
         summary[name].pop("greedy_prompt")
     print(json.dumps(summary, indent=2))

@@ -8,9 +8,9 @@ import XCTest
 /// of peft, and merged folders against peft's unmerged logits.
 final class FamilyTests: XCTestCase {
     static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw",
-                                  "qwen2_moe", "qwen3_moe"]
+                                  "qwen2_moe", "qwen3_moe", "olmoe"]
     static let trainFixtures = ["qwen2", "qwen3", "mistral-sw"]
-    static let moeFixtures = ["qwen2_moe", "qwen3_moe"]
+    static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe"]
 
     func batch(_ ref: SafeTensorsFile, labels: String? = nil) throws -> (TokenBatch, [Int32]) {
         let shape = ref.shape("input_ids")
@@ -191,7 +191,7 @@ final class FamilyTests: XCTestCase {
     /// the loss equals transformers' with bitsandbytes' quantize-dequantize of every
     /// decoder-layer linear weight; biases and q/k norms stay fp32.
     func testNF4LossMatchesBitsandbytesQuantization() throws {
-        for name in Self.trainFixtures {
+        for name in Self.trainFixtures + Self.moeFixtures {
             let model = try Transformer.load(directory: Fixtures.dir(name), quantize: QuantizationSpec(doubleQuant: true))
             XCTAssertTrue(model.isQuantized)
             let ref = try Fixtures.reference(name)
@@ -201,7 +201,10 @@ final class FamilyTests: XCTestCase {
             let expected = (try Fixtures.referenceJSON(name)["nf4_loss"] as! NSNumber).doubleValue
             let loss = sum / Double(count)
             print("\(name) NF4: loss \(loss) vs bitsandbytes-quantized \(expected)")
-            XCTAssertLessThanOrEqual(abs(loss - expected) / expected, 1e-5, name)
+            // With double quantization, bitsandbytes' approximate search for the 8-bit code of a
+            // block scale now and then picks the neighbouring code (see QLoRATests); the MoE
+            // fixtures have hundreds of small expert weights, so they get 1e-4.
+            XCTAssertLessThanOrEqual(abs(loss - expected) / expected, Self.moeFixtures.contains(name) ? 1e-4 : 1e-5, name)
         }
     }
 
@@ -240,6 +243,7 @@ extension FamilyTests {
         let all: Set<ModuleKind> = [.query, .key, .value, .projection, .mlp, .router, .head]
         XCTAssertEqual(try checkGradients("qwen2_moe"), all.union([.sharedExpert]))
         XCTAssertEqual(try checkGradients("qwen3_moe"), all)
+        XCTAssertEqual(try checkGradients("olmoe"), all)
     }
 
     /// With the family's load-balancing loss (transformers' load_balancing_loss_func over the
@@ -270,5 +274,9 @@ extension FamilyTests {
         XCTAssertTrue(q3.normTopKProb)
         XCTAssertEqual(q3.qkNorm, .perHead)
         XCTAssertEqual(q3.sharedExpertIntermediateSize, 0)
+        let o = try ModelConfig.load(directory: Fixtures.dir("olmoe"))
+        XCTAssertEqual(o.qkNorm, .fullWidth)
+        XCTAssertEqual(o.clipQKV, 1.5)
+        XCTAssertFalse(o.normTopKProb)
     }
 }

@@ -30,6 +30,8 @@ public struct ModelConfig: Equatable, Sendable {
     /// RMSNorm on q and k before RoPE (Qwen3: per head over head_dim; OLMoE: over the
     /// whole projection width); nil: none.
     public var qkNorm: QKNorm?
+    /// OLMoE's clip_qkv: q, k (after their norm) and v clamped to [-c, c]; nil: none.
+    public var clipQKV: Float?
     /// Intermediate size of each routed expert (moe_intermediate_size; Mixtral: intermediate_size).
     public var expertIntermediateSize: Int
     /// Renormalise the top-k router weights to sum to 1 (Mixtral: always; Qwen-MoE, OLMoE: norm_topk_prob).

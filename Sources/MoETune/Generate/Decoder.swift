@@ -81,6 +81,11 @@ public final class Decoder {
                 rmsnormForward(out: q.pointer, rstd: qkRstd.pointer, x: q.pointer, weight: qn, rows: qs.rows, cols: qs.cols, eps: c.rmsNormEps)
                 rmsnormForward(out: k.pointer, rstd: qkRstd.pointer, x: k.pointer, weight: kn, rows: ks.rows, cols: ks.cols, eps: c.rmsNormEps)
             }
+            if let clip = c.clipQKV {
+                clampForward(q.pointer, count: c.qDim, limit: clip)
+                clampForward(k.pointer, count: c.kvDim, limit: clip)
+                clampForward(v.pointer, count: c.kvDim, limit: clip)
+            }
             model.rope.rotate(q.pointer, position: pos, heads: c.numHeads)
             model.rope.rotate(k.pointer, position: pos, heads: c.numKVHeads)
             (keys[l].pointer + pos * c.kvDim).update(from: k.pointer, count: c.kvDim)

@@ -9,6 +9,8 @@ public final class LayerActivations {
     /// q/k before their RMSNorm [N, nH*D], [N, nKV*D] and its rstd, with q/k norms only.
     public let qRaw: FloatBuffer?, kRaw: FloatBuffer?
     public let qRstd: FloatBuffer?, kRstd: FloatBuffer?
+    /// q, k, v before the clip_qkv clamp (OLMoE), for its backward.
+    public let qClip: FloatBuffer?, kClip: FloatBuffer?, vClip: FloatBuffer?
     public let attn: FloatBuffer     // [N, nH*D] attention output before o_proj
     public let ln2: FloatBuffer      // [N, H] post_attention_layernorm output (shared; recomputed)
     public let rstd2: FloatBuffer    // [N]
@@ -45,6 +47,10 @@ public final class LayerActivations {
         kRaw = qk ? FloatBuffer(count: n * c.kvDim) : nil
         qRstd = qk ? FloatBuffer(count: c.qkNormShape(tokens: n, heads: c.numHeads).rows) : nil
         kRstd = qk ? FloatBuffer(count: c.qkNormShape(tokens: n, heads: c.numKVHeads).rows) : nil
+        let clip = c.clipQKV != nil
+        qClip = clip ? FloatBuffer(count: n * c.qDim) : nil
+        kClip = clip ? FloatBuffer(count: n * c.kvDim) : nil
+        vClip = clip ? FloatBuffer(count: n * c.kvDim) : nil
         attn = FloatBuffer(count: n * c.qDim)
         ln2 = shared.ln2
         rstd2 = FloatBuffer(count: n)

@@ -118,6 +118,12 @@ extension Transformer {
                               scratch: g.attnScratch.pointer, shape: shape)
             rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            if let clip = c.clipQKV, let cq = a.qClip, let ck = a.kClip, let cv = a.vClip {
+                // clip_qkv: no gradient where the value was clamped.
+                clampBackward(g.dq.pointer, x: cq.pointer, count: n * c.qDim, limit: clip)
+                clampBackward(g.dk.pointer, x: ck.pointer, count: n * c.kvDim, limit: clip)
+                clampBackward(g.dv.pointer, x: cv.pointer, count: n * c.kvDim, limit: clip)
+            }
             if let qn = w.qNorm, let kn = w.kNorm, let scratch = g.dqkRaw {
                 // Backward of the q/k RMSNorm: d q_raw from d q (both [N, nH*D]); then k.
                 let qs = c.qkNormShape(tokens: n, heads: c.numHeads), ks = c.qkNormShape(tokens: n, heads: c.numKVHeads)

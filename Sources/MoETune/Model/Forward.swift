@@ -55,6 +55,18 @@ extension Transformer {
                 rmsnormForward(out: a.k.pointer, rstd: a.kRstd!.pointer, x: kRaw.pointer, weight: kn,
                                rows: ks.rows, cols: ks.cols, eps: c.rmsNormEps)
             }
+            if let clip = c.clipQKV {
+                // OLMoE: q, k (after their norm) and v clamped before RoPE; the values before
+                // the clamp are kept for its backward.
+                if let cq = a.qClip, let ck = a.kClip {
+                    cq.pointer.update(from: a.q.pointer, count: n * c.qDim)
+                    ck.pointer.update(from: a.k.pointer, count: n * c.kvDim)
+                }
+                clampForward(a.q.pointer, count: n * c.qDim, limit: clip)
+                clampForward(a.k.pointer, count: n * c.kvDim, limit: clip)
+                if let cv = a.vClip { cv.pointer.update(from: a.v.pointer, count: n * c.kvDim) }
+                clampForward(a.v.pointer, count: n * c.kvDim, limit: clip)
+            }
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
