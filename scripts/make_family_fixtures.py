@@ -19,7 +19,8 @@ unmerged) and grads.safetensors (d loss / d every LoRA tensor).
   qwen2        Qwen2: random non-zero q/k/v biases, one KV head, norm weights not ones
   qwen3        Qwen3: q/k RMSNorm per head (weights not ones), head_dim 24 with hidden 64 / 4 heads
   mistral-sw   Mistral with sliding_window 7, shorter than the 24- and 16-token sequences
-For the `train` families NAME/reference.json also gets nf4_loss: the loss with every
+For the `train` families NAME/reference.json also gets nf4_loss (double quantization) and
+nf4_loss_single (without): the loss with every
 decoder-layer linear weight replaced by bitsandbytes' NF4 (blocks of 64, double
 quantization) quantize-dequantize of it, biases and norms unchanged (bitsandbytes' CPU
 4-bit matmul needs in_features % 64 == 0, which the 96-wide down_proj is not, so the
@@ -117,7 +118,7 @@ def train_fixture(folder, out, V):
     return loss.item()
 
 
-def nf4_loss(model, ids, mask, folder):
+def nf4_loss(model, ids, mask, folder, double_quant=True, key="nf4_loss"):
     import copy
     import bitsandbytes.functional as F
     q = copy.deepcopy(model)
@@ -125,7 +126,7 @@ def nf4_loss(model, ids, mask, folder):
         for name, mod in q.named_modules():
             if isinstance(mod, torch.nn.Linear) and ".layers." in name:
                 w = mod.weight.data.float().contiguous()
-                packed, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+                packed, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
                 mod.weight.copy_(F.dequantize_4bit(packed, st).reshape(w.shape))
         labels = ids.clone()
         labels[mask == 0] = -100
@@ -133,7 +134,7 @@ def nf4_loss(model, ids, mask, folder):
     path = os.path.join(folder, "reference.json")
     with open(path) as f:
         ref = json.load(f)
-    ref["nf4_loss"] = loss
+    ref[key] = loss
     with open(path, "w") as f:
         json.dump(ref, f, indent=2)
     return loss
@@ -176,6 +177,7 @@ def main():
         summary[name] = references(reloaded, sp, ids, mask, examples, folder)
         if train:
             summary[name]["nf4_loss"] = nf4_loss(reloaded, ids, mask, folder)
+            summary[name]["nf4_loss_single"] = nf4_loss(reloaded, ids, mask, folder, double_quant=False, key="nf4_loss_single")
             summary[name]["train_loss"] = train_fixture(folder, os.path.join(a.fixtures, "train-" + name), V)
     print(json.dumps(summary, indent=2))
 

@@ -14,7 +14,7 @@ kaiming-uniform and B random (so A's gradients are not zero). Files: adapter_con
 adapter_model.safetensors (peft's key names), batch.safetensors (input_ids, attention_mask,
 labels, loss, loss_aux, aux_loss, logits) and grads.safetensors / grads_aux.safetensors
 (d loss / d every LoRA tensor without / with router_aux_loss_coef * aux loss); NAME/reference.json
-also gets nf4_loss (see nf4_loss below).
+also gets nf4_loss and nf4_loss_single (with / without double quantization, see nf4_loss).
 
 Routers are drawn with std ROUTER_STD and the seed is the first whose every routing decision
 on every input the fixtures run has a gap of at least MIN_GAP between the k-th and (k+1)-th
@@ -151,7 +151,7 @@ def write_adapter(out, params, base_name):
         json.dump(cfg, f, indent=2, sort_keys=True)
 
 
-def nf4_loss(model, ids, mask, folder):
+def nf4_loss(model, ids, mask, folder, double_quant=True, key="nf4_loss"):
     """The loss with every decoder-layer linear weight (attention, dense MLP, shared expert,
     every expert's gate/up/down) replaced by bitsandbytes' NF4 quantize-dequantize (blocks of
     64, double quantization), as moe-tune stores them; routers, the shared-expert gate,
@@ -161,7 +161,7 @@ def nf4_loss(model, ids, mask, folder):
 
     def nf4(w):
         w = w.float().contiguous()
-        packed, st = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+        packed, st = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
         return BF.dequantize_4bit(packed, st).reshape(w.shape)
 
     q = copy.deepcopy(model)
@@ -181,7 +181,7 @@ def nf4_loss(model, ids, mask, folder):
     path = os.path.join(folder, "reference.json")
     with open(path) as f:
         ref = json.load(f)
-    ref["nf4_loss"] = loss
+    ref[key] = loss
     with open(path, "w") as f:
         json.dump(ref, f, indent=2)
     return loss
@@ -275,6 +275,7 @@ def main():
         summary[name] = references(reloaded, sp, ids, mask, examples, folder)
         summary[name]["router_seed"], summary[name]["router_gap"] = seed, gap
         summary[name]["nf4_loss"] = nf4_loss(reloaded, ids, mask, folder)
+        summary[name]["nf4_loss_single"] = nf4_loss(reloaded, ids, mask, folder, double_quant=False, key="nf4_loss_single")
         summary[name]["train"] = train_fixture(folder, os.path.join(a.fixtures, "train-" + name), V)
         summary[name].pop("greedy_prompt")
     print(json.dumps(summary, indent=2))

@@ -189,22 +189,27 @@ final class FamilyTests: XCTestCase {
 
     /// NF4 base weights (moe-tune's quantizer, proven bit-equal to bitsandbytes in NF4Tests):
     /// the loss equals transformers' with bitsandbytes' quantize-dequantize of every
-    /// decoder-layer linear weight; biases and q/k norms stay fp32.
+    /// decoder-layer linear weight (experts and shared experts included); biases, q/k norms,
+    /// routers and the shared-expert gate stay fp32. Without double quantization within 1e-5.
+    /// With it, bitsandbytes' approximate search for the 8-bit code of a block scale now and
+    /// then picks the neighbouring code (see QLoRATests), which the MoE fixtures, with hundreds
+    /// of small expert weights, meet: 1e-4 there.
     func testNF4LossMatchesBitsandbytesQuantization() throws {
         for name in Self.trainFixtures + Self.moeFixtures {
-            let model = try Transformer.load(directory: Fixtures.dir(name), quantize: QuantizationSpec(doubleQuant: true))
-            XCTAssertTrue(model.isQuantized)
             let ref = try Fixtures.reference(name)
             let (tb, _) = try batch(ref)
-            let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false)
-            let (sum, count) = try model.forward(tb, state: state)
-            let expected = (try Fixtures.referenceJSON(name)["nf4_loss"] as! NSNumber).doubleValue
-            let loss = sum / Double(count)
-            print("\(name) NF4: loss \(loss) vs bitsandbytes-quantized \(expected)")
-            // With double quantization, bitsandbytes' approximate search for the 8-bit code of a
-            // block scale now and then picks the neighbouring code (see QLoRATests); the MoE
-            // fixtures have hundreds of small expert weights, so they get 1e-4.
-            XCTAssertLessThanOrEqual(abs(loss - expected) / expected, Self.moeFixtures.contains(name) ? 1e-4 : 1e-5, name)
+            for (doubleQuant, key) in [(false, "nf4_loss_single"), (true, "nf4_loss")] {
+                let model = try Transformer.load(directory: Fixtures.dir(name), quantize: QuantizationSpec(doubleQuant: doubleQuant))
+                XCTAssertTrue(model.isQuantized)
+                XCTAssertNil(model.layers[0].router?.nf4, "routers stay fp32")
+                let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false)
+                let (sum, count) = try model.forward(tb, state: state)
+                let expected = (try Fixtures.referenceJSON(name)[key] as! NSNumber).doubleValue
+                let loss = sum / Double(count)
+                print("\(name) NF4 (double quant \(doubleQuant)): loss \(loss) vs bitsandbytes-quantized \(expected)")
+                let tolerance = doubleQuant && Self.moeFixtures.contains(name) ? 1e-4 : 1e-5
+                XCTAssertLessThanOrEqual(abs(loss - expected) / expected, tolerance, "\(name) \(key)")
+            }
         }
     }
 
