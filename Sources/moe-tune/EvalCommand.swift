@@ -113,7 +113,7 @@ struct EvalCommand: ParsableCommand {
                     if let routing = r.routing {
                         print("\nexpert load (share of each layer's assignments, valid tokens only)\n" + expertTable(routing))
                     } else {
-                        print("\n(no experts: \(loaded.model.config.family.rawValue) is a dense model)")
+                        print("\n(no experts: \(loaded.model.config.family.name) is a dense model)")
                     }
                 }
             }

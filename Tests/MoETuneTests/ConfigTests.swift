@@ -36,10 +36,10 @@ final class ModelConfigTests: XCTestCase {
         assertMoETuneError(try parse("{\"model_type\":\"llama\",\(base),\"hidden_act\":\"gelu\"}"), contains: ["hidden_act"])
     }
 
-    func testSlidingWindowRefusedOnlyWhenItMatters() throws {
+    func testSlidingWindowAppliesOnlyWhenShorterThanTheSequence() throws {
         let c = try parse(#"{"model_type":"mistral","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100,"sliding_window":128}"#)
-        XCTAssertNoThrow(try c.checkSequenceLength(128))
-        assertMoETuneError(try c.checkSequenceLength(129), contains: ["sliding_window 128"])
+        XCTAssertNil(c.attentionShape(batch: 1, seq: 128).window)
+        XCTAssertEqual(c.attentionShape(batch: 1, seq: 129).window, 128)
     }
 }
 

@@ -6,7 +6,8 @@ import Foundation
 enum TinyModel {
     static func make(dir: String, moe: Bool, hidden: Int = 16, inter: Int = 24, layers: Int = 2, heads: Int = 4,
                      kvHeads: Int = 2, experts: Int = 4, topK: Int = 2, vocab: Int = 40, seed: UInt64 = 1,
-                     tied: Bool = false, skewedRouter: Bool = false, tokenizer: String? = nil) throws {
+                     tied: Bool = false, skewedRouter: Bool = false, tokenizer: String? = nil,
+                     qwen2MoE: Bool = false) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var config: [String: Any] = [
             "model_type": moe ? "mixtral" : "llama", "hidden_size": hidden, "intermediate_size": inter,
@@ -15,6 +16,15 @@ enum TinyModel {
             "max_position_embeddings": 64,
         ]
         if moe { config["num_local_experts"] = experts; config["num_experts_per_tok"] = topK }
+        if qwen2MoE {
+            // Qwen2-MoE: shared expert, top-k weights not renormalised, layer 1 dense, q/k/v biases.
+            config["model_type"] = "qwen2_moe"
+            config["num_experts"] = experts
+            config["moe_intermediate_size"] = inter / 2
+            config["shared_expert_intermediate_size"] = inter
+            config["norm_topk_prob"] = false
+            config["mlp_only_layers"] = [1]
+        }
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: dir + "/config.json"))
         var rng = SplitMix64(seed: seed)
         var w = SafeTensorsWriter()
@@ -23,34 +33,53 @@ enum TinyModel {
             w.add(.init(name: name, shape: shape, floats: (0..<n).map { _ in around + (rng.nextFloat() * 2 - 1) * scale }))
         }
         let d = hidden / heads
+        let f: ModelFamily = qwen2MoE ? .qwen2MoE : moe ? .mixtral : .llama
         // A skewed router: positive embeddings keep the residual stream mostly positive,
         // and router row 0 is all +0.25, so expert 0 wins for nearly every token.
-        add(WeightNames.embedTokens, [vocab, hidden], scale: skewedRouter ? 0.5 : 1, around: skewedRouter ? 1 : 0)
-        add(WeightNames.finalNorm, [hidden], scale: 0.2, around: 1)
-        if !tied { add(WeightNames.lmHead, [vocab, hidden]) }
+        add(f.embedTokens, [vocab, hidden], scale: skewedRouter ? 0.5 : 1, around: skewedRouter ? 1 : 0)
+        add(f.finalNorm, [hidden], scale: 0.2, around: 1)
+        if !tied { add(f.lmHead, [vocab, hidden]) }
         for l in 0..<layers {
-            add(WeightNames.inputNorm(l), [hidden], scale: 0.2, around: 1)
-            add(WeightNames.postAttentionNorm(l), [hidden], scale: 0.2, around: 1)
-            add(WeightNames.attention(l, "q_proj"), [heads * d, hidden])
-            add(WeightNames.attention(l, "k_proj"), [kvHeads * d, hidden])
-            add(WeightNames.attention(l, "v_proj"), [kvHeads * d, hidden])
-            add(WeightNames.attention(l, "o_proj"), [hidden, heads * d])
-            if moe {
+            add(f.inputNorm(l), [hidden], scale: 0.2, around: 1)
+            add(f.postAttentionNorm(l), [hidden], scale: 0.2, around: 1)
+            add(f.weight(.q, layer: l), [heads * d, hidden])
+            add(f.weight(.k, layer: l), [kvHeads * d, hidden])
+            add(f.weight(.v, layer: l), [kvHeads * d, hidden])
+            add(f.weight(.o, layer: l), [hidden, heads * d])
+            if qwen2MoE {
+                for slot in [LinearSlot.q, .k, .v] { add(f.bias(slot, layer: l), [(slot == .q ? heads : kvHeads) * d]) }
+            }
+            if qwen2MoE && l == 1 {
+                add(f.weight(.mlp(.gate), layer: l), [inter, hidden])
+                add(f.weight(.mlp(.up), layer: l), [inter, hidden])
+                add(f.weight(.mlp(.down), layer: l), [hidden, inter])
+            } else if qwen2MoE {
+                add(f.weight(.router, layer: l), [experts, hidden], scale: 1)
+                for e in 0..<experts {
+                    add(f.weight(.expert(e, .gate), layer: l), [inter / 2, hidden])
+                    add(f.weight(.expert(e, .up), layer: l), [inter / 2, hidden])
+                    add(f.weight(.expert(e, .down), layer: l), [hidden, inter / 2])
+                }
+                add(f.weight(.shared(.gate), layer: l), [inter, hidden])
+                add(f.weight(.shared(.up), layer: l), [inter, hidden])
+                add(f.weight(.shared(.down), layer: l), [hidden, inter])
+                add(f.weight(.sharedGate, layer: l), [1, hidden])
+            } else if moe {
                 if skewedRouter {
                     let rows = (0..<(experts * hidden)).map { i in i < hidden ? Float(0.25) : (rng.nextFloat() * 2 - 1) * 0.3 }
-                    w.add(.init(name: WeightNames.router(l), shape: [experts, hidden], floats: rows))
+                    w.add(.init(name: f.weight(.router, layer: l), shape: [experts, hidden], floats: rows))
                 } else {
-                    add(WeightNames.router(l), [experts, hidden], scale: 1)
+                    add(f.weight(.router, layer: l), [experts, hidden], scale: 1)
                 }
                 for e in 0..<experts {
-                    add(WeightNames.expert(l, e, "w1"), [inter, hidden])
-                    add(WeightNames.expert(l, e, "w3"), [inter, hidden])
-                    add(WeightNames.expert(l, e, "w2"), [hidden, inter])
+                    add(f.weight(.expert(e, .gate), layer: l), [inter, hidden])
+                    add(f.weight(.expert(e, .up), layer: l), [inter, hidden])
+                    add(f.weight(.expert(e, .down), layer: l), [hidden, inter])
                 }
             } else {
-                add(WeightNames.mlp(l, "gate_proj"), [inter, hidden])
-                add(WeightNames.mlp(l, "up_proj"), [inter, hidden])
-                add(WeightNames.mlp(l, "down_proj"), [hidden, inter])
+                add(f.weight(.mlp(.gate), layer: l), [inter, hidden])
+                add(f.weight(.mlp(.up), layer: l), [inter, hidden])
+                add(f.weight(.mlp(.down), layer: l), [hidden, inter])
             }
         }
         try w.write(to: dir + "/model.safetensors")

@@ -1,12 +1,10 @@
 import Foundation
 
-/// The architecture of a Hugging Face Llama, Mistral or Mixtral checkpoint, read from
-/// its config.json. Field names are Hugging Face's; defaults are those of the
-/// transformers configuration class of each model_type where the file omits a field.
+/// The architecture of a Hugging Face checkpoint, read from its config.json. Field names
+/// are Hugging Face's; defaults are those of the transformers configuration class of the
+/// family where the file omits a field. The family (Model/Families/) owns its own fields.
 public struct ModelConfig: Equatable, Sendable {
-    public enum Family: String, Sendable { case llama, mistral, mixtral }
-
-    public var family: Family
+    public var family: ModelFamily
     public var hiddenSize: Int
     public var intermediateSize: Int
     public var numLayers: Int
@@ -15,6 +13,8 @@ public struct ModelConfig: Equatable, Sendable {
     public var headDim: Int
     public var rmsNormEps: Float
     public var ropeTheta: Double
+    /// RoPE frequency scaling (rope_scaling / rope_parameters); nil: none.
+    public var ropeScaling: RoPEScaling?
     public var vocabSize: Int
     public var tieWordEmbeddings: Bool
     public var bosTokenId: Int32?
@@ -25,13 +25,43 @@ public struct ModelConfig: Equatable, Sendable {
     public var routerAuxLossCoef: Float
     public var slidingWindow: Int?
     public var maxPositionEmbeddings: Int
+    /// q, k and v projections carry a bias (Qwen2); o_proj never does here.
+    public var qkvBias = false
+    /// RMSNorm on q and k before RoPE (Qwen3: per head over head_dim; OLMoE: over the
+    /// whole projection width); nil: none.
+    public var qkNorm: QKNorm?
+    /// OLMoE's clip_qkv: q, k (after their norm) and v clamped to [-c, c]; nil: none.
+    public var clipQKV: Float?
+    /// Intermediate size of each routed expert (moe_intermediate_size; Mixtral: intermediate_size).
+    public var expertIntermediateSize: Int
+    /// Renormalise the top-k router weights to sum to 1 (Mixtral: always; Qwen-MoE, OLMoE: norm_topk_prob).
+    public var normTopKProb = true
+    /// Intermediate size of the shared expert (Qwen2-MoE); 0: none.
+    public var sharedExpertIntermediateSize = 0
+    /// Layers that keep a dense MLP in an MoE model (mlp_only_layers), and every
+    /// decoderSparseStep-th layer (1-based) is sparse (decoder_sparse_step).
+    public var mlpOnlyLayers: [Int] = []
+    public var decoderSparseStep = 1
+
+    /// Whether layer l has experts (else a dense MLP of intermediate_size).
+    public func isMoELayer(_ l: Int) -> Bool {
+        isMoE && !mlpOnlyLayers.contains(l) && (l + 1) % max(decoderSparseStep, 1) == 0
+    }
+    /// Whether any layer has a dense MLP.
+    public var hasDenseLayers: Bool { (0..<numLayers).contains { !isMoELayer($0) } }
+    /// Floats of the largest SwiGLU scratch [rows, I] over N tokens: the dense MLP, the
+    /// N*k routed assignments or the shared expert.
+    public func feedForwardScratch(tokens n: Int) -> Int {
+        max(hasDenseLayers ? n * intermediateSize : 0, isMoE ? n * expertsPerToken * expertIntermediateSize : 0,
+            n * sharedExpertIntermediateSize, 1)
+    }
 
     public var isMoE: Bool { numExperts > 0 }
     public var qDim: Int { numHeads * headDim }
     public var kvDim: Int { numKVHeads * headDim }
 
     public init(
-        family: Family, hiddenSize: Int, intermediateSize: Int, numLayers: Int, numHeads: Int,
+        family: ModelFamily, hiddenSize: Int, intermediateSize: Int, numLayers: Int, numHeads: Int,
         numKVHeads: Int, headDim: Int, rmsNormEps: Float, ropeTheta: Double, vocabSize: Int,
         tieWordEmbeddings: Bool, bosTokenId: Int32?, eosTokenIds: [Int32], numExperts: Int,
         expertsPerToken: Int, routerAuxLossCoef: Float, slidingWindow: Int?, maxPositionEmbeddings: Int
@@ -43,6 +73,7 @@ public struct ModelConfig: Equatable, Sendable {
         self.bosTokenId = bosTokenId; self.eosTokenIds = eosTokenIds; self.numExperts = numExperts
         self.expertsPerToken = expertsPerToken; self.routerAuxLossCoef = routerAuxLossCoef
         self.slidingWindow = slidingWindow; self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.expertIntermediateSize = intermediateSize
     }
 
     /// Reads and validates `dir/config.json`.
@@ -60,17 +91,18 @@ public struct ModelConfig: Equatable, Sendable {
         }
         let r = FieldReader(json: json, path: path)
         let typeName = try r.string("model_type")
-        guard let family = Family(rawValue: typeName) else {
+        guard let family = ModelFamily.forModelType(typeName) else {
             throw MoETuneError.config(path: path, key: "model_type",
-                message: "unsupported model_type '\(typeName)' (supported: llama, mistral, mixtral)")
+                message: "unsupported model_type '\(typeName)' (supported: \(ModelFamily.supportedModelTypes.joined(separator: ", ")))")
         }
+        let d = family.defaults
         let hidden = try r.int("hidden_size")
         let heads = try r.int("num_attention_heads")
         guard hidden > 0, heads > 0 else {
             throw MoETuneError.config(path: path, key: "hidden_size", message: "hidden_size and num_attention_heads must be positive")
         }
         let kvHeads = try r.optionalInt("num_key_value_heads") ?? heads
-        let headDim = try r.optionalInt("head_dim") ?? hidden / heads
+        let headDim = try r.optionalInt("head_dim") ?? d.headDim ?? hidden / heads
         guard kvHeads > 0, heads % kvHeads == 0 else {
             throw MoETuneError.config(path: path, key: "num_key_value_heads",
                 message: "\(kvHeads) does not divide num_attention_heads \(heads)")
@@ -81,26 +113,8 @@ public struct ModelConfig: Equatable, Sendable {
         if let act = try r.optionalString("hidden_act"), act != "silu" {
             throw MoETuneError.config(path: path, key: "hidden_act", message: "only silu is supported, got '\(act)'")
         }
-        for key in ["attention_bias", "mlp_bias"] where try r.optionalBool(key) == true {
-            throw MoETuneError.config(path: path, key: key, message: "biases in linear layers are not supported")
-        }
-        // rope_theta sits at the top level in older files and in rope_parameters in newer ones.
-        var theta = try r.optionalDouble("rope_theta")
-        if let params = json["rope_parameters"] as? [String: Any] {
-            let sub = FieldReader(json: params, path: path, prefix: "rope_parameters.")
-            if let t = try sub.optionalDouble("rope_theta") { theta = t }
-            if let kind = try sub.optionalString("rope_type"), kind != "default" {
-                throw MoETuneError.config(path: path, key: "rope_parameters.rope_type",
-                    message: "RoPE scaling '\(kind)' is not supported yet")
-            }
-        }
-        if let scaling = json["rope_scaling"], !(scaling is NSNull) {
-            let kind = (scaling as? [String: Any])?["rope_type"] ?? (scaling as? [String: Any])?["type"] ?? "?"
-            if "\(kind)" != "default" {
-                throw MoETuneError.config(path: path, key: "rope_scaling", message: "RoPE scaling '\(kind)' is not supported yet")
-            }
-        }
-        let isMoE = family == .mixtral
+        let maxPositions = try r.optionalInt("max_position_embeddings") ?? d.maxPositionEmbeddings
+        let (theta, scaling) = try RoPEScaling.read(json, reader: r, path: path, maxPositions: maxPositions)
         let eos: [Int32]
         if let list = json["eos_token_id"] as? [Any] {
             eos = try list.map { v in
@@ -110,7 +124,7 @@ public struct ModelConfig: Equatable, Sendable {
                 return n.int32Value
             }
         } else {
-            eos = try r.optionalInt("eos_token_id").map { [Int32($0)] } ?? [2]
+            eos = try r.optionalInt("eos_token_id").map { [Int32($0)] } ?? [Int32(d.eosTokenId)]
         }
         var config = ModelConfig(
             family: family,
@@ -120,39 +134,83 @@ public struct ModelConfig: Equatable, Sendable {
             numHeads: heads,
             numKVHeads: kvHeads,
             headDim: headDim,
-            rmsNormEps: Float(try r.optionalDouble("rms_norm_eps") ?? (family == .mixtral ? 1e-5 : 1e-6)),
-            ropeTheta: theta ?? (family == .mixtral ? 1e6 : 10000),
+            rmsNormEps: Float(try r.optionalDouble("rms_norm_eps") ?? d.rmsNormEps),
+            ropeTheta: theta ?? d.ropeTheta,
             vocabSize: try r.int("vocab_size"),
-            tieWordEmbeddings: try r.optionalBool("tie_word_embeddings") ?? false,
-            bosTokenId: try r.optionalInt("bos_token_id").map(Int32.init) ?? 1,
+            tieWordEmbeddings: try r.optionalBool("tie_word_embeddings") ?? d.tieWordEmbeddings,
+            bosTokenId: try r.optionalInt("bos_token_id").map(Int32.init) ?? d.bosTokenId.map(Int32.init),
             eosTokenIds: eos,
-            numExperts: isMoE ? (try r.optionalInt("num_local_experts") ?? 8) : 0,
-            expertsPerToken: isMoE ? (try r.optionalInt("num_experts_per_tok") ?? 2) : 0,
-            routerAuxLossCoef: Float(try r.optionalDouble("router_aux_loss_coef") ?? 0.001),
-            slidingWindow: try r.optionalInt("sliding_window"),
-            maxPositionEmbeddings: try r.optionalInt("max_position_embeddings") ?? 4096)
-        if config.family == .llama { config.slidingWindow = nil }
+            numExperts: 0,
+            expertsPerToken: 0,
+            routerAuxLossCoef: Float(try r.optionalDouble("router_aux_loss_coef") ?? d.routerAuxLossCoef),
+            slidingWindow: nil,
+            maxPositionEmbeddings: maxPositions)
+        config.ropeScaling = scaling
+        config.expertIntermediateSize = config.intermediateSize
+        try family.readConfig(r, &config)
         for (key, value) in [("intermediate_size", config.intermediateSize), ("num_hidden_layers", config.numLayers),
                              ("vocab_size", config.vocabSize)] where value <= 0 {
             throw MoETuneError.config(path: path, key: key, message: "must be positive, got \(value)")
         }
-        if isMoE {
-            guard config.numExperts > 0 else {
-                throw MoETuneError.config(path: path, key: "num_local_experts", message: "must be positive")
-            }
-            guard (1...config.numExperts).contains(config.expertsPerToken) else {
-                throw MoETuneError.config(path: path, key: "num_experts_per_tok",
-                    message: "must be between 1 and num_local_experts (\(config.numExperts)), got \(config.expertsPerToken)")
-            }
-        }
         return config
     }
 
-    /// Refuses a sequence length at which the sliding window would change attention.
-    public func checkSequenceLength(_ length: Int) throws {
-        if let w = slidingWindow, w < length {
-            throw MoETuneError.invalid(
-                "sliding_window \(w) is shorter than the sequence length \(length); sliding-window attention is not supported yet: use a max_seq_len of at most \(w)")
+    /// The attention shape of a batch: a sliding window only where it is shorter than the sequence.
+    func attentionShape(batch b: Int, seq t: Int) -> AttentionShape {
+        AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
+                       window: slidingWindow.flatMap { $0 < t ? $0 : nil })
+    }
+}
+
+/// Where q/k RMSNorm normalises: over each head's head_dim values (Qwen3, weight [D]) or over
+/// the whole projection (OLMoE, weights [nH*D] and [nKV*D]).
+public enum QKNorm: Sendable, Equatable { case perHead, fullWidth }
+
+extension ModelConfig {
+    /// Rows and columns of q's (or k's) RMSNorm over N tokens.
+    func qkNormShape(tokens n: Int, heads: Int) -> (rows: Int, cols: Int) {
+        qkNorm == .fullWidth ? (n, heads * headDim) : (n * heads, headDim)
+    }
+}
+
+extension FieldReader {
+    /// Refuses `key` when it is present with a value other than `allowed` (or, with
+    /// allowed nil, present at all): a field of a supported family that moe-tune does not implement.
+    func refuse(_ key: String, unless allowed: Bool? = false, message: String) throws {
+        if let v = try optionalBool(key), v != allowed {
+            throw MoETuneError.config(path: path, key: prefix + key, message: message)
+        }
+    }
+
+    /// moe_intermediate_size, norm_topk_prob, decoder_sparse_step and mlp_only_layers (Qwen-MoE).
+    func readSparseLayout(_ c: inout ModelConfig, defaultExpertIntermediate: Int, defaultNormTopK: Bool) throws {
+        c.expertIntermediateSize = try optionalInt("moe_intermediate_size") ?? defaultExpertIntermediate
+        c.normTopKProb = try optionalBool("norm_topk_prob") ?? defaultNormTopK
+        c.decoderSparseStep = try optionalInt("decoder_sparse_step") ?? 1
+        guard c.expertIntermediateSize > 0 else {
+            throw MoETuneError.config(path: path, key: prefix + "moe_intermediate_size", message: "must be positive")
+        }
+        guard c.decoderSparseStep >= 1 else {
+            throw MoETuneError.config(path: path, key: prefix + "decoder_sparse_step", message: "must be at least 1")
+        }
+        if let v = json["mlp_only_layers"], !(v is NSNull) {
+            guard let list = v as? [NSNumber] else {
+                throw MoETuneError.config(path: path, key: prefix + "mlp_only_layers", message: "expected a list of layer indices")
+            }
+            c.mlpOnlyLayers = list.map(\.intValue)
+        }
+    }
+
+    /// Reads the MoE fields shared by the MoE families into `c`.
+    func readExperts(_ c: inout ModelConfig, countKey: String, defaultCount: Int, defaultTopK: Int) throws {
+        c.numExperts = try optionalInt(countKey) ?? defaultCount
+        c.expertsPerToken = try optionalInt("num_experts_per_tok") ?? defaultTopK
+        guard c.numExperts > 0 else {
+            throw MoETuneError.config(path: path, key: countKey, message: "must be positive")
+        }
+        guard (1...c.numExperts).contains(c.expertsPerToken) else {
+            throw MoETuneError.config(path: path, key: "num_experts_per_tok",
+                message: "must be between 1 and \(countKey) (\(c.numExperts)), got \(c.expertsPerToken)")
         }
     }
 }

@@ -7,6 +7,10 @@ public func expertTable(_ s: RoutingStatistics) -> String {
     let loads = (0..<s.experts).map { String(format: "%5d", $0) }.joined()
     lines.append("layer " + loads + "   max/mean     CV  entropy  dropped")
     for l in 0..<s.layers {
+        if s.tokens[l] == 0 {
+            lines.append(String(format: "%5d ", l) + "  (no routed tokens: a dense layer, or no data)")
+            continue
+        }
         let f = s.fractions(layer: l).map { String(format: "%5.1f", 100 * $0) }.joined()
         let b = s.balance(layer: l)
         lines.append(String(format: "%5d ", l) + f

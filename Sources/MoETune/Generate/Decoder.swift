@@ -14,12 +14,14 @@ public final class Decoder {
     let keys: [FloatBuffer]     // per layer [maxLength, nKV*D], after RoPE
     let values: [FloatBuffer]   // per layer [maxLength, nKV*D]
     let x: FloatBuffer, ln: FloatBuffer, rstd: FloatBuffer
+    let qkRstd: FloatBuffer     // [nH] rstd of the q/k norms
     let q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, attn: FloatBuffer, scores: FloatBuffer
     let gate: FloatBuffer, up: FloatBuffer, act: FloatBuffer
     let u: FloatBuffer          // [r] LoRA scratch (one row)
     let ffnU: (FloatBuffer, FloatBuffer, FloatBuffer)   // [k, r] each
     let routing: RoutingBuffers?
     let experts: ExpertBuffers?
+    let shared: SharedExpertActivations?
     public let logits: FloatBuffer   // [V]
     private var valid = true
 
@@ -32,16 +34,20 @@ public final class Decoder {
         keys = (0..<c.numLayers).map { _ in FloatBuffer(count: maxLength * c.kvDim) }
         values = (0..<c.numLayers).map { _ in FloatBuffer(count: maxLength * c.kvDim) }
         x = FloatBuffer(count: c.hiddenSize); ln = FloatBuffer(count: c.hiddenSize); rstd = FloatBuffer(count: 1)
+        qkRstd = FloatBuffer(count: c.numHeads)
         q = FloatBuffer(count: c.qDim); k = FloatBuffer(count: c.kvDim); v = FloatBuffer(count: c.kvDim)
         attn = FloatBuffer(count: c.qDim); scores = FloatBuffer(count: maxLength)
         let rows = max(1, c.expertsPerToken)
-        gate = FloatBuffer(count: rows * c.intermediateSize); up = FloatBuffer(count: rows * c.intermediateSize)
-        act = FloatBuffer(count: rows * c.intermediateSize)
+        gate = FloatBuffer(count: c.feedForwardScratch(tokens: 1)); up = FloatBuffer(count: c.feedForwardScratch(tokens: 1))
+        act = FloatBuffer(count: c.feedForwardScratch(tokens: 1))
+        shared = c.sharedExpertIntermediateSize > 0
+            ? SharedExpertActivations(tokens: 1, hidden: c.hiddenSize, inter: c.sharedExpertIntermediateSize) : nil
         let r = max(adapters?.maxRank ?? 0, 1)
         u = FloatBuffer(count: r)
         ffnU = (FloatBuffer(count: rows * r), FloatBuffer(count: rows * r), FloatBuffer(count: rows * r))
         routing = c.isMoE ? RoutingBuffers(tokens: 1, experts: c.numExperts, k: c.expertsPerToken) : nil
-        experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.intermediateSize) : nil
+        routing?.normalize = c.normTopKProb
+        experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.expertIntermediateSize) : nil
         logits = FloatBuffer(count: c.vocabSize)
     }
 
@@ -66,16 +72,32 @@ public final class Decoder {
             project(q.pointer, ln.pointer, w.q, ad.q)
             project(k.pointer, ln.pointer, w.k, ad.k)
             project(v.pointer, ln.pointer, w.v, ad.v)
+            biasForward(y: q.pointer, rows: 1, bias: w.qBias, cols: c.qDim)
+            biasForward(y: k.pointer, rows: 1, bias: w.kBias, cols: c.kvDim)
+            biasForward(y: v.pointer, rows: 1, bias: w.vBias, cols: c.kvDim)
+            if let qn = w.qNorm, let kn = w.kNorm {
+                // In place: each row is read whole before it is written.
+                let qs = c.qkNormShape(tokens: 1, heads: c.numHeads), ks = c.qkNormShape(tokens: 1, heads: c.numKVHeads)
+                rmsnormForward(out: q.pointer, rstd: qkRstd.pointer, x: q.pointer, weight: qn, rows: qs.rows, cols: qs.cols, eps: c.rmsNormEps)
+                rmsnormForward(out: k.pointer, rstd: qkRstd.pointer, x: k.pointer, weight: kn, rows: ks.rows, cols: ks.cols, eps: c.rmsNormEps)
+            }
+            if let clip = c.clipQKV {
+                clampForward(q.pointer, count: c.qDim, limit: clip)
+                clampForward(k.pointer, count: c.kvDim, limit: clip)
+                clampForward(v.pointer, count: c.kvDim, limit: clip)
+            }
             model.rope.rotate(q.pointer, position: pos, heads: c.numHeads)
             model.rope.rotate(k.pointer, position: pos, heads: c.numKVHeads)
             (keys[l].pointer + pos * c.kvDim).update(from: k.pointer, count: c.kvDim)
             (values[l].pointer + pos * c.kvDim).update(from: v.pointer, count: c.kvDim)
             // Attention of the new query over positions 0...pos.
             let group = c.numHeads / c.numKVHeads, scale = 1 / Float(d).squareRoot()
+            // Sliding window W: positions pos - W < j <= pos (the cache keeps them all).
+            let first = c.slidingWindow.map { max(0, pos - $0 + 1) } ?? 0
             for head in 0..<c.numHeads {
                 let kvh = head / group, qh = q.pointer + head * d
                 var m = -Float.infinity
-                for j in 0...pos {
+                for j in first...pos {
                     let kj = keys[l].pointer + j * c.kvDim + kvh * d
                     var dot: Float = 0
                     for i in 0..<d { dot += qh[i] * kj[i] }
@@ -83,10 +105,10 @@ public final class Decoder {
                     m = max(m, scores[j])
                 }
                 var sum: Float = 0
-                for j in 0...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
+                for j in first...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
                 let out = attn.pointer + head * d
                 out.update(repeating: 0, count: d)
-                for j in 0...pos {
+                for j in first...pos {
                     let p = scores[j] / sum, vj = values[l].pointer + j * c.kvDim + kvh * d
                     for i in 0..<d { out[i] += p * vj[i] }
                 }
@@ -106,6 +128,10 @@ public final class Decoder {
                 withUnsafePointer(to: &valid) { r.route(tokens: 1, valid: $0, options: o, layer: l) }
                 moeForward(out: x.pointer, x: ln.pointer, tokens: 1, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: cache, routing: r, scratch: scratch)
+                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = shared {
+                    sharedExpertForward(out: x.pointer, x: ln.pointer, rows: 1, hidden: h, weights: se, gate: sg,
+                                        adapters: ad.shared, cache: cache, acts: sa, act: act.pointer)
+                }
             }
         }
         rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: model.finalNorm, rows: 1, cols: h, eps: c.rmsNormEps)

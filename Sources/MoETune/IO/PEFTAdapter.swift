@@ -2,20 +2,15 @@ import Foundation
 
 /// LoRA adapters in the Hugging Face PEFT format: a folder with adapter_config.json and
 /// adapter_model.safetensors, keys "base_model.model." + module + ".lora_A.weight" [r, in]
-/// and ".lora_B.weight" [out, r]. Mixtral experts use their per-expert checkpoint names,
+/// and ".lora_B.weight" [out, r]; module names come from the model's family. Experts use their per-expert checkpoint names,
 /// which peft maps onto any expert layout itself. Reading also accepts the fused expert
 /// layout that peft writes for transformers 5 (target_parameters).
 public enum PEFTAdapter {
     static let prefix = "base_model.model."
 
-    /// The module-name suffixes PEFT matches for each adapted module.
-    static func targetSuffix(_ module: String) -> String {
-        if module.hasSuffix("block_sparse_moe.gate") { return "gate" }
-        return String(module.split(separator: ".").last!)
-    }
-
     /// Writes `adapters` to `dir` (created if needed). Files appear atomically.
-    public static func save(_ adapters: AdapterSet, baseModel: String, to dir: String) throws {
+    public static func save(_ adapters: AdapterSet, family: ModelFamily, baseModel: String, to dir: String) throws {
+        let targetSuffix = family.targetSuffix
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var writer = SafeTensorsWriter()
         for a in adapters.all {
@@ -30,7 +25,7 @@ public enum PEFTAdapter {
         // The router is "block_sparse_moe.gate" in transformers 4 and "mlp.gate" in 5, and
         // peft does not rename modules_to_save: write both names (peft loads non-strictly).
         for r in fullRouters {
-            for name in [r.module, WeightNames.transformers5Module(r.module)] {
+            for name in Array(Set([r.module, family.transformers5Module(r.module)])).sorted() {
                 writer.add(.init(name: prefix + name + ".weight", shape: [r.experts, r.hidden],
                                  floats: UnsafeBufferPointer(start: r.weight, count: r.experts * r.hidden)))
             }
@@ -53,9 +48,10 @@ public enum PEFTAdapter {
         var rankPattern: [String: Int] = [:]
         var alphaPattern: [String: Double] = [:]
         for (kind, shape) in spec.overrides {
-            for a in adapters.all where Transformer.kind(of: a.module) == kind {
+            for a in adapters.all where family.kind(of: a.module) == kind {
                 // The router is a module in transformers 4 ("gate") and a parameter in 5 ("gate.weight").
-                let keys = kind == .router ? ["gate", "gate.weight"] : [targetSuffix(a.module)]
+                let suffix = targetSuffix(a.module)
+                let keys = kind == .router ? [suffix, suffix + ".weight"] : [suffix]
                 for key in keys {
                     rankPattern[key] = shape.rank
                     alphaPattern[key] = shape.alpha
@@ -67,7 +63,7 @@ public enum PEFTAdapter {
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
             "target_modules": suffixes, "bias": "none", "fan_in_fan_out": false,
             "use_rslora": spec.rslora, "use_dora": false, "rank_pattern": rankPattern,
-            "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : ["gate"] as Any, "layers_to_transform": layers,
+            "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : Array(Set(fullRouters.map { targetSuffix($0.module) })).sorted() as Any, "layers_to_transform": layers,
             "layers_pattern": layersPattern,
             "init_lora_weights": true, "inference_mode": true, "revision": NSNull(),
         ]
@@ -126,6 +122,7 @@ public enum PEFTAdapter {
             return nil
         }
         let weightsPath = dir + "/adapter_model.safetensors"
+        let family = model.family
         let file = try SafeTensorsFile(path: weightsPath)
 
         func alphaFor(_ module: String) -> Double {
@@ -163,7 +160,7 @@ public enum PEFTAdapter {
             guard let aInfo = file.tensors[name], let bInfo = file.tensors[bName], aInfo.shape.count == 2, bInfo.shape.count == 2 else {
                 throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_A/lora_B missing or not 2-D")
             }
-            if let fused = WeightNames.fusedExpertAdapter(module) {
+            if let fused = family.fusedExpertAdapter(module) {
                 // A: (E, r, in) as [E*r, in];  B: (out, r, E) as [out, r*E], expert fastest.
                 let e = model.config.numExperts
                 guard e > 0, aInfo.shape[0] % e == 0 else {
@@ -174,25 +171,25 @@ public enum PEFTAdapter {
                     throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_B shape \(bInfo.shape) does not match lora_A \(aInfo.shape)")
                 }
                 let a = try floats(name), b = try floats(bName)
-                let inter = model.config.intermediateSize
+                let inter = model.config.expertIntermediateSize
                 for x in 0..<e {
                     let ax = Array(a[(x * rank * inF)..<((x + 1) * rank * inF)])
                     var bx = [Float](repeating: 0, count: outF * rank)
                     for o in 0..<outF { for j in 0..<rank { bx[o * rank + j] = b[o * rank * e + j * e + x] } }
-                    let base = WeightNames.layerPrefix(fused.layer) + "block_sparse_moe.experts.\(x)."
+                    let name = { (part: FeedForwardPart) in family.module(.expert(x, part), layer: fused.layer) }
                     if fused.gateUp {
                         guard outF == 2 * inter else {
                             throw MoETuneError.file(path: weightsPath, message: "module \(module): gate_up lora_B has \(outF) rows, expected \(2 * inter)")
                         }
-                        pieces.append((base + "w1", ax, Array(bx[0..<(inter * rank)]), rank))
-                        pieces.append((base + "w3", ax, Array(bx[(inter * rank)...]), rank))
+                        pieces.append((name(.gate), ax, Array(bx[0..<(inter * rank)]), rank))
+                        pieces.append((name(.up), ax, Array(bx[(inter * rank)...]), rank))
                     } else {
-                        pieces.append((base + "w2", ax, bx, rank))
+                        pieces.append((name(.down), ax, bx, rank))
                     }
                 }
                 continue
             }
-            let canonical = WeightNames.canonicalModule(module, isMoE: model.config.isMoE)
+            let canonical = family.canonicalModule(module)
             guard !seen.contains(canonical) else {
                 throw MoETuneError.file(path: weightsPath, message: "module \(canonical) appears twice")
             }
@@ -210,11 +207,11 @@ public enum PEFTAdapter {
         // Full router weights (modules_to_save), in either layout's naming.
         var routerWeights: [Int: [Float]] = [:]
         let savesModules = (cfg["modules_to_save"] as? [String]) ?? []
-        if model.config.isMoE, savesModules.contains(where: { $0 == "gate" || $0.hasSuffix(".gate") }) {
-            for name in file.tensors.keys where name.hasSuffix(".gate.weight") && !name.contains("lora_") {
-                let module = WeightNames.canonicalModule(String(name.dropFirst(prefix.count).dropLast(".weight".count)), isMoE: true)
-                let parts = module.split(separator: ".")
-                guard parts.count > 2, let l = Int(parts[2]), l < model.config.numLayers,
+        let routerName = family.moe?.router ?? "gate"
+        if model.config.isMoE, savesModules.contains(where: { $0 == routerName || $0.hasSuffix("." + routerName) }) {
+            for name in file.tensors.keys where name.hasSuffix("." + routerName + ".weight") && !name.contains("lora_") {
+                let module = family.canonicalModule(String(name.dropFirst(prefix.count).dropLast(".weight".count)))
+                guard let (l, slot) = family.parse(module: module), slot == .router, l < model.config.numLayers,
                       file.tensors[name]!.shape == [model.config.numExperts, model.config.hiddenSize] else {
                     throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' is not a router weight of this model")
                 }
@@ -243,7 +240,7 @@ public enum PEFTAdapter {
             }
             plan.append(AdapterPlan(module: p.module, rank: p.rank, scale: scale(p.module, rank: p.rank)))
         }
-        let kinds = Set(plan.compactMap { Transformer.kind(of: $0.module) })
+        let kinds = Set(plan.compactMap { family.kind(of: $0.module) })
         var spec = LoRASpec(rank: r, alpha: alpha, dropout: 0, rslora: rslora, targets: kinds, layers: .all)
         spec.trainRouters = !routerWeights.isEmpty
         let set = try AdapterSet(model: model, plan: plan, spec: spec, seed: 0, fullRouters: routerWeights.keys.sorted())

@@ -8,12 +8,16 @@ public struct AttentionShape: Sendable {
     public var heads: Int      // nH
     public var kvHeads: Int    // nKV (grouped-query attention: nH / nKV query heads share one KV head)
     public var headDim: Int    // D
+    /// Sliding window W (Mistral): query i sees keys j with i - W < j <= i; nil: all j <= i.
+    public var window: Int? = nil
     var qDim: Int { heads * headDim }
     var kvDim: Int { kvHeads * headDim }
 }
 
 /// P [T, T] = causal softmax(q_h k_h^T / sqrt(D)) of one (sequence, head); entries above
-/// the diagonal are 0. q rows have stride qDim, k rows stride kvDim.
+/// the diagonal, and with a sliding window W those left of i - W + 1, are 0 (the backward
+/// pass needs no other change: dS = P * (...) is 0 wherever P is). q rows have stride qDim,
+/// k rows stride kvDim.
 @inline(__always)
 func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                             shape s: AttentionShape) {
@@ -22,8 +26,11 @@ func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<F
               a: q, lda: s.qDim, b: k, ldb: s.kvDim, c: p, ldc: t, split: false)
     for i in 0..<t {
         let row = p + i * t
-        let inv = 1 / mt_exp_shift_inplace(row, i + 1, mt_max(row, i + 1))
-        for j in 0...i { row[j] *= inv }
+        let start = s.window.map { max(0, i - $0 + 1) } ?? 0
+        let seen = row + start, count = i + 1 - start
+        let inv = 1 / mt_exp_shift_inplace(seen, count, mt_max(seen, count))
+        for j in 0..<start { row[j] = 0 }
+        for j in start...i { row[j] *= inv }
         for j in (i + 1)..<t { row[j] = 0 }
     }
 }

@@ -19,3 +19,29 @@ public func linearBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePoint
               a: dy, lda: w.rows, b: w.pointer, ldb: w.cols,
               beta: accumulate ? 1 : 0, c: dx, ldc: w.cols)
 }
+
+/// OLMoE's clip_qkv: x [count] clamped to [-c, c] in place.
+@inline(__always)
+public func clampForward(_ x: UnsafeMutablePointer<Float>, count: Int, limit c: Float) {
+    for i in 0..<count { x[i] = min(max(x[i], -c), c) }
+}
+
+/// Backward of clampForward: dx = dy where -c <= x <= c, else 0 (as torch.clamp).
+/// `x` holds the values before the clamp (or the clamped ones: |x| < c is the same test
+/// up to values exactly at the limit).
+@inline(__always)
+public func clampBackward(_ dy: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, count: Int, limit c: Float) {
+    for i in 0..<count where abs(x[i]) > c { dy[i] = 0 }
+}
+
+/// A frozen bias (Qwen2's q/k/v): y [N, out] += b [out] on every row. Its backward is the
+/// identity on dy (the gradient reaches the input through the weight alone), so there is
+/// no bias backward: the bias is frozen and no gradient is computed for it.
+@inline(__always)
+public func biasForward(y: UnsafeMutablePointer<Float>, rows n: Int, bias b: UnsafePointer<Float>?, cols: Int) {
+    guard let b else { return }
+    for i in 0..<n {
+        let row = y + i * cols
+        for j in 0..<cols { row[j] += b[j] }
+    }
+}

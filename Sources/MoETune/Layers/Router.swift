@@ -51,6 +51,9 @@ public final class RoutingBuffers {
     public let assignSlot: UnsafeMutablePointer<Int32>
     public let expertStart: UnsafeMutablePointer<Int>
     public private(set) var assignCount = 0
+    /// Renormalise the k weights to sum to 1 (Mixtral; norm_topk_prob); else they are the
+    /// softmax probabilities themselves.
+    public var normalize = true
 
     // Statistics of the last routing, over valid (non-padding) tokens.
     public private(set) var validTokens = 0
@@ -98,7 +101,7 @@ public final class RoutingBuffers {
         }
         let logits = self.logits.pointer, noise = self.noise.pointer, probs = self.probs.pointer
         let topExpert = self.topExpert, topWeight = self.topWeight.pointer, lse = self.lse.pointer
-        let std = o.noiseStd, learned = o.learnedNoise
+        let std = o.noiseStd, learned = o.learnedNoise, normalize = self.normalize
         let pre = noisePre.pointer, c = o.noiseStd / Float(M_LN2)
         parallelChunks(n, minChunk: 64) { range in
             for i in range {
@@ -134,7 +137,7 @@ public final class RoutingBuffers {
                     tw[slot] = bestP
                     total += bestP
                 }
-                for slot in 0..<k { tw[slot] /= total }
+                if normalize { for slot in 0..<k { tw[slot] /= total } }
             }
         }
         // Statistics over valid tokens.

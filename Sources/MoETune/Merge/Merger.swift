@@ -31,8 +31,8 @@ public enum Merger {
         let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
         let mixed = try AdapterSet.mix(sets.map { (set: $0.0, weight: $0.1) }, model: model)
         let byModule = Dictionary(uniqueKeysWithValues: mixed.all.map { ($0.module, $0) })
-        let c = model.config
-        let baseDType = ck.info(WeightNames.embedTokens)?.dtype ?? .f32
+        let c = model.config, f = c.family
+        let baseDType = ck.info(f.embedTokens)?.dtype ?? .f32
         let dtype = options.dtype ?? baseDType
         guard [.f32, .f16, .bf16].contains(dtype) else { throw MoETuneError.invalid("--dtype must be f32, bf16 or f16") }
 
@@ -51,20 +51,19 @@ public enum Merger {
                 }
                 merged += 1
             }
-            if let l = fusedLayer(name, suffix: "mlp.experts.gate_up_proj") {
-                let (i, h) = (c.intermediateSize, c.hiddenSize)
+            if let (l, gateUp) = f.fusedExpertTensor(name) {
+                let (i, h) = (c.expertIntermediateSize, c.hiddenSize)
                 for e in 0..<c.numExperts {
-                    let base = WeightNames.layerPrefix(l) + "block_sparse_moe.experts.\(e)."
-                    add(base + "w1", at: e * 2 * i * h)
-                    add(base + "w3", at: e * 2 * i * h + i * h)
-                }
-            } else if let l = fusedLayer(name, suffix: "mlp.experts.down_proj") {
-                for e in 0..<c.numExperts {
-                    add(WeightNames.layerPrefix(l) + "block_sparse_moe.experts.\(e).w2", at: e * c.hiddenSize * c.intermediateSize)
+                    if gateUp {
+                        add(f.module(.expert(e, .gate), layer: l), at: e * 2 * i * h)
+                        add(f.module(.expert(e, .up), layer: l), at: e * 2 * i * h + i * h)
+                    } else {
+                        add(f.module(.expert(e, .down), layer: l), at: e * h * i)
+                    }
                 }
             } else if name.hasSuffix(".weight") {
-                let module = WeightNames.canonicalModule(String(name.dropLast(".weight".count)), isMoE: c.isMoE)
-                if module.hasSuffix("block_sparse_moe.gate"), let l = Int(module.split(separator: ".")[2]),
+                let module = f.canonicalModule(String(name.dropLast(".weight".count)))
+                if let (l, slot) = f.parse(module: module), slot == .router, l < mixed.routers.count,
                    let r = mixed.routers[l] {
                     values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: r.weight, count: r.experts * r.hidden) }
                     merged += 1
@@ -87,7 +86,7 @@ public enum Merger {
         }
         // A head adapter on a model with tied embeddings needs its own lm_head.
         var untie = false
-        if let head = byModule["lm_head"], !ck.contains(WeightNames.lmHead) {
+        if let head = byModule[f.module(.head, layer: 0)], !ck.contains(f.lmHead) {
             var values = [Float](repeating: 0, count: c.vocabSize * c.hiddenSize)
             values.withUnsafeMutableBufferPointer { buf in
                 buf.baseAddress!.update(from: model.embed.pointer, count: buf.count)
@@ -95,7 +94,7 @@ public enum Merger {
                           a: head.b, lda: head.rank, b: head.a, ldb: head.inFeatures, beta: 1, c: buf.baseAddress!, ldc: head.inFeatures)
             }
             merged += 1
-            entries.append((WeightNames.lmHead, [c.vocabSize, c.hiddenSize], values, nil))
+            entries.append((f.lmHead, [c.vocabSize, c.hiddenSize], values, nil))
             untie = true
         }
         // A NaN or infinite merged weight would silently break every later use: refuse it.
@@ -157,12 +156,6 @@ public enum Merger {
             try ModelFolderWriter.copyTokenizerFiles(from: modelDir, to: staging)
             return Summary(tensors: entries.count, mergedModules: merged, files: shards.count, dtype: dtype, bytes: total)
         }
-    }
-
-    static func fusedLayer(_ name: String, suffix: String) -> Int? {
-        let parts = name.split(separator: ".")
-        guard name.hasSuffix(suffix), parts.count > 3, parts[0] == "model", parts[1] == "layers" else { return nil }
-        return Int(parts[2])
     }
 
     /// fp32 values as little-endian bytes of `dtype`.

@@ -13,19 +13,12 @@ public enum Quantizer {
         public var bytes: Int
     }
 
-    /// Whether a checkpoint tensor is a linear weight of a decoder layer.
-    static func isQuantizable(_ name: String, keepExperts: Bool) -> Bool {
-        guard name.hasPrefix("model.layers."), name.hasSuffix(".weight") else { return false }
-        if name.contains("_proj.weight") && !name.contains("layernorm") { return true }
-        if name.contains("block_sparse_moe.experts.") { return !keepExperts }
-        return false
-    }
-
     public static func quantize(modelDir: String, outDir: String, doubleQuant: Bool = true, keepExperts: Bool = false,
                                 overwrite: Bool = false) throws -> Summary {
         let folder = try ModelFolderWriter(outDir: outDir, overwrite: overwrite, inputs: [modelDir], command: "quantize")
         let ck = try Checkpoint(directory: modelDir)
-        if ck.tensorNames.contains(where: { $0.hasSuffix("mlp.experts.gate_up_proj") }) {
+        let family = ck.config.family
+        if ck.tensorNames.contains(where: { family.fusedExpertTensor($0) != nil }) {
             throw MoETuneError.file(path: modelDir, message: "fused expert tensors (transformers 5 layout) cannot be written in the 4-bit checkpoint format; save the model with per-expert names first")
         }
         var writer = SafeTensorsWriter()
@@ -33,7 +26,7 @@ public enum Quantizer {
         let nf4Code = NF4Weight.code
         for name in ck.tensorNames.sorted() {
             let info = ck.info(name)!
-            guard isQuantizable(name, keepExperts: keepExperts), info.shape.count == 2, !ck.isBnb4bit(name) else {
+            guard family.isDecoderLinearWeight(name, keepExperts: keepExperts), info.shape.count == 2, !ck.isBnb4bit(name) else {
                 let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytesCopy(info)
                 writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: bytes))
                 kept += 1
@@ -70,7 +63,7 @@ public enum Quantizer {
             if !cfg.contains("\"quantization_config\""), let close = cfg.lastIndex(of: "}") {
                 let q = """
                 ,
-                  "quantization_config": {"_load_in_4bit": true, "_load_in_8bit": false, "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": \(doubleQuant), "llm_int8_enable_fp32_cpu_offload": false, "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": \(keepExperts ? "[\"block_sparse_moe\", \"lm_head\"]" : "null"), "llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false, "quant_method": "bitsandbytes"}
+                  "quantization_config": {"_load_in_4bit": true, "_load_in_8bit": false, "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": \(doubleQuant), "llm_int8_enable_fp32_cpu_offload": false, "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": \(keepExperts ? "[\"\(family.expertBlockModule)\", \"lm_head\"]" : "null"), "llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false, "quant_method": "bitsandbytes"}
 
                 """
                 var head = String(cfg[..<close])

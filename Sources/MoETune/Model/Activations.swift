@@ -6,13 +6,20 @@ public final class LayerActivations {
     public let q: FloatBuffer        // [N, nH*D] after RoPE
     public let k: FloatBuffer        // [N, nKV*D] after RoPE
     public let v: FloatBuffer        // [N, nKV*D]
+    /// q/k before their RMSNorm [N, nH*D], [N, nKV*D] and its rstd, with q/k norms only.
+    public let qRaw: FloatBuffer?, kRaw: FloatBuffer?
+    public let qRstd: FloatBuffer?, kRstd: FloatBuffer?
+    /// q, k, v before the clip_qkv clamp (OLMoE), for its backward.
+    public let qClip: FloatBuffer?, kClip: FloatBuffer?, vClip: FloatBuffer?
     public let attn: FloatBuffer     // [N, nH*D] attention output before o_proj
     public let ln2: FloatBuffer      // [N, H] post_attention_layernorm output (shared; recomputed)
     public let rstd2: FloatBuffer    // [N]
     // Dense MLP (silu(gate) * up is recomputed where backward needs it)
     public let gate: FloatBuffer?    // [N, I]
     public let up: FloatBuffer?      // [N, I]
-    // Mixtral MoE
+    // Qwen2-MoE shared expert: gate/up [N, Is], its output [N, H] and sigmoid gate [N]
+    public let shared: SharedExpertActivations?
+    // MoE
     public let routing: RoutingBuffers?
     public let experts: ExpertBuffers?
     /// LoRA inputs u = x A^T of each adapted projection, [rows, r]; nil without adapters.
@@ -21,28 +28,48 @@ public final class LayerActivations {
     public let jitter: FloatBuffer?
     public let moeInput: FloatBuffer?
 
-    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int, jitter useJitter: Bool, shared: SharedActivations) {
+    /// `dense`/`moe`: which feed-forward this layer's buffers serve (both when one set of
+    /// activations serves every layer of a model that mixes them).
+    init(config c: ModelConfig, batch b: Int, seq t: Int, loraRank: Int, jitter useJitter: Bool, shared: SharedActivations,
+         dense: Bool, moe: Bool) {
         let n = b * t, h = c.hiddenSize
-        jitter = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
-        moeInput = useJitter && c.isMoE ? FloatBuffer(count: n * h) : nil
-        lora = loraRank > 0 ? LayerLoRACache(tokens: n, ffnRows: c.isMoE ? n * c.expertsPerToken : n, rank: loraRank) : nil
+        jitter = useJitter && moe ? FloatBuffer(count: n * h) : nil
+        moeInput = useJitter && moe ? FloatBuffer(count: n * h) : nil
+        lora = loraRank > 0 ? LayerLoRACache(tokens: n, ffnRows: moe ? n * c.expertsPerToken : n, rank: loraRank,
+                                             shared: moe && c.sharedExpertIntermediateSize > 0) : nil
         ln1 = shared.ln1
         rstd1 = FloatBuffer(count: n)
         q = FloatBuffer(count: n * c.qDim)
         k = FloatBuffer(count: n * c.kvDim)
         v = FloatBuffer(count: n * c.kvDim)
+        let qk = c.qkNorm != nil
+        qRaw = qk ? FloatBuffer(count: n * c.qDim) : nil
+        kRaw = qk ? FloatBuffer(count: n * c.kvDim) : nil
+        qRstd = qk ? FloatBuffer(count: c.qkNormShape(tokens: n, heads: c.numHeads).rows) : nil
+        kRstd = qk ? FloatBuffer(count: c.qkNormShape(tokens: n, heads: c.numKVHeads).rows) : nil
+        let clip = c.clipQKV != nil
+        qClip = clip ? FloatBuffer(count: n * c.qDim) : nil
+        kClip = clip ? FloatBuffer(count: n * c.kvDim) : nil
+        vClip = clip ? FloatBuffer(count: n * c.kvDim) : nil
         attn = FloatBuffer(count: n * c.qDim)
         ln2 = shared.ln2
         rstd2 = FloatBuffer(count: n)
-        if c.isMoE {
-            gate = nil; up = nil
-            routing = RoutingBuffers(tokens: n, experts: c.numExperts, k: c.expertsPerToken)
-            experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.intermediateSize,
+        if moe {
+            let r = RoutingBuffers(tokens: n, experts: c.numExperts, k: c.expertsPerToken)
+            r.normalize = c.normTopKProb
+            routing = r
+            experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.expertIntermediateSize,
                                     act: shared.act, xe: shared.xe)
+            self.shared = c.sharedExpertIntermediateSize > 0
+                ? SharedExpertActivations(tokens: n, hidden: h, inter: c.sharedExpertIntermediateSize) : nil
         } else {
+            routing = nil; experts = nil; self.shared = nil
+        }
+        if dense {
             gate = FloatBuffer(count: n * c.intermediateSize)
             up = FloatBuffer(count: n * c.intermediateSize)
-            routing = nil; experts = nil
+        } else {
+            gate = nil; up = nil
         }
     }
 }
@@ -57,18 +84,36 @@ struct SharedActivations {
     let xe: FloatBuffer?
 }
 
+/// Activations of a Qwen2-MoE shared expert, kept for the backward pass.
+public final class SharedExpertActivations {
+    public let gate: FloatBuffer, up: FloatBuffer   // [N, Is]
+    public let out: FloatBuffer                     // [N, H] shared(x) before its gate
+    public let gateValue: FloatBuffer               // [N] sigmoid(x w_gate^T)
+    init(tokens n: Int, hidden h: Int, inter: Int) {
+        gate = FloatBuffer(count: n * inter); up = FloatBuffer(count: n * inter)
+        out = FloatBuffer(count: n * h); gateValue = FloatBuffer(count: n)
+    }
+}
+
 /// Room for the LoRA inputs of one layer, sized for the largest rank in use.
 public final class LayerLoRACache {
     public let q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, o: FloatBuffer, router: FloatBuffer
     public let gate: FloatBuffer, up: FloatBuffer, down: FloatBuffer  // rows: tokens, or assignments for experts
+    public let sharedGate: FloatBuffer?, sharedUp: FloatBuffer?, sharedDown: FloatBuffer?  // [N, r]
 
-    init(tokens n: Int, ffnRows: Int, rank r: Int) {
+    init(tokens n: Int, ffnRows: Int, rank r: Int, shared: Bool = false) {
         q = FloatBuffer(count: n * r); k = FloatBuffer(count: n * r); v = FloatBuffer(count: n * r)
         o = FloatBuffer(count: n * r); router = FloatBuffer(count: n * r)
         gate = FloatBuffer(count: ffnRows * r); up = FloatBuffer(count: ffnRows * r); down = FloatBuffer(count: ffnRows * r)
+        sharedGate = shared ? FloatBuffer(count: n * r) : nil
+        sharedUp = shared ? FloatBuffer(count: n * r) : nil
+        sharedDown = shared ? FloatBuffer(count: n * r) : nil
     }
 
     var ffn: FeedForwardLoRACache { FeedForwardLoRACache(gate: gate.pointer, up: up.pointer, down: down.pointer) }
+    var sharedFFN: FeedForwardLoRACache {
+        FeedForwardLoRACache(gate: sharedGate?.pointer, up: sharedUp?.pointer, down: sharedDown?.pointer)
+    }
 }
 
 /// Everything a forward pass writes, allocated once for a capacity of B sequences of up
@@ -122,11 +167,15 @@ public final class ForwardState {
         let n = b * t
         let copies = training ? c.numLayers : 1
         let rows = c.isMoE ? n * c.expertsPerToken : n
-        act = FloatBuffer(count: rows * c.intermediateSize)
+        act = FloatBuffer(count: c.feedForwardScratch(tokens: n))
         attnScratch = FloatBuffer(count: BLAS.cores * t * t)
         let shared = SharedActivations(act: act, ln1: FloatBuffer(count: n * c.hiddenSize), ln2: FloatBuffer(count: n * c.hiddenSize),
                                        xe: c.isMoE ? FloatBuffer(count: rows * c.hiddenSize) : nil)
-        layers = (0..<copies).map { _ in LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, shared: shared) }
+        layers = (0..<copies).map { l in
+            LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, shared: shared,
+                             dense: training ? !c.isMoELayer(l) : c.hasDenseLayers,
+                             moe: training ? c.isMoELayer(l) : c.isMoE)
+        }
         residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         mid = FloatBuffer(count: n * c.hiddenSize)
         lnF = FloatBuffer(count: n * c.hiddenSize)

@@ -3,6 +3,8 @@ import Foundation
 /// Which linear layers carry LoRA adapters. Names are the config's module kinds.
 public enum ModuleKind: String, CaseIterable, Sendable, Codable {
     case query, key, value, projection, mlp, router, head
+    /// The shared expert of Qwen2-MoE (its gate/up/down projections).
+    case sharedExpert = "shared_expert"
 }
 
 /// Which decoder layers get adapters.
@@ -89,12 +91,14 @@ public struct LayerAdapters: Sendable {
     public var mlp = FeedForwardAdapters()
     public var experts: [FeedForwardAdapters] = []
     public var router: LoRAAdapter?
+    /// The shared expert's projections (Qwen2-MoE).
+    public var shared = FeedForwardAdapters()
 }
 
 /// A router weight [E, H] trained in full, a slice of the ParameterStore (saved like
 /// PEFT's modules_to_save).
 public struct TrainedRouter: @unchecked Sendable {
-    public let module: String          // "model.layers.N.block_sparse_moe.gate"
+    public let module: String          // the family's router module, e.g. "model.layers.N.block_sparse_moe.gate"
     public let experts: Int
     public let hidden: Int
     public let weight: UnsafeMutablePointer<Float>
@@ -144,7 +148,7 @@ public final class AdapterSet: @unchecked Sendable {
     public convenience init(model: Transformer, spec: LoRASpec, seed: UInt64) throws {
         let c = model.config
         if spec.targets.contains(.router), !c.isMoE {
-            throw MoETuneError.invalid("lora targets 'router' but \(c.family.rawValue) models have no router")
+            throw MoETuneError.invalid("lora targets 'router' but \(c.family.name) models have no router")
         }
         if spec.targets.contains(.mlp), c.isMoE == false, model.layers.first?.mlp == nil {
             throw MoETuneError.invalid("lora targets 'mlp' but the model has no MLP")
@@ -164,7 +168,7 @@ public final class AdapterSet: @unchecked Sendable {
             }
         }
         if spec.targets.contains(.head) {
-            plan.append(AdapterPlan(module: "lm_head", rank: spec.shape(of: .head).rank, scale: spec.scale(of: .head)))
+            plan.append(AdapterPlan(module: c.family.module(.head, layer: 0), rank: spec.shape(of: .head).rank, scale: spec.scale(of: .head)))
         }
         let routerLayers = spec.trainRouters
             ? (0..<c.numLayers).filter { spec.layers.contains($0, of: c.numLayers) && model.layers[$0].router != nil } : []
@@ -222,37 +226,37 @@ public final class AdapterSet: @unchecked Sendable {
             let w = store.params.pointer + offset, g = store.grads.pointer + offset
             offset += routerSize
             w.update(from: base.pointer, count: routerSize)
-            routers[l] = TrainedRouter(module: WeightNames.layerPrefix(l) + "block_sparse_moe.gate",
+            routers[l] = TrainedRouter(module: c.family.module(.router, layer: l),
                                        experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g)
         }
         var noiseWeights = [TrainedRouter?](repeating: nil, count: c.numLayers)
         for l in noiseLayers where model.layers[l].router != nil {
             let w = store.params.pointer + offset, g = store.grads.pointer + offset
             offset += routerSize
-            noiseWeights[l] = TrainedRouter(module: WeightNames.layerPrefix(l) + "block_sparse_moe.noise",
+            noiseWeights[l] = TrainedRouter(module: c.family.module(.router, layer: l) + "_noise",
                                             experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g)
         }
         var layers: [LayerAdapters] = []
         for l in 0..<c.numLayers {
-            let p = WeightNames.layerPrefix(l)
+            let f = c.family
+            func at(_ slot: LinearSlot) -> LoRAAdapter? { byModule[f.module(slot, layer: l)] }
             var la = LayerAdapters()
-            la.q = byModule[p + "self_attn.q_proj"]
-            la.k = byModule[p + "self_attn.k_proj"]
-            la.v = byModule[p + "self_attn.v_proj"]
-            la.o = byModule[p + "self_attn.o_proj"]
-            la.mlp = FeedForwardAdapters(gate: byModule[p + "mlp.gate_proj"], up: byModule[p + "mlp.up_proj"],
-                                         down: byModule[p + "mlp.down_proj"])
+            la.q = at(.q)
+            la.k = at(.k)
+            la.v = at(.v)
+            la.o = at(.o)
+            la.mlp = FeedForwardAdapters(gate: at(.mlp(.gate)), up: at(.mlp(.up)), down: at(.mlp(.down)))
             la.experts = (0..<c.numExperts).map { e in
-                let ep = p + "block_sparse_moe.experts.\(e)."
-                return FeedForwardAdapters(gate: byModule[ep + "w1"], up: byModule[ep + "w3"], down: byModule[ep + "w2"])
+                FeedForwardAdapters(gate: at(.expert(e, .gate)), up: at(.expert(e, .up)), down: at(.expert(e, .down)))
             }
-            la.router = byModule[p + "block_sparse_moe.gate"]
+            la.router = at(.router)
+            la.shared = FeedForwardAdapters(gate: at(.shared(.gate)), up: at(.shared(.up)), down: at(.shared(.down)))
             layers.append(la)
         }
         self.spec = spec
         self.store = store
         self.layers = layers
-        self.head = byModule["lm_head"]
+        self.head = byModule[c.family.module(.head, layer: 0)]
         self.all = all
         self.maxRank = all.map(\.rank).max() ?? 0
         self.dropout = dropout

@@ -9,10 +9,13 @@ public final class BackwardState {
     let dk: FloatBuffer        // [N, nKV*D]
     let dv: FloatBuffer        // [N, nKV*D]
     let dattn: FloatBuffer     // [N, nH*D]
+    let dqkRaw: FloatBuffer?   // [N, nH*D] gradient before the q/k norm (with q/k norms only)
     let dgate: FloatBuffer     // [rows, I] rows = N (dense) or N*k (experts); first holds d act
     let dup: FloatBuffer       // [rows, I]; first holds the recomputed act
     let dye: FloatBuffer?      // [N*k, H]
     let dxe: FloatBuffer?      // [N*k, H]
+    let dshared: FloatBuffer?      // [N, H] d of the shared expert's output (Qwen2-MoE)
+    let dsharedGate: FloatBuffer?  // [N] d of its gate logit
     let dtopWeight: FloatBuffer?   // [N, k]
     let drouter: FloatBuffer?      // [N, E] gradient of the router logits
     let dnoise: FloatBuffer?       // [N, E] gradient of the learned noise-scale pre-activation
@@ -28,8 +31,11 @@ public final class BackwardState {
         dk = FloatBuffer(count: n * c.kvDim)
         dv = FloatBuffer(count: n * c.kvDim)
         dattn = FloatBuffer(count: n * c.qDim)
-        dgate = FloatBuffer(count: rows * c.intermediateSize)
-        dup = FloatBuffer(count: rows * c.intermediateSize)
+        dqkRaw = c.qkNorm != nil ? FloatBuffer(count: n * c.qDim) : nil
+        dgate = FloatBuffer(count: c.feedForwardScratch(tokens: n))
+        dup = FloatBuffer(count: c.feedForwardScratch(tokens: n))
+        dshared = c.sharedExpertIntermediateSize > 0 ? FloatBuffer(count: n * h) : nil
+        dsharedGate = c.sharedExpertIntermediateSize > 0 ? FloatBuffer(count: n) : nil
         dye = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dxe = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dtopWeight = c.isMoE ? FloatBuffer(count: n * c.expertsPerToken) : nil
@@ -53,7 +59,7 @@ extension Transformer {
         let c = config
         let b = s.batch, t = s.seq, n = b * t, h = c.hiddenSize
         let du = g.du.pointer
-        let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
+        let shape = c.attentionShape(batch: b, seq: t)
 
         // Loss and head: logits = lnF Wlm^T (+ LoRA).
         // d logits overwrite the logits, which nothing needs any more.
@@ -91,6 +97,13 @@ extension Transformer {
                             router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
                             noise: adapters.noiseWeights[l],
                             adapters: ad, acts: a, state: s, grads: g, auxScale: auxScale)
+                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared,
+                   let ds = g.dshared, let dz = g.dsharedGate {
+                    sharedExpertBackward(dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, rows: n, hidden: h,
+                                         weights: se, gate: sg, adapters: ad.shared,
+                                         cache: u?.sharedFFN ?? FeedForwardLoRACache(), acts: sa,
+                                         ds: ds.pointer, dz: dz.pointer, dgate: g.dgate.pointer, dup: g.dup.pointer, du: du)
+                }
             }
             rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.midBuffer(l).pointer,
                             weight: w.postAttentionNorm, rstd: a.rstd2.pointer, rows: n, cols: h)
@@ -105,6 +118,24 @@ extension Transformer {
                               scratch: g.attnScratch.pointer, shape: shape)
             rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            if let clip = c.clipQKV, let cq = a.qClip, let ck = a.kClip, let cv = a.vClip {
+                // clip_qkv: no gradient where the value was clamped.
+                clampBackward(g.dq.pointer, x: cq.pointer, count: n * c.qDim, limit: clip)
+                clampBackward(g.dk.pointer, x: ck.pointer, count: n * c.kvDim, limit: clip)
+                clampBackward(g.dv.pointer, x: cv.pointer, count: n * c.kvDim, limit: clip)
+            }
+            if let qn = w.qNorm, let kn = w.kNorm, let scratch = g.dqkRaw {
+                // Backward of the q/k RMSNorm: d q_raw from d q (both [N, nH*D]); then k.
+                let qs = c.qkNormShape(tokens: n, heads: c.numHeads), ks = c.qkNormShape(tokens: n, heads: c.numKVHeads)
+                scratch.pointer.update(repeating: 0, count: n * c.qDim)
+                rmsnormBackward(dx: scratch.pointer, dy: g.dq.pointer, x: a.qRaw!.pointer, weight: qn,
+                                rstd: a.qRstd!.pointer, rows: qs.rows, cols: qs.cols)
+                g.dq.pointer.update(from: scratch.pointer, count: n * c.qDim)
+                scratch.pointer.update(repeating: 0, count: n * c.kvDim)
+                rmsnormBackward(dx: scratch.pointer, dy: g.dk.pointer, x: a.kRaw!.pointer, weight: kn,
+                                rstd: a.kRstd!.pointer, rows: ks.rows, cols: ks.cols)
+                g.dk.pointer.update(from: scratch.pointer, count: n * c.kvDim)
+            }
             if ad.q != nil || ad.k != nil || ad.v != nil {
                 // The adapters' input ln1 is shared between layers: recompute this layer's.
                 rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
@@ -184,7 +215,12 @@ extension Transformer {
                 var sel: Float = 0, wdot: Float = 0
                 for s in 0..<k { sel += p[Int(te[s])]; wdot += dtw[i * k + s] * tw[s] }
                 for j in 0..<e { dl[j] = 0 }
-                for s in 0..<k { dl[Int(te[s])] = (dtw[i * k + s] - wdot) / sel }
+                if r.normalize {
+                    for s in 0..<k { dl[Int(te[s])] = (dtw[i * k + s] - wdot) / sel }
+                } else {
+                    // w_s = p_s: d p_s = d w_s.
+                    for s in 0..<k { dl[Int(te[s])] = dtw[i * k + s] }
+                }
                 if auxCoef != 0, valid[i] {
                     for j in 0..<e { dl[j] += auxCoef * Float(e) * auxGrad[j] / rows }
                 }

@@ -11,7 +11,6 @@ extension Transformer {
         if let adapters, adapters.maxRank > 0, s.loraRank < adapters.maxRank {
             throw MoETuneError.invalid("internal: forward state has no room for LoRA rank \(adapters.maxRank)")
         }
-        try c.checkSequenceLength(batch.seq)
         guard batch.seq <= rope.maxPositions else {
             throw MoETuneError.invalid("sequence length \(batch.seq) exceeds max_position_embeddings \(rope.maxPositions)")
         }
@@ -27,7 +26,7 @@ extension Transformer {
         s.batch = b
         s.seq = t
         for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
-        let shape = AttentionShape(batch: b, seq: t, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
+        let shape = c.attentionShape(batch: b, seq: t)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         for (l, w) in layers.enumerated() {
             let a = s.layer(l)
@@ -43,6 +42,31 @@ extension Transformer {
             if let l = ad.k { loraForward(y: a.k.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.k.pointer) }
             linearForward(y: a.v.pointer, x: a.ln1.pointer, rows: n, weight: w.v)
             if let l = ad.v { loraForward(y: a.v.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.v.pointer) }
+            biasForward(y: a.q.pointer, rows: n, bias: w.qBias, cols: c.qDim)
+            biasForward(y: a.k.pointer, rows: n, bias: w.kBias, cols: c.kvDim)
+            biasForward(y: a.v.pointer, rows: n, bias: w.vBias, cols: c.kvDim)
+            if let qn = w.qNorm, let kn = w.kNorm, let qRaw = a.qRaw, let kRaw = a.kRaw {
+                // q/k RMSNorm before RoPE: q_raw [N, nH*D] → q, rows and width per c.qkNorm.
+                let qs = c.qkNormShape(tokens: n, heads: c.numHeads), ks = c.qkNormShape(tokens: n, heads: c.numKVHeads)
+                qRaw.pointer.update(from: a.q.pointer, count: n * c.qDim)
+                kRaw.pointer.update(from: a.k.pointer, count: n * c.kvDim)
+                rmsnormForward(out: a.q.pointer, rstd: a.qRstd!.pointer, x: qRaw.pointer, weight: qn,
+                               rows: qs.rows, cols: qs.cols, eps: c.rmsNormEps)
+                rmsnormForward(out: a.k.pointer, rstd: a.kRstd!.pointer, x: kRaw.pointer, weight: kn,
+                               rows: ks.rows, cols: ks.cols, eps: c.rmsNormEps)
+            }
+            if let clip = c.clipQKV {
+                // OLMoE: q, k (after their norm) and v clamped before RoPE; the values before
+                // the clamp are kept for its backward.
+                if let cq = a.qClip, let ck = a.kClip {
+                    cq.pointer.update(from: a.q.pointer, count: n * c.qDim)
+                    ck.pointer.update(from: a.k.pointer, count: n * c.kvDim)
+                }
+                clampForward(a.q.pointer, count: n * c.qDim, limit: clip)
+                clampForward(a.k.pointer, count: n * c.kvDim, limit: clip)
+                if let cv = a.vClip { cv.pointer.update(from: a.v.pointer, count: n * c.kvDim) }
+                clampForward(a.v.pointer, count: n * c.kvDim, limit: clip)
+            }
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
@@ -80,6 +104,11 @@ extension Transformer {
                 s.routing?.record(layer: l, from: r)
                 moeForward(out: out, x: xm, tokens: n, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: ffnCache, routing: r, scratch: scratch)
+                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared {
+                    sharedExpertForward(out: out, x: a.ln2.pointer, rows: n, hidden: h, weights: se, gate: sg,
+                                        adapters: ad.shared, cache: u?.sharedFFN ?? FeedForwardLoRACache(),
+                                        acts: sa, act: s.act.pointer)
+                }
             }
         }
         if c.isMoE { computeAuxiliaryLosses(s) }

@@ -77,7 +77,11 @@ public final class RoutingStatistics: @unchecked Sendable {
     }
 
     /// Mean coefficient of variation over layers: one number for "how balanced".
-    public var meanCV: Double { (0..<layers).reduce(0) { $0 + balance(layer: $1).cv } / Double(max(layers, 1)) }
+    /// Mean over the layers that routed tokens (a dense layer between MoE layers routes none).
+    public var meanCV: Double {
+        let routed = (0..<layers).filter { tokens[$0] > 0 }
+        return routed.reduce(0) { $0 + balance(layer: $1).cv } / Double(max(routed.count, 1))
+    }
 
     /// A JSON-ready summary per layer.
     public func summary() -> [String: Any] {

@@ -8,14 +8,25 @@ public struct LayerWeights: @unchecked Sendable {
     public var k: Matrix   // [nKV*D, H]
     public var v: Matrix   // [nKV*D, H]
     public var o: Matrix   // [H, nH*D]
+    /// q/k/v biases [nH*D], [nKV*D], [nKV*D] (Qwen2); frozen, always fp32.
+    public var qBias: UnsafePointer<Float>? = nil
+    public var kBias: UnsafePointer<Float>? = nil
+    public var vBias: UnsafePointer<Float>? = nil
+    /// q/k RMSNorm weights (Qwen3 [D] each; OLMoE [nH*D] and [nKV*D]).
+    public var qNorm: UnsafePointer<Float>? = nil
+    public var kNorm: UnsafePointer<Float>? = nil
     /// Dense models.
     public var mlp: FeedForwardWeights?
-    /// Mixtral: router [E, H] and the experts.
+    /// MoE layers: router [E, H] and the experts.
     public var router: Matrix?
     public var experts: [FeedForwardWeights]
+    /// Qwen2-MoE: the shared expert (SwiGLU of shared_expert_intermediate_size) and its
+    /// gate [1, H]: out += sigmoid(x gate^T) * shared(x).
+    public var sharedExpert: FeedForwardWeights? = nil
+    public var sharedExpertGate: Matrix? = nil
 }
 
-/// A Llama/Mistral/Mixtral decoder with its weights, read from a Hugging Face folder.
+/// A decoder of any supported family (Model/Families/) with its weights, read from a Hugging Face folder.
 public final class Transformer: @unchecked Sendable {
     public private(set) var config: ModelConfig
     /// How the MoE blocks run (losses, capacity, noise); set before building states.
@@ -42,75 +53,89 @@ public final class Transformer: @unchecked Sendable {
         let c = ck.config
         config = c
         checkpoint = ck
-        let h = c.hiddenSize
-        embed = try ck.matrix(WeightNames.embedTokens, rows: c.vocabSize, cols: h)
-        finalNorm = try ck.floats(WeightNames.finalNorm, shape: [h])
-        if c.tieWordEmbeddings || !ck.contains(WeightNames.lmHead) {
+        let h = c.hiddenSize, f = c.family
+        embed = try ck.matrix(f.embedTokens, rows: c.vocabSize, cols: h)
+        finalNorm = try ck.floats(f.finalNorm, shape: [h])
+        if c.tieWordEmbeddings || !ck.contains(f.lmHead) {
             guard c.tieWordEmbeddings else {
                 throw MoETuneError.file(path: ck.directory,
-                    message: "tensor '\(WeightNames.lmHead)' not found and tie_word_embeddings is false")
+                    message: "tensor '\(f.lmHead)' not found and tie_word_embeddings is false")
             }
             lmHead = embed
         } else {
-            lmHead = try ck.matrix(WeightNames.lmHead, rows: c.vocabSize, cols: h)
+            lmHead = try ck.matrix(f.lmHead, rows: c.vocabSize, cols: h)
         }
         var layers: [LayerWeights] = []
         for l in 0..<c.numLayers {
-            let attn = { (p: String, rows: Int, cols: Int) in
-                try ck.linear(WeightNames.attention(l, p), rows: rows, cols: cols, quantize: quantize)
+            let lin = { (slot: LinearSlot, rows: Int, cols: Int) in
+                try ck.linear(f.weight(slot, layer: l), rows: rows, cols: cols, quantize: quantize)
             }
             var lw = LayerWeights(
-                inputNorm: try ck.floats(WeightNames.inputNorm(l), shape: [h]),
-                postAttentionNorm: try ck.floats(WeightNames.postAttentionNorm(l), shape: [h]),
-                q: try attn("q_proj", c.qDim, h), k: try attn("k_proj", c.kvDim, h),
-                v: try attn("v_proj", c.kvDim, h), o: try attn("o_proj", h, c.qDim),
+                inputNorm: try ck.floats(f.inputNorm(l), shape: [h]),
+                postAttentionNorm: try ck.floats(f.postAttentionNorm(l), shape: [h]),
+                q: try lin(.q, c.qDim, h), k: try lin(.k, c.kvDim, h),
+                v: try lin(.v, c.kvDim, h), o: try lin(.o, h, c.qDim),
                 mlp: nil, router: nil, experts: [])
-            if c.isMoE {
+            if c.qkvBias {
+                lw.qBias = try ck.floats(f.bias(.q, layer: l), shape: [c.qDim])
+                lw.kBias = try ck.floats(f.bias(.k, layer: l), shape: [c.kvDim])
+                lw.vBias = try ck.floats(f.bias(.v, layer: l), shape: [c.kvDim])
+            }
+            if let kind = c.qkNorm {
+                lw.qNorm = try ck.floats(f.qNorm(l), shape: [kind == .perHead ? c.headDim : c.qDim])
+                lw.kNorm = try ck.floats(f.kNorm(l), shape: [kind == .perHead ? c.headDim : c.kvDim])
+            }
+            if c.isMoELayer(l) {
                 (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize)
+                let s = c.sharedExpertIntermediateSize
+                if s > 0 {
+                    lw.sharedExpert = FeedForwardWeights(gate: try lin(.shared(.gate), s, h), up: try lin(.shared(.up), s, h),
+                                                         down: try lin(.shared(.down), h, s))
+                    lw.sharedExpertGate = try ck.matrix(f.weight(.sharedGate, layer: l), rows: 1, cols: h)
+                }
             } else {
                 let i = c.intermediateSize
-                lw.mlp = FeedForwardWeights(
-                    gate: try ck.linear(WeightNames.mlp(l, "gate_proj"), rows: i, cols: h, quantize: quantize),
-                    up: try ck.linear(WeightNames.mlp(l, "up_proj"), rows: i, cols: h, quantize: quantize),
-                    down: try ck.linear(WeightNames.mlp(l, "down_proj"), rows: h, cols: i, quantize: quantize))
+                lw.mlp = FeedForwardWeights(gate: try lin(.mlp(.gate), i, h), up: try lin(.mlp(.up), i, h),
+                                            down: try lin(.mlp(.down), h, i))
             }
             layers.append(lw)
         }
         self.layers = layers
-        rope = RoPETable(headDim: c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1))
+        rope = RoPETable(headDim: c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1),
+                         scaling: c.ropeScaling)
     }
 
     /// Routes each token to k experts instead of the checkpoint's num_experts_per_tok
     /// (e.g. fine-tune a top-2 model with k = 1, as Switch did). Build ForwardStates after.
     public func overrideExpertsPerToken(_ k: Int) throws {
-        guard config.isMoE else { throw MoETuneError.invalid("moe.top_k is set but \(config.family.rawValue) models have no experts") }
+        guard config.isMoE else { throw MoETuneError.invalid("moe.top_k is set but \(config.family.name) models have no experts") }
         guard (1...config.numExperts).contains(k) else {
             throw MoETuneError.invalid("moe.top_k \(k) is out of range: the model has \(config.numExperts) experts")
         }
         config.expertsPerToken = k
     }
 
-    /// Router and experts of a Mixtral layer, in the classic per-expert layout or the
+    /// Router and experts of an MoE layer, in the classic per-expert layout or the
     /// fused layout of transformers 5.
     private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?) throws -> (Matrix, [FeedForwardWeights]) {
-        let c = ck.config, h = c.hiddenSize, i = c.intermediateSize, e = c.numExperts
-        if ck.contains(WeightNames.fusedGateUp(l)) {
-            let router = try ck.matrix(WeightNames.fusedRouter(l), rows: e, cols: h)
+        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
+        if ck.contains(f.fusedGateUp(l)) {
+            let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
             if let q = quantize {
                 // Quantize each expert's slice of the fused tensors, one fused tensor at a time.
-                let gateUp = try ck.withTemporaryFloats(WeightNames.fusedGateUp(l), shape: [e, 2 * i, h]) { p in
+                let gateUp = try ck.withTemporaryFloats(f.fusedGateUp(l), shape: [e, 2 * i, h]) { p in
                     (0..<e).map { x in (NF4Weight.quantize(p + x * 2 * i * h, rows: i, cols: h, doubleQuant: q.doubleQuant),
                                         NF4Weight.quantize(p + x * 2 * i * h + i * h, rows: i, cols: h, doubleQuant: q.doubleQuant)) }
                 }
-                let down = try ck.withTemporaryFloats(WeightNames.fusedDown(l), shape: [e, h, i]) { p in
+                let down = try ck.withTemporaryFloats(f.fusedDown(l), shape: [e, h, i]) { p in
                     (0..<e).map { x in NF4Weight.quantize(p + x * h * i, rows: h, cols: i, doubleQuant: q.doubleQuant) }
                 }
                 return (router, (0..<e).map { x in
                     FeedForwardWeights(gate: Matrix(nf4: gateUp[x].0), up: Matrix(nf4: gateUp[x].1), down: Matrix(nf4: down[x]))
                 })
             }
-            let gateUp = try ck.floats(WeightNames.fusedGateUp(l), shape: [e, 2 * i, h])
-            let down = try ck.floats(WeightNames.fusedDown(l), shape: [e, h, i])
+            let gateUp = try ck.floats(f.fusedGateUp(l), shape: [e, 2 * i, h])
+            let down = try ck.floats(f.fusedDown(l), shape: [e, h, i])
             let experts = (0..<e).map { x in
                 FeedForwardWeights(
                     gate: Matrix(gateUp + x * 2 * i * h, rows: i, cols: h),
@@ -119,12 +144,12 @@ public final class Transformer: @unchecked Sendable {
             }
             return (router, experts)
         }
-        let router = try ck.matrix(WeightNames.router(l), rows: e, cols: h)
+        let router = try ck.matrix(f.weight(.router, layer: l), rows: e, cols: h)
         let experts = try (0..<e).map { x in
             FeedForwardWeights(
-                gate: try ck.linear(WeightNames.expert(l, x, "w1"), rows: i, cols: h, quantize: quantize),
-                up: try ck.linear(WeightNames.expert(l, x, "w3"), rows: i, cols: h, quantize: quantize),
-                down: try ck.linear(WeightNames.expert(l, x, "w2"), rows: h, cols: i, quantize: quantize))
+                gate: try ck.linear(f.weight(.expert(x, .gate), layer: l), rows: i, cols: h, quantize: quantize),
+                up: try ck.linear(f.weight(.expert(x, .up), layer: l), rows: i, cols: h, quantize: quantize),
+                down: try ck.linear(f.weight(.expert(x, .down), layer: l), rows: h, cols: i, quantize: quantize))
         }
         return (router, experts)
     }

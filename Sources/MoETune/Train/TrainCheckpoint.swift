@@ -42,7 +42,7 @@ public struct TrainCheckpoint {
 
     /// Writes the checkpoint of `adapters` and `optimizer` into out_dir, then keeps the last `keep`.
     @discardableResult
-    public func write(outDir: String, adapters: AdapterSet, optimizer: Optimizer, baseModel: String, keep: Int) throws -> String {
+    public func write(outDir: String, adapters: AdapterSet, optimizer: Optimizer, family: ModelFamily, baseModel: String, keep: Int) throws -> String {
         let fm = FileManager.default
         let dir = TrainCheckpoint.folder(outDir)
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -51,7 +51,7 @@ public struct TrainCheckpoint {
         try? fm.removeItem(atPath: staging)
         try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
         do {
-            try PEFTAdapter.save(adapters, baseModel: baseModel, to: staging)
+            try PEFTAdapter.save(adapters, family: family, baseModel: baseModel, to: staging)
             var w = SafeTensorsWriter()
             w.add(.init(name: "params", shape: [adapters.store.count],
                         floats: UnsafeBufferPointer(start: adapters.store.params.pointer, count: adapters.store.count)))

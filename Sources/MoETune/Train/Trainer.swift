@@ -68,7 +68,6 @@ public final class Trainer {
 
         let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization)
         let model = loaded.model
-        try model.config.checkSequenceLength(tc.maxSeqLen)
         try configureMoE(model)
         let template = try c.data.chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
         JSONL.maxLineBytes = c.data.maxLineBytes
@@ -89,6 +88,10 @@ public final class Trainer {
         let valid = try c.data.valid.map { try load($0, "valid") }
         let test = try c.data.test.map { try load($0, "test") }
 
+        if c.loraSpec.targets.contains(.sharedExpert), !model.layers.contains(where: { $0.sharedExpert != nil }) {
+            throw MoETuneError.config(path: configPath, key: "lora.targets",
+                message: "shared_expert, but \(model.config.family.name) models have no shared expert")
+        }
         let adapters = try AdapterSet(model: model, spec: c.loraSpec, seed: UInt64(bitPattern: Int64(tc.seed)))
         events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters"
             + (model.isQuantized ? "; base weights in NF4 (QLoRA)" : ""))
@@ -139,7 +142,7 @@ public final class Trainer {
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
-        adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.qDim))
+        adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
 
         // Resume: parameters, optimizer state and position from the newest checkpoint.
         let yaml = c.resolvedYAML()
@@ -168,7 +171,7 @@ public final class Trainer {
             let ck = TrainCheckpoint(step: step, microIndex: microIndex, optimizerStep: optimizer.t, trainedTokens: trainedTokens,
                                      elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
                                      configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
-            lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, baseModel: c.model,
+            lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, family: model.family, baseModel: c.model,
                                           keep: tc.keepCheckpoints)
         }
 
@@ -237,7 +240,7 @@ public final class Trainer {
             let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
             guard objective.isFinite, norm.isFinite else {
                 adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
-                try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
                 throw MoETuneError.invalid("training diverged at step \(step): loss \(loss), gradient norm \(norm); the last adapter with a finite loss (the one step \(max(step - 1, 0)) evaluated) is saved in \(outDir); try a lower optimizer.lr")
             }
             lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
@@ -262,7 +265,7 @@ public final class Trainer {
             if stop || step == totalSteps || (tc.saveEvery > 0 && step % tc.saveEvery == 0) {
                 try checkpoint(step: step, microIndex: microIndex, trainedTokens: trainedTokens, elapsed: elapsed,
                                firstValid: firstValid, lastValid: lastValid)
-                if step != totalSteps { try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir) }
+                if step != totalSteps { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
             }
             if stop && step != totalSteps {
                 stoppedAt = step
@@ -278,7 +281,7 @@ public final class Trainer {
         }
         if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil).loss }
         let testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil).loss }
-        try PEFTAdapter.save(adapters, baseModel: c.model, to: outDir)
+        try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
         try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
         return TrainSummary(steps: totalSteps, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
                             lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir,
@@ -293,7 +296,7 @@ public final class Trainer {
             let used = m.zLossCoef != 0 || (m.auxLossCoef ?? 0) != 0 || m.router != nil || m.jitter != 0 || m.noiseStd != 0 || m.noiseLearned
                 || m.capacityFactor != nil || m.topK != nil
             if used {
-                throw MoETuneError.config(path: configPath, key: "moe", message: "\(model.config.family.rawValue) models have no experts; remove the moe section")
+                throw MoETuneError.config(path: configPath, key: "moe", message: "\(model.config.family.name) models have no experts; remove the moe section")
             }
             return
         }

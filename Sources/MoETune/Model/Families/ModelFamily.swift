@@ -1,0 +1,239 @@
+import Foundation
+
+/// One projection of a feed-forward block (a dense MLP or an expert): SwiGLU
+/// down(silu(gate x) * up x).
+public enum FeedForwardPart: Int, CaseIterable, Sendable { case gate, up, down }
+
+/// A linear layer of the decoder as moe-tune addresses it. A family says what each is
+/// called on disk and in PEFT.
+public enum LinearSlot: Hashable, Sendable {
+    case q, k, v, o
+    case mlp(FeedForwardPart)
+    case router
+    case expert(Int, FeedForwardPart)
+    /// The shared expert (Qwen2-MoE) and its sigmoid gate [1, H].
+    case shared(FeedForwardPart)
+    case sharedGate
+    case head
+
+    /// The user's LoRA target kind of this slot.
+    public var kind: ModuleKind {
+        switch self {
+        case .q: return .query
+        case .k: return .key
+        case .v: return .value
+        case .o: return .projection
+        case .mlp, .expert: return .mlp
+        case .router: return .router
+        case .shared, .sharedGate: return .sharedExpert
+        case .head: return .head
+        }
+    }
+}
+
+/// Where a Mixture-of-Experts block's tensors live on disk.
+public struct MoENames: Sendable {
+    /// Module of the block in the per-expert layout: "block_sparse_moe" (Mixtral), "mlp" (Qwen-MoE, OLMoE).
+    public var block: String
+    /// Router module inside the block.
+    public var router = "gate"
+    /// An expert's gate, up and down projections: ["w1", "w3", "w2"] (Mixtral) or
+    /// ["gate_proj", "up_proj", "down_proj"].
+    public var expertParts: [String]
+    /// Block of transformers 5's fused layout: router "mlp.gate", experts
+    /// "mlp.experts.gate_up_proj" [E, 2*inter, hidden] (rows 0..<inter gate, the rest up)
+    /// and "mlp.experts.down_proj" [E, hidden, inter].
+    public var fusedBlock = "mlp"
+    /// Shared expert module inside the block and its gate (Qwen2-MoE); nil: none.
+    public var sharedExpert: String? = nil
+    public var sharedExpertGate: String? = nil
+}
+
+/// Defaults of config.json fields the file may omit: those of the transformers
+/// configuration class of the family.
+public struct FamilyDefaults: Sendable {
+    public var rmsNormEps: Double = 1e-6
+    public var ropeTheta: Double = 10000
+    public var maxPositionEmbeddings = 4096
+    public var tieWordEmbeddings = false
+    public var bosTokenId: Int? = 1
+    public var eosTokenId: Int = 2
+    public var routerAuxLossCoef: Double = 0.001
+    /// head_dim when the file omits it; nil: hidden_size / num_attention_heads.
+    public var headDim: Int? = nil
+}
+
+/// Everything moe-tune knows about one model family, in one value: its model_type(s),
+/// its config.json fields and their defaults, its tensor names on disk (per-expert and
+/// transformers 5's fused layout), its module paths for PEFT and which slots a layer
+/// has. Every other file asks a family for names; none spells a Hugging Face name.
+/// One file per family under Model/Families/ builds its value; `ModelFamily.all` lists them.
+public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
+    /// moe-tune's name of the family (the first model_type).
+    public let name: String
+    public let modelTypes: [String]
+    /// nil: every layer has a dense MLP.
+    public let moe: MoENames?
+    public let defaults: FamilyDefaults
+    /// Reads the family's own config.json fields (after the shared Llama fields) and
+    /// refuses, naming it, any field of the family that moe-tune does not implement.
+    let readConfig: @Sendable (FieldReader, inout ModelConfig) throws -> Void
+
+    public var description: String { name }
+    public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }
+
+    /// Every supported family.
+    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe]
+
+    public static var supportedModelTypes: [String] { all.flatMap(\.modelTypes) }
+
+    public static func forModelType(_ type: String) -> ModelFamily? {
+        all.first { $0.modelTypes.contains(type) }
+    }
+}
+
+// MARK: - Tensor names and module paths (the Llama layout every family shares)
+
+extension ModelFamily {
+    public var embedTokens: String { "model.embed_tokens.weight" }
+    public var finalNorm: String { "model.norm.weight" }
+    public var lmHead: String { module(.head, layer: 0) + ".weight" }
+
+    public func layerPrefix(_ l: Int) -> String { "model.layers.\(l)." }
+    public func inputNorm(_ l: Int) -> String { layerPrefix(l) + "input_layernorm.weight" }
+    public func postAttentionNorm(_ l: Int) -> String { layerPrefix(l) + "post_attention_layernorm.weight" }
+    public func qNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_norm.weight" }
+    public func kNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.k_norm.weight" }
+
+    private static let denseParts = ["gate_proj", "up_proj", "down_proj"]
+
+    /// The PEFT module path of a linear layer (its checkpoint tensor is path + ".weight").
+    public func module(_ slot: LinearSlot, layer l: Int) -> String {
+        let p = layerPrefix(l)
+        switch slot {
+        case .q: return p + "self_attn.q_proj"
+        case .k: return p + "self_attn.k_proj"
+        case .v: return p + "self_attn.v_proj"
+        case .o: return p + "self_attn.o_proj"
+        case .mlp(let part): return p + "mlp." + Self.denseParts[part.rawValue]
+        case .router: return p + (moe?.block ?? "mlp") + "." + (moe?.router ?? "gate")
+        case .expert(let e, let part):
+            let m = moe ?? MoENames(block: "mlp", expertParts: Self.denseParts)
+            return p + m.block + ".experts.\(e)." + m.expertParts[part.rawValue]
+        case .shared(let part):
+            return p + (moe?.block ?? "mlp") + "." + (moe?.sharedExpert ?? "shared_expert") + "." + Self.denseParts[part.rawValue]
+        case .sharedGate: return p + (moe?.block ?? "mlp") + "." + (moe?.sharedExpertGate ?? "shared_expert_gate")
+        case .head: return "lm_head"
+        }
+    }
+
+    /// The checkpoint tensor of a linear layer's weight [out, in].
+    public func weight(_ slot: LinearSlot, layer l: Int) -> String { module(slot, layer: l) + ".weight" }
+    /// The checkpoint tensor of a linear layer's bias [out].
+    public func bias(_ slot: LinearSlot, layer l: Int) -> String { module(slot, layer: l) + ".bias" }
+
+    /// The layer and slot of a module path in moe-tune's (per-expert) naming.
+    public func parse(module: String) -> (layer: Int, slot: LinearSlot)? {
+        if module == "lm_head" { return (0, .head) }
+        let parts = module.split(separator: ".").map(String.init)
+        guard parts.count >= 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), l >= 0 else { return nil }
+        let rest = parts[3...].joined(separator: ".")
+        switch rest {
+        case "self_attn.q_proj": return (l, .q)
+        case "self_attn.k_proj": return (l, .k)
+        case "self_attn.v_proj": return (l, .v)
+        case "self_attn.o_proj": return (l, .o)
+        default: break
+        }
+        if let m = moe {
+            if rest == m.block + "." + m.router { return (l, .router) }
+            if let se = m.sharedExpert, rest.hasPrefix(m.block + "." + se + "."),
+               let i = Self.denseParts.firstIndex(of: String(rest.dropFirst(m.block.count + se.count + 2))) {
+                return (l, .shared(FeedForwardPart(rawValue: i)!))
+            }
+            if let sg = m.sharedExpertGate, rest == m.block + "." + sg { return (l, .sharedGate) }
+            let prefix = m.block + ".experts."
+            if rest.hasPrefix(prefix) {
+                let sub = rest.dropFirst(prefix.count).split(separator: ".")
+                guard sub.count == 2, let e = Int(sub[0]), e >= 0,
+                      let i = m.expertParts.firstIndex(of: String(sub[1])) else { return nil }
+                return (l, .expert(e, FeedForwardPart(rawValue: i)!))
+            }
+        }
+        if parts.count == 5, parts[3] == "mlp", let i = Self.denseParts.firstIndex(of: parts[4]) {
+            return (l, .mlp(FeedForwardPart(rawValue: i)!))
+        }
+        return nil
+    }
+
+    /// The LoRA target kind of a module path.
+    public func kind(of module: String) -> ModuleKind? { parse(module: module)?.slot.kind }
+
+    /// The suffix PEFT's target_modules matches for a module ("q_proj", "w1", "gate"); the
+    /// shared expert's projections keep their parent ("shared_expert.gate_proj"), so that
+    /// an adapter of the shared expert does not also match a dense layer's gate_proj.
+    public func targetSuffix(_ module: String) -> String {
+        let parts = module.split(separator: ".")
+        if case .shared? = parse(module: module)?.slot, parts.count >= 2 {
+            return parts.suffix(2).joined(separator: ".")
+        }
+        return String(parts.last ?? Substring(module))
+    }
+
+    // Fused expert layout of transformers 5.
+    public func fusedRouter(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".gate.weight" }
+    public func fusedGateUp(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts.gate_up_proj" }
+    public func fusedDown(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts.down_proj" }
+
+    /// The layer of a fused expert tensor name (gate_up: true for gate_up_proj), or nil.
+    public func fusedExpertTensor(_ name: String) -> (layer: Int, gateUp: Bool)? {
+        guard moe != nil else { return nil }
+        let parts = name.split(separator: ".")
+        guard parts.count > 3, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]) else { return nil }
+        if name == fusedGateUp(l) { return (l, true) }
+        if name == fusedDown(l) { return (l, false) }
+        return nil
+    }
+
+    /// Maps a module path of transformers 5's layout onto moe-tune's: Mixtral's router
+    /// is "mlp.gate" there and "block_sparse_moe.gate" in checkpoints.
+    public func canonicalModule(_ module: String) -> String {
+        guard let m = moe, m.fusedBlock != m.block else { return module }
+        let fused = "." + m.fusedBlock + "." + m.router
+        if module.hasSuffix(fused) { return String(module.dropLast(fused.count)) + "." + m.block + "." + m.router }
+        return module
+    }
+
+    /// The transformers 5 name of a router module.
+    public func transformers5Module(_ module: String) -> String {
+        guard let m = moe else { return module }
+        return module.replacingOccurrences(of: "." + m.block + "." + m.router, with: "." + m.fusedBlock + "." + m.router)
+    }
+
+    /// peft's fused-expert adapter modules (transformers 5, target_parameters):
+    /// "model.layers.N.mlp.experts.base_layer" holds gate_up_proj's adapter and
+    /// "model.layers.N.mlp.experts" holds down_proj's.
+    public func fusedExpertAdapter(_ module: String) -> (layer: Int, gateUp: Bool)? {
+        guard let m = moe else { return nil }
+        let parts = module.split(separator: ".")
+        guard parts.count >= 5, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]),
+              parts[3] == Substring(m.fusedBlock), parts[4] == "experts" else { return nil }
+        if parts.count == 5 { return (l, false) }
+        if parts.count == 6, parts[5] == "base_layer" { return (l, true) }
+        return nil
+    }
+
+    /// Whether a checkpoint tensor is a linear weight of a decoder layer (what NF4 quantizes);
+    /// `keepExperts` leaves the experts in full precision.
+    public func isDecoderLinearWeight(_ name: String, keepExperts: Bool) -> Bool {
+        guard name.hasSuffix(".weight"), let (_, slot) = parse(module: String(name.dropLast(".weight".count))) else { return false }
+        switch slot {
+        case .q, .k, .v, .o, .mlp, .shared: return true
+        case .expert: return !keepExperts
+        case .router, .sharedGate, .head: return false
+        }
+    }
+
+    /// Module names bitsandbytes should skip to keep the experts in full precision.
+    public var expertBlockModule: String { moe?.block ?? "mlp" }
+}
