@@ -38,6 +38,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Longer examples keep their first N tokens.")
     var maxSeqLen: Int = 2048
 
+    @Option(help: "How {\"messages\"} lines are rendered: default the model's own template; \"llama2\", a .jinja file, or a {user}/{assistant} turn.")
+    var chatTemplate: String?
+
     @Flag(help: "Report how tokens spread over the experts of each layer (MoE models).")
     var expertStats = false
 
@@ -57,7 +60,8 @@ struct EvalCommand: ParsableCommand {
             let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true))
             let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
             let dataset = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
-                                           options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false))
+                                           options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false,
+                                                                chat: try ChatFormat.resolve(chatTemplate, modelDirectory: model)))
             if dataset.truncated > 0 {
                 FileHandle.standardError.write(Data("moe-tune: note: \(dataset.truncated) of \(dataset.examples.count) examples were longer than --max-seq-len \(maxSeqLen) and were truncated\n".utf8))
             }

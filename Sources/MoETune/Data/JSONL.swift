@@ -4,13 +4,18 @@ import Foundation
 /// examples); every other line must be an object, or the error names file and line.
 public enum JSONL {
     public static func readObjects(path: String) throws -> [(line: Int, object: [String: Any])] {
+        try readObjectsWithText(path: path).map { ($0.line, $0.object) }
+    }
+
+    /// The objects with each line's text (for fields whose key order matters: chat messages).
+    public static func readObjectsWithText(path: String) throws -> [(line: Int, object: [String: Any], text: String)] {
         guard FileManager.default.fileExists(atPath: path) else {
             throw MoETuneError.file(path: path, message: "data file not found")
         }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw MoETuneError.file(path: path, message: "cannot read data file")
         }
-        var result: [(Int, [String: Any])] = []
+        var result: [(Int, [String: Any], String)] = []
         var lineNo = 0
         var start = data.startIndex
         while start < data.endIndex {
@@ -21,7 +26,7 @@ public enum JSONL {
             if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }) {
                 continue
             }
-            guard String(data: line, encoding: .utf8) != nil else {
+            guard let text = String(data: line, encoding: .utf8) else {
                 throw MoETuneError.line(path: path, line: lineNo, message: "not valid UTF-8")
             }
             let parsed: Any
@@ -33,7 +38,7 @@ public enum JSONL {
             guard let object = parsed as? [String: Any] else {
                 throw MoETuneError.line(path: path, line: lineNo, message: "expected a JSON object")
             }
-            result.append((lineNo, object))
+            result.append((lineNo, object, text))
         }
         return result
     }
