@@ -14,11 +14,12 @@ public struct ExactMatchResult: Sendable {
 
 public enum ExactMatch {
     public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: any TextTokenizer, dataset: Dataset,
-                                maxNewTokens: Int, progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
+                                maxNewTokens: Int, extraStopIds: Set<Int32> = [],
+                                progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
         let items = dataset.examples.filter { $0.reply != nil && $0.replyStart > 0 && $0.replyStart <= $0.tokens.count }
         let longest = items.map { $0.promptIds?.count ?? $0.replyStart }.max() ?? 1
         let generator = Generator(model: model, adapters: adapters,
-                                  maxLength: min(longest + maxNewTokens + 1, model.rope.maxPositions), stopIds: tokenizer.stopIds)
+                                  maxLength: min(longest + maxNewTokens + 1, model.rope.maxPositions), stopIds: tokenizer.stopIds.union(extraStopIds))
         var options = SamplingOptions()
         options.maxNewTokens = maxNewTokens
         var result = ExactMatchResult(correct: 0, total: 0, perTask: [:], samples: [])
