@@ -63,6 +63,9 @@ struct TokenizeCommand: ParsableCommand {
             }
             let tokens = ds.examples.reduce(0) { $0 + $1.tokens.count }
             print("\(ds.examples.count) examples, \(tokens) tokens, \(ds.countedTokens) trained tokens, \(ds.truncated) truncated (--max-seq-len \(maxSeqLen))")
+            if ds.examples.contains(where: { $0.promptIds != nil }) || chatTemplate != nil {
+                print("chats rendered with: \(options.chat.summary)")
+            }
         }
     }
 

@@ -143,4 +143,29 @@ final class ChatDataTests: XCTestCase {
         XCTAssertEqual(ex.tokens.filter { $0 == bos || $0 == eos }.count, 2)
         XCTAssertEqual(ex.counted.last, true)
     }
+
+    /// data.chat_template: null = the folder's template, "llama2" = the built-in format, a .jinja
+    /// file = that template with the folder's special tokens, else a {user}/{assistant} turn.
+    func testChatTemplateSettings() throws {
+        let dir = try Self.folder("llama3.2")
+        guard case .jinja = try ChatFormat.resolve(nil, modelDirectory: dir) else { return XCTFail("the folder's template") }
+        guard case let .builtin(t) = try ChatFormat.resolve("llama2", modelDirectory: dir), t == .llama2 else { return XCTFail("llama2") }
+        guard case let .builtin(c) = try ChatFormat.resolve("<|u|>{user}<|a|>{assistant}", modelDirectory: dir), c.turn != nil else { return XCTFail("custom") }
+        guard case .builtin(.llama2) = try ChatFormat.resolve(nil, modelDirectory: Fixtures.dir("llama")) else { return XCTFail("no template: llama2") }
+        let file = try makeTempDir(self) + "/t.jinja"
+        try "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}{% endfor %}".write(toFile: file, atomically: true, encoding: .utf8)
+        guard case let .jinja(r) = try ChatFormat.resolve(file, modelDirectory: dir) else { return XCTFail(".jinja file") }
+        XCTAssertEqual(try r.render([ChatMessage(role: "user", content: "x")]), "<|begin_of_text|>user: x<|end_of_text|>")
+        assertMoETuneError(try ChatFormat.resolve(file + ".missing.jinja", modelDirectory: dir), contains: ["missing.jinja"])
+        assertMoETuneError(try ChatFormat.resolve("no placeholders", modelDirectory: dir), contains: ["{user}"])
+    }
+
+    /// Llama 3.2: EOS is <|end_of_text|> but a turn ends with <|eot_id|>; generation stops at both.
+    func testEndOfTurnIdComesFromTheTemplate() throws {
+        let dir = try Self.folder("llama3.2")
+        let tok = try Self.tokenizer("llama3.2")
+        guard case let .jinja(r) = try ChatFormat.resolve(nil, modelDirectory: dir) else { return XCTFail("template") }
+        XCTAssertEqual(ChatEncoder(renderer: r, tokenizer: tok).endOfTurnId(), tok.tokenId("<|eot_id|>"))
+        XCTAssertNotEqual(tok.eosId, tok.tokenId("<|eot_id|>"))
+    }
 }

@@ -74,9 +74,9 @@ public final class ChatEncoder: @unchecked Sendable {
     public func endOfTurnId() -> Int32? {
         let chat = [ChatMessage(role: "user", content: "Hi"), ChatMessage(role: "assistant", content: "Hello")]
         guard let (text, spans) = try? renderer.renderWithAssistantSpans(chat), let span = spans.last else { return nil }
-        let b = Array(text.utf8)[span]
-        guard let content = b.lastIndex(of: UInt8(ascii: "o")) else { return nil }
-        let tail = String(decoding: b[(content + 1)...], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let turn = String(decoding: Array(text.utf8)[span], as: UTF8.self)
+        guard let content = turn.range(of: "Hello") else { return nil }
+        let tail = String(turn[content.upperBound...]).trimmingCharacters(in: .whitespacesAndNewlines)
         return tail.isEmpty ? nil : tokenizer.tokenId(tail)
     }
 
