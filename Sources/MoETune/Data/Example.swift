@@ -133,22 +133,13 @@ public struct Dataset: Sendable {
             let tokens = try tokenizer.trainingIds(text)
             return Example(tokens: tokens, counted: [false] + Array(repeating: true, count: tokens.count - 1),
                            line: line, promptLength: 1, task: task)
-        case .chat where chat != nil:
-            do {
-                guard let text, case let .dict(row) = try JinjaValue.fromJSON(text), case let .list(items)? = row["messages"] else {
-                    throw MoETuneError.invalid("\"messages\" must be a list")
-                }
-                let messages = try items.enumerated().map { i, item in
-                    do { return try ChatMessage(item) } catch { throw MoETuneError.invalid("messages[\(i)] must be an object with a string \"role\"") }
-                }
-                return try chat!.example(messages, tools: row["tools"] ?? JinjaValue.none, line: line, task: task,
-                                         trainOnInputs: options.trainOnInputs)
-            } catch let e as MoETuneError {
-                throw MoETuneError.line(path: path, line: line, message: e.description)
-            } catch {
-                throw MoETuneError.line(path: path, line: line, message: "chat template: \(error)")
-            }
         case .chat:
+            var encoder = chat
+            if encoder == nil, case let .jinja(renderer) = options.chat { encoder = ChatEncoder(renderer: renderer, tokenizer: tokenizer) }
+            if let encoder {
+                let source = try text ?? String(decoding: JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+                return try chatExample(source, path: path, line: line, task: task, encoder: encoder, options: options)
+            }
             guard let list = object["messages"] as? [Any], !list.isEmpty else {
                 throw MoETuneError.line(path: path, line: line, message: "\"messages\" must be a non-empty list")
             }
@@ -161,7 +152,7 @@ public struct Dataset: Sendable {
                 messages.append((role, content))
             }
             let segments: [(text: String, counted: Bool, eos: Bool)]
-            guard case let .builtin(template) = options.chat else { throw MoETuneError.invalid("internal: no chat encoder") }
+            guard case let .builtin(template) = options.chat else { throw MoETuneError.invalid("no chat template") }
             do { segments = try template.segments(messages) } catch let e as MoETuneError {
                 throw MoETuneError.line(path: path, line: line, message: e.description)
             }
@@ -196,6 +187,28 @@ public struct Dataset: Sendable {
             if !counted.isEmpty { counted[0] = false }
             return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task,
                            reply: completion, replyStart: p.count)
+        }
+    }
+}
+
+extension Dataset {
+    /// A {"messages": ...} line with a Jinja template; `text` is the line, parsed again so that
+    /// the messages keep their key order and number formatting.
+    static func chatExample(_ text: String, path: String, line: Int, task: String?, encoder: ChatEncoder,
+                            options: DataOptions) throws -> Example {
+        do {
+            guard case let .dict(row) = try JinjaValue.fromJSON(text), case let .list(items)? = row["messages"] else {
+                throw MoETuneError.invalid("\"messages\" must be a list")
+            }
+            let messages = try items.enumerated().map { i, item in
+                do { return try ChatMessage(item) } catch { throw MoETuneError.invalid("messages[\(i)] must be an object with a string \"role\"") }
+            }
+            return try encoder.example(messages, tools: row["tools"] ?? JinjaValue.none, line: line, task: task,
+                                       trainOnInputs: options.trainOnInputs)
+        } catch let e as MoETuneError {
+            throw MoETuneError.line(path: path, line: line, message: e.description)
+        } catch {
+            throw MoETuneError.line(path: path, line: line, message: "chat template: \(error)")
         }
     }
 }
