@@ -38,6 +38,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Longer examples keep their first N tokens.")
     var maxSeqLen: Int = 2048
 
+    @Option(help: "How {\"messages\"} lines are rendered: default the model's own template; \"llama2\", a .jinja file, or a {user}/{assistant} turn.")
+    var chatTemplate: String?
+
     @Flag(help: "Report how tokens spread over the experts of each layer (MoE models).")
     var expertStats = false
 
@@ -57,8 +60,14 @@ struct EvalCommand: ParsableCommand {
         try runReportingErrors {
             let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true))
             let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
+            let format = try ChatFormat.resolve(chatTemplate, modelDirectory: model)
             let dataset = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
-                                           options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false))
+                                           options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false, chat: format))
+            // Replies of chats end at the template's end-of-turn token (<|eot_id|>) even where EOS differs.
+            var endOfTurn = Set<Int32>()
+            if case let .jinja(renderer) = format, let id = ChatEncoder(renderer: renderer, tokenizer: loaded.tokenizer).endOfTurnId() {
+                endOfTurn.insert(id)
+            }
             if dataset.truncated > 0 {
                 FileHandle.standardError.write(Data("moe-tune: note: \(dataset.truncated) of \(dataset.examples.count) examples were longer than --max-seq-len \(maxSeqLen) and were truncated\n".utf8))
             }
@@ -73,7 +82,7 @@ struct EvalCommand: ParsableCommand {
             if generate {
                 let genProgress = ProgressLine("generate")
                 em = try ExactMatch.evaluate(model: loaded.model, adapters: adapters, tokenizer: loaded.tokenizer, dataset: dataset,
-                                             maxNewTokens: maxNewTokens) { genProgress.update(done: $0, total: $1) }
+                                             maxNewTokens: maxNewTokens, extraStopIds: endOfTurn) { genProgress.update(done: $0, total: $1) }
             }
             if json {
                 // A loss above ~709 overflows exp: the perplexity is then null, never an invalid number.

@@ -14,7 +14,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "The prompt (with --chat: the first user message).") var prompt: String?
     @Option(help: "Quantize the base weights while loading: nf4.") var quantize: String?
     @Flag(help: "Chat: wrap turns in the chat template; without --prompt, read user turns from standard input.") var chat = false
-    @Option(help: "A custom chat template with {user} and {assistant} (default: Llama-2/Mistral [INST]).") var chatTemplate: String?
+    @Option(help: "Chat format: default the model's own template (else Llama-2 [INST]); \"llama2\", a .jinja file, or a {user}/{assistant} turn.") var chatTemplate: String?
     @Option(help: "Largest number of new tokens.") var maxNewTokens = 256
     @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Double = 0
     @Option(help: "Keep the k most likely tokens (0: all).") var topK = 0
@@ -36,12 +36,16 @@ struct GenerateCommand: ParsableCommand {
         try runReportingErrors {
             let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true))
             let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
-            let template = try chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
+            let format = try ChatFormat.resolve(chatTemplate, modelDirectory: model)
+            var encoder: ChatEncoder?
+            if case let .jinja(renderer) = format { encoder = ChatEncoder(renderer: renderer, tokenizer: loaded.tokenizer) }
+            var stops = loaded.tokenizer.stopIds
+            if chat, let id = encoder?.endOfTurnId() { stops.insert(id) }
             var options = SamplingOptions()
             options.temperature = temperature; options.topK = topK; options.topP = topP; options.seed = seed
             options.maxNewTokens = maxNewTokens
             let generator = Generator(model: loaded.model, adapters: adapters, maxLength: min(loaded.model.config.maxPositionEmbeddings, 4096),
-                                      stopIds: loaded.tokenizer.stopIds)
+                                      stopIds: stops)
             let tok = loaded.tokenizer
             func reply(to promptIDs: [Int32]) throws -> String {
                 var ids: [Int32] = []
@@ -61,12 +65,18 @@ struct GenerateCommand: ParsableCommand {
                 _ = try reply(to: tok.encode(prompt!, addSpecialTokens: true))
                 return
             }
-            var messages: [(role: String, content: String)] = []
+            var messages: [ChatMessage] = []
             func turn(_ user: String) throws {
-                messages.append(("user", user))
-                let text = try template.prompt(messages)
-                let answer = try reply(to: tok.encode(text, addSpecialTokens: true))
-                messages.append(("assistant", answer.trimmingCharacters(in: .whitespaces)))
+                messages.append(ChatMessage(role: "user", content: user))
+                let ids: [Int32]
+                switch format {
+                case .jinja:
+                    ids = try encoder!.promptIds(messages)
+                case let .builtin(template):
+                    ids = try tok.encode(try template.prompt(messages.map { ($0.role, $0.content ?? "") }), addSpecialTokens: true)
+                }
+                let answer = try reply(to: ids)
+                messages.append(ChatMessage(role: "assistant", content: answer.trimmingCharacters(in: .whitespaces)))
             }
             if let prompt { try turn(prompt); return }
             FileHandle.standardError.write(Data("chat: type a message, an empty line or end of input stops\n".utf8))

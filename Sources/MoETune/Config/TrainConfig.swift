@@ -372,7 +372,9 @@ public struct TrainConfig: Equatable, Sendable {
         guard training.logEvery >= 1 else { throw t.fail("log_every", "must be at least 1") }
         guard data.maxLineBytes >= 1 else { throw try r.section("data").fail("max_line_bytes", "must be at least 1") }
         if let tpl = data.chatTemplate {
-            do { _ = try ChatTemplate.custom(tpl) } catch { throw try r.section("data").fail("chat_template", "must contain {user} followed by {assistant}") }
+            guard ChatFormat.isValidSetting(tpl) else {
+                throw try r.section("data").fail("chat_template", "must be null, \"llama2\", a .jinja file, or contain {user} followed by {assistant}")
+            }
         }
     }
 

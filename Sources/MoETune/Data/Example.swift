@@ -17,6 +17,9 @@ public struct Example: Sendable {
     /// is tokens[0..<replyStart]).
     public var reply: String?
     public var replyStart = 0
+    /// Chats with a Jinja template: the generation prompt's own ids (the template's rendering with
+    /// add_generation_prompt), used for generation instead of tokens[0..<replyStart].
+    public var promptIds: [Int32]?
 
     public var countedTokens: Int { counted.dropFirst().reduce(0) { $0 + ($1 ? 1 : 0) } }
 }
@@ -42,13 +45,13 @@ public struct DataOptions: Sendable {
     /// Count prompt tokens as targets too.
     public var trainOnInputs: Bool
 
-    /// How {"messages": ...} lines are rendered.
-    public var chatTemplate: ChatTemplate
+    /// How {"messages": ...} lines are rendered (ChatFormat.resolve gives the model's template).
+    public var chat: ChatFormat
 
-    public init(maxSeqLen: Int = 2048, trainOnInputs: Bool = false, chatTemplate: ChatTemplate = .llama2) {
+    public init(maxSeqLen: Int = 2048, trainOnInputs: Bool = false, chatTemplate: ChatTemplate = .llama2, chat: ChatFormat? = nil) {
         self.maxSeqLen = maxSeqLen
         self.trainOnInputs = trainOnInputs
-        self.chatTemplate = chatTemplate
+        self.chat = chat ?? .builtin(chatTemplate)
     }
 }
 
@@ -64,8 +67,10 @@ public struct Dataset: Sendable {
     /// Reads and tokenizes every line of `path`. Any bad line is an error naming the
     /// file and line; nothing is dropped silently.
     public static func load(path: String, tokenizer: any TextTokenizer, vocabSize: Int, options: DataOptions) throws -> Dataset {
-        let rows = try JSONL.readObjects(path: path)
+        let rows = try JSONL.readObjectsWithText(path: path)
         guard !rows.isEmpty else { throw MoETuneError.file(path: path, message: "data file has no examples") }
+        var encoder: ChatEncoder?
+        if case let .jinja(renderer) = options.chat { encoder = ChatEncoder(renderer: renderer, tokenizer: tokenizer) }
         // Tokenize on every core, in chunks; results keep the file's order.
         var results = [Result<Example, Error>?](repeating: nil, count: rows.count)
         let chunk = 64
@@ -75,8 +80,9 @@ public struct Dataset: Sendable {
             nonisolated(unsafe) let rows = rows
             DispatchQueue.concurrentPerform(iterations: chunks) { c in
                 for k in (c * chunk)..<min(rows.count, (c + 1) * chunk) {
-                    let (line, object) = rows[k]
-                    out[k] = Result { try tokenize(object, path: path, line: line, tokenizer: tokenizer, options: options) }
+                    let (line, object, text) = rows[k]
+                    out[k] = Result { try tokenize(object, path: path, line: line, tokenizer: tokenizer, options: options,
+                                                   text: text, chat: encoder) }
                 }
             }
         }
@@ -101,7 +107,7 @@ public struct Dataset: Sendable {
     }
 
     static func tokenize(_ object: [String: Any], path: String, line: Int, tokenizer: any TextTokenizer,
-                         options: DataOptions) throws -> Example {
+                         options: DataOptions, text: String? = nil, chat: ChatEncoder? = nil) throws -> Example {
         func field(_ key: String, required: Bool = true) throws -> String? {
             guard let v = object[key], !(v is NSNull) else {
                 if required { throw MoETuneError.line(path: path, line: line, message: "missing field \"\(key)\"") }
@@ -128,6 +134,12 @@ public struct Dataset: Sendable {
             return Example(tokens: tokens, counted: [false] + Array(repeating: true, count: tokens.count - 1),
                            line: line, promptLength: 1, task: task)
         case .chat:
+            var encoder = chat
+            if encoder == nil, case let .jinja(renderer) = options.chat { encoder = ChatEncoder(renderer: renderer, tokenizer: tokenizer) }
+            if let encoder {
+                let source = try text ?? String(decoding: JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+                return try chatExample(source, path: path, line: line, task: task, encoder: encoder, options: options)
+            }
             guard let list = object["messages"] as? [Any], !list.isEmpty else {
                 throw MoETuneError.line(path: path, line: line, message: "\"messages\" must be a non-empty list")
             }
@@ -140,7 +152,8 @@ public struct Dataset: Sendable {
                 messages.append((role, content))
             }
             let segments: [(text: String, counted: Bool, eos: Bool)]
-            do { segments = try options.chatTemplate.segments(messages) } catch let e as MoETuneError {
+            guard case let .builtin(template) = options.chat else { throw MoETuneError.invalid("no chat template") }
+            do { segments = try template.segments(messages) } catch let e as MoETuneError {
                 throw MoETuneError.line(path: path, line: line, message: e.description)
             }
             var tokens: [Int32] = tokenizer.prefixIds
@@ -174,6 +187,28 @@ public struct Dataset: Sendable {
             if !counted.isEmpty { counted[0] = false }
             return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task,
                            reply: completion, replyStart: p.count)
+        }
+    }
+}
+
+extension Dataset {
+    /// A {"messages": ...} line with a Jinja template; `text` is the line, parsed again so that
+    /// the messages keep their key order and number formatting.
+    static func chatExample(_ text: String, path: String, line: Int, task: String?, encoder: ChatEncoder,
+                            options: DataOptions) throws -> Example {
+        do {
+            guard case let .dict(row) = try JinjaValue.fromJSON(text), case let .list(items)? = row["messages"] else {
+                throw MoETuneError.invalid("\"messages\" must be a list")
+            }
+            let messages = try items.enumerated().map { i, item in
+                do { return try ChatMessage(item) } catch { throw MoETuneError.invalid("messages[\(i)] must be an object with a string \"role\"") }
+            }
+            return try encoder.example(messages, tools: row["tools"] ?? JinjaValue.none, line: line, task: task,
+                                       trainOnInputs: options.trainOnInputs)
+        } catch let e as MoETuneError {
+            throw MoETuneError.line(path: path, line: line, message: e.description)
+        } catch {
+            throw MoETuneError.line(path: path, line: line, message: "chat template: \(error)")
         }
     }
 }

@@ -10,13 +10,18 @@ public enum JSONL {
     public static var maxLineBytes = defaultMaxLineBytes
 
     public static func readObjects(path: String, maxLineBytes: Int = JSONL.maxLineBytes) throws -> [(line: Int, object: [String: Any])] {
+        try readObjectsWithText(path: path, maxLineBytes: maxLineBytes).map { ($0.line, $0.object) }
+    }
+
+    /// The objects with each line's text (for fields whose key order matters: chat messages).
+    public static func readObjectsWithText(path: String, maxLineBytes: Int = JSONL.maxLineBytes) throws -> [(line: Int, object: [String: Any], text: String)] {
         guard FileManager.default.fileExists(atPath: path) else {
             throw MoETuneError.file(path: path, message: "data file not found")
         }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw MoETuneError.file(path: path, message: "cannot read data file")
         }
-        var result: [(Int, [String: Any])] = []
+        var result: [(Int, [String: Any], String)] = []
         var lineNo = 0
         var start = data.startIndex
         while start < data.endIndex {
@@ -30,7 +35,7 @@ public enum JSONL {
             if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: "\r") }) {
                 continue
             }
-            guard String(data: line, encoding: .utf8) != nil else {
+            guard let text = String(data: line, encoding: .utf8) else {
                 throw MoETuneError.line(path: path, line: lineNo, message: "not valid UTF-8")
             }
             let parsed: Any
@@ -42,7 +47,7 @@ public enum JSONL {
             guard let object = parsed as? [String: Any] else {
                 throw MoETuneError.line(path: path, line: lineNo, message: "expected a JSON object")
             }
-            result.append((lineNo, object))
+            result.append((lineNo, object, text))
         }
         return result
     }

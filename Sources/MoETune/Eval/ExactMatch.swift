@@ -14,17 +14,18 @@ public struct ExactMatchResult: Sendable {
 
 public enum ExactMatch {
     public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: any TextTokenizer, dataset: Dataset,
-                                maxNewTokens: Int, progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
+                                maxNewTokens: Int, extraStopIds: Set<Int32> = [],
+                                progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
         let items = dataset.examples.filter { $0.reply != nil && $0.replyStart > 0 && $0.replyStart <= $0.tokens.count }
-        let longest = items.map(\.replyStart).max() ?? 1
+        let longest = items.map { $0.promptIds?.count ?? $0.replyStart }.max() ?? 1
         let generator = Generator(model: model, adapters: adapters,
                                   maxLength: min(longest + min(maxNewTokens, model.rope.maxPositions) + 1, model.rope.maxPositions),
-                                  stopIds: tokenizer.stopIds)
+                                  stopIds: tokenizer.stopIds.union(extraStopIds))
         var options = SamplingOptions()
         options.maxNewTokens = maxNewTokens
         var result = ExactMatchResult(correct: 0, total: 0, perTask: [:], samples: [])
         for (i, ex) in items.enumerated() {
-            let prompt = Array(ex.tokens[0..<ex.replyStart])
+            let prompt = ex.promptIds ?? Array(ex.tokens[0..<ex.replyStart])
             let generated = try tokenizer.decode(try generator.generate(prompt: prompt, options: options))
             let ok = generated.trimmingCharacters(in: .whitespacesAndNewlines) == ex.reply!.trimmingCharacters(in: .whitespacesAndNewlines)
             result.total += 1

@@ -69,10 +69,10 @@ public final class Trainer {
         let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization)
         let model = loaded.model
         try configureMoE(model)
-        let template = try c.data.chatTemplate.map { try ChatTemplate.custom($0) } ?? .llama2
+        let chat = try ChatFormat.resolve(c.data.chatTemplate, modelDirectory: c.model)
         JSONL.maxLineBytes = c.data.maxLineBytes
         defer { JSONL.maxLineBytes = JSONL.defaultMaxLineBytes }
-        let options = DataOptions(maxSeqLen: tc.maxSeqLen, trainOnInputs: c.data.trainOnInputs, chatTemplate: template)
+        let options = DataOptions(maxSeqLen: tc.maxSeqLen, trainOnInputs: c.data.trainOnInputs, chat: chat)
         func load(_ path: String, _ split: String) throws -> Dataset {
             let ds = try Dataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: model.config.vocabSize, options: options)
             let empty = ds.examples.filter { $0.countedTokens == 0 }.count
