@@ -120,7 +120,8 @@ def router_gaps(model, inputs):
         probs.append((ps[:, k - 1] - ps[:, k]).min().item())
         logits.append((ls[:, k - 1] - ls[:, k]).min().item())
     hooks = [m.register_forward_hook(hook) for name, m in model.named_modules()
-             if name.endswith("mlp.gate") or name.endswith("block_sparse_moe.gate")]
+             if name.endswith("mlp.gate") or name.endswith("block_sparse_moe.gate")
+             or name.endswith("block_sparse_moe.router")]
     assert hooks, "no router modules found"
     with torch.no_grad():
         for ids, mask in inputs:

@@ -37,9 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import eval_examples, references, router_gaps, fixture_inputs  # noqa: E402
 
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig  # noqa: E402
+from transformers import AutoModelForCausalLM, GraniteMoeConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig  # noqa: E402
 
-ROUTER_STD = {"qwen2_moe": 0.5, "qwen3_moe": 0.08, "olmoe": 0.08}
+ROUTER_STD = {"qwen2_moe": 0.5, "qwen3_moe": 0.08, "olmoe": 0.08, "granitemoe": 0.08}
 MIN_GAP = 1e-4
 R, ALPHA = 4, 8
 COMMON = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96,
@@ -56,6 +56,11 @@ def configs(V):
     olmoe = {k: v for k, v in COMMON.items() if k not in ("moe_intermediate_size", "head_dim")}
     yield "olmoe", OlmoeConfig(vocab_size=V, num_hidden_layers=2, num_experts_per_tok=2, norm_topk_prob=False,
                                clip_qkv=1.5, **{**olmoe, "intermediate_size": 32})
+    granite = {k: v for k, v in COMMON.items() if k not in ("moe_intermediate_size", "head_dim", "num_experts")}
+    yield "granitemoe", GraniteMoeConfig(vocab_size=V, num_hidden_layers=2, num_local_experts=8, num_experts_per_tok=2,
+                                         embedding_multiplier=12.0, attention_multiplier=0.015625 * 10,
+                                         residual_multiplier=0.22, logits_scaling=8.0, tie_word_embeddings=True,
+                                         **{**granite, "intermediate_size": 32, "num_key_value_heads": 1})
 
 
 def randomize(model, seed):
@@ -66,7 +71,7 @@ def randomize(model, seed):
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("mlp.gate.weight"):
+            elif name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.router.weight"):
                 p.copy_(ROUTER_STD[model.config.model_type] * torch.randn(p.shape, generator=g))
 
 
@@ -100,20 +105,24 @@ def add_lora(model, gen):
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         setattr(parent, name.rsplit(".", 1)[-1], LoRALinear(mod, A, B))
     for li, layer in enumerate(model.model.layers):
-        mlp = layer.mlp
+        granite = hasattr(layer, "block_sparse_moe")
+        mlp = layer.block_sparse_moe if granite else layer.mlp
         if not hasattr(mlp, "experts"):
             continue
-        router, experts = mlp.gate, mlp.experts
-        p = f"model.layers.{li}.mlp"
-        rA, rB = pair(p + ".gate", router.weight.shape[0], router.weight.shape[1])
+        router, experts = (mlp.router if granite else mlp.gate), mlp.experts
+        p = f"model.layers.{li}." + ("block_sparse_moe" if granite else "mlp")
+        rA, rB = pair(p + (".router" if granite else ".gate"), router.weight.shape[0], router.weight.shape[1])
         E, I = experts.gate_up_proj.shape[0], experts.gate_up_proj.shape[1] // 2
         H = experts.gate_up_proj.shape[2]
         ex = [{part: pair(f"{p}.experts.{e}.{part}", *(shape)) for part, shape in
                [("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))]} for e in range(E)]
 
-        def router_forward(hidden_states, router=router, rA=rA, rB=rB):
-            hs = hidden_states.reshape(-1, router.hidden_dim)
+        def router_forward(hidden_states, router=router, rA=rA, rB=rB, granite=granite):
+            hs = hidden_states.reshape(-1, router.weight.shape[1])
             logits = F.linear(hs, router.weight) + s * F.linear(F.linear(hs, rA), rB)
+            if granite:  # top-k of the logits, softmax over the k selected
+                top_l, top_i = logits.float().topk(router.top_k, dim=-1)
+                return logits, torch.softmax(top_l, dim=-1).to(logits.dtype), top_i
             probs = torch.softmax(logits, dtype=torch.float, dim=-1)
             top_v, top_i = torch.topk(probs, router.top_k, dim=-1)
             if router.norm_topk_prob:

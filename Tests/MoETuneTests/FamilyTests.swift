@@ -8,9 +8,9 @@ import XCTest
 /// of peft, and merged folders against peft's unmerged logits.
 final class FamilyTests: XCTestCase {
     static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw",
-                                  "qwen2_moe", "qwen3_moe", "olmoe"]
+                                  "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"]
     static let trainFixtures = ["qwen2", "qwen3", "mistral-sw"]
-    static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe"]
+    static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"]
 
     func batch(_ ref: SafeTensorsFile, labels: String? = nil) throws -> (TokenBatch, [Int32]) {
         let shape = ref.shape("input_ids")
@@ -249,6 +249,7 @@ extension FamilyTests {
         XCTAssertEqual(try checkGradients("qwen2_moe"), all.union([.sharedExpert]))
         XCTAssertEqual(try checkGradients("qwen3_moe"), all)
         XCTAssertEqual(try checkGradients("olmoe"), all)
+        XCTAssertEqual(try checkGradients("granitemoe"), all)
     }
 
     /// With the family's load-balancing loss (transformers' load_balancing_loss_func over the
@@ -285,3 +286,80 @@ extension FamilyTests {
         XCTAssertFalse(o.normTopKProb)
     }
 }
+
+/// Granite-MoE (make_moe_fixtures.py): embedding_multiplier 12, attention_multiplier
+/// 0.15625, residual_multiplier 0.22, logits_scaling 8, one KV head, tied embeddings, the
+/// experts fused as Granite's checkpoints (and transformers 5's save_pretrained) store them.
+extension FamilyTests {
+    func testGraniteMoEConfigAndNames() throws {
+        let c = try ModelConfig.load(directory: Fixtures.dir("granitemoe"))
+        XCTAssertEqual(c.family, .graniteMoE)
+        XCTAssertEqual(c.embeddingMultiplier, 12)
+        XCTAssertEqual(c.attentionMultiplier, 0.15625)
+        XCTAssertEqual(c.residualMultiplier, 0.22)
+        XCTAssertEqual(c.logitsScaling, 8)
+        XCTAssertTrue(c.normTopKProb)
+        XCTAssertTrue(c.tieWordEmbeddings)
+        XCTAssertEqual(c.numExperts, 8)
+        XCTAssertEqual(c.expertIntermediateSize, 32)
+        let f = ModelFamily.graniteMoE
+        XCTAssertEqual(f.module(.router, layer: 1), "model.layers.1.block_sparse_moe.router")
+        XCTAssertEqual(f.module(.expert(3, .up), layer: 0), "model.layers.0.block_sparse_moe.experts.3.up_proj")
+        XCTAssertEqual(f.fusedExpertTensor("model.layers.1.block_sparse_moe.input_linear.weight")?.gateUp, true)
+        XCTAssertEqual(f.fusedExpertTensor("model.layers.1.block_sparse_moe.experts.down_proj")?.gateUp, false)
+        XCTAssertEqual(f.canonicalModule("model.layers.0.block_sparse_moe.router.layer"), "model.layers.0.block_sparse_moe.router")
+        // Other families' names are unchanged by Granite's.
+        XCTAssertEqual(ModelFamily.mixtral.fusedRouter(0), "model.layers.0.mlp.gate.weight")
+        XCTAssertEqual(ModelFamily.qwen2MoE.fusedRouter(0), "model.layers.0.mlp.gate.weight")
+        let dir = try makeTempDir(self)
+        func parse(_ json: [String: Any]) throws -> ModelConfig {
+            var base: [String: Any] = ["model_type": "granitemoe", "hidden_size": 64, "num_attention_heads": 4,
+                                       "intermediate_size": 32, "num_hidden_layers": 2, "vocab_size": 100]
+            for (k, v) in json { base[k] = v }
+            return try ModelConfig.parse(try JSONSerialization.data(withJSONObject: base), path: dir + "/config.json")
+        }
+        let d = try parse([:])
+        XCTAssertEqual([d.embeddingMultiplier, d.attentionMultiplier, d.residualMultiplier, d.logitsScaling], [1, 1, 1, 1])
+        XCTAssertEqual(d.routerAuxLossCoef, 0.001)
+        XCTAssertEqual(d.numExperts, 8)
+        assertMoETuneError(try parse(["attention_bias": true]), contains: ["attention_bias"])
+        assertMoETuneError(try parse(["logits_scaling": 0]), contains: ["logits_scaling"])
+    }
+
+    /// transformers 5's in-memory names (block_sparse_moe.experts.gate_up_proj / down_proj,
+    /// router.weight), which it also reads: the same logits; merged back in that layout.
+    func testGraniteMoETransformers5Names() throws {
+        let src = Fixtures.dir("granitemoe")
+        let dir = try makeTempDir(self) + "/t5"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for file in ["config.json", "tokenizer.model"] {
+            try FileManager.default.copyItem(atPath: src + "/" + file, toPath: dir + "/" + file)
+        }
+        let st = try SafeTensorsFile(path: src + "/model.safetensors")
+        var w = SafeTensorsWriter()
+        for name in st.tensors.keys.sorted() {
+            let renamed = name.replacingOccurrences(of: "block_sparse_moe.input_linear.weight", with: "block_sparse_moe.experts.gate_up_proj")
+                .replacingOccurrences(of: "block_sparse_moe.output_linear.weight", with: "block_sparse_moe.experts.down_proj")
+                .replacingOccurrences(of: "block_sparse_moe.router.layer.weight", with: "block_sparse_moe.router.weight")
+            w.add(.init(name: renamed, shape: st.shape(name), floats: try st.floatArray(name)))
+        }
+        try w.write(to: dir + "/model.safetensors")
+        let a = try Transformer.load(directory: src), b = try Transformer.load(directory: dir)
+        let ref = try Fixtures.reference("granitemoe")
+        let (tb, _) = try batch(ref)
+        let sa = ForwardState(config: a.config, batch: tb.batch, seq: tb.seq, training: false)
+        let sb = ForwardState(config: b.config, batch: tb.batch, seq: tb.seq, training: false)
+        _ = try a.forward(tb, state: sa)
+        _ = try b.forward(tb, state: sb)
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: sa.logits.pointer, count: tb.batch * tb.seq * a.config.vocabSize)),
+                       Array(UnsafeBufferPointer(start: sb.logits.pointer, count: tb.batch * tb.seq * b.config.vocabSize)))
+        for (input, names) in [(src, ["block_sparse_moe.input_linear.weight", "block_sparse_moe.router.layer.weight"]),
+                               (dir, ["block_sparse_moe.experts.gate_up_proj", "block_sparse_moe.router.weight"])] {
+            let out = try makeTempDir(self) + "/merged"
+            _ = try Merger.merge(modelDir: input, adapters: [(Fixtures.dir("train-granitemoe"), 1)], outDir: out)
+            let merged = try SafeTensorsFile(path: out + "/model.safetensors")
+            for n in names { XCTAssertNotNil(merged.tensors["model.layers.0." + n], n) }
+        }
+    }
+}
+

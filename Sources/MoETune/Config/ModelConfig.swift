@@ -42,6 +42,14 @@ public struct ModelConfig: Equatable, Sendable {
     /// decoderSparseStep-th layer (1-based) is sparse (decoder_sparse_step).
     public var mlpOnlyLayers: [Int] = []
     public var decoderSparseStep = 1
+    /// Granite's multipliers: the embeddings times embeddingMultiplier, q k^T times
+    /// attentionMultiplier (nil: 1 / sqrt(head_dim)), each sublayer's output (attention's
+    /// o_proj, the MoE block) times residualMultiplier before its residual add, and the
+    /// logits divided by logitsScaling. 1 (nil) everywhere else.
+    public var embeddingMultiplier: Float = 1
+    public var attentionMultiplier: Float? = nil
+    public var residualMultiplier: Float = 1
+    public var logitsScaling: Float = 1
 
     /// Whether layer l has experts (else a dense MLP of intermediate_size).
     public func isMoELayer(_ l: Int) -> Bool {
@@ -158,7 +166,7 @@ public struct ModelConfig: Equatable, Sendable {
     /// The attention shape of a batch: a sliding window only where it is shorter than the sequence.
     func attentionShape(batch b: Int, seq t: Int) -> AttentionShape {
         AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
-                       window: slidingWindow.flatMap { $0 < t ? $0 : nil })
+                       window: slidingWindow.flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
     }
 }
 

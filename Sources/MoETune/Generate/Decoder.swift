@@ -23,6 +23,8 @@ public final class Decoder {
     let experts: ExpertBuffers?
     let shared: SharedExpertActivations?
     public let logits: FloatBuffer   // [V]
+    /// [H] the residual input of a sublayer when residual_multiplier != 1 (Granite).
+    private let resid: FloatBuffer?
     private var valid = true
 
     public init(model: Transformer, adapters: AdapterSet?, maxLength: Int) {
@@ -49,6 +51,7 @@ public final class Decoder {
         routing?.normalize = c.normTopKProb
         experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.expertIntermediateSize) : nil
         logits = FloatBuffer(count: c.vocabSize)
+        resid = c.residualMultiplier != 1 ? FloatBuffer(count: c.hiddenSize) : nil
     }
 
     public func reset() { length = 0 }
@@ -66,6 +69,7 @@ public final class Decoder {
         var o = model.moe
         o.training = false
         x.pointer.update(from: model.embed.pointer + Int(token) * h, count: h)
+        if c.embeddingMultiplier != 1 { scaleInPlace(x.pointer, count: h, by: c.embeddingMultiplier) }
         for (l, w) in model.layers.enumerated() {
             let ad = adapters?.layers[l] ?? LayerAdapters()
             rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.inputNorm, rows: 1, cols: h, eps: c.rmsNormEps)
@@ -91,7 +95,7 @@ public final class Decoder {
             (keys[l].pointer + pos * c.kvDim).update(from: k.pointer, count: c.kvDim)
             (values[l].pointer + pos * c.kvDim).update(from: v.pointer, count: c.kvDim)
             // Attention of the new query over positions 0...pos.
-            let group = c.numHeads / c.numKVHeads, scale = 1 / Float(d).squareRoot()
+            let group = c.numHeads / c.numKVHeads, scale = c.attentionMultiplier ?? 1 / Float(d).squareRoot()
             // Sliding window W: positions pos - W < j <= pos (the cache keeps them all).
             let first = c.slidingWindow.map { max(0, pos - $0 + 1) } ?? 0
             for head in 0..<c.numHeads {
@@ -113,10 +117,14 @@ public final class Decoder {
                     for i in 0..<d { out[i] += p * vj[i] }
                 }
             }
-            // x += o_proj(attn)
+            // x += r * o_proj(attn), r = residual_multiplier: with r != 1 x is kept in resid
+            // and the sublayer accumulates into x = 0; then x = resid + r * x. Same for the MLP.
+            if let rs = resid { rs.pointer.update(from: x.pointer, count: h); x.pointer.update(repeating: 0, count: h) }
             linearForward(y: x.pointer, x: attn.pointer, rows: 1, weight: w.o, accumulate: true)
             if let lo = ad.o { loraForward(y: x.pointer, x: attn.pointer, rows: 1, adapter: lo, u: u.pointer) }
+            if let rs = resid { scaledResidual(x.pointer, base: rs.pointer, count: h, scale: c.residualMultiplier) }
             rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.postAttentionNorm, rows: 1, cols: h, eps: c.rmsNormEps)
+            if let rs = resid { rs.pointer.update(from: x.pointer, count: h); x.pointer.update(repeating: 0, count: h) }
             let cache = FeedForwardLoRACache(gate: ffnU.0.pointer, up: ffnU.1.pointer, down: ffnU.2.pointer)
             if let mlp = w.mlp {
                 feedForward(out: x.pointer, x: ln.pointer, rows: 1, weights: mlp, adapters: ad.mlp, cache: cache,
@@ -133,10 +141,12 @@ public final class Decoder {
                                         adapters: ad.shared, cache: cache, acts: sa, act: act.pointer)
                 }
             }
+            if let rs = resid { scaledResidual(x.pointer, base: rs.pointer, count: h, scale: c.residualMultiplier) }
         }
         rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: model.finalNorm, rows: 1, cols: h, eps: c.rmsNormEps)
         linearForward(y: logits.pointer, x: ln.pointer, rows: 1, weight: model.lmHead)
         if let lh = adapters?.head { loraForward(y: logits.pointer, x: ln.pointer, rows: 1, adapter: lh, u: u.pointer) }
+        if c.logitsScaling != 1 { divideInPlace(logits.pointer, count: c.vocabSize, by: c.logitsScaling) }
         length += 1
         return logits.pointer
     }

@@ -10,6 +10,9 @@ public struct AttentionShape: Sendable {
     public var headDim: Int    // D
     /// Sliding window W (Mistral): query i sees keys j with i - W < j <= i; nil: all j <= i.
     public var window: Int? = nil
+    /// Scale of q k^T: Granite's attention_multiplier; nil: 1 / sqrt(D).
+    public var scale: Float? = nil
+    var softmaxScale: Float { scale ?? 1 / Float(headDim).squareRoot() }
     var qDim: Int { heads * headDim }
     var kvDim: Int { kvHeads * headDim }
 }
@@ -22,7 +25,7 @@ public struct AttentionShape: Sendable {
 func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                             shape s: AttentionShape) {
     let t = s.seq
-    BLAS.gemm(.none, .transpose, m: t, n: t, k: s.headDim, alpha: 1 / Float(s.headDim).squareRoot(),
+    BLAS.gemm(.none, .transpose, m: t, n: t, k: s.headDim, alpha: s.softmaxScale,
               a: q, lda: s.qDim, b: k, ldb: s.kvDim, c: p, ldc: t, split: false)
     for i in 0..<t {
         let row = p + i * t
@@ -71,7 +74,7 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                               scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
-    let scale = 1 / Float(d).squareRoot()
+    let scale = s.softmaxScale
     // One task per (sequence, KV head): the query heads of a group accumulate into the
     // same dK/dV, so they stay on one thread. Each worker has its own scratch.
     let tasks = s.batch * s.kvHeads

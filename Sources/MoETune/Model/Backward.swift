@@ -21,6 +21,7 @@ public final class BackwardState {
     let dnoise: FloatBuffer?       // [N, E] gradient of the learned noise-scale pre-activation
     let attnScratch: FloatBuffer   // [cores, 2, T, T]
     let du: FloatBuffer        // [rows, r] LoRA scratch
+    let dscaled: FloatBuffer?  // [N, H] r * d of a residual add, r = residual_multiplier != 1 (Granite)
 
     public init(for s: ForwardState, config c: ModelConfig) {
         let n = s.batchCapacity * s.seqCapacity, h = c.hiddenSize
@@ -43,6 +44,7 @@ public final class BackwardState {
         dnoise = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
         attnScratch = FloatBuffer(count: BLAS.cores * 2 * s.seqCapacity * s.seqCapacity)
         du = FloatBuffer(count: max(rows, n) * max(s.loraRank, 1))
+        dscaled = c.residualMultiplier != 1 ? FloatBuffer(count: n * h) : nil
     }
 }
 
@@ -66,6 +68,8 @@ extension Transformer {
         let dlogits = s.logits.pointer
         crossEntropyBackward(dlogits: dlogits, logits: dlogits, targets: s.targets,
                              rows: n, vocab: c.vocabSize, scale: lossScale)
+        // Granite: logits = z / logits_scaling, so d z [N, V] = d logits / logits_scaling.
+        if c.logitsScaling != 1 { divideInPlace(dlogits, count: n * c.vocabSize, by: c.logitsScaling) }
         linearBackwardInput(dx: g.dln.pointer, dy: dlogits, rows: n, weight: lmHead, accumulate: false)
         if let l = adapters.head {
             loraBackward(dx: g.dln.pointer, dy: dlogits, x: s.lnF.pointer, rows: n, adapter: l,
@@ -78,28 +82,33 @@ extension Transformer {
         for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
             let w = layers[l], a = s.layer(l), ad = adapters.layers[l]
             let u = a.lora
-            // Feed-forward block: out = mid + ffn(ln2(mid)); dres holds d out.
+            // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H] and
+            // d ffn = r * d out (dscaled when r != 1, r = residual_multiplier).
             // mid and ln2 are shared between layers: recompute this layer's,
-            // mid = x + o_proj(attn) (+ LoRA), ln2 = norm(mid).
+            // mid = x + r * o_proj(attn) (+ LoRA), ln2 = norm(mid).
             let mid = s.midBuffer(l).pointer
-            mid.update(from: s.residualIn(l).pointer, count: n * h)
-            linearForward(y: mid, x: a.attn.pointer, rows: n, weight: w.o, accumulate: true)
-            if let lo = ad.o { loraForward(y: mid, x: a.attn.pointer, rows: n, adapter: lo, u: u!.o.pointer) }
+            attentionResidual(mid: mid, x: s.residualIn(l).pointer, attn: a.attn.pointer, rows: n, weight: w.o,
+                              adapter: ad.o, u: u?.o.pointer, scratch: a.ln2.pointer)
+            var dffn = UnsafePointer(g.dres.pointer)
+            if let ds = g.dscaled {
+                scaledCopy(ds.pointer, g.dres.pointer, count: n * h, scale: c.residualMultiplier)
+                dffn = UnsafePointer(ds.pointer)
+            }
             rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: s.midBuffer(l).pointer, weight: w.postAttentionNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
             if let mlp = w.mlp {
-                feedForwardBackward(dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, rows: n,
+                feedForwardBackward(dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, rows: n,
                                     weights: mlp, adapters: ad.mlp, cache: u?.ffn ?? FeedForwardLoRACache(),
                                     gate: a.gate!.pointer, up: a.up!.pointer,
                                     dgate: g.dgate.pointer, dup: g.dup.pointer, du: du, accumulate: false)
             } else if let router = w.router {
-                moeBackward(layer: l, dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, tokens: n,
+                moeBackward(layer: l, dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, tokens: n,
                             router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
                             noise: adapters.noiseWeights[l],
                             adapters: ad, acts: a, state: s, grads: g, auxScale: auxScale)
                 if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared,
                    let ds = g.dshared, let dz = g.dsharedGate {
-                    sharedExpertBackward(dx: g.dln.pointer, dy: g.dres.pointer, x: a.ln2.pointer, rows: n, hidden: h,
+                    sharedExpertBackward(dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, rows: n, hidden: h,
                                          weights: se, gate: sg, adapters: ad.shared,
                                          cache: u?.sharedFFN ?? FeedForwardLoRACache(), acts: sa,
                                          ds: ds.pointer, dz: dz.pointer, dgate: g.dgate.pointer, dup: g.dup.pointer, du: du)
@@ -107,10 +116,16 @@ extension Transformer {
             }
             rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.midBuffer(l).pointer,
                             weight: w.postAttentionNorm, rstd: a.rstd2.pointer, rows: n, cols: h)
-            // Attention block: mid = x + o_proj(attn); dres now holds d mid.
-            linearBackwardInput(dx: g.dattn.pointer, dy: g.dres.pointer, rows: n, weight: w.o, accumulate: false)
+            // Attention block: mid = x + r * o_proj(attn); dres now holds d mid [N, H], and
+            // d o_proj's output = r * d mid (dscaled when r != 1).
+            var dout = UnsafePointer(g.dres.pointer)
+            if let ds = g.dscaled {
+                scaledCopy(ds.pointer, g.dres.pointer, count: n * h, scale: c.residualMultiplier)
+                dout = UnsafePointer(ds.pointer)
+            }
+            linearBackwardInput(dx: g.dattn.pointer, dy: dout, rows: n, weight: w.o, accumulate: false)
             if let lo = ad.o {
-                loraBackward(dx: g.dattn.pointer, dy: g.dres.pointer, x: a.attn.pointer, rows: n, adapter: lo,
+                loraBackward(dx: g.dattn.pointer, dy: dout, x: a.attn.pointer, rows: n, adapter: lo,
                              u: u!.o.pointer, du: du)
             }
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,

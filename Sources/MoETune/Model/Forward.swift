@@ -28,12 +28,14 @@ extension Transformer {
         for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
         let shape = c.attentionShape(batch: b, seq: t)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
+        // Granite: embeddings [N, H] times embedding_multiplier (frozen: no backward).
+        if c.embeddingMultiplier != 1 { scaleInPlace(s.residualIn(0).pointer, count: n * h, by: c.embeddingMultiplier) }
         for (l, w) in layers.enumerated() {
             let a = s.layer(l)
             let ad = adapters?.layers[l] ?? LayerAdapters()
             let u = a.lora
             let x = s.residualIn(l).pointer, mid = s.midBuffer(l).pointer, out = s.residualOut(l).pointer
-            // Attention block: mid = x + o_proj(attention(rope(q), rope(k), v)).
+            // Attention block: mid = x + r * o_proj(attention(rope(q), rope(k), v)), r = residual_multiplier.
             rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: w.inputNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
             linearForward(y: a.q.pointer, x: a.ln1.pointer, rows: n, weight: w.q)
@@ -71,13 +73,13 @@ extension Transformer {
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
                              scratch: s.attnScratch.pointer, shape: shape)
-            mid.update(from: x, count: n * h)
-            linearForward(y: mid, x: a.attn.pointer, rows: n, weight: w.o, accumulate: true)
-            if let l = ad.o { loraForward(y: mid, x: a.attn.pointer, rows: n, adapter: l, u: u!.o.pointer) }
-            // Feed-forward block: out = mid + ffn(norm(mid)).
+            attentionResidual(mid: mid, x: x, attn: a.attn.pointer, rows: n, weight: w.o, adapter: ad.o,
+                              u: u?.o.pointer, scratch: a.ln2.pointer)
+            // Feed-forward block: out = mid + r * ffn(norm(mid)); with r != 1 the block
+            // accumulates into out = 0 and out = mid + r * out after it.
             rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: w.postAttentionNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
-            out.update(from: mid, count: n * h)
+            if c.residualMultiplier != 1 { out.update(repeating: 0, count: n * h) } else { out.update(from: mid, count: n * h) }
             let ffnCache = u?.ffn ?? FeedForwardLoRACache()
             if let mlp = w.mlp {
                 feedForward(out: out, x: a.ln2.pointer, rows: n, weights: mlp, adapters: ad.mlp, cache: ffnCache,
@@ -110,14 +112,34 @@ extension Transformer {
                                         acts: sa, act: s.act.pointer)
                 }
             }
+            if c.residualMultiplier != 1 { scaledResidual(out, base: mid, count: n * h, scale: c.residualMultiplier) }
         }
         if c.isMoE { computeAuxiliaryLosses(s) }
         rmsnormForward(out: s.lnF.pointer, rstd: s.rstdF.pointer, x: s.residualIn(c.numLayers).pointer,
                        weight: finalNorm, rows: n, cols: h, eps: c.rmsNormEps)
         linearForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, weight: lmHead)
         if let l = adapters?.head { loraForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, adapter: l, u: s.headLoRA!.pointer) }
+        // Granite: logits [N, V] divided by logits_scaling.
+        if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: n * c.vocabSize, by: c.logitsScaling) }
         return crossEntropyForward(losses: s.losses.pointer, logits: s.logits.pointer, targets: s.targets,
                                    rows: n, vocab: c.vocabSize)
+    }
+
+    /// mid [N, H] = x + r * (attn [N, nH*D] Wo^T (+ LoRA)), r = residual_multiplier; with
+    /// r != 1 o_proj's output is written to scratch [N, H] first. The forward pass and the
+    /// backward pass's recomputation of mid both use it.
+    func attentionResidual(mid: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, attn: UnsafePointer<Float>,
+                           rows n: Int, weight: Matrix, adapter: LoRAAdapter?, u: UnsafeMutablePointer<Float>?,
+                           scratch: UnsafeMutablePointer<Float>) {
+        let h = config.hiddenSize, r = config.residualMultiplier
+        let y = r == 1 ? mid : scratch
+        if r == 1 { mid.update(from: x, count: n * h) }
+        linearForward(y: y, x: attn, rows: n, weight: weight, accumulate: r == 1)
+        if let adapter, let u { loraForward(y: y, x: attn, rows: n, adapter: adapter, u: u) }
+        if r != 1 {
+            mid.update(from: x, count: n * h)
+            for i in 0..<(n * h) { mid[i] += r * scratch[i] }
+        }
     }
 
     /// The load-balancing loss as transformers' load_balancing_loss_func computes it for

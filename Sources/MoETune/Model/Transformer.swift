@@ -119,23 +119,23 @@ public final class Transformer: @unchecked Sendable {
     /// fused layout of transformers 5.
     private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?) throws -> (Matrix, [FeedForwardWeights]) {
         let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
-        if ck.contains(f.fusedGateUp(l)) {
-            let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
+        if let fused = f.fusedTensors(l, contains: ck.contains) {
+            let router = try ck.matrix(fused.router, rows: e, cols: h)
             if let q = quantize {
                 // Quantize each expert's slice of the fused tensors, one fused tensor at a time.
-                let gateUp = try ck.withTemporaryFloats(f.fusedGateUp(l), shape: [e, 2 * i, h]) { p in
+                let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in
                     (0..<e).map { x in (NF4Weight.quantize(p + x * 2 * i * h, rows: i, cols: h, doubleQuant: q.doubleQuant),
                                         NF4Weight.quantize(p + x * 2 * i * h + i * h, rows: i, cols: h, doubleQuant: q.doubleQuant)) }
                 }
-                let down = try ck.withTemporaryFloats(f.fusedDown(l), shape: [e, h, i]) { p in
+                let down = try ck.withTemporaryFloats(fused.down, shape: [e, h, i]) { p in
                     (0..<e).map { x in NF4Weight.quantize(p + x * h * i, rows: h, cols: i, doubleQuant: q.doubleQuant) }
                 }
                 return (router, (0..<e).map { x in
                     FeedForwardWeights(gate: Matrix(nf4: gateUp[x].0), up: Matrix(nf4: gateUp[x].1), down: Matrix(nf4: down[x]))
                 })
             }
-            let gateUp = try ck.floats(f.fusedGateUp(l), shape: [e, 2 * i, h])
-            let down = try ck.floats(f.fusedDown(l), shape: [e, h, i])
+            let gateUp = try ck.floats(fused.gateUp, shape: [e, 2 * i, h])
+            let down = try ck.floats(fused.down, shape: [e, h, i])
             let experts = (0..<e).map { x in
                 FeedForwardWeights(
                     gate: Matrix(gateUp + x * 2 * i * h, rows: i, cols: h),

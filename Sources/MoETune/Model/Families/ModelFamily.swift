@@ -47,6 +47,16 @@ public struct MoENames: Sendable {
     /// Shared expert module inside the block and its gate (Qwen2-MoE); nil: none.
     public var sharedExpert: String? = nil
     public var sharedExpertGate: String? = nil
+    /// The fused tensors under the family's own checkpoint names, inside the block, where
+    /// they differ from transformers 5's (Granite: "router.layer", "input_linear",
+    /// "output_linear", each + ".weight"); nil: checkpoints use transformers 5's names.
+    public var checkpointFused: FusedNames? = nil
+
+    public struct FusedNames: Sendable {
+        public var router: String
+        public var gateUp: String
+        public var down: String
+    }
 }
 
 /// Defaults of config.json fields the file may omit: those of the transformers
@@ -83,7 +93,7 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }
 
     /// Every supported family.
-    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe]
+    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe, .graniteMoE]
 
     public static var supportedModelTypes: [String] { all.flatMap(\.modelTypes) }
 
@@ -181,24 +191,47 @@ extension ModelFamily {
     }
 
     // Fused expert layout of transformers 5.
-    public func fusedRouter(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".gate.weight" }
+    public func fusedRouter(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + "." + (moe?.router ?? "gate") + ".weight" }
     public func fusedGateUp(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts.gate_up_proj" }
     public func fusedDown(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts.down_proj" }
 
-    /// The layer of a fused expert tensor name (gate_up: true for gate_up_proj), or nil.
+    /// The fused tensors of layer l under the family's own checkpoint names (Granite's
+    /// input_linear / output_linear / router.layer), or nil where it has none.
+    public func checkpointFused(_ l: Int) -> (router: String, gateUp: String, down: String)? {
+        guard let m = moe, let n = m.checkpointFused else { return nil }
+        let p = layerPrefix(l) + m.block + "."
+        return (p + n.router + ".weight", p + n.gateUp + ".weight", p + n.down + ".weight")
+    }
+
+    /// The router, gate_up and down tensors of layer l in whichever fused layout a
+    /// checkpoint holds (`contains` its tensor names), or nil for per-expert tensors.
+    public func fusedTensors(_ l: Int, contains: (String) -> Bool) -> (router: String, gateUp: String, down: String)? {
+        if contains(fusedGateUp(l)) { return (fusedRouter(l), fusedGateUp(l), fusedDown(l)) }
+        if let c = checkpointFused(l), contains(c.gateUp) { return c }
+        return nil
+    }
+
+    /// The layer of a fused expert tensor name in either fused layout (gate_up: true for
+    /// gate_up_proj / input_linear), or nil.
     public func fusedExpertTensor(_ name: String) -> (layer: Int, gateUp: Bool)? {
         guard moe != nil else { return nil }
         let parts = name.split(separator: ".")
         guard parts.count > 3, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]) else { return nil }
-        if name == fusedGateUp(l) { return (l, true) }
-        if name == fusedDown(l) { return (l, false) }
+        if name == fusedGateUp(l) || name == checkpointFused(l)?.gateUp { return (l, true) }
+        if name == fusedDown(l) || name == checkpointFused(l)?.down { return (l, false) }
         return nil
     }
 
     /// Maps a module path of transformers 5's layout onto moe-tune's: Mixtral's router
-    /// is "mlp.gate" there and "block_sparse_moe.gate" in checkpoints.
+    /// is "mlp.gate" there and "block_sparse_moe.gate" in checkpoints; Granite's router is
+    /// "block_sparse_moe.router.layer" in its checkpoints.
     public func canonicalModule(_ module: String) -> String {
-        guard let m = moe, m.fusedBlock != m.block else { return module }
+        guard let m = moe else { return module }
+        if let n = m.checkpointFused {
+            let own = "." + m.block + "." + n.router
+            if module.hasSuffix(own) { return String(module.dropLast(own.count)) + "." + m.block + "." + m.router }
+        }
+        guard m.fusedBlock != m.block else { return module }
         let fused = "." + m.fusedBlock + "." + m.router
         if module.hasSuffix(fused) { return String(module.dropLast(fused.count)) + "." + m.block + "." + m.router }
         return module
