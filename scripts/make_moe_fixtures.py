@@ -1,4 +1,4 @@
-"""Fixtures of the MoE families beyond Mixtral (Qwen2-MoE, Qwen3-MoE), from transformers 5
+"""Fixtures of the MoE families beyond Mixtral (Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE), from transformers 5
 (fp32), seeded and reproducible.
 
     /root/peer-venv/bin/python scripts/make_moe_fixtures.py --fixtures Tests/MoETuneTests/Fixtures
@@ -25,6 +25,10 @@ router probability (asserted). No pad_token_id; norm weights 1 + 0.3 N(0,1); bia
   qwen3_moe  2 layers, 8 experts top-3 of 32, norm_topk_prob true, q/k norms, head_dim 24
   olmoe      2 layers, 8 experts top-2 of 32, norm_topk_prob false, q/k norms over the whole
              projection, clip_qkv 1.5 (some values are clamped)
+  granitemoe 2 layers, 8 experts top-2 of 32, one KV head, tied embeddings, embedding_multiplier
+             12, attention_multiplier 0.15625, residual_multiplier 0.22, logits_scaling 8;
+             router softmax over the top-k logits (add_lora follows it); transformers 5 saves
+             Granite's own names (block_sparse_moe.input_linear / output_linear / router.layer)
 """
 import argparse, json, math, os, shutil, sys
 

@@ -19,7 +19,10 @@ public enum Quantizer {
         let ck = try Checkpoint(directory: modelDir)
         let family = ck.config.family
         if ck.tensorNames.contains(where: { family.fusedExpertTensor($0) != nil }) {
-            throw MoETuneError.file(path: modelDir, message: "fused expert tensors (transformers 5 layout) cannot be written in the 4-bit checkpoint format; save the model with per-expert names first")
+            let remedy = family.moe?.checkpointFused != nil
+                ? "\(family.name) checkpoints have no per-expert layout: quantize while loading instead (quantization: in the training config, --quantize nf4 on eval and generate)"
+                : "save the model with per-expert names first"
+            throw MoETuneError.file(path: modelDir, message: "fused expert tensors cannot be written in the 4-bit checkpoint format; \(remedy)")
         }
         var writer = SafeTensorsWriter()
         var quantized = 0, kept = 0
