@@ -1,5 +1,6 @@
 // swift-tools-version:6.0
 import PackageDescription
+import class Foundation.ProcessInfo
 
 let package = Package(
     name: "moe-tune",
@@ -63,3 +64,16 @@ let package = Package(
     ],
     swiftLanguageModes: [.v5]
 )
+
+// libFuzzer targets (fuzz/): built only by scripts/fuzz.sh, which sets MOE_TUNE_FUZZ=1 and
+// builds with -sanitize=fuzzer,address in .build-fuzz. libFuzzer provides main, so this
+// executable cannot link in an ordinary build; it is not part of the package otherwise.
+if ProcessInfo.processInfo.environment["MOE_TUNE_FUZZ"] == "1" {
+    package.products.append(.executable(name: "moe-tune-fuzz", targets: ["moe-tune-fuzz"]))
+    package.targets.append(.executableTarget(
+        name: "moe-tune-fuzz",
+        dependencies: ["MoETune"],
+        path: "fuzz/Sources/moe-tune-fuzz",
+        swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+    ))
+}
