@@ -44,9 +44,14 @@ for t in "${targets[@]}"; do
   rc=0
   # One process, one job; -timeout per input, -rss_limit_mb for the whole process (also the
   # largest single allocation). The outer timeout only catches a fuzzer that stops responding.
+  # FUZZ_RUNS=N (with FUZZ_SEED=S) makes a run deterministic: exactly N inputs from seed S,
+  # as CI uses it, so a run that passes here passes there; otherwise SECONDS of fuzzing.
+  limit=(-max_total_time="$secs")
+  [ -n "${FUZZ_RUNS:-}" ] && limit=(-runs="$FUZZ_RUNS")
+  [ -n "${FUZZ_SEED:-}" ] && limit+=(-seed="$FUZZ_SEED")
   MOE_TUNE_FUZZ_TARGET="$t" timeout -k 10 $((secs + 120)) "$bin" \
     ".build-fuzz/corpus/$t" "fuzz/corpus/$t" -dict="fuzz/dict/$t.dict" \
-    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len="$max_len" \
+    "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -max_len="$max_len" \
     -artifact_prefix=".build-fuzz/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || rc=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)

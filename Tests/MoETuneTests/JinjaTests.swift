@@ -321,6 +321,13 @@ extension JinjaTests {
         }
     }
 
+    /// Repeating an empty list, tuple or string any number of times is empty and immediate, as
+    /// in Python (found by the template fuzzer: `[] * 999999999` allocated gigabytes).
+    func testRepeatingEmptySequencesCostsNothing() throws {
+        XCTAssertEqual(try JinjaTemplate("{{ none or [] * 999999999 }}|{{ (() * 999999999) | length }}|{{ '' * 999999999999 }}|{{ [1, 2] * 2 }}").render([:]).text,
+                       "[]|0||[1, 2, 1, 2]")
+    }
+
     /// A namespace that would hold itself is refused (jinja2 allows it; no chat template does it).
     func testSelfReferenceIsRefused() throws {
         XCTAssertThrowsError(try JinjaTemplate("{% set ns = namespace(a=1) %}\n{% set ns.me = ns %}{{ ns }}").render([:])) { error in

@@ -3,6 +3,16 @@ import Foundation
 /// What templates can call: jinja2's filters and tests, Python's operators, attribute and item
 /// access as the immutable sandbox allows them, and the methods of str, dict and list.
 enum JinjaBuiltins {
+    /// `a` repeated n times without an intermediate array of n copies (an empty `a` times a
+    /// huge n is empty at once; the fuzzer found `[] * 999999999` allocating gigabytes).
+    static func repeated(_ a: [JinjaValue], _ n: Int) -> [JinjaValue] {
+        guard n > 0, !a.isEmpty else { return [] }
+        var out: [JinjaValue] = []
+        out.reserveCapacity(n * a.count)
+        for _ in 0..<n { out.append(contentsOf: a) }
+        return out
+    }
+
     static let filters: Set<String> = [
         "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape",
         "first", "float", "forceescape", "format", "indent", "int", "items", "join", "last", "length", "list",
@@ -530,17 +540,17 @@ enum JinjaBuiltins {
             let isLeft: Bool = { if case .string = l { return true } else { return false } }()
             guard let n = intIndex(isLeft ? r : l) else { throw unsupported() }
             try checkSize(n, times: a.utf8.count)
-            return .string(n > 0 ? String(repeating: a, count: n) : "")
+            return .string(n > 0 && !a.isEmpty ? String(repeating: a, count: n) : "")
         case let ("*", .list(a), _), let ("*", _, .list(a)):
             let isLeft: Bool = { if case .list = l { return true } else { return false } }()
             guard let n = intIndex(isLeft ? r : l) else { throw unsupported() }
             try checkSize(n, times: a.count)
-            return .list(n > 0 ? Array([[JinjaValue]](repeating: a, count: n).joined()) : [])
+            return .list(repeated(a, n))
         case let ("*", .tuple(a), _), let ("*", _, .tuple(a)):
             let isLeft: Bool = { if case .tuple = l { return true } else { return false } }()
             guard let n = intIndex(isLeft ? r : l) else { throw unsupported() }
             try checkSize(n, times: a.count)
-            return .tuple(n > 0 ? Array([[JinjaValue]](repeating: a, count: n).joined()) : [])
+            return .tuple(repeated(a, n))
         case let ("%", .string(a), _):
             return .string(try percentFormat(a, r))
         default: break
