@@ -440,6 +440,15 @@ extension JinjaTests {
 }
 
 extension JinjaTests {
+    /// A lone high surrogate followed by another escape, and deep nesting, are read or refused
+    /// without trapping (one JSON reader serves tokenizer files, templates and messages).
+    func testJSONEdgeCasesDoNotTrap() throws {
+        XCTAssertNoThrow(try JinjaValue.fromJSON(#"{"a": "x\ud800\u0041"}"#))
+        XCTAssertThrowsError(try JinjaValue.fromJSON(String(repeating: "[", count: 100_000)))
+        let v = try JinjaValue.fromJSON(#"{"b": 1, "a": [2.0, 1e2, true, null, "s"]}"#)
+        XCTAssertEqual(try JinjaTemplate("{{ v | tojson }}").render(["v": v]).text, #"{"b": 1, "a": [2.0, 100.0, true, null, "s"]}"#)
+    }
+
     func testMessagesFromJSON() throws {
         let messages = try ChatMessage.list(fromJSON: #"[{"role": "user", "content": "Hi", "name": "x"}, {"role": "assistant", "content": null}]"#)
         XCTAssertEqual(messages.map(\.role), ["user", "assistant"])

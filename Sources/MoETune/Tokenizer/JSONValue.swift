@@ -2,20 +2,28 @@
 /// entries: Swift dictionary keys compare by canonical equivalence ("é" == "e\u{301}"), and
 /// a lone U+FEFF string comes back empty. Here strings keep their exact bytes, and the
 /// object under a "vocab" key is returned as VocabPairs, in file order.
-/// Values: [String: Any], [Any], String, Int, Double, Bool, NSNull-like `JSONNull`.
+/// Values: [String: Any], [Any], String, Int, Double, Bool, NSNull-like `JSONNull`; with
+/// `orderedObjects`, every object is an `OrderedObject` in file order (chat templates and
+/// messages, where key order shows in the rendered text). The one JSON reader of the
+/// tokenizer files and the chat templates.
 struct VocabPairs { var pairs: [(String, Any)] }
+struct OrderedObject { var pairs: [(String, Any)] }
 struct JSONNull {}
 
 struct JSONParser {
     let b: [UInt8]
     var i = 0
+    var orderedObjects = false
+    /// Deeper nesting is refused instead of overflowing the stack.
+    static let maxDepth = 500
 
     enum Failure: Error { case at(Int, String) }
 
-    static func parse(_ bytes: [UInt8]) throws -> Any {
+    static func parse(_ bytes: [UInt8], orderedObjects: Bool = false) throws -> Any {
         var p = JSONParser(b: bytes)
+        p.orderedObjects = orderedObjects
         if p.b.starts(with: [0xEF, 0xBB, 0xBF]) { p.i = 3 }
-        let v = try p.value(key: nil)
+        let v = try p.value(key: nil, depth: 0)
         p.ws()
         guard p.i == p.b.count else { throw Failure.at(p.i, "trailing characters") }
         return v
@@ -23,8 +31,9 @@ struct JSONParser {
 
     mutating func ws() { while i < b.count, b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09 { i += 1 } }
 
-    mutating func value(key: String?) throws -> Any {
+    mutating func value(key: String?, depth: Int) throws -> Any {
         ws()
+        guard depth < JSONParser.maxDepth else { throw Failure.at(i, "nested too deeply") }
         guard i < b.count else { throw Failure.at(i, "unexpected end") }
         switch b[i] {
         case UInt8(ascii: "{"):
@@ -39,7 +48,7 @@ struct JSONParser {
                     ws()
                     guard i < b.count, b[i] == UInt8(ascii: ":") else { throw Failure.at(i, "expected ':'") }
                     i += 1
-                    pairs.append((k, try value(key: k)))
+                    pairs.append((k, try value(key: k, depth: depth + 1)))
                     ws()
                     guard i < b.count else { throw Failure.at(i, "unexpected end") }
                     if b[i] == UInt8(ascii: ",") { i += 1; continue }
@@ -47,6 +56,7 @@ struct JSONParser {
                     throw Failure.at(i, "expected ',' or '}'")
                 }
             }
+            if orderedObjects { return OrderedObject(pairs: pairs) }
             if key == "vocab" { return VocabPairs(pairs: pairs) }
             var d: [String: Any] = [:]
             for (k, v) in pairs { d[k] = v }
@@ -57,7 +67,7 @@ struct JSONParser {
             ws()
             if i < b.count, b[i] == UInt8(ascii: "]") { i += 1; return a }
             while true {
-                a.append(try value(key: nil))
+                a.append(try value(key: nil, depth: depth + 1))
                 ws()
                 guard i < b.count else { throw Failure.at(i, "unexpected end") }
                 if b[i] == UInt8(ascii: ",") { i += 1; continue }
@@ -120,9 +130,12 @@ struct JSONParser {
             case UInt8(ascii: "u"):
                 var v = try hex4()
                 if v >= 0xD800 && v < 0xDC00, i + 6 <= b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") {
+                    // A high surrogate pairs only with a low one; otherwise it stands alone
+                    // (U+FFFD) and the next escape is read on its own.
+                    let mark = i
                     i += 2
                     let lo = try hex4()
-                    v = 0x10000 + ((v - 0xD800) << 10) + (lo &- 0xDC00)
+                    if lo >= 0xDC00 && lo < 0xE000 { v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00) } else { i = mark }
                 }
                 out += Array(String(Unicode.Scalar(v) ?? "\u{FFFD}").utf8)
             default: out.append(e)

@@ -98,117 +98,28 @@ enum JinjaJSON {
         return String(out)
     }
 
-    /// Parses JSON text into a template value (objects keep their key order).
+    /// Parses JSON text into a template value (objects keep their key order), with the
+    /// tokenizer files' JSONParser.
     static func parse(_ text: String) throws -> JinjaValue {
-        var p = Parser(Array(text.utf8))
-        p.skip()
-        let v = try p.value(depth: 0)
-        p.skip()
-        guard p.i == p.b.count else { throw p.fail("trailing characters") }
-        return v
+        do {
+            return value(try JSONParser.parse(Array(text.utf8), orderedObjects: true))
+        } catch let JSONParser.Failure.at(at, message) {
+            throw MoETuneError.invalid("JSON: \(message) at byte \(at)")
+        }
     }
 
-    private struct Parser {
-        let b: [UInt8]
-        var i = 0
-        init(_ b: [UInt8]) { self.b = b }
-
-        func fail(_ m: String) -> MoETuneError { .invalid("JSON: \(m) at byte \(i)") }
-        mutating func skip() { while i < b.count, b[i] == 0x20 || b[i] == 0x0a || b[i] == 0x0d || b[i] == 0x09 { i += 1 } }
-        mutating func literal(_ s: String, _ v: JinjaValue) throws -> JinjaValue {
-            let u = Array(s.utf8)
-            guard i + u.count <= b.count, Array(b[i..<i + u.count]) == u else { throw fail("bad literal") }
-            i += u.count
-            return v
-        }
-
-        mutating func value(depth: Int) throws -> JinjaValue {
-            guard depth < 500 else { throw fail("nested too deeply") }
-            guard i < b.count else { throw fail("unexpected end") }
-            switch b[i] {
-            case UInt8(ascii: "{"):
-                i += 1; skip()
-                var d = JinjaDict()
-                if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return .dict(d) }
-                while true {
-                    skip()
-                    guard i < b.count, b[i] == UInt8(ascii: "\"") else { throw fail("expected a key") }
-                    let k = try string()
-                    skip()
-                    guard i < b.count, b[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
-                    i += 1; skip()
-                    d[k] = try value(depth: depth + 1)
-                    skip()
-                    guard i < b.count else { throw fail("unexpected end") }
-                    if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                    if b[i] == UInt8(ascii: "}") { i += 1; return .dict(d) }
-                    throw fail("expected ',' or '}'")
-                }
-            case UInt8(ascii: "["):
-                i += 1; skip()
-                var a: [JinjaValue] = []
-                if i < b.count, b[i] == UInt8(ascii: "]") { i += 1; return .list(a) }
-                while true {
-                    skip()
-                    a.append(try value(depth: depth + 1))
-                    skip()
-                    guard i < b.count else { throw fail("unexpected end") }
-                    if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                    if b[i] == UInt8(ascii: "]") { i += 1; return .list(a) }
-                    throw fail("expected ',' or ']'")
-                }
-            case UInt8(ascii: "\""): return .string(try string())
-            case UInt8(ascii: "t"): return try literal("true", .bool(true))
-            case UInt8(ascii: "f"): return try literal("false", .bool(false))
-            case UInt8(ascii: "n"): return try literal("null", .none)
-            default:
-                let start = i
-                var isFloat = false
-                while i < b.count, let c = Optional(b[i]), (c >= 0x30 && c <= 0x39) || c == UInt8(ascii: "-") || c == UInt8(ascii: "+") || c == UInt8(ascii: ".") || c == UInt8(ascii: "e") || c == UInt8(ascii: "E") {
-                    if c == UInt8(ascii: ".") || c == UInt8(ascii: "e") || c == UInt8(ascii: "E") { isFloat = true }
-                    i += 1
-                }
-                let s = String(decoding: b[start..<i], as: UTF8.self)
-                if !isFloat, let v = Int(s) { return .int(v) }
-                if let d = Double(s), !s.isEmpty { return .float(d) }
-                throw fail("bad value")
-            }
-        }
-
-        mutating func string() throws -> String {
-            i += 1
-            var bytes: [UInt8] = []
-            while i < b.count {
-                let c = b[i]
-                if c == UInt8(ascii: "\"") { i += 1; return String(decoding: bytes, as: UTF8.self) }
-                if c != UInt8(ascii: "\\") { bytes.append(c); i += 1; continue }
-                guard i + 1 < b.count else { break }
-                let e = b[i + 1]
-                i += 2
-                switch e {
-                case UInt8(ascii: "n"): bytes.append(0x0a)
-                case UInt8(ascii: "t"): bytes.append(0x09)
-                case UInt8(ascii: "r"): bytes.append(0x0d)
-                case UInt8(ascii: "b"): bytes.append(0x08)
-                case UInt8(ascii: "f"): bytes.append(0x0c)
-                case UInt8(ascii: "u"):
-                    var v = try hex4()
-                    if v >= 0xd800 && v < 0xdc00, i + 1 < b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") {
-                        i += 2
-                        let lo = try hex4()
-                        v = 0x10000 + ((v - 0xd800) << 10) + (lo - 0xdc00)
-                    }
-                    bytes.append(contentsOf: Array(String(Unicode.Scalar(v) ?? "\u{fffd}").utf8))
-                default: bytes.append(e)
-                }
-            }
-            throw fail("unterminated string")
-        }
-
-        mutating func hex4() throws -> UInt32 {
-            guard i + 4 <= b.count, let v = UInt32(String(decoding: b[i..<i + 4], as: UTF8.self), radix: 16) else { throw fail("bad \\u escape") }
-            i += 4
-            return v
+    private static func value(_ v: Any) -> JinjaValue {
+        switch v {
+        case let o as OrderedObject:
+            var d = JinjaDict()
+            for (k, x) in o.pairs { d[k] = value(x) }
+            return .dict(d)
+        case let a as [Any]: return .list(a.map(value))
+        case let s as String: return .string(s)
+        case let t as Bool: return .bool(t)
+        case let n as Int: return .int(n)
+        case let x as Double: return .float(x)
+        default: return .none
         }
     }
 }
