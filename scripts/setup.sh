@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages moe-tune builds against, if any is missing.
 # Used by scripts/test.sh and scripts/demo.sh; safe to run repeatedly.
+#   bash scripts/setup.sh [--mpi]    --mpi: also Open MPI (multi-process training and its tests)
 set -euo pipefail
+pkgs=(libopenblas-dev libsentencepiece-dev pkg-config)
+[ "${1:-}" = --mpi ] && pkgs+=(openmpi-bin libopenmpi-dev)
 need=()
-for pkg in libopenblas-dev libsentencepiece-dev pkg-config; do
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -3,6 +3,6 @@
 # The tests need no Python: fixtures are committed under Tests/MoETuneTests/Fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --mpi   # Open MPI: MPITests start mpirun (moe-tune itself never needs it)
 swift build --build-tests
 swift test --skip-build

@@ -14,6 +14,11 @@ struct TrainCommand: ParsableCommand {
         The first SIGINT or SIGTERM finishes the current step, writes a checkpoint and the adapter \
         and exits 130 or 143; --resume continues from the newest checkpoint exactly as the run \
         would have gone on. A second signal exits at once, the last checkpoint intact.
+
+        Data parallel over several processes or machines: `mpirun -np N moe-tune train --config C.yaml` \
+        (Open MPI). Each step's grad_accum x N micro-batches are shared out and the gradients summed, \
+        so the result is the one-process run with grad_accum x N; rank 0 writes out_dir. \
+        MOE_TUNE_MPI_TIMEOUT (seconds, default 300) bounds every wait for the other ranks.
         """)
 
     @Option(help: "YAML training config.")
@@ -29,6 +34,22 @@ struct TrainCommand: ParsableCommand {
     var resume = false
 
     func run() throws {
+        let mpi: OpenMPI?
+        do { mpi = try OpenMPI.fromEnvironment() } catch let e as MoETuneError {
+            FileHandle.standardError.write(Data("moe-tune: error: \(e.description)\n".utf8))
+            throw ExitCode(1)
+        }
+        let world: Collective = mpi ?? SingleProcess()
+        do {
+            try train(world: world)
+        } catch let e as MoETuneError where world.size > 1 {
+            // One rank's error ends every rank at once (the others would wait for it).
+            world.abort("moe-tune: error (rank \(world.rank) of \(world.size)): \(e.description)")
+        }
+        mpi?.finalize()
+    }
+
+    private func train(world: Collective) throws {
         try runReportingErrors {
             let cfg = try TrainConfig.load(path: config, overrides: overrides)
             let trainer = Trainer(config: cfg, configPath: config)
@@ -47,8 +68,18 @@ struct TrainCommand: ParsableCommand {
                 err.write(Data("\n\(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping after this step to write a checkpoint (send it again to exit at once)\n".utf8))
             }
             events.shouldStop = { signals.requested != nil }
-            let s = try trainer.run(overwrite: overwrite, resume: resume, events: events)
+            if !world.isRoot {
+                // Rank 0 speaks for the run.
+                events.log = { _ in }
+                events.step = { _ in }
+                events.evaluation = { _, _, _ in }
+            }
+            let s = try trainer.run(overwrite: overwrite, resume: resume, events: events, world: world)
             signals.uninstall()
+            guard world.isRoot else {
+                if let step = s.stoppedAt { _ = step; throw ExitCode(128 + (signals.requested ?? SIGINT)) }
+                return
+            }
             if let step = s.stoppedAt {
                 let sig = signals.requested ?? SIGINT
                 let resumeCommand = (["moe-tune", "train", "--config", config] + overrides.flatMap { ["--set", $0] } + ["--resume"])

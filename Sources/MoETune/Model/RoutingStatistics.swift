@@ -55,6 +55,25 @@ public final class RoutingStatistics: @unchecked Sendable {
         auxLossSum += auxLoss; zLossSum += zLoss; passes += 1
     }
 
+    /// Every sum as one array (to be summed over data-parallel ranks), and back.
+    public func flattened() -> [Double] {
+        tokens.map(Double.init) + selected + dropped.map(Double.init) + probSum + entropySum + zSum
+            + [auxLossSum, zLossSum, Double(passes)]
+    }
+
+    public func load(flattened v: [Double]) {
+        precondition(v.count == flattened().count, "routing statistics of another shape")
+        var i = 0
+        func take(_ n: Int) -> ArraySlice<Double> { defer { i += n }; return v[i..<(i + n)] }
+        tokens = take(layers).map { Int($0.rounded()) }
+        selected = Array(take(layers * experts))
+        dropped = take(layers).map { Int($0.rounded()) }
+        probSum = Array(take(layers * experts))
+        entropySum = Array(take(layers))
+        zSum = Array(take(layers))
+        auxLossSum = v[i]; zLossSum = v[i + 1]; passes = Int(v[i + 2].rounded())
+    }
+
     /// Share of the layer's assignments that went to each expert [E] (sums to 1).
     public func fractions(layer l: Int) -> [Double] {
         let total = Double(tokens[l] * k)

@@ -55,16 +55,35 @@ public final class Trainer {
 
     /// Trains; with `resume`, continues from the newest checkpoint in out_dir exactly as
     /// the run would have gone on (bit-identical on the same machine and thread count).
-    public func run(overwrite: Bool = false, resume: Bool = false, events: TrainerEvents = TrainerEvents()) throws -> TrainSummary {
+    /// Over several ranks (`world`, data parallel), each step's grad_accum x ranks
+    /// micro-batches are shared out (rank r takes r, r + ranks, ...), gradients, losses and
+    /// token counts are summed, and every rank takes the same optimizer step: the result is
+    /// the single-process run with grad_accum x ranks. Rank 0 alone touches out_dir.
+    public func run(overwrite: Bool = false, resume: Bool = false, events: TrainerEvents = TrainerEvents(),
+                    world: Collective = SingleProcess()) throws -> TrainSummary {
         let outDir = config.training.outDir
+        guard world.isRoot else {
+            return try train(outDir: outDir, resume: resume, resumeFrom: nil, events: events, world: world)
+        }
         let lock = try prepareOutDir(outDir, overwrite: overwrite, resume: resume)
         return try withExtendedLifetime(lock) {
-            try train(outDir: outDir, resumeFrom: resume ? TrainCheckpoint.list(outDir: outDir).last?.path : nil, events: events)
+            try train(outDir: outDir, resume: resume, resumeFrom: resume ? TrainCheckpoint.list(outDir: outDir).last?.path : nil,
+                      events: events, world: world)
         }
     }
 
-    private func train(outDir: String, resumeFrom: String?, events: TrainerEvents) throws -> TrainSummary {
-        let c = config, tc = config.training
+    private func train(outDir: String, resume: Bool, resumeFrom: String?, events: TrainerEvents, world: Collective) throws -> TrainSummary {
+        // The run as one process would do it: grad_accum x ranks micro-batches a step. The
+        // resolved config.yaml records that figure, so a run resumes on any number of ranks
+        // whose product with grad_accum stays the same.
+        var c = config
+        guard c.training.gradAccum * world.size <= TrainConfig.limits.gradAccum else {
+            throw MoETuneError.config(path: configPath, key: "training.grad_accum",
+                                      message: "\(c.training.gradAccum) x \(world.size) ranks is more than \(TrainConfig.limits.gradAccum) micro-batches a step")
+        }
+        c.training.gradAccum *= world.size
+        let tc = c.training
+        let root = world.isRoot
 
         let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization)
         let model = loaded.model
@@ -87,6 +106,14 @@ public final class Trainer {
         let train = try load(c.data.train, "train")
         let valid = try c.data.valid.map { try load($0, "valid") }
         let test = try c.data.test.map { try load($0, "test") }
+        if world.size > 1 {
+            // Every rank must train the same thing: same resolved config, same files.
+            let files = [c.model, c.data.train] + [c.data.valid, c.data.test].compactMap { $0 }
+            var h = FileDigest.of(paths: files)
+            for b in c.resolvedYAML().utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            try world.requireSame(h, "resolved config, model and data files")
+            events.log("data parallel: \(world.size) ranks (Open MPI); each step's \(tc.gradAccum) micro-batches are shared out, rank r taking r, r + \(world.size), ...")
+        }
 
         if c.loraSpec.targets.contains(.sharedExpert), !model.layers.contains(where: { $0.sharedExpert != nil }) {
             throw MoETuneError.config(path: configPath, key: "lora.targets",
@@ -147,7 +174,7 @@ public final class Trainer {
         // Resume: parameters, optimizer state and position from the newest checkpoint.
         let yaml = c.resolvedYAML()
         var resumed: TrainCheckpoint?
-        if let path = resumeFrom {
+        if root, let path = resumeFrom {
             let ck = try TrainCheckpoint.restore(path: path, adapters: adapters, optimizer: optimizer) { ck in
                 let changed = ConfigFingerprint.changes(from: ck.configYAML, to: yaml)
                 guard changed.isEmpty, ck.configHash == ConfigFingerprint.hash(yaml) else {
@@ -162,12 +189,16 @@ public final class Trainer {
             resumed = ck
             events.log("resuming from \(path) (step \(ck.step) of \(totalSteps))")
         }
+        if resume && world.size > 1 {
+            resumed = try shareCheckpoint(resumed, world: world, adapters: adapters, optimizer: optimizer, yaml: yaml)
+        }
         let startStep = (resumed?.step ?? 0) + 1
 
-        let metrics = try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps)
-        try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml")
+        let metrics = root ? try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps) : nil
+        if root { try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml") }
         var lastCheckpoint: String?
         func checkpoint(step: Int, microIndex: Int, trainedTokens: Int, elapsed: Double, firstValid: Double?, lastValid: Double?) throws {
+            guard root else { return }
             let ck = TrainCheckpoint(step: step, microIndex: microIndex, optimizerStep: optimizer.t, trainedTokens: trainedTokens,
                                      elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
                                      configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
@@ -182,7 +213,7 @@ public final class Trainer {
             model.moe.training = false
             var subset = ds
             if let limit { subset.examples = Array(ds.examples.prefix(limit * tc.batchSize)) }
-            let r = try Evaluator.evaluate(model: model, adapters: adapters, dataset: subset, batchSize: tc.batchSize)
+            let r = try evaluateShare(subset, model: model, adapters: adapters, batchSize: tc.batchSize, world: world)
             var line: [String: Any] = ["type": "eval", "step": step, "split": split, "loss": r.loss, "perplexity": r.perplexity,
                                        "tokens": r.tokens, "examples": r.examples]
             if let routing = r.routing {
@@ -192,7 +223,7 @@ public final class Trainer {
                     lastRouting = routing
                 }
             }
-            try metrics.write(line)
+            try metrics?.write(line)
             events.evaluation(split, step, r)
             return r
         }
@@ -215,16 +246,18 @@ public final class Trainer {
             let group = microIndex..<(microIndex + tc.gradAccum)
             var stepTokens = 0
             for m in group { stepTokens += microBatch(m).countedTokens }
+            // This rank's share of the step (all of it in one process).
+            let mine = stride(from: group.lowerBound + world.rank, to: group.upperBound, by: world.size)
             adapters.store.zeroGrads()
             adapters.dropout?.active = true
             model.moe.training = true
             var lossSum = 0.0, auxSum = 0.0, zSum = 0.0
             let stepStart = Date()
             if stepTokens > 0 {
-                for m in group {
-                    adapters.dropout?.step = microIndex
-                    model.moe.step = microIndex
-                    microIndex += 1
+                for m in mine {
+                    // Dropout masks and router noise follow the micro-batch, not the rank.
+                    adapters.dropout?.step = m
+                    model.moe.step = m
                     let r = try model.forward(microBatch(m), state: state, adapters: adapters)
                     lossSum += r.sum
                     auxSum += state.auxLoss / Double(tc.gradAccum)
@@ -232,15 +265,20 @@ public final class Trainer {
                     model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(stepTokens),
                                    auxScale: 1 / Float(tc.gradAccum))
                 }
-            } else {
-                microIndex += group.count
             }
+            microIndex += group.count
+            if world.size > 1 {
+                try world.sum(adapters.store.grads.pointer, count: adapters.store.count)
+                let sums = try world.sum([lossSum, auxSum, zSum])
+                (lossSum, auxSum, zSum) = (sums[0], sums[1], sums[2])
+            }
+            let traffic = world.takeTraffic()
             let loss = stepTokens > 0 ? lossSum / Double(stepTokens) : 0
             let objective = loss + Double(model.moe.auxLossCoef) * auxSum + Double(model.moe.zLossCoef) * zSum
             let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
             guard objective.isFinite, norm.isFinite else {
                 adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
-                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
+                if root { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
                 throw MoETuneError.invalid("training diverged at step \(step): loss \(loss), gradient norm \(norm); the last adapter with a finite loss (the one step \(max(step - 1, 0)) evaluated) is saved in \(outDir); try a lower optimizer.lr")
             }
             lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
@@ -255,17 +293,19 @@ public final class Trainer {
                 var line: [String: Any] = ["type": "step", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
                                            "tokens": stepTokens, "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed]
                 if model.config.isMoE { line["aux_loss"] = auxSum; line["z_loss"] = zSum }
-                try metrics.write(line)
+                if world.size > 1 { line["ranks"] = world.size; line["allreduce_s"] = traffic.seconds; line["allreduce_bytes"] = traffic.bytes }
+                try metrics?.write(line)
             }
             events.step(record)
             if let valid, tc.evalEvery > 0, step % tc.evalEvery == 0, step != totalSteps {
                 lastValid = try evaluate(valid, "valid", step: step, limit: tc.evalBatches).loss
             }
-            let stop = events.shouldStop()
+            // Every rank stops at the same step (a signal reaches ranks at different moments).
+            let stop = try world.any(events.shouldStop())
             if stop || step == totalSteps || (tc.saveEvery > 0 && step % tc.saveEvery == 0) {
                 try checkpoint(step: step, microIndex: microIndex, trainedTokens: trainedTokens, elapsed: elapsed,
                                firstValid: firstValid, lastValid: lastValid)
-                if step != totalSteps { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
+                if step != totalSteps && root { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
             }
             if stop && step != totalSteps {
                 stoppedAt = step
@@ -274,19 +314,61 @@ public final class Trainer {
         }
         let seconds = Date().timeIntervalSince(start)
         if let stoppedAt {
-            try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
+            if root { try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)") }
             return TrainSummary(steps: stoppedAt, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
                                 lastValidLoss: lastValid, testLoss: nil, outDir: outDir, firstRouting: firstRouting, lastRouting: lastRouting,
                                 stoppedAt: stoppedAt, checkpoint: lastCheckpoint, resumedFrom: resumed?.step)
         }
         if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil).loss }
         let testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil).loss }
-        try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
-        try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
+        if root {
+            try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
+            try RunReport.write(outDir: outDir, title: "moe-tune: \((c.model as NSString).lastPathComponent) → \(outDir)")
+        }
         return TrainSummary(steps: totalSteps, seconds: seconds, trainedTokens: trainedTokens, firstValidLoss: firstValid,
                             lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir,
                             firstRouting: firstRouting, lastRouting: lastRouting, stoppedAt: nil,
-                            checkpoint: lastCheckpoint ?? TrainCheckpoint.list(outDir: outDir).last?.path, resumedFrom: resumed?.step)
+                            checkpoint: lastCheckpoint ?? (root ? TrainCheckpoint.list(outDir: outDir).last?.path : nil), resumedFrom: resumed?.step)
+    }
+
+    /// Rank 0's restored checkpoint (position, parameters, optimizer state) on every rank.
+    private func shareCheckpoint(_ ck: TrainCheckpoint?, world: Collective, adapters: AdapterSet, optimizer: Optimizer,
+                                 yaml: String) throws -> TrainCheckpoint {
+        let nan = Double.nan
+        let head = try world.broadcast([Double(ck?.step ?? 0), Double(ck?.microIndex ?? 0), Double(ck?.optimizerStep ?? 0),
+                                        Double(ck?.trainedTokens ?? 0), ck?.elapsed ?? 0, ck?.firstValidLoss ?? nan, ck?.lastValidLoss ?? nan])
+        try world.broadcast(UnsafeMutableRawPointer(adapters.store.params.pointer), bytes: adapters.store.count * 4)
+        for (_, buf) in optimizer.stateBuffers.sorted(by: { $0.key < $1.key }) {
+            try world.broadcast(UnsafeMutableRawPointer(buf.pointer), bytes: buf.count * 4)
+        }
+        optimizer.t = Int(head[2])
+        if let ck { return ck }
+        return TrainCheckpoint(step: Int(head[0]), microIndex: Int(head[1]), optimizerStep: Int(head[2]), trainedTokens: Int(head[3]),
+                               elapsed: head[4], firstValidLoss: head[5].isNaN ? nil : head[5], lastValidLoss: head[6].isNaN ? nil : head[6],
+                               configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
+    }
+
+    /// Evaluation split over ranks (rank r takes examples r, r + ranks, ...), its sums
+    /// reduced so that every rank holds the whole data set's result.
+    private func evaluateShare(_ ds: Dataset, model: Transformer, adapters: AdapterSet, batchSize: Int, world: Collective) throws -> EvalResult {
+        guard world.size > 1 else { return try Evaluator.evaluate(model: model, adapters: adapters, dataset: ds, batchSize: batchSize) }
+        var share = ds
+        share.examples = stride(from: world.rank, to: ds.examples.count, by: world.size).map { ds.examples[$0] }
+        let c = model.config
+        var r = share.examples.isEmpty
+            ? EvalResult(loss: 0, perplexity: 1, tokens: 0, examples: 0, truncated: ds.truncated, seconds: 0,
+                         routing: c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil)
+            : try Evaluator.evaluate(model: model, adapters: adapters, dataset: share, batchSize: batchSize)
+        let sums = try world.sum([r.tokens > 0 ? r.loss * Double(r.tokens) : 0, Double(r.tokens), r.seconds])
+        r.tokens = Int(sums[1].rounded())
+        r.loss = r.tokens > 0 ? sums[0] / sums[1] : .nan
+        r.perplexity = Foundation.exp(r.loss)
+        r.examples = ds.examples.count
+        r.seconds = sums[2] / Double(world.size)
+        if let routing = r.routing {
+            routing.load(flattened: try world.sum(routing.flattened()))
+        }
+        return r
     }
 
     /// Applies the `moe:` section to the model before any state is built.
