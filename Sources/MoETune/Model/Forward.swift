@@ -26,6 +26,9 @@ extension Transformer {
         s.batch = b
         s.seq = t
         for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
+        s.packed = batch.positions != nil
+        if let p = batch.positions { for i in 0..<n { s.positionBuffer[i] = p[i] } }
+        let positions = s.positions
         let shape = c.attentionShape(batch: b, seq: t)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         // Granite: embeddings [N, H] times embedding_multiplier (frozen: no backward).
@@ -69,10 +72,10 @@ extension Transformer {
                 if let cv = a.vClip { cv.pointer.update(from: a.v.pointer, count: n * c.kvDim) }
                 clampForward(a.v.pointer, count: n * c.kvDim, limit: clip)
             }
-            rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
-            rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads, positions: positions)
+            rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads, positions: positions)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                             scratch: s.attnScratch.pointer, shape: shape)
+                             scratch: s.attnScratch.pointer, shape: shape, positions: positions)
             attentionResidual(mid: mid, x: x, attn: a.attn.pointer, rows: n, weight: w.o, adapter: ad.o,
                               u: u?.o.pointer, scratch: a.ln2.pointer)
             // Feed-forward block: out = mid + r * ffn(norm(mid)); with r != 1 the block
