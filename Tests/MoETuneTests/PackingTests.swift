@@ -129,6 +129,23 @@ final class PackingTests: XCTestCase {
         for i in x.indices { XCTAssertEqual(packed[i], x[i], accuracy: 1e-6) }
     }
 
+    /// A packed row may be longer than max_position_embeddings (256 here) as long as each of its
+    /// examples fits; an example that does not is still refused.
+    func testPackedRowsLongerThanThePositions() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("llama"))
+        let ex = Example(tokens: [Int32](repeating: 7, count: 100), counted: [false] + [Bool](repeating: true, count: 99),
+                         line: 1, promptLength: 1)
+        let packed = TokenBatch(packedRows: [[ex, ex, ex]])
+        XCTAssertEqual(packed.seq, 300)
+        let state = ForwardState(config: model.config, batch: 1, seq: 300, training: false)
+        let r = try model.forward(packed, state: state)
+        let single = try model.forward(TokenBatch(examples: [ex]), state: state)
+        XCTAssertEqual(r.sum, 3 * single.sum, accuracy: 1e-5 * r.sum)
+        let long = Example(tokens: [Int32](repeating: 7, count: 300), counted: [Bool](repeating: true, count: 300), line: 1, promptLength: 0)
+        assertMoETuneError(try model.forward(TokenBatch(packedRows: [[long]]), state: state),
+                           contains: ["sequence length 300", "max_position_embeddings 256"])
+    }
+
     func testPackedBatchLayout() {
         let e1 = Example(tokens: [5, 6, 7], counted: [false, true, true], line: 1, promptLength: 1)
         let e2 = Example(tokens: [8, 9], counted: [false, true], line: 2, promptLength: 1)

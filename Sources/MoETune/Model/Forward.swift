@@ -11,8 +11,10 @@ extension Transformer {
         if let adapters, adapters.maxRank > 0, s.loraRank < adapters.maxRank {
             throw MoETuneError.invalid("internal: forward state has no room for LoRA rank \(adapters.maxRank)")
         }
-        guard batch.seq <= rope.maxPositions else {
-            throw MoETuneError.invalid("sequence length \(batch.seq) exceeds max_position_embeddings \(rope.maxPositions)")
+        // Packed rows may be longer than the model's positions; their examples may not.
+        let longest = batch.positions.map { Int($0.max() ?? 0) + 1 } ?? batch.seq
+        guard longest <= rope.maxPositions else {
+            throw MoETuneError.invalid("sequence length \(longest) exceeds max_position_embeddings \(rope.maxPositions)")
         }
         let b = batch.batch, t = batch.seq, n = b * t, h = c.hiddenSize
         for i in 0..<n {
