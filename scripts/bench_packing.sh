@@ -11,6 +11,7 @@ for r in $(seq 1 "$rounds"); do
     extra=()
     if [ "$packing" = true ]; then extra=(--set training.batch_tokens="$tokens"); fi
     dir="$out/$r-$packing"
+    mkdir -p "$out"
     "$bin" train --config "$config" --overwrite \
       --set data.train="$data" --set data.valid=null --set data.test=null \
       --set training.max_steps=null --set training.epochs=1 --set training.eval_every=0 \
