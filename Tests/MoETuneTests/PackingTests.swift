@@ -43,6 +43,7 @@ final class PackingTests: XCTestCase {
             scale = max(scale, Double(abs(a[i])))
         }
         XCTAssertGreaterThan(norm, 0, "\(what): gradients are all zero", file: file, line: line)
+        print("packed vs unpacked, \(what): gradient relative L2 error \(diff.squareRoot() / norm.squareRoot()), worst element \(worst / scale) of the largest")
         XCTAssertLessThanOrEqual(diff.squareRoot() / norm.squareRoot(), rel, "\(what): relative L2 error of the gradients", file: file, line: line)
         XCTAssertLessThanOrEqual(worst, rel * scale, "\(what): largest element difference vs the largest gradient", file: file, line: line)
     }
@@ -73,6 +74,7 @@ final class PackingTests: XCTestCase {
             let what = "\(fixture)\(quantize ? " (NF4)" : "")\(masked ? " masked" : "")"
             XCTAssertEqual(p.count, u.count, what)
             XCTAssertEqual(p.sum, u.sum, accuracy: 1e-5 * abs(u.sum), "\(what): summed loss")
+            print("packed vs unpacked, \(what): loss relative error \(abs(p.sum - u.sum) / abs(u.sum))")
             if model.config.isMoE {
                 XCTAssertGreaterThan(u.aux, 0)
                 XCTAssertEqual(p.aux, u.aux, accuracy: 1e-5 * u.aux, "\(what): load-balancing loss over real tokens")
