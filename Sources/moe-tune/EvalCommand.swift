@@ -41,6 +41,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "How {\"messages\"} lines are rendered: default the model's own template; \"llama2\", a .jinja file, or a {user}/{assistant} turn.")
     var chatTemplate: String?
 
+    @Flag(help: "Pack examples into rows of --max-seq-len tokens, --batch-size rows a forward pass (same loss, less padding).")
+    var packing = false
+
     @Flag(help: "Report how tokens spread over the experts of each layer (MoE models).")
     var expertStats = false
 
@@ -72,7 +75,8 @@ struct EvalCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("moe-tune: note: \(dataset.truncated) of \(dataset.examples.count) examples were longer than --max-seq-len \(maxSeqLen) and were truncated\n".utf8))
             }
             let progress = ProgressLine("eval")
-            let r = try Evaluator.evaluate(model: loaded.model, adapters: adapters, dataset: dataset, batchSize: batchSize) { done, total in
+            let r = try Evaluator.evaluate(model: loaded.model, adapters: adapters, dataset: dataset, batchSize: batchSize,
+                                           packing: packing ? PackingPlan(rowTokens: max(1, maxSeqLen), rows: max(1, batchSize)) : nil) { done, total in
                 progress.update(done: done, total: total)
             }
             guard r.loss.isFinite else {

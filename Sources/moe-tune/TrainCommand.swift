@@ -59,7 +59,8 @@ struct TrainCommand: ParsableCommand {
             let progress = ProgressLine("step")
             events.step = { r in
                 progress.update(done: r.step, total: r.totalSteps,
-                                extra: String(format: "loss %.4f lr %.2e |g| %.3f %.0f tok/s", r.loss, r.lr, r.gradNorm, r.tokensPerSecond))
+                                extra: String(format: "loss %.4f lr %.2e |g| %.3f %.0f tok/s pad %.0f%%", r.loss, r.lr, r.gradNorm,
+                                              r.tokensPerSecond, 100 * r.paddingShare))
             }
             events.evaluation = { split, step, r in
                 progress.interrupt(String(format: "%@ loss %.4f (ppl %.2f) at step %d", split, r.loss, r.perplexity, step))

@@ -156,7 +156,18 @@ final class TrainConfigTests: XCTestCase {
             ("optimizer:\n  betas: [0.9]", ["optimizer.betas", "two numbers"]),
             ("optimizer:\n  grad_clip: off", ["optimizer.grad_clip", "number"]),
             ("schedule:\n  warmup_steps: [1]", ["schedule.warmup_steps", "got a list"]),
-            ("data:\n  train: [a]", ["data.train", "expected a string"]),
+            ("data:\n  train: [[a]]", ["data.train", "item 0", "expected a file name or {path: FILE, weight: W}"]),
+            ("data:\n  train: {a: 1}", ["data.train", "expected a file name or a list"]),
+            ("data:\n  train: []", ["data.train", "empty"]),
+            ("data:\n  train: [a, {path: b, weight: 0}]", ["data.train[1].weight", "must be positive"]),
+            ("data:\n  train: [a, {path: b, weight: -2}]", ["data.train[1].weight", "must be positive"]),
+            ("data:\n  train: [a, {weight: 2}]", ["data.train[1].path", "required"]),
+            ("data:\n  train: [a, {path: b, wieght: 2}]", ["data.train[1].wieght", "did you mean data.train[1].weight"]),
+            ("data:\n  train: t\n  valid_split: -0.1", ["data.valid_split", "fraction between 0 and 1"]),
+            ("data:\n  train: t\n  valid_split: 0", ["data.valid_split", "fraction between 0 and 1"]),
+            ("data:\n  train: t\n  valid_split: 1.5", ["data.valid_split", "whole count"]),
+            ("data:\n  train: t\n  valid_split: x", ["data.valid_split", "expected a number"]),
+            ("data:\n  train: t\n  valid: v\n  valid_split: 0.1", ["data.valid_split", "data.valid is given"]),
         ]
         for (section, fragments) in cases {
             let lines = section.split(separator: "\n").count
@@ -369,7 +380,7 @@ final class TrainConfigTests: XCTestCase {
     }
 
     func testShippedConfigsLoadAndResolvedYAMLRoundTrips() throws {
-        for name in ["demo.yaml", "example.yaml", "moe.yaml", "qlora.yaml"] {
+        for name in ["demo.yaml", "example.yaml", "moe.yaml", "qlora.yaml", "packing.yaml"] {
             let c = try TrainConfig.load(path: Self.shipped(name))
             let again = try TrainConfig.load(path: try write(c.resolvedYAML(), name: "resolved-" + name))
             XCTAssertEqual(c, again, name)

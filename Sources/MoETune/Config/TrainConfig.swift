@@ -5,9 +5,28 @@ import Yams
 /// then `--set key.sub=value` overrides, then defaults. Every error names the file, the
 /// key and the line (or --set).
 public struct TrainConfig: Equatable, Sendable {
+    /// One training file and how often its examples are drawn per epoch (weight 2: each
+    /// twice; 0.5: a seeded random half, a different half each epoch).
+    public struct TrainFile: Equatable, Sendable {
+        public var path: String
+        public var weight = 1.0
+        public init(path: String, weight: Double = 1.0) { self.path = path; self.weight = weight }
+    }
+
+    /// data.valid_split: a fraction of the training examples, or a count of them.
+    public enum ValidSplit: Equatable, Sendable {
+        case fraction(Double)
+        case count(Int)
+    }
+
     public struct DataSection: Equatable, Sendable {
-        public var train: String
+        /// data.train: one file, or a list of files with optional weights.
+        public var trainFiles: [TrainFile]
+        /// The first training file.
+        public var train: String { trainFiles[0].path }
         public var valid: String?
+        /// Held out of the training examples as the validation set when `valid` is absent.
+        public var validSplit: ValidSplit?
         public var test: String?
         public var trainOnInputs = false
         public var chatTemplate: String?
@@ -77,6 +96,17 @@ public struct TrainConfig: Equatable, Sendable {
         public var keepCheckpoints = 2
         public var outDir: String
         public var logEvery = 1
+        /// Pack several examples into each row of max_seq_len tokens (attention kept per example).
+        public var packing = false
+        /// Tokens per micro-batch when packing: rows = batch_tokens / max_seq_len;
+        /// nil: batch_size rows.
+        public var batchTokens: Int?
+
+        /// The packing plan of these settings (nil: not packing).
+        public var packingPlan: PackingPlan? {
+            guard packing else { return nil }
+            return PackingPlan(rowTokens: maxSeqLen, rows: max(1, batchTokens.map { $0 / maxSeqLen } ?? batchSize))
+        }
     }
 
     public var model: String
@@ -179,7 +209,8 @@ public struct TrainConfig: Equatable, Sendable {
     static func decode(_ r: ConfigReader) throws -> TrainConfig {
         let model = try r.string("model")
         let d = try r.section("data")
-        var data = DataSection(train: try d.string("train"), valid: try d.optionalString("valid"), test: try d.optionalString("test"),
+        var data = DataSection(trainFiles: try trainFiles(d), valid: try d.optionalString("valid"),
+                               validSplit: try validSplit(d), test: try d.optionalString("test"),
                                trainOnInputs: try d.bool("train_on_inputs", default: false),
                                chatTemplate: try d.optionalString("chat_template"))
         data.maxLineBytes = try d.int("max_line_bytes", default: data.maxLineBytes)
@@ -269,9 +300,51 @@ public struct TrainConfig: Equatable, Sendable {
         tr.saveEvery = try t.int("save_every", default: tr.saveEvery)
         tr.keepCheckpoints = try t.int("keep_checkpoints", default: tr.keepCheckpoints)
         tr.logEvery = try t.int("log_every", default: tr.logEvery)
+        tr.packing = try t.bool("packing", default: tr.packing)
+        tr.batchTokens = try t.optionalInt("batch_tokens")
         try t.finish()
         return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
                            quantization: quantization, training: tr)
+    }
+
+    /// data.train: FILE, or a list of FILE or {path: FILE, weight: W} (W > 0).
+    static func trainFiles(_ d: ConfigReader) throws -> [TrainFile] {
+        guard let n = d.raw("train") else { throw d.fail("train", "required key is missing") }
+        switch n {
+        case .scalar(let s):
+            return [TrainFile(path: s.string)]
+        case .sequence(let items):
+            guard !items.isEmpty else { throw d.fail("train", "the list of training files is empty") }
+            return try items.enumerated().map { i, item in
+                switch item {
+                case .scalar(let s) where item.null == nil:
+                    return TrainFile(path: s.string)
+                case .mapping:
+                    let f = try ConfigReader(file: d.file, prefix: d.prefix + "train[\(i)].", node: item, overridden: [])
+                    guard f.node("path") != nil else {
+                        throw MoETuneError.config(path: d.file, key: f.prefix + "path", message: "\(ConfigReader.where(item)): required key is missing")
+                    }
+                    let file = TrainFile(path: try f.string("path"), weight: try f.double("weight", default: 1))
+                    guard file.weight > 0 else { throw f.fail("weight", "must be positive, got \(file.weight)") }
+                    try f.finish()
+                    return file
+                default:
+                    throw d.fail("train", "item \(i): expected a file name or {path: FILE, weight: W}, got \(d.describe(item))")
+                }
+            }
+        default:
+            throw d.fail("train", "expected a file name or a list of files, got \(d.describe(n))")
+        }
+    }
+
+    /// data.valid_split: a fraction in (0, 1) or a whole count >= 1.
+    static func validSplit(_ d: ConfigReader) throws -> ValidSplit? {
+        guard let v = try d.optionalDouble("valid_split") else { return nil }
+        if v > 0, v < 1 { return .fraction(v) }
+        guard v >= 1, v == v.rounded(), v <= Double(Int32.max) else {
+            throw d.fail("valid_split", "expected a fraction between 0 and 1 (exclusive) or a whole count of examples, got \(v)")
+        }
+        return .count(Int(v))
     }
 
     static func moduleKinds(_ n: Node, reader: ConfigReader, key: String) throws -> [ModuleKind] {
@@ -370,11 +443,33 @@ public struct TrainConfig: Equatable, Sendable {
         if let b = training.evalBatches, b < 1 { throw t.fail("eval_batches", "must be at least 1, or null for the whole set") }
         guard training.saveEvery >= 0 else { throw t.fail("save_every", "must not be negative (0: save only at the end)") }
         guard training.logEvery >= 1 else { throw t.fail("log_every", "must be at least 1") }
+        if let b = training.batchTokens {
+            guard training.packing else { throw t.fail("batch_tokens", "sizes packed micro-batches; set training.packing: true or remove it") }
+            guard b >= training.maxSeqLen else { throw t.fail("batch_tokens", "must be at least max_seq_len (\(training.maxSeqLen)), got \(b)") }
+            guard b / training.maxSeqLen <= L.batchSize else { throw t.fail("batch_tokens", "gives more than \(L.batchSize) rows of max_seq_len") }
+        }
+        if data.validSplit != nil, data.valid != nil {
+            throw try r.section("data").fail("valid_split", "holds out part of data.train as the validation set, but data.valid is given; keep one")
+        }
         guard data.maxLineBytes >= 1 else { throw try r.section("data").fail("max_line_bytes", "must be at least 1") }
         if let tpl = data.chatTemplate {
             guard ChatFormat.isValidSetting(tpl) else {
                 throw try r.section("data").fail("chat_template", "must be null, \"llama2\", a .jinja file, or contain {user} followed by {assistant}")
             }
+        }
+    }
+
+    /// data.train as YAML: the file alone, or the list with weights.
+    func trainYAML(_ q: (String?) -> String) -> String {
+        if data.trainFiles.count == 1, data.trainFiles[0].weight == 1 { return q(data.train) }
+        return "[" + data.trainFiles.map { "{path: \(q($0.path)), weight: \($0.weight)}" }.joined(separator: ", ") + "]"
+    }
+
+    var validSplitYAML: String {
+        switch data.validSplit {
+        case nil: return "null"
+        case .fraction(let f): return "\(f)"
+        case .count(let c): return "\(c)"
         }
     }
 
@@ -416,8 +511,9 @@ public struct TrainConfig: Equatable, Sendable {
         return """
         model: \(q(model))
         data:
-          train: \(q(data.train))
+          train: \(trainYAML(q))
           valid: \(q(data.valid))
+          valid_split: \(validSplitYAML)
           test: \(q(data.test))
           train_on_inputs: \(data.trainOnInputs)
           chat_template: \(q(data.chatTemplate))
@@ -466,6 +562,8 @@ public struct TrainConfig: Equatable, Sendable {
           keep_checkpoints: \(training.keepCheckpoints)
           out_dir: \(q(training.outDir))
           log_every: \(training.logEvery)
+          packing: \(training.packing)
+          batch_tokens: \(n(training.batchTokens))
 
         """
     }

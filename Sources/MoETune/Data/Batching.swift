@@ -10,6 +10,34 @@ extension TokenBatch {
     public init(examples: [Example], pad: Int32 = 0) {
         self.init(sequences: examples.map(\.tokens), counted: examples.map(\.counted), pad: pad)
     }
+
+    /// A packed batch: row r holds the examples rows[r] back to back, right-padded to the
+    /// longest row. Each example keeps its own targets (its last token predicts nothing, so
+    /// no prediction crosses into the next example) and positions 0..<length; the padding
+    /// after a row's examples gets positions 0, 1, ... of its own, so it forms a separate
+    /// block that no real token attends to.
+    public init(packedRows rows: [[Example]], pad: Int32 = 0) {
+        let b = rows.count
+        let lengths = rows.map { $0.reduce(0) { $0 + $1.tokens.count } }
+        let t = max(1, lengths.max() ?? 1)
+        var ids = [Int32](repeating: pad, count: b * t)
+        var targets = [Int32](repeating: -1, count: b * t)
+        var positions = [Int32](repeating: 0, count: b * t)
+        for (r, row) in rows.enumerated() {
+            var at = r * t
+            for ex in row {
+                let n = ex.tokens.count
+                for j in 0..<n {
+                    ids[at + j] = ex.tokens[j]
+                    positions[at + j] = Int32(j)
+                    if j > 0, ex.counted[j] { targets[at + j - 1] = ex.tokens[j] }
+                }
+                at += n
+            }
+            for j in 0..<(t - lengths[r]) { positions[at + j] = Int32(j) }
+        }
+        self.init(batch: b, seq: t, ids: ids, targets: targets, lengths: lengths, positions: positions)
+    }
 }
 
 /// The order of training batches for one epoch: a seeded shuffle, then within windows

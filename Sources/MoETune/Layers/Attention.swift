@@ -38,15 +38,34 @@ func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<F
     }
 }
 
+/// Calls body(start, length) for each example held by row `row` of a [B, T] batch: one
+/// example spanning the row when `positions` is nil, else a new one wherever the
+/// position id is 0 (packed rows; trailing padding forms an example of its own).
+@inline(__always)
+func forEachSegment(row: Int, seq t: Int, positions: UnsafePointer<Int32>?, _ body: (Int, Int) -> Void) {
+    guard let positions else { body(0, t); return }
+    let p = positions + row * t
+    var start = 0
+    while start < t {
+        var end = start + 1
+        while end < t, p[end] != 0 { end += 1 }
+        body(start, end - start)
+        start = end
+    }
+}
+
 /// Causal grouped-query attention.
 /// q [B*T, nH*D], k/v [B*T, nKV*D] (RoPE already applied to q and k)
 /// out [B*T, nH*D] = softmax(q k^T / sqrt(D)) v per head, heads side by side.
 /// The probabilities are not kept: the backward pass recomputes them from q and k
 /// (as flash attention does), which saves B*nH*T*T floats per layer.
 /// scratch holds cores * T*T floats. Sequences are right-padded, so causal masking alone
-/// keeps real tokens from seeing padding.
+/// keeps real tokens from seeing padding. With `positions` [B*T] (packed rows), attention
+/// is block-diagonal: each example [start, start+L) of a row is attended on its own, as
+/// an unpacked sequence of length L would be (the blocks off the diagonal are never computed).
 public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
-                             v: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape) {
+                             v: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape,
+                             positions: UnsafePointer<Int32>? = nil) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let tasks = s.batch * s.heads
     let workers = min(BLAS.cores, tasks)
@@ -55,24 +74,31 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<
         let p = scratch + w * t * t
         for task in (w * per)..<min(tasks, (w + 1) * per) {
             let b = task / s.heads, h = task % s.heads, kvh = h / group
-            attentionProbabilities(p, q: q + b * t * s.qDim + h * d, k: k + b * t * s.kvDim + kvh * d, shape: s)
-            BLAS.gemm(.none, .none, m: t, n: d, k: t,
-                      a: p, lda: t, b: v + b * t * s.kvDim + kvh * d, ldb: s.kvDim,
-                      c: out + b * t * s.qDim + h * d, ldc: s.qDim, split: false)
+            forEachSegment(row: b, seq: t, positions: positions) { start, len in
+                var ss = s
+                ss.seq = len
+                let row = b * t + start
+                attentionProbabilities(p, q: q + row * s.qDim + h * d, k: k + row * s.kvDim + kvh * d, shape: ss)
+                BLAS.gemm(.none, .none, m: len, n: d, k: len,
+                          a: p, lda: len, b: v + row * s.kvDim + kvh * d, ldb: s.kvDim,
+                          c: out + row * s.qDim + h * d, ldc: s.qDim, split: false)
+            }
         }
     }
 }
 
 /// Backward of attentionForward.
-/// dout [B*T, nH*D]; q, k, v from the forward pass (P is recomputed).
+/// dout [B*T, nH*D]; q, k, v from the forward pass (P is recomputed); `positions` as there.
 /// dq [B*T, nH*D] is overwritten; dk, dv [B*T, nKV*D] are overwritten (query heads of a
 /// group accumulate into their shared KV head). scratch holds cores * 2 * T*T floats.
+/// Per example [start, start+L) of a row, with P [L, L]:
 ///   dP = dO V^T;  dV += P^T dO;  dS = P * (dP - rowsum(dP * P));
 ///   dQ = scale dS K;  dK += scale dS^T Q.
 public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                               dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                              scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape) {
+                              scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape,
+                              positions: UnsafePointer<Int32>? = nil) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let scale = s.softmaxScale
     // One task per (sequence, KV head): the query heads of a group accumulate into the
@@ -84,35 +110,40 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
         let p = scratch + w * 2 * t * t, dS = p + t * t
         for task in (w * per)..<min(tasks, (w + 1) * per) {
             let b = task / s.kvHeads, kvh = task % s.kvHeads
-            let kh = k + b * t * s.kvDim + kvh * d, dkh = dk + b * t * s.kvDim + kvh * d
-            let vh = v + b * t * s.kvDim + kvh * d, dvh = dv + b * t * s.kvDim + kvh * d
             for row in 0..<t {
-                (dkh + row * s.kvDim).update(repeating: 0, count: d)
-                (dvh + row * s.kvDim).update(repeating: 0, count: d)
+                (dk + (b * t + row) * s.kvDim + kvh * d).update(repeating: 0, count: d)
+                (dv + (b * t + row) * s.kvDim + kvh * d).update(repeating: 0, count: d)
             }
-            for h in (kvh * group)..<((kvh + 1) * group) {
-                let dO = dout + b * t * s.qDim + h * d
-                let qh = q + b * t * s.qDim + h * d, dqh = dq + b * t * s.qDim + h * d
-                attentionProbabilities(p, q: qh, k: kh, shape: s)
-                // dP [T, T] = dO V^T
-                BLAS.gemm(.none, .transpose, m: t, n: t, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
-                          c: dS, ldc: t, split: false)
-                // dV += P^T dO
-                BLAS.gemm(.transpose, .none, m: t, n: d, k: t, a: p, lda: t, b: dO, ldb: s.qDim,
-                          beta: 1, c: dvh, ldc: s.kvDim, split: false)
-                // dS = P * (dP - rowsum(dP * P)), in place; zero above the diagonal.
-                for i in 0..<t {
-                    let pr = p + i * t, dr = dS + i * t
-                    var dot: Float = 0
-                    for j in 0...i { dot += pr[j] * dr[j] }
-                    for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
-                    for j in (i + 1)..<t { dr[j] = 0 }
+            forEachSegment(row: b, seq: t, positions: positions) { start, len in
+                var ss = s
+                ss.seq = len
+                let first = b * t + start
+                let kh = k + first * s.kvDim + kvh * d, dkh = dk + first * s.kvDim + kvh * d
+                let vh = v + first * s.kvDim + kvh * d, dvh = dv + first * s.kvDim + kvh * d
+                for h in (kvh * group)..<((kvh + 1) * group) {
+                    let dO = dout + first * s.qDim + h * d
+                    let qh = q + first * s.qDim + h * d, dqh = dq + first * s.qDim + h * d
+                    attentionProbabilities(p, q: qh, k: kh, shape: ss)
+                    // dP [L, L] = dO V^T
+                    BLAS.gemm(.none, .transpose, m: len, n: len, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
+                              c: dS, ldc: len, split: false)
+                    // dV += P^T dO
+                    BLAS.gemm(.transpose, .none, m: len, n: d, k: len, a: p, lda: len, b: dO, ldb: s.qDim,
+                              beta: 1, c: dvh, ldc: s.kvDim, split: false)
+                    // dS = P * (dP - rowsum(dP * P)), in place; zero above the diagonal.
+                    for i in 0..<len {
+                        let pr = p + i * len, dr = dS + i * len
+                        var dot: Float = 0
+                        for j in 0...i { dot += pr[j] * dr[j] }
+                        for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                        for j in (i + 1)..<len { dr[j] = 0 }
+                    }
+                    // dQ = scale dS K;  dK += scale dS^T Q
+                    BLAS.gemm(.none, .none, m: len, n: d, k: len, alpha: scale, a: dS, lda: len, b: kh, ldb: s.kvDim,
+                              c: dqh, ldc: s.qDim, split: false)
+                    BLAS.gemm(.transpose, .none, m: len, n: d, k: len, alpha: scale, a: dS, lda: len, b: qh, ldb: s.qDim,
+                              beta: 1, c: dkh, ldc: s.kvDim, split: false)
                 }
-                // dQ = scale dS K;  dK += scale dS^T Q
-                BLAS.gemm(.none, .none, m: t, n: d, k: t, alpha: scale, a: dS, lda: t, b: kh, ldb: s.kvDim,
-                          c: dqh, ldc: s.qDim, split: false)
-                BLAS.gemm(.transpose, .none, m: t, n: d, k: t, alpha: scale, a: dS, lda: t, b: qh, ldb: s.qDim,
-                          beta: 1, c: dkh, ldc: s.kvDim, split: false)
             }
         }
     }

@@ -34,14 +34,17 @@ public struct RoPETable: Sendable {
         sin = s
     }
 
-    /// Rotates x [B*T, heads*D] in place; row b*T + t has position t.
-    public func forward(_ x: UnsafeMutablePointer<Float>, batch b: Int, seq t: Int, heads: Int) {
-        apply(x, batch: b, seq: t, heads: heads, sign: 1)
+    /// Rotates x [B*T, heads*D] in place; row b*T + t has position t, or positions[b*T + t]
+    /// when given (packed rows: each example starts again at 0).
+    public func forward(_ x: UnsafeMutablePointer<Float>, batch b: Int, seq t: Int, heads: Int,
+                        positions: UnsafePointer<Int32>? = nil) {
+        apply(x, batch: b, seq: t, heads: heads, sign: 1, positions: positions)
     }
 
     /// The backward of a rotation is the rotation by the opposite angle; applied in place to dx.
-    public func backward(_ dx: UnsafeMutablePointer<Float>, batch b: Int, seq t: Int, heads: Int) {
-        apply(dx, batch: b, seq: t, heads: heads, sign: -1)
+    public func backward(_ dx: UnsafeMutablePointer<Float>, batch b: Int, seq t: Int, heads: Int,
+                         positions: UnsafePointer<Int32>? = nil) {
+        apply(dx, batch: b, seq: t, heads: heads, sign: -1, positions: positions)
     }
 
     /// Rotates one token's x [heads*D] at `position` in place (incremental decoding).
@@ -61,13 +64,14 @@ public struct RoPETable: Sendable {
         }
     }
 
-    private func apply(_ x: UnsafeMutablePointer<Float>, batch b: Int, seq t: Int, heads: Int, sign: Float) {
+    private func apply(_ x: UnsafeMutablePointer<Float>, batch b: Int, seq t: Int, heads: Int, sign: Float,
+                       positions: UnsafePointer<Int32>?) {
         let d = headDim, half = d / 2, width = heads * d
         cos.withUnsafeBufferPointer { cosBuf in
             sin.withUnsafeBufferPointer { sinBuf in
                 parallelChunks(b * t, minChunk: 32) { rows in
                     for row in rows {
-                        let pos = row % t
+                        let pos = positions.map { Int($0[row]) } ?? row % t
                         let cp = cosBuf.baseAddress! + pos * half
                         let sp = sinBuf.baseAddress! + pos * half
                         for h in 0..<heads {

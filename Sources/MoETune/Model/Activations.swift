@@ -142,6 +142,12 @@ public final class ForwardState {
     public let targets: UnsafeMutablePointer<Int32>
     /// valid[i]: token i is not padding.
     public let valid: UnsafeMutablePointer<Bool>
+    /// [N] position of token i within its example, for packed batches (see TokenBatch).
+    let positionBuffer: UnsafeMutablePointer<Int32>
+    /// Whether the last batch was packed (then RoPE and attention read positionBuffer).
+    public internal(set) var packed = false
+    /// The positions RoPE and attention use: nil for an unpacked batch.
+    var positions: UnsafePointer<Int32>? { packed ? UnsafePointer(positionBuffer) : nil }
     /// MoE auxiliary losses of the last forward pass (0 for dense models): the
     /// load-balancing loss (transformers' load_balancing_loss_func over all layers) and
     /// the router z-loss, both without their coefficients; auxFraction [E] is the share
@@ -186,6 +192,7 @@ public final class ForwardState {
         ids = .allocate(capacity: n)
         targets = .allocate(capacity: n)
         valid = .allocate(capacity: n)
+        positionBuffer = .allocate(capacity: n)
         auxFraction = FloatBuffer(count: max(c.numExperts, 1))
         routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
     }
@@ -194,6 +201,7 @@ public final class ForwardState {
         ids.deallocate()
         targets.deallocate()
         valid.deallocate()
+        positionBuffer.deallocate()
     }
 
     func fits(_ batch: TokenBatch) -> Bool {

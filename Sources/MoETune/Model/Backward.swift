@@ -130,9 +130,9 @@ extension Transformer {
             }
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                              scratch: g.attnScratch.pointer, shape: shape)
-            rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
-            rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
+                              scratch: g.attnScratch.pointer, shape: shape, positions: s.positions)
+            rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads, positions: s.positions)
+            rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads, positions: s.positions)
             if let clip = c.clipQKV, let cq = a.qClip, let ck = a.kClip, let cv = a.vClip {
                 // clip_qkv: no gradient where the value was clamped.
                 clampBackward(g.dq.pointer, x: cq.pointer, count: n * c.qDim, limit: clip)

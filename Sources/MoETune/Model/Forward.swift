@@ -11,8 +11,10 @@ extension Transformer {
         if let adapters, adapters.maxRank > 0, s.loraRank < adapters.maxRank {
             throw MoETuneError.invalid("internal: forward state has no room for LoRA rank \(adapters.maxRank)")
         }
-        guard batch.seq <= rope.maxPositions else {
-            throw MoETuneError.invalid("sequence length \(batch.seq) exceeds max_position_embeddings \(rope.maxPositions)")
+        // Packed rows may be longer than the model's positions; their examples may not.
+        let longest = batch.positions.map { Int($0.max() ?? 0) + 1 } ?? batch.seq
+        guard longest <= rope.maxPositions else {
+            throw MoETuneError.invalid("sequence length \(longest) exceeds max_position_embeddings \(rope.maxPositions)")
         }
         let b = batch.batch, t = batch.seq, n = b * t, h = c.hiddenSize
         for i in 0..<n {
@@ -26,6 +28,9 @@ extension Transformer {
         s.batch = b
         s.seq = t
         for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
+        s.packed = batch.positions != nil
+        if let p = batch.positions { for i in 0..<n { s.positionBuffer[i] = p[i] } }
+        let positions = s.positions
         let shape = c.attentionShape(batch: b, seq: t)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         // Granite: embeddings [N, H] times embedding_multiplier (frozen: no backward).
@@ -69,10 +74,10 @@ extension Transformer {
                 if let cv = a.vClip { cv.pointer.update(from: a.v.pointer, count: n * c.kvDim) }
                 clampForward(a.v.pointer, count: n * c.kvDim, limit: clip)
             }
-            rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
-            rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads, positions: positions)
+            rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads, positions: positions)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                             scratch: s.attnScratch.pointer, shape: shape)
+                             scratch: s.attnScratch.pointer, shape: shape, positions: positions)
             attentionResidual(mid: mid, x: x, attn: a.attn.pointer, rows: n, weight: w.o, adapter: ad.o,
                               u: u?.o.pointer, scratch: a.ln2.pointer)
             // Feed-forward block: out = mid + r * ffn(norm(mid)); with r != 1 the block

@@ -47,6 +47,14 @@ public enum RunReport {
         if let e = steps.last.flatMap({ number($0["elapsed_s"]) }), e > 0 {
             facts.append(("trained tokens", String(format: "%.0f (%.0f tokens/s)", tokens, tokens / e)))
         }
+        let computed = steps.compactMap { number($0["tokens_computed"]) }.reduce(0, +)
+        let real = steps.compactMap { number($0["tokens_real"]) }.reduce(0, +)
+        if computed > 0 {
+            // Over the logged steps: padding = computed tokens that are no example's;
+            // predictions = computed tokens that carry a target counted in the loss.
+            facts.append(("padding share", String(format: "%.1f%% of %.0f computed tokens (%.1f%% carry a prediction)",
+                                                  100 * (computed - real) / computed, computed, 100 * tokens / computed)))
+        }
         facts.append(("steps", "\(steps.count)"))
         let table = "<table>" + facts.map { "<tr><th>\(escape($0.0))</th><td>\(escape($0.1))</td></tr>" }.joined() + "</table>"
         return """

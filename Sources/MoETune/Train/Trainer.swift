@@ -20,6 +20,14 @@ public struct StepRecord: Sendable {
     public var tokens: Int
     public var tokensPerSecond: Double
     public var elapsed: Double
+    /// Tokens the step's forward passes computed (rows x row length, padding included) and
+    /// the real (non-padding) tokens among them.
+    public var computedTokens = 0
+    public var realTokens = 0
+    /// Share of the computed tokens that are padding.
+    public var paddingShare: Double { computedTokens > 0 ? Double(computedTokens - realTokens) / Double(computedTokens) : 0 }
+    /// Share of the computed tokens that carry a prediction counted in the loss.
+    public var targetShare: Double { computedTokens > 0 ? Double(tokens) / Double(computedTokens) : 0 }
 }
 
 public struct TrainSummary: Sendable {
@@ -103,12 +111,42 @@ public final class Trainer {
             }
             return ds
         }
-        let train = try load(c.data.train, "train")
-        let valid = try c.data.valid.map { try load($0, "valid") }
+        // Training files, concatenated; with valid_split a seeded part of them is the validation set.
+        var train = try load(c.data.trainFiles[0].path, "train")
+        var fileOf = [Int](repeating: 0, count: train.examples.count)
+        for (i, f) in c.data.trainFiles.enumerated().dropFirst() {
+            let ds = try load(f.path, "train")
+            train.examples += ds.examples
+            train.truncated += ds.truncated
+            fileOf += [Int](repeating: i, count: ds.examples.count)
+        }
+        var valid = try c.data.valid.map { try load($0, "valid") }
+        if let split = c.data.validSplit {
+            let held = try ValidSplitter.heldOut(split, total: train.examples.count, configPath: configPath)
+            let (keep, hold) = ValidSplitter.split(total: train.examples.count, held: held, seed: UInt64(bitPattern: Int64(tc.seed)))
+            var v = train
+            v.examples = hold.map { train.examples[$0] }
+            v.truncated = 0
+            train.examples = keep.map { train.examples[$0] }
+            fileOf = keep.map { fileOf[$0] }
+            events.log("valid: \(v.examples.count) examples held out of data.train (valid_split), \(v.countedTokens) trained-on tokens; \(train.examples.count) left to train on")
+            guard train.countedTokens > 0 else {
+                throw MoETuneError.config(path: configPath, key: "data.valid_split", message: "leaves no training example with a token to train on")
+            }
+            valid = v
+        }
         let test = try c.data.test.map { try load($0, "test") }
+        let mix = WeightedMix(files: c.data.trainFiles.enumerated().map { i, f in
+            (train.examples.indices.filter { fileOf[$0] == i }, f.weight)
+        })
+        if !mix.isIdentity {
+            events.log("mix: " + zip(c.data.trainFiles, mix.files).map { "\($0.path) \($1.examples.count) examples x \($0.weight)" }
+                .joined(separator: ", ") + " = \(mix.drawnPerEpoch) drawn an epoch")
+        }
+        let packing = tc.packingPlan
         if world.size > 1 {
             // Every rank must train the same thing: same resolved config, same files.
-            let files = [c.model, c.data.train] + [c.data.valid, c.data.test].compactMap { $0 }
+            let files = [c.model] + c.data.trainFiles.map(\.path) + [c.data.valid, c.data.test].compactMap { $0 }
             var h = FileDigest.of(paths: files)
             for b in c.resolvedYAML().utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
             try world.requireSame(h, "resolved config, model and data files")
@@ -132,38 +170,31 @@ public final class Trainer {
                             weightDecay: Float(c.optimizer.weightDecay))
         }
 
-        // Step plan: micro-batches of similar length, grad_accum of them per step; micro-batch
-        // m is batch m % perEpoch of epoch m / perEpoch, whose order is a function of the seed.
-        let perEpoch = (train.examples.count + tc.batchSize - 1) / tc.batchSize
+        // Step plan: micro-batches of similar length (or packed rows), grad_accum of them per
+        // step; micro-batch m of the run is a function of the seed (BatchPlan).
+        let plan = BatchPlan(examples: train.examples, mix: mix, batchSize: tc.batchSize, packing: packing,
+                             seed: UInt64(bitPattern: Int64(tc.seed)))
+        let perEpoch = plan.perEpoch
         let stepsFromEpochs = (Double(perEpoch) * (tc.epochs ?? 1) / Double(tc.gradAccum)).rounded(.up)
         guard tc.maxSteps != nil || stepsFromEpochs <= Double(TrainConfig.limits.maxSteps) else {
             throw MoETuneError.config(path: configPath, key: "training.epochs",
                                       message: "\(tc.epochs ?? 1) epochs of \(perEpoch) batches are \(stepsFromEpochs) steps, more than \(TrainConfig.limits.maxSteps)")
         }
         let totalSteps = tc.maxSteps ?? max(1, Int(stepsFromEpochs))
-        // One epoch's micro-batches are padded and laid out at a time, before its steps, so a
-        // step only computes: the hot path allocates nothing.
-        var preparedEpoch = -1
-        var prepared: [TokenBatch] = []
-        func microBatch(_ m: Int) -> TokenBatch {
-            let epoch = m / perEpoch
-            if epoch != preparedEpoch {
-                prepared = trainingBatches(train.examples, batchSize: tc.batchSize, seed: UInt64(bitPattern: Int64(tc.seed)), epoch: epoch)
-                    .map { TokenBatch(examples: $0.map { train.examples[$0] }) }
-                preparedEpoch = epoch
-            }
-            return prepared[m % perEpoch]
+        if let packing {
+            let real = train.examples.reduce(0) { $0 + $1.tokens.count }
+            events.log("packing: \(train.examples.count) examples into \(perEpoch) micro-batches of up to \(packing.rows) rows of \(packing.rowTokens) tokens (\(real) tokens an epoch before mixing)")
         }
+        func microBatch(_ m: Int) -> TokenBatch { plan.microBatch(m) }
         let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
                                             minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
 
         // Buffers are sized from the data that is batched, not from the configured maxima.
-        let longest = train.examples.map(\.tokens.count).max() ?? 1
-        let rows = min(tc.batchSize, train.examples.count)
+        let (rows, longest) = plan.capacity
         let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest)
         if let physical = MemoryEstimate.physicalBytes, needed > physical {
-            throw MoETuneError.config(path: configPath, key: "training.batch_size",
-                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size or training.max_seq_len")
+            throw MoETuneError.config(path: configPath, key: packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size",
+                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size, training.batch_tokens or training.max_seq_len")
         }
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
@@ -213,7 +244,7 @@ public final class Trainer {
             model.moe.training = false
             var subset = ds
             if let limit { subset.examples = Array(ds.examples.prefix(limit * tc.batchSize)) }
-            let r = try evaluateShare(subset, model: model, adapters: adapters, batchSize: tc.batchSize, world: world)
+            let r = try evaluateShare(subset, model: model, adapters: adapters, batchSize: tc.batchSize, packing: packing, world: world)
             var line: [String: Any] = ["type": "eval", "step": step, "split": split, "loss": r.loss, "perplexity": r.perplexity,
                                        "tokens": r.tokens, "examples": r.examples]
             if let routing = r.routing {
@@ -244,8 +275,13 @@ public final class Trainer {
         var stoppedAt: Int?
         for step in stride(from: startStep, through: totalSteps, by: 1) {
             let group = microIndex..<(microIndex + tc.gradAccum)
-            var stepTokens = 0
-            for m in group { stepTokens += microBatch(m).countedTokens }
+            var stepTokens = 0, computed = 0, real = 0
+            for m in group {
+                let mb = microBatch(m)
+                stepTokens += mb.countedTokens
+                computed += mb.computedTokens
+                real += mb.realTokens
+            }
             // This rank's share of the step (all of it in one process).
             let mine = stride(from: group.lowerBound + world.rank, to: group.upperBound, by: world.size)
             adapters.store.zeroGrads()
@@ -288,10 +324,11 @@ public final class Trainer {
             let elapsed = elapsedBefore + Date().timeIntervalSince(start)
             let record = StepRecord(step: step, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: stepTokens,
                                     tokensPerSecond: Double(stepTokens) / max(Date().timeIntervalSince(stepStart), 1e-9),
-                                    elapsed: elapsed)
+                                    elapsed: elapsed, computedTokens: computed, realTokens: real)
             if step % tc.logEvery == 0 || step == totalSteps {
                 var line: [String: Any] = ["type": "step", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
-                                           "tokens": stepTokens, "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed]
+                                           "tokens": stepTokens, "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed,
+                                           "tokens_computed": computed, "tokens_real": real, "padding_share": record.paddingShare]
                 if model.config.isMoE { line["aux_loss"] = auxSum; line["z_loss"] = zSum }
                 if world.size > 1 { line["ranks"] = world.size; line["allreduce_s"] = traffic.seconds; line["allreduce_bytes"] = traffic.bytes }
                 try metrics?.write(line)
@@ -350,15 +387,16 @@ public final class Trainer {
 
     /// Evaluation split over ranks (rank r takes examples r, r + ranks, ...), its sums
     /// reduced so that every rank holds the whole data set's result.
-    private func evaluateShare(_ ds: Dataset, model: Transformer, adapters: AdapterSet, batchSize: Int, world: Collective) throws -> EvalResult {
-        guard world.size > 1 else { return try Evaluator.evaluate(model: model, adapters: adapters, dataset: ds, batchSize: batchSize) }
+    private func evaluateShare(_ ds: Dataset, model: Transformer, adapters: AdapterSet, batchSize: Int, packing: PackingPlan?,
+                               world: Collective) throws -> EvalResult {
+        guard world.size > 1 else { return try Evaluator.evaluate(model: model, adapters: adapters, dataset: ds, batchSize: batchSize, packing: packing) }
         var share = ds
         share.examples = stride(from: world.rank, to: ds.examples.count, by: world.size).map { ds.examples[$0] }
         let c = model.config
         var r = share.examples.isEmpty
             ? EvalResult(loss: 0, perplexity: 1, tokens: 0, examples: 0, truncated: ds.truncated, seconds: 0,
                          routing: c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil)
-            : try Evaluator.evaluate(model: model, adapters: adapters, dataset: share, batchSize: batchSize)
+            : try Evaluator.evaluate(model: model, adapters: adapters, dataset: share, batchSize: batchSize, packing: packing)
         let sums = try world.sum([r.tokens > 0 ? r.loss * Double(r.tokens) : 0, Double(r.tokens), r.seconds])
         r.tokens = Int(sums[1].rounded())
         r.loss = r.tokens > 0 ? sums[0] / sums[1] : .nan
@@ -412,7 +450,9 @@ public final class Trainer {
         for (what, path) in [("the config file", configPath), ("the model", config.model)] where OutputFolder.contains(dir, path) {
             throw MoETuneError.config(path: configPath, key: key, message: "\(dir) holds \(what) (\(path)); choose an out_dir of its own")
         }
-        for (what, path) in [("training data", config.data.train), ("validation data", config.data.valid), ("test data", config.data.test)] {
+        let dataFiles = config.data.trainFiles.map { ("training data", Optional($0.path)) }
+            + [("validation data", config.data.valid), ("test data", config.data.test)]
+        for (what, path) in dataFiles {
             if let path, OutputFolder.contains(path, dir) || OutputFolder.canonical(path) == OutputFolder.canonical(dir) {
                 throw MoETuneError.config(path: configPath, key: key, message: "\(dir) is the \(what) \(path)")
             }
