@@ -8,9 +8,9 @@ import XCTest
 /// of peft, and merged folders against peft's unmerged logits.
 final class FamilyTests: XCTestCase {
     static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw",
-                                  "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"]
-    static let trainFixtures = ["qwen2", "qwen3", "mistral-sw"]
-    static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"]
+                                  "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2-sw", "qwen3-sw", "qwen2_moe-sw"]
+    static let trainFixtures = ["qwen2", "qwen3", "mistral-sw", "qwen2-sw"]
+    static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2_moe-sw"]
 
     func batch(_ ref: SafeTensorsFile, labels: String? = nil) throws -> (TokenBatch, [Int32]) {
         let shape = ref.shape("input_ids")
@@ -228,7 +228,12 @@ final class FamilyTests: XCTestCase {
                            contains: ["rope_parameters.rope_type", "longrope"])
         assertMoETuneError(try parse(["model_type": "llama", "rope_scaling": ["type": "llama3", "factor": 8.0]]),
                            contains: ["low_freq_factor"])
-        assertMoETuneError(try parse(["model_type": "qwen2", "use_sliding_window": true]), contains: ["use_sliding_window"])
+        assertMoETuneError(try parse(["model_type": "qwen2", "layer_types": ["full_attention", "sliding_attention"]]),
+                           contains: ["layer_types", "use_sliding_window"])
+        assertMoETuneError(try parse(["model_type": "qwen2", "use_sliding_window": true, "layer_types": ["full_attention"]]),
+                           contains: ["layer_types", "2 entries"])
+        assertMoETuneError(try parse(["model_type": "qwen3", "use_sliding_window": true, "sliding_window": 0]),
+                           contains: ["sliding_window"])
         assertMoETuneError(try parse(["model_type": "llama", "attention_bias": true]), contains: ["attention_bias"])
         // Older files: rope_scaling with "type" and rope_theta at the top level.
         let c = try parse(["model_type": "llama", "rope_theta": 500000.0, "max_position_embeddings": 131072,
@@ -245,6 +250,7 @@ final class FamilyTests: XCTestCase {
 /// a per-expert LoRA written in plain torch on transformers 5 (make_moe_fixtures.py).
 extension FamilyTests {
     func testMoEFamilyGradientsMatchTorch() throws {
+        XCTAssertEqual(try checkGradients("qwen2_moe-sw"), [.query, .key, .value, .projection, .mlp, .router, .head, .sharedExpert])
         let all: Set<ModuleKind> = [.query, .key, .value, .projection, .mlp, .router, .head]
         XCTAssertEqual(try checkGradients("qwen2_moe"), all.union([.sharedExpert]))
         XCTAssertEqual(try checkGradients("qwen3_moe"), all)
@@ -363,3 +369,31 @@ extension FamilyTests {
     }
 }
 
+/// Which layers of a Qwen model slide: transformers 5's rules where config.json has no
+/// layer_types (Qwen2/Qwen3: l >= max_window_layers; Qwen2-MoE: even l < max_window_layers;
+/// Qwen3-MoE: every layer), layer_types where it has them (the fixtures, which
+/// FamilyTests' forward, eval, decoder and gradient tests run against transformers).
+extension FamilyTests {
+    func testQwenSlidingWindowLayers() throws {
+        let dir = try makeTempDir(self)
+        func parse(_ json: [String: Any]) throws -> ModelConfig {
+            var base: [String: Any] = ["hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 96,
+                                       "num_hidden_layers": 6, "vocab_size": 100]
+            for (k, v) in json { base[k] = v }
+            return try ModelConfig.parse(try JSONSerialization.data(withJSONObject: base), path: dir + "/config.json")
+        }
+        func windows(_ c: ModelConfig) -> [Int?] { (0..<c.numLayers).map { c.window(layer: $0) } }
+        let on: [String: Any] = ["use_sliding_window": true, "sliding_window": 8, "max_window_layers": 3]
+        XCTAssertEqual(windows(try parse(on.merging(["model_type": "qwen2"]) { $1 })), [nil, nil, nil, 8, 8, 8])
+        XCTAssertEqual(windows(try parse(on.merging(["model_type": "qwen3"]) { $1 })), [nil, nil, nil, 8, 8, 8])
+        XCTAssertEqual(windows(try parse(on.merging(["model_type": "qwen2_moe"]) { $1 })), [8, nil, 8, nil, nil, nil])
+        XCTAssertEqual(windows(try parse(on.merging(["model_type": "qwen3_moe"]) { $1 })), [8, 8, 8, 8, 8, 8])
+        XCTAssertEqual(windows(try parse(["model_type": "qwen2", "use_sliding_window": true])), [nil, nil, nil, nil, nil, nil],
+                       "max_window_layers 28 by default")
+        XCTAssertEqual(windows(try parse(["model_type": "qwen2", "sliding_window": 8])), [nil, nil, nil, nil, nil, nil],
+                       "off without use_sliding_window")
+        XCTAssertEqual(windows(try ModelConfig.load(directory: Fixtures.dir("qwen2-sw"))), [nil, 5, 5])
+        XCTAssertEqual(windows(try ModelConfig.load(directory: Fixtures.dir("qwen3-sw"))), [nil, nil, 6])
+        XCTAssertEqual(windows(try ModelConfig.load(directory: Fixtures.dir("qwen2_moe-sw"))), [5, nil, nil])
+    }
+}

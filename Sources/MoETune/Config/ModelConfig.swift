@@ -23,7 +23,11 @@ public struct ModelConfig: Equatable, Sendable {
     public var numExperts: Int
     public var expertsPerToken: Int
     public var routerAuxLossCoef: Float
+    /// Sliding-window attention of width slidingWindow (nil: none) in the layers of
+    /// `slidingLayers` (nil: every layer, as Mistral/Mixtral; Qwen2/Qwen3 from
+    /// max_window_layers or layer_types).
     public var slidingWindow: Int?
+    public var slidingLayers: Set<Int>? = nil
     public var maxPositionEmbeddings: Int
     /// q, k and v projections carry a bias (Qwen2); o_proj never does here.
     public var qkvBias = false
@@ -163,10 +167,17 @@ public struct ModelConfig: Equatable, Sendable {
         return config
     }
 
-    /// The attention shape of a batch: a sliding window only where it is shorter than the sequence.
-    func attentionShape(batch b: Int, seq t: Int) -> AttentionShape {
+    /// The sliding window of layer l, or nil where it attends to every earlier position.
+    public func window(layer l: Int) -> Int? {
+        guard let w = slidingWindow, slidingLayers?.contains(l) ?? true else { return nil }
+        return w
+    }
+
+    /// The attention shape of layer l over a batch: a sliding window only where the layer
+    /// has one and it is shorter than the sequence.
+    func attentionShape(batch b: Int, seq t: Int, layer l: Int) -> AttentionShape {
         AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
-                       window: slidingWindow.flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
+                       window: window(layer: l).flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
     }
 }
 
@@ -188,6 +199,39 @@ extension FieldReader {
         if let v = try optionalBool(key), v != allowed {
             throw MoETuneError.config(path: path, key: prefix + key, message: message)
         }
+    }
+
+    /// Qwen's sliding window: off unless use_sliding_window; then sliding_window (default
+    /// 4096) in the layers layer_types names "sliding_attention", or, where the file has no
+    /// layer_types, in the layers `defaultLayers` picks from max_window_layers (default 28)
+    /// — transformers 5's rule for the family.
+    func readQwenSlidingWindow(_ c: inout ModelConfig, defaultLayers: (_ layer: Int, _ maxWindowLayers: Int) -> Bool) throws {
+        let types: [String]?
+        if let v = json["layer_types"], !(v is NSNull) {
+            guard let list = v as? [String], list.count == c.numLayers,
+                  list.allSatisfy({ $0 == "full_attention" || $0 == "sliding_attention" }) else {
+                throw MoETuneError.config(path: path, key: prefix + "layer_types",
+                    message: "expected \(c.numLayers) entries, each \"full_attention\" or \"sliding_attention\"")
+            }
+            types = list
+        } else {
+            types = nil
+        }
+        guard try optionalBool("use_sliding_window") == true else {
+            if types?.contains("sliding_attention") == true {
+                throw MoETuneError.config(path: path, key: prefix + "layer_types",
+                    message: "names sliding_attention layers but use_sliding_window is false")
+            }
+            c.slidingWindow = nil
+            return
+        }
+        let w = try optionalInt("sliding_window") ?? 4096
+        guard w > 0 else { throw MoETuneError.config(path: path, key: prefix + "sliding_window", message: "must be positive, got \(w)") }
+        let maxWindowLayers = try optionalInt("max_window_layers") ?? 28
+        c.slidingWindow = w
+        c.slidingLayers = Set((0..<max(c.numLayers, 0)).filter { l in
+            types.map { $0[l] == "sliding_attention" } ?? defaultLayers(l, maxWindowLayers)
+        })
     }
 
     /// moe_intermediate_size, norm_topk_prob, decoder_sparse_step and mlp_only_layers (Qwen-MoE).

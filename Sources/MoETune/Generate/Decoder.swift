@@ -97,7 +97,7 @@ public final class Decoder {
             // Attention of the new query over positions 0...pos.
             let group = c.numHeads / c.numKVHeads, scale = c.attentionMultiplier ?? 1 / Float(d).squareRoot()
             // Sliding window W: positions pos - W < j <= pos (the cache keeps them all).
-            let first = c.slidingWindow.map { max(0, pos - $0 + 1) } ?? 0
+            let first = c.window(layer: l).map { max(0, pos - $0 + 1) } ?? 0
             for head in 0..<c.numHeads {
                 let kvh = head / group, qh = q.pointer + head * d
                 var m = -Float.infinity

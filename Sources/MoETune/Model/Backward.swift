@@ -61,7 +61,6 @@ extension Transformer {
         let c = config
         let b = s.batch, t = s.seq, n = b * t, h = c.hiddenSize
         let du = g.du.pointer
-        let shape = c.attentionShape(batch: b, seq: t)
 
         // Loss and head: logits = lnF Wlm^T (+ LoRA).
         // d logits overwrite the logits, which nothing needs any more.
@@ -130,7 +129,7 @@ extension Transformer {
             }
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                              scratch: g.attnScratch.pointer, shape: shape)
+                              scratch: g.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l))
             rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads)
             if let clip = c.clipQKV, let cq = a.qClip, let ck = a.kClip, let cv = a.vClip {

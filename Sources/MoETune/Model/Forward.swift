@@ -26,7 +26,6 @@ extension Transformer {
         s.batch = b
         s.seq = t
         for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
-        let shape = c.attentionShape(batch: b, seq: t)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         // Granite: embeddings [N, H] times embedding_multiplier (frozen: no backward).
         if c.embeddingMultiplier != 1 { scaleInPlace(s.residualIn(0).pointer, count: n * h, by: c.embeddingMultiplier) }
@@ -72,7 +71,7 @@ extension Transformer {
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                             scratch: s.attnScratch.pointer, shape: shape)
+                             scratch: s.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l))
             attentionResidual(mid: mid, x: x, attn: a.attn.pointer, rows: n, weight: w.o, adapter: ad.o,
                               u: u?.o.pointer, scratch: a.ln2.pointer)
             // Feed-forward block: out = mid + r * ffn(norm(mid)); with r != 1 the block
