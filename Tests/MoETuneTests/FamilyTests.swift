@@ -397,3 +397,62 @@ extension FamilyTests {
         XCTAssertEqual(windows(try ModelConfig.load(directory: Fixtures.dir("qwen2_moe-sw"))), [5, nil, nil])
     }
 }
+
+/// `moe-tune quantize` on Granite-MoE, whose checkpoints only have fused experts: each fused
+/// tensor is quantized whole, as bitsandbytes' quantize_4bit does the same tensor
+/// (make_fused_nf4_fixtures.py): identical packed codes, identical fp32 scales without double
+/// quantization, and with it the 8-bit scale codes equal but for at most one neighbouring
+/// code per tensor (bitsandbytes' approximate search, see QLoRATests) and nested scales and
+/// offset within 1e-7. The folder reads back with every expert 4-bit; its loss equals
+/// transformers' with bitsandbytes' quantize-dequantize of the same tensors within 1e-5, and
+/// without double quantization equals quantizing each expert while loading (1e-9).
+extension FamilyTests {
+    func testQuantizeGraniteFusedExpertsAsBitsandbytes() throws {
+        let bnb = try SafeTensorsFile(path: Fixtures.dir("nf4-fused") + "/granitemoe.safetensors")
+        let refJSON = try JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: Fixtures.dir("nf4-fused") + "/reference.json"))) as! [String: Any]
+        let (tb, _) = try batch(try Fixtures.reference("granitemoe"))
+        func loss(_ m: Transformer) throws -> Double {
+            let r = try m.forward(tb, state: ForwardState(config: m.config, batch: tb.batch, seq: tb.seq, training: false))
+            return r.sum / Double(r.count)
+        }
+        for doubleQuant in [false, true] {
+            let out = try makeTempDir(self) + "/q"
+            let s = try Quantizer.quantize(modelDir: Fixtures.dir("granitemoe"), outDir: out, doubleQuant: doubleQuant)
+            XCTAssertEqual(s.quantized, 12, "2 layers x (q, k, v, o, input_linear, output_linear)")
+            let file = try SafeTensorsFile(path: out + "/model.safetensors")
+            func bytes(_ f: SafeTensorsFile, _ n: String) -> [UInt8] { Array(f.bytes(of: f.tensors[n]!)) }
+            for part in ["input_linear", "output_linear"] {
+                let name = "model.layers.0.block_sparse_moe.\(part).weight"
+                XCTAssertEqual(bytes(file, name), bytes(bnb, (doubleQuant ? "dq_codes." : "codes.") + name), name)
+                let state = try JSONSerialization.jsonObject(with: Data(bytes(file, name + ".quant_state.bitsandbytes__nf4"))) as! [String: Any]
+                XCTAssertEqual(state["shape"] as? [Int], part == "input_linear" ? [8, 64, 64] : [8, 64, 32])
+                if !doubleQuant {
+                    XCTAssertEqual(try file.floatArray(name + ".absmax"), try bnb.floatArray("absmax." + name), name)
+                    continue
+                }
+                let ours = bytes(file, name + ".absmax"), theirs = bytes(bnb, "dq_absmax." + name)
+                XCTAssertEqual(ours.count, theirs.count)
+                let flips = zip(ours, theirs).filter { $0 != $1 }
+                XCTAssertLessThanOrEqual(flips.count, 1, name)
+                for (x, y) in flips { XCTAssertEqual(abs(Int(x) - Int(y)), 1) }
+                for (x, y) in zip(try file.floatArray(name + ".nested_absmax"), try bnb.floatArray("dq_nested." + name)) {
+                    XCTAssertEqual(x, y, accuracy: 1e-7)
+                }
+                XCTAssertEqual(Float((state["nested_offset"] as! NSNumber).doubleValue), try bnb.floatArray("dq_offset." + name)[0],
+                               accuracy: 1e-7)
+            }
+            let model = try Transformer.load(directory: out)
+            XCTAssertNotNil(model.layers[1].experts[7].down.nf4)
+            XCTAssertNil(model.layers[0].router?.nf4)
+            let l = try loss(model)
+            let expected = (refJSON[doubleQuant ? "loss_double" : "loss_single"] as! NSNumber).doubleValue
+            print("granitemoe quantized (double quant \(doubleQuant)): loss \(l) vs bitsandbytes \(expected)")
+            XCTAssertLessThanOrEqual(abs(l - expected) / expected, 1e-5)
+            if !doubleQuant {
+                let whileLoading = try Transformer.load(directory: Fixtures.dir("granitemoe"), quantize: QuantizationSpec(doubleQuant: false))
+                XCTAssertEqual(l, try loss(whileLoading), accuracy: 1e-9)
+            }
+        }
+    }
+}

@@ -121,6 +121,21 @@ public final class Transformer: @unchecked Sendable {
         let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
         if let fused = f.fusedTensors(l, contains: ck.contains) {
             let router = try ck.matrix(fused.router, rows: e, cols: h)
+            if ck.isBnb4bit(fused.gateUp) || ck.isBnb4bit(fused.down) {
+                // Written by `moe-tune quantize`: each fused tensor quantized whole, each
+                // expert's gate, up and down a block-aligned slice of it.
+                guard (i * h) % NF4Weight.blockSize == 0 else {
+                    throw MoETuneError.file(path: ck.path(of: fused.gateUp),
+                        message: "\(fused.gateUp): 4-bit fused experts need intermediate x hidden (\(i) x \(h)) to be a multiple of 64")
+                }
+                let gateUp = try ck.readBnb4bit(fused.gateUp, shape: [e, 2 * i, h])
+                let down = try ck.readBnb4bit(fused.down, shape: [e, h, i])
+                return (router, (0..<e).map { x in
+                    FeedForwardWeights(gate: Matrix(nf4: gateUp.slice(rows: x * 2 * i, count: i)),
+                                       up: Matrix(nf4: gateUp.slice(rows: x * 2 * i + i, count: i)),
+                                       down: Matrix(nf4: down.slice(rows: x * h, count: h)))
+                })
+            }
             if let q = quantize {
                 // Quantize each expert's slice of the fused tensors, one fused tensor at a time.
                 let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in
