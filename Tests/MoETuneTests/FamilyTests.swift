@@ -8,9 +8,13 @@ import XCTest
 /// of peft, and merged folders against peft's unmerged logits.
 final class FamilyTests: XCTestCase {
     static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw",
-                                  "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2-sw", "qwen3-sw", "qwen2_moe-sw"]
+                                  "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2-sw", "qwen3-sw", "qwen2_moe-sw",
+                                  "deepseek_v2", "deepseek_v2-yarn"]
     static let trainFixtures = ["qwen2", "qwen3", "mistral-sw", "qwen2-sw"]
     static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2_moe-sw"]
+    /// MoE families whose transformers 5 model computes no aux loss (no aux fixture).
+    static let noAuxFixtures = ["deepseek_v2"]
+    static var adapterFixtures: [String] { trainFixtures + moeFixtures + noAuxFixtures }
 
     func batch(_ ref: SafeTensorsFile, labels: String? = nil) throws -> (TokenBatch, [Int32]) {
         let shape = ref.shape("input_ids")
@@ -82,7 +86,7 @@ final class FamilyTests: XCTestCase {
     func testDecoderLogitsEqualBatchedForward() throws {
         for name in Self.forwardFixtures {
             let model = try Transformer.load(directory: Fixtures.dir(name))
-            let adapters = (Self.trainFixtures + Self.moeFixtures).contains(name)
+            let adapters = Self.adapterFixtures.contains(name)
                 ? try PEFTAdapter.load(directory: Fixtures.dir("train-" + name), model: model) : nil
             let seq: [Int32] = [1] + (0..<30).map { Int32(3 + ($0 * 37) % 370) }
             let d = Decoder(model: model, adapters: adapters, maxLength: 64)
@@ -156,7 +160,7 @@ final class FamilyTests: XCTestCase {
 
     /// Merged (biases passed through as they are) and reloaded: the logits of peft's base + adapter.
     func testMergedMatchesPeftUnmerged() throws {
-        for name in Self.trainFixtures + Self.moeFixtures {
+        for name in Self.adapterFixtures {
             let out = try makeTempDir(self) + "/merged"
             _ = try Merger.merge(modelDir: Fixtures.dir(name), adapters: [(Fixtures.dir("train-" + name), 1)], outDir: out)
             let model = try Transformer.load(directory: out)
@@ -173,7 +177,7 @@ final class FamilyTests: XCTestCase {
 
     /// A written adapter reads back with the same module names and values (peft's naming).
     func testAdapterRoundTrip() throws {
-        for name in Self.trainFixtures + Self.moeFixtures {
+        for name in Self.adapterFixtures {
             let model = try Transformer.load(directory: Fixtures.dir(name))
             let a = try PEFTAdapter.load(directory: Fixtures.dir("train-" + name), model: model)
             let out = try makeTempDir(self) + "/adapter"
@@ -195,7 +199,7 @@ final class FamilyTests: XCTestCase {
     /// then picks the neighbouring code (see QLoRATests), which the MoE fixtures, with hundreds
     /// of small expert weights, meet: 1e-4 there.
     func testNF4LossMatchesBitsandbytesQuantization() throws {
-        for name in Self.trainFixtures + Self.moeFixtures {
+        for name in Self.adapterFixtures {
             let ref = try Fixtures.reference(name)
             let (tb, _) = try batch(ref)
             for (doubleQuant, key) in [(false, "nf4_loss_single"), (true, "nf4_loss")] {
@@ -454,5 +458,71 @@ extension FamilyTests {
                 XCTAssertEqual(l, try loss(whileLoading), accuracy: 1e-9)
             }
         }
+    }
+}
+
+/// DeepSeek-V2 (make_deepseek_fixtures.py): multi-head latent attention (q_proj,
+/// kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj; nope 12 / rope 8 / value 16, interleaved
+/// RoPE on the rope parts), a dense first layer, group-limited greedy top-3 of 8 experts
+/// with routed_scaling_factor 1.7 and gate-less shared experts; a second fixture with yarn
+/// RoPE whose mscale_all_dim enters the softmax scale. The forward, eval, greedy, decoder,
+/// merge, adapter round-trip and NF4 tests above run on them; here the LoRA gradients of
+/// every target kind against the plain-torch per-expert LoRA (1e-4), and the config.
+extension FamilyTests {
+    func testDeepSeekV2GradientsMatchTorch() throws {
+        XCTAssertEqual(try checkGradients("deepseek_v2"),
+                       [.query, .key, .value, .projection, .mlp, .router, .head, .sharedExpert])
+    }
+
+    func testDeepSeekV2ConfigAndNames() throws {
+        let c = try ModelConfig.load(directory: Fixtures.dir("deepseek_v2"))
+        XCTAssertEqual(c.family, .deepseekV2)
+        XCTAssertEqual(c.mla, MLAShape(kvLoraRank: 24, nopeDim: 12, ropeDim: 8, valueDim: 16))
+        XCTAssertEqual(c.headDim, 20)
+        XCTAssertEqual(c.attentionOutDim, 64)
+        XCTAssertEqual(c.attentionMultiplier!, 1 / Float(20).squareRoot(), accuracy: 1e-7)
+        XCTAssertEqual((0..<3).map { c.isMoELayer($0) }, [false, true, true])
+        XCTAssertEqual(c.expertGroups, ExpertGroups(groups: 4, topGroups: 2))
+        XCTAssertEqual(c.routedScalingFactor, 1.7, accuracy: 1e-6)
+        XCTAssertEqual(c.sharedExpertIntermediateSize, 64)
+        XCTAssertFalse(c.normTopKProb)
+        XCTAssertEqual(c.routerAuxLossCoef, 0, "transformers 5 computes no aux loss for DeepSeek-V2")
+        let y = try ModelConfig.load(directory: Fixtures.dir("deepseek_v2-yarn"))
+        let mscale = 0.1 * 1.0 * Foundation.log(4.0) + 1
+        XCTAssertEqual(Double(y.attentionMultiplier!), mscale * mscale / Double(20).squareRoot(), accuracy: 1e-7)
+        XCTAssertNil(y.expertGroups)
+        let model = try Transformer.load(directory: Fixtures.dir("deepseek_v2"))
+        XCTAssertEqual(model.modules(of: .query, layer: 1), ["model.layers.1.self_attn.q_proj"])
+        XCTAssertEqual(model.modules(of: .key, layer: 1), ["model.layers.1.self_attn.kv_a_proj_with_mqa"])
+        XCTAssertEqual(model.modules(of: .value, layer: 1), ["model.layers.1.self_attn.kv_b_proj"])
+        XCTAssertEqual(model.modules(of: .sharedExpert, layer: 1),
+                       ["model.layers.1.mlp.shared_experts.gate_proj", "model.layers.1.mlp.shared_experts.up_proj",
+                        "model.layers.1.mlp.shared_experts.down_proj"])
+        XCTAssertEqual(model.modules(of: .sharedExpert, layer: 0), [])
+        XCTAssertEqual(model.linear(module: "model.layers.1.self_attn.kv_b_proj")?.rows, 4 * (12 + 16))
+        XCTAssertNil(model.layers[1].sharedExpertGate)
+        // Other families keep their names.
+        XCTAssertEqual(ModelFamily.qwen2.module(.k, layer: 0), "model.layers.0.self_attn.k_proj")
+        XCTAssertNil(ModelFamily.qwen2.parse(module: "model.layers.0.self_attn.kv_b_proj"))
+    }
+
+    func testDeepSeekV2Refusals() throws {
+        let dir = try makeTempDir(self)
+        func parse(_ json: [String: Any]) throws -> ModelConfig {
+            var base: [String: Any] = ["model_type": "deepseek_v2", "hidden_size": 64, "num_attention_heads": 4,
+                                       "intermediate_size": 96, "num_hidden_layers": 2, "vocab_size": 100,
+                                       "q_lora_rank": NSNull(), "num_experts_per_tok": 2, "n_routed_experts": 8]
+            for (k, v) in json { base[k] = v }
+            return try ModelConfig.parse(try JSONSerialization.data(withJSONObject: base), path: dir + "/config.json")
+        }
+        XCTAssertNotNil(try parse([:]).mla)
+        assertMoETuneError(try parse(["q_lora_rank": 16]), contains: ["q_lora_rank"])
+        assertMoETuneError(try parse(["topk_method": "noaux_tc"]), contains: ["topk_method", "noaux_tc"])
+        assertMoETuneError(try parse(["topk_method": "group_limited_greedy", "n_group": 3, "topk_group": 1]), contains: ["n_group"])
+        assertMoETuneError(try parse(["norm_topk_prob": true]), contains: ["norm_topk_prob"])
+        assertMoETuneError(try parse(["moe_layer_freq": 2]), contains: ["moe_layer_freq"])
+        assertMoETuneError(try parse(["num_key_value_heads": 2]), contains: ["num_key_value_heads"])
+        assertMoETuneError(try parse(["scoring_func": "sigmoid"]), contains: ["scoring_func"])
+        assertMoETuneError(try parse(["attention_bias": true]), contains: ["attention_bias"])
     }
 }

@@ -50,6 +50,15 @@ public struct ModelConfig: Equatable, Sendable {
     /// attentionMultiplier (nil: 1 / sqrt(head_dim)), each sublayer's output (attention's
     /// o_proj, the MoE block) times residualMultiplier before its residual add, and the
     /// logits divided by logitsScaling. 1 (nil) everywhere else.
+    /// DeepSeek-V2's multi-head latent attention (nil: q/k/v projections); then headDim is
+    /// the query/key head width nope + rope, every head has its own key and value
+    /// (numKVHeads == numHeads) and values are mla.valueDim wide (padded to headDim in the
+    /// attention kernels).
+    public var mla: MLAShape? = nil
+    /// DeepSeek-V2's router: the k selected probabilities times routedScalingFactor, and with
+    /// group-limited greedy top-k only experts of the topk_group best groups can be chosen.
+    public var routedScalingFactor: Float = 1
+    public var expertGroups: ExpertGroups? = nil
     public var embeddingMultiplier: Float = 1
     public var attentionMultiplier: Float? = nil
     public var residualMultiplier: Float = 1
@@ -71,6 +80,8 @@ public struct ModelConfig: Equatable, Sendable {
     public var isMoE: Bool { numExperts > 0 }
     public var qDim: Int { numHeads * headDim }
     public var kvDim: Int { numKVHeads * headDim }
+    /// Width of the attention output, o_proj's input: nH * D, or nH * v_head_dim with MLA.
+    public var attentionOutDim: Int { mla.map { numHeads * $0.valueDim } ?? qDim }
 
     public init(
         family: ModelFamily, hiddenSize: Int, intermediateSize: Int, numLayers: Int, numHeads: Int,
@@ -179,6 +190,24 @@ public struct ModelConfig: Equatable, Sendable {
         AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
                        window: window(layer: l).flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
     }
+}
+
+/// The shape of DeepSeek-V2's multi-head latent attention: q_proj [nH*(nope+rope), H]
+/// (q_lora_rank null), kv_a_proj_with_mqa [kvLoraRank + rope, H], kv_a_layernorm [kvLoraRank],
+/// kv_b_proj [nH*(nope+valueDim), kvLoraRank], o_proj [H, nH*valueDim].
+public struct MLAShape: Equatable, Sendable {
+    public var kvLoraRank: Int
+    public var nopeDim: Int
+    public var ropeDim: Int
+    public var valueDim: Int
+    public var qkDim: Int { nopeDim + ropeDim }
+}
+
+/// Group-limited greedy top-k: E experts in `groups` groups of E / groups; a token's
+/// experts come from the `topGroups` groups with the highest best probability.
+public struct ExpertGroups: Equatable, Sendable {
+    public var groups: Int
+    public var topGroups: Int
 }
 
 /// Where q/k RMSNorm normalises: over each head's head_dim values (Qwen3, weight [D]) or over

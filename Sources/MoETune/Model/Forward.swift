@@ -37,6 +37,13 @@ extension Transformer {
             // Attention block: mid = x + r * o_proj(attention(rope(q), rope(k), v)), r = residual_multiplier.
             rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: w.inputNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
+            if let m = c.mla, let ma = a.mla, let kvNorm = w.kvANorm {
+                // DeepSeek-V2: q, k, v [N, nH*D] from the latent attention's projections.
+                mlaForward(q: a.q.pointer, k: a.k.pointer, v: a.v.pointer, x: a.ln1.pointer, rows: n, seq: t,
+                           heads: c.numHeads, shape: m, wq: w.q, wkvA: w.k, wkvB: w.v, kvNorm: kvNorm,
+                           adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u?.q.pointer, ukvA: u?.k.pointer, ukvB: u?.v.pointer),
+                           acts: ma, rope: rope)
+            } else {
             linearForward(y: a.q.pointer, x: a.ln1.pointer, rows: n, weight: w.q)
             if let l = ad.q { loraForward(y: a.q.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.q.pointer) }
             linearForward(y: a.k.pointer, x: a.ln1.pointer, rows: n, weight: w.k)
@@ -70,8 +77,11 @@ extension Transformer {
             }
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads)
+            } // MLA or q/k/v (left unindented to keep this merge-friendly)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
                              scratch: s.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l))
+            // MLA: the heads' value parts [N, nH*vD], o_proj's input.
+            if let m = c.mla { mlaCompactOutput(a.attn.pointer, rows: n, heads: c.numHeads, shape: m) }
             attentionResidual(mid: mid, x: x, attn: a.attn.pointer, rows: n, weight: w.o, adapter: ad.o,
                               u: u?.o.pointer, scratch: a.ln2.pointer)
             // Feed-forward block: out = mid + r * ffn(norm(mid)); with r != 1 the block
@@ -105,8 +115,8 @@ extension Transformer {
                 s.routing?.record(layer: l, from: r)
                 moeForward(out: out, x: xm, tokens: n, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: ffnCache, routing: r, scratch: scratch)
-                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared {
-                    sharedExpertForward(out: out, x: a.ln2.pointer, rows: n, hidden: h, weights: se, gate: sg,
+                if let se = w.sharedExpert, let sa = a.shared {
+                    sharedExpertForward(out: out, x: a.ln2.pointer, rows: n, hidden: h, weights: se, gate: w.sharedExpertGate,
                                         adapters: ad.shared, cache: u?.sharedFFN ?? FeedForwardLoRACache(),
                                         acts: sa, act: s.act.pointer)
                 }

@@ -5,9 +5,11 @@ public struct LayerWeights: @unchecked Sendable {
     public var inputNorm: UnsafePointer<Float>      // [H]
     public var postAttentionNorm: UnsafePointer<Float>  // [H]
     public var q: Matrix   // [nH*D, H]
-    public var k: Matrix   // [nKV*D, H]
-    public var v: Matrix   // [nKV*D, H]
-    public var o: Matrix   // [H, nH*D]
+    public var k: Matrix   // [nKV*D, H]; MLA: kv_a_proj_with_mqa [r + rope, H]
+    public var v: Matrix   // [nKV*D, H]; MLA: kv_b_proj [nH*(nope + vD), r]
+    public var o: Matrix   // [H, nH*D]; MLA: [H, nH*vD]
+    /// MLA (DeepSeek-V2): kv_a_layernorm [r].
+    public var kvANorm: UnsafePointer<Float>? = nil
     /// q/k/v biases [nH*D], [nKV*D], [nKV*D] (Qwen2); frozen, always fp32.
     public var qBias: UnsafePointer<Float>? = nil
     public var kBias: UnsafePointer<Float>? = nil
@@ -70,12 +72,16 @@ public final class Transformer: @unchecked Sendable {
             let lin = { (slot: LinearSlot, rows: Int, cols: Int) in
                 try ck.linear(f.weight(slot, layer: l), rows: rows, cols: cols, quantize: quantize)
             }
+            // MLA: k and v slots are kv_a_proj_with_mqa and kv_b_proj.
+            let kShape = c.mla.map { ($0.kvLoraRank + $0.ropeDim, h) } ?? (c.kvDim, h)
+            let vShape = c.mla.map { (c.numHeads * ($0.nopeDim + $0.valueDim), $0.kvLoraRank) } ?? (c.kvDim, h)
             var lw = LayerWeights(
                 inputNorm: try ck.floats(f.inputNorm(l), shape: [h]),
                 postAttentionNorm: try ck.floats(f.postAttentionNorm(l), shape: [h]),
-                q: try lin(.q, c.qDim, h), k: try lin(.k, c.kvDim, h),
-                v: try lin(.v, c.kvDim, h), o: try lin(.o, h, c.qDim),
+                q: try lin(.q, c.qDim, h), k: try lin(.k, kShape.0, kShape.1),
+                v: try lin(.v, vShape.0, vShape.1), o: try lin(.o, h, c.attentionOutDim),
                 mlp: nil, router: nil, experts: [])
+            if let m = c.mla { lw.kvANorm = try ck.floats(f.kvANorm(l), shape: [m.kvLoraRank]) }
             if c.qkvBias {
                 lw.qBias = try ck.floats(f.bias(.q, layer: l), shape: [c.qDim])
                 lw.kBias = try ck.floats(f.bias(.k, layer: l), shape: [c.kvDim])
@@ -91,7 +97,9 @@ public final class Transformer: @unchecked Sendable {
                 if s > 0 {
                     lw.sharedExpert = FeedForwardWeights(gate: try lin(.shared(.gate), s, h), up: try lin(.shared(.up), s, h),
                                                          down: try lin(.shared(.down), h, s))
-                    lw.sharedExpertGate = try ck.matrix(f.weight(.sharedGate, layer: l), rows: 1, cols: h)
+                    if f.moe?.sharedExpertGate != nil {
+                        lw.sharedExpertGate = try ck.matrix(f.weight(.sharedGate, layer: l), rows: 1, cols: h)
+                    }
                 }
             } else {
                 let i = c.intermediateSize
@@ -101,7 +109,7 @@ public final class Transformer: @unchecked Sendable {
             layers.append(lw)
         }
         self.layers = layers
-        rope = RoPETable(headDim: c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1),
+        rope = RoPETable(headDim: c.mla?.ropeDim ?? c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1),
                          scaling: c.ropeScaling)
     }
 
