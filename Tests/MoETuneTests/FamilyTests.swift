@@ -526,3 +526,25 @@ extension FamilyTests {
         assertMoETuneError(try parse(["attention_bias": true]), contains: ["attention_bias"])
     }
 }
+
+extension FamilyTests {
+    /// peft 0.21's own adapter on transformers 5's DeepSeek-V2 (make_deepseek_peft_fixture.py):
+    /// attention (q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj), lm_head and the fused experts
+    /// (target_parameters) read into moe-tune give peft's logits within 1e-4 and its loss within 1e-5.
+    func testDeepSeekV2ReadsPeftAdapter() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("deepseek_v2"))
+        let dir = Fixtures.dir("peft-deepseek_v2")
+        let adapters = try PEFTAdapter.load(directory: dir, model: model)
+        let ref = try SafeTensorsFile(path: dir + "/batch.safetensors")
+        let (tb, mask) = try batch(ref)
+        let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false, loraRank: adapters.maxRank)
+        let (sum, count) = try model.forward(tb, state: state, adapters: adapters)
+        let loss = sum / Double(count), refLoss = Double(try ref.floatArray("loss")[0])
+        let diff = maxDiff(state.logits.pointer, try ref.floatArray("logits"), mask: mask, v: model.config.vocabSize)
+        print("peft deepseek_v2 adapter: \(adapters.all.count) adapters, logits max |diff| \(diff), loss \(loss) vs \(refLoss)")
+        XCTAssertEqual(Set(adapters.all.compactMap { model.kind(of: $0.module) }), [.query, .key, .value, .projection, .mlp, .head])
+        XCTAssertLessThanOrEqual(diff, 1e-4)
+        XCTAssertLessThanOrEqual(abs(loss - refLoss) / refLoss, 1e-5)
+    }
+}
+
