@@ -501,6 +501,8 @@ extension FamilyTests {
         XCTAssertEqual(model.modules(of: .sharedExpert, layer: 0), [])
         XCTAssertEqual(model.linear(module: "model.layers.1.self_attn.kv_b_proj")?.rows, 4 * (12 + 16))
         XCTAssertNil(model.layers[1].sharedExpertGate)
+        assertMoETuneError(try model.overrideExpertsPerToken(5), contains: ["moe.top_k", "group-limited"])
+        try model.overrideExpertsPerToken(4)
         // Other families keep their names.
         XCTAssertEqual(ModelFamily.qwen2.module(.k, layer: 0), "model.layers.0.self_attn.k_proj")
         XCTAssertNil(ModelFamily.qwen2.parse(module: "model.layers.0.self_attn.kv_b_proj"))

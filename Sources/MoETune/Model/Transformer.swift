@@ -120,6 +120,9 @@ public final class Transformer: @unchecked Sendable {
         guard (1...config.numExperts).contains(k) else {
             throw MoETuneError.invalid("moe.top_k \(k) is out of range: the model has \(config.numExperts) experts")
         }
+        if let g = config.expertGroups, k > g.topGroups * (config.numExperts / g.groups) {
+            throw MoETuneError.invalid("moe.top_k \(k) is out of range: group-limited routing allows \(g.topGroups) groups of \(config.numExperts / g.groups) experts")
+        }
         config.expertsPerToken = k
     }
 
