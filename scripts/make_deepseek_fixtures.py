@@ -17,6 +17,9 @@ transformers 5 computes no auxiliary loss for DeepSeek-V2, so there is no aux fi
                     experts (one SwiGLU of 64), default RoPE
   deepseek_v2-yarn  the same shape, greedy top-3, routed_scaling_factor 1, RoPE yarn (factor 4,
                     original 64, mscale 0.9, mscale_all_dim 1.0: the softmax scale gets mscale^2)
+  deepseek_v2-qlora the same shape with q_lora_rank 16 (q_a_proj, q_a_layernorm, q_b_proj), greedy
+                    top-3, routed_scaling_factor 2.5; its adapter leaves q_a_proj frozen (moe-tune's
+                    `query` is q_b_proj)
 Router seeds are drawn until every routing decision (the topk_group-th group against the
 next, and the k-th allowed expert against the next) has a margin of at least 1e-4.
 """
@@ -49,6 +52,8 @@ def configs(V):
         vocab_size=V, topk_method="greedy", routed_scaling_factor=1.0,
         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64,
                          "mscale": 0.9, "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}, **SHAPE), False
+    yield "deepseek_v2-qlora", DeepseekV2Config(vocab_size=V, topk_method="greedy", routed_scaling_factor=2.5,
+                                                **{**SHAPE, "q_lora_rank": 16}), True
 
 
 def randomize(model, seed):
@@ -108,6 +113,8 @@ def add_lora(model, gen):
         return A, B
 
     for name, mod in [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]:
+        if name.endswith("q_a_proj"):
+            continue  # frozen: moe-tune's query target is q_b_proj
         A, B = pair(name, mod.out_features, mod.in_features)
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         setattr(parent, name.rsplit(".", 1)[-1], LoRALinear(mod, A, B))

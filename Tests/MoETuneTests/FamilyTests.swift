@@ -9,11 +9,11 @@ import XCTest
 final class FamilyTests: XCTestCase {
     static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw",
                                   "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2-sw", "qwen3-sw", "qwen2_moe-sw",
-                                  "deepseek_v2", "deepseek_v2-yarn"]
+                                  "deepseek_v2", "deepseek_v2-yarn", "deepseek_v2-qlora"]
     static let trainFixtures = ["qwen2", "qwen3", "mistral-sw", "qwen2-sw"]
     static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2_moe-sw"]
     /// MoE families whose transformers 5 model computes no aux loss (no aux fixture).
-    static let noAuxFixtures = ["deepseek_v2"]
+    static let noAuxFixtures = ["deepseek_v2", "deepseek_v2-qlora"]
     static var adapterFixtures: [String] { trainFixtures + moeFixtures + noAuxFixtures }
 
     func batch(_ ref: SafeTensorsFile, labels: String? = nil) throws -> (TokenBatch, [Int32]) {
@@ -470,8 +470,9 @@ extension FamilyTests {
 /// every target kind against the plain-torch per-expert LoRA (1e-4), and the config.
 extension FamilyTests {
     func testDeepSeekV2GradientsMatchTorch() throws {
-        XCTAssertEqual(try checkGradients("deepseek_v2"),
-                       [.query, .key, .value, .projection, .mlp, .router, .head, .sharedExpert])
+        for name in Self.noAuxFixtures {
+            XCTAssertEqual(try checkGradients(name), [.query, .key, .value, .projection, .mlp, .router, .head, .sharedExpert], name)
+        }
     }
 
     func testDeepSeekV2ConfigAndNames() throws {
@@ -518,7 +519,12 @@ extension FamilyTests {
             return try ModelConfig.parse(try JSONSerialization.data(withJSONObject: base), path: dir + "/config.json")
         }
         XCTAssertNotNil(try parse([:]).mla)
-        assertMoETuneError(try parse(["q_lora_rank": 16]), contains: ["q_lora_rank"])
+        assertMoETuneError(try parse(["q_lora_rank": 0]), contains: ["q_lora_rank"])
+        let q = try parse(["q_lora_rank": 16])
+        XCTAssertEqual(q.mla?.qLoraRank, 16)
+        XCTAssertEqual(q.family.module(.q, layer: 3), "model.layers.3.self_attn.q_b_proj")
+        XCTAssertEqual(q.family.parse(module: "model.layers.3.self_attn.q_b_proj")?.slot, .q)
+        XCTAssertEqual(try parse([:]).family.module(.q, layer: 3), "model.layers.3.self_attn.q_proj")
         assertMoETuneError(try parse(["topk_method": "noaux_tc"]), contains: ["topk_method", "noaux_tc"])
         assertMoETuneError(try parse(["topk_method": "group_limited_greedy", "n_group": 3, "topk_group": 1]), contains: ["n_group"])
         assertMoETuneError(try parse(["norm_topk_prob": true]), contains: ["norm_topk_prob"])

@@ -193,9 +193,12 @@ public struct ModelConfig: Equatable, Sendable {
 }
 
 /// The shape of DeepSeek-V2's multi-head latent attention: q_proj [nH*(nope+rope), H]
-/// (q_lora_rank null), kv_a_proj_with_mqa [kvLoraRank + rope, H], kv_a_layernorm [kvLoraRank],
+/// (or q_a_proj, q_a_layernorm, q_b_proj), kv_a_proj_with_mqa [kvLoraRank + rope, H], kv_a_layernorm [kvLoraRank],
 /// kv_b_proj [nH*(nope+valueDim), kvLoraRank], o_proj [H, nH*valueDim].
 public struct MLAShape: Equatable, Sendable {
+    /// q_lora_rank: nil, q = q_proj(x); else q = q_b_proj(q_a_layernorm(q_a_proj(x))) with
+    /// q_a_proj [qLoraRank, H] (frozen) and q_b_proj [nH*(nope+rope), qLoraRank].
+    public var qLoraRank: Int? = nil
     public var kvLoraRank: Int
     public var nopeDim: Int
     public var ropeDim: Int

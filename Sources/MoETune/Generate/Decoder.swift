@@ -76,10 +76,10 @@ public final class Decoder {
         for (l, w) in model.layers.enumerated() {
             let ad = adapters?.layers[l] ?? LayerAdapters()
             rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.inputNorm, rows: 1, cols: h, eps: c.rmsNormEps)
-            if let m = c.mla, let ma = mla, let kvNorm = w.kvANorm {
+            if let m = c.mla, let ma = mla, let mw = w.mlaWeights {
                 // MLA: q, k, v of this position (RoPE at pos); the cache keeps full keys and values.
                 mlaForward(q: q.pointer, k: k.pointer, v: v.pointer, x: ln.pointer, rows: 1, seq: 1, positionOffset: pos,
-                           heads: c.numHeads, shape: m, wq: w.q, wkvA: w.k, wkvB: w.v, kvNorm: kvNorm,
+                           heads: c.numHeads, shape: m, weights: mw,
                            adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u.pointer, ukvA: u.pointer, ukvB: u.pointer),
                            acts: ma, rope: model.rope)
             } else {

@@ -3,7 +3,9 @@ import Foundation
 /// DeepSeek-V2's multi-head latent attention (q_lora_rank null), as transformers 5 computes
 /// it, turned into the q, k, v that the shared attention kernels take. Shapes, with N tokens,
 /// nH heads, nope/rope/vD the head parts, r = kv_lora_rank, D = nope + rope:
-///   q    [N, nH*D]       = x Wq^T (+ LoRA `query`), each head [q_nope | q_rope]
+///   q    [N, nH*D]       = x Wq^T (+ LoRA `query`), each head [q_nope | q_rope]; with
+///                        q_lora_rank qr: ql [N, qr] = x WqA^T, qn = RMSNorm(ql) (q_a_layernorm),
+///                        q = qn WqB^T (+ LoRA `query` on q_b_proj; q_a_proj is frozen)
 ///   ckv  [N, r + rope]   = x Wkva^T (+ LoRA `key`), kv_a_proj_with_mqa: [c | k_rope]
 ///   cn   [N, r]          = RMSNorm(c) with kv_a_layernorm
 ///   kv   [N, nH*(nope+vD)] = cn Wkvb^T (+ LoRA `value`), kv_b_proj, each head [k_nope | v]
@@ -18,12 +20,31 @@ import Foundation
 /// not rms_norm_eps.
 let mlaNormEps: Float = 1e-6
 
+/// The frozen weights of one MLA layer.
+struct MLAWeights {
+    let q: Matrix                     // q_proj [nH*D, H], or q_b_proj [nH*D, qr]
+    let qA: Matrix?                   // q_a_proj [qr, H]
+    let qANorm: UnsafePointer<Float>? // q_a_layernorm [qr]
+    let kvA: Matrix                   // kv_a_proj_with_mqa [r + rope, H]
+    let kvB: Matrix                   // kv_b_proj [nH*(nope + vD), r]
+    let kvNorm: UnsafePointer<Float>  // kv_a_layernorm [r]
+}
+
+extension LayerWeights {
+    var mlaWeights: MLAWeights? {
+        kvANorm.map { MLAWeights(q: q, qA: qA, qANorm: qANorm, kvA: k, kvB: v, kvNorm: $0) }
+    }
+}
+
 /// Per-layer activations of MLA kept for the backward pass, and the two scratch buffers
 /// every layer shares (rewritten by each layer; backward does not need them).
 public final class MLAActivations {
     let latent: FloatBuffer   // [N, r] c before kv_a_layernorm
     let normed: FloatBuffer   // [N, r] cn, kv_b_proj's input
     let rstd: FloatBuffer     // [N]
+    let qLatent: FloatBuffer? // [N, qr] ql before q_a_layernorm (q_lora_rank only)
+    let qNormed: FloatBuffer? // [N, qr] qn, q_b_proj's input
+    let qRstd: FloatBuffer?   // [N]
     let ckv: FloatBuffer      // [N, r + rope] shared
     let kv: FloatBuffer       // [N, nH*(nope + vD)] shared
 
@@ -31,6 +52,9 @@ public final class MLAActivations {
         latent = FloatBuffer(count: n * m.kvLoraRank)
         normed = FloatBuffer(count: n * m.kvLoraRank)
         rstd = FloatBuffer(count: n)
+        qLatent = m.qLoraRank.map { FloatBuffer(count: n * $0) }
+        qNormed = m.qLoraRank.map { FloatBuffer(count: n * $0) }
+        qRstd = m.qLoraRank.map { _ in FloatBuffer(count: n) }
         ckv = shared.ckv
         kv = shared.kv
     }
@@ -46,13 +70,17 @@ struct MLAScratch {
     }
 }
 
-/// Gradient scratch of MLA's backward: dkv [N, nH*(nope + vD)], dlatent [N, r], dckv [N, r + rope].
+/// Gradient scratch of MLA's backward: dkv [N, nH*(nope + vD)], dlatent [N, r], dckv [N, r + rope],
+/// and with q_lora_rank dqNormed, dqLatent [N, qr].
 final class MLAGradients {
     let dkv: FloatBuffer, dlatent: FloatBuffer, dckv: FloatBuffer
+    let dqNormed: FloatBuffer?, dqLatent: FloatBuffer?
     init(tokens n: Int, heads: Int, shape m: MLAShape) {
         dkv = FloatBuffer(count: n * heads * (m.nopeDim + m.valueDim))
         dlatent = FloatBuffer(count: n * m.kvLoraRank)
         dckv = FloatBuffer(count: n * (m.kvLoraRank + m.ropeDim))
+        dqNormed = m.qLoraRank.map { FloatBuffer(count: n * $0) }
+        dqLatent = m.qLoraRank.map { FloatBuffer(count: n * $0) }
     }
 }
 
@@ -85,17 +113,23 @@ func ropeInterleaved(_ x: UnsafeMutablePointer<Float>, position: Int, table: RoP
 /// i % seq + offset (offset: the KV-cache decoder's position).
 func mlaForward(q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
                 x: UnsafePointer<Float>, rows n: Int, seq t: Int, positionOffset: Int = 0, heads nH: Int, shape m: MLAShape,
-                wq: Matrix, wkvA: Matrix, wkvB: Matrix, kvNorm: UnsafePointer<Float>,
-                adapters ad: MLAAdapters, acts a: MLAActivations, rope: RoPETable) {
+                weights w: MLAWeights, adapters ad: MLAAdapters, acts a: MLAActivations, rope: RoPETable) {
     let r = m.kvLoraRank, dr = m.ropeDim, dn = m.nopeDim, dv = m.valueDim, d = m.qkDim
     let ckv = a.ckv.pointer, kv = a.kv.pointer, latent = a.latent.pointer
-    linearForward(y: q, x: x, rows: n, weight: wq)
-    if let l = ad.q { loraForward(y: q, x: x, rows: n, adapter: l, u: ad.uq!) }
-    linearForward(y: ckv, x: x, rows: n, weight: wkvA)
+    var qIn = x
+    if let wqA = w.qA, let qNorm = w.qANorm, let ql = a.qLatent, let qn = a.qNormed, let qr = a.qRstd {
+        // q_lora_rank: ql [N, qr] = x WqA^T; qn = RMSNorm(ql), q_b_proj's (and its LoRA's) input.
+        linearForward(y: ql.pointer, x: x, rows: n, weight: wqA)
+        rmsnormForward(out: qn.pointer, rstd: qr.pointer, x: ql.pointer, weight: qNorm, rows: n, cols: wqA.rows, eps: mlaNormEps)
+        qIn = UnsafePointer(qn.pointer)
+    }
+    linearForward(y: q, x: qIn, rows: n, weight: w.q)
+    if let l = ad.q { loraForward(y: q, x: qIn, rows: n, adapter: l, u: ad.uq!) }
+    linearForward(y: ckv, x: x, rows: n, weight: w.kvA)
     if let l = ad.kvA { loraForward(y: ckv, x: x, rows: n, adapter: l, u: ad.ukvA!) }
     for i in 0..<n { (latent + i * r).update(from: ckv + i * (r + dr), count: r) }
-    rmsnormForward(out: a.normed.pointer, rstd: a.rstd.pointer, x: latent, weight: kvNorm, rows: n, cols: r, eps: mlaNormEps)
-    linearForward(y: kv, x: a.normed.pointer, rows: n, weight: wkvB)
+    rmsnormForward(out: a.normed.pointer, rstd: a.rstd.pointer, x: latent, weight: w.kvNorm, rows: n, cols: r, eps: mlaNormEps)
+    linearForward(y: kv, x: a.normed.pointer, rows: n, weight: w.kvB)
     if let l = ad.kvB { loraForward(y: kv, x: a.normed.pointer, rows: n, adapter: l, u: ad.ukvB!) }
     parallelChunks(n, minChunk: 16) { range in
         for i in range {
@@ -149,8 +183,7 @@ func mlaExpandGradient(_ d: UnsafeMutablePointer<Float>, rows n: Int, heads nH: 
 ///   dx = dq Wq^T (+ LoRA) + dckv Wkva (+ LoRA)
 func mlaBackward(dx: UnsafeMutablePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafePointer<Float>,
                  dv: UnsafePointer<Float>, x: UnsafePointer<Float>, rows n: Int, seq t: Int, heads nH: Int, shape m: MLAShape,
-                 wq: Matrix, wkvA: Matrix, wkvB: Matrix, kvNorm: UnsafePointer<Float>,
-                 adapters ad: MLAAdapters, acts a: MLAActivations, grads g: MLAGradients, rope: RoPETable,
+                 weights w: MLAWeights, adapters ad: MLAAdapters, acts a: MLAActivations, grads g: MLAGradients, rope: RoPETable,
                  du: UnsafeMutablePointer<Float>) {
     let r = m.kvLoraRank, dr = m.ropeDim, dn = m.nopeDim, dvD = m.valueDim, d = m.qkDim
     let dkv = g.dkv.pointer, dckv = g.dckv.pointer, dlat = g.dlatent.pointer
@@ -172,14 +205,24 @@ func mlaBackward(dx: UnsafeMutablePointer<Float>, dq: UnsafeMutablePointer<Float
     }
     // d cn [N, r] (in dlatent's room first, then d c replaces it via dckv).
     let dnormed = dlat
-    linearBackwardInput(dx: dnormed, dy: dkv, rows: n, weight: wkvB, accumulate: false)
+    linearBackwardInput(dx: dnormed, dy: dkv, rows: n, weight: w.kvB, accumulate: false)
     if let l = ad.kvB { loraBackward(dx: dnormed, dy: dkv, x: a.normed.pointer, rows: n, adapter: l, u: ad.ukvB!, du: du) }
     for i in 0..<n { (dckv + i * (r + dr)).update(repeating: 0, count: r) }
-    rmsnormBackwardStrided(dx: dckv, dxStride: r + dr, dy: dnormed, x: a.latent.pointer, weight: kvNorm,
+    rmsnormBackwardStrided(dx: dckv, dxStride: r + dr, dy: dnormed, x: a.latent.pointer, weight: w.kvNorm,
                            rstd: a.rstd.pointer, rows: n, cols: r)
-    linearBackwardInput(dx: dx, dy: dq, rows: n, weight: wq, accumulate: false)
-    if let l = ad.q { loraBackward(dx: dx, dy: dq, x: x, rows: n, adapter: l, u: ad.uq!, du: du) }
-    linearBackwardInput(dx: dx, dy: dckv, rows: n, weight: wkvA, accumulate: true)
+    if let wqA = w.qA, let qNorm = w.qANorm, let ql = a.qLatent, let qn = a.qNormed, let qr = a.qRstd,
+       let dqn = g.dqNormed, let dql = g.dqLatent {
+        // q = qn WqB^T: d qn = dq WqB (+ LoRA); d ql through q_a_layernorm; dx = d ql WqA.
+        linearBackwardInput(dx: dqn.pointer, dy: dq, rows: n, weight: w.q, accumulate: false)
+        if let l = ad.q { loraBackward(dx: dqn.pointer, dy: dq, x: qn.pointer, rows: n, adapter: l, u: ad.uq!, du: du) }
+        dql.pointer.update(repeating: 0, count: n * wqA.rows)
+        rmsnormBackward(dx: dql.pointer, dy: dqn.pointer, x: ql.pointer, weight: qNorm, rstd: qr.pointer, rows: n, cols: wqA.rows)
+        linearBackwardInput(dx: dx, dy: dql.pointer, rows: n, weight: wqA, accumulate: false)
+    } else {
+        linearBackwardInput(dx: dx, dy: dq, rows: n, weight: w.q, accumulate: false)
+        if let l = ad.q { loraBackward(dx: dx, dy: dq, x: x, rows: n, adapter: l, u: ad.uq!, du: du) }
+    }
+    linearBackwardInput(dx: dx, dy: dckv, rows: n, weight: w.kvA, accumulate: true)
     if let l = ad.kvA { loraBackward(dx: dx, dy: dckv, x: x, rows: n, adapter: l, u: ad.ukvA!, du: du) }
 }
 

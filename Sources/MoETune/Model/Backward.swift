@@ -134,13 +134,13 @@ extension Transformer {
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
                               scratch: g.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l))
-            if let m = c.mla, let ma = a.mla, let mg = g.mla, let kvNorm = w.kvANorm {
+            if let m = c.mla, let ma = a.mla, let mg = g.mla, let mw = w.mlaWeights {
                 if ad.q != nil || ad.k != nil || ad.v != nil {
                     rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
                                    rows: n, cols: h, eps: c.rmsNormEps)
                 }
                 mlaBackward(dx: g.dln.pointer, dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, x: a.ln1.pointer,
-                            rows: n, seq: t, heads: c.numHeads, shape: m, wq: w.q, wkvA: w.k, wkvB: w.v, kvNorm: kvNorm,
+                            rows: n, seq: t, heads: c.numHeads, shape: m, weights: mw,
                             adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u?.q.pointer, ukvA: u?.k.pointer, ukvB: u?.v.pointer),
                             acts: ma, grads: mg, rope: rope, du: du)
                 rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,

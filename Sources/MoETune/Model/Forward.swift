@@ -37,10 +37,10 @@ extension Transformer {
             // Attention block: mid = x + r * o_proj(attention(rope(q), rope(k), v)), r = residual_multiplier.
             rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: w.inputNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
-            if let m = c.mla, let ma = a.mla, let kvNorm = w.kvANorm {
+            if let m = c.mla, let ma = a.mla, let mw = w.mlaWeights {
                 // DeepSeek-V2: q, k, v [N, nH*D] from the latent attention's projections.
                 mlaForward(q: a.q.pointer, k: a.k.pointer, v: a.v.pointer, x: a.ln1.pointer, rows: n, seq: t,
-                           heads: c.numHeads, shape: m, wq: w.q, wkvA: w.k, wkvB: w.v, kvNorm: kvNorm,
+                           heads: c.numHeads, shape: m, weights: mw,
                            adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u?.q.pointer, ukvA: u?.k.pointer, ukvB: u?.v.pointer),
                            acts: ma, rope: rope)
             } else {

@@ -8,8 +8,11 @@ public struct LayerWeights: @unchecked Sendable {
     public var k: Matrix   // [nKV*D, H]; MLA: kv_a_proj_with_mqa [r + rope, H]
     public var v: Matrix   // [nKV*D, H]; MLA: kv_b_proj [nH*(nope + vD), r]
     public var o: Matrix   // [H, nH*D]; MLA: [H, nH*vD]
-    /// MLA (DeepSeek-V2): kv_a_layernorm [r].
+    /// MLA (DeepSeek-V2): kv_a_layernorm [r]; with q_lora_rank qr, q_a_proj [qr, H] (frozen)
+    /// and q_a_layernorm [qr], and q is q_b_proj [nH*D, qr].
     public var kvANorm: UnsafePointer<Float>? = nil
+    public var qA: Matrix? = nil
+    public var qANorm: UnsafePointer<Float>? = nil
     /// q/k/v biases [nH*D], [nKV*D], [nKV*D] (Qwen2); frozen, always fp32.
     public var qBias: UnsafePointer<Float>? = nil
     public var kBias: UnsafePointer<Float>? = nil
@@ -78,10 +81,14 @@ public final class Transformer: @unchecked Sendable {
             var lw = LayerWeights(
                 inputNorm: try ck.floats(f.inputNorm(l), shape: [h]),
                 postAttentionNorm: try ck.floats(f.postAttentionNorm(l), shape: [h]),
-                q: try lin(.q, c.qDim, h), k: try lin(.k, kShape.0, kShape.1),
+                q: try lin(.q, c.qDim, c.mla?.qLoraRank ?? h), k: try lin(.k, kShape.0, kShape.1),
                 v: try lin(.v, vShape.0, vShape.1), o: try lin(.o, h, c.attentionOutDim),
                 mlp: nil, router: nil, experts: [])
             if let m = c.mla { lw.kvANorm = try ck.floats(f.kvANorm(l), shape: [m.kvLoraRank]) }
+            if let qr = c.mla?.qLoraRank {
+                lw.qA = try ck.linear(f.qAProj(l), rows: qr, cols: h, quantize: quantize)
+                lw.qANorm = try ck.floats(f.qANorm(l), shape: [qr])
+            }
             if c.qkvBias {
                 lw.qBias = try ck.floats(f.bias(.q, layer: l), shape: [c.qDim])
                 lw.kBias = try ck.floats(f.bias(.k, layer: l), shape: [c.kvDim])

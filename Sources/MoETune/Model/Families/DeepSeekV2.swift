@@ -2,7 +2,7 @@ import Foundation
 
 /// DeepSeek-V2 (and V2-Lite), as transformers 5's modeling_deepseek_v2 computes it.
 /// Attention is multi-head latent attention (Layers/MLA.swift): q = q_proj(x) per head
-/// [nope | rope] (`q_lora_rank` must be null, as in V2-Lite; its q_a/q_b form is refused);
+/// [nope | rope] (`q_lora_rank` null, as in V2-Lite), or q_b_proj(q_a_layernorm(q_a_proj(x)));
 /// kv_a_proj_with_mqa(x) = [c | k_rope], c normalised by kv_a_layernorm, kv_b_proj(c) = per
 /// head [k_nope | v]; RoPE on the rope parts only, interleaved (dims 2i, 2i+1 pair), over
 /// qk_rope_head_dim; the softmax scale (nope + rope)^-1/2, times mscale(factor,
@@ -15,7 +15,8 @@ import Foundation
 /// aux_loss_alpha / seq_aux are not read by it), so the default coefficient is 0.
 /// Tensors: self_attn.{q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj},
 /// mlp.gate, mlp.experts.E.{gate,up,down}_proj (or fused), mlp.shared_experts.*.
-/// LoRA targets: query = q_proj, key = kv_a_proj_with_mqa, value = kv_b_proj.
+/// LoRA targets: query = q_proj (q_b_proj with q_lora_rank; q_a_proj stays frozen),
+/// key = kv_a_proj_with_mqa, value = kv_b_proj.
 extension ModelFamily {
     public static let deepseekV2 = ModelFamily(
         name: "deepseek_v2", modelTypes: ["deepseek_v2"],
@@ -32,9 +33,12 @@ extension ModelFamily {
                 guard v > 0 else { throw MoETuneError.config(path: r.path, key: key, message: "must be positive, got \(v)") }
                 return v
             }
-            if try r.optionalInt("q_lora_rank") != nil {
-                throw MoETuneError.config(path: r.path, key: "q_lora_rank",
-                    message: "the low-rank query (q_a_proj / q_b_proj) is not supported; only q_lora_rank null (DeepSeek-V2-Lite)")
+            // q_lora_rank (DeepSeek-V2): the query slot is q_b_proj, behind the frozen q_a_proj
+            // and q_a_layernorm; null (V2-Lite): q_proj.
+            let qLoraRank = try r.optionalInt("q_lora_rank")
+            if let q = qLoraRank {
+                guard q > 0 else { throw MoETuneError.config(path: r.path, key: "q_lora_rank", message: "must be positive or null") }
+                c.family.attentionModules[0] = "q_b_proj"
             }
             try r.refuse("attention_bias", message: "biases in attention layers are not supported for deepseek_v2")
             try r.refuse("mlp_bias", message: "biases in MLP layers are not supported")
@@ -48,7 +52,7 @@ extension ModelFamily {
             if let s = try r.optionalString("scoring_func"), s != "softmax" {
                 throw MoETuneError.config(path: r.path, key: "scoring_func", message: "only softmax is supported, got '\(s)'")
             }
-            let mla = MLAShape(kvLoraRank: try positive("kv_lora_rank", 512), nopeDim: try positive("qk_nope_head_dim", 128),
+            let mla = MLAShape(qLoraRank: qLoraRank, kvLoraRank: try positive("kv_lora_rank", 512), nopeDim: try positive("qk_nope_head_dim", 128),
                                ropeDim: try positive("qk_rope_head_dim", 64), valueDim: try positive("v_head_dim", 128))
             guard mla.ropeDim % 2 == 0 else {
                 throw MoETuneError.config(path: r.path, key: "qk_rope_head_dim", message: "must be even, got \(mla.ropeDim)")

@@ -119,6 +119,9 @@ extension ModelFamily {
     public func kNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.k_norm.weight" }
     /// DeepSeek-V2's RMSNorm of the compressed key/value [kv_lora_rank].
     public func kvANorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.kv_a_layernorm.weight" }
+    /// DeepSeek-V2 with q_lora_rank: the frozen down-projection of the query and its RMSNorm.
+    public func qAProj(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_a_proj.weight" }
+    public func qANorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_a_layernorm.weight" }
 
     private static let denseParts = ["gate_proj", "up_proj", "down_proj"]
 
