@@ -19,6 +19,10 @@ unmerged) and grads.safetensors (d loss / d every LoRA tensor).
   qwen2        Qwen2: random non-zero q/k/v biases, one KV head, norm weights not ones
   qwen3        Qwen3: q/k RMSNorm per head (weights not ones), head_dim 24 with hidden 64 / 4 heads
   mistral-sw   Mistral with sliding_window 7, shorter than the 24- and 16-token sequences
+  qwen2-sw     Qwen2, 3 layers, use_sliding_window with sliding_window 5 and max_window_layers 1:
+               layers 1 and 2 slide, layer 0 attends to everything (transformers 5 saves
+               layer_types)
+  qwen3-sw     Qwen3, 3 layers, sliding_window 6, max_window_layers 2: layer 2 slides
 For the `train` families NAME/reference.json also gets nf4_loss (double quantization) and
 nf4_loss_single (without): the loss with every
 decoder-layer linear weight replaced by bitsandbytes' NF4 (blocks of 64, double
@@ -62,6 +66,10 @@ def configs(V):
                                **{**COMMON, "head_dim": 24}), True
     yield "mistral-sw", MistralConfig(vocab_size=V, tie_word_embeddings=False, sliding_window=7,
                                       **{**COMMON, "num_key_value_heads": 1}), True
+    yield "qwen2-sw", Qwen2Config(vocab_size=V, tie_word_embeddings=False, use_sliding_window=True, sliding_window=5,
+                                  max_window_layers=1, **{**COMMON, "num_hidden_layers": 3, "num_key_value_heads": 1}), True
+    yield "qwen3-sw", Qwen3Config(vocab_size=V, tie_word_embeddings=False, use_sliding_window=True, sliding_window=6,
+                                  max_window_layers=2, **{**COMMON, "num_hidden_layers": 3, "head_dim": 24}), False
 
 
 def randomize(model, seed):

@@ -25,6 +25,9 @@ router probability (asserted). No pad_token_id; norm weights 1 + 0.3 N(0,1); bia
   qwen3_moe  2 layers, 8 experts top-3 of 32, norm_topk_prob true, q/k norms, head_dim 24
   olmoe      2 layers, 8 experts top-2 of 32, norm_topk_prob false, q/k norms over the whole
              projection, clip_qkv 1.5 (some values are clamped)
+  qwen2_moe-sw  qwen2_moe with 3 layers (none dense), use_sliding_window, sliding_window 5 and
+             max_window_layers 2: transformers 5's Qwen2-MoE rule makes layer 0 (even, < 2) slide
+             only
   granitemoe 2 layers, 8 experts top-2 of 32, one KV head, tied embeddings, embedding_multiplier
              12, attention_multiplier 0.15625, residual_multiplier 0.22, logits_scaling 8;
              router softmax over the top-k logits (add_lora follows it); transformers 5 saves
@@ -65,6 +68,10 @@ def configs(V):
                                          embedding_multiplier=12.0, attention_multiplier=0.015625 * 10,
                                          residual_multiplier=0.22, logits_scaling=8.0, tie_word_embeddings=True,
                                          **{**granite, "intermediate_size": 32, "num_key_value_heads": 1})
+    yield "qwen2_moe-sw", Qwen2MoeConfig(vocab_size=V, num_hidden_layers=3, num_experts_per_tok=2,
+                                         shared_expert_intermediate_size=48, norm_topk_prob=False, qkv_bias=True,
+                                         use_sliding_window=True, sliding_window=5, max_window_layers=2,
+                                         **{**COMMON, "num_key_value_heads": 1})
 
 
 def randomize(model, seed):

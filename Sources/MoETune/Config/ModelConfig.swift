@@ -23,7 +23,11 @@ public struct ModelConfig: Equatable, Sendable {
     public var numExperts: Int
     public var expertsPerToken: Int
     public var routerAuxLossCoef: Float
+    /// Sliding-window attention of width slidingWindow (nil: none) in the layers of
+    /// `slidingLayers` (nil: every layer, as Mistral/Mixtral; Qwen2/Qwen3 from
+    /// max_window_layers or layer_types).
     public var slidingWindow: Int?
+    public var slidingLayers: Set<Int>? = nil
     public var maxPositionEmbeddings: Int
     /// q, k and v projections carry a bias (Qwen2); o_proj never does here.
     public var qkvBias = false
@@ -46,6 +50,15 @@ public struct ModelConfig: Equatable, Sendable {
     /// attentionMultiplier (nil: 1 / sqrt(head_dim)), each sublayer's output (attention's
     /// o_proj, the MoE block) times residualMultiplier before its residual add, and the
     /// logits divided by logitsScaling. 1 (nil) everywhere else.
+    /// DeepSeek-V2's multi-head latent attention (nil: q/k/v projections); then headDim is
+    /// the query/key head width nope + rope, every head has its own key and value
+    /// (numKVHeads == numHeads) and values are mla.valueDim wide (padded to headDim in the
+    /// attention kernels).
+    public var mla: MLAShape? = nil
+    /// DeepSeek-V2's router: the k selected probabilities times routedScalingFactor, and with
+    /// group-limited greedy top-k only experts of the topk_group best groups can be chosen.
+    public var routedScalingFactor: Float = 1
+    public var expertGroups: ExpertGroups? = nil
     public var embeddingMultiplier: Float = 1
     public var attentionMultiplier: Float? = nil
     public var residualMultiplier: Float = 1
@@ -67,6 +80,8 @@ public struct ModelConfig: Equatable, Sendable {
     public var isMoE: Bool { numExperts > 0 }
     public var qDim: Int { numHeads * headDim }
     public var kvDim: Int { numKVHeads * headDim }
+    /// Width of the attention output, o_proj's input: nH * D, or nH * v_head_dim with MLA.
+    public var attentionOutDim: Int { mla.map { numHeads * $0.valueDim } ?? qDim }
 
     public init(
         family: ModelFamily, hiddenSize: Int, intermediateSize: Int, numLayers: Int, numHeads: Int,
@@ -163,11 +178,39 @@ public struct ModelConfig: Equatable, Sendable {
         return config
     }
 
-    /// The attention shape of a batch: a sliding window only where it is shorter than the sequence.
-    func attentionShape(batch b: Int, seq t: Int) -> AttentionShape {
-        AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
-                       window: slidingWindow.flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
+    /// The sliding window of layer l, or nil where it attends to every earlier position.
+    public func window(layer l: Int) -> Int? {
+        guard let w = slidingWindow, slidingLayers?.contains(l) ?? true else { return nil }
+        return w
     }
+
+    /// The attention shape of layer l over a batch: a sliding window only where the layer
+    /// has one and it is shorter than the sequence.
+    func attentionShape(batch b: Int, seq t: Int, layer l: Int) -> AttentionShape {
+        AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
+                       window: window(layer: l).flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
+    }
+}
+
+/// The shape of DeepSeek-V2's multi-head latent attention: q_proj [nH*(nope+rope), H]
+/// (or q_a_proj, q_a_layernorm, q_b_proj), kv_a_proj_with_mqa [kvLoraRank + rope, H], kv_a_layernorm [kvLoraRank],
+/// kv_b_proj [nH*(nope+valueDim), kvLoraRank], o_proj [H, nH*valueDim].
+public struct MLAShape: Equatable, Sendable {
+    /// q_lora_rank: nil, q = q_proj(x); else q = q_b_proj(q_a_layernorm(q_a_proj(x))) with
+    /// q_a_proj [qLoraRank, H] (frozen) and q_b_proj [nH*(nope+rope), qLoraRank].
+    public var qLoraRank: Int? = nil
+    public var kvLoraRank: Int
+    public var nopeDim: Int
+    public var ropeDim: Int
+    public var valueDim: Int
+    public var qkDim: Int { nopeDim + ropeDim }
+}
+
+/// Group-limited greedy top-k: E experts in `groups` groups of E / groups; a token's
+/// experts come from the `topGroups` groups with the highest best probability.
+public struct ExpertGroups: Equatable, Sendable {
+    public var groups: Int
+    public var topGroups: Int
 }
 
 /// Where q/k RMSNorm normalises: over each head's head_dim values (Qwen3, weight [D]) or over
@@ -188,6 +231,39 @@ extension FieldReader {
         if let v = try optionalBool(key), v != allowed {
             throw MoETuneError.config(path: path, key: prefix + key, message: message)
         }
+    }
+
+    /// Qwen's sliding window: off unless use_sliding_window; then sliding_window (default
+    /// 4096) in the layers layer_types names "sliding_attention", or, where the file has no
+    /// layer_types, in the layers `defaultLayers` picks from max_window_layers (default 28)
+    /// — transformers 5's rule for the family.
+    func readQwenSlidingWindow(_ c: inout ModelConfig, defaultLayers: (_ layer: Int, _ maxWindowLayers: Int) -> Bool) throws {
+        let types: [String]?
+        if let v = json["layer_types"], !(v is NSNull) {
+            guard let list = v as? [String], list.count == c.numLayers,
+                  list.allSatisfy({ $0 == "full_attention" || $0 == "sliding_attention" }) else {
+                throw MoETuneError.config(path: path, key: prefix + "layer_types",
+                    message: "expected \(c.numLayers) entries, each \"full_attention\" or \"sliding_attention\"")
+            }
+            types = list
+        } else {
+            types = nil
+        }
+        guard try optionalBool("use_sliding_window") == true else {
+            if types?.contains("sliding_attention") == true {
+                throw MoETuneError.config(path: path, key: prefix + "layer_types",
+                    message: "names sliding_attention layers but use_sliding_window is false")
+            }
+            c.slidingWindow = nil
+            return
+        }
+        let w = try optionalInt("sliding_window") ?? 4096
+        guard w > 0 else { throw MoETuneError.config(path: path, key: prefix + "sliding_window", message: "must be positive, got \(w)") }
+        let maxWindowLayers = try optionalInt("max_window_layers") ?? 28
+        c.slidingWindow = w
+        c.slidingLayers = Set((0..<max(c.numLayers, 0)).filter { l in
+            types.map { $0[l] == "sliding_attention" } ?? defaultLayers(l, maxWindowLayers)
+        })
     }
 
     /// moe_intermediate_size, norm_topk_prob, decoder_sparse_step and mlp_only_layers (Qwen-MoE).

@@ -25,6 +25,8 @@ public final class Decoder {
     public let logits: FloatBuffer   // [V]
     /// [H] the residual input of a sublayer when residual_multiplier != 1 (Granite).
     private let resid: FloatBuffer?
+    /// DeepSeek-V2's latent attention: its one-token activations.
+    private let mla: MLAActivations?
     private var valid = true
 
     public init(model: Transformer, adapters: AdapterSet?, maxLength: Int) {
@@ -48,10 +50,11 @@ public final class Decoder {
         u = FloatBuffer(count: r)
         ffnU = (FloatBuffer(count: rows * r), FloatBuffer(count: rows * r), FloatBuffer(count: rows * r))
         routing = c.isMoE ? RoutingBuffers(tokens: 1, experts: c.numExperts, k: c.expertsPerToken) : nil
-        routing?.normalize = c.normTopKProb
+        routing?.configure(c)
         experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.expertIntermediateSize) : nil
         logits = FloatBuffer(count: c.vocabSize)
         resid = c.residualMultiplier != 1 ? FloatBuffer(count: c.hiddenSize) : nil
+        mla = c.mla.map { MLAActivations(tokens: 1, shape: $0, shared: MLAScratch(tokens: 1, heads: c.numHeads, shape: $0)) }
     }
 
     public func reset() { length = 0 }
@@ -73,6 +76,13 @@ public final class Decoder {
         for (l, w) in model.layers.enumerated() {
             let ad = adapters?.layers[l] ?? LayerAdapters()
             rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.inputNorm, rows: 1, cols: h, eps: c.rmsNormEps)
+            if let m = c.mla, let ma = mla, let mw = w.mlaWeights {
+                // MLA: q, k, v of this position (RoPE at pos); the cache keeps full keys and values.
+                mlaForward(q: q.pointer, k: k.pointer, v: v.pointer, x: ln.pointer, rows: 1, seq: 1, positionOffset: pos,
+                           heads: c.numHeads, shape: m, weights: mw,
+                           adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u.pointer, ukvA: u.pointer, ukvB: u.pointer),
+                           acts: ma, rope: model.rope)
+            } else {
             project(q.pointer, ln.pointer, w.q, ad.q)
             project(k.pointer, ln.pointer, w.k, ad.k)
             project(v.pointer, ln.pointer, w.v, ad.v)
@@ -92,12 +102,13 @@ public final class Decoder {
             }
             model.rope.rotate(q.pointer, position: pos, heads: c.numHeads)
             model.rope.rotate(k.pointer, position: pos, heads: c.numKVHeads)
+            } // MLA or q/k/v (left unindented to keep this merge-friendly)
             (keys[l].pointer + pos * c.kvDim).update(from: k.pointer, count: c.kvDim)
             (values[l].pointer + pos * c.kvDim).update(from: v.pointer, count: c.kvDim)
             // Attention of the new query over positions 0...pos.
             let group = c.numHeads / c.numKVHeads, scale = c.attentionMultiplier ?? 1 / Float(d).squareRoot()
             // Sliding window W: positions pos - W < j <= pos (the cache keeps them all).
-            let first = c.slidingWindow.map { max(0, pos - $0 + 1) } ?? 0
+            let first = c.window(layer: l).map { max(0, pos - $0 + 1) } ?? 0
             for head in 0..<c.numHeads {
                 let kvh = head / group, qh = q.pointer + head * d
                 var m = -Float.infinity
@@ -119,6 +130,7 @@ public final class Decoder {
             }
             // x += r * o_proj(attn), r = residual_multiplier: with r != 1 x is kept in resid
             // and the sublayer accumulates into x = 0; then x = resid + r * x. Same for the MLP.
+            if let m = c.mla { mlaCompactOutput(attn.pointer, rows: 1, heads: c.numHeads, shape: m) }
             if let rs = resid { rs.pointer.update(from: x.pointer, count: h); x.pointer.update(repeating: 0, count: h) }
             linearForward(y: x.pointer, x: attn.pointer, rows: 1, weight: w.o, accumulate: true)
             if let lo = ad.o { loraForward(y: x.pointer, x: attn.pointer, rows: 1, adapter: lo, u: u.pointer) }
@@ -136,8 +148,8 @@ public final class Decoder {
                 withUnsafePointer(to: &valid) { r.route(tokens: 1, valid: $0, options: o, layer: l) }
                 moeForward(out: x.pointer, x: ln.pointer, tokens: 1, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: cache, routing: r, scratch: scratch)
-                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = shared {
-                    sharedExpertForward(out: x.pointer, x: ln.pointer, rows: 1, hidden: h, weights: se, gate: sg,
+                if let se = w.sharedExpert, let sa = shared {
+                    sharedExpertForward(out: x.pointer, x: ln.pointer, rows: 1, hidden: h, weights: se, gate: w.sharedExpertGate,
                                         adapters: ad.shared, cache: cache, acts: sa, act: act.pointer)
                 }
             }

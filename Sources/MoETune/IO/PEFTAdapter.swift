@@ -128,8 +128,11 @@ public enum PEFTAdapter {
         func alphaFor(_ module: String) -> Double {
             match(alphaPattern, [module]) ?? alpha
         }
-        func scale(_ module: String, rank: Int) -> Float {
-            let a = alphaFor(module)
+        /// `patternName`: the name peft matches the patterns against where it differs from
+        /// the module (a fused expert parameter, "...mlp.experts.gate_up_proj": peft 0.21 gives
+        /// gate_up twice the rank and alpha through rank_pattern / alpha_pattern).
+        func scale(_ module: String, rank: Int, patternName: String? = nil) -> Float {
+            let a = patternName.flatMap { match(alphaPattern, [$0]) } ?? alphaFor(module)
             return Float(rslora ? a / Double(rank).squareRoot() : a / Double(rank))
         }
         func floats(_ name: String) throws -> [Float] {
@@ -149,7 +152,7 @@ public enum PEFTAdapter {
             }
         }
         // Collect (module → A, B) in moe-tune's per-module naming.
-        var pieces: [(module: String, a: [Float], b: [Float], rank: Int)] = []
+        var pieces: [(module: String, a: [Float], b: [Float], rank: Int, patternName: String?)] = []
         var seen = Set<String>()
         for name in file.tensors.keys.sorted() where name.hasSuffix(".lora_A.weight") {
             guard name.hasPrefix(prefix) else {
@@ -181,10 +184,11 @@ public enum PEFTAdapter {
                         guard outF == 2 * inter else {
                             throw MoETuneError.file(path: weightsPath, message: "module \(module): gate_up lora_B has \(outF) rows, expected \(2 * inter)")
                         }
-                        pieces.append((name(.gate), ax, Array(bx[0..<(inter * rank)]), rank))
-                        pieces.append((name(.up), ax, Array(bx[(inter * rank)...]), rank))
+                        let param = family.fusedGateUp(fused.layer)
+                        pieces.append((name(.gate), ax, Array(bx[0..<(inter * rank)]), rank, param))
+                        pieces.append((name(.up), ax, Array(bx[(inter * rank)...]), rank, param))
                     } else {
-                        pieces.append((name(.down), ax, bx, rank))
+                        pieces.append((name(.down), ax, bx, rank, family.fusedDown(fused.layer)))
                     }
                 }
                 continue
@@ -202,7 +206,7 @@ public enum PEFTAdapter {
                 throw MoETuneError.config(path: configPath, key: "r",
                     message: "module \(module) has rank \(aInfo.shape[0]) in \(weightsPath) but the config gives \(expectedRank) (r or rank_pattern)")
             }
-            pieces.append((canonical, try floats(name), try floats(bName), aInfo.shape[0]))
+            pieces.append((canonical, try floats(name), try floats(bName), aInfo.shape[0], nil))
         }
         // Full router weights (modules_to_save), in either layout's naming.
         var routerWeights: [Int: [Float]] = [:]
@@ -238,7 +242,7 @@ public enum PEFTAdapter {
                 throw MoETuneError.file(path: weightsPath,
                     message: "module \(p.module): adapter shapes A [\(p.rank), \(p.a.count / max(p.rank, 1))], B [\(p.b.count / max(p.rank, 1)), \(p.rank)] do not fit the base weight [\(w.rows), \(w.cols)]")
             }
-            plan.append(AdapterPlan(module: p.module, rank: p.rank, scale: scale(p.module, rank: p.rank)))
+            plan.append(AdapterPlan(module: p.module, rank: p.rank, scale: scale(p.module, rank: p.rank, patternName: p.patternName)))
         }
         let kinds = Set(plan.compactMap { family.kind(of: $0.module) })
         var spec = LoRASpec(rank: r, alpha: alpha, dropout: 0, rslora: rslora, targets: kinds, layers: .all)

@@ -35,6 +35,13 @@ extension Checkpoint {
     /// Reads a bitsandbytes 4-bit weight: packed codes, absmax (8-bit with nested absmax,
     /// map and offset when double-quantized, else fp32) and the JSON quant state.
     func readBnb4bit(_ name: String, rows: Int, cols: Int) throws -> NF4Weight {
+        try readBnb4bit(name, shape: [rows, cols])
+    }
+
+    /// A 4-bit tensor of any shape (the fused experts [E, 2*I, H] of `moe-tune quantize`)
+    /// as one NF4Weight of rows = all but the last dimension, cols = the last.
+    func readBnb4bit(_ name: String, shape: [Int]) throws -> NF4Weight {
+        let cols = shape.last ?? 1, rows = shape.dropLast().reduce(1, *)
         let file = path(of: name)
         func raw(_ n: String) throws -> (TensorInfo, Data) {
             guard let info = info(n) else { throw MoETuneError.file(path: file, message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
@@ -50,8 +57,8 @@ extension Checkpoint {
         guard state.blocksize == NF4Weight.blockSize else {
             throw MoETuneError.file(path: file, message: "\(name): block size \(state.blocksize) is not supported (only 64)")
         }
-        guard state.shape == [rows, cols] else {
-            throw MoETuneError.file(path: file, message: "\(name): 4-bit weight of shape \(state.shape), expected \([rows, cols]) from config.json")
+        guard state.shape == shape else {
+            throw MoETuneError.file(path: file, message: "\(name): 4-bit weight of shape \(state.shape), expected \(shape) from config.json")
         }
         let n = rows * cols, nblocks = (n + 63) / 64
         let (pInfo, packedBytes) = try raw(name)

@@ -148,6 +148,21 @@ public final class NF4Weight: @unchecked Sendable {
         return nestedMap[Int(absmaxCodes![b])] * nestedAbsmax[b / NF4Weight.nestedBlockSize] + offset
     }
 
+    /// Rows r0 ..< r0 + count as a weight of their own (one expert's slice of a fused 4-bit
+    /// tensor), with the same codes and block scales; the slice must start and end on a
+    /// block boundary. Its scales are kept as fp32 (what `blockScale` gives), so it
+    /// dequantizes to exactly the same values.
+    public func slice(rows r0: Int, count: Int) -> NF4Weight {
+        let start = r0 * cols, n = count * cols, bs = NF4Weight.blockSize
+        precondition(start % bs == 0 && n % bs == 0 && r0 + count <= rows, "NF4 slice off a block boundary")
+        let packed = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, n / 2))
+        packed.update(from: self.packed + start / 2, count: n / 2)
+        let absmax = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n / bs))
+        for b in 0..<(n / bs) { absmax[b] = blockScale(start / bs + b) }
+        return NF4Weight(rows: count, cols: cols, packed: packed, absmax: absmax, absmaxCodes: nil,
+                         nestedAbsmax: [], nestedMap: [], offset: 0)
+    }
+
     /// Writes rows r0..<r1 as fp32 into dst [(r1 - r0), cols].
     public func dequantizeRows(_ r0: Int, _ r1: Int, into dst: UnsafeMutablePointer<Float>) {
         let start = r0 * cols, end = r1 * cols

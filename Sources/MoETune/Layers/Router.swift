@@ -54,6 +54,18 @@ public final class RoutingBuffers {
     /// Renormalise the k weights to sum to 1 (Mixtral; norm_topk_prob); else they are the
     /// softmax probabilities themselves.
     public var normalize = true
+    /// DeepSeek-V2: the k weights times `scale` (routed_scaling_factor), and with `groups`
+    /// only experts of the topGroups groups with the highest best probability are chosen
+    /// (group_limited_greedy).
+    public var scale: Float = 1
+    public var groups: ExpertGroups? = nil
+
+    /// The family's routing rules from the model config.
+    func configure(_ c: ModelConfig) {
+        normalize = c.normTopKProb
+        scale = c.routedScalingFactor
+        groups = c.expertGroups
+    }
 
     // Statistics of the last routing, over valid (non-padding) tokens.
     public private(set) var validTokens = 0
@@ -101,7 +113,7 @@ public final class RoutingBuffers {
         }
         let logits = self.logits.pointer, noise = self.noise.pointer, probs = self.probs.pointer
         let topExpert = self.topExpert, topWeight = self.topWeight.pointer, lse = self.lse.pointer
-        let std = o.noiseStd, learned = o.learnedNoise, normalize = self.normalize
+        let std = o.noiseStd, learned = o.learnedNoise, normalize = self.normalize, scale = self.scale, groups = self.groups
         let pre = noisePre.pointer, c = o.noiseStd / Float(M_LN2)
         parallelChunks(n, minChunk: 64) { range in
             for i in range {
@@ -122,6 +134,22 @@ public final class RoutingBuffers {
                 lse[i] = m + Foundation.log(sum)
                 let te = topExpert + i * k, tw = topWeight + i * k
                 var total: Float = 0
+                // Group-limited greedy: a bit per group that may be chosen (groups <= 64).
+                var allowed = UInt64.max
+                if let g = groups {
+                    let size = e / g.groups
+                    allowed = 0
+                    for _ in 0..<g.topGroups {
+                        var best = -1, bestScore = -Float.infinity
+                        for grp in 0..<g.groups where allowed & (1 << UInt64(grp)) == 0 {
+                            var m: Float = -Float.infinity
+                            for j in (grp * size)..<((grp + 1) * size) { m = max(m, p[j]) }
+                            if best < 0 || m > bestScore { best = grp; bestScore = m }
+                        }
+                        allowed |= 1 << UInt64(best)
+                    }
+                }
+                let groupSize = groups.map { e / $0.groups } ?? e
                 for slot in 0..<k {
                     // The first expert not yet taken, then any better one; NaN scores (from
                     // a diverged run) never win a comparison, so an index is always chosen.
@@ -130,7 +158,7 @@ public final class RoutingBuffers {
                     for j in 0..<e {
                         var taken = false
                         for s in 0..<slot where te[s] == Int32(j) { taken = true }
-                        if taken { continue }
+                        if taken || allowed & (1 << UInt64(j / groupSize)) == 0 { continue }
                         if best < 0 || p[j] > bestP { best = j; bestP = p[j] }
                     }
                     te[slot] = Int32(best)
@@ -138,6 +166,7 @@ public final class RoutingBuffers {
                     total += bestP
                 }
                 if normalize { for slot in 0..<k { tw[slot] /= total } }
+                if scale != 1 { for slot in 0..<k { tw[slot] *= scale } }
             }
         }
         // Statistics over valid tokens.

@@ -5,7 +5,9 @@ import Foundation
 /// weight.quant_map, weight.nested_absmax, weight.nested_quant_map,
 /// weight.quant_state.bitsandbytes__nf4, and quantization_config in config.json), so a
 /// model is quantized once and loads quickly afterwards, in moe-tune and in transformers.
-/// Tensor by tensor: at most one full-precision tensor exists at a time.
+/// Tensor by tensor: at most one full-precision tensor exists at a time. Fused expert
+/// tensors [E, rows, cols] are quantized whole (flattened, as bitsandbytes' quantize_4bit
+/// does), their 3-D shape in the quant state; the loader slices them per expert.
 public enum Quantizer {
     public struct Summary: Sendable {
         public var quantized: Int
@@ -18,31 +20,34 @@ public enum Quantizer {
         let folder = try ModelFolderWriter(outDir: outDir, overwrite: overwrite, inputs: [modelDir], command: "quantize")
         let ck = try Checkpoint(directory: modelDir)
         let family = ck.config.family
-        if ck.tensorNames.contains(where: { family.fusedExpertTensor($0) != nil }) {
-            let remedy = family.moe?.checkpointFused != nil
-                ? "\(family.name) checkpoints have no per-expert layout: quantize while loading instead (quantization: in the training config, --quantize nf4 on eval and generate)"
-                : "save the model with per-expert names first"
-            throw MoETuneError.file(path: modelDir, message: "fused expert tensors cannot be written in the 4-bit checkpoint format; \(remedy)")
-        }
         var writer = SafeTensorsWriter()
         var quantized = 0, kept = 0
         let nf4Code = NF4Weight.code
         for name in ck.tensorNames.sorted() {
             let info = ck.info(name)!
-            guard family.isDecoderLinearWeight(name, keepExperts: keepExperts), info.shape.count == 2, !ck.isBnb4bit(name) else {
+            // Fused experts (Granite's input_linear / output_linear, transformers 5's
+            // gate_up_proj / down_proj) are quantized whole, flattened [E*rows, cols]: each
+            // expert's gate, up and down must fill whole blocks of 64 so that moe-tune can
+            // read them back as slices (then the codes and scales equal quantizing each alone).
+            let fused = !keepExperts && family.fusedExpertTensor(name) != nil && info.shape.count == 3 && !ck.isBnb4bit(name)
+            if fused, (info.shape[1] * info.shape[2] / (family.fusedExpertTensor(name)!.gateUp ? 2 : 1)) % NF4Weight.blockSize != 0 {
+                throw MoETuneError.file(path: ck.path(of: name),
+                    message: "\(name) \(info.shape): an expert's slice is not a multiple of 64 values; use --keep-experts")
+            }
+            guard fused || family.isDecoderLinearWeight(name, keepExperts: keepExperts), fused || info.shape.count == 2, !ck.isBnb4bit(name) else {
                 let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytesCopy(info)
                 writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: bytes))
                 kept += 1
                 continue
             }
-            let (rows, cols) = (info.shape[0], info.shape[1])
+            let cols = info.shape.last!, rows = info.count / max(cols, 1)
             let q = try ck.withTemporaryFloats(name, shape: info.shape) { NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: doubleQuant) }
             let n = rows * cols
             writer.add(.init(name: name, dtype: .u8, shape: [(n + 1) / 2, 1], data: Data(bytes: q.packed, count: (n + 1) / 2)))
             writer.add(.init(name: name + ".quant_map", shape: [16], floats: nf4Code))
             var state: [String: Any] = ["quant_type": "nf4", "blocksize": 64,
                                         "dtype": ["F32": "float32", "BF16": "bfloat16", "F16": "float16"][info.dtype.rawValue] ?? "float32",
-                                        "shape": [rows, cols]]
+                                        "shape": info.shape]
             if let codes = q.absmaxCodes {
                 writer.add(.init(name: name + ".absmax", dtype: .u8, shape: [q.blocks], data: Data(bytes: codes, count: q.blocks)))
                 writer.add(.init(name: name + ".nested_absmax", shape: [q.nestedAbsmax.count], floats: q.nestedAbsmax))

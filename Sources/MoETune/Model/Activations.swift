@@ -27,6 +27,8 @@ public final class LayerActivations {
     /// Router jitter: the factors [N, H] and the jittered MoE input [N, H] (nil when off).
     public let jitter: FloatBuffer?
     public let moeInput: FloatBuffer?
+    /// DeepSeek-V2's latent attention (Layers/MLA.swift); nil for other families.
+    public let mla: MLAActivations?
 
     /// `dense`/`moe`: which feed-forward this layer's buffers serve (both when one set of
     /// activations serves every layer of a model that mixes them).
@@ -39,6 +41,7 @@ public final class LayerActivations {
                                              shared: moe && c.sharedExpertIntermediateSize > 0) : nil
         ln1 = shared.ln1
         rstd1 = FloatBuffer(count: n)
+        mla = c.mla.flatMap { m in shared.mla.map { MLAActivations(tokens: n, shape: m, shared: $0) } }
         q = FloatBuffer(count: n * c.qDim)
         k = FloatBuffer(count: n * c.kvDim)
         v = FloatBuffer(count: n * c.kvDim)
@@ -56,7 +59,7 @@ public final class LayerActivations {
         rstd2 = FloatBuffer(count: n)
         if moe {
             let r = RoutingBuffers(tokens: n, experts: c.numExperts, k: c.expertsPerToken)
-            r.normalize = c.normTopKProb
+            r.configure(c)
             routing = r
             experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.expertIntermediateSize,
                                     act: shared.act, xe: shared.xe)
@@ -82,6 +85,7 @@ struct SharedActivations {
     let ln1: FloatBuffer
     let ln2: FloatBuffer
     let xe: FloatBuffer?
+    var mla: MLAScratch? = nil
 }
 
 /// Activations of a Qwen2-MoE shared expert, kept for the backward pass.
@@ -176,7 +180,8 @@ public final class ForwardState {
         act = FloatBuffer(count: c.feedForwardScratch(tokens: n))
         attnScratch = FloatBuffer(count: BLAS.cores * t * t)
         let shared = SharedActivations(act: act, ln1: FloatBuffer(count: n * c.hiddenSize), ln2: FloatBuffer(count: n * c.hiddenSize),
-                                       xe: c.isMoE ? FloatBuffer(count: rows * c.hiddenSize) : nil)
+                                       xe: c.isMoE ? FloatBuffer(count: rows * c.hiddenSize) : nil,
+                                       mla: c.mla.map { MLAScratch(tokens: n, heads: c.numHeads, shape: $0) })
         layers = (0..<copies).map { l in
             LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, shared: shared,
                              dense: training ? !c.isMoELayer(l) : c.hasDenseLayers,

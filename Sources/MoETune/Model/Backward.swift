@@ -22,6 +22,7 @@ public final class BackwardState {
     let attnScratch: FloatBuffer   // [cores, 2, T, T]
     let du: FloatBuffer        // [rows, r] LoRA scratch
     let dscaled: FloatBuffer?  // [N, H] r * d of a residual add, r = residual_multiplier != 1 (Granite)
+    let mla: MLAGradients?     // DeepSeek-V2's latent attention
 
     public init(for s: ForwardState, config c: ModelConfig) {
         let n = s.batchCapacity * s.seqCapacity, h = c.hiddenSize
@@ -45,6 +46,7 @@ public final class BackwardState {
         attnScratch = FloatBuffer(count: BLAS.cores * 2 * s.seqCapacity * s.seqCapacity)
         du = FloatBuffer(count: max(rows, n) * max(s.loraRank, 1))
         dscaled = c.residualMultiplier != 1 ? FloatBuffer(count: n * h) : nil
+        mla = c.mla.map { MLAGradients(tokens: n, heads: c.numHeads, shape: $0) }
     }
 }
 
@@ -61,7 +63,6 @@ extension Transformer {
         let c = config
         let b = s.batch, t = s.seq, n = b * t, h = c.hiddenSize
         let du = g.du.pointer
-        let shape = c.attentionShape(batch: b, seq: t)
 
         // Loss and head: logits = lnF Wlm^T (+ LoRA).
         // d logits overwrite the logits, which nothing needs any more.
@@ -106,10 +107,10 @@ extension Transformer {
                             router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
                             noise: adapters.noiseWeights[l],
                             adapters: ad, acts: a, state: s, grads: g, auxScale: auxScale)
-                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared,
+                if let se = w.sharedExpert, let sa = a.shared,
                    let ds = g.dshared, let dz = g.dsharedGate {
                     sharedExpertBackward(dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, rows: n, hidden: h,
-                                         weights: se, gate: sg, adapters: ad.shared,
+                                         weights: se, gate: w.sharedExpertGate, adapters: ad.shared,
                                          cache: u?.sharedFFN ?? FeedForwardLoRACache(), acts: sa,
                                          ds: ds.pointer, dz: dz.pointer, dgate: g.dgate.pointer, dup: g.dup.pointer, du: du)
                 }
@@ -128,9 +129,24 @@ extension Transformer {
                 loraBackward(dx: g.dattn.pointer, dy: dout, x: a.attn.pointer, rows: n, adapter: lo,
                              u: u!.o.pointer, du: du)
             }
+            // MLA: d of o_proj's input [N, nH*vD] padded back to the kernel's [N, nH*D].
+            if let m = c.mla { mlaExpandGradient(g.dattn.pointer, rows: n, heads: c.numHeads, shape: m) }
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                              scratch: g.attnScratch.pointer, shape: shape, positions: s.positions)
+                              scratch: g.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: s.positions)
+            if let m = c.mla, let ma = a.mla, let mg = g.mla, let mw = w.mlaWeights {
+                if ad.q != nil || ad.k != nil || ad.v != nil {
+                    rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
+                                   rows: n, cols: h, eps: c.rmsNormEps)
+                }
+                mlaBackward(dx: g.dln.pointer, dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, x: a.ln1.pointer,
+                            rows: n, seq: t, heads: c.numHeads, shape: m, weights: mw,
+                            adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u?.q.pointer, ukvA: u?.k.pointer, ukvB: u?.v.pointer),
+                            acts: ma, grads: mg, rope: rope, du: du, positions: s.positions)
+                rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
+                                weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
+                continue
+            }
             rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads, positions: s.positions)
             rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads, positions: s.positions)
             if let clip = c.clipQKV, let cq = a.qClip, let ck = a.kClip, let cv = a.vClip {
@@ -230,11 +246,13 @@ extension Transformer {
                 var sel: Float = 0, wdot: Float = 0
                 for s in 0..<k { sel += p[Int(te[s])]; wdot += dtw[i * k + s] * tw[s] }
                 for j in 0..<e { dl[j] = 0 }
+                // routed_scaling_factor c: w_s = c * p_s (/ S): d p_s carries c.
+                let c = r.scale
                 if r.normalize {
-                    for s in 0..<k { dl[Int(te[s])] = (dtw[i * k + s] - wdot) / sel }
+                    for s in 0..<k { dl[Int(te[s])] = (c * dtw[i * k + s] - wdot) / sel }
                 } else {
-                    // w_s = p_s: d p_s = d w_s.
-                    for s in 0..<k { dl[Int(te[s])] = dtw[i * k + s] }
+                    // w_s = c * p_s: d p_s = c * d w_s.
+                    for s in 0..<k { dl[Int(te[s])] = c * dtw[i * k + s] }
                 }
                 if auxCoef != 0, valid[i] {
                     for j in 0..<e { dl[j] += auxCoef * Float(e) * auxGrad[j] / rows }

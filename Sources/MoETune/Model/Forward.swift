@@ -31,7 +31,6 @@ extension Transformer {
         s.packed = batch.positions != nil
         if let p = batch.positions { for i in 0..<n { s.positionBuffer[i] = p[i] } }
         let positions = s.positions
-        let shape = c.attentionShape(batch: b, seq: t)
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         // Granite: embeddings [N, H] times embedding_multiplier (frozen: no backward).
         if c.embeddingMultiplier != 1 { scaleInPlace(s.residualIn(0).pointer, count: n * h, by: c.embeddingMultiplier) }
@@ -43,6 +42,13 @@ extension Transformer {
             // Attention block: mid = x + r * o_proj(attention(rope(q), rope(k), v)), r = residual_multiplier.
             rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: w.inputNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
+            if let m = c.mla, let ma = a.mla, let mw = w.mlaWeights {
+                // DeepSeek-V2: q, k, v [N, nH*D] from the latent attention's projections.
+                mlaForward(q: a.q.pointer, k: a.k.pointer, v: a.v.pointer, x: a.ln1.pointer, rows: n, seq: t,
+                           heads: c.numHeads, shape: m, weights: mw,
+                           adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u?.q.pointer, ukvA: u?.k.pointer, ukvB: u?.v.pointer),
+                           acts: ma, rope: rope, positions: positions)
+            } else {
             linearForward(y: a.q.pointer, x: a.ln1.pointer, rows: n, weight: w.q)
             if let l = ad.q { loraForward(y: a.q.pointer, x: a.ln1.pointer, rows: n, adapter: l, u: u!.q.pointer) }
             linearForward(y: a.k.pointer, x: a.ln1.pointer, rows: n, weight: w.k)
@@ -76,8 +82,11 @@ extension Transformer {
             }
             rope.forward(a.q.pointer, batch: b, seq: t, heads: c.numHeads, positions: positions)
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads, positions: positions)
+            } // MLA or q/k/v (left unindented to keep this merge-friendly)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                             scratch: s.attnScratch.pointer, shape: shape, positions: positions)
+                             scratch: s.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: positions)
+            // MLA: the heads' value parts [N, nH*vD], o_proj's input.
+            if let m = c.mla { mlaCompactOutput(a.attn.pointer, rows: n, heads: c.numHeads, shape: m) }
             attentionResidual(mid: mid, x: x, attn: a.attn.pointer, rows: n, weight: w.o, adapter: ad.o,
                               u: u?.o.pointer, scratch: a.ln2.pointer)
             // Feed-forward block: out = mid + r * ffn(norm(mid)); with r != 1 the block
@@ -111,8 +120,8 @@ extension Transformer {
                 s.routing?.record(layer: l, from: r)
                 moeForward(out: out, x: xm, tokens: n, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: ffnCache, routing: r, scratch: scratch)
-                if let se = w.sharedExpert, let sg = w.sharedExpertGate, let sa = a.shared {
-                    sharedExpertForward(out: out, x: a.ln2.pointer, rows: n, hidden: h, weights: se, gate: sg,
+                if let se = w.sharedExpert, let sa = a.shared {
+                    sharedExpertForward(out: out, x: a.ln2.pointer, rows: n, hidden: h, weights: se, gate: w.sharedExpertGate,
                                         adapters: ad.shared, cache: u?.sharedFFN ?? FeedForwardLoRACache(),
                                         acts: sa, act: s.act.pointer)
                 }

@@ -5,9 +5,14 @@ public struct LayerWeights: @unchecked Sendable {
     public var inputNorm: UnsafePointer<Float>      // [H]
     public var postAttentionNorm: UnsafePointer<Float>  // [H]
     public var q: Matrix   // [nH*D, H]
-    public var k: Matrix   // [nKV*D, H]
-    public var v: Matrix   // [nKV*D, H]
-    public var o: Matrix   // [H, nH*D]
+    public var k: Matrix   // [nKV*D, H]; MLA: kv_a_proj_with_mqa [r + rope, H]
+    public var v: Matrix   // [nKV*D, H]; MLA: kv_b_proj [nH*(nope + vD), r]
+    public var o: Matrix   // [H, nH*D]; MLA: [H, nH*vD]
+    /// MLA (DeepSeek-V2): kv_a_layernorm [r]; with q_lora_rank qr, q_a_proj [qr, H] (frozen)
+    /// and q_a_layernorm [qr], and q is q_b_proj [nH*D, qr].
+    public var kvANorm: UnsafePointer<Float>? = nil
+    public var qA: Matrix? = nil
+    public var qANorm: UnsafePointer<Float>? = nil
     /// q/k/v biases [nH*D], [nKV*D], [nKV*D] (Qwen2); frozen, always fp32.
     public var qBias: UnsafePointer<Float>? = nil
     public var kBias: UnsafePointer<Float>? = nil
@@ -70,12 +75,20 @@ public final class Transformer: @unchecked Sendable {
             let lin = { (slot: LinearSlot, rows: Int, cols: Int) in
                 try ck.linear(f.weight(slot, layer: l), rows: rows, cols: cols, quantize: quantize)
             }
+            // MLA: k and v slots are kv_a_proj_with_mqa and kv_b_proj.
+            let kShape = c.mla.map { ($0.kvLoraRank + $0.ropeDim, h) } ?? (c.kvDim, h)
+            let vShape = c.mla.map { (c.numHeads * ($0.nopeDim + $0.valueDim), $0.kvLoraRank) } ?? (c.kvDim, h)
             var lw = LayerWeights(
                 inputNorm: try ck.floats(f.inputNorm(l), shape: [h]),
                 postAttentionNorm: try ck.floats(f.postAttentionNorm(l), shape: [h]),
-                q: try lin(.q, c.qDim, h), k: try lin(.k, c.kvDim, h),
-                v: try lin(.v, c.kvDim, h), o: try lin(.o, h, c.qDim),
+                q: try lin(.q, c.qDim, c.mla?.qLoraRank ?? h), k: try lin(.k, kShape.0, kShape.1),
+                v: try lin(.v, vShape.0, vShape.1), o: try lin(.o, h, c.attentionOutDim),
                 mlp: nil, router: nil, experts: [])
+            if let m = c.mla { lw.kvANorm = try ck.floats(f.kvANorm(l), shape: [m.kvLoraRank]) }
+            if let qr = c.mla?.qLoraRank {
+                lw.qA = try ck.linear(f.qAProj(l), rows: qr, cols: h, quantize: quantize)
+                lw.qANorm = try ck.floats(f.qANorm(l), shape: [qr])
+            }
             if c.qkvBias {
                 lw.qBias = try ck.floats(f.bias(.q, layer: l), shape: [c.qDim])
                 lw.kBias = try ck.floats(f.bias(.k, layer: l), shape: [c.kvDim])
@@ -91,7 +104,9 @@ public final class Transformer: @unchecked Sendable {
                 if s > 0 {
                     lw.sharedExpert = FeedForwardWeights(gate: try lin(.shared(.gate), s, h), up: try lin(.shared(.up), s, h),
                                                          down: try lin(.shared(.down), h, s))
-                    lw.sharedExpertGate = try ck.matrix(f.weight(.sharedGate, layer: l), rows: 1, cols: h)
+                    if f.moe?.sharedExpertGate != nil {
+                        lw.sharedExpertGate = try ck.matrix(f.weight(.sharedGate, layer: l), rows: 1, cols: h)
+                    }
                 }
             } else {
                 let i = c.intermediateSize
@@ -101,7 +116,7 @@ public final class Transformer: @unchecked Sendable {
             layers.append(lw)
         }
         self.layers = layers
-        rope = RoPETable(headDim: c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1),
+        rope = RoPETable(headDim: c.mla?.ropeDim ?? c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1),
                          scaling: c.ropeScaling)
     }
 
@@ -112,6 +127,9 @@ public final class Transformer: @unchecked Sendable {
         guard (1...config.numExperts).contains(k) else {
             throw MoETuneError.invalid("moe.top_k \(k) is out of range: the model has \(config.numExperts) experts")
         }
+        if let g = config.expertGroups, k > g.topGroups * (config.numExperts / g.groups) {
+            throw MoETuneError.invalid("moe.top_k \(k) is out of range: group-limited routing allows \(g.topGroups) groups of \(config.numExperts / g.groups) experts")
+        }
         config.expertsPerToken = k
     }
 
@@ -121,6 +139,21 @@ public final class Transformer: @unchecked Sendable {
         let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
         if let fused = f.fusedTensors(l, contains: ck.contains) {
             let router = try ck.matrix(fused.router, rows: e, cols: h)
+            if ck.isBnb4bit(fused.gateUp) || ck.isBnb4bit(fused.down) {
+                // Written by `moe-tune quantize`: each fused tensor quantized whole, each
+                // expert's gate, up and down a block-aligned slice of it.
+                guard (i * h) % NF4Weight.blockSize == 0 else {
+                    throw MoETuneError.file(path: ck.path(of: fused.gateUp),
+                        message: "\(fused.gateUp): 4-bit fused experts need intermediate x hidden (\(i) x \(h)) to be a multiple of 64")
+                }
+                let gateUp = try ck.readBnb4bit(fused.gateUp, shape: [e, 2 * i, h])
+                let down = try ck.readBnb4bit(fused.down, shape: [e, h, i])
+                return (router, (0..<e).map { x in
+                    FeedForwardWeights(gate: Matrix(nf4: gateUp.slice(rows: x * 2 * i, count: i)),
+                                       up: Matrix(nf4: gateUp.slice(rows: x * 2 * i + i, count: i)),
+                                       down: Matrix(nf4: down.slice(rows: x * h, count: h)))
+                })
+            }
             if let q = quantize {
                 // Quantize each expert's slice of the fused tensors, one fused tensor at a time.
                 let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in

@@ -85,6 +85,9 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     /// nil: every layer has a dense MLP.
     public let moe: MoENames?
     public let defaults: FamilyDefaults
+    /// The modules of the q, k, v and o slots inside self_attn (DeepSeek-V2: q_proj,
+    /// kv_a_proj_with_mqa, kv_b_proj, o_proj).
+    public var attentionModules = ["q_proj", "k_proj", "v_proj", "o_proj"]
     /// Reads the family's own config.json fields (after the shared Llama fields) and
     /// refuses, naming it, any field of the family that moe-tune does not implement.
     let readConfig: @Sendable (FieldReader, inout ModelConfig) throws -> Void
@@ -93,7 +96,7 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }
 
     /// Every supported family.
-    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe, .graniteMoE]
+    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe, .graniteMoE, .deepseekV2]
 
     public static var supportedModelTypes: [String] { all.flatMap(\.modelTypes) }
 
@@ -114,6 +117,11 @@ extension ModelFamily {
     public func postAttentionNorm(_ l: Int) -> String { layerPrefix(l) + "post_attention_layernorm.weight" }
     public func qNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_norm.weight" }
     public func kNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.k_norm.weight" }
+    /// DeepSeek-V2's RMSNorm of the compressed key/value [kv_lora_rank].
+    public func kvANorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.kv_a_layernorm.weight" }
+    /// DeepSeek-V2 with q_lora_rank: the frozen down-projection of the query and its RMSNorm.
+    public func qAProj(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_a_proj.weight" }
+    public func qANorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_a_layernorm.weight" }
 
     private static let denseParts = ["gate_proj", "up_proj", "down_proj"]
 
@@ -121,10 +129,10 @@ extension ModelFamily {
     public func module(_ slot: LinearSlot, layer l: Int) -> String {
         let p = layerPrefix(l)
         switch slot {
-        case .q: return p + "self_attn.q_proj"
-        case .k: return p + "self_attn.k_proj"
-        case .v: return p + "self_attn.v_proj"
-        case .o: return p + "self_attn.o_proj"
+        case .q: return p + "self_attn." + attentionModules[0]
+        case .k: return p + "self_attn." + attentionModules[1]
+        case .v: return p + "self_attn." + attentionModules[2]
+        case .o: return p + "self_attn." + attentionModules[3]
         case .mlp(let part): return p + "mlp." + Self.denseParts[part.rawValue]
         case .router: return p + (moe?.block ?? "mlp") + "." + (moe?.router ?? "gate")
         case .expert(let e, let part):
@@ -148,12 +156,8 @@ extension ModelFamily {
         let parts = module.split(separator: ".").map(String.init)
         guard parts.count >= 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), l >= 0 else { return nil }
         let rest = parts[3...].joined(separator: ".")
-        switch rest {
-        case "self_attn.q_proj": return (l, .q)
-        case "self_attn.k_proj": return (l, .k)
-        case "self_attn.v_proj": return (l, .v)
-        case "self_attn.o_proj": return (l, .o)
-        default: break
+        if rest.hasPrefix("self_attn."), let i = attentionModules.firstIndex(of: String(rest.dropFirst("self_attn.".count))) {
+            return (l, [LinearSlot.q, .k, .v, .o][i])
         }
         if let m = moe {
             if rest == m.block + "." + m.router { return (l, .router) }

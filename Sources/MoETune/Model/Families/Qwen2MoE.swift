@@ -6,7 +6,9 @@
 /// of `intermediate_size`. Tensors: mlp.gate, mlp.experts.E.{gate,up,down}_proj (or the
 /// fused mlp.experts.gate_up_proj / down_proj of transformers 5), mlp.shared_expert.*,
 /// mlp.shared_expert_gate. Aux loss: transformers' load_balancing_loss_func, coefficient
-/// router_aux_loss_coef (default 0.001).
+/// router_aux_loss_coef (default 0.001). Sliding windows (`use_sliding_window`) in the
+/// layers of `layer_types`, or without it (transformers 5's Qwen2MoeConfig) in the even
+/// layers l < `max_window_layers` (0, 2, 4, ...: not the rule of dense Qwen2).
 extension ModelFamily {
     public static let qwen2MoE = ModelFamily(
         name: "qwen2_moe", modelTypes: ["qwen2_moe"],
@@ -16,9 +18,7 @@ extension ModelFamily {
                                  bosTokenId: nil, eosTokenId: 151643, routerAuxLossCoef: 0.001),
         readConfig: { r, c in
             c.qkvBias = try r.optionalBool("qkv_bias") ?? true
-            try r.refuse("use_sliding_window",
-                         message: "sliding-window attention (with max_window_layers) is not supported for qwen2_moe; set it to false")
-            c.slidingWindow = nil
+            try r.readQwenSlidingWindow(&c) { l, maxWindowLayers in l % 2 == 0 && l < maxWindowLayers }
             try r.readExperts(&c, countKey: "num_experts", defaultCount: 60, defaultTopK: 4)
             try r.readSparseLayout(&c, defaultExpertIntermediate: 1408, defaultNormTopK: false)
             c.sharedExpertIntermediateSize = try r.optionalInt("shared_expert_intermediate_size") ?? 5632

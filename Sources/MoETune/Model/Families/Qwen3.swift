@@ -1,7 +1,8 @@
 /// Qwen3: the Llama layout plus an RMSNorm over each head's head_dim values of q and k
 /// (self_attn.q_norm / k_norm, weight [head_dim]) before RoPE; head_dim defaults to 128,
 /// independent of hidden_size / num_attention_heads. No biases unless `attention_bias`
-/// (q/k/v/o biases), which moe-tune refuses; sliding windows (`use_sliding_window`) are refused.
+/// (q/k/v/o biases), which moe-tune refuses. Sliding windows as Qwen2 (`use_sliding_window`:
+/// layers l >= `max_window_layers`, or as `layer_types` says).
 extension ModelFamily {
     public static let qwen3 = ModelFamily(
         name: "qwen3", modelTypes: ["qwen3"], moe: nil,
@@ -10,8 +11,6 @@ extension ModelFamily {
         readConfig: { r, c in
             c.qkNorm = .perHead
             try r.refuse("attention_bias", message: "q/k/v/o biases are not supported for qwen3")
-            try r.refuse("use_sliding_window",
-                         message: "sliding-window attention (with max_window_layers) is not supported for qwen3; set it to false")
-            c.slidingWindow = nil
+            try r.readQwenSlidingWindow(&c) { l, maxWindowLayers in l >= maxWindowLayers }
         })
 }
