@@ -23,6 +23,7 @@ public enum Evaluator {
         let longest = dataset.examples.map(\.tokens.count).max() ?? 1
         let state = ForwardState(config: model.config, batch: min(batchSize, dataset.examples.count),
                                  seq: longest, training: false, loraRank: adapters?.maxRank ?? 0)
+        state.scoredOnly = true
         let c = model.config
         let routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
         var lossSum = 0.0

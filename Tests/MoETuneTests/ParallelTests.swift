@@ -1,0 +1,83 @@
+import XCTest
+@testable import MoETune
+
+/// The parallel regions (Layers/Parallel.swift) and the MoE experts run as tasks of one
+/// region: the same results, bit for bit, as the experts one after another with split
+/// products, also with LoRA dropout (per-worker scratch).
+final class ParallelTests: XCTestCase {
+    func testRegionsMarkTheirWorkersAndNestSerially() {
+        XCTAssertFalse(Parallel.inRegion)
+        XCTAssertEqual(Parallel.workerIndex, 0)
+        let n = 4
+        let seen = UnsafeMutablePointer<Int>.allocate(capacity: n * 3)
+        defer { seen.deallocate() }
+        seen.initialize(repeating: -1, count: n * 3)
+        Parallel.run(n) { i in
+            seen[i * 3] = Parallel.inRegion ? 1 : 0
+            seen[i * 3 + 1] = Parallel.workerIndex
+            // A nested region runs on this worker, keeping its slot.
+            var nested = 0
+            Parallel.run(3) { _ in if Parallel.workerIndex == i { nested += 1 } }
+            seen[i * 3 + 2] = nested
+        }
+        for i in 0..<n {
+            XCTAssertEqual(seen[i * 3], 1, "iteration \(i) runs inside the region")
+            XCTAssertEqual(seen[i * 3 + 1], i, "iteration \(i) holds worker slot \(i)")
+            XCTAssertEqual(seen[i * 3 + 2], 3, "the nested region ran all 3 iterations serially")
+        }
+        XCTAssertFalse(Parallel.inRegion)
+    }
+
+    func testEveryTaskRunsOnce() {
+        let count = 37
+        let order = UnsafeMutablePointer<Int32>.allocate(capacity: count)
+        let runs = UnsafeMutablePointer<Int>.allocate(capacity: count)
+        defer { order.deallocate(); runs.deallocate() }
+        for i in 0..<count { order[i] = Int32(count - 1 - i) }
+        runs.initialize(repeating: 0, count: count)
+        // Each task writes only its own slot.
+        Parallel.forEachTask(order, count: count) { t in runs[t] += 1 }
+        XCTAssertEqual((0..<count).map { runs[$0] }, Array(repeating: 1, count: count))
+    }
+
+    /// Loss and every LoRA gradient of one step with the experts as parallel tasks and
+    /// one after another: bit-identical (no tolerance), on every MoE fixture.
+    func testExpertTasksMatchSerialExperts() throws {
+        for name in ["mixtral", "olmoe", "qwen2_moe", "granitemoe"] {
+            let model = try Transformer.load(directory: Fixtures.dir(name))
+            let c = model.config
+            let (b, t) = (3, 17)
+            var rng = SplitMix64(seed: 7)
+            let ids = (0..<(b * t)).map { _ in Int32(3 + Int(rng.next() % UInt64(c.vocabSize - 3))) }
+            var targets = [Int32](repeating: -1, count: b * t)
+            for i in 0..<b { for j in 0..<(t - 1) where j % 3 != 0 { targets[i * t + j] = ids[i * t + j + 1] } }
+            let batch = TokenBatch(batch: b, seq: t, ids: ids, targets: targets, lengths: [t, t - 4, t - 9])
+            func step(tasks: Bool) throws -> (Double, [Float]) {
+                let saved = Parallel.expertTasks
+                Parallel.expertTasks = tasks
+                defer { Parallel.expertTasks = saved }
+                let adapters = try AdapterSet(model: model, spec: LoRASpec(rank: 4, alpha: 8, dropout: 0.1,
+                                                                           targets: [.query, .value, .mlp]), seed: 3)
+                // B starts at zero; give it values so every gradient is non-zero.
+                var r = SplitMix64(seed: 11)
+                for a in adapters.all { for i in 0..<(a.outFeatures * a.rank) { a.b[i] = r.nextFloat() * 0.2 - 0.1 } }
+                adapters.dropout?.active = true
+                adapters.dropout?.reserve(b * t * max(c.hiddenSize, c.intermediateSize, c.expertIntermediateSize, c.qDim))
+                let state = ForwardState(config: c, batch: b, seq: t, training: true, loraRank: adapters.maxRank)
+                state.scoredOnly = true
+                let grads = BackwardState(for: state, config: c)
+                adapters.store.zeroGrads()
+                let (sum, count) = try model.forward(batch, state: state, adapters: adapters)
+                model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(count))
+                return (sum, adapters.store.grads.array)
+            }
+            let (lossTasks, gradTasks) = try step(tasks: true)
+            let (lossSerial, gradSerial) = try step(tasks: false)
+            XCTAssertEqual(lossTasks, lossSerial, name)
+            XCTAssertEqual(gradTasks.count, gradSerial.count, name)
+            XCTAssertGreaterThan(gradSerial.map { abs($0) }.max() ?? 0, 0, "\(name): gradients must not all be zero")
+            let differing = zip(gradTasks, gradSerial).filter { $0 != $1 }.count
+            XCTAssertEqual(differing, 0, "\(name): \(differing) gradient values differ between expert tasks and serial experts")
+        }
+    }
+}
