@@ -80,4 +80,52 @@ final class ParallelTests: XCTestCase {
             XCTAssertEqual(differing, 0, "\(name): \(differing) gradient values differ between expert tasks and serial experts")
         }
     }
+
+    /// No backward below the lowest adapted layer: adapters on the upper layers only get the
+    /// same gradients, bit for bit, as the same adapters in a set that also adapts every
+    /// lower layer (whose B = 0 leaves the forward pass unchanged).
+    func testNoBackwardBelowTheLowestAdaptedLayer() throws {
+        for name in ["llama", "mixtral"] {
+            let model = try Transformer.load(directory: Fixtures.dir(name))
+            let c = model.config
+            XCTAssertGreaterThan(c.numLayers, 1)
+            let (b, t) = (2, 11)
+            var rng = SplitMix64(seed: 5)
+            let ids = (0..<(b * t)).map { _ in Int32(3 + Int(rng.next() % UInt64(c.vocabSize - 3))) }
+            var targets = [Int32](repeating: -1, count: b * t)
+            for i in 0..<b { for j in 0..<(t - 1) { targets[i * t + j] = ids[i * t + j + 1] } }
+            let batch = TokenBatch(batch: b, seq: t, ids: ids, targets: targets, lengths: [t, t - 3])
+            let targetsKinds: Set<ModuleKind> = [.query, .key, .value, .projection, .mlp]
+            let all = try AdapterSet(model: model, spec: LoRASpec(rank: 4, alpha: 8, targets: targetsKinds), seed: 1)
+            let upper = try AdapterSet(model: model, spec: LoRASpec(rank: 4, alpha: 8, targets: targetsKinds,
+                                                                    layers: .last(c.numLayers - 1)), seed: 2)
+            XCTAssertEqual(model.lowestTrainedLayer(upper), 1)
+            var r = SplitMix64(seed: 9)
+            let byModule = Dictionary(uniqueKeysWithValues: all.all.map { ($0.module, $0) })
+            for a in upper.all {
+                let twin = try XCTUnwrap(byModule[a.module])
+                for i in 0..<(a.outFeatures * a.rank) { a.b[i] = r.nextFloat() * 0.2 - 0.1; twin.b[i] = a.b[i] }
+                for i in 0..<(a.inFeatures * a.rank) { twin.a[i] = a.a[i] }
+            }
+            func grads(_ set: AdapterSet) throws -> [String: [Float]] {
+                let state = ForwardState(config: c, batch: b, seq: t, training: true, loraRank: set.maxRank)
+                let g = BackwardState(for: state, config: c)
+                set.store.zeroGrads()
+                let (_, count) = try model.forward(batch, state: state, adapters: set)
+                model.backward(state: state, adapters: set, grads: g, lossScale: 1 / Float(count))
+                var out: [String: [Float]] = [:]
+                for a in set.all {
+                    out[a.module] = Array(UnsafeBufferPointer(start: a.gradA, count: a.rank * a.inFeatures))
+                        + Array(UnsafeBufferPointer(start: a.gradB, count: a.rank * a.outFeatures))
+                }
+                return out
+            }
+            let gAll = try grads(all), gUpper = try grads(upper)
+            XCTAssertFalse(gUpper.isEmpty)
+            for (module, g) in gUpper {
+                XCTAssertGreaterThan(g.map { abs($0) }.max() ?? 0, 0, "\(name) \(module): gradient must not be zero")
+                XCTAssertEqual(g, gAll[module], "\(name) \(module)")
+            }
+        }
+    }
 }

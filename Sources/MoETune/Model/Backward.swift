@@ -82,7 +82,10 @@ extension Transformer {
         rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(c.numLayers).pointer,
                         weight: finalNorm, rstd: s.rstdF.pointer, rows: n, cols: h)
 
-        for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
+        // No backward below the lowest layer that trains anything (the embedding is frozen),
+        // and in that layer no gradient for its input.
+        let lowest = lowestTrainedLayer(adapters)
+        for l in stride(from: c.numLayers - 1, through: lowest, by: -1) {
             let w = layers[l], a = s.layer(l), ad = adapters.layers[l]
             let u = a.lora
             // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H] and
@@ -159,16 +162,35 @@ extension Transformer {
                 rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
                                rows: n, cols: h, eps: c.rmsNormEps)
             }
-            linearBackwardInput(dx: g.dln.pointer, dy: g.dq.pointer, rows: n, weight: w.q, accumulate: false)
+            // d ln1 [N, H] through the frozen q/k/v weights is needed only by the layers below.
+            let inputGradient = l > lowest
+            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dq.pointer, rows: n, weight: w.q, accumulate: false) }
             if let lq = ad.q { loraBackward(dx: g.dln.pointer, dy: g.dq.pointer, x: a.ln1.pointer, rows: n, adapter: lq, u: u!.q.pointer, du: du) }
-            linearBackwardInput(dx: g.dln.pointer, dy: g.dk.pointer, rows: n, weight: w.k, accumulate: true)
+            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dk.pointer, rows: n, weight: w.k, accumulate: true) }
             if let lk = ad.k { loraBackward(dx: g.dln.pointer, dy: g.dk.pointer, x: a.ln1.pointer, rows: n, adapter: lk, u: u!.k.pointer, du: du) }
-            linearBackwardInput(dx: g.dln.pointer, dy: g.dv.pointer, rows: n, weight: w.v, accumulate: true)
+            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dv.pointer, rows: n, weight: w.v, accumulate: true) }
             if let lv = ad.v { loraBackward(dx: g.dln.pointer, dy: g.dv.pointer, x: a.ln1.pointer, rows: n, adapter: lv, u: u!.v.pointer, du: du) }
-            rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
-                            weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
+            if inputGradient {
+                rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
+                                weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
+            }
         }
         // The embedding is frozen: the gradient stops here.
+    }
+
+    /// The lowest layer with a trained parameter (an adapter, a router trained in full or a
+    /// learned noise weight); numLayers when only the head is adapted.
+    func lowestTrainedLayer(_ adapters: AdapterSet) -> Int {
+        for l in 0..<config.numLayers {
+            let ad = adapters.layers[l]
+            let ffn = { (f: FeedForwardAdapters) in !f.isEmpty }
+            if ad.q != nil || ad.k != nil || ad.v != nil || ad.o != nil || ad.router != nil
+                || ffn(ad.mlp) || ffn(ad.shared) || ad.experts.contains(where: ffn)
+                || adapters.trainedRouter(layer: l) != nil || adapters.noiseWeight(layer: l) != nil {
+                return l
+            }
+        }
+        return config.numLayers
     }
 
     /// Backward of the Mixtral MoE block (top-k renormalised routing, optional capacity,
