@@ -41,10 +41,13 @@ final class ParallelTests: XCTestCase {
     }
 
     /// Loss and every LoRA gradient of one step with the experts as parallel tasks and
-    /// one after another: bit-identical (no tolerance), on every MoE fixture.
+    /// one after another: bit-identical (no tolerance), on every MoE fixture, fp32 and NF4.
     func testExpertTasksMatchSerialExperts() throws {
-        for name in ["mixtral", "olmoe", "qwen2_moe", "granitemoe"] {
-            let model = try Transformer.load(directory: Fixtures.dir(name))
+        // The NF4 runs check the dequantization scratch: one per worker.
+        for (name, nf4) in [("mixtral", false), ("olmoe", false), ("qwen2_moe", false), ("granitemoe", false),
+                            ("mixtral", true), ("olmoe", true)] {
+            let model = try Transformer.load(directory: Fixtures.dir(name),
+                                             quantize: nf4 ? QuantizationSpec(doubleQuant: true) : nil)
             let c = model.config
             let (b, t) = (3, 17)
             var rng = SplitMix64(seed: 7)

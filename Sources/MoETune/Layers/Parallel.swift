@@ -87,6 +87,37 @@ public enum Parallel {
     }
 }
 
+/// One scratch buffer per worker slot (`Parallel.workerIndex`), for layer code that may run
+/// inside a region (an MoE expert task) and needs a temporary: each slot is read and grown
+/// by its own worker only. Grows to the largest request (the first steps), then allocates
+/// nothing.
+public final class PerWorkerScratch: @unchecked Sendable {
+    private let buffers: UnsafeMutablePointer<FloatBuffer?>
+    private static let slots = 1024   // Parallel.workers is at most 1024
+    private let minimum: Int
+
+    public init(minimumCount: Int) {
+        minimum = minimumCount
+        buffers = .allocate(capacity: PerWorkerScratch.slots)
+        buffers.initialize(repeating: nil, count: PerWorkerScratch.slots)
+    }
+
+    deinit {
+        buffers.deinitialize(count: PerWorkerScratch.slots)
+        buffers.deallocate()
+    }
+
+    /// This worker's buffer, at least `count` floats.
+    @inline(__always)
+    public func pointer(count: Int) -> UnsafeMutablePointer<Float> {
+        let w = Parallel.workerIndex
+        if let b = buffers[w], b.count >= count { return b.pointer }
+        let b = FloatBuffer(count: max(count, minimum), zeroed: false)
+        buffers[w] = b
+        return b.pointer
+    }
+}
+
 /// Splits `0..<count` into one contiguous chunk per worker and runs them in parallel.
 /// The body gets a half-open range. Falls back to a plain call for small work or inside
 /// a parallel region.
