@@ -48,7 +48,9 @@ public enum BLAS {
         }
         // Split mode: moe-tune splits each large product over the workers itself and runs
         // independent small ones side by side, so OpenBLAS runs single-threaded in the
-        // calling thread. Library mode: OpenBLAS's own threads take each product whole.
+        // calling thread. Library mode: OpenBLAS's own threads take each product whole
+        // (a measurement knob: on the 2-core AVX2 EPYC the whole step ran 3-4x slower, its
+        // threads spinning through every non-BLAS stretch of the step).
         openblas_set_num_threads(Int32(threading == .library ? Parallel.workers : 1))
         var switched = false
         if let target, target.lowercased() != before.lowercased() {
