@@ -15,7 +15,7 @@ final class TrainingParityTests: XCTestCase {
         let ref: SafeTensorsFile
     }
 
-    func setup(_ name: String) throws -> Setup {
+    func setup(_ name: String, scoredOnly: Bool = false) throws -> Setup {
         let model = try Transformer.load(directory: Fixtures.dir(name))
         let dir = Fixtures.dir("train-" + name)
         let adapters = try PEFTAdapter.load(directory: dir, model: model)
@@ -28,6 +28,7 @@ final class TrainingParityTests: XCTestCase {
         let lengths = (0..<b).map { i in (0..<t).filter { mask[i * t + $0] == 1 }.count }
         let batch = TokenBatch(batch: b, seq: t, ids: ids, targets: targets, lengths: lengths)
         let state = ForwardState(config: model.config, batch: b, seq: t, training: true, loraRank: adapters.maxRank)
+        state.scoredOnly = scoredOnly
         return Setup(model: model, adapters: adapters, batch: batch, state: state,
                      grads: BackwardState(for: state, config: model.config), ref: ref)
     }
@@ -61,9 +62,15 @@ final class TrainingParityTests: XCTestCase {
         return sum / Double(count)
     }
 
-    func checkGradients(_ name: String) throws {
-        let s = try setup(name)
+    func checkGradients(_ name: String, scoredOnly: Bool = false) throws {
+        let s = try setup(name, scoredOnly: scoredOnly)
         let loss = try lossAndGrads(s)
+        if scoredOnly {
+            // The head ran on the scored rows alone: fewer than the batch's positions.
+            let scored = s.batch.targets.filter { $0 >= 0 }.count
+            XCTAssertEqual(s.state.headRows, scored)
+            XCTAssertLessThan(scored, s.batch.batch * s.batch.seq, "the fixture must have unscored positions")
+        }
         let refLoss = Double(try s.ref.floatArray("loss")[0])
         XCTAssertLessThanOrEqual(abs(loss - refLoss) / refLoss, 1e-5, "\(name) loss \(loss) vs peft \(refLoss)")
         let g = try SafeTensorsFile(path: Fixtures.dir("train-" + name) + "/grads.safetensors")
@@ -74,6 +81,10 @@ final class TrainingParityTests: XCTestCase {
 
     func testLlamaLoRAGradientsMatchPeft() throws { try checkGradients("llama") }
     func testMixtralLoRAGradientsMatchPeft() throws { try checkGradients("mixtral") }
+    // The head and loss over scored positions only (as training runs them): the same
+    // loss and gradients within the same tolerances.
+    func testLlamaLoRAGradientsMatchPeftScoredOnly() throws { try checkGradients("llama", scoredOnly: true) }
+    func testMixtralLoRAGradientsMatchPeftScoredOnly() throws { try checkGradients("mixtral", scoredOnly: true) }
 
     func checkTrajectory(_ name: String, _ kind: String) throws {
         let s = try setup(name)

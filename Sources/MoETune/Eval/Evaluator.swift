@@ -36,6 +36,7 @@ public enum Evaluator {
         }
         let state = ForwardState(config: model.config, batch: max(1, rows),
                                  seq: longest, training: false, loraRank: adapters?.maxRank ?? 0)
+        state.scoredOnly = true
         let c = model.config
         let routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
         var lossSum = 0.0

@@ -46,11 +46,12 @@ public enum BLAS {
         case "auto", "": target = avx512 ? "SkylakeX" : nil
         default: target = request
         }
-        // moe-tune splits each large product over the cores itself and runs independent
-        // small ones side by side, so OpenBLAS runs single-threaded in the calling thread:
-        // its own worker threads would spin (sched_yield) through every non-BLAS stretch
-        // of the step, taking the second core from the element-wise work.
-        openblas_set_num_threads(1)
+        // Split mode: moe-tune splits each large product over the workers itself and runs
+        // independent small ones side by side, so OpenBLAS runs single-threaded in the
+        // calling thread. Library mode: OpenBLAS's own threads take each product whole
+        // (a measurement knob: on the 2-core AVX2 EPYC the whole step ran 3-4x slower, its
+        // threads spinning through every non-BLAS stretch of the step).
+        openblas_set_num_threads(Int32(threading == .library ? Parallel.workers : 1))
         var switched = false
         if let target, target.lowercased() != before.lowercased() {
             setenv("OPENBLAS_CORETYPE", target, 1)
@@ -76,7 +77,17 @@ public enum BLAS {
 
     /// Work below this many multiply-adds runs on the calling thread only.
     static let splitThreshold = 1 << 21
-    static let cores = ProcessInfo.processInfo.activeProcessorCount
+    /// Workers of a parallel region (Parallel.workers).
+    static var cores: Int { Parallel.workers }
+
+    /// Who spreads one product over the cores: `split` (default): moe-tune, by rows or
+    /// columns of C, OpenBLAS single-threaded in each worker; `library`: OpenBLAS's own
+    /// threads (MOE_TUNE_BLAS_THREADING=library).
+    public enum Threading: String, Sendable { case split, library }
+    public static let threading: Threading = {
+        let v = ProcessInfo.processInfo.environment["MOE_TUNE_BLAS_THREADING"]?.lowercased() ?? "split"
+        return Threading(rawValue: v) ?? .split
+    }()
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, with leading dimensions
     /// (row strides) lda, ldb, ldc. op(A) is [m, k], op(B) is [k, n].
@@ -95,7 +106,7 @@ public enum BLAS {
     ) {
         if m == 0 || n == 0 { return }
         _ = selectionOnce
-        let parts = split && m * n * k >= splitThreshold ? cores : 1
+        let parts = split && threading == .split && !Parallel.inRegion && m * n * k >= splitThreshold ? cores : 1
         if parts <= 1 {
             sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
@@ -103,7 +114,7 @@ public enum BLAS {
         if m >= n {
             // Rows of op(A) and C.
             let per = (m + parts - 1) / parts
-            DispatchQueue.concurrentPerform(iterations: parts) { p in
+            Parallel.run(parts) { p in
                 let lo = p * per, rows = min(m, lo + per) - lo
                 guard rows > 0 else { return }
                 let ap = transA == .none ? a + lo * lda : a + lo
@@ -113,7 +124,7 @@ public enum BLAS {
         } else {
             // Columns of op(B) and C.
             let per = (n + parts - 1) / parts
-            DispatchQueue.concurrentPerform(iterations: parts) { p in
+            Parallel.run(parts) { p in
                 let lo = p * per, cols = min(n, lo + per) - lo
                 guard cols > 0 else { return }
                 let bp = transB == .none ? b + lo : b + lo * ldb

@@ -54,19 +54,3 @@ public struct Matrix: @unchecked Sendable {
 
     private static let none = FloatBuffer(count: 1)
 }
-
-/// Splits `0..<count` into one contiguous chunk per core and runs them in parallel.
-/// The body gets a half-open range. Falls back to a plain call for small work.
-@inline(__always)
-public func parallelChunks(_ count: Int, minChunk: Int = 16, _ body: (Range<Int>) -> Void) {
-    let workers = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / minChunk))
-    if workers <= 1 {
-        body(0..<count)
-        return
-    }
-    let per = (count + workers - 1) / workers
-    DispatchQueue.concurrentPerform(iterations: workers) { w in
-        let lo = w * per, hi = min(count, lo + per)
-        if lo < hi { body(lo..<hi) }
-    }
-}

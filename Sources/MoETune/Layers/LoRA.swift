@@ -28,14 +28,18 @@ public final class LoRADropout: @unchecked Sendable {
     public var active = false
     /// Counts micro-batches, so each draws new masks.
     public var step = 0
-    private(set) var dropped: FloatBuffer   // [rows, in] the dropped input
-    private(set) var grad: FloatBuffer      // [rows, in] scratch for the input gradient
+    /// Per-worker scratch (`Parallel.workerIndex`), `perWorker` floats each: MoE experts
+    /// run as parallel tasks, each with its own slice.
+    private var dropped: FloatBuffer   // [workers, rows x in] the dropped input
+    private var grad: FloatBuffer      // [workers, rows x in] scratch for the input gradient
+    private var perWorker: Int
 
     init(p: Float, seed: UInt64, scratchCount: Int) {
         self.p = p
         self.seed = seed
-        dropped = FloatBuffer(count: scratchCount)
-        grad = FloatBuffer(count: scratchCount)
+        perWorker = scratchCount
+        dropped = FloatBuffer(count: scratchCount * Parallel.workers)
+        grad = FloatBuffer(count: scratchCount * Parallel.workers)
     }
 
     /// Each adapter runs once per micro-batch, so (step, adapter) keys a mask.
@@ -43,11 +47,19 @@ public final class LoRADropout: @unchecked Sendable {
         mixBits(seed ^ (UInt64(step) &* 0x1000_0001) ^ (UInt64(l.index) &* 0x9E37_79B9))
     }
 
-    /// Makes room for inputs of `count` floats (rows x in) before training starts.
+    /// This worker's dropped-input and input-gradient scratch.
+    @inline(__always)
+    var scratch: (dropped: UnsafeMutablePointer<Float>, grad: UnsafeMutablePointer<Float>) {
+        let offset = Parallel.workerIndex * perWorker
+        return (dropped.pointer + offset, grad.pointer + offset)
+    }
+
+    /// Makes room for inputs of `count` floats (rows x in) per worker before training starts.
     public func reserve(_ count: Int) {
-        if dropped.count < count {
-            dropped = FloatBuffer(count: count)
-            grad = FloatBuffer(count: count)
+        if perWorker < count {
+            perWorker = count
+            dropped = FloatBuffer(count: count * Parallel.workers)
+            grad = FloatBuffer(count: count * Parallel.workers)
         }
     }
 }
@@ -59,8 +71,9 @@ public func loraForward(y: UnsafeMutablePointer<Float>, x xIn: UnsafePointer<Flo
                         adapter l: LoRAAdapter, u: UnsafeMutablePointer<Float>) {
     var x = xIn
     if let d = l.dropout, d.active {
-        dropoutForward(dst: d.dropped.pointer, src: xIn, count: n * l.inFeatures, p: d.p, key: d.key(l))
-        x = UnsafePointer(d.dropped.pointer)
+        let dropped = d.scratch.dropped
+        dropoutForward(dst: dropped, src: xIn, count: n * l.inFeatures, p: d.p, key: d.key(l))
+        x = UnsafePointer(dropped)
     }
     BLAS.gemm(.none, .transpose, m: n, n: l.rank, k: l.inFeatures,
               a: x, lda: l.inFeatures, b: l.a, ldb: l.inFeatures, c: u, ldc: l.rank)
@@ -87,12 +100,13 @@ public func loraBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Floa
         return
     }
     let count = n * l.inFeatures, key = d.key(l)
-    dropoutForward(dst: d.dropped.pointer, src: xIn, count: count, p: d.p, key: key)
+    let (dropped, grad) = d.scratch
+    dropoutForward(dst: dropped, src: xIn, count: count, p: d.p, key: key)
     BLAS.gemm(.transpose, .none, m: l.rank, n: l.inFeatures, k: n,
-              a: du, lda: l.rank, b: d.dropped.pointer, ldb: l.inFeatures, beta: 1, c: l.gradA, ldc: l.inFeatures)
+              a: du, lda: l.rank, b: dropped, ldb: l.inFeatures, beta: 1, c: l.gradA, ldc: l.inFeatures)
     BLAS.gemm(.none, .none, m: n, n: l.inFeatures, k: l.rank,
-              a: du, lda: l.rank, b: l.a, ldb: l.inFeatures, c: d.grad.pointer, ldc: l.inFeatures)
+              a: du, lda: l.rank, b: l.a, ldb: l.inFeatures, c: grad, ldc: l.inFeatures)
     // The same mask and scale apply to the gradient of the input.
-    dropoutForward(dst: d.grad.pointer, src: d.grad.pointer, count: count, p: d.p, key: key)
-    for i in 0..<count { dx[i] += d.grad[i] }
+    dropoutForward(dst: grad, src: grad, count: count, p: d.p, key: key)
+    for i in 0..<count { dx[i] += grad[i] }
 }

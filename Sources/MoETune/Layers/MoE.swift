@@ -63,30 +63,62 @@ func gatherExpertInputs(_ xe: UnsafeMutablePointer<Float>, x: UnsafePointer<Floa
     }
 }
 
+/// Runs body(order, count) with the experts that have tokens, the busiest first: the
+/// task order of `Parallel.forEachTask`. The list lives on the stack (nothing allocated).
+@inline(__always)
+func withExpertOrder(_ r: RoutingBuffers, _ body: (UnsafePointer<Int32>, Int) -> Void) {
+    let experts = r.experts
+    withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(experts, 1)) { buf in
+        let order = buf.baseAddress!
+        var count = 0
+        // Insertion sort by descending token count (E is at most a few hundred); ties keep
+        // the lower index first.
+        for e in 0..<experts where r.count(of: e) > 0 {
+            let c = r.count(of: e)
+            var i = count
+            while i > 0 && r.count(of: Int(order[i - 1])) < c {
+                order[i] = order[i - 1]
+                i -= 1
+            }
+            order[i] = Int32(e)
+            count += 1
+        }
+        body(UnsafePointer(order), count)
+    }
+}
+
 /// Mixtral sparse MoE block, dropless:
 ///   out[i, :] += sum over the k experts e chosen for token i of weight(i, e) * FFN_e(x[i, :]).
 /// x [N, H]; routing already done (RoutingBuffers); each expert runs one matrix product
-/// over its gathered tokens.
+/// per projection over its gathered tokens. The experts are tasks of one parallel region
+/// (each on one worker, busiest first, products unsplit): with many experts and few tokens
+/// each (64 experts, top-8), splitting every small product over the cores costs more than
+/// it gains. Each expert writes only its own rows of the scratch and its own adapter.
 public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, hidden h: Int,
                        experts: [FeedForwardWeights], adapters: [FeedForwardAdapters], cache: FeedForwardLoRACache,
                        routing r: RoutingBuffers, scratch s: ExpertBuffers) {
     let total = r.assignCount
     gatherExpertInputs(s.xe.pointer, x: x, hidden: h, routing: r)
-    for (e, w) in experts.enumerated() {
-        let start = r.expertStart[e], count = r.count(of: e)
-        if count == 0 { continue }
-        let inter = w.gate.rows
-        let ad = adapters.isEmpty ? FeedForwardAdapters() : adapters[e]
-        feedForward(out: s.ye.pointer + start * h, x: s.xe.pointer + start * h, rows: count, weights: w,
-                    adapters: ad, cache: cache.offset(row: start, adapters: ad),
-                    gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
-                    act: s.act.pointer + start * inter, accumulate: false)
+    withExpertOrder(r) { order, count in
+        Parallel.forEachTask(order, count: count) { e in
+            let w = experts[e]
+            let start = r.expertStart[e], rows = r.count(of: e)
+            let inter = w.gate.rows
+            let ad = adapters.isEmpty ? FeedForwardAdapters() : adapters[e]
+            feedForward(out: s.ye.pointer + start * h, x: s.xe.pointer + start * h, rows: rows, weights: w,
+                        adapters: ad, cache: cache.offset(row: start, adapters: ad),
+                        gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
+                        act: s.act.pointer + start * inter, accumulate: false)
+        }
     }
-    // Scatter-add with the routing weights; serial, because two assignments may share a token.
-    for a in 0..<total {
-        let token = Int(r.assignToken[a])
-        let weight = r.topWeight[token * r.k + Int(r.assignSlot[a])]
-        let src = s.ye.pointer + a * h, dst = out + token * h
-        for j in 0..<h { dst[j] += weight * src[j] }
+    // Scatter-add with the routing weights. Two assignments may share a token, so the
+    // workers split the hidden columns, each adding in assignment order.
+    parallelChunks(h, minChunk: 64) { cols in
+        for a in 0..<total {
+            let token = Int(r.assignToken[a])
+            let weight = r.topWeight[token * r.k + Int(r.assignSlot[a])]
+            let src = s.ye.pointer + a * h, dst = out + token * h
+            for j in cols { dst[j] += weight * src[j] }
+        }
     }
 }

@@ -204,14 +204,16 @@ public final class NF4Weight: @unchecked Sendable {
 /// Products with NF4 weights: rows of W are dequantized a chunk at a time into a small
 /// scratch buffer that feeds sgemm, so no fp32 copy of a whole weight ever exists.
 enum NF4Matmul {
-    /// Rows per chunk: about 64K floats of scratch.
-    static func chunkRows(_ w: NF4Weight) -> Int { max(1, min(w.rows, 65536 / max(w.cols, 1))) }
+    /// Floats of dequantized weight per chunk (tests lower it to force several chunks).
+    nonisolated(unsafe) static var chunkFloats = 65536
+    /// Rows per chunk: about chunkFloats floats of scratch.
+    static func chunkRows(_ w: NF4Weight) -> Int { max(1, min(w.rows, chunkFloats / max(w.cols, 1))) }
 
-    nonisolated(unsafe) static var scratch = FloatBuffer(count: 65536)
+    /// Per worker: MoE experts run as parallel tasks, each dequantizing its own weights.
+    static let scratch = PerWorkerScratch(minimumCount: 65536)
 
     static func scratchFor(_ count: Int) -> UnsafeMutablePointer<Float> {
-        if scratch.count < count { scratch = FloatBuffer(count: count) }
-        return scratch.pointer
+        scratch.pointer(count: count)
     }
 
     /// y [N, out] (+)= x [N, in] W^T.

@@ -144,6 +144,16 @@ public final class ForwardState {
     public let headLoRA: FloatBuffer?   // [N, r] u of the lm_head adapter
     public let ids: UnsafeMutablePointer<Int32>
     public let targets: UnsafeMutablePointer<Int32>
+    /// Head and loss only where a prediction is scored (target >= 0): the forward pass
+    /// moves those rows of lnF to the front and `logits`/`losses` then hold
+    /// `headRows` rows in that order. Training and evaluation set it; code that reads
+    /// `logits` by position leaves it off.
+    public var scoredOnly = false
+    /// Rows of the head's last pass (N, or the scored count with `scoredOnly`), the
+    /// position of each (`scoredRows`) and its target (`headTargets`).
+    public internal(set) var headRows = 0
+    let scoredRows: UnsafeMutablePointer<Int32>   // [N]
+    let headTargets: UnsafeMutablePointer<Int32>  // [N]
     /// valid[i]: token i is not padding.
     public let valid: UnsafeMutablePointer<Bool>
     /// [N] position of token i within its example, for packed batches (see TokenBatch).
@@ -198,6 +208,8 @@ public final class ForwardState {
         targets = .allocate(capacity: n)
         valid = .allocate(capacity: n)
         positionBuffer = .allocate(capacity: n)
+        scoredRows = .allocate(capacity: n)
+        headTargets = .allocate(capacity: n)
         auxFraction = FloatBuffer(count: max(c.numExperts, 1))
         routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
     }
@@ -207,6 +219,45 @@ public final class ForwardState {
         targets.deallocate()
         valid.deallocate()
         positionBuffer.deallocate()
+        scoredRows.deallocate()
+        headTargets.deallocate()
+    }
+
+    /// The head's input rows for this pass (see `scoredOnly`): with it, the rows of
+    /// lnF [N, H] whose target is >= 0 move to the front in order (row m <- row
+    /// scoredRows[m], scoredRows[m] >= m, so in place). Returns the row count.
+    func selectHeadRows(tokens n: Int, hidden h: Int) -> Int {
+        guard scoredOnly else {
+            headTargets.update(from: targets, count: n)
+            headRows = n
+            return n
+        }
+        var m = 0
+        for i in 0..<n where targets[i] >= 0 {
+            scoredRows[m] = Int32(i)
+            headTargets[m] = targets[i]
+            if m != i { (lnF.pointer + m * h).update(from: lnF.pointer + i * h, count: h) }
+            m += 1
+        }
+        headRows = m
+        return m
+    }
+
+    /// Backward of selectHeadRows on a gradient d [N, H] that holds headRows compact rows:
+    /// spreads them back to their positions and zeroes the unscored rows, in place
+    /// (descending, so no compact row is overwritten before it is read).
+    func expandHeadRows(_ d: UnsafeMutablePointer<Float>, tokens n: Int, hidden h: Int) {
+        guard scoredOnly else { return }
+        var m = headRows - 1
+        for i in stride(from: n - 1, through: 0, by: -1) {
+            let row = d + i * h
+            if m >= 0 && Int(scoredRows[m]) == i {
+                if m != i { row.update(from: d + m * h, count: h) }
+                m -= 1
+            } else {
+                row.update(repeating: 0, count: h)
+            }
+        }
     }
 
     func fits(_ batch: TokenBatch) -> Bool {

@@ -66,21 +66,27 @@ extension Transformer {
 
         // Loss and head: logits = lnF Wlm^T (+ LoRA).
         // d logits overwrite the logits, which nothing needs any more.
-        let dlogits = s.logits.pointer
-        crossEntropyBackward(dlogits: dlogits, logits: dlogits, targets: s.targets,
-                             rows: n, vocab: c.vocabSize, scale: lossScale)
-        // Granite: logits = z / logits_scaling, so d z [N, V] = d logits / logits_scaling.
-        if c.logitsScaling != 1 { divideInPlace(dlogits, count: n * c.vocabSize, by: c.logitsScaling) }
-        linearBackwardInput(dx: g.dln.pointer, dy: dlogits, rows: n, weight: lmHead, accumulate: false)
+        // Over the forward pass's m head rows (all N, or the scored ones, compact).
+        let dlogits = s.logits.pointer, m = s.headRows
+        crossEntropyBackward(dlogits: dlogits, logits: dlogits, targets: s.headTargets,
+                             rows: m, vocab: c.vocabSize, scale: lossScale)
+        // Granite: logits = z / logits_scaling, so d z [m, V] = d logits / logits_scaling.
+        if c.logitsScaling != 1 { divideInPlace(dlogits, count: m * c.vocabSize, by: c.logitsScaling) }
+        linearBackwardInput(dx: g.dln.pointer, dy: dlogits, rows: m, weight: lmHead, accumulate: false)
         if let l = adapters.head {
-            loraBackward(dx: g.dln.pointer, dy: dlogits, x: s.lnF.pointer, rows: n, adapter: l,
+            loraBackward(dx: g.dln.pointer, dy: dlogits, x: s.lnF.pointer, rows: m, adapter: l,
                          u: s.headLoRA!.pointer, du: du)
         }
+        // d lnF [N, H]: the compact rows back to their positions, 0 where unscored.
+        s.expandHeadRows(g.dln.pointer, tokens: n, hidden: h)
         g.dres.zero()
         rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(c.numLayers).pointer,
                         weight: finalNorm, rstd: s.rstdF.pointer, rows: n, cols: h)
 
-        for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
+        // No backward below the lowest layer that trains anything (the embedding is frozen),
+        // and in that layer no gradient for its input.
+        let lowest = lowestTrainedLayer(adapters)
+        for l in stride(from: c.numLayers - 1, through: lowest, by: -1) {
             let w = layers[l], a = s.layer(l), ad = adapters.layers[l]
             let u = a.lora
             // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H] and
@@ -172,16 +178,35 @@ extension Transformer {
                 rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
                                rows: n, cols: h, eps: c.rmsNormEps)
             }
-            linearBackwardInput(dx: g.dln.pointer, dy: g.dq.pointer, rows: n, weight: w.q, accumulate: false)
+            // d ln1 [N, H] through the frozen q/k/v weights is needed only by the layers below.
+            let inputGradient = l > lowest
+            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dq.pointer, rows: n, weight: w.q, accumulate: false) }
             if let lq = ad.q { loraBackward(dx: g.dln.pointer, dy: g.dq.pointer, x: a.ln1.pointer, rows: n, adapter: lq, u: u!.q.pointer, du: du) }
-            linearBackwardInput(dx: g.dln.pointer, dy: g.dk.pointer, rows: n, weight: w.k, accumulate: true)
+            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dk.pointer, rows: n, weight: w.k, accumulate: true) }
             if let lk = ad.k { loraBackward(dx: g.dln.pointer, dy: g.dk.pointer, x: a.ln1.pointer, rows: n, adapter: lk, u: u!.k.pointer, du: du) }
-            linearBackwardInput(dx: g.dln.pointer, dy: g.dv.pointer, rows: n, weight: w.v, accumulate: true)
+            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dv.pointer, rows: n, weight: w.v, accumulate: true) }
             if let lv = ad.v { loraBackward(dx: g.dln.pointer, dy: g.dv.pointer, x: a.ln1.pointer, rows: n, adapter: lv, u: u!.v.pointer, du: du) }
-            rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
-                            weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
+            if inputGradient {
+                rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
+                                weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
+            }
         }
         // The embedding is frozen: the gradient stops here.
+    }
+
+    /// The lowest layer with a trained parameter (an adapter, a router trained in full or a
+    /// learned noise weight); numLayers when only the head is adapted.
+    func lowestTrainedLayer(_ adapters: AdapterSet) -> Int {
+        for l in 0..<config.numLayers {
+            let ad = adapters.layers[l]
+            let ffn = { (f: FeedForwardAdapters) in !f.isEmpty }
+            if ad.q != nil || ad.k != nil || ad.v != nil || ad.o != nil || ad.router != nil
+                || ffn(ad.mlp) || ffn(ad.shared) || ad.experts.contains(where: ffn)
+                || adapters.trainedRouter(layer: l) != nil || adapters.noiseWeight(layer: l) != nil {
+                return l
+            }
+        }
+        return config.numLayers
     }
 
     /// Backward of the Mixtral MoE block (top-k renormalised routing, optional capacity,
@@ -213,22 +238,30 @@ extension Transformer {
         }
         let cache = a.lora?.ffn ?? FeedForwardLoRACache()
         gatherExpertInputs(sc.xe.pointer, x: x, hidden: h, routing: r)
-        for (ex, w) in layers[l].experts.enumerated() {
-            let start = r.expertStart[ex], count = r.count(of: ex)
-            if count == 0 { continue }
-            let inter = w.gate.rows
-            let ead = ad.experts.isEmpty ? FeedForwardAdapters() : ad.experts[ex]
-            feedForwardBackward(dx: dxe + start * h, dy: dye + start * h, x: sc.xe.pointer + start * h, rows: count,
-                                weights: w, adapters: ead, cache: cache.offset(row: start, adapters: ead),
-                                gate: sc.gate.pointer + start * inter, up: sc.up.pointer + start * inter,
-                                dgate: g.dgate.pointer + start * inter, dup: g.dup.pointer + start * inter,
-                                du: g.du.pointer, accumulate: false)
+        // The experts are tasks of one parallel region, as in moeForward; each writes its own
+        // rows of dxe/dgate/dup/du and its own adapter's gradients.
+        let experts = layers[l].experts, rank = max(s.loraRank, 1)
+        withExpertOrder(r) { order, count in
+            Parallel.forEachTask(order, count: count) { ex in
+                let w = experts[ex]
+                let start = r.expertStart[ex], rows = r.count(of: ex)
+                let inter = w.gate.rows
+                let ead = ad.experts.isEmpty ? FeedForwardAdapters() : ad.experts[ex]
+                feedForwardBackward(dx: dxe + start * h, dy: dye + start * h, x: sc.xe.pointer + start * h, rows: rows,
+                                    weights: w, adapters: ead, cache: cache.offset(row: start, adapters: ead),
+                                    gate: sc.gate.pointer + start * inter, up: sc.up.pointer + start * inter,
+                                    dgate: g.dgate.pointer + start * inter, dup: g.dup.pointer + start * inter,
+                                    du: g.du.pointer + start * rank, accumulate: false)
+            }
         }
         dx.update(repeating: 0, count: n * h)
-        for asg in 0..<total {
-            let token = Int(r.assignToken[asg])
-            let src = dxe + asg * h, dst = dx + token * h
-            for j in 0..<h { dst[j] += src[j] }
+        // Workers split the hidden columns (two assignments may share a token).
+        parallelChunks(h, minChunk: 64) { cols in
+            for asg in 0..<total {
+                let token = Int(r.assignToken[asg])
+                let src = dxe + asg * h, dst = dx + token * h
+                for j in cols { dst[j] += src[j] }
+            }
         }
         // Router: w_s = p_s / S over the selected experts, p = softmax(logits (+ noise)).
         // The load-balancing loss adds coef * E * F_e / rows to d p_e of every valid token

@@ -131,12 +131,14 @@ extension Transformer {
         if c.isMoE { computeAuxiliaryLosses(s) }
         rmsnormForward(out: s.lnF.pointer, rstd: s.rstdF.pointer, x: s.residualIn(c.numLayers).pointer,
                        weight: finalNorm, rows: n, cols: h, eps: c.rmsNormEps)
-        linearForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, weight: lmHead)
-        if let l = adapters?.head { loraForward(y: s.logits.pointer, x: s.lnF.pointer, rows: n, adapter: l, u: s.headLoRA!.pointer) }
-        // Granite: logits [N, V] divided by logits_scaling.
-        if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: n * c.vocabSize, by: c.logitsScaling) }
-        return crossEntropyForward(losses: s.losses.pointer, logits: s.logits.pointer, targets: s.targets,
-                                   rows: n, vocab: c.vocabSize)
+        // Head and loss over m rows: all N, or only the scored ones (s.scoredOnly).
+        let m = s.selectHeadRows(tokens: n, hidden: h)
+        linearForward(y: s.logits.pointer, x: s.lnF.pointer, rows: m, weight: lmHead)
+        if let l = adapters?.head { loraForward(y: s.logits.pointer, x: s.lnF.pointer, rows: m, adapter: l, u: s.headLoRA!.pointer) }
+        // Granite: logits [m, V] divided by logits_scaling.
+        if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: m * c.vocabSize, by: c.logitsScaling) }
+        return crossEntropyForward(losses: s.losses.pointer, logits: s.logits.pointer, targets: s.headTargets,
+                                   rows: m, vocab: c.vocabSize)
     }
 
     /// mid [N, H] = x + r * (attn [N, nH*D] Wo^T (+ LoRA)), r = residual_multiplier; with

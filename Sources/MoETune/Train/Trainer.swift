@@ -198,6 +198,7 @@ public final class Trainer {
         }
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
+        state.scoredOnly = true
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
         adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
