@@ -19,8 +19,11 @@ final class MPITests: XCTestCase {
     }
 
     /// A training config on the Mixtral fixture with dropout and router jitter, so that
-    /// masks and noise must follow the micro-batch, not the rank.
-    func writeConfig(_ dir: String, name: String, gradAccum: Int, steps: Int, out: String, valid: Bool = true) throws -> String {
+    /// masks and noise must follow the micro-batch, not the rank. SGD with momentum by
+    /// default: AdamW divides by sqrt(v), which turns the last-bit differences of gradients
+    /// summed in another order into larger ones wherever a gradient is near 0.
+    func writeConfig(_ dir: String, name: String, gradAccum: Int, steps: Int, out: String, valid: Bool = true,
+                     optimizer: String = "{name: sgd, lr: 0.05, momentum: 0.9}") throws -> String {
         var text = ""
         for i in 0..<40 { text += "{\"prompt\": \"Add \(i) and \(i + 3).\", \"completion\": \" \(2 * i + 3)\"}\n" }
         try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/train.jsonl"))
@@ -30,7 +33,7 @@ final class MPITests: XCTestCase {
         data: {train: \(dir)/train.jsonl\(valid ? ", valid: \(dir)/valid.jsonl" : "")}
         lora: {rank: 4, dropout: 0.1, targets: [query, value, mlp]}
         moe: {jitter: 0.01}
-        optimizer: {lr: 0.01}
+        optimizer: \(optimizer)
         schedule: {name: constant}
         training: {batch_size: 3, grad_accum: \(gradAccum), max_steps: \(steps), max_seq_len: 32, eval_every: 2, save_every: 2, out_dir: \(out)}
         """
@@ -98,6 +101,16 @@ final class MPITests: XCTestCase {
             p.waitUntilExit()
             XCTAssertEqual(p.terminationStatus, 0, output(dir))
             try assertSameAdapter(dir + "/single", dir + "/multi", relative: 1e-5)
+            // AdamW (optimizer state on every rank) to 1e-4.
+            let adamSingle = try writeConfig(dir, name: "adam-single.yaml", gradAccum: ranks, steps: 4, out: dir + "/adam-single",
+                                             optimizer: "{lr: 0.01}")
+            XCTAssertEqual(try runMoETune(["train", "--config", adamSingle]).status, 0)
+            let adamMulti = try writeConfig(dir, name: "adam-multi.yaml", gradAccum: 1, steps: 4, out: dir + "/adam-multi",
+                                            optimizer: "{lr: 0.01}")
+            let pa = try startMPI(mpirun, ranks: ranks, ["train", "--config", adamMulti], dir: dir)
+            pa.waitUntilExit()
+            XCTAssertEqual(pa.terminationStatus, 0, output(dir))
+            try assertSameAdapter(dir + "/adam-single", dir + "/adam-multi", relative: 1e-4)
             // Same validation losses (evaluation split over ranks and reduced), one log.
             let metrics = try String(contentsOfFile: dir + "/multi/metrics.jsonl", encoding: .utf8)
             let reference = try String(contentsOfFile: dir + "/single/metrics.jsonl", encoding: .utf8)
