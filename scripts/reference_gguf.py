@@ -2,7 +2,7 @@
 package and dequantizes every weight to fp32):
 
     ~/peer-venv/bin/python scripts/reference_gguf.py --gguf FILE.gguf --data FILE.jsonl \
-        [--prompts FILE.json] [--max-new-tokens 16] [--out reference.json]
+        [--adapter DIR] [--prompts FILE.json] [--max-new-tokens 16] [--out reference.json]
 
 Loss: the rules of `moe-tune eval` with a tokenizer.json tokenizer: {"text"} lines are
 tokenizer(text).input_ids + [EOS] (unless already last), every next-token prediction counts;
@@ -28,11 +28,15 @@ p.add_argument("--prompts")
 p.add_argument("--max-new-tokens", type=int, default=16)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--out")
+p.add_argument("--adapter", help="PEFT adapter folder, applied with PeftModel.from_pretrained")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 d, f = os.path.dirname(os.path.abspath(a.gguf)), os.path.basename(a.gguf)
 tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
 model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+if a.adapter:
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(model, a.adapter).eval()
 eos = tok.eos_token_id
 out = {}
 if a.data:

@@ -12,7 +12,8 @@ struct MergeCommand: ParsableCommand {
         adapters trained with QLoRA. Writes config.json, model.safetensors (sharded with an index above \
         --max-shard-mb) and the tokenizer files, in the base's dtype unless --dtype says otherwise. \
         With --format gguf, --out is one GGUF file for llama.cpp / Ollama (weights in --gguf-type, \
-        the base GGUF's tokenizer and chat template).
+        the base GGUF's tokenizer and chat template); without --adapter that converts the base \
+        (e.g. a Q4_1 GGUF to f32 or q4_0).
         """)
 
     @Option(help: "Base model folder or .gguf file.") var model: String
@@ -26,7 +27,7 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "GGUF weight type: f32, f16, bf16, q8_0 or q4_0 (with --format gguf).") var ggufType = "f16"
 
     func validate() throws {
-        guard !adapter.isEmpty else { throw ValidationError("give at least one --adapter") }
+        guard !adapter.isEmpty || format == "gguf" else { throw ValidationError("give at least one --adapter (without one, only --format gguf: a conversion)") }
         guard weight.isEmpty || weight.count == adapter.count else {
             throw ValidationError("give one --weight per --adapter (\(adapter.count)), or none")
         }

@@ -122,3 +122,72 @@ final class GGUFModelTests: XCTestCase {
         assertMoETuneError(try LoadedModel.load(directory: dir + "/d.gguf"), contains: ["d.gguf", "'llama.expert_count'", "experts"])
     }
 }
+
+/// Writing GGUF: a LoRA trained on the tiny GGUF base, merged into GGUF files and exported
+/// as a llama.cpp LoRA. Tolerances: the merged f32 GGUF's eval loss equals `eval --adapter`
+/// within 1e-5 relative (f16: 2e-3); the GGUF LoRA's alpha / r · B A added to the base equals
+/// the merged weights within 1e-5 absolute. (scripts/check_gguf.sh checks the files in
+/// transformers, peft, gguf-py and llama.cpp.)
+final class GGUFWriteTests: XCTestCase {
+    func testMergeAndExportLoRA() throws {
+        let dir = try makeTempDir(self)
+        let base = GGUFModelTests.tiny + "/model.gguf"
+        // A small adapter: 12 steps on the tiny model.
+        let cfgPath = Fixtures.root + "/../../../configs/demo.yaml"
+        let cfg = try TrainConfig.load(path: cfgPath,
+                                       overrides: ["model=\(base)", "training.max_steps=12", "training.out_dir=\(dir)/lora",
+                                                   "data.train=\(GGUFModelTests.tiny)/eval.jsonl", "data.valid=null", "data.test=null",
+                                                   "training.eval_every=0", "optimizer.lr=0.01", "schedule.warmup_steps=0",
+                                                   "training.batch_size=2"])
+        _ = try Trainer(config: cfg, configPath: cfgPath).run()
+        let data = GGUFModelTests.tiny + "/eval.jsonl"
+        func evalLoss(_ model: String, adapter: String? = nil) throws -> Double {
+            let loaded = try LoadedModel.load(directory: model)
+            let ds = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize, options: DataOptions())
+            let set = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
+            return try Evaluator.evaluate(model: loaded.model, adapters: set, dataset: ds, batchSize: 2).loss
+        }
+        let withAdapter = try evalLoss(base, adapter: dir + "/lora")
+        let baseLoss = try evalLoss(base)
+        XCTAssertGreaterThan(abs(withAdapter - baseLoss), 0.01, "the adapter changes the model")
+        for (type, tol) in [(GGMLType.f32, 1e-5), (.f16, 2e-3)] {
+            let out = dir + "/merged-\(type.name).gguf"
+            let s = try GGUFExport.mergedModel(model: base, adapters: [(dir + "/lora", 1)], out: out, type: type, overwrite: false)
+            XCTAssertEqual(s.mergedModules, 14)
+            let merged = try evalLoss(out)
+            print("merged \(type.name): \(merged) vs eval --adapter \(withAdapter)")
+            XCTAssertLessThanOrEqual(abs(merged - withAdapter) / withAdapter, tol, type.name)
+            let f = try GGUFFile(path: out)
+            XCTAssertEqual(try f.string("tokenizer.chat_template"), try GGUFFile(path: base).string("tokenizer.chat_template"))
+            XCTAssertEqual(f.tensor("blk.0.attn_q.weight")?.type, type)
+            XCTAssertEqual(f.tensor("blk.0.attn_norm.weight")?.type, .f32)
+        }
+        assertMoETuneError(try GGUFExport.mergedModel(model: base, adapters: [(dir + "/lora", 1)], out: dir + "/merged-F32.gguf", type: .f32, overwrite: false),
+                           contains: ["merged-F32.gguf", "already exists"])
+
+        // The LoRA file: base + alpha / r * B A per tensor equals the merged f32 weights.
+        let lora = try GGUFExport.loraAdapter(model: base, adapter: dir + "/lora", out: dir + "/adapter.gguf", overwrite: false)
+        XCTAssertEqual(lora.alpha, 16)
+        let modelfile = try String(contentsOfFile: lora.modelfile, encoding: .utf8)
+        XCTAssertTrue(modelfile.contains("FROM /") && modelfile.contains("model.gguf") && modelfile.contains("ADAPTER ./adapter.gguf"), modelfile)
+        let a = try GGUFFile(path: dir + "/adapter.gguf")
+        XCTAssertEqual(try a.string("general.type"), "adapter")
+        XCTAssertEqual(try a.string("adapter.type"), "lora")
+        XCTAssertEqual(a.tensors.count, 28)
+        let b = try GGUFFile(path: base), m = try GGUFFile(path: dir + "/merged-F32.gguf")
+        for name in ["blk.0.attn_q.weight", "blk.1.attn_k.weight", "blk.1.ffn_down.weight"] {
+            let la = try a.floats(name + ".lora_a"), lb = try a.floats(name + ".lora_b")
+            let shape = b.tensor(name)!.shape, r = a.tensor(name + ".lora_a")!.shape[0]
+            var w = try b.floats(name)
+            let s = lora.alpha / Float(r)
+            for i in 0..<shape[0] { for j in 0..<shape[1] {
+                var d: Float = 0
+                for k in 0..<r { d += lb[i * r + k] * la[k * shape[1] + j] }
+                w[i * shape[1] + j] += s * d
+            } }
+            let ref = try m.floats(name)
+            let worst = zip(w, ref).map { abs($0 - $1) }.max()!
+            XCTAssertLessThanOrEqual(worst, 1e-5, name)
+        }
+    }
+}

@@ -80,8 +80,9 @@ public enum GGUFExport {
         let f = try family(c, modelPath)
         let model = try Transformer(checkpoint: ck)
         let sets = try adapters.map { (set: try PEFTAdapter.load(directory: $0.path, model: model), weight: $0.weight) }
-        let mixed = try AdapterSet.mix(sets, model: model)
-        let byModule = Dictionary(uniqueKeysWithValues: mixed.all.map { ($0.module, $0) })
+        // No adapter: a conversion of the base (to another type, or from a folder).
+        let all = sets.isEmpty ? [] : try AdapterSet.mix(sets, model: model).all
+        let byModule = Dictionary(uniqueKeysWithValues: all.map { ($0.module, $0) })
         // A head adapter on a model with tied embeddings needs its own output.weight.
         let untie = c.tieWordEmbeddings && byModule[f.module(.head, layer: 0)] != nil
         if untie { c.tieWordEmbeddings = false }
@@ -115,8 +116,8 @@ public enum GGUFExport {
             let t: GGMLType = shape.count == 1 ? .f32 : (shape.last! % type.blockSize == 0 ? type : .f16)
             values.withUnsafeBufferPointer { w.add(n.gguf, shape: shape, floats: $0.baseAddress!, as: t) }
         }
-        guard merged == mixed.all.count else {
-            throw MoETuneError.invalid("the adapters hold \(mixed.all.count) modules but \(merged) map onto \(f.ggufArchitecture!) tensors (routers and experts cannot be written to GGUF yet)")
+        guard merged == all.count else {
+            throw MoETuneError.invalid("the adapters hold \(all.count) modules but \(merged) map onto \(f.ggufArchitecture!) tensors (routers and experts cannot be written to GGUF yet)")
         }
         let data = w.serialized()
         try AtomicFile.write(data, to: out)
