@@ -81,7 +81,10 @@ public enum GGUFExport {
         let model = try Transformer(checkpoint: ck)
         let sets = try adapters.map { (set: try PEFTAdapter.load(directory: $0.path, model: model), weight: $0.weight) }
         // No adapter: a conversion of the base (to another type, or from a folder).
-        let all = sets.isEmpty ? [] : try AdapterSet.mix(sets, model: model).all
+        // The adapters' A and B point into their AdapterSet: it must outlive every use.
+        let mixed = sets.isEmpty ? nil : try AdapterSet.mix(sets, model: model)
+        defer { withExtendedLifetime((sets, mixed)) {} }
+        let all = mixed?.all ?? []
         let byModule = Dictionary(uniqueKeysWithValues: all.map { ($0.module, $0) })
         // A head adapter on a model with tied embeddings needs its own output.weight.
         let untie = c.tieWordEmbeddings && byModule[f.module(.head, layer: 0)] != nil
@@ -141,6 +144,7 @@ public enum GGUFExport {
         let f = try family(c, modelPath)
         let model = try Transformer(checkpoint: ck)
         let set = try PEFTAdapter.load(directory: adapterPath, model: model)
+        defer { withExtendedLifetime(set) {} }   // A and B point into it
         guard set.routers.allSatisfy({ $0 == nil }) else {
             throw MoETuneError.file(path: adapterPath, message: "a fully trained router cannot be written as a GGUF LoRA")
         }
