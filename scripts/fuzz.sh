@@ -2,14 +2,14 @@
 # libFuzzer over moe-tune's input parsers (fuzz/): builds fuzz/Sources/moe-tune-fuzz with
 # libFuzzer and AddressSanitizer in .build-fuzz, then runs each target for SECONDS, one job:
 #   bash scripts/fuzz.sh [all|TARGET[,TARGET...]] [SECONDS]      (defaults: all, 60)
-# Targets: safetensors peft jsonl yaml tokenizer template. Seeds: fuzz/corpus/TARGET
+# Targets: safetensors peft jsonl yaml tokenizer template gguf. Seeds: fuzz/corpus/TARGET
 # (committed, read only); inputs the run finds go to .build-fuzz/corpus/TARGET, a crash,
 # timeout or out-of-memory input to .build-fuzz/artifacts/TARGET/. Exits 1 when any target
 # found something. Reproduce one input:
 #   MOE_TUNE_FUZZ_TARGET=TARGET .build-fuzz/debug/moe-tune-fuzz FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(safetensors peft jsonl yaml tokenizer template)
+all=(safetensors peft jsonl yaml tokenizer template gguf)
 which="${1:-all}"
 secs="${2:-60}"
 if [ "$which" = all ]; then targets=("${all[@]}"); else IFS=, read -r -a targets <<<"$which"; fi
@@ -37,7 +37,7 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0${ASAN_OPTIONS:+:$ASAN_OPTIO
 failed=()
 summary=()
 for t in "${targets[@]}"; do
-  case "$t" in tokenizer) max_len=65536 ;; template) max_len=16384 ;; *) max_len=4096 ;; esac
+  case "$t" in tokenizer|gguf) max_len=65536 ;; template) max_len=16384 ;; *) max_len=4096 ;; esac
   mkdir -p ".build-fuzz/corpus/$t" ".build-fuzz/artifacts/$t"
   log=".build-fuzz/$t.log"
   echo "fuzz: $t for ${secs}s (log $log)"

@@ -8,7 +8,7 @@ struct MoETuneCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moe-tune",
         abstract: "Fine-tune Llama, Mistral and Mixtral models on a CPU with LoRA and QLoRA.",
-        subcommands: [TrainCommand.self, EvalCommand.self, MergeCommand.self, GenerateCommand.self, TokenizeCommand.self, QuantizeCommand.self, BenchBLASCommand.self, BenchTrainCommand.self, BenchTokenizerCommand.self])
+        subcommands: [TrainCommand.self, EvalCommand.self, MergeCommand.self, ExportLoRACommand.self, GenerateCommand.self, TokenizeCommand.self, QuantizeCommand.self, BenchBLASCommand.self, BenchTrainCommand.self, BenchTokenizerCommand.self])
 }
 
 /// The largest --max-new-tokens (eval --generate, generate): far beyond any model's context,

@@ -44,6 +44,7 @@ public enum ChatFormat: @unchecked Sendable {
 
     /// bos_token, eos_token, … of DIR/tokenizer_config.json (strings or {"content": …}).
     static func specialTokens(modelDirectory dir: String) throws -> [String: String] {
+        if GGUFModelFile.isGGUFPath(dir) { return try GGUFTokenizer.specialTokens(GGUFFile(path: dir)) }
         let path = (dir as NSString).appendingPathComponent("tokenizer_config.json")
         guard let data = FileManager.default.contents(atPath: path) else { return [:] }
         guard let text = String(data: data, encoding: .utf8), case let .dict(d) = try? JinjaJSON.parse(text) else {

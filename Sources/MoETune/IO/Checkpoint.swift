@@ -3,14 +3,31 @@ import Foundation
 /// A Hugging Face model folder: config.json plus model.safetensors, or shards listed in
 /// model.safetensors.index.json. Files are memory-mapped; an aligned F32 tensor is
 /// used in place, other dtypes are converted to fp32 once (so nothing is copied twice).
+/// A path ending in `.gguf` opens a GGUF model file instead (IO/GGUF/GGUFModelFile.swift):
+/// the same tensors under their Hugging Face names.
 public final class Checkpoint: @unchecked Sendable {
     public let directory: String
     public let config: ModelConfig
     private let files: [SafeTensorsFile]
     private let location: [String: (file: Int, info: TensorInfo)]
     private var converted: [FloatBuffer] = []
+    /// The GGUF file behind this checkpoint, if it is one.
+    let gguf: GGUFModelFile?
+
+    /// Whether `path` names a GGUF model file rather than a folder.
+    public static func isGGUF(_ path: String) -> Bool { GGUFModelFile.isGGUFPath(path) }
 
     public init(directory: String) throws {
+        if GGUFModelFile.isGGUFPath(directory) {
+            let g = try GGUFModelFile(path: directory)
+            self.directory = directory
+            config = g.config
+            gguf = g
+            files = []
+            location = [:]
+            return
+        }
+        gguf = nil
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
             throw MoETuneError.file(path: directory, message: "model folder not found")
@@ -61,11 +78,17 @@ public final class Checkpoint: @unchecked Sendable {
         self.location = location
     }
 
-    public var tensorNames: [String] { Array(location.keys) }
+    public var tensorNames: [String] { gguf?.tensorNames ?? Array(location.keys) }
 
-    public func contains(_ name: String) -> Bool { location[name] != nil }
+    public func contains(_ name: String) -> Bool { gguf?.contains(name) ?? (location[name] != nil) }
 
-    public func info(_ name: String) -> TensorInfo? { location[name]?.info }
+    /// The tensor's entry; a GGUF tensor is described as the F32 tensor it dequantizes to.
+    public func info(_ name: String) -> TensorInfo? {
+        if let g = gguf {
+            return g.tensor(name).map { TensorInfo(name: name, dtype: .f32, shape: $0.shape, offset: 0, byteCount: 4 * $0.count) }
+        }
+        return location[name]?.info
+    }
 
     /// The file holding `name`, for error messages.
     public func path(of name: String) -> String {
@@ -75,6 +98,12 @@ public final class Checkpoint: @unchecked Sendable {
     /// An fp32 view of tensor `name`, checked against `shape`. Valid while this
     /// checkpoint lives.
     public func floats(_ name: String, shape: [Int]) throws -> UnsafePointer<Float> {
+        if let g = gguf {
+            let buffer = FloatBuffer(count: shape.reduce(1, *), zeroed: false)
+            try g.dequantize(name, shape: shape, into: buffer.pointer)
+            converted.append(buffer)
+            return UnsafePointer(buffer.pointer)
+        }
         guard let (fileIndex, info) = location[name] else {
             throw MoETuneError.file(path: directory, message: "tensor '\(name)' not found in the checkpoint")
         }
@@ -102,6 +131,11 @@ public final class Checkpoint: @unchecked Sendable {
     /// The mapped pages are released afterwards, so quantizing while loading keeps at most
     /// one full-precision tensor in memory.
     public func withTemporaryFloats<T>(_ name: String, shape: [Int], _ body: (UnsafePointer<Float>) throws -> T) throws -> T {
+        if let g = gguf {
+            let buffer = FloatBuffer(count: shape.reduce(1, *), zeroed: false)
+            try g.dequantize(name, shape: shape, into: buffer.pointer)
+            return try body(buffer.pointer)
+        }
         guard let (fileIndex, info) = location[name] else {
             throw MoETuneError.file(path: directory, message: "tensor '\(name)' not found in the checkpoint")
         }

@@ -30,19 +30,22 @@ public final class FloatBuffer: @unchecked Sendable {
 }
 
 /// A read-only row-major matrix [rows, cols]: a view over fp32 weights owned elsewhere,
-/// or 4-bit NF4 weights (QLoRA), which only the linear-layer products read.
+/// or 4-bit NF4 weights (QLoRA) or ggml blocks (GGUF), which only the linear-layer products read.
 public struct Matrix: @unchecked Sendable {
     public let pointer: UnsafePointer<Float>
     public let rows: Int
     public let cols: Int
     /// The NF4 storage of a quantized weight; `pointer` is then not to be read.
     public let nf4: NF4Weight?
+    /// The ggml block storage of a weight read from GGUF; `pointer` is then not to be read.
+    public let ggml: GGMLWeight?
 
     public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int) {
         self.pointer = pointer
         self.rows = rows
         self.cols = cols
         nf4 = nil
+        ggml = nil
     }
 
     public init(nf4: NF4Weight) {
@@ -50,7 +53,19 @@ public struct Matrix: @unchecked Sendable {
         rows = nf4.rows
         cols = nf4.cols
         self.nf4 = nf4
+        ggml = nil
     }
+
+    public init(ggml: GGMLWeight) {
+        pointer = UnsafePointer(Matrix.none.pointer)
+        rows = ggml.rows
+        cols = ggml.cols
+        nf4 = nil
+        self.ggml = ggml
+    }
+
+    /// Whether only the products can read this weight (NF4 or ggml blocks).
+    public var isQuantized: Bool { nf4 != nil || ggml != nil }
 
     private static let none = FloatBuffer(count: 1)
 }

@@ -52,7 +52,7 @@ public final class Transformer: @unchecked Sendable {
     }
 
     /// Whether any weight is stored 4-bit.
-    public var isQuantized: Bool { layers.contains { $0.q.nf4 != nil } }
+    public var isQuantized: Bool { layers.contains { $0.q.isQuantized } }
 
     public init(checkpoint ck: Checkpoint, quantize: QuantizationSpec? = nil) throws {
         let c = ck.config

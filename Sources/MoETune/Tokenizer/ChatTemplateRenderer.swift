@@ -90,8 +90,9 @@ public struct ChatTemplateRenderer {
 
     /// The template and special tokens of a model folder: `chat_template.jinja` if present,
     /// else `chat_template` in tokenizer_config.json (a string, or a list of {name, template}
-    /// where "default" is used). nil when the folder has no template.
+    /// where "default" is used); of a `.gguf` file, `tokenizer.chat_template`. nil when the folder has no template.
     public static func load(modelDirectory dir: String) throws -> ChatTemplateRenderer? {
+        if GGUFModelFile.isGGUFPath(dir) { return try GGUFTokenizer.chatTemplate(path: dir) }
         let configPath = (dir as NSString).appendingPathComponent("tokenizer_config.json")
         var config: JinjaDict?
         if let data = FileManager.default.contents(atPath: configPath) {

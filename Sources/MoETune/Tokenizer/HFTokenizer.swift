@@ -36,10 +36,18 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
                       extraStopIds: extraStopIds)
     }
 
-    public init(path: String, configPath: String? = nil, generationConfigPath: String? = nil, extraStopIds: [Int32] = []) throws {
-        self.path = path
+    public convenience init(path: String, configPath: String? = nil, generationConfigPath: String? = nil, extraStopIds: [Int32] = []) throws {
         guard FileManager.default.fileExists(atPath: path) else { throw MoETuneError.file(path: path, message: "tokenizer file not found") }
         let json = try JSONReader.parse(path: path)
+        var config: (json: [String: Any], path: String)?
+        if let cp = configPath, FileManager.default.fileExists(atPath: cp) { config = (try JSONReader.parse(path: cp), cp) }
+        try self.init(path: path, json: json, config: config, generationConfigPath: generationConfigPath, extraStopIds: extraStopIds)
+    }
+
+    /// A tokenizer from parsed tokenizer.json values (`json`) and tokenizer_config.json
+    /// values (`config`, for bos_token / eos_token); `path` names the source in messages.
+    init(path: String, json: [String: Any], config: (json: [String: Any], path: String)?, generationConfigPath: String?, extraStopIds: [Int32]) throws {
+        self.path = path
         let r = JSONReader(path: path)
         if let t = json["truncation"], !(t is JSONNull) { throw r.fail("truncation", "must be null (truncation is not supported)") }
         if let p = json["padding"], !(p is JSONNull) { throw r.fail("padding", "must be null (padding is not supported)") }
@@ -88,8 +96,7 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
             }
             return id
         }
-        if let cp = configPath, FileManager.default.fileExists(atPath: cp) {
-            let c = try JSONReader.parse(path: cp)
+        if let (c, cp) = config {
             let cr = JSONReader(path: cp)
             bos = try lookup(c["bos_token"], cr, "bos_token")
             eos = try lookup(c["eos_token"], cr, "eos_token")

@@ -52,10 +52,11 @@ extension TextTokenizer {
 }
 
 /// Opens the tokenizer of a model folder: `tokenizer.json` when present, else
-/// `tokenizer.model` (SentencePiece). `bosId`/`eosIds` are config.json's, which win for
+/// `tokenizer.model` (SentencePiece); of a `.gguf` file: its `tokenizer.ggml.*` metadata. `bosId`/`eosIds` are config.json's, which win for
 /// SentencePiece as in transformers and add stop ids for tokenizer.json.
 public enum TokenizerLoader {
     public static func load(directory: String, bosId: Int32? = nil, eosIds: [Int32] = []) throws -> any TextTokenizer {
+        if GGUFModelFile.isGGUFPath(directory) { return try GGUFTokenizer.load(path: directory, extraStopIds: eosIds) }
         let json = (directory as NSString).appendingPathComponent("tokenizer.json")
         if FileManager.default.fileExists(atPath: json) {
             return try HFTokenizer(directory: directory, extraStopIds: eosIds)

@@ -22,7 +22,7 @@ public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePoi
 }
 
 enum FuzzTarget: String, CaseIterable {
-    case safetensors, peft, jsonl, yaml, tokenizer, template
+    case safetensors, peft, jsonl, yaml, tokenizer, template, gguf
 }
 
 /// Per-process state set up once in LLVMFuzzerInitialize.
@@ -77,6 +77,7 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     case .yaml: fuzzYAML(bytes)
     case .tokenizer: fuzzTokenizerJSON(bytes)
     case .template: fuzzTemplate(bytes)
+    case .gguf: fuzzGGUF(bytes)
     }
     return 0
 }
@@ -103,6 +104,19 @@ func fuzzSafeTensors(_ bytes: Data) {
         }
         file.release(info)
     }
+}
+
+/// A whole GGUF file: header, metadata, tensor infos, data. Every tensor it accepts is
+/// dequantized; then it is opened as a model and as a tokenizer, as `--model FILE.gguf` does.
+func fuzzGGUF(_ bytes: Data) {
+    let path = writeInput(bytes, "model.gguf")
+    guard let file = try? GGUFFile(path: path) else { return }
+    for t in file.tensors where t.count <= 1 << 20 {
+        precondition(t.byteCount == t.type.bytes(count: t.count) && t.offset + t.byteCount <= bytes.count)
+        _ = try? file.floats(t.name)
+    }
+    _ = try? Checkpoint(directory: path)
+    _ = try? TokenizerLoader.load(directory: path)
 }
 
 /// adapter_config.json beside the real adapter_model.safetensors of the Mixtral fixture.

@@ -91,6 +91,8 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     /// Reads the family's own config.json fields (after the shared Llama fields) and
     /// refuses, naming it, any field of the family that moe-tune does not implement.
     let readConfig: @Sendable (FieldReader, inout ModelConfig) throws -> Void
+    /// llama.cpp's `general.architecture` for this family's GGUF files (Families/GGUFLayout.swift); nil: not read from GGUF.
+    public var ggufArchitecture: String? = nil
 
     public var description: String { name }
     public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }

