@@ -47,6 +47,34 @@ final class GptOssLayerTests: XCTestCase {
         }
     }
 
+    /// The KV-cache step: query position pos of each row over that row's cached keys and
+    /// values equals row pos of transformers' full-sequence output (full and window 3).
+    func testDecodeStepWithSinksMatchesTransformers() throws {
+        let f = try Fixtures.reference("gpt_oss-layers")
+        let q = try f.floatArray("q"), k = try f.floatArray("k"), v = try f.floatArray("v"), sinks = try f.floatArray("sinks")
+        let (b, t, heads, kvHeads, d) = (2, 7, 4, 2, 6)
+        let (qDim, kvDim) = (heads * d, kvHeads * d)
+        var scores = [Float](repeating: 0, count: t), out = [Float](repeating: 0, count: qDim)
+        for (name, window) in [("full", nil), ("window", 3)] as [(String, Int?)] {
+            let ref = try f.floatArray("\(name).out")
+            var worst: Float = 0
+            for row in 0..<b {
+                for pos in 0..<t {
+                    let first = window.map { max(0, pos - $0 + 1) } ?? 0
+                    let base = row * t
+                    attentionDecodeStep(out: &out, q: Array(q[(base + pos) * qDim..<(base + pos + 1) * qDim]),
+                                        keys: Array(k[base * kvDim..<(base + t) * kvDim]),
+                                        values: Array(v[base * kvDim..<(base + t) * kvDim]),
+                                        first: first, pos: pos, heads: heads, group: heads / kvHeads, headDim: d, kvDim: kvDim,
+                                        scale: 1 / Float(d).squareRoot(), scores: &scores, sinks: sinks)
+                    worst = max(worst, maxDiff(out, Array(ref[(base + pos) * qDim..<(base + pos + 1) * qDim])))
+                }
+            }
+            print("gpt-oss decode step \(name): max abs error \(worst)")
+            XCTAssertLessThan(worst, tolerance, name)
+        }
+    }
+
     func testClampedSwiGLUMatchesTransformers() throws {
         let f = try Fixtures.reference("gpt_oss-layers")
         let gateUp = try f.floatArray("swiglu.gate_up"), ref = try f.floatArray("swiglu.out")

@@ -109,25 +109,9 @@ public final class Decoder {
             let group = c.numHeads / c.numKVHeads, scale = c.attentionMultiplier ?? 1 / Float(d).squareRoot()
             // Sliding window W: positions pos - W < j <= pos (the cache keeps them all).
             let first = c.window(layer: l).map { max(0, pos - $0 + 1) } ?? 0
-            for head in 0..<c.numHeads {
-                let kvh = head / group, qh = q.pointer + head * d
-                var m = -Float.infinity
-                for j in first...pos {
-                    let kj = keys[l].pointer + j * c.kvDim + kvh * d
-                    var dot: Float = 0
-                    for i in 0..<d { dot += qh[i] * kj[i] }
-                    scores[j] = dot * scale
-                    m = max(m, scores[j])
-                }
-                var sum: Float = 0
-                for j in first...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
-                let out = attn.pointer + head * d
-                out.update(repeating: 0, count: d)
-                for j in first...pos {
-                    let p = scores[j] / sum, vj = values[l].pointer + j * c.kvDim + kvh * d
-                    for i in 0..<d { out[i] += p * vj[i] }
-                }
-            }
+            attentionDecodeStep(out: attn.pointer, q: q.pointer, keys: keys[l].pointer, values: values[l].pointer,
+                                first: first, pos: pos, heads: c.numHeads, group: group, headDim: d, kvDim: c.kvDim,
+                                scale: scale, scores: scores.pointer)
             // x += r * o_proj(attn), r = residual_multiplier: with r != 1 x is kept in resid
             // and the sublayer accumulates into x = 0; then x = resid + r * x. Same for the MLP.
             if let m = c.mla { mlaCompactOutput(attn.pointer, rows: 1, heads: c.numHeads, shape: m) }

@@ -161,3 +161,35 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
         }
     }
 }
+
+/// One decoding step of the KV cache: the new query q [nH*D] at position `pos` attends to
+/// the cached keys and values [maxLength, nKV*D], rows first...pos (first > 0 under a
+/// sliding window W: first = max(0, pos - W + 1)); query head h reads KV head h / group.
+/// out [nH*D] = sum_j p_j v_j with p = softmax(scale q k_j), the per-head sink joining the
+/// denominator when `sinks` [nH] is given (as in attentionProbabilities). scores [pos+1] is scratch.
+public func attentionDecodeStep(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, keys: UnsafePointer<Float>,
+                                values: UnsafePointer<Float>, first: Int, pos: Int, heads: Int, group: Int, headDim d: Int,
+                                kvDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                sinks: UnsafePointer<Float>? = nil) {
+    for head in 0..<heads {
+        let kvh = head / group, qh = q + head * d
+        var m = -Float.infinity
+        for j in first...pos {
+            let kj = keys + j * kvDim + kvh * d
+            var dot: Float = 0
+            for i in 0..<d { dot += qh[i] * kj[i] }
+            scores[j] = dot * scale
+            m = max(m, scores[j])
+        }
+        if let sinks { m = max(m, sinks[head]) }
+        var sum: Float = 0
+        for j in first...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
+        if let sinks { sum += Foundation.exp(sinks[head] - m) }
+        let o = out + head * d
+        o.update(repeating: 0, count: d)
+        for j in first...pos {
+            let p = scores[j] / sum, vj = values + j * kvDim + kvh * d
+            for i in 0..<d { o[i] += p * vj[i] }
+        }
+    }
+}
