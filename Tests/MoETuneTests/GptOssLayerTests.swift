@@ -75,6 +75,14 @@ final class GptOssLayerTests: XCTestCase {
         }
     }
 
+    /// Until the family is wired (README, "Models it reads"), a GPT-OSS config is refused
+    /// with the supported list, never half-read. Remove this test when gpt_oss is added.
+    func testGptOssConfigIsRefusedUntilTheFamilyExists() {
+        let json = #"{"model_type": "gpt_oss", "hidden_size": 2880, "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 2880, "vocab_size": 201088, "num_local_experts": 32, "num_experts_per_tok": 4, "sliding_window": 128}"#
+        assertMoETuneError(try ModelConfig.parse(Data(json.utf8), path: "config.json"),
+                           contains: ["config.json", "model_type", "gpt_oss", "deepseek_v2"])
+    }
+
     func testClampedSwiGLUMatchesTransformers() throws {
         let f = try Fixtures.reference("gpt_oss-layers")
         let gateUp = try f.floatArray("swiglu.gate_up"), ref = try f.floatArray("swiglu.out")
