@@ -75,12 +75,17 @@ final class GptOssLayerTests: XCTestCase {
         }
     }
 
-    /// Until the family is wired (README, "Models it reads"), a GPT-OSS config is refused
-    /// with the supported list, never half-read. Remove this test when gpt_oss is added.
-    func testGptOssConfigIsRefusedUntilTheFamilyExists() {
-        let json = #"{"model_type": "gpt_oss", "hidden_size": 2880, "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 2880, "vocab_size": 201088, "num_local_experts": 32, "num_experts_per_tok": 4, "sliding_window": 128}"#
-        assertMoETuneError(try ModelConfig.parse(Data(json.utf8), path: "config.json"),
-                           contains: ["config.json", "model_type", "gpt_oss", "deepseek_v2"])
+    /// The gpt_oss fixture (FamilyTests.forwardFixtures) loads, evaluates and decodes;
+    /// adapters (training, PEFT, merge) are refused naming the family until they are checked.
+    func testGptOssRefusesAdapters() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("gpt_oss"))
+        XCTAssertEqual(model.config.slidingLayers, [0, 2])
+        XCTAssertEqual(model.config.window(layer: 0), 3)
+        XCTAssertNil(model.config.window(layer: 1))
+        XCTAssertEqual(model.config.routerAuxLossCoef, 0, "transformers adds no aux loss without output_router_logits")
+        assertMoETuneError(try AdapterSet(model: model, spec: LoRASpec(rank: 2, alpha: 4, targets: [.query]), seed: 1),
+                           contains: ["gpt_oss", "not supported"])
+        assertMoETuneError(try PEFTAdapter.load(directory: Fixtures.dir("train-qwen2"), model: model), contains: ["gpt_oss", "not supported"])
     }
 
     func testClampedSwiGLUMatchesTransformers() throws {

@@ -97,6 +97,9 @@ public final class Checkpoint: @unchecked Sendable {
         return UnsafePointer(buffer.pointer)
     }
 
+    /// A buffer built while loading (GPT-OSS's transposed experts) kept alive with the checkpoint.
+    public func keep(_ buffer: FloatBuffer) { converted.append(buffer) }
+
     /// Runs `body` on an fp32 view of `name` that exists only for the call: an aligned F32
     /// tensor straight from the map, anything else converted into a temporary buffer.
     /// The mapped pages are released afterwards, so quantizing while loading keeps at most

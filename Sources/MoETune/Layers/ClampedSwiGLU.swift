@@ -25,6 +25,17 @@ public struct ClampedSwiGLU: Sendable, Equatable {
         }
     }
 
+    /// The same on gate and up held apart (gate [N*I], up [N*I], as the experts compute them).
+    public func forward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        let (alpha, limit) = (self.alpha, self.limit)
+        parallelChunks(count, minChunk: 4096) { range in
+            for idx in range {
+                let g = min(gate[idx], limit), u = min(max(up[idx], -limit), limit)
+                out[idx] = (u + 1) * g / (1 + Foundation.exp(-alpha * g))
+            }
+        }
+    }
+
     /// Backward of forward: dout [N, I], gateUp [N, 2I] from the forward pass →
     /// dGateUp [N, 2I] (overwritten). With g, u as there and s = sigmoid(alpha g):
     ///   dgate = dout (u + 1) (s + alpha g s (1 - s))   where gate <= limit, else 0;
