@@ -22,6 +22,25 @@ final class MXFP4Tests: XCTestCase {
         XCTAssertGreaterThan(Set(ref).count, 50, "the fixture must cover many codes and scales")
     }
 
+    /// A gpt_oss checkpoint whose experts are MXFP4 blocks (scripts/make_gptoss_mxfp4_fixture.py)
+    /// against transformers' logits with its own dequantization of those blocks: 1e-4.
+    func testGptOssCheckpointWithMXFP4ExpertsMatchesTransformers() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("gpt_oss-mxfp4"))
+        let ref = try Fixtures.reference("gpt_oss-mxfp4")
+        let shape = ref.shape("input_ids"), (b, t) = (shape[0], shape[1])
+        let ids = try ref.intArray("input_ids"), want = try ref.floatArray("logits")
+        let tb = TokenBatch(batch: b, seq: t, ids: ids, targets: Array(repeating: -1, count: b * t), lengths: Array(repeating: t, count: b))
+        let state = ForwardState(config: model.config, batch: b, seq: t, training: false)
+        _ = try model.forward(tb, state: state)
+        var worst: Float = 0
+        for i in 0..<want.count { worst = max(worst, abs(state.logits[i] - want[i])) }
+        print("gpt_oss-mxfp4: logits max |diff| \(worst)")
+        XCTAssertLessThanOrEqual(worst, 1e-4)
+        var json = try String(contentsOfFile: Fixtures.dir("gpt_oss-mxfp4") + "/config.json", encoding: .utf8)
+        json = json.replacingOccurrences(of: "\"mxfp4\"", with: "\"fp8\"")
+        assertMoETuneError(try ModelConfig.parse(Data(json.utf8), path: "config.json"), contains: ["config.json", "quantization_config", "fp8"])
+    }
+
     func testBadMXFP4TensorsAreRefusedNamingThem() throws {
         let dir = try makeTempDir(self)
         var w = SafeTensorsWriter()

@@ -152,8 +152,9 @@ public final class Transformer: @unchecked Sendable {
                 throw MoETuneError.invalid("\(f.fusedGateUp(l)): NF4 of gpt_oss experts is not supported yet")
             }
             let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
-            let gu = try ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
-            let dn = try ck.floats(f.fusedDown(l), shape: [e, i, h])
+            // The released checkpoints store both as MXFP4 blocks, dequantized here.
+            let gu = try ck.mxfp4Floats(f.fusedGateUp(l), shape: [e, h, 2 * i]) ?? ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
+            let dn = try ck.mxfp4Floats(f.fusedDown(l), shape: [e, i, h]) ?? ck.floats(f.fusedDown(l), shape: [e, i, h])
             let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
             let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
             let buf = FloatBuffer(count: e * (3 * i * h + 2 * i), zeroed: false)

@@ -12,7 +12,8 @@ import Foundation
 /// Aux loss: transformers 5 adds load_balancing_loss_func times router_aux_loss_coef only with
 /// `output_router_logits` (default false), so the default coefficient is that flag's choice.
 /// Not implemented yet (refused): training (backward through the clamped SwiGLU and expert
-/// biases has no fixture), MXFP4 checkpoints in the loader, NF4 of these experts.
+/// biases has no fixture), NF4 of these experts. MXFP4 experts (`quantization_config`
+/// quant_method mxfp4, the released checkpoints) are dequantized to fp32 at load.
 extension ModelFamily {
     public static let gptOss = ModelFamily(
         name: "gpt_oss", modelTypes: ["gpt_oss"],
@@ -26,9 +27,15 @@ extension ModelFamily {
             c.oBias = bias
             c.routerBias = true
             c.attentionSinks = true
-            if r.json["quantization_config"] != nil {
-                throw MoETuneError.config(path: r.path, key: "quantization_config",
-                    message: "MXFP4 gpt_oss checkpoints are not read yet (dequantize them with transformers first)")
+            // The released checkpoints: experts as MXFP4 blocks, dequantized to fp32 at load.
+            if let q = r.json["quantization_config"] as? [String: Any] {
+                let method = q["quant_method"] as? String ?? "?"
+                guard method == "mxfp4" else {
+                    throw MoETuneError.config(path: r.path, key: "quantization_config",
+                        message: "quant_method '\(method)' is not supported for gpt_oss (mxfp4 is)")
+                }
+            } else if r.json["quantization_config"] != nil {
+                throw MoETuneError.config(path: r.path, key: "quantization_config", message: "must be an object")
             }
             let w = try r.optionalInt("sliding_window") ?? 128
             guard w > 0 else { throw MoETuneError.config(path: r.path, key: "sliding_window", message: "must be positive, got \(w)") }
