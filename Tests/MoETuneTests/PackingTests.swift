@@ -205,4 +205,18 @@ final class PackingTests: XCTestCase {
         XCTAssertEqual(p.examples, u.examples)
         XCTAssertEqual(p.loss, u.loss, accuracy: 1e-5 * u.loss)
     }
+
+    /// GPT-OSS (forward only: its adapters are refused): attention sinks and the alternating
+    /// sliding window 3 / full layers take the packed rows' per-token positions.
+    func testPackedEvaluationEqualsUnpackedGptOss() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("gpt_oss"))
+        for masked in [false, true] {
+            let ds = Dataset(path: "x", examples: examples(vocab: model.config.vocabSize, masked: masked), truncated: 0)
+            let u = try Evaluator.evaluate(model: model, dataset: ds, batchSize: 3)
+            let p = try Evaluator.evaluate(model: model, dataset: ds, batchSize: 3, packing: PackingPlan(rowTokens: 32, rows: 2))
+            print("packed vs unpacked eval, gpt_oss\(masked ? " masked" : ""): loss relative error \(abs(p.loss - u.loss) / u.loss)")
+            XCTAssertEqual(p.tokens, u.tokens)
+            XCTAssertEqual(p.loss, u.loss, accuracy: 1e-5 * u.loss)
+        }
+    }
 }

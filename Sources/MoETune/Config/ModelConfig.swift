@@ -31,6 +31,12 @@ public struct ModelConfig: Equatable, Sendable {
     public var maxPositionEmbeddings: Int
     /// q, k and v projections carry a bias (Qwen2); o_proj never does here.
     public var qkvBias = false
+    /// GPT-OSS: a bias on o_proj and on the router, per-head attention sinks
+    /// (self_attn.sinks [nH]), expert biases and the clamped SwiGLU of its experts.
+    public var oBias = false
+    public var routerBias = false
+    public var attentionSinks = false
+    public var clampedSwiGLU: ClampedSwiGLU? = nil
     /// RMSNorm on q and k before RoPE (Qwen3: per head over head_dim; OLMoE: over the
     /// whole projection width); nil: none.
     public var qkNorm: QKNorm?
@@ -97,6 +103,14 @@ public struct ModelConfig: Equatable, Sendable {
         self.expertsPerToken = expertsPerToken; self.routerAuxLossCoef = routerAuxLossCoef
         self.slidingWindow = slidingWindow; self.maxPositionEmbeddings = maxPositionEmbeddings
         self.expertIntermediateSize = intermediateSize
+    }
+
+    /// GPT-OSS reads, evaluates and generates; training, adapters and merge are not
+    /// implemented for it yet (no gradient or PEFT fixture checks them): refused here.
+    public func refuseAdapters() throws {
+        if clampedSwiGLU != nil {
+            throw MoETuneError.invalid("\(family.name): LoRA adapters (train, PEFT adapters, merge) are not supported yet for this family; eval and generate work")
+        }
     }
 
     /// Reads and validates `dir/config.json`.

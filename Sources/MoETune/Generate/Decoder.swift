@@ -109,30 +109,15 @@ public final class Decoder {
             let group = c.numHeads / c.numKVHeads, scale = c.attentionMultiplier ?? 1 / Float(d).squareRoot()
             // Sliding window W: positions pos - W < j <= pos (the cache keeps them all).
             let first = c.window(layer: l).map { max(0, pos - $0 + 1) } ?? 0
-            for head in 0..<c.numHeads {
-                let kvh = head / group, qh = q.pointer + head * d
-                var m = -Float.infinity
-                for j in first...pos {
-                    let kj = keys[l].pointer + j * c.kvDim + kvh * d
-                    var dot: Float = 0
-                    for i in 0..<d { dot += qh[i] * kj[i] }
-                    scores[j] = dot * scale
-                    m = max(m, scores[j])
-                }
-                var sum: Float = 0
-                for j in first...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
-                let out = attn.pointer + head * d
-                out.update(repeating: 0, count: d)
-                for j in first...pos {
-                    let p = scores[j] / sum, vj = values[l].pointer + j * c.kvDim + kvh * d
-                    for i in 0..<d { out[i] += p * vj[i] }
-                }
-            }
+            attentionDecodeStep(out: attn.pointer, q: q.pointer, keys: keys[l].pointer, values: values[l].pointer,
+                                first: first, pos: pos, heads: c.numHeads, group: group, headDim: d, kvDim: c.kvDim,
+                                scale: scale, scores: scores.pointer, sinks: w.sinks)
             // x += r * o_proj(attn), r = residual_multiplier: with r != 1 x is kept in resid
             // and the sublayer accumulates into x = 0; then x = resid + r * x. Same for the MLP.
             if let m = c.mla { mlaCompactOutput(attn.pointer, rows: 1, heads: c.numHeads, shape: m) }
             if let rs = resid { rs.pointer.update(from: x.pointer, count: h); x.pointer.update(repeating: 0, count: h) }
             linearForward(y: x.pointer, x: attn.pointer, rows: 1, weight: w.o, accumulate: true)
+            biasForward(y: x.pointer, rows: 1, bias: w.oBias, cols: h)
             if let lo = ad.o { loraForward(y: x.pointer, x: attn.pointer, rows: 1, adapter: lo, u: u.pointer) }
             if let rs = resid { scaledResidual(x.pointer, base: rs.pointer, count: h, scale: c.residualMultiplier) }
             rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.postAttentionNorm, rows: 1, cols: h, eps: c.rmsNormEps)
@@ -145,6 +130,7 @@ public final class Decoder {
                 let router = adapters?.trainedRouter(layer: l) ?? base
                 linearForward(y: r.logits.pointer, x: ln.pointer, rows: 1, weight: router)
                 if let lr = ad.router { loraForward(y: r.logits.pointer, x: ln.pointer, rows: 1, adapter: lr, u: u.pointer) }
+                biasForward(y: r.logits.pointer, rows: 1, bias: w.routerBias, cols: c.numExperts)
                 withUnsafePointer(to: &valid) { r.route(tokens: 1, valid: $0, options: o, layer: l) }
                 moeForward(out: x.pointer, x: ln.pointer, tokens: 1, hidden: h, experts: w.experts,
                            adapters: ad.experts, cache: cache, routing: r, scratch: scratch)

@@ -126,6 +126,25 @@ public final class Checkpoint: @unchecked Sendable {
         return UnsafePointer(buffer.pointer)
     }
 
+    /// Tensor `name` stored as MXFP4 (`name`_blocks / `name`_scales, GPT-OSS's experts),
+    /// dequantized to fp32 [E, G*32, R] (IO/MXFP4.swift) and kept with the checkpoint;
+    /// nil when the checkpoint holds no `name`_blocks.
+    public func mxfp4Floats(_ name: String, shape: [Int]) throws -> UnsafePointer<Float>? {
+        guard let (fileIndex, _) = location[name + "_blocks"] else { return nil }
+        let file = files[fileIndex]
+        let (values, got) = try MXFP4.dequantize(name, in: file)
+        guard got == shape else {
+            throw MoETuneError.file(path: file.path, message: "tensor '\(name)' (MXFP4) dequantizes to shape \(got), expected \(shape) from config.json")
+        }
+        let buffer = FloatBuffer(count: values.count, zeroed: false)
+        values.withUnsafeBufferPointer { buffer.pointer.update(from: $0.baseAddress!, count: values.count) }
+        converted.append(buffer)
+        return UnsafePointer(buffer.pointer)
+    }
+
+    /// A buffer built while loading (GPT-OSS's transposed experts) kept alive with the checkpoint.
+    public func keep(_ buffer: FloatBuffer) { converted.append(buffer) }
+
     /// Runs `body` on an fp32 view of `name` that exists only for the call: an aligned F32
     /// tensor straight from the map, anything else converted into a temporary buffer.
     /// The mapped pages are released afterwards, so quantizing while loading keeps at most

@@ -75,6 +75,7 @@ public enum PEFTAdapter {
     /// Reads the adapter in `dir` for `model`. Ranks come from the tensors, scales from
     /// lora_alpha (or alpha_pattern) and use_rslora.
     public static func load(directory dir: String, model: Transformer) throws -> AdapterSet {
+        try model.config.refuseAdapters()
         let configPath = dir + "/adapter_config.json"
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw MoETuneError.file(path: configPath, message: FileManager.default.fileExists(atPath: dir)

@@ -21,9 +21,13 @@ public struct AttentionShape: Sendable {
 /// the diagonal, and with a sliding window W those left of i - W + 1, are 0 (the backward
 /// pass needs no other change: dS = P * (...) is 0 wherever P is). q rows have stride qDim,
 /// k rows stride kvDim.
+/// With an attention sink s_h (GPT-OSS), each row's softmax has one more logit, s_h, whose
+/// probability is dropped: P[i, j] = exp(S[i, j]) / (sum_j' exp(S[i, j']) + exp(s_h)), so
+/// a row sums to less than 1. The backward pass is unchanged (the sink has no value row,
+/// so its dP is 0 and it adds nothing to rowsum(dP * P)); the sink itself stays frozen.
 @inline(__always)
 func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
-                            shape s: AttentionShape) {
+                            shape s: AttentionShape, sink: Float? = nil) {
     let t = s.seq
     BLAS.gemm(.none, .transpose, m: t, n: t, k: s.headDim, alpha: s.softmaxScale,
               a: q, lda: s.qDim, b: k, ldb: s.kvDim, c: p, ldc: t, split: false)
@@ -31,7 +35,13 @@ func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<F
         let row = p + i * t
         let start = s.window.map { max(0, i - $0 + 1) } ?? 0
         let seen = row + start, count = i + 1 - start
-        let inv = 1 / mt_exp_shift_inplace(seen, count, mt_max(seen, count))
+        let inv: Float
+        if let sink {
+            let shift = max(mt_max(seen, count), sink)
+            inv = 1 / (mt_exp_shift_inplace(seen, count, shift) + Foundation.exp(sink - shift))
+        } else {
+            inv = 1 / mt_exp_shift_inplace(seen, count, mt_max(seen, count))
+        }
         for j in 0..<start { row[j] = 0 }
         for j in start...i { row[j] *= inv }
         for j in (i + 1)..<t { row[j] = 0 }
@@ -63,9 +73,10 @@ func forEachSegment(row: Int, seq t: Int, positions: UnsafePointer<Int32>?, _ bo
 /// keeps real tokens from seeing padding. With `positions` [B*T] (packed rows), attention
 /// is block-diagonal: each example [start, start+L) of a row is attended on its own, as
 /// an unpacked sequence of length L would be (the blocks off the diagonal are never computed).
+/// `sinks` [nH]: GPT-OSS's per-head attention sink logits (see attentionProbabilities); nil: none.
 public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                              v: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape,
-                             positions: UnsafePointer<Int32>? = nil) {
+                             positions: UnsafePointer<Int32>? = nil, sinks: UnsafePointer<Float>? = nil) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let tasks = s.batch * s.heads
     let workers = min(BLAS.cores, tasks)
@@ -78,7 +89,8 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<
                 var ss = s
                 ss.seq = len
                 let row = b * t + start
-                attentionProbabilities(p, q: q + row * s.qDim + h * d, k: k + row * s.kvDim + kvh * d, shape: ss)
+                attentionProbabilities(p, q: q + row * s.qDim + h * d, k: k + row * s.kvDim + kvh * d, shape: ss,
+                                       sink: sinks.map { $0[h] })
                 BLAS.gemm(.none, .none, m: len, n: d, k: len,
                           a: p, lda: len, b: v + row * s.kvDim + kvh * d, ldb: s.kvDim,
                           c: out + row * s.qDim + h * d, ldc: s.qDim, split: false)
@@ -88,7 +100,8 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<
 }
 
 /// Backward of attentionForward.
-/// dout [B*T, nH*D]; q, k, v from the forward pass (P is recomputed); `positions` as there.
+/// dout [B*T, nH*D]; q, k, v from the forward pass (P is recomputed); `positions` and
+/// `sinks` as there (the sinks get no gradient: they are frozen).
 /// dq [B*T, nH*D] is overwritten; dk, dv [B*T, nKV*D] are overwritten (query heads of a
 /// group accumulate into their shared KV head). scratch holds cores * 2 * T*T floats.
 /// Per example [start, start+L) of a row, with P [L, L]:
@@ -98,7 +111,7 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                               scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape,
-                              positions: UnsafePointer<Int32>? = nil) {
+                              positions: UnsafePointer<Int32>? = nil, sinks: UnsafePointer<Float>? = nil) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let scale = s.softmaxScale
     // One task per (sequence, KV head): the query heads of a group accumulate into the
@@ -123,7 +136,7 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                 for h in (kvh * group)..<((kvh + 1) * group) {
                     let dO = dout + first * s.qDim + h * d
                     let qh = q + first * s.qDim + h * d, dqh = dq + first * s.qDim + h * d
-                    attentionProbabilities(p, q: qh, k: kh, shape: ss)
+                    attentionProbabilities(p, q: qh, k: kh, shape: ss, sink: sinks.map { $0[h] })
                     // dP [L, L] = dO V^T
                     BLAS.gemm(.none, .transpose, m: len, n: len, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
                               c: dS, ldc: len, split: false)
@@ -145,6 +158,38 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               beta: 1, c: dkh, ldc: s.kvDim, split: false)
                 }
             }
+        }
+    }
+}
+
+/// One decoding step of the KV cache: the new query q [nH*D] at position `pos` attends to
+/// the cached keys and values [maxLength, nKV*D], rows first...pos (first > 0 under a
+/// sliding window W: first = max(0, pos - W + 1)); query head h reads KV head h / group.
+/// out [nH*D] = sum_j p_j v_j with p = softmax(scale q k_j), the per-head sink joining the
+/// denominator when `sinks` [nH] is given (as in attentionProbabilities). scores [pos+1] is scratch.
+public func attentionDecodeStep(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, keys: UnsafePointer<Float>,
+                                values: UnsafePointer<Float>, first: Int, pos: Int, heads: Int, group: Int, headDim d: Int,
+                                kvDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                sinks: UnsafePointer<Float>? = nil) {
+    for head in 0..<heads {
+        let kvh = head / group, qh = q + head * d
+        var m = -Float.infinity
+        for j in first...pos {
+            let kj = keys + j * kvDim + kvh * d
+            var dot: Float = 0
+            for i in 0..<d { dot += qh[i] * kj[i] }
+            scores[j] = dot * scale
+            m = max(m, scores[j])
+        }
+        if let sinks { m = max(m, sinks[head]) }
+        var sum: Float = 0
+        for j in first...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
+        if let sinks { sum += Foundation.exp(sinks[head] - m) }
+        let o = out + head * d
+        o.update(repeating: 0, count: d)
+        for j in first...pos {
+            let p = scores[j] / sum, vj = values + j * kvDim + kvh * d
+            for i in 0..<d { o[i] += p * vj[i] }
         }
     }
 }

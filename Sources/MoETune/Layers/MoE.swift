@@ -4,6 +4,11 @@ public struct FeedForwardWeights: @unchecked Sendable {
     public var gate: Matrix
     public var up: Matrix
     public var down: Matrix
+    /// GPT-OSS experts: biases gate/up [I], down [H] and the clamped SwiGLU; nil: none, silu.
+    public var gateBias: UnsafePointer<Float>? = nil
+    public var upBias: UnsafePointer<Float>? = nil
+    public var downBias: UnsafePointer<Float>? = nil
+    public var clamped: ClampedSwiGLU? = nil
 }
 
 /// Scratch for the expert computation over the N*k routed assignments.
@@ -49,9 +54,16 @@ public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
     if let l = adapters.gate { loraForward(y: gate, x: x, rows: n, adapter: l, u: cache.gate!) }
     linearForward(y: up, x: x, rows: n, weight: w.up)
     if let l = adapters.up { loraForward(y: up, x: x, rows: n, adapter: l, u: cache.up!) }
-    swigluForward(out: act, gate: gate, up: up, count: n * w.gate.rows)
+    biasForward(y: gate, rows: n, bias: w.gateBias, cols: w.gate.rows)
+    biasForward(y: up, rows: n, bias: w.upBias, cols: w.up.rows)
+    if let cl = w.clamped {
+        cl.forward(out: act, gate: gate, up: up, count: n * w.gate.rows)
+    } else {
+        swigluForward(out: act, gate: gate, up: up, count: n * w.gate.rows)
+    }
     linearForward(y: out, x: act, rows: n, weight: w.down, accumulate: accumulate)
     if let l = adapters.down { loraForward(y: out, x: act, rows: n, adapter: l, u: cache.down!) }
+    biasForward(y: out, rows: n, bias: w.downBias, cols: w.down.rows)
 }
 
 /// xe [assignments, H]: the rows of x [N, H] in expert order.

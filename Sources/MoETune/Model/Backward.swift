@@ -95,7 +95,7 @@ extension Transformer {
             // mid = x + r * o_proj(attn) (+ LoRA), ln2 = norm(mid).
             let mid = s.midBuffer(l).pointer
             attentionResidual(mid: mid, x: s.residualIn(l).pointer, attn: a.attn.pointer, rows: n, weight: w.o,
-                              adapter: ad.o, u: u?.o.pointer, scratch: a.ln2.pointer)
+                              adapter: ad.o, u: u?.o.pointer, scratch: a.ln2.pointer, bias: w.oBias)
             var dffn = UnsafePointer(g.dres.pointer)
             if let ds = g.dscaled {
                 scaledCopy(ds.pointer, g.dres.pointer, count: n * h, scale: c.residualMultiplier)
@@ -139,7 +139,8 @@ extension Transformer {
             if let m = c.mla { mlaExpandGradient(g.dattn.pointer, rows: n, heads: c.numHeads, shape: m) }
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                              scratch: g.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: s.positions)
+                              scratch: g.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: s.positions,
+                              sinks: w.sinks)
             if let m = c.mla, let ma = a.mla, let mg = g.mla, let mw = w.mlaWeights {
                 if ad.q != nil || ad.k != nil || ad.v != nil {
                     rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,

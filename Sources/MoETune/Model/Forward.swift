@@ -84,11 +84,12 @@ extension Transformer {
             rope.forward(a.k.pointer, batch: b, seq: t, heads: c.numKVHeads, positions: positions)
             } // MLA or q/k/v (left unindented to keep this merge-friendly)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                             scratch: s.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: positions)
+                             scratch: s.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: positions,
+                             sinks: w.sinks)
             // MLA: the heads' value parts [N, nH*vD], o_proj's input.
             if let m = c.mla { mlaCompactOutput(a.attn.pointer, rows: n, heads: c.numHeads, shape: m) }
             attentionResidual(mid: mid, x: x, attn: a.attn.pointer, rows: n, weight: w.o, adapter: ad.o,
-                              u: u?.o.pointer, scratch: a.ln2.pointer)
+                              u: u?.o.pointer, scratch: a.ln2.pointer, bias: w.oBias)
             // Feed-forward block: out = mid + r * ffn(norm(mid)); with r != 1 the block
             // accumulates into out = 0 and out = mid + r * out after it.
             rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: w.postAttentionNorm,
@@ -113,6 +114,7 @@ extension Transformer {
                 let router = adapters?.trainedRouter(layer: l) ?? base
                 linearForward(y: r.logits.pointer, x: xm, rows: n, weight: router)
                 if let lr = ad.router { loraForward(y: r.logits.pointer, x: xm, rows: n, adapter: lr, u: u!.router.pointer) }
+                biasForward(y: r.logits.pointer, rows: n, bias: w.routerBias, cols: c.numExperts)
                 if moe.training, moe.learnedNoise, let wn = adapters?.noiseWeight(layer: l) {
                     linearForward(y: r.noisePre.pointer, x: xm, rows: n, weight: wn)
                 }
@@ -146,12 +148,13 @@ extension Transformer {
     /// backward pass's recomputation of mid both use it.
     func attentionResidual(mid: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, attn: UnsafePointer<Float>,
                            rows n: Int, weight: Matrix, adapter: LoRAAdapter?, u: UnsafeMutablePointer<Float>?,
-                           scratch: UnsafeMutablePointer<Float>) {
+                           scratch: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>? = nil) {
         let h = config.hiddenSize, r = config.residualMultiplier
         let y = r == 1 ? mid : scratch
         if r == 1 { mid.update(from: x, count: n * h) }
         linearForward(y: y, x: attn, rows: n, weight: weight, accumulate: r == 1)
         if let adapter, let u { loraForward(y: y, x: attn, rows: n, adapter: adapter, u: u) }
+        biasForward(y: y, rows: n, bias: bias, cols: h)  // GPT-OSS's o_proj bias
         if r != 1 {
             mid.update(from: x, count: n * h)
             for i in 0..<(n * h) { mid[i] += r * scratch[i] }

@@ -17,6 +17,10 @@ public struct LayerWeights: @unchecked Sendable {
     public var qBias: UnsafePointer<Float>? = nil
     public var kBias: UnsafePointer<Float>? = nil
     public var vBias: UnsafePointer<Float>? = nil
+    /// GPT-OSS: o_proj's bias [H], the router's bias [E] and the attention sinks [nH]; frozen.
+    public var oBias: UnsafePointer<Float>? = nil
+    public var routerBias: UnsafePointer<Float>? = nil
+    public var sinks: UnsafePointer<Float>? = nil
     /// q/k RMSNorm weights (Qwen3 [D] each; OLMoE [nH*D] and [nKV*D]).
     public var qNorm: UnsafePointer<Float>? = nil
     public var kNorm: UnsafePointer<Float>? = nil
@@ -94,12 +98,15 @@ public final class Transformer: @unchecked Sendable {
                 lw.kBias = try ck.floats(f.bias(.k, layer: l), shape: [c.kvDim])
                 lw.vBias = try ck.floats(f.bias(.v, layer: l), shape: [c.kvDim])
             }
+            if c.oBias { lw.oBias = try ck.floats(f.bias(.o, layer: l), shape: [h]) }
+            if c.attentionSinks { lw.sinks = try ck.floats(f.sinks(l), shape: [c.numHeads]) }
             if let kind = c.qkNorm {
                 lw.qNorm = try ck.floats(f.qNorm(l), shape: [kind == .perHead ? c.headDim : c.qDim])
                 lw.kNorm = try ck.floats(f.kNorm(l), shape: [kind == .perHead ? c.headDim : c.kvDim])
             }
             if c.isMoELayer(l) {
                 (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize)
+                if c.routerBias { lw.routerBias = try ck.floats(f.bias(.router, layer: l), shape: [c.numExperts]) }
                 let s = c.sharedExpertIntermediateSize
                 if s > 0 {
                     lw.sharedExpert = FeedForwardWeights(gate: try lin(.shared(.gate), s, h), up: try lin(.shared(.up), s, h),
@@ -137,6 +144,40 @@ public final class Transformer: @unchecked Sendable {
     /// fused layout of transformers 5.
     private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?) throws -> (Matrix, [FeedForwardWeights]) {
         let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
+        if f.moe?.transposedInterleaved == true {
+            // GPT-OSS: gate_up_proj [E, H, 2I] (x @ W, columns 2i gate and 2i+1 up) and
+            // down_proj [E, I, H], each with a bias, transposed here into per-expert
+            // gate/up [I, H] and down [H, I].
+            if quantize != nil {
+                throw MoETuneError.invalid("\(f.fusedGateUp(l)): NF4 of gpt_oss experts is not supported yet")
+            }
+            let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
+            // The released checkpoints store both as MXFP4 blocks, dequantized here.
+            let gu = try ck.mxfp4Floats(f.fusedGateUp(l), shape: [e, h, 2 * i]) ?? ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
+            let dn = try ck.mxfp4Floats(f.fusedDown(l), shape: [e, i, h]) ?? ck.floats(f.fusedDown(l), shape: [e, i, h])
+            let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
+            let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
+            let buf = FloatBuffer(count: e * (3 * i * h + 2 * i), zeroed: false)
+            ck.keep(buf)
+            let clamped = c.clampedSwiGLU
+            let experts = (0..<e).map { x -> FeedForwardWeights in
+                let gate = buf.pointer + x * (3 * i * h + 2 * i), up = gate + i * h, down = up + i * h
+                let gb = down + h * i, ub = gb + i
+                for r in 0..<i {
+                    for col in 0..<h {
+                        gate[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r]
+                        up[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r + 1]
+                    }
+                    gb[r] = guBias[x * 2 * i + 2 * r]
+                    ub[r] = guBias[x * 2 * i + 2 * r + 1]
+                }
+                for r in 0..<h { for col in 0..<i { down[r * i + col] = dn[(x * i + col) * h + r] } }
+                return FeedForwardWeights(gate: Matrix(gate, rows: i, cols: h), up: Matrix(up, rows: i, cols: h),
+                                          down: Matrix(down, rows: h, cols: i), gateBias: gb, upBias: ub,
+                                          downBias: dnBias + x * h, clamped: clamped)
+            }
+            return (router, experts)
+        }
         if let fused = f.fusedTensors(l, contains: ck.contains) {
             let router = try ck.matrix(fused.router, rows: e, cols: h)
             if ck.isBnb4bit(fused.gateUp) || ck.isBnb4bit(fused.down) {

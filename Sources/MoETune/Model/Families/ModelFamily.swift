@@ -51,6 +51,10 @@ public struct MoENames: Sendable {
     /// they differ from transformers 5's (Granite: "router.layer", "input_linear",
     /// "output_linear", each + ".weight"); nil: checkpoints use transformers 5's names.
     public var checkpointFused: FusedNames? = nil
+    /// GPT-OSS: the fused experts are stored transposed with gate and up interleaved,
+    /// gate_up_proj [E, H, 2I] (columns 2i gate, 2i+1 up) and down_proj [E, I, H], each
+    /// with a bias (gate_up_proj_bias [E, 2I], down_proj_bias [E, H]).
+    public var transposedInterleaved = false
 
     public struct FusedNames: Sendable {
         public var router: String
@@ -98,7 +102,7 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }
 
     /// Every supported family.
-    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe, .graniteMoE, .deepseekV2]
+    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe, .graniteMoE, .deepseekV2, .gptOss]
 
     public static var supportedModelTypes: [String] { all.flatMap(\.modelTypes) }
 
@@ -117,6 +121,8 @@ extension ModelFamily {
     public func layerPrefix(_ l: Int) -> String { "model.layers.\(l)." }
     public func inputNorm(_ l: Int) -> String { layerPrefix(l) + "input_layernorm.weight" }
     public func postAttentionNorm(_ l: Int) -> String { layerPrefix(l) + "post_attention_layernorm.weight" }
+    /// GPT-OSS's attention sinks [nH].
+    public func sinks(_ l: Int) -> String { layerPrefix(l) + "self_attn.sinks" }
     public func qNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.q_norm.weight" }
     public func kNorm(_ l: Int) -> String { layerPrefix(l) + "self_attn.k_norm.weight" }
     /// DeepSeek-V2's RMSNorm of the compressed key/value [kv_lora_rank].
