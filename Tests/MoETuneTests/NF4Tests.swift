@@ -53,9 +53,9 @@ final class NF4Tests: XCTestCase {
             linearForward(y: &y1, x: x, rows: n, weight: m)
             linearBackwardInput(dx: &dx1, dy: dy, rows: n, weight: m, accumulate: false)
         }
-        NF4Matmul.chunkFloats = 1000  // force several chunks
-        defer { NF4Matmul.chunkFloats = 65536 }
-        XCTAssertGreaterThan(rows, NF4Matmul.chunkRows(q))
+        ChunkedMatmul.chunkFloats = 1000  // force several chunks
+        defer { ChunkedMatmul.chunkFloats = 65536 }
+        XCTAssertGreaterThan(rows, ChunkedMatmul.chunkRows(q))
         let m = Matrix(nf4: q)
         linearForward(y: &y2, x: x, rows: n, weight: m)
         linearBackwardInput(dx: &dx2, dy: dy, rows: n, weight: m, accumulate: false)

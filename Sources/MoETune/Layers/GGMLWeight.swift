@@ -34,40 +34,4 @@ public final class GGMLWeight: @unchecked Sendable {
     }
 }
 
-/// Products with ggml-format weights, as NF4Matmul does for NF4: rows of W are dequantized
-/// a chunk at a time into a small scratch buffer that feeds sgemm, so no fp32 copy of a
-/// whole weight ever exists.
-enum GGMLMatmul {
-    /// Rows per chunk: about 64K floats of scratch.
-    static func chunkRows(_ w: GGMLWeight) -> Int { max(1, min(w.rows, 65536 / max(w.cols, 1))) }
-
-    /// One scratch per worker: products run concurrently inside parallel regions (MoE
-    /// experts as tasks), as NF4Matmul's do.
-    static let scratch = PerWorkerScratch(minimumCount: 65536)
-
-    static func scratchFor(_ count: Int) -> UnsafeMutablePointer<Float> { scratch.pointer(count: count) }
-
-    /// y [N, out] (+)= x [N, in] W^T.
-    static func forward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, weight w: GGMLWeight, accumulate: Bool) {
-        let r = chunkRows(w)
-        let buf = scratchFor(r * w.cols)
-        for r0 in stride(from: 0, to: w.rows, by: r) {
-            let r1 = min(w.rows, r0 + r)
-            w.dequantizeRows(r0, r1, into: buf)
-            BLAS.gemm(.none, .transpose, m: n, n: r1 - r0, k: w.cols, a: x, lda: w.cols, b: buf, ldb: w.cols,
-                      beta: accumulate ? 1 : 0, c: y + r0, ldc: w.rows)
-        }
-    }
-
-    /// dx [N, in] (+)= dy [N, out] W.
-    static func backwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, rows n: Int, weight w: GGMLWeight, accumulate: Bool) {
-        let r = chunkRows(w)
-        let buf = scratchFor(r * w.cols)
-        for r0 in stride(from: 0, to: w.rows, by: r) {
-            let r1 = min(w.rows, r0 + r)
-            w.dequantizeRows(r0, r1, into: buf)
-            BLAS.gemm(.none, .none, m: n, n: w.cols, k: r1 - r0, a: dy + r0, lda: w.rows, b: buf, ldb: w.cols,
-                      beta: (accumulate || r0 > 0) ? 1 : 0, c: dx, ldc: w.cols)
-        }
-    }
-}
+extension GGMLWeight: RowDequantizing {}
