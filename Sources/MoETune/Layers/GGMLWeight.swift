@@ -3,7 +3,7 @@ import Foundation
 /// A frozen linear weight [rows, cols] kept in a ggml block format (Q4_0, Q4_K, Q8_0, …)
 /// as a GGUF file stores it: each row is cols / blockSize blocks of typeSize bytes, rows in
 /// Hugging Face order (llama.cpp's q/k permutation already undone by moving whole rows).
-/// Only the products read it, dequantizing a chunk of rows at a time (GGMLMatmul), so the
+/// Only the products read it, dequantizing a chunk of rows at a time (ChunkedMatmul), so the
 /// weight takes the memory of its file.
 public final class GGMLWeight: @unchecked Sendable {
     public let type: GGMLType
