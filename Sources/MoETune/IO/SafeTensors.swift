@@ -34,95 +34,73 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public let path: String
     public let tensors: [String: TensorInfo]
     public let metadata: [String: String]
-    private let base: UnsafeRawPointer
-    private let size: Int
+    private let mapping: MappedFile
+    private var base: UnsafeRawPointer { mapping.base }
 
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else {
-            throw MoETuneError.file(path: path, message: FileManager.default.fileExists(atPath: path)
-                ? "cannot open: \(String(cString: strerror(errno)))" : "file not found")
+        let mapping = try MappedFile(path: path, minimumSize: 8, requireRegular: false) { size in
+            "truncated safetensors file (\(size) bytes, no header)"
         }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            throw MoETuneError.file(path: path, message: "cannot stat: \(String(cString: strerror(errno)))")
+        let base = mapping.base, size = mapping.size
+        let headerLen = base.loadUnaligned(as: UInt64.self).littleEndian
+        guard headerLen <= UInt64(size - 8) else {
+            throw MoETuneError.file(path: path,
+                message: "truncated safetensors file: header of \(headerLen) bytes but the file has \(size)")
         }
-        let size = Int(st.st_size)
-        guard size >= 8 else {
-            throw MoETuneError.file(path: path, message: "truncated safetensors file (\(size) bytes, no header)")
+        let header = Data(bytes: base + 8, count: Int(headerLen))
+        guard let obj = try? JSONSerialization.jsonObject(with: header), let json = obj as? [String: Any] else {
+            throw MoETuneError.file(path: path, message: "safetensors header is not a JSON object")
         }
-        guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), map != MAP_FAILED else {
-            throw MoETuneError.file(path: path, message: "cannot map: \(String(cString: strerror(errno)))")
+        if let dup = JSONDuplicateKeys.firstDuplicate(in: header) {
+            throw MoETuneError.file(path: path, message: "the safetensors header names '\(dup)' twice")
         }
-        let base = UnsafeRawPointer(map)
-        do {
-            let headerLen = base.loadUnaligned(as: UInt64.self).littleEndian
-            guard headerLen <= UInt64(size - 8) else {
+        let dataStart = 8 + Int(headerLen)
+        var tensors: [String: TensorInfo] = [:]
+        var metadata: [String: String] = [:]
+        for (name, value) in json {
+            if name == "__metadata__" {
+                for (k, v) in value as? [String: Any] ?? [:] { metadata[k] = "\(v)" }
+                continue
+            }
+            guard let entry = value as? [String: Any],
+                  let dtypeName = entry["dtype"] as? String,
+                  let shape = entry["shape"] as? [Int],
+                  let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
+            else { throw MoETuneError.file(path: path, message: "tensor '\(name)': malformed header entry") }
+            guard let dtype = DType(rawValue: dtypeName) else {
+                throw MoETuneError.file(path: path, message: "tensor '\(name)': unsupported dtype \(dtypeName)")
+            }
+            guard shape.allSatisfy({ $0 >= 0 }) else {
+                throw MoETuneError.file(path: path, message: "tensor '\(name)': negative dimension in shape \(shape)")
+            }
+            let (begin, end) = (offsets[0], offsets[1])
+            guard begin >= 0, end >= begin, end <= size - dataStart else {
                 throw MoETuneError.file(path: path,
-                    message: "truncated safetensors file: header of \(headerLen) bytes but the file has \(size)")
+                    message: "tensor '\(name)': data_offsets [\(begin), \(end)] run past the end of the file (\(size - dataStart) data bytes); the file may be truncated")
             }
-            let header = Data(bytes: base + 8, count: Int(headerLen))
-            guard let obj = try? JSONSerialization.jsonObject(with: header), let json = obj as? [String: Any] else {
-                throw MoETuneError.file(path: path, message: "safetensors header is not a JSON object")
+            let (count, overflow) = shape.reduce((1, false)) { acc, d in
+                let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
             }
-            if let dup = JSONDuplicateKeys.firstDuplicate(in: header) {
-                throw MoETuneError.file(path: path, message: "the safetensors header names '\(dup)' twice")
+            let (bytes, bytesOverflow) = count.multipliedReportingOverflow(by: dtype.size)
+            guard !overflow, !bytesOverflow else {
+                throw MoETuneError.file(path: path, message: "tensor '\(name)': shape \(shape) of \(dtypeName) is too large (its size overflows)")
             }
-            let dataStart = 8 + Int(headerLen)
-            var tensors: [String: TensorInfo] = [:]
-            var metadata: [String: String] = [:]
-            for (name, value) in json {
-                if name == "__metadata__" {
-                    for (k, v) in value as? [String: Any] ?? [:] { metadata[k] = "\(v)" }
-                    continue
-                }
-                guard let entry = value as? [String: Any],
-                      let dtypeName = entry["dtype"] as? String,
-                      let shape = entry["shape"] as? [Int],
-                      let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
-                else { throw MoETuneError.file(path: path, message: "tensor '\(name)': malformed header entry") }
-                guard let dtype = DType(rawValue: dtypeName) else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(name)': unsupported dtype \(dtypeName)")
-                }
-                guard shape.allSatisfy({ $0 >= 0 }) else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(name)': negative dimension in shape \(shape)")
-                }
-                let (begin, end) = (offsets[0], offsets[1])
-                guard begin >= 0, end >= begin, end <= size - dataStart else {
-                    throw MoETuneError.file(path: path,
-                        message: "tensor '\(name)': data_offsets [\(begin), \(end)] run past the end of the file (\(size - dataStart) data bytes); the file may be truncated")
-                }
-                let (count, overflow) = shape.reduce((1, false)) { acc, d in
-                    let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
-                }
-                let (bytes, bytesOverflow) = count.multipliedReportingOverflow(by: dtype.size)
-                guard !overflow, !bytesOverflow else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(name)': shape \(shape) of \(dtypeName) is too large (its size overflows)")
-                }
-                guard bytes == end - begin else {
-                    throw MoETuneError.file(path: path,
-                        message: "tensor '\(name)': shape \(shape) of \(dtypeName) needs \(bytes) bytes but data_offsets give \(end - begin)")
-                }
-                tensors[name] = TensorInfo(name: name, dtype: dtype, shape: shape, offset: dataStart + begin, byteCount: end - begin)
+            guard bytes == end - begin else {
+                throw MoETuneError.file(path: path,
+                    message: "tensor '\(name)': shape \(shape) of \(dtypeName) needs \(bytes) bytes but data_offsets give \(end - begin)")
             }
-            // Two tensors sharing bytes would silently alias each other: refuse overlaps.
-            let spans = tensors.values.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
-            for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
-                throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data (data_offsets)")
-            }
-            self.tensors = tensors
-            self.metadata = metadata
-        } catch {
-            munmap(map, size)
-            throw error
+            tensors[name] = TensorInfo(name: name, dtype: dtype, shape: shape, offset: dataStart + begin, byteCount: end - begin)
         }
-        self.base = base
-        self.size = size
+        // Two tensors sharing bytes would silently alias each other: refuse overlaps.
+        let spans = tensors.values.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
+        for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
+            throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data (data_offsets)")
+        }
+        self.tensors = tensors
+        self.metadata = metadata
+        self.mapping = mapping
     }
-
-    deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
 
     /// The raw bytes of a tensor (valid while this object lives).
     public func bytes(of info: TensorInfo) -> UnsafeRawBufferPointer {
@@ -131,12 +109,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     /// Tells the kernel the mapped pages of a tensor are no longer needed (after a
     /// conversion copied them), so the page cache does not count against us.
-    public func release(_ info: TensorInfo) {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (info.offset / page) * page
-        let end = info.offset + info.byteCount
-        madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
-    }
+    public func release(_ info: TensorInfo) { mapping.release(offset: info.offset, count: info.byteCount) }
 }
 
 /// Conversions of stored element types to fp32.

@@ -18,6 +18,8 @@ public protocol Collective: AnyObject {
     func abort(_ message: String) -> Never
     /// Seconds and bytes spent in `sum` since the last `takeTraffic`.
     func takeTraffic() -> (seconds: Double, bytes: Int)
+    /// True on every rank when `flag` is true on any (asked once a step).
+    func any(_ flag: Bool) throws -> Bool
 }
 
 extension Collective {
@@ -30,7 +32,6 @@ extension Collective {
         return v
     }
 
-    /// True on every rank when `flag` is true on any.
     public func any(_ flag: Bool) throws -> Bool {
         try sum([flag ? 1 : 0])[0] > 0
     }
@@ -65,6 +66,7 @@ public final class SingleProcess: Collective {
         exit(1)
     }
     public func takeTraffic() -> (seconds: Double, bytes: Int) { (0, 0) }
+    public func any(_ flag: Bool) throws -> Bool { flag }
 }
 
 /// A quick fingerprint of the files a run reads (model folder, data files): sizes, the

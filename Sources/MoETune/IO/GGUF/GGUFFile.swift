@@ -31,140 +31,117 @@ public final class GGUFFile: @unchecked Sendable {
     /// Offset of the data section from the start of the file.
     public let dataOffset: Int
     private let index: [String: Int]
-    private let base: UnsafeRawPointer
-    private let size: Int
+    private let mapping: MappedFile
+    private var base: UnsafeRawPointer { mapping.base }
 
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else {
-            throw MoETuneError.file(path: path, message: FileManager.default.fileExists(atPath: path)
-                ? "cannot open: \(String(cString: strerror(errno)))" : "file not found")
+        let mapping = try MappedFile(path: path, minimumSize: 24, requireRegular: true) { size in
+            "truncated GGUF file (\(size) bytes, shorter than its header)"
         }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            throw MoETuneError.file(path: path, message: "cannot stat: \(String(cString: strerror(errno)))")
+        let base = mapping.base, size = mapping.size
+        var r = GGUFCursor(base: base, size: size, path: path)
+        let magic = try r.bytes(4, what: "the magic")
+        guard Array(magic) == Array("GGUF".utf8) else {
+            throw MoETuneError.file(path: path, message: "not a GGUF file (the first four bytes are not 'GGUF')")
         }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw MoETuneError.file(path: path, message: "not a regular file") }
-        let size = Int(st.st_size)
-        guard size >= 24 else {
-            throw MoETuneError.file(path: path, message: "truncated GGUF file (\(size) bytes, shorter than its header)")
+        let version = Int(try r.u32(what: "the version"))
+        guard version == 2 || version == 3 else {
+            throw MoETuneError.file(path: path, message: version == 1 ? "GGUF version 1 is not supported (only 2 and 3)"
+                : version > 0xFFFF ? "GGUF version \(version): a big-endian or corrupt file (only little-endian versions 2 and 3 are supported)"
+                : "GGUF version \(version) is not supported (only 2 and 3)")
         }
-        guard let map = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), map != MAP_FAILED else {
-            throw MoETuneError.file(path: path, message: "cannot map: \(String(cString: strerror(errno)))")
+        let nTensors = try r.u64(what: "the tensor count")
+        let nKV = try r.u64(what: "the metadata count")
+        // Each key/value needs at least 12 bytes and each tensor info at least 24.
+        guard nKV <= UInt64(size / 12), nTensors <= UInt64(size / 24) else {
+            throw MoETuneError.file(path: path, message: "header claims \(nKV) metadata entries and \(nTensors) tensors, more than a file of \(size) bytes can hold")
         }
-        let base = UnsafeRawPointer(map)
-        do {
-            var r = GGUFCursor(base: base, size: size, path: path)
-            let magic = try r.bytes(4, what: "the magic")
-            guard Array(magic) == Array("GGUF".utf8) else {
-                throw MoETuneError.file(path: path, message: "not a GGUF file (the first four bytes are not 'GGUF')")
+        var keys: [String] = [], metadata: [String: GGUFValue] = [:]
+        for i in 0..<Int(nKV) {
+            let key = try r.string(what: "the key of metadata entry \(i)")
+            guard metadata[key] == nil else { throw MoETuneError.file(path: path, message: "metadata key '\(key)' appears twice") }
+            let rawType = try r.u32(what: "the type of '\(key)'")
+            guard let type = GGUFValueType(rawValue: rawType) else {
+                throw MoETuneError.file(path: path, message: "metadata '\(key)': unknown value type \(rawType)")
             }
-            let version = Int(try r.u32(what: "the version"))
-            guard version == 2 || version == 3 else {
-                throw MoETuneError.file(path: path, message: version == 1 ? "GGUF version 1 is not supported (only 2 and 3)"
-                    : version > 0xFFFF ? "GGUF version \(version): a big-endian or corrupt file (only little-endian versions 2 and 3 are supported)"
-                    : "GGUF version \(version) is not supported (only 2 and 3)")
-            }
-            let nTensors = try r.u64(what: "the tensor count")
-            let nKV = try r.u64(what: "the metadata count")
-            // Each key/value needs at least 12 bytes and each tensor info at least 24.
-            guard nKV <= UInt64(size / 12), nTensors <= UInt64(size / 24) else {
-                throw MoETuneError.file(path: path, message: "header claims \(nKV) metadata entries and \(nTensors) tensors, more than a file of \(size) bytes can hold")
-            }
-            var keys: [String] = [], metadata: [String: GGUFValue] = [:]
-            for i in 0..<Int(nKV) {
-                let key = try r.string(what: "the key of metadata entry \(i)")
-                guard metadata[key] == nil else { throw MoETuneError.file(path: path, message: "metadata key '\(key)' appears twice") }
-                let rawType = try r.u32(what: "the type of '\(key)'")
-                guard let type = GGUFValueType(rawValue: rawType) else {
-                    throw MoETuneError.file(path: path, message: "metadata '\(key)': unknown value type \(rawType)")
-                }
-                metadata[key] = try r.value(type, key: key, depth: 0)
-                keys.append(key)
-            }
-            var alignment = 32
-            if let a = metadata["general.alignment"] {
-                guard case .uint32(let v) = a else {
-                    throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a uint32, got \(a.type.name)")
-                }
-                guard v > 0, v & (v - 1) == 0 else {
-                    throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a power of two, got \(v)")
-                }
-                alignment = Int(v)
-            }
-            struct Raw { var name: String; var dims: [Int]; var type: GGMLType; var offset: UInt64 }
-            var raws: [Raw] = []
-            var seen = Set<String>()
-            for i in 0..<Int(nTensors) {
-                let name = try r.string(what: "the name of tensor \(i)")
-                guard seen.insert(name).inserted else { throw MoETuneError.file(path: path, message: "tensor '\(name)' appears twice") }
-                let nDims = try r.u32(what: "the dimension count of tensor '\(name)'")
-                guard (1...4).contains(nDims) else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(name)': \(nDims) dimensions (ggml allows 1 to 4)")
-                }
-                var dims: [Int] = []
-                for _ in 0..<Int(nDims) {
-                    let d = try r.u64(what: "the dimensions of tensor '\(name)'")
-                    guard d <= UInt64(Int32.max) else {
-                        throw MoETuneError.file(path: path, message: "tensor '\(name)': dimension \(d) is too large")
-                    }
-                    dims.append(Int(d))
-                }
-                let rawType = try r.u32(what: "the type of tensor '\(name)'")
-                guard let type = GGMLType(rawValue: rawType) else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(name)': tensor type \(GGMLType.name(of: rawType)) is not supported (supported: \(GGMLType.supportedNames))")
-                }
-                let offset = try r.u64(what: "the data offset of tensor '\(name)'")
-                raws.append(Raw(name: name, dims: dims, type: type, offset: offset))
-            }
-            let dataOffset = (r.position + alignment - 1) / alignment * alignment
-            guard dataOffset <= size else {
-                throw MoETuneError.file(path: path, message: "truncated GGUF file: the data section would start at \(dataOffset) but the file has \(size) bytes")
-            }
-            var tensors: [GGUFTensorInfo] = []
-            for t in raws {
-                let (count, overflow) = t.dims.reduce((1, false)) { acc, d in
-                    let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
-                }
-                guard !overflow, count <= Int(Int32.max) * 16 else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(t.name)': shape \(Array(t.dims.reversed())) is too large")
-                }
-                guard t.dims[0] % t.type.blockSize == 0 else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(t.name)': rows of \(t.dims[0]) values are not a multiple of \(t.type.name)'s block of \(t.type.blockSize)")
-                }
-                guard t.offset % UInt64(alignment) == 0 else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(t.name)': data offset \(t.offset) is not a multiple of the alignment \(alignment)")
-                }
-                let bytes = t.type.bytes(count: count)
-                guard t.offset <= UInt64(size - dataOffset), bytes <= size - dataOffset - Int(t.offset) else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(t.name)': its \(bytes) bytes at data offset \(t.offset) run past the end of the file (\(size - dataOffset) data bytes); the file may be truncated")
-                }
-                tensors.append(GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: dataOffset + Int(t.offset), byteCount: bytes))
-            }
-            let spans = tensors.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
-            for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
-                throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data")
-            }
-            self.version = version
-            self.keys = keys
-            self.metadata = metadata
-            self.alignment = alignment
-            self.dataOffset = dataOffset
-            self.tensors = tensors
-            var index: [String: Int] = [:]
-            for (i, t) in tensors.enumerated() { index[t.name] = i }
-            self.index = index
-        } catch {
-            munmap(map, size)
-            throw error
+            metadata[key] = try r.value(type, key: key, depth: 0)
+            keys.append(key)
         }
-        self.base = base
-        self.size = size
+        var alignment = 32
+        if let a = metadata["general.alignment"] {
+            guard case .uint32(let v) = a else {
+                throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a uint32, got \(a.type.name)")
+            }
+            guard v > 0, v & (v - 1) == 0 else {
+                throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a power of two, got \(v)")
+            }
+            alignment = Int(v)
+        }
+        struct Raw { var name: String; var dims: [Int]; var type: GGMLType; var offset: UInt64 }
+        var raws: [Raw] = []
+        var seen = Set<String>()
+        for i in 0..<Int(nTensors) {
+            let name = try r.string(what: "the name of tensor \(i)")
+            guard seen.insert(name).inserted else { throw MoETuneError.file(path: path, message: "tensor '\(name)' appears twice") }
+            let nDims = try r.u32(what: "the dimension count of tensor '\(name)'")
+            guard (1...4).contains(nDims) else {
+                throw MoETuneError.file(path: path, message: "tensor '\(name)': \(nDims) dimensions (ggml allows 1 to 4)")
+            }
+            var dims: [Int] = []
+            for _ in 0..<Int(nDims) {
+                let d = try r.u64(what: "the dimensions of tensor '\(name)'")
+                guard d <= UInt64(Int32.max) else {
+                    throw MoETuneError.file(path: path, message: "tensor '\(name)': dimension \(d) is too large")
+                }
+                dims.append(Int(d))
+            }
+            let rawType = try r.u32(what: "the type of tensor '\(name)'")
+            guard let type = GGMLType(rawValue: rawType) else {
+                throw MoETuneError.file(path: path, message: "tensor '\(name)': tensor type \(GGMLType.name(of: rawType)) is not supported (supported: \(GGMLType.supportedNames))")
+            }
+            let offset = try r.u64(what: "the data offset of tensor '\(name)'")
+            raws.append(Raw(name: name, dims: dims, type: type, offset: offset))
+        }
+        let dataOffset = (r.position + alignment - 1) / alignment * alignment
+        guard dataOffset <= size else {
+            throw MoETuneError.file(path: path, message: "truncated GGUF file: the data section would start at \(dataOffset) but the file has \(size) bytes")
+        }
+        var tensors: [GGUFTensorInfo] = []
+        for t in raws {
+            let (count, overflow) = t.dims.reduce((1, false)) { acc, d in
+                let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
+            }
+            guard !overflow, count <= Int(Int32.max) * 16 else {
+                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': shape \(Array(t.dims.reversed())) is too large")
+            }
+            guard t.dims[0] % t.type.blockSize == 0 else {
+                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': rows of \(t.dims[0]) values are not a multiple of \(t.type.name)'s block of \(t.type.blockSize)")
+            }
+            guard t.offset % UInt64(alignment) == 0 else {
+                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': data offset \(t.offset) is not a multiple of the alignment \(alignment)")
+            }
+            let bytes = t.type.bytes(count: count)
+            guard t.offset <= UInt64(size - dataOffset), bytes <= size - dataOffset - Int(t.offset) else {
+                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': its \(bytes) bytes at data offset \(t.offset) run past the end of the file (\(size - dataOffset) data bytes); the file may be truncated")
+            }
+            tensors.append(GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: dataOffset + Int(t.offset), byteCount: bytes))
+        }
+        let spans = tensors.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
+        for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
+            throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data")
+        }
+        self.version = version
+        self.keys = keys
+        self.metadata = metadata
+        self.alignment = alignment
+        self.dataOffset = dataOffset
+        self.tensors = tensors
+        var index: [String: Int] = [:]
+        for (i, t) in tensors.enumerated() { index[t.name] = i }
+        self.index = index
+        self.mapping = mapping
     }
-
-    deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
 
     public func tensor(_ name: String) -> GGUFTensorInfo? { index[name].map { tensors[$0] } }
 
@@ -180,11 +157,7 @@ public final class GGUFFile: @unchecked Sendable {
     }
 
     /// Tells the kernel the mapped pages of a tensor are no longer needed.
-    public func release(_ t: GGUFTensorInfo) {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (t.offset / page) * page
-        madvise(UnsafeMutableRawPointer(mutating: base + start), t.offset + t.byteCount - start, MADV_DONTNEED)
-    }
+    public func release(_ t: GGUFTensorInfo) { mapping.release(offset: t.offset, count: t.byteCount) }
 
     // MARK: Typed metadata access (errors name the key)
 
