@@ -89,7 +89,7 @@ final class PackingTests: XCTestCase {
     func testPackedEqualsUnpackedSlidingWindow() throws { try checkParity("mistral-sw") }
     func testPackedEqualsUnpackedQLoRA() throws { try checkParity("llama", quantize: true) }
     func testPackedEqualsUnpackedOtherFamilies() throws {
-        for f in ["qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "llama-yarn", "qwen2-sw", "qwen2_moe-sw", "deepseek_v2", "deepseek_v2-yarn"] { try checkParity(f) }
+        for f in ["qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "llama-yarn", "qwen2-sw", "qwen2_moe-sw", "deepseek_v2", "deepseek_v2-yarn", "gpt_oss-clamp"] { try checkParity(f) }
     }
 
     /// Without positions the attention of a packed row would see the previous example:

@@ -105,11 +105,11 @@ public struct ModelConfig: Equatable, Sendable {
         self.expertIntermediateSize = intermediateSize
     }
 
-    /// GPT-OSS reads, evaluates and generates; training, adapters and merge are not
-    /// implemented for it yet (no gradient or PEFT fixture checks them): refused here.
-    public func refuseAdapters() throws {
+    /// GPT-OSS trains and reads/writes PEFT adapters; merging into its checkpoint layout is
+    /// not implemented yet: refused here.
+    public func refuseMerge() throws {
         if clampedSwiGLU != nil {
-            throw MoETuneError.invalid("\(family.name): LoRA adapters (train, PEFT adapters, merge) are not supported yet for this family; eval and generate work")
+            throw MoETuneError.invalid("\(family.name): merge is not supported yet for this family; train, eval, generate and PEFT adapters work")
         }
     }
 

@@ -75,7 +75,6 @@ public enum PEFTAdapter {
     /// Reads the adapter in `dir` for `model`. Ranks come from the tensors, scales from
     /// lora_alpha (or alpha_pattern) and use_rslora.
     public static func load(directory dir: String, model: Transformer) throws -> AdapterSet {
-        try model.config.refuseAdapters()
         let configPath = dir + "/adapter_config.json"
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw MoETuneError.file(path: configPath, message: FileManager.default.fileExists(atPath: dir)
@@ -186,8 +185,12 @@ public enum PEFTAdapter {
                             throw MoETuneError.file(path: weightsPath, message: "module \(module): gate_up lora_B has \(outF) rows, expected \(2 * inter)")
                         }
                         let param = family.fusedGateUp(fused.layer)
-                        pieces.append((name(.gate), ax, Array(bx[0..<(inter * rank)]), rank, param))
-                        pieces.append((name(.up), ax, Array(bx[(inter * rank)...]), rank, param))
+                        // gate rows then up rows; GPT-OSS interleaves them (row 2i gate, 2i+1 up).
+                        let interleaved = family.moe?.transposedInterleaved == true
+                        let rowsOf = { (up: Int) in (0..<inter).map { interleaved ? 2 * $0 + up : up * inter + $0 } }
+                        let pick = { (rows: [Int]) in rows.flatMap { bx[($0 * rank)..<(($0 + 1) * rank)] } }
+                        pieces.append((name(.gate), ax, pick(rowsOf(0)), rank, param))
+                        pieces.append((name(.up), ax, pick(rowsOf(1)), rank, param))
                     } else {
                         pieces.append((name(.down), ax, bx, rank, family.fusedDown(fused.layer)))
                     }

@@ -55,4 +55,23 @@ public struct ClampedSwiGLU: Sendable, Equatable {
             }
         }
     }
+
+    /// backward on gate and up held apart, as the experts' backward calls it: gate, up [count]
+    /// from the forward pass (after their biases), dout [count] = d act → dgate, dup [count]
+    /// (overwritten; dout may be dgate itself: each element is read before it is written).
+    /// The same formulas as the interleaved backward above.
+    public func backward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+                         gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        let (alpha, limit) = (self.alpha, self.limit)
+        parallelChunks(count, minChunk: 4096) { range in
+            for idx in range {
+                let gt = gate[idx], ut = up[idx]
+                let g = min(gt, limit), u = min(max(ut, -limit), limit)
+                let s = 1 / (1 + Foundation.exp(-alpha * g))
+                let d = dout[idx]
+                dgate[idx] = gt <= limit ? d * (u + 1) * (s + alpha * g * s * (1 - s)) : 0
+                dup[idx] = (ut >= -limit && ut <= limit) ? d * g * s : 0
+            }
+        }
+    }
 }

@@ -28,6 +28,7 @@ public enum Merger {
         let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite, inputs: [modelDir] + adapters.map(\.path), command: "merge")
         let ck = try Checkpoint(directory: modelDir)
         let model = try Transformer(checkpoint: ck)
+        try model.config.refuseMerge()
         let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
         let mixed = try AdapterSet.mix(sets.map { (set: $0.0, weight: $0.1) }, model: model)
         let byModule = Dictionary(uniqueKeysWithValues: mixed.all.map { ($0.module, $0) })

@@ -147,7 +147,6 @@ public final class AdapterSet: @unchecked Sendable {
     /// (bound 1/sqrt(in), as PEFT does), B with zeros; `seed` makes it reproducible.
     public convenience init(model: Transformer, spec: LoRASpec, seed: UInt64) throws {
         let c = model.config
-        try c.refuseAdapters()
         if spec.targets.contains(.router), !c.isMoE {
             throw MoETuneError.invalid("lora targets 'router' but \(c.family.name) models have no router")
         }

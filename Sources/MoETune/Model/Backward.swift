@@ -338,11 +338,20 @@ func feedForwardBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Floa
     let dact = dgate
     linearBackwardInput(dx: dact, dy: dy, rows: n, weight: w.down, accumulate: false)
     if let l = ad.down {
-        swigluForward(out: dup, gate: gate, up: up, count: count)
+        if let cl = w.clamped {
+            cl.forward(out: dup, gate: gate, up: up, count: count)
+        } else {
+            swigluForward(out: dup, gate: gate, up: up, count: count)
+        }
         loraBackward(dx: dact, dy: dy, x: dup, rows: n, adapter: l, u: cache.down!, du: du)
     }
-    // In place: dgate overwrites d act element by element.
-    swigluBackward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: count)
+    // In place: dgate overwrites d act element by element. GPT-OSS: the clamped SwiGLU (the
+    // frozen biases were added to gate and up in the forward pass; they need no gradient).
+    if let cl = w.clamped {
+        cl.backward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: count)
+    } else {
+        swigluBackward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: count)
+    }
     linearBackwardInput(dx: dx, dy: dgate, rows: n, weight: w.gate, accumulate: accumulate)
     if let l = ad.gate { loraBackward(dx: dx, dy: dgate, x: x, rows: n, adapter: l, u: cache.gate!, du: du) }
     linearBackwardInput(dx: dx, dy: dup, rows: n, weight: w.up, accumulate: true)

@@ -1,0 +1,104 @@
+import Foundation
+import XCTest
+@testable import MoETune
+
+/// GPT-OSS training against peft 0.21 + transformers 5.23 (scripts/make_gptoss_train_fixture.py):
+/// the gpt_oss-clamp model (swiglu_limit 0.6: every clamp of the SwiGLU is hit; random
+/// biases and sinks; router margins >= 1e-4) with peft's own adapter train-gpt_oss on
+/// q/k/v/o, lm_head, the router weight (target_parameters mlp.router.weight) and the fused
+/// experts (target_parameters experts.gate_up_proj — interleaved gate/up columns — and
+/// experts.down_proj). moe-tune reads the fused adapter as per-expert gate/up/down adapters
+/// (gate and up share peft's A), trains those, and its gradients mapped back onto peft's
+/// fused tensors (d A = d A_gate + d A_up; d B's rows re-interleaved) are compared.
+/// Tolerances: loss 1e-5 relative, every gradient tensor 1e-4 relative to its max norm.
+extension FamilyTests {
+    /// moe-tune's gradients of `adapters` in peft's key names for gpt_oss (fused experts).
+    func gptOssPeftGradients(_ adapters: AdapterSet, model: Transformer) -> [String: [Float]] {
+        let c = model.config, f = model.family, e = c.numExperts, inter = c.expertIntermediateSize
+        let prefix = "base_model.model."
+        var out: [String: [Float]] = [:]
+        var byModule: [String: LoRAAdapter] = [:]
+        for a in adapters.all { byModule[a.module] = a }
+        for a in adapters.all {
+            guard case .expert? = f.parse(module: a.module)?.slot else {
+                out[prefix + a.module + ".lora_A.weight"] = Array(UnsafeBufferPointer(start: a.gradA, count: a.rank * a.inFeatures))
+                out[prefix + a.module + ".lora_B.weight"] = Array(UnsafeBufferPointer(start: a.gradB, count: a.rank * a.outFeatures))
+                continue
+            }
+        }
+        for l in 0..<c.numLayers {
+            let mods = { (x: Int, p: FeedForwardPart) in byModule[f.module(.expert(x, p), layer: l)] }
+            guard let r = mods(0, .gate)?.rank else { continue }
+            let h = c.hiddenSize
+            var guA = [Float](repeating: 0, count: e * r * h), guB = [Float](repeating: 0, count: 2 * inter * r * e)
+            var dA = [Float](repeating: 0, count: e * r * inter), dB = [Float](repeating: 0, count: h * r * e)
+            for x in 0..<e {
+                let g = mods(x, .gate)!, u = mods(x, .up)!, d = mods(x, .down)!
+                for i in 0..<(r * h) { guA[x * r * h + i] = g.gradA[i] + u.gradA[i] }
+                for row in 0..<inter {
+                    for j in 0..<r {
+                        guB[(2 * row) * r * e + j * e + x] = g.gradB[row * r + j]
+                        guB[(2 * row + 1) * r * e + j * e + x] = u.gradB[row * r + j]
+                    }
+                }
+                for i in 0..<(r * inter) { dA[x * r * inter + i] = d.gradA[i] }
+                for row in 0..<h { for j in 0..<r { dB[row * r * e + j * e + x] = d.gradB[row * r + j] } }
+            }
+            let base = prefix + "model.layers.\(l).mlp.experts."
+            out[base + "base_layer.lora_A.weight"] = guA
+            out[base + "base_layer.lora_B.weight"] = guB
+            out[base + "lora_A.weight"] = dA
+            out[base + "lora_B.weight"] = dB
+        }
+        return out
+    }
+
+    func checkGptOssGradients(file: String, lossKey: String, auxCoef: Float) throws {
+        let model = try Transformer.load(directory: Fixtures.dir("gpt_oss-clamp"))
+        model.moe.auxLossCoef = auxCoef
+        let dir = Fixtures.dir("train-gpt_oss")
+        let adapters = try PEFTAdapter.load(directory: dir, model: model)
+        XCTAssertEqual(Set(adapters.all.compactMap { model.kind(of: $0.module) }),
+                       [.query, .key, .value, .projection, .mlp, .router, .head])
+        let ref = try SafeTensorsFile(path: dir + "/batch.safetensors")
+        let (tb, mask) = try batch(ref, labels: "labels")
+        let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: true, loraRank: adapters.maxRank)
+        let grads = BackwardState(for: state, config: model.config)
+        adapters.store.zeroGrads()
+        let (sum, count) = try model.forward(tb, state: state, adapters: adapters)
+        // logits (before backward overwrites them) against peft's unmerged model.
+        let logitDiff = maxDiff(state.logits.pointer, try ref.floatArray("logits"), mask: mask, v: model.config.vocabSize)
+        XCTAssertLessThanOrEqual(logitDiff, 1e-4)
+        model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(count))
+        let loss = sum / Double(count) + Double(auxCoef) * state.auxLoss
+        let refLoss = Double(try ref.floatArray(lossKey)[0])
+        XCTAssertLessThanOrEqual(abs(loss - refLoss) / refLoss, 1e-5, "gpt_oss loss \(loss) vs reference \(refLoss)")
+        if auxCoef != 0 {
+            let refAux = Double(try ref.floatArray("aux_loss")[0])
+            XCTAssertLessThanOrEqual(abs(state.auxLoss - refAux) / refAux, 1e-5, "gpt_oss aux loss \(state.auxLoss) vs \(refAux)")
+        }
+        let ours = gptOssPeftGradients(adapters, model: model)
+        let g = try SafeTensorsFile(path: dir + "/" + file)
+        XCTAssertEqual(Set(g.tensors.keys), Set(ours.keys))
+        var worst: Double = 0
+        for key in g.tensors.keys.sorted() {
+            let expected = try g.floatArray(key)
+            guard let mine = ours[key], mine.count == expected.count else { XCTFail("\(key): missing or wrong size"); continue }
+            let scale = expected.map { abs($0) }.max() ?? 0
+            let diff = zip(mine, expected).map { abs($0 - $1) }.max() ?? 0
+            XCTAssertGreaterThan(scale, 0, "\(key): reference gradient is zero")
+            worst = max(worst, Double(diff / max(scale, 1e-30)))
+            XCTAssertLessThanOrEqual(Double(diff / scale), 1e-4, key)
+        }
+        print("gpt_oss \(file): \(adapters.all.count) adapters, logits max |diff| \(logitDiff), loss \(loss) vs \(refLoss), worst gradient error \(worst)")
+    }
+
+    func testGptOssGradientsMatchPeft() throws {
+        try checkGptOssGradients(file: "grads.safetensors", lossKey: "loss", auxCoef: 0)
+    }
+
+    /// With output_router_logits (transformers adds 0.02 * load_balancing_loss_func).
+    func testGptOssAuxLossAndGradientsMatchPeft() throws {
+        try checkGptOssGradients(file: "grads_aux.safetensors", lossKey: "loss_aux", auxCoef: 0.02)
+    }
+}

@@ -1,0 +1,165 @@
+"""GPT-OSS training fixture: peft 0.21's LoRA on transformers 5.23's GptOss (fp32), gradients of
+every target kind, with and without the aux loss.
+
+    ~/peer-venv/bin/python scripts/make_gptoss_train_fixture.py --fixtures Tests/MoETuneTests/Fixtures
+
+Writes
+  gpt_oss-clamp/  the base model, as gpt_oss/ of make_gptoss_fixtures.py (3 layers, sliding /
+                  full / sliding with window 3, hidden 40, 4 heads of head_dim 12 over 1 KV head,
+                  4 experts top-2 of intermediate 24) but with swiglu_limit 0.6 so that all three
+                  clamps of the SwiGLU are hit (gate > limit, up > limit, up < -limit; asserted),
+                  router_aux_loss_coef 0.02; every bias, sink and norm weight random, non-zero.
+  train-gpt_oss/  peft's own adapter (adapter_config.json, adapter_model.safetensors):
+                  target_modules q_proj, k_proj, v_proj, o_proj, lm_head (peft LoRA on Linear
+                  with bias), target_parameters mlp.router.weight (GptOssTopKRouter is not a
+                  Linear, so peft cannot target it as a module; its weight as a parameter it
+                  can), experts.gate_up_proj and experts.down_proj (peft's fused layout; the
+                  gate_up rank and alpha doubled by peft through rank_pattern/alpha_pattern);
+                  B drawn random, so A's gradients are not zero.
+                  batch.safetensors: input_ids, attention_mask, labels, loss, loss_aux, aux_loss,
+                  logits (base + adapter, unmerged); grads.safetensors / grads_aux.safetensors:
+                  d loss / d every LoRA tensor (peft's key names, ".default" dropped) without /
+                  with router_aux_loss_coef * aux loss (output_router_logits=True).
+The base seed is the first whose every routing decision on the batch, with the adapter, has a
+gap of at least MIN_GAP between the k-th and (k+1)-th router logit (asserted).
+"""
+import argparse, json, os, shutil
+
+import torch
+from safetensors.torch import save_file
+
+import transformers
+from transformers import AutoModelForCausalLM, GptOssConfig
+from peft import LoraConfig, get_peft_model
+
+MIN_GAP = 1e-4
+LIMIT = 0.6
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("sinks"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif "bias" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def hooks(model, k, gaps, clamps):
+    hs = []
+    for name, m in model.named_modules():
+        cls = type(m).__name__
+        if cls == "GptOssTopKRouter":
+            def h(mod, i, o):
+                s = o[0].float().sort(-1, descending=True).values
+                gaps.append((s[:, k - 1] - s[:, k]).min().item())
+            hs.append(m.register_forward_hook(h))
+        if cls == "GptOssExperts":
+            orig = m._apply_gate
+
+            def gate(gu, orig=orig, m=m):
+                g, u = gu[..., ::2], gu[..., 1::2]
+                clamps[0] += int((g > m.limit).sum()); clamps[1] += int((u > m.limit).sum())
+                clamps[2] += int((u < -m.limit).sum()); clamps[3] += g.numel()
+                return orig(gu)
+            m._apply_gate = gate
+    return hs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fixtures", default="Tests/MoETuneTests/Fixtures")
+    a = ap.parse_args()
+    V = 384
+    cfg = GptOssConfig(vocab_size=V, hidden_size=40, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
+                       head_dim=12, intermediate_size=24, num_local_experts=4, num_experts_per_tok=2, sliding_window=3,
+                       layer_types=["sliding_attention", "full_attention", "sliding_attention"], rms_norm_eps=1e-5,
+                       max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
+                       swiglu_limit=LIMIT, router_aux_loss_coef=0.02, attn_implementation="eager")
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, V, (2, 16), generator=g)
+    ids[:, 0] = 1
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    labels = ids.clone()
+    labels[0, :4] = -100
+    labels[1, -3:] = -100
+    base = os.path.join(a.fixtures, "gpt_oss-clamp")
+    out = os.path.join(a.fixtures, "train-gpt_oss")
+    lcfg = dict(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"],
+                target_parameters=["mlp.router.weight", "experts.gate_up_proj", "experts.down_proj"])
+    for seed in range(200):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg).float().eval()
+        randomize(model, 1000 + seed)
+        shutil.rmtree(base, ignore_errors=True)
+        model.save_pretrained(base, safe_serialization=True)
+        if os.path.exists(os.path.join(base, "generation_config.json")):
+            os.remove(os.path.join(base, "generation_config.json"))
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
+        model = get_peft_model(model, LoraConfig(**lcfg))
+        gb = torch.Generator().manual_seed(1)
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            for n, p in params.items():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=gb) * 0.05)
+        gaps, clamps = [], [0, 0, 0, 0]
+        hs = hooks(model, cfg.num_experts_per_tok, gaps, clamps)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+        for h in hs:
+            h.remove()
+        if min(gaps) >= MIN_GAP:
+            break
+    else:
+        raise SystemExit("no seed gives router gaps of at least MIN_GAP")
+    assert clamps[0] > 0 and clamps[1] > 0 and clamps[2] > 0, clamps
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out)
+    for junk in ("README.md",):
+        if os.path.exists(os.path.join(out, junk)):
+            os.remove(os.path.join(out, junk))
+    path = os.path.join(out, "adapter_config.json")
+    with open(path) as f:
+        acfg = json.load(f)
+    for k in ("target_modules", "target_parameters"):
+        acfg[k] = sorted(acfg[k])
+    acfg["base_model_name_or_path"] = "gpt_oss-clamp"
+    with open(path, "w") as f:
+        json.dump(acfg, f, indent=2, sort_keys=True)
+
+    def grads():
+        return {n.replace(".default", ""): (p.grad if p.grad is not None else torch.zeros_like(p)).float().contiguous()
+                for n, p in params.items()}
+    model.train()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    save_file(grads(), os.path.join(out, "grads.safetensors"))
+    for p in params.values():
+        p.grad = None
+    res = model(input_ids=ids, attention_mask=mask, labels=labels, output_router_logits=True)
+    res.loss.backward()
+    save_file(grads(), os.path.join(out, "grads_aux.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    save_file({"input_ids": ids.int(), "attention_mask": mask.int(), "labels": labels.int(),
+               "loss": loss.detach().reshape(1), "loss_aux": res.loss.detach().reshape(1),
+               "aux_loss": res.aux_loss.detach().reshape(1).float(), "logits": logits.contiguous()},
+              os.path.join(out, "batch.safetensors"))
+    print(json.dumps({"seed": seed, "router_gap": min(gaps), "clamps(gate>L, up>L, up<-L, of)": clamps,
+                      "loss": loss.item(), "loss_aux": res.loss.item(), "aux_loss": res.aux_loss.item(),
+                      "keys": sorted(grads().keys()),
+                      "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
