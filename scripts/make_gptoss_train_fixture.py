@@ -19,7 +19,9 @@ Writes
                   batch.safetensors: input_ids, attention_mask, labels, loss, loss_aux, aux_loss,
                   logits (base + adapter, unmerged); grads.safetensors / grads_aux.safetensors:
                   d loss / d every LoRA tensor (peft's key names, ".default" dropped) without /
-                  with router_aux_loss_coef * aux loss (output_router_logits=True).
+                  with router_aux_loss_coef * aux loss (output_router_logits=True);
+                  merged.safetensors: peft's merge_and_unload of the experts' gate_up_proj /
+                  down_proj and the router weight of every layer.
 The base seed is the first whose every routing decision on the batch, with the adapter, has a
 gap of at least MIN_GAP between the k-th and (k+1)-th router logit (asserted).
 """
@@ -155,6 +157,12 @@ def main():
                "loss": loss.detach().reshape(1), "loss_aux": res.loss.detach().reshape(1),
                "aux_loss": res.aux_loss.detach().reshape(1).float(), "logits": logits.contiguous()},
               os.path.join(out, "batch.safetensors"))
+    # peft's own merge (merge_and_unload) of the experts and router of every layer: what
+    # moe-tune's merge must write in transformers 5's layout.
+    merged = model.merge_and_unload()
+    sd = merged.state_dict()
+    save_file({k: sd[k].float().contiguous() for k in sorted(sd) if k.endswith(("experts.gate_up_proj", "experts.down_proj", "router.weight"))},
+              os.path.join(out, "merged.safetensors"))
     print(json.dumps({"seed": seed, "router_gap": min(gaps), "clamps(gate>L, up>L, up<-L, of)": clamps,
                       "loss": loss.item(), "loss_aux": res.loss.item(), "aux_loss": res.aux_loss.item(),
                       "keys": sorted(grads().keys()),

@@ -101,4 +101,51 @@ extension FamilyTests {
     func testGptOssAuxLossAndGradientsMatchPeft() throws {
         try checkGptOssGradients(file: "grads_aux.safetensors", lossKey: "loss_aux", auxCoef: 0.02)
     }
+
+    /// Merged into the checkpoint layout transformers 5 reads (gate_up_proj [E, H, 2I] with
+    /// gate/up interleaved, down_proj [E, I, H], biases and sinks passed through) and reloaded:
+    /// peft's unmerged logits within 1e-4. (scripts/check_merge.py loads the same folder in
+    /// transformers; README gives its figure.)
+    func testGptOssMergedMatchesPeftUnmerged() throws {
+        let out = try makeTempDir(self) + "/merged"
+        let summary = try Merger.merge(modelDir: Fixtures.dir("gpt_oss-clamp"), adapters: [(Fixtures.dir("train-gpt_oss"), 1)], outDir: out)
+        XCTAssertEqual(summary.mergedModules, 52)
+        let file = try SafeTensorsFile(path: out + "/model.safetensors")
+        let base = try SafeTensorsFile(path: Fixtures.dir("gpt_oss-clamp") + "/model.safetensors")
+        XCTAssertEqual(Set(file.tensors.keys), Set(base.tensors.keys))
+        XCTAssertEqual(file.shape("model.layers.0.mlp.experts.gate_up_proj"), [4, 40, 48])
+        XCTAssertEqual(file.shape("model.layers.0.mlp.experts.down_proj"), [4, 24, 40])
+        XCTAssertEqual(try file.floatArray("model.layers.1.mlp.experts.gate_up_proj_bias"),
+                       try base.floatArray("model.layers.1.mlp.experts.gate_up_proj_bias"))
+        // The merged experts and routers equal peft's merge_and_unload (1e-6 absolute; weights ~0.1).
+        let peftMerged = try SafeTensorsFile(path: Fixtures.dir("train-gpt_oss") + "/merged.safetensors")
+        XCTAssertEqual(peftMerged.tensors.count, 9)
+        for key in peftMerged.tensors.keys.sorted() {
+            let mine = try file.floatArray(key), theirs = try peftMerged.floatArray(key), old = try base.floatArray(key)
+            XCTAssertEqual(mine.count, theirs.count, key)
+            let diff = zip(mine, theirs).map { abs($0 - $1) }.max() ?? 0
+            let change = zip(old, theirs).map { abs($0 - $1) }.max() ?? 0
+            XCTAssertLessThanOrEqual(diff, 1e-6, key)
+            XCTAssertGreaterThan(change, 1e-3, "\(key): the adapter changed nothing")
+        }
+        let model = try Transformer.load(directory: out)
+        let ref = try SafeTensorsFile(path: Fixtures.dir("train-gpt_oss") + "/batch.safetensors")
+        let (tb, mask) = try batch(ref)
+        let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false)
+        _ = try model.forward(tb, state: state)
+        let diff = maxDiff(state.logits.pointer, try ref.floatArray("logits"), mask: mask, v: model.config.vocabSize)
+        print("merged gpt_oss vs peft unmerged: max |diff| \(diff)")
+        XCTAssertLessThanOrEqual(diff, 1e-4)
+    }
+
+    /// Expert adapters cannot be folded into MXFP4 experts: refused naming the tensor.
+    func testGptOssMergeIntoMXFP4Refused() throws {
+        let dir = Fixtures.dir("gpt_oss-mxfp4")
+        let model = try Transformer.load(directory: dir)
+        let adapters = try AdapterSet(model: model, spec: LoRASpec(rank: 2, alpha: 4, targets: [.mlp]), seed: 1)
+        let tmp = try makeTempDir(self)
+        try PEFTAdapter.save(adapters, family: model.family, baseModel: dir, to: tmp + "/adapter")
+        assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(tmp + "/adapter", 1)], outDir: tmp + "/merged"),
+                           contains: ["gate_up_proj", "MXFP4", "not supported"])
+    }
 }

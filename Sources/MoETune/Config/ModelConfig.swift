@@ -105,14 +105,6 @@ public struct ModelConfig: Equatable, Sendable {
         self.expertIntermediateSize = intermediateSize
     }
 
-    /// GPT-OSS trains and reads/writes PEFT adapters; merging into its checkpoint layout is
-    /// not implemented yet: refused here.
-    public func refuseMerge() throws {
-        if clampedSwiGLU != nil {
-            throw MoETuneError.invalid("\(family.name): merge is not supported yet for this family; train, eval, generate and PEFT adapters work")
-        }
-    }
-
     /// Reads and validates `dir/config.json`.
     public static func load(directory: String) throws -> ModelConfig {
         let path = (directory as NSString).appendingPathComponent("config.json")

@@ -28,7 +28,6 @@ public enum Merger {
         let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite, inputs: [modelDir] + adapters.map(\.path), command: "merge")
         let ck = try Checkpoint(directory: modelDir)
         let model = try Transformer(checkpoint: ck)
-        try model.config.refuseMerge()
         let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
         let mixed = try AdapterSet.mix(sets.map { (set: $0.0, weight: $0.1) }, model: model)
         let byModule = Dictionary(uniqueKeysWithValues: mixed.all.map { ($0.module, $0) })
@@ -52,7 +51,32 @@ public enum Merger {
                 }
                 merged += 1
             }
-            if let (l, gateUp) = f.fusedExpertTensor(name) {
+            if let (l, gateUp) = f.fusedExpertTensor(name), f.moe?.transposedInterleaved == true {
+                // GPT-OSS: gate_up_proj [E, H, 2I] (column 2i gate, 2i+1 up), down_proj [E, I, H]:
+                // each expert's delta [out, in] = s B A lands transposed (and interleaved).
+                let (i, h) = (c.expertIntermediateSize, c.hiddenSize)
+                var delta = [Float](repeating: 0, count: i * h)
+                func addTransposed(_ module: String, at offset: Int, columns: Int, stride: Int, first: Int) {
+                    guard let a = byModule[module] else { return }
+                    delta.withUnsafeMutableBufferPointer { d in
+                        BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
+                                  a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 0, c: d.baseAddress!, ldc: a.inFeatures)
+                    }
+                    // delta [out, in] → W[in, columns]: W[x, first + stride * o] += delta[o, x].
+                    for o in 0..<a.outFeatures {
+                        for x in 0..<a.inFeatures { values[offset + x * columns + first + stride * o] += delta[o * a.inFeatures + x] }
+                    }
+                    merged += 1
+                }
+                for e in 0..<c.numExperts {
+                    if gateUp {
+                        addTransposed(f.module(.expert(e, .gate), layer: l), at: e * 2 * i * h, columns: 2 * i, stride: 2, first: 0)
+                        addTransposed(f.module(.expert(e, .up), layer: l), at: e * 2 * i * h, columns: 2 * i, stride: 2, first: 1)
+                    } else {
+                        addTransposed(f.module(.expert(e, .down), layer: l), at: e * i * h, columns: h, stride: 1, first: 0)
+                    }
+                }
+            } else if let (l, gateUp) = f.fusedExpertTensor(name) {
                 let (i, h) = (c.expertIntermediateSize, c.hiddenSize)
                 for e in 0..<c.numExperts {
                     if gateUp {
@@ -75,6 +99,14 @@ public enum Merger {
             return values
         }
 
+        // GPT-OSS's released checkpoints hold the experts as MXFP4 blocks: an expert adapter
+        // cannot be folded into them (moe-tune writes no MXFP4).
+        if f.moe?.transposedInterleaved == true, mixed.all.contains(where: { if case .expert? = f.parse(module: $0.module)?.slot { return true }; return false }) {
+            for l in 0..<c.numLayers where ck.contains(f.fusedGateUp(l) + "_blocks") || ck.contains(f.fusedDown(l) + "_blocks") {
+                throw MoETuneError.file(path: ck.path(of: ck.contains(f.fusedGateUp(l) + "_blocks") ? f.fusedGateUp(l) + "_blocks" : f.fusedDown(l) + "_blocks"),
+                    message: "\(f.fusedGateUp(l)): merging expert adapters into MXFP4 experts is not supported (no MXFP4 writer); merge into a bf16 copy of the model, or train without the mlp target")
+            }
+        }
         var entries: [(name: String, shape: [Int], values: [Float]?, raw: (DType, Data)?)] = []
         for name in ck.tensorNames.sorted() {
             let info = ck.info(name)!
