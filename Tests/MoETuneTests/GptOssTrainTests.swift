@@ -148,4 +148,50 @@ extension FamilyTests {
         assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(tmp + "/adapter", 1)], outDir: tmp + "/merged"),
                            contains: ["gate_up_proj", "MXFP4", "not supported"])
     }
+
+    func gptOssLogits(_ model: Transformer, _ adapters: AdapterSet?) throws -> [Float] {
+        let ref = try SafeTensorsFile(path: Fixtures.dir("train-gpt_oss") + "/batch.safetensors")
+        let (tb, _) = try batch(ref)
+        let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false, loraRank: adapters?.maxRank ?? 0)
+        _ = try model.forward(tb, state: state, adapters: adapters)
+        return Array(UnsafeBufferPointer(start: state.logits.pointer, count: tb.batch * tb.seq * model.config.vocabSize))
+    }
+
+    /// moe-tune's GPT-OSS adapters are written in peft's fused target_parameters layout
+    /// (gate and up side by side at rank 2r, alpha doubled through rank/alpha_pattern; the
+    /// router as mlp.router.weight) and read back to the same logits (1e-5). Set
+    /// GPTOSS_ADAPTER_OUT=DIR to keep the adapter written from peft's fixture adapter, for
+    /// scripts/check_peft_load.py (peft loads it and compares with peft's own logits).
+    func testGptOssAdapterWrittenInPeftLayout() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("gpt_oss-clamp"))
+        var spec = LoRASpec(rank: 3, alpha: 5, targets: [.query, .key, .value, .projection, .mlp, .router, .head])
+        spec.overrides[.router] = LoRAShape(rank: 2, alpha: 7)
+        let adapters = try AdapterSet(model: model, spec: spec, seed: 3)
+        var rng = SplitMix64(seed: 11)
+        for a in adapters.all { for i in 0..<(a.rank * a.outFeatures) { a.b[i] = (rng.nextFloat() * 2 - 1) * 0.2 } }
+        let before = try gptOssLogits(model, adapters), base = try gptOssLogits(model, nil)
+        let dir = try makeTempDir(self) + "/adapter"
+        try PEFTAdapter.save(adapters, family: model.family, baseModel: "gpt_oss-clamp", to: dir)
+        let cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/adapter_config.json"))) as! [String: Any]
+        XCTAssertEqual(cfg["target_modules"] as? [String], ["k_proj", "lm_head", "o_proj", "q_proj", "v_proj"])
+        XCTAssertEqual(cfg["target_parameters"] as? [String], ["experts.down_proj", "experts.gate_up_proj", "mlp.router.weight"])
+        XCTAssertEqual((cfg["rank_pattern"] as? [String: Int])?[".*\\.gate_up_proj"], 6)
+        XCTAssertEqual((cfg["alpha_pattern"] as? [String: Double])?[".*\\.gate_up_proj"], 10)
+        let file = try SafeTensorsFile(path: dir + "/adapter_model.safetensors")
+        XCTAssertEqual(file.shape("base_model.model.model.layers.1.mlp.experts.base_layer.lora_A.weight"), [4 * 6, 40])
+        XCTAssertEqual(file.shape("base_model.model.model.layers.1.mlp.experts.base_layer.lora_B.weight"), [48, 6 * 4])
+        XCTAssertEqual(file.shape("base_model.model.model.layers.1.mlp.experts.lora_A.weight"), [4 * 3, 24])
+        XCTAssertEqual(file.shape("base_model.model.model.layers.1.mlp.router.lora_A.weight"), [2, 40])
+        let back = try PEFTAdapter.load(directory: dir, model: model)
+        let after = try gptOssLogits(model, back)
+        let diff = zip(before, after).map { abs($0 - $1) }.max() ?? 0
+        let effect = zip(before, base).map { abs($0 - $1) }.max() ?? 0
+        print("gpt_oss adapter written and read back: logits max |diff| \(diff) (the adapter moves them by \(effect))")
+        XCTAssertLessThanOrEqual(diff, 1e-5)
+        XCTAssertGreaterThan(effect, 1e-2)
+        if let keep = ProcessInfo.processInfo.environment["GPTOSS_ADAPTER_OUT"] {
+            let peft = try PEFTAdapter.load(directory: Fixtures.dir("train-gpt_oss"), model: model)
+            try PEFTAdapter.save(peft, family: model.family, baseModel: "gpt_oss-clamp", to: keep)
+        }
+    }
 }

@@ -3,8 +3,10 @@ import Foundation
 /// LoRA adapters in the Hugging Face PEFT format: a folder with adapter_config.json and
 /// adapter_model.safetensors, keys "base_model.model." + module + ".lora_A.weight" [r, in]
 /// and ".lora_B.weight" [out, r]; module names come from the model's family. Experts use their per-expert checkpoint names,
-/// which peft maps onto any expert layout itself. Reading also accepts the fused expert
-/// layout that peft writes for transformers 5 (target_parameters).
+/// which peft maps onto any expert layout itself — except GPT-OSS, whose checkpoints only
+/// ever had fused experts: its experts and router are written as peft's target_parameters
+/// (fusedExpertTensors). Reading also accepts the fused expert layout that peft writes for
+/// transformers 5 (target_parameters), GPT-OSS's interleaved gate/up included.
 public enum PEFTAdapter {
     static let prefix = "base_model.model."
 
@@ -13,7 +15,15 @@ public enum PEFTAdapter {
         let targetSuffix = family.targetSuffix
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var writer = SafeTensorsWriter()
-        for a in adapters.all {
+        // GPT-OSS: the experts are written in peft's fused target_parameters layout (see
+        // fusedExpertTensors), the router as target_parameters mlp.router.weight.
+        let fusedExperts = family.moe?.transposedInterleaved == true
+        let isExpert = { (m: String) -> Bool in if case .expert? = family.parse(module: m)?.slot { return true }; return false }
+        var fusedPatterns: [String: (rank: Int, alpha: Double)] = [:]
+        if fusedExperts {
+            fusedPatterns = try fusedExpertTensors(adapters, family: family, rslora: adapters.spec.rslora, into: &writer)
+        }
+        for a in adapters.all where !(fusedExperts && isExpert(a.module)) {
             writer.add(.init(name: prefix + a.module + ".lora_A.weight", shape: [a.rank, a.inFeatures],
                              floats: UnsafeBufferPointer(start: a.a, count: a.rank * a.inFeatures)))
             writer.add(.init(name: prefix + a.module + ".lora_B.weight", shape: [a.outFeatures, a.rank],
@@ -31,7 +41,16 @@ public enum PEFTAdapter {
             }
         }
         let spec = adapters.spec
-        let suffixes = Array(Set(adapters.all.map { targetSuffix($0.module) })).sorted()
+        let fusedParameter = { (m: String) in fusedExperts && (isExpert(m) || family.kind(of: m) == .router) }
+        let suffixes = Array(Set(adapters.all.filter { !fusedParameter($0.module) }.map { targetSuffix($0.module) })).sorted()
+        var parameters = Set<String>()
+        for a in adapters.all where fusedParameter(a.module) {
+            if isExpert(a.module) {
+                parameters.formUnion(["experts.gate_up_proj", "experts.down_proj"])
+            } else {
+                parameters.insert((family.moe?.block ?? "mlp") + "." + (family.moe?.router ?? "router") + ".weight")
+            }
+        }
         // Suffixes, not a regex over full paths: peft rewrites suffix lists for the fused
         // expert layout of transformers 5, and a layer subset goes in layers_to_transform
         // (which cannot hold lm_head: TrainConfig refuses head with a layer subset).
@@ -47,8 +66,12 @@ public enum PEFTAdapter {
         }
         var rankPattern: [String: Int] = [:]
         var alphaPattern: [String: Double] = [:]
+        for (key, v) in fusedPatterns {
+            rankPattern[key] = v.rank
+            alphaPattern[key] = v.alpha
+        }
         for (kind, shape) in spec.overrides {
-            for a in adapters.all where family.kind(of: a.module) == kind {
+            for a in adapters.all where family.kind(of: a.module) == kind && !(fusedExperts && isExpert(a.module)) {
                 // The router is a module in transformers 4 ("gate") and a parameter in 5 ("gate.weight").
                 let suffix = targetSuffix(a.module)
                 let keys = kind == .router ? [suffix, suffix + ".weight"] : [suffix]
@@ -61,7 +84,9 @@ public enum PEFTAdapter {
         let config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
-            "target_modules": suffixes, "bias": "none", "fan_in_fan_out": false,
+            "target_modules": suffixes.isEmpty && !parameters.isEmpty ? NSNull() : suffixes as Any,
+            "target_parameters": parameters.isEmpty ? NSNull() : parameters.sorted() as Any,
+            "bias": "none", "fan_in_fan_out": false,
             "use_rslora": spec.rslora, "use_dora": false, "rank_pattern": rankPattern,
             "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : Array(Set(fullRouters.map { targetSuffix($0.module) })).sorted() as Any, "layers_to_transform": layers,
             "layers_pattern": layersPattern,
@@ -70,6 +95,69 @@ public enum PEFTAdapter {
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try writer.write(to: dir + "/adapter_model.safetensors")
         try AtomicFile.write(json, to: dir + "/adapter_config.json")
+    }
+
+    /// GPT-OSS's experts in peft 0.21's target_parameters layout on transformers 5's fused
+    /// experts (gate_up_proj [E, H, 2I], gate/up interleaved; down_proj [E, I, H]); peft
+    /// nests the two ParamWrappers, gate_up inside ("experts.base_layer.lora_*"), down
+    /// outside ("experts.lora_*"). A [E*r, in] (expert-major), B [out, r*E] (expert fastest).
+    /// gate_up holds each expert's gate and up adapters side by side at rank 2r:
+    ///   A_e = [A_gate; A_up] [2r, H],  B_e row 2i = [B_gate[i], 0], row 2i+1 = [0, B_up[i]],
+    /// so its delta is exactly theirs; alpha becomes s * 2r (s * sqrt(2r) with rslora) to
+    /// keep the scale s. Returns the rank/alpha patterns for peft (".*\\.gate_up_proj",
+    /// and ".*\\.down_proj" when the experts' rank or alpha is not the config's r / lora_alpha).
+    static func fusedExpertTensors(_ adapters: AdapterSet, family: ModelFamily, rslora: Bool,
+                                   into writer: inout SafeTensorsWriter) throws -> [String: (rank: Int, alpha: Double)] {
+        var byModule: [String: LoRAAdapter] = [:]
+        for a in adapters.all { byModule[a.module] = a }
+        var patterns: [String: (rank: Int, alpha: Double)] = [:]
+        let layers = Set(adapters.all.compactMap { a -> Int? in
+            guard let (l, slot) = family.parse(module: a.module), case .expert = slot else { return nil }
+            return l
+        }).sorted()
+        let experts = adapters.layers.first(where: { !$0.experts.isEmpty })?.experts.count ?? 0
+        for l in layers {
+            let get = { (x: Int, p: FeedForwardPart) throws -> LoRAAdapter in
+                guard let a = byModule[family.module(.expert(x, p), layer: l)] else {
+                    throw MoETuneError.invalid("\(family.name) layer \(l): an expert adapter needs gate, up and down on every expert (peft's fused layout)")
+                }
+                return a
+            }
+            let first = try get(0, .gate), r = first.rank, e = experts
+            let (h, inter) = (first.inFeatures, first.outFeatures)
+            var guA = [Float](repeating: 0, count: e * 2 * r * h), guB = [Float](repeating: 0, count: 2 * inter * 2 * r * e)
+            var dA = [Float](repeating: 0, count: e * r * inter), dB = [Float](repeating: 0, count: h * r * e)
+            for x in 0..<e {
+                let g = try get(x, .gate), u = try get(x, .up), d = try get(x, .down)
+                guard g.rank == r, u.rank == r, d.rank == r, g.scale == first.scale, u.scale == first.scale else {
+                    throw MoETuneError.invalid("\(family.name) layer \(l): the experts' adapters differ in rank or scale")
+                }
+                for i in 0..<(r * h) { guA[(x * 2 * r) * h + i] = g.a[i]; guA[(x * 2 * r + r) * h + i] = u.a[i] }
+                for row in 0..<inter {
+                    for j in 0..<r {
+                        guB[(2 * row) * 2 * r * e + j * e + x] = g.b[row * r + j]
+                        guB[(2 * row + 1) * 2 * r * e + (r + j) * e + x] = u.b[row * r + j]
+                    }
+                }
+                for i in 0..<(r * inter) { dA[x * r * inter + i] = d.a[i] }
+                for row in 0..<h { for j in 0..<r { dB[row * r * e + j * e + x] = d.b[row * r + j] } }
+            }
+            let base = prefix + family.layerPrefix(l) + (family.moe?.fusedBlock ?? "mlp") + ".experts."
+            for (name, shape, values) in [("base_layer.lora_A", [e * 2 * r, h], guA), ("base_layer.lora_B", [2 * inter, 2 * r * e], guB),
+                                          ("lora_A", [e * r, inter], dA), ("lora_B", [h, r * e], dB)] {
+                writer.add(.init(name: base + name + ".weight", shape: shape, floats: values))
+            }
+            // The experts' alpha at rank r: the spec's when it gives this rank and scale
+            // (exact), else the one that reproduces the scale.
+            let mlp = adapters.spec.shape(of: .mlp)
+            let alphaR = mlp.rank == r && adapters.spec.scale(of: .mlp) == first.scale
+                ? mlp.alpha : Double(first.scale) * (rslora ? Double(r).squareRoot() : Double(r))
+            patterns[".*\\.gate_up_proj"] = (2 * r, rslora ? alphaR * 2.0.squareRoot() : 2 * alphaR)
+            if r != adapters.spec.rank || alphaR != adapters.spec.alpha {
+                patterns[".*\\.down_proj"] = (r, alphaR)
+            }
+        }
+        return patterns
     }
 
     /// Reads the adapter in `dir` for `model`. Ranks come from the tensors, scales from
