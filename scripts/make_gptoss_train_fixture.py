@@ -8,7 +8,8 @@ Writes
                   full / sliding with window 3, hidden 40, 4 heads of head_dim 12 over 1 KV head,
                   4 experts top-2 of intermediate 24) but with swiglu_limit 0.6 so that all three
                   clamps of the SwiGLU are hit (gate > limit, up > limit, up < -limit; asserted),
-                  router_aux_loss_coef 0.02; every bias, sink and norm weight random, non-zero.
+                  router_aux_loss_coef 0.02; every bias, sink and norm weight random, non-zero;
+                  reference.json: nf4_loss / nf4_loss_single on the train batch (see nf4_losses).
   train-gpt_oss/  peft's own adapter (adapter_config.json, adapter_model.safetensors):
                   target_modules q_proj, k_proj, v_proj, o_proj, lm_head (peft LoRA on Linear
                   with bias), target_parameters mlp.router.weight (GptOssTopKRouter is not a
@@ -71,6 +72,30 @@ def hooks(model, k, gaps, clamps):
                 return orig(gu)
             m._apply_gate = gate
     return hs
+
+
+def nf4_losses(base, ids, mask):
+    """The loss on (ids, mask) with q/k/v/o_proj's weights and the fused experts (gate_up_proj
+    [E, H, 2I] and down_proj [E, I, H], each tensor quantized whole, flattened as stored) replaced
+    by bitsandbytes' NF4 quantize-dequantize (blocks of 64), with and without double
+    quantization; router, biases, sinks, norms, embeddings and lm_head stay fp32."""
+    import bitsandbytes.functional as BF
+    labels = ids.clone()
+    labels[mask == 0] = -100
+    out = {}
+    for key, dq in [("nf4_loss_single", False), ("nf4_loss", True)]:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager").eval()
+        with torch.no_grad():
+            for name, prm in model.named_parameters():
+                if ".layers." in name and (name.endswith("proj.weight") or name.endswith(("experts.gate_up_proj", "experts.down_proj"))):
+                    w = prm.data.float().contiguous()
+                    packed, st = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=dq)
+                    prm.copy_(BF.dequantize_4bit(packed, st).reshape(w.shape))
+            out[key] = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    path = os.path.join(base, "reference.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2, sort_keys=True)
+    return out
 
 
 def main():
@@ -163,7 +188,8 @@ def main():
     sd = merged.state_dict()
     save_file({k: sd[k].float().contiguous() for k in sorted(sd) if k.endswith(("experts.gate_up_proj", "experts.down_proj", "router.weight"))},
               os.path.join(out, "merged.safetensors"))
-    print(json.dumps({"seed": seed, "router_gap": min(gaps), "clamps(gate>L, up>L, up<-L, of)": clamps,
+    nf4 = nf4_losses(base, ids, mask)
+    print(json.dumps({"seed": seed, **nf4, "router_gap": min(gaps), "clamps(gate>L, up>L, up<-L, of)": clamps,
                       "loss": loss.item(), "loss_aux": res.loss.item(), "aux_loss": res.aux_loss.item(),
                       "keys": sorted(grads().keys()),
                       "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}, indent=1))

@@ -194,4 +194,60 @@ extension FamilyTests {
             try PEFTAdapter.save(peft, family: model.family, baseModel: "gpt_oss-clamp", to: keep)
         }
     }
+
+    /// QLoRA: q/k/v/o and each fused expert tensor quantized whole to NF4 as bitsandbytes'
+    /// quantize_4bit does (gate_up_proj [E, H, 2I] flattened as stored): the loss equals
+    /// bitsandbytes' quantize-dequantize of the same weights (1e-5 relative, both with and
+    /// without double quantization); the NF4 loss differs from the fp32 one by far more.
+    func testGptOssNF4LossMatchesBitsandbytes() throws {
+        let ref = try SafeTensorsFile(path: Fixtures.dir("train-gpt_oss") + "/batch.safetensors")
+        let (tb, _) = try batch(ref)
+        let fp32 = try Transformer.load(directory: Fixtures.dir("gpt_oss-clamp"))
+        let s0 = ForwardState(config: fp32.config, batch: tb.batch, seq: tb.seq, training: false)
+        let (sum0, count0) = try fp32.forward(tb, state: s0)
+        let full = sum0 / Double(count0)
+        for (doubleQuant, key) in [(false, "nf4_loss_single"), (true, "nf4_loss")] {
+            let model = try Transformer.load(directory: Fixtures.dir("gpt_oss-clamp"), quantize: QuantizationSpec(doubleQuant: doubleQuant))
+            XCTAssertTrue(model.isQuantized)
+            XCTAssertNotNil(model.layers[0].experts[1].gate.transposed)
+            XCTAssertNil(model.layers[0].router?.nf4, "routers stay fp32")
+            let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: false)
+            let (sum, count) = try model.forward(tb, state: state)
+            let expected = (try Fixtures.referenceJSON("gpt_oss-clamp")[key] as! NSNumber).doubleValue
+            let loss = sum / Double(count)
+            print("gpt_oss NF4 (double quant \(doubleQuant)): loss \(loss) vs bitsandbytes-quantized \(expected), fp32 \(full)")
+            XCTAssertLessThanOrEqual(abs(loss - expected) / expected, 1e-5, key)
+            XCTAssertGreaterThan(abs(full - expected) / expected, 1e-4, "quantization must matter at this scale")
+        }
+    }
+
+    /// TransposedWeight's products (several chunks) equal plain products with the dequantized
+    /// weight picked out of the fused tensor: W[o, k] = S[off + k, stride * o + part] (1e-5).
+    func testTransposedWeightProducts() throws {
+        let saved = ChunkedMatmul.chunkFloats
+        ChunkedMatmul.chunkFloats = 100   // 2 rows of S per chunk: 3 chunks and a partial one
+        defer { ChunkedMatmul.chunkFloats = saved }
+        let (e, k, cols, n) = (3, 7, 48, 5)
+        var rng = SplitMix64(seed: 4)
+        let src = (0..<(e * k * cols)).map { _ in rng.nextFloat() * 2 - 1 }
+        let nf4 = src.withUnsafeBufferPointer { NF4Weight.quantize($0.baseAddress!, rows: e * k, cols: cols, doubleQuant: true) }
+        var deq = [Float](repeating: 0, count: e * k * cols)
+        nf4.dequantizeRows(0, e * k, into: &deq)
+        let x = (0..<(n * k)).map { _ in rng.nextFloat() * 2 - 1 }
+        for (stride, part) in [(2, 0), (2, 1), (1, 0)] {
+            let out = cols / stride, off = k
+            let t = TransposedWeight(storage: nf4, rowOffset: off, inFeatures: k, stride: stride, part: part)
+            var w = [Float](repeating: 0, count: out * k)
+            for o in 0..<out { for kk in 0..<k { w[o * k + kk] = deq[(off + kk) * cols + stride * o + part] } }
+            var y = [Float](repeating: 1, count: n * out), yRef = y
+            linearForward(y: &y, x: x, rows: n, weight: Matrix(transposed: t), accumulate: true)
+            linearForward(y: &yRef, x: x, rows: n, weight: Matrix(w, rows: out, cols: k), accumulate: true)
+            let dy = (0..<(n * out)).map { _ in rng.nextFloat() * 2 - 1 }
+            var dx = [Float](repeating: 0, count: n * k), dxRef = dx
+            linearBackwardInput(dx: &dx, dy: dy, rows: n, weight: Matrix(transposed: t), accumulate: false)
+            linearBackwardInput(dx: &dxRef, dy: dy, rows: n, weight: Matrix(w, rows: out, cols: k), accumulate: false)
+            XCTAssertLessThan(zip(y, yRef).map { abs($0 - $1) }.max()!, 1e-5, "forward stride \(stride) part \(part)")
+            XCTAssertLessThan(zip(dx, dxRef).map { abs($0 - $1) }.max()!, 1e-5, "backward stride \(stride) part \(part)")
+        }
+    }
 }

@@ -39,6 +39,8 @@ public struct Matrix: @unchecked Sendable {
     public let nf4: NF4Weight?
     /// The ggml block storage of a weight read from GGUF; `pointer` is then not to be read.
     public let ggml: GGMLWeight?
+    /// A compressed weight held transposed in a fused tensor (GPT-OSS's NF4 experts).
+    public let transposed: TransposedWeight?
 
     public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int) {
         self.pointer = pointer
@@ -46,6 +48,7 @@ public struct Matrix: @unchecked Sendable {
         self.cols = cols
         nf4 = nil
         ggml = nil
+        transposed = nil
     }
 
     public init(nf4: NF4Weight) {
@@ -54,6 +57,7 @@ public struct Matrix: @unchecked Sendable {
         cols = nf4.cols
         self.nf4 = nf4
         ggml = nil
+        transposed = nil
     }
 
     public init(ggml: GGMLWeight) {
@@ -62,10 +66,20 @@ public struct Matrix: @unchecked Sendable {
         cols = ggml.cols
         nf4 = nil
         self.ggml = ggml
+        transposed = nil
+    }
+
+    public init(transposed: TransposedWeight) {
+        pointer = UnsafePointer(Matrix.none.pointer)
+        rows = transposed.outFeatures
+        cols = transposed.inFeatures
+        nf4 = nil
+        ggml = nil
+        self.transposed = transposed
     }
 
     /// Whether only the products can read this weight (NF4 or ggml blocks).
-    public var isQuantized: Bool { nf4 != nil || ggml != nil }
+    public var isQuantized: Bool { nf4 != nil || ggml != nil || transposed != nil }
 
     private static let none = FloatBuffer(count: 1)
 }

@@ -148,10 +148,37 @@ public final class Transformer: @unchecked Sendable {
             // GPT-OSS: gate_up_proj [E, H, 2I] (x @ W, columns 2i gate and 2i+1 up) and
             // down_proj [E, I, H], each with a bias, transposed here into per-expert
             // gate/up [I, H] and down [H, I].
-            if quantize != nil {
-                throw MoETuneError.invalid("\(f.fusedGateUp(l)): NF4 of gpt_oss experts is not supported yet")
-            }
             let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
+            if let q = quantize {
+                // QLoRA: each fused tensor quantized whole as bitsandbytes' quantize_4bit
+                // flattens it (blocks of 64 along 2I, then H, then E); the experts read
+                // their slices transposed (TransposedWeight). Biases stay fp32.
+                let quant = { (name: String, shape: [Int]) throws -> NF4Weight in
+                    let (rows, cols) = (shape[0] * shape[1], shape[2])
+                    // MXFP4 checkpoints: dequantized first (the fp32 copy lives with the checkpoint).
+                    if let m = try ck.mxfp4Floats(name, shape: shape) {
+                        return NF4Weight.quantize(m, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+                    }
+                    return try ck.withTemporaryFloats(name, shape: shape) {
+                        NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+                    }
+                }
+                let gu = try quant(f.fusedGateUp(l), [e, h, 2 * i]), dn = try quant(f.fusedDown(l), [e, i, h])
+                let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
+                let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
+                let bias = FloatBuffer(count: e * 2 * i, zeroed: false)
+                ck.keep(bias)
+                let clamped = c.clampedSwiGLU
+                return (router, (0..<e).map { x in
+                    let gb = bias.pointer + x * 2 * i, ub = gb + i
+                    for r in 0..<i { gb[r] = guBias[x * 2 * i + 2 * r]; ub[r] = guBias[x * 2 * i + 2 * r + 1] }
+                    return FeedForwardWeights(
+                        gate: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 0)),
+                        up: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 1)),
+                        down: Matrix(transposed: TransposedWeight(storage: dn, rowOffset: x * i, inFeatures: i, stride: 1, part: 0)),
+                        gateBias: gb, upBias: ub, downBias: dnBias + x * h, clamped: clamped)
+                })
+            }
             // The released checkpoints store both as MXFP4 blocks, dequantized here.
             let gu = try ck.mxfp4Floats(f.fusedGateUp(l), shape: [e, h, 2 * i]) ?? ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
             let dn = try ck.mxfp4Floats(f.fusedDown(l), shape: [e, i, h]) ?? ck.floats(f.fusedDown(l), shape: [e, i, h])
