@@ -76,7 +76,7 @@ final class GptOssLayerTests: XCTestCase {
     }
 
     /// The gpt_oss fixture (FamilyTests.forwardFixtures) loads with its layer types; adapters
-    /// on every target kind are accepted.
+    /// on every target kind are accepted; `moe-tune quantize` is refused naming the family.
     func testGptOssConfig() throws {
         let model = try Transformer.load(directory: Fixtures.dir("gpt_oss"))
         XCTAssertEqual(model.config.slidingLayers, [0, 2])
@@ -84,6 +84,9 @@ final class GptOssLayerTests: XCTestCase {
         XCTAssertNil(model.config.window(layer: 1))
         XCTAssertEqual(model.config.routerAuxLossCoef, 0, "transformers adds no aux loss without output_router_logits")
         XCTAssertNoThrow(try AdapterSet(model: model, spec: LoRASpec(rank: 2, alpha: 4, targets: [.query, .mlp, .router]), seed: 1))
+        // `moe-tune quantize` would write a bitsandbytes config gpt_oss does not read: refused.
+        assertMoETuneError(try Quantizer.quantize(modelDir: Fixtures.dir("gpt_oss"), outDir: try makeTempDir(self) + "/q"),
+                           contains: ["gpt_oss", "quantize", "not supported"])
     }
 
     func testClampedSwiGLUMatchesTransformers() throws {

@@ -130,16 +130,24 @@ public final class Checkpoint: @unchecked Sendable {
     /// dequantized to fp32 [E, G*32, R] (IO/MXFP4.swift) and kept with the checkpoint;
     /// nil when the checkpoint holds no `name`_blocks.
     public func mxfp4Floats(_ name: String, shape: [Int]) throws -> UnsafePointer<Float>? {
+        try withTemporaryMXFP4Floats(name, shape: shape) { p in
+            let buffer = FloatBuffer(count: shape.reduce(1, *), zeroed: false)
+            buffer.pointer.update(from: p, count: buffer.count)
+            converted.append(buffer)
+            return UnsafePointer(buffer.pointer)
+        }
+    }
+
+    /// The same dequantization, alive only during `body` (QLoRA re-quantizes it to NF4);
+    /// nil when the checkpoint holds no `name`_blocks.
+    public func withTemporaryMXFP4Floats<T>(_ name: String, shape: [Int], _ body: (UnsafePointer<Float>) throws -> T) throws -> T? {
         guard let (fileIndex, _) = location[name + "_blocks"] else { return nil }
         let file = files[fileIndex]
         let (values, got) = try MXFP4.dequantize(name, in: file)
         guard got == shape else {
             throw MoETuneError.file(path: file.path, message: "tensor '\(name)' (MXFP4) dequantizes to shape \(got), expected \(shape) from config.json")
         }
-        let buffer = FloatBuffer(count: values.count, zeroed: false)
-        values.withUnsafeBufferPointer { buffer.pointer.update(from: $0.baseAddress!, count: values.count) }
-        converted.append(buffer)
-        return UnsafePointer(buffer.pointer)
+        return try values.withUnsafeBufferPointer { try body($0.baseAddress!) }
     }
 
     /// A buffer built while loading (GPT-OSS's transposed experts) kept alive with the checkpoint.

@@ -20,6 +20,11 @@ public enum Quantizer {
         let folder = try ModelFolderWriter(outDir: outDir, overwrite: overwrite, inputs: [modelDir], command: "quantize")
         let ck = try Checkpoint(directory: modelDir)
         let family = ck.config.family
+        // GPT-OSS reads only fp32/bf16 or MXFP4 experts (its config refuses bitsandbytes'
+        // quantization_config): QLoRA quantizes it at load instead.
+        if family.moe?.transposedInterleaved == true {
+            throw MoETuneError.file(path: modelDir, message: "\(family.name): `moe-tune quantize` is not supported for this family; QLoRA quantizes its weights to NF4 at load (lora.qlora)")
+        }
         var writer = SafeTensorsWriter()
         var quantized = 0, kept = 0
         let nf4Code = NF4Weight.code

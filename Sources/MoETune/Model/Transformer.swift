@@ -155,10 +155,10 @@ public final class Transformer: @unchecked Sendable {
                 // their slices transposed (TransposedWeight). Biases stay fp32.
                 let quant = { (name: String, shape: [Int]) throws -> NF4Weight in
                     let (rows, cols) = (shape[0] * shape[1], shape[2])
-                    // MXFP4 checkpoints: dequantized first (the fp32 copy lives with the checkpoint).
-                    if let m = try ck.mxfp4Floats(name, shape: shape) {
-                        return NF4Weight.quantize(m, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
-                    }
+                    // MXFP4 checkpoints: dequantized to a temporary fp32 copy first.
+                    if let w = try ck.withTemporaryMXFP4Floats(name, shape: shape, {
+                        NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+                    }) { return w }
                     return try ck.withTemporaryFloats(name, shape: shape) {
                         NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
                     }
