@@ -23,6 +23,8 @@ Writes
                   with router_aux_loss_coef * aux loss (output_router_logits=True);
                   merged.safetensors: peft's merge_and_unload of the experts' gate_up_proj /
                   down_proj and the router weight of every layer.
+  train-gpt_oss-experts/  the per-expert equivalent in plain torch (see per_expert_fixture):
+                  moe-tune's own per-expert module names, gate and up with their own A.
 The base seed is the first whose every routing decision on the batch, with the adapter, has a
 gap of at least MIN_GAP between the k-th and (k+1)-th router logit (asserted).
 """
@@ -96,6 +98,116 @@ def nf4_losses(base, ids, mask):
     with open(path, "w") as f:
         json.dump(out, f, indent=2, sort_keys=True)
     return out
+
+
+def per_expert_fixture(base, out, ids, mask, labels, r=4, alpha=8):
+    """The per-expert equivalent, in plain torch on transformers' GptOss (as
+    make_moe_fixtures.py does for the other MoE families): LoRA on every expert's gate, up and
+    down with their own A and B (moe-tune's per-expert modules mlp.experts.E.gate_proj /
+    up_proj / down_proj; gate = columns 0::2 of gate_up_proj, up = 1::2), on the router's
+    weight (bias added after), q/k/v/o_proj and lm_head; y += (alpha / r) (x A^T) B^T, A
+    kaiming-uniform, B random. Writes adapter_config.json, adapter_model.safetensors,
+    grads.safetensors / grads_aux.safetensors (aux coefficient 0.02) and batch.safetensors."""
+    import math
+    import torch.nn.functional as F
+    s = alpha / r
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(5)
+    params = {}
+
+    def pair(key, out_f, in_f):
+        bound = 1 / math.sqrt(in_f)
+        A = torch.nn.Parameter((torch.rand(r, in_f, generator=gen) * 2 - 1) * bound)
+        B = torch.nn.Parameter(torch.randn(out_f, r, generator=gen) * 0.05)
+        params[f"base_model.model.{key}.lora_A.weight"] = A
+        params[f"base_model.model.{key}.lora_B.weight"] = B
+        return A, B
+
+    class LoRALinear(torch.nn.Module):
+        def __init__(self, base, A, B):
+            super().__init__()
+            self.base, self.A, self.B = base, A, B
+
+        def forward(self, x):
+            return self.base(x) + s * F.linear(F.linear(x, self.A), self.B)
+
+    for name, mod in [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]:
+        A, B = pair(name, mod.out_features, mod.in_features)
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, name.rsplit(".", 1)[-1], LoRALinear(mod, A, B))
+    for li, layer in enumerate(model.model.layers):
+        router, experts = layer.mlp.router, layer.mlp.experts
+        p = f"model.layers.{li}.mlp"
+        rA, rB = pair(p + ".router", router.weight.shape[0], router.weight.shape[1])
+        E, H, I = experts.num_experts, experts.hidden_size, experts.intermediate_size
+        ex = [{part: pair(f"{p}.experts.{e}.{part}", *shape) for part, shape in
+               [("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))]} for e in range(E)]
+
+        def router_forward(hs, router=router, rA=rA, rB=rB):
+            logits = F.linear(hs, router.weight, router.bias) + s * F.linear(F.linear(hs, rA), rB)
+            top_v, top_i = torch.topk(logits, router.top_k, dim=-1)
+            return logits, torch.softmax(top_v, dim=1), top_i
+        router.forward = router_forward
+
+        def experts_forward(hs, router_indices=None, routing_weights=None, experts=experts, ex=ex):
+            out = torch.zeros_like(hs)
+            for e in range(experts.num_experts):
+                tok, pos = torch.where(router_indices == e)
+                if tok.numel() == 0:
+                    continue
+                x = hs[tok]
+                (gA, gB), (uA, uB), (dA, dB) = ex[e]["gate_proj"], ex[e]["up_proj"], ex[e]["down_proj"]
+                W, b = experts.gate_up_proj[e], experts.gate_up_proj_bias[e]
+                g = x @ W[:, ::2] + b[::2] + s * F.linear(F.linear(x, gA), gB)
+                u = x @ W[:, 1::2] + b[1::2] + s * F.linear(F.linear(x, uA), uB)
+                g = g.clamp(max=experts.limit)
+                u = u.clamp(min=-experts.limit, max=experts.limit)
+                a = (u + 1) * g * torch.sigmoid(g * experts.alpha)
+                y = a @ experts.down_proj[e] + experts.down_proj_bias[e] + s * F.linear(F.linear(a, dA), dB)
+                out.index_add_(0, tok, y * routing_weights[tok, pos, None])
+            return out
+        experts.forward = experts_forward
+    gaps = []
+    k = model.config.num_experts_per_tok
+    hs = [m.register_forward_hook(lambda mod, i, o: gaps.append(
+        (lambda v: (v[:, k - 1] - v[:, k]).min().item())(o[0].sort(-1, descending=True).values)))
+        for m in model.modules() if type(m).__name__ == "GptOssTopKRouter"]
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    for h in hs:
+        h.remove()
+    assert min(gaps) >= MIN_GAP, min(gaps)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    save_file({k: v.detach().contiguous() for k, v in params.items()}, os.path.join(out, "adapter_model.safetensors"))
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "gpt_oss-clamp", "r": r,
+           "lora_alpha": alpha, "lora_dropout": 0.0, "target_modules": sorted({k.split(".")[-3] for k in params}),
+           "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "rank_pattern": {},
+           "alpha_pattern": {}, "modules_to_save": None, "layers_to_transform": None, "init_lora_weights": True,
+           "inference_mode": True}
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+
+    def grads():
+        return {k: (p.grad if p.grad is not None else torch.zeros_like(p)).float().contiguous() for k, p in params.items()}
+    model.train()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    save_file(grads(), os.path.join(out, "grads.safetensors"))
+    for p in params.values():
+        p.grad = None
+    res = model(input_ids=ids, attention_mask=mask, labels=labels, output_router_logits=True)
+    res.loss.backward()
+    save_file(grads(), os.path.join(out, "grads_aux.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    save_file({"input_ids": ids.int(), "attention_mask": mask.int(), "labels": labels.int(),
+               "loss": loss.detach().reshape(1), "loss_aux": res.loss.detach().reshape(1),
+               "aux_loss": res.aux_loss.detach().reshape(1).float(), "logits": logits.contiguous()},
+              os.path.join(out, "batch.safetensors"))
+    return {"loss": loss.item(), "loss_aux": res.loss.item(), "router_gap": min(gaps)}
 
 
 def main():
@@ -189,6 +301,7 @@ def main():
     save_file({k: sd[k].float().contiguous() for k in sorted(sd) if k.endswith(("experts.gate_up_proj", "experts.down_proj", "router.weight"))},
               os.path.join(out, "merged.safetensors"))
     nf4 = nf4_losses(base, ids, mask)
+    nf4["per_expert"] = per_expert_fixture(base, os.path.join(a.fixtures, "train-gpt_oss-experts"), ids, mask, labels)
     print(json.dumps({"seed": seed, **nf4, "router_gap": min(gaps), "clamps(gate>L, up>L, up<-L, of)": clamps,
                       "loss": loss.item(), "loss_aux": res.loss.item(), "aux_loss": res.aux_loss.item(),
                       "keys": sorted(grads().keys()),
