@@ -297,4 +297,30 @@ extension FamilyTests {
             XCTAssertLessThan(zip(dx, dxRef).map { abs($0 - $1) }.max()!, 1e-5, "backward stride \(stride) part \(part)")
         }
     }
+
+    /// Generation with GPT-OSS adapters: the KV-cache decoder's logits equal the batched
+    /// forward's (1e-4) with peft's fused adapter and with the per-expert one, on the fp32 and
+    /// the NF4 model (31 tokens: the sliding window of 3 is passed many times).
+    func testGptOssDecoderWithAdaptersEqualsBatchedForward() throws {
+        for quantize in [false, true] {
+            let model = try Transformer.load(directory: Fixtures.dir("gpt_oss-clamp"),
+                                             quantize: quantize ? QuantizationSpec(doubleQuant: true) : nil)
+            for adapterDir in ["train-gpt_oss", "train-gpt_oss-experts"] {
+                let adapters = try PEFTAdapter.load(directory: Fixtures.dir(adapterDir), model: model)
+                let seq: [Int32] = [1] + (0..<30).map { Int32(3 + ($0 * 37) % 370) }
+                let d = Decoder(model: model, adapters: adapters, maxLength: 64)
+                let state = ForwardState(config: model.config, batch: 1, seq: seq.count, training: false, loraRank: adapters.maxRank)
+                _ = try model.forward(TokenBatch(sequences: [seq], counted: [Array(repeating: false, count: seq.count)]),
+                                      state: state, adapters: adapters)
+                var worst: Float = 0
+                let v = model.config.vocabSize
+                for (i, t) in seq.enumerated() {
+                    let l = try d.step(t)
+                    for j in 0..<v { worst = max(worst, abs(l[j] - state.logits[i * v + j])) }
+                }
+                print("gpt_oss decoder vs batched, \(adapterDir)\(quantize ? " NF4" : ""): max |diff| \(worst)")
+                XCTAssertLessThan(worst, 1e-4, adapterDir)
+            }
+        }
+    }
 }
