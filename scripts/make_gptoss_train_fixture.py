@@ -22,7 +22,8 @@ Writes
                   d loss / d every LoRA tensor (peft's key names, ".default" dropped) without /
                   with router_aux_loss_coef * aux loss (output_router_logits=True);
                   merged.safetensors: peft's merge_and_unload of the experts' gate_up_proj /
-                  down_proj and the router weight of every layer.
+                  down_proj and the router weight of every layer; grads_nf4.safetensors: the
+                  loss and LoRA gradients on the NF4-quantized base (see qlora_grads).
   train-gpt_oss-experts/  the per-expert equivalent in plain torch (see per_expert_fixture):
                   moe-tune's own per-expert module names, gate and up with their own A.
 The base seed is the first whose every routing decision on the batch, with the adapter, has a
@@ -98,6 +99,30 @@ def nf4_losses(base, ids, mask):
     with open(path, "w") as f:
         json.dump(out, f, indent=2, sort_keys=True)
     return out
+
+
+def qlora_grads(base, out, ids, mask, labels):
+    """QLoRA: peft's adapter (out) on the model whose q/k/v/o and fused experts are replaced by
+    bitsandbytes' NF4 quantize-dequantize with double quantization (as nf4_losses): the loss
+    and the LoRA gradients, to out/grads_nf4.safetensors (key "loss" holds the loss)."""
+    import bitsandbytes.functional as BF
+    from peft import PeftModel
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if ".layers." in name and (name.endswith("proj.weight") or name.endswith(("experts.gate_up_proj", "experts.down_proj"))):
+                w = prm.data.float().contiguous()
+                packed, st = BF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+                prm.copy_(BF.dequantize_4bit(packed, st).reshape(w.shape))
+    model = PeftModel.from_pretrained(model, out, is_trainable=True)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    g = {n.replace(".default", ""): p.grad.float().contiguous() for n, p in params.items()}
+    g["loss"] = loss.detach().reshape(1)
+    save_file(g, os.path.join(out, "grads_nf4.safetensors"))
+    return loss.item()
 
 
 def per_expert_fixture(base, out, ids, mask, labels, r=4, alpha=8):
@@ -301,6 +326,7 @@ def main():
     save_file({k: sd[k].float().contiguous() for k in sorted(sd) if k.endswith(("experts.gate_up_proj", "experts.down_proj", "router.weight"))},
               os.path.join(out, "merged.safetensors"))
     nf4 = nf4_losses(base, ids, mask)
+    nf4["qlora_loss"] = qlora_grads(base, out, ids, mask, labels)
     nf4["per_expert"] = per_expert_fixture(base, os.path.join(a.fixtures, "train-gpt_oss-experts"), ids, mask, labels)
     print(json.dumps({"seed": seed, **nf4, "router_gap": min(gaps), "clamps(gate>L, up>L, up<-L, of)": clamps,
                       "loss": loss.item(), "loss_aux": res.loss.item(), "aux_loss": res.aux_loss.item(),
