@@ -11,9 +11,12 @@ import Foundation
 /// `swiglu_limit`; Layers/ClampedSwiGLU.swift).
 /// Aux loss: transformers 5 adds load_balancing_loss_func times router_aux_loss_coef only with
 /// `output_router_logits` (default false), so the default coefficient is that flag's choice.
-/// Not implemented yet (refused): training (backward through the clamped SwiGLU and expert
-/// biases has no fixture), NF4 of these experts. MXFP4 experts (`quantization_config`
-/// quant_method mxfp4, the released checkpoints) are dequantized to fp32 at load.
+/// Trains LoRA on every target (the experts' backward through ClampedSwiGLU.backward; biases
+/// and sinks frozen); PEFT adapters in peft's fused target_parameters layout both ways
+/// (PEFTAdapter), merge into this layout (Merger), QLoRA with each fused expert tensor
+/// quantized whole (TransposedWeight). MXFP4 experts (`quantization_config` quant_method
+/// mxfp4, the released checkpoints) are dequantized to fp32 at load (re-quantized to NF4 with
+/// QLoRA); merging expert adapters into them and `moe-tune quantize` are refused.
 extension ModelFamily {
     public static let gptOss = ModelFamily(
         name: "gpt_oss", modelTypes: ["gpt_oss"],
