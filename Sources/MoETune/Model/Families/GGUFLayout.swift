@@ -211,13 +211,16 @@ extension ModelFamily {
         case "yarn":
             guard let factor = try value("factor") else { throw MoETuneError.file(path: f.path, message: "metadata '\(k("factor"))' is missing for YaRN") }
             let original = try f.int(k("original_context_length")).map(Double.init) ?? Double(maxPositions) / factor
-            let attention = try value("attn_factor") ?? (factor <= 1 ? 1 : 0.1 * Foundation.log(factor) + 1)
+            let attention = try value("attn_factor") ?? yarnAttentionFactor(factor)
             return .yarn(factor: factor, originalMaxPositions: original, betaFast: try value("yarn_beta_fast") ?? 32,
                          betaSlow: try value("yarn_beta_slow") ?? 1, attentionFactor: attention, truncate: true)
         default:
             throw MoETuneError.file(path: f.path, message: "metadata '\(k("type"))' is '\(type)': RoPE scaling '\(type)' is not supported for GGUF models (supported: none, linear, yarn, rope_freqs.weight)")
         }
     }
+
+    /// YaRN's default attention factor (transformers' and llama.cpp's mscale).
+    static func yarnAttentionFactor(_ factor: Double) -> Double { factor <= 1 ? 1 : 0.1 * Foundation.log(factor) + 1 }
 
     /// The GGUF metadata of config `c` under llama.cpp's keys (the reverse of `config(gguf:)`).
     public func ggufMetadata(_ c: ModelConfig) -> [(String, GGUFValue)] {
@@ -255,8 +258,9 @@ extension ModelFamily {
         case let .yarn(factor, original, fast, slow, attention, _)?:
             out += [(a + ".rope.scaling.type", .string("yarn")), (a + ".rope.scaling.factor", .float32(Float(factor))),
                     (a + ".rope.scaling.original_context_length", .uint32(UInt32(original))),
-                    (a + ".rope.scaling.yarn_beta_fast", .float32(Float(fast))), (a + ".rope.scaling.yarn_beta_slow", .float32(Float(slow))),
-                    (a + ".rope.scaling.attn_factor", .float32(Float(attention)))]
+                    (a + ".rope.scaling.yarn_beta_fast", .float32(Float(fast))), (a + ".rope.scaling.yarn_beta_slow", .float32(Float(slow)))]
+            // llama.cpp derives 0.1 ln(factor) + 1 itself; only another factor is written.
+            if abs(attention - Self.yarnAttentionFactor(factor)) > 1e-9 { out.append((a + ".rope.scaling.attn_factor", .float32(Float(attention)))) }
         default: break
         }
         return out
