@@ -102,6 +102,9 @@ extension GGUFArchTests {
             if case .llama3? = h.ropeScaling {
                 guard case .frequencyFactors(let f)? = g.ropeScaling else { return XCTFail("\(name): rope_freqs.weight not read") }
                 XCTAssertEqual(f.count, h.headDim / 2)
+                // What writing an HF llama3 config gives equals what llama.cpp's converter wrote.
+                let ours = try XCTUnwrap(h.family.ggufRopeFrequencyFactors(h))
+                for (a, b) in zip(ours, f) { XCTAssertEqual(Double(a), b, accuracy: 1e-6 * b, "\(name) rope_freqs") }
             } else if case let .yarn(factor, original, fast, slow, attention, _)? = h.ropeScaling {
                 guard case let .yarn(f2, o2, fa2, s2, a2, _)? = g.ropeScaling else { return XCTFail("\(name): yarn not read") }
                 XCTAssertEqual([factor, original, fast, slow], [f2, o2, fa2, s2], name)
