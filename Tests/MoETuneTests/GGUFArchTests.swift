@@ -72,6 +72,22 @@ extension GGUFArchTests {
         }
     }
 
+    /// `eval` on the GGUF file alone (its SentencePiece tokenizer from `tokenizer.ggml.*`)
+    /// equals transformers' eval loss on the HF folder (sentencepiece ids), 1e-5 relative.
+    func testEvalWithTheGGUFTokenizerMatchesTransformers() throws {
+        for c in Self.cases where !c.reference.hasPrefix(Self.dir) {
+            let loaded = try LoadedModel.load(directory: Self.dir + "/" + c.file + ".gguf")
+            let ds = try Dataset.load(path: Fixtures.dir("eval.jsonl"), tokenizer: loaded.tokenizer,
+                                      vocabSize: loaded.model.config.vocabSize, options: DataOptions())
+            let r = try Evaluator.evaluate(model: loaded.model, dataset: ds, batchSize: 3)
+            let ref = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: c.reference + "/reference.json"))) as! [String: Any]
+            let want = (ref["eval_loss"] as! NSNumber).doubleValue
+            print("\(c.file).gguf eval: \(r.loss) vs transformers \(want), \(r.tokens) tokens")
+            XCTAssertEqual(r.tokens, (ref["eval_tokens"] as! NSNumber).intValue, c.file)
+            XCTAssertLessThanOrEqual(abs(r.loss - want) / want, 1e-5, c.file)
+        }
+    }
+
     /// The configuration read from the GGUF metadata equals the one config.json gives,
     /// field by field, where the file was converted from that folder unchanged.
     func testConfigsEqualTheHuggingFaceFolders() throws {
