@@ -22,10 +22,11 @@ Into Tests/MoETuneTests/Fixtures/gguf/arch/:
   clip_qkv (it writes no attention.clamp_kqv) and writes rms eps 1e-5 whatever the config
   says, so the reference is the olmoe fixture without clip_qkv and with rms_norm_eps 1e-5,
   recomputed the same way.
-- qwen2-f16.gguf (f16) and qwen2-q8_0.gguf (q8_0), each with NAME.reference.safetensors:
-  logits and loss of transformers' own GGUF reader (from_pretrained(gguf_file=...), which
-  dequantizes with gguf-py) on the same input ids. (transformers 5.23's GGUF reader does not
-  map qwen3moe's expert_feed_forward_length, so no MoE file is checked that way.)
+- qwen2-f16.gguf (f16), qwen2-q8_0.gguf and qwen3_moe-q8_0.gguf (q8_0, the 3-D expert tensors
+  quantized too), each with NAME.reference.safetensors: logits and loss of transformers' own
+  GGUF reader (from_pretrained(gguf_file=...), which dequantizes with gguf-py) on the same input
+  ids. transformers 5.23's GGUF config mapping leaves out qwen3moe's expert_feed_forward_length,
+  so that one is read with config= the HF folder's configuration.
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile
 
@@ -72,7 +73,7 @@ def logits_reference(model, ref_path, out):
     print("wrote", out, "loss", o.loss.item())
 
 
-from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 for name in ["mixtral", "qwen2", "qwen3", "qwen3_moe", "granitemoe", "llama3-rope", "llama-yarn"]:
     convert(os.path.join(FIX, name), os.path.join(OUT, name + ".gguf"), "f32")
@@ -112,8 +113,11 @@ def olmoe_as_converted(cfg):
 m = variant("olmoe", "olmoe", olmoe_as_converted)
 assert m.config.clip_qkv is None
 
-for name, outtype in [("qwen2", "f16"), ("qwen2", "q8_0")]:
+for name, outtype in [("qwen2", "f16"), ("qwen2", "q8_0"), ("qwen3_moe", "q8_0")]:
     out = os.path.join(OUT, f"{name}-{outtype}.gguf")
     convert(os.path.join(FIX, name), out, outtype)
-    m = AutoModelForCausalLM.from_pretrained(OUT, gguf_file=os.path.basename(out), dtype=torch.float32)
+    # qwen3moe: the configuration from the HF folder, since transformers' GGUF config mapping
+    # leaves out expert_feed_forward_length (the weights still come from the GGUF).
+    config = AutoConfig.from_pretrained(os.path.join(FIX, name)) if name == "qwen3_moe" else None
+    m = AutoModelForCausalLM.from_pretrained(OUT, gguf_file=os.path.basename(out), config=config, dtype=torch.float32)
     logits_reference(m, os.path.join(FIX, name, "reference.safetensors"), out.replace(".gguf", ".reference.safetensors"))

@@ -7,7 +7,7 @@ import XCTest
 /// folder for the f32 files (the same reference.safetensors FamilyTests uses, or one
 /// recomputed where llama.cpp cannot carry a feature: qwen2_moe without dense layers or
 /// sliding windows, olmoe without clip_qkv and with the rms eps 1e-5 its converter writes), and through transformers' own GGUF reader for
-/// the f16 and q8_0 files. Writing: `merge --format gguf` of each f32 file gives back the
+/// the f16 and q8_0 files (qwen3_moe's q8_0 experts kept in blocks, read per expert slice). Writing: `merge --format gguf` of each f32 file gives back the
 /// same tensors (bit-exact in f32) and the same configuration.
 final class GGUFArchTests: XCTestCase {
     static let dir = Fixtures.dir("gguf/arch")
@@ -29,6 +29,7 @@ final class GGUFArchTests: XCTestCase {
         Case(file: "llama-yarn", reference: Fixtures.dir("llama-yarn"), family: .llama),
         Case(file: "qwen2-f16", reference: dir + "/qwen2-f16", family: .qwen2),
         Case(file: "qwen2-q8_0", reference: dir + "/qwen2-q8_0", family: .qwen2),
+        Case(file: "qwen3_moe-q8_0", reference: dir + "/qwen3_moe-q8_0", family: .qwen3MoE),
     ]
 
     static func referenceFile(_ c: Case) throws -> SafeTensorsFile {
@@ -69,6 +70,14 @@ extension GGUFArchTests {
             let model = try Transformer.load(directory: Self.dir + "/" + c.file + ".gguf")
             XCTAssertEqual(model.config.family, c.family, c.file)
             try check(model, try Self.referenceFile(c), c.file)
+            if c.file.hasSuffix("-q8_0") {
+                // Block weights stay in their format, each expert a slice of the 3-D tensor.
+                XCTAssertEqual(model.layers[1].q.ggml?.type, .q8_0, c.file)
+                if model.config.isMoE {
+                    XCTAssertEqual(model.layers[1].experts[7].down.ggml?.type, .q8_0, c.file)
+                    XCTAssertEqual(model.layers[0].experts[3].gate.ggml?.type, .q8_0, c.file)
+                }
+            }
         }
     }
 

@@ -4,8 +4,10 @@ import Foundation
 /// - `mergedModel`: the base with LoRA adapters folded in (W += Σ w_i s_i B_i A_i), as a
 ///   GGUF of the family's llama.cpp architecture, 2-D weights in the chosen type (1-D
 ///   norms F32; a row length the type's block does not divide falls back to F16),
-///   llama.cpp's q/k row permutation applied, and the base's tokenizer and chat template
-///   metadata (`tokenizer.*`, copied from a GGUF base);
+///   llama.cpp's q/k row permutation applied where the architecture has it, each expert's
+///   weight stacked into the layer's 3-D ffn_*_exps tensor, `rope_freqs.weight` for Llama 3.1
+///   scaling, and the base's tokenizer and chat template metadata (`tokenizer.*`, copied
+///   from a GGUF base);
 /// - `loraAdapter`: a PEFT adapter in llama.cpp's GGUF LoRA format (convert_lora_to_gguf.py,
 ///   llama-adapter.cpp): general.type "adapter", adapter.type "lora", adapter.lora.alpha,
 ///   tensors "<base tensor>.lora_a" = A [r, in] and ".lora_b" = B [out, r] (B's rows
