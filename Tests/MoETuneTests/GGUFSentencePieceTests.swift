@@ -33,8 +33,8 @@ final class GGUFSentencePieceTests: XCTestCase {
     func testGenerateMergesOrdersLikeTransformers() {
         let tokens = ["a", "b", "ab", "ba", "abb", "\u{2581}", "\u{2581}a", "bb"]
         let scores: [Float] = [0, 0, -1, -3, -2, 0, -1, -2]
-        var index: [String: Int] = [:], score: [String: Float] = [:]
-        for (i, t) in tokens.enumerated() { index[t] = i; score[t] = scores[i] }
+        var index: [[UInt8]: Int] = [:], score: [[UInt8]: Float] = [:]
+        for (i, t) in tokens.enumerated() { index[Array(t.utf8)] = i; score[Array(t.utf8)] = scores[i] }
         // Python: generate_merges({t: i}, {t: s}) on these lists.
         XCTAssertEqual(GGUFTokenizer.generateMerges(order: tokens, index: index, score: score),
                        [["a", "b"], ["\u{2581}", "a"], ["ab", "b"], ["a", "bb"], ["b", "b"], ["b", "a"]])

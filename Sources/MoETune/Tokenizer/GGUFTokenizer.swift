@@ -99,11 +99,12 @@ enum GGUFTokenizer {
     /// tokenizer.json of a "llama" (SentencePiece) vocabulary.
     static func sentencePiece(_ f: GGUFFile, path: String, tokens: [String], types: [Int], bos: String?, eos: String?) throws -> [String: Any] {
         // {token: id} and {token: score} as Python dicts build them: a later duplicate's value
-        // wins, at the first one's position.
-        var order: [String] = [], index: [String: Int] = [:]
+        // wins, at the first one's position. Keys are UTF-8 bytes: Swift's String equality
+        // would merge canonically equivalent spellings that Python keeps apart.
+        var order: [String] = [], index: [[UInt8]: Int] = [:]
         for (i, t) in tokens.enumerated() {
-            if index[t] == nil { order.append(t) }
-            index[t] = i
+            if index[Array(t.utf8)] == nil { order.append(t) }
+            index[Array(t.utf8)] = i
         }
         let merges: [[String]]
         if let stored = try f.strings("tokenizer.ggml.merges") {
@@ -112,8 +113,8 @@ enum GGUFTokenizer {
             guard let scores = try f.floatArray("tokenizer.ggml.scores"), scores.count == tokens.count else {
                 throw MoETuneError.file(path: path, message: "metadata 'tokenizer.ggml.scores' is missing or not one per token (needed for the merges of a SentencePiece vocabulary)")
             }
-            var score: [String: Float] = [:]
-            for (t, v) in zip(tokens, scores) { score[t] = v }
+            var score: [[UInt8]: Float] = [:]
+            for (t, v) in zip(tokens, scores) { score[Array(t.utf8)] = v }
             merges = generateMerges(order: order, index: index, score: score)
         }
         var added: [Any] = [], seen = Set<Int>()
@@ -123,19 +124,19 @@ enum GGUFTokenizer {
                           "normalized": false, "special": special] as [String: Any])
         }
         for key in ["unknown_token_id", "bos_token_id", "eos_token_id", "padding_token_id"] {
-            if let id = try f.int("tokenizer.ggml." + key), id >= 0, id < tokens.count { add(index[tokens[id]]!, special: true) }
+            if let id = try f.int("tokenizer.ggml." + key), id >= 0, id < tokens.count { add(index[Array(tokens[id].utf8)]!, special: true) }
         }
-        for (i, type) in types.prefix(tokens.count).enumerated() where type == 3 { add(index[tokens[i]]!, special: true) }
-        for (i, type) in types.prefix(tokens.count).enumerated() where type == 4 { add(index[tokens[i]]!, special: false) }
+        for (i, type) in types.prefix(tokens.count).enumerated() where type == 3 { add(index[Array(tokens[i].utf8)]!, special: true) }
+        for (i, type) in types.prefix(tokens.count).enumerated() where type == 4 { add(index[Array(tokens[i].utf8)]!, special: false) }
         let seqA: [String: Any] = ["Sequence": ["id": "A", "type_id": 0] as [String: Any]]
         var single: [Any] = [seqA], specials: [String: Any] = [:]
         if try f.bool("tokenizer.ggml.add_bos_token") ?? true, let bos {
             single.insert(["SpecialToken": ["id": bos, "type_id": 0] as [String: Any]], at: 0)
-            specials[bos] = ["id": bos, "ids": [index[bos]!], "tokens": [bos]] as [String: Any]
+            specials[bos] = ["id": bos, "ids": [index[Array(bos.utf8)]!], "tokens": [bos]] as [String: Any]
         }
         if try f.bool("tokenizer.ggml.add_eos_token") == true, let eos {
             single.append(["SpecialToken": ["id": eos, "type_id": 0] as [String: Any]])
-            specials[eos] = ["id": eos, "ids": [index[eos]!], "tokens": [eos]] as [String: Any]
+            specials[eos] = ["id": eos, "ids": [index[Array(eos.utf8)]!], "tokens": [eos]] as [String: Any]
         }
         return [
             "version": "1.0", "truncation": JSONNull(), "padding": JSONNull(),
@@ -148,7 +149,7 @@ enum GGUFTokenizer {
                 ["type": "Strip", "content": " ", "start": 1, "stop": 0] as [String: Any]]] as [String: Any],
             "model": ["type": "BPE", "dropout": JSONNull(), "unk_token": JSONNull(), "continuing_subword_prefix": JSONNull(),
                       "end_of_word_suffix": JSONNull(), "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                      "vocab": VocabPairs(pairs: order.map { ($0, index[$0]! as Any) }), "merges": merges as [Any]] as [String: Any],
+                      "vocab": VocabPairs(pairs: order.map { ($0, index[Array($0.utf8)]! as Any) }), "merges": merges as [Any]] as [String: Any],
         ]
     }
 
@@ -156,8 +157,8 @@ enum GGUFTokenizer {
     /// order) every split into two pieces of the vocabulary, ordered by the pieces' ids;
     /// then all of them stably sorted by (score, left length, right length), largest first.
     /// Lengths and splits count Unicode scalars, as Python's str does.
-    static func generateMerges(order: [String], index: [String: Int], score: [String: Float]) -> [[String]] {
-        struct Merge { var left: String; var right: String; var score: Float; var lengths: (Int, Int); var seq: Int }
+    static func generateMerges(order: [String], index: [[UInt8]: Int], score: [[UInt8]: Float]) -> [[String]] {
+        struct Merge { var left: String; var right: String; var ids: (Int, Int); var score: Float; var lengths: (Int, Int); var seq: Int }
         var all: [Merge] = []
         for piece in order {
             let scalars = Array(piece.unicodeScalars)
@@ -165,10 +166,10 @@ enum GGUFTokenizer {
             var local: [Merge] = []
             for cut in 1..<scalars.count {
                 let l = String(String.UnicodeScalarView(scalars[..<cut])), r = String(String.UnicodeScalarView(scalars[cut...]))
-                guard index[l] != nil, index[r] != nil else { continue }
-                local.append(Merge(left: l, right: r, score: score[piece]!, lengths: (cut, scalars.count - cut), seq: 0))
+                guard let li = index[Array(l.utf8)], let ri = index[Array(r.utf8)] else { continue }
+                local.append(Merge(left: l, right: r, ids: (li, ri), score: score[Array(piece.utf8)]!, lengths: (cut, scalars.count - cut), seq: 0))
             }
-            local.sort { (index[$0.left]!, index[$0.right]!) < (index[$1.left]!, index[$1.right]!) }
+            local.sort { $0.ids < $1.ids }
             for var m in local { m.seq = all.count; all.append(m) }
         }
         all.sort { a, b in
