@@ -32,7 +32,8 @@ def load_file(path):
 FIX = "Tests/MoETuneTests/Fixtures"
 ARCH = os.path.join(FIX, "gguf", "arch")
 CASES = {"mixtral": "mixtral", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2_moe": None, "qwen3_moe": "qwen3_moe",
-         "olmoe": None, "granitemoe": "granitemoe", "llama3-rope": "llama3-rope", "llama-yarn": "llama-yarn"}
+         "olmoe": None, "granitemoe": "granitemoe", "llama3-rope": "llama3-rope", "llama-yarn": "llama-yarn",
+         "llama-linear": "llama-linear"}
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bin", default=".build/debug/moe-tune")

@@ -12,7 +12,7 @@ would otherwise ask for a BPE tokenizer.json.
 
 Into Tests/MoETuneTests/Fixtures/gguf/arch/:
 - NAME.gguf (f32) for NAME in mixtral (llama with experts), qwen2, qwen3, qwen3_moe,
-  granitemoe, llama3-rope (rope_freqs.weight), llama-yarn (rope.scaling.*): the test
+  granitemoe, llama3-rope (rope_freqs.weight), llama-yarn, llama-linear (rope.scaling.*): the test
   compares their logits and loss with the HF folder's reference.safetensors.
 - qwen2_moe.gguf (f32) with qwen2_moe.reference.safetensors: llama.cpp cannot convert a
   qwen2_moe with dense layers (mlp_only_layers) nor carry a sliding window, so this is the
@@ -75,7 +75,7 @@ def logits_reference(model, ref_path, out):
 
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-for name in ["mixtral", "qwen2", "qwen3", "qwen3_moe", "granitemoe", "llama3-rope", "llama-yarn"]:
+for name in ["mixtral", "qwen2", "qwen3", "qwen3_moe", "granitemoe", "llama3-rope", "llama-yarn", "llama-linear"]:
     convert(os.path.join(FIX, name), os.path.join(OUT, name + ".gguf"), "f32")
 
 

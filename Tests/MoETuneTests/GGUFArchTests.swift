@@ -27,6 +27,7 @@ final class GGUFArchTests: XCTestCase {
         Case(file: "granitemoe", reference: Fixtures.dir("granitemoe"), family: .graniteMoE),
         Case(file: "llama3-rope", reference: Fixtures.dir("llama3-rope"), family: .llama),
         Case(file: "llama-yarn", reference: Fixtures.dir("llama-yarn"), family: .llama),
+        Case(file: "llama-linear", reference: Fixtures.dir("llama-linear"), family: .llama),
         Case(file: "qwen2-f16", reference: dir + "/qwen2-f16", family: .qwen2),
         Case(file: "qwen2-q8_0", reference: dir + "/qwen2-q8_0", family: .qwen2),
         Case(file: "qwen3_moe-q8_0", reference: dir + "/qwen3_moe-q8_0", family: .qwen3MoE),
