@@ -170,33 +170,36 @@ extension GGUFArchTests {
         }
     }
 
-    /// An expert adapter merged into the stacked ffn_*_exps tensors: the merged qwen3_moe
-    /// GGUF's loss equals eval --adapter's (1e-5 relative, f32).
+    /// A LoRA on every linear kind, experts included, trained on a GGUF MoE base (f32, and q8_0
+    /// whose experts stay in blocks and are read per expert slice), merged into the stacked
+    /// ffn_*_exps tensors of an f32 GGUF: its loss equals eval --adapter's (1e-5 relative).
     func testMergedMoEAdapterMatchesEvalAdapter() throws {
-        let tmp = try makeTempDir(self)
-        let base = Self.dir + "/qwen3_moe.gguf"
-        let cfgPath = Fixtures.root + "/../../../configs/demo.yaml"
-        let cfg = try TrainConfig.load(path: cfgPath,
-                                       overrides: ["model=\(base)", "training.max_steps=4", "training.out_dir=\(tmp)/lora",
-                                                   "data.train=\(Fixtures.dir("eval.jsonl"))", "data.valid=null", "data.test=null",
-                                                   "training.eval_every=0", "optimizer.lr=0.02", "schedule.warmup_steps=0",
-                                                   "training.batch_size=2"])
-        _ = try Trainer(config: cfg, configPath: cfgPath).run()
-        func evalLoss(_ model: String, adapter: String? = nil) throws -> Double {
-            let loaded = try LoadedModel.load(directory: model)
-            let ds = try Dataset.load(path: Fixtures.dir("eval.jsonl"), tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize, options: DataOptions())
-            let set = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
-            return try Evaluator.evaluate(model: loaded.model, adapters: set, dataset: ds, batchSize: 3).loss
+        for file in ["qwen3_moe", "qwen3_moe-q8_0"] {
+            let tmp = try makeTempDir(self)
+            let base = Self.dir + "/" + file + ".gguf"
+            let cfgPath = Fixtures.root + "/../../../configs/demo.yaml"
+            let cfg = try TrainConfig.load(path: cfgPath,
+                                           overrides: ["model=\(base)", "training.max_steps=4", "training.out_dir=\(tmp)/lora",
+                                                       "data.train=\(Fixtures.dir("eval.jsonl"))", "data.valid=null", "data.test=null",
+                                                       "training.eval_every=0", "optimizer.lr=0.02", "schedule.warmup_steps=0",
+                                                       "training.batch_size=2"])
+            _ = try Trainer(config: cfg, configPath: cfgPath).run()
+            func evalLoss(_ model: String, adapter: String? = nil) throws -> Double {
+                let loaded = try LoadedModel.load(directory: model)
+                let ds = try Dataset.load(path: Fixtures.dir("eval.jsonl"), tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize, options: DataOptions())
+                let set = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
+                return try Evaluator.evaluate(model: loaded.model, adapters: set, dataset: ds, batchSize: 3).loss
+            }
+            let withAdapter = try evalLoss(base, adapter: tmp + "/lora"), baseLoss = try evalLoss(base)
+            XCTAssertGreaterThan(abs(withAdapter - baseLoss), 1e-3, "\(file): the adapter changes the model")
+            let s = try GGUFExport.mergedModel(model: base, adapters: [(tmp + "/lora", 1)], out: tmp + "/m.gguf", type: .f32, overwrite: false)
+            XCTAssertGreaterThan(s.mergedModules, 2 * 3 * 8, "\(file): expert modules merged")
+            let merged = try evalLoss(tmp + "/m.gguf")
+            print("\(file) merged f32: \(merged) vs eval --adapter \(withAdapter) (base \(baseLoss))")
+            XCTAssertLessThanOrEqual(abs(merged - withAdapter) / withAdapter, 1e-5, file)
+            assertMoETuneError(try GGUFExport.loraAdapter(model: base, adapter: tmp + "/lora", out: tmp + "/a.gguf", overwrite: false),
+                               contains: ["experts.", "expert"])
         }
-        let withAdapter = try evalLoss(base, adapter: tmp + "/lora"), baseLoss = try evalLoss(base)
-        XCTAssertGreaterThan(abs(withAdapter - baseLoss), 1e-3, "the adapter changes the model")
-        let s = try GGUFExport.mergedModel(model: base, adapters: [(tmp + "/lora", 1)], out: tmp + "/m.gguf", type: .f32, overwrite: false)
-        XCTAssertGreaterThan(s.mergedModules, 2 * 2 * 8, "expert modules merged")
-        let merged = try evalLoss(tmp + "/m.gguf")
-        print("qwen3_moe merged f32: \(merged) vs eval --adapter \(withAdapter) (base \(baseLoss))")
-        XCTAssertLessThanOrEqual(abs(merged - withAdapter) / withAdapter, 1e-5)
-        assertMoETuneError(try GGUFExport.loraAdapter(model: base, adapter: tmp + "/lora", out: tmp + "/a.gguf", overwrite: false),
-                           contains: ["experts.", "expert"])
     }
 
     func testRefusals() throws {
