@@ -85,7 +85,7 @@ public final class Checkpoint: @unchecked Sendable {
     /// The tensor's entry; a GGUF tensor is described as the F32 tensor it dequantizes to.
     public func info(_ name: String) -> TensorInfo? {
         if let g = gguf {
-            return g.tensor(name).map { TensorInfo(name: name, dtype: .f32, shape: $0.shape, offset: 0, byteCount: 4 * $0.count) }
+            return g.shape(name).map { TensorInfo(name: name, dtype: .f32, shape: $0, offset: 0, byteCount: 4 * $0.reduce(1, *)) }
         }
         return location[name]?.info
     }

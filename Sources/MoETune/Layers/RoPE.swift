@@ -101,6 +101,9 @@ public enum RoPEScaling: Equatable, Sendable {
     /// correction range of beta_fast..beta_slow rotations; cos and sin times attentionFactor.
     case yarn(factor: Double, originalMaxPositions: Double, betaFast: Double, betaSlow: Double,
               attentionFactor: Double, truncate: Bool)
+    /// inv_freq[i] / factors[i]: llama.cpp's `rope_freqs.weight` (how a GGUF file carries
+    /// Llama 3.1's scaling, the divisors convert_hf_to_gguf computed from rope_scaling).
+    case frequencyFactors([Double])
 
     static let supportedTypes = ["default", "linear", "llama3", "yarn"]
 
@@ -178,6 +181,8 @@ public enum RoPEScaling: Equatable, Sendable {
             return (base.map { Float($0) }, 1)
         case .linear(let factor):
             return (base.map { Float($0 / factor) }, 1)
+        case .frequencyFactors(let factors):
+            return (zip(base, factors).map { Float($0 / $1) }, 1)
         case let .llama3(factor, lowFF, highFF, original):
             let lowWave = original / lowFF, highWave = original / highFF
             let inv = base.map { f -> Float in

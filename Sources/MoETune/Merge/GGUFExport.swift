@@ -4,8 +4,10 @@ import Foundation
 /// - `mergedModel`: the base with LoRA adapters folded in (W += Σ w_i s_i B_i A_i), as a
 ///   GGUF of the family's llama.cpp architecture, 2-D weights in the chosen type (1-D
 ///   norms F32; a row length the type's block does not divide falls back to F16),
-///   llama.cpp's q/k row permutation applied, and the base's tokenizer and chat template
-///   metadata (`tokenizer.*`, copied from a GGUF base);
+///   llama.cpp's q/k row permutation applied where the architecture has it, each expert's
+///   weight stacked into the layer's 3-D ffn_*_exps tensor, `rope_freqs.weight` for Llama 3.1
+///   scaling, and the base's tokenizer and chat template metadata (`tokenizer.*`, copied
+///   from a GGUF base);
 /// - `loraAdapter`: a PEFT adapter in llama.cpp's GGUF LoRA format (convert_lora_to_gguf.py,
 ///   llama-adapter.cpp): general.type "adapter", adapter.type "lora", adapter.lora.alpha,
 ///   tensors "<base tensor>.lora_a" = A [r, in] and ".lora_b" = B [out, r] (B's rows
@@ -37,7 +39,7 @@ public enum GGUFExport {
     }
 
     static func family(_ c: ModelConfig, _ model: String) throws -> ModelFamily {
-        guard c.family.ggufArchitecture != nil, !c.isMoE else {
+        guard c.family.ggufArchitecture != nil else {
             throw MoETuneError.file(path: model, message: "GGUF output supports \(ModelFamily.supportedGGUFArchitectures.joined(separator: ", ")) models; this is \(c.family.name)")
         }
         return c.family
@@ -98,7 +100,16 @@ public enum GGUFExport {
         if type.blockSize > 1 { w.set("general.quantization_version", .uint32(2)) }
         for (k, v) in try tokenizerMetadata(ck, model: modelPath) { w.set(k, v) }
 
+        if let factors = f.ggufRopeFrequencyFactors(c) {
+            factors.withUnsafeBufferPointer { w.add("rope_freqs.weight", shape: [factors.count], floats: $0.baseAddress!, as: .f32) }
+        }
+        if c.slidingWindow != nil {
+            throw MoETuneError.file(path: modelPath, message: "sliding-window attention cannot be written to a GGUF \(f.ggufArchitecture!) model (llama.cpp would attend to every position)")
+        }
         var merged = 0
+        // An expert's weight goes into its slice of the layer's 3-D ffn_*_exps tensor,
+        // written once the last expert is in.
+        var stacked: [Float] = []
         for n in f.ggufTensorNames(c) {
             let source = (untie && n.hf == f.lmHead) ? f.embedTokens : n.hf
             guard let info = ck.info(source) else { throw MoETuneError.file(path: modelPath, message: "tensor '\(source)' not found") }
@@ -116,11 +127,19 @@ public enum GGUFExport {
                 throw MoETuneError.file(path: modelPath, message: "merging gives a non-finite weight in \(n.hf) (element \(i) is \(values[i])); check the adapters and the base for NaN/inf values")
             }
             if let heads = n.permuteHeads { values = permuteRows(values, rows: shape[0], cols: shape[1], heads: heads) }
+            var outShape = shape
+            if let e = n.expert {
+                if e == 0 { stacked = [] }
+                stacked += values
+                guard e == c.numExperts - 1 else { continue }
+                values = stacked
+                outShape = [c.numExperts] + shape
+            }
             let t: GGMLType = shape.count == 1 ? .f32 : (shape.last! % type.blockSize == 0 ? type : .f16)
-            values.withUnsafeBufferPointer { w.add(n.gguf, shape: shape, floats: $0.baseAddress!, as: t) }
+            values.withUnsafeBufferPointer { w.add(n.gguf, shape: outShape, floats: $0.baseAddress!, as: t) }
         }
         guard merged == all.count else {
-            throw MoETuneError.invalid("the adapters hold \(all.count) modules but \(merged) map onto \(f.ggufArchitecture!) tensors (routers and experts cannot be written to GGUF yet)")
+            throw MoETuneError.invalid("the adapters hold \(all.count) modules but \(merged) map onto \(f.ggufArchitecture!) tensors")
         }
         let data = w.serialized()
         try AtomicFile.write(data, to: out)
@@ -164,6 +183,9 @@ public enum GGUFExport {
         for a in set.all {
             guard let n = names[a.module + ".weight"] else {
                 throw MoETuneError.file(path: adapterPath, message: "module '\(a.module)' has no tensor in a GGUF \(f.ggufArchitecture!) model (tied lm_head adapters and experts are not supported)")
+            }
+            guard n.expert == nil else {
+                throw MoETuneError.file(path: adapterPath, message: "module '\(a.module)' is an expert: a GGUF LoRA cannot hold one expert's adapter (merge it with `merge --format gguf` instead)")
             }
             var bvals = Array(UnsafeBufferPointer(start: a.b, count: a.outFeatures * a.rank))
             if !uniform {

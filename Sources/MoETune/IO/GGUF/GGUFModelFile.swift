@@ -2,12 +2,20 @@ import Foundation
 
 /// A GGUF model file opened as a checkpoint: the configuration from its metadata, and each
 /// Hugging Face tensor name of the family mapped onto its GGUF tensor (Families/GGUFLayout.swift),
-/// with llama.cpp's q/k row permutation undone on the way out. Tensors the family does
-/// not know are refused, naming them, so that nothing is silently ignored.
+/// with llama.cpp's q/k row permutation undone on the way out and an expert's weight read
+/// as its slice of the layer's 3-D ffn_*_exps tensor. Tensors the family does not know are
+/// refused, naming them, so that nothing is silently ignored.
 final class GGUFModelFile: @unchecked Sendable {
     let file: GGUFFile
     let config: ModelConfig
-    private let byHF: [String: (info: GGUFTensorInfo, permuteHeads: Int?)]
+    private struct Entry {
+        let info: GGUFTensorInfo
+        let permuteHeads: Int?
+        let expert: Int?
+        /// The Hugging Face shape: the GGUF shape, less the expert dimension of a slice.
+        var shape: [Int] { expert == nil ? info.shape : Array(info.shape.dropFirst()) }
+    }
+    private let byHF: [String: Entry]
 
     static func isGGUFPath(_ path: String) -> Bool { path.lowercased().hasSuffix(".gguf") }
 
@@ -19,13 +27,22 @@ final class GGUFModelFile: @unchecked Sendable {
         guard !isDir.boolValue else { throw MoETuneError.file(path: path, message: "is a folder, not a GGUF file") }
         file = try GGUFFile(path: path)
         config = try ModelFamily.config(gguf: file)
-        var map: [String: (GGUFTensorInfo, Int?)] = [:]
+        var map: [String: Entry] = [:]
         var used = Set<String>()
+        if case .frequencyFactors? = config.ropeScaling { used.insert("rope_freqs.weight") }
         for n in config.family.ggufTensorNames(config) {
             guard let t = file.tensor(n.gguf) else {
                 throw MoETuneError.file(path: path, message: "tensor '\(n.gguf)' (\(n.hf)) is missing")
             }
-            map[n.hf] = (t, n.permuteHeads)
+            if n.expert != nil {
+                guard t.shape.count == 3, t.shape[0] == config.numExperts else {
+                    throw MoETuneError.file(path: path, message: "tensor '\(n.gguf)' has shape \(t.shape), expected [\(config.numExperts), rows, cols] (one matrix per expert)")
+                }
+                guard t.dims[0] % t.type.blockSize == 0 else {
+                    throw MoETuneError.file(path: path, message: "tensor '\(n.gguf)': row length \(t.dims[0]) is not a multiple of the \(t.type.name) block")
+                }
+            }
+            map[n.hf] = Entry(info: t, permuteHeads: n.permuteHeads, expert: n.expert)
             used.insert(n.gguf)
         }
         if let extra = file.tensors.first(where: { !used.contains($0.name) }) {
@@ -36,7 +53,10 @@ final class GGUFModelFile: @unchecked Sendable {
 
     var tensorNames: [String] { Array(byHF.keys) }
     func contains(_ name: String) -> Bool { byHF[name] != nil }
+    /// The GGUF tensor behind Hugging Face tensor `name`.
     func tensor(_ name: String) -> GGUFTensorInfo? { byHF[name]?.info }
+    /// The Hugging Face shape of tensor `name` (an expert's [rows, cols]).
+    func shape(_ name: String) -> [Int]? { byHF[name]?.shape }
 
     /// Source row of Hugging Face row r of tensor `name`.
     private func sourceRow(_ name: String, rows: Int) -> (Int) -> Int {
@@ -48,22 +68,24 @@ final class GGUFModelFile: @unchecked Sendable {
         }
     }
 
-    private func checked(_ name: String, shape: [Int]) throws -> GGUFTensorInfo {
-        guard let t = byHF[name]?.info else {
+    /// The entry of `name` checked against `shape`, and the address of its first row.
+    private func checked(_ name: String, shape: [Int]) throws -> (Entry, UnsafeRawPointer) {
+        guard let e = byHF[name] else {
             throw MoETuneError.file(path: file.path, message: "tensor for '\(name)' not found in the GGUF file")
         }
-        guard t.shape == shape else {
-            throw MoETuneError.file(path: file.path, message: "tensor '\(t.name)' has shape \(t.shape), expected \(shape) from the GGUF metadata")
+        guard e.shape == shape else {
+            throw MoETuneError.file(path: file.path, message: "tensor '\(e.info.name)' has \(e.expert.map { "per-expert shape \(e.shape) (expert \($0))" } ?? "shape \(e.shape)"), expected \(shape) from the GGUF metadata")
         }
-        return t
+        let t = e.info, cols = t.dims[0], rows = shape.count > 1 ? shape.dropLast().reduce(1, *) : 1
+        let offset = (e.expert ?? 0) * rows * t.type.bytes(count: cols)
+        return (e, file.bytes(of: t) + offset)
     }
 
     /// Tensor `name` [shape] dequantized to fp32 into dst, in Hugging Face row order.
     func dequantize(_ name: String, shape: [Int], into dst: UnsafeMutablePointer<Float>) throws {
-        let t = try checked(name, shape: shape)
-        let cols = t.dims[0], rows = t.count / max(cols, 1)
+        let (e, base) = try checked(name, shape: shape)
+        let t = e.info, cols = t.dims[0], rows = shape.reduce(1, *) / max(cols, 1)
         let src = sourceRow(name, rows: rows), rowBytes = t.type.bytes(count: cols)
-        let base = file.bytes(of: t)
         parallelChunks(rows, minChunk: max(1, 16384 / max(cols, 1))) { range in
             for r in range { GGMLDequantize.run(t.type, base + src(r) * rowBytes, count: cols, into: dst + r * cols) }
         }
@@ -73,9 +95,9 @@ final class GGUFModelFile: @unchecked Sendable {
     /// A weight [rows, cols] kept in its ggml block format, or nil when the file stores it
     /// as F32/F16/BF16 (read as fp32 instead).
     func blockWeight(_ name: String, rows: Int, cols: Int) throws -> GGMLWeight? {
-        let t = try checked(name, shape: [rows, cols])
-        guard t.type.blockSize > 1 else { return nil }
-        defer { file.release(t) }
-        return GGMLWeight(type: t.type, rows: rows, cols: cols, src: file.bytes(of: t), sourceRow: sourceRow(name, rows: rows))
+        let (e, base) = try checked(name, shape: [rows, cols])
+        guard e.info.type.blockSize > 1 else { return nil }
+        defer { file.release(e.info) }
+        return GGMLWeight(type: e.info.type, rows: rows, cols: cols, src: base, sourceRow: sourceRow(name, rows: rows))
     }
 }

@@ -40,5 +40,6 @@ extension ModelFamily {
             c.attentionMultiplier = try multiplier("attention_multiplier")
             c.residualMultiplier = try multiplier("residual_multiplier")
             c.logitsScaling = try multiplier("logits_scaling")
-        })
+        },
+        ggufArchitecture: "granitemoe")
 }

@@ -12,5 +12,6 @@ extension ModelFamily {
             try r.refuse("mlp_bias", message: "biases in linear layers are not supported")
             c.slidingWindow = try r.optionalInt("sliding_window")
             try r.readExperts(&c, countKey: "num_local_experts", defaultCount: 8, defaultTopK: 2)
-        })
+        },
+        ggufArchitecture: "llama")
 }

@@ -22,5 +22,6 @@ extension ModelFamily {
             try r.readExperts(&c, countKey: countKey, defaultCount: 64, defaultTopK: 8)
             c.expertIntermediateSize = c.intermediateSize
             c.normTopKProb = try r.optionalBool("norm_topk_prob") ?? false
-        })
+        },
+        ggufArchitecture: "olmoe")
 }

@@ -12,5 +12,6 @@ extension ModelFamily {
             c.qkvBias = true
             try r.refuse("mlp_bias", message: "biases in MLP layers are not supported")
             try r.readQwenSlidingWindow(&c) { l, maxWindowLayers in l >= maxWindowLayers }
-        })
+        },
+        ggufArchitecture: "qwen2")
 }

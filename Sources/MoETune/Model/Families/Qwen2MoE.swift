@@ -25,5 +25,6 @@ extension ModelFamily {
             guard c.sharedExpertIntermediateSize > 0 else {
                 throw MoETuneError.config(path: r.path, key: "shared_expert_intermediate_size", message: "must be positive")
             }
-        })
+        },
+        ggufArchitecture: "qwen2moe")
 }

@@ -12,5 +12,6 @@ extension ModelFamily {
             c.qkNorm = .perHead
             try r.refuse("attention_bias", message: "q/k/v/o biases are not supported for qwen3")
             try r.readQwenSlidingWindow(&c) { l, maxWindowLayers in l >= maxWindowLayers }
-        })
+        },
+        ggufArchitecture: "qwen3")
 }

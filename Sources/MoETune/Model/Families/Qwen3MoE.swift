@@ -25,5 +25,6 @@ extension ModelFamily {
             let countKey = r.json["num_experts"] != nil ? "num_experts" : "num_local_experts"
             try r.readExperts(&c, countKey: countKey, defaultCount: 128, defaultTopK: 8)
             try r.readSparseLayout(&c, defaultExpertIntermediate: 768, defaultNormTopK: false)
-        })
+        },
+        ggufArchitecture: "qwen3moe")
 }
