@@ -2,8 +2,9 @@ import Foundation
 
 /// Token-by-token inference with a KV cache: each step runs one new token through every
 /// layer, attending over the keys and values of all earlier positions, which stay in the
-/// cache. Uses the same layer functions as the batched forward pass (rows = 1), with
-/// adapters applied (LoRA, fully trained routers). Allocates everything up front.
+/// cache. Walks each layer through the same description and sublayer functions as the
+/// batched forward pass (Model/DecoderLayer.swift, rows = 1), with adapters applied (LoRA,
+/// fully trained routers). Allocates everything up front.
 public final class Decoder {
     public let model: Transformer
     public let adapters: AdapterSet?
