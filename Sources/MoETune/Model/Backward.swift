@@ -87,108 +87,40 @@ extension Transformer {
         // and in that layer no gradient for its input.
         let lowest = lowestTrainedLayer(adapters)
         for l in stride(from: c.numLayers - 1, through: lowest, by: -1) {
-            let w = layers[l], a = s.layer(l), ad = adapters.layers[l]
-            let u = a.lora
+            // The layer's walk backward (Model/DecoderLayer.swift), each sublayer's backward
+            // beside its forward there.
+            let layer = decoderLayer(l), w = layer.weights, a = s.layer(l), ad = adapters.layers[l]
+            let x = s.residualIn(l).pointer, mid = s.midBuffer(l).pointer
             // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H] and
-            // d ffn = r * d out (dscaled when r != 1, r = residual_multiplier).
+            // d ffn = r * d out (r = residual_multiplier).
             // mid and ln2 are shared between layers: recompute this layer's,
             // mid = x + r * o_proj(attn) (+ LoRA), ln2 = norm(mid).
-            let mid = s.midBuffer(l).pointer
-            attentionResidual(mid: mid, x: s.residualIn(l).pointer, attn: a.attn.pointer, rows: n, weight: w.o,
-                              adapter: ad.o, u: u?.o.pointer, scratch: a.ln2.pointer, bias: w.oBias)
-            var dffn = UnsafePointer(g.dres.pointer)
-            if let ds = g.dscaled {
-                scaledCopy(ds.pointer, g.dres.pointer, count: n * h, scale: c.residualMultiplier)
-                dffn = UnsafePointer(ds.pointer)
-            }
-            rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: s.midBuffer(l).pointer, weight: w.postAttentionNorm,
+            layer.attentionOutput(mid: mid, x: x, attn: a.attn.pointer, rows: n, adapter: ad.o,
+                                  u: a.lora?.o.pointer, scratch: a.ln2.pointer)
+            let dffn = layer.scaledGradient(g.dres.pointer, count: n * h, scaled: g.dscaled)
+            rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: w.postAttentionNorm,
                            rows: n, cols: h, eps: c.rmsNormEps)
-            if let mlp = w.mlp {
-                feedForwardBackward(dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, rows: n,
-                                    weights: mlp, adapters: ad.mlp, cache: u?.ffn ?? FeedForwardLoRACache(),
-                                    gate: a.gate!.pointer, up: a.up!.pointer,
-                                    dgate: g.dgate.pointer, dup: g.dup.pointer, du: du, accumulate: false)
-            } else if let router = w.router {
-                moeBackward(layer: l, dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, tokens: n,
-                            router: adapters.trainedRouter(layer: l) ?? router, trained: adapters.routers[l],
-                            noise: adapters.noiseWeights[l],
-                            adapters: ad, acts: a, state: s, grads: g, auxScale: auxScale)
-                if let se = w.sharedExpert, let sa = a.shared,
-                   let ds = g.dshared, let dz = g.dsharedGate {
-                    sharedExpertBackward(dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, rows: n, hidden: h,
-                                         weights: se, gate: w.sharedExpertGate, adapters: ad.shared,
-                                         cache: u?.sharedFFN ?? FeedForwardLoRACache(), acts: sa,
-                                         ds: ds.pointer, dz: dz.pointer, dgate: g.dgate.pointer, dup: g.dup.pointer, du: du)
-                }
-            }
-            rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.midBuffer(l).pointer,
+            layer.feedForwardSublayerBackward(dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, rows: n, model: self,
+                                              adapters: adapters, acts: a, state: s, grads: g, auxScale: auxScale)
+            rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: mid,
                             weight: w.postAttentionNorm, rstd: a.rstd2.pointer, rows: n, cols: h)
-            // Attention block: mid = x + r * o_proj(attn); dres now holds d mid [N, H], and
-            // d o_proj's output = r * d mid (dscaled when r != 1).
-            var dout = UnsafePointer(g.dres.pointer)
-            if let ds = g.dscaled {
-                scaledCopy(ds.pointer, g.dres.pointer, count: n * h, scale: c.residualMultiplier)
-                dout = UnsafePointer(ds.pointer)
-            }
-            linearBackwardInput(dx: g.dattn.pointer, dy: dout, rows: n, weight: w.o, accumulate: false)
-            if let lo = ad.o {
-                loraBackward(dx: g.dattn.pointer, dy: dout, x: a.attn.pointer, rows: n, adapter: lo,
-                             u: u!.o.pointer, du: du)
-            }
-            // MLA: d of o_proj's input [N, nH*vD] padded back to the kernel's [N, nH*D].
-            if let m = c.mla { mlaExpandGradient(g.dattn.pointer, rows: n, heads: c.numHeads, shape: m) }
+            // Attention block: mid = x + r * o_proj(attn); dres now holds d mid [N, H].
+            layer.attentionOutputBackward(dattn: g.dattn.pointer, dmid: g.dres.pointer, attn: a.attn.pointer, rows: n,
+                                          adapter: ad.o, u: a.lora?.o.pointer, grads: g)
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
                               scratch: g.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: s.positions,
-                              sinks: w.sinks)
-            if let m = c.mla, let ma = a.mla, let mg = g.mla, let mw = w.mlaWeights {
-                if ad.q != nil || ad.k != nil || ad.v != nil {
-                    rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
-                                   rows: n, cols: h, eps: c.rmsNormEps)
-                }
-                mlaBackward(dx: g.dln.pointer, dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, x: a.ln1.pointer,
-                            rows: n, seq: t, heads: c.numHeads, shape: m, weights: mw,
-                            adapters: MLAAdapters(q: ad.q, kvA: ad.k, kvB: ad.v, uq: u?.q.pointer, ukvA: u?.k.pointer, ukvB: u?.v.pointer),
-                            acts: ma, grads: mg, rope: rope, du: du, positions: s.positions)
-                rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
-                                weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
-                continue
-            }
-            rope.backward(g.dq.pointer, batch: b, seq: t, heads: c.numHeads, positions: s.positions)
-            rope.backward(g.dk.pointer, batch: b, seq: t, heads: c.numKVHeads, positions: s.positions)
-            if let clip = c.clipQKV, let cq = a.qClip, let ck = a.kClip, let cv = a.vClip {
-                // clip_qkv: no gradient where the value was clamped.
-                clampBackward(g.dq.pointer, x: cq.pointer, count: n * c.qDim, limit: clip)
-                clampBackward(g.dk.pointer, x: ck.pointer, count: n * c.kvDim, limit: clip)
-                clampBackward(g.dv.pointer, x: cv.pointer, count: n * c.kvDim, limit: clip)
-            }
-            if let qn = w.qNorm, let kn = w.kNorm, let scratch = g.dqkRaw {
-                // Backward of the q/k RMSNorm: d q_raw from d q (both [N, nH*D]); then k.
-                let qs = c.qkNormShape(tokens: n, heads: c.numHeads), ks = c.qkNormShape(tokens: n, heads: c.numKVHeads)
-                scratch.pointer.update(repeating: 0, count: n * c.qDim)
-                rmsnormBackward(dx: scratch.pointer, dy: g.dq.pointer, x: a.qRaw!.pointer, weight: qn,
-                                rstd: a.qRstd!.pointer, rows: qs.rows, cols: qs.cols)
-                g.dq.pointer.update(from: scratch.pointer, count: n * c.qDim)
-                scratch.pointer.update(repeating: 0, count: n * c.kvDim)
-                rmsnormBackward(dx: scratch.pointer, dy: g.dk.pointer, x: a.kRaw!.pointer, weight: kn,
-                                rstd: a.kRstd!.pointer, rows: ks.rows, cols: ks.cols)
-                g.dk.pointer.update(from: scratch.pointer, count: n * c.kvDim)
-            }
+                              sinks: layer.sinks)
             if ad.q != nil || ad.k != nil || ad.v != nil {
                 // The adapters' input ln1 is shared between layers: recompute this layer's.
-                rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: s.residualIn(l).pointer, weight: w.inputNorm,
+                rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: w.inputNorm,
                                rows: n, cols: h, eps: c.rmsNormEps)
             }
-            // d ln1 [N, H] through the frozen q/k/v weights is needed only by the layers below.
-            let inputGradient = l > lowest
-            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dq.pointer, rows: n, weight: w.q, accumulate: false) }
-            if let lq = ad.q { loraBackward(dx: g.dln.pointer, dy: g.dq.pointer, x: a.ln1.pointer, rows: n, adapter: lq, u: u!.q.pointer, du: du) }
-            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dk.pointer, rows: n, weight: w.k, accumulate: true) }
-            if let lk = ad.k { loraBackward(dx: g.dln.pointer, dy: g.dk.pointer, x: a.ln1.pointer, rows: n, adapter: lk, u: u!.k.pointer, du: du) }
-            if inputGradient { linearBackwardInput(dx: g.dln.pointer, dy: g.dv.pointer, rows: n, weight: w.v, accumulate: true) }
-            if let lv = ad.v { loraBackward(dx: g.dln.pointer, dy: g.dv.pointer, x: a.ln1.pointer, rows: n, adapter: lv, u: u!.v.pointer, du: du) }
-            if inputGradient {
-                rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: s.residualIn(l).pointer,
+            // d ln1 [N, H] is needed only by the layers below.
+            if layer.attentionInputsBackward(dx: g.dln.pointer, x: a.ln1.pointer, rows: n, batch: b, seq: t,
+                                             positions: s.positions, adapters: ad, acts: a.attentionInputs, grads: g,
+                                             rope: rope, inputGradient: l > lowest) {
+                rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: x,
                                 weight: w.inputNorm, rstd: a.rstd1.pointer, rows: n, cols: h)
             }
         }
@@ -213,7 +145,7 @@ extension Transformer {
     /// Backward of the Mixtral MoE block (top-k renormalised routing, optional capacity,
     /// jitter and noise) and of the auxiliary losses' share in this layer.
     /// dy [N, H] = d out; writes dx [N, H] = d ln2 (through the experts and the router).
-    private func moeBackward(layer l: Int, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+    func moeBackward(layer l: Int, dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
                              x ln2: UnsafePointer<Float>, tokens n: Int, router: Matrix, trained: TrainedRouter?,
                              noise learnedNoise: TrainedRouter?,
                              adapters ad: LayerAdapters, acts a: LayerActivations, state s: ForwardState,
