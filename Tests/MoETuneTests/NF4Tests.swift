@@ -1,3 +1,4 @@
+import CKernels
 import XCTest
 @testable import MoETune
 
@@ -54,12 +55,61 @@ final class NF4Tests: XCTestCase {
             linearBackwardInput(dx: &dx1, dy: dy, rows: n, weight: m, accumulate: false)
         }
         ChunkedMatmul.chunkFloats = 1000  // force several chunks
-        defer { ChunkedMatmul.chunkFloats = 65536 }
+        defer { ChunkedMatmul.chunkFloats = ChunkedMatmul.defaultChunkFloats }
         XCTAssertGreaterThan(rows, ChunkedMatmul.chunkRows(q))
         let m = Matrix(nf4: q)
         linearForward(y: &y2, x: x, rows: n, weight: m)
         linearBackwardInput(dx: &dx2, dy: dy, rows: n, weight: m, accumulate: false)
         for (a, b) in zip(y1, y2) { XCTAssertEqual(a, b, accuracy: 1e-5) }
         for (a, b) in zip(dx1, dx2) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+    }
+}
+
+/// The vectorised NF4 dequantization kernels (CKernels/nf4.c) against the scalar definition
+/// value = code[nibble] * blockScale(block): bit-identical (tolerance 0), for every kernel
+/// this CPU runs, with fp32 and double-quantized scales, over ranges that start and end at
+/// odd indices and mid-block.
+final class NF4KernelTests: XCTestCase {
+    func testEveryKernelIsBitIdenticalToTheDefinition() throws {
+        var rng = SplitMix64(seed: 12)
+        let (rows, cols) = (37, 192)  // 111 blocks: the nested scales span one 256-block
+        let w = (0..<(rows * cols)).map { _ in (rng.nextFloat() * 2 - 1) * (rng.nextFloat() < 0.1 ? 3 : 0.05) }
+        var ran: [String] = []
+        for dq in [false, true] {
+            let q = w.withUnsafeBufferPointer { NF4Weight.quantize($0.baseAddress!, rows: rows, cols: cols, doubleQuant: dq) }
+            func expected(_ i: Int) -> Float {
+                let byte = q.packed[i / 2], nib = i % 2 == 0 ? byte >> 4 : byte & 15
+                return NF4Weight.code[Int(nib)] * q.blockScale(i / 64)
+            }
+            for kernel in 0...2 where mt_nf4_kernel_supported(Int32(kernel)) == 1 {
+                if !dq { ran.append(["scalar", "avx2", "avx512"][kernel]) }
+                for (lo, hi) in [(0, rows * cols), (1, 200), (63, 64), (64, 79), (5, 6), (131, rows * cols - 3), (0, 15)] {
+                    var out = [Float](repeating: .nan, count: hi - lo)
+                    let rc = out.withUnsafeMutableBufferPointer { o in
+                        NF4Weight.code.withUnsafeBufferPointer { code in
+                            q.nestedMap.withUnsafeBufferPointer { map in
+                                q.nestedAbsmax.withUnsafeBufferPointer { nested in
+                                    mt_nf4_dequant_with(Int32(kernel), o.baseAddress!, q.packed, lo, hi, code.baseAddress,
+                                                        q.absmax, q.absmaxCodes, map.baseAddress, nested.baseAddress, q.offset)
+                                }
+                            }
+                        }
+                    }
+                    XCTAssertEqual(rc, 0)
+                    for i in lo..<hi where out[i - lo].bitPattern != expected(i).bitPattern {
+                        XCTFail("kernel \(kernel) double-quant \(dq) range \(lo)..<\(hi): value \(i) is \(out[i - lo]), expected \(expected(i))")
+                        break
+                    }
+                }
+            }
+            // The dispatched kernel, through dequantizeRows.
+            var all = [Float](repeating: .nan, count: rows * cols)
+            all.withUnsafeMutableBufferPointer { q.dequantizeRows(0, rows, into: $0.baseAddress!) }
+            for i in 0..<(rows * cols) where all[i].bitPattern != expected(i).bitPattern {
+                XCTFail("dequantizeRows value \(i): \(all[i]) vs \(expected(i))"); break
+            }
+        }
+        print("NF4 kernels compared: \(ran), dispatched: \(String(cString: mt_nf4_kernel()))")
+        XCTAssertTrue(ran.contains("scalar"))
     }
 }

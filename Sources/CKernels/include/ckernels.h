@@ -20,6 +20,24 @@ void mt_swiglu_forward(float *out, const float *g, const float *u, long n);
 /// With s = sigmoid(g): dg = d * u * s * (1 + g (1 - s)), du = d * g * s (dg may alias d).
 void mt_swiglu_backward(float *dg, float *du, const float *d, const float *g, const float *u, long n);
 
+/// NF4 dequantization of values lo..<hi of a weight flattened row-major (blocks of 64,
+/// two codes per byte, the even index in the high nibble): dst[i - lo] = code[nibble(i)] *
+/// scale(i / 64). scale(b) = absmax[b] when absmax is given, else (double quantization)
+/// map[scaleCodes[b]] * nested[b / 256] + offset, each product and sum rounded to fp32 as
+/// bitsandbytes computes it. Vectorised (AVX-512: one 16-entry permute; AVX2: two 8-entry
+/// permutes and a blend), chosen at run time; bit-identical to the scalar loop.
+void mt_nf4_dequant(float *dst, const unsigned char *packed, long lo, long hi, const float *code16,
+                    const float *absmax, const unsigned char *scaleCodes, const float *map,
+                    const float *nested, float offset);
+/// Which mt_nf4_dequant kernel runs on this CPU: "avx512", "avx2" or "scalar".
+const char *mt_nf4_kernel(void);
+/// Whether kernel 0 (scalar), 1 (AVX2) or 2 (AVX-512) runs on this CPU.
+int mt_nf4_kernel_supported(int kernel);
+/// mt_nf4_dequant with a given kernel (tests compare them); -1 when this CPU lacks it.
+int mt_nf4_dequant_with(int kernel, float *dst, const unsigned char *packed, long lo, long hi, const float *code16,
+                        const float *absmax, const unsigned char *scaleCodes, const float *map,
+                        const float *nested, float offset);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// 4-bit NormalFloat weights exactly as bitsandbytes stores them: the [out, in] weight
@@ -163,42 +164,25 @@ public final class NF4Weight: @unchecked Sendable {
                          nestedAbsmax: [], nestedMap: [], offset: 0)
     }
 
-    /// Writes rows r0..<r1 as fp32 into dst [(r1 - r0), cols].
+    /// Writes rows r0..<r1 as fp32 into dst [(r1 - r0), cols]: the vectorised C kernel
+    /// (CKernels/nf4.c, AVX-512 or AVX2 chosen at run time), split over the workers in runs
+    /// of whole blocks outside a parallel region. Each value is code × block scale, the same
+    /// fp32 product bitsandbytes computes.
     public func dequantizeRows(_ r0: Int, _ r1: Int, into dst: UnsafeMutablePointer<Float>) {
         let start = r0 * cols, end = r1 * cols
         let bs = NF4Weight.blockSize
-        NF4Weight.pairTable.withUnsafeBufferPointer { lut in
-            parallelChunks((end - start + bs - 1) / bs, minChunk: 64) { range in
-                for chunk in range {
-                    let lo = start + chunk * bs, hi = min(end, lo + bs)
-                    var i = lo
-                    // A chunk starts at a multiple of 64 from `start`; split blocks where needed.
-                    while i < hi {
-                        let b = i / bs
-                        let blockEnd = min(hi, (b + 1) * bs)
-                        let s = self.blockScale(b)
-                        if i & 1 == 1 {
-                            dst[i - start] = NF4Weight.code[Int(self.packed[i >> 1] & 15)] * s
-                            i += 1
-                        }
-                        while i + 1 < blockEnd {
-                            let byte = Int(self.packed[i >> 1])
-                            dst[i - start] = lut[2 * byte] * s
-                            dst[i + 1 - start] = lut[2 * byte + 1] * s
-                            i += 2
-                        }
-                        if i < blockEnd {
-                            dst[i - start] = NF4Weight.code[Int(self.packed[i >> 1] >> 4)] * s
-                            i += 1
-                        }
+        NF4Weight.code.withUnsafeBufferPointer { code in
+            nestedMap.withUnsafeBufferPointer { map in
+                nestedAbsmax.withUnsafeBufferPointer { nested in
+                    parallelChunks((end - start + bs - 1) / bs, minChunk: 64) { range in
+                        let lo = start + range.lowerBound * bs, hi = min(end, start + range.upperBound * bs)
+                        mt_nf4_dequant(dst + (lo - start), self.packed, lo, hi, code.baseAddress, self.absmax,
+                                       self.absmaxCodes, map.baseAddress, nested.baseAddress, self.offset)
                     }
                 }
             }
         }
     }
-
-    /// For each byte, the codes of its high and low nibble.
-    static let pairTable: [Float] = (0..<256).flatMap { [code[$0 >> 4], code[$0 & 15]] }
 }
 
 extension NF4Weight: RowDequantizing {}
