@@ -153,12 +153,18 @@ public enum PEFTAdapter {
             alphaPattern[key] = shape.alpha
         }
         let targetParameters = Array(Set(parameters.map(\.name))).sorted()
+        // peft wraps every module whose name ends with a modules_to_save entry (a plain string
+        // suffix: "gate" would also take Qwen2-MoE's shared_expert_gate), so name the router
+        // with its block, in both layouts' names.
+        let savedModules = Array(Set(fullRouters.flatMap { r in
+            [r.module, family.transformers5Module(r.module)].map { $0.split(separator: ".").suffix(2).joined(separator: ".") }
+        })).sorted()
         var config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
             "target_modules": suffixes, "bias": "none", "fan_in_fan_out": false,
             "use_rslora": spec.rslora, "use_dora": false, "rank_pattern": rankPattern,
-            "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : Array(Set(fullRouters.map { targetSuffix($0.module) })).sorted() as Any, "layers_to_transform": layers,
+            "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : savedModules as Any, "layers_to_transform": layers,
             "layers_pattern": layersPattern,
             "init_lora_weights": true, "inference_mode": true, "revision": NSNull(),
         ]
