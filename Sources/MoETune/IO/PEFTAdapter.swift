@@ -359,6 +359,11 @@ public enum PEFTAdapter {
                 throw MoETuneError.config(path: configPath, key: "target_modules", message: "\(targets) match none of the adapter's modules")
             }
         }
+        // One order whatever the layout on disk (module names as the per-expert tensors sort).
+        pieces.sort { $0.module + "." < $1.module + "." }
+        if let i = pieces.indices.dropFirst().first(where: { pieces[$0].module == pieces[$0 - 1].module }) {
+            throw MoETuneError.file(path: weightsPath, message: "module \(pieces[i].module) appears twice (per-expert and fused tensors)")
+        }
         var plan: [AdapterPlan] = []
         for p in pieces {
             guard let w = model.linear(module: p.module) else {
