@@ -121,8 +121,8 @@ public enum PEFTAdapter {
                              floats: UnsafeBufferPointer(start: a.b, count: a.rank * a.outFeatures)))
         }
         let suffixes = Array(Set(moduleAdapters.map { targetSuffix($0.module) })).sorted()
-        // Suffixes, not a regex over full paths: peft rewrites suffix lists for the fused
-        // expert layout of transformers 5, and a layer subset goes in layers_to_transform
+        // Suffixes, not a regex over full paths (peft resolves a regex to leaf names and
+        // remaps some of them for transformers 5); a layer subset goes in layers_to_transform
         // (which cannot hold lm_head: TrainConfig refuses head with a layer subset).
         var layers: Any = NSNull()
         var layersPattern: Any = NSNull()

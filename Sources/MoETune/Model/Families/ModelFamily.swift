@@ -282,12 +282,6 @@ extension ModelFamily {
         return (experts + ".base_layer", experts)
     }
 
-    /// The name peft's `target_parameters` gives layer l's weight of a slot in transformers 5
-    /// (routers under the fused block's name: Mixtral's "mlp.gate.weight").
-    public func peftParameter(_ slot: LinearSlot, layer l: Int) -> String {
-        transformers5Module(module(slot, layer: l)) + ".weight"
-    }
-
     /// Whether an adapter slot is written as a `target_parameters` entry rather than a
     /// `target_modules` suffix (see MoENames.peftFusedLayout).
     public func isPEFTParameterSlot(_ slot: LinearSlot) -> Bool {
