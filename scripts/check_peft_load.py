@@ -71,6 +71,15 @@ else:
             filled.add(name)
     # peft converts per-expert tensors into fused ones: those parameters are not 1:1 with the
     # file, so a fused parameter counts as filled when the file had per-expert tensors for it.
+    # A tensor peft renamed while loading (Mixtral's block_sparse_moe.gate -> mlp.gate) counts
+    # as used when a LoRA parameter not matched by name holds exactly its values.
+    for k in list(unused):
+        t = state[k]
+        for n, p in params.items():
+            if ".lora_" in n and n not in filled and p.shape == t.shape and torch.equal(p.detach(), t.to(p.dtype)):
+                filled.add(n)
+                unused.remove(k)
+                break
     converted = [n for n in params if ".lora_" in n and n not in filled]
     per_expert = any(".experts." in k and k.split(".experts.")[1].split(".")[0].isdigit() for k in state)
     not_from_file = [n for n in converted if not (per_expert and ".experts" in n)]

@@ -9,6 +9,8 @@
 #           shared_expert, head unless tied), overrides mlp rank 3 / alpha 5, router rank 1 / alpha 3
 #   subset: mlp and router in the last layer only, rsLoRA (full target_parameters names, no target_modules)
 #   full:   query LoRA and the router trained in full (modules_to_save)
+#   kind-K: one target kind K alone (CASES="kind-query kind-key kind-value kind-projection kind-mlp
+#           kind-router kind-shared_expert kind-head"; kinds a family lacks are skipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/check_peft_out}
@@ -22,6 +24,8 @@ for fam in ${FAMILIES:-mixtral qwen2_moe qwen3_moe olmoe granitemoe deepseek_v2}
   shared=""; [ "$fam" = qwen2_moe ] || [ "$fam" = deepseek_v2 ] && shared=", shared_expert"
   head=", head"; [ "$tied" = True ] && head=""
   for case in ${CASES:-all subset full}; do
+    if [ "$case" = kind-shared_expert ] && [ -z "$shared" ]; then continue; fi
+    if [ "$case" = kind-head ] && [ -z "$head" ]; then continue; fi
     d="$OUT/$fam-$case"; mkdir -p "$d"
     case $case in
       all) lora="targets: [query, key, value, projection, mlp, router$shared$head]
@@ -30,6 +34,7 @@ for fam in ${FAMILIES:-mixtral qwen2_moe qwen3_moe olmoe granitemoe deepseek_v2}
   layers: 1
   rslora: true"; moe="router: lora";;
       full) lora="targets: [query]"; moe="router: full";;
+      kind-*) lora="targets: [${case#kind-}]"; moe="router: frozen"; [ "$case" = kind-router ] && moe="router: lora";;
     esac
     cat > "$d/train.yaml" <<EOF
 model: $FIX/$fam
