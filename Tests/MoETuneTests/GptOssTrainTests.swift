@@ -215,7 +215,7 @@ extension FamilyTests {
     /// (gate and up side by side at rank 2r, alpha doubled through rank/alpha_pattern; the
     /// router as mlp.router.weight) and read back to the same logits (1e-5). Set
     /// GPTOSS_ADAPTER_OUT=DIR to keep the adapter written from peft's fixture adapter, for
-    /// scripts/check_peft_load.py (peft loads it and compares with peft's own logits).
+    /// scripts/check_peft_load.py --model gpt_oss-clamp --adapter DIR --merged (its merge).
     func testGptOssAdapterWrittenInPeftLayout() throws {
         let model = try Transformer.load(directory: Fixtures.dir("gpt_oss-clamp"))
         var spec = LoRASpec(rank: 3, alpha: 5, targets: [.query, .key, .value, .projection, .mlp, .router, .head])
@@ -228,9 +228,9 @@ extension FamilyTests {
         try PEFTAdapter.save(adapters, family: model.family, baseModel: "gpt_oss-clamp", to: dir)
         let cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/adapter_config.json"))) as! [String: Any]
         XCTAssertEqual(cfg["target_modules"] as? [String], ["k_proj", "lm_head", "o_proj", "q_proj", "v_proj"])
-        XCTAssertEqual(cfg["target_parameters"] as? [String], ["experts.down_proj", "experts.gate_up_proj", "mlp.router.weight"])
-        XCTAssertEqual((cfg["rank_pattern"] as? [String: Int])?[".*\\.gate_up_proj"], 6)
-        XCTAssertEqual((cfg["alpha_pattern"] as? [String: Double])?[".*\\.gate_up_proj"], 10)
+        XCTAssertEqual(cfg["target_parameters"] as? [String], ["mlp.experts.down_proj", "mlp.experts.gate_up_proj", "mlp.router.weight"])
+        XCTAssertEqual((cfg["rank_pattern"] as? [String: Int])?["mlp\\.experts\\.gate_up_proj"], 6)
+        XCTAssertEqual((cfg["alpha_pattern"] as? [String: Double])?["mlp\\.experts\\.gate_up_proj"], 10)
         let file = try SafeTensorsFile(path: dir + "/adapter_model.safetensors")
         XCTAssertEqual(file.shape("base_model.model.model.layers.1.mlp.experts.base_layer.lora_A.weight"), [4 * 6, 40])
         XCTAssertEqual(file.shape("base_model.model.model.layers.1.mlp.experts.base_layer.lora_B.weight"), [48, 6 * 4])

@@ -2,32 +2,108 @@ import Foundation
 
 /// LoRA adapters in the Hugging Face PEFT format: a folder with adapter_config.json and
 /// adapter_model.safetensors, keys "base_model.model." + module + ".lora_A.weight" [r, in]
-/// and ".lora_B.weight" [out, r]; module names come from the model's family. Experts use their per-expert checkpoint names,
-/// which peft maps onto any expert layout itself — except GPT-OSS, whose checkpoints only
-/// ever had fused experts: its experts and router are written as peft's target_parameters
-/// (fusedExpertTensors). Reading also accepts the fused expert layout that peft writes for
-/// transformers 5 (target_parameters), GPT-OSS's interleaved gate/up included.
+/// and ".lora_B.weight" [out, r]; module names come from the model's family. MoE families
+/// write transformers 5's fused layout (`target_parameters`, see `save`); reading takes that,
+/// peft's own fused adapters and the per-expert names moe-tune wrote before.
 public enum PEFTAdapter {
     static let prefix = "base_model.model."
 
+    /// A JSON true/false (not `is Bool`: on Linux an NSNumber 1 or 0 also casts to Bool).
+    static func isJSONBool(_ v: Any?) -> Bool { (v as? NSNumber).map(CFGetTypeIDIsBool) ?? false }
+
     /// Writes `adapters` to `dir` (created if needed). Files appear atomically.
+    /// Attention and head adapters go in `target_modules` (suffixes). In a family whose
+    /// block says `peftFusedLayout` (transformers 5's fused experts), the rest are
+    /// `target_parameters`: each layer's experts as peft's ParamWrapper on the 3-D
+    /// `experts.gate_up_proj` / `experts.down_proj` (gate and up as one block-diagonal LoRA
+    /// of twice the rank, `rank_pattern`/`alpha_pattern` keeping every expert's scale), and
+    /// the router, shared-expert and dense-MLP adapters on their 2-D weights (peft 0.21 wraps
+    /// neither a router that is not a Linear nor, there, a `gate_proj` target that is not an expert).
     public static func save(_ adapters: AdapterSet, family: ModelFamily, baseModel: String, to dir: String) throws {
         let targetSuffix = family.targetSuffix
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var writer = SafeTensorsWriter()
-        // GPT-OSS: the experts are written in peft's fused target_parameters layout (see
-        // fusedExpertTensors), the router as target_parameters mlp.router.weight.
-        let fusedExperts = family.moe?.transposedInterleaved == true
-        let isExpert = { (m: String) -> Bool in if case .expert? = family.parse(module: m)?.slot { return true }; return false }
-        var fusedPatterns: [String: (rank: Int, alpha: Double)] = [:]
-        if fusedExperts {
-            fusedPatterns = try fusedExpertTensors(adapters, family: family, rslora: adapters.spec.rslora, into: &writer)
+        let spec = adapters.spec
+        func add(_ module: String, a: [Float], b: [Float], rank: Int, inF: Int, outF: Int) {
+            writer.add(.init(name: prefix + module + ".lora_A.weight", shape: [rank, inF], floats: a))
+            writer.add(.init(name: prefix + module + ".lora_B.weight", shape: [outF, rank], floats: b))
         }
-        for a in adapters.all where !(fusedExperts && isExpert(a.module)) {
-            writer.add(.init(name: prefix + a.module + ".lora_A.weight", shape: [a.rank, a.inFeatures],
-                             floats: UnsafeBufferPointer(start: a.a, count: a.rank * a.inFeatures)))
-            writer.add(.init(name: prefix + a.module + ".lora_B.weight", shape: [a.outFeatures, a.rank],
-                             floats: UnsafeBufferPointer(start: a.b, count: a.rank * a.outFeatures)))
+        func values(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+        var moduleAdapters: [LoRAAdapter] = []
+        /// target_parameters entries (layer-relative with every layer, else full names) with
+        /// (rank, alpha) when they differ from r / lora_alpha.
+        var parameters: [(name: String, shape: (rank: Int, alpha: Double)?)] = []
+        let layerPrefixLength = { (l: Int) in family.layerPrefix(l).count }
+        func parameterName(_ full: String, layer l: Int) -> String {
+            spec.layers == .all ? String(full.dropFirst(layerPrefixLength(l))) : full
+        }
+        /// An adapter's (rank, alpha) where it differs from (r, lora_alpha): its kind's in the
+        /// spec where that gives its scale (exact alphas as configured), else from its scale
+        /// (an adapter read from a file with its own ranks).
+        func rsFactor(_ rank: Int) -> Double { spec.rslora ? Double(rank).squareRoot() : Double(rank) }
+        func alpha(of a: LoRAAdapter) -> Double {
+            guard let kind = family.kind(of: a.module) else { return Double(a.scale) * rsFactor(a.rank) }
+            let s = spec.shape(of: kind)
+            return s.rank == a.rank && Float(s.alpha / rsFactor(s.rank)) == a.scale ? s.alpha : Double(a.scale) * rsFactor(a.rank)
+        }
+        func patternShape(_ a: LoRAAdapter) -> (rank: Int, alpha: Double)? {
+            let al = alpha(of: a)
+            return a.rank == spec.rank && al == spec.alpha ? nil : (a.rank, al)
+        }
+        var expertLayers = Set<Int>()
+        for a in adapters.all {
+            guard let (l, slot) = family.parse(module: a.module), family.isPEFTParameterSlot(slot) else {
+                moduleAdapters.append(a)
+                continue
+            }
+            if case .expert = slot { expertLayers.insert(l); continue }
+            // A 2-D ParamWrapper keeps lora_A [r, in] / lora_B [out, r] under the module holding the weight.
+            let module = family.transformers5Module(a.module)
+            add(module, a: values(a.a, a.rank * a.inFeatures), b: values(a.b, a.rank * a.outFeatures),
+                rank: a.rank, inF: a.inFeatures, outF: a.outFeatures)
+            parameters.append((parameterName(module + ".weight", layer: l), patternShape(a)))
+        }
+        for l in expertLayers.sorted() {
+            let experts = adapters.layers[l].experts
+            let e = experts.count
+            guard e > 0, let g0 = experts[0].gate, let d0 = experts[0].down,
+                  experts.allSatisfy({ $0.gate?.rank == g0.rank && $0.up?.rank == g0.rank && $0.down?.rank == d0.rank }) else {
+                throw MoETuneError.invalid("layer \(l): peft's fused expert layout needs LoRA adapters on every expert's gate, up and down projections, each kind with one rank")
+            }
+            // gate_up_proj [E, 2I, H]: A (E, 2r, H) as [E*2r, H], expert-major, rows [A_gate; A_up];
+            // B (2I, 2r, E) as [2I, 2r*E], expert fastest, block-diagonal: gate rows read
+            // columns 0..<r, up rows r..<2r (peft's PeftConcatenate of w1/w3). GPT-OSS's
+            // gate_up [E, H, 2I] interleaves them: gate row o is B row 2o, up row o is 2o+1.
+            let r = g0.rank, h = g0.inFeatures, inter = g0.outFeatures, r2 = 2 * r
+            let row = Self.gateUpRow(family, inter: inter)
+            var a = [Float](repeating: 0, count: e * r2 * h)
+            var b = [Float](repeating: 0, count: 2 * inter * r2 * e)
+            for (x, ex) in experts.enumerated() {
+                for (half, ad) in [ex.gate!, ex.up!].enumerated() {
+                    for j in 0..<r {
+                        for i in 0..<h { a[(x * r2 + half * r + j) * h + i] = ad.a[j * h + i] }
+                        for o in 0..<inter { b[row(half, o) * r2 * e + (half * r + j) * e + x] = ad.b[o * r + j] }
+                    }
+                }
+            }
+            let modules = family.fusedExpertAdapterModules(l)
+            add(modules.gateUp, a: a, b: b, rank: e * r2, inF: h, outF: 2 * inter)
+            // down_proj [E, H, I]: A (E, r, I) as [E*r, I]; B (H, r, E) as [H, r*E].
+            let rd = d0.rank, di = d0.inFeatures, dout = d0.outFeatures
+            var da = [Float](repeating: 0, count: e * rd * di)
+            var db = [Float](repeating: 0, count: dout * rd * e)
+            for (x, ex) in experts.enumerated() {
+                let ad = ex.down!
+                for j in 0..<rd {
+                    for i in 0..<di { da[(x * rd + j) * di + i] = ad.a[j * di + i] }
+                    for o in 0..<dout { db[o * rd * e + j * e + x] = ad.b[o * rd + j] }
+                }
+            }
+            add(modules.down, a: da, b: db, rank: e * rd, inF: di, outF: dout)
+            // Twice the rank; alpha so that alpha'/r' (rsLoRA: alpha'/sqrt(r')) is each expert's scale.
+            let alphaGate = alpha(of: g0)
+            parameters.append((parameterName(family.fusedGateUp(l), layer: l), (r2, spec.rslora ? alphaGate * 2.0.squareRoot() : 2 * alphaGate)))
+            parameters.append((parameterName(family.fusedDown(l), layer: l), patternShape(d0)))
         }
         // Routers trained in full are saved as PEFT's modules_to_save saves a module: the
         // whole weight under the module's own name.
@@ -40,24 +116,20 @@ public enum PEFTAdapter {
                                  floats: UnsafeBufferPointer(start: r.weight, count: r.experts * r.hidden)))
             }
         }
-        let spec = adapters.spec
-        let fusedParameter = { (m: String) in fusedExperts && (isExpert(m) || family.kind(of: m) == .router) }
-        let suffixes = Array(Set(adapters.all.filter { !fusedParameter($0.module) }.map { targetSuffix($0.module) })).sorted()
-        var parameters = Set<String>()
-        for a in adapters.all where fusedParameter(a.module) {
-            if isExpert(a.module) {
-                parameters.formUnion(["experts.gate_up_proj", "experts.down_proj"])
-            } else {
-                parameters.insert((family.moe?.block ?? "mlp") + "." + (family.moe?.router ?? "router") + ".weight")
-            }
+        for a in moduleAdapters {
+            writer.add(.init(name: prefix + a.module + ".lora_A.weight", shape: [a.rank, a.inFeatures],
+                             floats: UnsafeBufferPointer(start: a.a, count: a.rank * a.inFeatures)))
+            writer.add(.init(name: prefix + a.module + ".lora_B.weight", shape: [a.outFeatures, a.rank],
+                             floats: UnsafeBufferPointer(start: a.b, count: a.rank * a.outFeatures)))
         }
-        // Suffixes, not a regex over full paths: peft rewrites suffix lists for the fused
-        // expert layout of transformers 5, and a layer subset goes in layers_to_transform
+        let suffixes = Array(Set(moduleAdapters.map { targetSuffix($0.module) })).sorted()
+        // Suffixes, not a regex over full paths (peft resolves a regex to leaf names and
+        // remaps some of them for transformers 5); a layer subset goes in layers_to_transform
         // (which cannot hold lm_head: TrainConfig refuses head with a layer subset).
         var layers: Any = NSNull()
         var layersPattern: Any = NSNull()
-        if spec.layers != .all {
-            let indices = Set(adapters.all.compactMap { a -> Int? in
+        if spec.layers != .all, !moduleAdapters.isEmpty {
+            let indices = Set(moduleAdapters.compactMap { a -> Int? in
                 let parts = a.module.split(separator: ".")
                 return parts.count > 2 && parts[1] == "layers" ? Int(parts[2]) : nil
             })
@@ -66,98 +138,48 @@ public enum PEFTAdapter {
         }
         var rankPattern: [String: Int] = [:]
         var alphaPattern: [String: Double] = [:]
-        for (key, v) in fusedPatterns {
-            rankPattern[key] = v.rank
-            alphaPattern[key] = v.alpha
-        }
-        for (kind, shape) in spec.overrides {
-            for a in adapters.all where family.kind(of: a.module) == kind && !(fusedExperts && isExpert(a.module)) {
-                // The router is a module in transformers 4 ("gate") and a parameter in 5 ("gate.weight").
-                let suffix = targetSuffix(a.module)
-                let keys = kind == .router ? [suffix, suffix + ".weight"] : [suffix]
-                for key in keys {
-                    rankPattern[key] = shape.rank
-                    alphaPattern[key] = shape.alpha
-                }
+        for a in moduleAdapters {
+            guard let shape = patternShape(a) else { continue }
+            // The router is a module in transformers 4 ("gate") and a parameter in 5 ("gate.weight").
+            let suffix = targetSuffix(a.module)
+            for key in family.kind(of: a.module) == .router ? [suffix, suffix + ".weight"] : [suffix] {
+                rankPattern[key] = shape.rank
+                alphaPattern[key] = shape.alpha
             }
         }
-        let config: [String: Any] = [
+        // peft matches pattern keys as regular expressions against the parameter's full name.
+        for p in parameters {
+            guard let shape = p.shape else { continue }
+            let key = NSRegularExpression.escapedPattern(for: p.name)
+            rankPattern[key] = shape.rank
+            alphaPattern[key] = shape.alpha
+        }
+        let targetParameters = Array(Set(parameters.map(\.name))).sorted()
+        // peft wraps every module whose name ends with a modules_to_save entry (a plain string
+        // suffix: "gate" would also take Qwen2-MoE's shared_expert_gate), so name the router
+        // with its block, in both layouts' names.
+        let savedModules = Array(Set(fullRouters.flatMap { r in
+            [r.module, family.transformers5Module(r.module)].map { $0.split(separator: ".").suffix(2).joined(separator: ".") }
+        })).sorted()
+        var config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": baseModel,
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
-            "target_modules": suffixes.isEmpty && !parameters.isEmpty ? NSNull() : suffixes as Any,
-            "target_parameters": parameters.isEmpty ? NSNull() : parameters.sorted() as Any,
-            "bias": "none", "fan_in_fan_out": false,
+            "target_modules": suffixes, "bias": "none", "fan_in_fan_out": false,
             "use_rslora": spec.rslora, "use_dora": false, "rank_pattern": rankPattern,
-            "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : Array(Set(fullRouters.map { targetSuffix($0.module) })).sorted() as Any, "layers_to_transform": layers,
+            "alpha_pattern": alphaPattern, "modules_to_save": fullRouters.isEmpty ? NSNull() : savedModules as Any, "layers_to_transform": layers,
             "layers_pattern": layersPattern,
             "init_lora_weights": true, "inference_mode": true, "revision": NSNull(),
         ]
+        if !targetParameters.isEmpty { config["target_parameters"] = targetParameters }
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try writer.write(to: dir + "/adapter_model.safetensors")
         try AtomicFile.write(json, to: dir + "/adapter_config.json")
     }
 
-    /// GPT-OSS's experts in peft 0.21's target_parameters layout on transformers 5's fused
-    /// experts (gate_up_proj [E, H, 2I], gate/up interleaved; down_proj [E, I, H]); peft
-    /// nests the two ParamWrappers, gate_up inside ("experts.base_layer.lora_*"), down
-    /// outside ("experts.lora_*"). A [E*r, in] (expert-major), B [out, r*E] (expert fastest).
-    /// gate_up holds each expert's gate and up adapters side by side at rank 2r:
-    ///   A_e = [A_gate; A_up] [2r, H],  B_e row 2i = [B_gate[i], 0], row 2i+1 = [0, B_up[i]],
-    /// so its delta is exactly theirs; alpha becomes s * 2r (s * sqrt(2r) with rslora) to
-    /// keep the scale s. Returns the rank/alpha patterns for peft (".*\\.gate_up_proj",
-    /// and ".*\\.down_proj" when the experts' rank or alpha is not the config's r / lora_alpha).
-    static func fusedExpertTensors(_ adapters: AdapterSet, family: ModelFamily, rslora: Bool,
-                                   into writer: inout SafeTensorsWriter) throws -> [String: (rank: Int, alpha: Double)] {
-        var byModule: [String: LoRAAdapter] = [:]
-        for a in adapters.all { byModule[a.module] = a }
-        var patterns: [String: (rank: Int, alpha: Double)] = [:]
-        let layers = Set(adapters.all.compactMap { a -> Int? in
-            guard let (l, slot) = family.parse(module: a.module), case .expert = slot else { return nil }
-            return l
-        }).sorted()
-        let experts = adapters.layers.first(where: { !$0.experts.isEmpty })?.experts.count ?? 0
-        for l in layers {
-            let get = { (x: Int, p: FeedForwardPart) throws -> LoRAAdapter in
-                guard let a = byModule[family.module(.expert(x, p), layer: l)] else {
-                    throw MoETuneError.invalid("\(family.name) layer \(l): an expert adapter needs gate, up and down on every expert (peft's fused layout)")
-                }
-                return a
-            }
-            let first = try get(0, .gate), r = first.rank, e = experts
-            let (h, inter) = (first.inFeatures, first.outFeatures)
-            var guA = [Float](repeating: 0, count: e * 2 * r * h), guB = [Float](repeating: 0, count: 2 * inter * 2 * r * e)
-            var dA = [Float](repeating: 0, count: e * r * inter), dB = [Float](repeating: 0, count: h * r * e)
-            for x in 0..<e {
-                let g = try get(x, .gate), u = try get(x, .up), d = try get(x, .down)
-                guard g.rank == r, u.rank == r, d.rank == r, g.scale == first.scale, u.scale == first.scale else {
-                    throw MoETuneError.invalid("\(family.name) layer \(l): the experts' adapters differ in rank or scale")
-                }
-                for i in 0..<(r * h) { guA[(x * 2 * r) * h + i] = g.a[i]; guA[(x * 2 * r + r) * h + i] = u.a[i] }
-                for row in 0..<inter {
-                    for j in 0..<r {
-                        guB[(2 * row) * 2 * r * e + j * e + x] = g.b[row * r + j]
-                        guB[(2 * row + 1) * 2 * r * e + (r + j) * e + x] = u.b[row * r + j]
-                    }
-                }
-                for i in 0..<(r * inter) { dA[x * r * inter + i] = d.a[i] }
-                for row in 0..<h { for j in 0..<r { dB[row * r * e + j * e + x] = d.b[row * r + j] } }
-            }
-            let base = prefix + family.layerPrefix(l) + (family.moe?.fusedBlock ?? "mlp") + ".experts."
-            for (name, shape, values) in [("base_layer.lora_A", [e * 2 * r, h], guA), ("base_layer.lora_B", [2 * inter, 2 * r * e], guB),
-                                          ("lora_A", [e * r, inter], dA), ("lora_B", [h, r * e], dB)] {
-                writer.add(.init(name: base + name + ".weight", shape: shape, floats: values))
-            }
-            // The experts' alpha at rank r: the spec's when it gives this rank and scale
-            // (exact), else the one that reproduces the scale.
-            let mlp = adapters.spec.shape(of: .mlp)
-            let alphaR = mlp.rank == r && adapters.spec.scale(of: .mlp) == first.scale
-                ? mlp.alpha : Double(first.scale) * (rslora ? Double(r).squareRoot() : Double(r))
-            patterns[".*\\.gate_up_proj"] = (2 * r, rslora ? alphaR * 2.0.squareRoot() : 2 * alphaR)
-            if r != adapters.spec.rank || alphaR != adapters.spec.alpha {
-                patterns[".*\\.down_proj"] = (r, alphaR)
-            }
-        }
-        return patterns
+    /// The row of a fused gate_up LoRA B [2I, r] that holds gate (half 0) or up (half 1)
+    /// row o: gate rows then up rows, or interleaved (GPT-OSS: 2o, 2o + 1).
+    static func gateUpRow(_ family: ModelFamily, inter: Int) -> (Int, Int) -> Int {
+        family.moe?.transposedInterleaved == true ? { half, o in 2 * o + half } : { half, o in half * inter + o }
     }
 
     /// Reads the adapter in `dir` for `model`. Ranks come from the tensors, scales from
@@ -181,7 +203,7 @@ public enum PEFTAdapter {
             throw MoETuneError.config(path: configPath, key: "r", message: "missing or not a positive integer")
         }
         // No silent fallbacks: a missing or mistyped alpha, or a pattern that cannot be read, is an error.
-        guard let alpha = (cfg["lora_alpha"] as? NSNumber)?.doubleValue, !(cfg["lora_alpha"] is Bool), alpha.isFinite else {
+        guard let alpha = (cfg["lora_alpha"] as? NSNumber)?.doubleValue, !isJSONBool(cfg["lora_alpha"]), alpha.isFinite else {
             throw MoETuneError.config(path: configPath, key: "lora_alpha", message: "missing or not a number (got \(cfg["lora_alpha"].map { "\($0)" } ?? "nothing"))")
         }
         let rslora = cfg["use_rslora"] as? Bool ?? false
@@ -190,7 +212,7 @@ public enum PEFTAdapter {
             guard let raw = cfg[key], !(raw is NSNull) else { return [] }
             guard let dict = raw as? [String: Any] else { throw MoETuneError.config(path: configPath, key: key, message: "is not an object") }
             return try dict.keys.sorted().map { k in
-                guard let v = (dict[k] as? NSNumber)?.doubleValue, !(dict[k] is Bool), v.isFinite else {
+                guard let v = (dict[k] as? NSNumber)?.doubleValue, !isJSONBool(dict[k]), v.isFinite else {
                     throw MoETuneError.config(path: configPath, key: key, message: "'\(k)' has \(dict[k].map { "\($0)" } ?? "no value"), not a number")
                 }
                 guard let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(k))$") else {
@@ -213,12 +235,14 @@ public enum PEFTAdapter {
         let family = model.family
         let file = try SafeTensorsFile(path: weightsPath)
 
+        // A module's patterns may name its weight (a 2-D `target_parameters` entry: "mlp.gate.weight").
         func alphaFor(_ module: String) -> Double {
-            match(alphaPattern, [module]) ?? alpha
+            match(alphaPattern, [module, module + ".weight", family.transformers5Module(module) + ".weight"]) ?? alpha
         }
         /// `patternName`: the name peft matches the patterns against where it differs from
         /// the module (a fused expert parameter, "...mlp.experts.gate_up_proj": peft 0.21 gives
-        /// gate_up twice the rank and alpha through rank_pattern / alpha_pattern).
+        /// gate_up twice the rank and alpha through rank_pattern / alpha_pattern). `rank`: the
+        /// rank peft scales by (the fused rank where a block-diagonal gate_up is split).
         func scale(_ module: String, rank: Int, patternName: String? = nil) -> Float {
             let a = patternName.flatMap { match(alphaPattern, [$0]) } ?? alphaFor(module)
             return Float(rslora ? a / Double(rank).squareRoot() : a / Double(rank))
@@ -240,7 +264,7 @@ public enum PEFTAdapter {
             }
         }
         // Collect (module → A, B) in moe-tune's per-module naming.
-        var pieces: [(module: String, a: [Float], b: [Float], rank: Int, patternName: String?)] = []
+        var pieces: [(module: String, a: [Float], b: [Float], rank: Int, patternName: String?, scaleRank: Int?)] = []
         var seen = Set<String>()
         for name in file.tensors.keys.sorted() where name.hasSuffix(".lora_A.weight") {
             guard name.hasPrefix(prefix) else {
@@ -273,14 +297,33 @@ public enum PEFTAdapter {
                             throw MoETuneError.file(path: weightsPath, message: "module \(module): gate_up lora_B has \(outF) rows, expected \(2 * inter)")
                         }
                         let param = family.fusedGateUp(fused.layer)
-                        // gate rows then up rows; GPT-OSS interleaves them (row 2i gate, 2i+1 up).
-                        let interleaved = family.moe?.transposedInterleaved == true
-                        let rowsOf = { (up: Int) in (0..<inter).map { interleaved ? 2 * $0 + up : up * inter + $0 } }
-                        let pick = { (rows: [Int]) in rows.flatMap { bx[($0 * rank)..<(($0 + 1) * rank)] } }
-                        pieces.append((name(.gate), ax, pick(rowsOf(0)), rank, param))
-                        pieces.append((name(.up), ax, pick(rowsOf(1)), rank, param))
+                        // Block-diagonal (moe-tune's writer, and peft's conversion of per-expert
+                        // gate/up adapters): gate rows use only columns 0..<r/2, up rows only
+                        // r/2..<r; split back into the two rank-r/2 adapters, each scaled as peft
+                        // scales the fused one. Otherwise (peft's own: one A for both) gate and
+                        // up share A at the full rank.
+                        // GPT-OSS interleaves the rows (gate o at 2o, up o at 2o+1).
+                        let half = rank / 2, row = Self.gateUpRow(family, inter: inter)
+                        let blockDiagonal = rank % 2 == 0 && (0..<inter).allSatisfy { o in
+                            (0..<half).allSatisfy { j in bx[row(0, o) * rank + half + j] == 0 && bx[row(1, o) * rank + j] == 0 }
+                        }
+                        if blockDiagonal {
+                            var gb = [Float](repeating: 0, count: inter * half), ub = gb
+                            for o in 0..<inter {
+                                for j in 0..<half {
+                                    gb[o * half + j] = bx[row(0, o) * rank + j]
+                                    ub[o * half + j] = bx[row(1, o) * rank + half + j]
+                                }
+                            }
+                            pieces.append((name(.gate), Array(ax[0..<(half * inF)]), gb, half, param, rank))
+                            pieces.append((name(.up), Array(ax[(half * inF)...]), ub, half, param, rank))
+                        } else {
+                            let rows = { (h: Int) in (0..<inter).flatMap { o in bx[(row(h, o) * rank)..<((row(h, o) + 1) * rank)] } }
+                            pieces.append((name(.gate), ax, rows(0), rank, param, nil))
+                            pieces.append((name(.up), ax, rows(1), rank, param, nil))
+                        }
                     } else {
-                        pieces.append((name(.down), ax, bx, rank, family.fusedDown(fused.layer)))
+                        pieces.append((name(.down), ax, bx, rank, family.fusedDown(fused.layer), nil))
                     }
                 }
                 continue
@@ -293,12 +336,12 @@ public enum PEFTAdapter {
             guard aInfo.shape[0] == bInfo.shape[1] else {
                 throw MoETuneError.file(path: weightsPath, message: "module \(module): lora_A \(aInfo.shape) and lora_B \(bInfo.shape) disagree on the rank")
             }
-            let expectedRank = match(rankPattern, [module, canonical]).map { Int($0) } ?? r
+            let expectedRank = match(rankPattern, [module, canonical, module + ".weight"]).map { Int($0) } ?? r
             guard aInfo.shape[0] == expectedRank else {
                 throw MoETuneError.config(path: configPath, key: "r",
                     message: "module \(module) has rank \(aInfo.shape[0]) in \(weightsPath) but the config gives \(expectedRank) (r or rank_pattern)")
             }
-            pieces.append((canonical, try floats(name), try floats(bName), aInfo.shape[0], nil))
+            pieces.append((canonical, try floats(name), try floats(bName), aInfo.shape[0], nil, nil))
         }
         // Full router weights (modules_to_save), in either layout's naming.
         var routerWeights: [Int: [Float]] = [:]
@@ -325,6 +368,11 @@ public enum PEFTAdapter {
                 throw MoETuneError.config(path: configPath, key: "target_modules", message: "\(targets) match none of the adapter's modules")
             }
         }
+        // One order whatever the layout on disk (module names as the per-expert tensors sort).
+        pieces.sort { $0.module + "." < $1.module + "." }
+        if let i = pieces.indices.dropFirst().first(where: { pieces[$0].module == pieces[$0 - 1].module }) {
+            throw MoETuneError.file(path: weightsPath, message: "module \(pieces[i].module) appears twice (per-expert and fused tensors)")
+        }
         var plan: [AdapterPlan] = []
         for p in pieces {
             guard let w = model.linear(module: p.module) else {
@@ -334,7 +382,7 @@ public enum PEFTAdapter {
                 throw MoETuneError.file(path: weightsPath,
                     message: "module \(p.module): adapter shapes A [\(p.rank), \(p.a.count / max(p.rank, 1))], B [\(p.b.count / max(p.rank, 1)), \(p.rank)] do not fit the base weight [\(w.rows), \(w.cols)]")
             }
-            plan.append(AdapterPlan(module: p.module, rank: p.rank, scale: scale(p.module, rank: p.rank, patternName: p.patternName)))
+            plan.append(AdapterPlan(module: p.module, rank: p.rank, scale: scale(p.module, rank: p.scaleRank ?? p.rank, patternName: p.patternName)))
         }
         let kinds = Set(plan.compactMap { family.kind(of: $0.module) })
         var spec = LoRASpec(rank: r, alpha: alpha, dropout: 0, rslora: rslora, targets: kinds, layers: .all)

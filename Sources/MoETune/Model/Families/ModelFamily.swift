@@ -55,6 +55,12 @@ public struct MoENames: Sendable {
     /// gate_up_proj [E, H, 2I] (columns 2i gate, 2i+1 up) and down_proj [E, I, H], each
     /// with a bias (gate_up_proj_bias [E, 2I], down_proj_bias [E, H]).
     public var transposedInterleaved = false
+    /// How moe-tune writes adapters of this block for peft 0.21 on transformers 5, whose
+    /// experts are fused 3-D parameters and whose routers are not Linear modules: true (every
+    /// family today) writes the experts in peft's fused `target_parameters` layout and the
+    /// router, shared-expert and dense-MLP adapters as `target_parameters` on their 2-D
+    /// weights (PEFTAdapter.save); false: per-expert module names in `target_modules`.
+    public var peftFusedLayout = true
 
     public struct FusedNames: Sendable {
         public var router: String
@@ -266,6 +272,24 @@ extension ModelFamily {
         if parts.count == 5 { return (l, false) }
         if parts.count == 6, parts[5] == "base_layer" { return (l, true) }
         return nil
+    }
+
+    /// The inverse of `fusedExpertAdapter`: peft's adapter modules of layer l's fused
+    /// experts when both parameters are targeted (gate_up_proj, registered first, is the
+    /// inner ParamWrapper "experts.base_layer"; down_proj the outer "experts").
+    public func fusedExpertAdapterModules(_ l: Int) -> (gateUp: String, down: String) {
+        let experts = layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts"
+        return (experts + ".base_layer", experts)
+    }
+
+    /// Whether an adapter slot is written as a `target_parameters` entry rather than a
+    /// `target_modules` suffix (see MoENames.peftFusedLayout).
+    public func isPEFTParameterSlot(_ slot: LinearSlot) -> Bool {
+        guard moe?.peftFusedLayout == true else { return false }
+        switch slot {
+        case .mlp, .router, .expert, .shared, .sharedGate: return true
+        case .q, .k, .v, .o, .head: return false
+        }
     }
 
     /// Whether a checkpoint tensor is a linear weight of a decoder layer (what NF4 quantizes);
