@@ -19,7 +19,7 @@ PY=${PYTHON:-$HOME/peer-venv/bin/python}
 FIX=Tests/MoETuneTests/Fixtures
 rm -rf "$OUT"; mkdir -p "$OUT"
 status=0
-for fam in ${FAMILIES:-mixtral qwen2_moe qwen3_moe olmoe granitemoe deepseek_v2}; do
+for fam in ${FAMILIES:-mixtral qwen2_moe qwen3_moe olmoe granitemoe deepseek_v2 gpt_oss}; do
   tied=$($PY -c "import json;print(json.load(open('$FIX/$fam/config.json')).get('tie_word_embeddings', False))")
   shared=""; [ "$fam" = qwen2_moe ] || [ "$fam" = deepseek_v2 ] && shared=", shared_expert"
   head=", head"; [ "$tied" = True ] && head=""

@@ -114,6 +114,11 @@ public enum PEFTAdapter {
             for name in Array(Set([r.module, family.transformers5Module(r.module)])).sorted() {
                 writer.add(.init(name: prefix + name + ".weight", shape: [r.experts, r.hidden],
                                  floats: UnsafeBufferPointer(start: r.weight, count: r.experts * r.hidden)))
+                // A router with a bias (GPT-OSS): peft's modules_to_save copy holds it too (frozen).
+                if let bias = r.bias {
+                    writer.add(.init(name: prefix + name + ".bias", shape: [r.experts],
+                                     floats: UnsafeBufferPointer(start: bias, count: r.experts)))
+                }
             }
         }
         for a in moduleAdapters {

@@ -103,6 +103,8 @@ public struct TrainedRouter: @unchecked Sendable {
     public let hidden: Int
     public let weight: UnsafeMutablePointer<Float>
     public let grad: UnsafeMutablePointer<Float>
+    /// The base router's frozen bias [E] (GPT-OSS), saved beside the weight as peft saves the module.
+    public var bias: UnsafePointer<Float>? = nil
 }
 
 /// One adapter to lay out: a module path (PEFT naming), its rank and its scale.
@@ -227,7 +229,8 @@ public final class AdapterSet: @unchecked Sendable {
             offset += routerSize
             w.update(from: base.pointer, count: routerSize)
             routers[l] = TrainedRouter(module: c.family.module(.router, layer: l),
-                                       experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g)
+                                       experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g,
+                                       bias: model.layers[l].routerBias)
         }
         var noiseWeights = [TrainedRouter?](repeating: nil, count: c.numLayers)
         for l in noiseLayers where model.layers[l].router != nil {
