@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-swift build -c release --product moe-tune
-bin=./.build/release/moe-tune
+# MOE_TUNE: a release binary already built elsewhere (default: build .build/release/moe-tune).
+bin="${MOE_TUNE:-./.build/release/moe-tune}"
+[ -n "${MOE_TUNE:-}" ] || swift build -c release --product moe-tune
 model="$(bash scripts/get_smollm2.sh)"
 test="$(mktemp --suffix=.jsonl)"
 trap 'rm -f "$test"' EXIT
