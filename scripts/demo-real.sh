@@ -24,12 +24,12 @@ echo "== after fine-tuning"
 $bin eval --model "$model" --adapter out/smollm2 --data "$test" --generate --max-new-tokens 4
 echo "== GGUF for llama.cpp / Ollama"
 $bin merge --model "$model" --adapter out/smollm2 --format gguf --gguf-type q8_0 --out out/smollm2-merged.q8_0.gguf --overwrite
-$bin export-lora --model "$model" --adapter out/smollm2 --out out/smollm2/adapter.gguf --overwrite
+$bin export-lora --model "$model" --adapter out/smollm2 --out out/smollm2-adapter.gguf --overwrite
 # LLAMA_PY: a Python with llama-cpp-python (default: ~/llama-venv/bin/python if it has it, else python3).
 LPY="${LLAMA_PY:-$HOME/llama-venv/bin/python}"
 "$LPY" -c "import llama_cpp" 2>/dev/null || LPY=python3
 if "$LPY" -c "import llama_cpp" 2>/dev/null; then
-    "$LPY" - out/smollm2-merged.q8_0.gguf out/smollm2/adapter.gguf "$model" <<'PYEOF'
+    "$LPY" - out/smollm2-merged.q8_0.gguf out/smollm2-adapter.gguf "$model" <<'PYEOF'
 import sys, llama_cpp
 merged, lora, base = sys.argv[1:4]
 q = "Add 6 and 2."

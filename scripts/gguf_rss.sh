@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-$(bash scripts/get_smollm2.sh)}"
 MORE=("${@:2}")
-BIN=.build/release/moe-tune
+BIN="${MOE_TUNE:-.build/release/moe-tune}"
 [ -x "$BIN" ] || swift build -c release
 W="$(mktemp -d)"; trap 'rm -rf "$W"' EXIT
 for t in q4_0 f32; do "$BIN" merge --model "$MODEL" --format gguf --gguf-type $t --out "$W/model-$t.gguf" >/dev/null; done
