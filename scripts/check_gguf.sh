@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$HOME/peer-venv/bin/python}"
 MODEL="${1:-$(bash scripts/get_smollm2.sh)}"
-BIN=.build/release/moe-tune
+BIN="${MOE_TUNE:-.build/release/moe-tune}"
 [ -x "$BIN" ] || swift build -c release
 W="$(mktemp -d)"; trap 'rm -rf "$W"' EXIT
 FX=Tests/MoETuneTests/Fixtures/gguf/smollm2

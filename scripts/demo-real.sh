@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-swift build -c release --product moe-tune
-bin=./.build/release/moe-tune
+# MOE_TUNE: a release binary already built elsewhere (default: build .build/release/moe-tune).
+bin="${MOE_TUNE:-./.build/release/moe-tune}"
+[ -n "${MOE_TUNE:-}" ] || swift build -c release --product moe-tune
 model="$(bash scripts/get_smollm2.sh)"
 test="$(mktemp --suffix=.jsonl)"
 trap 'rm -f "$test"' EXIT
@@ -23,13 +24,18 @@ echo "== after fine-tuning"
 $bin eval --model "$model" --adapter out/smollm2 --data "$test" --generate --max-new-tokens 4
 echo "== GGUF for llama.cpp / Ollama"
 $bin merge --model "$model" --adapter out/smollm2 --format gguf --gguf-type q8_0 --out out/smollm2-merged.q8_0.gguf --overwrite
-$bin export-lora --model "$model" --adapter out/smollm2 --out out/smollm2/adapter.gguf --overwrite
-if python3 -c "import llama_cpp" 2>/dev/null; then
-    python3 - out/smollm2-merged.q8_0.gguf <<'PYEOF'
+$bin export-lora --model "$model" --adapter out/smollm2 --out out/smollm2-adapter.gguf --overwrite
+# LLAMA_PY: a Python with llama-cpp-python (default: ~/llama-venv/bin/python if it has it, else python3).
+LPY="${LLAMA_PY:-$HOME/llama-venv/bin/python}"
+"$LPY" -c "import llama_cpp" 2>/dev/null || LPY=python3
+if "$LPY" -c "import llama_cpp" 2>/dev/null; then
+    "$LPY" - out/smollm2-merged.q8_0.gguf out/smollm2-adapter.gguf "$model" <<'PYEOF'
 import sys, llama_cpp
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, verbose=False)
+merged, lora, base = sys.argv[1:4]
 q = "Add 6 and 2."
-print("llama.cpp:", repr(q), "->", repr(llm.create_completion(q, max_tokens=8, temperature=0)["choices"][0]["text"]))
+for name, kw in [("merged q8_0", dict(model_path=merged)), ("base + adapter.gguf", dict(model_path=base, lora_path=lora))]:
+    llm = llama_cpp.Llama(n_ctx=128, verbose=False, **kw)
+    print(f"llama.cpp ({name}):", repr(q), "->", repr(llm.create_completion(q, max_tokens=8, temperature=0)["choices"][0]["text"]))
 PYEOF
 else
     echo "(llama-cpp-python is not installed: skipping the llama.cpp answer)"

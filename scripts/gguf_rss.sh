@@ -2,11 +2,13 @@
 # Peak RSS of 10 LoRA training steps on one GGUF model stored four ways: as given (e.g. Q4_1),
 # converted to Q4_0 and to f32 by `moe-tune merge --format gguf` (no adapter), and the given
 # file re-quantized to NF4 while loading. Release build; /usr/bin/time -f %M.
-#   bash scripts/gguf_rss.sh [MODEL.gguf]   (default: SmolLM2 from scripts/get_smollm2.sh)
+#   bash scripts/gguf_rss.sh [MODEL.gguf [MORE.gguf ...]]   (default: SmolLM2 from scripts/get_smollm2.sh)
+# MORE: further files of the same model run as given (e.g. a Q4_K_M from llama.cpp's quantizer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-$(bash scripts/get_smollm2.sh)}"
-BIN=.build/release/moe-tune
+MORE=("${@:2}")
+BIN="${MOE_TUNE:-.build/release/moe-tune}"
 [ -x "$BIN" ] || swift build -c release
 W="$(mktemp -d)"; trap 'rm -rf "$W"' EXIT
 for t in q4_0 f32; do "$BIN" merge --model "$MODEL" --format gguf --gguf-type $t --out "$W/model-$t.gguf" >/dev/null; done
@@ -21,3 +23,4 @@ run as-given "$MODEL"
 run q4_0 "$W/model-q4_0.gguf"
 run f32 "$W/model-f32.gguf"
 run nf4 "$MODEL" --set "quantization={type: nf4, block_size: 64, double_quant: true}"
+for m in "${MORE[@]}"; do run "$(basename "$m" .gguf)" "$m"; done

@@ -7,7 +7,8 @@ import Foundation
 ///   llama.cpp's q/k row permutation applied where the architecture has it, each expert's
 ///   weight stacked into the layer's 3-D ffn_*_exps tensor, `rope_freqs.weight` for Llama 3.1
 ///   scaling, and the base's tokenizer and chat template metadata (`tokenizer.*`, copied
-///   from a GGUF base);
+///   from a GGUF base, converted from a folder's tokenizer.json as llama.cpp's
+///   convert_hf_to_gguf.py does: Merge/GGUFVocabulary);
 /// - `loraAdapter`: a PEFT adapter in llama.cpp's GGUF LoRA format (convert_lora_to_gguf.py,
 ///   llama-adapter.cpp): general.type "adapter", adapter.type "lora", adapter.lora.alpha,
 ///   tensors "<base tensor>.lora_a" = A [r, in] and ".lora_b" = B [out, r] (B's rows
@@ -45,10 +46,11 @@ public enum GGUFExport {
         return c.family
     }
 
-    /// `tokenizer.*` metadata for the output: copied from a GGUF base.
-    static func tokenizerMetadata(_ ck: Checkpoint, model: String) throws -> [(String, GGUFValue)] {
+    /// `tokenizer.*` metadata for the output: copied from a GGUF base, converted from a
+    /// model folder's tokenizer.json as llama.cpp's converter does (GGUFVocabulary).
+    static func tokenizerMetadata(_ ck: Checkpoint, model: String, family f: ModelFamily) throws -> [(String, GGUFValue)] {
         guard let g = ck.gguf else {
-            throw MoETuneError.file(path: model, message: "GGUF output needs a GGUF base for its tokenizer metadata (a Hugging Face folder's tokenizer is not converted yet); convert the base with llama.cpp's convert_hf_to_gguf.py first")
+            return try GGUFVocabulary.metadata(folder: model, vocabSize: ck.config.vocabSize, architecture: f.ggufArchitecture!)
         }
         return g.file.keys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, g.file.metadata[$0]!) }
     }
@@ -98,7 +100,7 @@ public enum GGUFExport {
         w.set("general.name", .string(((modelPath as NSString).lastPathComponent as NSString).deletingPathExtension + (adapters.isEmpty ? "" : "-merged")))
         w.set("general.file_type", .uint32(fileType(type)))
         if type.blockSize > 1 { w.set("general.quantization_version", .uint32(2)) }
-        for (k, v) in try tokenizerMetadata(ck, model: modelPath) { w.set(k, v) }
+        for (k, v) in try tokenizerMetadata(ck, model: modelPath, family: f) { w.set(k, v) }
 
         if let factors = f.ggufRopeFrequencyFactors(c) {
             factors.withUnsafeBufferPointer { w.add("rope_freqs.weight", shape: [factors.count], floats: $0.baseAddress!, as: .f32) }

@@ -104,7 +104,7 @@ public final class GGUFFile: @unchecked Sendable {
             raws.append(Raw(name: name, dims: dims, type: type, offset: offset))
         }
         let dataOffset = (r.position + alignment - 1) / alignment * alignment
-        guard dataOffset <= size else {
+        guard dataOffset <= size || raws.isEmpty else {   // a vocabulary-only file has no data section
             throw MoETuneError.file(path: path, message: "truncated GGUF file: the data section would start at \(dataOffset) but the file has \(size) bytes")
         }
         var tensors: [GGUFTensorInfo] = []
