@@ -107,11 +107,12 @@ final class FamilyTests: XCTestCase {
     /// (peft, or the plain-torch per-expert LoRA of make_moe_fixtures.py), 1e-4 relative
     /// (max-norm per tensor; an expert no token reached has exactly zero gradient on both sides).
     @discardableResult
+    /// `adapter`: the fixture folder of adapter, batch and gradients (default "train-" + name).
     func checkGradients(_ name: String, file: String = "grads.safetensors", lossKey: String = "loss",
-                        auxCoef: Float = 0) throws -> Set<ModuleKind> {
+                        auxCoef: Float = 0, adapter: String? = nil) throws -> Set<ModuleKind> {
         let model = try Transformer.load(directory: Fixtures.dir(name))
         model.moe.auxLossCoef = auxCoef
-        let dir = Fixtures.dir("train-" + name)
+        let dir = Fixtures.dir(adapter ?? "train-" + name)
         let adapters = try PEFTAdapter.load(directory: dir, model: model)
         let ref = try SafeTensorsFile(path: dir + "/batch.safetensors")
         let (tb, _) = try batch(ref, labels: "labels")

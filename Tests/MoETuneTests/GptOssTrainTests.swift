@@ -101,43 +101,8 @@ extension FamilyTests {
     /// to its max norm, without and with the aux loss (0.02, aux loss 1e-5).
     func testGptOssPerExpertGradientsMatchTorch() throws {
         for (file, lossKey, coef) in [("grads.safetensors", "loss", Float(0)), ("grads_aux.safetensors", "loss_aux", 0.02)] {
-            let model = try Transformer.load(directory: Fixtures.dir("gpt_oss-clamp"))
-            model.moe.auxLossCoef = coef
-            let dir = Fixtures.dir("train-gpt_oss-experts")
-            let adapters = try PEFTAdapter.load(directory: dir, model: model)
-            XCTAssertEqual(Set(adapters.all.compactMap { model.kind(of: $0.module) }),
-                           [.query, .key, .value, .projection, .mlp, .router, .head])
-            let ref = try SafeTensorsFile(path: dir + "/batch.safetensors")
-            let (tb, _) = try batch(ref, labels: "labels")
-            let state = ForwardState(config: model.config, batch: tb.batch, seq: tb.seq, training: true, loraRank: adapters.maxRank)
-            let grads = BackwardState(for: state, config: model.config)
-            adapters.store.zeroGrads()
-            let (sum, count) = try model.forward(tb, state: state, adapters: adapters)
-            model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(count))
-            let loss = sum / Double(count) + Double(coef) * state.auxLoss
-            let refLoss = Double(try ref.floatArray(lossKey)[0])
-            XCTAssertLessThanOrEqual(abs(loss - refLoss) / refLoss, 1e-5, "\(file): loss \(loss) vs \(refLoss)")
-            if coef != 0 {
-                let refAux = Double(try ref.floatArray("aux_loss")[0])
-                XCTAssertLessThanOrEqual(abs(state.auxLoss - refAux) / refAux, 1e-5, "aux loss \(state.auxLoss) vs \(refAux)")
-            }
-            let g = try SafeTensorsFile(path: dir + "/" + file)
-            XCTAssertEqual(g.tensors.count, 2 * adapters.all.count)
-            var worst: Float = 0
-            for a in adapters.all {
-                for (suffix, ptr, n) in [("lora_A", a.gradA, a.rank * a.inFeatures), ("lora_B", a.gradB, a.rank * a.outFeatures)] {
-                    let key = "base_model.model.\(a.module).\(suffix).weight"
-                    let expected = try g.floatArray(key)
-                    XCTAssertEqual(expected.count, n, key)
-                    let scale = expected.map { abs($0) }.max() ?? 0
-                    var diff: Float = 0
-                    for i in 0..<min(n, expected.count) { diff = max(diff, abs(ptr[i] - expected[i])) }
-                    if scale == 0 { XCTAssertEqual(diff, 0, key); continue }
-                    worst = max(worst, diff / scale)
-                    XCTAssertLessThanOrEqual(diff / scale, 1e-4, key)
-                }
-            }
-            print("gpt_oss per-expert \(file): \(adapters.all.count) adapters, loss \(loss) vs \(refLoss), worst gradient error \(worst)")
+            let kinds = try checkGradients("gpt_oss-clamp", file: file, lossKey: lossKey, auxCoef: coef, adapter: "train-gpt_oss-experts")
+            XCTAssertEqual(kinds, [.query, .key, .value, .projection, .mlp, .router, .head], file)
         }
     }
 
