@@ -37,7 +37,9 @@ public enum ExactMatch {
                 result.perTask[task] = t
             }
             if result.samples.count < 5 {
-                result.samples.append((try tokenizer.decode(Array(prompt.dropFirst())), ex.reply!, generated))
+                // The prompt as text, without a leading BOS (not every tokenizer adds one).
+                let shown = prompt.first != nil && prompt.first == tokenizer.bosId ? Array(prompt.dropFirst()) : prompt
+                result.samples.append((try tokenizer.decode(shown), ex.reply!, generated))
             }
             progress?(i + 1, items.count)
         }
