@@ -7,7 +7,8 @@
 # (default: the one inside the llama-cpp-python source, ~/lcpp/src/llama_cpp_python-*/vendor/llama.cpp).
 # 1. A LoRA trained on the GGUF base; llama.cpp's loss on the same token ids (logits of every
 #    position) vs `moe-tune eval --adapter` (1e-3 relative) and greedy tokens vs `moe-tune
-#    generate` (16 tokens, 5 prompts) for: the merged f32 and f16 files; the base + the
+#    generate` (16 tokens, 5 prompts) for: the merged f32 and f16 files (also vs moe-tune eval of the same file;
+#    f16 vs eval --adapter 2e-3); the base + the
 #    export-lora adapter (llama.cpp's --lora), on the base converted to f32 and on the base as given.
 # 2. GGUF from a Hugging Face folder (transformers' save_pretrained of the GGUF model):
 #    `merge --format gguf` vs llama.cpp's convert_hf_to_gguf.py on the same folder: tokenizer.*
@@ -67,8 +68,14 @@ for t in f32 f16; do "$BIN" merge --model "$MODEL" --adapter "$W/lora" --format 
     --run merged-f16="$W/merged-f16.gguf" --run lora-f32="$W/base-f32.gguf+$W/adapter.gguf" --run lora-given="$MODEL+$W/adapter.gguf" \
     2>/dev/null > "$W/llama.json"
 for v in merged-f32 merged-f16 lora-f32 lora-given; do python3 -c "import json, sys; d = json.load(open(sys.argv[1]))[sys.argv[2]]; json.dump(d, open(sys.argv[3], 'w'))" "$W/llama.json" $v "$W/$v.json"; done
+# Each merged file against moe-tune's eval of that same file (1e-3), and against eval --adapter:
+# f32 1e-3; f16 2e-3, the issue's bound for an f16 merge (its weights are rounded to f16, and
+# llama.cpp's f16 products round the activations to f16 too).
 for v in merged-f32 merged-f16; do
-    compare "$v loss vs eval --adapter" "$withad" "$(jq_ "d['loss']" < "$W/$v.json")" 1e-3
+    same=$("$BIN" eval --model "$W/$v.gguf" --data $DATA --json 2>/dev/null | jq_ "d['loss']")
+    compare "$v loss vs moe-tune eval of the same file" "$same" "$(jq_ "d['loss']" < "$W/$v.json")" 1e-3
+    tol=1e-3; [ $v = merged-f16 ] && tol=2e-3
+    compare "$v loss vs eval --adapter" "$withad" "$(jq_ "d['loss']" < "$W/$v.json")" $tol
     generations "$v" "$W/$v.json" --model "$W/$v.gguf"
 done
 withad32=$("$BIN" eval --model "$W/base-f32.gguf" --adapter "$W/lora" --data $DATA --json 2>/dev/null | jq_ "d['loss']")
