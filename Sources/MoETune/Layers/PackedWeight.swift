@@ -6,15 +6,20 @@ import Foundation
 /// instead of being re-packed by OpenBLAS in every product of every step:
 ///   forward   y [N, out] (+)= x [N, in] W^T   from panels of 16 rows of W   (out/16 x in x 16)
 ///   backward dx [N, in]  (+)= dy [N, out] W   from panels of 16 columns of W (in/16 x out x 16)
-/// Each copy is the size of W (rounded up to 16 rows/columns): with both, a packed weight
-/// takes three times its fp32 size (the original stays: merge, export and eval read it).
+/// Each copy is the size of W (rounded up to 16 rows/columns). The original stays readable
+/// (merge and export read it); an fp32 original mapped from the file has its pages released
+/// after packing (they come back from the file when read), so with both copies a weight holds
+/// twice its fp32 size resident; a converted (bf16/f16) original stays: three times.
 ///
 /// Which weights: fp32, both dimensions at most `maxDimension` (4096) and the CPU has AVX2+FMA.
 /// On the 2-core AVX2 EPYC (scripts/bench_packed_gemm.c, README "Speed") the packed kernel
 /// was 1-19% faster than single-threaded OpenBLAS on bench-small's and bench-64's q/k/v/o and
 /// expert shapes, and 12-17% slower on the 8000 x 512 LM head, which therefore stays on
-/// OpenBLAS. `MOE_TUNE_PREPACK=0` switches packing off, `MOE_TUNE_PREPACK=forward` packs
-/// the forward copy only (half the memory; the input gradients then use OpenBLAS).
+/// OpenBLAS. In the whole training step the gain was within the noise of that loaded machine
+/// while peak RSS grew by the two copies, so packing is off unless asked for:
+/// `MOE_TUNE_PREPACK=1` packs both copies (the mapped fp32 pages are then released),
+/// `MOE_TUNE_PREPACK=forward` the forward copy only (input gradients stay on OpenBLAS);
+/// unset or `0`: off.
 public final class PackedWeight: @unchecked Sendable {
     let out: Int
     let inFeatures: Int
@@ -23,8 +28,8 @@ public final class PackedWeight: @unchecked Sendable {
 
     public enum Mode: String, Sendable { case off = "0", both = "1", forward }
     public static let mode: Mode = {
-        guard let v = ProcessInfo.processInfo.environment["MOE_TUNE_PREPACK"]?.lowercased() else { return .both }
-        return Mode(rawValue: v) ?? (v == "off" || v == "false" ? .off : .both)
+        guard let v = ProcessInfo.processInfo.environment["MOE_TUNE_PREPACK"]?.lowercased() else { return .off }
+        return Mode(rawValue: v) ?? (v == "on" || v == "true" ? .both : .off)
     }()
     static let maxDimension = 4096
     /// Whether the packed kernel is vectorised here (the scalar fallback never beats OpenBLAS).
