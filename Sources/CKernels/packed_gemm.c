@@ -13,17 +13,11 @@
 
 #define NR 16
 #define MR 6
-// K block: one panel's K block (KC x 16 floats = 16 KiB) stays in L1 while MC rows of A
-// (MC x KC floats, 144 KiB) stream from L2.
+// K blocks of KC (one panel's K block, KC x 16 floats = 16 KiB, stays in L1), then blocks of
+// NCP panels (NCP x 16 columns x KC floats = 256 KiB, stay in L2), then 6 rows of A at a time
+// (6 x KC floats, 6 KiB, in L1 across the block's panels).
 #define KC 256
-#define MC 144
-// Panels per column block: 16 x 16 columns x KC floats = 256 KiB.
 #define NCP 16
-static long packed_order(void) {
-    static long o = -1;
-    if (o < 0) { const char *e = getenv("MT_PACKED_ORDER"); o = e ? atol(e) : 0; }
-    return o;
-}
 
 long mt_packed_size(long k, long n) { return ((n + NR - 1) / NR) * NR * k; }
 
@@ -143,31 +137,16 @@ const char *mt_packed_kernel(void) { return packed_best() == 1 ? "avx2" : "scala
 static void packed_gemm(tile_fn tile, long m, long n, long k, const float *a, long lda, const float *packed, float *c,
                         long ldc, int accumulate) {
     long panels = (n + NR - 1) / NR;
-    long order = packed_order();
     for (long k0 = 0; k0 < k; k0 += KC) {
         long kc = k - k0 < KC ? k - k0 : KC;
         int acc = accumulate || k0 > 0;
-        if (order == 0) {
-            for (long p0 = 0; p0 < panels; p0 += NCP) {
-                long p1 = p0 + NCP < panels ? p0 + NCP : panels;
-                for (long i = 0; i < m; i += MR) {
-                    long mr = m - i < MR ? m - i : MR;
-                    for (long p = p0; p < p1; p++) {
-                        long nr = n - p * NR < NR ? n - p * NR : NR;
-                        tile(mr, nr, kc, a + i * lda + k0, lda, packed + p * k * NR + k0 * NR, c + i * ldc + p * NR, ldc, acc);
-                    }
-                }
-            }
-        } else {
-            for (long m0 = 0; m0 < m; m0 += MC) {
-                long mc = m - m0 < MC ? m - m0 : MC;
-                for (long p = 0; p < panels; p++) {
-                    const float *bp = packed + p * k * NR + k0 * NR;
+        for (long p0 = 0; p0 < panels; p0 += NCP) {
+            long p1 = p0 + NCP < panels ? p0 + NCP : panels;
+            for (long i = 0; i < m; i += MR) {
+                long mr = m - i < MR ? m - i : MR;
+                for (long p = p0; p < p1; p++) {
                     long nr = n - p * NR < NR ? n - p * NR : NR;
-                    for (long i = 0; i < mc; i += MR) {
-                        long mr = mc - i < MR ? mc - i : MR;
-                        tile(mr, nr, kc, a + (m0 + i) * lda + k0, lda, bp, c + (m0 + i) * ldc + p * NR, ldc, acc);
-                    }
+                    tile(mr, nr, kc, a + i * lda + k0, lda, packed + p * k * NR + k0 * NR, c + i * ldc + p * NR, ldc, acc);
                 }
             }
         }
