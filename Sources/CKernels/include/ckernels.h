@@ -38,6 +38,23 @@ int mt_nf4_dequant_with(int kernel, float *dst, const unsigned char *packed, lon
                         const float *absmax, const unsigned char *scaleCodes, const float *map,
                         const float *nested, float offset);
 
+/// Pre-packed GEMM (packed_gemm.c). A B[k, n] operand, element (kk, j) at b[kk * strideK +
+/// j * strideN], packed into panels of 16 columns (K rows of 16 floats each, the last panel
+/// zero-padded): mt_packed_size(k, n) floats. W[n, k] of x · W^T is strideK = 1, strideN = k;
+/// W of dy · W is strideK = n, strideN = 1.
+long mt_packed_size(long k, long n);
+void mt_pack_b(float *dst, const float *b, long k, long n, long strideK, long strideN);
+/// C[m, n] (+)= A[m, k] (row stride lda) · B (packed); row stride of C ldc. Allocates nothing.
+void mt_packed_gemm(long m, long n, long k, const float *a, long lda, const float *packed, float *c, long ldc,
+                    int accumulate);
+/// Which kernel runs: "avx2" (6 x 16, FMA) or "scalar".
+const char *mt_packed_kernel(void);
+/// Whether kernel 0 (scalar) or 1 (AVX2+FMA) runs on this CPU.
+int mt_packed_kernel_supported(int kernel);
+/// mt_packed_gemm with a given kernel; -1 when this CPU lacks it.
+int mt_packed_gemm_with(int kernel, long m, long n, long k, const float *a, long lda, const float *packed, float *c,
+                        long ldc, int accumulate);
+
 #ifdef __cplusplus
 }
 #endif

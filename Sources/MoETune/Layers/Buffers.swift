@@ -41,14 +41,18 @@ public struct Matrix: @unchecked Sendable {
     public let ggml: GGMLWeight?
     /// A compressed weight held transposed in a fused tensor (GPT-OSS's NF4 experts).
     public let transposed: TransposedWeight?
+    /// Packed copies of a frozen fp32 weight for CKernels' packed GEMM (`prepacked()`);
+    /// `pointer` stays readable.
+    public let packed: PackedWeight?
 
-    public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int) {
+    public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int, packed: PackedWeight? = nil) {
         self.pointer = pointer
         self.rows = rows
         self.cols = cols
         nf4 = nil
         ggml = nil
         transposed = nil
+        self.packed = packed
     }
 
     public init(nf4: NF4Weight) {
@@ -58,6 +62,7 @@ public struct Matrix: @unchecked Sendable {
         self.nf4 = nf4
         ggml = nil
         transposed = nil
+        packed = nil
     }
 
     public init(ggml: GGMLWeight) {
@@ -67,6 +72,7 @@ public struct Matrix: @unchecked Sendable {
         nf4 = nil
         self.ggml = ggml
         transposed = nil
+        packed = nil
     }
 
     public init(transposed: TransposedWeight) {
@@ -76,6 +82,7 @@ public struct Matrix: @unchecked Sendable {
         nf4 = nil
         ggml = nil
         self.transposed = transposed
+        packed = nil
     }
 
     /// Whether only the products can read this weight (NF4 or ggml blocks).

@@ -6,6 +6,7 @@ public func linearForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
     if let q = w.nf4 { ChunkedMatmul.forward(y: y, x: x, rows: n, weight: q, accumulate: accumulate); return }
     if let g = w.ggml { ChunkedMatmul.forward(y: y, x: x, rows: n, weight: g, accumulate: accumulate); return }
     if let t = w.transposed { t.forward(y: y, x: x, rows: n, accumulate: accumulate); return }
+    if let p = w.packed { p.forward(y: y, x: x, rows: n, accumulate: accumulate); return }
     BLAS.gemm(.none, .transpose, m: n, n: w.rows, k: w.cols,
               a: x, lda: w.cols, b: w.pointer, ldb: w.cols,
               beta: accumulate ? 1 : 0, c: y, ldc: w.rows)
@@ -19,6 +20,7 @@ public func linearBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePoint
     if let q = w.nf4 { ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: q, accumulate: accumulate); return }
     if let g = w.ggml { ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: g, accumulate: accumulate); return }
     if let t = w.transposed { t.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate); return }
+    if let p = w.packed, p.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate) { return }
     BLAS.gemm(.none, .none, m: n, n: w.cols, k: w.rows,
               a: dy, lda: w.rows, b: w.pointer, ldb: w.cols,
               beta: accumulate ? 1 : 0, c: dx, ldc: w.cols)
