@@ -29,64 +29,65 @@ public final class FloatBuffer: @unchecked Sendable {
     public var array: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
 }
 
-/// A read-only row-major matrix [rows, cols]: a view over fp32 weights owned elsewhere,
-/// or 4-bit NF4 weights (QLoRA) or ggml blocks (GGUF), which only the linear-layer products read.
+/// A read-only row-major matrix [rows, cols]: a view over fp32 weights owned elsewhere, or a
+/// frozen weight in another storage, which only the linear-layer products (Layers/Linear.swift)
+/// read. A new weight format is one more `Storage` case and one more branch there.
 public struct Matrix: @unchecked Sendable {
+    public enum Storage: @unchecked Sendable {
+        /// fp32 at `pointer`.
+        case fp32
+        /// fp32 at `pointer`, with packed copies for CKernels' packed GEMM (`prepacked()`).
+        case packed(PackedWeight)
+        /// 4-bit NF4 (QLoRA); `pointer` is not to be read.
+        case nf4(NF4Weight)
+        /// ggml blocks of a GGUF file; `pointer` is not to be read.
+        case ggml(GGMLWeight)
+        /// A compressed weight held transposed in a fused tensor (GPT-OSS's NF4 experts);
+        /// `pointer` is not to be read.
+        case transposed(TransposedWeight)
+    }
+
     public let pointer: UnsafePointer<Float>
     public let rows: Int
     public let cols: Int
-    /// The NF4 storage of a quantized weight; `pointer` is then not to be read.
-    public let nf4: NF4Weight?
-    /// The ggml block storage of a weight read from GGUF; `pointer` is then not to be read.
-    public let ggml: GGMLWeight?
-    /// A compressed weight held transposed in a fused tensor (GPT-OSS's NF4 experts).
-    public let transposed: TransposedWeight?
-    /// Packed copies of a frozen fp32 weight for CKernels' packed GEMM (`prepacked()`);
-    /// `pointer` stays readable.
-    public let packed: PackedWeight?
+    public let storage: Storage
 
     public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int, packed: PackedWeight? = nil) {
         self.pointer = pointer
         self.rows = rows
         self.cols = cols
-        nf4 = nil
-        ggml = nil
-        transposed = nil
-        self.packed = packed
+        storage = packed.map { .packed($0) } ?? .fp32
     }
 
-    public init(nf4: NF4Weight) {
+    private init(rows: Int, cols: Int, storage: Storage) {
         pointer = UnsafePointer(Matrix.none.pointer)
-        rows = nf4.rows
-        cols = nf4.cols
-        self.nf4 = nf4
-        ggml = nil
-        transposed = nil
-        packed = nil
+        self.rows = rows
+        self.cols = cols
+        self.storage = storage
     }
 
-    public init(ggml: GGMLWeight) {
-        pointer = UnsafePointer(Matrix.none.pointer)
-        rows = ggml.rows
-        cols = ggml.cols
-        nf4 = nil
-        self.ggml = ggml
-        transposed = nil
-        packed = nil
-    }
-
+    public init(nf4: NF4Weight) { self.init(rows: nf4.rows, cols: nf4.cols, storage: .nf4(nf4)) }
+    public init(ggml: GGMLWeight) { self.init(rows: ggml.rows, cols: ggml.cols, storage: .ggml(ggml)) }
     public init(transposed: TransposedWeight) {
-        pointer = UnsafePointer(Matrix.none.pointer)
-        rows = transposed.outFeatures
-        cols = transposed.inFeatures
-        nf4 = nil
-        ggml = nil
-        self.transposed = transposed
-        packed = nil
+        self.init(rows: transposed.outFeatures, cols: transposed.inFeatures, storage: .transposed(transposed))
     }
 
-    /// Whether only the products can read this weight (NF4 or ggml blocks).
-    public var isQuantized: Bool { nf4 != nil || ggml != nil || transposed != nil }
+    /// The NF4 storage of a quantized weight, if that is how it is held.
+    public var nf4: NF4Weight? { if case .nf4(let q) = storage { return q }; return nil }
+    /// The ggml block storage of a weight read from GGUF, if that is how it is held.
+    public var ggml: GGMLWeight? { if case .ggml(let g) = storage { return g }; return nil }
+    /// The transposed compressed storage (GPT-OSS's NF4 experts), if that is how it is held.
+    public var transposed: TransposedWeight? { if case .transposed(let t) = storage { return t }; return nil }
+    /// The packed copies of an fp32 weight, if it has them.
+    public var packed: PackedWeight? { if case .packed(let p) = storage { return p }; return nil }
+
+    /// Whether only the products can read this weight (`pointer` is not the weight).
+    public var isQuantized: Bool {
+        switch storage {
+        case .fp32, .packed: return false
+        case .nf4, .ggml, .transposed: return true
+        }
+    }
 
     private static let none = FloatBuffer(count: 1)
 }

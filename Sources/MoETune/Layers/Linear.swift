@@ -3,10 +3,13 @@
 @inline(__always)
 public func linearForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int,
                           weight w: Matrix, accumulate: Bool = false) {
-    if let q = w.nf4 { ChunkedMatmul.forward(y: y, x: x, rows: n, weight: q, accumulate: accumulate); return }
-    if let g = w.ggml { ChunkedMatmul.forward(y: y, x: x, rows: n, weight: g, accumulate: accumulate); return }
-    if let t = w.transposed { t.forward(y: y, x: x, rows: n, accumulate: accumulate); return }
-    if let p = w.packed { p.forward(y: y, x: x, rows: n, accumulate: accumulate); return }
+    switch w.storage {
+    case .nf4(let q): ChunkedMatmul.forward(y: y, x: x, rows: n, weight: q, accumulate: accumulate); return
+    case .ggml(let g): ChunkedMatmul.forward(y: y, x: x, rows: n, weight: g, accumulate: accumulate); return
+    case .transposed(let t): t.forward(y: y, x: x, rows: n, accumulate: accumulate); return
+    case .packed(let p): p.forward(y: y, x: x, rows: n, accumulate: accumulate); return
+    case .fp32: break
+    }
     BLAS.gemm(.none, .transpose, m: n, n: w.rows, k: w.cols,
               a: x, lda: w.cols, b: w.pointer, ldb: w.cols,
               beta: accumulate ? 1 : 0, c: y, ldc: w.rows)
@@ -17,10 +20,14 @@ public func linearForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
 @inline(__always)
 public func linearBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, rows n: Int,
                                 weight w: Matrix, accumulate: Bool) {
-    if let q = w.nf4 { ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: q, accumulate: accumulate); return }
-    if let g = w.ggml { ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: g, accumulate: accumulate); return }
-    if let t = w.transposed { t.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate); return }
-    if let p = w.packed, p.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate) { return }
+    switch w.storage {
+    case .nf4(let q): ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: q, accumulate: accumulate); return
+    case .ggml(let g): ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: g, accumulate: accumulate); return
+    case .transposed(let t): t.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate); return
+    // Packed with the forward copy only: the backward stays on OpenBLAS.
+    case .packed(let p): if p.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate) { return }
+    case .fp32: break
+    }
     BLAS.gemm(.none, .none, m: n, n: w.cols, k: w.rows,
               a: dy, lda: w.rows, b: w.pointer, ldb: w.cols,
               beta: accumulate ? 1 : 0, c: dx, ldc: w.cols)
