@@ -58,6 +58,10 @@ struct MergeCommand: ParsableCommand {
             }
             let s = try Merger.merge(modelDir: model, adapters: Array(zip(adapter, weights)).map { (path: $0.0, weight: $0.1) },
                                      outDir: out, options: o)
+            if s.dequantizedMXFP4 {
+                FileHandle.standardError.write(Data(("moe-tune: note: the base's MXFP4 experts are written dequantized (\(s.dtype.rawValue)) with the "
+                    + "adapters merged, and config.json's quantization_config is dropped (as transformers + peft do)\n").utf8))
+            }
             print("merged \(s.mergedModules) modules from \(adapter.count) adapter(s) into \(out): \(s.tensors) tensors, "
                 + "\(s.files) file(s), \(s.dtype.rawValue), \(String(format: "%.1f", Double(s.bytes) / 1_048_576)) MiB in \(formatDuration(Date().timeIntervalSince(start)))")
         }

@@ -38,8 +38,8 @@ final class ModelConfigTests: XCTestCase {
 
     func testSlidingWindowAppliesOnlyWhenShorterThanTheSequence() throws {
         let c = try parse(#"{"model_type":"mistral","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100,"sliding_window":128}"#)
-        XCTAssertNil(c.attentionShape(batch: 1, seq: 128, layer: 0).window)
-        XCTAssertEqual(c.attentionShape(batch: 1, seq: 129, layer: 1).window, 128)
+        XCTAssertNil(c.attentionShape(batch: 1, seq: 128, window: c.window(layer: 0)).window)
+        XCTAssertEqual(c.attentionShape(batch: 1, seq: 129, window: c.window(layer: 1)).window, 128)
     }
 }
 

@@ -157,17 +157,6 @@ extension FamilyTests {
         XCTAssertLessThanOrEqual(diff, 1e-4)
     }
 
-    /// Expert adapters cannot be folded into MXFP4 experts: refused naming the tensor.
-    func testGptOssMergeIntoMXFP4Refused() throws {
-        let dir = Fixtures.dir("gpt_oss-mxfp4")
-        let model = try Transformer.load(directory: dir)
-        let adapters = try AdapterSet(model: model, spec: LoRASpec(rank: 2, alpha: 4, targets: [.mlp]), seed: 1)
-        let tmp = try makeTempDir(self)
-        try PEFTAdapter.save(adapters, family: model.family, baseModel: dir, to: tmp + "/adapter")
-        assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(tmp + "/adapter", 1)], outDir: tmp + "/merged"),
-                           contains: ["gate_up_proj", "MXFP4", "not supported"])
-    }
-
     func gptOssLogits(_ model: Transformer, _ adapters: AdapterSet?) throws -> [Float] {
         let ref = try SafeTensorsFile(path: Fixtures.dir("train-gpt_oss") + "/batch.safetensors")
         let (tb, _) = try batch(ref)

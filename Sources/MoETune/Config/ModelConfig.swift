@@ -37,6 +37,9 @@ public struct ModelConfig: Equatable, Sendable {
     public var routerBias = false
     public var attentionSinks = false
     public var clampedSwiGLU: ClampedSwiGLU? = nil
+    /// GPT-OSS's quantization_config (quant_method mxfp4): experts stored as MXFP4 blocks
+    /// except those modules_to_not_convert names; nil: no quantization_config.
+    public var mxfp4: MXFP4Quantization? = nil
     /// RMSNorm on q and k before RoPE (Qwen3: per head over head_dim; OLMoE: over the
     /// whole projection width); nil: none.
     public var qkNorm: QKNorm?
@@ -114,6 +117,14 @@ public struct ModelConfig: Equatable, Sendable {
         return try parse(data, path: path)
     }
 
+    /// The config.json fields `parse` reads for every family (a family reads its own after).
+    static let sharedFields: Set<String> = [
+        "model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+        "max_position_embeddings", "rope_theta", "rope_scaling", "rope_parameters", "eos_token_id",
+        "intermediate_size", "num_hidden_layers", "rms_norm_eps", "vocab_size", "tie_word_embeddings",
+        "bos_token_id", "router_aux_loss_coef",
+    ]
+
     public static func parse(_ data: Data, path: String) throws -> ModelConfig {
         guard let obj = try? JSONSerialization.jsonObject(with: data), let json = obj as? [String: Any] else {
             throw MoETuneError.file(path: path, message: "not a JSON object")
@@ -190,11 +201,12 @@ public struct ModelConfig: Equatable, Sendable {
         return w
     }
 
-    /// The attention shape of layer l over a batch: a sliding window only where the layer
-    /// has one and it is shorter than the sequence.
-    func attentionShape(batch b: Int, seq t: Int, layer l: Int) -> AttentionShape {
+    /// The attention shape over a batch of a layer whose sliding window is `window` (a
+    /// layer description's, DecoderLayer.window): the window only where it is shorter than
+    /// the sequence.
+    func attentionShape(batch b: Int, seq t: Int, window: Int?) -> AttentionShape {
         AttentionShape(batch: b, seq: t, heads: numHeads, kvHeads: numKVHeads, headDim: headDim,
-                       window: window(layer: l).flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
+                       window: window.flatMap { $0 < t ? $0 : nil }, scale: attentionMultiplier)
     }
 }
 

@@ -147,6 +147,32 @@ public final class Checkpoint: @unchecked Sendable {
         }
     }
 
+    /// Refuses expert tensor `name` of `module` when its storage disagrees with config.json's
+    /// quantization_config, naming the tensor: MXFP4 blocks without an mxfp4
+    /// quantization_config, blocks for a module modules_to_not_convert exempts, or a plain
+    /// tensor where the config says MXFP4 (transformers would look for its blocks).
+    public func checkMXFP4Storage(_ name: String, module: String) throws {
+        let blocks = contains(name + "_blocks"), plain = contains(name)
+        guard blocks || plain else { return }
+        let cfgPath = "config.json (quantization_config)"
+        guard let q = config.mxfp4 else {
+            if blocks {
+                throw MoETuneError.file(path: path(of: name + "_blocks"),
+                    message: "tensor \(name)_blocks is MXFP4 but \(cfgPath) is absent; add quant_method mxfp4")
+            }
+            return
+        }
+        if let p = q.exemptingPattern(for: module) {
+            if blocks {
+                throw MoETuneError.file(path: path(of: name + "_blocks"),
+                    message: "tensor \(name)_blocks is MXFP4 but \(cfgPath) modules_to_not_convert '\(p)' exempts \(module)")
+            }
+        } else if !blocks {
+            throw MoETuneError.file(path: path(of: name),
+                message: "tensor \(name) is not MXFP4 but \(cfgPath) converts \(module) (list it in modules_to_not_convert)")
+        }
+    }
+
     /// The same dequantization, alive only during `body` (QLoRA re-quantizes it to NF4);
     /// nil when the checkpoint holds no `name`_blocks.
     public func withTemporaryMXFP4Floats<T>(_ name: String, shape: [Int], _ body: (UnsafePointer<Float>) throws -> T) throws -> T? {

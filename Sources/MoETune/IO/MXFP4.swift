@@ -55,3 +55,51 @@ public enum MXFP4 {
         return (out, [e, cols, r])
     }
 }
+
+/// The `quantization_config` of an MXFP4 checkpoint (GPT-OSS; transformers' Mxfp4Config):
+/// quant_method "mxfp4", modules_to_not_convert (patterns of modules left unquantized) and
+/// dequantize (a loading switch of transformers; moe-tune always dequantizes, so it has no
+/// effect here). Any other key, or another quant_method, is refused naming it.
+public struct MXFP4Quantization: Equatable, Sendable {
+    /// nil: transformers' default, every expert block converted.
+    public var modulesToNotConvert: [String]?
+
+    static func read(_ q: [String: Any], path: String) throws -> MXFP4Quantization {
+        let method = q["quant_method"] as? String ?? "?"
+        guard method == "mxfp4" else {
+            throw MoETuneError.config(path: path, key: "quantization_config",
+                message: "quant_method '\(method)' is not supported for gpt_oss (mxfp4 is)")
+        }
+        for key in q.keys.sorted() where !["quant_method", "modules_to_not_convert", "dequantize"].contains(key) {
+            throw MoETuneError.config(path: path, key: "quantization_config." + key, message: "MXFP4 field that moe-tune does not implement")
+        }
+        if let d = q["dequantize"], !(d is NSNull), !((d as? NSNumber).map(CFGetTypeIDIsBool) ?? false) {
+            throw MoETuneError.config(path: path, key: "quantization_config.dequantize", message: "expected true or false")
+        }
+        var result = MXFP4Quantization(modulesToNotConvert: nil)
+        if let v = q["modules_to_not_convert"], !(v is NSNull) {
+            guard let list = v as? [String] else {
+                throw MoETuneError.config(path: path, key: "quantization_config.modules_to_not_convert", message: "expected a list of module names")
+            }
+            for p in list where (try? NSRegularExpression(pattern: p)) == nil {
+                throw MoETuneError.config(path: path, key: "quantization_config.modules_to_not_convert",
+                                          message: "'\(p)' is not a valid pattern")
+            }
+            result.modulesToNotConvert = list
+        }
+        return result
+    }
+
+    /// The pattern of modules_to_not_convert that keeps `module` unquantized, or nil when
+    /// the module is converted (stored as MXFP4). transformers' should_convert_module: a
+    /// pattern matches as a regex from the start of the name up to a module boundary
+    /// ("layer.1" matches "layer.1.attn", not "layer.11.attn"; "layers.*" any layer), or as
+    /// a suffix of the name.
+    public func exemptingPattern(for module: String) -> String? {
+        (modulesToNotConvert ?? []).first { p in
+            if module.hasSuffix(p) { return true }
+            guard let re = try? NSRegularExpression(pattern: "^(?:" + p + ")(?:(?<=\\.)|(?=\\.|$))") else { return false }
+            return re.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil
+        }
+    }
+}

@@ -21,6 +21,8 @@ public enum Merger {
         public var files: Int
         public var dtype: DType
         public var bytes: Int
+        /// MXFP4 experts were written dequantized (in `dtype`) and quantization_config dropped.
+        public var dequantizedMXFP4 = false
     }
 
     public static func merge(modelDir: String, adapters: [(path: String, weight: Float)], outDir: String,
@@ -37,11 +39,10 @@ public enum Merger {
         guard [.f32, .f16, .bf16].contains(dtype) else { throw MoETuneError.invalid("--dtype must be f32, bf16 or f16") }
 
         var merged = 0
-        /// The merged fp32 values of one tensor.
-        func mergedValues(_ name: String, _ info: TensorInfo) throws -> [Float] {
-            var values = [Float](repeating: 0, count: info.count)
-            let src = try ck.floats(name, shape: info.shape)
-            values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src, count: info.count) }
+        /// The merged fp32 values of one tensor from its `count` base values at `src`.
+        func mergedValues(_ name: String, count: Int, from src: UnsafePointer<Float>) throws -> [Float] {
+            var values = [Float](repeating: 0, count: count)
+            values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src, count: count) }
             func add(_ module: String, at offset: Int) {
                 guard let a = byModule[module] else { return }
                 values.withUnsafeMutableBufferPointer { buf in
@@ -99,24 +100,36 @@ public enum Merger {
             return values
         }
 
-        // GPT-OSS's released checkpoints hold the experts as MXFP4 blocks: an expert adapter
-        // cannot be folded into them (moe-tune writes no MXFP4).
-        if f.moe?.transposedInterleaved == true, mixed.all.contains(where: { if case .expert? = f.parse(module: $0.module)?.slot { return true }; return false }) {
-            for l in 0..<c.numLayers where ck.contains(f.fusedGateUp(l) + "_blocks") || ck.contains(f.fusedDown(l) + "_blocks") {
-                throw MoETuneError.file(path: ck.path(of: ck.contains(f.fusedGateUp(l) + "_blocks") ? f.fusedGateUp(l) + "_blocks" : f.fusedDown(l) + "_blocks"),
-                    message: "\(f.fusedGateUp(l)): merging expert adapters into MXFP4 experts is not supported (no MXFP4 writer); merge into a bf16 copy of the model, or train without the mlp target")
-            }
-        }
+        // GPT-OSS's released checkpoints hold the experts as MXFP4 blocks. With expert adapters,
+        // the experts are written dequantized (as transformers loads them on a CPU and peft's
+        // merge_and_unload + save_pretrained writes them) in the output dtype, and config.json
+        // loses its quantization_config; without, the blocks are copied as they are.
+        let expertAdapters = mixed.all.contains { if case .expert? = f.parse(module: $0.module)?.slot { return true }; return false }
+        let dequantizeExperts = f.moe?.transposedInterleaved == true && expertAdapters
+            && (0..<c.numLayers).contains { ck.contains(f.fusedGateUp($0) + "_blocks") || ck.contains(f.fusedDown($0) + "_blocks") }
         var entries: [(name: String, shape: [Int], values: [Float]?, raw: (DType, Data)?)] = []
         for name in ck.tensorNames.sorted() {
             let info = ck.info(name)!
-            if [.f32, .f16, .bf16, .f64].contains(info.dtype) {
-                entries.append((name, info.shape, try mergedValues(name, info), nil))
+            if dequantizeExperts, name.hasSuffix("_blocks") || name.hasSuffix("_scales") {
+                let base = String(name.dropLast("_blocks".count))
+                guard let (l, gateUp) = f.fusedExpertTensor(base) else {
+                    throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(name): MXFP4 blocks of a tensor that is not an expert tensor")
+                }
+                guard name.hasSuffix("_blocks") else { continue }
+                let (i, h, e) = (c.expertIntermediateSize, c.hiddenSize, c.numExperts)
+                let shape = gateUp ? [e, h, 2 * i] : [e, i, h]
+                let values = try ck.withTemporaryMXFP4Floats(base, shape: shape) { try mergedValues(base, count: shape.reduce(1, *), from: $0) }!
+                entries.append((base, shape, values, nil))
+            } else if [.f32, .f16, .bf16, .f64].contains(info.dtype) {
+                entries.append((name, info.shape, try mergedValues(name, count: info.count, from: try ck.floats(name, shape: info.shape)), nil))
             } else {
-                let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytes(of: info)
-                entries.append((name, info.shape, nil, (info.dtype, Data(bytes))))
+                // Copied while the file (its mapping) is alive: a temporary would unmap first.
+                let file = try SafeTensorsFile(path: ck.path(of: name))
+                let data = withExtendedLifetime(file) { Data(file.bytes(of: info)) }
+                entries.append((name, info.shape, nil, (info.dtype, data)))
             }
         }
+        entries.sort { $0.name < $1.name }
         // A head adapter on a model with tied embeddings needs its own lm_head.
         var untie = false
         if let head = byModule[f.module(.head, layer: 0)], !ck.contains(f.lmHead) {
@@ -185,10 +198,25 @@ public enum Merger {
                 cfgText = cfgText.replacingOccurrences(of: "(\"tie_word_embeddings\"\\s*:\\s*)true", with: "$1false",
                                                        options: .regularExpression)
             }
+            if dequantizeExperts { cfgText = try withoutQuantizationConfig(cfgText, path: modelDir + "/config.json") }
             try AtomicFile.write(Data(cfgText.utf8), to: staging + "/config.json")
             try ModelFolderWriter.copyTokenizerFiles(from: modelDir, to: staging)
-            return Summary(tensors: entries.count, mergedModules: merged, files: shards.count, dtype: dtype, bytes: total)
+            return Summary(tensors: entries.count, mergedModules: merged, files: shards.count, dtype: dtype, bytes: total,
+                           dequantizedMXFP4: dequantizeExperts)
         }
+    }
+
+    /// config.json's text without its "quantization_config" object (transformers drops it when
+    /// it dequantizes an MXFP4 model on load, and save_pretrained then writes none); the result
+    /// must still be JSON without that key.
+    static func withoutQuantizationConfig(_ text: String, path: String) throws -> String {
+        let object = "\"quantization_config\"\\s*:\\s*\\{[^{}]*\\}"
+        var out = text.replacingOccurrences(of: object + "\\s*,", with: "", options: .regularExpression)
+        if out == text { out = text.replacingOccurrences(of: ",\\s*" + object, with: "", options: .regularExpression) }
+        guard let json = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any], json["quantization_config"] == nil else {
+            throw MoETuneError.file(path: path, message: "cannot remove quantization_config from this config.json's text")
+        }
+        return out
     }
 
     /// fp32 values as little-endian bytes of `dtype`.

@@ -109,7 +109,7 @@ extension Transformer {
                                           adapter: ad.o, u: a.lora?.o.pointer, grads: g)
             attentionBackward(dq: g.dq.pointer, dk: g.dk.pointer, dv: g.dv.pointer, dout: g.dattn.pointer,
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                              scratch: g.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: s.positions,
+                              scratch: g.attnScratch.pointer, shape: layer.attentionShape(batch: b, seq: t), positions: s.positions,
                               sinks: layer.sinks)
             if ad.q != nil || ad.k != nil || ad.v != nil {
                 // The adapters' input ln1 is shared between layers: recompute this layer's.

@@ -62,6 +62,11 @@ struct DecoderLayer {
         }
         residualMultiplier = c.residualMultiplier
     }
+
+    /// This layer's attention over a batch [B, T], its window from `window` (every walk's source of it).
+    func attentionShape(batch b: Int, seq t: Int) -> AttentionShape {
+        config.attentionShape(batch: b, seq: t, window: window)
+    }
 }
 
 extension Transformer {

@@ -45,7 +45,7 @@ extension Transformer {
                            rows: n, cols: h, eps: c.rmsNormEps)
             layer.attentionInputs(x: a.ln1.pointer, rows: n, at: rows, adapters: ad, into: a.attentionInputs, rope: rope)
             attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                             scratch: s.attnScratch.pointer, shape: c.attentionShape(batch: b, seq: t, layer: l), positions: positions,
+                             scratch: s.attnScratch.pointer, shape: layer.attentionShape(batch: b, seq: t), positions: positions,
                              sinks: layer.sinks)
             layer.compactAttention(a.attn.pointer, rows: n)
             layer.attentionOutput(mid: mid, x: x, attn: a.attn.pointer, rows: n, adapter: ad.o,

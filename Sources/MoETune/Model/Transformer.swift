@@ -149,6 +149,7 @@ public final class Transformer: @unchecked Sendable {
             // down_proj [E, I, H], each with a bias, transposed here into per-expert
             // gate/up [I, H] and down [H, I].
             let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
+            for name in [f.fusedGateUp(l), f.fusedDown(l)] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
             if let q = quantize {
                 // QLoRA: each fused tensor quantized whole as bitsandbytes' quantize_4bit
                 // flattens it (blocks of 64 along 2I, then H, then E); the experts read

@@ -210,8 +210,10 @@ extension ModelFamily {
 
     // Fused expert layout of transformers 5.
     public func fusedRouter(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + "." + (moe?.router ?? "gate") + ".weight" }
-    public func fusedGateUp(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts.gate_up_proj" }
-    public func fusedDown(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts.down_proj" }
+    /// The fused experts module of layer l and its two tensors.
+    public func fusedExperts(_ l: Int) -> String { layerPrefix(l) + (moe?.fusedBlock ?? "mlp") + ".experts" }
+    public func fusedGateUp(_ l: Int) -> String { fusedExperts(l) + ".gate_up_proj" }
+    public func fusedDown(_ l: Int) -> String { fusedExperts(l) + ".down_proj" }
 
     /// The fused tensors of layer l under the family's own checkpoint names (Granite's
     /// input_linear / output_linear / router.layer), or nil where it has none.
