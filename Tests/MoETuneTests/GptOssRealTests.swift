@@ -200,6 +200,11 @@ extension FamilyTests {
         print("gpt_oss-real merged (bf16) vs peft merge_and_unload: logits max |diff| \(bdiff)")
         XCTAssertEqual(binfo?.dtype, .bf16)
         XCTAssertLessThanOrEqual(bdiff, 1e-3)
+
+        // The command line says so on stderr.
+        let r = try runMoETune(["merge", "--model", base, "--adapter", adapter, "--out", tmp + "/cli"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("MXFP4 experts are written dequantized (BF16)") && r.err.contains("quantization_config is dropped"), r.err)
     }
 
     /// Without expert adapters the MXFP4 blocks and quantization_config are kept as they are.
