@@ -117,6 +117,37 @@ final class BF16BaseTests: XCTestCase {
         XCTAssertLessThanOrEqual(abs(r.loss - r.refLoss) / r.refLoss, 1e-5)
     }
 
+    /// A GGUF storing BF16 (moe-tune's conversion of the tiny GGUF fixture) is taken as it is,
+    /// llama.cpp's q/k row permutation undone: the same bits as the fp32 reading of that file,
+    /// and the same logits (1e-5).
+    func testGGUFBF16IsTakenAsIs() throws {
+        let dir = try makeTempDir(self)
+        let out = dir + "/bf16.gguf"
+        _ = try GGUFExport.mergedModel(model: Fixtures.dir("gguf/tiny-llama") + "/model.gguf", adapters: [], out: out,
+                                       type: .bf16, overwrite: false)
+        XCTAssertEqual(try GGUFFile(path: out).tensor("blk.0.attn_q.weight")?.type, .bf16)
+        let gguf = try Transformer.load(directory: out, base: .bf16Emulated)
+        let fp32 = try Transformer.load(directory: out)
+        for (a, b) in [(fp32.layers[0].q, gguf.layers[0].q), (fp32.layers[1].k, gguf.layers[1].k), (fp32.layers[1].o, gguf.layers[1].o)] {
+            let y = try XCTUnwrap(b.bf16)
+            XCTAssertNil(a.bf16)
+            XCTAssertEqual([a.rows, a.cols], [y.rows, y.cols])
+            for i in 0..<(y.rows * y.cols) where FloatConversion.bf16ToFloat(y.bits[i]).bitPattern != a.pointer[i].bitPattern {
+                XCTFail("element \(i): bf16 \(y.bits[i]) vs fp32 \(a.pointer[i])"); break
+            }
+        }
+        let t = 12
+        let ids = (0..<t).map { Int32(1 + ($0 * 37) % (gguf.config.vocabSize - 1)) }
+        let batch = TokenBatch(sequences: [ids], counted: [Array(repeating: true, count: t)])
+        let sa = ForwardState(config: gguf.config, batch: 1, seq: t, training: false)
+        let sb = ForwardState(config: fp32.config, batch: 1, seq: t, training: false)
+        _ = try gguf.forward(batch, state: sa)
+        _ = try fp32.forward(batch, state: sb)
+        var diff: Float = 0
+        for i in 0..<(t * gguf.config.vocabSize) { diff = max(diff, abs(sa.logits[i] - sb.logits[i])) }
+        XCTAssertLessThanOrEqual(diff, 1e-5)
+    }
+
     func testLoRAGradientsMatchPeftOnTheRoundedBase() throws {
         // Several chunks per product, the last one partial (3 rows of 64 a chunk).
         let saved = ChunkedMatmul.chunkFloats
