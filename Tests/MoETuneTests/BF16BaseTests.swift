@@ -262,5 +262,14 @@ final class BF16BaseTests: XCTestCase {
         try Data(yaml.utf8).write(to: URL(fileURLWithPath: path))
         let c = try TrainConfig.load(path: path, overrides: [])
         XCTAssertTrue(c.resolvedYAML().contains("base_dtype: bf16-emulated"), c.resolvedYAML())
+        // A run saved before the key existed (no base_dtype line) resumes as fp32; bf16 is a change.
+        var fp32 = c
+        fp32.baseDType = .fp32
+        let now = fp32.resolvedYAML(), before = now.replacingOccurrences(of: "base_dtype: fp32\n", with: "")
+        XCTAssertNotEqual(now, before)
+        XCTAssertEqual(ConfigFingerprint.hash(now), ConfigFingerprint.hash(before))
+        XCTAssertEqual(ConfigFingerprint.changes(from: before, to: now), [])
+        XCTAssertEqual(ConfigFingerprint.changes(from: before, to: c.resolvedYAML()).filter { $0.hasPrefix("base_dtype") },
+                       ["base_dtype: absent -> bf16-emulated"])
     }
 }
