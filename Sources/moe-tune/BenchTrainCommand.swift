@@ -17,13 +17,15 @@ struct BenchTrainCommand: ParsableCommand {
     @Option(help: "Untimed warm-up steps.") var warmup = 2
     @Flag(help: "Also adapt every expert (or the dense MLP).") var experts = false
     @Flag(help: "QLoRA: NF4 base weights (double quantization), quantized while loading.") var qlora = false
+    @Option(name: .customLong("base-dtype"), help: "Frozen base: fp32, bf16 or bf16-emulated.") var baseDType = "fp32"
     @Option(help: "Worker threads (default: the active cores).") var threads: Int?
     @Flag(help: "Also measure the machine's large-sgemm GFLOP/s (2048^3) and report the step's fraction of it.") var peak = false
 
     func run() throws {
         try runReportingErrors {
             if let threads { try Parallel.setWorkers(threads) }
-            let m = try Transformer.load(directory: model, quantize: qlora ? QuantizationSpec(doubleQuant: true) : nil)
+            let base = try parseBaseDType(baseDType)
+            let m = try Transformer.load(directory: model, quantize: qlora ? QuantizationSpec(doubleQuant: true) : nil, base: base)
             var bench = TrainBenchmark()
             bench.batch = batch; bench.seq = seq; bench.rank = rank; bench.steps = steps; bench.warmup = warmup
             if experts { bench.targets.insert(.mlp) }
@@ -33,7 +35,7 @@ struct BenchTrainCommand: ParsableCommand {
             var obj: [String: Any] = ["tool": "moe-tune", "tokens_per_s": (r.tokensPerSecond * 10).rounded() / 10,
                                       "step_s": (r.stepSeconds * 1000).rounded() / 1000, "trainable": r.trainable,
                                       "peak_rss_mb": r.peakRSSMB, "loss": (r.loss * 10000).rounded() / 10000,
-                                      "blas_core": BLAS.ensureInitialized().core, "qlora": qlora,
+                                      "blas_core": BLAS.ensureInitialized().core, "qlora": qlora, "base_dtype": base.rawValue,
                                       "threads": Parallel.workers, "blas_threading": BLAS.threading.rawValue,
                                       "cpu_ms_per_token": (r.cpuSecondsPerStep / tokens * 1e6).rounded() / 1000,
                                       "step_gflop": (r.flopsPerStep / 1e8).rounded() / 10,

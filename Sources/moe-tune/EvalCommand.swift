@@ -29,6 +29,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Quantize the base weights while loading: nf4 (QLoRA; attention, MLP and experts in 4 bits).")
     var quantize: String?
 
+    @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16 (native bf16 only), bf16-emulated (half the memory, slower; README).")
+    var baseDType = "fp32"
+
     @Option(help: "JSONL data file.")
     var data: String
 
@@ -55,13 +58,16 @@ struct EvalCommand: ParsableCommand {
         guard maxSeqLen >= 2 else { throw ValidationError("--max-seq-len must be at least 2") }
         guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
         if let quantize, quantize != "nf4" { throw ValidationError("--quantize supports nf4 only") }
+        _ = try parseBaseDType(baseDType)
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
         guard maxNewTokens <= maxNewTokensLimit else { throw ValidationError("--max-new-tokens must be at most \(maxNewTokensLimit), got \(maxNewTokens)") }
     }
 
     func run() throws {
         try runReportingErrors {
-            let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true))
+            let base = try parseBaseDType(baseDType)
+            noteBaseDType(base)
+            let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true), base: base)
             let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
             let format = try ChatFormat.resolve(chatTemplate, modelDirectory: model)
             let dataset = try Dataset.load(path: data, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,

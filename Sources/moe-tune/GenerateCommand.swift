@@ -13,6 +13,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Weight of each adapter (repeatable).") var weight: [Float] = []
     @Option(help: "The prompt (with --chat: the first user message).") var prompt: String?
     @Option(help: "Quantize the base weights while loading: nf4.") var quantize: String?
+    @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16 (native bf16 only), bf16-emulated (half the memory, slower; README).") var baseDType = "fp32"
     @Flag(help: "Chat: wrap turns in the chat template; without --prompt, read user turns from standard input.") var chat = false
     @Option(help: "Chat format: default the model's own template (else Llama-2 [INST]); \"llama2\", a .jinja file, or a {user}/{assistant} turn.") var chatTemplate: String?
     @Option(help: "Largest number of new tokens.") var maxNewTokens = 256
@@ -30,11 +31,14 @@ struct GenerateCommand: ParsableCommand {
         guard maxNewTokens <= maxNewTokensLimit else { throw ValidationError("--max-new-tokens must be at most \(maxNewTokensLimit), got \(maxNewTokens)") }
         guard weight.isEmpty || weight.count == adapter.count else { throw ValidationError("give one --weight per --adapter") }
         if let quantize, quantize != "nf4" { throw ValidationError("--quantize supports nf4 only") }
+        _ = try parseBaseDType(baseDType)
     }
 
     func run() throws {
         try runReportingErrors {
-            let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true))
+            let base = try parseBaseDType(baseDType)
+            noteBaseDType(base)
+            let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true), base: base)
             let adapters = try loadAdapters(adapter, weights: weight, model: loaded.model)
             let format = try ChatFormat.resolve(chatTemplate, modelDirectory: model)
             var encoder: ChatEncoder?

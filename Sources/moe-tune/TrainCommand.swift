@@ -53,6 +53,7 @@ struct TrainCommand: ParsableCommand {
         try runReportingErrors {
             let cfg = try TrainConfig.load(path: config, overrides: overrides)
             let trainer = Trainer(config: cfg, configPath: config)
+            noteBaseDType(cfg.baseDType)
             var events = TrainerEvents()
             let err = FileHandle.standardError
             events.log = { err.write(Data("\($0)\n".utf8)) }

@@ -38,6 +38,19 @@ int mt_nf4_dequant_with(int kernel, float *dst, const unsigned char *packed, lon
                         const float *absmax, const unsigned char *scaleCodes, const float *map,
                         const float *nested, float offset);
 
+/// bfloat16 -> fp32 (bf16.c): dst[i] = the fp32 whose top 16 bits are src[i] and low 16 bits
+/// zero; exact. Vectorised (AVX-512: 32 values a step; AVX2: 16), chosen at run time;
+/// bit-identical to the scalar loop.
+void mt_bf16_widen(float *dst, const unsigned short *src, long n);
+/// Which mt_bf16_widen kernel runs on this CPU: "avx512", "avx2" or "scalar".
+const char *mt_bf16_kernel(void);
+/// Whether kernel 0 (scalar), 1 (AVX2) or 2 (AVX-512) runs on this CPU.
+int mt_bf16_kernel_supported(int kernel);
+/// mt_bf16_widen with a given kernel (tests compare them); -1 when this CPU lacks it.
+int mt_bf16_widen_with(int kernel, float *dst, const unsigned short *src, long n);
+/// Native bf16 arithmetic on this CPU (CPUID): bit 0 AVX512_BF16, bit 1 AMX-BF16; 0 if neither.
+int mt_cpu_native_bf16(void);
+
 /// Pre-packed GEMM (packed_gemm.c). A B[k, n] operand, element (kk, j) at b[kk * strideK +
 /// j * strideN], packed into panels of 16 columns (K rows of 16 floats each, the last panel
 /// zero-padded): mt_packed_size(k, n) floats. W[n, k] of x · W^T is strideK = 1, strideN = k;

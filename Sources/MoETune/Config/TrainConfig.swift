@@ -117,6 +117,8 @@ public struct TrainConfig: Equatable, Sendable {
     public var moe = MoESection()
     /// QLoRA: NF4 base weights (nil: full precision).
     public var quantization: QuantizationSpec?
+    /// How the frozen base's linear weights are held (fp32, or bf16 with half the memory).
+    public var baseDType: BaseDType = .fp32
     public var training: TrainingSection
 
     /// The router mode after defaults: LoRA when lora.targets holds router.
@@ -285,6 +287,10 @@ public struct TrainConfig: Equatable, Sendable {
         } else {
             _ = r.raw("quantization")
         }
+        let baseDType = BaseDType(rawValue: try r.choice("base_dtype", BaseDType.allCases.map(\.rawValue), default: "fp32"))!
+        if baseDType.isBF16, quantization != nil {
+            throw r.fail("base_dtype", "\(baseDType.rawValue) and quantization (QLoRA, nf4) exclude each other: NF4 already holds the frozen weights in 4 bits; drop one of them")
+        }
 
         let t = try r.section("training")
         let outDir = try t.string("out_dir")
@@ -303,8 +309,10 @@ public struct TrainConfig: Equatable, Sendable {
         tr.packing = try t.bool("packing", default: tr.packing)
         tr.batchTokens = try t.optionalInt("batch_tokens")
         try t.finish()
-        return TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
-                           quantization: quantization, training: tr)
+        var config = TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
+                                 quantization: quantization, training: tr)
+        config.baseDType = baseDType
+        return config
     }
 
     /// data.train: FILE, or a list of FILE or {path: FILE, weight: W} (W > 0).
@@ -545,6 +553,7 @@ public struct TrainConfig: Equatable, Sendable {
           capacity_factor: \(n(moe.capacityFactor))
           top_k: \(n(moe.topK))
         quantization: \(quantization.map { "{type: nf4, block_size: 64, double_quant: \($0.doubleQuant)}" } ?? "null")
+        base_dtype: \(baseDType.rawValue)
         schedule:
           name: \(schedule.name.rawValue)
           warmup_steps: \(schedule.warmupSteps)

@@ -217,6 +217,22 @@ public final class Checkpoint: @unchecked Sendable {
         return try body(buffer.pointer)
     }
 
+    /// A [rows, cols] weight in bf16 (`base_dtype: bf16`): a BF16 tensor (safetensors or
+    /// GGUF) taken as it is, anything else rounded to nearest-even from a temporary fp32 view;
+    /// the mapped pages are released afterwards.
+    public func bf16Matrix(_ name: String, rows: Int, cols: Int) throws -> Matrix {
+        if let g = gguf, let w = try g.bf16Weight(name, rows: rows, cols: cols) { return Matrix(bf16: w) }
+        if gguf == nil, let (fileIndex, info) = location[name], info.dtype == .bf16 {
+            let file = files[fileIndex]
+            guard info.shape == [rows, cols] else {
+                throw MoETuneError.file(path: file.path, message: "tensor '\(name)' has shape \(info.shape), expected \([rows, cols]) from config.json")
+            }
+            defer { file.release(info) }
+            return Matrix(bf16: BF16Weight(stored: file.bytes(of: info).baseAddress!, rows: rows, cols: cols))
+        }
+        return Matrix(bf16: try withTemporaryFloats(name, shape: [rows, cols]) { BF16Weight(rounding: $0, rows: rows, cols: cols) })
+    }
+
     /// Like `floats` for a [rows, cols] weight.
     public func matrix(_ name: String, rows: Int, cols: Int) throws -> Matrix {
         Matrix(try floats(name, shape: [rows, cols]), rows: rows, cols: cols)

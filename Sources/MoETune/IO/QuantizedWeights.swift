@@ -25,9 +25,11 @@ extension Checkpoint {
     /// A linear weight [rows, cols]: NF4 when the file holds it so or `quantize` asks for
     /// it (quantized from a temporary fp32 copy that is dropped at once), fp32 otherwise.
     /// A GGUF weight in a block format (Q4_K, Q8_0, …) stays in it unless NF4 is asked for.
-    public func linear(_ name: String, rows: Int, cols: Int, quantize: QuantizationSpec?) throws -> Matrix {
+    /// With `base` bf16 (never together with `quantize`) the rest is held in bf16.
+    public func linear(_ name: String, rows: Int, cols: Int, quantize: QuantizationSpec?, base: BaseDType = .fp32) throws -> Matrix {
         if quantize == nil, let g = gguf, let w = try g.blockWeight(name, rows: rows, cols: cols) { return Matrix(ggml: w) }
         if isBnb4bit(name) { return Matrix(nf4: try readBnb4bit(name, rows: rows, cols: cols)) }
+        if quantize == nil, base.isBF16 { return try bf16Matrix(name, rows: rows, cols: cols) }
         guard let q = quantize else {
             // Packed copies (Layers/PackedWeight.swift) serve the products; the mapped pages go
             // back to the page cache and return from the file if merge or export reads them.

@@ -45,6 +45,8 @@ public struct Matrix: @unchecked Sendable {
         /// A compressed weight held transposed in a fused tensor (GPT-OSS's NF4 experts);
         /// `pointer` is not to be read.
         case transposed(TransposedWeight)
+        /// bfloat16 (`base_dtype: bf16`); `pointer` is not to be read.
+        case bf16(BF16Weight)
     }
 
     public let pointer: UnsafePointer<Float>
@@ -68,6 +70,7 @@ public struct Matrix: @unchecked Sendable {
 
     public init(nf4: NF4Weight) { self.init(rows: nf4.rows, cols: nf4.cols, storage: .nf4(nf4)) }
     public init(ggml: GGMLWeight) { self.init(rows: ggml.rows, cols: ggml.cols, storage: .ggml(ggml)) }
+    public init(bf16: BF16Weight) { self.init(rows: bf16.rows, cols: bf16.cols, storage: .bf16(bf16)) }
     public init(transposed: TransposedWeight) {
         self.init(rows: transposed.outFeatures, cols: transposed.inFeatures, storage: .transposed(transposed))
     }
@@ -78,6 +81,8 @@ public struct Matrix: @unchecked Sendable {
     public var ggml: GGMLWeight? { if case .ggml(let g) = storage { return g }; return nil }
     /// The transposed compressed storage (GPT-OSS's NF4 experts), if that is how it is held.
     public var transposed: TransposedWeight? { if case .transposed(let t) = storage { return t }; return nil }
+    /// The bf16 storage of a weight (`base_dtype: bf16`), if that is how it is held.
+    public var bf16: BF16Weight? { if case .bf16(let b) = storage { return b }; return nil }
     /// The packed copies of an fp32 weight, if it has them.
     public var packed: PackedWeight? { if case .packed(let p) = storage { return p }; return nil }
 
@@ -85,7 +90,7 @@ public struct Matrix: @unchecked Sendable {
     public var isQuantized: Bool {
         switch storage {
         case .fp32, .packed: return false
-        case .nf4, .ggml, .transposed: return true
+        case .nf4, .ggml, .transposed, .bf16: return true
         }
     }
 

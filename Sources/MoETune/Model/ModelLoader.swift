@@ -6,8 +6,8 @@ public struct LoadedModel {
     public let model: Transformer
     public let tokenizer: any TextTokenizer
 
-    public static func load(directory: String, quantize: QuantizationSpec? = nil) throws -> LoadedModel {
-        let model = try Transformer.load(directory: directory, quantize: quantize)
+    public static func load(directory: String, quantize: QuantizationSpec? = nil, base: BaseDType = .fp32) throws -> LoadedModel {
+        let model = try Transformer.load(directory: directory, quantize: quantize, base: base)
         let c = model.config
         let tokenizer = try TokenizerLoader.load(directory: directory, bosId: c.bosTokenId, eosIds: c.eosTokenIds)
         let tokPath = (tokenizer as? HFTokenizer)?.path ?? (tokenizer as? Tokenizer)?.path ?? directory

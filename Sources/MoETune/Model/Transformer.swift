@@ -50,15 +50,18 @@ public final class Transformer: @unchecked Sendable {
     /// With `quantize`, every linear weight of the decoder layers (attention, MLP, every
     /// expert) is stored NF4, quantized tensor by tensor while loading; embeddings, router,
     /// norms and lm_head stay in full precision. Weights a checkpoint already stores in
-    /// bitsandbytes' 4-bit format are read as they are.
-    public static func load(directory: String, quantize: QuantizationSpec? = nil) throws -> Transformer {
-        try Transformer(checkpoint: Checkpoint(directory: directory), quantize: quantize)
+    /// bitsandbytes' 4-bit format are read as they are. With `base` bf16 the same linear
+    /// weights are held in bf16 instead (GPT-OSS's transposed experts stay fp32).
+    public static func load(directory: String, quantize: QuantizationSpec? = nil, base: BaseDType = .fp32) throws -> Transformer {
+        try base.check(quantized: quantize != nil)
+        return try Transformer(checkpoint: Checkpoint(directory: directory), quantize: quantize, base: base)
     }
 
     /// Whether any weight is stored 4-bit.
     public var isQuantized: Bool { layers.contains { $0.q.isQuantized } }
 
-    public init(checkpoint ck: Checkpoint, quantize: QuantizationSpec? = nil) throws {
+    public init(checkpoint ck: Checkpoint, quantize: QuantizationSpec? = nil, base: BaseDType = .fp32) throws {
+        try base.check(quantized: quantize != nil)
         let c = ck.config
         config = c
         checkpoint = ck
@@ -77,7 +80,7 @@ public final class Transformer: @unchecked Sendable {
         var layers: [LayerWeights] = []
         for l in 0..<c.numLayers {
             let lin = { (slot: LinearSlot, rows: Int, cols: Int) in
-                try ck.linear(f.weight(slot, layer: l), rows: rows, cols: cols, quantize: quantize)
+                try ck.linear(f.weight(slot, layer: l), rows: rows, cols: cols, quantize: quantize, base: base)
             }
             // MLA: k and v slots are kv_a_proj_with_mqa and kv_b_proj.
             let kShape = c.mla.map { ($0.kvLoraRank + $0.ropeDim, h) } ?? (c.kvDim, h)
@@ -90,7 +93,7 @@ public final class Transformer: @unchecked Sendable {
                 mlp: nil, router: nil, experts: [])
             if let m = c.mla { lw.kvANorm = try ck.floats(f.kvANorm(l), shape: [m.kvLoraRank]) }
             if let qr = c.mla?.qLoraRank {
-                lw.qA = try ck.linear(f.qAProj(l), rows: qr, cols: h, quantize: quantize)
+                lw.qA = try ck.linear(f.qAProj(l), rows: qr, cols: h, quantize: quantize, base: base)
                 lw.qANorm = try ck.floats(f.qANorm(l), shape: [qr])
             }
             if c.qkvBias {
@@ -105,7 +108,7 @@ public final class Transformer: @unchecked Sendable {
                 lw.kNorm = try ck.floats(f.kNorm(l), shape: [kind == .perHead ? c.headDim : c.kvDim])
             }
             if c.isMoELayer(l) {
-                (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize)
+                (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize, base: base)
                 if c.routerBias { lw.routerBias = try ck.floats(f.bias(.router, layer: l), shape: [c.numExperts]) }
                 let s = c.sharedExpertIntermediateSize
                 if s > 0 {
@@ -142,7 +145,8 @@ public final class Transformer: @unchecked Sendable {
 
     /// Router and experts of an MoE layer, in the classic per-expert layout or the
     /// fused layout of transformers 5.
-    private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?) throws -> (Matrix, [FeedForwardWeights]) {
+    private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?,
+                                    base: BaseDType) throws -> (Matrix, [FeedForwardWeights]) {
         let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
         if f.moe?.transposedInterleaved == true {
             // GPT-OSS: gate_up_proj [E, H, 2I] (x @ W, columns 2i gate and 2i+1 up) and
@@ -236,6 +240,19 @@ public final class Transformer: @unchecked Sendable {
                     FeedForwardWeights(gate: Matrix(nf4: gateUp[x].0), up: Matrix(nf4: gateUp[x].1), down: Matrix(nf4: down[x]))
                 })
             }
+            if base.isBF16 {
+                // Each expert's slice of the fused tensors rounded to bf16, one tensor at a time.
+                let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in
+                    (0..<e).map { x in (BF16Weight(rounding: p + x * 2 * i * h, rows: i, cols: h),
+                                        BF16Weight(rounding: p + x * 2 * i * h + i * h, rows: i, cols: h)) }
+                }
+                let down = try ck.withTemporaryFloats(fused.down, shape: [e, h, i]) { p in
+                    (0..<e).map { x in BF16Weight(rounding: p + x * h * i, rows: h, cols: i) }
+                }
+                return (router, (0..<e).map { x in
+                    FeedForwardWeights(gate: Matrix(bf16: gateUp[x].0), up: Matrix(bf16: gateUp[x].1), down: Matrix(bf16: down[x]))
+                })
+            }
             let gateUp = try ck.floats(fused.gateUp, shape: [e, 2 * i, h])
             let down = try ck.floats(fused.down, shape: [e, h, i])
             let experts = (0..<e).map { x in
@@ -249,9 +266,9 @@ public final class Transformer: @unchecked Sendable {
         let router = try ck.matrix(f.weight(.router, layer: l), rows: e, cols: h)
         let experts = try (0..<e).map { x in
             FeedForwardWeights(
-                gate: try ck.linear(f.weight(.expert(x, .gate), layer: l), rows: i, cols: h, quantize: quantize),
-                up: try ck.linear(f.weight(.expert(x, .up), layer: l), rows: i, cols: h, quantize: quantize),
-                down: try ck.linear(f.weight(.expert(x, .down), layer: l), rows: h, cols: i, quantize: quantize))
+                gate: try ck.linear(f.weight(.expert(x, .gate), layer: l), rows: i, cols: h, quantize: quantize, base: base),
+                up: try ck.linear(f.weight(.expert(x, .up), layer: l), rows: i, cols: h, quantize: quantize, base: base),
+                down: try ck.linear(f.weight(.expert(x, .down), layer: l), rows: h, cols: i, quantize: quantize, base: base))
         }
         return (router, experts)
     }

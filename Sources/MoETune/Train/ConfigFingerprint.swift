@@ -11,6 +11,9 @@ public enum ConfigFingerprint {
         "training.keep_checkpoints", "training.out_dir", "training.max_steps", "training.epochs",
     ]
 
+    /// Keys the resolved config gained later, with the default a run saved before them had.
+    static let laterDefaults = ["base_dtype": "fp32"]
+
     /// `section.key` → value text of a config rendered by `TrainConfig.resolvedYAML`
     /// (nested lines are part of their key's value).
     public static func flatten(_ yaml: String) -> [String: String] {
@@ -33,6 +36,9 @@ public enum ConfigFingerprint {
                 if let last { out[last, default: ""] += " " + text }
             }
         }
+        // Keys added after runs were saved count as absent at their default, so that those
+        // runs still resume (and hash as they did).
+        for (key, value) in laterDefaults where out[key] == value { out[key] = nil }
         return out
     }
 

@@ -93,7 +93,7 @@ public final class Trainer {
         let tc = c.training
         let root = world.isRoot
 
-        let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization)
+        let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization, base: c.baseDType)
         let model = loaded.model
         try configureMoE(model)
         let chat = try ChatFormat.resolve(c.data.chatTemplate, modelDirectory: c.model)
@@ -159,7 +159,8 @@ public final class Trainer {
         }
         let adapters = try AdapterSet(model: model, spec: c.loraSpec, seed: UInt64(bitPattern: Int64(tc.seed)))
         events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters"
-            + (model.isQuantized ? "; base weights in NF4 (QLoRA)" : ""))
+            + (model.layers.first?.q.nf4 != nil ? "; base weights in NF4 (QLoRA)" : "")
+            + (c.baseDType.isBF16 ? "; base weights in bf16 (\(c.baseDType.rawValue))" : ""))
         let optimizer: Optimizer
         switch c.optimizer.name {
         case .adamw:

@@ -92,6 +92,15 @@ final class GGUFModelFile: @unchecked Sendable {
         file.release(t)
     }
 
+    /// A weight [rows, cols] the file stores as BF16, taken as it is (`base_dtype: bf16`);
+    /// nil for any other type.
+    func bf16Weight(_ name: String, rows: Int, cols: Int) throws -> BF16Weight? {
+        let (e, base) = try checked(name, shape: [rows, cols])
+        guard e.info.type == .bf16 else { return nil }
+        defer { file.release(e.info) }
+        return BF16Weight(stored: base, rows: rows, cols: cols, sourceRow: sourceRow(name, rows: rows))
+    }
+
     /// A weight [rows, cols] kept in its ggml block format, or nil when the file stores it
     /// as F32/F16/BF16 (read as fp32 instead).
     func blockWeight(_ name: String, rows: Int, cols: Int) throws -> GGMLWeight? {
