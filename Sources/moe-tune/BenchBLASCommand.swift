@@ -17,6 +17,7 @@ struct BenchBLASCommand: ParsableCommand {
     var repeats: Int = 20
 
     func run() throws {
+        try runReportingErrors {}
         let sel = BLAS.ensureInitialized()
         print("OpenBLAS core: \(sel.core) (chosen at load: \(sel.coreBefore); switched: \(sel.switched); CPU has AVX-512: \(sel.cpuHasAVX512))")
         print("MOE_TUNE_GEMM: \(BLAS.gemmDescription)")

@@ -170,7 +170,7 @@ public enum BLAS {
     /// (Sources/MoETune/Layers/GEMMLibraries.swift, loaded with dlopen).
     public enum Library: String, Sendable, CaseIterable { case openblas, blis, onednn }
 
-    /// MOE_TUNE_GEMM: `openblas` (default), `auto` (the measured rule of `library(...)`), or
+    /// MOE_TUNE_GEMM: `auto` (default: the measured rule of `library(...)`), `openblas`, or
     /// `blis` / `onednn` (every product on that library).
     public enum GEMMRequest: Sendable, Equatable { case auto, only(Library) }
 
@@ -179,7 +179,8 @@ public enum BLAS {
         if v == "auto" { return .auto }
         return Library(rawValue: v).map { .only($0) }
     }()
-    static let defaultGEMM = "openblas"
+    /// `auto`: without BLIS and oneDNN installed, or on a CPU class not measured, that is OpenBLAS alone.
+    static let defaultGEMM = "auto"
 
     /// MOE_TUNE_GEMM names a known choice whose library is installed; called by the
     /// command-line layer before any work.
