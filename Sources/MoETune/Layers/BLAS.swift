@@ -170,7 +170,7 @@ public enum BLAS {
     /// (Sources/MoETune/Layers/GEMMLibraries.swift, loaded with dlopen).
     public enum Library: String, Sendable, CaseIterable { case openblas, blis, onednn }
 
-    /// MOE_TUNE_GEMM: `auto` (default: the measured rule of `library(...)`), `openblas`, or
+    /// MOE_TUNE_GEMM: `openblas` (default), `auto` (the measured rule of `library(...)`), or
     /// `blis` / `onednn` (every product on that library).
     public enum GEMMRequest: Sendable, Equatable { case auto, only(Library) }
 
@@ -179,8 +179,10 @@ public enum BLAS {
         if v == "auto" { return .auto }
         return Library(rawValue: v).map { .only($0) }
     }()
-    /// `auto`: without BLIS and oneDNN installed, or on a CPU class not measured, that is OpenBLAS alone.
-    static let defaultGEMM = "auto"
+    /// OpenBLAS: it allocates nothing per call; oneDNN's dnnl_sgemm allocates one aligned block
+    /// per call and BLIS's bli_sgemm two small ones, which breaks the training step's
+    /// no-allocation rule, for at most 7% of CPU time measured (README "Other GEMM libraries").
+    static let defaultGEMM = "openblas"
 
     /// MOE_TUNE_GEMM names a known choice whose library is installed; called by the
     /// command-line layer before any work.
