@@ -241,8 +241,10 @@ public enum BLAS {
         }
     }
 
-    /// One line for reports: what MOE_TUNE_GEMM asked for and which libraries are present.
+    /// One line for reports: what MOE_TUNE_GEMM asked for and which libraries are present
+    /// (with `openblas`, the optional ones are not loaded, so not looked for).
     public static var gemmDescription: String {
+        if gemmRequest == .only(.openblas) { return "openblas" }
         let present = [GEMMLibraries.blis != nil ? "blis" : nil, GEMMLibraries.oneDNN != nil ? "onednn" : nil].compactMap { $0 }
         let req: String
         switch gemmRequest {
