@@ -35,7 +35,7 @@ struct BenchTrainCommand: ParsableCommand {
             var obj: [String: Any] = ["tool": "moe-tune", "tokens_per_s": (r.tokensPerSecond * 10).rounded() / 10,
                                       "step_s": (r.stepSeconds * 1000).rounded() / 1000, "trainable": r.trainable,
                                       "peak_rss_mb": r.peakRSSMB, "loss": (r.loss * 10000).rounded() / 10000,
-                                      "blas_core": BLAS.ensureInitialized().core, "qlora": qlora, "base_dtype": base.rawValue,
+                                      "blas_core": BLAS.ensureInitialized().core, "gemm": BLAS.gemmDescription, "qlora": qlora, "base_dtype": base.rawValue,
                                       "threads": Parallel.workers, "blas_threading": BLAS.threading.rawValue,
                                       "cpu_ms_per_token": (r.cpuSecondsPerStep / tokens * 1e6).rounded() / 1000,
                                       "step_gflop": (r.flopsPerStep / 1e8).rounded() / 10,

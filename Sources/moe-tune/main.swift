@@ -18,6 +18,7 @@ let maxNewTokensLimit = 1 << 20
 /// Prints a library error as one line and exits non-zero.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
+        try BLAS.checkGEMMRequest()
         try body()
     } catch let error as MoETuneError {
         FileHandle.standardError.write(Data("moe-tune: error: \(error.description)\n".utf8))
