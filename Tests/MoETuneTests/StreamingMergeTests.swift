@@ -5,7 +5,7 @@ import XCTest
 /// model and holds one base tensor at a time; the module shapes it lays adapters out with
 /// are the loaded model's; the stream writers write what the whole-file writers write.
 /// (Its output equals the previous in-memory merge's byte for byte: checked with `cmp` on
-/// 29 fixture merges when it was built; the numeric merge tests are MergeTests, FamilyTests,
+/// 28 fixture merges (98 files) when it was built; the numeric merge tests are MergeTests, FamilyTests,
 /// GptOssRealTests, GGUF*Tests, unchanged.)
 final class StreamingMergeTests: XCTestCase {
     static let models = ["llama", "qwen2", "qwen3", "mixtral", "mixtral-bf16", "qwen2_moe", "qwen3_moe", "olmoe",
@@ -146,5 +146,41 @@ final class StreamingMergeTests: XCTestCase {
         try w.tensors[0].data.withUnsafeBytes { try early.write(w.tensors[0].name, bytes: $0) }
         assertMoETuneError(try early.finish(), contains: ["after 1 of 3 tensors"])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp), ["m.gguf"])
+    }
+}
+
+extension StreamingMergeTests {
+    /// What loading the model refused, merge still refuses from the tensor table (a missing
+    /// norm, a linear weight of the wrong shape, a missing untied lm_head), naming the
+    /// tensor, and leaves no output.
+    func testBrokenBaseIsRefusedWithoutLoadingIt() throws {
+        let tmp = try makeTempDir(self)
+        let src = Fixtures.dir("mixtral")
+        let file = try SafeTensorsFile(path: src + "/model.safetensors")
+        func broken(_ dir: String, _ edit: (inout [SafeTensorsWriter.Entry]) -> Void) throws -> String {
+            let out = tmp + "/" + dir
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: src + "/config.json", toPath: out + "/config.json")
+            var entries = file.tensors.values.map { SafeTensorsWriter.Entry(name: $0.name, dtype: $0.dtype, shape: $0.shape, data: Data(file.bytes(of: $0))) }
+            edit(&entries)
+            var w = SafeTensorsWriter()
+            w.entries = entries
+            try w.write(to: out + "/model.safetensors")
+            return out
+        }
+        let noNorm = try broken("no-norm") { $0.removeAll { $0.name == "model.layers.1.post_attention_layernorm.weight" } }
+        let badQ = try broken("bad-q") { e in
+            let i = e.firstIndex { $0.name == "model.layers.0.self_attn.q_proj.weight" }!
+            e[i].shape = [e[i].shape[1], e[i].shape[0] / 2]
+            e[i].data = e[i].data.prefix(e[i].shape.reduce(1, *) * 4)
+        }
+        let noHead = try broken("no-head") { $0.removeAll { $0.name == "lm_head.weight" } }
+        for (dir, fragments) in [(noNorm, ["model.layers.1.post_attention_layernorm.weight", "not found"]),
+                                 (badQ, ["model.layers.0.self_attn.q_proj.weight", "expected", "config.json"]),
+                                 (noHead, ["lm_head.weight", "tie_word_embeddings is false"])] {
+            assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(Fixtures.dir("train-mixtral"), 1)], outDir: dir + "-merged"),
+                               contains: fragments)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "-merged"), dir)
+        }
     }
 }

@@ -85,6 +85,7 @@ public enum GGUFExport {
         let ck = try Checkpoint(directory: modelPath)
         var c = ck.config
         let f = try family(c, modelPath)
+        try Merger.checkBase(ck)
         let shapes = ModuleShapes(config: ck.config)
         let sets = try adapters.map { (set: try PEFTAdapter.load(directory: $0.path, shapes: shapes), weight: $0.weight) }
         // No adapter: a conversion of the base (to another type, or from a folder).

@@ -39,6 +39,7 @@ public enum Merger {
         guard ck.gguf == nil else {
             throw MoETuneError.file(path: modelDir, message: "a GGUF model merges into a GGUF file only (it has no config.json for a Hugging Face folder): pass --format gguf")
         }
+        try checkBase(ck)
         let shapes = ModuleShapes(config: ck.config)
         let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, shapes: shapes), $0.weight) }
         let mixed = try AdapterSet.mix(sets.map { (set: $0.0, weight: $0.1) }, shapes: shapes)
@@ -257,6 +258,40 @@ public enum Merger {
             try ModelFolderWriter.copyTokenizerFiles(from: modelDir, to: staging)
             return Summary(tensors: entries.count, mergedModules: merged, files: shards.count, dtype: dtype, bytes: total,
                            dequantizedMXFP4: dequantizeExperts)
+        }
+    }
+
+    /// What loading the model refused, checked on the tensor table alone (nothing is read):
+    /// the embedding, lm_head (unless tied), the norms and every plain linear weight
+    /// (attention, dense MLP, shared expert and its gate) present, in config.json's shape.
+    /// Experts and routers are checked as they are merged.
+    static func checkBase(_ ck: Checkpoint) throws {
+        let c = ck.config, f = c.family, h = c.hiddenSize
+        let shapes = ModuleShapes(config: c)
+        func need(_ name: String, _ shape: [Int]) throws {
+            guard let info = ck.info(name) else {
+                throw MoETuneError.file(path: ck.directory, message: "tensor '\(name)' not found in the checkpoint")
+            }
+            // bitsandbytes 4-bit weights (`moe-tune quantize`) are packed bytes of another shape.
+            guard info.shape == shape || ![.f32, .f16, .bf16, .f64].contains(info.dtype) else {
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
+            }
+        }
+        try need(f.embedTokens, [c.vocabSize, h])
+        try need(f.finalNorm, [h])
+        if !c.tieWordEmbeddings {
+            guard ck.contains(f.lmHead) else {
+                throw MoETuneError.file(path: ck.directory, message: "tensor '\(f.lmHead)' not found and tie_word_embeddings is false")
+            }
+            try need(f.lmHead, [c.vocabSize, h])
+        }
+        let slots: [LinearSlot] = [.q, .k, .v, .o, .sharedGate] + FeedForwardPart.allCases.flatMap { [LinearSlot.mlp($0), .shared($0)] }
+        for l in 0..<c.numLayers {
+            try need(f.inputNorm(l), [h])
+            try need(f.postAttentionNorm(l), [h])
+            for slot in slots {
+                if let s = shapes.linear(f.module(slot, layer: l)) { try need(f.weight(slot, layer: l), [s.rows, s.cols]) }
+            }
         }
     }
 
