@@ -39,19 +39,22 @@ public enum AtomicFile {
         syncDirectory(of: path)
     }
 
-    /// Writes every byte of `data` to `fd` (retrying short writes and EINTR).
-    static func writeAll(fd: Int32, data: Data, path: String) throws {
-        if let e = injectedError?(path) { throw error(e, path: path, bytes: data.count) }
-        try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-            var done = 0
-            while done < raw.count {
-                let n = Foundation.write(fd, raw.baseAddress! + done, raw.count - done)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw error(errno, path: path, bytes: raw.count)
-                }
-                done += n
+    /// Writes every byte of `data` to `fd` (retrying short writes and EINTR); an error
+    /// reports `reportBytes` (the whole file's size) or the data's.
+    static func writeAll(fd: Int32, data: Data, path: String, reportBytes: Int? = nil) throws {
+        try data.withUnsafeBytes { try writeAll(fd: fd, bytes: $0, path: path, reportBytes: reportBytes) }
+    }
+
+    static func writeAll(fd: Int32, bytes raw: UnsafeRawBufferPointer, path: String, reportBytes: Int? = nil) throws {
+        if let e = injectedError?(path) { throw error(e, path: path, bytes: reportBytes ?? raw.count) }
+        var done = 0
+        while done < raw.count {
+            let n = Foundation.write(fd, raw.baseAddress! + done, raw.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw error(errno, path: path, bytes: reportBytes ?? raw.count)
             }
+            done += n
         }
     }
 

@@ -14,6 +14,12 @@ public final class Checkpoint: @unchecked Sendable {
     /// The GGUF file behind this checkpoint, if it is one.
     let gguf: GGUFModelFile?
 
+    /// Testing hook: told of every weight read as fp32, with its element count: `kept` for
+    /// reads that stay for the checkpoint's lifetime (`floats`, `mxfp4Floats`: loading a
+    /// model), otherwise +count when a temporary view starts and -count when it ends. Lets a
+    /// test prove that merge holds one tensor at a time and never loads the model.
+    nonisolated(unsafe) public static var readHook: ((_ name: String, _ count: Int, _ kept: Bool) -> Void)?
+
     /// Whether `path` names a GGUF model file rather than a folder.
     public static func isGGUF(_ path: String) -> Bool { GGUFModelFile.isGGUFPath(path) }
 
@@ -98,6 +104,7 @@ public final class Checkpoint: @unchecked Sendable {
     /// An fp32 view of tensor `name`, checked against `shape`. Valid while this
     /// checkpoint lives.
     public func floats(_ name: String, shape: [Int]) throws -> UnsafePointer<Float> {
+        Self.readHook?(name, shape.reduce(1, *), true)
         if let g = gguf {
             let buffer = FloatBuffer(count: shape.reduce(1, *), zeroed: false)
             try g.dequantize(name, shape: shape, into: buffer.pointer)
@@ -139,7 +146,8 @@ public final class Checkpoint: @unchecked Sendable {
     /// dequantized to fp32 [E, G*32, R] (IO/MXFP4.swift) and kept with the checkpoint;
     /// nil when the checkpoint holds no `name`_blocks.
     public func mxfp4Floats(_ name: String, shape: [Int]) throws -> UnsafePointer<Float>? {
-        try withTemporaryMXFP4Floats(name, shape: shape) { p in
+        if contains(name + "_blocks") { Self.readHook?(name, shape.reduce(1, *), true) }
+        return try withTemporaryMXFP4Floats(name, shape: shape) { p in
             let buffer = FloatBuffer(count: shape.reduce(1, *), zeroed: false)
             buffer.pointer.update(from: p, count: buffer.count)
             converted.append(buffer)
@@ -177,6 +185,8 @@ public final class Checkpoint: @unchecked Sendable {
     /// nil when the checkpoint holds no `name`_blocks.
     public func withTemporaryMXFP4Floats<T>(_ name: String, shape: [Int], _ body: (UnsafePointer<Float>) throws -> T) throws -> T? {
         guard let (fileIndex, _) = location[name + "_blocks"] else { return nil }
+        Self.readHook?(name, shape.reduce(1, *), false)
+        defer { Self.readHook?(name, -shape.reduce(1, *), false) }
         let file = files[fileIndex]
         let (values, got) = try MXFP4.dequantize(name, in: file)
         guard got == shape else {
@@ -193,6 +203,8 @@ public final class Checkpoint: @unchecked Sendable {
     /// The mapped pages are released afterwards, so quantizing while loading keeps at most
     /// one full-precision tensor in memory.
     public func withTemporaryFloats<T>(_ name: String, shape: [Int], _ body: (UnsafePointer<Float>) throws -> T) throws -> T {
+        Self.readHook?(name, shape.reduce(1, *), false)
+        defer { Self.readHook?(name, -shape.reduce(1, *), false) }
         if let g = gguf {
             let buffer = FloatBuffer(count: shape.reduce(1, *), zeroed: false)
             try g.dequantize(name, shape: shape, into: buffer.pointer)

@@ -190,6 +190,11 @@ public enum PEFTAdapter {
     /// Reads the adapter in `dir` for `model`. Ranks come from the tensors, scales from
     /// lora_alpha (or alpha_pattern) and use_rslora.
     public static func load(directory dir: String, model: Transformer) throws -> AdapterSet {
+        try load(directory: dir, shapes: ModuleShapes(model: model))
+    }
+
+    /// The same against the module shapes alone (merge: no weights loaded).
+    public static func load(directory dir: String, shapes model: ModuleShapes) throws -> AdapterSet {
         let configPath = dir + "/adapter_config.json"
         guard let data = FileManager.default.contents(atPath: configPath) else {
             throw MoETuneError.file(path: configPath, message: FileManager.default.fileExists(atPath: dir)
@@ -380,7 +385,7 @@ public enum PEFTAdapter {
         }
         var plan: [AdapterPlan] = []
         for p in pieces {
-            guard let w = model.linear(module: p.module) else {
+            guard let w = model.linear(p.module) else {
                 throw MoETuneError.file(path: weightsPath, message: "module \(p.module) does not exist in the base model")
             }
             guard p.a.count == p.rank * w.cols, p.b.count == w.rows * p.rank else {
@@ -392,7 +397,7 @@ public enum PEFTAdapter {
         let kinds = Set(plan.compactMap { family.kind(of: $0.module) })
         var spec = LoRASpec(rank: r, alpha: alpha, dropout: 0, rslora: rslora, targets: kinds, layers: .all)
         spec.trainRouters = !routerWeights.isEmpty
-        let set = try AdapterSet(model: model, plan: plan, spec: spec, seed: 0, fullRouters: routerWeights.keys.sorted())
+        let set = try AdapterSet(shapes: model, plan: plan, spec: spec, seed: 0, fullRouters: routerWeights.keys.sorted())
         for (adapter, p) in zip(set.all, pieces) {
             adapter.a.update(from: p.a, count: p.a.count)
             adapter.b.update(from: p.b, count: p.b.count)

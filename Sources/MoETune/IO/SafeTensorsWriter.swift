@@ -34,23 +34,109 @@ public struct SafeTensorsWriter {
     /// The complete file contents: header padded with spaces to a multiple of 8 bytes so
     /// that the data of every F32 tensor is aligned.
     public func serialized() throws -> Data {
+        let sorted = entries.sorted { $0.name < $1.name }
+        var out = try Self.header(sorted.map { .init(name: $0.name, dtype: $0.dtype, shape: $0.shape, byteCount: $0.data.count) },
+                                  metadata: metadata)
+        for e in sorted { out.append(e.data) }
+        return out
+    }
+
+    /// A tensor's header entry: what the header needs before its bytes exist.
+    public struct Layout: Sendable {
+        public var name: String
+        public var dtype: DType
+        public var shape: [Int]
+        public var byteCount: Int
+        public init(name: String, dtype: DType, shape: [Int], byteCount: Int) {
+            self.name = name; self.dtype = dtype; self.shape = shape; self.byteCount = byteCount
+        }
+    }
+
+    /// The 8-byte header length and the JSON header (padded with spaces to a multiple of 8)
+    /// of a file whose tensors are `sorted` (by name), data laid out in that order.
+    static func header(_ sorted: [Layout], metadata: [String: String]) throws -> Data {
         var header: [String: Any] = ["__metadata__": metadata]
         var offset = 0
-        let sorted = entries.sorted { $0.name < $1.name }
         for e in sorted {
-            header[e.name] = ["dtype": e.dtype.rawValue, "shape": e.shape, "data_offsets": [offset, offset + e.data.count]]
-            offset += e.data.count
+            header[e.name] = ["dtype": e.dtype.rawValue, "shape": e.shape, "data_offsets": [offset, offset + e.byteCount]]
+            offset += e.byteCount
         }
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
         while json.count % 8 != 0 { json.append(UInt8(ascii: " ")) }
         var out = Data(capacity: 8 + json.count + offset)
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(json)
-        for e in sorted { out.append(e.data) }
         return out
     }
 
     public func write(to path: String) throws {
         try AtomicFile.write(try serialized(), to: path)
+    }
+}
+
+/// A safetensors file written tensor by tensor, for files larger than memory: the header
+/// goes first (every size is known from shapes and dtypes), then each tensor's bytes in
+/// name order as the caller produces them, so only one tensor is ever held. Byte for byte
+/// what SafeTensorsWriter.serialized gives for the same tensors. Written under a temporary
+/// name beside `path`, fsynced and renamed into place by `finish` (AtomicFile's rules); a
+/// writer dropped before `finish` removes its temporary.
+public final class SafeTensorsStreamWriter {
+    /// The tensors in the order their bytes must be written (sorted by name).
+    public let order: [SafeTensorsWriter.Layout]
+    private let path: String
+    private let tmp: String
+    private var fd: Int32
+    private var next = 0
+    private let total: Int
+
+    public init(path: String, tensors: [SafeTensorsWriter.Layout], metadata: [String: String] = ["format": "pt"]) throws {
+        order = tensors.sorted { $0.name < $1.name }
+        self.path = path
+        tmp = AtomicFile.temporaryPath(for: path)
+        let header = try SafeTensorsWriter.header(order, metadata: metadata)
+        total = header.count + order.reduce(0) { $0 + $1.byteCount }
+        unlink(tmp)
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw AtomicFile.error(errno, path: path, bytes: total) }
+        do { try AtomicFile.writeAll(fd: fd, data: header, path: path, reportBytes: total) } catch { abort(); throw error }
+    }
+
+    deinit { abort() }
+
+    /// The name of the tensor whose bytes come next, nil once all are written.
+    public var nextTensor: SafeTensorsWriter.Layout? { next < order.count ? order[next] : nil }
+
+    /// Writes the bytes of the next tensor (`name`, exactly its byte count).
+    public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
+        guard let t = nextTensor, t.name == name, bytes.count == t.byteCount else {
+            throw MoETuneError.invalid("internal: safetensors stream to \(path) expected \(nextTensor.map { "\($0.name) (\($0.byteCount) bytes)" } ?? "no more tensors"), got \(name) (\(bytes.count) bytes)")
+        }
+        do { try AtomicFile.writeAll(fd: fd, bytes: bytes, path: path, reportBytes: total) } catch { abort(); throw error }
+        next += 1
+    }
+
+    /// Checks every tensor was written, then fsyncs and renames the file into place.
+    public func finish() throws {
+        guard fd >= 0 else { throw MoETuneError.invalid("internal: safetensors stream to \(path) was abandoned") }
+        guard next == order.count else {
+            abort()
+            throw MoETuneError.invalid("internal: safetensors stream to \(path) finished after \(next) of \(order.count) tensors")
+        }
+        guard fsync(fd) == 0 else { let e = errno; abort(); throw AtomicFile.error(e, path: path, bytes: total) }
+        close(fd)
+        fd = -1
+        guard rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw AtomicFile.error(e, path: path, bytes: total)
+        }
+        AtomicFile.syncDirectory(of: path)
+    }
+
+    private func abort() {
+        guard fd >= 0 else { return }
+        close(fd)
+        fd = -1
+        unlink(tmp)
     }
 }

@@ -4,6 +4,10 @@
 /// the gate (two adapters that both replace one router are refused).
 extension AdapterSet {
     public static func mix(_ parts: [(set: AdapterSet, weight: Float)], model: Transformer) throws -> AdapterSet {
+        try mix(parts, shapes: ModuleShapes(model: model))
+    }
+
+    public static func mix(_ parts: [(set: AdapterSet, weight: Float)], shapes model: ModuleShapes) throws -> AdapterSet {
         if parts.count == 1, parts[0].weight == 1 { return parts[0].set }
         var modules: [String] = []
         var members: [String: [(LoRAAdapter, Float)]] = [:]
@@ -26,7 +30,7 @@ extension AdapterSet {
         let plan = modules.map { m in AdapterPlan(module: m, rank: members[m]!.reduce(0) { $0 + $1.0.rank }, scale: 1) }
         var spec = parts[0].set.spec
         spec.trainRouters = !routerFrom.isEmpty
-        let mixed = try AdapterSet(model: model, plan: plan, spec: spec, seed: 0, fullRouters: routerFrom.keys.sorted(),
+        let mixed = try AdapterSet(shapes: model, plan: plan, spec: spec, seed: 0, fullRouters: routerFrom.keys.sorted(),
                                     stackedRanks: true)
         for target in mixed.all {
             var row = 0

@@ -79,14 +79,18 @@ public enum GGUFExport {
             throw MoETuneError.invalid("--gguf-type must be one of f32, f16, bf16, q8_0, q4_0")
         }
         try checkOutput(out, inputs: [modelPath] + adapters.map(\.path), overwrite: overwrite)
+        // Streams like Merger: the model is never loaded; the adapters are laid out against
+        // the config's module shapes, the tensor infos planned from the tensor table, then
+        // each tensor read, merged, checked, encoded and written after the header.
         let ck = try Checkpoint(directory: modelPath)
         var c = ck.config
         let f = try family(c, modelPath)
-        let model = try Transformer(checkpoint: ck)
-        let sets = try adapters.map { (set: try PEFTAdapter.load(directory: $0.path, model: model), weight: $0.weight) }
+        try Merger.checkBase(ck)
+        let shapes = ModuleShapes(config: ck.config)
+        let sets = try adapters.map { (set: try PEFTAdapter.load(directory: $0.path, shapes: shapes), weight: $0.weight) }
         // No adapter: a conversion of the base (to another type, or from a folder).
         // The adapters' A and B point into their AdapterSet: it must outlive every use.
-        let mixed = sets.isEmpty ? nil : try AdapterSet.mix(sets, model: model)
+        let mixed = sets.isEmpty ? nil : try AdapterSet.mix(sets, shapes: shapes)
         defer { withExtendedLifetime((sets, mixed)) {} }
         let all = mixed?.all ?? []
         let byModule = Dictionary(uniqueKeysWithValues: all.map { ($0.module, $0) })
@@ -102,50 +106,77 @@ public enum GGUFExport {
         if type.blockSize > 1 { w.set("general.quantization_version", .uint32(2)) }
         for (k, v) in try tokenizerMetadata(ck, model: modelPath, family: f) { w.set(k, v) }
 
-        if let factors = f.ggufRopeFrequencyFactors(c) {
-            factors.withUnsafeBufferPointer { w.add("rope_freqs.weight", shape: [factors.count], floats: $0.baseAddress!, as: .f32) }
+        // The plan: each output tensor's layout and the checkpoint tensors it is made of (an
+        // expert's weight goes into its slice of the layer's 3-D ffn_*_exps tensor).
+        typealias Part = (name: GGUFTensorName, source: String, shape: [Int])
+        var layouts: [GGUFWriter.Layout] = []
+        var plan: [[Part]] = []
+        let factors = f.ggufRopeFrequencyFactors(c)
+        if let factors {
+            layouts.append(.init(name: "rope_freqs.weight", type: .f32, shape: [factors.count], byteCount: GGMLType.f32.bytes(count: factors.count)))
+            plan.append([])
         }
         if c.slidingWindow != nil {
             throw MoETuneError.file(path: modelPath, message: "sliding-window attention cannot be written to a GGUF \(f.ggufArchitecture!) model (llama.cpp would attend to every position)")
         }
-        var merged = 0
-        // An expert's weight goes into its slice of the layer's 3-D ffn_*_exps tensor,
-        // written once the last expert is in.
-        var stacked: [Float] = []
+        var group: [Part] = []
         for n in f.ggufTensorNames(c) {
             let source = (untie && n.hf == f.lmHead) ? f.embedTokens : n.hf
             guard let info = ck.info(source) else { throw MoETuneError.file(path: modelPath, message: "tensor '\(source)' not found") }
             let shape = info.shape
-            let src = try ck.floats(source, shape: shape)
-            var values = Array(UnsafeBufferPointer(start: src, count: info.count))
-            if n.hf.hasSuffix(".weight"), let a = byModule[String(n.hf.dropLast(".weight".count))] {
-                values.withUnsafeMutableBufferPointer { buf in
-                    BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
-                              a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 1, c: buf.baseAddress!, ldc: a.inFeatures)
-                }
-                merged += 1
-            }
-            if let i = values.firstIndex(where: { !$0.isFinite }) {
-                throw MoETuneError.file(path: modelPath, message: "merging gives a non-finite weight in \(n.hf) (element \(i) is \(values[i])); check the adapters and the base for NaN/inf values")
-            }
-            if let heads = n.permuteHeads { values = permuteRows(values, rows: shape[0], cols: shape[1], heads: heads) }
             var outShape = shape
             if let e = n.expert {
-                if e == 0 { stacked = [] }
-                stacked += values
+                if e == 0 { group = [] }
+                group.append((n, source, shape))
                 guard e == c.numExperts - 1 else { continue }
-                values = stacked
                 outShape = [c.numExperts] + shape
+            } else {
+                group = [(n, source, shape)]
             }
             let t: GGMLType = shape.count == 1 ? .f32 : (shape.last! % type.blockSize == 0 ? type : .f16)
-            values.withUnsafeBufferPointer { w.add(n.gguf, shape: outShape, floats: $0.baseAddress!, as: t) }
+            layouts.append(.init(name: n.gguf, type: t, shape: outShape, byteCount: t.bytes(count: outShape.reduce(1, *))))
+            plan.append(group)
+        }
+
+        let stream = try GGUFStreamWriter(path: out, metadata: w.metadata, tensors: layouts, alignment: w.alignment)
+        var merged = 0
+        for (layout, parts) in zip(layouts, plan) {
+            if parts.isEmpty, let factors {
+                try factors.withUnsafeBufferPointer { p in
+                    try GGMLQuantize.run(.f32, p.baseAddress!, count: p.count).withUnsafeBytes { try stream.write(layout.name, bytes: $0) }
+                }
+                continue
+            }
+            var stacked: [Float] = []
+            stacked.reserveCapacity(layout.shape.reduce(1, *))
+            for (n, source, shape) in parts {
+                var values = try ck.withTemporaryFloats(source, shape: shape) { Array(UnsafeBufferPointer(start: $0, count: shape.reduce(1, *))) }
+                if n.hf.hasSuffix(".weight"), let a = byModule[String(n.hf.dropLast(".weight".count))] {
+                    guard shape == [a.outFeatures, a.inFeatures] else {
+                        throw MoETuneError.file(path: ck.path(of: source), message: "tensor '\(source)' has shape \(shape), expected \([a.outFeatures, a.inFeatures]) from config.json")
+                    }
+                    values.withUnsafeMutableBufferPointer { buf in
+                        BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
+                                  a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 1, c: buf.baseAddress!, ldc: a.inFeatures)
+                    }
+                    merged += 1
+                }
+                if let i = values.firstIndex(where: { !$0.isFinite }) {
+                    throw MoETuneError.file(path: modelPath, message: "merging gives a non-finite weight in \(n.hf) (element \(i) is \(values[i])); check the adapters and the base for NaN/inf values")
+                }
+                if let heads = n.permuteHeads { values = permuteRows(values, rows: shape[0], cols: shape[1], heads: heads) }
+                if parts.count == 1 { stacked = values } else { stacked += values }
+            }
+            try stacked.withUnsafeBufferPointer { p in
+                try GGMLQuantize.run(layout.type, p.baseAddress!, count: p.count).withUnsafeBytes { try stream.write(layout.name, bytes: $0) }
+            }
         }
         guard merged == all.count else {
+            stream.abort()
             throw MoETuneError.invalid("the adapters hold \(all.count) modules but \(merged) map onto \(f.ggufArchitecture!) tensors")
         }
-        let data = w.serialized()
-        try AtomicFile.write(data, to: out)
-        return Summary(tensors: w.tensors.count, mergedModules: merged, bytes: data.count)
+        try stream.finish()
+        return Summary(tensors: layouts.count, mergedModules: merged, bytes: stream.totalBytes)
     }
 
     public struct LoRASummary: Sendable {

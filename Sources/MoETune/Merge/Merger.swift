@@ -5,6 +5,11 @@ import Foundation
 /// the gate). Always merges into the full-precision base weights. Writes a Hugging Face
 /// model folder (config.json, model.safetensors or shards with an index, tokenizer files)
 /// into a temporary folder that is renamed into place when complete.
+/// Streams: the model is never loaded. The adapters are laid out against the config's
+/// module shapes (ModuleShapes), the output tensors and shards are planned from the
+/// checkpoint's tensor table, and each tensor is then read from the mapped file, merged,
+/// checked, encoded and written after its file's header (SafeTensorsStreamWriter), so
+/// memory holds one tensor (fp32, plus its encoding) and the adapters, whatever the model's size.
 public enum Merger {
     public struct Options: Sendable {
         /// Output element type; nil: the base checkpoint's.
@@ -28,19 +33,34 @@ public enum Merger {
     public static func merge(modelDir: String, adapters: [(path: String, weight: Float)], outDir: String,
                              options: Options = Options()) throws -> Summary {
         let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite, inputs: [modelDir] + adapters.map(\.path), command: "merge")
+        // Only the tensor table is read here (the files are mapped, not loaded); each base
+        // tensor is read once, when it is written.
         let ck = try Checkpoint(directory: modelDir)
-        let model = try Transformer(checkpoint: ck)
-        let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, model: model), $0.weight) }
-        let mixed = try AdapterSet.mix(sets.map { (set: $0.0, weight: $0.1) }, model: model)
+        guard ck.gguf == nil else {
+            throw MoETuneError.file(path: modelDir, message: "a GGUF model merges into a GGUF file only (it has no config.json for a Hugging Face folder): pass --format gguf")
+        }
+        try checkBase(ck)
+        let shapes = ModuleShapes(config: ck.config)
+        let sets = try adapters.map { (try PEFTAdapter.load(directory: $0.path, shapes: shapes), $0.weight) }
+        let mixed = try AdapterSet.mix(sets.map { (set: $0.0, weight: $0.1) }, shapes: shapes)
+        defer { withExtendedLifetime((sets, mixed)) {} }   // the adapters' A and B point into them
         let byModule = Dictionary(uniqueKeysWithValues: mixed.all.map { ($0.module, $0) })
-        let c = model.config, f = c.family
+        let c = ck.config, f = c.family
         let baseDType = ck.info(f.embedTokens)?.dtype ?? .f32
         let dtype = options.dtype ?? baseDType
         guard [.f32, .f16, .bf16].contains(dtype) else { throw MoETuneError.invalid("--dtype must be f32, bf16 or f16") }
 
         var merged = 0
-        /// The merged fp32 values of one tensor from its `count` base values at `src`.
-        func mergedValues(_ name: String, count: Int, from src: UnsafePointer<Float>) throws -> [Float] {
+        /// Refuses a base tensor whose shape is not the one config.json gives (a delta of
+        /// the adapter's shape would not fit), as loading the model would.
+        func check(_ name: String, _ shape: [Int], _ expected: [Int]) throws {
+            guard shape == expected else {
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has shape \(shape), expected \(expected) from config.json")
+            }
+        }
+        /// The merged fp32 values of tensor `name` [shape] from its base values at `src`.
+        func mergedValues(_ name: String, shape: [Int], from src: UnsafePointer<Float>) throws -> [Float] {
+            let count = shape.reduce(1, *)
             var values = [Float](repeating: 0, count: count)
             values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src, count: count) }
             func add(_ module: String, at offset: Int) {
@@ -56,6 +76,7 @@ public enum Merger {
                 // GPT-OSS: gate_up_proj [E, H, 2I] (column 2i gate, 2i+1 up), down_proj [E, I, H]:
                 // each expert's delta [out, in] = s B A lands transposed (and interleaved).
                 let (i, h) = (c.expertIntermediateSize, c.hiddenSize)
+                try check(name, shape, gateUp ? [c.numExperts, h, 2 * i] : [c.numExperts, i, h])
                 var delta = [Float](repeating: 0, count: i * h)
                 func addTransposed(_ module: String, at offset: Int, columns: Int, stride: Int, first: Int) {
                     guard let a = byModule[module] else { return }
@@ -79,6 +100,7 @@ public enum Merger {
                 }
             } else if let (l, gateUp) = f.fusedExpertTensor(name) {
                 let (i, h) = (c.expertIntermediateSize, c.hiddenSize)
+                try check(name, shape, gateUp ? [c.numExperts, 2 * i, h] : [c.numExperts, h, i])
                 for e in 0..<c.numExperts {
                     if gateUp {
                         add(f.module(.expert(e, .gate), layer: l), at: e * 2 * i * h)
@@ -91,11 +113,17 @@ public enum Merger {
                 let module = f.canonicalModule(String(name.dropLast(".weight".count)))
                 if let (l, slot) = f.parse(module: module), slot == .router, l < mixed.routers.count,
                    let r = mixed.routers[l] {
+                    try check(name, shape, [r.experts, r.hidden])
                     values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: r.weight, count: r.experts * r.hidden) }
                     merged += 1
                 } else {
+                    if let a = byModule[module] { try check(name, shape, [a.outFeatures, a.inFeatures]) }
                     add(module, at: 0)
                 }
+            }
+            // A NaN or infinite merged weight would silently break every later use: refuse it.
+            if let i = values.firstIndex(where: { !$0.isFinite }) {
+                throw MoETuneError.file(path: modelDir, message: "merging gives a non-finite weight in \(name) (element \(i) is \(values[i])); check the adapters (\(adapters.map(\.path).joined(separator: ", "))) and the base for NaN/inf values")
             }
             return values
         }
@@ -107,78 +135,105 @@ public enum Merger {
         let expertAdapters = mixed.all.contains { if case .expert? = f.parse(module: $0.module)?.slot { return true }; return false }
         let dequantizeExperts = f.moe?.transposedInterleaved == true && expertAdapters
             && (0..<c.numLayers).contains { ck.contains(f.fusedGateUp($0) + "_blocks") || ck.contains(f.fusedDown($0) + "_blocks") }
-        var entries: [(name: String, shape: [Int], values: [Float]?, raw: (DType, Data)?)] = []
+        // As loading the model does: MXFP4 storage that disagrees with config.json is refused.
+        if f.moe?.transposedInterleaved == true, ck.gguf == nil {
+            for l in 0..<c.numLayers {
+                for name in [f.fusedGateUp(l), f.fusedDown(l)] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
+            }
+        }
+
+        // The plan: every output tensor with its shape, its size in the output and where its
+        // values come from. Nothing is read yet.
+        enum Source { case float, mxfp4, tiedHead, raw(TensorInfo) }
+        var entries: [(name: String, shape: [Int], source: Source, bytes: Int)] = []
         for name in ck.tensorNames.sorted() {
             let info = ck.info(name)!
             if dequantizeExperts, name.hasSuffix("_blocks") || name.hasSuffix("_scales") {
                 let base = String(name.dropLast("_blocks".count))
-                guard let (l, gateUp) = f.fusedExpertTensor(base) else {
+                guard let (_, gateUp) = f.fusedExpertTensor(base) else {
                     throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(name): MXFP4 blocks of a tensor that is not an expert tensor")
                 }
                 guard name.hasSuffix("_blocks") else { continue }
                 let (i, h, e) = (c.expertIntermediateSize, c.hiddenSize, c.numExperts)
                 let shape = gateUp ? [e, h, 2 * i] : [e, i, h]
-                let values = try ck.withTemporaryMXFP4Floats(base, shape: shape) { try mergedValues(base, count: shape.reduce(1, *), from: $0) }!
-                entries.append((base, shape, values, nil))
+                entries.append((base, shape, .mxfp4, shape.reduce(1, *) * dtype.size))
             } else if [.f32, .f16, .bf16, .f64].contains(info.dtype) {
-                entries.append((name, info.shape, try mergedValues(name, count: info.count, from: try ck.floats(name, shape: info.shape)), nil))
+                entries.append((name, info.shape, .float, info.count * dtype.size))
             } else {
-                // Copied while the file (its mapping) is alive: a temporary would unmap first.
-                let file = try SafeTensorsFile(path: ck.path(of: name))
-                let data = withExtendedLifetime(file) { Data(file.bytes(of: info)) }
-                entries.append((name, info.shape, nil, (info.dtype, data)))
+                entries.append((name, info.shape, .raw(info), info.byteCount))
             }
         }
         entries.sort { $0.name < $1.name }
         // A head adapter on a model with tied embeddings needs its own lm_head.
         var untie = false
-        if let head = byModule[f.module(.head, layer: 0)], !ck.contains(f.lmHead) {
-            var values = [Float](repeating: 0, count: c.vocabSize * c.hiddenSize)
-            values.withUnsafeMutableBufferPointer { buf in
-                buf.baseAddress!.update(from: model.embed.pointer, count: buf.count)
-                BLAS.gemm(.none, .none, m: head.outFeatures, n: head.inFeatures, k: head.rank, alpha: head.scale,
-                          a: head.b, lda: head.rank, b: head.a, ldb: head.inFeatures, beta: 1, c: buf.baseAddress!, ldc: head.inFeatures)
-            }
-            merged += 1
-            entries.append((f.lmHead, [c.vocabSize, c.hiddenSize], values, nil))
+        if byModule[f.module(.head, layer: 0)] != nil, !ck.contains(f.lmHead) {
+            entries.append((f.lmHead, [c.vocabSize, c.hiddenSize], .tiedHead, c.vocabSize * c.hiddenSize * dtype.size))
             untie = true
         }
-        // A NaN or infinite merged weight would silently break every later use: refuse it.
-        for e in entries {
-            if let v = e.values, let i = v.firstIndex(where: { !$0.isFinite }) {
-                throw MoETuneError.file(path: modelDir, message: "merging gives a non-finite weight in \(e.name) (element \(i) is \(v[i])); check the adapters (\(adapters.map(\.path).joined(separator: ", "))) and the base for NaN/inf values")
+        // Shards planned from the sizes: a new file once the next tensor would pass the limit.
+        var shards: [[Int]] = [[]]
+        var shardBytes = 0
+        var total = 0
+        for (k, e) in entries.enumerated() {
+            if shardBytes > 0, shardBytes + e.bytes > options.maxShardBytes {
+                shards.append([])
+                shardBytes = 0
             }
-        }
-        guard merged == mixed.all.count + mixed.routers.compactMap({ $0 }).count else {
-            throw MoETuneError.invalid("internal: merged \(merged) modules but the adapters hold \(mixed.all.count)")
+            shards[shards.count - 1].append(k)
+            shardBytes += e.bytes
+            total += e.bytes
         }
 
-        return try folder.write { staging in
-            var shards: [[SafeTensorsWriter.Entry]] = [[]]
-            var shardBytes = 0
-            var total = 0
-            for e in entries {
-                let entry: SafeTensorsWriter.Entry
-                if let values = e.values {
-                    entry = .init(name: e.name, dtype: dtype, shape: e.shape, data: encode(values, as: dtype))
-                } else {
-                    entry = .init(name: e.name, dtype: e.raw!.0, shape: e.shape, data: e.raw!.1)
+        /// Reads, merges, checks, encodes and writes one tensor; nothing of it is kept.
+        func write(_ e: (name: String, shape: [Int], source: Source, bytes: Int), to out: SafeTensorsStreamWriter) throws {
+            let values: [Float]
+            switch e.source {
+            case .raw(let info):
+                // Copied while the file (its mapping) is alive.
+                let file = try SafeTensorsFile(path: ck.path(of: e.name))
+                try withExtendedLifetime(file) { try out.write(e.name, bytes: file.bytes(of: info)) }
+                return
+            case .float:
+                values = try ck.withTemporaryFloats(e.name, shape: e.shape) { try mergedValues(e.name, shape: e.shape, from: $0) }
+            case .mxfp4:
+                values = try ck.withTemporaryMXFP4Floats(e.name, shape: e.shape) { try mergedValues(e.name, shape: e.shape, from: $0) }!
+            case .tiedHead:
+                let head = byModule[f.module(.head, layer: 0)]!
+                var v = try ck.withTemporaryFloats(f.embedTokens, shape: e.shape) { Array(UnsafeBufferPointer(start: $0, count: e.shape.reduce(1, *))) }
+                v.withUnsafeMutableBufferPointer { buf in
+                    BLAS.gemm(.none, .none, m: head.outFeatures, n: head.inFeatures, k: head.rank, alpha: head.scale,
+                              a: head.b, lda: head.rank, b: head.a, ldb: head.inFeatures, beta: 1, c: buf.baseAddress!, ldc: head.inFeatures)
                 }
-                if shardBytes > 0, shardBytes + entry.data.count > options.maxShardBytes {
-                    shards.append([])
-                    shardBytes = 0
+                merged += 1
+                if let i = v.firstIndex(where: { !$0.isFinite }) {
+                    throw MoETuneError.file(path: modelDir, message: "merging gives a non-finite weight in \(e.name) (element \(i) is \(v[i])); check the adapters (\(adapters.map(\.path).joined(separator: ", "))) and the base for NaN/inf values")
                 }
-                shards[shards.count - 1].append(entry)
-                shardBytes += entry.data.count
-                total += entry.data.count
+                values = v
             }
+            if dtype == .f32 {
+                try values.withUnsafeBytes { try out.write(e.name, bytes: $0) }
+            } else {
+                try encode(values, as: dtype).withUnsafeBytes { try out.write(e.name, bytes: $0) }
+            }
+        }
+
+        func outDType(_ source: Source) -> DType { if case .raw(let info) = source { info.dtype } else { dtype } }
+
+        return try folder.write { staging in
             var weightMap: [String: String] = [:]
             for (i, shard) in shards.enumerated() {
                 let file = shards.count == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", i + 1, shards.count)
-                var w = SafeTensorsWriter()
-                w.entries = shard
-                try w.write(to: staging + "/" + file)
-                for e in shard { weightMap[e.name] = file }
+                let byName = Dictionary(uniqueKeysWithValues: shard.map { (entries[$0].name, entries[$0]) })
+                let out = try SafeTensorsStreamWriter(path: staging + "/" + file, tensors: shard.map {
+                    SafeTensorsWriter.Layout(name: entries[$0].name, dtype: outDType(entries[$0].source), shape: entries[$0].shape,
+                                             byteCount: entries[$0].bytes)
+                })
+                for t in out.order { try write(byName[t.name]!, to: out) }
+                try out.finish()
+                for k in shard { weightMap[entries[k].name] = file }
+            }
+            guard merged == mixed.all.count + mixed.routers.compactMap({ $0 }).count else {
+                throw MoETuneError.invalid("internal: merged \(merged) modules but the adapters hold \(mixed.all.count)")
             }
             if shards.count > 1 {
                 let index: [String: Any] = ["metadata": ["total_size": total], "weight_map": weightMap]
@@ -203,6 +258,40 @@ public enum Merger {
             try ModelFolderWriter.copyTokenizerFiles(from: modelDir, to: staging)
             return Summary(tensors: entries.count, mergedModules: merged, files: shards.count, dtype: dtype, bytes: total,
                            dequantizedMXFP4: dequantizeExperts)
+        }
+    }
+
+    /// What loading the model refused, checked on the tensor table alone (nothing is read):
+    /// the embedding, lm_head (unless tied), the norms and every plain linear weight
+    /// (attention, dense MLP, shared expert and its gate) present, in config.json's shape.
+    /// Experts and routers are checked as they are merged.
+    static func checkBase(_ ck: Checkpoint) throws {
+        let c = ck.config, f = c.family, h = c.hiddenSize
+        let shapes = ModuleShapes(config: c)
+        func need(_ name: String, _ shape: [Int]) throws {
+            guard let info = ck.info(name) else {
+                throw MoETuneError.file(path: ck.directory, message: "tensor '\(name)' not found in the checkpoint")
+            }
+            // bitsandbytes 4-bit weights (`moe-tune quantize`) are packed bytes of another shape.
+            guard info.shape == shape || ![.f32, .f16, .bf16, .f64].contains(info.dtype) else {
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
+            }
+        }
+        try need(f.embedTokens, [c.vocabSize, h])
+        try need(f.finalNorm, [h])
+        if !c.tieWordEmbeddings {
+            guard ck.contains(f.lmHead) else {
+                throw MoETuneError.file(path: ck.directory, message: "tensor '\(f.lmHead)' not found and tie_word_embeddings is false")
+            }
+            try need(f.lmHead, [c.vocabSize, h])
+        }
+        let slots: [LinearSlot] = [.q, .k, .v, .o, .sharedGate] + FeedForwardPart.allCases.flatMap { [LinearSlot.mlp($0), .shared($0)] }
+        for l in 0..<c.numLayers {
+            try need(f.inputNorm(l), [h])
+            try need(f.postAttentionNorm(l), [h])
+            for slot in slots {
+                if let s = shapes.linear(f.module(slot, layer: l)) { try need(f.weight(slot, layer: l), [s.rows, s.cols]) }
+            }
         }
     }
 

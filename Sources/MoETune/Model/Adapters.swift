@@ -183,12 +183,20 @@ public final class AdapterSet: @unchecked Sendable {
     /// `fullRouters`: layers whose router weight is trained in full, starting from the
     /// checkpoint's values.
     /// `stackedRanks`: ranks are sums of several adapters' (a mix), so they may exceed the layer's.
-    public init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64, fullRouters: [Int] = [],
+    public convenience init(model: Transformer, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64, fullRouters: [Int] = [],
+                            noiseLayers: [Int] = [], stackedRanks: Bool = false) throws {
+        try self.init(shapes: ModuleShapes(model: model), plan: plan, spec: spec, seed: seed, fullRouters: fullRouters,
+                      noiseLayers: noiseLayers, stackedRanks: stackedRanks)
+    }
+
+    /// The same from the module shapes alone (no weights loaded: a router trained in full
+    /// then starts from zeros, for a caller that fills in its trained values).
+    public init(shapes model: ModuleShapes, plan: [AdapterPlan], spec: LoRASpec, seed: UInt64, fullRouters: [Int] = [],
                 noiseLayers: [Int] = [], stackedRanks: Bool = false) throws {
         let c = model.config
-        var shapes: [(plan: AdapterPlan, weight: Matrix)] = []
+        var shapes: [(plan: AdapterPlan, weight: (rows: Int, cols: Int))] = []
         for p in plan {
-            guard let w = model.linear(module: p.module) else {
+            guard let w = model.linear(p.module) else {
                 throw MoETuneError.invalid("the model has no linear layer \(p.module)")
             }
             guard p.rank >= 1, stackedRanks || p.rank <= min(w.rows, w.cols) else {
@@ -223,17 +231,19 @@ public final class AdapterSet: @unchecked Sendable {
             all.append(adapter)
         }
         var routers = [TrainedRouter?](repeating: nil, count: c.numLayers)
+        let hasRouter = { (l: Int) in model.linear(c.family.module(.router, layer: l)) != nil }
         for l in fullRouters {
-            guard let base = model.layers[l].router else { continue }
+            guard hasRouter(l) else { continue }
             let w = store.params.pointer + offset, g = store.grads.pointer + offset
             offset += routerSize
-            w.update(from: base.pointer, count: routerSize)
+            let base = model.routerBase(l)
+            if let b = base.weight { w.update(from: b, count: routerSize) } else { w.update(repeating: 0, count: routerSize) }
             routers[l] = TrainedRouter(module: c.family.module(.router, layer: l),
                                        experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g,
-                                       bias: model.layers[l].routerBias)
+                                       bias: base.bias)
         }
         var noiseWeights = [TrainedRouter?](repeating: nil, count: c.numLayers)
-        for l in noiseLayers where model.layers[l].router != nil {
+        for l in noiseLayers where hasRouter(l) {
             let w = store.params.pointer + offset, g = store.grads.pointer + offset
             offset += routerSize
             noiseWeights[l] = TrainedRouter(module: c.family.module(.router, layer: l) + "_noise",

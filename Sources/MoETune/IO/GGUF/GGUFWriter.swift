@@ -33,6 +33,29 @@ public struct GGUFWriter {
     public mutating func add(_ tensor: Tensor) { tensors.append(tensor) }
 
     public func serialized() -> Data {
+        var out = Self.header(metadata: metadata, tensors: tensors.map { Layout(name: $0.name, type: $0.type, shape: $0.shape, byteCount: $0.data.count) },
+                              alignment: alignment)
+        for t in tensors {
+            out.append(contentsOf: t.data)
+            while out.count % alignment != 0 { out.append(0) }
+        }
+        return out
+    }
+
+    /// A tensor's entry in the header: what the header needs before its data exists.
+    public struct Layout: Sendable {
+        public var name: String
+        public var type: GGMLType
+        public var shape: [Int]
+        public var byteCount: Int
+        public init(name: String, type: GGMLType, shape: [Int], byteCount: Int) {
+            self.name = name; self.type = type; self.shape = shape; self.byteCount = byteCount
+        }
+    }
+
+    /// Magic, version, counts, metadata and tensor infos, padded to `alignment`: the file up
+    /// to the first tensor's data (each tensor's data is then padded to `alignment`).
+    static func header(metadata: [(String, GGUFValue)], tensors: [Layout], alignment: Int) -> Data {
         var out = Data()
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
@@ -70,18 +93,83 @@ public struct GGUFWriter {
             u32(t.type.rawValue)
             u64(UInt64(offset))
             offsets.append(offset)
-            offset += (t.data.count + alignment - 1) / alignment * alignment
+            offset += (t.byteCount + alignment - 1) / alignment * alignment
         }
-        func pad() { while out.count % alignment != 0 { out.append(0) } }
-        pad()
-        for t in tensors {
-            out.append(contentsOf: t.data)
-            pad()
-        }
+        while out.count % alignment != 0 { out.append(0) }
         return out
     }
 
     public func write(to path: String) throws {
         try AtomicFile.write(serialized(), to: path)
+    }
+}
+
+/// A GGUF file written tensor by tensor, for models larger than memory: the header and
+/// every tensor info go first (sizes follow from shapes and types), then each tensor's data
+/// in the order of `tensors` as the caller produces it, padded to the alignment. Byte for
+/// byte what GGUFWriter.serialized gives for the same metadata and tensors. Written under a
+/// temporary name beside `path`, fsynced and renamed into place by `finish` (AtomicFile's
+/// rules); a writer dropped before `finish` removes its temporary.
+public final class GGUFStreamWriter {
+    public let tensors: [GGUFWriter.Layout]
+    private let path: String
+    private let tmp: String
+    private var fd: Int32
+    private var next = 0
+    private let alignment: Int
+    public let totalBytes: Int
+
+    public init(path: String, metadata: [(String, GGUFValue)], tensors: [GGUFWriter.Layout], alignment: Int = 32) throws {
+        self.tensors = tensors
+        self.path = path
+        self.alignment = alignment
+        tmp = AtomicFile.temporaryPath(for: path)
+        let header = GGUFWriter.header(metadata: metadata, tensors: tensors, alignment: alignment)
+        totalBytes = header.count + tensors.reduce(0) { $0 + ($1.byteCount + alignment - 1) / alignment * alignment }
+        unlink(tmp)
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw AtomicFile.error(errno, path: path, bytes: totalBytes) }
+        do { try AtomicFile.writeAll(fd: fd, data: header, path: path, reportBytes: totalBytes) } catch { abort(); throw error }
+    }
+
+    deinit { abort() }
+
+    /// Writes the data of the next tensor (`name`, exactly its byte count) and its padding.
+    public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
+        guard next < tensors.count, tensors[next].name == name, bytes.count == tensors[next].byteCount else {
+            throw MoETuneError.invalid("internal: GGUF stream to \(path) expected \(next < tensors.count ? "\(tensors[next].name) (\(tensors[next].byteCount) bytes)" : "no more tensors"), got \(name) (\(bytes.count) bytes)")
+        }
+        let padding = [UInt8](repeating: 0, count: (alignment - bytes.count % alignment) % alignment)
+        do {
+            try AtomicFile.writeAll(fd: fd, bytes: bytes, path: path, reportBytes: totalBytes)
+            try padding.withUnsafeBytes { try AtomicFile.writeAll(fd: fd, bytes: $0, path: path, reportBytes: totalBytes) }
+        } catch { abort(); throw error }
+        next += 1
+    }
+
+    /// Checks every tensor was written, then fsyncs and renames the file into place.
+    public func finish() throws {
+        guard fd >= 0 else { throw MoETuneError.invalid("internal: GGUF stream to \(path) was abandoned") }
+        guard next == tensors.count else {
+            abort()
+            throw MoETuneError.invalid("internal: GGUF stream to \(path) finished after \(next) of \(tensors.count) tensors")
+        }
+        guard fsync(fd) == 0 else { let e = errno; abort(); throw AtomicFile.error(e, path: path, bytes: totalBytes) }
+        close(fd)
+        fd = -1
+        guard rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw AtomicFile.error(e, path: path, bytes: totalBytes)
+        }
+        AtomicFile.syncDirectory(of: path)
+    }
+
+    /// Closes and removes the temporary (a failed or abandoned write).
+    public func abort() {
+        guard fd >= 0 else { return }
+        close(fd)
+        fd = -1
+        unlink(tmp)
     }
 }
