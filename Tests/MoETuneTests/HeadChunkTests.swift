@@ -1,12 +1,12 @@
 import XCTest
 @testable import MoETune
 
-/// TrainingParityTests, continued: the LM head in row chunks with its backward taken in the
-/// forward pass (Model/Head.swift,
-/// what training and bench-train run) against peft's fixtures of make_train_fixtures.py and
-/// against the whole head: the loss within 1e-5 and every LoRA gradient (the head adapter's
-/// included) within 1e-4 relative of peft, as the whole head is held; and against the whole
-/// head, loss within 1e-6 and gradients within 1e-5 relative (max-norm per tensor).
+/// TrainingParityTests, continued: the LM head in row chunks with its backward taken in
+/// the forward pass (Model/Head.swift, what training and bench-train run) against peft's
+/// fixtures of make_train_fixtures.py and against the whole head: the loss within 1e-5 and
+/// every LoRA gradient (the head adapter's included) within 1e-4 relative of peft, as the
+/// whole head is held; against the whole head, loss within 1e-6 and gradients within 1e-5
+/// relative (max-norm per tensor).
 extension TrainingParityTests {
 
     /// Loss and gradients of one forward + backward on the fixture batch, the head whole
