@@ -35,7 +35,8 @@ public enum Evaluator {
             batches = lengthGroupedBatches(dataset.examples, batchSize: batchSize).map { $0.map { [$0] } }
         }
         let state = ForwardState(config: model.config, batch: max(1, rows),
-                                 seq: longest, training: false, loraRank: adapters?.maxRank ?? 0)
+                                 seq: longest, training: false, loraRank: adapters?.maxRank ?? 0,
+                                 headChunkRows: ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize))
         state.scoredOnly = true
         let c = model.config
         let routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil

@@ -17,14 +17,14 @@ public struct ExpertBuffers {
     public let gate: FloatBuffer  // [N*k, I]
     public let up: FloatBuffer    // [N*k, I]
     public let act: FloatBuffer   // [N*k, I] silu(gate) * up (shared across layers)
-    public let ye: FloatBuffer    // [N*k, H] expert outputs before the routing weight
+    public let ye: FloatBuffer    // [N*k, H] expert outputs before the routing weight (shared across layers)
 
-    public init(assignments: Int, hidden: Int, inter: Int, act: FloatBuffer? = nil, xe: FloatBuffer? = nil) {
+    public init(assignments: Int, hidden: Int, inter: Int, act: FloatBuffer? = nil, xe: FloatBuffer? = nil, ye: FloatBuffer? = nil) {
         self.xe = xe ?? FloatBuffer(count: assignments * hidden)
         gate = FloatBuffer(count: assignments * inter)
         up = FloatBuffer(count: assignments * inter)
         self.act = act ?? FloatBuffer(count: assignments * inter)
-        ye = FloatBuffer(count: assignments * hidden)
+        self.ye = ye ?? FloatBuffer(count: assignments * hidden)
     }
 }
 

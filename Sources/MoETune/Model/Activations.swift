@@ -62,7 +62,7 @@ public final class LayerActivations {
             r.configure(c)
             routing = r
             experts = ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.expertIntermediateSize,
-                                    act: shared.act, xe: shared.xe)
+                                    act: shared.act, xe: shared.xe, ye: shared.ye)
             self.shared = c.sharedExpertIntermediateSize > 0
                 ? SharedExpertActivations(tokens: n, hidden: h, inter: c.sharedExpertIntermediateSize) : nil
         } else {
@@ -79,12 +79,14 @@ public final class LayerActivations {
 
 /// Buffers every layer writes and the backward pass recomputes instead of keeping one per
 /// layer: the two norm outputs (cheap from the residual stream), the expert inputs (a
-/// gather of ln2) and silu(gate) * up.
+/// gather of ln2) and silu(gate) * up; and the expert outputs, which the backward pass does
+/// not need (the routing weights' gradient comes from d act and act) and uses for d ye.
 struct SharedActivations {
     let act: FloatBuffer
     let ln1: FloatBuffer
     let ln2: FloatBuffer
     let xe: FloatBuffer?
+    let ye: FloatBuffer?
     var mla: MLAScratch? = nil
 }
 
@@ -137,9 +139,23 @@ public final class ForwardState {
     public let act: FloatBuffer
     /// Per-core attention probabilities [cores, T, T] (not kept: recomputed in backward).
     let attnScratch: FloatBuffer
-    public let lnF: FloatBuffer         // [N, H] final norm output
+    /// [N, H] final norm output; after a chunked training forward its first headRows rows
+    /// hold d lnF instead (Model/Head.swift).
+    public let lnF: FloatBuffer
     public let rstdF: FloatBuffer       // [N]
-    public let logits: FloatBuffer      // [N, V]
+    /// [N, V], or [headChunk, V] with a chunked head: one chunk's logits at a time.
+    public let logits: FloatBuffer
+    /// Rows of the head per chunk (N when whole) and whether it runs in chunks
+    /// (`headChunkRows` given: training and evaluation; code that reads logits by position
+    /// leaves it off). A chunked training state takes the head's backward in the forward
+    /// pass with `headLossScale`, the scale the following backward will get.
+    public let headChunk: Int
+    public let chunkedHead: Bool
+    public var headLossScale: Float?
+    /// Whether the last forward pass took the head's backward (chunked, training).
+    var headGradientTaken = false
+    /// Chunked training head: d x [chunk, H] and the head adapter's du [chunk, r].
+    let headScratch: (dx: FloatBuffer, du: FloatBuffer)?
     public let losses: FloatBuffer      // [N]
     public let headLoRA: FloatBuffer?   // [N, r] u of the lm_head adapter
     public let ids: UnsafeMutablePointer<Int32>
@@ -179,7 +195,10 @@ public final class ForwardState {
     public internal(set) var batch = 0
     public internal(set) var seq = 0
 
-    public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool, loraRank: Int = 0, jitter: Bool = false) {
+    /// `headChunkRows`: run the head in chunks of that many rows (`defaultHeadChunkRows`);
+    /// nil: whole, logits [N, V] readable by position.
+    public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool, loraRank: Int = 0, jitter: Bool = false,
+                headChunkRows: Int? = nil) {
         batchCapacity = b
         seqCapacity = t
         keepsAllLayers = training
@@ -191,6 +210,7 @@ public final class ForwardState {
         attnScratch = FloatBuffer(count: BLAS.cores * t * t)
         let shared = SharedActivations(act: act, ln1: FloatBuffer(count: n * c.hiddenSize), ln2: FloatBuffer(count: n * c.hiddenSize),
                                        xe: c.isMoE ? FloatBuffer(count: rows * c.hiddenSize) : nil,
+                                       ye: c.isMoE ? FloatBuffer(count: rows * c.hiddenSize) : nil,
                                        mla: c.mla.map { MLAScratch(tokens: n, heads: c.numHeads, shape: $0) })
         layers = (0..<copies).map { l in
             LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, shared: shared,
@@ -201,7 +221,11 @@ public final class ForwardState {
         mid = FloatBuffer(count: n * c.hiddenSize)
         lnF = FloatBuffer(count: n * c.hiddenSize)
         rstdF = FloatBuffer(count: n)
-        logits = FloatBuffer(count: n * c.vocabSize)
+        chunkedHead = headChunkRows != nil
+        headChunk = min(n, max(1, headChunkRows ?? n))
+        logits = FloatBuffer(count: headChunk * c.vocabSize)
+        headScratch = chunkedHead && training && loraRank > 0
+            ? (FloatBuffer(count: headChunk * c.hiddenSize), FloatBuffer(count: headChunk * loraRank)) : nil
         losses = FloatBuffer(count: n)
         headLoRA = loraRank > 0 ? FloatBuffer(count: n * loraRank) : nil
         ids = .allocate(capacity: n)
@@ -213,6 +237,10 @@ public final class ForwardState {
         auxFraction = FloatBuffer(count: max(c.numExperts, 1))
         routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
     }
+
+    /// Head rows per chunk for a vocabulary of `vocab`: about 4 MiB of logits (2^20 floats),
+    /// at least 64 rows so that the products stay efficient.
+    public static func defaultHeadChunkRows(vocab: Int) -> Int { max(64, (1 << 20) / max(vocab, 1)) }
 
     deinit {
         ids.deallocate()

@@ -12,11 +12,10 @@ public final class BackwardState {
     let dqkRaw: FloatBuffer?   // [N, nH*D] gradient before the q/k norm (with q/k norms only)
     let dgate: FloatBuffer     // [rows, I] rows = N (dense) or N*k (experts); first holds d act
     let dup: FloatBuffer       // [rows, I]; first holds the recomputed act
-    let dye: FloatBuffer?      // [N*k, H]
-    let dxe: FloatBuffer?      // [N*k, H]
     let dshared: FloatBuffer?      // [N, H] d of the shared expert's output (Qwen2-MoE)
     let dsharedGate: FloatBuffer?  // [N] d of its gate logit
     let dtopWeight: FloatBuffer?   // [N, k]
+    let expertDots: FloatBuffer?   // [N*k] <d act, act> of each assignment (the routing weight's gradient times the weight)
     let drouter: FloatBuffer?      // [N, E] gradient of the router logits
     let dnoise: FloatBuffer?       // [N, E] gradient of the learned noise-scale pre-activation
     let attnScratch: FloatBuffer   // [cores, 2, T, T]
@@ -38,9 +37,8 @@ public final class BackwardState {
         dup = FloatBuffer(count: c.feedForwardScratch(tokens: n))
         dshared = c.sharedExpertIntermediateSize > 0 ? FloatBuffer(count: n * h) : nil
         dsharedGate = c.sharedExpertIntermediateSize > 0 ? FloatBuffer(count: n) : nil
-        dye = c.isMoE ? FloatBuffer(count: rows * h) : nil
-        dxe = c.isMoE ? FloatBuffer(count: rows * h) : nil
         dtopWeight = c.isMoE ? FloatBuffer(count: n * c.expertsPerToken) : nil
+        expertDots = c.isMoE ? FloatBuffer(count: rows) : nil
         drouter = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
         dnoise = c.isMoE ? FloatBuffer(count: n * c.numExperts) : nil
         attnScratch = FloatBuffer(count: BLAS.cores * 2 * s.seqCapacity * s.seqCapacity)
@@ -64,19 +62,8 @@ extension Transformer {
         let b = s.batch, t = s.seq, n = b * t, h = c.hiddenSize
         let du = g.du.pointer
 
-        // Loss and head: logits = lnF Wlm^T (+ LoRA).
-        // d logits overwrite the logits, which nothing needs any more.
-        // Over the forward pass's m head rows (all N, or the scored ones, compact).
-        let dlogits = s.logits.pointer, m = s.headRows
-        crossEntropyBackward(dlogits: dlogits, logits: dlogits, targets: s.headTargets,
-                             rows: m, vocab: c.vocabSize, scale: lossScale)
-        // Granite: logits = z / logits_scaling, so d z [m, V] = d logits / logits_scaling.
-        if c.logitsScaling != 1 { divideInPlace(dlogits, count: m * c.vocabSize, by: c.logitsScaling) }
-        linearBackwardInput(dx: g.dln.pointer, dy: dlogits, rows: m, weight: lmHead, accumulate: false)
-        if let l = adapters.head {
-            loraBackward(dx: g.dln.pointer, dy: dlogits, x: s.lnF.pointer, rows: m, adapter: l,
-                         u: s.headLoRA!.pointer, du: du)
-        }
+        // Loss and head (Model/Head.swift): d lnF of the head's m rows (compact) into dln.
+        headBackward(s, adapters: adapters, dln: g.dln.pointer, du: du, lossScale: lossScale)
         // d lnF [N, H]: the compact rows back to their positions, 0 where unscored.
         s.expandHeadRows(g.dln.pointer, tokens: n, hidden: h)
         g.dres.zero()
@@ -152,21 +139,23 @@ extension Transformer {
                              grads g: BackwardState, auxScale: Float) {
         let c = config, h = c.hiddenSize, k = c.expertsPerToken, e = c.numExperts
         let r = a.routing!, sc = a.experts!
-        let dye = g.dye!.pointer, dxe = g.dxe!.pointer, dtw = g.dtopWeight!.pointer
+        // d ye and then d xe [N*k, H] overwrite the expert outputs ye, shared by all layers and
+        // not kept (an expert's backward reads its rows of d ye before it writes d xe over them).
+        let dye = sc.ye.pointer, dxe = sc.ye.pointer, dtw = g.dtopWeight!.pointer, dots = g.expertDots!.pointer
         let jittered = moe.training && moe.jitter > 0 && a.moeInput != nil
         let x = jittered ? UnsafePointer(a.moeInput!.pointer) : ln2
         let total = r.assignCount
-        // out[token] += w * ye[a]:  dye[a] = w * dy[token];  dw = <dy[token], ye[a]>.
+        // out[token] += w * ye[a]:  dye[a] = w * dy[token];  dw = <dy[token], ye[a]>, which the
+        // expert's backward gives without ye: ye = act Wd^T (+ s u B^T) + b_down, and
+        // d act = w * (dy Wd (+ s (dy B) A)), so <dy, ye> = <d act, act> / w + <dy, b_down>.
         // Slots without an expert (padding, over capacity) had no effect: dw = 0.
         dtw.update(repeating: 0, count: n * k)
         parallelChunks(total, minChunk: 64) { range in
             for asg in range {
                 let token = Int(r.assignToken[asg]), slot = Int(r.assignSlot[asg])
                 let wgt = r.topWeight[token * k + slot]
-                let src = dy + token * h, ye = sc.ye.pointer + asg * h, d = dye + asg * h
-                var dot: Float = 0
-                for j in 0..<h { d[j] = wgt * src[j]; dot += src[j] * ye[j] }
-                dtw[token * k + slot] = dot
+                let src = dy + token * h, d = dye + asg * h
+                for j in 0..<h { d[j] = wgt * src[j] }
             }
         }
         let cache = a.lora?.ffn ?? FeedForwardLoRACache()
@@ -184,7 +173,19 @@ extension Transformer {
                                     weights: w, adapters: ead, cache: cache.offset(row: start, adapters: ead),
                                     gate: sc.gate.pointer + start * inter, up: sc.up.pointer + start * inter,
                                     dgate: g.dgate.pointer + start * inter, dup: g.dup.pointer + start * inter,
-                                    du: g.du.pointer + start * rank, accumulate: false)
+                                    du: g.du.pointer + start * rank, accumulate: false, outputDots: dots + start)
+                // dw of each of this expert's assignments (a weight too small to divide by
+                // had no effect worth a gradient: 0, as for a dropped slot).
+                for asg in start..<(start + rows) {
+                    let token = Int(r.assignToken[asg]), slot = Int(r.assignSlot[asg])
+                    let wgt = r.topWeight[token * k + slot]
+                    var dw = wgt.magnitude >= 0x1p-100 ? dots[asg] / wgt : 0
+                    if let b = w.downBias {
+                        let src = dy + token * h
+                        for j in 0..<h { dw += src[j] * b[j] }
+                    }
+                    dtw[token * k + slot] = dw
+                }
             }
         }
         dx.update(repeating: 0, count: n * h)
@@ -259,14 +260,17 @@ extension Transformer {
 /// Backward of feedForward: dx [N, H] (+)= d input through down, SwiGLU, gate and up,
 /// with each adapter's gradients accumulated. dy [N, H] = d out. `dgate` first holds
 /// d act and `dup` the recomputed act (silu(gate) * up, the down adapter's input), so no
-/// per-layer copy of act is kept.
+/// per-layer copy of act is kept. dx may be dy (the MoE backward passes its d ye rows as
+/// both): dy is read only before dx is written. `outputDots` [N]: also <d act, act> of each
+/// row (the MoE backward's routing-weight gradient, with no copy of the output kept); for
+/// SwiGLU that is <d up, up>, as d up = d act * silu(gate).
 func feedForwardBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
                          rows n: Int, weights w: FeedForwardWeights, adapters ad: FeedForwardAdapters,
                          cache: FeedForwardLoRACache,
                          gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                          dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
-                         du: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    let count = n * w.gate.rows
+                         du: UnsafeMutablePointer<Float>, accumulate: Bool, outputDots: UnsafeMutablePointer<Float>? = nil) {
+    let count = n * w.gate.rows, inter = w.gate.rows
     let dact = dgate
     linearBackwardInput(dx: dact, dy: dy, rows: n, weight: w.down, accumulate: false)
     if let l = ad.down {
@@ -280,12 +284,28 @@ func feedForwardBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Floa
     // In place: dgate overwrites d act element by element. GPT-OSS: the clamped SwiGLU (the
     // frozen biases were added to gate and up in the forward pass; they need no gradient).
     if let cl = w.clamped {
+        if let dots = outputDots {
+            // <d act, act> with act recomputed (into dup, unless the down adapter did).
+            if ad.down == nil { cl.forward(out: dup, gate: gate, up: up, count: count) }
+            rowDots(dots, UnsafePointer(dact), UnsafePointer(dup), rows: n, cols: inter)
+        }
         cl.backward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: count)
     } else {
         swigluBackward(dgate: dgate, dup: dup, dout: dact, gate: gate, up: up, count: count)
+        if let dots = outputDots { rowDots(dots, UnsafePointer(dup), up, rows: n, cols: inter) }
     }
     linearBackwardInput(dx: dx, dy: dgate, rows: n, weight: w.gate, accumulate: accumulate)
     if let l = ad.gate { loraBackward(dx: dx, dy: dgate, x: x, rows: n, adapter: l, u: cache.gate!, du: du) }
     linearBackwardInput(dx: dx, dy: dup, rows: n, weight: w.up, accumulate: true)
     if let l = ad.up { loraBackward(dx: dx, dy: dup, x: x, rows: n, adapter: l, u: cache.up!, du: du) }
+}
+
+/// dots[i] = <a_i, b_i> over the rows of a, b [rows, cols].
+func rowDots(_ dots: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, rows: Int, cols: Int) {
+    for i in 0..<rows {
+        var s: Float = 0
+        let x = a + i * cols, y = b + i * cols
+        for j in 0..<cols { s += x[j] * y[j] }
+        dots[i] = s
+    }
 }

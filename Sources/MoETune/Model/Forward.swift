@@ -64,12 +64,7 @@ extension Transformer {
                        weight: finalNorm, rows: n, cols: h, eps: c.rmsNormEps)
         // Head and loss over m rows: all N, or only the scored ones (s.scoredOnly).
         let m = s.selectHeadRows(tokens: n, hidden: h)
-        linearForward(y: s.logits.pointer, x: s.lnF.pointer, rows: m, weight: lmHead)
-        if let l = adapters?.head { loraForward(y: s.logits.pointer, x: s.lnF.pointer, rows: m, adapter: l, u: s.headLoRA!.pointer) }
-        // Granite: logits [m, V] divided by logits_scaling.
-        if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: m * c.vocabSize, by: c.logitsScaling) }
-        return crossEntropyForward(losses: s.losses.pointer, logits: s.logits.pointer, targets: s.headTargets,
-                                   rows: m, vocab: c.vocabSize)
+        return try headForward(s, rows: m, adapters: adapters)
     }
 
     /// The load-balancing loss as transformers' load_balancing_loss_func computes it for

@@ -2,7 +2,10 @@ import Foundation
 
 /// The training-throughput benchmark of ../shared/peer/peft_bench.py, on moe-tune's side:
 /// random tokens, every position a target, LoRA with alpha = 2r and no dropout, AdamW at
-/// lr 1e-4, warm-up steps untimed, then timed steps.
+/// lr 1e-4, warm-up steps untimed, then timed steps. With instruction data
+/// (`dataBatches`), the micro-batches `train` forms from a JSONL file (prompt tokens and
+/// padding unscored) in their order, one per step, instead (scripts/peft_bench_data.py
+/// runs peft on the same batches).
 public struct TrainBenchmark {
     public var batch = 4
     public var seq = 256
@@ -13,11 +16,20 @@ public struct TrainBenchmark {
     public var seed: UInt64 = 0
     /// Head and loss over scored positions only (what training does); false: every row.
     public var scoredOnly = true
+    /// The head in row chunks with its backward in the forward pass (what training does);
+    /// false: logits [N, V] whole (MOE_TUNE_HEAD_CHUNKS=0 on bench-train, to measure both).
+    public var chunkedHead = true
 
     public init() {}
 
     public struct Result: Sendable {
+        /// Tokens the timed steps computed (rows x row length, padding included) per second.
         public var tokensPerSecond: Double
+        /// Scored tokens (predictions counted in the loss) and real (non-padding) tokens of
+        /// the timed steps per second; with random tokens every position but the last of a row
+        /// is scored.
+        public var scoredTokensPerSecond: Double
+        public var realTokensPerSecond: Double
         public var stepSeconds: Double
         /// CPU time (user + system, all threads) per timed step: less disturbed than wall
         /// time by other processes on a shared machine.
@@ -26,39 +38,93 @@ public struct TrainBenchmark {
         public var flopsPerStep: Double
         public var trainable: Int
         public var loss: Double
+        /// Loss of the first warm-up step: the base model's (B starts at zero), which the
+        /// peer's first step on the same batch must equal.
+        public var firstLoss: Double
         public var peakRSSMB: Int
     }
 
-    public func run(model: Transformer) throws -> Result {
+    /// Runs warm-up and timed steps; step i trains on `batches[i % count]` (nil: one batch of
+    /// random tokens, every position but a row's last scored).
+    public func run(model: Transformer, batches given: [TokenBatch]? = nil) throws -> Result {
         let c = model.config
-        var rng = SplitMix64(seed: seed)
-        let ids = (0..<(batch * seq)).map { _ in Int32(3 + Int(rng.next() % UInt64(c.vocabSize - 3))) }
-        var targets = [Int32](repeating: -1, count: batch * seq)
-        for b in 0..<batch { for t in 0..<(seq - 1) { targets[b * seq + t] = ids[b * seq + t + 1] } }
-        let tokenBatch = TokenBatch(batch: batch, seq: seq, ids: ids, targets: targets, lengths: Array(repeating: seq, count: batch))
+        let batches = given ?? [randomBatch(vocabSize: c.vocabSize)]
+        guard !batches.isEmpty else { throw MoETuneError.invalid("bench-train: no batch to train on") }
+        let rows = batches.map(\.batch).max()!, longest = batches.map(\.seq).max()!
         let adapters = try AdapterSet(model: model, spec: LoRASpec(rank: rank, alpha: Double(2 * rank), targets: self.targets), seed: seed)
-        let state = ForwardState(config: c, batch: batch, seq: seq, training: true, loraRank: adapters.maxRank)
+        let state = ForwardState(config: c, batch: rows, seq: longest, training: true, loraRank: adapters.maxRank,
+                                 headChunkRows: chunkedHead ? ForwardState.defaultHeadChunkRows(vocab: c.vocabSize) : nil)
         state.scoredOnly = scoredOnly
         let grads = BackwardState(for: state, config: c)
         let opt = AdamW(store: adapters.store)
-        var loss = 0.0
-        func step() throws {
+        var loss = 0.0, firstLoss = Double.nan
+        func step(_ i: Int) throws {
+            let tb = batches[i % batches.count]
             adapters.store.zeroGrads()
-            let (sum, count) = try model.forward(tokenBatch, state: state, adapters: adapters)
-            model.backward(state: state, adapters: adapters, grads: grads, lossScale: 1 / Float(count))
+            let scale = 1 / Float(max(tb.countedTokens, 1))
+            state.headLossScale = scale
+            let (sum, count) = try model.forward(tb, state: state, adapters: adapters)
+            model.backward(state: state, adapters: adapters, grads: grads, lossScale: scale)
             opt.step(lr: 1e-4)
-            loss = sum / Double(count)
+            loss = sum / Double(max(count, 1))
+            if i == 0 { firstLoss = loss }
         }
-        for _ in 0..<warmup { try step() }
+        for i in 0..<warmup { try step(i) }
         let cpu0 = processCPUSeconds()
         let start = Date()
-        for _ in 0..<steps { try step() }
+        for i in warmup..<(warmup + steps) { try step(i) }
         let dt = Date().timeIntervalSince(start)
         let cpu = processCPUSeconds() - cpu0
-        return Result(tokensPerSecond: Double(batch * seq * steps) / dt, stepSeconds: dt / Double(steps),
-                      cpuSecondsPerStep: cpu / Double(steps),
-                      flopsPerStep: TrainBenchmark.countedFlops(model: model, batch: batch, seq: seq),
-                      trainable: adapters.store.count, loss: loss, peakRSSMB: peakRSSMegabytes())
+        var computed = 0, scored = 0, real = 0, flops = 0.0
+        for i in warmup..<(warmup + steps) {
+            let tb = batches[i % batches.count]
+            computed += tb.computedTokens; scored += tb.countedTokens; real += tb.realTokens
+            flops += TrainBenchmark.countedFlops(model: model, batch: tb.batch, seq: tb.seq)
+        }
+        return Result(tokensPerSecond: Double(computed) / dt, scoredTokensPerSecond: Double(scored) / dt,
+                      realTokensPerSecond: Double(real) / dt, stepSeconds: dt / Double(steps),
+                      cpuSecondsPerStep: cpu / Double(steps), flopsPerStep: flops / Double(steps),
+                      trainable: adapters.store.count, loss: loss, firstLoss: firstLoss, peakRSSMB: peakRSSMegabytes())
+    }
+
+    /// `batch` rows of `seq` random tokens (ids 3..<V), every position but the last a target.
+    func randomBatch(vocabSize v: Int) -> TokenBatch {
+        var rng = SplitMix64(seed: seed)
+        let ids = (0..<(batch * seq)).map { _ in Int32(3 + Int(rng.next() % UInt64(v - 3))) }
+        var targets = [Int32](repeating: -1, count: batch * seq)
+        for b in 0..<batch { for t in 0..<(seq - 1) { targets[b * seq + t] = ids[b * seq + t + 1] } }
+        return TokenBatch(batch: batch, seq: seq, ids: ids, targets: targets, lengths: Array(repeating: seq, count: batch))
+    }
+
+    /// The first `count` micro-batches a `train` run with this data file, batch size,
+    /// max_seq_len and seed would train on (no packing, one file, prompt tokens unscored
+    /// unless `trainOnInputs`): the same tokenizer, prompt/chat encoding (the model folder's
+    /// chat template, as `data.chat_template: null`), length grouping and order.
+    public static func dataBatches(path: String, loaded: LoadedModel, modelDirectory: String, batchSize: Int, maxSeqLen: Int,
+                                   trainOnInputs: Bool = false, seed: UInt64, count: Int) throws -> [TokenBatch] {
+        let chat = try ChatFormat.resolve(nil, modelDirectory: modelDirectory)
+        let options = DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: trainOnInputs, chat: chat)
+        let ds = try Dataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize, options: options)
+        guard ds.countedTokens > 0 else { throw MoETuneError.file(path: path, message: "no example has a token to train on") }
+        let plan = BatchPlan(examples: ds.examples, mix: WeightedMix(files: [(Array(ds.examples.indices), 1)]),
+                             batchSize: batchSize, packing: nil, seed: seed)
+        return (0..<count).map { plan.microBatch($0) }
+    }
+
+    /// The batches as scripts/peft_bench_data.py reads them, in Hugging Face's convention:
+    /// input_ids [B, T] (right-padded), labels[j] = the token at j where predicting it from
+    /// 0..<j counts, else -100 (the model shifts them itself), attention_mask 0 on padding.
+    public static func peerBatches(_ batches: [TokenBatch], warmup: Int, steps: Int) -> [String: Any] {
+        let list: [[String: Any]] = batches.map { tb in
+            let t = tb.seq
+            let ids = (0..<tb.batch).map { b in (0..<t).map { Int(tb.ids[b * t + $0]) } }
+            let labels = (0..<tb.batch).map { b in
+                (0..<t).map { j in j == 0 || tb.targets[b * t + j - 1] < 0 ? -100 : Int(tb.targets[b * t + j - 1]) }
+            }
+            let mask = (0..<tb.batch).map { b in (0..<t).map { $0 < tb.lengths[b] ? 1 : 0 } }
+            return ["input_ids": ids, "labels": labels, "attention_mask": mask]
+        }
+        return ["warmup": warmup, "steps": steps, "batches": list]
     }
 
     /// The FLOPs a LoRA step on a frozen base counts (every row of the batch a position):

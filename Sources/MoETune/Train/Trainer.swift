@@ -197,8 +197,11 @@ public final class Trainer {
             throw MoETuneError.config(path: configPath, key: packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size",
                 message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size, training.batch_tokens or training.max_seq_len")
         }
+        // The head in row chunks (no [N, V] logits), its backward taken in the forward pass;
+        // whole when a head adapter has dropout.
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
-                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0)
+                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0,
+                                 headChunkRows: adapters.head == nil || adapters.dropout == nil ? ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize) : nil)
         state.scoredOnly = true
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
@@ -296,6 +299,7 @@ public final class Trainer {
                     // Dropout masks and router noise follow the micro-batch, not the rank.
                     adapters.dropout?.step = m
                     model.moe.step = m
+                    state.headLossScale = 1 / Float(stepTokens)
                     let r = try model.forward(microBatch(m), state: state, adapters: adapters)
                     lossSum += r.sum
                     auxSum += state.auxLoss / Double(tc.gradAccum)

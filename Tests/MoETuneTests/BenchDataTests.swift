@@ -1,0 +1,69 @@
+import Foundation
+import XCTest
+@testable import MoETune
+
+/// `bench-train --data`: the batches are prompt-masked training batches, the file the peer
+/// reads holds them in transformers' label convention, and the benchmark's first loss is
+/// the base model's loss on the first batch (what peft's first step must print too).
+final class BenchDataTests: XCTestCase {
+    func testDataBatchesArePromptMaskedDumpedForThePeerAndTrained() throws {
+        let dir = Fixtures.dir("mixtral")
+        let loaded = try LoadedModel.load(directory: dir)
+        let words = ["piano", "apple", "garden", "river", "orange", "candle", "stone", "window", "marble", "rocket"]
+        let lines = words.map { w in
+            String(decoding: try! JSONSerialization.data(withJSONObject: ["prompt": "Reverse the word \(w).", "completion": " " + String(w.reversed())]), as: UTF8.self)
+        }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bench-data-\(getpid()).jsonl").path
+        try lines.joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+
+        // 10 examples in batches of 4: 3 a micro-batch epoch; 5 batches run into the next epoch.
+        let batches = try TrainBenchmark.dataBatches(path: path, loaded: loaded, modelDirectory: dir, batchSize: 4, maxSeqLen: 64,
+                                                     seed: 0, count: 5)
+        XCTAssertEqual(batches.count, 5)
+        for tb in batches {
+            // Prompt tokens, padding and each example's last position carry no prediction.
+            XCTAssertGreaterThan(tb.countedTokens, 0)
+            XCTAssertLessThan(tb.countedTokens, tb.realTokens - tb.batch, "prompt tokens must be unscored")
+        }
+
+        let peer = TrainBenchmark.peerBatches(batches, warmup: 2, steps: 3)
+        XCTAssertEqual(peer["warmup"] as? Int, 2)
+        XCTAssertEqual(peer["steps"] as? Int, 3)
+        let list = try XCTUnwrap(peer["batches"] as? [[String: Any]])
+        XCTAssertEqual(list.count, 5)
+        for (tb, b) in zip(batches, list) {
+            let ids = try XCTUnwrap(b["input_ids"] as? [[Int]]), labels = try XCTUnwrap(b["labels"] as? [[Int]])
+            let mask = try XCTUnwrap(b["attention_mask"] as? [[Int]])
+            let t = tb.seq
+            var scored = 0
+            for r in 0..<tb.batch {
+                XCTAssertEqual(ids[r], (0..<t).map { Int(tb.ids[r * t + $0]) })
+                XCTAssertEqual(mask[r].reduce(0, +), tb.lengths[r])
+                XCTAssertEqual(labels[r][0], -100)
+                for j in 1..<t {
+                    // transformers shifts: label j is predicted at position j - 1.
+                    let target = tb.targets[r * t + j - 1]
+                    XCTAssertEqual(labels[r][j], target >= 0 ? Int(target) : -100)
+                    if target >= 0 { XCTAssertEqual(labels[r][j], ids[r][j]); scored += 1 }
+                }
+            }
+            XCTAssertEqual(scored, tb.countedTokens)
+        }
+
+        var bench = TrainBenchmark()
+        bench.warmup = 2
+        bench.steps = 3
+        let r = try bench.run(model: loaded.model, batches: batches)
+        let b0 = batches[0]
+        let state = ForwardState(config: loaded.model.config, batch: b0.batch, seq: b0.seq, training: false)
+        let (sum, count) = try loaded.model.forward(b0, state: state)
+        XCTAssertEqual(r.firstLoss, sum / Double(count), accuracy: 1e-6 * abs(sum / Double(count)),
+                       "the first step's loss is the base model's (B starts at zero)")
+        XCTAssertTrue(r.loss.isFinite)
+        // Timed steps 2, 3, 4: the scored share of their computed tokens.
+        let timed = batches[2..<5]
+        let share = Double(timed.reduce(0) { $0 + $1.countedTokens }) / Double(timed.reduce(0) { $0 + $1.computedTokens })
+        XCTAssertEqual(r.scoredTokensPerSecond / r.tokensPerSecond, share, accuracy: 1e-9)
+    }
+}
