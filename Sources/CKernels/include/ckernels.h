@@ -68,6 +68,20 @@ int mt_packed_kernel_supported(int kernel);
 int mt_packed_gemm_with(int kernel, long m, long n, long k, const float *a, long lda, const float *packed, float *c,
                         long ldc, int accumulate);
 
+/// Skinny products of LoRA adapters (lora_gemm.c), cblas row-major semantics:
+/// C[m, n] = alpha * op(A) op(B) + beta * C, op(A) [m, k], op(B) [k, n]; transA/transB 1 =
+/// transposed. beta = 0 never reads C. Packs at most 4096 floats of B on the stack; allocates
+/// nothing. Meant for products with the rank (<= 64) as one dimension.
+void mt_lora_gemm(int transA, int transB, long m, long n, long k, float alpha, const float *a, long lda,
+                  const float *b, long ldb, float beta, float *c, long ldc);
+/// Which kernel runs: "avx2" or "scalar" (MOE_TUNE_LORA_KERNEL=scalar forces it).
+const char *mt_lora_kernel(void);
+/// Whether kernel 0 (scalar) or 1 (AVX2+FMA) runs on this CPU.
+int mt_lora_kernel_supported(int kernel);
+/// mt_lora_gemm with a given kernel; -1 when this CPU lacks it.
+int mt_lora_gemm_with(int kernel, int transA, int transB, long m, long n, long k, float alpha, const float *a,
+                      long lda, const float *b, long ldb, float beta, float *c, long ldc);
+
 #ifdef __cplusplus
 }
 #endif

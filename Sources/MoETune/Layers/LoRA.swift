@@ -75,9 +75,9 @@ public func loraForward(y: UnsafeMutablePointer<Float>, x xIn: UnsafePointer<Flo
         dropoutForward(dst: dropped, src: xIn, count: n * l.inFeatures, p: d.p, key: d.key(l))
         x = UnsafePointer(dropped)
     }
-    BLAS.gemm(.none, .transpose, m: n, n: l.rank, k: l.inFeatures,
+    LoRAGemm.gemm(.none, .transpose, m: n, n: l.rank, k: l.inFeatures,
               a: x, lda: l.inFeatures, b: l.a, ldb: l.inFeatures, c: u, ldc: l.rank)
-    BLAS.gemm(.none, .transpose, m: n, n: l.outFeatures, k: l.rank, alpha: l.scale,
+    LoRAGemm.gemm(.none, .transpose, m: n, n: l.outFeatures, k: l.rank, alpha: l.scale,
               a: u, lda: l.rank, b: l.b, ldb: l.rank, beta: 1, c: y, ldc: l.outFeatures)
 }
 
@@ -88,23 +88,23 @@ public func loraForward(y: UnsafeMutablePointer<Float>, x xIn: UnsafePointer<Flo
 public func loraBackward(dx: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>, x xIn: UnsafePointer<Float>,
                          rows n: Int, adapter l: LoRAAdapter, u: UnsafePointer<Float>,
                          du: UnsafeMutablePointer<Float>) {
-    BLAS.gemm(.transpose, .none, m: l.outFeatures, n: l.rank, k: n, alpha: l.scale,
+    LoRAGemm.gemm(.transpose, .none, m: l.outFeatures, n: l.rank, k: n, alpha: l.scale,
               a: dy, lda: l.outFeatures, b: u, ldb: l.rank, beta: 1, c: l.gradB, ldc: l.rank)
-    BLAS.gemm(.none, .none, m: n, n: l.rank, k: l.outFeatures, alpha: l.scale,
+    LoRAGemm.gemm(.none, .none, m: n, n: l.rank, k: l.outFeatures, alpha: l.scale,
               a: dy, lda: l.outFeatures, b: l.b, ldb: l.rank, c: du, ldc: l.rank)
     guard let d = l.dropout, d.active else {
-        BLAS.gemm(.transpose, .none, m: l.rank, n: l.inFeatures, k: n,
+        LoRAGemm.gemm(.transpose, .none, m: l.rank, n: l.inFeatures, k: n,
                   a: du, lda: l.rank, b: xIn, ldb: l.inFeatures, beta: 1, c: l.gradA, ldc: l.inFeatures)
-        BLAS.gemm(.none, .none, m: n, n: l.inFeatures, k: l.rank,
+        LoRAGemm.gemm(.none, .none, m: n, n: l.inFeatures, k: l.rank,
                   a: du, lda: l.rank, b: l.a, ldb: l.inFeatures, beta: 1, c: dx, ldc: l.inFeatures)
         return
     }
     let count = n * l.inFeatures, key = d.key(l)
     let (dropped, grad) = d.scratch
     dropoutForward(dst: dropped, src: xIn, count: count, p: d.p, key: key)
-    BLAS.gemm(.transpose, .none, m: l.rank, n: l.inFeatures, k: n,
+    LoRAGemm.gemm(.transpose, .none, m: l.rank, n: l.inFeatures, k: n,
               a: du, lda: l.rank, b: dropped, ldb: l.inFeatures, beta: 1, c: l.gradA, ldc: l.inFeatures)
-    BLAS.gemm(.none, .none, m: n, n: l.inFeatures, k: l.rank,
+    LoRAGemm.gemm(.none, .none, m: n, n: l.inFeatures, k: l.rank,
               a: du, lda: l.rank, b: l.a, ldb: l.inFeatures, c: grad, ldc: l.inFeatures)
     // The same mask and scale apply to the gradient of the input.
     dropoutForward(dst: grad, src: grad, count: count, p: d.p, key: key)
