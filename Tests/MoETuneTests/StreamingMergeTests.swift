@@ -175,12 +175,27 @@ extension StreamingMergeTests {
             e[i].data = e[i].data.prefix(e[i].shape.reduce(1, *) * 4)
         }
         let noHead = try broken("no-head") { $0.removeAll { $0.name == "lm_head.weight" } }
+        // Tensors the merge copies without an adapter on them (review): a missing expert or
+        // router used to be left out of the output silently (or, with an adapter on it, end in
+        // "internal: merged 34 modules but the adapters hold 35"); a norm of an integer dtype
+        // was copied as it was.
+        let noExpert = try broken("no-expert") { $0.removeAll { $0.name == "model.layers.0.block_sparse_moe.experts.1.w2.weight" } }
+        let noRouter = try broken("no-router") { $0.removeAll { $0.name == "model.layers.1.block_sparse_moe.gate.weight" } }
+        let intNorm = try broken("int-norm") { e in
+            let i = e.firstIndex { $0.name == "model.layers.0.input_layernorm.weight" }!
+            e[i].dtype = .i32
+        }
         for (dir, fragments) in [(noNorm, ["model.layers.1.post_attention_layernorm.weight", "not found"]),
                                  (badQ, ["model.layers.0.self_attn.q_proj.weight", "expected", "config.json"]),
-                                 (noHead, ["lm_head.weight", "tie_word_embeddings is false"])] {
-            assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(Fixtures.dir("train-mixtral"), 1)], outDir: dir + "-merged"),
-                               contains: fragments)
-            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "-merged"), dir)
+                                 (noHead, ["lm_head.weight", "tie_word_embeddings is false"]),
+                                 (noExpert, ["model.layers.0.block_sparse_moe.experts.1.w2.weight", "not found"]),
+                                 (noRouter, ["model.layers.1.block_sparse_moe.gate.weight", "not found"]),
+                                 (intNorm, ["model.layers.0.input_layernorm.weight", "I32", "float"])] {
+            for adapter in ["train-mixtral", "peft-out-mixtral"] {
+                assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(Fixtures.dir(adapter), 1)], outDir: dir + "-merged"),
+                                   contains: fragments)
+                XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "-merged"), dir)
+            }
         }
     }
 }
