@@ -127,6 +127,22 @@ public struct TrainBenchmark {
         return ["warmup": warmup, "steps": steps, "batches": list]
     }
 
+    /// `bench-train --dump-batches`: refuses a path that is or lies inside one of `inputs`
+    /// (the model folder or file, the data file), which it used to replace in place.
+    public static func checkDumpPath(_ path: String, inputs: [String]) throws {
+        for input in inputs where OutputFolder.contains(input, path) {
+            throw MoETuneError.file(path: path, message: "--dump-batches is or lies inside the input \(input); choose another path")
+        }
+    }
+
+    /// Writes `peerBatches` as JSON to `path` after `checkDumpPath`, atomically (a temporary
+    /// name, fsynced, renamed into place): a failed or killed write leaves nothing under it.
+    public static func dumpPeerBatches(_ batches: [TokenBatch], warmup: Int, steps: Int, to path: String, inputs: [String]) throws {
+        try checkDumpPath(path, inputs: inputs)
+        let bytes = try JSONSerialization.data(withJSONObject: peerBatches(batches, warmup: warmup, steps: steps), options: [.sortedKeys])
+        try AtomicFile.write(bytes, to: path)
+    }
+
     /// The FLOPs a LoRA step on a frozen base counts (every row of the batch a position):
     /// each frozen product 2 * rows * in * out forward and the same again for the input
     /// gradient (no weight gradient); experts over rows * k assignments; the head over all
