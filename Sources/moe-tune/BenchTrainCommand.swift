@@ -42,6 +42,7 @@ struct BenchTrainCommand: ParsableCommand {
             bench.scoredOnly = !allRows
             bench.chunkedHead = ProcessInfo.processInfo.environment["MOE_TUNE_HEAD_CHUNKS"] != "0"
             if experts { bench.targets.insert(.mlp) }
+            try bench.checkSizes(data: data != nil)
             let m: Transformer
             var batches: [TokenBatch]?
             if let data {

@@ -99,4 +99,31 @@ extension BenchDataTests {
         XCTAssertEqual((back["batches"] as? [Any])?.count, 2)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp).filter { $0.hasPrefix(".") }, [], "no temporary left")
     }
+
+    /// Review: --batch 0 and --seq 0 trapped (stride 0, division by zero, empty range), --steps
+    /// 0 ended in a NaN the JSON writer refused, --seq far past the positions trapped on
+    /// allocating the random batch. Each is one line naming the flag now.
+    func testBenchSizesAreRefusedNotTrapped() throws {
+        let loaded = try LoadedModel.load(directory: Fixtures.dir("llama"))
+        func bench(_ edit: (inout TrainBenchmark) -> Void) -> TrainBenchmark {
+            var b = TrainBenchmark()
+            b.batch = 1; b.seq = 8; b.steps = 1; b.warmup = 0
+            edit(&b)
+            return b
+        }
+        for (b, flag) in [(bench { $0.batch = 0 }, "--batch"), (bench { $0.seq = 0 }, "--seq"), (bench { $0.seq = 1 }, "--seq"),
+                          (bench { $0.steps = 0 }, "--steps"), (bench { $0.warmup = -1 }, "--warmup"),
+                          (bench { $0.seq = 100_000_000; $0.batch = 100_000 }, "--batch"),
+                          (bench { $0.seq = 1 << 20 }, "max_position_embeddings")] {
+            assertMoETuneError(try b.run(model: loaded.model), contains: [flag])
+        }
+        let data = try makeTempDir(self) + "/d.jsonl"
+        try Data(#"{"prompt": "Add 6 and 2.", "completion": " 8"}"#.utf8).write(to: URL(fileURLWithPath: data))
+        for (batch, maxSeqLen, flag) in [(0, 64, "--batch"), (2, 0, "--max-seq-len")] {
+            assertMoETuneError(try TrainBenchmark.dataBatches(path: data, loaded: loaded, modelDirectory: Fixtures.dir("llama"), batchSize: batch,
+                                                              maxSeqLen: maxSeqLen, seed: 0, count: 1), contains: [flag])
+        }
+        let r = try bench { _ in }.run(model: loaded.model)
+        XCTAssertTrue(r.loss.isFinite && r.tokensPerSecond > 0)
+    }
 }
