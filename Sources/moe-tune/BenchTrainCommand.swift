@@ -40,7 +40,7 @@ struct BenchTrainCommand: ParsableCommand {
             var bench = TrainBenchmark()
             bench.batch = batch; bench.seq = seq; bench.rank = rank; bench.steps = steps; bench.warmup = warmup
             bench.scoredOnly = !allRows
-            bench.chunkedHead = ProcessInfo.processInfo.environment["MOE_TUNE_HEAD_CHUNKS"] != "0"
+            bench.chunkedHead = try TrainBenchmark.chunkedHeadFromEnvironment()
             if experts { bench.targets.insert(.mlp) }
             try bench.checkSizes(data: data != nil)
             let m: Transformer

@@ -148,6 +148,16 @@ public struct TrainBenchmark {
         guard (0...L.maxSteps).contains(warmup) else { throw MoETuneError.invalid("bench-train: --warmup must be in 0...\(L.maxSteps), got \(warmup)") }
     }
 
+    /// MOE_TUNE_HEAD_CHUNKS: unset or `1` the chunked head, `0` the whole head; anything
+    /// else (`off`, `false`) used to mean chunked silently (review).
+    public static func chunkedHeadFromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        switch env["MOE_TUNE_HEAD_CHUNKS"] {
+        case nil, "1": return true
+        case "0": return false
+        case let v?: throw MoETuneError.invalid("MOE_TUNE_HEAD_CHUNKS=\(v): expected 0 (whole head) or 1 (chunked, the default)")
+        }
+    }
+
     /// `bench-train --dump-batches`: refuses a path that is or lies inside one of `inputs`
     /// (the model folder or file, the data file), which it used to replace in place.
     public static func checkDumpPath(_ path: String, inputs: [String]) throws {
