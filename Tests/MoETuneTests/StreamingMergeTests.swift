@@ -199,3 +199,29 @@ extension StreamingMergeTests {
         }
     }
 }
+
+extension StreamingMergeTests {
+    /// Review: `merge --dtype f16` of values beyond ±65504 (a large --weight) wrote inf into
+    /// the output silently (21,718 of them with --weight 1e7); now refused naming the tensor.
+    func testF16OverflowIsRefused() throws {
+        let tmp = try makeTempDir(self)
+        assertMoETuneError(try Merger.merge(modelDir: Fixtures.dir("llama"), adapters: [(Fixtures.dir("train-llama"), 1e7)], outDir: tmp + "/f16",
+                                            options: { var o = Merger.Options(); o.dtype = .f16; return o }()),
+                           contains: ["beyond f16's range", "--dtype bf16 or f32"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/f16"))
+        _ = try Merger.merge(modelDir: Fixtures.dir("llama"), adapters: [(Fixtures.dir("train-llama"), 1e7)], outDir: tmp + "/bf16",
+                             options: { var o = Merger.Options(); o.dtype = .bf16; return o }())
+        // The bounds: f16 rounds below 65520 to 65504; Q8_0's scale is max/127, Q4_0's max/8.
+        let bounds: [(GGMLType, Float)] = [(.f16, 1), (.q8_0, 127), (.q4_0, 8)]
+        for (type, k) in bounds {
+            let cases: [(Float, Int?)] = [(65519 * k, nil), (-65520 * k, 3)]
+            for (v, expect) in cases {
+                var x = [Float](repeating: 0, count: 32)
+                x[1] = 1; x[2] = -2; x[3] = v
+                let got = x.withUnsafeBufferPointer { GGMLQuantize.firstOverflow(type, $0.baseAddress!, count: 32) }
+                XCTAssertEqual(got, expect, "\(type.name) \(v)")
+            }
+        }
+        XCTAssertNil([Float(1e30)].withUnsafeBufferPointer { GGMLQuantize.firstOverflow(.bf16, $0.baseAddress!, count: 1) })
+    }
+}

@@ -210,6 +210,9 @@ public enum Merger {
                 }
                 values = v
             }
+            if dtype == .f16, let i = values.withUnsafeBufferPointer({ GGMLQuantize.firstOverflow(.f16, $0.baseAddress!, count: $0.count) }) {
+                throw MoETuneError.file(path: modelDir, message: "\(e.name): element \(i) is \(values[i]), beyond f16's range (±65504); merge with --dtype bf16 or f32")
+            }
             if dtype == .f32 {
                 try values.withUnsafeBytes { try out.write(e.name, bytes: $0) }
             } else {
