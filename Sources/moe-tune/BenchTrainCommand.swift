@@ -31,27 +31,28 @@ struct BenchTrainCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            if dumpBatches != nil, data == nil {
+                throw MoETuneError.invalid("--dump-batches writes the batches of --data FILE.jsonl; random tokens have none to dump: pass --data")
+            }
             if let threads { try Parallel.setWorkers(threads) }
             let base = try parseBaseDType(baseDType)
             let quantize = qlora ? QuantizationSpec(doubleQuant: true) : nil
             var bench = TrainBenchmark()
             bench.batch = batch; bench.seq = seq; bench.rank = rank; bench.steps = steps; bench.warmup = warmup
             bench.scoredOnly = !allRows
-            bench.chunkedHead = ProcessInfo.processInfo.environment["MOE_TUNE_HEAD_CHUNKS"] != "0"
+            bench.chunkedHead = try TrainBenchmark.chunkedHeadFromEnvironment()
             if experts { bench.targets.insert(.mlp) }
+            try bench.checkSizes(data: data != nil)
             let m: Transformer
             var batches: [TokenBatch]?
             if let data {
+                if let dumpBatches { try TrainBenchmark.checkDumpPath(dumpBatches, inputs: [model, data]) }
                 let loaded = try LoadedModel.load(directory: model, quantize: quantize, base: base)
                 m = loaded.model
                 batches = try TrainBenchmark.dataBatches(path: data, loaded: loaded, modelDirectory: model, batchSize: batch,
                                                         maxSeqLen: maxSeqLen, seed: UInt64(seed), count: warmup + steps)
                 if let dumpBatches {
-                    let bytes = try JSONSerialization.data(withJSONObject: TrainBenchmark.peerBatches(batches!, warmup: warmup, steps: steps),
-                                                           options: [.sortedKeys])
-                    guard FileManager.default.createFile(atPath: dumpBatches, contents: bytes) else {
-                        throw MoETuneError.file(path: dumpBatches, message: "cannot write the batches")
-                    }
+                    try TrainBenchmark.dumpPeerBatches(batches!, warmup: warmup, steps: steps, to: dumpBatches, inputs: [model, data])
                 }
             } else {
                 m = try Transformer.load(directory: model, quantize: quantize, base: base)

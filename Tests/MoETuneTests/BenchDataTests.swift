@@ -67,3 +67,63 @@ final class BenchDataTests: XCTestCase {
         XCTAssertEqual(r.scoredTokensPerSecond / r.tokensPerSecond, share, accuracy: 1e-9)
     }
 }
+
+extension BenchDataTests {
+    /// Review: `--dump-batches` pointed at a model shard or at the data file replaced it (the
+    /// fixture's shard became the batches' JSON). Now refused naming the input, before
+    /// anything is loaded or written; the write itself is atomic, and an unwritable path is
+    /// one line naming it.
+    func testDumpBatchesNeverReplacesAnInput() throws {
+        let tmp = try makeTempDir(self)
+        let model = tmp + "/llama"
+        try FileManager.default.copyItem(atPath: Fixtures.dir("llama"), toPath: model)
+        let data = tmp + "/data.jsonl"
+        try Data(#"{"prompt": "Add 6 and 2.", "completion": " 8"}"#.utf8).write(to: URL(fileURLWithPath: data))
+        let shard = model + "/model-00001-of-00008.safetensors"
+        let shardBytes = try Data(contentsOf: URL(fileURLWithPath: shard)), dataBytes = try Data(contentsOf: URL(fileURLWithPath: data))
+        let loaded = try LoadedModel.load(directory: model)
+        let batches = try TrainBenchmark.dataBatches(path: data, loaded: loaded, modelDirectory: model, batchSize: 2, maxSeqLen: 64,
+                                                     seed: 0, count: 2)
+        for (path, input) in [(shard, model), (model + "/new.json", model), (data, data), (tmp + "/./data.jsonl", data)] {
+            assertMoETuneError(try TrainBenchmark.dumpPeerBatches(batches, warmup: 1, steps: 1, to: path, inputs: [model, data]),
+                               contains: ["--dump-batches", "input " + input])
+        }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: shard)), shardBytes)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: data)), dataBytes)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: model + "/new.json"))
+        assertMoETuneError(try TrainBenchmark.dumpPeerBatches(batches, warmup: 1, steps: 1, to: tmp + "/no/such/b.json", inputs: [model, data]),
+                           contains: [tmp + "/no/such/b.json"])
+        let ok = tmp + "/b.json"
+        try TrainBenchmark.dumpPeerBatches(batches, warmup: 1, steps: 1, to: ok, inputs: [model, data])
+        let back = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ok))) as? [String: Any])
+        XCTAssertEqual((back["batches"] as? [Any])?.count, 2)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp).filter { $0.hasPrefix(".") }, [], "no temporary left")
+    }
+
+    /// Review: --batch 0 and --seq 0 trapped (stride 0, division by zero, empty range), --steps
+    /// 0 ended in a NaN the JSON writer refused, --seq far past the positions trapped on
+    /// allocating the random batch. Each is one line naming the flag now.
+    func testBenchSizesAreRefusedNotTrapped() throws {
+        let loaded = try LoadedModel.load(directory: Fixtures.dir("llama"))
+        func bench(_ edit: (inout TrainBenchmark) -> Void) -> TrainBenchmark {
+            var b = TrainBenchmark()
+            b.batch = 1; b.seq = 8; b.steps = 1; b.warmup = 0
+            edit(&b)
+            return b
+        }
+        for (b, flag) in [(bench { $0.batch = 0 }, "--batch"), (bench { $0.seq = 0 }, "--seq"), (bench { $0.seq = 1 }, "--seq"),
+                          (bench { $0.steps = 0 }, "--steps"), (bench { $0.warmup = -1 }, "--warmup"),
+                          (bench { $0.seq = 100_000_000; $0.batch = 100_000 }, "--batch"),
+                          (bench { $0.seq = 1 << 20 }, "max_position_embeddings")] {
+            assertMoETuneError(try b.run(model: loaded.model), contains: [flag])
+        }
+        let data = try makeTempDir(self) + "/d.jsonl"
+        try Data(#"{"prompt": "Add 6 and 2.", "completion": " 8"}"#.utf8).write(to: URL(fileURLWithPath: data))
+        for (batch, maxSeqLen, flag) in [(0, 64, "--batch"), (2, 0, "--max-seq-len")] {
+            assertMoETuneError(try TrainBenchmark.dataBatches(path: data, loaded: loaded, modelDirectory: Fixtures.dir("llama"), batchSize: batch,
+                                                              maxSeqLen: maxSeqLen, seed: 0, count: 1), contains: [flag])
+        }
+        let r = try bench { _ in }.run(model: loaded.model)
+        XCTAssertTrue(r.loss.isFinite && r.tokensPerSecond > 0)
+    }
+}

@@ -164,6 +164,15 @@ final class GGUFWriteTests: XCTestCase {
         }
         assertMoETuneError(try GGUFExport.mergedModel(model: base, adapters: [(dir + "/lora", 1)], out: dir + "/merged-F32.gguf", type: .f32, overwrite: false),
                            contains: ["merged-F32.gguf", "already exists"])
+        // Review: an adapter weight that takes the merged values past f16 (or a block's f16
+        // scale) wrote inf silently; refused naming the tensor, and no file is left.
+        for type in [GGMLType.f16, .q8_0, .q4_0] {
+            let out = dir + "/huge-\(type.name).gguf"
+            assertMoETuneError(try GGUFExport.mergedModel(model: base, adapters: [(dir + "/lora", 1e12)], out: out, type: type, overwrite: false),
+                               contains: ["too large for \(type.name)", "--gguf-type bf16 or f32"])
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".huge") }, [])
 
         // The LoRA file: base + alpha / r * B A per tensor equals the merged f32 weights.
         let lora = try GGUFExport.loraAdapter(model: base, adapter: dir + "/lora", out: dir + "/adapter.gguf", overwrite: false)

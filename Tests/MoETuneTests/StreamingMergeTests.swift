@@ -175,12 +175,53 @@ extension StreamingMergeTests {
             e[i].data = e[i].data.prefix(e[i].shape.reduce(1, *) * 4)
         }
         let noHead = try broken("no-head") { $0.removeAll { $0.name == "lm_head.weight" } }
+        // Tensors the merge copies without an adapter on them (review): a missing expert or
+        // router used to be left out of the output silently (or, with an adapter on it, end in
+        // "internal: merged 34 modules but the adapters hold 35"); a norm of an integer dtype
+        // was copied as it was.
+        let noExpert = try broken("no-expert") { $0.removeAll { $0.name == "model.layers.0.block_sparse_moe.experts.1.w2.weight" } }
+        let noRouter = try broken("no-router") { $0.removeAll { $0.name == "model.layers.1.block_sparse_moe.gate.weight" } }
+        let intNorm = try broken("int-norm") { e in
+            let i = e.firstIndex { $0.name == "model.layers.0.input_layernorm.weight" }!
+            e[i].dtype = .i32
+        }
         for (dir, fragments) in [(noNorm, ["model.layers.1.post_attention_layernorm.weight", "not found"]),
                                  (badQ, ["model.layers.0.self_attn.q_proj.weight", "expected", "config.json"]),
-                                 (noHead, ["lm_head.weight", "tie_word_embeddings is false"])] {
-            assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(Fixtures.dir("train-mixtral"), 1)], outDir: dir + "-merged"),
-                               contains: fragments)
-            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "-merged"), dir)
+                                 (noHead, ["lm_head.weight", "tie_word_embeddings is false"]),
+                                 (noExpert, ["model.layers.0.block_sparse_moe.experts.1.w2.weight", "not found"]),
+                                 (noRouter, ["model.layers.1.block_sparse_moe.gate.weight", "not found"]),
+                                 (intNorm, ["model.layers.0.input_layernorm.weight", "I32", "float"])] {
+            for adapter in ["train-mixtral", "peft-out-mixtral"] {
+                assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(Fixtures.dir(adapter), 1)], outDir: dir + "-merged"),
+                                   contains: fragments)
+                XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "-merged"), dir)
+            }
         }
+    }
+}
+
+extension StreamingMergeTests {
+    /// Review: `merge --dtype f16` of values beyond ±65504 (a large --weight) wrote inf into
+    /// the output silently (21,718 of them with --weight 1e7); now refused naming the tensor.
+    func testF16OverflowIsRefused() throws {
+        let tmp = try makeTempDir(self)
+        assertMoETuneError(try Merger.merge(modelDir: Fixtures.dir("llama"), adapters: [(Fixtures.dir("train-llama"), 1e7)], outDir: tmp + "/f16",
+                                            options: { var o = Merger.Options(); o.dtype = .f16; return o }()),
+                           contains: ["beyond f16's range", "--dtype bf16 or f32"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/f16"))
+        _ = try Merger.merge(modelDir: Fixtures.dir("llama"), adapters: [(Fixtures.dir("train-llama"), 1e7)], outDir: tmp + "/bf16",
+                             options: { var o = Merger.Options(); o.dtype = .bf16; return o }())
+        // The bounds: f16 rounds below 65520 to 65504; Q8_0's scale is max/127, Q4_0's max/8.
+        let bounds: [(GGMLType, Float)] = [(.f16, 1), (.q8_0, 127), (.q4_0, 8)]
+        for (type, k) in bounds {
+            let cases: [(Float, Int?)] = [(65519 * k, nil), (-65520 * k, 3)]
+            for (v, expect) in cases {
+                var x = [Float](repeating: 0, count: 32)
+                x[1] = 1; x[2] = -2; x[3] = v
+                let got = x.withUnsafeBufferPointer { GGMLQuantize.firstOverflow(type, $0.baseAddress!, count: 32) }
+                XCTAssertEqual(got, expect, "\(type.name) \(v)")
+            }
+        }
+        XCTAssertNil([Float(1e30)].withUnsafeBufferPointer { GGMLQuantize.firstOverflow(.bf16, $0.baseAddress!, count: 1) })
     }
 }

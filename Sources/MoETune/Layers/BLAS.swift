@@ -184,9 +184,10 @@ public enum BLAS {
     /// no-allocation rule, for at most 7% of CPU time measured (README "Other GEMM libraries").
     static let defaultGEMM = "openblas"
 
-    /// MOE_TUNE_GEMM names a known choice whose library is installed; called by the
-    /// command-line layer before any work.
+    /// MOE_TUNE_GEMM names a known choice whose library is installed, and MOE_TUNE_LORA_KERNEL
+    /// a known one (LoRAGemm.checkRequest); called by the command-line layer before any work.
     public static func checkGEMMRequest() throws {
+        try LoRAGemm.checkRequest()
         let raw = ProcessInfo.processInfo.environment["MOE_TUNE_GEMM"] ?? defaultGEMM
         guard let r = gemmRequest else {
             throw MoETuneError.invalid("MOE_TUNE_GEMM=\(raw): expected openblas, blis, onednn or auto")

@@ -12,8 +12,17 @@ import Foundation
 /// `=scalar` forces the kernel's scalar loop.
 enum LoRAGemm {
     static let useKernel: Bool = {
-        ProcessInfo.processInfo.environment["MOE_TUNE_LORA_KERNEL"]?.lowercased() != "blas"
+        ProcessInfo.processInfo.environment["MOE_TUNE_LORA_KERNEL"] != "blas"
     }()
+
+    /// MOE_TUNE_LORA_KERNEL is unset, `blas` or `scalar` (exactly: lora_gemm.c compares
+    /// `scalar` with strcmp); anything else used to be ignored silently (review).
+    static func checkRequest(_ env: [String: String] = ProcessInfo.processInfo.environment) throws {
+        guard let v = env["MOE_TUNE_LORA_KERNEL"] else { return }
+        guard v == "blas" || v == "scalar" else {
+            throw MoETuneError.invalid("MOE_TUNE_LORA_KERNEL=\(v): expected blas or scalar (unset: the AVX2 kernel where the CPU has one)")
+        }
+    }
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major; the arguments of `BLAS.gemm`.
     @inline(__always)

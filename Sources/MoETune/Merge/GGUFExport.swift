@@ -168,6 +168,10 @@ public enum GGUFExport {
                 if parts.count == 1 { stacked = values } else { stacked += values }
             }
             try stacked.withUnsafeBufferPointer { p in
+                if let i = GGMLQuantize.firstOverflow(layout.type, p.baseAddress!, count: p.count) {
+                    stream.abort()
+                    throw MoETuneError.file(path: modelPath, message: "\(layout.name): element \(i) is \(p[i]), too large for \(layout.type.name) (its f16 \(layout.type == .f16 ? "value" : "block scale") would be infinite); choose --gguf-type bf16 or f32")
+                }
                 try GGMLQuantize.run(layout.type, p.baseAddress!, count: p.count).withUnsafeBytes { try stream.write(layout.name, bytes: $0) }
             }
         }

@@ -210,6 +210,9 @@ public enum Merger {
                 }
                 values = v
             }
+            if dtype == .f16, let i = values.withUnsafeBufferPointer({ GGMLQuantize.firstOverflow(.f16, $0.baseAddress!, count: $0.count) }) {
+                throw MoETuneError.file(path: modelDir, message: "\(e.name): element \(i) is \(values[i]), beyond f16's range (±65504); merge with --dtype bf16 or f32")
+            }
             if dtype == .f32 {
                 try values.withUnsafeBytes { try out.write(e.name, bytes: $0) }
             } else {
@@ -262,23 +265,30 @@ public enum Merger {
     }
 
     /// What loading the model refused, checked on the tensor table alone (nothing is read):
-    /// the embedding, lm_head (unless tied), the norms and every plain linear weight
-    /// (attention, dense MLP, shared expert and its gate) present, in config.json's shape.
-    /// Experts and routers are checked as they are merged.
+    /// the embedding, lm_head (unless tied), the norms, biases, sinks and every plain linear
+    /// weight (attention, dense MLP, shared expert and its gate), each MoE layer's router and
+    /// experts (per expert, fused, or GPT-OSS's fused tensors or their MXFP4 blocks) present,
+    /// in config.json's shape. A tensor the merge copies without adding to must be checked
+    /// here: a missing one would otherwise be silently left out of the output.
     static func checkBase(_ ck: Checkpoint) throws {
         let c = ck.config, f = c.family, h = c.hiddenSize
         let shapes = ModuleShapes(config: c)
-        func need(_ name: String, _ shape: [Int]) throws {
+        let floatTypes: [DType] = [.f32, .f16, .bf16, .f64]
+        /// `packed`: a linear weight, which may be bitsandbytes 4-bit bytes of another shape
+        /// (`moe-tune quantize`); anything else must be a float tensor.
+        func need(_ name: String, _ shape: [Int], packed: Bool = true) throws {
             guard let info = ck.info(name) else {
                 throw MoETuneError.file(path: ck.directory, message: "tensor '\(name)' not found in the checkpoint")
             }
-            // bitsandbytes 4-bit weights (`moe-tune quantize`) are packed bytes of another shape.
-            guard info.shape == shape || ![.f32, .f16, .bf16, .f64].contains(info.dtype) else {
+            guard packed || floatTypes.contains(info.dtype) else {
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has dtype \(info.dtype.rawValue); expected a float type")
+            }
+            guard info.shape == shape || !floatTypes.contains(info.dtype) else {
                 throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
             }
         }
-        try need(f.embedTokens, [c.vocabSize, h])
-        try need(f.finalNorm, [h])
+        try need(f.embedTokens, [c.vocabSize, h], packed: false)
+        try need(f.finalNorm, [h], packed: false)
         if !c.tieWordEmbeddings {
             guard ck.contains(f.lmHead) else {
                 throw MoETuneError.file(path: ck.directory, message: "tensor '\(f.lmHead)' not found and tie_word_embeddings is false")
@@ -286,11 +296,50 @@ public enum Merger {
             try need(f.lmHead, [c.vocabSize, h])
         }
         let slots: [LinearSlot] = [.q, .k, .v, .o, .sharedGate] + FeedForwardPart.allCases.flatMap { [LinearSlot.mlp($0), .shared($0)] }
+        let (e, i) = (c.numExperts, c.expertIntermediateSize)
         for l in 0..<c.numLayers {
-            try need(f.inputNorm(l), [h])
-            try need(f.postAttentionNorm(l), [h])
+            try need(f.inputNorm(l), [h], packed: false)
+            try need(f.postAttentionNorm(l), [h], packed: false)
             for slot in slots {
                 if let s = shapes.linear(f.module(slot, layer: l)) { try need(f.weight(slot, layer: l), [s.rows, s.cols]) }
+            }
+            if let m = c.mla { try need(f.kvANorm(l), [m.kvLoraRank], packed: false) }
+            if let qr = c.mla?.qLoraRank {
+                try need(f.qAProj(l), [qr, h])
+                try need(f.qANorm(l), [qr], packed: false)
+            }
+            if c.qkvBias {
+                try need(f.bias(.q, layer: l), [c.qDim], packed: false)
+                try need(f.bias(.k, layer: l), [c.kvDim], packed: false)
+                try need(f.bias(.v, layer: l), [c.kvDim], packed: false)
+            }
+            if c.oBias { try need(f.bias(.o, layer: l), [h], packed: false) }
+            if c.attentionSinks { try need(f.sinks(l), [c.numHeads], packed: false) }
+            if let kind = c.qkNorm {
+                try need(f.qNorm(l), [kind == .perHead ? c.headDim : c.qDim], packed: false)
+                try need(f.kNorm(l), [kind == .perHead ? c.headDim : c.kvDim], packed: false)
+            }
+            guard c.isMoELayer(l) else { continue }
+            if c.routerBias { try need(f.bias(.router, layer: l), [e], packed: false) }
+            if f.moe?.transposedInterleaved == true {
+                // GPT-OSS: float tensors, or MXFP4 blocks (their storage is checked apart).
+                try need(f.fusedRouter(l), [e, h], packed: false)
+                for (name, shape) in [(f.fusedGateUp(l), [e, h, 2 * i]), (f.fusedDown(l), [e, i, h])] where !ck.contains(name + "_blocks") {
+                    try need(name, shape)
+                }
+                try need(f.fusedGateUp(l) + "_bias", [e, 2 * i], packed: false)
+                try need(f.fusedDown(l) + "_bias", [e, h], packed: false)
+            } else if let fused = f.fusedTensors(l, contains: ck.contains) {
+                try need(fused.router, [e, h], packed: false)
+                try need(fused.gateUp, [e, 2 * i, h])
+                try need(fused.down, [e, h, i])
+            } else {
+                try need(f.weight(.router, layer: l), [e, h], packed: false)
+                for x in 0..<e {
+                    try need(f.weight(.expert(x, .gate), layer: l), [i, h])
+                    try need(f.weight(.expert(x, .up), layer: l), [i, h])
+                    try need(f.weight(.expert(x, .down), layer: l), [h, i])
+                }
             }
         }
     }

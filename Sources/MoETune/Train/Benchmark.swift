@@ -48,6 +48,10 @@ public struct TrainBenchmark {
     /// random tokens, every position but a row's last scored).
     public func run(model: Transformer, batches given: [TokenBatch]? = nil) throws -> Result {
         let c = model.config
+        try checkSizes(data: given != nil)
+        if given == nil, seq > model.rope.maxPositions {
+            throw MoETuneError.invalid("bench-train: --seq \(seq) exceeds max_position_embeddings \(model.rope.maxPositions)")
+        }
         let batches = given ?? [randomBatch(vocabSize: c.vocabSize)]
         guard !batches.isEmpty else { throw MoETuneError.invalid("bench-train: no batch to train on") }
         let rows = batches.map(\.batch).max()!, longest = batches.map(\.seq).max()!
@@ -102,6 +106,12 @@ public struct TrainBenchmark {
     /// chat template, as `data.chat_template: null`), length grouping and order.
     public static func dataBatches(path: String, loaded: LoadedModel, modelDirectory: String, batchSize: Int, maxSeqLen: Int,
                                    trainOnInputs: Bool = false, seed: UInt64, count: Int) throws -> [TokenBatch] {
+        guard (1...TrainConfig.limits.batchSize).contains(batchSize) else {
+            throw MoETuneError.invalid("bench-train: --batch must be in 1...\(TrainConfig.limits.batchSize), got \(batchSize)")
+        }
+        guard (2...TrainConfig.limits.maxSeqLen).contains(maxSeqLen) else {
+            throw MoETuneError.invalid("bench-train: --max-seq-len must be in 2...\(TrainConfig.limits.maxSeqLen), got \(maxSeqLen)")
+        }
         let chat = try ChatFormat.resolve(nil, modelDirectory: modelDirectory)
         let options = DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: trainOnInputs, chat: chat)
         let ds = try Dataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize, options: options)
@@ -125,6 +135,43 @@ public struct TrainBenchmark {
             return ["input_ids": ids, "labels": labels, "attention_mask": mask]
         }
         return ["warmup": warmup, "steps": steps, "batches": list]
+    }
+
+    /// Refuses sizes the benchmark cannot run (review: --batch 0 and --seq 0 trapped, --steps 0
+    /// failed writing a NaN into the JSON), within train's own limits (TrainConfig.limits).
+    /// `data`: the batches come from a file (--seq is not used).
+    public func checkSizes(data: Bool) throws {
+        let L = TrainConfig.limits
+        guard (1...L.batchSize).contains(batch) else { throw MoETuneError.invalid("bench-train: --batch must be in 1...\(L.batchSize), got \(batch)") }
+        guard data || (2...L.maxSeqLen).contains(seq) else { throw MoETuneError.invalid("bench-train: --seq must be in 2...\(L.maxSeqLen), got \(seq)") }
+        guard (1...L.maxSteps).contains(steps) else { throw MoETuneError.invalid("bench-train: --steps must be in 1...\(L.maxSteps), got \(steps)") }
+        guard (0...L.maxSteps).contains(warmup) else { throw MoETuneError.invalid("bench-train: --warmup must be in 0...\(L.maxSteps), got \(warmup)") }
+    }
+
+    /// MOE_TUNE_HEAD_CHUNKS: unset or `1` the chunked head, `0` the whole head; anything
+    /// else (`off`, `false`) used to mean chunked silently (review).
+    public static func chunkedHeadFromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        switch env["MOE_TUNE_HEAD_CHUNKS"] {
+        case nil, "1": return true
+        case "0": return false
+        case let v?: throw MoETuneError.invalid("MOE_TUNE_HEAD_CHUNKS=\(v): expected 0 (whole head) or 1 (chunked, the default)")
+        }
+    }
+
+    /// `bench-train --dump-batches`: refuses a path that is or lies inside one of `inputs`
+    /// (the model folder or file, the data file), which it used to replace in place.
+    public static func checkDumpPath(_ path: String, inputs: [String]) throws {
+        for input in inputs where OutputFolder.contains(input, path) {
+            throw MoETuneError.file(path: path, message: "--dump-batches is or lies inside the input \(input); choose another path")
+        }
+    }
+
+    /// Writes `peerBatches` as JSON to `path` after `checkDumpPath`, atomically (a temporary
+    /// name, fsynced, renamed into place): a failed or killed write leaves nothing under it.
+    public static func dumpPeerBatches(_ batches: [TokenBatch], warmup: Int, steps: Int, to path: String, inputs: [String]) throws {
+        try checkDumpPath(path, inputs: inputs)
+        let bytes = try JSONSerialization.data(withJSONObject: peerBatches(batches, warmup: warmup, steps: steps), options: [.sortedKeys])
+        try AtomicFile.write(bytes, to: path)
     }
 
     /// The FLOPs a LoRA step on a frozen base counts (every row of the batch a position):

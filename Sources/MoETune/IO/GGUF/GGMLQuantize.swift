@@ -31,6 +31,21 @@ public enum GGMLQuantize {
         return out
     }
 
+    /// The first of `count` values whose encoding as `type` overflows an f16 to infinity (the
+    /// value itself in F16; its block's scale, max |x| / 127 or / 8, in Q8_0 and Q4_0), or nil.
+    /// Encoding it would write inf silently (review: `merge --dtype f16` of a large adapter).
+    public static func firstOverflow(_ type: GGMLType, _ x: UnsafePointer<Float>, count: Int) -> Int? {
+        let divisor: Float
+        switch type {
+        case .f16: divisor = 1
+        case .q8_0: divisor = 127
+        case .q4_0: divisor = 8
+        default: return nil
+        }
+        for i in 0..<count where Float16(abs(x[i]) / divisor).isInfinite { return i }
+        return nil
+    }
+
     /// d = max |x| / 127, q = round-half-away(x * (1 / d)).
     static func q8_0(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer) {
         var amax: Float = 0
