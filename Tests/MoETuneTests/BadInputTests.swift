@@ -28,6 +28,26 @@ final class BadInputTests: XCTestCase {
         assertMoETuneError(try LoadedModel.load(directory: dir), contains: ["model.safetensors.index.json", shard, "missing"])
     }
 
+    /// An index that maps a tensor outside the folder, or to another shard than the one that
+    /// stores it, is refused naming the index and the tensor.
+    func testShardIndexPathsAndMismatchesAreRefused() throws {
+        for (bad, expect) in [("../outside.safetensors", "not a file name"), ("/tmp/abs.safetensors", "not a file name"),
+                              ("sub/x.safetensors", "not a file name"), ("", "not a file name"), ("OTHER", "but stored in")] {
+            let dir = try copyFixture("llama", self)
+            let indexPath = dir + "/model.safetensors.index.json"
+            var obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: indexPath))) as! [String: Any]
+            var map = obj["weight_map"] as! [String: String]
+            let shards = Array(Set(map.values)).sorted()
+            XCTAssertGreaterThan(shards.count, 1, "the llama fixture is sharded")
+            // A tensor whose shard holds others too, so that shard is still read.
+            let (tensor, file) = map.sorted { $0.key < $1.key }.first { e in map.values.filter { $0 == e.value }.count > 1 }!
+            map[tensor] = bad == "OTHER" ? shards.first { $0 != file }! : bad
+            obj["weight_map"] = map
+            try JSONSerialization.data(withJSONObject: obj).write(to: URL(fileURLWithPath: indexPath))
+            assertMoETuneError(try LoadedModel.load(directory: dir), contains: ["model.safetensors.index.json", tensor, expect])
+        }
+    }
+
     func testConfigMissingRequiredField() throws {
         let dir = try copyFixture("mixtral", self)
         try editConfig(dir) { $0.removeValue(forKey: "hidden_size") }

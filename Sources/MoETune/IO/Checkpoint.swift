@@ -49,6 +49,11 @@ public final class Checkpoint: @unchecked Sendable {
                   let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
                   let map = obj["weight_map"] as? [String: String]
             else { throw MoETuneError.file(path: indexPath, message: "not a safetensors index (no weight_map object)") }
+            // A shard is a file of this folder: a path ("../x", "/abs", "sub/x") would read
+            // weights from elsewhere, which transformers' loader does not do either.
+            for (tname, file) in map where file.isEmpty || file.contains("/") || file.contains("\\") || file == "." || file == ".." {
+                throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is mapped to '\(file)', which is not a file name in the model folder")
+            }
             expected = map
             fileNames = Array(Set(map.values)).sorted()
         } else if FileManager.default.fileExists(atPath: single) {
@@ -77,8 +82,15 @@ public final class Checkpoint: @unchecked Sendable {
             }
             files.append(f)
         }
-        for (tname, file) in expected where location[tname] == nil {
-            throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is listed in \(file) but not stored there")
+        for (tname, file) in expected {
+            guard let at = location[tname] else {
+                throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is listed in \(file) but not stored there")
+            }
+            // The index is what transformers loads by: a tensor found in another shard than
+            // the one it names would load here and fail there.
+            if fileNames[at.file] != file {
+                throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is listed in \(file) but stored in \(fileNames[at.file])")
+            }
         }
         self.files = files
         self.location = location
