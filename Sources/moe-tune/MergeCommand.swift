@@ -24,7 +24,7 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "Largest shard in MiB.") var maxShardMb = 2048
     @Flag(help: "Replace a non-empty --out folder (or an existing --out GGUF file).") var overwrite = false
     @Option(help: "Output format: hf (a Hugging Face folder) or gguf (one .gguf file).") var format = "hf"
-    @Option(help: "GGUF weight type: f32, f16, bf16, q8_0 or q4_0 (with --format gguf).") var ggufType = "f16"
+    @Option(help: "GGUF weight type: f32, f16, bf16, q8_0 or q4_0 (with --format gguf; default f16).") var ggufType: String?
 
     func validate() throws {
         guard !adapter.isEmpty || format == "gguf" else { throw ValidationError("give at least one --adapter (without one, only --format gguf: a conversion)") }
@@ -34,8 +34,11 @@ struct MergeCommand: ParsableCommand {
         if let dtype, !["f32", "bf16", "f16"].contains(dtype) { throw ValidationError("--dtype must be f32, bf16 or f16") }
         guard maxShardMb >= 1 else { throw ValidationError("--max-shard-mb must be at least 1") }
         guard ["hf", "gguf"].contains(format) else { throw ValidationError("--format must be hf or gguf") }
-        guard GGMLQuantize.writable.contains(where: { $0.name.lowercased() == ggufType }) else {
-            throw ValidationError("--gguf-type must be f32, f16, bf16, q8_0 or q4_0")
+        if let ggufType {
+            guard format == "gguf" else { throw ValidationError("--gguf-type is for --format gguf; use --dtype for a Hugging Face folder") }
+            guard GGMLQuantize.writable.contains(where: { $0.name.lowercased() == ggufType }) else {
+                throw ValidationError("--gguf-type must be f32, f16, bf16, q8_0 or q4_0")
+            }
         }
         if format == "gguf", dtype != nil { throw ValidationError("--dtype is for --format hf; use --gguf-type") }
     }
@@ -49,7 +52,7 @@ struct MergeCommand: ParsableCommand {
             let weights = weight.isEmpty ? Array(repeating: Float(1), count: adapter.count) : weight
             let start = Date()
             if format == "gguf" {
-                let type = GGMLQuantize.writable.first { $0.name.lowercased() == ggufType }!
+                let type = GGMLQuantize.writable.first { $0.name.lowercased() == (ggufType ?? "f16") }!
                 let s = try GGUFExport.mergedModel(model: model, adapters: Array(zip(adapter, weights)).map { (path: $0.0, weight: $0.1) },
                                                    out: out, type: type, overwrite: overwrite)
                 print("merged \(s.mergedModules) modules from \(adapter.count) adapter(s) into \(out): \(s.tensors) tensors, "

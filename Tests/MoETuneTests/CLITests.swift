@@ -45,6 +45,11 @@ final class CLITests: XCTestCase {
         try assertOneLineError(["eval", "--model", Fixtures.dir("mixtral"), "--data", bad, "--adapter", dir], contains: "adapter_config.json")
         try Data("model: m\ndata: {train: t.jsonl}\ntraining: {out_dir: o}\nlora:\n  rnak: 3\n".utf8).write(to: URL(fileURLWithPath: dir + "/c.yaml"))
         try assertOneLineError(["train", "--config", dir + "/c.yaml"], contains: "did you mean lora.rank")
+        // A GGUF-only option given for a Hugging Face folder is refused, not ignored.
+        let r = try runMoETune(["merge", "--model", Fixtures.dir("mixtral"), "--adapter", dir, "--out", dir + "/m", "--gguf-type", "q8_0"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("--gguf-type is for --format gguf"), r.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m"))
     }
 
     func testEvalJSONIsOneObject() throws {
