@@ -6,7 +6,7 @@ import XCTest
 /// attention with per-head sinks (full causal, sliding window 3, packed rows with
 /// per-token positions) forward and backward, and the experts' clamped SwiGLU on the
 /// interleaved gate_up. References are computed in float64; tolerance 1e-5 absolute
-/// (values and gradients are O(1)).
+/// (values and gradients are O(1)). Attention runs at several causal row-block sizes.
 final class GptOssLayerTests: XCTestCase {
     let tolerance: Float = 1e-5
 
@@ -24,6 +24,9 @@ final class GptOssLayerTests: XCTestCase {
         XCTAssertEqual(f.shape("q"), [b * t, heads * d])
         XCTAssertEqual(f.shape("k"), [b * t, kvHeads * d])
         let scratch = FloatBuffer(count: BLAS.cores * 2 * t * t)
+        // Causal row blocks (forEachCausalBlock): 0 = one T x T block; 1, 3 and 4 rows per block
+        // split T = 7 (and the packed examples) into several, with a partial last block.
+        for block in [0, 1, 3, 4, causalBlock] {
         for (name, window, packed) in [("full", nil, false), ("window", 3, false), ("packed", 3, true)] as [(String, Int?, Bool)] {
             let shape = AttentionShape(batch: b, seq: t, heads: heads, kvHeads: kvHeads, headDim: d, window: window)
             var out = [Float](repeating: 0, count: b * t * heads * d)
@@ -32,18 +35,20 @@ final class GptOssLayerTests: XCTestCase {
             positions.withUnsafeBufferPointer { pos in
                 let p = packed ? pos.baseAddress : nil
                 sinks.withUnsafeBufferPointer { s in
-                    attentionForward(out: &out, q: q, k: k, v: v, scratch: scratch.pointer, shape: shape, positions: p, sinks: s.baseAddress)
+                    attentionForward(out: &out, q: q, k: k, v: v, scratch: scratch.pointer, shape: shape, positions: p,
+                                     sinks: s.baseAddress, block: block)
                     attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: dout, q: q, k: k, v: v, scratch: scratch.pointer,
-                                      shape: shape, positions: p, sinks: s.baseAddress)
+                                      shape: shape, positions: p, sinks: s.baseAddress, block: block)
                 }
-                attentionForward(out: &noSink, q: q, k: k, v: v, scratch: scratch.pointer, shape: shape, positions: p)
+                attentionForward(out: &noSink, q: q, k: k, v: v, scratch: scratch.pointer, shape: shape, positions: p, block: block)
             }
             let errors = [("out", maxDiff(out, try f.floatArray("\(name).out"))), ("dq", maxDiff(dq, try f.floatArray("\(name).dq"))),
                           ("dk", maxDiff(dk, try f.floatArray("\(name).dk"))), ("dv", maxDiff(dv, try f.floatArray("\(name).dv")))]
-            print("gpt-oss attention \(name): max abs errors \(errors)")
-            for (what, e) in errors { XCTAssertLessThan(e, tolerance, "\(name) \(what)") }
+            print("gpt-oss attention \(name), causal block \(block): max abs errors \(errors)")
+            for (what, e) in errors { XCTAssertLessThan(e, tolerance, "\(name) block \(block) \(what)") }
             // The sinks must matter at this scale, or the test above could not fail.
             XCTAssertGreaterThan(maxDiff(noSink, try f.floatArray("\(name).out")), 1e-2, "\(name): sinks changed nothing")
+        }
         }
     }
 

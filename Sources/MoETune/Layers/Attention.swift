@@ -17,34 +17,60 @@ public struct AttentionShape: Sendable {
     var kvDim: Int { kvHeads * headDim }
 }
 
-/// P [T, T] = causal softmax(q_h k_h^T / sqrt(D)) of one (sequence, head); entries above
-/// the diagonal, and with a sliding window W those left of i - W + 1, are 0 (the backward
-/// pass needs no other change: dS = P * (...) is 0 wherever P is). q rows have stride qDim,
-/// k rows stride kvDim.
+/// Causal row blocks: body(i0, i1) for rows [i0, i1) of a [T, T] score matrix, `causalBlock`
+/// rows at a time. Rows [i0, i1) see keys [0, i1) only, so every product of attention runs on
+/// that [i1 - i0, i1] block and the blocks above the diagonal are never computed: at T = 256
+/// and 64-row blocks, 62.5% of the full T x T work (README "Speed: causal blocks").
+/// MOE_TUNE_ATTENTION_BLOCK=N sets the rows per block; 0 computes full T x T products
+/// (one block), to measure the two.
+@inline(__always)
+func forEachCausalBlock(_ t: Int, block: Int, _ body: (Int, Int) -> Void) {
+    let step = block > 0 ? block : t
+    var i0 = 0
+    while i0 < t {
+        let i1 = min(t, i0 + step)
+        body(i0, i1)
+        i0 = i1
+    }
+}
+
+@usableFromInline let causalBlock: Int = {
+    if let v = ProcessInfo.processInfo.environment["MOE_TUNE_ATTENTION_BLOCK"], let n = Int(v), n >= 0 { return n }
+    return 64
+}()
+
+/// P [T, T] = causal softmax(q_h k_h^T / sqrt(D)) of one (sequence, head), computed by causal
+/// row blocks (forEachCausalBlock): rows [i0, i1) hold P in columns [0, i1) (0 above the
+/// diagonal, and with a sliding window W left of i - W + 1); columns i1..<T of those rows are
+/// not written, and no caller reads them (the backward pass needs no other change: dS =
+/// P * (...) is 0 wherever P is). q rows have stride qDim, k rows stride kvDim.
 /// With an attention sink s_h (GPT-OSS), each row's softmax has one more logit, s_h, whose
 /// probability is dropped: P[i, j] = exp(S[i, j]) / (sum_j' exp(S[i, j']) + exp(s_h)), so
 /// a row sums to less than 1. The backward pass is unchanged (the sink has no value row,
 /// so its dP is 0 and it adds nothing to rowsum(dP * P)); the sink itself stays frozen.
 @inline(__always)
 func attentionProbabilities(_ p: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
-                            shape s: AttentionShape, sink: Float? = nil) {
+                            shape s: AttentionShape, sink: Float? = nil, block: Int = causalBlock) {
     let t = s.seq
-    BLAS.gemm(.none, .transpose, m: t, n: t, k: s.headDim, alpha: s.softmaxScale,
-              a: q, lda: s.qDim, b: k, ldb: s.kvDim, c: p, ldc: t, split: false)
-    for i in 0..<t {
-        let row = p + i * t
-        let start = s.window.map { max(0, i - $0 + 1) } ?? 0
-        let seen = row + start, count = i + 1 - start
-        let inv: Float
-        if let sink {
-            let shift = max(mt_max(seen, count), sink)
-            inv = 1 / (mt_exp_shift_inplace(seen, count, shift) + Foundation.exp(sink - shift))
-        } else {
-            inv = 1 / mt_exp_shift_inplace(seen, count, mt_max(seen, count))
+    forEachCausalBlock(t, block: block) { i0, i1 in
+        // S [i1 - i0, i1] = q[i0..<i1] k[0..<i1]^T * scale
+        BLAS.gemm(.none, .transpose, m: i1 - i0, n: i1, k: s.headDim, alpha: s.softmaxScale,
+                  a: q + i0 * s.qDim, lda: s.qDim, b: k, ldb: s.kvDim, c: p + i0 * t, ldc: t, split: false)
+        for i in i0..<i1 {
+            let row = p + i * t
+            let start = s.window.map { max(0, i - $0 + 1) } ?? 0
+            let seen = row + start, count = i + 1 - start
+            let inv: Float
+            if let sink {
+                let shift = max(mt_max(seen, count), sink)
+                inv = 1 / (mt_exp_shift_inplace(seen, count, shift) + Foundation.exp(sink - shift))
+            } else {
+                inv = 1 / mt_exp_shift_inplace(seen, count, mt_max(seen, count))
+            }
+            for j in 0..<start { row[j] = 0 }
+            for j in start...i { row[j] *= inv }
+            for j in (i + 1)..<i1 { row[j] = 0 }
         }
-        for j in 0..<start { row[j] = 0 }
-        for j in start...i { row[j] *= inv }
-        for j in (i + 1)..<t { row[j] = 0 }
     }
 }
 
@@ -74,9 +100,11 @@ func forEachSegment(row: Int, seq t: Int, positions: UnsafePointer<Int32>?, _ bo
 /// is block-diagonal: each example [start, start+L) of a row is attended on its own, as
 /// an unpacked sequence of length L would be (the blocks off the diagonal are never computed).
 /// `sinks` [nH]: GPT-OSS's per-head attention sink logits (see attentionProbabilities); nil: none.
+/// `block`: rows per causal block (forEachCausalBlock; 0: one block; tests vary it).
 public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                              v: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape,
-                             positions: UnsafePointer<Int32>? = nil, sinks: UnsafePointer<Float>? = nil) {
+                             positions: UnsafePointer<Int32>? = nil, sinks: UnsafePointer<Float>? = nil,
+                             block: Int = causalBlock) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let tasks = s.batch * s.heads
     let workers = min(BLAS.cores, tasks)
@@ -90,10 +118,13 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<
                 ss.seq = len
                 let row = b * t + start
                 attentionProbabilities(p, q: q + row * s.qDim + h * d, k: k + row * s.kvDim + kvh * d, shape: ss,
-                                       sink: sinks.map { $0[h] })
-                BLAS.gemm(.none, .none, m: len, n: d, k: len,
-                          a: p, lda: len, b: v + row * s.kvDim + kvh * d, ldb: s.kvDim,
-                          c: out + row * s.qDim + h * d, ldc: s.qDim, split: false)
+                                       sink: sinks.map { $0[h] }, block: block)
+                // out[i0..<i1] [i1 - i0, D] = P[i0..<i1, 0..<i1] v[0..<i1]
+                forEachCausalBlock(len, block: block) { i0, i1 in
+                    BLAS.gemm(.none, .none, m: i1 - i0, n: d, k: i1,
+                              a: p + i0 * len, lda: len, b: v + row * s.kvDim + kvh * d, ldb: s.kvDim,
+                              c: out + (row + i0) * s.qDim + h * d, ldc: s.qDim, split: false)
+                }
             }
         }
     }
@@ -111,7 +142,8 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               dv: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
                               q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                               scratch: UnsafeMutablePointer<Float>, shape s: AttentionShape,
-                              positions: UnsafePointer<Int32>? = nil, sinks: UnsafePointer<Float>? = nil) {
+                              positions: UnsafePointer<Int32>? = nil, sinks: UnsafePointer<Float>? = nil,
+                              block: Int = causalBlock) {
     let t = s.seq, d = s.headDim, group = s.heads / s.kvHeads
     let scale = s.softmaxScale
     // One task per (sequence, KV head): the query heads of a group accumulate into the
@@ -136,26 +168,30 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                 for h in (kvh * group)..<((kvh + 1) * group) {
                     let dO = dout + first * s.qDim + h * d
                     let qh = q + first * s.qDim + h * d, dqh = dq + first * s.qDim + h * d
-                    attentionProbabilities(p, q: qh, k: kh, shape: ss, sink: sinks.map { $0[h] })
-                    // dP [L, L] = dO V^T
-                    BLAS.gemm(.none, .transpose, m: len, n: len, k: d, a: dO, lda: s.qDim, b: vh, ldb: s.kvDim,
-                              c: dS, ldc: len, split: false)
-                    // dV += P^T dO
-                    BLAS.gemm(.transpose, .none, m: len, n: d, k: len, a: p, lda: len, b: dO, ldb: s.qDim,
-                              beta: 1, c: dvh, ldc: s.kvDim, split: false)
-                    // dS = P * (dP - rowsum(dP * P)), in place; zero above the diagonal.
-                    for i in 0..<len {
-                        let pr = p + i * len, dr = dS + i * len
-                        var dot: Float = 0
-                        for j in 0...i { dot += pr[j] * dr[j] }
-                        for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
-                        for j in (i + 1)..<len { dr[j] = 0 }
+                    attentionProbabilities(p, q: qh, k: kh, shape: ss, sink: sinks.map { $0[h] }, block: block)
+                    // Per causal row block [i0, i1) (rows see keys [0, i1)), with P_b = P[i0..<i1, 0..<i1]:
+                    forEachCausalBlock(len, block: block) { i0, i1 in
+                        let m = i1 - i0, pb = p + i0 * len, db = dS + i0 * len
+                        // dP_b [m, i1] = dO[i0..<i1] V[0..<i1]^T
+                        BLAS.gemm(.none, .transpose, m: m, n: i1, k: d, a: dO + i0 * s.qDim, lda: s.qDim, b: vh, ldb: s.kvDim,
+                                  c: db, ldc: len, split: false)
+                        // dV[0..<i1] [i1, D] += P_b^T dO[i0..<i1]
+                        BLAS.gemm(.transpose, .none, m: i1, n: d, k: m, a: pb, lda: len, b: dO + i0 * s.qDim, ldb: s.qDim,
+                                  beta: 1, c: dvh, ldc: s.kvDim, split: false)
+                        // dS_b = P_b * (dP_b - rowsum(dP_b * P_b)), in place; zero above the diagonal.
+                        for i in i0..<i1 {
+                            let pr = p + i * len, dr = dS + i * len
+                            var dot: Float = 0
+                            for j in 0...i { dot += pr[j] * dr[j] }
+                            for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                            for j in (i + 1)..<i1 { dr[j] = 0 }
+                        }
+                        // dQ[i0..<i1] [m, D] = scale dS_b K[0..<i1];  dK[0..<i1] [i1, D] += scale dS_b^T Q[i0..<i1]
+                        BLAS.gemm(.none, .none, m: m, n: d, k: i1, alpha: scale, a: db, lda: len, b: kh, ldb: s.kvDim,
+                                  c: dqh + i0 * s.qDim, ldc: s.qDim, split: false)
+                        BLAS.gemm(.transpose, .none, m: i1, n: d, k: m, alpha: scale, a: db, lda: len, b: qh + i0 * s.qDim,
+                                  ldb: s.qDim, beta: 1, c: dkh, ldc: s.kvDim, split: false)
                     }
-                    // dQ = scale dS K;  dK += scale dS^T Q
-                    BLAS.gemm(.none, .none, m: len, n: d, k: len, alpha: scale, a: dS, lda: len, b: kh, ldb: s.kvDim,
-                              c: dqh, ldc: s.qDim, split: false)
-                    BLAS.gemm(.transpose, .none, m: len, n: d, k: len, alpha: scale, a: dS, lda: len, b: qh, ldb: s.qDim,
-                              beta: 1, c: dkh, ldc: s.kvDim, split: false)
                 }
             }
         }

@@ -177,9 +177,10 @@ public struct TrainBenchmark {
     /// The FLOPs a LoRA step on a frozen base counts (every row of the batch a position):
     /// each frozen product 2 * rows * in * out forward and the same again for the input
     /// gradient (no weight gradient); experts over rows * k assignments; the head over all
-    /// rows; attention's four T x T products per head and sequence (QK^T, PV forward; dP,
-    /// dV, dQ, dK backward), counted as full squares as the kernels compute them (2 * T * T * D
-    /// each). Not counted: LoRA's own products (r/in of the base's, about 1-3%),
+    /// rows; attention's six score-sized products per head and sequence (QK^T, PV forward; dP,
+    /// dV, dQ, dK backward), counted over the causal row blocks the kernels compute
+    /// (forEachCausalBlock: 2 * D * sum of (i1 - i0) * i1 each; a full T x T square with
+    /// MOE_TUNE_ATTENTION_BLOCK=0). Not counted: LoRA's own products (r/in of the base's, about 1-3%),
     /// recomputation (o_proj and P in backward), element-wise work.
     public static func countedFlops(model: Transformer, batch: Int, seq: Int) -> Double {
         let c = model.config
@@ -196,8 +197,10 @@ public struct TrainBenchmark {
             if let g = w.sharedExpertGate { perRow += mm(g) }
         }
         let linear = 2 * 2 * rows * perRow
+        var computed = 0
+        forEachCausalBlock(seq, block: causalBlock) { i0, i1 in computed += (i1 - i0) * i1 }
         let attention = Double(c.numLayers) * Double(batch) * Double(c.numHeads)
-            * 6 * 2 * Double(seq) * Double(seq) * Double(c.headDim)
+            * 6 * 2 * Double(computed) * Double(c.headDim)
         return linear + attention
     }
 }
