@@ -1,6 +1,7 @@
 // bfloat16 -> fp32 widening: the kernel under every product with a bf16 frozen base. A bf16
 // value is the top half of an fp32, so widening is a 16-bit shift and exact (NaN payloads,
 // infinities, subnormals and signed zeros included); every kernel gives the same bits.
+#include "dispatch.h"
 #include "ckernels.h"
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,20 +63,9 @@ static bf16_fn bf16_kernel_fn(int kernel) {
     return bf16_scalar;
 }
 
-// The best kernel this CPU runs, chosen once (MOE_TUNE_BF16_KERNEL=scalar|avx2|avx512 forces
-// one the CPU supports, to measure them side by side).
 static int bf16_best(void) {
     static int chosen = -1;
-    int k = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
-    if (k >= 0) return k;
-    k = mt_bf16_kernel_supported(2) ? 2 : (mt_bf16_kernel_supported(1) ? 1 : 0);
-    const char *env = getenv("MOE_TUNE_BF16_KERNEL");
-    if (env) {
-        int want = strcmp(env, "avx512") == 0 ? 2 : (strcmp(env, "avx2") == 0 ? 1 : (strcmp(env, "scalar") == 0 ? 0 : -1));
-        if (want >= 0 && mt_bf16_kernel_supported(want)) k = want;
-    }
-    __atomic_store_n(&chosen, k, __ATOMIC_RELAXED);
-    return k;
+    return mt_choose_kernel(&chosen, "MOE_TUNE_BF16_KERNEL", mt_bf16_kernel_supported);
 }
 
 void mt_bf16_widen(float *dst, const unsigned short *src, long n) { bf16_kernel_fn(bf16_best())(dst, src, n); }

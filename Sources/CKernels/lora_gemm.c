@@ -11,6 +11,7 @@
 //
 // AVX2+FMA chosen at run time (MOE_TUNE_LORA_KERNEL=scalar forces the scalar loop), as
 // nf4.c and packed_gemm.c do; no AVX-512 variant (no CPU here to measure one on).
+#include "dispatch.h"
 #include "ckernels.h"
 #include <stdlib.h>
 #include <string.h>
@@ -182,13 +183,7 @@ static lg_fn lg_kernel(int kernel) {
 
 static int lg_best(void) {
     static int chosen = -1;
-    int k = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
-    if (k >= 0) return k;
-    k = mt_lora_kernel_supported(1) ? 1 : 0;
-    const char *env = getenv("MOE_TUNE_LORA_KERNEL");
-    if (env && strcmp(env, "scalar") == 0) k = 0;
-    __atomic_store_n(&chosen, k, __ATOMIC_RELAXED);
-    return k;
+    return mt_choose_kernel(&chosen, "MOE_TUNE_LORA_KERNEL", mt_lora_kernel_supported);
 }
 
 const char *mt_lora_kernel(void) { return lg_best() == 1 ? "avx2" : "scalar"; }

@@ -1,4 +1,5 @@
 // NF4 dequantization (bitsandbytes' layout): the kernel under every QLoRA product.
+#include "dispatch.h"
 #include "ckernels.h"
 #include <stdint.h>
 #include <stdlib.h>
@@ -115,20 +116,9 @@ static nf4_fn nf4_kernel_fn(int kernel) {
     return nf4_scalar;
 }
 
-// The best kernel this CPU runs, chosen once (MOE_TUNE_NF4_KERNEL=scalar|avx2|avx512 forces one
-// the CPU supports, to measure them side by side).
 static int nf4_best(void) {
     static int chosen = -1;
-    int k = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
-    if (k >= 0) return k;
-    k = mt_nf4_kernel_supported(2) ? 2 : (mt_nf4_kernel_supported(1) ? 1 : 0);
-    const char *env = getenv("MOE_TUNE_NF4_KERNEL");
-    if (env) {
-        int want = strcmp(env, "avx512") == 0 ? 2 : (strcmp(env, "avx2") == 0 ? 1 : (strcmp(env, "scalar") == 0 ? 0 : -1));
-        if (want >= 0 && mt_nf4_kernel_supported(want)) k = want;
-    }
-    __atomic_store_n(&chosen, k, __ATOMIC_RELAXED);
-    return k;
+    return mt_choose_kernel(&chosen, "MOE_TUNE_NF4_KERNEL", mt_nf4_kernel_supported);
 }
 
 void mt_nf4_dequant(float *dst, const unsigned char *packed, long lo, long hi, const float *code16,

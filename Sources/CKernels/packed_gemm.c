@@ -4,6 +4,7 @@
 // is packed or allocated per call. Register block 6 x 16 (AVX2+FMA: 12 accumulators), AVX-512
 // 6 x 32 is not written (no CPU here to measure it on); a scalar loop elsewhere. Chosen at run
 // time as nf4.c does.
+#include "dispatch.h"
 #include "ckernels.h"
 #include <stdlib.h>
 #include <string.h>
@@ -119,13 +120,7 @@ static tile_fn packed_tile(int kernel) {
 
 static int packed_best(void) {
     static int chosen = -1;
-    int k = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
-    if (k >= 0) return k;
-    k = mt_packed_kernel_supported(1) ? 1 : 0;
-    const char *env = getenv("MOE_TUNE_PACKED_KERNEL");
-    if (env && strcmp(env, "scalar") == 0) k = 0;
-    __atomic_store_n(&chosen, k, __ATOMIC_RELAXED);
-    return k;
+    return mt_choose_kernel(&chosen, "MOE_TUNE_PACKED_KERNEL", mt_packed_kernel_supported);
 }
 
 const char *mt_packed_kernel(void) { return packed_best() == 1 ? "avx2" : "scalar"; }
