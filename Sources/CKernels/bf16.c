@@ -46,14 +46,7 @@ static void bf16_avx512(float *dst, const uint16_t *src, long n) {
 
 typedef void (*bf16_fn)(float *, const uint16_t *, long);
 
-int mt_bf16_kernel_supported(int kernel) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (kernel == 2) return __builtin_cpu_supports("avx512f") ? 1 : 0;
-    if (kernel == 1) return __builtin_cpu_supports("avx2") ? 1 : 0;
-#endif
-    return kernel == 0;
-}
+int mt_bf16_kernel_supported(int kernel) { return mt_x86_level_supported(kernel); }
 
 static bf16_fn bf16_kernel_fn(int kernel) {
 #if defined(__x86_64__)

@@ -14,3 +14,12 @@ int mt_choose_kernel(int *chosen, const char *env_name, int (*supported)(int)) {
     __atomic_store_n(chosen, k, __ATOMIC_RELAXED);
     return k;
 }
+
+int mt_x86_level_supported(int kernel) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (kernel == 2) return __builtin_cpu_supports("avx512f") ? 1 : 0;
+    if (kernel == 1) return __builtin_cpu_supports("avx2") ? 1 : 0;
+#endif
+    return kernel == 0;
+}

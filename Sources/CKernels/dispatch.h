@@ -8,4 +8,7 @@
 // measure them side by side.
 int mt_choose_kernel(int *chosen, const char *env_name, int (*supported)(int));
 
+// Whether the CPU runs variant `kernel`: 2 = AVX-512F, 1 = AVX2, 0 = scalar (always).
+int mt_x86_level_supported(int kernel);
+
 #endif

@@ -99,14 +99,7 @@ static void nf4_avx512(float *dst, const unsigned char *packed, long lo, long hi
 typedef void (*nf4_fn)(float *, const unsigned char *, long, long, const float *, const float *,
                        const unsigned char *, const float *, const float *, float);
 
-int mt_nf4_kernel_supported(int kernel) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (kernel == 2) return __builtin_cpu_supports("avx512f") ? 1 : 0;
-    if (kernel == 1) return __builtin_cpu_supports("avx2") ? 1 : 0;
-#endif
-    return kernel == 0;
-}
+int mt_nf4_kernel_supported(int kernel) { return mt_x86_level_supported(kernel); }
 
 static nf4_fn nf4_kernel_fn(int kernel) {
 #if defined(__x86_64__)

@@ -18,33 +18,63 @@ public enum AtomicFile {
     }
 
     public static func write(_ data: Data, to path: String) throws {
-        let tmp = temporaryPath(for: path)
-        unlink(tmp)
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw error(errno, path: path, bytes: data.count) }
-        do {
-            try writeAll(fd: fd, data: data, path: path)
-            guard fsync(fd) == 0 else { throw error(errno, path: path, bytes: data.count) }
-            close(fd)
-        } catch {
-            close(fd)
-            unlink(tmp)
-            throw error
-        }
-        guard rename(tmp, path) == 0 else {
-            let e = errno
-            unlink(tmp)
-            throw error(e, path: path, bytes: data.count)
-        }
-        syncDirectory(of: path)
+        let file = try Stream(path: path, totalBytes: data.count)
+        try file.append(data)
+        try file.finish()
     }
 
-    /// Writes every byte of `data` to `fd` (retrying short writes and EINTR); an error
-    /// reports `reportBytes` (the whole file's size) or the data's.
-    static func writeAll(fd: Int32, data: Data, path: String, reportBytes: Int? = nil) throws {
-        try data.withUnsafeBytes { try writeAll(fd: fd, bytes: $0, path: path, reportBytes: reportBytes) }
+    /// A file written in pieces under the same rules: opened under its temporary name,
+    /// appended to, then fsynced and renamed into place by `finish`. A failed append,
+    /// `abort`, or dropping it unfinished removes the temporary. Errors report `totalBytes`,
+    /// the whole file's size.
+    public final class Stream {
+        public let path: String
+        public let totalBytes: Int
+        private let tmp: String
+        private var fd: Int32
+
+        public init(path: String, totalBytes: Int) throws {
+            self.path = path
+            self.totalBytes = totalBytes
+            tmp = AtomicFile.temporaryPath(for: path)
+            unlink(tmp)
+            fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw AtomicFile.error(errno, path: path, bytes: totalBytes) }
+        }
+
+        deinit { abort() }
+
+        /// False once finished or aborted.
+        public var isOpen: Bool { fd >= 0 }
+
+        public func append(_ bytes: UnsafeRawBufferPointer) throws {
+            do { try AtomicFile.writeAll(fd: fd, bytes: bytes, path: path, reportBytes: totalBytes) } catch { abort(); throw error }
+        }
+
+        public func append(_ data: Data) throws { try data.withUnsafeBytes { try append($0) } }
+
+        public func finish() throws {
+            guard fsync(fd) == 0 else { let e = errno; abort(); throw AtomicFile.error(e, path: path, bytes: totalBytes) }
+            close(fd)
+            fd = -1
+            guard rename(tmp, path) == 0 else {
+                let e = errno
+                unlink(tmp)
+                throw AtomicFile.error(e, path: path, bytes: totalBytes)
+            }
+            AtomicFile.syncDirectory(of: path)
+        }
+
+        public func abort() {
+            guard fd >= 0 else { return }
+            close(fd)
+            fd = -1
+            unlink(tmp)
+        }
     }
 
+    /// Writes every byte to `fd` (retrying short writes and EINTR); an error reports
+    /// `reportBytes` (the whole file's size) or the bytes'.
     static func writeAll(fd: Int32, bytes raw: UnsafeRawBufferPointer, path: String, reportBytes: Int? = nil) throws {
         if let e = injectedError?(path) { throw error(e, path: path, bytes: reportBytes ?? raw.count) }
         var done = 0

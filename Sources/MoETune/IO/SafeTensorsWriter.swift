@@ -83,25 +83,15 @@ public struct SafeTensorsWriter {
 public final class SafeTensorsStreamWriter {
     /// The tensors in the order their bytes must be written (sorted by name).
     public let order: [SafeTensorsWriter.Layout]
-    private let path: String
-    private let tmp: String
-    private var fd: Int32
+    private let file: AtomicFile.Stream
     private var next = 0
-    private let total: Int
 
     public init(path: String, tensors: [SafeTensorsWriter.Layout], metadata: [String: String] = ["format": "pt"]) throws {
         order = tensors.sorted { $0.name < $1.name }
-        self.path = path
-        tmp = AtomicFile.temporaryPath(for: path)
         let header = try SafeTensorsWriter.header(order, metadata: metadata)
-        total = header.count + order.reduce(0) { $0 + $1.byteCount }
-        unlink(tmp)
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw AtomicFile.error(errno, path: path, bytes: total) }
-        do { try AtomicFile.writeAll(fd: fd, data: header, path: path, reportBytes: total) } catch { abort(); throw error }
+        file = try AtomicFile.Stream(path: path, totalBytes: header.count + order.reduce(0) { $0 + $1.byteCount })
+        try file.append(header)
     }
-
-    deinit { abort() }
 
     /// The name of the tensor whose bytes come next, nil once all are written.
     public var nextTensor: SafeTensorsWriter.Layout? { next < order.count ? order[next] : nil }
@@ -109,34 +99,19 @@ public final class SafeTensorsStreamWriter {
     /// Writes the bytes of the next tensor (`name`, exactly its byte count).
     public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
         guard let t = nextTensor, t.name == name, bytes.count == t.byteCount else {
-            throw MoETuneError.invalid("internal: safetensors stream to \(path) expected \(nextTensor.map { "\($0.name) (\($0.byteCount) bytes)" } ?? "no more tensors"), got \(name) (\(bytes.count) bytes)")
+            throw MoETuneError.invalid("internal: safetensors stream to \(file.path) expected \(nextTensor.map { "\($0.name) (\($0.byteCount) bytes)" } ?? "no more tensors"), got \(name) (\(bytes.count) bytes)")
         }
-        do { try AtomicFile.writeAll(fd: fd, bytes: bytes, path: path, reportBytes: total) } catch { abort(); throw error }
+        try file.append(bytes)
         next += 1
     }
 
     /// Checks every tensor was written, then fsyncs and renames the file into place.
     public func finish() throws {
-        guard fd >= 0 else { throw MoETuneError.invalid("internal: safetensors stream to \(path) was abandoned") }
+        guard file.isOpen else { throw MoETuneError.invalid("internal: safetensors stream to \(file.path) was abandoned") }
         guard next == order.count else {
-            abort()
-            throw MoETuneError.invalid("internal: safetensors stream to \(path) finished after \(next) of \(order.count) tensors")
+            file.abort()
+            throw MoETuneError.invalid("internal: safetensors stream to \(file.path) finished after \(next) of \(order.count) tensors")
         }
-        guard fsync(fd) == 0 else { let e = errno; abort(); throw AtomicFile.error(e, path: path, bytes: total) }
-        close(fd)
-        fd = -1
-        guard rename(tmp, path) == 0 else {
-            let e = errno
-            unlink(tmp)
-            throw AtomicFile.error(e, path: path, bytes: total)
-        }
-        AtomicFile.syncDirectory(of: path)
-    }
-
-    private func abort() {
-        guard fd >= 0 else { return }
-        close(fd)
-        fd = -1
-        unlink(tmp)
+        try file.finish()
     }
 }

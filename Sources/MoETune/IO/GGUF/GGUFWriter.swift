@@ -112,64 +112,40 @@ public struct GGUFWriter {
 /// rules); a writer dropped before `finish` removes its temporary.
 public final class GGUFStreamWriter {
     public let tensors: [GGUFWriter.Layout]
-    private let path: String
-    private let tmp: String
-    private var fd: Int32
+    private let file: AtomicFile.Stream
     private var next = 0
     private let alignment: Int
-    public let totalBytes: Int
+    public var totalBytes: Int { file.totalBytes }
 
     public init(path: String, metadata: [(String, GGUFValue)], tensors: [GGUFWriter.Layout], alignment: Int = 32) throws {
         self.tensors = tensors
-        self.path = path
         self.alignment = alignment
-        tmp = AtomicFile.temporaryPath(for: path)
         let header = GGUFWriter.header(metadata: metadata, tensors: tensors, alignment: alignment)
-        totalBytes = header.count + tensors.reduce(0) { $0 + ($1.byteCount + alignment - 1) / alignment * alignment }
-        unlink(tmp)
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw AtomicFile.error(errno, path: path, bytes: totalBytes) }
-        do { try AtomicFile.writeAll(fd: fd, data: header, path: path, reportBytes: totalBytes) } catch { abort(); throw error }
+        file = try AtomicFile.Stream(path: path, totalBytes: header.count + tensors.reduce(0) { $0 + ($1.byteCount + alignment - 1) / alignment * alignment })
+        try file.append(header)
     }
-
-    deinit { abort() }
 
     /// Writes the data of the next tensor (`name`, exactly its byte count) and its padding.
     public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
         guard next < tensors.count, tensors[next].name == name, bytes.count == tensors[next].byteCount else {
-            throw MoETuneError.invalid("internal: GGUF stream to \(path) expected \(next < tensors.count ? "\(tensors[next].name) (\(tensors[next].byteCount) bytes)" : "no more tensors"), got \(name) (\(bytes.count) bytes)")
+            throw MoETuneError.invalid("internal: GGUF stream to \(file.path) expected \(next < tensors.count ? "\(tensors[next].name) (\(tensors[next].byteCount) bytes)" : "no more tensors"), got \(name) (\(bytes.count) bytes)")
         }
         let padding = [UInt8](repeating: 0, count: (alignment - bytes.count % alignment) % alignment)
-        do {
-            try AtomicFile.writeAll(fd: fd, bytes: bytes, path: path, reportBytes: totalBytes)
-            try padding.withUnsafeBytes { try AtomicFile.writeAll(fd: fd, bytes: $0, path: path, reportBytes: totalBytes) }
-        } catch { abort(); throw error }
+        try file.append(bytes)
+        try padding.withUnsafeBytes { try file.append($0) }
         next += 1
     }
 
     /// Checks every tensor was written, then fsyncs and renames the file into place.
     public func finish() throws {
-        guard fd >= 0 else { throw MoETuneError.invalid("internal: GGUF stream to \(path) was abandoned") }
+        guard file.isOpen else { throw MoETuneError.invalid("internal: GGUF stream to \(file.path) was abandoned") }
         guard next == tensors.count else {
-            abort()
-            throw MoETuneError.invalid("internal: GGUF stream to \(path) finished after \(next) of \(tensors.count) tensors")
+            file.abort()
+            throw MoETuneError.invalid("internal: GGUF stream to \(file.path) finished after \(next) of \(tensors.count) tensors")
         }
-        guard fsync(fd) == 0 else { let e = errno; abort(); throw AtomicFile.error(e, path: path, bytes: totalBytes) }
-        close(fd)
-        fd = -1
-        guard rename(tmp, path) == 0 else {
-            let e = errno
-            unlink(tmp)
-            throw AtomicFile.error(e, path: path, bytes: totalBytes)
-        }
-        AtomicFile.syncDirectory(of: path)
+        try file.finish()
     }
 
     /// Closes and removes the temporary (a failed or abandoned write).
-    public func abort() {
-        guard fd >= 0 else { return }
-        close(fd)
-        fd = -1
-        unlink(tmp)
-    }
+    public func abort() { file.abort() }
 }
