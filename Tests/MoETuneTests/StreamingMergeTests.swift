@@ -275,6 +275,8 @@ extension StreamingMergeTests {
         let q = tmp + "/nf4"
         _ = try Quantizer.quantize(modelDir: src, outDir: q)
         XCTAssertNoThrow(try Merger.checkBase(Checkpoint(directory: q)))
+        // ... and a folder bitsandbytes itself wrote (transformers' save_pretrained, 4-bit llama).
+        XCTAssertNoThrow(try Merger.checkBase(Checkpoint(directory: Fixtures.dir("nf4") + "/llama-4bit")))
         // An adapter on a 4-bit weight cannot be folded in: a one-line refusal naming it (it
         // ended in "internal: merged 0 modules but the adapters hold 8"), nothing written.
         assertMoETuneError(try Merger.merge(modelDir: q, adapters: [(Fixtures.dir("bf16-base"), 1)], outDir: tmp + "/nf4-merged"),

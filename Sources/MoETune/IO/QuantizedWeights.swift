@@ -65,7 +65,7 @@ extension Checkpoint {
         let stateInfo = try need(stateName)
         // The state is a few hundred bytes of JSON; a larger one is not bitsandbytes'.
         guard stateInfo.byteCount <= 1 << 16,
-              let state = try? JSONDecoder().decode(BnbQuantState.self, from: SafeTensorsFile(path: path(of: stateName)).bytesCopy(stateInfo)) else {
+              let bytes = storedBytes(stateName), let state = try? JSONDecoder().decode(BnbQuantState.self, from: bytes) else {
             throw MoETuneError.file(path: file, message: "\(name): unreadable bitsandbytes quant state")
         }
         guard state.quant_type == "nf4" else {
@@ -108,7 +108,10 @@ extension Checkpoint {
         let state = try checkBnb4bit(name, shape: shape)
         let cols = shape.last ?? 1, rows = shape.dropLast().reduce(1, *)
         let n = rows * cols, nblocks = (n + 63) / 64
-        func raw(_ n: String) throws -> Data { try SafeTensorsFile(path: path(of: n)).bytesCopy(info(n)!) }
+        func raw(_ n: String) throws -> Data {
+            guard let d = storedBytes(n) else { throw MoETuneError.file(path: path(of: name), message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
+            return d
+        }
         let packedBytes = try raw(name)
         let packed = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, (n + 1) / 2))
         packedBytes.withUnsafeBytes { packed.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: (n + 1) / 2) }
@@ -130,7 +133,7 @@ extension Checkpoint {
     func floatsCopy(_ n: String) throws -> [Float] {
         guard let info = info(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
         var out = [Float](repeating: 0, count: info.count)
-        let bytes = try SafeTensorsFile(path: path(of: n)).bytesCopy(info)
+        guard let bytes = storedBytes(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
         let ok = bytes.withUnsafeBytes { src in
             out.withUnsafeMutableBufferPointer { FloatConversion.toFloat(src.baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!) }
         }
