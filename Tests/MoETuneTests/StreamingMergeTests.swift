@@ -259,7 +259,10 @@ extension StreamingMergeTests {
         let u8Expert = try broken(src, "u8-expert") { edit(w2, &$0) { $0.dtype = .u8; $0.shape = [64 * 96 / 2]; $0.data = $0.data.prefix(64 * 96 / 2) } }
         let swapped = try broken(src, "swapped-expert") { edit(w2, &$0) { $0.shape = [96, 64] } }
         let noExpert = try broken(src, "no-expert") { $0.removeAll { $0.name == w2 } }
+        // Byte length: data_offsets 4 bytes short of [64, 96] F32 (refused when the header is read).
+        let shortExpert = try broken(src, "short-expert") { edit(w2, &$0) { $0.data = $0.data.dropLast(4) } }
         for (dir, fragments) in [(intExpert, [w2, "dtype I32", "float type"]), (u8Expert, [w2, "dtype U8", "quant_state"]),
+                                 (shortExpert, [w2, "needs 24576 bytes but data_offsets give 24572"]),
                                  (swapped, [w2, "shape [96, 64]", "expected [64, 96]"]), (noExpert, [w2, "not found"])] {
             for adapter in ["peft-out-mixtral", "bf16-base"] {
                 assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(Fixtures.dir(adapter), 1)], outDir: dir + "-merged"),
