@@ -19,6 +19,7 @@ let maxNewTokensLimit = 1 << 20
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
         try BLAS.checkGEMMRequest()
+        _ = try causalBlockRows()
         try body()
     } catch let error as MoETuneError {
         FileHandle.standardError.write(Data("moe-tune: error: \(error.description)\n".utf8))

@@ -10,7 +10,8 @@ var moeTuneBinary: String {
 }
 
 /// Runs moe-tune to the end; stdout and stderr go through files (no pipe can fill up).
-func runMoETune(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+/// `environment`: variables set for this run on top of the test's own.
+func runMoETune(_ args: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
     guard FileManager.default.isExecutableFile(atPath: moeTuneBinary) else {
         throw MoETuneError.invalid("moe-tune is not built at \(moeTuneBinary); run `swift build --build-tests` first")
     }
@@ -22,6 +23,7 @@ func runMoETune(_ args: [String]) throws -> (status: Int32, out: String, err: St
     let p = Process()
     p.executableURL = URL(fileURLWithPath: moeTuneBinary)
     p.arguments = args
+    if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     p.standardOutput = FileHandle(forWritingAtPath: dir + "/out")
     p.standardError = FileHandle(forWritingAtPath: dir + "/err")
     try p.run()

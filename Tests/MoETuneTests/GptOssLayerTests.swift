@@ -114,3 +114,23 @@ final class GptOssLayerTests: XCTestCase {
         XCTAssertLessThan(eGrad, 1e-4)
     }
 }
+
+extension GptOssLayerTests {
+    /// Review: MOE_TUNE_ATTENTION_BLOCK=abc (or -8) was taken silently as 64; now refused in one
+    /// line naming the variable and what it accepts, by the library check and at the CLI's start.
+    func testAttentionBlockSwitchIsChecked() throws {
+        XCTAssertEqual(try causalBlockRows([:]), 64)
+        for (v, n) in [("0", 0), ("1", 1), ("64", 64), ("100000", 100_000)] {
+            XCTAssertEqual(try causalBlockRows(["MOE_TUNE_ATTENTION_BLOCK": v]), n)
+        }
+        for v in ["abc", "-8", "", "64 ", "1.5", "sixty-four", "99999999999999999999999"] {
+            assertMoETuneError(try causalBlockRows(["MOE_TUNE_ATTENTION_BLOCK": v]),
+                               contains: ["MOE_TUNE_ATTENTION_BLOCK=\(v):", "whole number", ">= 0"])
+        }
+        let r = try runMoETune(["tokenize", "--model", Fixtures.dir("mixtral"), "--data", "/nonexistent.jsonl"],
+                               environment: ["MOE_TUNE_ATTENTION_BLOCK": "abc"])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.hasPrefix("moe-tune: error: MOE_TUNE_ATTENTION_BLOCK=abc: expected a whole number"), r.err)
+        XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+    }
+}

@@ -36,10 +36,36 @@ final class HostileSizeTests: XCTestCase {
 
     func testABatchThatCannotFitIsRefusedWithAnEstimate() throws {
         let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
-        let bytes = MemoryEstimate.trainingBytes(config: model.config, rows: 10_000_000, seq: 512)
-        XCTAssertGreaterThan(bytes, MemoryEstimate.physicalBytes ?? 0)
-        XCTAssertLessThan(MemoryEstimate.trainingBytes(config: model.config, rows: 4, seq: 32), 1e8)
-        XCTAssertTrue(bytes.isFinite)
+        for chunk in [nil, ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize)] {
+            let bytes = MemoryEstimate.trainingBytes(config: model.config, rows: 10_000_000, seq: 512, headChunkRows: chunk)
+            XCTAssertGreaterThan(bytes, MemoryEstimate.physicalBytes ?? 0)
+            XCTAssertLessThan(MemoryEstimate.trainingBytes(config: model.config, rows: 4, seq: 32, headChunkRows: chunk), 1e8)
+            XCTAssertTrue(bytes.isFinite)
+        }
+    }
+
+    /// Review: the estimate counted the whole [N, V] logits, doubled, although training runs
+    /// the head in row chunks (one [chunk, V] buffer, d logits written over it). It now counts
+    /// the logits buffer a ForwardState allocates: chunk x V when chunked, N x V when whole (a
+    /// head adapter with dropout), once. Checked against the buffer itself and by hand (exact:
+    /// the counts are whole numbers far below 2^53).
+    func testEstimateCountsTheLogitsBufferTheStateAllocates() throws {
+        let c = try Transformer.load(directory: Fixtures.dir("mixtral")).config
+        let v = c.vocabSize, seq = 64
+        let defaultChunk = ForwardState.defaultHeadChunkRows(vocab: v)
+        let rows = defaultChunk / seq + 3   // N = rows x seq > the default chunk: chunking matters
+        let n = rows * seq
+        for chunk in [nil, defaultChunk, 100, 1, n + 5] as [Int?] {
+            let state = ForwardState(config: c, batch: rows, seq: seq, training: true, loraRank: 8, headChunkRows: chunk)
+            let expected = (chunk.map { min($0, n) } ?? n) * v
+            XCTAssertEqual(state.logits.count, expected, "\(String(describing: chunk))")
+            XCTAssertEqual(MemoryEstimate.logitsFloats(config: c, rows: rows, seq: seq, headChunkRows: chunk), Double(expected))
+            // The rest of the estimate does not depend on the head: whole minus chunked is
+            // exactly the logits saved, 4 bytes each, counted once.
+            let whole = MemoryEstimate.trainingBytes(config: c, rows: rows, seq: seq, headChunkRows: nil)
+            let got = MemoryEstimate.trainingBytes(config: c, rows: rows, seq: seq, headChunkRows: chunk)
+            XCTAssertEqual(whole - got, 4 * Double(n * v - expected), "\(String(describing: chunk))")
+        }
     }
 
     func testALineLongerThanTheLimitIsRefusedWithFileAndLine() throws {

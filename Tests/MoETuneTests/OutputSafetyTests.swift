@@ -50,6 +50,59 @@ final class OutputSafetyTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: adapterCopy + "/adapter_model.safetensors"))
     }
 
+    /// Review: an --out inside the model's or an adapter's folder (`--out BASE/sub`) was
+    /// written for Hugging Face output (merge, quantize): a later load of that model folder
+    /// would scan it. Refused now for every output format, as GGUF output already was, in one
+    /// line naming both paths, also through a symbolic link to the input and when nested deeper.
+    func testOutputInsideAnInputIsRefused() throws {
+        let dir = try makeTempDir(self)
+        let model = dir + "/models/mixtral", adapterCopy = dir + "/models/adapter", link = dir + "/link"
+        try FileManager.default.createDirectory(atPath: dir + "/models", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Fixtures.dir("mixtral"), toPath: model)
+        try FileManager.default.copyItem(atPath: adapter, toPath: adapterCopy)
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: model)
+        let ggufModel = dir + "/models/mixtral.gguf"
+        try FileManager.default.copyItem(atPath: Fixtures.dir("gguf/arch/mixtral.gguf"), toPath: ggufModel)
+        let before = try FileManager.default.subpathsOfDirectory(atPath: dir + "/models").sorted()
+        for (out, input) in [(model + "/sub", model), (model + "/sub/deeper", model), (link + "/sub", model),
+                             (adapterCopy + "/sub", adapterCopy), (model + "/../adapter/sub", adapterCopy)] {
+            for overwrite in [false, true] {
+                assertMoETuneError(try merge(out, model: model, adapter: adapterCopy, overwrite: overwrite),
+                                   contains: [out, "--out lies inside the input", input])
+            }
+            if input == model {
+                assertMoETuneError(try Quantizer.quantize(modelDir: model, outDir: out, overwrite: true),
+                                   contains: [out, "--out lies inside the input", model])
+            }
+            // GGUF outputs (merge --format gguf from a folder or a GGUF file, export-lora).
+            let g = out + ".gguf"
+            assertMoETuneError(try GGUFExport.mergedModel(model: model, adapters: [(adapterCopy, 1)], out: g, type: .f32, overwrite: true),
+                               contains: [g, "lies inside the input"])
+            assertMoETuneError(try GGUFExport.loraAdapter(model: model, adapter: adapterCopy, out: g, overwrite: true),
+                               contains: [g, "lies inside the input"])
+            if input == adapterCopy {
+                assertMoETuneError(try GGUFExport.mergedModel(model: ggufModel, adapters: [(adapterCopy, 1)], out: g, type: .f32, overwrite: true),
+                                   contains: [g, "lies inside the input", adapterCopy])
+                assertMoETuneError(try GGUFExport.loraAdapter(model: ggufModel, adapter: adapterCopy, out: g, overwrite: true),
+                                   contains: [g, "lies inside the input", adapterCopy])
+            }
+        }
+        // The command line: one line naming both, exit 1.
+        for args in [["merge", "--model", model, "--adapter", adapterCopy, "--out", model + "/merged"],
+                     ["quantize", "--model", model, "--out", model + "/nf4"],
+                     ["merge", "--model", model, "--adapter", adapterCopy, "--format", "gguf", "--out", adapterCopy + "/m.gguf"]] {
+            let r = try runMoETune(args)
+            XCTAssertEqual(r.status, 1, r.err)
+            XCTAssertTrue(r.err.hasPrefix("moe-tune: error: \(args.last!): --out "), r.err)
+            XCTAssertTrue(r.err.contains("lies inside the input"), r.err)
+            XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+        }
+        // Nothing was written into the inputs.
+        XCTAssertEqual(try FileManager.default.subpathsOfDirectory(atPath: dir + "/models").sorted(), before)
+        // A sibling of the model folder is fine.
+        XCTAssertNoThrow(try merge(dir + "/models/merged", model: model, adapter: adapterCopy))
+    }
+
     func testOverwriteReplacesOnlyMoETuneFolders() throws {
         let dir = try makeTempDir(self)
         let foreign = dir + "/foreign"

@@ -225,3 +225,85 @@ extension StreamingMergeTests {
         XCTAssertNil([Float(1e30)].withUnsafeBufferPointer { GGMLQuantize.firstOverflow(.bf16, $0.baseAddress!, count: 1) })
     }
 }
+
+extension StreamingMergeTests {
+    /// Review: a linear weight the adapter does not touch was copied as it was whatever its
+    /// dtype when that was not a float type (taken for bitsandbytes 4-bit bytes without a
+    /// look), so an I32 expert or a U8 one without a quant state, or 4-bit data whose quant
+    /// state or sizes disagree with config.json, was written into the merged model; loading
+    /// refuses each. Now refused by merge too, naming the tensor, from the tensor tables and the
+    /// small quant state only (Checkpoint.checkBnb4bit). bf16-base adapts attention only, so
+    /// the broken expert is untouched; peft-out-mixtral adapts it too (that case used to end in
+    /// "internal: merged 34 modules but the adapters hold 35").
+    func testUntouchedTensorsAreCheckedAsLoadingChecksThem() throws {
+        let tmp = try makeTempDir(self)
+        func broken(_ src: String, _ dir: String, _ edit: (inout [SafeTensorsWriter.Entry]) -> Void) throws -> String {
+            let file = try SafeTensorsFile(path: src + "/model.safetensors")
+            let out = tmp + "/" + dir
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: src + "/config.json", toPath: out + "/config.json")
+            var entries = file.tensors.values.map { SafeTensorsWriter.Entry(name: $0.name, dtype: $0.dtype, shape: $0.shape, data: Data(file.bytes(of: $0))) }
+            edit(&entries)
+            var w = SafeTensorsWriter()
+            w.entries = entries
+            try w.write(to: out + "/model.safetensors")
+            return out
+        }
+        let w2 = "model.layers.0.block_sparse_moe.experts.1.w2.weight"   // [64, 96], untouched
+        func edit(_ name: String, _ e: inout [SafeTensorsWriter.Entry], _ change: (inout SafeTensorsWriter.Entry) -> Void) {
+            change(&e[e.firstIndex { $0.name == name }!])
+        }
+        // A full-precision base, merged end to end.
+        let src = Fixtures.dir("mixtral")
+        let intExpert = try broken(src, "int-expert") { edit(w2, &$0) { $0.dtype = .i32 } }
+        let u8Expert = try broken(src, "u8-expert") { edit(w2, &$0) { $0.dtype = .u8; $0.shape = [64 * 96 / 2]; $0.data = $0.data.prefix(64 * 96 / 2) } }
+        let swapped = try broken(src, "swapped-expert") { edit(w2, &$0) { $0.shape = [96, 64] } }
+        let noExpert = try broken(src, "no-expert") { $0.removeAll { $0.name == w2 } }
+        // Byte length: data_offsets 4 bytes short of [64, 96] F32 (refused when the header is read).
+        let shortExpert = try broken(src, "short-expert") { edit(w2, &$0) { $0.data = $0.data.dropLast(4) } }
+        for (dir, fragments) in [(intExpert, [w2, "dtype I32", "float type"]), (u8Expert, [w2, "dtype U8", "quant_state"]),
+                                 (shortExpert, [w2, "needs 24576 bytes but data_offsets give 24572"]),
+                                 (swapped, [w2, "shape [96, 64]", "expected [64, 96]"]), (noExpert, [w2, "not found"])] {
+            for adapter in ["peft-out-mixtral", "bf16-base"] {
+                assertMoETuneError(try Merger.merge(modelDir: dir, adapters: [(Fixtures.dir(adapter), 1)], outDir: dir + "-merged"),
+                                   contains: fragments)
+                XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "-merged"), dir)
+            }
+        }
+        // The untouched base merges (the check refuses only what is wrong).
+        XCTAssertNoThrow(try Merger.merge(modelDir: src, adapters: [(Fixtures.dir("bf16-base"), 1)], outDir: tmp + "/ok-merged"))
+
+        // A bitsandbytes 4-bit base (`moe-tune quantize`): merge's base check (Merger.checkBase,
+        // the first thing merge and merge --format gguf do) against loading.
+        let q = tmp + "/nf4"
+        _ = try Quantizer.quantize(modelDir: src, outDir: q)
+        XCTAssertNoThrow(try Merger.checkBase(Checkpoint(directory: q)))
+        // ... and a folder bitsandbytes itself wrote (transformers' save_pretrained, 4-bit llama).
+        XCTAssertNoThrow(try Merger.checkBase(Checkpoint(directory: Fixtures.dir("nf4") + "/llama-4bit")))
+        // An adapter on a 4-bit weight cannot be folded in: a one-line refusal naming it (it
+        // ended in "internal: merged 0 modules but the adapters hold 8"), nothing written.
+        assertMoETuneError(try Merger.merge(modelDir: q, adapters: [(Fixtures.dir("bf16-base"), 1)], outDir: tmp + "/nf4-merged"),
+                           contains: ["self_attn", "bitsandbytes 4-bit", "merge into the original full-precision checkpoint"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/nf4-merged"))
+        let stateName = w2 + ".quant_state.bitsandbytes__nf4"
+        let short = try broken(q, "nf4-short") { edit(w2, &$0) { $0.shape = [$0.shape.reduce(1, *) - 1]; $0.data = $0.data.dropLast() } }
+        let stateShape = try broken(q, "nf4-state-shape") {
+            edit(stateName, &$0) { e in
+                let text = String(decoding: e.data, as: UTF8.self).replacingOccurrences(of: "[64, 96]", with: "[96, 64]")
+                    .replacingOccurrences(of: "[64,96]", with: "[96,64]")
+                e.data = Data(text.utf8)
+                e.shape = [e.data.count]
+            }
+        }
+        let noAbsmax = try broken(q, "nf4-no-absmax") { $0.removeAll { $0.name == w2 + ".absmax" } }
+        let fewScales = try broken(q, "nf4-few-scales") { edit(w2 + ".absmax", &$0) { $0.shape = [$0.shape[0] - 1]; $0.data = $0.data.prefix($0.shape[0] * $0.dtype.size) } }
+        for (dir, fragments) in [(short, [w2, "packed 4-bit data of 3071 bytes, expected 3072"]),
+                                 (stateShape, [w2, "4-bit weight of shape [96, 64], expected [64, 96]"]),
+                                 (noAbsmax, [w2 + ".absmax", "missing"]),
+                                 (fewScales, [w2 + ".absmax", "expected"])] {
+            assertMoETuneError(try Merger.checkBase(Checkpoint(directory: dir)), contains: fragments)
+            // Loading refuses the same.
+            XCTAssertThrowsError(try Transformer.load(directory: dir), dir)
+        }
+    }
+}

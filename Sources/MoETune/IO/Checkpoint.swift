@@ -108,6 +108,14 @@ public final class Checkpoint: @unchecked Sendable {
         return location[name]?.info
     }
 
+    /// A copy of the stored bytes of `name` (safetensors), from the file mapped when the
+    /// checkpoint was opened (no header parsed again); its mapped pages are released after.
+    func storedBytes(_ name: String) -> Data? {
+        guard let (i, info) = location[name] else { return nil }
+        defer { files[i].release(info) }
+        return files[i].bytesCopy(info)
+    }
+
     /// The file holding `name`, for error messages.
     public func path(of name: String) -> String {
         location[name].map { files[$0.file].path } ?? directory

@@ -48,17 +48,24 @@ extension Checkpoint {
         try readBnb4bit(name, shape: [rows, cols])
     }
 
-    /// A 4-bit tensor of any shape (the fused experts [E, 2*I, H] of `moe-tune quantize`)
-    /// as one NF4Weight of rows = all but the last dimension, cols = the last.
-    func readBnb4bit(_ name: String, shape: [Int]) throws -> NF4Weight {
+    /// Checks a bitsandbytes 4-bit weight against `shape` from its tensor table and its small
+    /// JSON quant state alone (no packed data or scales read): NF4 in blocks of 64, the state's
+    /// shape, the packed U8 data of (n + 1) / 2 bytes, and 8-bit absmax codes with their nested
+    /// absmax and map (double quantization) or one float absmax per block. Loading checks this
+    /// before reading; merge checks it for every 4-bit weight it copies (Merger.checkBase).
+    @discardableResult
+    func checkBnb4bit(_ name: String, shape: [Int]) throws -> BnbQuantState {
         let cols = shape.last ?? 1, rows = shape.dropLast().reduce(1, *)
         let file = path(of: name)
-        func raw(_ n: String) throws -> (TensorInfo, Data) {
+        func need(_ n: String) throws -> TensorInfo {
             guard let info = info(n) else { throw MoETuneError.file(path: file, message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
-            return (info, try SafeTensorsFile(path: path(of: n)).bytesCopy(info))
+            return info
         }
-        let (_, stateBytes) = try raw(name + ".quant_state.bitsandbytes__nf4")
-        guard let state = try? JSONDecoder().decode(BnbQuantState.self, from: stateBytes) else {
+        let stateName = name + ".quant_state.bitsandbytes__nf4"
+        let stateInfo = try need(stateName)
+        // The state is a few hundred bytes of JSON; a larger one is not bitsandbytes'.
+        guard stateInfo.byteCount <= 1 << 16,
+              let bytes = storedBytes(stateName), let state = try? JSONDecoder().decode(BnbQuantState.self, from: bytes) else {
             throw MoETuneError.file(path: file, message: "\(name): unreadable bitsandbytes quant state")
         }
         guard state.quant_type == "nf4" else {
@@ -71,31 +78,53 @@ extension Checkpoint {
             throw MoETuneError.file(path: file, message: "\(name): 4-bit weight of shape \(state.shape), expected \(shape) from config.json")
         }
         let n = rows * cols, nblocks = (n + 63) / 64
-        let (pInfo, packedBytes) = try raw(name)
+        let pInfo = try need(name)
         guard pInfo.dtype == .u8, pInfo.byteCount == (n + 1) / 2 else {
             throw MoETuneError.file(path: file, message: "\(name): packed 4-bit data of \(pInfo.byteCount) bytes, expected \((n + 1) / 2)")
         }
-        let packed = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, (n + 1) / 2))
-        packedBytes.withUnsafeBytes { packed.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: (n + 1) / 2) }
-        let (aInfo, absBytes) = try raw(name + ".absmax")
-        if let offset = state.nested_offset {
+        let aInfo = try need(name + ".absmax")
+        let floatTypes: [DType] = [.f32, .f16, .bf16, .f64]
+        if state.nested_offset != nil {
             guard aInfo.dtype == .u8, aInfo.count == nblocks else {
                 throw MoETuneError.file(path: file, message: "\(name).absmax: expected \(nblocks) 8-bit scales")
             }
+            let nested = try need(name + ".nested_absmax"), map = try need(name + ".nested_quant_map")
+            guard floatTypes.contains(nested.dtype), floatTypes.contains(map.dtype), map.count == 256,
+                  nested.count == (nblocks + 255) / 256, state.nested_blocksize ?? 256 == 256 else {
+                throw MoETuneError.file(path: file, message: "\(name): nested absmax or map has the wrong size")
+            }
+        } else {
+            guard floatTypes.contains(aInfo.dtype), aInfo.count == nblocks else {
+                throw MoETuneError.file(path: file, message: "\(name).absmax: \(aInfo.count) scales, expected \(nblocks)")
+            }
+        }
+        return state
+    }
+
+    /// A 4-bit tensor of any shape (the fused experts [E, 2*I, H] of `moe-tune quantize`)
+    /// as one NF4Weight of rows = all but the last dimension, cols = the last; checked first
+    /// (checkBnb4bit).
+    func readBnb4bit(_ name: String, shape: [Int]) throws -> NF4Weight {
+        let state = try checkBnb4bit(name, shape: shape)
+        let cols = shape.last ?? 1, rows = shape.dropLast().reduce(1, *)
+        let n = rows * cols, nblocks = (n + 63) / 64
+        func raw(_ n: String) throws -> Data {
+            guard let d = storedBytes(n) else { throw MoETuneError.file(path: path(of: name), message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
+            return d
+        }
+        let packedBytes = try raw(name)
+        let packed = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, (n + 1) / 2))
+        packedBytes.withUnsafeBytes { packed.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: (n + 1) / 2) }
+        if let offset = state.nested_offset {
+            let absBytes = try raw(name + ".absmax")
             let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, nblocks))
             absBytes.withUnsafeBytes { codes.update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: nblocks) }
             let nested = try floatsCopy(name + ".nested_absmax")
             let map = try floatsCopy(name + ".nested_quant_map")
-            guard map.count == 256, nested.count == (nblocks + 255) / 256, state.nested_blocksize ?? 256 == 256 else {
-                throw MoETuneError.file(path: file, message: "\(name): nested absmax or map has the wrong size")
-            }
             return NF4Weight(rows: rows, cols: cols, packed: packed, absmax: nil, absmaxCodes: codes,
                              nestedAbsmax: nested, nestedMap: map, offset: Float(offset))
         }
         let absmax = try floatsCopy(name + ".absmax")
-        guard absmax.count == nblocks else {
-            throw MoETuneError.file(path: file, message: "\(name).absmax: \(absmax.count) scales, expected \(nblocks)")
-        }
         let a = UnsafeMutablePointer<Float>.allocate(capacity: max(1, nblocks))
         a.update(from: absmax, count: nblocks)
         return NF4Weight(rows: rows, cols: cols, packed: packed, absmax: a, absmaxCodes: nil, nestedAbsmax: [], nestedMap: [], offset: 0)
@@ -104,7 +133,7 @@ extension Checkpoint {
     func floatsCopy(_ n: String) throws -> [Float] {
         guard let info = info(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
         var out = [Float](repeating: 0, count: info.count)
-        let bytes = try SafeTensorsFile(path: path(of: n)).bytesCopy(info)
+        guard let bytes = storedBytes(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
         let ok = bytes.withUnsafeBytes { src in
             out.withUnsafeMutableBufferPointer { FloatConversion.toFloat(src.baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!) }
         }

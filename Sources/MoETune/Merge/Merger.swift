@@ -164,6 +164,24 @@ public enum Merger {
             }
         }
         entries.sort { $0.name < $1.name }
+        // A weight stored 4-bit (checkBase let it through) is copied as it is: an adapter on it
+        // cannot be folded in (README "moe-tune merge": merge into the full-precision base).
+        for e in entries {
+            guard case .raw(let info) = e.source else { continue }
+            let adapted: Bool
+            if let (l, gateUp) = f.fusedExpertTensor(e.name) {
+                adapted = (0..<c.numExperts).contains { x in
+                    (gateUp ? [FeedForwardPart.gate, .up] : [.down]).contains { byModule[f.module(.expert(x, $0), layer: l)] != nil }
+                }
+            } else if e.name.hasSuffix(".weight") {
+                adapted = byModule[f.canonicalModule(String(e.name.dropLast(".weight".count)))] != nil
+            } else {
+                adapted = false
+            }
+            if adapted {
+                throw MoETuneError.file(path: ck.path(of: e.name), message: "tensor '\(e.name)' is stored as \(info.dtype.rawValue) (bitsandbytes 4-bit), and an adapter changes it: merge into the original full-precision checkpoint instead")
+            }
+        }
         // A head adapter on a model with tied embeddings needs its own lm_head.
         var untie = false
         if byModule[f.module(.head, layer: 0)] != nil, !ck.contains(f.lmHead) {
@@ -275,15 +293,22 @@ public enum Merger {
         let shapes = ModuleShapes(config: c)
         let floatTypes: [DType] = [.f32, .f16, .bf16, .f64]
         /// `packed`: a linear weight, which may be bitsandbytes 4-bit bytes of another shape
-        /// (`moe-tune quantize`); anything else must be a float tensor.
+        /// (`moe-tune quantize`), checked as loading checks it (its quant state's shape, the
+        /// packed data's and scales' sizes: Checkpoint.checkBnb4bit, header and state only);
+        /// anything else must be a float tensor. (Byte lengths against shape and dtype are
+        /// checked when the safetensors header is read.)
         func need(_ name: String, _ shape: [Int], packed: Bool = true) throws {
             guard let info = ck.info(name) else {
                 throw MoETuneError.file(path: ck.directory, message: "tensor '\(name)' not found in the checkpoint")
             }
-            guard packed || floatTypes.contains(info.dtype) else {
-                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has dtype \(info.dtype.rawValue); expected a float type")
+            if packed, ck.isBnb4bit(name) {
+                try ck.checkBnb4bit(name, shape: shape)
+                return
             }
-            guard info.shape == shape || !floatTypes.contains(info.dtype) else {
+            guard floatTypes.contains(info.dtype) else {
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has dtype \(info.dtype.rawValue); expected a float type\(packed ? " (or bitsandbytes 4-bit data with its quant_state)" : "")")
+            }
+            guard info.shape == shape else {
                 throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
             }
         }

@@ -222,7 +222,7 @@ public final class ForwardState {
         lnF = FloatBuffer(count: n * c.hiddenSize)
         rstdF = FloatBuffer(count: n)
         chunkedHead = headChunkRows != nil
-        headChunk = min(n, max(1, headChunkRows ?? n))
+        headChunk = Self.logitsRows(tokens: n, headChunkRows: headChunkRows)
         logits = FloatBuffer(count: headChunk * c.vocabSize)
         headScratch = chunkedHead && training && loraRank > 0
             ? (FloatBuffer(count: headChunk * c.hiddenSize), FloatBuffer(count: headChunk * loraRank)) : nil
@@ -237,6 +237,10 @@ public final class ForwardState {
         auxFraction = FloatBuffer(count: max(c.numExperts, 1))
         routing = c.isMoE ? RoutingStatistics(layers: c.numLayers, experts: c.numExperts, k: c.expertsPerToken) : nil
     }
+
+    /// Rows of the logits buffer [rows, V] for `tokens` = B x T positions: one chunk, or all
+    /// of them with `headChunkRows` nil (MemoryEstimate counts the same).
+    static func logitsRows(tokens n: Int, headChunkRows: Int?) -> Int { min(n, max(1, headChunkRows ?? n)) }
 
     /// Head rows per chunk for a vocabulary of `vocab`: about 16 MiB of logits (2^22 floats),
     /// at least 64 rows so that the products stay efficient. Each chunk streams the whole head

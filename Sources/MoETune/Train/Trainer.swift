@@ -192,16 +192,16 @@ public final class Trainer {
 
         // Buffers are sized from the data that is batched, not from the configured maxima.
         let (rows, longest) = plan.capacity
-        let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest)
+        // The head in row chunks (no [N, V] logits), its backward taken in the forward pass;
+        // whole when a head adapter has dropout. The estimate counts the same buffers.
+        let headChunkRows = adapters.head == nil || adapters.dropout == nil ? ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize) : nil
+        let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest, headChunkRows: headChunkRows)
         if let physical = MemoryEstimate.physicalBytes, needed > physical {
             throw MoETuneError.config(path: configPath, key: packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size",
                 message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size, training.batch_tokens or training.max_seq_len")
         }
-        // The head in row chunks (no [N, V] logits), its backward taken in the forward pass;
-        // whole when a head adapter has dropout.
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
-                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0,
-                                 headChunkRows: adapters.head == nil || adapters.dropout == nil ? ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize) : nil)
+                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0, headChunkRows: headChunkRows)
         state.scoredOnly = true
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
