@@ -15,9 +15,14 @@ struct MoETuneCommand: ParsableCommand {
 /// and far from overflowing the sizes computed from it.
 let maxNewTokensLimit = 1 << 20
 
-/// Prints a library error as one line and exits non-zero.
+/// Prints a library error as one line and exits non-zero. Before any work: every MOE_TUNE_*
+/// switch set to a value its reader does not take is refused (EnvironmentSwitches), an unknown
+/// MOE_TUNE_* variable gets a one-line warning, and the chosen GEMM library must be installed.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
+        for warning in try EnvironmentSwitches.check(environment: ProcessInfo.processInfo.environment) {
+            FileHandle.standardError.write(Data("moe-tune: warning: \(warning)\n".utf8))
+        }
         try BLAS.checkGEMMRequest()
         _ = try causalBlockRows()
         try body()

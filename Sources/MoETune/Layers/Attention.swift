@@ -46,7 +46,7 @@ let defaultCausalBlock = 64
 public func causalBlockRows(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
     guard let v = env["MOE_TUNE_ATTENTION_BLOCK"] else { return defaultCausalBlock }
     guard let n = Int(v), n >= 0 else {
-        throw MoETuneError.invalid("MOE_TUNE_ATTENTION_BLOCK=\(v): expected a whole number of rows >= 0 (0: full T x T products; unset: \(defaultCausalBlock))")
+        throw EnvironmentSwitches.refusal("MOE_TUNE_ATTENTION_BLOCK", v)
     }
     return n
 }

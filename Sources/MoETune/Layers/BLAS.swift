@@ -13,7 +13,8 @@ import Foundation
 /// CPU itself and, when it has the AVX-512 subsets the SkylakeX kernels need, re-runs
 /// the dispatcher with OPENBLAS_CORETYPE=SkylakeX. On other CPUs it leaves OpenBLAS's
 /// choice alone. MOE_TUNE_BLAS_CORETYPE=NAME forces a core type (e.g. Haswell, to
-/// measure without the switch); MOE_TUNE_BLAS_CORETYPE=keep keeps OpenBLAS's choice.
+/// measure without the switch; one of `forcibleCoreTypes` the CPU runs, EnvironmentSwitches
+/// checks it); MOE_TUNE_BLAS_CORETYPE=keep keeps OpenBLAS's choice.
 public enum BLAS {
     public enum Transpose { case none, transpose }
 
@@ -65,15 +66,36 @@ public enum BLAS {
     /// AVX-512 F, CD, BW, DQ and VL: what OpenBLAS's SkylakeX kernels execute.
     static func cpuSupportsSkylakeXKernels() -> Bool {
         #if arch(x86_64)
-        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let flagsLine = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
-        else { return false }
-        let flags = Set(flagsLine.split(separator: " ").map(String.init))
-        return ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(flags.contains)
+        return ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(cpuFlags.contains)
         #else
         return false
         #endif
     }
+
+    /// The CPU's flags as /proc/cpuinfo lists them (empty where it cannot be read).
+    static let cpuFlags: Set<String> = {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let flagsLine = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return [] }
+        return Set(flagsLine.split(separator: " ").map(String.init))
+    }()
+
+    /// The OpenBLAS 0.3.21 core types MOE_TUNE_BLAS_CORETYPE may force (x86-64), with the CPU
+    /// flags their kernels execute. OpenBLAS itself checks neither: a core type the CPU cannot run
+    /// ends the process with SIGILL (SkylakeX on the AVX2 EPYC, measured), and a name it does not
+    /// know, Cooperlake included (its 0.3.21 lookup stops one entry short), falls back silently to
+    /// its own choice. The older and AMD-FMA4 core types are not offered.
+    static let forcibleCoreTypes: [(name: String, flags: [String])] = {
+        #if arch(x86_64)
+        return [("Prescott", ["pni"]), ("Nehalem", ["sse4_2"]), ("Sandybridge", ["avx"]), ("Haswell", ["avx2", "fma"]),
+                ("Zen", ["avx2", "fma"]), ("SkylakeX", ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"])]
+        #else
+        return []
+        #endif
+    }()
+
+    /// Whether this CPU has every flag a core type's kernels execute.
+    static func cpuRuns(_ core: (name: String, flags: [String])) -> Bool { core.flags.allSatisfy(cpuFlags.contains) }
 
     /// Work below this many multiply-adds runs on the calling thread only.
     static let splitThreshold = 1 << 21
@@ -190,7 +212,7 @@ public enum BLAS {
         try LoRAGemm.checkRequest()
         let raw = ProcessInfo.processInfo.environment["MOE_TUNE_GEMM"] ?? defaultGEMM
         guard let r = gemmRequest else {
-            throw MoETuneError.invalid("MOE_TUNE_GEMM=\(raw): expected openblas, blis, onednn or auto")
+            throw EnvironmentSwitches.refusal("MOE_TUNE_GEMM", raw)
         }
         if case .only(.onednn) = r, GEMMLibraries.oneDNN == nil {
             throw MoETuneError.invalid("MOE_TUNE_GEMM=onednn: libdnnl.so.2 not found (apt-get install libdnnl2)")

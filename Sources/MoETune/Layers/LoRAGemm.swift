@@ -20,7 +20,7 @@ enum LoRAGemm {
     static func checkRequest(_ env: [String: String] = ProcessInfo.processInfo.environment) throws {
         guard let v = env["MOE_TUNE_LORA_KERNEL"] else { return }
         guard v == "blas" || v == "scalar" else {
-            throw MoETuneError.invalid("MOE_TUNE_LORA_KERNEL=\(v): expected blas or scalar (unset: the AVX2 kernel where the CPU has one)")
+            throw EnvironmentSwitches.refusal("MOE_TUNE_LORA_KERNEL", v)
         }
     }
 

@@ -154,7 +154,7 @@ public struct TrainBenchmark {
         switch env["MOE_TUNE_HEAD_CHUNKS"] {
         case nil, "1": return true
         case "0": return false
-        case let v?: throw MoETuneError.invalid("MOE_TUNE_HEAD_CHUNKS=\(v): expected 0 (whole head) or 1 (chunked, the default)")
+        case let v?: throw EnvironmentSwitches.refusal("MOE_TUNE_HEAD_CHUNKS", v)
         }
     }
 

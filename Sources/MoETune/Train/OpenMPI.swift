@@ -31,16 +31,14 @@ public final class OpenMPI: Collective {
     /// The run's ranks when Open MPI's launcher started this process; nil otherwise.
     public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> OpenMPI? {
         guard let sizeText = env["OMPI_COMM_WORLD_SIZE"] else { return nil }
-        let timeout: Double
-        if let t = env["MOE_TUNE_MPI_TIMEOUT"] {
-            guard let v = Double(t), v > 0, v <= 86_400 else {
-                throw MoETuneError.invalid("MOE_TUNE_MPI_TIMEOUT: expected seconds between 0 and 86400, got '\(t)'")
-            }
-            timeout = v
-        } else {
-            timeout = 300
-        }
-        return try OpenMPI(launchedSize: sizeText, timeout: timeout)
+        return try OpenMPI(launchedSize: sizeText, timeout: timeoutSeconds(env))
+    }
+
+    /// MOE_TUNE_MPI_TIMEOUT: seconds, more than 0 and at most a day; unset: 300.
+    static func timeoutSeconds(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Double {
+        guard let t = env["MOE_TUNE_MPI_TIMEOUT"] else { return 300 }
+        guard let v = Double(t), v > 0, v <= 86_400 else { throw EnvironmentSwitches.refusal("MOE_TUNE_MPI_TIMEOUT", t) }
+        return v
     }
 
     private init(launchedSize: String, timeout: Double) throws {
