@@ -156,17 +156,8 @@ extension StreamingMergeTests {
     func testBrokenBaseIsRefusedWithoutLoadingIt() throws {
         let tmp = try makeTempDir(self)
         let src = Fixtures.dir("mixtral")
-        let file = try SafeTensorsFile(path: src + "/model.safetensors")
         func broken(_ dir: String, _ edit: (inout [SafeTensorsWriter.Entry]) -> Void) throws -> String {
-            let out = tmp + "/" + dir
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            try FileManager.default.copyItem(atPath: src + "/config.json", toPath: out + "/config.json")
-            var entries = file.tensors.values.map { SafeTensorsWriter.Entry(name: $0.name, dtype: $0.dtype, shape: $0.shape, data: Data(file.bytes(of: $0))) }
-            edit(&entries)
-            var w = SafeTensorsWriter()
-            w.entries = entries
-            try w.write(to: out + "/model.safetensors")
-            return out
+            try brokenCopy(of: src, at: tmp + "/" + dir, edit)
         }
         let noNorm = try broken("no-norm") { $0.removeAll { $0.name == "model.layers.1.post_attention_layernorm.weight" } }
         let badQ = try broken("bad-q") { e in
@@ -238,16 +229,7 @@ extension StreamingMergeTests {
     func testUntouchedTensorsAreCheckedAsLoadingChecksThem() throws {
         let tmp = try makeTempDir(self)
         func broken(_ src: String, _ dir: String, _ edit: (inout [SafeTensorsWriter.Entry]) -> Void) throws -> String {
-            let file = try SafeTensorsFile(path: src + "/model.safetensors")
-            let out = tmp + "/" + dir
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            try FileManager.default.copyItem(atPath: src + "/config.json", toPath: out + "/config.json")
-            var entries = file.tensors.values.map { SafeTensorsWriter.Entry(name: $0.name, dtype: $0.dtype, shape: $0.shape, data: Data(file.bytes(of: $0))) }
-            edit(&entries)
-            var w = SafeTensorsWriter()
-            w.entries = entries
-            try w.write(to: out + "/model.safetensors")
-            return out
+            try brokenCopy(of: src, at: tmp + "/" + dir, edit)
         }
         let w2 = "model.layers.0.block_sparse_moe.experts.1.w2.weight"   // [64, 96], untouched
         func edit(_ name: String, _ e: inout [SafeTensorsWriter.Entry], _ change: (inout SafeTensorsWriter.Entry) -> Void) {
@@ -306,4 +288,18 @@ extension StreamingMergeTests {
             XCTAssertThrowsError(try Transformer.load(directory: dir), dir)
         }
     }
+}
+
+/// A copy of the model folder `src` (config.json and model.safetensors) at `out`, its tensors
+/// edited by `edit` before they are written.
+private func brokenCopy(of src: String, at out: String, _ edit: (inout [SafeTensorsWriter.Entry]) -> Void) throws -> String {
+    let file = try SafeTensorsFile(path: src + "/model.safetensors")
+    try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+    try FileManager.default.copyItem(atPath: src + "/config.json", toPath: out + "/config.json")
+    var entries = file.tensors.values.map { SafeTensorsWriter.Entry(name: $0.name, dtype: $0.dtype, shape: $0.shape, data: Data(file.bytes(of: $0))) }
+    edit(&entries)
+    var w = SafeTensorsWriter()
+    w.entries = entries
+    try w.write(to: out + "/model.safetensors")
+    return out
 }

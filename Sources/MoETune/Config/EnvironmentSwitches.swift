@@ -163,28 +163,12 @@ public enum EnvironmentSwitches {
 
     /// The switch whose name is fewest single-character edits from `name` (first in `all` on a tie).
     static func closest(to name: String) -> String {
-        let a = Array(name.utf8)
         var best = all[0].name, bestDistance = Int.max
         for s in all {
-            let d = editDistance(a, Array(s.name.utf8))
+            let d = editDistance(name, s.name)   // ConfigReader.swift
             if d < bestDistance { best = s.name; bestDistance = d }
         }
         return best
-    }
-
-    /// Levenshtein distance (insertions, deletions, substitutions).
-    static func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
-        if a.isEmpty { return b.count }
-        if b.isEmpty { return a.count }
-        var previous = Array(0...b.count), current = previous
-        for i in 1...a.count {
-            current[0] = i
-            for j in 1...b.count {
-                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
-            }
-            swap(&previous, &current)
-        }
-        return previous[b.count]
     }
 
     /// A value as a message shows it: control characters escaped (the message stays one line),
