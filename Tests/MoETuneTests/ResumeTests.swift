@@ -154,6 +154,15 @@ final class ResumeTests: XCTestCase {
         let c = try setUp(dir)
         assertMoETuneError(try train(c, overrides: ["training.out_dir=\(dir)"]), contains: ["training.out_dir", "holds the config file"])
         assertMoETuneError(try train(c, overrides: ["training.out_dir=\(Fixtures.root)"]), contains: ["training.out_dir", "holds the model"])
+        // Inside the model folder (directly, deeper, or through a link to it): refused, nothing written there.
+        let model = dir + "/model"
+        try FileManager.default.copyItem(atPath: Fixtures.dir("mixtral"), toPath: model)
+        let before = try FileManager.default.contentsOfDirectory(atPath: model).sorted()
+        try FileManager.default.createSymbolicLink(atPath: dir + "/model-link", withDestinationPath: model)
+        for out in [model + "/adapter", model + "/runs/one", dir + "/model-link/adapter"] {
+            assertMoETuneError(try train(c, overrides: ["model=\(model)", "training.out_dir=\(out)"]), contains: ["training.out_dir", "lies inside the model folder"])
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: model).sorted(), before, "nothing is written into the model folder")
         try FileManager.default.createDirectory(atPath: dir + "/out", withIntermediateDirectories: true)
         let lock = try DirectoryLock(directory: dir + "/out")
         assertMoETuneError(try train(c), contains: ["in use by another moe-tune run (pid \(getpid()))"])

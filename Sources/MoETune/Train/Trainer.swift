@@ -446,7 +446,7 @@ public final class Trainer {
     static let runFiles = ["adapter_model.safetensors", "adapter_config.json", "metrics.jsonl", "config.yaml", "report.html", "checkpoints"]
 
     /// Makes out_dir ready and locks it: refuses an out_dir that holds the config file or
-    /// the model, or that holds a run (unless `overwrite`, which removes that run's files
+    /// the model, or lies inside the model folder, or that holds a run (unless `overwrite`, which removes that run's files
     /// and nothing else, or `resume`, which needs a checkpoint there); removes temporaries
     /// of killed runs; marks the folder as moe-tune's.
     private func prepareOutDir(_ dir: String, overwrite: Bool, resume: Bool) throws -> DirectoryLock {
@@ -455,6 +455,12 @@ public final class Trainer {
         if overwrite && resume { throw MoETuneError.invalid("--overwrite and --resume exclude each other: one starts over, the other continues") }
         for (what, path) in [("the config file", configPath), ("the model", config.model)] where OutputFolder.contains(dir, path) {
             throw MoETuneError.config(path: configPath, key: key, message: "\(dir) holds \(what) (\(path)); choose an out_dir of its own")
+        }
+        // Inside the model folder, adapter_config.json and adapter_model.safetensors would sit
+        // beside (or below) the checkpoint that loaders scan.
+        var modelIsDir: ObjCBool = false
+        if fm.fileExists(atPath: config.model, isDirectory: &modelIsDir), modelIsDir.boolValue, OutputFolder.contains(config.model, dir) {
+            throw MoETuneError.config(path: configPath, key: key, message: "\(dir) lies inside the model folder \(config.model); choose an out_dir outside it")
         }
         let dataFiles = config.data.trainFiles.map { ("training data", Optional($0.path)) }
             + [("validation data", config.data.valid), ("test data", config.data.test)]
