@@ -24,7 +24,6 @@ func runReportingErrors(_ body: () throws -> Void) throws {
             FileHandle.standardError.write(Data("moe-tune: warning: \(warning)\n".utf8))
         }
         try BLAS.checkGEMMRequest()
-        _ = try causalBlockRows()
         try body()
     } catch let error as MoETuneError {
         FileHandle.standardError.write(Data("moe-tune: error: \(error.description)\n".utf8))

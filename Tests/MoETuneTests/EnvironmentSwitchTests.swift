@@ -105,7 +105,6 @@ final class EnvironmentSwitchTests: XCTestCase {
                            contains: ["; on this CPU: auto, keep, Prescott"])
         // The readers that check a value themselves say the same.
         for (v, body) in [("abc", { _ = try causalBlockRows(["MOE_TUNE_ATTENTION_BLOCK": "abc"]) }),
-                          ("foo", { try LoRAGemm.checkRequest(["MOE_TUNE_LORA_KERNEL": "foo"]) }),
                           ("off", { _ = try TrainBenchmark.chunkedHeadFromEnvironment(["MOE_TUNE_HEAD_CHUNKS": "off"]) }),
                           ("5s", { _ = try OpenMPI.timeoutSeconds(["MOE_TUNE_MPI_TIMEOUT": "5s"]) })] as [(String, () throws -> Void)] {
             do {

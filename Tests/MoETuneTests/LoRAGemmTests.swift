@@ -104,10 +104,10 @@ extension LoRAGemmTests {
     /// Review: MOE_TUNE_LORA_KERNEL=foo (or SCALAR, which the Swift side lowercased and the C
     /// side compared exactly) was ignored silently; MOE_TUNE_HEAD_CHUNKS=off meant chunked.
     func testEnvironmentChoicesAreCheckedInOneLine() throws {
-        for v in ["blas", "scalar"] { XCTAssertNoThrow(try LoRAGemm.checkRequest(["MOE_TUNE_LORA_KERNEL": v])) }
-        XCTAssertNoThrow(try LoRAGemm.checkRequest([:]))
+        for v in ["blas", "scalar"] { XCTAssertNoThrow(try EnvironmentSwitches.check(environment: ["MOE_TUNE_LORA_KERNEL": v])) }
+        XCTAssertNoThrow(try EnvironmentSwitches.check(environment: [:]))
         for v in ["foo", "SCALAR", "Blas", "", "avx2"] {
-            assertMoETuneError(try LoRAGemm.checkRequest(["MOE_TUNE_LORA_KERNEL": v]), contains: ["MOE_TUNE_LORA_KERNEL=\(v):", "blas or scalar"])
+            assertMoETuneError(try EnvironmentSwitches.check(environment: ["MOE_TUNE_LORA_KERNEL": v]), contains: ["MOE_TUNE_LORA_KERNEL=\(v):", "blas or scalar"])
         }
         XCTAssertEqual(try TrainBenchmark.chunkedHeadFromEnvironment([:]), true)
         XCTAssertEqual(try TrainBenchmark.chunkedHeadFromEnvironment(["MOE_TUNE_HEAD_CHUNKS": "1"]), true)

@@ -40,8 +40,8 @@ func forEachCausalBlock(_ t: Int, block: Int, _ body: (Int, Int) -> Void) {
 let defaultCausalBlock = 64
 
 /// MOE_TUNE_ATTENTION_BLOCK: a whole number of rows >= 0 (0: one full T x T block), unset: 64.
-/// Anything else is refused in one line naming the variable and the accepted values; the
-/// command-line layer calls this before any work (as it checks MOE_TUNE_GEMM), so a typo is
+/// Anything else is refused in one line naming the variable and the accepted values (the
+/// command line refuses it before any work, through EnvironmentSwitches.check), so a typo is
 /// never taken silently as the default.
 public func causalBlockRows(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
     guard let v = env["MOE_TUNE_ATTENTION_BLOCK"] else { return defaultCausalBlock }

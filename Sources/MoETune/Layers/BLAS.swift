@@ -206,10 +206,10 @@ public enum BLAS {
     /// no-allocation rule, for at most 7% of CPU time measured (README "Other GEMM libraries").
     static let defaultGEMM = "openblas"
 
-    /// MOE_TUNE_GEMM names a known choice whose library is installed, and MOE_TUNE_LORA_KERNEL
-    /// a known one (LoRAGemm.checkRequest); called by the command-line layer before any work.
+    /// MOE_TUNE_GEMM names a known choice whose library is installed; called by the
+    /// command-line layer before any work (after EnvironmentSwitches.check, which refuses
+    /// unknown values of every switch, this one included).
     public static func checkGEMMRequest() throws {
-        try LoRAGemm.checkRequest()
         let raw = ProcessInfo.processInfo.environment["MOE_TUNE_GEMM"] ?? defaultGEMM
         guard let r = gemmRequest else {
             throw EnvironmentSwitches.refusal("MOE_TUNE_GEMM", raw)

@@ -15,15 +15,6 @@ enum LoRAGemm {
         ProcessInfo.processInfo.environment["MOE_TUNE_LORA_KERNEL"] != "blas"
     }()
 
-    /// MOE_TUNE_LORA_KERNEL is unset, `blas` or `scalar` (exactly: lora_gemm.c compares
-    /// `scalar` with strcmp); anything else used to be ignored silently (review).
-    static func checkRequest(_ env: [String: String] = ProcessInfo.processInfo.environment) throws {
-        guard let v = env["MOE_TUNE_LORA_KERNEL"] else { return }
-        guard v == "blas" || v == "scalar" else {
-            throw EnvironmentSwitches.refusal("MOE_TUNE_LORA_KERNEL", v)
-        }
-    }
-
     /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major; the arguments of `BLAS.gemm`.
     @inline(__always)
     static func gemm(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int,
