@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes Sources/MoETune/Merge/GGUFPreTokenizers.swift: llama.cpp's table of pre-tokenizer
+"""Writes Sources/MoEExport/GGUFPreTokenizers.swift: llama.cpp's table of pre-tokenizer
 names (`tokenizer.ggml.pre`) by the SHA-256 of a tokenizer's ids for its check text, as
 convert_hf_to_gguf.py's get_vocab_base_pre holds it (llama.cpp's conversion/base.py).
     python3 scripts/make_gguf_pre_table.py LLAMA_CPP_DIR   (the llama-cpp-python sdist's vendor/llama.cpp)"""
@@ -37,6 +37,6 @@ for h, name in pairs:
 for h, name in seen.items():
     lines.append(f'        "{h}": "{name}",')
 lines += ["    ]", "}", ""]
-out = Path(__file__).resolve().parent.parent / "Sources/MoETune/Merge/GGUFPreTokenizers.swift"
+out = Path(__file__).resolve().parent.parent / "Sources/MoEExport/GGUFPreTokenizers.swift"
 out.write_text("\n".join(lines))
 print(f"{len(seen)} hashes -> {out}")

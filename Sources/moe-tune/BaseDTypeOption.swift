@@ -1,6 +1,12 @@
 import ArgumentParser
 import Foundation
-import MoETune
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+import MoEInference
+import MoETraining
+import MoEExport
 
 /// `--base-dtype fp32|bf16|bf16-emulated` of eval, generate and bench-train.
 func parseBaseDType(_ s: String) throws -> BaseDType {

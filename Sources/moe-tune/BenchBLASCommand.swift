@@ -1,6 +1,12 @@
 import ArgumentParser
 import Foundation
-import MoETune
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+import MoEInference
+import MoETraining
+import MoEExport
 
 /// Measures cblas_sgemm as moe-tune calls it, on the shapes of a transformer layer.
 struct BenchBLASCommand: ParsableCommand {

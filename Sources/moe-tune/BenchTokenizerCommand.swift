@@ -1,6 +1,12 @@
 import ArgumentParser
 import Foundation
-import MoETune
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+import MoEInference
+import MoETraining
+import MoEExport
 
 /// Measures tokenization speed (MB/s of UTF-8 text) on the "text" fields of a JSONL file.
 struct BenchTokenizerCommand: ParsableCommand {

@@ -1,6 +1,12 @@
 import ArgumentParser
 import Foundation
-import MoETune
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+import MoEInference
+import MoETraining
+import MoEExport
 
 /// moe-tune's side of ../shared/peer/peft_bench.py, with the same settings.
 struct BenchTrainCommand: ParsableCommand {

@@ -1,6 +1,12 @@
 import ArgumentParser
 import Foundation
-import MoETune
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+import MoEInference
+import MoETraining
+import MoEExport
 
 /// Shows what the training loop would see: each example's token ids and loss mask, as JSON
 /// lines or as decoded text with the trained spans marked (like axolotl's preprocessing debug view).

@@ -1,6 +1,12 @@
 import ArgumentParser
 import Foundation
-import MoETune
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+import MoEInference
+import MoETraining
+import MoEExport
 
 /// The command-line layer: parses arguments, hands off to library code, renders
 /// progress and results, and decides exit codes.

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Adapters that used to load quietly with wrong numbers are refused, naming the file and
 /// the field: lora_alpha a string or missing, r disagreeing with the tensors, an orphan

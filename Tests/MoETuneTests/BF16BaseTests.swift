@@ -1,6 +1,12 @@
 import CKernels
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The bf16 frozen base (`base_dtype: bf16-emulated`) against torch / transformers / peft on
 /// the fixtures of scripts/make_bf16_base_fixtures.py (Fixtures/bf16-base):

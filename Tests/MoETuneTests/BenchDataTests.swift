@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// `bench-train --data`: the batches are prompt-masked training batches, the file the peer
 /// reads holds them in transformers' label convention, and the benchmark's first loss is

@@ -1,5 +1,11 @@
 import Foundation
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The moe-tune binary built beside the test bundle (scripts/test.sh builds both).
 var moeTuneBinary: String {

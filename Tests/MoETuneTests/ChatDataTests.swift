@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// {"messages": ...} examples with a model's own Jinja template: ids equal to transformers'
 /// apply_chat_template(messages, tokenize=True) (Fixtures/chat/expected.json, made by

@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// End to end on a model folder with only tokenizer.json (Qwen2.5's, no tokenizer.model) and
 /// Qwen2.5's chat template (Fixtures/chat-model, made by scripts/make_chat_model_fixture.py):

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// data.valid_split, weighted training files and packed training runs end to end: the split
 /// is reproducible and disjoint, draws follow the weights, bad values are one-line errors

@@ -1,6 +1,12 @@
 import CKernels
 import Foundation
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 import XCTest
 
 /// Every MOE_TUNE_* switch is checked the same way (EnvironmentSwitches): a bad value is refused

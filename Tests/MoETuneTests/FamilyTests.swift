@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The model families beyond Llama/Mixtral against transformers and peft, on the fixtures of
 /// scripts/make_family_fixtures.py: logits within 1e-4 and loss within 1e-5 relative,

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// moe-tune's forward pass against transformers on the committed fixtures.
 /// Tolerances: logits max |diff| <= 1e-4 (fp32), loss relative error <= 1e-5.

@@ -1,6 +1,12 @@
 import COpenBLAS
 import Foundation
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 import XCTest
 
 /// The optional GEMM libraries (BLIS, oneDNN; Layers/GEMMLibraries.swift) against OpenBLAS,

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// GGUF models beyond the dense llama architecture, on the family fixtures converted by
 /// llama.cpp's own convert_hf_to_gguf.py (scripts/make_gguf_arch_fixtures.py). Tolerances:

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// `--model FILE.gguf` against transformers reading the same GGUF
 /// (scripts/make_gguf_model_fixture.py, scripts/reference_gguf.py). Tolerances: eval loss

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// A SentencePiece-type GGUF tokenizer (`tokenizer.ggml.model` "llama") built from a real
 /// one: Mistral 7B v0.1's tokenizer.model (mistral-common on PyPI) written as a vocabulary-only

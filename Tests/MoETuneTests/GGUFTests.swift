@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The GGUF container and the ggml types against llama.cpp's gguf-py
 /// (scripts/make_gguf_fixtures.py). Tolerance: none — metadata values equal, dequantized

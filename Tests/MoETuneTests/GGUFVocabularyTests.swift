@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// GGUF output from a Hugging Face folder's tokenizer: every `tokenizer.*` key and value
 /// equals what llama.cpp's convert_hf_to_gguf.py writes for the same folder (exactly), and

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Incremental decoding with the KV cache against the batched forward pass and against
 /// transformers' generate.

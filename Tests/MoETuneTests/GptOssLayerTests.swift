@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// GPT-OSS's layers against transformers 5 (scripts/make_gptoss_layer_fixtures.py):
 /// attention with per-head sinks (full causal, sliding window 3, packed rows with

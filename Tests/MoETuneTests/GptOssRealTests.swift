@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The real GPT-OSS configuration and checkpoint layout (scripts/make_gptoss_real_fixture.py):
 /// - gpt_oss-20b-config/config.json: openai/gpt-oss-20b's config.json as published (the

@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// GPT-OSS training against peft 0.21 + transformers 5.23 (scripts/make_gptoss_train_fixture.py):
 /// the gpt_oss-clamp model (swiglu_limit 0.6: every clamp of the SwiGLU is hit; random

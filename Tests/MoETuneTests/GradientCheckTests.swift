@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Hand-written backward against central finite differences of the forward pass, on
 /// small random models (independent of the peft fixtures). Tolerance: 2% relative on

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// TrainingParityTests, continued: the LM head in row chunks with its backward taken in
 /// the forward pass (Model/Head.swift, what training and bench-train run) against peft's

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Hostile sizes and values: config sizes out of range are refused naming the key; a batch
 /// that cannot fit in memory is refused with an estimate; a JSONL line past the limit is

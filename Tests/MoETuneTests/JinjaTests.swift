@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The Jinja interpreter and chat renderer against jinja2 as transformers configures it:
 /// fixtures written by scripts/make_template_fixtures.py.

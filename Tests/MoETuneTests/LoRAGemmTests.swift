@@ -1,6 +1,12 @@
 import CKernels
 import Foundation
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 import XCTest
 
 /// The skinny LoRA kernel (CKernels' lora_gemm.c, called by LoRAGemm) against a float64

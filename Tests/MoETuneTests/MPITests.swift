@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Data-parallel training over Open MPI (mpirun on this machine, loopback): N ranks give the
 /// single-process run with grad_accum x N, a run resumes on another number of ranks, ranks

@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// MXFP4 expert tensors (GPT-OSS checkpoints) against transformers 5's
 /// convert_moe_packed_tensors (scripts/make_mxfp4_fixture.py). Every value is an FP4 code

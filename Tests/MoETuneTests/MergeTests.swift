@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Merged checkpoints against peft (base + adapter unmerged) and a weighted two-adapter
 /// merge computed in torch; logits within 1e-4 (fp32).

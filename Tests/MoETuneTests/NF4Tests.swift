@@ -1,6 +1,12 @@
 import CKernels
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// NF4 quantization against bitsandbytes 0.50 (fixture nf4/quant.safetensors).
 final class NF4Tests: XCTestCase {

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Outputs never destroy what a user had: merge/quantize never replace a file, never write
 /// over their inputs, and --overwrite replaces only folders moe-tune wrote; whole-file

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Adapters moe-tune writes for peft 0.21 on transformers 5, against the peft-out-NAME
 /// fixtures of scripts/make_peft_out_fixtures.py: peft's own save_pretrained of the same

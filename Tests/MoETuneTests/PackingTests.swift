@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Sequence packing: a packed batch (several examples back to back in a row, attention
 /// block-diagonal, RoPE positions restarting per example) gives the loss and the LoRA

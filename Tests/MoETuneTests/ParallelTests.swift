@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The parallel regions (Layers/Parallel.swift) and the MoE experts run as tasks of one
 /// region: the same results, bit for bit, as the experts one after another with split

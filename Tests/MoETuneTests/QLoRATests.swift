@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// 4-bit (NF4) models against bitsandbytes + transformers 5 + peft on the Llama fixture.
 final class QLoRATests: XCTestCase {

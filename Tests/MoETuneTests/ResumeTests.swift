@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Checkpoints and --resume: a run stopped after step 3 and resumed ends with the adapter
 /// an uninterrupted run writes, bit for bit (dropout, grad_accum 2, MoE jitter and router

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The built moe-tune binary under signals: SIGINT after the first step ends with exit 130,
 /// a checkpoint, the adapter and the resume command, and --resume finishes the run; SIGKILL

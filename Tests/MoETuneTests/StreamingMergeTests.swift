@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The streaming merge (Merge/Merger.swift, Merge/GGUFExport.swift): it never loads the
 /// model and holds one base tensor at a time; the module shapes it lays adapters out with

@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Paths of the committed fixtures written by scripts/make_fixtures.py.
 enum Fixtures {

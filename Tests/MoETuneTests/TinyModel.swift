@@ -1,5 +1,11 @@
 import Foundation
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// Writes a small random Hugging Face-style model folder (config.json + model.safetensors)
 /// for tests that need a model with particular properties; no tokenizer.

@@ -1,6 +1,12 @@
 import Foundation
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// tokenizer.json parity with the Rust `tokenizers` library on real tokenizers over an
 /// awkward corpus (Fixtures/tokenizers, made by scripts/make_tokenizer_fixtures.py).

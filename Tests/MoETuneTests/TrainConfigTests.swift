@@ -1,6 +1,12 @@
 import XCTest
 import Yams
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 final class TrainConfigTests: XCTestCase {
     /// Lines 1-5; a section appended after it starts on line 6, its first key on line 7.

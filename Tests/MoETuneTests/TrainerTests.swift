@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// The trainer end to end on the small fixtures: it lowers the loss, writes a PEFT
 /// adapter that loads back to the same loss, refuses bad settings with one-line errors,

@@ -1,5 +1,11 @@
 import XCTest
-@testable import MoETune
+@testable import MoEFormats
+@testable import MoEText
+@testable import MoECore
+@testable import MoEData
+@testable import MoEInference
+@testable import MoETraining
+@testable import MoEExport
 
 /// LoRA training against peft (transformers 4.57, per-expert Mixtral) on the fixtures of
 /// scripts/make_train_fixtures.py: every LoRA gradient after one backward pass within

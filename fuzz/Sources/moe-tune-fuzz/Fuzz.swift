@@ -4,7 +4,13 @@
 // crashes, traps, sanitizer reports, timeouts and running out of memory are findings.
 // Built only by scripts/fuzz.sh (MOE_TUNE_FUZZ=1, swiftc -sanitize=fuzzer,address).
 import Foundation
-import MoETune
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+import MoEInference
+import MoETraining
+import MoEExport
 
 @_silgen_name("LLVMFuzzerRunDriver")
 func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,

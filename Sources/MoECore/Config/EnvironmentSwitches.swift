@@ -1,0 +1,185 @@
+import CKernels
+import Foundation
+import MoEFormats
+import MoEText
+
+/// One MOE_TUNE_* environment variable moe-tune reads: the values it accepts, its default and
+/// what it is for. The code that uses a switch still reads it where it is used (most cache it in
+/// a static on first use); `EnvironmentSwitches.check(environment:)` runs before any work, so a
+/// bad value is refused in one line instead of being taken silently as the default.
+/// EnvironmentSwitchTests holds every reader to this list: each good value is accepted here and
+/// read by its owner as that value, each bad one refused here and by the command line.
+public struct EnvironmentSwitch: Sendable {
+    public enum Values: Sendable {
+        /// One of these words; `ignoringCase` where the reader lowercases the value.
+        case words([String], ignoringCase: Bool)
+        /// A whole number (Swift's `Int(String)`, as the readers parse it) in the range.
+        case wholeNumber(ClosedRange<Int>)
+        /// Seconds (Swift's `Double(String)`), more than 0 and at most the bound.
+        case seconds(atMost: Double)
+        /// A variant of a CKernels kernel that this CPU runs, by the exact name the C side compares.
+        case kernel(CKernelVariants)
+        /// `auto`, `keep`, or an OpenBLAS core type this CPU runs (BLAS.forcibleCoreTypes).
+        case coreType
+    }
+
+    public let name: String
+    public let values: Values
+    /// The accepted values as a person reads them (error messages, the README table).
+    public let accepted: String
+    public let defaultValue: String
+    public let meaning: String
+
+    /// The values this CPU runs, for the CPU-dependent switches (nil for the others).
+    public var runnableHere: [String]? {
+        switch values {
+        case .kernel(let k): return k.namesHere
+        case .coreType: return ["auto", "keep"] + BLAS.forcibleCoreTypes.filter { BLAS.cpuRuns($0) }.map(\.name)
+        default: return nil
+        }
+    }
+
+    /// Whether the reader of this switch takes `value` as a value it knows.
+    public func accepts(_ value: String) -> Bool {
+        switch values {
+        case let .words(words, ignoringCase):
+            return words.contains(ignoringCase ? value.lowercased() : value)
+        case .wholeNumber(let range):
+            guard let n = Int(value) else { return false }
+            return range.contains(n)
+        case .seconds(let bound):
+            guard let s = Double(value) else { return false }
+            return s > 0 && s <= bound
+        case .kernel:
+            return runnableHere?.contains(value) ?? false
+        case .coreType:
+            return runnableHere?.contains { $0.lowercased() == value.lowercased() } ?? false
+        }
+    }
+
+    /// The one-line refusal of `value`: the variable, the value, what it accepts (and, where it
+    /// depends on the CPU, what this CPU runs) and what unset means.
+    public func refusal(_ value: String) -> MoETuneError {
+        let here = runnableHere.map { "; on this CPU: \($0.joined(separator: ", "))" } ?? ""
+        return .invalid("\(name)=\(EnvironmentSwitches.shown(value)): expected \(accepted)\(here) (unset: \(defaultValue))")
+    }
+}
+
+/// The kernel files of Sources/CKernels whose variant an environment switch picks
+/// (dispatch.c mt_choose_kernel: "avx512" = 2, "avx2" = 1, "scalar" = 0, compared exactly; a name
+/// the CPU does not run, or any other value, used to be ignored silently).
+public enum CKernelVariants: Sendable {
+    case nf4, bf16, packed
+
+    /// The variants the kernel file has, best first.
+    package var names: [String] { self == .packed ? ["avx2", "scalar"] : ["avx512", "avx2", "scalar"] }
+
+    /// The variants this CPU runs (the kernel file's own `supported` test).
+    package var namesHere: [String] {
+        names.filter { name in
+            let level: Int32 = name == "avx512" ? 2 : name == "avx2" ? 1 : 0
+            switch self {
+            case .nf4: return mt_nf4_kernel_supported(level) == 1
+            case .bf16: return mt_bf16_kernel_supported(level) == 1
+            case .packed: return mt_packed_kernel_supported(level) == 1
+            }
+        }
+    }
+}
+
+public enum EnvironmentSwitches {
+    /// Every MOE_TUNE_* switch moe-tune reads, in the order the README table lists them.
+    public static let all: [EnvironmentSwitch] = [
+        .init(name: "MOE_TUNE_THREADS", values: .wholeNumber(1...1024), accepted: "a whole number 1...1024",
+              defaultValue: "the active cores",
+              meaning: "workers of every parallel region (bench-train --threads overrides it)"),
+        .init(name: "MOE_TUNE_BLAS_THREADING", values: .words(["split", "library"], ignoringCase: true),
+              accepted: "split or library", defaultValue: "split",
+              meaning: "split: moe-tune splits each product over the workers, OpenBLAS single-threaded in each; library: OpenBLAS's own threads (to measure)"),
+        .init(name: "MOE_TUNE_BLAS_CORETYPE", values: .coreType,
+              accepted: "auto, keep or an OpenBLAS core type (\(BLAS.forcibleCoreTypes.map(\.name).joined(separator: ", ")))",
+              defaultValue: "auto, SkylakeX on an AVX-512 CPU, else OpenBLAS's own choice",
+              meaning: "OpenBLAS's kernels; keep: OpenBLAS's choice at load; a core type forces it (to measure)"),
+        .init(name: "MOE_TUNE_GEMM", values: .words(["openblas", "blis", "onednn", "auto"], ignoringCase: true),
+              accepted: "openblas, blis, onednn or auto", defaultValue: "openblas",
+              meaning: "which library multiplies (blis and onednn must be installed; auto: the measured per-shape rule)"),
+        .init(name: "MOE_TUNE_EXPERT_TASKS", values: .words(["0", "1"], ignoringCase: false),
+              accepted: "0 or 1", defaultValue: "1",
+              meaning: "1: MoE experts as tasks of one region; 0: one after another, products split (to measure)"),
+        .init(name: "MOE_TUNE_CHUNK_FLOATS", values: .wholeNumber(1...Int.max), accepted: "a whole number >= 1",
+              defaultValue: "half the L2 cache in floats (256Ki when unknown, at most 1Mi)",
+              meaning: "floats per chunk of dequantized compressed weight (NF4, ggml, bf16)"),
+        .init(name: "MOE_TUNE_ATTENTION_BLOCK", values: .wholeNumber(0...Int.max),
+              accepted: "a whole number of rows >= 0 (0: full T x T products)", defaultValue: "\(defaultCausalBlock)",
+              meaning: "rows per causal block of attention"),
+        .init(name: "MOE_TUNE_LORA_KERNEL", values: .words(["blas", "scalar"], ignoringCase: false),
+              accepted: "blas or scalar", defaultValue: "the AVX2 kernel where the CPU has one",
+              meaning: "LoRA's skinny products: blas sends them to BLAS.gemm, scalar forces the kernel's scalar loop (to measure)"),
+        .init(name: "MOE_TUNE_NF4_KERNEL", values: .kernel(.nf4), accepted: "avx512, avx2 or scalar",
+              defaultValue: "the best this CPU runs", meaning: "NF4 dequantization kernel (to measure)"),
+        .init(name: "MOE_TUNE_BF16_KERNEL", values: .kernel(.bf16), accepted: "avx512, avx2 or scalar",
+              defaultValue: "the best this CPU runs", meaning: "bf16 -> fp32 widening kernel (to measure)"),
+        .init(name: "MOE_TUNE_PACKED_KERNEL", values: .kernel(.packed), accepted: "avx2 or scalar",
+              defaultValue: "the best this CPU runs", meaning: "kernel of the GEMM over pre-packed weights (MOE_TUNE_PREPACK; to measure)"),
+        .init(name: "MOE_TUNE_PREPACK",
+              values: .words(["0", "1", "forward", "on", "true", "off", "false"], ignoringCase: true),
+              accepted: "0, 1, forward, on, true, off or false", defaultValue: "0",
+              meaning: "pre-pack frozen fp32 weights: 1/on/true both copies, forward the forward copy only, 0/off/false none"),
+        .init(name: "MOE_TUNE_HEAD_CHUNKS", values: .words(["0", "1"], ignoringCase: false),
+              accepted: "0 (whole head) or 1 (chunked)", defaultValue: "1",
+              meaning: "bench-train: the LM head and loss by chunks of rows, or whole (to measure)"),
+        .init(name: "MOE_TUNE_MPI_TIMEOUT", values: .seconds(atMost: 86_400),
+              accepted: "seconds, more than 0 and at most 86400", defaultValue: "300",
+              meaning: "under mpirun: how long a collective waits for the other ranks"),
+    ]
+
+    /// MOE_TUNE_* names that moe-tune does not read but this repository uses: the tests
+    /// (MOE_TUNE_SLOW_TESTS, MOE_TUNE_SMOLLM2_GGUF) and the fuzz build (scripts/fuzz.sh). No
+    /// warning for them.
+    public static let otherKnownNames: Set<String> = [
+        "MOE_TUNE_SLOW_TESTS", "MOE_TUNE_SMOLLM2_GGUF", "MOE_TUNE_FUZZ", "MOE_TUNE_FUZZ_TARGET", "MOE_TUNE_FUZZ_FIXTURES",
+    ]
+
+    /// The switch named `name`.
+    public static func named(_ name: String) -> EnvironmentSwitch? { all.first { $0.name == name } }
+
+    /// The refusal of `value` for the switch `name` (the readers that check a value themselves
+    /// throw this, so every message reads the same).
+    package static func refusal(_ name: String, _ value: String) -> MoETuneError {
+        named(name)?.refusal(value) ?? .invalid("\(name)=\(shown(value)): not a moe-tune switch")
+    }
+
+    /// Refuses the first switch set to a value its reader does not take (in the order of `all`);
+    /// returns one warning line for each other MOE_TUNE_* variable, naming the closest switch (not
+    /// an error: scripts may set variables of other versions).
+    @discardableResult
+    public static func check(environment: [String: String]) throws -> [String] {
+        for s in all {
+            if let v = environment[s.name], !s.accepts(v) { throw s.refusal(v) }
+        }
+        let known = Set(all.map(\.name)).union(otherKnownNames)
+        return environment.keys.filter { $0.hasPrefix("MOE_TUNE_") && !known.contains($0) }.sorted().map { name in
+            "\(shown(name)) is not a moe-tune switch (closest: \(closest(to: name))); ignored"
+        }
+    }
+
+    /// The switch whose name is fewest single-character edits from `name` (first in `all` on a tie).
+    package static func closest(to name: String) -> String {
+        var best = all[0].name, bestDistance = Int.max
+        for s in all {
+            let d = editDistance(name, s.name)   // MoEFormats/Spelling.swift
+            if d < bestDistance { best = s.name; bestDistance = d }
+        }
+        return best
+    }
+
+    /// A value as a message shows it: control characters escaped (the message stays one line),
+    /// at most 80 characters.
+    package static func shown(_ value: String) -> String {
+        var out = ""
+        for u in value.unicodeScalars {
+            if u.properties.generalCategory == .control { out += "\\u{\(String(u.value, radix: 16))}" } else { out.unicodeScalars.append(u) }
+        }
+        return out.count > 80 ? String(out.prefix(80)) + "..." : out
+    }
+}

@@ -1,0 +1,285 @@
+import Foundation
+import MoEFormats
+import MoEText
+
+/// One tensor of a model as llama.cpp stores it in GGUF: its GGUF name; for llama.cpp's
+/// "NORM" RoPE architectures (llama, granitemoe) the head count of the row permutation of q
+/// and k (convert_hf_to_gguf's `permute`: within each head the rows of the two rotate_half
+/// halves are interleaved, HF row h*D + s*D/2 + j is GGUF row h*D + 2j + s), which reading
+/// undoes and writing redoes; and for an expert, its index in the 3-D GGUF tensor
+/// (ffn_*_exps [E, rows, cols], row-major) that stacks every expert of the layer.
+public struct GGUFTensorName: Sendable, Equatable {
+    public let hf: String
+    public let gguf: String
+    public let permuteHeads: Int?
+    public var expert: Int? = nil
+}
+
+/// llama.cpp's names for a family's tensors and hyper-parameters, as convert_hf_to_gguf.py
+/// writes them and src/llama-model.cpp reads them (gguf-py's constants.py and
+/// tensor_mapping.py), for the families with a `ggufArchitecture`:
+///
+///   llama        llama (dense) and, with `llama.expert_count` > 0, mixtral; q/k permuted
+///   qwen2        q/k/v biases (attn_{q,k,v}.bias)
+///   qwen3        per-head q/k RMSNorm (attn_q_norm / attn_k_norm [head_dim])
+///   qwen2moe     biases, experts of expert_feed_forward_length, shared expert
+///                ffn_{gate,up,down}_shexp of expert_shared_feed_forward_length and its gate
+///                ffn_gate_inp_shexp; a layer without ffn_gate_inp keeps a dense MLP
+///   qwen3moe     per-head q/k norms, experts; top-k weights renormalised
+///   olmoe        q/k RMSNorm over the whole projection; top-k weights not renormalised
+///   granitemoe   experts, q/k permuted, attention.scale, embedding_scale, residual_scale,
+///                logit_scale (the four Granite multipliers)
+///
+/// Experts: ffn_gate_inp [E, H] is the router, ffn_{gate,up,down}_exps the stacked experts.
+/// Whether top-k weights are renormalised is llama.cpp's per-architecture constant
+/// (`ARCH.expert_weights_norm` overrides it where present). RoPE: `rope.scaling.type`
+/// linear / yarn (factor, original_context_length, yarn_beta_fast / yarn_beta_slow,
+/// attn_factor) and Llama 3.1's `rope_freqs.weight` (a divisor per frequency).
+extension ModelFamily {
+    /// The family of a GGUF architecture; "llama" with experts is Mixtral.
+    public static func forGGUFArchitecture(_ arch: String, experts: Int = 0) -> ModelFamily? {
+        if arch == "llama" { return experts > 0 ? .mixtral : .llama }
+        return all.first { $0.ggufArchitecture == arch }
+    }
+    public static var supportedGGUFArchitectures: [String] {
+        var out: [String] = []
+        for a in all.compactMap(\.ggufArchitecture) where !out.contains(a) { out.append(a) }
+        return out
+    }
+
+    /// llama.cpp's "NORM" RoPE (the converter permutes q and k rows); the others are NEOX.
+    package var ggufPermutesQK: Bool { self == .llama || self == .mixtral || self == .graniteMoE }
+
+    /// Whether llama.cpp renormalises the top-k router weights of this architecture.
+    package var ggufNormTopK: Bool { !(self == .qwen2MoE || self == .olmoe) }
+
+    /// Every tensor of a model of config `c`, Hugging Face name beside the GGUF one;
+    /// `lm_head` only when `c` does not tie it to the embedding.
+    public func ggufTensorNames(_ c: ModelConfig) -> [GGUFTensorName] {
+        var out = [GGUFTensorName(hf: embedTokens, gguf: "token_embd.weight", permuteHeads: nil),
+                   GGUFTensorName(hf: finalNorm, gguf: "output_norm.weight", permuteHeads: nil)]
+        if !c.tieWordEmbeddings { out.append(GGUFTensorName(hf: lmHead, gguf: "output.weight", permuteHeads: nil)) }
+        let permute = ggufPermutesQK
+        let parts: [(FeedForwardPart, String)] = [(.gate, "gate"), (.up, "up"), (.down, "down")]
+        for l in 0..<c.numLayers {
+            let b = "blk.\(l)."
+            var pairs: [(String, String, Int?)] = [
+                (inputNorm(l), "attn_norm.weight", nil),
+                (postAttentionNorm(l), "ffn_norm.weight", nil),
+                (weight(.q, layer: l), "attn_q.weight", permute ? c.numHeads : nil),
+                (weight(.k, layer: l), "attn_k.weight", permute ? c.numKVHeads : nil),
+                (weight(.v, layer: l), "attn_v.weight", nil),
+                (weight(.o, layer: l), "attn_output.weight", nil),
+            ]
+            if c.qkvBias {
+                pairs += [(bias(.q, layer: l), "attn_q.bias", nil), (bias(.k, layer: l), "attn_k.bias", nil),
+                          (bias(.v, layer: l), "attn_v.bias", nil)]
+            }
+            if c.qkNorm != nil { pairs += [(qNorm(l), "attn_q_norm.weight", nil), (kNorm(l), "attn_k_norm.weight", nil)] }
+            if c.isMoELayer(l) {
+                pairs.append((weight(.router, layer: l), "ffn_gate_inp.weight", nil))
+                for (p, s) in parts {
+                    for e in 0..<c.numExperts {
+                        out.append(GGUFTensorName(hf: weight(.expert(e, p), layer: l), gguf: b + "ffn_\(s)_exps.weight", permuteHeads: nil, expert: e))
+                    }
+                }
+                if c.sharedExpertIntermediateSize > 0 {
+                    pairs += parts.map { (weight(.shared($0.0), layer: l), "ffn_\($0.1)_shexp.weight", nil) }
+                    if moe?.sharedExpertGate != nil { pairs.append((weight(.sharedGate, layer: l), "ffn_gate_inp_shexp.weight", nil)) }
+                }
+            } else {
+                pairs += parts.map { (weight(.mlp($0.0), layer: l), "ffn_\($0.1).weight", nil) }
+            }
+            out += pairs.map { GGUFTensorName(hf: $0.0, gguf: b + $0.1, permuteHeads: $0.2) }
+        }
+        return out
+    }
+
+    /// The model configuration a GGUF's metadata gives (`ARCH.block_count`,
+    /// `ARCH.embedding_length`, …, `tokenizer.ggml.*` for the token ids); every size is
+    /// checked, and what moe-tune does not implement is refused, naming the key.
+    public static func config(gguf f: GGUFFile) throws -> ModelConfig {
+        guard let arch = try f.string("general.architecture") else {
+            throw MoETuneError.file(path: f.path, message: "metadata 'general.architecture' is missing")
+        }
+        let k = { (s: String) in arch + "." + s }
+        func positive(_ key: String, _ v: Int?) throws -> Int {
+            guard let v else { throw MoETuneError.file(path: f.path, message: "metadata '\(key)' is missing") }
+            guard v > 0, v < 1 << 24 else { throw MoETuneError.file(path: f.path, message: "metadata '\(key)' must be in 1..<16777216, got \(v)") }
+            return v
+        }
+        func factor(_ key: String) throws -> Double? {
+            guard let v = try f.double(key) else { return nil }
+            guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata '\(key)' must be a positive number, got \(v)") }
+            return v
+        }
+        let experts = try f.int(k("expert_count")) ?? 0
+        guard let family = forGGUFArchitecture(arch, experts: experts) else {
+            throw MoETuneError.file(path: f.path, message: "architecture '\(arch)' is not supported for GGUF (supported: \(supportedGGUFArchitectures.joined(separator: ", ")))")
+        }
+        if experts > 0, family.moe == nil {
+            throw MoETuneError.file(path: f.path, message: "metadata '\(k("expert_count"))' is \(experts): the \(arch) architecture has no experts in moe-tune")
+        }
+        if family.moe != nil, experts <= 0 {
+            throw MoETuneError.file(path: f.path, message: "metadata '\(k("expert_count"))' is missing or not positive for the mixture-of-experts architecture \(arch)")
+        }
+        let hidden = try positive(k("embedding_length"), try f.int(k("embedding_length")))
+        let heads = try positive(k("attention.head_count"), try f.int(k("attention.head_count")))
+        let kvHeads = try positive(k("attention.head_count_kv"), try f.int(k("attention.head_count_kv")) ?? heads)
+        guard heads % kvHeads == 0 else {
+            throw MoETuneError.file(path: f.path, message: "metadata '\(k("attention.head_count_kv"))' \(kvHeads) does not divide the head count \(heads)")
+        }
+        let headDim = try positive(k("attention.key_length"), try f.int(k("attention.key_length")) ?? hidden / heads)
+        if let v = try f.int(k("attention.value_length")), v != headDim {
+            throw MoETuneError.file(path: f.path, message: "metadata '\(k("attention.value_length"))' \(v) differs from the key length \(headDim) (not supported)")
+        }
+        if let r = try f.int(k("rope.dimension_count")), r != headDim {
+            throw MoETuneError.file(path: f.path, message: "metadata '\(k("rope.dimension_count"))' \(r) is not the head size \(headDim) (partial rotary embeddings are not supported)")
+        }
+        guard headDim % 2 == 0 else { throw MoETuneError.file(path: f.path, message: "head size \(headDim) must be even") }
+        let tokens = try f.strings("tokenizer.ggml.tokens")
+        let vocab = try positive(k("vocab_size"), try f.int(k("vocab_size")) ?? tokens?.count ?? f.tensor("token_embd.weight")?.shape.first)
+        let eps = try f.double(k("attention.layer_norm_rms_epsilon")) ?? family.defaults.rmsNormEps
+        let eos = try f.int("tokenizer.ggml.eos_token_id")
+        let ffn = try positive(k("feed_forward_length"), try f.int(k("feed_forward_length")))
+        let maxPositions = try positive(k("context_length"), try f.int(k("context_length")) ?? family.defaults.maxPositionEmbeddings)
+        var c = ModelConfig(
+            family: family, hiddenSize: hidden, intermediateSize: ffn,
+            numLayers: try positive(k("block_count"), try f.int(k("block_count"))),
+            numHeads: heads, numKVHeads: kvHeads, headDim: headDim,
+            rmsNormEps: Float(eps), ropeTheta: try f.double(k("rope.freq_base")) ?? family.defaults.ropeTheta,
+            vocabSize: vocab, tieWordEmbeddings: f.tensor("output.weight") == nil,
+            bosTokenId: try f.int("tokenizer.ggml.bos_token_id").map(Int32.init),
+            eosTokenIds: eos.map { [Int32($0)] } ?? [],
+            numExperts: 0, expertsPerToken: 0, routerAuxLossCoef: Float(family.defaults.routerAuxLossCoef),
+            slidingWindow: nil, maxPositionEmbeddings: maxPositions)
+        c.expertIntermediateSize = ffn
+        c.ropeScaling = try ropeScaling(f, arch: arch, headDim: headDim, maxPositions: maxPositions)
+
+        if family == .qwen2 || family == .qwen2MoE { c.qkvBias = f.tensor("blk.0.attn_q.bias") != nil }
+        if family == .qwen3 || family == .qwen3MoE { c.qkNorm = .perHead }
+        if family == .olmoe {
+            c.qkNorm = .fullWidth
+            c.clipQKV = try factor(k("attention.clamp_kqv")).map(Float.init)
+        }
+        if family.moe != nil {
+            c.numExperts = try positive(k("expert_count"), experts)
+            c.expertsPerToken = try positive(k("expert_used_count"), try f.int(k("expert_used_count")))
+            guard c.expertsPerToken <= c.numExperts else {
+                throw MoETuneError.file(path: f.path, message: "metadata '\(k("expert_used_count"))' \(c.expertsPerToken) exceeds the \(c.numExperts) experts")
+            }
+            if let e = try f.int(k("expert_feed_forward_length")) { c.expertIntermediateSize = try positive(k("expert_feed_forward_length"), e) }
+            c.normTopKProb = try f.bool(k("expert_weights_norm")) ?? family.ggufNormTopK
+            if family == .qwen2MoE {
+                c.sharedExpertIntermediateSize = try f.int(k("expert_shared_feed_forward_length")).map { try positive(k("expert_shared_feed_forward_length"), $0) } ?? 0
+            }
+            // A layer without a router keeps the dense MLP (qwen2moe's mlp_only_layers).
+            c.mlpOnlyLayers = (0..<c.numLayers).filter { f.tensor("blk.\($0).ffn_gate_inp.weight") == nil }
+        }
+        if family == .graniteMoE {
+            c.embeddingMultiplier = Float(try factor(k("embedding_scale")) ?? 1)
+            c.attentionMultiplier = try factor(k("attention.scale")).map(Float.init)
+            c.residualMultiplier = Float(try factor(k("residual_scale")) ?? 1)
+            c.logitsScaling = Float(try factor(k("logit_scale")) ?? 1)
+        }
+        return c
+    }
+
+    /// `ARCH.rope.scaling.*` and `rope_freqs.weight`, as llama.cpp reads them.
+    package static func ropeScaling(_ f: GGUFFile, arch: String, headDim: Int, maxPositions: Int) throws -> RoPEScaling? {
+        let k = { (s: String) in arch + ".rope.scaling." + s }
+        if let t = f.tensor("rope_freqs.weight") {
+            guard t.shape == [headDim / 2] else {
+                throw MoETuneError.file(path: f.path, message: "tensor 'rope_freqs.weight' has shape \(t.shape), expected [\(headDim / 2)] (half the head size)")
+            }
+            let v = try f.floats("rope_freqs.weight")
+            if let bad = v.first(where: { !($0.isFinite && $0 > 0) }) {
+                throw MoETuneError.file(path: f.path, message: "tensor 'rope_freqs.weight' holds \(bad); every frequency divisor must be positive")
+            }
+            return .frequencyFactors(v.map(Double.init))
+        }
+        let type = try f.string(k("type")) ?? "none"
+        func value(_ key: String) throws -> Double? {
+            guard let v = try f.double(k(key)) else { return nil }
+            guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata '\(k(key))' must be a positive number, got \(v)") }
+            return v
+        }
+        switch type {
+        case "none":
+            return nil
+        case "linear":
+            guard let factor = try value("factor") else { throw MoETuneError.file(path: f.path, message: "metadata '\(k("factor"))' is missing for linear RoPE scaling") }
+            return factor == 1 ? nil : .linear(factor: factor)
+        case "yarn":
+            guard let factor = try value("factor") else { throw MoETuneError.file(path: f.path, message: "metadata '\(k("factor"))' is missing for YaRN") }
+            let original = try f.int(k("original_context_length")).map(Double.init) ?? Double(maxPositions) / factor
+            let attention = try value("attn_factor") ?? yarnAttentionFactor(factor)
+            return .yarn(factor: factor, originalMaxPositions: original, betaFast: try value("yarn_beta_fast") ?? 32,
+                         betaSlow: try value("yarn_beta_slow") ?? 1, attentionFactor: attention, truncate: true)
+        default:
+            throw MoETuneError.file(path: f.path, message: "metadata '\(k("type"))' is '\(type)': RoPE scaling '\(type)' is not supported for GGUF models (supported: none, linear, yarn, rope_freqs.weight)")
+        }
+    }
+
+    /// YaRN's default attention factor (transformers' and llama.cpp's mscale).
+    package static func yarnAttentionFactor(_ factor: Double) -> Double { factor <= 1 ? 1 : 0.1 * Foundation.log(factor) + 1 }
+
+    /// The GGUF metadata of config `c` under llama.cpp's keys (the reverse of `config(gguf:)`).
+    public func ggufMetadata(_ c: ModelConfig) -> [(String, GGUFValue)] {
+        let a = ggufArchitecture ?? name
+        var out: [(String, GGUFValue)] = [
+            ("general.architecture", .string(a)),
+            (a + ".block_count", .uint32(UInt32(c.numLayers))),
+            (a + ".context_length", .uint32(UInt32(c.maxPositionEmbeddings))),
+            (a + ".embedding_length", .uint32(UInt32(c.hiddenSize))),
+            (a + ".feed_forward_length", .uint32(UInt32(c.isMoE && (self == .mixtral || self == .olmoe || self == .graniteMoE) ? c.expertIntermediateSize : c.intermediateSize))),
+            (a + ".attention.head_count", .uint32(UInt32(c.numHeads))),
+            (a + ".attention.head_count_kv", .uint32(UInt32(c.numKVHeads))),
+            (a + ".attention.key_length", .uint32(UInt32(c.headDim))),
+            (a + ".attention.value_length", .uint32(UInt32(c.headDim))),
+            (a + ".rope.dimension_count", .uint32(UInt32(c.headDim))),
+            (a + ".rope.freq_base", .float32(Float(c.ropeTheta))),
+            (a + ".attention.layer_norm_rms_epsilon", .float32(c.rmsNormEps)),
+            (a + ".vocab_size", .uint32(UInt32(c.vocabSize))),
+        ]
+        if c.isMoE {
+            out += [(a + ".expert_count", .uint32(UInt32(c.numExperts))), (a + ".expert_used_count", .uint32(UInt32(c.expertsPerToken)))]
+            if self == .qwen2MoE || self == .qwen3MoE { out.append((a + ".expert_feed_forward_length", .uint32(UInt32(c.expertIntermediateSize)))) }
+            if c.sharedExpertIntermediateSize > 0 { out.append((a + ".expert_shared_feed_forward_length", .uint32(UInt32(c.sharedExpertIntermediateSize)))) }
+            if c.normTopKProb != ggufNormTopK { out.append((a + ".expert_weights_norm", .bool(c.normTopKProb))) }
+        }
+        if let clip = c.clipQKV { out.append((a + ".attention.clamp_kqv", .float32(clip))) }
+        if self == .graniteMoE {
+            if let m = c.attentionMultiplier { out.append((a + ".attention.scale", .float32(m))) }
+            out += [(a + ".embedding_scale", .float32(c.embeddingMultiplier)), (a + ".residual_scale", .float32(c.residualMultiplier)),
+                    (a + ".logit_scale", .float32(c.logitsScaling))]
+        }
+        switch c.ropeScaling {
+        case .linear(let factor)?:
+            out += [(a + ".rope.scaling.type", .string("linear")), (a + ".rope.scaling.factor", .float32(Float(factor)))]
+        case let .yarn(factor, original, fast, slow, attention, _)?:
+            out += [(a + ".rope.scaling.type", .string("yarn")), (a + ".rope.scaling.factor", .float32(Float(factor))),
+                    (a + ".rope.scaling.original_context_length", .uint32(UInt32(original))),
+                    (a + ".rope.scaling.yarn_beta_fast", .float32(Float(fast))), (a + ".rope.scaling.yarn_beta_slow", .float32(Float(slow)))]
+            // llama.cpp derives 0.1 ln(factor) + 1 itself; only another factor is written.
+            if abs(attention - Self.yarnAttentionFactor(factor)) > 1e-9 { out.append((a + ".rope.scaling.attn_factor", .float32(Float(attention)))) }
+        default: break
+        }
+        return out
+    }
+
+    /// `rope_freqs.weight` [D/2], the divisor of each RoPE frequency, for Llama 3.1 scaling
+    /// (convert_hf_to_gguf's LlamaModel.generate_extra_tensors), or nil.
+    public func ggufRopeFrequencyFactors(_ c: ModelConfig) -> [Float]? {
+        switch c.ropeScaling {
+        case .frequencyFactors(let f)?:
+            return f.map(Float.init)
+        case .llama3?:
+            let plain = RoPEScaling.inverseFrequencies(headDim: c.headDim, theta: c.ropeTheta, scaling: nil).0
+            let scaled = RoPEScaling.inverseFrequencies(headDim: c.headDim, theta: c.ropeTheta, scaling: c.ropeScaling).0
+            return zip(plain, scaled).map { Float(Double($0) / Double($1)) }
+        default:
+            return nil
+        }
+    }
+}

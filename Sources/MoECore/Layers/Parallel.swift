@@ -1,0 +1,138 @@
+import Foundation
+import Synchronization
+import MoEFormats
+import MoEText
+
+/// How moe-tune spreads work over the cores. Every parallel region runs on libdispatch's
+/// persistent worker threads (no thread is created per region or per product) with
+/// `Parallel.workers` iterations; the calling thread takes part.
+///
+/// A region's body knows it is inside one (`inRegion`) and which worker slot it holds
+/// (`workerIndex`, for per-worker scratch). Nested regions and matrix-product splits run
+/// on the calling worker alone, so code such as a whole MoE expert can run as one task of
+/// a region and call the ordinary layer functions, which would otherwise split their own
+/// products over the cores.
+public enum Parallel {
+    /// Worker count of every region: `--threads N` / MOE_TUNE_THREADS, else the active cores.
+    /// Set it (`setWorkers`) before allocating forward/backward states: per-worker scratch
+    /// is sized by it.
+    nonisolated(unsafe) public private(set) static var workers: Int = {
+        if let s = ProcessInfo.processInfo.environment["MOE_TUNE_THREADS"], let n = Int(s), n >= 1 { return min(n, 1024) }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }()
+
+    /// MoE experts as tasks of one region (each expert's products unsplit on one worker),
+    /// or one after another with each product split over the workers
+    /// (MOE_TUNE_EXPERT_TASKS=0; kept to measure the two side by side).
+    nonisolated(unsafe) public static var expertTasks: Bool =
+        ProcessInfo.processInfo.environment["MOE_TUNE_EXPERT_TASKS"] != "0"
+
+    /// Sets the worker count (1...1024). Not thread-safe: call at start-up.
+    public static func setWorkers(_ n: Int) throws {
+        guard (1...1024).contains(n) else { throw MoETuneError.invalid("--threads must be in 1...1024, got \(n)") }
+        workers = n
+    }
+
+    /// Thread-specific slot: nil outside a region, worker index + 1 inside.
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        return k
+    }()
+
+    /// True inside the body of a parallel region.
+    @inline(__always)
+    public static var inRegion: Bool { pthread_getspecific(key) != nil }
+
+    /// The worker slot (0..<workers) of the region body running on this thread; 0 outside.
+    @inline(__always)
+    public static var workerIndex: Int {
+        guard let p = pthread_getspecific(key) else { return 0 }
+        return Int(bitPattern: p) - 1
+    }
+
+    /// Runs body(0..<count) with as many iterations in flight as there are threads;
+    /// serially when count <= 1 or when already inside a region. Iteration i holds worker
+    /// slot i (count must not exceed `workers` when the body uses per-worker scratch).
+    @inline(__always)
+    public static func run(_ count: Int, _ body: (Int) -> Void) {
+        if count <= 1 || inRegion {
+            for i in 0..<count { body(i) }
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: count) { i in
+            pthread_setspecific(key, UnsafeRawPointer(bitPattern: i + 1))
+            body(i)
+            pthread_setspecific(key, nil)
+        }
+    }
+
+    /// Runs task(order[0]), task(order[1]), ... with each worker taking the next task as it
+    /// finishes one (dynamic scheduling: tasks of uneven cost balance; give the costliest
+    /// first). Which worker runs a task does not change its result.
+    public static func forEachTask(_ order: UnsafePointer<Int32>, count: Int, _ task: (Int) -> Void) {
+        let w = min(workers, count)
+        // With OpenBLAS's own threads (BLAS.threading == .library) the products are not
+        // called side by side: each takes the cores itself.
+        if w <= 1 || inRegion || !expertTasks || BLAS.threading == .library {
+            for i in 0..<count { task(Int(order[i])) }
+            return
+        }
+        let next = Atomic<Int>(0)
+        run(w) { _ in
+            while true {
+                let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                if i >= count { break }
+                task(Int(order[i]))
+            }
+        }
+    }
+}
+
+/// One scratch buffer per worker slot (`Parallel.workerIndex`), for layer code that may run
+/// inside a region (an MoE expert task) and needs a temporary: each slot is read and grown
+/// by its own worker only. Grows to the largest request (the first steps), then allocates
+/// nothing.
+public final class PerWorkerScratch: @unchecked Sendable {
+    private let buffers: UnsafeMutablePointer<FloatBuffer?>
+    private static let slots = 1024   // Parallel.workers is at most 1024
+    private let minimum: Int
+
+    public init(minimumCount: Int) {
+        minimum = minimumCount
+        buffers = .allocate(capacity: PerWorkerScratch.slots)
+        buffers.initialize(repeating: nil, count: PerWorkerScratch.slots)
+    }
+
+    deinit {
+        buffers.deinitialize(count: PerWorkerScratch.slots)
+        buffers.deallocate()
+    }
+
+    /// This worker's buffer, at least `count` floats.
+    @inline(__always)
+    public func pointer(count: Int) -> UnsafeMutablePointer<Float> {
+        let w = Parallel.workerIndex
+        if let b = buffers[w], b.count >= count { return b.pointer }
+        let b = FloatBuffer(count: max(count, minimum), zeroed: false)
+        buffers[w] = b
+        return b.pointer
+    }
+}
+
+/// Splits `0..<count` into one contiguous chunk per worker and runs them in parallel.
+/// The body gets a half-open range. Falls back to a plain call for small work or inside
+/// a parallel region.
+@inline(__always)
+public func parallelChunks(_ count: Int, minChunk: Int = 16, _ body: (Range<Int>) -> Void) {
+    let workers = min(Parallel.workers, max(1, count / minChunk))
+    if workers <= 1 || Parallel.inRegion {
+        body(0..<count)
+        return
+    }
+    let per = (count + workers - 1) / workers
+    Parallel.run(workers) { w in
+        let lo = w * per, hi = min(count, lo + per)
+        if lo < hi { body(lo..<hi) }
+    }
+}

@@ -1,0 +1,277 @@
+import Foundation
+import MoEFormats
+import MoEText
+
+/// Frozen base weights of one decoder layer.
+public struct LayerWeights: @unchecked Sendable {
+    public var inputNorm: UnsafePointer<Float>      // [H]
+    public var postAttentionNorm: UnsafePointer<Float>  // [H]
+    public var q: Matrix   // [nH*D, H]
+    public var k: Matrix   // [nKV*D, H]; MLA: kv_a_proj_with_mqa [r + rope, H]
+    public var v: Matrix   // [nKV*D, H]; MLA: kv_b_proj [nH*(nope + vD), r]
+    public var o: Matrix   // [H, nH*D]; MLA: [H, nH*vD]
+    /// MLA (DeepSeek-V2): kv_a_layernorm [r]; with q_lora_rank qr, q_a_proj [qr, H] (frozen)
+    /// and q_a_layernorm [qr], and q is q_b_proj [nH*D, qr].
+    public var kvANorm: UnsafePointer<Float>? = nil
+    public var qA: Matrix? = nil
+    public var qANorm: UnsafePointer<Float>? = nil
+    /// q/k/v biases [nH*D], [nKV*D], [nKV*D] (Qwen2); frozen, always fp32.
+    public var qBias: UnsafePointer<Float>? = nil
+    public var kBias: UnsafePointer<Float>? = nil
+    public var vBias: UnsafePointer<Float>? = nil
+    /// GPT-OSS: o_proj's bias [H], the router's bias [E] and the attention sinks [nH]; frozen.
+    public var oBias: UnsafePointer<Float>? = nil
+    public var routerBias: UnsafePointer<Float>? = nil
+    public var sinks: UnsafePointer<Float>? = nil
+    /// q/k RMSNorm weights (Qwen3 [D] each; OLMoE [nH*D] and [nKV*D]).
+    public var qNorm: UnsafePointer<Float>? = nil
+    public var kNorm: UnsafePointer<Float>? = nil
+    /// Dense models.
+    public var mlp: FeedForwardWeights?
+    /// MoE layers: router [E, H] and the experts.
+    public var router: Matrix?
+    public var experts: [FeedForwardWeights]
+    /// Qwen2-MoE: the shared expert (SwiGLU of shared_expert_intermediate_size) and its
+    /// gate [1, H]: out += sigmoid(x gate^T) * shared(x).
+    public var sharedExpert: FeedForwardWeights? = nil
+    public var sharedExpertGate: Matrix? = nil
+}
+
+/// A decoder of any supported family (Model/Families/) with its weights, read from a Hugging Face folder.
+public final class Transformer: @unchecked Sendable {
+    public private(set) var config: ModelConfig
+    /// How the MoE blocks run (losses, capacity, noise); set before building states.
+    public var moe = MoEOptions()
+    public let checkpoint: Checkpoint
+    public let embed: Matrix        // [V, H]
+    public let finalNorm: UnsafePointer<Float>
+    public let lmHead: Matrix       // [V, H]; the embedding when tied
+    public let layers: [LayerWeights]
+    public let rope: RoPETable
+
+    /// With `quantize`, every linear weight of the decoder layers (attention, MLP, every
+    /// expert) is stored NF4, quantized tensor by tensor while loading; embeddings, router,
+    /// norms and lm_head stay in full precision. Weights a checkpoint already stores in
+    /// bitsandbytes' 4-bit format are read as they are. With `base` bf16 the same linear
+    /// weights are held in bf16 instead (GPT-OSS's transposed experts stay fp32).
+    public static func load(directory: String, quantize: QuantizationSpec? = nil, base: BaseDType = .fp32) throws -> Transformer {
+        try base.check(quantized: quantize != nil)
+        return try Transformer(checkpoint: Checkpoint(directory: directory), quantize: quantize, base: base)
+    }
+
+    /// Whether any weight is stored 4-bit.
+    public var isQuantized: Bool { layers.contains { $0.q.isQuantized } }
+
+    public init(checkpoint ck: Checkpoint, quantize: QuantizationSpec? = nil, base: BaseDType = .fp32) throws {
+        try base.check(quantized: quantize != nil)
+        let c = ck.config
+        config = c
+        checkpoint = ck
+        let h = c.hiddenSize, f = c.family
+        embed = try ck.matrix(f.embedTokens, rows: c.vocabSize, cols: h)
+        finalNorm = try ck.floats(f.finalNorm, shape: [h])
+        if c.tieWordEmbeddings || !ck.contains(f.lmHead) {
+            guard c.tieWordEmbeddings else {
+                throw MoETuneError.file(path: ck.directory,
+                    message: "tensor '\(f.lmHead)' not found and tie_word_embeddings is false")
+            }
+            lmHead = embed
+        } else {
+            lmHead = try ck.matrix(f.lmHead, rows: c.vocabSize, cols: h)
+        }
+        var layers: [LayerWeights] = []
+        for l in 0..<c.numLayers {
+            let lin = { (slot: LinearSlot, rows: Int, cols: Int) in
+                try ck.linear(f.weight(slot, layer: l), rows: rows, cols: cols, quantize: quantize, base: base)
+            }
+            // MLA: k and v slots are kv_a_proj_with_mqa and kv_b_proj.
+            let kShape = c.mla.map { ($0.kvLoraRank + $0.ropeDim, h) } ?? (c.kvDim, h)
+            let vShape = c.mla.map { (c.numHeads * ($0.nopeDim + $0.valueDim), $0.kvLoraRank) } ?? (c.kvDim, h)
+            var lw = LayerWeights(
+                inputNorm: try ck.floats(f.inputNorm(l), shape: [h]),
+                postAttentionNorm: try ck.floats(f.postAttentionNorm(l), shape: [h]),
+                q: try lin(.q, c.qDim, c.mla?.qLoraRank ?? h), k: try lin(.k, kShape.0, kShape.1),
+                v: try lin(.v, vShape.0, vShape.1), o: try lin(.o, h, c.attentionOutDim),
+                mlp: nil, router: nil, experts: [])
+            if let m = c.mla { lw.kvANorm = try ck.floats(f.kvANorm(l), shape: [m.kvLoraRank]) }
+            if let qr = c.mla?.qLoraRank {
+                lw.qA = try ck.linear(f.qAProj(l), rows: qr, cols: h, quantize: quantize, base: base)
+                lw.qANorm = try ck.floats(f.qANorm(l), shape: [qr])
+            }
+            if c.qkvBias {
+                lw.qBias = try ck.floats(f.bias(.q, layer: l), shape: [c.qDim])
+                lw.kBias = try ck.floats(f.bias(.k, layer: l), shape: [c.kvDim])
+                lw.vBias = try ck.floats(f.bias(.v, layer: l), shape: [c.kvDim])
+            }
+            if c.oBias { lw.oBias = try ck.floats(f.bias(.o, layer: l), shape: [h]) }
+            if c.attentionSinks { lw.sinks = try ck.floats(f.sinks(l), shape: [c.numHeads]) }
+            if let kind = c.qkNorm {
+                lw.qNorm = try ck.floats(f.qNorm(l), shape: [kind == .perHead ? c.headDim : c.qDim])
+                lw.kNorm = try ck.floats(f.kNorm(l), shape: [kind == .perHead ? c.headDim : c.kvDim])
+            }
+            if c.isMoELayer(l) {
+                (lw.router, lw.experts) = try Transformer.loadExperts(ck, layer: l, quantize: quantize, base: base)
+                if c.routerBias { lw.routerBias = try ck.floats(f.bias(.router, layer: l), shape: [c.numExperts]) }
+                let s = c.sharedExpertIntermediateSize
+                if s > 0 {
+                    lw.sharedExpert = FeedForwardWeights(gate: try lin(.shared(.gate), s, h), up: try lin(.shared(.up), s, h),
+                                                         down: try lin(.shared(.down), h, s))
+                    if f.moe?.sharedExpertGate != nil {
+                        lw.sharedExpertGate = try ck.matrix(f.weight(.sharedGate, layer: l), rows: 1, cols: h)
+                    }
+                }
+            } else {
+                let i = c.intermediateSize
+                lw.mlp = FeedForwardWeights(gate: try lin(.mlp(.gate), i, h), up: try lin(.mlp(.up), i, h),
+                                            down: try lin(.mlp(.down), h, i))
+            }
+            layers.append(lw)
+        }
+        self.layers = layers
+        rope = RoPETable(headDim: c.mla?.ropeDim ?? c.headDim, theta: c.ropeTheta, maxPositions: max(c.maxPositionEmbeddings, 1),
+                         scaling: c.ropeScaling)
+    }
+
+    /// Routes each token to k experts instead of the checkpoint's num_experts_per_tok
+    /// (e.g. fine-tune a top-2 model with k = 1, as Switch did). Build ForwardStates after.
+    public func overrideExpertsPerToken(_ k: Int) throws {
+        guard config.isMoE else { throw MoETuneError.invalid("moe.top_k is set but \(config.family.name) models have no experts") }
+        guard (1...config.numExperts).contains(k) else {
+            throw MoETuneError.invalid("moe.top_k \(k) is out of range: the model has \(config.numExperts) experts")
+        }
+        if let g = config.expertGroups, k > g.topGroups * (config.numExperts / g.groups) {
+            throw MoETuneError.invalid("moe.top_k \(k) is out of range: group-limited routing allows \(g.topGroups) groups of \(config.numExperts / g.groups) experts")
+        }
+        config.expertsPerToken = k
+    }
+
+    /// Router and experts of an MoE layer, in the classic per-expert layout or the
+    /// fused layout of transformers 5.
+    private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?,
+                                    base: BaseDType) throws -> (Matrix, [FeedForwardWeights]) {
+        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
+        if f.moe?.transposedInterleaved == true {
+            // GPT-OSS: gate_up_proj [E, H, 2I] (x @ W, columns 2i gate and 2i+1 up) and
+            // down_proj [E, I, H], each with a bias, transposed here into per-expert
+            // gate/up [I, H] and down [H, I].
+            let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
+            for name in [f.fusedGateUp(l), f.fusedDown(l)] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
+            if let q = quantize {
+                // QLoRA: each fused tensor quantized whole as bitsandbytes' quantize_4bit
+                // flattens it (blocks of 64 along 2I, then H, then E); the experts read
+                // their slices transposed (TransposedWeight). Biases stay fp32.
+                let quant = { (name: String, shape: [Int]) throws -> NF4Weight in
+                    let (rows, cols) = (shape[0] * shape[1], shape[2])
+                    // MXFP4 checkpoints: dequantized to a temporary fp32 copy first.
+                    if let w = try ck.withTemporaryMXFP4Floats(name, shape: shape, {
+                        NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+                    }) { return w }
+                    return try ck.withTemporaryFloats(name, shape: shape) {
+                        NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+                    }
+                }
+                let gu = try quant(f.fusedGateUp(l), [e, h, 2 * i]), dn = try quant(f.fusedDown(l), [e, i, h])
+                let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
+                let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
+                let bias = FloatBuffer(count: e * 2 * i, zeroed: false)
+                ck.keep(bias)
+                let clamped = c.clampedSwiGLU
+                return (router, (0..<e).map { x in
+                    let gb = bias.pointer + x * 2 * i, ub = gb + i
+                    for r in 0..<i { gb[r] = guBias[x * 2 * i + 2 * r]; ub[r] = guBias[x * 2 * i + 2 * r + 1] }
+                    return FeedForwardWeights(
+                        gate: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 0)),
+                        up: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 1)),
+                        down: Matrix(transposed: TransposedWeight(storage: dn, rowOffset: x * i, inFeatures: i, stride: 1, part: 0)),
+                        gateBias: gb, upBias: ub, downBias: dnBias + x * h, clamped: clamped)
+                })
+            }
+            // The released checkpoints store both as MXFP4 blocks, dequantized here.
+            let gu = try ck.mxfp4Floats(f.fusedGateUp(l), shape: [e, h, 2 * i]) ?? ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
+            let dn = try ck.mxfp4Floats(f.fusedDown(l), shape: [e, i, h]) ?? ck.floats(f.fusedDown(l), shape: [e, i, h])
+            let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
+            let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
+            let buf = FloatBuffer(count: e * (3 * i * h + 2 * i), zeroed: false)
+            ck.keep(buf)
+            let clamped = c.clampedSwiGLU
+            let experts = (0..<e).map { x -> FeedForwardWeights in
+                let gate = buf.pointer + x * (3 * i * h + 2 * i), up = gate + i * h, down = up + i * h
+                let gb = down + h * i, ub = gb + i
+                for r in 0..<i {
+                    for col in 0..<h {
+                        gate[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r]
+                        up[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r + 1]
+                    }
+                    gb[r] = guBias[x * 2 * i + 2 * r]
+                    ub[r] = guBias[x * 2 * i + 2 * r + 1]
+                }
+                for r in 0..<h { for col in 0..<i { down[r * i + col] = dn[(x * i + col) * h + r] } }
+                return FeedForwardWeights(gate: Matrix(gate, rows: i, cols: h), up: Matrix(up, rows: i, cols: h),
+                                          down: Matrix(down, rows: h, cols: i), gateBias: gb, upBias: ub,
+                                          downBias: dnBias + x * h, clamped: clamped)
+            }
+            return (router, experts)
+        }
+        if let fused = f.fusedTensors(l, contains: ck.contains) {
+            let router = try ck.matrix(fused.router, rows: e, cols: h)
+            if ck.isBnb4bit(fused.gateUp) || ck.isBnb4bit(fused.down) {
+                // Written by `moe-tune quantize`: each fused tensor quantized whole, each
+                // expert's gate, up and down a block-aligned slice of it.
+                guard (i * h) % NF4Weight.blockSize == 0 else {
+                    throw MoETuneError.file(path: ck.path(of: fused.gateUp),
+                        message: "\(fused.gateUp): 4-bit fused experts need intermediate x hidden (\(i) x \(h)) to be a multiple of 64")
+                }
+                let gateUp = try ck.readBnb4bit(fused.gateUp, shape: [e, 2 * i, h])
+                let down = try ck.readBnb4bit(fused.down, shape: [e, h, i])
+                return (router, (0..<e).map { x in
+                    FeedForwardWeights(gate: Matrix(nf4: gateUp.slice(rows: x * 2 * i, count: i)),
+                                       up: Matrix(nf4: gateUp.slice(rows: x * 2 * i + i, count: i)),
+                                       down: Matrix(nf4: down.slice(rows: x * h, count: h)))
+                })
+            }
+            if let q = quantize {
+                // Quantize each expert's slice of the fused tensors, one fused tensor at a time.
+                let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in
+                    (0..<e).map { x in (NF4Weight.quantize(p + x * 2 * i * h, rows: i, cols: h, doubleQuant: q.doubleQuant),
+                                        NF4Weight.quantize(p + x * 2 * i * h + i * h, rows: i, cols: h, doubleQuant: q.doubleQuant)) }
+                }
+                let down = try ck.withTemporaryFloats(fused.down, shape: [e, h, i]) { p in
+                    (0..<e).map { x in NF4Weight.quantize(p + x * h * i, rows: h, cols: i, doubleQuant: q.doubleQuant) }
+                }
+                return (router, (0..<e).map { x in
+                    FeedForwardWeights(gate: Matrix(nf4: gateUp[x].0), up: Matrix(nf4: gateUp[x].1), down: Matrix(nf4: down[x]))
+                })
+            }
+            if base.isBF16 {
+                // Each expert's slice of the fused tensors rounded to bf16, one tensor at a time.
+                let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in
+                    (0..<e).map { x in (BF16Weight(rounding: p + x * 2 * i * h, rows: i, cols: h),
+                                        BF16Weight(rounding: p + x * 2 * i * h + i * h, rows: i, cols: h)) }
+                }
+                let down = try ck.withTemporaryFloats(fused.down, shape: [e, h, i]) { p in
+                    (0..<e).map { x in BF16Weight(rounding: p + x * h * i, rows: h, cols: i) }
+                }
+                return (router, (0..<e).map { x in
+                    FeedForwardWeights(gate: Matrix(bf16: gateUp[x].0), up: Matrix(bf16: gateUp[x].1), down: Matrix(bf16: down[x]))
+                })
+            }
+            let gateUp = try ck.floats(fused.gateUp, shape: [e, 2 * i, h])
+            let down = try ck.floats(fused.down, shape: [e, h, i])
+            let experts = (0..<e).map { x in
+                FeedForwardWeights(
+                    gate: Matrix(gateUp + x * 2 * i * h, rows: i, cols: h),
+                    up: Matrix(gateUp + x * 2 * i * h + i * h, rows: i, cols: h),
+                    down: Matrix(down + x * h * i, rows: h, cols: i))
+            }
+            return (router, experts)
+        }
+        let router = try ck.matrix(f.weight(.router, layer: l), rows: e, cols: h)
+        let experts = try (0..<e).map { x in
+            FeedForwardWeights(
+                gate: try ck.linear(f.weight(.expert(x, .gate), layer: l), rows: i, cols: h, quantize: quantize, base: base),
+                up: try ck.linear(f.weight(.expert(x, .up), layer: l), rows: i, cols: h, quantize: quantize, base: base),
+                down: try ck.linear(f.weight(.expert(x, .down), layer: l), rows: h, cols: i, quantize: quantize, base: base))
+        }
+        return (router, experts)
+    }
+}

@@ -1,0 +1,74 @@
+/// One metadata value of a GGUF file, with its stored type (gguf_type): integers of
+/// 8-64 bits, floats of 32/64 bits, booleans, UTF-8 strings and arrays of any of these
+/// (arrays of arrays included).
+public indirect enum GGUFValue: Equatable, Sendable {
+    case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
+    case float32(Float), bool(Bool), string(String), uint64(UInt64), int64(Int64), float64(Double)
+    /// Element type and elements.
+    case array(GGUFValueType, [GGUFValue])
+
+    public var type: GGUFValueType {
+        switch self {
+        case .uint8: return .uint8
+        case .int8: return .int8
+        case .uint16: return .uint16
+        case .int16: return .int16
+        case .uint32: return .uint32
+        case .int32: return .int32
+        case .float32: return .float32
+        case .bool: return .bool
+        case .string: return .string
+        case .uint64: return .uint64
+        case .int64: return .int64
+        case .float64: return .float64
+        case .array: return .array
+        }
+    }
+
+    /// The value of an integer of any width.
+    public var integer: Int? {
+        switch self {
+        case .uint8(let v): return Int(v)
+        case .int8(let v): return Int(v)
+        case .uint16(let v): return Int(v)
+        case .int16(let v): return Int(v)
+        case .uint32(let v): return Int(v)
+        case .int32(let v): return Int(v)
+        case .uint64(let v): return v <= UInt64(Int.max) ? Int(v) : nil
+        case .int64(let v): return Int(v)
+        default: return nil
+        }
+    }
+
+    /// The value of a float of either width (integers are not floats here).
+    public var double: Double? {
+        switch self {
+        case .float32(let v): return Double(v)
+        case .float64(let v): return v
+        default: return nil
+        }
+    }
+
+    public var string: String? { if case .string(let s) = self { return s }; return nil }
+    public var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
+    public var array: [GGUFValue]? { if case .array(_, let a) = self { return a }; return nil }
+}
+
+/// gguf_type: the stored type of a metadata value.
+public enum GGUFValueType: UInt32, Sendable {
+    case uint8 = 0, int8 = 1, uint16 = 2, int16 = 3, uint32 = 4, int32 = 5, float32 = 6
+    case bool = 7, string = 8, array = 9, uint64 = 10, int64 = 11, float64 = 12
+
+    /// Bytes of one value of a fixed-size type; nil for strings and arrays.
+    package var fixedSize: Int? {
+        switch self {
+        case .uint8, .int8, .bool: return 1
+        case .uint16, .int16: return 2
+        case .uint32, .int32, .float32: return 4
+        case .uint64, .int64, .float64: return 8
+        case .string, .array: return nil
+        }
+    }
+
+    public var name: String { String(describing: self) }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+
+/// Exact-match accuracy of greedy generations on instruction data: for every example
+/// with an expected answer, decode greedily from its prompt until EOS or the budget and
+/// compare the text with the answer, both trimmed of surrounding whitespace.
+public struct ExactMatchResult: Sendable {
+    public var correct: Int
+    public var total: Int
+    /// Per "task" field: (correct, total).
+    public var perTask: [String: (correct: Int, total: Int)]
+    public var samples: [(prompt: String, expected: String, generated: String)]
+    public var accuracy: Double { total > 0 ? Double(correct) / Double(total) : 0 }
+}
+
+public enum ExactMatch {
+    public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: any TextTokenizer, dataset: Dataset,
+                                maxNewTokens: Int, extraStopIds: Set<Int32> = [],
+                                progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
+        let items = dataset.examples.filter { $0.reply != nil && $0.replyStart > 0 && $0.replyStart <= $0.tokens.count }
+        let longest = items.map { $0.promptIds?.count ?? $0.replyStart }.max() ?? 1
+        let generator = Generator(model: model, adapters: adapters,
+                                  maxLength: min(longest + min(maxNewTokens, model.rope.maxPositions) + 1, model.rope.maxPositions),
+                                  stopIds: tokenizer.stopIds.union(extraStopIds))
+        var options = SamplingOptions()
+        options.maxNewTokens = maxNewTokens
+        var result = ExactMatchResult(correct: 0, total: 0, perTask: [:], samples: [])
+        for (i, ex) in items.enumerated() {
+            let prompt = ex.promptIds ?? Array(ex.tokens[0..<ex.replyStart])
+            let generated = try tokenizer.decode(try generator.generate(prompt: prompt, options: options))
+            let ok = generated.trimmingCharacters(in: .whitespacesAndNewlines) == ex.reply!.trimmingCharacters(in: .whitespacesAndNewlines)
+            result.total += 1
+            if ok { result.correct += 1 }
+            if let task = ex.task {
+                var t = result.perTask[task] ?? (0, 0)
+                t.total += 1
+                if ok { t.correct += 1 }
+                result.perTask[task] = t
+            }
+            if result.samples.count < 5 {
+                // The prompt as text, without a leading BOS (not every tokenizer adds one).
+                let shown = prompt.first != nil && prompt.first == tokenizer.bosId ? Array(prompt.dropFirst()) : prompt
+                result.samples.append((try tokenizer.decode(shown), ex.reply!, generated))
+            }
+            progress?(i + 1, items.count)
+        }
+        return result
+    }
+}

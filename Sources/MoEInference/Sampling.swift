@@ -1,0 +1,120 @@
+import Foundation
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+
+/// How the next token is chosen: greedy (temperature 0) or sampled with temperature,
+/// top-k and top-p (nucleus) filtering from a seeded generator.
+public struct SamplingOptions: Sendable {
+    public var temperature: Double = 0
+    public var topK = 0          // 0: no top-k filter
+    public var topP = 1.0        // 1: no nucleus filter
+    public var seed: UInt64 = 0
+    public var maxNewTokens = 256
+
+    public init() {}
+}
+
+/// Picks a token from logits [V].
+public struct TokenSampler {
+    public let options: SamplingOptions
+    package var rng: SplitMix64
+    package var order: [Int]
+    package var probs: [Double]
+
+    public init(options: SamplingOptions, vocab: Int) {
+        self.options = options
+        rng = SplitMix64(seed: options.seed)
+        order = Array(0..<vocab)
+        probs = Array(repeating: 0, count: vocab)
+    }
+
+    public mutating func next(_ logits: UnsafePointer<Float>, vocab v: Int) -> Int32 {
+        if options.temperature <= 0 {
+            // Greedy: the first index of the maximum, as torch.argmax.
+            var best = 0
+            for i in 1..<v where logits[i] > logits[best] { best = i }
+            return Int32(best)
+        }
+        let t = options.temperature
+        var m = -Double.infinity
+        for i in 0..<v { m = max(m, Double(logits[i]) / t) }
+        var sum = 0.0
+        for i in 0..<v { probs[i] = Foundation.exp(Double(logits[i]) / t - m); sum += probs[i] }
+        for i in 0..<v { probs[i] /= sum; order[i] = i }
+        order.sort { probs[$0] > probs[$1] || (probs[$0] == probs[$1] && $0 < $1) }
+        var keep = options.topK > 0 ? min(options.topK, v) : v
+        if options.topP < 1 {
+            var acc = 0.0
+            for (n, i) in order.prefix(keep).enumerated() {
+                acc += probs[i]
+                if acc >= options.topP { keep = n + 1; break }
+            }
+        }
+        let total = order.prefix(keep).reduce(0.0) { $0 + probs[$1] }
+        var r = Double(rng.next() >> 11) * 0x1.0p-53 * total
+        for i in order.prefix(keep) {
+            r -= probs[i]
+            if r <= 0 { return Int32(i) }
+        }
+        return Int32(order[keep - 1])
+    }
+}
+
+/// Generation loop over a Decoder: feeds the prompt, then picks tokens until EOS or the
+/// budget, calling `onToken` with each new token (for streaming).
+public final class Generator {
+    public let decoder: Decoder
+    public let eosIds: Set<Int32>
+
+    /// `stopIds`: the tokenizer's stop ids, added to config.json's eos ids.
+    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int, stopIds: Set<Int32> = []) {
+        decoder = Decoder(model: model, adapters: adapters, maxLength: maxLength)
+        eosIds = Set(model.config.eosTokenIds).union(stopIds)
+    }
+
+    /// New tokens after `prompt` (EOS not included).
+    public func generate(prompt: [Int32], options: SamplingOptions, onToken: (Int32) -> Void = { _ in }) throws -> [Int32] {
+        guard !prompt.isEmpty else { throw MoETuneError.invalid("the prompt is empty") }
+        guard prompt.count < decoder.maxLength else {
+            throw MoETuneError.invalid("the prompt has \(prompt.count) tokens; the limit is \(decoder.maxLength - 1)")
+        }
+        decoder.reset()
+        var logits: UnsafeMutablePointer<Float>!
+        for t in prompt { logits = try decoder.step(t) }
+        var sampler = TokenSampler(options: options, vocab: decoder.model.config.vocabSize)
+        var out: [Int32] = []
+        while out.count < options.maxNewTokens {
+            let next = sampler.next(logits, vocab: decoder.model.config.vocabSize)
+            if eosIds.contains(next) { break }
+            out.append(next)
+            onToken(next)
+            if decoder.length >= decoder.maxLength { break }
+            logits = try decoder.step(next)
+        }
+        return out
+    }
+}
+
+extension Transformer {
+    /// Greedy generation without a cache: the whole sequence runs through the batched
+    /// forward pass for every new token. Slow; the reference the KV cache is tested against.
+    public func greedyWithoutCache(prompt: [Int32], adapters: AdapterSet?, maxNewTokens: Int) throws -> [Int32] {
+        var seq = prompt
+        let state = ForwardState(config: config, batch: 1, seq: prompt.count + maxNewTokens, training: false,
+                                 loraRank: adapters?.maxRank ?? 0)
+        var out: [Int32] = []
+        let eos = Set(config.eosTokenIds)
+        while out.count < maxNewTokens {
+            let batch = TokenBatch(sequences: [seq], counted: [Array(repeating: false, count: seq.count)])
+            _ = try forward(batch, state: state, adapters: adapters)
+            var sampler = TokenSampler(options: SamplingOptions(), vocab: config.vocabSize)
+            let next = sampler.next(state.logits.pointer + (seq.count - 1) * config.vocabSize, vocab: config.vocabSize)
+            if eos.contains(next) { break }
+            out.append(next)
+            seq.append(next)
+        }
+        return out
+    }
+}
