@@ -4,118 +4,267 @@ import MoEText
 import MoECore
 import MoEData
 
-/// Token-by-token inference with a KV cache: each step runs one new token through every
-/// layer, attending over the keys and values of all earlier positions, which stay in the
-/// cache. Walks each layer through the same description and sublayer functions as the
-/// batched forward pass (Model/DecoderLayer.swift, rows = 1), with adapters applied (LoRA,
-/// fully trained routers). Allocates everything up front.
+/// Inference with a KV cache over several sequences at once. Each call runs a set of rows —
+/// token t of sequence slot s at position p — through every layer as one batch: a prompt's
+/// prefill is many rows of one slot (the training forward pass's GEMMs), a decoding step of
+/// continuous batching one row per active slot (each weight read once for all of them).
+/// Every row attends over the keys and values of its own slot's earlier positions, which stay
+/// in that slot's cache. Walks each layer through the same description and sublayer functions
+/// as the batched forward pass (Model/DecoderLayer.swift), with adapters applied (LoRA, fully
+/// trained routers). Allocates everything up front; a call allocates nothing.
 public final class Decoder {
     public let model: Transformer
     public let adapters: AdapterSet?
+    /// Positions per slot (the cache's length).
     public let maxLength: Int
-    public private(set) var length = 0
+    /// Sequences the cache holds.
+    public let slots: Int
+    /// Rows one call runs at most; a longer prompt is fed in chunks of this many.
+    public let maxRows: Int
+    /// How the products read the weights (`.exact`: as training does).
+    public let products: ProductPath
 
-    package let c: ModelConfig
-    package let keys: [FloatBuffer]     // per layer [maxLength, nKV*D], after RoPE
-    package let values: [FloatBuffer]   // per layer [maxLength, nKV*D]
-    package let x: FloatBuffer, ln: FloatBuffer, rstd: FloatBuffer
-    package let qkRstd: FloatBuffer     // [nH] rstd of the q/k norms
-    package let q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, attn: FloatBuffer, scores: FloatBuffer
-    package let gate: FloatBuffer, up: FloatBuffer, act: FloatBuffer
-    package let u: FloatBuffer          // [r] LoRA scratch (one row)
-    package let ffnU: (FloatBuffer, FloatBuffer, FloatBuffer)   // [k, r] each
-    package let routing: RoutingBuffers?
-    package let experts: ExpertBuffers?
-    package let shared: SharedExpertActivations?
-    public let logits: FloatBuffer   // [V]
-    /// [H] the residual input of a sublayer when residual_multiplier != 1 (Granite).
-    private let resid: FloatBuffer?
-    /// DeepSeek-V2's latent attention: its one-token activations.
-    private let mla: MLAActivations?
-    private var valid = true
+    private let c: ModelConfig
+    private let state: DecoderState
+    /// Tokens in each slot's cache.
+    private var lengths: [Int]
 
-    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int) {
+    /// `slots` sequences of up to `maxLength` positions; calls of up to `maxRows` rows
+    /// (default: a prefill chunk of 512, at most maxLength).
+    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int, slots: Int = 1, maxRows: Int? = nil,
+                products: ProductPath = .exact) {
         self.model = model
         self.adapters = adapters
-        let c = model.config
-        self.c = c
-        self.maxLength = min(maxLength, model.rope.maxPositions)
-        keys = (0..<c.numLayers).map { _ in FloatBuffer(count: maxLength * c.kvDim) }
-        values = (0..<c.numLayers).map { _ in FloatBuffer(count: maxLength * c.kvDim) }
-        x = FloatBuffer(count: c.hiddenSize); ln = FloatBuffer(count: c.hiddenSize); rstd = FloatBuffer(count: 1)
-        qkRstd = FloatBuffer(count: c.numHeads)
-        q = FloatBuffer(count: c.qDim); k = FloatBuffer(count: c.kvDim); v = FloatBuffer(count: c.kvDim)
-        attn = FloatBuffer(count: c.qDim); scores = FloatBuffer(count: maxLength)
-        let rows = max(1, c.expertsPerToken)
-        gate = FloatBuffer(count: c.feedForwardScratch(tokens: 1)); up = FloatBuffer(count: c.feedForwardScratch(tokens: 1))
-        act = FloatBuffer(count: c.feedForwardScratch(tokens: 1))
-        shared = c.sharedExpertIntermediateSize > 0
-            ? SharedExpertActivations(tokens: 1, hidden: c.hiddenSize, inter: c.sharedExpertIntermediateSize) : nil
-        let r = max(adapters?.maxRank ?? 0, 1)
-        u = FloatBuffer(count: r)
-        ffnU = (FloatBuffer(count: rows * r), FloatBuffer(count: rows * r), FloatBuffer(count: rows * r))
-        routing = c.isMoE ? RoutingBuffers(tokens: 1, experts: c.numExperts, k: c.expertsPerToken) : nil
-        routing?.configure(c)
-        experts = c.isMoE ? ExpertBuffers(assignments: c.expertsPerToken, hidden: c.hiddenSize, inter: c.expertIntermediateSize) : nil
-        logits = FloatBuffer(count: c.vocabSize)
-        resid = c.residualMultiplier != 1 ? FloatBuffer(count: c.hiddenSize) : nil
-        mla = c.mla.map { MLAActivations(tokens: 1, shape: $0, shared: MLAScratch(tokens: 1, heads: c.numHeads, shape: $0)) }
+        c = model.config
+        self.maxLength = max(1, min(maxLength, model.rope.maxPositions))
+        self.slots = max(1, slots)
+        self.maxRows = max(self.slots, min(maxRows ?? 512, self.maxLength * self.slots))
+        self.products = products
+        lengths = Array(repeating: 0, count: self.slots)
+        state = DecoderState(config: c, rows: self.maxRows, slots: self.slots, maxLength: self.maxLength,
+                             loraRank: adapters?.maxRank ?? 0, logitRows: self.slots)
     }
 
-    public func reset() { length = 0 }
+    /// Logits [V] of the last row of the latest call for slot 0 (and rows 1... for a batched step).
+    public var logits: FloatBuffer { state.logits }
 
-    /// Feeds one token at position `length` and returns the logits of the next one [V].
+    /// Tokens held for slot 0 (the single-sequence API).
+    public var length: Int { lengths[0] }
+    /// Tokens held for `slot`.
+    public func length(of slot: Int) -> Int { lengths[slot] }
+
+    /// Forgets every slot's tokens.
+    public func reset() { for s in 0..<slots { lengths[s] = 0 } }
+    /// Forgets one slot's tokens (a finished sequence makes room for the next).
+    public func reset(slot: Int) { lengths[slot] = 0 }
+
+    /// Feeds one token to slot 0 at position `length` and returns the logits of the next one [V].
     @discardableResult
     public func step(_ token: Int32) throws -> UnsafeMutablePointer<Float> {
-        guard length < maxLength else {
-            throw MoETuneError.invalid("the sequence reached the maximum length \(maxLength)")
+        state.tokens[0] = token
+        state.slotOf[0] = 0
+        try run(rows: 1, outputs: 1)
+        return state.logits.pointer
+    }
+
+    /// Feeds `tokens` to `slot` (a prompt: in chunks of maxRows) and returns the logits of the
+    /// token after the last one [V].
+    @discardableResult
+    public func prefill(_ tokens: [Int32], slot: Int = 0) throws -> UnsafeMutablePointer<Float> {
+        guard !tokens.isEmpty else { throw MoETuneError.invalid("the prompt is empty") }
+        guard (0..<slots).contains(slot) else { throw MoETuneError.invalid("slot \(slot) is outside 0..<\(slots)") }
+        var i = 0
+        while i < tokens.count {
+            let n = min(maxRows, tokens.count - i)
+            for r in 0..<n { state.tokens[r] = tokens[i + r]; state.slotOf[r] = Int32(slot) }
+            i += n
+            try run(rows: n, outputs: i == tokens.count ? 1 : 0)
         }
-        guard token >= 0, Int(token) < c.vocabSize else {
-            throw MoETuneError.invalid("token id \(token) is outside the model's vocabulary of \(c.vocabSize)")
+        return state.logits.pointer
+    }
+
+    /// One decoding step of several sequences: token tokens[i] goes to slot slots[i] (each
+    /// slot at most once); returns logits [count, V], row i for sequence i.
+    @discardableResult
+    public func step(tokens: UnsafeBufferPointer<Int32>, slots rowSlots: UnsafeBufferPointer<Int32>) throws
+        -> UnsafeMutablePointer<Float> {
+        let n = tokens.count
+        guard n == rowSlots.count, n >= 1, n <= slots else {
+            throw MoETuneError.invalid("a decoding step takes 1...\(slots) tokens, one per slot; got \(n)")
         }
-        let h = c.hiddenSize, pos = length, d = c.headDim
+        for i in 0..<n { state.tokens[i] = tokens[i]; state.slotOf[i] = rowSlots[i] }
+        try run(rows: n, outputs: n)
+        return state.logits.pointer
+    }
+
+    /// Runs rows 0..<n of state.tokens / state.slotOf at their slots' next positions; the last
+    /// `outputs` rows' logits go to logits rows 0..<outputs.
+    private func run(rows n: Int, outputs: Int) throws {
+        try placeRows(n)
+        let h = c.hiddenSize, x = state.x.pointer
+        for i in 0..<n { embed(row: i, token: state.tokens[i], into: x + i * h) }
         var o = model.moe
         o.training = false
-        x.pointer.update(from: model.embed.pointer + Int(token) * h, count: h)
-        if c.embeddingMultiplier != 1 { scaleInPlace(x.pointer, count: h, by: c.embeddingMultiplier) }
-        let inputs = AttentionInputs(q: q.pointer, k: k.pointer, v: v.pointer, uq: u.pointer, uk: u.pointer, uv: u.pointer,
-                                     qRstd: qkRstd.pointer, kRstd: qkRstd.pointer, mla: mla)
-        let cache = FeedForwardLoRACache(gate: ffnU.0.pointer, up: ffnU.1.pointer, down: ffnU.2.pointer)
-        let ffn = FeedForwardBuffers(gate: gate.pointer, up: up.pointer, act: act.pointer, cache: cache, routing: routing,
-                                     experts: experts, uRouter: u.pointer, shared: shared, sharedCache: cache)
-        for l in 0..<c.numLayers {
-            // The layer's walk (Model/DecoderLayer.swift) with rows = 1, keeping nothing for a backward pass.
-            let layer = model.decoderLayer(l), w = layer.weights
-            let ad = adapters?.layers[l] ?? LayerAdapters()
-            rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.inputNorm, rows: 1, cols: h, eps: c.rmsNormEps)
-            layer.attentionInputs(x: ln.pointer, rows: 1, at: .single(pos), adapters: ad, into: inputs, rope: model.rope)
-            (keys[l].pointer + pos * c.kvDim).update(from: k.pointer, count: c.kvDim)
-            (values[l].pointer + pos * c.kvDim).update(from: v.pointer, count: c.kvDim)
-            // Attention of the new query over positions 0...pos.
-            let group = c.numHeads / c.numKVHeads, scale = c.attentionMultiplier ?? 1 / Float(d).squareRoot()
-            // Sliding window W: positions pos - W < j <= pos (the cache keeps them all).
-            let first = layer.window.map { max(0, pos - $0 + 1) } ?? 0
-            attentionDecodeStep(out: attn.pointer, q: q.pointer, keys: keys[l].pointer, values: values[l].pointer,
-                                first: first, pos: pos, heads: c.numHeads, group: group, headDim: d, kvDim: c.kvDim,
-                                scale: scale, scores: scores.pointer, sinks: layer.sinks)
-            layer.compactAttention(attn.pointer, rows: 1)
-            // x = x + r * o_proj(attn), in place (resid: o_proj's output when r != 1).
-            layer.attentionOutput(mid: x.pointer, x: x.pointer, attn: attn.pointer, rows: 1, adapter: ad.o, u: u.pointer,
-                                  scratch: resid?.pointer ?? ln.pointer)
-            rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: w.postAttentionNorm, rows: 1, cols: h, eps: c.rmsNormEps)
-            // x = x + r * ffn(ln), in place (resid keeps x when r != 1).
-            let base = layer.beginResidual(out: x.pointer, base: x.pointer, count: h, saved: resid?.pointer)
-            withUnsafePointer(to: &valid) { valid in
-                layer.feedForwardSublayer(out: x.pointer, x: ln.pointer, rows: 1, adapters: adapters, layerAdapters: ad,
-                                          buffers: ffn, options: o, valid: valid, statistics: nil)
+        for l in 0..<c.numLayers { layer(l, rows: n, options: o) }
+        head(rows: n, outputs: outputs)
+    }
+
+    /// Checks every row and gives it its slot's next position; the slots' lengths move on.
+    private func placeRows(_ n: Int) throws {
+        for i in 0..<n {
+            let token = state.tokens[i], s = Int(state.slotOf[i])
+            guard (0..<slots).contains(s) else { throw MoETuneError.invalid("slot \(s) is outside 0..<\(slots)") }
+            guard token >= 0, Int(token) < c.vocabSize else {
+                throw MoETuneError.invalid("token id \(token) is outside the model's vocabulary of \(c.vocabSize)")
             }
-            layer.endResidual(out: x.pointer, base: base, count: h)
+            guard lengths[s] < maxLength else {
+                throw MoETuneError.invalid("the sequence reached the maximum length \(maxLength)")
+            }
+            state.positions[i] = Int32(lengths[s])
+            lengths[s] += 1
         }
-        rmsnormForward(out: ln.pointer, rstd: rstd.pointer, x: x.pointer, weight: model.finalNorm, rows: 1, cols: h, eps: c.rmsNormEps)
-        linearForward(y: logits.pointer, x: ln.pointer, rows: 1, weight: model.lmHead)
-        if let lh = adapters?.head { loraForward(y: logits.pointer, x: ln.pointer, rows: 1, adapter: lh, u: u.pointer) }
-        if c.logitsScaling != 1 { divideInPlace(logits.pointer, count: c.vocabSize, by: c.logitsScaling) }
-        length += 1
-        return logits.pointer
+    }
+
+    private func embed(row: Int, token: Int32, into dst: UnsafeMutablePointer<Float>) {
+        let h = c.hiddenSize
+        dst.update(from: model.embed.pointer + Int(token) * h, count: h)
+        if c.embeddingMultiplier != 1 { scaleInPlace(dst, count: h, by: c.embeddingMultiplier) }
+    }
+
+    /// One decoder layer over rows [n, H] of state.x, in place.
+    private func layer(_ l: Int, rows n: Int, options o: MoEOptions) {
+        let s = state, h = c.hiddenSize
+        let layer = model.decoderLayer(l, products: products), w = layer.weights
+        let ad = adapters?.layers[l] ?? LayerAdapters()
+        rmsnormForward(out: s.ln.pointer, rstd: s.rstd.pointer, x: s.x.pointer, weight: w.inputNorm, rows: n, cols: h,
+                       eps: c.rmsNormEps)
+        layer.attentionInputs(x: s.ln.pointer, rows: n, at: .batch(1, n, UnsafePointer(s.positions.baseAddress!)), adapters: ad,
+                              into: s.attentionInputs, rope: model.rope)
+        s.cache(layer: l, rows: n)
+        attend(layer, rows: n)
+        layer.compactAttention(s.attn.pointer, rows: n)
+        // x = x + r * o_proj(attn), in place (resid: o_proj's output when r != 1).
+        layer.attentionOutput(mid: s.x.pointer, x: s.x.pointer, attn: s.attn.pointer, rows: n, adapter: ad.o,
+                              u: s.u.pointer, scratch: s.resid?.pointer ?? s.ln.pointer)
+        rmsnormForward(out: s.ln.pointer, rstd: s.rstd.pointer, x: s.x.pointer, weight: w.postAttentionNorm, rows: n,
+                       cols: h, eps: c.rmsNormEps)
+        // x = x + r * ffn(ln), in place (resid keeps x when r != 1).
+        let base = layer.beginResidual(out: s.x.pointer, base: s.x.pointer, count: n * h, saved: s.resid?.pointer)
+        layer.feedForwardSublayer(out: s.x.pointer, x: s.ln.pointer, rows: n, adapters: adapters, layerAdapters: ad,
+                                  buffers: s.feedForward, options: o, valid: UnsafePointer(s.valid.baseAddress!), statistics: nil)
+        layer.endResidual(out: s.x.pointer, base: base, count: n * h)
+    }
+
+    /// attn [n, nH*D]: each row's query over its slot's cached positions first...pos (a
+    /// sliding window W keeps pos - W < j), rows split over the workers.
+    private func attend(_ layer: DecoderLayer, rows n: Int) {
+        let s = state, d = c.headDim, qd = c.qDim
+        let group = c.numHeads / c.numKVHeads, scale = c.attentionMultiplier ?? 1 / Float(d).squareRoot()
+        parallelChunks(n, minChunk: 1) { range in
+            let scores = s.scores.pointer(count: self.maxLength)
+            for i in range {
+                let pos = Int(s.positions[i]), slot = Int(s.slotOf[i])
+                let first = layer.window.map { max(0, pos - $0 + 1) } ?? 0
+                attentionDecodeStep(out: s.attn.pointer + i * qd, q: s.q.pointer + i * qd,
+                                    keys: s.keys(layer: layer.index, slot: slot), values: s.values(layer: layer.index, slot: slot),
+                                    first: first, pos: pos, heads: c.numHeads, group: group, headDim: d, kvDim: c.kvDim,
+                                    scale: scale, scores: scores, sinks: layer.sinks)
+            }
+        }
+    }
+
+    /// logits [outputs, V] of the last `outputs` rows.
+    private func head(rows n: Int, outputs m: Int) {
+        guard m > 0 else { return }
+        let s = state, h = c.hiddenSize, first = n - m
+        rmsnormForward(out: s.ln.pointer, rstd: s.rstd.pointer, x: s.x.pointer + first * h, weight: model.finalNorm,
+                       rows: m, cols: h, eps: c.rmsNormEps)
+        linearForward(y: s.logits.pointer, x: s.ln.pointer, rows: m, weight: model.lmHead, path: products)
+        if let lh = adapters?.head { loraForward(y: s.logits.pointer, x: s.ln.pointer, rows: m, adapter: lh, u: s.u.pointer) }
+        if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: m * c.vocabSize, by: c.logitsScaling) }
+    }
+}
+
+/// The decoder's buffers: per-slot KV caches and the activations of up to `rows` rows.
+final class DecoderState {
+    let c: ModelConfig
+    let maxLength: Int
+    /// Per layer [slots, maxLength, nKV*D], after RoPE.
+    let keyCache: [FloatBuffer], valueCache: [FloatBuffer]
+    let tokens: UnsafeMutableBufferPointer<Int32>, slotOf: UnsafeMutableBufferPointer<Int32>
+    let positions: UnsafeMutableBufferPointer<Int32>
+    let valid: UnsafeMutableBufferPointer<Bool>
+    let x: FloatBuffer, ln: FloatBuffer, rstd: FloatBuffer   // [rows, H], [rows, H], [rows]
+    let qkRstd: FloatBuffer                                  // [rows * nH] rstd of the q/k norms
+    let q: FloatBuffer, k: FloatBuffer, v: FloatBuffer       // [rows, nH*D], [rows, nKV*D] x 2
+    let attn: FloatBuffer                                    // [rows, nH*D]
+    let scores = PerWorkerScratch(minimumCount: 1024)        // [maxLength] per worker
+    let gate: FloatBuffer, up: FloatBuffer, act: FloatBuffer
+    let u: FloatBuffer                                       // [rows, r] LoRA scratch
+    let ffnU: (FloatBuffer, FloatBuffer, FloatBuffer)        // [rows * k, r] each
+    let routing: RoutingBuffers?
+    let experts: ExpertBuffers?
+    let shared: SharedExpertActivations?
+    let logits: FloatBuffer                                  // [logitRows, V]
+    /// [rows, H] the residual input of a sublayer when residual_multiplier != 1 (Granite).
+    let resid: FloatBuffer?
+    /// DeepSeek-V2's latent attention: its activations.
+    let mla: MLAActivations?
+
+    init(config c: ModelConfig, rows n: Int, slots: Int, maxLength: Int, loraRank: Int, logitRows: Int) {
+        self.c = c
+        self.maxLength = maxLength
+        keyCache = (0..<c.numLayers).map { _ in FloatBuffer(count: slots * maxLength * c.kvDim, zeroed: false) }
+        valueCache = (0..<c.numLayers).map { _ in FloatBuffer(count: slots * maxLength * c.kvDim, zeroed: false) }
+        tokens = .allocate(capacity: n); tokens.initialize(repeating: 0)
+        slotOf = .allocate(capacity: n); slotOf.initialize(repeating: 0)
+        positions = .allocate(capacity: n); positions.initialize(repeating: 0)
+        valid = .allocate(capacity: n); valid.initialize(repeating: true)
+        let h = c.hiddenSize
+        x = FloatBuffer(count: n * h); ln = FloatBuffer(count: n * h); rstd = FloatBuffer(count: n)
+        qkRstd = FloatBuffer(count: n * c.numHeads)
+        q = FloatBuffer(count: n * c.qDim); k = FloatBuffer(count: n * c.kvDim); v = FloatBuffer(count: n * c.kvDim)
+        attn = FloatBuffer(count: n * c.qDim)
+        let scratch = c.feedForwardScratch(tokens: n)
+        gate = FloatBuffer(count: scratch); up = FloatBuffer(count: scratch); act = FloatBuffer(count: scratch)
+        let r = max(loraRank, 1), kRows = n * max(1, c.expertsPerToken)
+        u = FloatBuffer(count: n * r)
+        ffnU = (FloatBuffer(count: kRows * r), FloatBuffer(count: kRows * r), FloatBuffer(count: kRows * r))
+        routing = c.isMoE ? RoutingBuffers(tokens: n, experts: c.numExperts, k: c.expertsPerToken) : nil
+        routing?.configure(c)
+        experts = c.isMoE ? ExpertBuffers(assignments: n * c.expertsPerToken, hidden: h, inter: c.expertIntermediateSize) : nil
+        shared = c.sharedExpertIntermediateSize > 0
+            ? SharedExpertActivations(tokens: n, hidden: h, inter: c.sharedExpertIntermediateSize) : nil
+        logits = FloatBuffer(count: logitRows * c.vocabSize)
+        resid = c.residualMultiplier != 1 ? FloatBuffer(count: n * h) : nil
+        mla = c.mla.map { MLAActivations(tokens: n, shape: $0, shared: MLAScratch(tokens: n, heads: c.numHeads, shape: $0)) }
+    }
+
+    deinit {
+        tokens.deallocate(); slotOf.deallocate(); positions.deallocate(); valid.deallocate()
+    }
+
+    func keys(layer l: Int, slot: Int) -> UnsafePointer<Float> { UnsafePointer(keyCache[l].pointer + slot * maxLength * c.kvDim) }
+    func values(layer l: Int, slot: Int) -> UnsafePointer<Float> { UnsafePointer(valueCache[l].pointer + slot * maxLength * c.kvDim) }
+
+    /// Stores rows 0..<n of k and v at their slots' positions in layer l's cache.
+    func cache(layer l: Int, rows n: Int) {
+        let kv = c.kvDim
+        for i in 0..<n {
+            let at = (Int(slotOf[i]) * maxLength + Int(positions[i])) * kv
+            (keyCache[l].pointer + at).update(from: k.pointer + i * kv, count: kv)
+            (valueCache[l].pointer + at).update(from: v.pointer + i * kv, count: kv)
+        }
+    }
+
+    var attentionInputs: AttentionInputs {
+        AttentionInputs(q: q.pointer, k: k.pointer, v: v.pointer, uq: u.pointer, uk: u.pointer, uv: u.pointer,
+                        qRstd: qkRstd.pointer, kRstd: qkRstd.pointer, mla: mla)
+    }
+
+    var feedForward: FeedForwardBuffers {
+        let cache = FeedForwardLoRACache(gate: ffnU.0.pointer, up: ffnU.1.pointer, down: ffnU.2.pointer)
+        return FeedForwardBuffers(gate: gate.pointer, up: up.pointer, act: act.pointer, cache: cache, routing: routing,
+                                  experts: experts, uRouter: u.pointer, shared: shared, sharedCache: cache)
     }
 }

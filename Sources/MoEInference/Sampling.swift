@@ -81,8 +81,7 @@ public final class Generator {
             throw MoETuneError.invalid("the prompt has \(prompt.count) tokens; the limit is \(decoder.maxLength - 1)")
         }
         decoder.reset()
-        var logits: UnsafeMutablePointer<Float>!
-        for t in prompt { logits = try decoder.step(t) }
+        var logits = try decoder.prefill(prompt)
         var sampler = TokenSampler(options: options, vocab: decoder.model.config.vocabSize)
         var out: [Int32] = []
         while out.count < options.maxNewTokens {

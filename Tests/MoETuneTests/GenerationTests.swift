@@ -68,6 +68,54 @@ final class GenerationTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-4)
     }
 
+    /// A prompt fed as one batch (prefill, in chunks of maxRows) gives the logits of feeding
+    /// it a token at a time, and later steps attend over the same cache.
+    func testPrefillMatchesTokenByTokenFeeding() throws {
+        for name in ["llama", "mixtral", "qwen2_moe", "deepseek_v2", "gpt_oss"] {
+            let model = try Transformer.load(directory: Fixtures.dir(name))
+            let v = model.config.vocabSize
+            let prompt: [Int32] = [1] + (0..<20).map { Int32(3 + ($0 * 41) % 300) }
+            let one = Decoder(model: model, adapters: nil, maxLength: 64)
+            var a: [Float] = []
+            for t in prompt { a = Array(UnsafeBufferPointer(start: try one.step(t), count: v)) }
+            for chunk in [64, 7] {
+                let batched = Decoder(model: model, adapters: nil, maxLength: 64, maxRows: chunk)
+                let b = Array(UnsafeBufferPointer(start: try batched.prefill(prompt), count: v))
+                XCTAssertEqual(batched.length, prompt.count)
+                XCTAssertLessThan(zip(a, b).map { abs($0 - $1) }.max()!, 1e-4, "\(name) chunk \(chunk)")
+                let a2 = Array(UnsafeBufferPointer(start: try one.step(5), count: v))
+                let b2 = Array(UnsafeBufferPointer(start: try batched.step(5), count: v))
+                XCTAssertLessThan(zip(a2, b2).map { abs($0 - $1) }.max()!, 1e-4, "\(name) chunk \(chunk), next step")
+                one.reset()
+                for t in prompt { a = Array(UnsafeBufferPointer(start: try one.step(t), count: v)) }
+            }
+        }
+    }
+
+    /// Several sequences in one decoding step (one row each, own caches) give each sequence's
+    /// logits alone.
+    func testBatchedStepMatchesEachSequenceAlone() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        let adapters = try PEFTAdapter.load(directory: Fixtures.dir("train-mixtral"), model: model)
+        let v = model.config.vocabSize
+        let prompts: [[Int32]] = [[1, 40, 47, 53], [1, 90, 97, 103, 9, 11, 12], [1, 150]]
+        let batched = Decoder(model: model, adapters: adapters, maxLength: 32, slots: 3)
+        for (s, p) in prompts.enumerated() { try batched.prefill(p, slot: s) }
+        let next: [Int32] = [7, 8, 9], slots: [Int32] = [0, 1, 2]
+        let logits = try next.withUnsafeBufferPointer { t in
+            try slots.withUnsafeBufferPointer { try batched.step(tokens: t, slots: $0) }
+        }
+        for (s, p) in prompts.enumerated() {
+            let alone = Decoder(model: model, adapters: adapters, maxLength: 32)
+            for t in p { try alone.step(t) }
+            let l = try alone.step(next[s])
+            var worst: Float = 0
+            for j in 0..<v { worst = max(worst, abs(l[j] - logits[s * v + j])) }
+            XCTAssertLessThan(worst, 1e-4, "sequence \(s)")
+            XCTAssertEqual(batched.length(of: s), p.count + 1)
+        }
+    }
+
     func testSamplingIsSeededAndRespectsTopK() throws {
         let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
         let g = Generator(model: model, adapters: nil, maxLength: 64)

@@ -1,10 +1,12 @@
 import MoEFormats
 import MoEText
 /// A linear layer without bias, weight stored [out, in] as in Hugging Face checkpoints.
-/// y [N, out] = x [N, in] W^T  (beta = 1 accumulates into y).
+/// y [N, out] = x [N, in] W^T  (beta = 1 accumulates into y). `path: .fast` (the decoder)
+/// reads a compressed weight in its own blocks when there are few rows (FastProducts).
 @inline(__always)
 public func linearForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int,
-                          weight w: Matrix, accumulate: Bool = false) {
+                          weight w: Matrix, accumulate: Bool = false, path: ProductPath = .exact) {
+    if path == .fast, FastProducts.forward(y: y, x: x, rows: n, weight: w, accumulate: accumulate) { return }
     switch w.storage {
     case .nf4(let q): ChunkedMatmul.forward(y: y, x: x, rows: n, weight: q, accumulate: accumulate); return
     case .ggml(let g): ChunkedMatmul.forward(y: y, x: x, rows: n, weight: g, accumulate: accumulate); return

@@ -116,23 +116,23 @@ package func ropeInterleaved(_ x: UnsafeMutablePointer<Float>, position: Int, ta
 package func mlaForward(q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
                 x: UnsafePointer<Float>, rows n: Int, seq t: Int, positionOffset: Int = 0, heads nH: Int, shape m: MLAShape,
                 weights w: MLAWeights, adapters ad: MLAAdapters, acts a: MLAActivations, rope: RoPETable,
-                positions: UnsafePointer<Int32>? = nil) {
+                positions: UnsafePointer<Int32>? = nil, path: ProductPath = .exact) {
     let r = m.kvLoraRank, dr = m.ropeDim, dn = m.nopeDim, dv = m.valueDim, d = m.qkDim
     let ckv = a.ckv.pointer, kv = a.kv.pointer, latent = a.latent.pointer
     var qIn = x
     if let wqA = w.qA, let qNorm = w.qANorm, let ql = a.qLatent, let qn = a.qNormed, let qr = a.qRstd {
         // q_lora_rank: ql [N, qr] = x WqA^T; qn = RMSNorm(ql), q_b_proj's (and its LoRA's) input.
-        linearForward(y: ql.pointer, x: x, rows: n, weight: wqA)
+        linearForward(y: ql.pointer, x: x, rows: n, weight: wqA, path: path)
         rmsnormForward(out: qn.pointer, rstd: qr.pointer, x: ql.pointer, weight: qNorm, rows: n, cols: wqA.rows, eps: mlaNormEps)
         qIn = UnsafePointer(qn.pointer)
     }
-    linearForward(y: q, x: qIn, rows: n, weight: w.q)
+    linearForward(y: q, x: qIn, rows: n, weight: w.q, path: path)
     if let l = ad.q { loraForward(y: q, x: qIn, rows: n, adapter: l, u: ad.uq!) }
-    linearForward(y: ckv, x: x, rows: n, weight: w.kvA)
+    linearForward(y: ckv, x: x, rows: n, weight: w.kvA, path: path)
     if let l = ad.kvA { loraForward(y: ckv, x: x, rows: n, adapter: l, u: ad.ukvA!) }
     for i in 0..<n { (latent + i * r).update(from: ckv + i * (r + dr), count: r) }
     rmsnormForward(out: a.normed.pointer, rstd: a.rstd.pointer, x: latent, weight: w.kvNorm, rows: n, cols: r, eps: mlaNormEps)
-    linearForward(y: kv, x: a.normed.pointer, rows: n, weight: w.kvB)
+    linearForward(y: kv, x: a.normed.pointer, rows: n, weight: w.kvB, path: path)
     if let l = ad.kvB { loraForward(y: kv, x: a.normed.pointer, rows: n, adapter: l, u: ad.ukvB!) }
     parallelChunks(n, minChunk: 16) { range in
         for i in range {

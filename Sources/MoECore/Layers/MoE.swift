@@ -57,10 +57,10 @@ public struct FeedForwardLoRACache {
 public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int,
                         weights w: FeedForwardWeights, adapters: FeedForwardAdapters, cache: FeedForwardLoRACache,
                         gate: UnsafeMutablePointer<Float>, up: UnsafeMutablePointer<Float>,
-                        act: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    linearForward(y: gate, x: x, rows: n, weight: w.gate)
+                        act: UnsafeMutablePointer<Float>, accumulate: Bool, path: ProductPath = .exact) {
+    linearForward(y: gate, x: x, rows: n, weight: w.gate, path: path)
     if let l = adapters.gate { loraForward(y: gate, x: x, rows: n, adapter: l, u: cache.gate!) }
-    linearForward(y: up, x: x, rows: n, weight: w.up)
+    linearForward(y: up, x: x, rows: n, weight: w.up, path: path)
     if let l = adapters.up { loraForward(y: up, x: x, rows: n, adapter: l, u: cache.up!) }
     biasForward(y: gate, rows: n, bias: w.gateBias, cols: w.gate.rows)
     biasForward(y: up, rows: n, bias: w.upBias, cols: w.up.rows)
@@ -69,7 +69,7 @@ public func feedForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
     } else {
         swigluForward(out: act, gate: gate, up: up, count: n * w.gate.rows)
     }
-    linearForward(y: out, x: act, rows: n, weight: w.down, accumulate: accumulate)
+    linearForward(y: out, x: act, rows: n, weight: w.down, accumulate: accumulate, path: path)
     if let l = adapters.down { loraForward(y: out, x: act, rows: n, adapter: l, u: cache.down!) }
     biasForward(y: out, rows: n, bias: w.downBias, cols: w.down.rows)
 }
@@ -116,7 +116,7 @@ package func withExpertOrder(_ r: RoutingBuffers, _ body: (UnsafePointer<Int32>,
 /// it gains. Each expert writes only its own rows of the scratch and its own adapter.
 public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, hidden h: Int,
                        experts: [FeedForwardWeights], adapters: [FeedForwardAdapters], cache: FeedForwardLoRACache,
-                       routing r: RoutingBuffers, scratch s: ExpertBuffers) {
+                       routing r: RoutingBuffers, scratch s: ExpertBuffers, path: ProductPath = .exact) {
     let total = r.assignCount
     gatherExpertInputs(s.xe.pointer, x: x, hidden: h, routing: r)
     withExpertOrder(r) { order, count in
@@ -128,7 +128,7 @@ public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
             feedForward(out: s.ye.pointer + start * h, x: s.xe.pointer + start * h, rows: rows, weights: w,
                         adapters: ad, cache: cache.offset(row: start, adapters: ad),
                         gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
-                        act: s.act.pointer + start * inter, accumulate: false)
+                        act: s.act.pointer + start * inter, accumulate: false, path: path)
         }
     }
     // Scatter-add with the routing weights. Two assignments may share a token, so the

@@ -10,11 +10,12 @@ import MoEText
 /// Keeps FFN_s(x) in a.out and the sigmoid in a.gateValue for the backward pass.
 package func sharedExpertForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, hidden h: Int,
                          weights w: FeedForwardWeights, gate wg: Matrix?, adapters: FeedForwardAdapters,
-                         cache: FeedForwardLoRACache, acts a: SharedExpertActivations, act: UnsafeMutablePointer<Float>) {
+                         cache: FeedForwardLoRACache, acts a: SharedExpertActivations, act: UnsafeMutablePointer<Float>,
+                         path: ProductPath = .exact) {
     feedForward(out: a.out.pointer, x: x, rows: n, weights: w, adapters: adapters, cache: cache,
-                gate: a.gate.pointer, up: a.up.pointer, act: act, accumulate: false)
+                gate: a.gate.pointer, up: a.up.pointer, act: act, accumulate: false, path: path)
     let g = a.gateValue.pointer, s = a.out.pointer
-    if let wg { linearForward(y: g, x: x, rows: n, weight: wg) }   // [N, 1]
+    if let wg { linearForward(y: g, x: x, rows: n, weight: wg, path: path) }   // [N, 1]
     for i in 0..<n {
         g[i] = wg == nil ? 1 : 1 / (1 + Foundation.exp(-g[i]))
         let o = out + i * h, si = s + i * h

@@ -46,6 +46,9 @@ package struct DecoderLayer {
     package let ffn: FeedForward
     /// residual_multiplier r (Granite): each sublayer adds r * its output to the residual.
     package let residualMultiplier: Float
+    /// How the layer's linear products read their weights: exact (training, tests) or the
+    /// decoder's fast matrix-vector products.
+    package var products: ProductPath = .exact
 
     package init(index l: Int, config c: ModelConfig, weights w: LayerWeights) {
         index = l
@@ -73,7 +76,11 @@ package struct DecoderLayer {
 
 extension Transformer {
     /// The description of layer l (built on the fly: a few words, nothing allocated).
-    package func decoderLayer(_ l: Int) -> DecoderLayer { DecoderLayer(index: l, config: config, weights: layers[l]) }
+    package func decoderLayer(_ l: Int, products: ProductPath = .exact) -> DecoderLayer {
+        var layer = DecoderLayer(index: l, config: config, weights: layers[l])
+        layer.products = products
+        return layer
+    }
 }
 
 /// Where a sublayer's rows sit in their sequences (RoPE reads it).
@@ -191,17 +198,17 @@ extension DecoderLayer {
             switch p {
             case let .batch(_, t, positions):
                 mlaForward(q: o.q, k: o.k, v: o.v, x: x, rows: n, seq: t, heads: c.numHeads, shape: m, weights: mw,
-                           adapters: mad, acts: o.mla!, rope: rope, positions: positions)
+                           adapters: mad, acts: o.mla!, rope: rope, positions: positions, path: products)
             case let .single(pos):
                 mlaForward(q: o.q, k: o.k, v: o.v, x: x, rows: 1, seq: 1, positionOffset: pos, heads: c.numHeads,
-                           shape: m, weights: mw, adapters: mad, acts: o.mla!, rope: rope)
+                           shape: m, weights: mw, adapters: mad, acts: o.mla!, rope: rope, path: products)
             }
         case .standard:
-            linearForward(y: o.q, x: x, rows: n, weight: w.q)
+            linearForward(y: o.q, x: x, rows: n, weight: w.q, path: products)
             if let l = ad.q { loraForward(y: o.q, x: x, rows: n, adapter: l, u: o.uq!) }
-            linearForward(y: o.k, x: x, rows: n, weight: w.k)
+            linearForward(y: o.k, x: x, rows: n, weight: w.k, path: products)
             if let l = ad.k { loraForward(y: o.k, x: x, rows: n, adapter: l, u: o.uk!) }
-            linearForward(y: o.v, x: x, rows: n, weight: w.v)
+            linearForward(y: o.v, x: x, rows: n, weight: w.v, path: products)
             if let l = ad.v { loraForward(y: o.v, x: x, rows: n, adapter: l, u: o.uv!) }
             // Qwen2: q/k/v biases [nH*D], [nKV*D], [nKV*D].
             biasForward(y: o.q, rows: n, bias: w.qBias, cols: c.qDim)
@@ -314,7 +321,7 @@ extension DecoderLayer {
         let h = config.hiddenSize, r = residualMultiplier
         let y = r == 1 ? mid : scratch
         if r == 1, UnsafePointer(mid) != x { mid.update(from: x, count: n * h) }
-        linearForward(y: y, x: attn, rows: n, weight: weights.o, accumulate: r == 1)
+        linearForward(y: y, x: attn, rows: n, weight: weights.o, accumulate: r == 1, path: products)
         if let adapter, let u { loraForward(y: y, x: attn, rows: n, adapter: adapter, u: u) }
         biasForward(y: y, rows: n, bias: weights.oBias, cols: h)  // GPT-OSS's o_proj bias
         if r != 1 {
@@ -395,7 +402,7 @@ extension DecoderLayer {
         switch ffn {
         case let .dense(mlp):
             feedForward(out: out, x: x, rows: n, weights: mlp, adapters: ad.mlp, cache: f.cache,
-                        gate: f.gate!, up: f.up!, act: f.act, accumulate: true)
+                        gate: f.gate!, up: f.up!, act: f.act, accumulate: true, path: products)
         case let .experts(base, sharedExpert):
             guard let r = f.routing, let scratch = f.experts else { return }
             var xm = x
@@ -410,7 +417,7 @@ extension DecoderLayer {
                 xm = UnsafePointer(jittered.pointer)
             }
             let router = set?.trainedRouter(layer: l) ?? base
-            linearForward(y: r.logits.pointer, x: xm, rows: n, weight: router)
+            linearForward(y: r.logits.pointer, x: xm, rows: n, weight: router, path: products)
             if let lr = ad.router { loraForward(y: r.logits.pointer, x: xm, rows: n, adapter: lr, u: f.uRouter!) }
             biasForward(y: r.logits.pointer, rows: n, bias: weights.routerBias, cols: c.numExperts)
             if o.training, o.learnedNoise, let wn = set?.noiseWeight(layer: l) {
@@ -419,10 +426,10 @@ extension DecoderLayer {
             r.route(tokens: n, valid: valid, options: o, layer: l)
             statistics?.record(layer: l, from: r)
             moeForward(out: out, x: xm, tokens: n, hidden: h, experts: weights.experts,
-                       adapters: ad.experts, cache: f.cache, routing: r, scratch: scratch)
+                       adapters: ad.experts, cache: f.cache, routing: r, scratch: scratch, path: products)
             if let se = sharedExpert, let sa = f.shared {
                 sharedExpertForward(out: out, x: x, rows: n, hidden: h, weights: se, gate: weights.sharedExpertGate,
-                                    adapters: ad.shared, cache: f.sharedCache, acts: sa, act: f.act)
+                                    adapters: ad.shared, cache: f.sharedCache, acts: sa, act: f.act, path: products)
             }
         }
     }
