@@ -17,36 +17,51 @@ public struct ExactMatchResult: Sendable {
 }
 
 public enum ExactMatch {
+    /// `parallel` sequences decode at once (continuous batching); `products: .exact`
+    /// multiplies as training does (the answers of one-at-a-time decoding).
     public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: any TextTokenizer, dataset: Dataset,
-                                maxNewTokens: Int, extraStopIds: Set<Int32> = [],
+                                maxNewTokens: Int, extraStopIds: Set<Int32> = [], parallel: Int = 1,
+                                products: ProductPath = .exact,
                                 progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
         let items = dataset.examples.filter { $0.reply != nil && $0.replyStart > 0 && $0.replyStart <= $0.tokens.count }
         let longest = items.map { $0.promptIds?.count ?? $0.replyStart }.max() ?? 1
-        let generator = Generator(model: model, adapters: adapters,
-                                  maxLength: min(longest + min(maxNewTokens, model.rope.maxPositions) + 1, model.rope.maxPositions),
-                                  stopIds: tokenizer.stopIds.union(extraStopIds))
+        let generator = BatchGenerator(model: model, adapters: adapters,
+                                       maxLength: min(longest + min(maxNewTokens, model.rope.maxPositions) + 1, model.rope.maxPositions),
+                                       parallel: max(1, min(parallel, items.count)),
+                                       stopIds: tokenizer.stopIds.union(extraStopIds), products: products)
         var options = SamplingOptions()
         options.maxNewTokens = maxNewTokens
+        let prompts = items.map { $0.promptIds ?? Array($0.tokens[0..<$0.replyStart]) }
+        var generated = [[Int32]](repeating: [], count: items.count)
+        var done = 0
+        try generator.run(prompts.map { GenerationRequest(prompt: $0, options: options) }) { i, r in
+            generated[i] = r.tokens
+            done += 1
+            progress?(done, items.count)
+        }
         var result = ExactMatchResult(correct: 0, total: 0, perTask: [:], samples: [])
         for (i, ex) in items.enumerated() {
-            let prompt = ex.promptIds ?? Array(ex.tokens[0..<ex.replyStart])
-            let generated = try tokenizer.decode(try generator.generate(prompt: prompt, options: options))
-            let ok = generated.trimmingCharacters(in: .whitespacesAndNewlines) == ex.reply!.trimmingCharacters(in: .whitespacesAndNewlines)
-            result.total += 1
-            if ok { result.correct += 1 }
-            if let task = ex.task {
-                var t = result.perTask[task] ?? (0, 0)
-                t.total += 1
-                if ok { t.correct += 1 }
-                result.perTask[task] = t
-            }
-            if result.samples.count < 5 {
-                // The prompt as text, without a leading BOS (not every tokenizer adds one).
-                let shown = prompt.first != nil && prompt.first == tokenizer.bosId ? Array(prompt.dropFirst()) : prompt
-                result.samples.append((try tokenizer.decode(shown), ex.reply!, generated))
-            }
-            progress?(i + 1, items.count)
+            try score(ex, prompt: prompts[i], generated: try tokenizer.decode(generated[i]), tokenizer: tokenizer, into: &result)
         }
         return result
+    }
+
+    /// Counts one answer: overall, per task, and among the first five samples.
+    private static func score(_ ex: Example, prompt: [Int32], generated: String, tokenizer: any TextTokenizer,
+                              into result: inout ExactMatchResult) throws {
+        let ok = generated.trimmingCharacters(in: .whitespacesAndNewlines) == ex.reply!.trimmingCharacters(in: .whitespacesAndNewlines)
+        result.total += 1
+        if ok { result.correct += 1 }
+        if let task = ex.task {
+            var t = result.perTask[task] ?? (0, 0)
+            t.total += 1
+            if ok { t.correct += 1 }
+            result.perTask[task] = t
+        }
+        if result.samples.count < 5 {
+            // The prompt as text, without a leading BOS (not every tokenizer adds one).
+            let shown = prompt.first != nil && prompt.first == tokenizer.bosId ? Array(prompt.dropFirst()) : prompt
+            result.samples.append((try tokenizer.decode(shown), ex.reply!, generated))
+        }
     }
 }

@@ -32,6 +32,12 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "With --generate: the most new tokens per answer.")
     var maxNewTokens = 64
 
+    @Option(help: "With --generate: sequences decoded at once (continuous batching); default from the cores and memory.")
+    var parallel: Int?
+
+    @Flag(help: "With --generate: multiply as training does (weights widened to fp32), not in their own blocks; slower, the reference answers.")
+    var exact = false
+
     @Option(help: "Quantize the base weights while loading: nf4 (QLoRA; attention, MLP and experts in 4 bits).")
     var quantize: String?
 
@@ -66,6 +72,7 @@ struct EvalCommand: ParsableCommand {
         if let quantize, quantize != "nf4" { throw ValidationError("--quantize supports nf4 only") }
         _ = try parseBaseDType(baseDType)
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
+        if let parallel, !(1...256).contains(parallel) { throw ValidationError("--parallel must be in 1...256, got \(parallel)") }
         guard maxNewTokens <= maxNewTokensLimit else { throw ValidationError("--max-new-tokens must be at most \(maxNewTokensLimit), got \(maxNewTokens)") }
     }
 
@@ -97,8 +104,10 @@ struct EvalCommand: ParsableCommand {
             var em: ExactMatchResult?
             if generate {
                 let genProgress = ProgressLine("generate")
+                let lanes = parallel ?? defaultParallel(loaded.model.config, maxLength: maxSeqLen + maxNewTokens)
                 em = try ExactMatch.evaluate(model: loaded.model, adapters: adapters, tokenizer: loaded.tokenizer, dataset: dataset,
-                                             maxNewTokens: maxNewTokens, extraStopIds: endOfTurn) { genProgress.update(done: $0, total: $1) }
+                                             maxNewTokens: maxNewTokens, extraStopIds: endOfTurn, parallel: lanes,
+                                             products: exact ? .exact : .fast) { genProgress.update(done: $0, total: $1) }
             }
             if json {
                 // A loss above ~709 overflows exp: the perplexity is then null, never an invalid number.

@@ -1,0 +1,168 @@
+import Foundation
+import MoEFormats
+import MoEText
+import MoECore
+import MoEData
+
+/// One sequence to generate: its prompt and how to pick its tokens.
+public struct GenerationRequest: Sendable {
+    public var prompt: [Int32]
+    public var options: SamplingOptions
+
+    public init(prompt: [Int32], options: SamplingOptions) {
+        self.prompt = prompt
+        self.options = options
+    }
+}
+
+/// What a request produced.
+public struct GenerationResult: Sendable, Equatable {
+    /// New tokens (a stop token not included).
+    public var tokens: [Int32]
+    /// Why it ended: a stop token, the token budget, or the cache's length.
+    public var reason: FinishReason
+
+    public enum FinishReason: String, Sendable { case stop, length }
+}
+
+/// Token counts and seconds of a run, as llama.cpp reports them: the prompt (prefill) and
+/// the generated tokens (decoding steps) apart.
+public struct GenerationTimings: Sendable {
+    public var promptTokens = 0
+    public var promptSeconds = 0.0
+    public var generatedTokens = 0
+    public var decodeSeconds = 0.0
+
+    public init() {}
+    public var promptTokensPerSecond: Double { promptSeconds > 0 ? Double(promptTokens) / promptSeconds : 0 }
+    public var tokensPerSecond: Double { decodeSeconds > 0 ? Double(generatedTokens) / decodeSeconds : 0 }
+}
+
+/// Continuous batching over a Decoder with several slots: up to `parallel` sequences decode
+/// together, each step multiplying all their rows against each weight once; a sequence that
+/// ends frees its slot for the next waiting request, whose prompt is prefilled as one batch.
+/// Each sequence has its own sampler (its own seed) and stop condition, so its tokens do not
+/// depend on which others run beside it (up to the products' rounding).
+public final class BatchGenerator {
+    public let decoder: Decoder
+    public let stopIds: Set<Int32>
+    /// Decode exactly max_new_tokens tokens, stop tokens included (for measuring).
+    public var ignoreStop = false
+    public private(set) var timings = GenerationTimings()
+
+    private struct Active {
+        let request: Int
+        var sampler: TokenSampler
+        var tokens: [Int32] = []
+        let budget: Int
+    }
+    private var active: [Active?]
+    private let rowTokens: UnsafeMutableBufferPointer<Int32>, rowSlots: UnsafeMutableBufferPointer<Int32>
+    private let vocab: Int
+
+    /// `stopIds`: the tokenizer's stop ids, added to config.json's eos ids.
+    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int, parallel: Int, stopIds: Set<Int32> = [],
+                products: ProductPath = .exact) {
+        decoder = Decoder(model: model, adapters: adapters, maxLength: maxLength, slots: max(1, parallel), products: products)
+        self.stopIds = Set(model.config.eosTokenIds).union(stopIds)
+        active = Array(repeating: nil, count: decoder.slots)
+        rowTokens = .allocate(capacity: decoder.slots); rowTokens.initialize(repeating: 0)
+        rowSlots = .allocate(capacity: decoder.slots); rowSlots.initialize(repeating: 0)
+        vocab = model.config.vocabSize
+    }
+
+    deinit { rowTokens.deallocate(); rowSlots.deallocate() }
+
+    /// Runs every request; `onToken(request, token)` streams, `onFinish(request, result)`
+    /// reports each as it ends (not in request order).
+    public func run(_ requests: [GenerationRequest], onToken: (Int, Int32) -> Void = { _, _ in },
+                    onFinish: (Int, GenerationResult) -> Void) throws {
+        for (i, r) in requests.enumerated() { try check(r, index: i) }
+        var next = 0
+        while true {
+            try admit(requests, next: &next, onToken: onToken, onFinish: onFinish)
+            let n = gatherRows()
+            if n == 0 { break }
+            let t0 = Date()
+            let logits = try decoder.step(tokens: UnsafeBufferPointer(rebasing: rowTokens[0..<n]),
+                                          slots: UnsafeBufferPointer(rebasing: rowSlots[0..<n]))
+            timings.decodeSeconds += Date().timeIntervalSince(t0)
+            for i in 0..<n {
+                let slot = Int(rowSlots[i])
+                accept(slot: slot, logits: logits + i * vocab, onToken: onToken, onFinish: onFinish)
+            }
+        }
+    }
+
+    private func check(_ r: GenerationRequest, index i: Int) throws {
+        guard !r.prompt.isEmpty else { throw MoETuneError.invalid("prompt \(i + 1) is empty") }
+        guard r.prompt.count < decoder.maxLength else {
+            throw MoETuneError.invalid("prompt \(i + 1) has \(r.prompt.count) tokens; the limit is \(decoder.maxLength - 1)")
+        }
+    }
+
+    /// Fills free slots with waiting requests: prefill, then the first token.
+    private func admit(_ requests: [GenerationRequest], next: inout Int, onToken: (Int, Int32) -> Void,
+                       onFinish: (Int, GenerationResult) -> Void) throws {
+        for slot in 0..<decoder.slots where active[slot] == nil {
+            while active[slot] == nil, next < requests.count {
+                let r = requests[next]
+                decoder.reset(slot: slot)
+                let t0 = Date()
+                let logits = try decoder.prefill(r.prompt, slot: slot)
+                timings.promptSeconds += Date().timeIntervalSince(t0)
+                timings.promptTokens += r.prompt.count
+                active[slot] = Active(request: next, sampler: TokenSampler(options: r.options, vocab: vocab),
+                                      budget: r.options.maxNewTokens)
+                next += 1
+                accept(slot: slot, logits: logits, onToken: onToken, onFinish: onFinish)
+            }
+        }
+    }
+
+    /// The pending token of every active slot into rowTokens/rowSlots; returns their count.
+    private func gatherRows() -> Int {
+        var n = 0
+        for slot in 0..<decoder.slots {
+            guard let a = active[slot], let last = a.tokens.last else { continue }
+            rowTokens[n] = last
+            rowSlots[n] = Int32(slot)
+            n += 1
+        }
+        return n
+    }
+
+    /// Picks the slot's next token from its logits; ends the sequence at a stop token, the
+    /// budget or the cache's end.
+    private func accept(slot: Int, logits: UnsafePointer<Float>, onToken: (Int, Int32) -> Void,
+                        onFinish: (Int, GenerationResult) -> Void) {
+        guard active[slot] != nil else { return }
+        // Mutated in place: a copy of the slot's token array would be copied again on append.
+        let token = active[slot]!.sampler.next(logits, vocab: vocab)
+        if !ignoreStop, stopIds.contains(token) {
+            finish(slot: slot, reason: .stop, onFinish: onFinish)
+            return
+        }
+        active[slot]!.tokens.append(token)
+        timings.generatedTokens += 1
+        onToken(active[slot]!.request, token)
+        if active[slot]!.tokens.count >= active[slot]!.budget || decoder.length(of: slot) >= decoder.maxLength {
+            finish(slot: slot, reason: .length, onFinish: onFinish)
+        }
+    }
+
+    private func finish(slot: Int, reason: GenerationResult.FinishReason, onFinish: (Int, GenerationResult) -> Void) {
+        guard let a = active[slot] else { return }
+        active[slot] = nil
+        onFinish(a.request, GenerationResult(tokens: a.tokens, reason: reason))
+    }
+}
+
+/// Sequences to decode at once when the user does not say: 8 (a step reads each weight once
+/// for all of them, so up to about 8 rows cost little more than one on a few cores), fewer
+/// when their KV caches would take more than a quarter of the physical memory.
+public func defaultParallel(_ c: ModelConfig, maxLength: Int) -> Int {
+    let perSlot = 2 * c.numLayers * max(1, maxLength) * c.kvDim * MemoryLayout<Float>.stride
+    let budget = Int(ProcessInfo.processInfo.physicalMemory / 4)
+    return max(1, min(8, budget / max(perSlot, 1)))
+}
