@@ -20,6 +20,18 @@ void mt_swiglu_forward(float *out, const float *g, const float *u, long n);
 /// With s = sigmoid(g): dg = d * u * s * (1 + g (1 - s)), du = d * g * s (dg may alias d).
 void mt_swiglu_backward(float *dg, float *du, const float *d, const float *g, const float *u, long n);
 
+/// Few-row products against fp32 weight rows (rows_f32.c): y[i * ldy + (r - r0)] (+)= x[i, :]
+/// · w[r, :] for rows r in [r0, r1) of w [*, k] and i < m rows of x (row stride ldx). Each
+/// weight row is read once for all m rows (the decoder's steps, m up to about 16). AVX2+FMA
+/// or scalar, chosen at run time (the scalar loop is the definition tests compare with).
+void mt_rows_f32(const float *w, long r0, long r1, long k, const float *x, long m, long ldx, float *y, long ldy,
+                 int accumulate);
+/// Whether kernel 0 (scalar) or 1 (AVX2+FMA) runs on this CPU.
+int mt_rows_f32_kernel_supported(int kernel);
+/// mt_rows_f32 with a given kernel; -1 when this CPU lacks it.
+int mt_rows_f32_with(int kernel, const float *w, long r0, long r1, long k, const float *x, long m, long ldx, float *y,
+                     long ldy, int accumulate);
+
 /// NF4 dequantization of values lo..<hi of a weight flattened row-major (blocks of 64,
 /// two codes per byte, the even index in the high nibble): dst[i - lo] = code[nibble(i)] *
 /// scale(i / 64). scale(b) = absmax[b] when absmax is given, else (double quantization)

@@ -33,21 +33,20 @@ package enum FastProducts {
         guard n >= 1, n <= maxRows else { return false }
         switch w.storage {
         case .fp32, .packed:
-            if n != 1 { return false }
-            matvecF32(y: y, x: x, weight: w, accumulate: accumulate)
+            rowsF32(y: y, x: x, rows: n, weight: w, accumulate: accumulate)
             return true
         case .nf4, .ggml, .bf16, .transposed:
             return false
         }
     }
 
-    /// y [out] (+)= W x by sgemv, the output rows split over the workers.
-    private static func matvecF32(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, weight w: Matrix,
-                                  accumulate: Bool) {
-        let cols = w.cols, beta: Float = accumulate ? 1 : 0
-        splitRows(w.rows, cols: cols) { r0, r1 in
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(r1 - r0), Int32(cols), 1, w.pointer + r0 * cols, Int32(cols),
-                        x, 1, beta, y + r0, 1)
+    /// y [n, out] (+)= x [n, in] W^T, each weight row read once for the n rows, the output
+    /// rows split over the workers.
+    private static func rowsF32(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, weight w: Matrix,
+                                accumulate: Bool) {
+        let cols = w.cols, out = w.rows
+        splitRows(out, cols: cols) { r0, r1 in
+            mt_rows_f32(w.pointer, r0, r1, cols, x, n, cols, y + r0, out, accumulate ? 1 : 0)
         }
     }
 
