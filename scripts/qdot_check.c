@@ -1,8 +1,10 @@
 // Check and benchmark of the quantized products in Sources/CKernels/qdot.c, qdot_k.c (ggml
-// blocks times an 8-bit activation), mt_nf4_matvec and mt_bf16_matvec. From the repository root:
-//   gcc -O2 -ffp-contract=off -ISources/CKernels/include -ISources/CKernels scripts/qdot_check.c
+// blocks times an 8-bit activation), mt_nf4_matvec and mt_bf16_matvec. From the repository
+// root (clang -O3 as the package builds CKernels; gcc works the same):
+//   clang -O3 -ffp-contract=off -ISources/CKernels/include -ISources/CKernels scripts/qdot_check.c
 //     Sources/CKernels/qdot.c Sources/CKernels/qdot_k.c Sources/CKernels/dispatch.c
 //     Sources/CKernels/nf4.c -lm -o /tmp/qdot_check && /tmp/qdot_check [--no-bench] [--bench-only] [fixture dir]
+// (-ffp-contract=off keeps this file's reference dequantizers free of fused multiply-adds.)
 // Checks, for every type (random blocks: random bytes with finite f16 scales, every bit
 // pattern; and rows of normal values quantized by the simple quantizers below):
 //   0. this file's dequantizers equal gguf-py's bit for bit on the real blocks of
@@ -15,9 +17,10 @@
 //      over the rows (y_fp32 = dequant(w) · x in double).
 // NF4 (plain and double-quantized scales, odd widths) and bf16: scalar and AVX2 against
 // mt_nf4_dequant / the exact widening, then a dot in double.
-// Benchmark: one thread, matvec GB/s of weight bytes for [rows x cols] = [out x in] shapes,
-// "hot" (the same matrix again, from cache where it fits) and "cold" (cycling through copies
-// filling 512 MB, so every call reads from DRAM), beside a 512 MB read (sum) of this machine.
+// Benchmark: one thread (thread CPU time, best of 3), matvec GB/s of weight bytes for
+// [rows x cols] = [out x in] shapes, "hot" (the same matrix again, from cache where it fits)
+// and "cold" (cycling through copies filling 512 MB, so every call reads from DRAM), beside a
+// 512 MB read (sum) on the same machine.
 #include "ckernels.h"
 #include <math.h>
 #include <stdint.h>
@@ -509,7 +512,9 @@ static void check_nf4(int kavx) {
 }
 
 // ---- benchmark ------------------------------------------------------------------------------------
-static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
+// Thread CPU time: the machine is shared (other builds take turns on the cores), and a
+// time-shared thread's wall time would count the others' turns.
+static double now(void) { struct timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
 
 #define ARENA (512L << 20)
 static uint8_t *arena;
