@@ -432,27 +432,17 @@ int mt_qdot_matmat_with(int kernel, int type, const void *w, long rowBytes, long
 
 // ---- NF4 rows -----------------------------------------------------------------------------
 
-// A block's scale exactly as mt_nf4_dequant computes it (one fp32 product, one fp32 sum):
-// kept out of line, in a function built without FMA, so no compiler can fuse the two.
-__attribute__((noinline)) static float nf4_block_scale(long b, const float *absmax, const unsigned char *scaleCodes,
-                                                       const float *map, const float *nested, float offset) {
+// A block's scale exactly as mt_nf4_dequant computes it (one fp32 product, one fp32 sum).
+// The product goes through a volatile so that no compiler fuses the two into one multiply-add
+// (inlined in the AVX2+FMA kernel, a plain temporary may be); a call to an out-of-line helper
+// instead cost the AVX2 kernel its accumulators (spilled around every call) and, in legacy
+// SSE code, a stall on each switch between the encodings.
+static inline float nf4_block_scale(long b, const float *absmax, const unsigned char *scaleCodes, const float *map,
+                                    const float *nested, float offset) {
     if (absmax) return absmax[b];
-    float m = map[scaleCodes[b]] * nested[b >> 8];
+    volatile float m = map[scaleCodes[b]] * nested[b >> 8];
     return m + offset;
 }
-
-#if defined(__x86_64__)
-// The same in VEX-encoded code (AVX2, no FMA): called from the AVX2 kernel, legacy-SSE code
-// would stall it on the switch between the two encodings (measured: 4x slower than scalar).
-__attribute__((noinline, target("avx2"))) static float nf4_block_scale_vex(long b, const float *absmax,
-                                                                           const unsigned char *scaleCodes,
-                                                                           const float *map, const float *nested,
-                                                                           float offset) {
-    if (absmax) return absmax[b];
-    float m = map[scaleCodes[b]] * nested[b >> 8];
-    return m + offset;
-}
-#endif
 
 // Row r: sum over its pieces of 64-value blocks of scale * sum_j code(j) * x[j].
 static void nf4_matvec_scalar(float *y, const unsigned char *packed, long cols, long r0, long r1,
@@ -501,7 +491,7 @@ AVX2_FN static void nf4_matvec_avx2(float *y, const unsigned char *packed, long 
         while (i < hi) {
             long b = i >> 6, bend = (b + 1) << 6;
             if (bend > hi) bend = hi;
-            float s = nf4_block_scale_vex(b, absmax, scaleCodes, map, nested, offset), bs = 0;
+            float s = nf4_block_scale(b, absmax, scaleCodes, map, nested, offset), bs = 0;
             if (i & 1) { bs += code16[packed[i >> 1] & 15] * x[i - lo]; i++; }
             __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
             for (; i + 16 <= bend; i += 16) {
