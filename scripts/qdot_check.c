@@ -16,7 +16,8 @@
 //   c. prints the error against the unquantized fp32 activation: ||y - y_fp32|| / ||y_fp32||
 //      over the rows (y_fp32 = dequant(w) · x in double).
 // NF4 (plain and double-quantized scales, odd widths) and bf16: scalar and AVX2 against
-// mt_nf4_dequant / the exact widening, then a dot in double.
+// mt_nf4_dequant / the exact widening, then a dot in double; NF4 with unit activations equal
+// to mt_nf4_dequant's values bit for bit (the block scale computed exactly as there).
 // Benchmark: one thread (thread CPU time, best of 3), matvec GB/s of weight bytes for
 // [rows x cols] = [out x in] shapes, "hot" (the same matrix again, from cache where it fits)
 // and "cold" (cycling through copies filling 512 MB, so every call reads from DRAM), beside a
@@ -484,9 +485,19 @@ static void check_nf4(int kavx) {
                     CHECK(ea <= 1e-6, "nf4 %ldx%ld dq=%d row %ld: scalar %.9g avx2 %.9g", rows, cols, dq, r, y0[r - r0], y1[r - r0]);
                 }
             }
+            // x = a unit vector: y[r] must be mt_nf4_dequant's value bit for bit (the scale exact).
+            for (int k = 0; k <= kavx; k++)
+                for (long j = 0; j < cols; j += cols / 5 + 1) {
+                    for (long i = 0; i < cols; i++) x[i] = i == j;
+                    mt_nf4_matvec_with(k, y0, packed, rows, cols, 0, rows, code16, am, codes, map, nested, off, x);
+                    for (long r = 0; r < rows; r++)
+                        CHECK(!memcmp(&y0[r], &deq[r * cols + j], 4), "nf4 %ldx%ld dq=%d kernel %d: unit x at %ld, row %ld: %.9g vs dequant %.9g",
+                              rows, cols, dq, k, j, r, y0[r], deq[r * cols + j]);
+                }
             free(packed); free(absmax); free(codes); free(x); free(deq); free(y0); free(y1);
         }
-    printf("   NF4 (6 shapes incl. odd widths, absmax and double-quantized): worst (a) %.2e, (b) %.2e\n", worst_a, worst_b);
+    printf("   NF4 (6 shapes incl. odd widths, absmax and double-quantized): worst (a) %.2e, (b) %.2e;\n"
+           "       unit activations give mt_nf4_dequant's values bit for bit\n", worst_a, worst_b);
 
     double wa = 0, wb = 0;
     const long bshapes[][2] = {{5, 1}, {7, 37}, {16, 576}, {3, 2048}};
