@@ -91,8 +91,10 @@ int mt_lora_gemm_with(int kernel, int transA, int transB, long m, long n, long k
 /// of n values): for the 32-value types n / 32 blocks of 40 bytes: fp32 d, fp32 s = d * sum(q),
 /// int8 q[32]; for the K types n / 256 blocks of 292 bytes: fp32 d, int8 q[256], int16 sums of
 /// q over each 16 values [16] (native byte order). Value i is d * q[i], d = max|x| / 127 over
-/// the block, q = round-to-nearest-even(x * 127 / max|x|). Variants: scalar (the definition)
-/// and AVX2+FMA+F16C, chosen at run time (MOE_TUNE_QDOT_KERNEL=scalar|avx2 forces one).
+/// the block, q = round-to-nearest-even(x * 127 / max|x|), in [-127, 127]. Variants: scalar
+/// (the definition) and AVX2+FMA+F16C, chosen at run time (MOE_TUNE_QDOT_KERNEL=scalar|avx2
+/// forces one). No alignment is needed anywhere; nothing is allocated; every function may run
+/// on many threads at once (on disjoint outputs).
 ///
 /// Bytes of the quantized activation of n values for weights of `type`; -1 when the type is
 /// not one of the eight or n not a multiple of its block.
