@@ -90,7 +90,8 @@ int mt_lora_gemm_with(int kernel, int transA, int transB, long m, long n, long k
 /// reads; n (values per row) must be a multiple of the block. Activation layouts (activation j
 /// of n values): for the 32-value types n / 32 blocks of 40 bytes: fp32 d, fp32 s = d * sum(q),
 /// int8 q[32]; for the K types n / 256 blocks of 292 bytes: fp32 d, int8 q[256], int16 sums of
-/// q over each 16 values [16] (native byte order). Value i is d * q[i], d = max|x| / 127 over
+/// q over each 16 values [16] (native byte order); one quantized activation serves every type
+/// of its family (all 32-value types, or all K types). Value i is d * q[i], d = max|x| / 127 over
 /// the block, q = round-to-nearest-even(x * 127 / max|x|), in [-127, 127]. Variants: scalar
 /// (the definition) and AVX2+FMA+F16C, chosen at run time (MOE_TUNE_QDOT_KERNEL=scalar|avx2
 /// forces one). No alignment is needed anywhere; nothing is allocated; every function may run
@@ -103,9 +104,10 @@ long mt_qdot_activation_bytes(int type, long n);
 /// any alignment). Does nothing for a type or n mt_qdot_activation_bytes refuses.
 void mt_qdot_quantize_activation(int type, const float *x, void *dst, long n);
 /// One weight row (n values of `type` at wrow) times the quantized activation xq: the sum over
-/// blocks of (dw * dx) * sum(qw * qx) (+ mw * s for Q4_1/Q5_1; - (dmin * dx) * sum over
-/// sub-blocks of m * (sum of qx) for Q4_K/Q5_K), integers within a block, fp32 across blocks.
-/// NaN for a type or n mt_qdot_activation_bytes refuses.
+/// blocks, in order, of (dw * dx) * S (+ mw * s for Q4_1/Q5_1; - (dmin * dx) * sum over the 8
+/// sub-blocks of m_j * (sum of qx in j) for Q4_K/Q5_K), S = sum(qw * qx) in integers with qw
+/// the block's integer values (Q4_0 q - 8, Q5_0 q - 16; K types: each sub-block's q, Q6_K's
+/// q - 32, times its integer scale), fp32 across blocks. NaN for a type or n refused.
 float mt_qdot_row(int type, long n, const void *wrow, const void *xq);
 /// y[r - r0] = row r · x for r in [r0, r1); row r at w + r * rowBytes (rowBytes >= the bytes of
 /// n values). Does nothing for a type or n mt_qdot_activation_bytes refuses.
