@@ -94,6 +94,70 @@ int mt_lora_kernel_supported(int kernel);
 int mt_lora_gemm_with(int kernel, int transA, int transB, long m, long n, long k, float alpha, const float *a,
                       long lda, const float *b, long ldb, float beta, float *c, long ldc);
 
+/// Products of ggml-quantized weights with activations in the weights' own blocks (qdot.c,
+/// qdot_k.c): the activation is quantized once to 8 bits, each block's product is an integer
+/// sum, blocks are scaled and added in fp32 (ggml's CPU approach); no row is widened to fp32.
+/// `type` is ggml's number: Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8 (blocks of 32)
+/// and Q4_K = 12, Q5_K = 13, Q6_K = 14 (super-blocks of 256), the layouts GGMLDequantize.swift
+/// reads; n (values per row) must be a multiple of the block. Activation layouts (activation j
+/// of n values): for the 32-value types n / 32 blocks of 40 bytes: fp32 d, fp32 s = d * sum(q),
+/// int8 q[32]; for the K types n / 256 blocks of 292 bytes: fp32 d, int8 q[256], int16 sums of
+/// q over each 16 values [16] (native byte order); one quantized activation serves every type
+/// of its family (all 32-value types, or all K types). Value i is d * q[i], d = max|x| / 127 over
+/// the block, q = round-to-nearest-even(x * 127 / max|x|), in [-127, 127]. Variants: scalar
+/// (the definition) and AVX2+FMA+F16C, chosen at run time (MOE_TUNE_QDOT_KERNEL=scalar|avx2
+/// forces one). No alignment is needed anywhere; nothing is allocated; every function may run
+/// on many threads at once (on disjoint outputs).
+///
+/// Bytes of the quantized activation of n values for weights of `type`; -1 when the type is
+/// not one of the eight or n not a multiple of its block.
+long mt_qdot_activation_bytes(int type, long n);
+/// Quantizes x[0..n) (finite) for weights of `type` into dst (mt_qdot_activation_bytes bytes,
+/// any alignment). Does nothing for a type or n mt_qdot_activation_bytes refuses.
+void mt_qdot_quantize_activation(int type, const float *x, void *dst, long n);
+/// One weight row (n values of `type` at wrow) times the quantized activation xq: the sum over
+/// blocks, in order, of (dw * dx) * S (+ mw * s for Q4_1/Q5_1; - (dmin * dx) * sum over the 8
+/// sub-blocks of m_j * (sum of qx in j) for Q4_K/Q5_K), S = sum(qw * qx) in integers with qw
+/// the block's integer values (Q4_0 q - 8, Q5_0 q - 16; K types: each sub-block's q, Q6_K's
+/// q - 32, times its integer scale), fp32 across blocks. NaN for a type or n refused.
+float mt_qdot_row(int type, long n, const void *wrow, const void *xq);
+/// y[r - r0] = row r · x for r in [r0, r1); row r at w + r * rowBytes (rowBytes >= the bytes of
+/// n values). Does nothing for a type or n mt_qdot_activation_bytes refuses.
+void mt_qdot_matvec(int type, const void *w, long rowBytes, long r0, long r1, long n, const void *xq, float *y);
+/// m activations (activation j at xq + j * xqStride bytes): y[j * ldy + (r - r0)] = row r ·
+/// activation j. Each row is read from memory once for all m (4 activations at a time, the row
+/// in L1 for the next 4); a result equals mt_qdot_matvec's for that activation bit for bit.
+void mt_qdot_matmat(int type, const void *w, long rowBytes, long r0, long r1, long n, const void *xq, long xqStride,
+                    long m, float *y, long ldy);
+/// Which kernel the mt_qdot_*, mt_nf4_matvec and mt_bf16_matvec products use: "avx2" or "scalar".
+const char *mt_qdot_kernel(void);
+/// Whether kernel 0 (scalar) or 1 (AVX2+FMA+F16C) runs on this CPU (no AVX-512 variant: 2 is 0).
+int mt_qdot_kernel_supported(int kernel);
+/// mt_qdot_row with a given kernel into *out (tests compare them); -1 when this CPU lacks it or
+/// the type or n is refused.
+int mt_qdot_row_with(int kernel, int type, long n, const void *wrow, const void *xq, float *out);
+/// mt_qdot_matmat with a given kernel; -1 when this CPU lacks it or the type or n is refused.
+int mt_qdot_matmat_with(int kernel, int type, const void *w, long rowBytes, long r0, long r1, long n, const void *xq,
+                        long xqStride, long m, float *y, long ldy);
+
+/// NF4 matrix-vector product straight from the 4-bit codes (qdot.c), the weight [rows, cols] in
+/// mt_nf4_dequant's layout and arguments: y[r - r0] = sum_j dequant(r, j) * x[j] for r in
+/// [r0, r1), computed per 64-value block (or the part of one in the row) as scale * sum(code *
+/// x), the scale exactly as mt_nf4_dequant computes it; fp32. Nothing for an empty or
+/// out-of-range [r0, r1). AVX2: the two-permute lookup of mt_nf4_dequant, FMA.
+void mt_nf4_matvec(float *y, const unsigned char *packed, long rows, long cols, long r0, long r1,
+                   const float *code16, const float *absmax, const unsigned char *scaleCodes, const float *map,
+                   const float *nested, float offset, const float *x);
+/// mt_nf4_matvec with a given kernel (mt_qdot_kernel_supported); -1 when this CPU lacks it.
+int mt_nf4_matvec_with(int kernel, float *y, const unsigned char *packed, long rows, long cols, long r0, long r1,
+                       const float *code16, const float *absmax, const unsigned char *scaleCodes, const float *map,
+                       const float *nested, float offset, const float *x);
+/// bf16 matrix-vector product (qdot.c), row r at w + r * cols: y[r - r0] = sum_j bf16(w[r, j]) *
+/// x[j] for r in [r0, r1), widened on the fly; fp32 (AVX2: 4 FMA accumulators of 8).
+void mt_bf16_matvec(float *y, const unsigned short *w, long r0, long r1, long cols, const float *x);
+/// mt_bf16_matvec with a given kernel (mt_qdot_kernel_supported); -1 when this CPU lacks it.
+int mt_bf16_matvec_with(int kernel, float *y, const unsigned short *w, long r0, long r1, long cols, const float *x);
+
 #ifdef __cplusplus
 }
 #endif
