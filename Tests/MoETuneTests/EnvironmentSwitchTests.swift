@@ -33,7 +33,8 @@ final class EnvironmentSwitchTests: XCTestCase {
             "MOE_TUNE_MPI_TIMEOUT": [("5", "5.0"), ("0.5", "0.5"), ("86400", "86400.0"), ("1e3", "1000.0")],
         ]
         // The kernel variants this CPU runs (scalar everywhere), read back as their names.
-        for (name, k) in [("MOE_TUNE_NF4_KERNEL", CKernelVariants.nf4), ("MOE_TUNE_BF16_KERNEL", .bf16), ("MOE_TUNE_PACKED_KERNEL", .packed)] {
+        for (name, k) in [("MOE_TUNE_NF4_KERNEL", CKernelVariants.nf4), ("MOE_TUNE_BF16_KERNEL", .bf16), ("MOE_TUNE_PACKED_KERNEL", .packed),
+                          ("MOE_TUNE_QDOT_KERNEL", .qdot)] {
             g[name] = k.namesHere.map { ($0, $0) }
         }
         // Core types: the core OpenBLAS runs afterwards (lowercased), or for keep that it kept its own.
@@ -57,6 +58,7 @@ final class EnvironmentSwitchTests: XCTestCase {
         "MOE_TUNE_NF4_KERNEL": ["sse", "", "AVX2"] + (mt_nf4_kernel_supported(2) == 1 ? [] : ["avx512"]),
         "MOE_TUNE_BF16_KERNEL": ["sse", "", "AVX2"] + (mt_bf16_kernel_supported(2) == 1 ? [] : ["avx512"]),
         "MOE_TUNE_PACKED_KERNEL": ["avx512", "", "AVX2", "sse"] + (mt_packed_kernel_supported(1) == 1 ? [] : ["avx2"]),
+        "MOE_TUNE_QDOT_KERNEL": ["avx512", "", "AVX2", "sse"] + (mt_qdot_kernel_supported(1) == 1 ? [] : ["avx2"]),
         "MOE_TUNE_PREPACK": ["yes", "", "2", "backward", "01"],
         "MOE_TUNE_HEAD_CHUNKS": ["off", "", "false", "00"],
         "MOE_TUNE_MPI_TIMEOUT": ["5s", "", "0", "-1", "86401", "abc", "nan", "inf"],
@@ -198,6 +200,7 @@ final class EnvironmentSwitchTests: XCTestCase {
             ("MOE_TUNE_NF4_KERNEL", String(cString: mt_nf4_kernel())),
             ("MOE_TUNE_BF16_KERNEL", String(cString: mt_bf16_kernel())),
             ("MOE_TUNE_PACKED_KERNEL", String(cString: mt_packed_kernel())),
+            ("MOE_TUNE_QDOT_KERNEL", String(cString: mt_qdot_kernel())),
             ("MOE_TUNE_PREPACK", PackedWeight.mode.rawValue),
             ("MOE_TUNE_HEAD_CHUNKS", "\(try TrainBenchmark.chunkedHeadFromEnvironment())"),
             ("MOE_TUNE_MPI_TIMEOUT", "\(try OpenMPI.timeoutSeconds())"),

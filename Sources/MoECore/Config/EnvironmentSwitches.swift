@@ -69,10 +69,10 @@ public struct EnvironmentSwitch: Sendable {
 /// (dispatch.c mt_choose_kernel: "avx512" = 2, "avx2" = 1, "scalar" = 0, compared exactly; a name
 /// the CPU does not run, or any other value, used to be ignored silently).
 public enum CKernelVariants: Sendable {
-    case nf4, bf16, packed
+    case nf4, bf16, packed, qdot
 
     /// The variants the kernel file has, best first.
-    package var names: [String] { self == .packed ? ["avx2", "scalar"] : ["avx512", "avx2", "scalar"] }
+    package var names: [String] { self == .packed || self == .qdot ? ["avx2", "scalar"] : ["avx512", "avx2", "scalar"] }
 
     /// The variants this CPU runs (the kernel file's own `supported` test).
     package var namesHere: [String] {
@@ -82,6 +82,7 @@ public enum CKernelVariants: Sendable {
             case .nf4: return mt_nf4_kernel_supported(level) == 1
             case .bf16: return mt_bf16_kernel_supported(level) == 1
             case .packed: return mt_packed_kernel_supported(level) == 1
+            case .qdot: return mt_qdot_kernel_supported(level) == 1
             }
         }
     }
@@ -119,6 +120,9 @@ public enum EnvironmentSwitches {
               defaultValue: "the best this CPU runs", meaning: "NF4 dequantization kernel (to measure)"),
         .init(name: "MOE_TUNE_BF16_KERNEL", values: .kernel(.bf16), accepted: "avx512, avx2 or scalar",
               defaultValue: "the best this CPU runs", meaning: "bf16 -> fp32 widening kernel (to measure)"),
+        .init(name: "MOE_TUNE_QDOT_KERNEL", values: .kernel(.qdot), accepted: "avx2 or scalar",
+              defaultValue: "the best this CPU runs",
+              meaning: "the decoder's products of ggml blocks, NF4 and bf16 rows (generate, eval --generate; to measure)"),
         .init(name: "MOE_TUNE_PACKED_KERNEL", values: .kernel(.packed), accepted: "avx2 or scalar",
               defaultValue: "the best this CPU runs", meaning: "kernel of the GEMM over pre-packed weights (MOE_TUNE_PREPACK; to measure)"),
         .init(name: "MOE_TUNE_PREPACK",

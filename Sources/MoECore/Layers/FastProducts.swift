@@ -35,8 +35,62 @@ package enum FastProducts {
         case .fp32, .packed:
             rowsF32(y: y, x: x, rows: n, weight: w, accumulate: accumulate)
             return true
-        case .nf4, .ggml, .bf16, .transposed:
+        case .ggml(let g):
+            guard g.type.blockSize > 1, mt_qdot_activation_bytes(Int32(g.type.rawValue), g.cols) > 0 else { return false }
+            withOutput(y, rows: n, cols: w.rows, accumulate: accumulate) { out in ggml(out: out, x: x, rows: n, weight: g) }
+            return true
+        case .nf4(let q):
+            withOutput(y, rows: n, cols: w.rows, accumulate: accumulate) { out in nf4(out: out, x: x, rows: n, weight: q) }
+            return true
+        case .bf16(let b):
+            withOutput(y, rows: n, cols: w.rows, accumulate: accumulate) { out in
+                splitRows(b.rows, cols: b.cols) { r0, r1 in
+                    for i in 0..<n { mt_bf16_matvec(out + i * b.rows + r0, b.bits, r0, r1, b.cols, x + i * b.cols) }
+                }
+            }
+            return true
+        case .transposed:
             return false
+        }
+    }
+
+    /// Scratch of the products' output when they must be added to y (accumulate).
+    private static let sums = PerWorkerScratch(minimumCount: 1 << 12)
+
+    /// Runs body on y itself, or on scratch [rows, cols] that is then added to y.
+    @inline(__always)
+    private static func withOutput(_ y: UnsafeMutablePointer<Float>, rows n: Int, cols: Int, accumulate: Bool,
+                                   _ body: (UnsafeMutablePointer<Float>) -> Void) {
+        guard accumulate else { body(y); return }
+        let t = sums.pointer(count: n * cols)
+        body(t)
+        for i in 0..<(n * cols) { y[i] += t[i] }
+    }
+
+    /// out [n, rows] = x [n, cols] W^T for ggml blocks: each x row rounded to 8 bits per
+    /// block (mt_qdot_quantize_activation), then integer products block by block.
+    private static func ggml(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, weight g: GGMLWeight) {
+        let type = Int32(g.type.rawValue), stride = mt_qdot_activation_bytes(type, g.cols)
+        let xq = UnsafeMutableRawPointer(activations.pointer(count: (n * stride + 3) / 4))
+        for i in 0..<n { mt_qdot_quantize_activation(type, x + i * g.cols, xq + i * stride, g.cols) }
+        splitRows(g.rows, cols: g.cols) { r0, r1 in
+            mt_qdot_matmat(type, g.data, g.rowBytes, r0, r1, g.cols, xq, stride, n, out + r0, g.rows)
+        }
+    }
+
+    /// out [n, rows] = x [n, cols] W^T for NF4, each weight value widened in registers.
+    private static func nf4(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, weight q: NF4Weight) {
+        NF4Weight.code.withUnsafeBufferPointer { code in
+            q.nestedMap.withUnsafeBufferPointer { map in
+                q.nestedAbsmax.withUnsafeBufferPointer { nested in
+                    splitRows(q.rows, cols: q.cols) { r0, r1 in
+                        for i in 0..<n {
+                            mt_nf4_matvec(out + i * q.rows + r0, q.packed, q.rows, q.cols, r0, r1, code.baseAddress, q.absmax,
+                                          q.absmaxCodes, map.baseAddress, nested.baseAddress, q.offset, x + i * q.cols)
+                        }
+                    }
+                }
+            }
         }
     }
 
