@@ -62,15 +62,20 @@ public struct TokenSampler {
     }
 }
 
-/// Generation loop over a Decoder: feeds the prompt, then picks tokens until EOS or the
-/// budget, calling `onToken` with each new token (for streaming).
+/// Generation loop over a Decoder: prefills the prompt as one batch, then picks tokens
+/// until a stop token or the budget, calling `onToken` with each new token (for streaming).
 public final class Generator {
     public let decoder: Decoder
     public let eosIds: Set<Int32>
+    /// Decode exactly max_new_tokens tokens, stop tokens included (for measuring).
+    public var ignoreStop = false
+    /// Prompt and decode tokens and seconds of every call so far.
+    public private(set) var timings = GenerationTimings()
 
     /// `stopIds`: the tokenizer's stop ids, added to config.json's eos ids.
-    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int, stopIds: Set<Int32> = []) {
-        decoder = Decoder(model: model, adapters: adapters, maxLength: maxLength)
+    public init(model: Transformer, adapters: AdapterSet?, maxLength: Int, stopIds: Set<Int32> = [],
+                products: ProductPath = .exact) {
+        decoder = Decoder(model: model, adapters: adapters, maxLength: maxLength, products: products)
         eosIds = Set(model.config.eosTokenIds).union(stopIds)
     }
 
@@ -81,15 +86,21 @@ public final class Generator {
             throw MoETuneError.invalid("the prompt has \(prompt.count) tokens; the limit is \(decoder.maxLength - 1)")
         }
         decoder.reset()
+        var t0 = Date()
         var logits = try decoder.prefill(prompt)
+        timings.promptSeconds += Date().timeIntervalSince(t0)
+        timings.promptTokens += prompt.count
         var sampler = TokenSampler(options: options, vocab: decoder.model.config.vocabSize)
         var out: [Int32] = []
+        out.reserveCapacity(min(options.maxNewTokens, decoder.maxLength))
+        t0 = Date()
+        defer { timings.decodeSeconds += Date().timeIntervalSince(t0); timings.generatedTokens += out.count }
         while out.count < options.maxNewTokens {
             let next = sampler.next(logits, vocab: decoder.model.config.vocabSize)
-            if eosIds.contains(next) { break }
+            if !ignoreStop, eosIds.contains(next) { break }
             out.append(next)
             onToken(next)
-            if decoder.length >= decoder.maxLength { break }
+            if decoder.length >= decoder.maxLength || out.count >= options.maxNewTokens { break }
             logits = try decoder.step(next)
         }
         return out

@@ -12,7 +12,14 @@ struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
         abstract: "Generate text with a KV cache, streaming it as it comes.",
-        discussion: "Greedy by default; --temperature > 0 samples (with --top-k, --top-p, --seed). --chat reads turns from standard input.")
+        discussion: """
+        Greedy by default; --temperature > 0 samples (with --top-k, --top-p, --seed). --chat reads turns from standard \
+        input. The prompt is fed as one batch, then each new token reads every weight once in its own format (ggml \
+        blocks with the activation rounded to 8 bits per block, as llama.cpp does); --exact multiplies as training does. \
+        Prompt and decode speeds go to standard error at the end (--json: one object on standard output). \
+        --prompts FILE.jsonl answers every {"prompt": ...} line, --parallel of them at once (continuous batching), \
+        one JSON line each, in the file's order. See docs/commands.md.
+        """)
 
     @Option(help: "Model folder.") var model: String
     @Option(help: "PEFT adapter folder (repeatable).") var adapter: [String] = []
@@ -27,9 +34,17 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Keep the k most likely tokens (0: all).") var topK = 0
     @Option(help: "Keep the smallest set of tokens whose probability reaches p.") var topP: Double = 1
     @Option(help: "Random seed for sampling.") var seed: UInt64 = 0
+    @Flag(help: "Multiply as training does (weights widened to fp32): slower, the reference tokens.") var exact = false
+    @Flag(help: "Decode exactly --max-new-tokens tokens, stop tokens included (to measure speed).") var ignoreEos = false
+    @Flag(help: "Print one JSON object (prompt_tokens, prompt_tokens_per_s, generated_tokens, tokens_per_s, text) on stdout.") var json = false
+    @Option(help: "JSONL file of {\"prompt\": TEXT} (or {\"messages\": [...]} with --chat) lines: answer each, one JSON line per prompt.") var prompts: String?
+    @Option(help: "With --prompts: sequences decoded at once (continuous batching); default from the cores and memory.") var parallel: Int?
 
     func validate() throws {
-        guard prompt != nil || chat else { throw ValidationError("give --prompt TEXT, or --chat") }
+        guard prompt != nil || chat || prompts != nil else { throw ValidationError("give --prompt TEXT, --prompts FILE.jsonl, or --chat") }
+        guard prompts == nil || prompt == nil else { throw ValidationError("give --prompt or --prompts, not both") }
+        if let parallel, !(1...256).contains(parallel) { throw ValidationError("--parallel must be in 1...256, got \(parallel)") }
+        guard !(json && chat && prompt == nil && prompts == nil) else { throw ValidationError("--json needs --prompt or --prompts (not an interactive chat)") }
         guard temperature >= 0 else { throw ValidationError("--temperature must not be negative") }
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard topK >= 0 else { throw ValidationError("--top-k must not be negative") }
@@ -54,38 +69,43 @@ struct GenerateCommand: ParsableCommand {
             var options = SamplingOptions()
             options.temperature = temperature; options.topK = topK; options.topP = topP; options.seed = seed
             options.maxNewTokens = maxNewTokens
-            let generator = Generator(model: loaded.model, adapters: adapters, maxLength: min(loaded.model.config.maxPositionEmbeddings, 4096),
-                                      stopIds: stops)
+            let maxLength = min(loaded.model.config.maxPositionEmbeddings, 4096)
+            if let prompts {
+                try answerFile(prompts, loaded: loaded, adapters: adapters, format: format, encoder: encoder, stops: stops,
+                               options: options, maxLength: maxLength)
+                return
+            }
+            let generator = Generator(model: loaded.model, adapters: adapters, maxLength: maxLength, stopIds: stops,
+                                      products: exact ? .exact : .fast)
+            generator.ignoreStop = ignoreEos
             let tok = loaded.tokenizer
+            defer { if !json { reportSpeed(generator.timings) } }
             func reply(to promptIDs: [Int32]) throws -> String {
                 var ids: [Int32] = []
                 var printed = ""
                 _ = try generator.generate(prompt: promptIDs, options: options) { t in
                     ids.append(t)
                     // Decode the whole reply each time so multi-token characters print whole.
-                    if let text = try? tok.decode(ids), text.count > printed.count, text.hasPrefix(printed) {
+                    if !json, let text = try? tok.decode(ids), text.count > printed.count, text.hasPrefix(printed) {
                         FileHandle.standardOutput.write(Data(String(text.dropFirst(printed.count)).utf8))
                         printed = text
                     }
                 }
-                print("")
-                return (try? tok.decode(ids)) ?? printed
+                let text = (try? tok.decode(ids)) ?? printed
+                if json { printJSON(speedFields(generator.timings, text: text)) } else { print("") }
+                return text
             }
             if !chat {
                 _ = try reply(to: tok.encode(prompt!, addSpecialTokens: true))
                 return
             }
+            let encodeTurns = { (messages: [ChatMessage]) throws -> [Int32] in
+                try promptIds(messages, format: format, encoder: encoder, tokenizer: tok)
+            }
             var messages: [ChatMessage] = []
             func turn(_ user: String) throws {
                 messages.append(ChatMessage(role: "user", content: user))
-                let ids: [Int32]
-                switch format {
-                case .jinja:
-                    ids = try encoder!.promptIds(messages)
-                case let .builtin(template):
-                    ids = try tok.encode(try template.prompt(messages.map { ($0.role, $0.content ?? "") }), addSpecialTokens: true)
-                }
-                let answer = try reply(to: ids)
+                let answer = try reply(to: try encodeTurns(messages))
                 messages.append(ChatMessage(role: "assistant", content: answer.trimmingCharacters(in: .whitespaces)))
             }
             if let prompt { try turn(prompt); return }
@@ -105,4 +125,66 @@ func loadAdapters(_ paths: [String], weights: [Float], model: Transformer) throw
     let w = weights.isEmpty ? Array(repeating: Float(1), count: paths.count) : weights
     let sets = try zip(paths, w).map { (set: try PEFTAdapter.load(directory: $0.0, model: model), weight: $0.1) }
     return try AdapterSet.mix(sets, model: model)
+}
+
+extension GenerateCommand {
+    /// --prompts: every line's prompt through the batched generator, one JSON line each in
+    /// the file's order, the speeds on standard error (or as the last line with --json).
+    func answerFile(_ path: String, loaded: LoadedModel, adapters: AdapterSet?, format: ChatFormat, encoder: ChatEncoder?,
+                    stops: Set<Int32>, options: SamplingOptions, maxLength: Int) throws {
+        let tok = loaded.tokenizer
+        let lines = try PromptFile.read(path, chat: { messages in
+            try promptIds(messages, format: format, encoder: encoder, tokenizer: tok)
+        }, plain: { text in
+            chat ? try promptIds([ChatMessage(role: "user", content: text)], format: format, encoder: encoder, tokenizer: tok)
+                 : try tok.encode(text, addSpecialTokens: true)
+        })
+        let lanes = parallel ?? defaultParallel(loaded.model.config, maxLength: maxLength)
+        let generator = BatchGenerator(model: loaded.model, adapters: adapters, maxLength: maxLength, parallel: lanes,
+                                       stopIds: stops, products: exact ? .exact : .fast)
+        generator.ignoreStop = ignoreEos
+        var results = [GenerationResult?](repeating: nil, count: lines.count)
+        var next = 0
+        try generator.run(lines.map { GenerationRequest(prompt: $0, options: options) }) { i, r in
+            results[i] = r
+            // In the file's order: print every finished answer up to the first unfinished one.
+            while next < results.count, let done = results[next] {
+                printJSON(["index": next, "text": (try? tok.decode(done.tokens)) ?? "", "tokens": done.tokens.count,
+                           "finish_reason": done.reason.rawValue])
+                next += 1
+            }
+        }
+        if json { printJSON(speedFields(generator.timings, text: nil)) } else { reportSpeed(generator.timings) }
+    }
+}
+
+/// A chat's prompt ids: the model's template (or the built-in one), ready for the reply.
+func promptIds(_ messages: [ChatMessage], format: ChatFormat, encoder: ChatEncoder?, tokenizer tok: any TextTokenizer) throws -> [Int32] {
+    switch format {
+    case .jinja:
+        return try encoder!.promptIds(messages)
+    case let .builtin(template):
+        return try tok.encode(try template.prompt(messages.map { ($0.role, $0.content ?? "") }), addSpecialTokens: true)
+    }
+}
+
+/// The speed fields of `generate --json`, as llama.cpp's timings name them.
+func speedFields(_ t: GenerationTimings, text: String?) -> [String: Any] {
+    var o: [String: Any] = ["prompt_tokens": t.promptTokens, "prompt_tokens_per_s": t.promptTokensPerSecond,
+                            "generated_tokens": t.generatedTokens, "tokens_per_s": t.tokensPerSecond]
+    if let text { o["text"] = text }
+    return o
+}
+
+/// "prompt: N tokens, X tokens/s; decode: M tokens, Y tokens/s" on standard error.
+func reportSpeed(_ t: GenerationTimings) {
+    let line = String(format: "prompt: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s\n",
+                      t.promptTokens, t.promptTokensPerSecond, t.generatedTokens, t.tokensPerSecond)
+    FileHandle.standardError.write(Data(line.utf8))
+}
+
+/// One JSON object on a line of standard output (keys sorted, so lines compare).
+func printJSON(_ object: [String: Any]) {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    FileHandle.standardOutput.write(data + Data("\n".utf8))
 }
