@@ -26,6 +26,8 @@ public final class Decoder {
 
     private let c: ModelConfig
     private let state: DecoderState
+    /// The LM head the products read (the GGUF's blocks on the fast path).
+    private let lmHead: Matrix
     /// Tokens in each slot's cache.
     private var lengths: [Int]
 
@@ -41,6 +43,8 @@ public final class Decoder {
         self.maxRows = max(self.slots, min(maxRows ?? 512, self.maxLength * self.slots))
         self.products = products
         lengths = Array(repeating: 0, count: self.slots)
+        // A head the file stores in blocks is read in them; if it cannot be read now, the fp32 copy serves.
+        lmHead = products == .fast ? ((try? model.headForDecoding()) ?? model.lmHead) : model.lmHead
         state = DecoderState(config: c, rows: self.maxRows, slots: self.slots, maxLength: self.maxLength,
                              loraRank: adapters?.maxRank ?? 0, logitRows: self.slots)
     }
@@ -179,7 +183,7 @@ public final class Decoder {
         let s = state, h = c.hiddenSize, first = n - m
         rmsnormForward(out: s.ln.pointer, rstd: s.rstd.pointer, x: s.x.pointer + first * h, weight: model.finalNorm,
                        rows: m, cols: h, eps: c.rmsNormEps)
-        linearForward(y: s.logits.pointer, x: s.ln.pointer, rows: m, weight: model.lmHead, path: products)
+        linearForward(y: s.logits.pointer, x: s.ln.pointer, rows: m, weight: lmHead, path: products)
         if let lh = adapters?.head { loraForward(y: s.logits.pointer, x: s.ln.pointer, rows: m, adapter: lh, u: s.u.pointer) }
         if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: m * c.vocabSize, by: c.logitsScaling) }
     }

@@ -59,6 +59,20 @@ public final class Transformer: @unchecked Sendable {
         return try Transformer(checkpoint: Checkpoint(directory: directory), quantize: quantize, base: base)
     }
 
+    private var blockHead: Matrix?
+
+    /// The LM head as the decoder's fast products read it: from a GGUF whose output (or tied
+    /// embedding) is stored in ggml blocks, those blocks (read from the file on first use;
+    /// `lmHead` holds it widened to fp32 for training); otherwise `lmHead`.
+    package func headForDecoding() throws -> Matrix {
+        if let blockHead { return blockHead }
+        let c = config, f = c.family
+        let name = c.tieWordEmbeddings || !checkpoint.contains(f.lmHead) ? f.embedTokens : f.lmHead
+        let head = try checkpoint.gguf?.blockWeight(name, rows: c.vocabSize, cols: c.hiddenSize).map { Matrix(ggml: $0) } ?? lmHead
+        blockHead = head
+        return head
+    }
+
     /// Whether any weight is stored 4-bit.
     public var isQuantized: Bool { layers.contains { $0.q.isQuantized } }
 
