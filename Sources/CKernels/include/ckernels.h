@@ -20,6 +20,14 @@ void mt_swiglu_forward(float *out, const float *g, const float *u, long n);
 /// With s = sigmoid(g): dg = d * u * s * (1 + g (1 - s)), du = d * g * s (dg may alias d).
 void mt_swiglu_backward(float *dg, float *du, const float *d, const float *g, const float *u, long n);
 
+/// A task of a parallel region: fn(ctx, i) for iteration i.
+typedef void (*mt_task_fn)(void *ctx, long i);
+/// Runs fn(ctx, 0..<count) on the caller and up to threads - 1 pool threads (pool.c; started
+/// on first use, spinning briefly then sleeping between regions), each iteration exactly
+/// once, and returns when all are done. Allocates nothing. Serially on the caller when
+/// threads <= 1, count == 1, or another region is running (returns 0 then; 1 when shared).
+int mt_pool_run(long count, int threads, mt_task_fn fn, void *ctx);
+
 /// Few-row products against fp32 weight rows (rows_f32.c): y[i * ldy + (r - r0)] (+)= x[i, :]
 /// · w[r, :] for rows r in [r0, r1) of w [*, k] and i < m rows of x (row stride ldx). Each
 /// weight row is read once for all m rows (the decoder's steps, m up to about 16). AVX2+FMA

@@ -1,11 +1,12 @@
 import Foundation
 import Synchronization
+import CKernels
 import MoEFormats
 import MoEText
 
-/// How moe-tune spreads work over the cores. Every parallel region runs on libdispatch's
-/// persistent worker threads (no thread is created per region or per product) with
-/// `Parallel.workers` iterations; the calling thread takes part.
+/// How moe-tune spreads work over the cores. Every parallel region runs on CKernels' pool of
+/// persistent worker threads (pool.c: no thread is created and nothing allocated per region)
+/// with up to `Parallel.workers` iterations in flight; the calling thread takes part.
 ///
 /// A region's body knows it is inside one (`inRegion`) and which worker slot it holds
 /// (`workerIndex`, for per-worker scratch). Nested regions and matrix-product splits run
@@ -34,7 +35,7 @@ public enum Parallel {
     }
 
     /// Thread-specific slot: nil outside a region, worker index + 1 inside.
-    private static let key: pthread_key_t = {
+    fileprivate static let key: pthread_key_t = {
         var k = pthread_key_t()
         pthread_key_create(&k, nil)
         return k
@@ -60,10 +61,15 @@ public enum Parallel {
             for i in 0..<count { body(i) }
             return
         }
-        DispatchQueue.concurrentPerform(iterations: count) { i in
-            pthread_setspecific(key, UnsafeRawPointer(bitPattern: i + 1))
-            body(i)
-            pthread_setspecific(key, nil)
+        // CKernels' pool (pool.c): nothing allocated per region, unlike concurrentPerform.
+        withoutActuallyEscaping(body) { task in
+            withUnsafePointer(to: task) { context in
+                _ = mt_pool_run(count, Int32(workers), { context, i in
+                    pthread_setspecific(Parallel.key, UnsafeRawPointer(bitPattern: i + 1))
+                    context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(i)
+                    pthread_setspecific(Parallel.key, nil)
+                }, UnsafeMutableRawPointer(mutating: context))
+            }
         }
     }
 

@@ -1,0 +1,101 @@
+// The worker threads of every parallel region (Swift's Parallel.run): a fixed pool of
+// threads that spin briefly and then sleep between regions. A region hands out its
+// iterations one at a time from an atomic counter to the caller and the workers; running
+// one allocates nothing (libdispatch's apply allocated twice per call, Swift's overlay more).
+#include "ckernels.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MT_PAUSE() _mm_pause()
+#else
+#define MT_PAUSE() ((void)0)
+#endif
+
+// Iteration counter of the current region: (generation << 48) | (count << 24) | next index.
+// Count and index come from one atomic word, so a worker that arrives late at a finished
+// region sees index >= count and leaves; every index of the current region is taken once.
+static _Atomic uint64_t next_item;
+static _Atomic long done_items;
+static _Atomic long generation;
+static _Atomic int sleepers;
+static _Atomic(mt_task_fn) job_fn;
+static _Atomic(void *) job_ctx;
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;   // one region at a time
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+static int started;
+
+// Pause-loop iterations a worker spins before it sleeps (about 50-100 us).
+enum { SPIN = 20000 };
+
+static void run_items(void) {
+    for (;;) {
+        uint64_t v = atomic_fetch_add_explicit(&next_item, 1, memory_order_acq_rel);
+        long i = (long)(v & 0xffffff), n = (long)((v >> 24) & 0xffffff);
+        if (i >= n) return;
+        atomic_load_explicit(&job_fn, memory_order_acquire)(atomic_load_explicit(&job_ctx, memory_order_acquire), i);
+        atomic_fetch_add_explicit(&done_items, 1, memory_order_release);
+    }
+}
+
+static void *worker(void *arg) {
+    (void)arg;
+    long seen = 0;
+    for (;;) {
+        long g = atomic_load_explicit(&generation, memory_order_acquire);
+        for (int s = 0; g == seen && s < SPIN; s++) {
+            MT_PAUSE();
+            g = atomic_load_explicit(&generation, memory_order_acquire);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&wake_lock);
+            atomic_fetch_add(&sleepers, 1);
+            while ((g = atomic_load(&generation)) == seen) pthread_cond_wait(&wake, &wake_lock);
+            atomic_fetch_sub(&sleepers, 1);
+            pthread_mutex_unlock(&wake_lock);
+        }
+        seen = g;
+        run_items();
+    }
+    return 0;
+}
+
+static void start(int threads) {
+    pthread_mutex_lock(&start_lock);
+    for (; started < threads; started++) {
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &a, worker, 0) != 0) { pthread_attr_destroy(&a); break; }
+        pthread_attr_destroy(&a);
+    }
+    pthread_mutex_unlock(&start_lock);
+}
+
+int mt_pool_run(long count, int threads, mt_task_fn fn, void *ctx) {
+    if (count <= 0) return 1;
+    if (threads > 1 && started < threads - 1) start(threads - 1);
+    if (threads <= 1 || started == 0 || count == 1 || count >= (1L << 23) || pthread_mutex_trylock(&busy) != 0) {
+        for (long i = 0; i < count; i++) fn(ctx, i);
+        return 0;
+    }
+    atomic_store_explicit(&job_fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&job_ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&done_items, 0, memory_order_relaxed);
+    long gen = atomic_load_explicit(&generation, memory_order_relaxed) + 1;
+    atomic_store_explicit(&next_item, ((uint64_t)(gen & 0xffff) << 48) | ((uint64_t)count << 24), memory_order_release);
+    atomic_store(&generation, gen);
+    if (atomic_load(&sleepers) > 0) {
+        pthread_mutex_lock(&wake_lock);
+        pthread_cond_broadcast(&wake);
+        pthread_mutex_unlock(&wake_lock);
+    }
+    run_items();
+    while (atomic_load_explicit(&done_items, memory_order_acquire) < count) MT_PAUSE();
+    pthread_mutex_unlock(&busy);
+    return 1;
+}
