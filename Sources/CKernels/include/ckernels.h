@@ -28,6 +28,20 @@ typedef void (*mt_task_fn)(void *ctx, long i);
 /// threads <= 1, count == 1, or another region is running (returns 0 then; 1 when shared).
 int mt_pool_run(long count, int threads, mt_task_fn fn, void *ctx);
 
+/// The decoder's products with the weight's output rows split over `threads` pool threads
+/// (split.c; parts of at least 64 KiB of weight; threads <= 1: on the caller). Each writes
+/// y [m, ldy] for all `rows` rows: fp32 (mt_rows_f32, accumulate adds to y), ggml blocks with
+/// quantized activations (mt_qdot_matmat), NF4 and bf16 (their matvec per activation row).
+void mt_split_rows_f32(int threads, const float *w, long rows, long cols, const float *x, long m, long ldx, float *y,
+                       long ldy, int accumulate);
+void mt_split_qdot(int threads, int type, const void *w, long rowBytes, long rows, long cols, const void *xq,
+                   long xqStride, long m, float *y, long ldy);
+void mt_split_nf4(int threads, const unsigned char *packed, long rows, long cols, const float *code16,
+                  const float *absmax, const unsigned char *scaleCodes, const float *map, const float *nested,
+                  float offset, const float *x, long m, long ldx, float *y, long ldy);
+void mt_split_bf16(int threads, const unsigned short *w, long rows, long cols, const float *x, long m, long ldx,
+                   float *y, long ldy);
+
 /// Few-row products against fp32 weight rows (rows_f32.c): y[i * ldy + (r - r0)] (+)= x[i, :]
 /// · w[r, :] for rows r in [r0, r1) of w [*, k] and i < m rows of x (row stride ldx). Each
 /// weight row is read once for all m rows (the decoder's steps, m up to about 16). AVX2+FMA

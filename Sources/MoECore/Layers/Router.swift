@@ -79,6 +79,9 @@ public final class RoutingBuffers {
     public private(set) var entropySum = 0.0
     public private(set) var zSum = 0.0
 
+    /// [2, E] the per-expert load and fill counts of `route` (kept: routing allocates nothing).
+    private let counts: UnsafeMutablePointer<Int>
+
     public init(tokens: Int, experts: Int, k: Int) {
         self.tokens = tokens; self.experts = experts; self.k = k
         logits = FloatBuffer(count: tokens * experts)
@@ -92,13 +95,14 @@ public final class RoutingBuffers {
         assignToken = .allocate(capacity: tokens * k)
         assignSlot = .allocate(capacity: tokens * k)
         expertStart = .allocate(capacity: experts + 1)
+        counts = .allocate(capacity: 2 * experts)
         selected = Array(repeating: 0, count: experts)
         probSum = Array(repeating: 0, count: experts)
     }
 
     deinit {
         topExpert.deallocate(); slotKept.deallocate(); assignToken.deallocate(); assignSlot.deallocate()
-        expertStart.deallocate()
+        expertStart.deallocate(); counts.deallocate()
     }
 
     /// Number of kept assignments of expert e.
@@ -195,7 +199,8 @@ public final class RoutingBuffers {
         } else {
             capacity = Int.max
         }
-        var load = [Int](repeating: 0, count: e)
+        let load = counts, fill = counts + e
+        load.update(repeating: 0, count: 2 * e)
         dropped = 0
         for i in 0..<n {
             for s in 0..<k {
@@ -209,7 +214,6 @@ public final class RoutingBuffers {
         expertStart[0] = 0
         for j in 0..<e { expertStart[j + 1] = expertStart[j] + load[j] }
         assignCount = expertStart[e]
-        var fill = [Int](repeating: 0, count: e)
         for i in 0..<n {
             for s in 0..<k where slotKept[i * k + s] {
                 let ex = Int(topExpert[i * k + s])
