@@ -91,6 +91,24 @@ final class FastProductsTests: XCTestCase {
         for (u, v) in zip(a, b) { XCTAssertEqual(u, v, accuracy: 1e-5 * max(1, abs(u))) }
     }
 
+    /// The decoder's attention kernel: AVX2 against its scalar definition, with and without
+    /// sinks and a window.
+    func testAttentionDecodeVariantsAgree() throws {
+        guard mt_attention_decode_supported(1) == 1 else { throw XCTSkip("no AVX2 on this CPU") }
+        let heads = 6, group = 3, d = 40, kvDim = 2 * d, len = 37
+        let q = random(heads * d, seed: 1), k = random(len * kvDim, seed: 2), v = random(len * kvDim, seed: 3)
+        let sinks = random(heads, seed: 4)
+        for (first, useSinks) in [(0, false), (0, true), (20, false)] {
+            var a = [Float](repeating: 0, count: heads * d), b = a, scores = [Float](repeating: 0, count: len)
+            sinks.withUnsafeBufferPointer { sp in
+                let s = useSinks ? sp.baseAddress : nil
+                _ = mt_attention_decode_with(0, &a, q, k, v, first, len - 1, heads, group, d, kvDim, 0.3, &scores, s)
+                _ = mt_attention_decode_with(1, &b, q, k, v, first, len - 1, heads, group, d, kvDim, 0.3, &scores, s)
+            }
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5) }
+        }
+    }
+
     /// Decoding a GGUF (tiny-llama: Q4_K, Q5_1, Q6_K, ...) with the fast products: logits
     /// within 3e-2 of the exact path's (||fast - exact|| / ||exact|| at every step; the largest
     /// single difference over the largest logit is printed beside it). Each product is within

@@ -42,6 +42,18 @@ void mt_split_nf4(int threads, const unsigned char *packed, long rows, long cols
 void mt_split_bf16(int threads, const unsigned short *w, long rows, long cols, const float *x, long m, long ldx,
                    float *y, long ldy);
 
+/// One query row's attention over a KV cache (attention_decode.c): for each of `heads` heads
+/// (KV head head / group), scores q_h · k_j * scale for j in first...pos (k_j at keys + j *
+/// kvDim), softmax (a sink logit per head, if given, joins the normalisation only), out_h =
+/// sum_j p_j v_j. scores: room for pos + 1 floats. AVX2+FMA or scalar, chosen at run time.
+void mt_attention_decode(float *out, const float *q, const float *keys, const float *values, long first, long pos,
+                         long heads, long group, long headDim, long kvDim, float scale, float *scores,
+                         const float *sinks);
+int mt_attention_decode_supported(int kernel);
+int mt_attention_decode_with(int kernel, float *out, const float *q, const float *keys, const float *values, long first,
+                             long pos, long heads, long group, long headDim, long kvDim, float scale, float *scores,
+                             const float *sinks);
+
 /// Few-row products against fp32 weight rows (rows_f32.c): y[i * ldy + (r - r0)] (+)= x[i, :]
 /// · w[r, :] for rows r in [r0, r1) of w [*, k] and i < m rows of x (row stride ldx). Each
 /// weight row is read once for all m rows (the decoder's steps, m up to about 16). AVX2+FMA

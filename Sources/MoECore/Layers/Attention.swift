@@ -221,25 +221,6 @@ public func attentionDecodeStep(out: UnsafeMutablePointer<Float>, q: UnsafePoint
                                 values: UnsafePointer<Float>, first: Int, pos: Int, heads: Int, group: Int, headDim d: Int,
                                 kvDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
                                 sinks: UnsafePointer<Float>? = nil) {
-    for head in 0..<heads {
-        let kvh = head / group, qh = q + head * d
-        var m = -Float.infinity
-        for j in first...pos {
-            let kj = keys + j * kvDim + kvh * d
-            var dot: Float = 0
-            for i in 0..<d { dot += qh[i] * kj[i] }
-            scores[j] = dot * scale
-            m = max(m, scores[j])
-        }
-        if let sinks { m = max(m, sinks[head]) }
-        var sum: Float = 0
-        for j in first...pos { scores[j] = Foundation.exp(scores[j] - m); sum += scores[j] }
-        if let sinks { sum += Foundation.exp(sinks[head] - m) }
-        let o = out + head * d
-        o.update(repeating: 0, count: d)
-        for j in first...pos {
-            let p = scores[j] / sum, vj = values + j * kvDim + kvh * d
-            for i in 0..<d { o[i] += p * vj[i] }
-        }
-    }
+    // CKernels' attention_decode.c: AVX2 dot products and sums (the scalar loop is the definition).
+    mt_attention_decode(out, q, keys, values, first, pos, heads, group, d, kvDim, scale, scores, sinks)
 }
