@@ -32,7 +32,7 @@ public final class Decoder {
     private var lengths: [Int]
 
     /// `slots` sequences of up to `maxLength` positions; calls of up to `maxRows` rows
-    /// (default: a prefill chunk of 512, at most maxLength).
+    /// (default: a prefill chunk of `prefillRows`, at most maxLength).
     public init(model: Transformer, adapters: AdapterSet?, maxLength: Int, slots: Int = 1, maxRows: Int? = nil,
                 products: ProductPath = .exact) {
         self.model = model
@@ -40,13 +40,23 @@ public final class Decoder {
         c = model.config
         self.maxLength = max(1, min(maxLength, model.rope.maxPositions))
         self.slots = max(1, slots)
-        self.maxRows = max(self.slots, min(maxRows ?? 512, self.maxLength * self.slots))
+        self.maxRows = max(self.slots, min(maxRows ?? Decoder.prefillRows(model.config), self.maxLength * self.slots))
         self.products = products
         lengths = Array(repeating: 0, count: self.slots)
         // A head the file stores in blocks is read in them; if it cannot be read now, the fp32 copy serves.
         lmHead = products == .fast ? ((try? model.headForDecoding()) ?? model.lmHead) : model.lmHead
         state = DecoderState(config: c, rows: self.maxRows, slots: self.slots, maxLength: self.maxLength,
                              loraRank: adapters?.maxRank ?? 0, logitRows: self.slots)
+    }
+
+    /// Rows of a prefill chunk: as many as keep the per-row activations (attention, the
+    /// feed-forward and expert scratch) under 256 MiB, at most 2048. Each chunk reads every
+    /// weight once (a compressed one widened to fp32 chunk by chunk), so longer chunks
+    /// spend less of a prompt on reading weights.
+    public static func prefillRows(_ c: ModelConfig) -> Int {
+        let perRow = 4 * (4 * c.hiddenSize + 4 * c.qDim + 2 * c.kvDim + 3 * c.feedForwardScratch(tokens: 1)
+            + 2 * max(1, c.expertsPerToken) * c.hiddenSize)
+        return max(64, min(2048, (256 << 20) / max(perRow, 1)))
     }
 
     /// Logits [V] of the last row of the latest call for slot 0 (and rows 1... for a batched step).
