@@ -41,7 +41,7 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Quantize the base weights while loading: nf4 (QLoRA; attention, MLP and experts in 4 bits).")
     var quantize: String?
 
-    @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16 (native bf16 only), bf16-emulated (half the memory, slower; README).")
+    @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16 (native bf16 only), bf16-emulated (half the memory, slower; docs/commands.md).")
     var baseDType = "fp32"
 
     @Option(help: "JSONL data file.")

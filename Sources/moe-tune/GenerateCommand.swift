@@ -26,7 +26,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Weight of each adapter (repeatable).") var weight: [Float] = []
     @Option(help: "The prompt (with --chat: the first user message).") var prompt: String?
     @Option(help: "Quantize the base weights while loading: nf4.") var quantize: String?
-    @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16 (native bf16 only), bf16-emulated (half the memory, slower; README).") var baseDType = "fp32"
+    @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16 (native bf16 only), bf16-emulated (half the memory, slower; docs/commands.md).") var baseDType = "fp32"
     @Flag(help: "Chat: wrap turns in the chat template; without --prompt, read user turns from standard input.") var chat = false
     @Option(help: "Chat format: default the model's own template (else Llama-2 [INST]); \"llama2\", a .jinja file, or a {user}/{assistant} turn.") var chatTemplate: String?
     @Option(help: "Largest number of new tokens.") var maxNewTokens = 256

@@ -13,7 +13,7 @@ struct TrainCommand: ParsableCommand {
         commandName: "train",
         abstract: "Fine-tune a model with LoRA as a YAML config says; writes a PEFT adapter.",
         discussion: """
-        Every key of the config is documented in configs/example.yaml and README.md. \
+        Every key of the config is documented in configs/example.yaml and docs/configuration.md. \
         Writes adapter_model.safetensors, adapter_config.json, config.yaml (the resolved config), \
         metrics.jsonl and report.html into training.out_dir, and a checkpoint into \
         out_dir/checkpoints/step-N every save_every steps and whenever training stops. \
