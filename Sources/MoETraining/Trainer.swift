@@ -486,6 +486,12 @@ public final class Trainer {
         let lock = try DirectoryLock(directory: dir)
         AtomicFile.removeStale(in: dir, all: true)
         AtomicFile.removeStale(in: TrainCheckpoint.folder(dir), all: true)
+        // OutputFolder's rule: train writes only into its own kind of folder, and --overwrite
+        // removes only a run moe-tune wrote (never a foreign adapter folder's files).
+        if OutputFolder.kind(of: dir) == .model {
+            throw MoETuneError.config(path: configPath, key: key,
+                message: "\(dir) holds a model folder written by moe-tune \(OutputFolder.writer(of: dir) ?? "merge"); choose another out_dir")
+        }
         let existing = Trainer.runFiles.filter { fm.fileExists(atPath: dir + "/" + $0) }
         if resume {
             guard TrainCheckpoint.list(outDir: dir).last != nil else {
@@ -495,6 +501,10 @@ public final class Trainer {
             guard overwrite else {
                 throw MoETuneError.config(path: configPath, key: key,
                     message: "\(dir) already holds a training run (\(existing.joined(separator: ", "))); continue it with --resume, choose another out_dir or pass --overwrite")
+            }
+            guard OutputFolder.kind(of: dir) == .trainingRun else {
+                throw MoETuneError.config(path: configPath, key: key,
+                    message: "\(dir) was not written by moe-tune (it has no \(OutputFolder.markerName)); --overwrite removes only a run moe-tune wrote: remove its files yourself or choose another out_dir")
             }
             for f in existing {
                 do { try fm.removeItem(atPath: dir + "/" + f) } catch {

@@ -22,6 +22,14 @@ public struct GGUFTensorInfo: Sendable {
 public final class GGUFFile: @unchecked Sendable {
     /// Whether a model path names a GGUF file rather than a Hugging Face folder.
     package static func isGGUFPath(_ path: String) -> Bool { path.lowercased().hasSuffix(".gguf") }
+    /// The metadata key moe-tune writes into every GGUF it makes (its value: the command):
+    /// what lets --overwrite tell moe-tune's own output from a user's file.
+    public static let writerKey = "moe_tune.writer"
+    /// Whether `path` is a well-formed GGUF that moe-tune wrote (it has `writerKey`).
+    public static func isMoETuneOutput(_ path: String) -> Bool {
+        guard let f = try? GGUFFile(path: path), case .string? = f.metadata[writerKey] else { return false }
+        return true
+    }
     public let path: String
     public let version: Int
     /// Metadata in file order.
