@@ -39,8 +39,7 @@ package final class BPEModel: @unchecked Sendable {
         var pairs: [(String, Int)] = []
         pairs.reserveCapacity(vocab.count)
         for (tok, v) in vocab {
-            let id = try r.int(v, "model.vocab[\"\(tok)\"]")
-            guard id >= 0, id < 1 << 24 else { throw r.fail("model.vocab[\"\(tok)\"]", "id \(id) is outside 0..<16777216") }
+            let id = Int(try r.tokenId(v, "model.vocab[\"\(tok)\"]"))
             pairs.append((tok, id)); maxId = max(maxId, id)
         }
         var names = [String](repeating: "", count: maxId + 1)

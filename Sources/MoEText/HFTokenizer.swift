@@ -66,7 +66,7 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
                 let k = "added_tokens[\(i)]"
                 guard let o = item as? [String: Any] else { throw r.fail(k, "must be an object") }
                 let content = try r.string(o, "content", k)
-                added.tokens.append(.init(id: Int32(try r.int(o["id"], "\(k).id")), content: content, bytes: Array(content.utf8),
+                added.tokens.append(.init(id: try r.tokenId(o["id"], "\(k).id"), content: content, bytes: Array(content.utf8),
                     special: try r.bool(o, "special", k, default: false), lstrip: try r.bool(o, "lstrip", k, default: false),
                     rstrip: try r.bool(o, "rstrip", k, default: false), singleWord: try r.bool(o, "single_word", k, default: false),
                     normalized: try r.bool(o, "normalized", k, default: true)))
@@ -107,7 +107,7 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
             let gr = JSONReader(path: gp)
             if let v = g["eos_token_id"], !(v is JSONNull) {
                 let list = (v as? [Any]) ?? [v]
-                for (i, x) in list.enumerated() { stops.insert(Int32(try gr.int(x, "eos_token_id[\(i)]"))) }
+                for (i, x) in list.enumerated() { stops.insert(try gr.tokenId(x, "eos_token_id[\(i)]")) }
             }
         }
         if bos == nil, let first = prefixIds.first { bos = first }
@@ -121,18 +121,22 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
     public func encode(_ text: String) throws -> [Int32] {
         var ids: [Int32] = []
         var ranges: [Range<Int>]? = nil
-        run(text, ids: &ids, ranges: &ranges)
+        try run(text, ids: &ids, ranges: &ranges)
         return ids
     }
 
     public func encodeWithOffsets(_ text: String) throws -> [TokenSpan] {
         var ids: [Int32] = []
         var ranges: [Range<Int>]? = []
-        run(text, ids: &ids, ranges: &ranges)
+        try run(text, ids: &ids, ranges: &ranges)
         return zip(ids, ranges!).map { TokenSpan(id: $0, utf8: $1) }
     }
 
-    private func run(_ text: String, ids: inout [Int32], ranges: inout [Range<Int>]?) {
+    private func run(_ text: String, ids: inout [Int32], ranges: inout [Range<Int>]?) throws {
+        // Offsets and piece lengths are Int32s: a longer text is refused, not trapped.
+        guard text.utf8.count < Int(Int32.max) else {
+            throw MoETuneError.file(path: path, message: "a text of \(text.utf8.count) bytes is more than the tokenizer takes (2 GiB)")
+        }
         var text = text
         let track = ranges != nil
         let cache = model.takeCache()

@@ -49,6 +49,16 @@ package struct JSONReader {
         guard let n = v as? Int else { throw fail(key, "must be an integer") }
         return n
     }
+    /// The largest token id a file may give (ids index tables of that length).
+    package static let maxTokenId = (1 << 24) - 1
+
+    /// A token id from the file: an integer in 0...maxTokenId, checked before it becomes an
+    /// Int32 (an id like 4294967296 used to trap the conversion).
+    package func tokenId(_ v: Any?, _ key: String) throws -> Int32 {
+        let n = try int(v, key)
+        guard n >= 0, n <= JSONReader.maxTokenId else { throw fail(key, "id \(n) is outside 0..<\(JSONReader.maxTokenId + 1)") }
+        return Int32(n)
+    }
     package func array(_ o: [String: Any], _ k: String, _ key: String) throws -> [Any] {
         guard let a = o[k] as? [Any] else { throw fail("\(key).\(k)", o[k] == nil ? "missing" : "must be a list") }
         return a

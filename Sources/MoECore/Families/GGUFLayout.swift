@@ -141,6 +141,12 @@ extension ModelFamily {
         let vocab = try positive(k("vocab_size"), try f.int(k("vocab_size")) ?? tokens?.count ?? f.tensor("token_embd.weight")?.shape.first)
         let eps = try f.double(k("attention.layer_norm_rms_epsilon")) ?? family.defaults.rmsNormEps
         let eos = try f.int("tokenizer.ggml.eos_token_id")
+        func ggufTokenId(_ n: Int, _ key: String, _ vocab: Int) throws -> Int32 {
+            guard n >= 0, n < vocab, let v = Int32(exactly: n) else {
+                throw MoETuneError.file(path: f.path, message: "metadata '\(key)' \(n) is outside the vocabulary of \(vocab) tokens")
+            }
+            return v
+        }
         let ffn = try positive(k("feed_forward_length"), try f.int(k("feed_forward_length")))
         let maxPositions = try positive(k("context_length"), try f.int(k("context_length")) ?? family.defaults.maxPositionEmbeddings)
         var c = ModelConfig(
@@ -149,8 +155,8 @@ extension ModelFamily {
             numHeads: heads, numKVHeads: kvHeads, headDim: headDim,
             rmsNormEps: Float(eps), ropeTheta: try f.double(k("rope.freq_base")) ?? family.defaults.ropeTheta,
             vocabSize: vocab, tieWordEmbeddings: f.tensor("output.weight") == nil,
-            bosTokenId: try f.int("tokenizer.ggml.bos_token_id").map(Int32.init),
-            eosTokenIds: eos.map { [Int32($0)] } ?? [],
+            bosTokenId: try f.int("tokenizer.ggml.bos_token_id").map { try ggufTokenId($0, "tokenizer.ggml.bos_token_id", vocab) },
+            eosTokenIds: try eos.map { [try ggufTokenId($0, "tokenizer.ggml.eos_token_id", vocab)] } ?? [],
             numExperts: 0, expertsPerToken: 0, routerAuxLossCoef: Float(family.defaults.routerAuxLossCoef),
             slidingWindow: nil, maxPositionEmbeddings: maxPositions)
         c.expertIntermediateSize = ffn

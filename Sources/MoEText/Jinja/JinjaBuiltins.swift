@@ -478,7 +478,7 @@ package enum JinjaBuiltins {
             var precision: Int?
             if u[i + 1] == ".", i + 2 < u.count {
                 var k = i + 2, p = 0
-                while k < u.count, let d = Int(String(u[k])) { p = p * 10 + d; k += 1 }
+                while k < u.count, let d = Int(String(u[k])) { p = min(p * 10 + d, 1_000_000); k += 1 }   // capped: no overflow
                 precision = p
                 i = k - 1
                 guard i + 1 < u.count else { throw fail("incomplete format") }
