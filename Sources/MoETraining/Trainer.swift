@@ -144,6 +144,11 @@ public final class Trainer {
         let mix = WeightedMix(files: c.data.trainFiles.enumerated().map { i, f in
             (train.examples.indices.filter { fileOf[$0] == i }, f.weight)
         })
+        if !mix.isIdentity, let (i, drawn) = mix.excessiveDraws() {
+            throw MoETuneError.config(path: configPath, key: c.data.trainFiles.count > 1 || c.data.trainFiles[0].weight != 1 ? "data.train[\(i)].weight" : "data.train",
+                message: "\(c.data.trainFiles[i].weight) draws of \(mix.files[i].examples.count) examples make about \(String(format: "%.0f", drawn)) examples an epoch, "
+                    + "more than \(WeightedMix.maxDrawnPerEpoch) (every draw is listed when the epoch starts); lower the weight")
+        }
         if !mix.isIdentity {
             events.log("mix: " + zip(c.data.trainFiles, mix.files).map { "\($0.path) \($1.examples.count) examples x \($0.weight)" }
                 .joined(separator: ", ") + " = \(mix.drawnPerEpoch) drawn an epoch")

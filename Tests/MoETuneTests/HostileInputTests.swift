@@ -63,4 +63,59 @@ final class HostileInputTests: XCTestCase {
     func testPercentFormatPrecisionDoesNotOverflow() throws {
         assertMoETuneError(try JinjaTemplate(#"{{ "%.99999999999999999999999f" % 1.5 }}"#).render([:]), contains: ["format precision too large"])
     }
+
+    // MARK: D3: weighted mixes
+
+    func mixConfig(_ dir: String, weight: String) throws -> String {
+        var text = ""
+        for i in 0..<200 { text += "{\"prompt\": \"Add \(i) and 1.\", \"completion\": \" \(i + 1)\"}\n" }
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/small.jsonl"))
+        let yaml = """
+        model: \(Fixtures.dir("mixtral"))
+        data: {train: [{path: \(dir)/small.jsonl, weight: \(weight)}]}
+        lora: {rank: 4, targets: [query, value]}
+        training: {batch_size: 4, max_steps: 2, max_seq_len: 32, out_dir: \(dir)/out}
+        """
+        try Data(yaml.utf8).write(to: URL(fileURLWithPath: dir + "/c.yaml"))
+        return dir + "/c.yaml"
+    }
+
+    /// D3: `weight: 10000000` built a whole epoch's draw list (16 GB) even for max_steps 2;
+    /// `weight: 1e15` asked for 1.6e17 bytes. A weight past 1e6 is refused at load naming the
+    /// key; a smaller one whose epoch would draw more than 2^24 examples is refused before
+    /// anything is listed.
+    func testHugeMixWeightsAreRefusedBeforeAnyMemoryIsTaken() throws {
+        let dir = try makeTempDir(self)
+        for w in ["10000000", "1e15", "1e300"] {
+            let c = try mixConfig(dir, weight: w)
+            assertMoETuneError(try TrainConfig.load(path: c), contains: [c, "data.train[0].weight", "draws of each example an epoch"])
+        }
+        let c = try mixConfig(dir, weight: "100000")
+        assertMoETuneError(try Trainer(config: try TrainConfig.load(path: c), configPath: c).run(),
+                           contains: [c, "data.train[0].weight", "20000000 examples an epoch", "more than 4194304"])
+        let r = try runMoETune(["train", "--config", try mixConfig(dir, weight: "10000000")])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.hasPrefix("moe-tune: error: \(dir)/c.yaml: data.train[0].weight: line 2: 10000000.0 is more than 1000000 draws"), r.err)
+        // A large but bounded weight trains its two steps.
+        let ok = try mixConfig(dir, weight: "500")
+        XCTAssertEqual(try Trainer(config: try TrainConfig.load(path: ok), configPath: ok).run().steps, 2)
+    }
+
+    /// The plan lays out a window of micro-batches at a time (not a whole epoch): the same
+    /// batches, in order, across window and epoch boundaries and going back.
+    func testBatchPlanWindowsGiveTheEpochsBatches() {
+        let examples = (0..<1500).map { i in
+            Example(tokens: [Int32](repeating: 5, count: 3 + i % 7), counted: [false] + [Bool](repeating: true, count: 2 + i % 7), line: i + 1, promptLength: 1)
+        }
+        let mix = WeightedMix(files: [(Array(0..<500), 2.5), (Array(500..<1500), 1.0)])
+        for packing in [nil, PackingPlan(rowTokens: 32, rows: 2)] {
+            let plan = BatchPlan(examples: examples, mix: mix, batchSize: 2, packing: packing, seed: 3)
+            let e0 = plan.batches(epoch: 0), e1 = plan.batches(epoch: 1)
+            XCTAssertGreaterThan(e0.count, 2 * BatchPlan.window)
+            for m in Array(0..<(e0.count + 10)) + [5, e0.count + 1, 2 * BatchPlan.window + 1] {
+                let rows = m < e0.count ? e0[m] : e1[m - e0.count]
+                XCTAssertEqual(plan.microBatch(m).ids, TokenBatch(rows: rows, of: examples, packed: packing != nil).ids, "m \(m)")
+            }
+        }
+    }
 }
