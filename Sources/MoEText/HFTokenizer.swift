@@ -89,9 +89,11 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
         var stops = Set(extraStopIds)
         let mdl = model, contents = byContent
         func lookup(_ v: Any?, _ cr: JSONReader, _ key: String) throws -> Int32? {
+            guard let v, !(v is JSONNull) else { return nil }
             var name: String?
             if let s = v as? String { name = s } else if let o = v as? [String: Any] { name = o["content"] as? String }
-            guard let name else { return nil }
+            // `"eos_token": 5` was taken as no EOS at all (dropped from every example).
+            guard let name else { throw cr.fail(key, "must be a token string or {\"content\": string}, got \(Printable.quoted("\(v)"))") }
             guard let id = contents[name] ?? mdl.tokenIds[mdl.byteLevel ? ByteLevelMap.bytes(of: name) : Array(name.utf8)] else {
                 throw cr.fail(key, "'\(name)' is not a token of tokenizer.json")
             }

@@ -118,4 +118,69 @@ final class HostileInputTests: XCTestCase {
             }
         }
     }
+
+    // MARK: D7: silently wrong
+
+    /// `generate` with an adapter of NaN values printed garbage and exited 0; eval and merge
+    /// refused it late. One check when any adapter is loaded refuses it naming the tensor.
+    func testANaNAdapterIsRefusedByGenerateEvalAndMerge() throws {
+        let dir = try makeTempDir(self)
+        let bad = try HostileSizeTests.nanAdapter(dir)
+        let mixtral = Fixtures.dir("mixtral")
+        for args in [["generate", "--model", mixtral, "--adapter", bad.dir, "--prompt", "Add 2 and 3.", "--max-new-tokens", "4"],
+                     ["eval", "--model", mixtral, "--adapter", bad.dir, "--data", Fixtures.dir("eval.jsonl")],
+                     ["merge", "--model", mixtral, "--adapter", bad.dir, "--out", dir + "/m"],
+                     ["merge", "--model", Fixtures.dir("gguf/arch/mixtral.gguf"), "--adapter", bad.dir, "--format", "gguf", "--out", dir + "/m.gguf"]] {
+            let r = try runMoETune(args)
+            XCTAssertEqual(r.status, 1, "\(args[0]): \(r.err)")
+            XCTAssertEqual(r.err, "moe-tune: error: \(bad.dir)/adapter_model.safetensors: tensor '\(bad.tensor)' holds a non-finite value (element 0 is nan); "
+                + "the adapter is damaged (a diverged run?): train it again or use an earlier checkpoint\n")
+            XCTAssertEqual(r.out, "", args[0])
+        }
+        // A --weight of nan or inf (or one that takes B past the float range) is refused too.
+        for w in ["nan", "inf"] {
+            let r = try runMoETune(["generate", "--model", mixtral, "--adapter", Fixtures.dir("train-mixtral"), "--weight", w,
+                                    "--prompt", "Add 2 and 3.", "--max-new-tokens", "4"])
+            XCTAssertEqual(r.status, 1, r.err)
+            XCTAssertTrue(r.err.contains("gives a non-finite value") && r.err.contains("--weight"), r.err)
+        }
+    }
+
+    func editJSON(_ path: String, _ edit: (inout [String: Any]) -> Void) throws {
+        var json = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]) ?? [:]
+        edit(&json)
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// config.json `eos_token_id: -5` and tokenizer_config.json `eos_token: 5` dropped EOS
+    /// from every example (exit 0); `chat_template: 5` was ignored for the built-in format.
+    func testBadEOSAndChatTemplateValuesAreRefusedNamingFileAndKey() throws {
+        let llama = try copyFixture("llama", self)
+        try editJSON(llama + "/config.json") { $0["eos_token_id"] = -5 }
+        assertMoETuneError(try ModelConfig.load(directory: llama), contains: [llama + "/config.json", "eos_token_id", "id -5 is outside"])
+        try editJSON(llama + "/config.json") { $0["eos_token_id"] = [2, 1_000_000] }
+        assertMoETuneError(try ModelConfig.load(directory: llama), contains: [llama + "/config.json", "eos_token_id", "1000000 is outside the vocabulary (vocab_size"])
+        let r = try runMoETune(["tokenize", "--model", llama, "--data", Fixtures.dir("eval.jsonl")])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.hasPrefix("moe-tune: error: \(llama)/config.json: eos_token_id: id 1000000 is outside the vocabulary"), r.err)
+
+        let chat = try copyFixture("chat-model", self)
+        let tc = chat + "/tokenizer_config.json"
+        try editJSON(tc) { $0["eos_token"] = 5 }
+        assertMoETuneError(try TokenizerLoader.load(directory: unpacked(chat)), contains: [tc, "eos_token", "must be a token string", "5"])
+        assertMoETuneError(try ChatTemplateRenderer.load(modelDirectory: chat), contains: [tc, "eos_token", "must be a token string"])
+        try editJSON(tc) { $0["eos_token"] = ["content": 7] }
+        assertMoETuneError(try ChatTemplateRenderer.load(modelDirectory: chat), contains: [tc, "eos_token"])
+        try editJSON(tc) { $0["eos_token"] = "</s>"; $0["chat_template"] = 5 }
+        assertMoETuneError(try ChatTemplateRenderer.load(modelDirectory: chat), contains: [tc, "chat_template", "must be a string or a list", "int '5'"])
+        assertMoETuneError(try ChatFormat.resolve(nil, modelDirectory: chat), contains: [tc, "chat_template"])
+    }
+
+    /// The chat-model fixture with its tokenizer.json unpacked.
+    func unpacked(_ dir: String) throws -> String {
+        if !FileManager.default.fileExists(atPath: dir + "/tokenizer.json") {
+            try TokenizerJSONTests.xz(dir + "/tokenizer.json.xz").write(to: URL(fileURLWithPath: dir + "/tokenizer.json"))
+        }
+        return dir
+    }
 }

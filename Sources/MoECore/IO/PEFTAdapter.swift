@@ -265,7 +265,13 @@ public enum PEFTAdapter {
             let ok = out.withUnsafeMutableBufferPointer {
                 FloatConversion.toFloat(file.bytes(of: info).baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!)
             }
-            guard ok else { throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' has dtype \(info.dtype.rawValue); expected a float type") }
+            guard ok else { throw MoETuneError.file(path: weightsPath, message: "tensor \(Printable.quoted(name)) has dtype \(info.dtype.rawValue); expected a float type") }
+            // The one finiteness check of every command that loads an adapter (eval, merge,
+            // generate, export-lora): a NaN or inf weight only gives garbage.
+            if let i = out.firstIndex(where: { !$0.isFinite }) {
+                throw MoETuneError.file(path: weightsPath, message: "tensor \(Printable.quoted(name)) holds a non-finite value (element \(i) is \(out[i])); "
+                    + "the adapter is damaged (a diverged run?): train it again or use an earlier checkpoint")
+            }
             return out
         }
 
