@@ -288,6 +288,7 @@ public final class Trainer {
         var trainedTokens = resumed?.trainedTokens ?? 0
         var microIndex = resumed?.microIndex ?? 0
         var stoppedAt: Int?
+        var zeroGradientSteps = 0
         for step in stride(from: startStep, through: totalSteps, by: 1) {
             let group = microIndex..<(microIndex + tc.gradAccum)
             var stepTokens = 0, computed = 0, real = 0
@@ -335,7 +336,27 @@ public final class Trainer {
             }
             lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
             let lr = schedule.lr(step: step)
+            // Not NaN, but as dead: a gradient of exactly 0, step after step, with tokens to learn.
+            zeroGradientSteps = norm == 0 && stepTokens > 0 ? zeroGradientSteps + 1 : 0
+            if zeroGradientSteps >= DivergenceGuard.zeroGradientSteps {
+                let kept = lastCheckpoint ?? (root ? TrainCheckpoint.list(outDir: outDir).last?.path : nil)
+                throw MoETuneError.config(path: configPath, key: "optimizer.lr",
+                    message: "training stopped at step \(step): the gradient norm has been exactly 0 for \(zeroGradientSteps) steps (loss \(loss)); "
+                        + "the adapter is saturated, most likely by too high a learning rate (\(c.optimizer.lr)\(c.optimizer.gradClip == nil ? ", grad_clip off" : "")); "
+                        + (kept.map { "the last checkpoint from before the gradient vanished, \($0), is kept" } ?? "no checkpoint was written")
+                        + "; lower optimizer.lr and start again")
+            }
             optimizer.step(lr: Float(lr))
+            // An update that takes the weights out of any sane range: the step before it is kept.
+            if let (i, v) = DivergenceGuard.firstExcessive(adapters.store) {
+                adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
+                if root { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
+                throw MoETuneError.config(path: configPath, key: "optimizer.lr",
+                    message: "training diverged at step \(step): an adapter weight reached \(v) (element \(i); more than \(DivergenceGuard.maxWeight) in magnitude) after an update at learning rate \(lr)"
+                        + "\(c.optimizer.gradClip == nil ? " with grad_clip off" : ""); the learning rate is most likely too high: lower optimizer.lr"
+                        + "\(c.optimizer.gradClip == nil ? " or set optimizer.grad_clip" : ""). The adapter before step \(step) is saved in \(outDir)"
+                        + ((lastCheckpoint ?? (root ? TrainCheckpoint.list(outDir: outDir).last?.path : nil)).map { "; the last checkpoint \($0) is kept" } ?? ""))
+            }
             trainedTokens += stepTokens
             let elapsed = elapsedBefore + Date().timeIntervalSince(start)
             let record = StepRecord(step: step, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: stepTokens,
@@ -355,7 +376,9 @@ public final class Trainer {
             }
             // Every rank stops at the same step (a signal reaches ranks at different moments).
             let stop = try world.any(events.shouldStop())
-            if stop || step == totalSteps || (tc.saveEvery > 0 && step % tc.saveEvery == 0) {
+            // No periodic checkpoint while the gradient is exactly 0: with keep_checkpoints it
+            // could rotate the last good one out before the guard above stops the run.
+            if stop || step == totalSteps || (tc.saveEvery > 0 && step % tc.saveEvery == 0 && zeroGradientSteps == 0) {
                 try checkpoint(step: step, microIndex: microIndex, trainedTokens: trainedTokens, elapsed: elapsed,
                                firstValid: firstValid, lastValid: lastValid)
                 if step != totalSteps && root { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }

@@ -183,4 +183,64 @@ final class HostileInputTests: XCTestCase {
         }
         return dir
     }
+
+    // MARK: D8: divergence without NaN
+
+    /// The demo model and data (configs/demo.yaml) with `overrides`.
+    func demoRun(_ dir: String, _ overrides: [String]) throws -> (config: TrainConfig, path: String) {
+        let repo = Fixtures.root + "/../../.."
+        let path = repo + "/configs/demo.yaml"
+        let c = try TrainConfig.load(path: path, overrides: [
+            "model=\(repo)/data/demo-model", "data.train=\(repo)/data/train.jsonl", "data.valid=null", "data.test=null",
+            "training.out_dir=\(dir)/out", "optimizer.grad_clip=null"] + overrides)
+        return (c, path)
+    }
+
+    /// D8: `optimizer.lr: 1e30` with `grad_clip: null` exited 0 with a destroyed adapter (B ~
+    /// 3.9e30, loss stuck at ln V, gradient norm 0): the guard saw only NaN and inf. An adapter
+    /// weight past 1e4 stops the run now naming the learning rate, with the adapter from before
+    /// the update saved and the last checkpoint kept.
+    func testAHugeLearningRateStopsTheRunNamingIt() throws {
+        let dir = try makeTempDir(self)
+        let (c, path) = try demoRun(dir, ["optimizer.lr=1e30", "training.max_steps=4"])
+        assertMoETuneError(try Trainer(config: c, configPath: path).run(),
+                           contains: [path, "optimizer.lr", "training diverged at step 1", "more than 10000.0 in magnitude",
+                                      "the learning rate is most likely too high", "grad_clip", "saved in \(dir)/out"])
+        let loaded = try LoadedModel.load(directory: c.model)
+        let set = try PEFTAdapter.load(directory: dir + "/out", model: loaded.model)
+        XCTAssertTrue(set.all.allSatisfy { a in (0..<(a.outFeatures * a.rank)).allSatisfy { a.b[$0] == 0 } }, "the adapter from before step 1 (B = 0)")
+        // The command line: exit 1, one line.
+        let r = try runMoETune(["train", "--config", path, "--set", "model=\(c.model)", "--set", "data.train=\(c.data.train)",
+                                "--set", "data.valid=null", "--set", "data.test=null", "--set", "training.out_dir=\(dir)/cli",
+                                "--set", "optimizer.lr=1e30", "--set", "optimizer.grad_clip=null", "--set", "training.max_steps=4"])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.contains("moe-tune: error: \(path): optimizer.lr: training diverged at step 1"), r.err)
+
+        // Diverging after a few steps: the last checkpoint stays, and holds sane weights.
+        let d2 = try makeTempDir(self)
+        let (c2, _) = try demoRun(d2, ["optimizer.lr=1e6", "schedule.warmup_steps=1000", "training.max_steps=30", "training.save_every=1",
+                                      "training.keep_checkpoints=2"])
+        assertMoETuneError(try Trainer(config: c2, configPath: path).run(), contains: ["optimizer.lr", "training diverged at step", "the last checkpoint"])
+        let last = try XCTUnwrap(TrainCheckpoint.list(outDir: d2 + "/out").last)
+        XCTAssertGreaterThan(last.step, 1)
+        let kept = try PEFTAdapter.load(directory: d2 + "/out", model: loaded.model)
+        XCTAssertTrue(kept.all.allSatisfy { a in (0..<(a.outFeatures * a.rank)).allSatisfy { abs(a.b[$0]) <= 1e4 } })
+    }
+
+    /// A learning rate that saturates the adapter without passing the bound: the gradient
+    /// norm is exactly 0 step after step (loss stuck); stopped after 5 such steps, and no
+    /// checkpoint of the dead state rotates the last good one out.
+    func testAGradientStuckAtZeroStopsTheRun() throws {
+        let dir = try makeTempDir(self)
+        let (c, path) = try demoRun(dir, ["optimizer.lr=1e5", "schedule.warmup_steps=1000", "training.max_steps=60", "training.save_every=1",
+                                          "training.keep_checkpoints=2"])
+        var norms: [Double] = []
+        var events = TrainerEvents()
+        events.step = { norms.append($0.gradNorm) }
+        assertMoETuneError(try Trainer(config: c, configPath: path).run(events: events),
+                           contains: [path, "optimizer.lr", "the gradient norm has been exactly 0 for 5 steps", "too high a learning rate"])
+        XCTAssertEqual(Array(norms.suffix(4)), [0, 0, 0, 0])
+        let last = try XCTUnwrap(TrainCheckpoint.list(outDir: dir + "/out").last)
+        XCTAssertEqual(last.step, norms.count + 1 - 5, "the last checkpoint is the one before the gradient vanished")
+    }
 }
