@@ -206,9 +206,15 @@ public final class Trainer {
         // whole when a head adapter has dropout. The estimate counts the same buffers.
         let headChunkRows = adapters.head == nil || adapters.dropout == nil ? ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize) : nil
         let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest, headChunkRows: headChunkRows)
+        let batchKey = packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size"
         if let physical = MemoryEstimate.physicalBytes, needed > physical {
-            throw MoETuneError.config(path: configPath, key: packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size",
+            throw MoETuneError.config(path: configPath, key: batchKey,
                 message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size, training.batch_tokens or training.max_seq_len")
+        }
+        // The process's own limits (ulimit -v / -d, the cgroup's memory.max): what is left under them now.
+        for limit in MemoryEstimate.processLimits() where needed + MemoryEstimate.processMargin > limit.left {
+            throw MoETuneError.config(path: configPath, key: batchKey,
+                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than the \(MemoryEstimate.format(max(limit.left - MemoryEstimate.processMargin, 0))) left under \(limit.what); lower training.batch_size, training.batch_tokens or training.max_seq_len, or raise the limit")
         }
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0, headChunkRows: headChunkRows)

@@ -243,4 +243,60 @@ final class HostileInputTests: XCTestCase {
         let last = try XCTUnwrap(TrainCheckpoint.list(outDir: dir + "/out").last)
         XCTAssertEqual(last.step, norms.count + 1 - 5, "the last checkpoint is the one before the gradient vanished")
     }
+
+    // MARK: D9: process memory limits
+
+    /// D9: under `ulimit -v` a batch the estimate allowed (it compared with physical memory
+    /// only) ended in "Fatal error: out of memory" (exit 132), or hung in BLAS. The address-
+    /// space, data-size and cgroup limits are checked too, with what is left under them.
+    func testABatchOverTheProcessMemoryLimitIsRefused() throws {
+        let dir = try makeTempDir(self)
+        var text = ""
+        for _ in 0..<64 { text += #"{"prompt": ""# + (0..<100).map { "w\($0)" }.joined(separator: " ") + #"", "completion": " x"}"# + "\n" }
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/long.jsonl"))
+        let repo = Fixtures.root + "/../../.."
+        let args = ["train", "--config", repo + "/configs/demo.yaml", "--set", "model=\(repo)/data/demo-model", "--set", "data.train=\(dir)/long.jsonl",
+                    "--set", "data.valid=null", "--set", "data.test=null", "--set", "training.batch_size=64", "--set", "training.max_seq_len=512",
+                    "--set", "training.max_steps=1", "--set", "training.out_dir=\(dir)/out"]
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", "ulimit -v 800000; exec timeout 120 \"$0\" \"$@\" >\(dir)/stdout 2>\(dir)/stderr", moeTuneBinary] + args
+        try p.run()
+        p.waitUntilExit()
+        let err = (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? ""
+        XCTAssertEqual(p.terminationStatus, 1, err)
+        let last = String(err.split(separator: "\n").last ?? "")
+        XCTAssertTrue(last.hasPrefix("moe-tune: error: \(repo)/configs/demo.yaml: training.batch_size: a batch of 64 sequences of up to "), err)
+        XCTAssertTrue(last.contains("GB left under the address-space limit (ulimit -v) of 0.8 GB"), err)
+        XCTAssertFalse(err.contains("Fatal error"), err)
+    }
+
+    /// The cgroup limit as v2 and v1 show it (usage less reclaimable page cache); "max" and
+    /// v1's huge number are no limit.
+    func testCgroupMemoryLimitsAreRead() throws {
+        let root = try makeTempDir(self)
+        func write(_ path: String, _ text: String) throws {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+        }
+        try write(root + "/v2/proc/cgroup", "0::/job\n")
+        try write(root + "/v2/fs/job/memory.max", "4000000000\n")
+        try write(root + "/v2/fs/job/memory.current", "1500000000\n")
+        try write(root + "/v2/fs/job/memory.stat", "anon 1000\ninactive_file 500000000\n")
+        XCTAssertEqual(MemoryEstimate.cgroupMemory(proc: root + "/v2/proc", mount: root + "/v2/fs").map { [$0.0, $0.1] }, [4e9, 1e9])
+        try write(root + "/v2/fs/job/memory.max", "max\n")
+        XCTAssertNil(MemoryEstimate.cgroupMemory(proc: root + "/v2/proc", mount: root + "/v2/fs"))
+        // v1, the group's path not under the mount (a container): the mount's root is read.
+        try write(root + "/v1/proc/cgroup", "9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n")
+        try write(root + "/v1/fs/memory/memory.limit_in_bytes", "2000000000\n")
+        try write(root + "/v1/fs/memory/memory.usage_in_bytes", "700000000\n")
+        try write(root + "/v1/fs/memory/memory.stat", "cache 1\ntotal_inactive_file 200000000\n")
+        XCTAssertEqual(MemoryEstimate.cgroupMemory(proc: root + "/v1/proc", mount: root + "/v1/fs").map { [$0.0, $0.1] }, [2e9, 5e8])
+        try write(root + "/v1/fs/memory/memory.limit_in_bytes", "9223372036854771712\n")
+        XCTAssertNil(MemoryEstimate.cgroupMemory(proc: root + "/v1/proc", mount: root + "/v1/fs"))
+        // And the limits list names each with what is left.
+        try write(root + "/v1/fs/memory/memory.limit_in_bytes", "2000000000\n")
+        let limits = MemoryEstimate.processLimits(proc: root + "/v1/proc", cgroupMount: root + "/v1/fs", rlimit: { _ in nil })
+        XCTAssertEqual(limits, [.init(left: 1.5e9, what: "the cgroup memory limit of 2.0 GB, 0.5 GB of it in use")])
+    }
 }
