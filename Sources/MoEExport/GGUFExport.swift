@@ -126,7 +126,7 @@ public enum GGUFExport {
         var group: [Part] = []
         for n in f.ggufTensorNames(c) {
             let source = (untie && n.hf == f.lmHead) ? f.embedTokens : n.hf
-            guard let info = ck.info(source) else { throw MoETuneError.file(path: modelPath, message: "tensor '\(source)' not found") }
+            guard let info = ck.info(source) else { throw MoETuneError.file(path: modelPath, message: "tensor \(Printable.quoted(source)) not found") }
             let shape = info.shape
             var outShape = shape
             if let e = n.expert {
@@ -157,7 +157,7 @@ public enum GGUFExport {
                 var values = try ck.withTemporaryFloats(source, shape: shape) { Array(UnsafeBufferPointer(start: $0, count: shape.reduce(1, *))) }
                 if n.hf.hasSuffix(".weight"), let a = byModule[String(n.hf.dropLast(".weight".count))] {
                     guard shape == [a.outFeatures, a.inFeatures] else {
-                        throw MoETuneError.file(path: ck.path(of: source), message: "tensor '\(source)' has shape \(shape), expected \([a.outFeatures, a.inFeatures]) from config.json")
+                        throw MoETuneError.file(path: ck.path(of: source), message: "tensor \(Printable.quoted(source)) has shape \(shape), expected \([a.outFeatures, a.inFeatures]) from config.json")
                     }
                     values.withUnsafeMutableBufferPointer { buf in
                         BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
@@ -223,10 +223,10 @@ public enum GGUFExport {
         w.set("adapter.lora.alpha", .float32(alpha))
         for a in set.all {
             guard let n = names[a.module + ".weight"] else {
-                throw MoETuneError.file(path: adapterPath, message: "module '\(a.module)' has no tensor in a GGUF \(f.ggufArchitecture!) model (tied lm_head adapters and experts are not supported)")
+                throw MoETuneError.file(path: adapterPath, message: "module \(Printable.quoted(a.module)) has no tensor in a GGUF \(f.ggufArchitecture!) model (tied lm_head adapters and experts are not supported)")
             }
             guard n.expert == nil else {
-                throw MoETuneError.file(path: adapterPath, message: "module '\(a.module)' is an expert: a GGUF LoRA cannot hold one expert's adapter (merge it with `merge --format gguf` instead)")
+                throw MoETuneError.file(path: adapterPath, message: "module \(Printable.quoted(a.module)) is an expert: a GGUF LoRA cannot hold one expert's adapter (merge it with `merge --format gguf` instead)")
             }
             var bvals = Array(UnsafeBufferPointer(start: a.b, count: a.outFeatures * a.rank))
             if !uniform {

@@ -95,7 +95,7 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
             // `"eos_token": 5` was taken as no EOS at all (dropped from every example).
             guard let name else { throw cr.fail(key, "must be a token string or {\"content\": string}, got \(Printable.quoted("\(v)"))") }
             guard let id = contents[name] ?? mdl.tokenIds[mdl.byteLevel ? ByteLevelMap.bytes(of: name) : Array(name.utf8)] else {
-                throw cr.fail(key, "'\(name)' is not a token of tokenizer.json")
+                throw cr.fail(key, "\(Printable.quoted(name)) is not a token of tokenizer.json")
             }
             return id
         }

@@ -8,7 +8,7 @@ package struct JSONReader {
 
     package func fail(_ key: String, _ message: String) -> MoETuneError { .file(path: path, message: "\(key): \(message)") }
     package func unsupported(_ key: String, _ type: String) -> MoETuneError {
-        .file(path: path, message: "\(key) type '\(type)' is not supported")
+        .file(path: path, message: "\(key) type \(Printable.quoted(type)) is not supported")
     }
 
     package static func parse(path: String) throws -> [String: Any] {

@@ -17,7 +17,7 @@ package indirect enum PreTokenizer: Sendable {
         let type = try r.string(o, "type", key)
         func behavior(_ d: Behavior) throws -> Behavior {
             guard let s = try r.optionalString(o, "behavior", key) else { return d }
-            guard let b = Behavior(rawValue: s) else { throw r.fail("\(key).behavior", "'\(s)' is not supported") }
+            guard let b = Behavior(rawValue: s) else { throw r.fail("\(key).behavior", "\(Printable.quoted(s)) is not supported") }
             return b
         }
         switch type {
@@ -40,7 +40,7 @@ package indirect enum PreTokenizer: Sendable {
             guard rep.unicodeScalars.count == 1 else { throw r.fail("\(key).replacement", "must be one character") }
             var scheme: PrependScheme = .always
             if let s = try r.optionalString(o, "prepend_scheme", key) {
-                guard let p = PrependScheme(rawValue: s) else { throw r.fail("\(key).prepend_scheme", "'\(s)' is not supported") }
+                guard let p = PrependScheme(rawValue: s) else { throw r.fail("\(key).prepend_scheme", "\(Printable.quoted(s)) is not supported") }
                 scheme = p
             } else if o["add_prefix_space"] != nil {
                 scheme = try r.bool(o, "add_prefix_space", key, default: true) ? .always : .never

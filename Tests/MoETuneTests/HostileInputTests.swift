@@ -299,4 +299,71 @@ final class HostileInputTests: XCTestCase {
         let limits = MemoryEstimate.processLimits(proc: root + "/v1/proc", cgroupMount: root + "/v1/fs", rlimit: { _ in nil })
         XCTAssertEqual(limits, [.init(left: 1.5e9, what: "the cgroup memory limit of 2.0 GB, 0.5 GB of it in use")])
     }
+
+    // MARK: D11: names from files in messages
+
+    /// A name of 60 KB: terminal escape sequences, a bell, newlines, invalid UTF-8, a
+    /// right-to-left override.
+    static let hostileName: [UInt8] = {
+        var b: [UInt8] = Array("blk.0.\u{1B}[2J\u{1B}]0;pwned\u{07}\n\r\t\u{202E}".utf8) + [0xFF, 0xC3, 0x28, 0x7F, 0x9B]
+        while b.count < 60_000 { b += (0..<64).map { UInt8(($0 * 37 + b.count) & 0xFF) } }
+        return b
+    }()
+
+    /// What a user sees is one printable line: no control characters (C0, DEL, C1), no bidi
+    /// overrides, valid UTF-8, and short.
+    func assertPrintable(_ text: String, maxLength: Int = 2000, file: StaticString = #filePath, line: UInt = #line) {
+        let body = text.hasSuffix("\n") ? String(text.dropLast()) : text
+        XCTAssertLessThan(body.count, maxLength, "\(body.prefix(300))", file: file, line: line)
+        let bad = body.unicodeScalars.filter { $0.value < 0x20 || (0x7F..<0xA0).contains($0.value) || (0x202A...0x202E).contains($0.value) }
+        XCTAssertTrue(bad.isEmpty, "control characters \(bad.map { String($0.value, radix: 16) }) in \(body.prefix(300).debugDescription)", file: file, line: line)
+    }
+
+    /// D11: a fuzzed GGUF wrote 60 KB of binary and control characters to the terminal (the
+    /// tensor name, raw). Names from files are escaped and cut (Printable) wherever they
+    /// enter a message; the error line as a whole is kept printable and bounded too.
+    func testNamesFromFilesArePrintedEscapedAndCut() throws {
+        let dir = try makeTempDir(self)
+        var g = Data("GGUF".utf8)
+        func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { g.append(contentsOf: $0) } }
+        func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { g.append(contentsOf: $0) } }
+        u32(3); u64(1); u64(0)
+        u64(UInt64(Self.hostileName.count)); g.append(contentsOf: Self.hostileName)
+        u32(1); u64(4); u32(999); u64(0)
+        g.append(Data(count: 64))
+        let gguf = dir + "/fuzz.gguf"
+        try g.write(to: URL(fileURLWithPath: gguf))
+        do {
+            _ = try GGUFFile(path: gguf)
+            XCTFail("expected a refusal")
+        } catch let e as MoETuneError {
+            assertPrintable(e.description)
+            XCTAssertTrue(e.description.contains("tensor 'blk.0.\\u{1B}[2J\\u{1B}]0;pwned\\u{07}\\n\\r\\t\\u{202E}"), e.description)
+            XCTAssertTrue(e.description.contains("more characters)'"), e.description)
+        }
+        let r = try runMoETune(["eval", "--model", gguf, "--data", Fixtures.dir("eval.jsonl")])
+        XCTAssertEqual(r.status, 1, r.err)
+        assertPrintable(r.err)
+        XCTAssertTrue(r.err.hasPrefix("moe-tune: error: \(gguf): tensor 'blk.0."), r.err)
+
+        // A safetensors header: the same name with an unsupported dtype.
+        let name = String(decoding: Self.hostileName, as: UTF8.self)
+        let header = try JSONSerialization.data(withJSONObject: [name: ["dtype": "Q9\u{1B}[31m", "shape": [1], "data_offsets": [0, 4]]])
+        var st = Data()
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { st.append(contentsOf: $0) }
+        st.append(header); st.append(Data(count: 4))
+        let model = try copyFixture("mixtral", self)
+        try st.write(to: URL(fileURLWithPath: model + "/model.safetensors"))
+        let r2 = try runMoETune(["eval", "--model", model, "--data", Fixtures.dir("eval.jsonl")])
+        XCTAssertEqual(r2.status, 1, r2.err)
+        assertPrintable(r2.err)
+        XCTAssertTrue(r2.err.contains("model.safetensors: tensor 'blk.0.\\u{1B}[2J"), r2.err)
+
+        // A tokenizer vocabulary entry, and a message built elsewhere (the net in MoETuneError).
+        let tok = try tokenizerDir(#"{"model": {"type": "BPE", "vocab": {"a\u001b[2Jb": -3}, "merges": []}}"#)
+        assertMoETuneError(try HFTokenizer(directory: tok), contains: [#"model.vocab["a\u{1B}[2Jb"]"#])
+        XCTAssertEqual(MoETuneError.invalid("x\u{1B}y\nz").description, "x\\u{1B}y\\nz")
+        XCTAssertEqual(Printable.text(bytes: [0x61, 0xFF, 0xC3, 0xA9, 0xE2, 0x80]), "a\\xFF\u{E9}\\xE2\\x80")
+        XCTAssertEqual(Printable.text(String(repeating: "é", count: 130)), String(repeating: "é", count: 120) + "… (10 more characters)")
+    }
 }

@@ -135,7 +135,7 @@ public struct ModelConfig: Equatable, Sendable {
         let typeName = try r.string("model_type")
         guard let family = ModelFamily.forModelType(typeName) else {
             throw MoETuneError.config(path: path, key: "model_type",
-                message: "unsupported model_type '\(typeName)' (supported: \(ModelFamily.supportedModelTypes.joined(separator: ", ")))")
+                message: "unsupported model_type \(Printable.quoted(typeName)) (supported: \(ModelFamily.supportedModelTypes.joined(separator: ", ")))")
         }
         let d = family.defaults
         let hidden = try r.int("hidden_size")
@@ -153,7 +153,7 @@ public struct ModelConfig: Equatable, Sendable {
             throw MoETuneError.config(path: path, key: "head_dim", message: "must be a positive even number, got \(headDim)")
         }
         if let act = try r.optionalString("hidden_act"), act != "silu" {
-            throw MoETuneError.config(path: path, key: "hidden_act", message: "only silu is supported, got '\(act)'")
+            throw MoETuneError.config(path: path, key: "hidden_act", message: "only silu is supported, got \(Printable.quoted(act))")
         }
         let maxPositions = try r.optionalInt("max_position_embeddings") ?? d.maxPositionEmbeddings
         let (theta, scaling) = try RoPEScaling.read(json, reader: r, path: path, maxPositions: maxPositions)
