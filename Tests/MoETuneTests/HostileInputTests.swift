@@ -366,4 +366,35 @@ final class HostileInputTests: XCTestCase {
         XCTAssertEqual(Printable.text(bytes: [0x61, 0xFF, 0xC3, 0xA9, 0xE2, 0x80]), "a\\xFF\u{E9}\\xE2\\x80")
         XCTAssertEqual(Printable.text(String(repeating: "é", count: 130)), String(repeating: "é", count: 120) + "… (10 more characters)")
     }
+
+    // MARK: generate's numeric options
+
+    /// `--max-new-tokens -1` and `--seed -1` said "Missing value" (a negative number read as a
+    /// flag), `--temperature nan` said "must not be negative" and `--temperature inf` was
+    /// accepted (garbage out, exit 0). Each is a usage error (exit 64) that says why now.
+    func testGenerateNumericOptionsAreRefusedWithTheReason() throws {
+        let base = ["generate", "--model", Fixtures.dir("mixtral"), "--prompt", "hi"]
+        for (args, message) in [
+            (["--max-new-tokens", "-1"], "Error: --max-new-tokens must be at least 1"),
+            (["--max-new-tokens", "0"], "Error: --max-new-tokens must be at least 1"),
+            (["--seed", "-1"], "Error: The value '-1' is invalid for '--seed <seed>': --seed must be at least 0, got -1"),
+            (["--seed", "1e3"], "Error: The value '1e3' is invalid for '--seed <seed>': --seed must be an integer from 0 to 18446744073709551615, got 1e3"),
+            (["--temperature", "nan"], "Error: --temperature must be a finite number, got nan"),
+            (["--temperature", "inf"], "Error: --temperature must be a finite number, got inf"),
+            (["--temperature", "-0.5"], "Error: --temperature must not be negative"),
+            (["--top-k", "-3"], "Error: --top-k must not be negative"),
+            (["--top-p", "nan"], "Error: --top-p must be in (0, 1], got nan"),
+        ] {
+            let r = try runMoETune(base + args)
+            XCTAssertEqual(r.status, 64, "\(args): \(r.err)")
+            XCTAssertEqual(r.err.split(separator: "\n").first.map(String.init), message, "\(args)")
+        }
+        // A negative --weight is read as the value (and refused when it gives garbage).
+        let r = try runMoETune(base + ["--adapter", Fixtures.dir("train-mixtral"), "--weight", "-inf", "--max-new-tokens", "2"])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.contains("adapter weight -inf times the scale"), r.err)
+        // Good values still run.
+        let ok = try runMoETune(base + ["--seed", "7", "--temperature", "0.5", "--max-new-tokens", "2"])
+        XCTAssertEqual(ok.status, 0, ok.err)
+    }
 }
