@@ -72,20 +72,25 @@ public final class Trainer {
     /// micro-batches are shared out (rank r takes r, r + ranks, ...), gradients, losses and
     /// token counts are summed, and every rank takes the same optimizer step: the result is
     /// the single-process run with grad_accum x ranks. Rank 0 alone touches out_dir.
-    public func run(overwrite: Bool = false, resume: Bool = false, events: TrainerEvents = TrainerEvents(),
+    /// `acceptDataChange` (with `resume`): continue although a training data file changed
+    /// since the checkpoint was written (recorded in metrics.jsonl); without it that is refused.
+    public func run(overwrite: Bool = false, resume: Bool = false, acceptDataChange: Bool = false, events: TrainerEvents = TrainerEvents(),
                     world: Collective = SingleProcess()) throws -> TrainSummary {
         let outDir = config.training.outDir
+        if acceptDataChange && !resume {
+            throw MoETuneError.invalid("--accept-data-change goes with --resume: it lets a resumed run continue on training data edited since its checkpoint")
+        }
         guard world.isRoot else {
-            return try train(outDir: outDir, resume: resume, resumeFrom: nil, events: events, world: world)
+            return try train(outDir: outDir, resume: resume, resumeFrom: nil, acceptDataChange: acceptDataChange, events: events, world: world)
         }
         let lock = try prepareOutDir(outDir, overwrite: overwrite, resume: resume)
         return try withExtendedLifetime(lock) {
             try train(outDir: outDir, resume: resume, resumeFrom: resume ? TrainCheckpoint.list(outDir: outDir).last?.path : nil,
-                      events: events, world: world)
+                      acceptDataChange: acceptDataChange, events: events, world: world)
         }
     }
 
-    private func train(outDir: String, resume: Bool, resumeFrom: String?, events: TrainerEvents, world: Collective) throws -> TrainSummary {
+    private func train(outDir: String, resume: Bool, resumeFrom: String?, acceptDataChange: Bool, events: TrainerEvents, world: Collective) throws -> TrainSummary {
         // The run as one process would do it: grad_accum x ranks micro-batches a step. The
         // resolved config.yaml records that figure, so a run resumes on any number of ranks
         // whose product with grad_accum stays the same.
@@ -223,10 +228,15 @@ public final class Trainer {
         let mc = model.config
         adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
 
-        // Resume: parameters, optimizer state and position from the newest checkpoint.
+        // Resume: parameters, optimizer state and position from the newest checkpoint, once
+        // its manifest vouches for its files and the training data it was made from.
         let yaml = c.resolvedYAML()
+        let dataIdentity = root ? try TrainCheckpoint.identify(data: c.data.trainFiles.map(\.path)) : []
         var resumed: TrainCheckpoint?
+        var dataChanges: [(path: String, change: String)] = []
         if root, let path = resumeFrom {
+            let recordedData = try TrainCheckpoint.verify(path: path)
+            if recordedData == nil { events.log("note: \(path) has no manifest (an older moe-tune wrote it): its files and data are not verified") }
             let ck = try TrainCheckpoint.restore(path: path, adapters: adapters, optimizer: optimizer) { ck in
                 let changed = ConfigFingerprint.changes(from: ck.configYAML, to: yaml)
                 guard changed.isEmpty, ck.configHash == ConfigFingerprint.hash(yaml) else {
@@ -236,6 +246,12 @@ public final class Trainer {
                 guard totalSteps >= ck.step else {
                     throw MoETuneError.config(path: configPath, key: tc.maxSteps != nil ? "training.max_steps" : "training.epochs",
                         message: "gives \(totalSteps) steps, but the checkpoint \(path) is at step \(ck.step); it can only be extended")
+                }
+                dataChanges = TrainCheckpoint.dataChanges(recorded: recordedData ?? dataIdentity, now: dataIdentity)
+                if let first = dataChanges.first, !acceptDataChange {
+                    throw MoETuneError.file(path: first.path, message: "\(first.change) since the checkpoint \(path) was made from it"
+                        + (dataChanges.count > 1 ? " (and \(dataChanges.count - 1) more: \(dataChanges.dropFirst().map(\.path).joined(separator: ", ")))" : "")
+                        + "; --resume continues only on the data a run was made from: restore it, or pass --accept-data-change to continue on the edited data")
                 }
             }
             resumed = ck
@@ -247,6 +263,12 @@ public final class Trainer {
         let startStep = (resumed?.step ?? 0) + 1
 
         let metrics = root ? try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps) : nil
+        if let ck = resumed, !dataChanges.isEmpty {
+            events.log("data changed since checkpoint step \(ck.step): " + dataChanges.map { "\($0.path) \($0.change)" }.joined(separator: "; ")
+                + "; continuing on the edited data (--accept-data-change)")
+            try metrics?.write(["type": "data_change", "resumed_after_step": ck.step, "accepted": true,
+                                "files": dataChanges.map { ["path": $0.path, "change": $0.change] }])
+        }
         if root { try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml") }
         var lastCheckpoint: String?
         func checkpoint(step: Int, microIndex: Int, trainedTokens: Int, elapsed: Double, firstValid: Double?, lastValid: Double?) throws {
@@ -255,7 +277,7 @@ public final class Trainer {
                                      elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
                                      configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
             lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, family: model.family, baseModel: c.model,
-                                          keep: tc.keepCheckpoints)
+                                          keep: tc.keepCheckpoints, data: dataIdentity)
         }
 
         var firstRouting: RoutingStatistics?
