@@ -397,4 +397,67 @@ final class HostileInputTests: XCTestCase {
         let ok = try runMoETune(base + ["--seed", "7", "--temperature", "0.5", "--max-new-tokens", "2"])
         XCTAssertEqual(ok.status, 0, ok.err)
     }
+
+    // MARK: D5/D6: chat templates that build text without bound
+
+    func render(_ source: String) throws -> String { try JinjaTemplate(source).render([:]).text }
+
+    /// D5: `~` in a loop grew a string to gigabytes (doubling it exhausted memory). One value
+    /// may hold 16 MiB and one render may build 256 MiB of text; both are one-line errors.
+    func testStringGrowthInATemplateIsBounded() throws {
+        var start = Date()
+        assertMoETuneError(try render(#"{% set ns = namespace(s="ab") %}{% for i in range(200) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}"#),
+                           contains: ["chat template line 1", "~ would build 32 MiB of text, more than the 16 MiB one value may hold"])
+        XCTAssertLessThan(Date().timeIntervalSince(start), 2)
+        start = Date()
+        assertMoETuneError(try render(#"{% set big = "x" * 10000000 %}{% for i in range(1000) %}{% set y = big ~ i %}{% endfor %}"#),
+                           contains: ["builds more than 256 MiB of text in one render", "~ in a loop?"])
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+        // Other builders: a replace, a join or an indent that multiplies its input, the text of
+        // a list of a million references to one long string, % and str.format.
+        for (source, what) in [
+            (#"{{ ("x" * 100000) | replace("x", "y" * 1000) }}"#, "replace would build"),
+            (#"{{ ("x" * 100000).replace("", "y" * 1000) }}"#, "replace would build"),
+            (#"{{ (["x" * 1000000] * 100) | join(",") }}"#, "join would build"),
+            (#"{{ ",".join(["x" * 1000000] * 100) }}"#, "join would build"),
+            (#"{{ ("a\n" * 100000) | indent(1000) }}"#, "indent would build"),
+            (#"{{ (["x" * 1000000] * 100) | string }}"#, "the string filter would build"),
+            (#"{{ (["x" * 1000000] * 100) ~ "" }}"#, "~ would build"),
+            (#"{{ "%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s%s" % (("x" * 1000000,) * 17) }}"#, "% formatting would build"),
+            (#"{% set s = "x" * 1000000 %}{{ "{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}".format(s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s) }}"#, "str.format would build"),
+        ] {
+            assertMoETuneError(try render(source), contains: [what])
+        }
+    }
+
+    /// D6: str.replace (and find/count) compared a copied slice at every offset: quadratic.
+    /// Linear now (KMP), with Python's results.
+    func testReplaceAndFindAreLinearWithPythonsResults() throws {
+        XCTAssertEqual(try render(#"{{ "aaaa".replace("aa", "b") }}|{{ "abcabc".replace("bc", "X", 1) }}|{{ "ab".replace("", "-") }}|{{ "été".replace("t", "T") }}"#),
+                       "bb|aXabc|-a-b-|éTé")
+        XCTAssertEqual(try render(#"{{ "abab".count("ab") }} {{ "aaaa".count("aa") }} {{ "éaéa".find("a") }} {{ "éaéa".rfind("a") }} {{ "xyz".find("q") }} {{ "ab".count("") }}"#),
+                       "2 2 1 3 -1 3")
+        XCTAssertEqual(try render(#"{{ "a.b.c" | replace(".", "::") }}"#), "a::b::c")
+        let start = Date()
+        let out = try render(#"{% set s = "a" * 2000000 %}{% set p = "a" * 5000 ~ "b" %}{{ s.replace(p, "x")|length }} {{ s.count(p) }} {{ (s ~ "b").find(p) }}"#)
+        XCTAssertEqual(out, "2000000 0 1995000")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5, "linear, not 2e6 x 5e3 comparisons")
+    }
+
+    /// A normal chat of 30k characters still renders in well under 50 ms (a real template).
+    func testANormalLongChatStillRendersFast() throws {
+        let template = try String(contentsOfFile: Fixtures.dir("templates/real/llama3.1.jinja"), encoding: .utf8)
+        let renderer = try ChatTemplateRenderer(template: template, specialTokens: ["bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"])
+        var messages: [ChatMessage] = [ChatMessage(role: "system", content: "You are helpful.")]
+        for i in 0..<60 { messages.append(ChatMessage(role: i % 2 == 0 ? "user" : "assistant", content: String(repeating: "word\(i) ", count: 80))) }
+        XCTAssertGreaterThan(messages.compactMap { if case let .string(s)? = $0.fields["content"] { return s.count } else { return nil } }.reduce(0, +), 30_000)
+        _ = try renderer.render(messages)
+        var best = Double.infinity
+        for _ in 0..<3 {
+            let t = Date()
+            _ = try renderer.render(messages, addGenerationPrompt: true)
+            best = min(best, Date().timeIntervalSince(t))
+        }
+        XCTAssertLessThan(best, 0.05, "rendering 30k characters took \(best) s")
+    }
 }
