@@ -73,9 +73,13 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
             }
         }
         self.added = added
-        rawMatcher = added.matcher(normalized: false, nil)
+        rawMatcher = try added.matcher(normalized: false, nil)
         let norm = normalizer
-        normalizedMatcher = added.matcher(normalized: true, norm.map { n in { n.normalize($0) } })
+        do {
+            normalizedMatcher = try added.matcher(normalized: true, norm.map { n in { try n.normalize($0) } })
+        } catch let e as MoETuneError {
+            throw MoETuneError.file(path: path, message: "normalizing the added tokens: \(e.description)")
+        }
         var byId: [Int32: String] = [:], byContent: [String: Int32] = [:], special = Set<Int32>()
         for t in added.tokens {
             byId[t.id] = t.content; byContent[t.content] = t.id
@@ -139,42 +143,49 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
         guard text.utf8.count < Int(Int32.max) else {
             throw MoETuneError.file(path: path, message: "a text of \(text.utf8.count) bytes is more than the tokenizer takes (2 GiB)")
         }
+        do { try runPieces(text, ids: &ids, ranges: &ranges) } catch let e as MoETuneError {
+            // A Split or Replace regex that backtracks without end (BoundedRegex's step limit).
+            throw MoETuneError.file(path: path, message: e.description)
+        }
+    }
+
+    private func runPieces(_ text: String, ids: inout [Int32], ranges: inout [Range<Int>]?) throws {
         var text = text
         let track = ranges != nil
         let cache = model.takeCache()
         defer { model.giveBack(cache) }
-        text.withUTF8 { b in
+        try text.withUTF8 { b in
             ids.reserveCapacity(b.count / 3)
             var segments: [(Range<Int>, Int32?)] = []
             if rawMatcher.isEmpty { segments = [(0..<b.count, nil)] } else { rawMatcher.split(b, 0..<b.count, into: &segments) }
             for (seg, id) in segments {
                 if let id { ids.append(id); ranges?.append(seg); continue }
                 var buf = TextBuffer(UnsafeBufferPointer(rebasing: b[seg]), offset: seg.lowerBound, track: track)
-                normalizer?.apply(&buf)
+                try normalizer?.apply(&buf)
                 if buf.bytes.isEmpty { continue }
                 if normalizedMatcher.isEmpty {
-                    encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
+                    try encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
                     continue
                 }
                 var parts: [(Range<Int>, Int32?)] = []
                 buf.bytes.withUnsafeBufferPointer { normalizedMatcher.split($0, 0..<$0.count, into: &parts) }
                 if parts.count == 1, parts[0].1 == nil {
-                    encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
+                    try encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
                     continue
                 }
                 for (p, pid) in parts {
                     if let pid { ids.append(pid); ranges?.append(buf.originalRange(p)); continue }
                     var sub = TextBuffer(bytes: Array(buf.bytes[p]), origin: buf.origin.map { Array($0[p]) })
-                    encodeStretch(&sub, start: p.lowerBound == 0 ? seg.lowerBound : seg.lowerBound + 1, cache: cache, ids: &ids, ranges: &ranges)
+                    try encodeStretch(&sub, start: p.lowerBound == 0 ? seg.lowerBound : seg.lowerBound + 1, cache: cache, ids: &ids, ranges: &ranges)
                 }
             }
         }
     }
 
     /// Pre-tokenizer and BPE over one normalized stretch of text.
-    private func encodeStretch(_ buf: inout TextBuffer, start: Int, cache: WordCache, ids: inout [Int32], ranges: inout [Range<Int>]?) {
+    private func encodeStretch(_ buf: inout TextBuffer, start: Int, cache: WordCache, ids: inout [Int32], ranges: inout [Range<Int>]?) throws {
         var pieces = [0..<buf.bytes.count]
-        preTokenizer?.run(&buf, pieces: &pieces, start: start)
+        try preTokenizer?.run(&buf, pieces: &pieces, start: start)
         var local: [Range<Int>]? = ranges == nil ? nil : []
         buf.bytes.withUnsafeBufferPointer { b in
             for p in pieces { model.encode(b, p, cache: cache, ids: &ids, ranges: &local) }

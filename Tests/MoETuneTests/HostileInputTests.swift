@@ -460,4 +460,66 @@ final class HostileInputTests: XCTestCase {
         }
         XCTAssertLessThan(best, 0.05, "rendering 30k characters took \(best) s")
     }
+
+    // MARK: D4: a regex that backtracks without end
+
+    /// D4: a pre-tokenizer Split regex like `(a+)+$` on a 41-character text never returned
+    /// (Swift Regex has no step limit). BoundedRegex counts steps: a one-line error naming
+    /// the tokenizer file and the pattern, within 2 s; the same for a Replace normalizer.
+    func testACatastrophicRegexFailsFastNamingFileAndPattern() throws {
+        let text = String(repeating: "a", count: 40) + "!"
+        for (extra, ok, ids) in [(#""pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false}"#, "ab", [Int32(2)]),
+                                 (#""normalizer": {"type": "Replace", "pattern": {"Regex": "(a|aa)*b"}, "content": "x"}"#, "aa", [0, 0])] {
+            let dir = try tokenizerDir(#"{"model": \#(model), \#(extra)}"#)
+            let tok = try HFTokenizer(directory: dir)
+            let start = Date()
+            assertMoETuneError(try tok.encode(text), contains: [dir + "/tokenizer.json", "the regex '", "catastrophic backtracking", "was stopped"])
+            XCTAssertLessThan(Date().timeIntervalSince(start), 2)
+            XCTAssertEqual(try tok.encode(ok), ids, "a text the pattern handles quickly still encodes")
+        }
+        // Through the command line: exit 1, one line naming the file and the pattern.
+        let dir = try tokenizerDir(#"{"model": \#(model), "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false}}"#,
+                                   files: ["d.jsonl": #"{"text": "\#(text)"}"# + "\n"])
+        let start = Date()
+        let r = try runMoETune(["tokenize", "--model", dir, "--data", dir + "/d.jsonl"])
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5)
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.hasPrefix("moe-tune: error: \(dir)/tokenizer.json: the regex '(a+)+$' took more than"), r.err)
+    }
+
+    /// BoundedRegex against Swift Regex (Unicode-scalar semantics) on the constructs the
+    /// tokenizer patterns use; the real DeepSeek-V3 patterns go through it (and the parity
+    /// suite against the Rust tokenizers stays green).
+    func testBoundedRegexAgreesWithSwiftRegex() throws {
+        let patterns = [
+            ##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""##,
+            #"\p{N}{1,3}"#, #"[一-龥\u3040-ゟ゠-ヿ]+"#, #"\d{4,}"#, #"(?i:'s|'t|'re)|\p{L}+"#, #"a*?b|a+"#, #"(?:ab|a)(?:bc|c)"#,
+            #"x(?=y)|y(?!z)"#, #"(?<=a)b+|(?<!c)d"#, #"[^\s\p{L}]+"#, #"\bword\b"#, #"(?>a+)b|a"#, #"a{2,3}?"#,
+            #"\x41|\u00e9|\t"#, #"(?i)straße|ÉTÉ"#, #"."#, #"[^\d\s]+"#,
+        ]
+        let texts = ["Hello, world! It's 2024-05-01.\n\n  Tabs\tand   spaces ",
+                     "数字123４５６ ひらがな カタカナ 漢字", "aaab abbc xyz xy yz ac adb cd ab ", "wordy word sword WORD", "été ÉTÉ STRASSE straße é\u{301}"]
+        for p in patterns {
+            guard let bounded = BoundedRegex(p) else { XCTFail("BoundedRegex does not parse \(p)"); continue }
+            guard let swift = try? Regex(p).matchingSemantics(.unicodeScalar) else { continue }
+            for t in texts {
+                var s = t
+                let got = try s.withUTF8 { b in try bounded.matches(b, 0..<b.count) }
+                let u = t.utf8
+                let want = t.matches(of: swift).compactMap { m -> Range<Int>? in
+                    let lo = u.distance(from: u.startIndex, to: m.range.lowerBound), hi = u.distance(from: u.startIndex, to: m.range.upperBound)
+                    return lo < hi ? lo..<hi : nil
+                }
+                XCTAssertEqual(got, want, "pattern \(p) on \(t.debugDescription)")
+            }
+        }
+        // \w is Oniguruma's (marks and every decimal digit are word characters), not Swift's.
+        var t = "数字123４５６ é\u{301}x!"
+        let words = try t.withUTF8 { b in try XCTUnwrap(BoundedRegex(#"\w+"#)).matches(b, 0..<b.count) }
+        XCTAssertEqual(words, [0..<18, 19..<24])
+        // Constructs it leaves to Swift Regex (a backreference) still work there.
+        XCTAssertNil(BoundedRegex(#"(a)\1"#))
+        guard case .regex = try SplitPattern.regex(#"(a)\1"#) else { return XCTFail("a backreference falls back to Swift Regex") }
+        guard case .bounded = try SplitPattern.regex(patterns[0]) else { return XCTFail("the DeepSeek-V3 pattern runs bounded") }
+    }
 }
