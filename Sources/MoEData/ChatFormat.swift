@@ -53,15 +53,7 @@ public enum ChatFormat: @unchecked Sendable {
         guard let text = String(data: data, encoding: .utf8), case let .dict(d) = try? JinjaJSON.parse(text) else {
             throw MoETuneError.file(path: path, message: "not a JSON object")
         }
-        var tokens: [String: String] = [:]
-        for key in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"] {
-            switch d[key] {
-            case let .string(s)?: tokens[key] = s
-            case let .dict(t)?: if case let .string(s)? = t["content"] { tokens[key] = s }
-            default: break
-            }
-        }
-        return tokens
+        return try ChatTemplateRenderer.specialTokens(d, path: path)
     }
 
     /// A one-line description for logs: "the model's Jinja template" or the built-in name.

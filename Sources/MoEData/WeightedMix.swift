@@ -11,6 +11,24 @@ public struct WeightedMix: Sendable {
 
     public init(files: [(examples: [Int], weight: Double)]) { self.files = files }
 
+    /// The largest weight a file may have (data.train[i].weight).
+    public static let maxWeight = 1_000_000.0
+    /// The most examples an epoch of a weighted mix may draw: every draw is listed (and
+    /// batched) when the epoch starts, so this bounds that memory (about 150 bytes a draw,
+    /// some 600 MB here) and time whatever the weights.
+    public static let maxDrawnPerEpoch = 1 << 22
+
+    /// The first file (index) at which the draws of an epoch, counted file by file in floating
+    /// point (no overflow), pass `maxDrawnPerEpoch`, with that count; nil when they never do.
+    public func excessiveDraws() -> (file: Int, drawn: Double)? {
+        var total = 0.0
+        for (i, f) in files.enumerated() {
+            total += (f.weight * Double(f.examples.count)).rounded(.up)
+            if !(total <= Double(WeightedMix.maxDrawnPerEpoch)) { return (i, total) }
+        }
+        return nil
+    }
+
     /// Whether the mix draws every example exactly once (one weight-1 file, or all weights 1).
     public var isIdentity: Bool { files.allSatisfy { $0.weight == 1 } }
 

@@ -41,7 +41,14 @@ extension AdapterSet {
                 // A rows row..<row+r;  B columns row..<row+r scaled by w * s.
                 (target.a + row * target.inFeatures).update(from: a.a, count: a.rank * a.inFeatures)
                 for o in 0..<target.outFeatures {
-                    for j in 0..<a.rank { target.b[o * target.rank + row + j] = w * a.scale * a.b[o * a.rank + j] }
+                    for j in 0..<a.rank {
+                        let v = w * a.scale * a.b[o * a.rank + j]
+                        // A weight of nan, inf or past the float range gave garbage silently.
+                        guard v.isFinite else {
+                            throw MoETuneError.invalid("adapter weight \(w) times the scale \(a.scale) of module \(Printable.quoted(target.module)) gives a non-finite value (\(v)); use a finite, smaller --weight")
+                        }
+                        target.b[o * target.rank + row + j] = v
+                    }
                 }
                 row += a.rank
             }

@@ -25,21 +25,21 @@ public enum GGUFExport {
         public var bytes: Int
     }
 
-    /// The output file rules: never one of the inputs, never replaced unless `overwrite`.
+    /// The output file rules (OutputFolder.checkFile): a .gguf name, never one of the inputs
+    /// nor inside one, never in a folder a running moe-tune holds, and an existing file
+    /// replaced only with `overwrite` and only when it is a GGUF moe-tune wrote.
     package static func checkOutput(_ out: String, inputs: [String], overwrite: Bool) throws {
         guard out.lowercased().hasSuffix(".gguf") else { throw MoETuneError.file(path: out, message: "the output must be a .gguf file name") }
-        for i in inputs where OutputFolder.contains(i, out) || OutputFolder.canonical(i) == OutputFolder.canonical(out) {
-            throw MoETuneError.file(path: out, message: "--out is or lies inside the input \(i); choose another --out")
-        }
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: out, isDirectory: &isDir) {
-            guard !isDir.boolValue else { throw MoETuneError.file(path: out, message: "exists and is a folder") }
-            guard overwrite else { throw MoETuneError.file(path: out, message: "already exists; choose another --out or pass --overwrite") }
-        }
-        let parent = (out as NSString).deletingLastPathComponent
-        if !parent.isEmpty, !FileManager.default.fileExists(atPath: parent) {
-            throw MoETuneError.file(path: out, message: "its folder \(parent) does not exist")
-        }
+        try OutputFolder.checkFile(out, inputs: inputs, overwrite: overwrite,
+                                   what: "not a GGUF file with moe-tune's \(GGUFFile.writerKey) key", isOwn: GGUFFile.isMoETuneOutput)
+    }
+
+    /// The Modelfile export-lora writes beside the adapter: recognised by its first lines.
+    package static func isOwnModelfile(_ path: String) -> Bool {
+        guard let d = FileManager.default.contents(atPath: path), d.count < 65536 else { return false }
+        let lines = String(decoding: d, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+        return lines.count == 4 && lines[0].hasPrefix("# Ollama: ollama create NAME -f ") && lines[1].hasPrefix("FROM ")
+            && lines[2].hasPrefix("ADAPTER ./") && lines[3].isEmpty
     }
 
     package static func family(_ c: ModelConfig, _ model: String) throws -> ModelFamily {
@@ -104,6 +104,7 @@ public enum GGUFExport {
         var w = GGUFWriter()
         for (k, v) in f.ggufMetadata(c) { w.set(k, v) }
         w.set("general.type", .string("model"))
+        w.set(GGUFFile.writerKey, .string("merge"))
         w.set("general.name", .string(((modelPath as NSString).lastPathComponent as NSString).deletingPathExtension + (adapters.isEmpty ? "" : "-merged")))
         w.set("general.file_type", .uint32(fileType(type)))
         if type.blockSize > 1 { w.set("general.quantization_version", .uint32(2)) }
@@ -125,7 +126,7 @@ public enum GGUFExport {
         var group: [Part] = []
         for n in f.ggufTensorNames(c) {
             let source = (untie && n.hf == f.lmHead) ? f.embedTokens : n.hf
-            guard let info = ck.info(source) else { throw MoETuneError.file(path: modelPath, message: "tensor '\(source)' not found") }
+            guard let info = ck.info(source) else { throw MoETuneError.file(path: modelPath, message: "tensor \(Printable.quoted(source)) not found") }
             let shape = info.shape
             var outShape = shape
             if let e = n.expert {
@@ -156,7 +157,7 @@ public enum GGUFExport {
                 var values = try ck.withTemporaryFloats(source, shape: shape) { Array(UnsafeBufferPointer(start: $0, count: shape.reduce(1, *))) }
                 if n.hf.hasSuffix(".weight"), let a = byModule[String(n.hf.dropLast(".weight".count))] {
                     guard shape == [a.outFeatures, a.inFeatures] else {
-                        throw MoETuneError.file(path: ck.path(of: source), message: "tensor '\(source)' has shape \(shape), expected \([a.outFeatures, a.inFeatures]) from config.json")
+                        throw MoETuneError.file(path: ck.path(of: source), message: "tensor \(Printable.quoted(source)) has shape \(shape), expected \([a.outFeatures, a.inFeatures]) from config.json")
                     }
                     values.withUnsafeMutableBufferPointer { buf in
                         BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
@@ -195,9 +196,8 @@ public enum GGUFExport {
     public static func loraAdapter(model modelPath: String, adapter adapterPath: String, out: String, overwrite: Bool) throws -> LoRASummary {
         try checkOutput(out, inputs: [modelPath, adapterPath], overwrite: overwrite)
         let modelfile = ((out as NSString).deletingLastPathComponent.isEmpty ? "." : (out as NSString).deletingLastPathComponent) + "/Modelfile"
-        if FileManager.default.fileExists(atPath: modelfile), !overwrite {
-            throw MoETuneError.file(path: modelfile, message: "already exists; choose another --out folder or pass --overwrite")
-        }
+        try OutputFolder.checkFile(modelfile, inputs: [modelPath, adapterPath], overwrite: overwrite,
+                                   what: "not the Modelfile export-lora writes", isOwn: isOwnModelfile)
         let ck = try Checkpoint(directory: modelPath)
         let c = ck.config
         let f = try family(c, modelPath)
@@ -217,15 +217,16 @@ public enum GGUFExport {
         var w = GGUFWriter()
         w.set("general.architecture", .string(f.ggufArchitecture!))
         w.set("general.type", .string("adapter"))
+        w.set(GGUFFile.writerKey, .string("export-lora"))
         w.set("general.name", .string((adapterPath as NSString).lastPathComponent))
         w.set("adapter.type", .string("lora"))
         w.set("adapter.lora.alpha", .float32(alpha))
         for a in set.all {
             guard let n = names[a.module + ".weight"] else {
-                throw MoETuneError.file(path: adapterPath, message: "module '\(a.module)' has no tensor in a GGUF \(f.ggufArchitecture!) model (tied lm_head adapters and experts are not supported)")
+                throw MoETuneError.file(path: adapterPath, message: "module \(Printable.quoted(a.module)) has no tensor in a GGUF \(f.ggufArchitecture!) model (tied lm_head adapters and experts are not supported)")
             }
             guard n.expert == nil else {
-                throw MoETuneError.file(path: adapterPath, message: "module '\(a.module)' is an expert: a GGUF LoRA cannot hold one expert's adapter (merge it with `merge --format gguf` instead)")
+                throw MoETuneError.file(path: adapterPath, message: "module \(Printable.quoted(a.module)) is an expert: a GGUF LoRA cannot hold one expert's adapter (merge it with `merge --format gguf` instead)")
             }
             var bvals = Array(UnsafeBufferPointer(start: a.b, count: a.outFeatures * a.rank))
             if !uniform {

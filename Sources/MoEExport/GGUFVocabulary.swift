@@ -106,6 +106,13 @@ package enum GGUFVocabulary {
             if let i = addSpecial.firstIndex(where: { $0.0 == t }) { if !keep { addSpecial[i].1 = v } } else { addSpecial.append((t, v)) }
         }
         func content(_ v: Any?) -> String? { (v as? String) ?? ((v as? [String: Any])?["content"] as? String) }
+        // The same rule as the tokenizer's: a special token that is neither a string nor
+        // {"content": string} is refused, not taken as absent.
+        for key in ChatTemplateRenderer.specialTokenKeys {
+            if let v = tc?[key], !(v is JSONNull), content(v) == nil {
+                throw cr.fail(key, "must be a token string or {\"content\": string}, got \(Printable.quoted("\(v)"))")
+            }
+        }
         var bos = content(tc?["bos_token"]), cls = content(tc?["cls_token"]), eos = content(tc?["eos_token"]), sep = content(tc?["sep_token"])
         if (bos ?? "").isEmpty, let c = cls, !c.isEmpty, tc != nil { tc!["bos_token"] = c; bos = c }
         if (eos ?? "").isEmpty, let s = sep, !s.isEmpty, tc != nil { tc!["eos_token"] = s; eos = s }
@@ -179,6 +186,8 @@ package enum GGUFVocabulary {
                 else if FileManager.default.fileExists(atPath: cj) { template = try JSONReader.parse(path: cj)["chat_template"] as? String }
             } else if tc["chat_template"] is [Any] {
                 throw cr.fail("chat_template", "a list of named templates is not supported for GGUF output")
+            } else {
+                throw cr.fail("chat_template", "must be a string or a list of {name, template}, got \(Printable.quoted("\(tc["chat_template"]!)"))")
             }
             for t in typesOrder {
                 if let a = tc["add_\(t)_token"] as? Bool { setAdd(t, a, keep: true) }

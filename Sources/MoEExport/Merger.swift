@@ -58,7 +58,7 @@ public enum Merger {
         /// the adapter's shape would not fit), as loading the model would.
         func check(_ name: String, _ shape: [Int], _ expected: [Int]) throws {
             guard shape == expected else {
-                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has shape \(shape), expected \(expected) from config.json")
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(Printable.quoted(name)) has shape \(shape), expected \(expected) from config.json")
             }
         }
         /// The merged fp32 values of tensor `name` [shape] from its base values at `src`.
@@ -182,7 +182,7 @@ public enum Merger {
                 adapted = false
             }
             if adapted {
-                throw MoETuneError.file(path: ck.path(of: e.name), message: "tensor '\(e.name)' is stored as \(info.dtype.rawValue) (bitsandbytes 4-bit), and an adapter changes it: merge into the original full-precision checkpoint instead")
+                throw MoETuneError.file(path: ck.path(of: e.name), message: "tensor \(Printable.quoted(e.name)) is stored as \(info.dtype.rawValue) (bitsandbytes 4-bit), and an adapter changes it: merge into the original full-precision checkpoint instead")
             }
         }
         // A head adapter on a model with tied embeddings needs its own lm_head.
@@ -302,24 +302,24 @@ public enum Merger {
         /// checked when the safetensors header is read.)
         func need(_ name: String, _ shape: [Int], packed: Bool = true) throws {
             guard let info = ck.info(name) else {
-                throw MoETuneError.file(path: ck.directory, message: "tensor '\(name)' not found in the checkpoint")
+                throw MoETuneError.file(path: ck.directory, message: "tensor \(Printable.quoted(name)) not found in the checkpoint")
             }
             if packed, ck.isBnb4bit(name) {
                 try ck.checkBnb4bit(name, shape: shape)
                 return
             }
             guard floatTypes.contains(info.dtype) else {
-                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has dtype \(info.dtype.rawValue); expected a float type\(packed ? " (or bitsandbytes 4-bit data with its quant_state)" : "")")
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(Printable.quoted(name)) has dtype \(info.dtype.rawValue); expected a float type\(packed ? " (or bitsandbytes 4-bit data with its quant_state)" : "")")
             }
             guard info.shape == shape else {
-                throw MoETuneError.file(path: ck.path(of: name), message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
+                throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(Printable.quoted(name)) has shape \(info.shape), expected \(shape) from config.json")
             }
         }
         try need(f.embedTokens, [c.vocabSize, h], packed: false)
         try need(f.finalNorm, [h], packed: false)
         if !c.tieWordEmbeddings {
             guard ck.contains(f.lmHead) else {
-                throw MoETuneError.file(path: ck.directory, message: "tensor '\(f.lmHead)' not found and tie_word_embeddings is false")
+                throw MoETuneError.file(path: ck.directory, message: "tensor \(Printable.quoted(f.lmHead)) not found and tie_word_embeddings is false")
             }
             try need(f.lmHead, [c.vocabSize, h])
         }

@@ -17,12 +17,10 @@ public final class DirectoryLock {
         }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let e = errno
-            var buf = [UInt8](repeating: 0, count: 32)
-            let n = pread(fd, &buf, 31, 0)
+            let owner = DirectoryLock.owner(fd)
             close(fd)
-            let owner = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "unknown"
             if e == EWOULDBLOCK {
-                throw MoETuneError.file(path: dir, message: "is in use by another moe-tune run (pid \(owner)); wait for it to finish or choose another out_dir")
+                throw MoETuneError.file(path: dir, message: DirectoryLock.inUse(owner, option: "out_dir"))
             }
             throw MoETuneError.file(path: path, message: "cannot lock: \(String(cString: strerror(e)))")
         }
@@ -30,6 +28,33 @@ public final class DirectoryLock {
         ftruncate(fd, 0)
         _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress!, $0.count, 0) }
         self.fd = fd
+    }
+
+    /// The pid of the moe-tune process that holds `dir`'s lock now, or nil when nobody does
+    /// (no lock file, or a lock file whose owner has ended). Takes nothing and creates
+    /// nothing: a command that writes over `dir` asks this before it touches anything.
+    public static func holder(of dir: String) -> String? {
+        let fd = open(dir + "/" + fileName, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return nil
+        }
+        return errno == EWOULDBLOCK ? owner(fd) : nil
+    }
+
+    /// The one message for a folder another run holds.
+    package static func inUse(_ owner: String, option: String) -> String {
+        "is in use by another moe-tune run (pid \(owner)); wait for it to finish or choose another \(option)"
+    }
+
+    private static func owner(_ fd: Int32) -> String {
+        var buf = [UInt8](repeating: 0, count: 32)
+        let n = pread(fd, &buf, 31, 0)
+        guard n > 0 else { return "unknown" }
+        let s = String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return s.allSatisfy(\.isNumber) && !s.isEmpty ? s : "unknown"
     }
 
     deinit {

@@ -11,12 +11,19 @@ public enum MoETuneError: Error, CustomStringConvertible, Equatable {
     /// A command-line value or a combination of settings that cannot work.
     case invalid(String)
 
+    /// The line a user sees: whatever a message holds (a name a file gave that no caller
+    /// escaped, a path), it stays one printable line of bounded length (Printable).
     public var description: String {
+        let raw: String
         switch self {
-        case let .file(path, message): return "\(path): \(message)"
-        case let .line(path, line, message): return "\(path):\(line): \(message)"
-        case let .config(path, key, message): return "\(path): \(key): \(message)"
-        case let .invalid(message): return message
+        case let .file(path, message): raw = "\(path): \(message)"
+        case let .line(path, line, message): raw = "\(path):\(line): \(message)"
+        case let .config(path, key, message): raw = "\(path): \(key): \(message)"
+        case let .invalid(message): raw = message
         }
+        return Printable.text(raw, limit: MoETuneError.maxLength)
     }
+
+    /// Characters of a message kept before it is cut (each name in it is cut far earlier).
+    public static let maxLength = 4000
 }

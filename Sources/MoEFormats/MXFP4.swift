@@ -68,7 +68,7 @@ public struct MXFP4Quantization: Equatable, Sendable {
         let method = q["quant_method"] as? String ?? "?"
         guard method == "mxfp4" else {
             throw MoETuneError.config(path: path, key: "quantization_config",
-                message: "quant_method '\(method)' is not supported for gpt_oss (mxfp4 is)")
+                message: "quant_method \(Printable.quoted(method)) is not supported for gpt_oss (mxfp4 is)")
         }
         for key in q.keys.sorted() where !["quant_method", "modules_to_not_convert", "dequantize"].contains(key) {
             throw MoETuneError.config(path: path, key: "quantization_config." + key, message: "MXFP4 field that moe-tune does not implement")
@@ -83,7 +83,7 @@ public struct MXFP4Quantization: Equatable, Sendable {
             }
             for p in list where (try? NSRegularExpression(pattern: p)) == nil {
                 throw MoETuneError.config(path: path, key: "quantization_config.modules_to_not_convert",
-                                          message: "'\(p)' is not a valid pattern")
+                                          message: "\(Printable.quoted(p)) is not a valid pattern")
             }
             result.modulesToNotConvert = list
         }

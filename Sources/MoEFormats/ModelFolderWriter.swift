@@ -4,7 +4,8 @@ import Foundation
 /// checked first; everything goes into a staging folder beside the destination (with the
 /// moe-tune marker), every file fsynced; it is renamed into place only when complete. A
 /// folder being replaced is first renamed aside and removed only after the new one is in
-/// place. Staging folders of killed runs are removed at the next start.
+/// place (never while another moe-tune process holds it). Staging folders of killed runs are
+/// removed at the next start.
 package struct ModelFolderWriter {
     package let outDir: String
     package let staging: String
@@ -35,6 +36,8 @@ package struct ModelFolderWriter {
             try OutputFolder.mark(staging, by: command.isEmpty ? "merge/quantize" : command)
             var aside: String?
             if fm.fileExists(atPath: outDir) {
+                // Asked again at the moment of replacing: a run may have started there meanwhile.
+                try OutputFolder.checkNotHeld(outDir, option: "--out")
                 let old = AtomicFile.temporaryPath(for: outDir + ".old")
                 guard rename(outDir, old) == 0 else {
                     throw MoETuneError.file(path: outDir, message: "cannot move the old folder aside: \(String(cString: strerror(errno)))")

@@ -61,7 +61,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
             throw MoETuneError.file(path: path, message: "safetensors header is not a JSON object")
         }
         if let dup = JSONDuplicateKeys.firstDuplicate(in: header) {
-            throw MoETuneError.file(path: path, message: "the safetensors header names '\(dup)' twice")
+            throw MoETuneError.file(path: path, message: "the safetensors header names \(Printable.quoted(dup)) twice")
         }
         let dataStart = 8 + Int(headerLen)
         var tensors: [String: TensorInfo] = [:]
@@ -75,35 +75,35 @@ public final class SafeTensorsFile: @unchecked Sendable {
                   let dtypeName = entry["dtype"] as? String,
                   let shape = entry["shape"] as? [Int],
                   let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
-            else { throw MoETuneError.file(path: path, message: "tensor '\(name)': malformed header entry") }
+            else { throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): malformed header entry") }
             guard let dtype = DType(rawValue: dtypeName) else {
-                throw MoETuneError.file(path: path, message: "tensor '\(name)': unsupported dtype \(dtypeName)")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): unsupported dtype \(dtypeName)")
             }
             guard shape.allSatisfy({ $0 >= 0 }) else {
-                throw MoETuneError.file(path: path, message: "tensor '\(name)': negative dimension in shape \(shape)")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): negative dimension in shape \(shape)")
             }
             let (begin, end) = (offsets[0], offsets[1])
             guard begin >= 0, end >= begin, end <= size - dataStart else {
                 throw MoETuneError.file(path: path,
-                    message: "tensor '\(name)': data_offsets [\(begin), \(end)] run past the end of the file (\(size - dataStart) data bytes); the file may be truncated")
+                    message: "tensor \(Printable.quoted(name)): data_offsets [\(begin), \(end)] run past the end of the file (\(size - dataStart) data bytes); the file may be truncated")
             }
             let (count, overflow) = shape.reduce((1, false)) { acc, d in
                 let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
             }
             let (bytes, bytesOverflow) = count.multipliedReportingOverflow(by: dtype.size)
             guard !overflow, !bytesOverflow else {
-                throw MoETuneError.file(path: path, message: "tensor '\(name)': shape \(shape) of \(dtypeName) is too large (its size overflows)")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): shape \(shape) of \(dtypeName) is too large (its size overflows)")
             }
             guard bytes == end - begin else {
                 throw MoETuneError.file(path: path,
-                    message: "tensor '\(name)': shape \(shape) of \(dtypeName) needs \(bytes) bytes but data_offsets give \(end - begin)")
+                    message: "tensor \(Printable.quoted(name)): shape \(shape) of \(dtypeName) needs \(bytes) bytes but data_offsets give \(end - begin)")
             }
             tensors[name] = TensorInfo(name: name, dtype: dtype, shape: shape, offset: dataStart + begin, byteCount: end - begin)
         }
         // Two tensors sharing bytes would silently alias each other: refuse overlaps.
         let spans = tensors.values.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
         for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
-            throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data (data_offsets)")
+            throw MoETuneError.file(path: path, message: "tensors \(Printable.quoted(a.name)) and \(Printable.quoted(b.name)) overlap in the data (data_offsets)")
         }
         self.tensors = tensors
         self.metadata = metadata

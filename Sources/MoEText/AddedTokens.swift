@@ -13,11 +13,11 @@ package struct AddedTokens: Sendable {
 
     /// A matcher over the tokens with normalized == `normalized`, their content passed
     /// through `normalize` when given.
-    package func matcher(normalized: Bool, _ normalize: ((String) -> [UInt8])?) -> Matcher {
+    package func matcher(normalized: Bool, _ normalize: ((String) throws -> [UInt8])?) throws -> Matcher {
         var m = Matcher()
         for t in tokens where t.normalized == normalized {
             var t = t
-            if let normalize { t.bytes = normalize(t.content) }
+            if let normalize { t.bytes = try normalize(t.content) }
             guard !t.bytes.isEmpty else { continue }
             m.byFirst[Int(t.bytes[0]), default: []].append(m.list.count)
             m.list.append(t)

@@ -39,8 +39,7 @@ package final class BPEModel: @unchecked Sendable {
         var pairs: [(String, Int)] = []
         pairs.reserveCapacity(vocab.count)
         for (tok, v) in vocab {
-            let id = try r.int(v, "model.vocab[\"\(tok)\"]")
-            guard id >= 0, id < 1 << 24 else { throw r.fail("model.vocab[\"\(tok)\"]", "id \(id) is outside 0..<16777216") }
+            let id = Int(try r.tokenId(v, "model.vocab[\"\(Printable.text(tok))\"]"))
             pairs.append((tok, id)); maxId = max(maxId, id)
         }
         var names = [String](repeating: "", count: maxId + 1)
@@ -60,7 +59,7 @@ package final class BPEModel: @unchecked Sendable {
         for b in 0..<256 { fb[b] = byString[Array(String(format: "<0x%02X>", b).utf8)] ?? -1 }
         fallbackIds = fb
         if let u = try r.optionalString(o, "unk_token", key) {
-            guard let id = byString[Array(u.utf8)] else { throw r.fail("model.unk_token", "'\(u)' is not in the vocabulary") }
+            guard let id = byString[Array(u.utf8)] else { throw r.fail("model.unk_token", "\(Printable.quoted(u)) is not in the vocabulary") }
             unk = id
         } else { unk = nil }
         fuseUnk = try r.bool(o, "fuse_unk", key, default: false)
@@ -82,11 +81,11 @@ package final class BPEModel: @unchecked Sendable {
                 throw r.fail("model.merges[\(rank)]", "must be \"a b\" or [a, b]")
             }
             guard let ia = byString[Array(a.utf8)], let ib = byString[Array(b.utf8)] else {
-                throw r.fail("model.merges[\(rank)]", "'\(a) \(b)': a part is not in the vocabulary")
+                throw r.fail("model.merges[\(rank)]", "\(Printable.quoted(a + " " + b)): a part is not in the vocabulary")
             }
             let merged = Array(a.utf8) + Array(b.utf8).dropFirst(prefix.isEmpty ? 0 : prefix.count)
             guard let id = byString[merged] else {
-                throw r.fail("model.merges[\(rank)]", "'\(a) \(b)': the merged token is not in the vocabulary")
+                throw r.fail("model.merges[\(rank)]", "\(Printable.quoted(a + " " + b)): the merged token is not in the vocabulary")
             }
             table.put(ia, ib, rank: Int32(rank), id: id)   // a repeated pair keeps its last rank, as in Rust
         }

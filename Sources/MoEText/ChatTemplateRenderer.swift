@@ -89,6 +89,26 @@ public struct ChatTemplateRenderer {
         self.specialTokens = specialTokens
     }
 
+    /// The special tokens of tokenizer_config.json (bos_token, eos_token, ...): each a string
+    /// or {"content": string}, or null. Anything else (`"eos_token": 5`) is refused naming the
+    /// file and key: taking it as absent dropped EOS from every example.
+    package static let specialTokenKeys = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
+
+    package static func specialTokens(_ config: JinjaDict?, path: String) throws -> [String: String] {
+        var tokens: [String: String] = [:]
+        for key in specialTokenKeys {
+            switch config?[key] {
+            case let .string(s)?: tokens[key] = s
+            case let .dict(t)? where t["content"].map({ if case .string = $0 { return true } else { return false } }) ?? false:
+                if case let .string(s)? = t["content"] { tokens[key] = s }
+            case nil, .none?: break
+            case let other?:
+                throw MoETuneError.file(path: path, message: "\(key): must be a token string or {\"content\": string}, got \(other.typeName) \(Printable.quoted(other.repr))")
+            }
+        }
+        return tokens
+    }
+
     /// The template and special tokens of a model folder: `chat_template.jinja` if present,
     /// else `chat_template` in tokenizer_config.json (a string, or a list of {name, template}
     /// where "default" is used); of a `.gguf` file, `tokenizer.chat_template`. nil when the folder has no template.
@@ -102,14 +122,7 @@ public struct ChatTemplateRenderer {
             }
             config = d
         }
-        var tokens: [String: String] = [:]
-        for key in ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"] {
-            switch config?[key] {
-            case let .string(s)?: tokens[key] = s
-            case let .dict(t)?: if case let .string(s)? = t["content"] { tokens[key] = s }
-            default: break
-            }
-        }
+        let tokens = try specialTokens(config, path: configPath)
         var source: String?
         let jinjaPath = (dir as NSString).appendingPathComponent("chat_template.jinja")
         if let data = FileManager.default.contents(atPath: jinjaPath) {
@@ -123,7 +136,10 @@ public struct ChatTemplateRenderer {
                     if case let .dict(t) = item, case .string("default")? = t["name"], case let .string(s)? = t["template"] { source = s }
                 }
                 if source == nil { throw MoETuneError.file(path: configPath, message: "chat_template list has no \"default\" entry") }
-            default: break
+            case nil, .none?: break
+            case let other?:
+                // Ignoring it used the built-in format silently: refused like any malformed key.
+                throw MoETuneError.file(path: configPath, message: "chat_template: must be a string or a list of {name, template}, got \(other.typeName) \(Printable.quoted(other.repr))")
             }
         }
         guard let source else { return nil }

@@ -32,7 +32,7 @@ package enum GGUFTokenizer {
             throw MoETuneError.file(path: path, message: "metadata 'tokenizer.ggml.model' is missing: the file has no tokenizer")
         }
         guard kind == "gpt2" || kind == "llama" else {
-            throw MoETuneError.file(path: path, message: "metadata 'tokenizer.ggml.model' is '\(kind)': supported tokenizers in GGUF files are gpt2 (byte-level BPE) and llama (SentencePiece)")
+            throw MoETuneError.file(path: path, message: "metadata 'tokenizer.ggml.model' is \(Printable.quoted(kind)): supported tokenizers in GGUF files are gpt2 (byte-level BPE) and llama (SentencePiece)")
         }
         guard let tokens = try f.strings("tokenizer.ggml.tokens") else {
             throw MoETuneError.file(path: path, message: "metadata 'tokenizer.ggml.tokens' is missing")
@@ -40,7 +40,7 @@ package enum GGUFTokenizer {
         let types = try f.ints("tokenizer.ggml.token_type") ?? []
         func token(_ key: String) throws -> String? {
             guard let id = try f.int(key) else { return nil }
-            guard id >= 0, id < tokens.count else { throw MoETuneError.file(path: path, message: "metadata '\(key)' \(id) is outside the \(tokens.count) tokens") }
+            guard id >= 0, id < tokens.count else { throw MoETuneError.file(path: path, message: "metadata \(Printable.quoted(key)) \(id) is outside the \(tokens.count) tokens") }
             return tokens[id]
         }
         let bos = try token("tokenizer.ggml.bos_token_id"), eos = try token("tokenizer.ggml.eos_token_id")

@@ -66,16 +66,20 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
                 let k = "added_tokens[\(i)]"
                 guard let o = item as? [String: Any] else { throw r.fail(k, "must be an object") }
                 let content = try r.string(o, "content", k)
-                added.tokens.append(.init(id: Int32(try r.int(o["id"], "\(k).id")), content: content, bytes: Array(content.utf8),
+                added.tokens.append(.init(id: try r.tokenId(o["id"], "\(k).id"), content: content, bytes: Array(content.utf8),
                     special: try r.bool(o, "special", k, default: false), lstrip: try r.bool(o, "lstrip", k, default: false),
                     rstrip: try r.bool(o, "rstrip", k, default: false), singleWord: try r.bool(o, "single_word", k, default: false),
                     normalized: try r.bool(o, "normalized", k, default: true)))
             }
         }
         self.added = added
-        rawMatcher = added.matcher(normalized: false, nil)
+        rawMatcher = try added.matcher(normalized: false, nil)
         let norm = normalizer
-        normalizedMatcher = added.matcher(normalized: true, norm.map { n in { n.normalize($0) } })
+        do {
+            normalizedMatcher = try added.matcher(normalized: true, norm.map { n in { try n.normalize($0) } })
+        } catch let e as MoETuneError {
+            throw MoETuneError.file(path: path, message: "normalizing the added tokens: \(e.description)")
+        }
         var byId: [Int32: String] = [:], byContent: [String: Int32] = [:], special = Set<Int32>()
         for t in added.tokens {
             byId[t.id] = t.content; byContent[t.content] = t.id
@@ -89,11 +93,13 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
         var stops = Set(extraStopIds)
         let mdl = model, contents = byContent
         func lookup(_ v: Any?, _ cr: JSONReader, _ key: String) throws -> Int32? {
+            guard let v, !(v is JSONNull) else { return nil }
             var name: String?
             if let s = v as? String { name = s } else if let o = v as? [String: Any] { name = o["content"] as? String }
-            guard let name else { return nil }
+            // `"eos_token": 5` was taken as no EOS at all (dropped from every example).
+            guard let name else { throw cr.fail(key, "must be a token string or {\"content\": string}, got \(Printable.quoted("\(v)"))") }
             guard let id = contents[name] ?? mdl.tokenIds[mdl.byteLevel ? ByteLevelMap.bytes(of: name) : Array(name.utf8)] else {
-                throw cr.fail(key, "'\(name)' is not a token of tokenizer.json")
+                throw cr.fail(key, "\(Printable.quoted(name)) is not a token of tokenizer.json")
             }
             return id
         }
@@ -107,7 +113,7 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
             let gr = JSONReader(path: gp)
             if let v = g["eos_token_id"], !(v is JSONNull) {
                 let list = (v as? [Any]) ?? [v]
-                for (i, x) in list.enumerated() { stops.insert(Int32(try gr.int(x, "eos_token_id[\(i)]"))) }
+                for (i, x) in list.enumerated() { stops.insert(try gr.tokenId(x, "eos_token_id[\(i)]")) }
             }
         }
         if bos == nil, let first = prefixIds.first { bos = first }
@@ -121,54 +127,65 @@ public final class HFTokenizer: TextTokenizer, @unchecked Sendable {
     public func encode(_ text: String) throws -> [Int32] {
         var ids: [Int32] = []
         var ranges: [Range<Int>]? = nil
-        run(text, ids: &ids, ranges: &ranges)
+        try run(text, ids: &ids, ranges: &ranges)
         return ids
     }
 
     public func encodeWithOffsets(_ text: String) throws -> [TokenSpan] {
         var ids: [Int32] = []
         var ranges: [Range<Int>]? = []
-        run(text, ids: &ids, ranges: &ranges)
+        try run(text, ids: &ids, ranges: &ranges)
         return zip(ids, ranges!).map { TokenSpan(id: $0, utf8: $1) }
     }
 
-    private func run(_ text: String, ids: inout [Int32], ranges: inout [Range<Int>]?) {
+    private func run(_ text: String, ids: inout [Int32], ranges: inout [Range<Int>]?) throws {
+        // Offsets and piece lengths are Int32s: a longer text is refused, not trapped.
+        guard text.utf8.count < Int(Int32.max) else {
+            throw MoETuneError.file(path: path, message: "a text of \(text.utf8.count) bytes is more than the tokenizer takes (2 GiB)")
+        }
+        do { try runPieces(text, ids: &ids, ranges: &ranges) } catch let e as MoETuneError {
+            // A Split or Replace regex that backtracks without end (BoundedRegex's step limit).
+            throw MoETuneError.file(path: path, message: e.description)
+        }
+    }
+
+    private func runPieces(_ text: String, ids: inout [Int32], ranges: inout [Range<Int>]?) throws {
         var text = text
         let track = ranges != nil
         let cache = model.takeCache()
         defer { model.giveBack(cache) }
-        text.withUTF8 { b in
+        try text.withUTF8 { b in
             ids.reserveCapacity(b.count / 3)
             var segments: [(Range<Int>, Int32?)] = []
             if rawMatcher.isEmpty { segments = [(0..<b.count, nil)] } else { rawMatcher.split(b, 0..<b.count, into: &segments) }
             for (seg, id) in segments {
                 if let id { ids.append(id); ranges?.append(seg); continue }
                 var buf = TextBuffer(UnsafeBufferPointer(rebasing: b[seg]), offset: seg.lowerBound, track: track)
-                normalizer?.apply(&buf)
+                try normalizer?.apply(&buf)
                 if buf.bytes.isEmpty { continue }
                 if normalizedMatcher.isEmpty {
-                    encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
+                    try encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
                     continue
                 }
                 var parts: [(Range<Int>, Int32?)] = []
                 buf.bytes.withUnsafeBufferPointer { normalizedMatcher.split($0, 0..<$0.count, into: &parts) }
                 if parts.count == 1, parts[0].1 == nil {
-                    encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
+                    try encodeStretch(&buf, start: seg.lowerBound, cache: cache, ids: &ids, ranges: &ranges)
                     continue
                 }
                 for (p, pid) in parts {
                     if let pid { ids.append(pid); ranges?.append(buf.originalRange(p)); continue }
                     var sub = TextBuffer(bytes: Array(buf.bytes[p]), origin: buf.origin.map { Array($0[p]) })
-                    encodeStretch(&sub, start: p.lowerBound == 0 ? seg.lowerBound : seg.lowerBound + 1, cache: cache, ids: &ids, ranges: &ranges)
+                    try encodeStretch(&sub, start: p.lowerBound == 0 ? seg.lowerBound : seg.lowerBound + 1, cache: cache, ids: &ids, ranges: &ranges)
                 }
             }
         }
     }
 
     /// Pre-tokenizer and BPE over one normalized stretch of text.
-    private func encodeStretch(_ buf: inout TextBuffer, start: Int, cache: WordCache, ids: inout [Int32], ranges: inout [Range<Int>]?) {
+    private func encodeStretch(_ buf: inout TextBuffer, start: Int, cache: WordCache, ids: inout [Int32], ranges: inout [Range<Int>]?) throws {
         var pieces = [0..<buf.bytes.count]
-        preTokenizer?.run(&buf, pieces: &pieces, start: start)
+        try preTokenizer?.run(&buf, pieces: &pieces, start: start)
         var local: [Range<Int>]? = ranges == nil ? nil : []
         buf.bytes.withUnsafeBufferPointer { b in
             for p in pieces { model.encode(b, p, cache: cache, ids: &ids, ranges: &local) }

@@ -8,7 +8,7 @@ package struct JSONReader {
 
     package func fail(_ key: String, _ message: String) -> MoETuneError { .file(path: path, message: "\(key): \(message)") }
     package func unsupported(_ key: String, _ type: String) -> MoETuneError {
-        .file(path: path, message: "\(key) type '\(type)' is not supported")
+        .file(path: path, message: "\(key) type \(Printable.quoted(type)) is not supported")
     }
 
     package static func parse(path: String) throws -> [String: Any] {
@@ -48,6 +48,16 @@ package struct JSONReader {
     package func int(_ v: Any?, _ key: String) throws -> Int {
         guard let n = v as? Int else { throw fail(key, "must be an integer") }
         return n
+    }
+    /// The largest token id a file may give (ids index tables of that length).
+    package static let maxTokenId = (1 << 24) - 1
+
+    /// A token id from the file: an integer in 0...maxTokenId, checked before it becomes an
+    /// Int32 (an id like 4294967296 used to trap the conversion).
+    package func tokenId(_ v: Any?, _ key: String) throws -> Int32 {
+        let n = try int(v, key)
+        guard n >= 0, n <= JSONReader.maxTokenId else { throw fail(key, "id \(n) is outside 0..<\(JSONReader.maxTokenId + 1)") }
+        return Int32(n)
     }
     package func array(_ o: [String: Any], _ k: String, _ key: String) throws -> [Any] {
         guard let a = o[k] as? [Any] else { throw fail("\(key).\(k)", o[k] == nil ? "missing" : "must be a list") }

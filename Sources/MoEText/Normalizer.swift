@@ -32,7 +32,7 @@ package indirect enum Normalizer: Sendable {
         }
     }
 
-    package func apply(_ t: inout TextBuffer) {
+    package func apply(_ t: inout TextBuffer) throws {
         switch self {
         case .nfc, .nfd, .nfkc, .nfkd:
             if !t.bytes.contains(where: { $0 >= 0x80 }) { return }
@@ -72,7 +72,7 @@ package indirect enum Normalizer: Sendable {
             t.rewrite { emit in emit(p[...], 0..<0); emit(old[all], all) }
         case let .replace(pattern, content):
             var parts: [(Range<Int>, Bool)] = []
-            t.bytes.withUnsafeBufferPointer { pattern.find($0, 0..<$0.count, into: &parts) }
+            try t.bytes.withUnsafeBufferPointer { try pattern.find($0, 0..<$0.count, into: &parts) }
             if !parts.contains(where: { $0.1 }) { return }
             let old = t.bytes
             t.rewrite { emit in
@@ -102,7 +102,7 @@ package indirect enum Normalizer: Sendable {
             let old = t.bytes
             t.rewrite { emit in emit(old[lo..<hi], lo..<hi) }
         case let .sequence(list):
-            for n in list { n.apply(&t) }
+            for n in list { try n.apply(&t) }
         }
     }
 
@@ -130,9 +130,9 @@ package indirect enum Normalizer: Sendable {
     }
 
     /// The normalizer of an added token's content (for tokens with normalized: true).
-    package func normalize(_ s: String) -> [UInt8] {
+    package func normalize(_ s: String) throws -> [UInt8] {
         var t = TextBuffer(Array(s.utf8), offset: 0, track: false)
-        apply(&t)
+        try apply(&t)
         return t.bytes
     }
 }

@@ -17,7 +17,7 @@ package indirect enum PreTokenizer: Sendable {
         let type = try r.string(o, "type", key)
         func behavior(_ d: Behavior) throws -> Behavior {
             guard let s = try r.optionalString(o, "behavior", key) else { return d }
-            guard let b = Behavior(rawValue: s) else { throw r.fail("\(key).behavior", "'\(s)' is not supported") }
+            guard let b = Behavior(rawValue: s) else { throw r.fail("\(key).behavior", "\(Printable.quoted(s)) is not supported") }
             return b
         }
         switch type {
@@ -40,7 +40,7 @@ package indirect enum PreTokenizer: Sendable {
             guard rep.unicodeScalars.count == 1 else { throw r.fail("\(key).replacement", "must be one character") }
             var scheme: PrependScheme = .always
             if let s = try r.optionalString(o, "prepend_scheme", key) {
-                guard let p = PrependScheme(rawValue: s) else { throw r.fail("\(key).prepend_scheme", "'\(s)' is not supported") }
+                guard let p = PrependScheme(rawValue: s) else { throw r.fail("\(key).prepend_scheme", "\(Printable.quoted(s)) is not supported") }
                 scheme = p
             } else if o["add_prefix_space"] != nil {
                 scheme = try r.bool(o, "add_prefix_space", key, default: true) ? .always : .never
@@ -69,16 +69,16 @@ package indirect enum PreTokenizer: Sendable {
 
     /// Cuts `t` (one stretch of text between added tokens, starting at original byte
     /// `start`) into pieces.
-    package func run(_ t: inout TextBuffer, pieces: inout [Range<Int>], start: Int) {
+    package func run(_ t: inout TextBuffer, pieces: inout [Range<Int>], start: Int) throws {
         switch self {
         case let .split(pattern, behavior, invert):
             var out: [Range<Int>] = []
             out.reserveCapacity(pieces.count * 4)
             var parts: [(Range<Int>, Bool)] = []
-            t.bytes.withUnsafeBufferPointer { b in
+            try t.bytes.withUnsafeBufferPointer { b in
                 for p in pieces {
                     parts.removeAll(keepingCapacity: true)
-                    pattern.find(b, p, into: &parts)
+                    try pattern.find(b, p, into: &parts)
                     if invert { for k in parts.indices { parts[k].1.toggle() } }
                     PreTokenizer.apply(behavior, parts, into: &out)
                 }
@@ -99,7 +99,7 @@ package indirect enum PreTokenizer: Sendable {
                 }
                 pieces = np
             }
-            if useRegex { PreTokenizer.split(.gpt2, .isolated, invert: false).run(&t, pieces: &pieces, start: start) }
+            if useRegex { try PreTokenizer.split(.gpt2, .isolated, invert: false).run(&t, pieces: &pieces, start: start) }
         case let .metaspace(rep, scheme, split):
             let old = t.bytes, oldPieces = pieces
             var np: [Range<Int>] = []
@@ -123,9 +123,9 @@ package indirect enum PreTokenizer: Sendable {
                 }
             }
             pieces = np
-            if split { PreTokenizer.split(.literal(rep), .mergedWithNext, invert: false).run(&t, pieces: &pieces, start: start) }
+            if split { try PreTokenizer.split(.literal(rep), .mergedWithNext, invert: false).run(&t, pieces: &pieces, start: start) }
         case let .sequence(list):
-            for p in list { p.run(&t, pieces: &pieces, start: start) }
+            for p in list { try p.run(&t, pieces: &pieces, start: start) }
         }
     }
 

@@ -5,13 +5,16 @@ import MoEFormats
 /// UTF-8 bytes. The pre-tokenizer regexes of GPT-2, Llama 3 and Qwen2 are recognised by their
 /// exact text and scanned by hand over Unicode scalars, with the semantics of the Oniguruma
 /// regexes Hugging Face tokenizers runs (leftmost alternative first, greedy with
-/// backtracking); any other regex runs on Swift Regex with Unicode-scalar semantics.
+/// backtracking); any other regex runs on BoundedRegex (the same semantics, with a step
+/// limit: a pattern that backtracks without end is an error, not a hang), or, for a construct
+/// BoundedRegex does not parse, on Swift Regex with Unicode-scalar semantics.
 package enum SplitPattern: @unchecked Sendable {
     case gpt2
     /// Llama 3 (maxDigits 3) and Qwen2 (maxDigits 1).
     case llama3(maxDigits: Int)
     case literal([UInt8])
     case regex(Regex<AnyRegexOutput>)
+    case bounded(BoundedRegex)
     /// Each scalar whose class has one of these bits is a match of its own.
     case scalarClass(UInt8)
     /// The Whitespace pre-tokenizer's `\w+|[^\w\s]+`, \w being Oniguruma's word class
@@ -29,6 +32,7 @@ package enum SplitPattern: @unchecked Sendable {
         case llama3Source: return .llama3(maxDigits: 3)
         case qwen2Source: return .llama3(maxDigits: 1)
         default:
+            if let b = BoundedRegex(source) { return .bounded(b) }
             do {
                 let r = try Regex(source).matchingSemantics(.unicodeScalar)
                 return .regex(r)
@@ -39,7 +43,7 @@ package enum SplitPattern: @unchecked Sendable {
     }
 
     /// Appends (range, isMatch) pieces covering `range` of `b`, in order.
-    package func find(_ b: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, into out: inout [(Range<Int>, Bool)]) {
+    package func find(_ b: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, into out: inout [(Range<Int>, Bool)]) throws {
         var last = range.lowerBound
         func emit(_ r: Range<Int>) {
             if last < r.lowerBound { out.append((last..<r.lowerBound, false)) }
@@ -93,6 +97,13 @@ package enum SplitPattern: @unchecked Sendable {
                 emit(i..<j)
                 i = j
             }
+        case let .bounded(r):
+            let found: [Range<Int>]
+            do { found = try r.matches(b, range) } catch let e as BoundedRegex.StepLimit {
+                throw MoETuneError.invalid("the regex \(Printable.quoted(r.source)) took more than \(e.steps) steps on a text of \(e.scalars) characters "
+                    + "(catastrophic backtracking) and was stopped; the tokenizer cannot use this pattern")
+            }
+            for m in found { emit(m) }
         case let .regex(r):
             let s = String(decoding: UnsafeBufferPointer(rebasing: b[range]), as: UTF8.self)
             let u = s.utf8

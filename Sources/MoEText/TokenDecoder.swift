@@ -21,7 +21,7 @@ package indirect enum TokenDecoder: Sendable {
         case "Metaspace":
             var scheme: PreTokenizer.PrependScheme = .always
             if let s = try r.optionalString(o, "prepend_scheme", key) {
-                guard let p = PreTokenizer.PrependScheme(rawValue: s) else { throw r.fail("\(key).prepend_scheme", "'\(s)' is not supported") }
+                guard let p = PreTokenizer.PrependScheme(rawValue: s) else { throw r.fail("\(key).prepend_scheme", "\(Printable.quoted(s)) is not supported") }
                 scheme = p
             } else if o["add_prefix_space"] != nil {
                 scheme = try r.bool(o, "add_prefix_space", key, default: true) ? .always : .never
@@ -126,7 +126,7 @@ package enum PostProcessor {
             guard let cls = o["cls"] as? [Any], cls.count == 2, let sep = o["sep"] as? [Any], sep.count == 2 else {
                 throw r.fail(key, "cls and sep must be [token, id]")
             }
-            return ([Int32(try r.int(cls[1], "\(key).cls"))], [Int32(try r.int(sep[1], "\(key).sep"))])
+            return ([try r.tokenId(cls[1], "\(key).cls")], [try r.tokenId(sep[1], "\(key).sep")])
         case "TemplateProcessing":
             let specials = try r.optionalObject(o["special_tokens"], "\(key).special_tokens") ?? [:]
             var pre: [Int32] = [], suf: [Int32] = []
@@ -139,9 +139,9 @@ package enum PostProcessor {
                     throw r.fail(k, "must be {\"Sequence\": ...} or {\"SpecialToken\": ...}")
                 }
                 guard let entry = specials[name] as? [String: Any], let ids = entry["ids"] as? [Any] else {
-                    throw r.fail("\(key).special_tokens", "'\(name)' is missing")
+                    throw r.fail("\(key).special_tokens", "\(Printable.quoted(name)) is missing")
                 }
-                let v = try ids.map { Int32(try r.int($0, "\(key).special_tokens.\(name).ids")) }
+                let v = try ids.map { try r.tokenId($0, "\(key).special_tokens.\(name).ids") }
                 if seenA { suf += v } else { pre += v }
             }
             return (pre, suf)

@@ -17,7 +17,12 @@ package final class BatchPlan {
     /// can differ in count).
     private var counts: [Int] = []
     private var preparedEpoch = -1
+    /// The prepared epoch's micro-batches as example indices, and the window of them laid out
+    /// as TokenBatches (a whole epoch laid out at once held every drawn token twice).
+    private var epochRows: [[[Int]]] = []
+    private var windowStart = 0
     private var prepared: [TokenBatch] = []
+    package static let window = 64
 
     package init(examples: [Example], mix: WeightedMix, batchSize: Int, packing: PackingPlan?, seed: UInt64) {
         self.examples = examples
@@ -30,6 +35,16 @@ package final class BatchPlan {
     /// The micro-batches of `epoch` as lists of rows of example indices (unpacked: one
     /// example a row).
     package func batches(epoch: Int) -> [[[Int]]] {
+        if let last = lastPlanned, last.epoch == epoch { return last.rows }
+        let rows = plan(epoch: epoch)
+        lastPlanned = (epoch, rows)
+        return rows
+    }
+
+    /// The epoch planned last (count and microBatch ask for the same epoch in turn).
+    private var lastPlanned: (epoch: Int, rows: [[[Int]]])?
+
+    private func plan(epoch: Int) -> [[[Int]]] {
         let drawn = mix.isIdentity ? Array(examples.indices) : mix.draw(seed: seed, epoch: epoch)
         if let packing {
             return packing.batches(drawn.map { examples[$0].tokens.count }, seed: seed, epoch: epoch)
@@ -47,19 +62,26 @@ package final class BatchPlan {
     /// Micro-batches of the first epoch (the step plan counts epochs in these).
     package var perEpoch: Int { count(epoch: 0) }
 
-    /// The m-th micro-batch of the run. An epoch's batches are laid out at once, before its
-    /// steps, so a step only computes: the hot path allocates nothing.
+    /// The m-th micro-batch of the run. An epoch's batches are planned at once and laid out
+    /// `window` at a time, before their steps, so a step only computes; the memory is the
+    /// epoch's index lists and one window of batches, not every drawn token.
     package func microBatch(_ m: Int) -> TokenBatch {
         var epoch = 0, index = m
         while index >= count(epoch: epoch) { index -= count(epoch: epoch); epoch += 1 }
         if epoch != preparedEpoch {
-            prepared = batches(epoch: epoch).map { rows in
+            epochRows = batches(epoch: epoch)
+            preparedEpoch = epoch
+            prepared = []
+            windowStart = 0
+        }
+        if index < windowStart || index >= windowStart + prepared.count {
+            windowStart = index / BatchPlan.window * BatchPlan.window
+            prepared = epochRows[windowStart..<min(windowStart + BatchPlan.window, epochRows.count)].map { rows in
                 packing != nil ? TokenBatch(packedRows: rows.map { $0.map { examples[$0] } })
                                : TokenBatch(examples: rows.map { examples[$0[0]] })
             }
-            preparedEpoch = epoch
         }
-        return prepared[index]
+        return prepared[index - windowStart]
     }
 
     /// The largest micro-batch any epoch can hold: (rows, tokens a row), for the buffers.
@@ -67,8 +89,9 @@ package final class BatchPlan {
         let longest = examples.map(\.tokens.count).max() ?? 1
         let drawn = max(1, mix.drawnPerEpoch)
         guard let packing else { return (min(batchSize, drawn), longest) }
-        let total = mix.files.reduce(0) { n, f in
-            n + Int(f.weight.rounded(.up)) * f.examples.reduce(0) { $0 + examples[$1].tokens.count }
+        let total = mix.files.reduce(0) { n, f in   // saturating: only compared with rowTokens
+            let t = f.weight.rounded(.up) * Double(f.examples.reduce(0) { $0 + examples[$1].tokens.count })
+            return n.addingReportingOverflow(t < 1e15 ? Int(t) : 1 << 50).partialValue
         }
         return (min(packing.rows, drawn), max(longest, min(packing.rowTokens, total)))
     }

@@ -164,10 +164,15 @@ public struct TrainBenchmark {
     }
 
     /// `bench-train --dump-batches`: refuses a path that is or lies inside one of `inputs`
-    /// (the model folder or file, the data file), which it used to replace in place.
+    /// (the model folder or file, the data file), which it used to replace in place, and,
+    /// by OutputFolder's rule, an existing file that is not an earlier dump (a JSON object of
+    /// exactly warmup, steps and batches), or one in a folder another moe-tune run holds.
     public static func checkDumpPath(_ path: String, inputs: [String]) throws {
-        for input in inputs where OutputFolder.contains(input, path) {
-            throw MoETuneError.file(path: path, message: "--dump-batches is or lies inside the input \(input); choose another path")
+        try OutputFolder.checkFile(path, option: "--dump-batches", inputs: inputs, overwrite: true,
+                                   what: "not an earlier --dump-batches JSON") { p in
+            guard let d = FileManager.default.contents(atPath: p),
+                  let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return false }
+            return Set(o.keys) == ["warmup", "steps", "batches"]
         }
     }
 

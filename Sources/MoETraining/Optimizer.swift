@@ -101,3 +101,21 @@ public func clipGradientNorm(_ store: ParameterStore, maxNorm: Float?) -> Double
     }
     return norm
 }
+
+/// What the divergence guard watches besides NaN and inf: an update so large that the
+/// adapter's weights leave any sane range (lr 1e30 without grad_clip gave B ~ 3.9e30, the
+/// loss stuck at exactly ln V and a gradient norm of 0, and the run exited 0), and a run whose
+/// gradient is exactly zero step after step while it has tokens to learn from.
+package enum DivergenceGuard {
+    /// The largest |weight| an adapter may reach (LoRA weights are far below 1 in practice).
+    package static let maxWeight: Float = 1e4
+    /// Consecutive steps with counted tokens and a gradient norm of exactly 0 that stop a run.
+    package static let zeroGradientSteps = 5
+
+    /// The index and value of the first weight above `maxWeight` in magnitude (or not finite), if any.
+    package static func firstExcessive(_ store: ParameterStore) -> (index: Int, value: Float)? {
+        let p = store.params.pointer
+        for i in 0..<store.count where !(abs(p[i]) <= maxWeight) { return (i, p[i]) }
+        return nil
+    }
+}

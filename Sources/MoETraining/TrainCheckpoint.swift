@@ -19,6 +19,11 @@ import MoEInference
 /// The folder is written under a temporary name and renamed into place, every file fsynced,
 /// so `step-N` exists complete or not at all; older checkpoints beyond `keep` are removed
 /// only after the new one is in place.
+///
+/// A checkpoint proves itself: `manifest.json` records the size and SHA-256 of every file it
+/// holds and of the training data files it was made from. `restore` checks both before it
+/// uses anything: a damaged file is refused naming it, and so is a data file that changed
+/// since (unless the user accepts that: --accept-data-change).
 public struct TrainCheckpoint {
     public static let format = "moe-tune-checkpoint-1"
 
@@ -34,6 +39,38 @@ public struct TrainCheckpoint {
 
     public static func folder(_ outDir: String) -> String { outDir + "/checkpoints" }
 
+    public static let manifestName = "manifest.json"
+    public static let manifestFormat = "moe-tune-manifest-1"
+    /// The files a checkpoint folder holds besides its manifest.
+    public static let files = ["adapter_config.json", "adapter_model.safetensors", "config.yaml", "state.safetensors"]
+
+    /// A file as a manifest records it.
+    public struct FileIdentity: Equatable, Sendable {
+        public var path: String
+        public var size: Int
+        public var sha256: String
+
+        public static func of(_ path: String) throws -> FileIdentity {
+            let (size, digest) = try SHA256.file(path)
+            return FileIdentity(path: path, size: size, sha256: digest)
+        }
+
+        var json: [String: Any] { ["path": path, "size": size, "sha256": sha256] }
+
+        init(path: String, size: Int, sha256: String) { (self.path, self.size, self.sha256) = (path, size, sha256) }
+
+        init?(json: Any) {
+            guard let o = json as? [String: Any], let p = o["path"] as? String, let n = o["size"] as? Int, let h = o["sha256"] as? String else { return nil }
+            (path, size, sha256) = (p, n, h)
+        }
+    }
+
+    /// The training data files of a run (each once), identified.
+    public static func identify(data paths: [String]) throws -> [FileIdentity] {
+        var seen = Set<String>()
+        return try paths.filter { seen.insert($0).inserted }.map { try FileIdentity.of($0) }
+    }
+
     /// The complete checkpoints in out_dir, oldest first, as (step, path).
     public static func list(outDir: String) -> [(step: Int, path: String)] {
         let dir = folder(outDir)
@@ -47,7 +84,8 @@ public struct TrainCheckpoint {
 
     /// Writes the checkpoint of `adapters` and `optimizer` into out_dir, then keeps the last `keep`.
     @discardableResult
-    public func write(outDir: String, adapters: AdapterSet, optimizer: Optimizer, family: ModelFamily, baseModel: String, keep: Int) throws -> String {
+    public func write(outDir: String, adapters: AdapterSet, optimizer: Optimizer, family: ModelFamily, baseModel: String, keep: Int,
+                      data: [FileIdentity] = []) throws -> String {
         let fm = FileManager.default
         let dir = TrainCheckpoint.folder(outDir)
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -72,6 +110,15 @@ public struct TrainCheckpoint {
             if let lastValidLoss { w.metadata["last_valid_loss"] = "\(lastValidLoss)" }
             try w.write(to: staging + "/state.safetensors")
             try AtomicFile.write(Data(configYAML.utf8), to: staging + "/config.yaml")
+            // The manifest last: what every file holds, as written (read back from disk).
+            let own = try TrainCheckpoint.files.map { name -> [String: Any] in
+                var j = try FileIdentity.of(staging + "/" + name).json
+                j["path"] = name
+                return j
+            }
+            let manifest: [String: Any] = ["format": TrainCheckpoint.manifestFormat, "step": step, "files": own, "data": data.map(\.json)]
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: manifest, options: [.prettyPrinted, .sortedKeys]),
+                                 to: staging + "/" + TrainCheckpoint.manifestName)
             if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
             guard rename(staging, final) == 0 else {
                 throw MoETuneError.file(path: final, message: "cannot move the checkpoint into place: \(String(cString: strerror(errno)))")
@@ -90,6 +137,50 @@ public struct TrainCheckpoint {
     /// Reads the checkpoint at `path`, lets `check` refuse it (a changed config), then loads
     /// its parameters and optimizer state into `adapters` and `optimizer` (which must have
     /// the shapes the checkpoint was written with).
+    /// Checks the checkpoint at `path` against its manifest: every file it lists is there
+    /// with its size and SHA-256. Returns the training data the checkpoint was made from, or
+    /// nil for a checkpoint without a manifest (written before manifests existed).
+    public static func verify(path: String) throws -> [FileIdentity]? {
+        let mpath = path + "/" + manifestName
+        guard let data = FileManager.default.contents(atPath: mpath) else {
+            return FileManager.default.fileExists(atPath: mpath) ? [] : nil
+        }
+        guard let m = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], m["format"] as? String == manifestFormat,
+              let files = (m["files"] as? [Any])?.compactMap(FileIdentity.init(json:)), let dataList = m["data"] as? [Any] else {
+            throw MoETuneError.file(path: mpath, message: "is damaged (not a \(manifestFormat) manifest); remove \(path) to resume from the checkpoint before it, or start over")
+        }
+        guard Set(files.map(\.path)) == Set(TrainCheckpoint.files) else {
+            throw MoETuneError.file(path: mpath, message: "lists \(files.map(\.path).sorted()), not the files of a checkpoint \(TrainCheckpoint.files); remove \(path) to resume from the checkpoint before it")
+        }
+        for f in files {
+            let file = path + "/" + f.path
+            guard FileManager.default.fileExists(atPath: file) else {
+                throw MoETuneError.file(path: file, message: "is missing from the checkpoint; remove \(path) to resume from the checkpoint before it, or start over")
+            }
+            let now = try FileIdentity.of(file)
+            guard now.size == f.size, now.sha256 == f.sha256 else {
+                throw MoETuneError.file(path: file, message: "is damaged: "
+                    + (now.size != f.size ? "\(now.size) bytes, the manifest says \(f.size)" : "its SHA-256 \(now.sha256.prefix(16))… differs from the manifest's \(f.sha256.prefix(16))…")
+                    + "; remove \(path) to resume from the checkpoint before it, or start over")
+            }
+        }
+        return dataList.compactMap(FileIdentity.init(json:))
+    }
+
+    /// How the training data differs from what a checkpoint was made from: one line a file.
+    public static func dataChanges(recorded: [FileIdentity], now: [FileIdentity]) -> [(path: String, change: String)] {
+        var out: [(String, String)] = []
+        let current = Dictionary(now.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
+        for r in recorded {
+            guard let n = current[r.path] else { out.append((r.path, "is no longer a training file")); continue }
+            if n.size != r.size { out.append((r.path, "changed: \(r.size) bytes then, \(n.size) now")) }
+            else if n.sha256 != r.sha256 { out.append((r.path, "changed: same size, SHA-256 \(r.sha256.prefix(16))… then, \(n.sha256.prefix(16))… now")) }
+        }
+        let old = Set(recorded.map(\.path))
+        for n in now where !old.contains(n.path) { out.append((n.path, "is a training file the checkpoint was not made from")) }
+        return out
+    }
+
     public static func restore(path: String, adapters: AdapterSet, optimizer: Optimizer,
                                check: (TrainCheckpoint) throws -> Void = { _ in }) throws -> TrainCheckpoint {
         let statePath = path + "/state.safetensors"

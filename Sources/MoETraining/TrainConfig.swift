@@ -339,6 +339,11 @@ public struct TrainConfig: Equatable, Sendable {
                     }
                     let file = TrainFile(path: try f.string("path"), weight: try f.double("weight", default: 1))
                     guard file.weight > 0 else { throw f.fail("weight", "must be positive, got \(file.weight)") }
+                    // Every draw of an epoch is listed: a huge weight asked for gigabytes (1e7) or
+                    // more than exists (1e15) before the first step.
+                    guard file.weight <= WeightedMix.maxWeight else {
+                        throw f.fail("weight", "\(file.weight) is more than \(Int(WeightedMix.maxWeight)) draws of each example an epoch; lower it (the other files' weights are relative to it)")
+                    }
                     try f.finish()
                     return file
                 default:

@@ -72,20 +72,25 @@ public final class Trainer {
     /// micro-batches are shared out (rank r takes r, r + ranks, ...), gradients, losses and
     /// token counts are summed, and every rank takes the same optimizer step: the result is
     /// the single-process run with grad_accum x ranks. Rank 0 alone touches out_dir.
-    public func run(overwrite: Bool = false, resume: Bool = false, events: TrainerEvents = TrainerEvents(),
+    /// `acceptDataChange` (with `resume`): continue although a training data file changed
+    /// since the checkpoint was written (recorded in metrics.jsonl); without it that is refused.
+    public func run(overwrite: Bool = false, resume: Bool = false, acceptDataChange: Bool = false, events: TrainerEvents = TrainerEvents(),
                     world: Collective = SingleProcess()) throws -> TrainSummary {
         let outDir = config.training.outDir
+        if acceptDataChange && !resume {
+            throw MoETuneError.invalid("--accept-data-change goes with --resume: it lets a resumed run continue on training data edited since its checkpoint")
+        }
         guard world.isRoot else {
-            return try train(outDir: outDir, resume: resume, resumeFrom: nil, events: events, world: world)
+            return try train(outDir: outDir, resume: resume, resumeFrom: nil, acceptDataChange: acceptDataChange, events: events, world: world)
         }
         let lock = try prepareOutDir(outDir, overwrite: overwrite, resume: resume)
         return try withExtendedLifetime(lock) {
             try train(outDir: outDir, resume: resume, resumeFrom: resume ? TrainCheckpoint.list(outDir: outDir).last?.path : nil,
-                      events: events, world: world)
+                      acceptDataChange: acceptDataChange, events: events, world: world)
         }
     }
 
-    private func train(outDir: String, resume: Bool, resumeFrom: String?, events: TrainerEvents, world: Collective) throws -> TrainSummary {
+    private func train(outDir: String, resume: Bool, resumeFrom: String?, acceptDataChange: Bool, events: TrainerEvents, world: Collective) throws -> TrainSummary {
         // The run as one process would do it: grad_accum x ranks micro-batches a step. The
         // resolved config.yaml records that figure, so a run resumes on any number of ranks
         // whose product with grad_accum stays the same.
@@ -144,6 +149,11 @@ public final class Trainer {
         let mix = WeightedMix(files: c.data.trainFiles.enumerated().map { i, f in
             (train.examples.indices.filter { fileOf[$0] == i }, f.weight)
         })
+        if !mix.isIdentity, let (i, drawn) = mix.excessiveDraws() {
+            throw MoETuneError.config(path: configPath, key: c.data.trainFiles.count > 1 || c.data.trainFiles[0].weight != 1 ? "data.train[\(i)].weight" : "data.train",
+                message: "\(c.data.trainFiles[i].weight) draws of \(mix.files[i].examples.count) examples make about \(String(format: "%.0f", drawn)) examples an epoch, "
+                    + "more than \(WeightedMix.maxDrawnPerEpoch) (every draw is listed when the epoch starts); lower the weight")
+        }
         if !mix.isIdentity {
             events.log("mix: " + zip(c.data.trainFiles, mix.files).map { "\($0.path) \($1.examples.count) examples x \($0.weight)" }
                 .joined(separator: ", ") + " = \(mix.drawnPerEpoch) drawn an epoch")
@@ -201,9 +211,15 @@ public final class Trainer {
         // whole when a head adapter has dropout. The estimate counts the same buffers.
         let headChunkRows = adapters.head == nil || adapters.dropout == nil ? ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize) : nil
         let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest, headChunkRows: headChunkRows)
+        let batchKey = packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size"
         if let physical = MemoryEstimate.physicalBytes, needed > physical {
-            throw MoETuneError.config(path: configPath, key: packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size",
+            throw MoETuneError.config(path: configPath, key: batchKey,
                 message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size, training.batch_tokens or training.max_seq_len")
+        }
+        // The process's own limits (ulimit -v / -d, the cgroup's memory.max): what is left under them now.
+        for limit in MemoryEstimate.processLimits() where needed + MemoryEstimate.processMargin > limit.left {
+            throw MoETuneError.config(path: configPath, key: batchKey,
+                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than the \(MemoryEstimate.format(max(limit.left - MemoryEstimate.processMargin, 0))) left under \(limit.what); lower training.batch_size, training.batch_tokens or training.max_seq_len, or raise the limit")
         }
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: adapters.maxRank, jitter: model.moe.jitter > 0, headChunkRows: headChunkRows)
@@ -212,10 +228,15 @@ public final class Trainer {
         let mc = model.config
         adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
 
-        // Resume: parameters, optimizer state and position from the newest checkpoint.
+        // Resume: parameters, optimizer state and position from the newest checkpoint, once
+        // its manifest vouches for its files and the training data it was made from.
         let yaml = c.resolvedYAML()
+        let dataIdentity = root ? try TrainCheckpoint.identify(data: c.data.trainFiles.map(\.path)) : []
         var resumed: TrainCheckpoint?
+        var dataChanges: [(path: String, change: String)] = []
         if root, let path = resumeFrom {
+            let recordedData = try TrainCheckpoint.verify(path: path)
+            if recordedData == nil { events.log("note: \(path) has no manifest (an older moe-tune wrote it): its files and data are not verified") }
             let ck = try TrainCheckpoint.restore(path: path, adapters: adapters, optimizer: optimizer) { ck in
                 let changed = ConfigFingerprint.changes(from: ck.configYAML, to: yaml)
                 guard changed.isEmpty, ck.configHash == ConfigFingerprint.hash(yaml) else {
@@ -225,6 +246,12 @@ public final class Trainer {
                 guard totalSteps >= ck.step else {
                     throw MoETuneError.config(path: configPath, key: tc.maxSteps != nil ? "training.max_steps" : "training.epochs",
                         message: "gives \(totalSteps) steps, but the checkpoint \(path) is at step \(ck.step); it can only be extended")
+                }
+                dataChanges = TrainCheckpoint.dataChanges(recorded: recordedData ?? dataIdentity, now: dataIdentity)
+                if let first = dataChanges.first, !acceptDataChange {
+                    throw MoETuneError.file(path: first.path, message: "\(first.change) since the checkpoint \(path) was made from it"
+                        + (dataChanges.count > 1 ? " (and \(dataChanges.count - 1) more: \(dataChanges.dropFirst().map(\.path).joined(separator: ", ")))" : "")
+                        + "; --resume continues only on the data a run was made from: restore it, or pass --accept-data-change to continue on the edited data")
                 }
             }
             resumed = ck
@@ -236,6 +263,12 @@ public final class Trainer {
         let startStep = (resumed?.step ?? 0) + 1
 
         let metrics = root ? try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps) : nil
+        if let ck = resumed, !dataChanges.isEmpty {
+            events.log("data changed since checkpoint step \(ck.step): " + dataChanges.map { "\($0.path) \($0.change)" }.joined(separator: "; ")
+                + "; continuing on the edited data (--accept-data-change)")
+            try metrics?.write(["type": "data_change", "resumed_after_step": ck.step, "accepted": true,
+                                "files": dataChanges.map { ["path": $0.path, "change": $0.change] }])
+        }
         if root { try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml") }
         var lastCheckpoint: String?
         func checkpoint(step: Int, microIndex: Int, trainedTokens: Int, elapsed: Double, firstValid: Double?, lastValid: Double?) throws {
@@ -244,7 +277,7 @@ public final class Trainer {
                                      elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
                                      configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
             lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, family: model.family, baseModel: c.model,
-                                          keep: tc.keepCheckpoints)
+                                          keep: tc.keepCheckpoints, data: dataIdentity)
         }
 
         var firstRouting: RoutingStatistics?
@@ -283,6 +316,7 @@ public final class Trainer {
         var trainedTokens = resumed?.trainedTokens ?? 0
         var microIndex = resumed?.microIndex ?? 0
         var stoppedAt: Int?
+        var zeroGradientSteps = 0
         for step in stride(from: startStep, through: totalSteps, by: 1) {
             let group = microIndex..<(microIndex + tc.gradAccum)
             var stepTokens = 0, computed = 0, real = 0
@@ -330,7 +364,27 @@ public final class Trainer {
             }
             lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
             let lr = schedule.lr(step: step)
+            // Not NaN, but as dead: a gradient of exactly 0, step after step, with tokens to learn.
+            zeroGradientSteps = norm == 0 && stepTokens > 0 ? zeroGradientSteps + 1 : 0
+            if zeroGradientSteps >= DivergenceGuard.zeroGradientSteps {
+                let kept = lastCheckpoint ?? (root ? TrainCheckpoint.list(outDir: outDir).last?.path : nil)
+                throw MoETuneError.config(path: configPath, key: "optimizer.lr",
+                    message: "training stopped at step \(step): the gradient norm has been exactly 0 for \(zeroGradientSteps) steps (loss \(loss)); "
+                        + "the adapter is saturated, most likely by too high a learning rate (\(c.optimizer.lr)\(c.optimizer.gradClip == nil ? ", grad_clip off" : "")); "
+                        + (kept.map { "the last checkpoint from before the gradient vanished, \($0), is kept" } ?? "no checkpoint was written")
+                        + "; lower optimizer.lr and start again")
+            }
             optimizer.step(lr: Float(lr))
+            // An update that takes the weights out of any sane range: the step before it is kept.
+            if let (i, v) = DivergenceGuard.firstExcessive(adapters.store) {
+                adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
+                if root { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
+                throw MoETuneError.config(path: configPath, key: "optimizer.lr",
+                    message: "training diverged at step \(step): an adapter weight reached \(v) (element \(i); more than \(DivergenceGuard.maxWeight) in magnitude) after an update at learning rate \(lr)"
+                        + "\(c.optimizer.gradClip == nil ? " with grad_clip off" : ""); the learning rate is most likely too high: lower optimizer.lr"
+                        + "\(c.optimizer.gradClip == nil ? " or set optimizer.grad_clip" : ""). The adapter before step \(step) is saved in \(outDir)"
+                        + ((lastCheckpoint ?? (root ? TrainCheckpoint.list(outDir: outDir).last?.path : nil)).map { "; the last checkpoint \($0) is kept" } ?? ""))
+            }
             trainedTokens += stepTokens
             let elapsed = elapsedBefore + Date().timeIntervalSince(start)
             let record = StepRecord(step: step, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: stepTokens,
@@ -350,7 +404,9 @@ public final class Trainer {
             }
             // Every rank stops at the same step (a signal reaches ranks at different moments).
             let stop = try world.any(events.shouldStop())
-            if stop || step == totalSteps || (tc.saveEvery > 0 && step % tc.saveEvery == 0) {
+            // No periodic checkpoint while the gradient is exactly 0: with keep_checkpoints it
+            // could rotate the last good one out before the guard above stops the run.
+            if stop || step == totalSteps || (tc.saveEvery > 0 && step % tc.saveEvery == 0 && zeroGradientSteps == 0) {
                 try checkpoint(step: step, microIndex: microIndex, trainedTokens: trainedTokens, elapsed: elapsed,
                                firstValid: firstValid, lastValid: lastValid)
                 if step != totalSteps && root { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
@@ -486,6 +542,12 @@ public final class Trainer {
         let lock = try DirectoryLock(directory: dir)
         AtomicFile.removeStale(in: dir, all: true)
         AtomicFile.removeStale(in: TrainCheckpoint.folder(dir), all: true)
+        // OutputFolder's rule: train writes only into its own kind of folder, and --overwrite
+        // removes only a run moe-tune wrote (never a foreign adapter folder's files).
+        if OutputFolder.kind(of: dir) == .model {
+            throw MoETuneError.config(path: configPath, key: key,
+                message: "\(dir) holds a model folder written by moe-tune \(OutputFolder.writer(of: dir) ?? "merge"); choose another out_dir")
+        }
         let existing = Trainer.runFiles.filter { fm.fileExists(atPath: dir + "/" + $0) }
         if resume {
             guard TrainCheckpoint.list(outDir: dir).last != nil else {
@@ -495,6 +557,10 @@ public final class Trainer {
             guard overwrite else {
                 throw MoETuneError.config(path: configPath, key: key,
                     message: "\(dir) already holds a training run (\(existing.joined(separator: ", "))); continue it with --resume, choose another out_dir or pass --overwrite")
+            }
+            guard OutputFolder.kind(of: dir) == .trainingRun else {
+                throw MoETuneError.config(path: configPath, key: key,
+                    message: "\(dir) was not written by moe-tune (it has no \(OutputFolder.markerName)); --overwrite removes only a run moe-tune wrote: remove its files yourself or choose another out_dir")
             }
             for f in existing {
                 do { try fm.removeItem(atPath: dir + "/" + f) } catch {

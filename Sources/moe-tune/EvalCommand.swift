@@ -29,10 +29,11 @@ struct EvalCommand: ParsableCommand {
     @Flag(help: "Also decode greedily from each prompt and report exact-match accuracy (and per task).")
     var generate = false
 
-    @Option(help: "With --generate: the most new tokens per answer.")
+    // `.unconditional`: a negative value is refused by validate with a reason, not read as a flag.
+    @Option(parsing: .unconditional, help: "With --generate: the most new tokens per answer.")
     var maxNewTokens = 64
 
-    @Option(help: "With --generate: sequences decoded at once (continuous batching); default from the cores and memory.")
+    @Option(parsing: .unconditional, help: "With --generate: sequences decoded at once (continuous batching); default from the cores and memory.")
     var parallel: Int?
 
     @Flag(help: "With --generate: multiply as training does (weights widened to fp32), not in their own blocks; slower, the reference answers.")

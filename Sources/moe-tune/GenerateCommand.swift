@@ -23,30 +23,33 @@ struct GenerateCommand: ParsableCommand {
 
     @Option(help: "Model folder.") var model: String
     @Option(help: "PEFT adapter folder (repeatable).") var adapter: [String] = []
-    @Option(help: "Weight of each adapter (repeatable).") var weight: [Float] = []
+    @Option(parsing: .unconditionalSingleValue, help: "Weight of each adapter (repeatable).") var weight: [Float] = []
     @Option(help: "The prompt (with --chat: the first user message).") var prompt: String?
     @Option(help: "Quantize the base weights while loading: nf4.") var quantize: String?
     @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16 (native bf16 only), bf16-emulated (half the memory, slower; docs/commands.md).") var baseDType = "fp32"
     @Flag(help: "Chat: wrap turns in the chat template; without --prompt, read user turns from standard input.") var chat = false
     @Option(help: "Chat format: default the model's own template (else Llama-2 [INST]); \"llama2\", a .jinja file, or a {user}/{assistant} turn.") var chatTemplate: String?
-    @Option(help: "Largest number of new tokens.") var maxNewTokens = 256
-    @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Double = 0
-    @Option(help: "Keep the k most likely tokens (0: all).") var topK = 0
-    @Option(help: "Keep the smallest set of tokens whose probability reaches p.") var topP: Double = 1
-    @Option(help: "Random seed for sampling.") var seed: UInt64 = 0
+    // `.unconditional`: a negative value is the option's value (refused by validate with a
+    // reason), not a flag that leaves the option "missing".
+    @Option(parsing: .unconditional, help: "Largest number of new tokens.") var maxNewTokens = 256
+    @Option(parsing: .unconditional, help: "Sampling temperature; 0 is greedy.") var temperature: Double = 0
+    @Option(parsing: .unconditional, help: "Keep the k most likely tokens (0: all).") var topK = 0
+    @Option(parsing: .unconditional, help: "Keep the smallest set of tokens whose probability reaches p.") var topP: Double = 1
+    @Option(parsing: .unconditional, help: "Random seed for sampling (0 to 2^64 - 1).", transform: parseSeed) var seed: UInt64 = 0
     @Flag(help: "Multiply as training does (weights widened to fp32): slower, the reference tokens.") var exact = false
     @Flag(help: "Decode exactly --max-new-tokens tokens, stop tokens included (to measure speed).") var ignoreEos = false
     @Flag(help: "Print one JSON object (prompt_tokens, prompt_tokens_per_s, generated_tokens, tokens_per_s, text) on stdout.") var json = false
     @Option(help: "JSONL file of {\"prompt\": TEXT} (or {\"messages\": [...]} with --chat) lines: answer each, one JSON line per prompt.") var prompts: String?
-    @Option(help: "With --prompts: sequences decoded at once (continuous batching); default from the cores and memory.") var parallel: Int?
+    @Option(parsing: .unconditional, help: "With --prompts: sequences decoded at once (continuous batching); default from the cores and memory.") var parallel: Int?
 
     func validate() throws {
         guard prompt != nil || chat || prompts != nil else { throw ValidationError("give --prompt TEXT, --prompts FILE.jsonl, or --chat") }
         guard prompts == nil || prompt == nil else { throw ValidationError("give --prompt or --prompts, not both") }
         if let parallel, !(1...256).contains(parallel) { throw ValidationError("--parallel must be in 1...256, got \(parallel)") }
         guard !(json && chat && prompt == nil && prompts == nil) else { throw ValidationError("--json needs --prompt or --prompts (not an interactive chat)") }
+        guard temperature.isFinite else { throw ValidationError("--temperature must be a finite number, got \(temperature)") }
         guard temperature >= 0 else { throw ValidationError("--temperature must not be negative") }
-        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
         guard topK >= 0 else { throw ValidationError("--top-k must not be negative") }
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
         guard maxNewTokens <= maxNewTokensLimit else { throw ValidationError("--max-new-tokens must be at most \(maxNewTokensLimit), got \(maxNewTokens)") }
@@ -117,6 +120,15 @@ struct GenerateCommand: ParsableCommand {
             }
         }
     }
+}
+
+/// --seed: an integer from 0 to 2^64 - 1 ("-1" used to read as a flag: "Missing value").
+func parseSeed(_ text: String) throws -> UInt64 {
+    guard let v = UInt64(text) else {
+        throw ValidationError(Int64(text).map { $0 < 0 } ?? false ? "--seed must be at least 0, got \(text)"
+                                  : "--seed must be an integer from 0 to \(UInt64.max), got \(text)")
+    }
+    return v
 }
 
 /// Loads and, for several, mixes adapters with their weights.

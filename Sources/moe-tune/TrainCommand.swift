@@ -36,8 +36,11 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Start over in an out_dir that holds a training run (removes that run's files, nothing else).")
     var overwrite = false
 
-    @Flag(help: "Continue the run in out_dir from its newest checkpoint.")
+    @Flag(help: "Continue the run in out_dir from its newest checkpoint (its files and training data verified against its manifest).")
     var resume = false
+
+    @Flag(help: "With --resume: continue although a training data file changed since the checkpoint (recorded in metrics.jsonl).")
+    var acceptDataChange = false
 
     func run() throws {
         let mpi: OpenMPI?
@@ -82,7 +85,7 @@ struct TrainCommand: ParsableCommand {
                 events.step = { _ in }
                 events.evaluation = { _, _, _ in }
             }
-            let s = try trainer.run(overwrite: overwrite, resume: resume, events: events, world: world)
+            let s = try trainer.run(overwrite: overwrite, resume: resume, acceptDataChange: acceptDataChange, events: events, world: world)
             signals.uninstall()
             guard world.isRoot else {
                 if let step = s.stoppedAt { _ = step; throw ExitCode(128 + (signals.requested ?? SIGINT)) }

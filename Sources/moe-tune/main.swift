@@ -28,7 +28,7 @@ let maxNewTokensLimit = 1 << 20
 func runReportingErrors(_ body: () throws -> Void) throws {
     do {
         for warning in try EnvironmentSwitches.check(environment: ProcessInfo.processInfo.environment) {
-            FileHandle.standardError.write(Data("moe-tune: warning: \(warning)\n".utf8))
+            FileHandle.standardError.write(Data("moe-tune: warning: \(Printable.text(warning, limit: MoETuneError.maxLength))\n".utf8))
         }
         try BLAS.checkGEMMRequest()
         try body()

@@ -135,7 +135,7 @@ public struct ModelConfig: Equatable, Sendable {
         let typeName = try r.string("model_type")
         guard let family = ModelFamily.forModelType(typeName) else {
             throw MoETuneError.config(path: path, key: "model_type",
-                message: "unsupported model_type '\(typeName)' (supported: \(ModelFamily.supportedModelTypes.joined(separator: ", ")))")
+                message: "unsupported model_type \(Printable.quoted(typeName)) (supported: \(ModelFamily.supportedModelTypes.joined(separator: ", ")))")
         }
         let d = family.defaults
         let hidden = try r.int("hidden_size")
@@ -153,21 +153,25 @@ public struct ModelConfig: Equatable, Sendable {
             throw MoETuneError.config(path: path, key: "head_dim", message: "must be a positive even number, got \(headDim)")
         }
         if let act = try r.optionalString("hidden_act"), act != "silu" {
-            throw MoETuneError.config(path: path, key: "hidden_act", message: "only silu is supported, got '\(act)'")
+            throw MoETuneError.config(path: path, key: "hidden_act", message: "only silu is supported, got \(Printable.quoted(act))")
         }
         let maxPositions = try r.optionalInt("max_position_embeddings") ?? d.maxPositionEmbeddings
         let (theta, scaling) = try RoPEScaling.read(json, reader: r, path: path, maxPositions: maxPositions)
+        // Token ids are checked before they become Int32s (2^32 trapped, a list element was
+        // truncated silently), and against vocab_size below (a negative eos dropped EOS from
+        // every example).
         let eos: [Int32]
         if let list = json["eos_token_id"] as? [Any] {
-            eos = try list.map { v in
-                guard let n = v as? NSNumber else {
+            eos = try list.enumerated().map { i, v in
+                guard let n = try FieldReader(json: ["eos_token_id[\(i)]": v], path: path).optionalInt("eos_token_id[\(i)]") else {
                     throw MoETuneError.config(path: path, key: "eos_token_id", message: "expected integers")
                 }
-                return n.int32Value
+                return try tokenId(n, key: "eos_token_id[\(i)]", path: path)
             }
         } else {
-            eos = try r.optionalInt("eos_token_id").map { [Int32($0)] } ?? [Int32(d.eosTokenId)]
+            eos = try r.optionalInt("eos_token_id").map { [try tokenId($0, key: "eos_token_id", path: path)] } ?? [Int32(d.eosTokenId)]
         }
+        let bos = try r.optionalInt("bos_token_id").map { try tokenId($0, key: "bos_token_id", path: path) } ?? d.bosTokenId.map(Int32.init)
         var config = ModelConfig(
             family: family,
             hiddenSize: hidden,
@@ -180,7 +184,7 @@ public struct ModelConfig: Equatable, Sendable {
             ropeTheta: theta ?? d.ropeTheta,
             vocabSize: try r.int("vocab_size"),
             tieWordEmbeddings: try r.optionalBool("tie_word_embeddings") ?? d.tieWordEmbeddings,
-            bosTokenId: try r.optionalInt("bos_token_id").map(Int32.init) ?? d.bosTokenId.map(Int32.init),
+            bosTokenId: bos,
             eosTokenIds: eos,
             numExperts: 0,
             expertsPerToken: 0,
@@ -194,7 +198,21 @@ public struct ModelConfig: Equatable, Sendable {
                              ("vocab_size", config.vocabSize)] where value <= 0 {
             throw MoETuneError.config(path: path, key: key, message: "must be positive, got \(value)")
         }
+        if let b = config.bosTokenId, b >= config.vocabSize, json["bos_token_id"] != nil {
+            throw MoETuneError.config(path: path, key: "bos_token_id", message: "id \(b) is outside the vocabulary (vocab_size \(config.vocabSize))")
+        }
+        for e in config.eosTokenIds where e >= config.vocabSize && json["eos_token_id"] != nil {
+            throw MoETuneError.config(path: path, key: "eos_token_id", message: "id \(e) is outside the vocabulary (vocab_size \(config.vocabSize))")
+        }
         return config
+    }
+
+    /// A token id of config.json: 0..<2^24 (the bound of tokenizer files' ids), else refused.
+    package static func tokenId(_ n: Int, key: String, path: String) throws -> Int32 {
+        guard n >= 0, n < 1 << 24 else {
+            throw MoETuneError.config(path: path, key: key, message: "id \(n) is outside the vocabulary (0..<16777216)")
+        }
+        return Int32(n)
     }
 
     /// The sliding window of layer l, or nil where it attends to every earlier position.

@@ -52,7 +52,7 @@ extension ModelFamily {
                 throw MoETuneError.config(path: r.path, key: "ep_size", message: "only 1 is supported, got \(ep)")
             }
             if let s = try r.optionalString("scoring_func"), s != "softmax" {
-                throw MoETuneError.config(path: r.path, key: "scoring_func", message: "only softmax is supported, got '\(s)'")
+                throw MoETuneError.config(path: r.path, key: "scoring_func", message: "only softmax is supported, got \(Printable.quoted(s))")
             }
             let mla = MLAShape(qLoraRank: qLoraRank, kvLoraRank: try positive("kv_lora_rank", 512), nopeDim: try positive("qk_nope_head_dim", 128),
                                ropeDim: try positive("qk_rope_head_dim", 64), valueDim: try positive("v_head_dim", 128))
@@ -108,7 +108,7 @@ extension ModelFamily {
                 }
                 c.expertGroups = ExpertGroups(groups: g, topGroups: top)
             case let m:
-                throw MoETuneError.config(path: r.path, key: "topk_method", message: "'\(m)' is not supported (greedy, group_limited_greedy)")
+                throw MoETuneError.config(path: r.path, key: "topk_method", message: "\(Printable.quoted(m)) is not supported (greedy, group_limited_greedy)")
             }
         })
 }

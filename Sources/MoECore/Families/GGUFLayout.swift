@@ -104,43 +104,49 @@ extension ModelFamily {
         }
         let k = { (s: String) in arch + "." + s }
         func positive(_ key: String, _ v: Int?) throws -> Int {
-            guard let v else { throw MoETuneError.file(path: f.path, message: "metadata '\(key)' is missing") }
-            guard v > 0, v < 1 << 24 else { throw MoETuneError.file(path: f.path, message: "metadata '\(key)' must be in 1..<16777216, got \(v)") }
+            guard let v else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) is missing") }
+            guard v > 0, v < 1 << 24 else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) must be in 1..<16777216, got \(v)") }
             return v
         }
         func factor(_ key: String) throws -> Double? {
             guard let v = try f.double(key) else { return nil }
-            guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata '\(key)' must be a positive number, got \(v)") }
+            guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) must be a positive number, got \(v)") }
             return v
         }
         let experts = try f.int(k("expert_count")) ?? 0
         guard let family = forGGUFArchitecture(arch, experts: experts) else {
-            throw MoETuneError.file(path: f.path, message: "architecture '\(arch)' is not supported for GGUF (supported: \(supportedGGUFArchitectures.joined(separator: ", ")))")
+            throw MoETuneError.file(path: f.path, message: "architecture \(Printable.quoted(arch)) is not supported for GGUF (supported: \(supportedGGUFArchitectures.joined(separator: ", ")))")
         }
         if experts > 0, family.moe == nil {
-            throw MoETuneError.file(path: f.path, message: "metadata '\(k("expert_count"))' is \(experts): the \(arch) architecture has no experts in moe-tune")
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("expert_count"))) is \(experts): the \(arch) architecture has no experts in moe-tune")
         }
         if family.moe != nil, experts <= 0 {
-            throw MoETuneError.file(path: f.path, message: "metadata '\(k("expert_count"))' is missing or not positive for the mixture-of-experts architecture \(arch)")
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("expert_count"))) is missing or not positive for the mixture-of-experts architecture \(arch)")
         }
         let hidden = try positive(k("embedding_length"), try f.int(k("embedding_length")))
         let heads = try positive(k("attention.head_count"), try f.int(k("attention.head_count")))
         let kvHeads = try positive(k("attention.head_count_kv"), try f.int(k("attention.head_count_kv")) ?? heads)
         guard heads % kvHeads == 0 else {
-            throw MoETuneError.file(path: f.path, message: "metadata '\(k("attention.head_count_kv"))' \(kvHeads) does not divide the head count \(heads)")
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("attention.head_count_kv"))) \(kvHeads) does not divide the head count \(heads)")
         }
         let headDim = try positive(k("attention.key_length"), try f.int(k("attention.key_length")) ?? hidden / heads)
         if let v = try f.int(k("attention.value_length")), v != headDim {
-            throw MoETuneError.file(path: f.path, message: "metadata '\(k("attention.value_length"))' \(v) differs from the key length \(headDim) (not supported)")
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("attention.value_length"))) \(v) differs from the key length \(headDim) (not supported)")
         }
         if let r = try f.int(k("rope.dimension_count")), r != headDim {
-            throw MoETuneError.file(path: f.path, message: "metadata '\(k("rope.dimension_count"))' \(r) is not the head size \(headDim) (partial rotary embeddings are not supported)")
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("rope.dimension_count"))) \(r) is not the head size \(headDim) (partial rotary embeddings are not supported)")
         }
         guard headDim % 2 == 0 else { throw MoETuneError.file(path: f.path, message: "head size \(headDim) must be even") }
         let tokens = try f.strings("tokenizer.ggml.tokens")
         let vocab = try positive(k("vocab_size"), try f.int(k("vocab_size")) ?? tokens?.count ?? f.tensor("token_embd.weight")?.shape.first)
         let eps = try f.double(k("attention.layer_norm_rms_epsilon")) ?? family.defaults.rmsNormEps
         let eos = try f.int("tokenizer.ggml.eos_token_id")
+        func ggufTokenId(_ n: Int, _ key: String, _ vocab: Int) throws -> Int32 {
+            guard n >= 0, n < vocab, let v = Int32(exactly: n) else {
+                throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) \(n) is outside the vocabulary of \(vocab) tokens")
+            }
+            return v
+        }
         let ffn = try positive(k("feed_forward_length"), try f.int(k("feed_forward_length")))
         let maxPositions = try positive(k("context_length"), try f.int(k("context_length")) ?? family.defaults.maxPositionEmbeddings)
         var c = ModelConfig(
@@ -149,8 +155,8 @@ extension ModelFamily {
             numHeads: heads, numKVHeads: kvHeads, headDim: headDim,
             rmsNormEps: Float(eps), ropeTheta: try f.double(k("rope.freq_base")) ?? family.defaults.ropeTheta,
             vocabSize: vocab, tieWordEmbeddings: f.tensor("output.weight") == nil,
-            bosTokenId: try f.int("tokenizer.ggml.bos_token_id").map(Int32.init),
-            eosTokenIds: eos.map { [Int32($0)] } ?? [],
+            bosTokenId: try f.int("tokenizer.ggml.bos_token_id").map { try ggufTokenId($0, "tokenizer.ggml.bos_token_id", vocab) },
+            eosTokenIds: try eos.map { [try ggufTokenId($0, "tokenizer.ggml.eos_token_id", vocab)] } ?? [],
             numExperts: 0, expertsPerToken: 0, routerAuxLossCoef: Float(family.defaults.routerAuxLossCoef),
             slidingWindow: nil, maxPositionEmbeddings: maxPositions)
         c.expertIntermediateSize = ffn
@@ -166,7 +172,7 @@ extension ModelFamily {
             c.numExperts = try positive(k("expert_count"), experts)
             c.expertsPerToken = try positive(k("expert_used_count"), try f.int(k("expert_used_count")))
             guard c.expertsPerToken <= c.numExperts else {
-                throw MoETuneError.file(path: f.path, message: "metadata '\(k("expert_used_count"))' \(c.expertsPerToken) exceeds the \(c.numExperts) experts")
+                throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("expert_used_count"))) \(c.expertsPerToken) exceeds the \(c.numExperts) experts")
             }
             if let e = try f.int(k("expert_feed_forward_length")) { c.expertIntermediateSize = try positive(k("expert_feed_forward_length"), e) }
             c.normTopKProb = try f.bool(k("expert_weights_norm")) ?? family.ggufNormTopK
@@ -201,23 +207,23 @@ extension ModelFamily {
         let type = try f.string(k("type")) ?? "none"
         func value(_ key: String) throws -> Double? {
             guard let v = try f.double(k(key)) else { return nil }
-            guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata '\(k(key))' must be a positive number, got \(v)") }
+            guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k(key))) must be a positive number, got \(v)") }
             return v
         }
         switch type {
         case "none":
             return nil
         case "linear":
-            guard let factor = try value("factor") else { throw MoETuneError.file(path: f.path, message: "metadata '\(k("factor"))' is missing for linear RoPE scaling") }
+            guard let factor = try value("factor") else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("factor"))) is missing for linear RoPE scaling") }
             return factor == 1 ? nil : .linear(factor: factor)
         case "yarn":
-            guard let factor = try value("factor") else { throw MoETuneError.file(path: f.path, message: "metadata '\(k("factor"))' is missing for YaRN") }
+            guard let factor = try value("factor") else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("factor"))) is missing for YaRN") }
             let original = try f.int(k("original_context_length")).map(Double.init) ?? Double(maxPositions) / factor
             let attention = try value("attn_factor") ?? yarnAttentionFactor(factor)
             return .yarn(factor: factor, originalMaxPositions: original, betaFast: try value("yarn_beta_fast") ?? 32,
                          betaSlow: try value("yarn_beta_slow") ?? 1, attentionFactor: attention, truncate: true)
         default:
-            throw MoETuneError.file(path: f.path, message: "metadata '\(k("type"))' is '\(type)': RoPE scaling '\(type)' is not supported for GGUF models (supported: none, linear, yarn, rope_freqs.weight)")
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("type"))) is \(Printable.quoted(type)): RoPE scaling \(Printable.quoted(type)) is not supported for GGUF models (supported: none, linear, yarn, rope_freqs.weight)")
         }
     }
 

@@ -54,7 +54,7 @@ public final class Checkpoint: @unchecked Sendable {
             // A shard is a file of this folder: a path ("../x", "/abs", "sub/x") would read
             // weights from elsewhere, which transformers' loader does not do either.
             for (tname, file) in map where file.isEmpty || file.contains("/") || file.contains("\\") || file == "." || file == ".." {
-                throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is mapped to '\(file)', which is not a file name in the model folder")
+                throw MoETuneError.file(path: indexPath, message: "tensor \(Printable.quoted(tname)) is mapped to \(Printable.quoted(file)), which is not a file name in the model folder")
             }
             expected = map
             fileNames = Array(Set(map.values)).sorted()
@@ -73,12 +73,12 @@ public final class Checkpoint: @unchecked Sendable {
             let f = try SafeTensorsFile(path: path)
             for (tname, info) in f.tensors {
                 if let other = location[tname] {
-                    throw MoETuneError.file(path: path, message: "tensor '\(tname)' is also stored in \(fileNames.count > 1 ? files[other.file].path : path)")
+                    throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(tname)) is also stored in \(fileNames.count > 1 ? files[other.file].path : path)")
                 }
                 // A layer the config does not have would be ignored silently: refuse it.
                 if tname.hasPrefix("model.layers."), let l = Int(tname.dropFirst("model.layers.".count).prefix { $0.isNumber }),
                    l >= config.numLayers {
-                    throw MoETuneError.file(path: path, message: "tensor '\(tname)' belongs to layer \(l), but config.json has num_hidden_layers \(config.numLayers)")
+                    throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(tname)) belongs to layer \(l), but config.json has num_hidden_layers \(config.numLayers)")
                 }
                 location[tname] = (files.count, info)
             }
@@ -86,12 +86,12 @@ public final class Checkpoint: @unchecked Sendable {
         }
         for (tname, file) in expected {
             guard let at = location[tname] else {
-                throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is listed in \(file) but not stored there")
+                throw MoETuneError.file(path: indexPath, message: "tensor \(Printable.quoted(tname)) is listed in \(file) but not stored there")
             }
             // The index is what transformers loads by: a tensor found in another shard than
             // the one it names would load here and fail there.
             if fileNames[at.file] != file {
-                throw MoETuneError.file(path: indexPath, message: "tensor '\(tname)' is listed in \(file) but stored in \(fileNames[at.file])")
+                throw MoETuneError.file(path: indexPath, message: "tensor \(Printable.quoted(tname)) is listed in \(file) but stored in \(fileNames[at.file])")
             }
         }
         self.files = files
@@ -134,12 +134,12 @@ public final class Checkpoint: @unchecked Sendable {
             return UnsafePointer(buffer.pointer)
         }
         guard let (fileIndex, info) = location[name] else {
-            throw MoETuneError.file(path: directory, message: "tensor '\(name)' not found in the checkpoint")
+            throw MoETuneError.file(path: directory, message: "tensor \(Printable.quoted(name)) not found in the checkpoint")
         }
         let file = files[fileIndex]
         guard info.shape == shape else {
             throw MoETuneError.file(path: file.path,
-                message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
+                message: "tensor \(Printable.quoted(name)) has shape \(info.shape), expected \(shape) from config.json")
         }
         let bytes = file.bytes(of: info)
         if info.dtype == .f32, Int(bitPattern: bytes.baseAddress) % MemoryLayout<Float>.alignment == 0 {
@@ -148,7 +148,7 @@ public final class Checkpoint: @unchecked Sendable {
         let buffer = FloatBuffer(count: info.count, zeroed: false)
         guard FloatConversion.toFloat(bytes.baseAddress!, dtype: info.dtype, count: info.count, into: buffer.pointer) else {
             throw MoETuneError.file(path: file.path,
-                message: "tensor '\(name)' has dtype \(info.dtype.rawValue); model weights must be F32, F16 or BF16")
+                message: "tensor \(Printable.quoted(name)) has dtype \(info.dtype.rawValue); model weights must be F32, F16 or BF16")
         }
         file.release(info)
         converted.append(buffer)
@@ -195,7 +195,7 @@ public final class Checkpoint: @unchecked Sendable {
         if let p = q.exemptingPattern(for: module) {
             if blocks {
                 throw MoETuneError.file(path: path(of: name + "_blocks"),
-                    message: "tensor \(name)_blocks is MXFP4 but \(cfgPath) modules_to_not_convert '\(p)' exempts \(module)")
+                    message: "tensor \(name)_blocks is MXFP4 but \(cfgPath) modules_to_not_convert \(Printable.quoted(p)) exempts \(module)")
             }
         } else if !blocks {
             throw MoETuneError.file(path: path(of: name),
@@ -212,7 +212,7 @@ public final class Checkpoint: @unchecked Sendable {
         let file = files[fileIndex]
         let (values, got) = try MXFP4.dequantize(name, in: file)
         guard got == shape else {
-            throw MoETuneError.file(path: file.path, message: "tensor '\(name)' (MXFP4) dequantizes to shape \(got), expected \(shape) from config.json")
+            throw MoETuneError.file(path: file.path, message: "tensor \(Printable.quoted(name)) (MXFP4) dequantizes to shape \(got), expected \(shape) from config.json")
         }
         return try values.withUnsafeBufferPointer { try body($0.baseAddress!) }
     }
@@ -233,11 +233,11 @@ public final class Checkpoint: @unchecked Sendable {
             return try body(buffer.pointer)
         }
         guard let (fileIndex, info) = location[name] else {
-            throw MoETuneError.file(path: directory, message: "tensor '\(name)' not found in the checkpoint")
+            throw MoETuneError.file(path: directory, message: "tensor \(Printable.quoted(name)) not found in the checkpoint")
         }
         let file = files[fileIndex]
         guard info.shape == shape else {
-            throw MoETuneError.file(path: file.path, message: "tensor '\(name)' has shape \(info.shape), expected \(shape) from config.json")
+            throw MoETuneError.file(path: file.path, message: "tensor \(Printable.quoted(name)) has shape \(info.shape), expected \(shape) from config.json")
         }
         defer { file.release(info) }
         let bytes = file.bytes(of: info)
@@ -246,7 +246,7 @@ public final class Checkpoint: @unchecked Sendable {
         }
         let buffer = FloatBuffer(count: info.count, zeroed: false)
         guard FloatConversion.toFloat(bytes.baseAddress!, dtype: info.dtype, count: info.count, into: buffer.pointer) else {
-            throw MoETuneError.file(path: file.path, message: "tensor '\(name)' has dtype \(info.dtype.rawValue); model weights must be F32, F16 or BF16")
+            throw MoETuneError.file(path: file.path, message: "tensor \(Printable.quoted(name)) has dtype \(info.dtype.rawValue); model weights must be F32, F16 or BF16")
         }
         return try body(buffer.pointer)
     }
@@ -259,7 +259,7 @@ public final class Checkpoint: @unchecked Sendable {
         if gguf == nil, let (fileIndex, info) = location[name], info.dtype == .bf16 {
             let file = files[fileIndex]
             guard info.shape == [rows, cols] else {
-                throw MoETuneError.file(path: file.path, message: "tensor '\(name)' has shape \(info.shape), expected \([rows, cols]) from config.json")
+                throw MoETuneError.file(path: file.path, message: "tensor \(Printable.quoted(name)) has shape \(info.shape), expected \([rows, cols]) from config.json")
             }
             defer { file.release(info) }
             return Matrix(bf16: BF16Weight(stored: file.bytes(of: info).baseAddress!, rows: rows, cols: cols))

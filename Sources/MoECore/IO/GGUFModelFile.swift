@@ -33,21 +33,21 @@ package final class GGUFModelFile: @unchecked Sendable {
         if case .frequencyFactors? = config.ropeScaling { used.insert("rope_freqs.weight") }
         for n in config.family.ggufTensorNames(config) {
             guard let t = file.tensor(n.gguf) else {
-                throw MoETuneError.file(path: path, message: "tensor '\(n.gguf)' (\(n.hf)) is missing")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(n.gguf)) (\(n.hf)) is missing")
             }
             if n.expert != nil {
                 guard t.shape.count == 3, t.shape[0] == config.numExperts else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(n.gguf)' has shape \(t.shape), expected [\(config.numExperts), rows, cols] (one matrix per expert)")
+                    throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(n.gguf)) has shape \(t.shape), expected [\(config.numExperts), rows, cols] (one matrix per expert)")
                 }
                 guard t.dims[0] % t.type.blockSize == 0 else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(n.gguf)': row length \(t.dims[0]) is not a multiple of the \(t.type.name) block")
+                    throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(n.gguf)): row length \(t.dims[0]) is not a multiple of the \(t.type.name) block")
                 }
             }
             map[n.hf] = Entry(info: t, permuteHeads: n.permuteHeads, expert: n.expert)
             used.insert(n.gguf)
         }
         if let extra = file.tensors.first(where: { !used.contains($0.name) }) {
-            throw MoETuneError.file(path: path, message: "tensor '\(extra.name)' is not part of a \(config.family.ggufArchitecture ?? config.family.name) model of \(config.numLayers) layers (not supported)")
+            throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(extra.name)) is not part of a \(config.family.ggufArchitecture ?? config.family.name) model of \(config.numLayers) layers (not supported)")
         }
         byHF = map
     }
@@ -72,10 +72,10 @@ package final class GGUFModelFile: @unchecked Sendable {
     /// The entry of `name` checked against `shape`, and the address of its first row.
     private func checked(_ name: String, shape: [Int]) throws -> (Entry, UnsafeRawPointer) {
         guard let e = byHF[name] else {
-            throw MoETuneError.file(path: file.path, message: "tensor for '\(name)' not found in the GGUF file")
+            throw MoETuneError.file(path: file.path, message: "tensor for \(Printable.quoted(name)) not found in the GGUF file")
         }
         guard e.shape == shape else {
-            throw MoETuneError.file(path: file.path, message: "tensor '\(e.info.name)' has \(e.expert.map { "per-expert shape \(e.shape) (expert \($0))" } ?? "shape \(e.shape)"), expected \(shape) from the GGUF metadata")
+            throw MoETuneError.file(path: file.path, message: "tensor \(Printable.quoted(e.info.name)) has \(e.expert.map { "per-expert shape \(e.shape) (expert \($0))" } ?? "shape \(e.shape)"), expected \(shape) from the GGUF metadata")
         }
         let t = e.info, cols = t.dims[0], rows = shape.count > 1 ? shape.dropLast().reduce(1, *) : 1
         let offset = (e.expert ?? 0) * rows * t.type.bytes(count: cols)

@@ -225,10 +225,10 @@ public enum PEFTAdapter {
             guard let dict = raw as? [String: Any] else { throw MoETuneError.config(path: configPath, key: key, message: "is not an object") }
             return try dict.keys.sorted().map { k in
                 guard let v = (dict[k] as? NSNumber)?.doubleValue, !isJSONBool(dict[k]), v.isFinite else {
-                    throw MoETuneError.config(path: configPath, key: key, message: "'\(k)' has \(dict[k].map { "\($0)" } ?? "no value"), not a number")
+                    throw MoETuneError.config(path: configPath, key: key, message: "\(Printable.quoted(k)) has \(dict[k].map { "\($0)" } ?? "no value"), not a number")
                 }
                 guard let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(k))$") else {
-                    throw MoETuneError.config(path: configPath, key: key, message: "'\(k)' is not a valid regular expression")
+                    throw MoETuneError.config(path: configPath, key: key, message: "\(Printable.quoted(k)) is not a valid regular expression")
                 }
                 return (k, v, re)
             }
@@ -265,14 +265,20 @@ public enum PEFTAdapter {
             let ok = out.withUnsafeMutableBufferPointer {
                 FloatConversion.toFloat(file.bytes(of: info).baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!)
             }
-            guard ok else { throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' has dtype \(info.dtype.rawValue); expected a float type") }
+            guard ok else { throw MoETuneError.file(path: weightsPath, message: "tensor \(Printable.quoted(name)) has dtype \(info.dtype.rawValue); expected a float type") }
+            // The one finiteness check of every command that loads an adapter (eval, merge,
+            // generate, export-lora): a NaN or inf weight only gives garbage.
+            if let i = out.firstIndex(where: { !$0.isFinite }) {
+                throw MoETuneError.file(path: weightsPath, message: "tensor \(Printable.quoted(name)) holds a non-finite value (element \(i) is \(out[i])); "
+                    + "the adapter is damaged (a diverged run?): train it again or use an earlier checkpoint")
+            }
             return out
         }
 
         for name in file.tensors.keys.sorted() where name.hasSuffix(".lora_B.weight") {
             let a = String(name.dropLast(".lora_B.weight".count)) + ".lora_A.weight"
             guard file.tensors[a] != nil else {
-                throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' has no lora_A beside it")
+                throw MoETuneError.file(path: weightsPath, message: "tensor \(Printable.quoted(name)) has no lora_A beside it")
             }
         }
         // Collect (module → A, B) in moe-tune's per-module naming.
@@ -280,7 +286,7 @@ public enum PEFTAdapter {
         var seen = Set<String>()
         for name in file.tensors.keys.sorted() where name.hasSuffix(".lora_A.weight") {
             guard name.hasPrefix(prefix) else {
-                throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' does not start with \(prefix)")
+                throw MoETuneError.file(path: weightsPath, message: "tensor \(Printable.quoted(name)) does not start with \(prefix)")
             }
             let module = String(name.dropFirst(prefix.count).dropLast(".lora_A.weight".count))
             let bName = prefix + module + ".lora_B.weight"
@@ -364,7 +370,7 @@ public enum PEFTAdapter {
                 let module = family.canonicalModule(String(name.dropFirst(prefix.count).dropLast(".weight".count)))
                 guard let (l, slot) = family.parse(module: module), slot == .router, l < model.config.numLayers,
                       file.tensors[name]!.shape == [model.config.numExperts, model.config.hiddenSize] else {
-                    throw MoETuneError.file(path: weightsPath, message: "tensor '\(name)' is not a router weight of this model")
+                    throw MoETuneError.file(path: weightsPath, message: "tensor \(Printable.quoted(name)) is not a router weight of this model")
                 }
                 routerWeights[l] = try floats(name)
             }

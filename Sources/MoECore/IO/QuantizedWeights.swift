@@ -60,7 +60,7 @@ extension Checkpoint {
         let cols = shape.last ?? 1, rows = shape.dropLast().reduce(1, *)
         let file = path(of: name)
         func need(_ n: String) throws -> TensorInfo {
-            guard let info = info(n) else { throw MoETuneError.file(path: file, message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
+            guard let info = info(n) else { throw MoETuneError.file(path: file, message: "tensor \(Printable.quoted(n)) of the 4-bit weight \(name) is missing") }
             return info
         }
         let stateName = name + ".quant_state.bitsandbytes__nf4"
@@ -111,7 +111,7 @@ extension Checkpoint {
         let cols = shape.last ?? 1, rows = shape.dropLast().reduce(1, *)
         let n = rows * cols, nblocks = (n + 63) / 64
         func raw(_ n: String) throws -> Data {
-            guard let d = storedBytes(n) else { throw MoETuneError.file(path: path(of: name), message: "tensor '\(n)' of the 4-bit weight \(name) is missing") }
+            guard let d = storedBytes(n) else { throw MoETuneError.file(path: path(of: name), message: "tensor \(Printable.quoted(n)) of the 4-bit weight \(name) is missing") }
             return d
         }
         let packedBytes = try raw(name)
@@ -133,13 +133,13 @@ extension Checkpoint {
     }
 
     package func floatsCopy(_ n: String) throws -> [Float] {
-        guard let info = info(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
+        guard let info = info(n) else { throw MoETuneError.file(path: directory, message: "tensor \(Printable.quoted(n)) is missing") }
         var out = [Float](repeating: 0, count: info.count)
-        guard let bytes = storedBytes(n) else { throw MoETuneError.file(path: directory, message: "tensor '\(n)' is missing") }
+        guard let bytes = storedBytes(n) else { throw MoETuneError.file(path: directory, message: "tensor \(Printable.quoted(n)) is missing") }
         let ok = bytes.withUnsafeBytes { src in
             out.withUnsafeMutableBufferPointer { FloatConversion.toFloat(src.baseAddress!, dtype: info.dtype, count: info.count, into: $0.baseAddress!) }
         }
-        guard ok else { throw MoETuneError.file(path: path(of: n), message: "tensor '\(n)' is not a float tensor") }
+        guard ok else { throw MoETuneError.file(path: path(of: n), message: "tensor \(Printable.quoted(n)) is not a float tensor") }
         return out
     }
 }

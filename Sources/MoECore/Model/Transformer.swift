@@ -87,7 +87,7 @@ public final class Transformer: @unchecked Sendable {
         if c.tieWordEmbeddings || !ck.contains(f.lmHead) {
             guard c.tieWordEmbeddings else {
                 throw MoETuneError.file(path: ck.directory,
-                    message: "tensor '\(f.lmHead)' not found and tie_word_embeddings is false")
+                    message: "tensor \(Printable.quoted(f.lmHead)) not found and tie_word_embeddings is false")
             }
             lmHead = embed
         } else {

@@ -22,6 +22,14 @@ public struct GGUFTensorInfo: Sendable {
 public final class GGUFFile: @unchecked Sendable {
     /// Whether a model path names a GGUF file rather than a Hugging Face folder.
     package static func isGGUFPath(_ path: String) -> Bool { path.lowercased().hasSuffix(".gguf") }
+    /// The metadata key moe-tune writes into every GGUF it makes (its value: the command):
+    /// what lets --overwrite tell moe-tune's own output from a user's file.
+    public static let writerKey = "moe_tune.writer"
+    /// Whether `path` is a well-formed GGUF that moe-tune wrote (it has `writerKey`).
+    public static func isMoETuneOutput(_ path: String) -> Bool {
+        guard let f = try? GGUFFile(path: path), case .string? = f.metadata[writerKey] else { return false }
+        return true
+    }
     public let path: String
     public let version: Int
     /// Metadata in file order.
@@ -62,10 +70,10 @@ public final class GGUFFile: @unchecked Sendable {
         var keys: [String] = [], metadata: [String: GGUFValue] = [:]
         for i in 0..<Int(nKV) {
             let key = try r.string(what: "the key of metadata entry \(i)")
-            guard metadata[key] == nil else { throw MoETuneError.file(path: path, message: "metadata key '\(key)' appears twice") }
-            let rawType = try r.u32(what: "the type of '\(key)'")
+            guard metadata[key] == nil else { throw MoETuneError.file(path: path, message: "metadata key \(Printable.quoted(key)) appears twice") }
+            let rawType = try r.u32(what: "the type of \(Printable.quoted(key))")
             guard let type = GGUFValueType(rawValue: rawType) else {
-                throw MoETuneError.file(path: path, message: "metadata '\(key)': unknown value type \(rawType)")
+                throw MoETuneError.file(path: path, message: "metadata \(Printable.quoted(key)): unknown value type \(rawType)")
             }
             metadata[key] = try r.value(type, key: key, depth: 0)
             keys.append(key)
@@ -85,24 +93,24 @@ public final class GGUFFile: @unchecked Sendable {
         var seen = Set<String>()
         for i in 0..<Int(nTensors) {
             let name = try r.string(what: "the name of tensor \(i)")
-            guard seen.insert(name).inserted else { throw MoETuneError.file(path: path, message: "tensor '\(name)' appears twice") }
-            let nDims = try r.u32(what: "the dimension count of tensor '\(name)'")
+            guard seen.insert(name).inserted else { throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)) appears twice") }
+            let nDims = try r.u32(what: "the dimension count of tensor \(Printable.quoted(name))")
             guard (1...4).contains(nDims) else {
-                throw MoETuneError.file(path: path, message: "tensor '\(name)': \(nDims) dimensions (ggml allows 1 to 4)")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): \(nDims) dimensions (ggml allows 1 to 4)")
             }
             var dims: [Int] = []
             for _ in 0..<Int(nDims) {
-                let d = try r.u64(what: "the dimensions of tensor '\(name)'")
+                let d = try r.u64(what: "the dimensions of tensor \(Printable.quoted(name))")
                 guard d <= UInt64(Int32.max) else {
-                    throw MoETuneError.file(path: path, message: "tensor '\(name)': dimension \(d) is too large")
+                    throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): dimension \(d) is too large")
                 }
                 dims.append(Int(d))
             }
-            let rawType = try r.u32(what: "the type of tensor '\(name)'")
+            let rawType = try r.u32(what: "the type of tensor \(Printable.quoted(name))")
             guard let type = GGMLType(rawValue: rawType) else {
-                throw MoETuneError.file(path: path, message: "tensor '\(name)': tensor type \(GGMLType.name(of: rawType)) is not supported (supported: \(GGMLType.supportedNames))")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): tensor type \(GGMLType.name(of: rawType)) is not supported (supported: \(GGMLType.supportedNames))")
             }
-            let offset = try r.u64(what: "the data offset of tensor '\(name)'")
+            let offset = try r.u64(what: "the data offset of tensor \(Printable.quoted(name))")
             raws.append(Raw(name: name, dims: dims, type: type, offset: offset))
         }
         let dataOffset = (r.position + alignment - 1) / alignment * alignment
@@ -115,23 +123,23 @@ public final class GGUFFile: @unchecked Sendable {
                 let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
             }
             guard !overflow, count <= Int(Int32.max) * 16 else {
-                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': shape \(Array(t.dims.reversed())) is too large")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): shape \(Array(t.dims.reversed())) is too large")
             }
             guard t.dims[0] % t.type.blockSize == 0 else {
-                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': rows of \(t.dims[0]) values are not a multiple of \(t.type.name)'s block of \(t.type.blockSize)")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): rows of \(t.dims[0]) values are not a multiple of \(t.type.name)'s block of \(t.type.blockSize)")
             }
             guard t.offset % UInt64(alignment) == 0 else {
-                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': data offset \(t.offset) is not a multiple of the alignment \(alignment)")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): data offset \(t.offset) is not a multiple of the alignment \(alignment)")
             }
             let bytes = t.type.bytes(count: count)
             guard t.offset <= UInt64(size - dataOffset), bytes <= size - dataOffset - Int(t.offset) else {
-                throw MoETuneError.file(path: path, message: "tensor '\(t.name)': its \(bytes) bytes at data offset \(t.offset) run past the end of the file (\(size - dataOffset) data bytes); the file may be truncated")
+                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): its \(bytes) bytes at data offset \(t.offset) run past the end of the file (\(size - dataOffset) data bytes); the file may be truncated")
             }
             tensors.append(GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: dataOffset + Int(t.offset), byteCount: bytes))
         }
         let spans = tensors.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
         for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
-            throw MoETuneError.file(path: path, message: "tensors '\(a.name)' and '\(b.name)' overlap in the data")
+            throw MoETuneError.file(path: path, message: "tensors \(Printable.quoted(a.name)) and \(Printable.quoted(b.name)) overlap in the data")
         }
         self.version = version
         self.keys = keys
@@ -152,7 +160,7 @@ public final class GGUFFile: @unchecked Sendable {
 
     /// Tensor `name` dequantized to fp32 (a new array).
     public func floats(_ name: String) throws -> [Float] {
-        guard let t = tensor(name) else { throw MoETuneError.file(path: path, message: "tensor '\(name)' not found") }
+        guard let t = tensor(name) else { throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)) not found") }
         var out = [Float](repeating: 0, count: t.count)
         out.withUnsafeMutableBufferPointer { GGMLDequantize.run(t.type, bytes(of: t), count: t.count, into: $0.baseAddress!) }
         return out
@@ -172,7 +180,7 @@ public final class GGUFFile: @unchecked Sendable {
     }
 
     public func requiredInt(_ key: String) throws -> Int {
-        guard let v = try int(key) else { throw MoETuneError.file(path: path, message: "metadata '\(key)' is missing") }
+        guard let v = try int(key) else { throw MoETuneError.file(path: path, message: "metadata \(Printable.quoted(key)) is missing") }
         return v
     }
 
@@ -216,7 +224,7 @@ public final class GGUFFile: @unchecked Sendable {
     private func typeError(_ key: String, _ v: GGUFValue, _ expected: String) -> MoETuneError {
         var got = v.type.name
         if case .array(let t, _) = v { got = "an array of \(t.name)" }
-        return .file(path: path, message: "metadata '\(key)' must be \(expected), got \(got)")
+        return .file(path: path, message: "metadata \(Printable.quoted(key)) must be \(expected), got \(got)")
     }
 }
 
@@ -257,7 +265,7 @@ package struct GGUFCursor {
     }
 
     package mutating func value(_ type: GGUFValueType, key: String, depth: Int) throws -> GGUFValue {
-        let what = "the value of '\(key)'"
+        let what = "the value of \(Printable.quoted(key))"
         switch type {
         case .uint8: return .uint8(try load(UInt8.self, what: what))
         case .int8: return .int8(try load(Int8.self, what: what))
@@ -271,20 +279,20 @@ package struct GGUFCursor {
         case .float64: return .float64(Double(bitPattern: try load(UInt64.self, what: what)))
         case .bool:
             let b = try load(UInt8.self, what: what)
-            guard b <= 1 else { throw MoETuneError.file(path: path, message: "metadata '\(key)': bool value \(b) is neither 0 nor 1") }
+            guard b <= 1 else { throw MoETuneError.file(path: path, message: "metadata \(Printable.quoted(key)): bool value \(b) is neither 0 nor 1") }
             return .bool(b == 1)
         case .string: return .string(try string(what: what))
         case .array:
-            guard depth < 8 else { throw MoETuneError.file(path: path, message: "metadata '\(key)': arrays nested deeper than 8") }
-            let rawType = try u32(what: "the element type of '\(key)'")
+            guard depth < 8 else { throw MoETuneError.file(path: path, message: "metadata \(Printable.quoted(key)): arrays nested deeper than 8") }
+            let rawType = try u32(what: "the element type of \(Printable.quoted(key))")
             guard let et = GGUFValueType(rawValue: rawType) else {
-                throw MoETuneError.file(path: path, message: "metadata '\(key)': unknown array element type \(rawType)")
+                throw MoETuneError.file(path: path, message: "metadata \(Printable.quoted(key)): unknown array element type \(rawType)")
             }
-            let n = try u64(what: "the length of '\(key)'")
+            let n = try u64(what: "the length of \(Printable.quoted(key))")
             // Every element takes at least one byte (a string or array at least 8 or 12).
             let minSize = et.fixedSize ?? (et == .string ? 8 : 12)
             guard n <= UInt64((size - position) / minSize) else {
-                throw MoETuneError.file(path: path, message: "truncated GGUF file: '\(key)' claims \(n) elements, more than the \(size - position) bytes left can hold")
+                throw MoETuneError.file(path: path, message: "truncated GGUF file: \(Printable.quoted(key)) claims \(n) elements, more than the \(size - position) bytes left can hold")
             }
             var items: [GGUFValue] = []
             items.reserveCapacity(Int(n))

@@ -38,6 +38,17 @@ package enum JinjaBuiltins {
     /// Refuses a container nested deeper than `maxNesting` (a loop that wraps a list in a list
     /// each turn would otherwise build values too deep to print, compare or even free).
     @discardableResult
+    /// `v` after charging the text it holds to the render's budget (JinjaBudget), when a
+    /// string; lists count 8 bytes an element.
+    package static func charged(_ v: JinjaValue, _ what: String) throws -> JinjaValue {
+        switch v {
+        case let .string(s): try JinjaBudget.charge(s.utf8.count, what)
+        case let .list(a), let .tuple(a): try JinjaBudget.charge(8 * a.count, what)
+        default: break
+        }
+        return v
+    }
+
     package static func checkNesting(_ v: JinjaValue) throws -> JinjaValue {
         if v.nesting(limit: maxNesting) > maxNesting { throw fail("values nested deeper than \(maxNesting) levels") }
         return v
@@ -376,20 +387,17 @@ package enum JinjaBuiltins {
             return fn(name) { a, k in
                 let b = try bind(name, ["old", "new", "count"], a, k)
                 guard case let .string(old)? = b[0], case let .string(new)? = b[1] else { throw fail("replace() arguments must be str") }
-                return .string(pyReplace(s, old, new, count: b[2].flatMap(intIndex) ?? -1))
+                return .string(try replace(s, old, new, count: b[2].flatMap(intIndex) ?? -1))
             }
         case "find", "rfind", "index", "rindex", "count":
             return fn(name) { a, _ in
                 guard case let .string(x)? = a.first else { throw fail("\(name)() argument must be str") }
-                let u = Array(s.unicodeScalars), p = Array(x.unicodeScalars)
-                var hits: [Int] = []
-                var i = 0
-                while i + p.count <= u.count {
-                    if Array(u[i..<i + p.count]) == p { hits.append(i); i += max(p.count, 1) } else { i += 1 }
-                }
-                if p.isEmpty && name == "count" { return .int(u.count + 1) }
+                // Linear (KMP); the scan that compared a copied slice at every offset was quadratic.
+                let n = s.unicodeScalars.count
+                let hits = scalarOccurrences(of: x, in: s)
+                if x.isEmpty && name == "count" { return .int(n + 1) }
                 if name == "count" { return .int(hits.count) }
-                let hit = name.hasPrefix("r") ? (p.isEmpty ? u.count : hits.last) : (p.isEmpty ? 0 : hits.first)
+                let hit = name.hasPrefix("r") ? (x.isEmpty ? n : hits.last) : (x.isEmpty ? 0 : hits.first)
                 if let hit { return .int(hit) }
                 if name.hasSuffix("index") { throw fail("substring not found") }
                 return .int(-1)
@@ -397,10 +405,12 @@ package enum JinjaBuiltins {
         case "join":
             return fn(name) { a, _ in
                 guard let x = a.first else { throw fail("join() takes exactly one argument") }
-                return .string(try iterate(x, line: 0).map { v -> String in
+                let parts = try iterate(x, line: 0).map { v -> String in
                     guard case let .string(t) = v else { throw fail("sequence item: expected str instance, \(v.typeName) found") }
                     return t
-                }.joined(separator: s))
+                }
+                try JinjaBudget.check(parts.reduce(0) { $0 + $1.utf8.count } + max(parts.count - 1, 0) * s.utf8.count, "join")
+                return .string(parts.joined(separator: s))
             }
         case "isdigit", "isalpha", "isalnum", "isspace", "isupper", "islower":
             return fn(name) { _, _ in
@@ -453,7 +463,8 @@ package enum JinjaBuiltins {
                     guard let kv = kwargs.first(where: { $0.0 == field }) else { throw fail("KeyError: \(JinjaValue.pythonRepr(field))") }
                     v = kv.1
                 }
-                out += v.str
+                out += try text(v, "str.format")
+                try JinjaBudget.check(out.utf8.count, "str.format")
                 i = close + 1
             } else if c == "}" {
                 if i + 1 < u.count, u[i + 1] == "}" { out += "}"; i += 2; continue }
@@ -478,7 +489,7 @@ package enum JinjaBuiltins {
             var precision: Int?
             if u[i + 1] == ".", i + 2 < u.count {
                 var k = i + 2, p = 0
-                while k < u.count, let d = Int(String(u[k])) { p = p * 10 + d; k += 1 }
+                while k < u.count, let d = Int(String(u[k])) { p = min(p * 10 + d, 1_000_000); k += 1 }   // capped: no overflow
                 precision = p
                 i = k - 1
                 guard i + 1 < u.count else { throw fail("incomplete format") }
@@ -489,8 +500,10 @@ package enum JinjaBuiltins {
             guard !args.isEmpty else { throw fail("not enough arguments for format string") }
             let v = args.removeFirst()
             switch f {
-            case "s": out += v.str
-            case "r": out += v.repr
+            case "s": out += try text(v, "% formatting"); try JinjaBudget.check(out.utf8.count, "% formatting")
+            case "r":
+                try JinjaBudget.check(v.textSize(upTo: JinjaEvaluator.maxOutputBytes + 1), "% formatting")
+                out += v.repr; try JinjaBudget.check(out.utf8.count, "% formatting")
             case "f", "F":
                 guard let x = v.numeric else { throw fail("must be real number, not \(v.typeName)") }
                 guard (precision ?? 6) <= 100 else { throw fail("format precision too large") }
@@ -512,7 +525,11 @@ package enum JinjaBuiltins {
     // MARK: operators
 
     package static func binary(_ op: String, _ l: JinjaValue, _ r: JinjaValue) throws -> JinjaValue {
-        if op == "~" { return .string(l.str + r.str) }
+        if op == "~" {
+            let a = try text(l, "~"), b = try text(r, "~")
+            try JinjaBudget.check(a.utf8.count + b.utf8.count, "~")
+            return .string(a + b)
+        }
         if let m = undefinedMessage(l) ?? undefinedMessage(r) { throw fail(m) }
         func unsupported() -> JinjaError {
             switch (op, l, r) {

@@ -81,7 +81,9 @@ package final class JinjaEvaluator {
         case let .output(e, line):
             let v = try eval(e, scope)
             if let m = v.unsafeMessage { throw JinjaError(line: line, message: m) }
-            try write(v.str)
+            do { try write(try JinjaBuiltins.text(v, "printing a value")) } catch let err as JinjaError where err.line == 0 {
+                throw JinjaError(line: line, message: err.message)
+            }
         case let .conditional(branches, otherwise):
             for (cond, body) in branches where try eval(cond, scope).truthy {
                 return try run(body, scope: scope)
@@ -258,7 +260,7 @@ package final class JinjaEvaluator {
         switch f {
         case let .function(fn):
             do {
-                return try JinjaBuiltins.checkNesting(try fn.call(args, kwargs))
+                return try JinjaBuiltins.charged(JinjaBuiltins.checkNesting(try fn.call(args, kwargs)), fn.name + "()")
             } catch let e as JinjaError where e.line == 0 {
                 throw JinjaError(line: line, message: e.message)
             }
@@ -313,7 +315,7 @@ package final class JinjaEvaluator {
                     ? "the '\(name)' filter is not supported" : "No filter named '\(name)' found.")
             }
             do {
-                return try JinjaBuiltins.checkNesting(try JinjaBuiltins.applyFilter(name, v, a, k, line: line))
+                return try JinjaBuiltins.charged(JinjaBuiltins.checkNesting(try JinjaBuiltins.applyFilter(name, v, a, k, line: line)), "the \(name) filter")
             } catch let err as JinjaError where err.line == 0 {
                 throw JinjaError(line: line, message: err.message)
             }
@@ -352,7 +354,7 @@ package final class JinjaEvaluator {
             let l = try eval(a, scope, blockInput: blockInput)
             let r = try eval(b, scope, blockInput: blockInput)
             do {
-                return try JinjaBuiltins.binary(op, l, r)
+                return try JinjaBuiltins.charged(JinjaBuiltins.binary(op, l, r), op)
             } catch let err as JinjaError where err.line == 0 {
                 throw JinjaError(line: line, message: err.message)
             }

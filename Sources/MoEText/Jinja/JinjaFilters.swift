@@ -25,8 +25,8 @@ extension JinjaBuiltins {
             case let .namespace(ns): return .int(ns.attributes.count)
             default: throw fail("object of type '\(v.typeName)' has no len()")
             }
-        case "string": return .string(try strict(v).str)
-        case "safe": return .string(try strict(v).str)
+        case "string": return .string(try text(try strict(v), "the string filter"))
+        case "safe": return .string(try text(try strict(v), "the safe filter"))
         case "upper": return .string(try strict(v).str.uppercased())
         case "lower": return .string(try strict(v).str.lowercased())
         case "capitalize": return .string(pyCapitalize(try strict(v).str))
@@ -55,7 +55,7 @@ extension JinjaBuiltins {
         case "replace":
             let a = try b(["old", "new", "count"])
             guard let old = a[0], let new = a[1] else { throw fail("replace() missing required arguments") }
-            return .string(pyReplace(try strict(v).str, old.str, new.str, count: a[2].flatMap(intIndex) ?? -1))
+            return .string(try replace(try text(try strict(v), "replace"), try text(old, "replace"), try text(new, "replace"), count: a[2].flatMap(intIndex) ?? -1))
         case "first":
             return try iterate(v, line: line).first ?? .undefined(hint: "No first item, sequence was empty.")
         case "last":
@@ -78,7 +78,9 @@ extension JinjaBuiltins {
             if let attr = a[1], attr.numeric != nil || attr.typeName == "str" {
                 items = try items.map { try attributeGetter(attr)($0) }
             }
-            return .string(items.map(\.str).joined(separator: a[0]?.str ?? ""))
+            let parts = try items.map { try text($0, "join") }, sep = try a[0].map { try text($0, "join") } ?? ""
+            try JinjaBudget.check(parts.reduce(0) { $0 + $1.utf8.count } + max(parts.count - 1, 0) * sep.utf8.count, "join")
+            return .string(parts.joined(separator: sep))
         case "int":
             let a = try b(["default", "base"])
             let def = a[0] ?? .int(0)
@@ -190,6 +192,7 @@ extension JinjaBuiltins {
             }
             let s = text + "\n"
             var lines = splitLines(s)
+            try JinjaBudget.check(s.utf8.count + (lines.count + 1) * ind.utf8.count, "indent")
             var rv: String
             if a[2]?.truthy ?? false {
                 rv = lines.joined(separator: "\n" + ind)

@@ -36,7 +36,7 @@ public struct JinjaTemplate {
         let scope = JinjaScope(frame, parent: nil)
         for (k, v) in context where scope.variables[k] == nil { scope.variables[k] = v }
         do {
-            _ = try evaluator.run(nodes, scope: scope)
+            _ = try JinjaBudget.$current.withValue(JinjaBudget()) { try evaluator.run(nodes, scope: scope) }
         } catch let e as JinjaError {
             throw MoETuneError.invalid(e.description)
         }
