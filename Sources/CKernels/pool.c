@@ -4,6 +4,7 @@
 // one allocates nothing (libdispatch's apply allocated twice per call, Swift's overlay more).
 #include "ckernels.h"
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #if defined(__x86_64__)
@@ -22,13 +23,15 @@ static _Atomic long generation;
 static _Atomic int sleepers;
 static _Atomic(mt_task_fn) job_fn;
 static _Atomic(void *) job_ctx;
+static _Atomic int job_threads;   // workers with an index below job_threads - 1 take part
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;   // one region at a time
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
-static int started;
+static _Atomic int started;
 
-// Pause-loop iterations a worker spins before it sleeps (about 50-100 us).
+// Pause-loop iterations a worker spins before it sleeps (0.1-1 ms: a pause is 10-140 cycles
+// depending on the CPU), and that a caller waits before it yields its core.
 enum { SPIN = 20000 };
 
 static void run_items(void) {
@@ -42,7 +45,7 @@ static void run_items(void) {
 }
 
 static void *worker(void *arg) {
-    (void)arg;
+    const int index = (int)(long)arg;   // 0-based among the pool's threads
     long seen = 0;
     for (;;) {
         long g = atomic_load_explicit(&generation, memory_order_acquire);
@@ -58,19 +61,22 @@ static void *worker(void *arg) {
             pthread_mutex_unlock(&wake_lock);
         }
         seen = g;
-        run_items();
+        // A region asked for fewer threads than the pool has: the others sit it out.
+        if (index < atomic_load_explicit(&job_threads, memory_order_acquire) - 1) run_items();
     }
     return 0;
 }
 
 static void start(int threads) {
     pthread_mutex_lock(&start_lock);
-    for (; started < threads; started++) {
+    static int failed;   // thread creation is not retried on every call once it failed
+    for (int n = atomic_load(&started); n < threads && !failed; n++) {
         pthread_t t;
         pthread_attr_t a;
         pthread_attr_init(&a);
         pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &a, worker, 0) != 0) { pthread_attr_destroy(&a); break; }
+        if (pthread_create(&t, &a, worker, (void *)(long)n) != 0) failed = 1;
+        else atomic_store(&started, n + 1);
         pthread_attr_destroy(&a);
     }
     pthread_mutex_unlock(&start_lock);
@@ -78,14 +84,15 @@ static void start(int threads) {
 
 int mt_pool_run(long count, int threads, mt_task_fn fn, void *ctx) {
     if (count <= 0) return 1;
-    if (threads > 1 && started < threads - 1) start(threads - 1);
-    if (threads <= 1 || started == 0 || count == 1 || count >= (1L << 23) || pthread_mutex_trylock(&busy) != 0) {
+    if (threads > 1 && atomic_load(&started) < threads - 1) start(threads - 1);
+    if (threads <= 1 || atomic_load(&started) == 0 || count == 1 || count >= (1L << 23) || pthread_mutex_trylock(&busy) != 0) {
         for (long i = 0; i < count; i++) fn(ctx, i);
         return 0;
     }
     atomic_store_explicit(&job_fn, fn, memory_order_relaxed);
     atomic_store_explicit(&job_ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&done_items, 0, memory_order_relaxed);
+    atomic_store_explicit(&job_threads, threads, memory_order_relaxed);
     long gen = atomic_load_explicit(&generation, memory_order_relaxed) + 1;
     atomic_store_explicit(&next_item, ((uint64_t)(gen & 0xffff) << 48) | ((uint64_t)count << 24), memory_order_release);
     atomic_store(&generation, gen);
@@ -95,7 +102,11 @@ int mt_pool_run(long count, int threads, mt_task_fn fn, void *ctx) {
         pthread_mutex_unlock(&wake_lock);
     }
     run_items();
-    while (atomic_load_explicit(&done_items, memory_order_acquire) < count) MT_PAUSE();
+    // Wait for the workers' last items; yield the core after a while (on a busy machine the
+    // worker holding the last item may be waiting for it).
+    for (long s = 0; atomic_load_explicit(&done_items, memory_order_acquire) < count; s++) {
+        if (s < SPIN) MT_PAUSE(); else sched_yield();
+    }
     pthread_mutex_unlock(&busy);
     return 1;
 }

@@ -17,7 +17,7 @@ public struct GenerationRequest: Sendable {
 
 /// What a request produced.
 public struct GenerationResult: Sendable, Equatable {
-    /// New tokens (a stop token not included).
+    /// New tokens (a stop token not included, unless the generator ignores stops).
     public var tokens: [Int32]
     /// Why it ended: a stop token, the token budget, or the cache's length.
     public var reason: FinishReason
@@ -30,12 +30,17 @@ public struct GenerationResult: Sendable, Equatable {
 public struct GenerationTimings: Sendable {
     public var promptTokens = 0
     public var promptSeconds = 0.0
+    /// New tokens, the first of each sequence (picked from the prompt's logits) included.
     public var generatedTokens = 0
+    /// Tokens fed through decoding steps, and the seconds of those steps alone (llama.cpp's
+    /// "eval time": the prompt's and the sampling's time apart).
+    public var decodedTokens = 0
     public var decodeSeconds = 0.0
 
     public init() {}
     public var promptTokensPerSecond: Double { promptSeconds > 0 ? Double(promptTokens) / promptSeconds : 0 }
-    public var tokensPerSecond: Double { decodeSeconds > 0 ? Double(generatedTokens) / decodeSeconds : 0 }
+    /// Decoding steps' tokens per second (0 when no step ran).
+    public var tokensPerSecond: Double { decodeSeconds > 0 ? Double(decodedTokens) / decodeSeconds : 0 }
 }
 
 /// Continuous batching over a Decoder with several slots: up to `parallel` sequences decode
@@ -87,6 +92,7 @@ public final class BatchGenerator {
             let logits = try decoder.step(tokens: UnsafeBufferPointer(rebasing: rowTokens[0..<n]),
                                           slots: UnsafeBufferPointer(rebasing: rowSlots[0..<n]))
             timings.decodeSeconds += Date().timeIntervalSince(t0)
+            timings.decodedTokens += n
             for i in 0..<n {
                 let slot = Int(rowSlots[i])
                 accept(slot: slot, logits: logits + i * vocab, onToken: onToken, onFinish: onFinish)
@@ -137,6 +143,10 @@ public final class BatchGenerator {
     private func accept(slot: Int, logits: UnsafePointer<Float>, onToken: (Int, Int32) -> Void,
                         onFinish: (Int, GenerationResult) -> Void) {
         guard active[slot] != nil else { return }
+        if active[slot]!.budget <= 0 {
+            finish(slot: slot, reason: .length, onFinish: onFinish)
+            return
+        }
         // Mutated in place: a copy of the slot's token array would be copied again on append.
         let token = active[slot]!.sampler.next(logits, vocab: vocab)
         if !ignoreStop, stopIds.contains(token) {

@@ -28,8 +28,9 @@ public final class Decoder {
     private let state: DecoderState
     /// The LM head the products read (the GGUF's blocks on the fast path).
     private let lmHead: Matrix
-    /// Tokens in each slot's cache.
+    /// Tokens in each slot's cache, and placeRows' count of them with a call's rows.
     private var lengths: [Int]
+    private var pending: [Int]
 
     /// `slots` sequences of up to `maxLength` positions; calls of up to `maxRows` rows
     /// (default: a prefill chunk of `prefillRows`, at most maxLength).
@@ -43,6 +44,7 @@ public final class Decoder {
         self.maxRows = max(self.slots, min(maxRows ?? Decoder.prefillRows(model.config), self.maxLength * self.slots))
         self.products = products
         lengths = Array(repeating: 0, count: self.slots)
+        pending = lengths
         // A head the file stores in blocks is read in them; if it cannot be read now, the fp32 copy serves.
         lmHead = products == .fast ? ((try? model.headForDecoding()) ?? model.lmHead) : model.lmHead
         state = DecoderState(config: c, rows: self.maxRows, slots: self.slots, maxLength: self.maxLength,
@@ -54,8 +56,11 @@ public final class Decoder {
     /// weight once (a compressed one widened to fp32 chunk by chunk), so longer chunks
     /// spend less of a prompt on reading weights.
     public static func prefillRows(_ c: ModelConfig) -> Int {
+        let k = max(1, c.expertsPerToken)
+        let experts = c.isMoE ? k * (2 * c.hiddenSize + 3 * c.expertIntermediateSize) + 6 * c.numExperts : 0
+        let shared = 3 * c.sharedExpertIntermediateSize + c.hiddenSize
         let perRow = 4 * (4 * c.hiddenSize + 4 * c.qDim + 2 * c.kvDim + 3 * c.feedForwardScratch(tokens: 1)
-            + 2 * max(1, c.expertsPerToken) * c.hiddenSize)
+            + 3 * k * 64 + experts + shared + (c.mla.map { _ in 2 * c.qDim } ?? 0))
         return max(64, min(2048, (256 << 20) / max(perRow, 1)))
     }
 
@@ -87,6 +92,9 @@ public final class Decoder {
     public func prefill(_ tokens: [Int32], slot: Int = 0) throws -> UnsafeMutablePointer<Float> {
         guard !tokens.isEmpty else { throw MoETuneError.invalid("the prompt is empty") }
         guard (0..<slots).contains(slot) else { throw MoETuneError.invalid("slot \(slot) is outside 0..<\(slots)") }
+        guard lengths[slot] + tokens.count <= maxLength else {
+            throw MoETuneError.invalid("the prompt has \(tokens.count) tokens; \(maxLength - lengths[slot]) fit in the sequence")
+        }
         var i = 0
         while i < tokens.count {
             let n = min(maxRows, tokens.count - i)
@@ -123,7 +131,8 @@ public final class Decoder {
         head(rows: n, outputs: outputs)
     }
 
-    /// Checks every row and gives it its slot's next position; the slots' lengths move on.
+    /// Checks every row, then gives each its slot's next position; the slots' lengths move
+    /// on only when all rows fit (a refused call leaves every slot as it was).
     private func placeRows(_ n: Int) throws {
         for i in 0..<n {
             let token = state.tokens[i], s = Int(state.slotOf[i])
@@ -131,9 +140,18 @@ public final class Decoder {
             guard token >= 0, Int(token) < c.vocabSize else {
                 throw MoETuneError.invalid("token id \(token) is outside the model's vocabulary of \(c.vocabSize)")
             }
-            guard lengths[s] < maxLength else {
+        }
+        // Each slot's rows of this call must fit (pending: kept, so a call allocates nothing).
+        for i in 0..<n { pending[Int(state.slotOf[i])] = lengths[Int(state.slotOf[i])] }
+        for i in 0..<n {
+            let s = Int(state.slotOf[i])
+            pending[s] += 1
+            guard pending[s] <= maxLength else {
                 throw MoETuneError.invalid("the sequence reached the maximum length \(maxLength)")
             }
+        }
+        for i in 0..<n {
+            let s = Int(state.slotOf[i])
             state.positions[i] = Int32(lengths[s])
             lengths[s] += 1
         }

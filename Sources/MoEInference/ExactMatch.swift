@@ -18,7 +18,9 @@ public struct ExactMatchResult: Sendable {
 
 public enum ExactMatch {
     /// `parallel` sequences decode at once (continuous batching); `products: .exact`
-    /// multiplies as training does (the answers of one-at-a-time decoding).
+    /// multiplies as training does. A batch's products have more rows than one sequence's, so
+    /// their sums may round differently in the last bit; greedy answers then differ only at
+    /// near-ties (measured: none on 40 SmolLM2 prompts, parallel 1 against 8).
     public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: any TextTokenizer, dataset: Dataset,
                                 maxNewTokens: Int, extraStopIds: Set<Int32> = [], parallel: Int = 1,
                                 products: ProductPath = .exact,

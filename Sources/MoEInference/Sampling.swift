@@ -93,15 +93,18 @@ public final class Generator {
         var sampler = TokenSampler(options: options, vocab: decoder.model.config.vocabSize)
         var out: [Int32] = []
         out.reserveCapacity(min(options.maxNewTokens, decoder.maxLength))
-        t0 = Date()
-        defer { timings.decodeSeconds += Date().timeIntervalSince(t0); timings.generatedTokens += out.count }
+        defer { timings.generatedTokens += out.count }
         while out.count < options.maxNewTokens {
             let next = sampler.next(logits, vocab: decoder.model.config.vocabSize)
             if !ignoreStop, eosIds.contains(next) { break }
             out.append(next)
             onToken(next)
             if decoder.length >= decoder.maxLength || out.count >= options.maxNewTokens { break }
+            // Only the step is timed (not the sampling or the caller's streaming).
+            t0 = Date()
             logits = try decoder.step(next)
+            timings.decodeSeconds += Date().timeIntervalSince(t0)
+            timings.decodedTokens += 1
         }
         return out
     }

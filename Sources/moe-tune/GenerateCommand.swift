@@ -68,7 +68,8 @@ struct GenerateCommand: ParsableCommand {
             var encoder: ChatEncoder?
             if case let .jinja(renderer) = format { encoder = ChatEncoder(renderer: renderer, tokenizer: loaded.tokenizer) }
             var stops = loaded.tokenizer.stopIds
-            if chat, let id = encoder?.endOfTurnId() { stops.insert(id) }
+            // --prompts may hold chats ({"messages"} lines) without --chat: their turns end there too.
+            if chat || prompts != nil, let id = encoder?.endOfTurnId() { stops.insert(id) }
             var options = SamplingOptions()
             options.temperature = temperature; options.topK = topK; options.topP = topP; options.seed = seed
             options.maxNewTokens = maxNewTokens

@@ -116,6 +116,37 @@ final class GenerationTests: XCTestCase {
         }
     }
 
+    /// A refused call moves no slot on: a step whose second row does not fit leaves the first
+    /// row's slot where it was, and a too-long prompt is refused before any of it is fed.
+    func testARefusedCallLeavesEverySlotAsItWas() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        let d = Decoder(model: model, adapters: nil, maxLength: 4, slots: 2)
+        try d.prefill([1, 5, 6], slot: 0)
+        try d.prefill([1, 5, 6, 7], slot: 1)
+        let tokens: [Int32] = [8, 9], slots: [Int32] = [0, 1]
+        XCTAssertThrowsError(try tokens.withUnsafeBufferPointer { t in
+            try slots.withUnsafeBufferPointer { try d.step(tokens: t, slots: $0) }
+        })
+        XCTAssertEqual(d.length(of: 0), 3)
+        XCTAssertEqual(d.length(of: 1), 4)
+        XCTAssertThrowsError(try d.prefill([1, 2], slot: 0))
+        XCTAssertEqual(d.length(of: 0), 3)
+        try d.step(8)
+        XCTAssertEqual(d.length(of: 0), 4)
+    }
+
+    /// A budget of 0 new tokens gives none, from both generators.
+    func testAZeroBudgetGeneratesNothing() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        var o = SamplingOptions()
+        o.maxNewTokens = 0
+        XCTAssertEqual(try Generator(model: model, adapters: nil, maxLength: 16).generate(prompt: [1, 5], options: o), [])
+        var results: [GenerationResult] = []
+        try BatchGenerator(model: model, adapters: nil, maxLength: 16, parallel: 2)
+            .run([GenerationRequest(prompt: [1, 5], options: o)]) { _, r in results.append(r) }
+        XCTAssertEqual(results.map(\.tokens), [[]])
+    }
+
     func testSamplingIsSeededAndRespectsTopK() throws {
         let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
         let g = Generator(model: model, adapters: nil, maxLength: 64)

@@ -25,7 +25,8 @@ typedef void (*mt_task_fn)(void *ctx, long i);
 /// Runs fn(ctx, 0..<count) on the caller and up to threads - 1 pool threads (pool.c; started
 /// on first use, spinning briefly then sleeping between regions), each iteration exactly
 /// once, and returns when all are done. Allocates nothing. Serially on the caller when
-/// threads <= 1, count == 1, or another region is running (returns 0 then; 1 when shared).
+/// threads <= 1, count == 1, count >= 2^23, or another region is running (returns 0 then;
+/// 1 when shared or when count <= 0, which runs nothing).
 int mt_pool_run(long count, int threads, mt_task_fn fn, void *ctx);
 
 /// The decoder's products with the weight's output rows split over `threads` pool threads

@@ -17,7 +17,9 @@ public enum ProductPath: Sendable {
 }
 
 /// The decode path's matrix-vector products, split by output rows over the workers.
-/// Allocates nothing once the per-worker scratch has grown to the largest activation.
+/// Allocates nothing once the per-worker scratch has grown to the largest activation. Its
+/// scratch is per worker slot, as every PerWorkerScratch: one decoder runs at a time in a
+/// process (two threads decoding at once would share slot 0).
 package enum FastProducts {
     /// Products with more rows than this take the exact (GEMM) path.
     package static let maxRows = 16
