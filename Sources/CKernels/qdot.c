@@ -11,6 +11,7 @@
 // has neither, and no code path is kept that was never run.
 #include "dispatch.h"
 #include "ckernels.h"
+#include "qdot_common.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -23,16 +24,7 @@ enum { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q
 // The activation block of the 32-value types (40 bytes): fp32 d, fp32 s = d * (sum of q),
 // 32 int8 q; value i is d * q[i].
 #define XQ32_BYTES 40
-// The activation block of the K types (292 bytes): fp32 d, 256 int8 q, 16 int16 sums of q
-// over each 16 values (native byte order).
-#define XQ256_BYTES 292
 
-// The K-type kernels (qdot_k.c): out[j] = row · (activation j) for j < nx <= 4, the row nb
-// blocks of `type` at w, activation j at x + j * xs.
-void mt_qdot_k_scalar(int type, long nb, const uint8_t *w, const uint8_t *x, long xs, int nx, float *out);
-#if defined(__x86_64__)
-void mt_qdot_k_avx2(int type, long nb, const uint8_t *w, const uint8_t *x, long xs, int nx, float *out);
-#endif
 
 static int block_size(int type) {
     switch (type) {
@@ -61,25 +53,6 @@ static int valid(int type, long n) {
     return bs > 0 && n >= 0 && n % bs == 0;
 }
 
-// IEEE half (little-endian bytes) -> fp32, exact for every value.
-static inline float half_to_float(const uint8_t *p) {
-    uint32_t h = (uint32_t)p[0] | ((uint32_t)p[1] << 8);
-    uint32_t sign = (h & 0x8000u) << 16, e = (h >> 10) & 31, man = h & 0x3ff, bits;
-    if (e == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else if (e == 0) {
-        float f = (float)man * 0x1p-24f;  // zero or subnormal: man * 2^-24, exact
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    } else {
-        bits = sign | ((e + 112) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline float rd_f32(const uint8_t *p) { float f; memcpy(&f, p, 4); return f; }
 static inline uint32_t rd_u32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
@@ -228,31 +201,6 @@ static void dot32_scalar(int type, long nb, const uint8_t *w, const uint8_t *x, 
 // ---- 32-value types: AVX2 ---------------------------------------------------------------
 
 #if defined(__x86_64__)
-#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
-// The loops over the (at most 4) activations unrolled whatever the optimization level, so
-// their accumulators stay in registers.
-#if defined(__clang__)
-#define UNROLL_NX _Pragma("unroll")
-#else
-#define UNROLL_NX _Pragma("GCC unroll 4")
-#endif
-
-AVX2_INLINE float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-
-// The half at p, converted and broadcast to 8 lanes. Kept a vector: converted to one fp32
-// (as _cvtsh_ss does) clang loads it with pinsrw into whatever register is free, chaining
-// each block's scale to the previous block's accumulator (Q8_0 2.8x slower than gcc's code).
-AVX2_INLINE __m256 half8(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
-}
 
 // 16 bytes -> 32 bytes: the low nibbles (values 0..15) then the high nibbles (16..31).
 AVX2_INLINE __m256i nibbles32(const uint8_t *p) {

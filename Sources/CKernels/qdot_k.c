@@ -4,38 +4,9 @@
 // products are integers (each sub-block's sum times its integer scale), across super-blocks
 // fp32. Q4_K/Q5_K's minimums multiply the activation's 16-value sums; Q6_K's -32 offset is
 // taken the same way, 32 * scale * sum.
-#include <stdint.h>
-#include <string.h>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "qdot_common.h"
 
 enum { Q4_K = 12, Q5_K = 13, Q6_K = 14 };
-#define XQ256_BYTES 292
-
-void mt_qdot_k_scalar(int type, long nb, const uint8_t *w, const uint8_t *x, long xs, int nx, float *out);
-#if defined(__x86_64__)
-void mt_qdot_k_avx2(int type, long nb, const uint8_t *w, const uint8_t *x, long xs, int nx, float *out);
-#endif
-
-static inline float half_to_float(const uint8_t *p) {
-    uint32_t h = (uint32_t)p[0] | ((uint32_t)p[1] << 8);
-    uint32_t sign = (h & 0x8000u) << 16, e = (h >> 10) & 31, man = h & 0x3ff, bits;
-    if (e == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else if (e == 0) {
-        float f = (float)man * 0x1p-24f;
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    } else {
-        bits = sign | ((e + 112) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline float rd_f32(const uint8_t *p) { float f; memcpy(&f, p, 4); return f; }
 
 static long k_type_size(int type) { return type == Q4_K ? 144 : type == Q5_K ? 176 : 210; }
 
@@ -132,22 +103,6 @@ void mt_qdot_k_scalar(int type, long nb, const uint8_t *w, const uint8_t *x, lon
 // ---- AVX2 -----------------------------------------------------------------------------------
 
 #if defined(__x86_64__)
-#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
-// The loops over the (at most 4) activations unrolled whatever the optimization level, so
-// their accumulators stay in registers.
-#if defined(__clang__)
-#define UNROLL_NX _Pragma("unroll")
-#else
-#define UNROLL_NX _Pragma("GCC unroll 4")
-#endif
-
-AVX2_INLINE float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
 
 AVX2_INLINE int hsum_i32x4(__m128i v) {
     v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
@@ -155,14 +110,6 @@ AVX2_INLINE int hsum_i32x4(__m128i v) {
     return _mm_cvtsi128_si32(v);
 }
 
-// The half at p, converted and broadcast to 8 lanes. Kept a vector: converted to one fp32
-// (as _cvtsh_ss does) clang loads it with pinsrw into whatever register is free, chaining
-// each block's scale to the previous block's accumulator (Q8_0 2.8x slower than gcc's code).
-AVX2_INLINE __m256 half8(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
-}
 
 // The 12 scale bytes as 32-bit words a, b, c: scales 0..3 are a's bytes' low 6 bits, mins
 // 0..3 b's; scales 4..7 are c's low nibbles with a's top 2 bits above them, mins 4..7 c's

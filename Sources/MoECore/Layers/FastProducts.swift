@@ -1,5 +1,4 @@
 import Foundation
-import COpenBLAS
 import CKernels
 import MoEFormats
 import MoEText
