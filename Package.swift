@@ -10,6 +10,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
     ],
     targets: [
         // OpenBLAS from Debian (libopenblas-dev): cblas_sgemm and the core-type switch.
@@ -58,19 +60,28 @@ let package = Package(
             dependencies: ["MoEInference", .product(name: "Yams", package: "Yams")],
             path: "Sources/MoETraining"
         ),
+        // Serving: an OpenAI-compatible HTTP server over the batched decoder.
+        .target(
+            name: "MoEServe",
+            dependencies: [
+                "MoEInference", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/MoEServe"
+        ),
         // Writing models: merge, quantize, GGUF export.
         .target(name: "MoEExport", dependencies: ["MoECore"], path: "Sources/MoEExport"),
         .executableTarget(
             name: "moe-tune",
             dependencies: [
-                "MoETraining", "MoEExport",
+                "MoETraining", "MoEExport", "MoEServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/moe-tune"
         ),
         .testTarget(
             name: "MoETuneTests",
-            dependencies: ["MoETraining", "MoEExport"],
+            dependencies: ["MoETraining", "MoEExport", "MoEServe"],
             path: "Tests/MoETuneTests",
             exclude: ["Fixtures"]
         ),

@@ -15,9 +15,10 @@ declare -A allowed=(
   [MoEInference]="MoEFormats MoEText MoECore MoEData COpenBLAS CKernels"
   [MoETraining]="MoEFormats MoEText MoECore MoEData MoEInference COpenBLAS CKernels Yams"
   [MoEExport]="MoEFormats MoEText MoECore COpenBLAS CKernels"
-  [moe-tune]="MoEFormats MoEText MoECore MoEData MoEInference MoETraining MoEExport COpenBLAS CKernels ArgumentParser"
+  [MoEServe]="MoEFormats MoEText MoECore MoEData MoEInference Hummingbird Logging"
+  [moe-tune]="MoEFormats MoEText MoECore MoEData MoEInference MoETraining MoEExport MoEServe COpenBLAS CKernels ArgumentParser"
 )
-ours=" ${!allowed[*]} COpenBLAS CKernels CSentencePiece Yams ArgumentParser "
+ours=" ${!allowed[*]} COpenBLAS CKernels CSentencePiece Yams ArgumentParser Hummingbird Logging "
 bad=0 files=0
 for dir in Sources/*/; do
   module=$(basename "$dir")

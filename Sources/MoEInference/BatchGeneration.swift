@@ -62,6 +62,9 @@ public final class BatchGenerator {
         let budget: Int
     }
     private var active: [Active?]
+    /// Submitted requests not yet in a slot, oldest first (`waitingHead` is the next).
+    private var waiting: [(id: Int, request: GenerationRequest)] = []
+    private var waitingHead = 0
     private let rowTokens: UnsafeMutableBufferPointer<Int32>, rowSlots: UnsafeMutableBufferPointer<Int32>
     private let vocab: Int
 
@@ -83,20 +86,53 @@ public final class BatchGenerator {
     public func run(_ requests: [GenerationRequest], onToken: (Int, Int32) -> Void = { _, _ in },
                     onFinish: (Int, GenerationResult) -> Void) throws {
         for (i, r) in requests.enumerated() { try check(r, index: i) }
-        var next = 0
-        while true {
-            try admit(requests, next: &next, onToken: onToken, onFinish: onFinish)
-            let n = gatherRows()
-            if n == 0 { break }
-            let t0 = Date()
-            let logits = try decoder.step(tokens: UnsafeBufferPointer(rebasing: rowTokens[0..<n]),
-                                          slots: UnsafeBufferPointer(rebasing: rowSlots[0..<n]))
-            timings.decodeSeconds += Date().timeIntervalSince(t0)
-            timings.decodedTokens += n
-            for i in 0..<n {
-                let slot = Int(rowSlots[i])
-                accept(slot: slot, logits: logits + i * vocab, onToken: onToken, onFinish: onFinish)
-            }
+        for (i, r) in requests.enumerated() { try submit(r, id: i) }
+        while hasWork { try advance(onToken: onToken, onFinish: onFinish) }
+    }
+
+    /// Queues a request under the caller's `id` (a server's request number); it starts when
+    /// a slot is free. Refuses an empty prompt or one that leaves no room to generate.
+    public func submit(_ request: GenerationRequest, id: Int) throws {
+        try check(request, index: id)
+        if waitingHead > 64, waitingHead * 2 > waiting.count {
+            waiting.removeFirst(waitingHead)
+            waitingHead = 0
+        }
+        waiting.append((id, request))
+    }
+
+    /// Whether any request waits or runs.
+    public var hasWork: Bool { waitingHead < waiting.count || active.contains { $0 != nil } }
+
+    /// Requests in slots now.
+    public var running: Int { active.reduce(0) { $0 + ($1 == nil ? 0 : 1) } }
+
+    /// Whether request `id` waits or runs here.
+    public func owns(_ id: Int) -> Bool {
+        waiting[waitingHead...].contains { $0.id == id } || active.contains { $0?.request == id }
+    }
+
+    /// Drops request `id` (its client left): out of the queue, or its slot freed for the next.
+    /// Nothing is reported for it.
+    public func cancel(id: Int) {
+        if let i = waiting[waitingHead...].firstIndex(where: { $0.id == id }) { waiting.remove(at: i); return }
+        if let slot = active.firstIndex(where: { $0?.request == id }) { active[slot] = nil }
+    }
+
+    /// One round: waiting requests into free slots (each prompt prefilled, its first token
+    /// picked), then one decoding step for every running sequence.
+    public func advance(onToken: (Int, Int32) -> Void = { _, _ in }, onFinish: (Int, GenerationResult) -> Void) throws {
+        try admit(onToken: onToken, onFinish: onFinish)
+        let n = gatherRows()
+        if n == 0 { return }
+        let t0 = Date()
+        let logits = try decoder.step(tokens: UnsafeBufferPointer(rebasing: rowTokens[0..<n]),
+                                      slots: UnsafeBufferPointer(rebasing: rowSlots[0..<n]))
+        timings.decodeSeconds += Date().timeIntervalSince(t0)
+        timings.decodedTokens += n
+        for i in 0..<n {
+            let slot = Int(rowSlots[i])
+            accept(slot: slot, logits: logits + i * vocab, onToken: onToken, onFinish: onFinish)
         }
     }
 
@@ -108,19 +144,18 @@ public final class BatchGenerator {
     }
 
     /// Fills free slots with waiting requests: prefill, then the first token.
-    private func admit(_ requests: [GenerationRequest], next: inout Int, onToken: (Int, Int32) -> Void,
-                       onFinish: (Int, GenerationResult) -> Void) throws {
+    private func admit(onToken: (Int, Int32) -> Void, onFinish: (Int, GenerationResult) -> Void) throws {
         for slot in 0..<decoder.slots where active[slot] == nil {
-            while active[slot] == nil, next < requests.count {
-                let r = requests[next]
+            while active[slot] == nil, waitingHead < waiting.count {
+                let (id, r) = waiting[waitingHead]
+                waitingHead += 1
                 decoder.reset(slot: slot)
                 let t0 = Date()
                 let logits = try decoder.prefill(r.prompt, slot: slot)
                 timings.promptSeconds += Date().timeIntervalSince(t0)
                 timings.promptTokens += r.prompt.count
-                active[slot] = Active(request: next, sampler: TokenSampler(options: r.options, vocab: vocab),
+                active[slot] = Active(request: id, sampler: TokenSampler(options: r.options, vocab: vocab),
                                       budget: r.options.maxNewTokens)
-                next += 1
                 accept(slot: slot, logits: logits, onToken: onToken, onFinish: onFinish)
             }
         }
