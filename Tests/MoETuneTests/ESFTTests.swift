@@ -71,11 +71,11 @@ final class ESFTTests: XCTestCase {
     }
 
     /// Trains a few steps on a fixture with `overrides`; returns out_dir.
-    func train(_ family: String, _ overrides: [String], dir: String) throws -> String {
+    func train(_ family: String, _ overrides: [String], dir: String, model: String? = nil) throws -> String {
         let cfgPath = Fixtures.root + "/../../../configs/demo.yaml"
         let out = dir + "/" + family + "-" + String(overrides.count)
         let cfg = try TrainConfig.load(path: cfgPath, overrides: [
-            "model=\(Fixtures.dir(family))", "training.max_steps=3", "training.out_dir=\(out)",
+            "model=\(model ?? Fixtures.dir(family))", "training.max_steps=3", "training.out_dir=\(out)",
             "data.train=\(Fixtures.dir("eval.jsonl"))", "data.valid=null", "data.test=null",
             "training.eval_every=0", "optimizer.lr=0.02", "schedule.warmup_steps=0", "training.batch_size=4",
         ] + overrides)
@@ -151,6 +151,38 @@ final class ESFTTests: XCTestCase {
                 XCTAssertEqual(zero, !l.selected.contains(x), "layer \(l.layer) expert \(x)")
             }
         }
+    }
+
+    /// A selected-experts adapter merges: into a Hugging Face folder (Mixtral fixture) and into
+    /// an f32 GGUF (Qwen3-MoE GGUF fixture), each merged model's loss equals eval with the
+    /// adapter (1e-5 relative); the merge counts only the adapted modules.
+    func testSubsetAdapterMerges() throws {
+        let dir = try makeTempDir(self)
+        let esft = ["lora.experts.select=gate_score", "lora.experts.coverage=0.5"]
+        func evalLoss(_ model: String, adapter: String? = nil) throws -> Double {
+            let loaded = try LoadedModel.load(directory: model)
+            let ds = try Dataset.load(path: Fixtures.dir("eval.jsonl"), tokenizer: loaded.tokenizer,
+                                      vocabSize: loaded.model.config.vocabSize, options: DataOptions())
+            let set = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
+            return try Evaluator.evaluate(model: loaded.model, adapters: set, dataset: ds, batchSize: 3).loss
+        }
+        let hf = try train("mixtral", esft, dir: dir)
+        let sel = try ExpertSelection.read(json: try bytes(hf + "/experts.json"), path: hf)
+        let chosen = sel.layers.reduce(0) { $0 + $1.selected.count }
+        let s = try Merger.merge(modelDir: Fixtures.dir("mixtral"), adapters: [(hf, 1)], outDir: dir + "/merged")
+        XCTAssertEqual(s.mergedModules, 4 * 2 + 3 * chosen)
+        let withAdapter = try evalLoss(Fixtures.dir("mixtral"), adapter: hf)
+        XCTAssertEqual(try evalLoss(dir + "/merged"), withAdapter, accuracy: 1e-5 * withAdapter)
+        XCTAssertGreaterThan(abs(withAdapter - (try evalLoss(Fixtures.dir("mixtral")))), 1e-3)
+
+        let base = Fixtures.dir("gguf/arch") + "/qwen3_moe.gguf"
+        let gg = try train("qwen3_moe", esft, dir: dir, model: base)
+        let gsel = try ExpertSelection.read(json: try bytes(gg + "/experts.json"), path: gg)
+        let m = try GGUFExport.mergedModel(model: base, adapters: [(gg, 1)], out: dir + "/m.gguf", type: .f32, overwrite: false)
+        let layers = try LoadedModel.load(directory: base).model.config.numLayers
+        XCTAssertEqual(m.mergedModules, 4 * layers + 3 * gsel.layers.reduce(0) { $0 + $1.selected.count })
+        let ggAdapter = try evalLoss(base, adapter: gg)
+        XCTAssertEqual(try evalLoss(dir + "/m.gguf"), ggAdapter, accuracy: 1e-5 * ggAdapter)
     }
 
     /// One-line config errors: a selection without mlp targets, a coverage outside (0, 1], an
