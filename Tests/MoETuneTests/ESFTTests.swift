@@ -185,6 +185,30 @@ final class ESFTTests: XCTestCase {
         XCTAssertEqual(try evalLoss(dir + "/m.gguf"), ggAdapter, accuracy: 1e-5 * ggAdapter)
     }
 
+    /// The table: one column per expert up to 16 (selected marked *), above that one summary
+    /// line per layer; experts.json round-trips; report.html shows the selection.
+    func testTableJSONAndReport() throws {
+        let small = ExpertSelection(select: .gateScore, coverage: 0.5, tokens: 10,
+                                    layers: [ExpertLayerSelection(layer: 0, scores: [0.1, 0.6, 0.3, 0], selected: [1])])
+        XCTAssertTrue(small.table().contains("0.6000*"), small.table())
+        let scores = (0..<20).map { Double($0 % 7) / 60 }
+        let big = ExpertSelection(select: .tokenShare, coverage: 0.3, tokens: 99, layers: [
+            ExpertLayerSelection(layer: 3, scores: scores, selected: ExpertSelection.select(scores: scores, coverage: 0.3))])
+        let lines = big.table().split(separator: "\n")
+        XCTAssertEqual(lines.count, 4, big.table())
+        XCTAssertTrue(lines[2].contains("of 20") && lines[2].contains("6 0.1000, 13 0.1000"), String(lines[2]))
+        // JSONSerialization writes 16 significant digits: the scores come back within an ulp or two.
+        let back = try ExpertSelection.read(json: try big.jsonData(), path: "x")
+        XCTAssertEqual(back.layers.map(\.selected), big.layers.map(\.selected))
+        XCTAssertEqual([back.select.rawValue, "\(back.coverage)", "\(back.tokens)"], [big.select.rawValue, "\(big.coverage)", "\(big.tokens)"])
+        for (a, b) in zip(back.layers[0].scores, big.layers[0].scores) { XCTAssertEqual(a, b, accuracy: 1e-15) }
+        let dir = try makeTempDir(self)
+        try big.jsonData().write(to: URL(fileURLWithPath: dir + "/experts.json"))
+        let html = try XCTUnwrap(RunReport.expertSelectionSection(outDir: dir))
+        XCTAssertTrue(html.contains("layer 3 expert 6: 0.1000 (selected)"), html)
+        XCTAssertNil(RunReport.expertSelectionSection(outDir: dir + "/none"))
+    }
+
     /// One-line config errors: a selection without mlp targets, a coverage outside (0, 1], an
     /// unknown select, a dense model.
     func testConfigErrors() throws {
