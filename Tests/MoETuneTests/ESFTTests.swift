@@ -209,6 +209,22 @@ final class ESFTTests: XCTestCase {
         XCTAssertNil(RunReport.expertSelectionSection(outDir: dir + "/none"))
     }
 
+    /// With lora.experts, a run stopped after step 3 and resumed (the scoring pass runs again)
+    /// ends with the uninterrupted run's adapter and experts.json, bit for bit (ResumeTests'
+    /// setup: dropout, grad_accum 2, jitter and router noise on).
+    func testStopAndResumeWithSelectedExperts() throws {
+        let r = ResumeTests(name: "helper", testClosure: { _ in })
+        let esft = ["lora.experts.select=token_share", "lora.experts.coverage=0.5"]
+        let a = try makeTempDir(self), b = try makeTempDir(self)
+        try r.train(try r.setUp(a), overrides: esft)
+        let cb = try r.setUp(b)
+        XCTAssertEqual(try r.train(cb, overrides: esft, stopAfter: 3).stoppedAt, 3)
+        XCTAssertEqual(try r.train(cb, overrides: esft, resume: true).resumedFrom, 3)
+        XCTAssertEqual(try r.adapterBytes(a), try r.adapterBytes(b))
+        XCTAssertEqual(try bytes(a + "/out/experts.json"), try bytes(b + "/out/experts.json"))
+        assertMoETuneError(try r.train(cb, overrides: ["lora.experts.select=gate_score"], resume: true), contains: ["lora.experts"])
+    }
+
     /// One-line config errors: a selection without mlp targets, a coverage outside (0, 1], an
     /// unknown select, a dense model.
     func testConfigErrors() throws {
