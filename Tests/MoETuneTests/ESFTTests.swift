@@ -13,7 +13,7 @@ import XCTest
 /// hidden states, each example alone), the selection rule, `lora.experts` in training and
 /// the adapters it writes.
 final class ESFTTests: XCTestCase {
-    static let families = ["mixtral", "qwen2_moe", "olmoe"]
+    static let families = ["mixtral", "qwen2_moe", "olmoe", "deepseek_v2", "gpt_oss"]
 
     func fixture(_ family: String) throws -> [String: Any] {
         let data = try Data(contentsOf: URL(fileURLWithPath: Fixtures.dir("esft/\(family).json")))
