@@ -9,6 +9,8 @@
 #           shared_expert, head unless tied), overrides mlp rank 3 / alpha 5, router rank 1 / alpha 3
 #   subset: mlp and router in the last layer only, rsLoRA (full target_parameters names, no target_modules)
 #   full:   query LoRA and the router trained in full (modules_to_save)
+#   esft:   attention and mlp with lora.experts {select: gate_score, coverage: 0.5}: only the
+#           selected experts are adapted (the others are zero blocks of the fused tensors)
 #   kind-K: one target kind K alone (CASES="kind-query kind-key kind-value kind-projection kind-mlp
 #           kind-router kind-shared_expert kind-head"; kinds a family lacks are skipped)
 set -euo pipefail
@@ -34,6 +36,8 @@ for fam in ${FAMILIES:-mixtral qwen2_moe qwen3_moe olmoe granitemoe deepseek_v2 
   layers: 1
   rslora: true"; moe="router: lora";;
       full) lora="targets: [query]"; moe="router: full";;
+      esft) lora="targets: [query, key, value, projection, mlp]
+  experts: {select: gate_score, coverage: 0.5}"; moe="router: frozen";;
       kind-*) lora="targets: [${case#kind-}]"; moe="router: frozen"; [ "$case" = kind-router ] && moe="router: lora";;
     esac
     cat > "$d/train.yaml" <<EOF

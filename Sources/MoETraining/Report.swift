@@ -11,7 +11,10 @@ import MoEInference
 public enum RunReport {
     public static func write(outDir: String, title: String) throws {
         let metrics = try MetricsLog.read(path: outDir + "/metrics.jsonl")
-        let html = render(metrics: metrics, title: title, config: (try? String(contentsOfFile: outDir + "/config.yaml", encoding: .utf8)) ?? "")
+        var html = render(metrics: metrics, title: title, config: (try? String(contentsOfFile: outDir + "/config.yaml", encoding: .utf8)) ?? "")
+        if let experts = expertSelectionSection(outDir: outDir) {
+            html = html.replacingOccurrences(of: "<h2>Configuration</h2>", with: experts + "\n<h2>Configuration</h2>")
+        }
         try AtomicFile.write(Data(html.utf8), to: outDir + "/report.html")
     }
 

@@ -47,6 +47,7 @@ public struct TrainConfig: Equatable, Sendable {
         public var targets: [ModuleKind] = [.query, .key, .value, .projection]
         public var layers: LayerSelection = .all
         public var overrides: [ModuleKind: LoRAShape] = [:]
+        public var experts = ExpertsSection()
     }
 
     public enum OptimizerName: String, Sendable, CaseIterable { case adamw, sgd }
@@ -242,6 +243,7 @@ public struct TrainConfig: Equatable, Sendable {
             try s.finish()
         }
         try o.finish()
+        lora.experts = try ExpertsSection.decode(l, targets: lora.targets)
         try l.finish()
 
         let op = try r.section("optimizer")
@@ -543,7 +545,7 @@ public struct TrainConfig: Equatable, Sendable {
           rslora: \(lora.rslora)
           targets: [\(lora.targets.map(\.rawValue).joined(separator: ", "))]
           layers: \(layers)
-          overrides:\(overrides.isEmpty ? " {}" : overrides)
+          overrides:\(overrides.isEmpty ? " {}" : overrides)\(lora.experts.yaml)
         optimizer:
           name: \(optimizer.name.rawValue)
           lr: \(optimizer.lr)

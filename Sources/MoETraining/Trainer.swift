@@ -172,7 +172,8 @@ public final class Trainer {
             throw MoETuneError.config(path: configPath, key: "lora.targets",
                 message: "shared_expert, but \(model.config.family.name) models have no shared expert")
         }
-        let adapters = try AdapterSet(model: model, spec: c.loraSpec, seed: UInt64(bitPattern: Int64(tc.seed)))
+        let spec = try resolvedLoRASpec(c, model: model, train: train, outDir: outDir, root: root, events: events)
+        let adapters = try AdapterSet(model: model, spec: spec, seed: UInt64(bitPattern: Int64(tc.seed)))
         events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters"
             + (model.layers.first?.q.nf4 != nil ? "; base weights in NF4 (QLoRA)" : "")
             + (c.baseDType.isBF16 ? "; base weights in bf16 (\(c.baseDType.rawValue))" : ""))

@@ -66,11 +66,14 @@ public enum PEFTAdapter {
             parameters.append((parameterName(module + ".weight", layer: l), patternShape(a)))
         }
         for l in expertLayers.sorted() {
+            // Experts without adapters (ESFT: not selected) are zero blocks of A and B: no delta
+            // in peft, and skipped again when read back.
             let experts = adapters.layers[l].experts
             let e = experts.count
-            guard e > 0, let g0 = experts[0].gate, let d0 = experts[0].down,
-                  experts.allSatisfy({ $0.gate?.rank == g0.rank && $0.up?.rank == g0.rank && $0.down?.rank == d0.rank }) else {
-                throw MoETuneError.invalid("layer \(l): peft's fused expert layout needs LoRA adapters on every expert's gate, up and down projections, each kind with one rank")
+            let adapted = experts.filter { !$0.isEmpty }
+            guard e > 0, let g0 = adapted.first?.gate, let d0 = adapted.first?.down,
+                  adapted.allSatisfy({ $0.gate?.rank == g0.rank && $0.up?.rank == g0.rank && $0.down?.rank == d0.rank }) else {
+                throw MoETuneError.invalid("layer \(l): peft's fused expert layout needs LoRA adapters on each adapted expert's gate, up and down projections, each kind with one rank")
             }
             // gate_up_proj [E, 2I, H]: A (E, 2r, H) as [E*2r, H], expert-major, rows [A_gate; A_up];
             // B (2I, 2r, E) as [2I, 2r*E], expert fastest, block-diagonal: gate rows read
@@ -80,7 +83,7 @@ public enum PEFTAdapter {
             let row = Self.gateUpRow(family, inter: inter)
             var a = [Float](repeating: 0, count: e * r2 * h)
             var b = [Float](repeating: 0, count: 2 * inter * r2 * e)
-            for (x, ex) in experts.enumerated() {
+            for (x, ex) in experts.enumerated() where !ex.isEmpty {
                 for (half, ad) in [ex.gate!, ex.up!].enumerated() {
                     for j in 0..<r {
                         for i in 0..<h { a[(x * r2 + half * r + j) * h + i] = ad.a[j * h + i] }
@@ -94,7 +97,7 @@ public enum PEFTAdapter {
             let rd = d0.rank, di = d0.inFeatures, dout = d0.outFeatures
             var da = [Float](repeating: 0, count: e * rd * di)
             var db = [Float](repeating: 0, count: dout * rd * e)
-            for (x, ex) in experts.enumerated() {
+            for (x, ex) in experts.enumerated() where !ex.isEmpty {
                 let ad = ex.down!
                 for j in 0..<rd {
                     for i in 0..<di { da[(x * rd + j) * di + i] = ad.a[j * di + i] }
@@ -386,6 +389,9 @@ public enum PEFTAdapter {
                 throw MoETuneError.config(path: configPath, key: "target_modules", message: "\(targets) match none of the adapter's modules")
             }
         }
+        // An expert whose fused A and B blocks are all zero has no delta (save writes an expert
+        // without adapters so, as with ESFT): it is left out, as it was trained.
+        pieces.removeAll { $0.patternName != nil && $0.a.allSatisfy { $0 == 0 } && $0.b.allSatisfy { $0 == 0 } }
         // One order whatever the layout on disk (module names as the per-expert tensors sort).
         pieces.sort { $0.module + "." < $1.module + "." }
         if let i = pieces.indices.dropFirst().first(where: { pieces[$0].module == pieces[$0 - 1].module }) {

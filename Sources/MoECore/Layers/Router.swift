@@ -76,6 +76,8 @@ public final class RoutingBuffers {
     public private(set) var dropped = 0
     /// Sums over valid tokens: router probability per expert [E], entropy, lse^2.
     public private(set) var probSum: [Double]
+    /// Sums over valid tokens of each expert's final routing weight (topWeight; 0 where not chosen) [E].
+    public private(set) var gateSum: [Double]
     public private(set) var entropySum = 0.0
     public private(set) var zSum = 0.0
 
@@ -98,6 +100,7 @@ public final class RoutingBuffers {
         counts = .allocate(capacity: 2 * experts)
         selected = Array(repeating: 0, count: experts)
         probSum = Array(repeating: 0, count: experts)
+        gateSum = Array(repeating: 0, count: experts)
     }
 
     deinit {
@@ -177,7 +180,7 @@ public final class RoutingBuffers {
         }
         // Statistics over valid tokens.
         validTokens = 0
-        for j in 0..<e { selected[j] = 0; probSum[j] = 0 }
+        for j in 0..<e { selected[j] = 0; probSum[j] = 0; gateSum[j] = 0 }
         entropySum = 0
         zSum = 0
         for i in 0..<n where valid[i] {
@@ -190,7 +193,11 @@ public final class RoutingBuffers {
             }
             entropySum += h
             zSum += Double(lse[i]) * Double(lse[i])
-            for s in 0..<k { selected[Int(topExpert[i * k + s])] += 1 }
+            for s in 0..<k {
+                let ex = Int(topExpert[i * k + s])
+                selected[ex] += 1
+                gateSum[ex] += Double(topWeight[i * k + s])
+            }
         }
         // Capacity, in token order, then the counting sort of kept assignments by expert.
         let capacity: Int

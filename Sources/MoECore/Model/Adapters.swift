@@ -43,6 +43,9 @@ public struct LoRASpec: Equatable, Sendable {
     public var overrides: [ModuleKind: LoRAShape]
     /// Train each router's weight in full (moe.router: full) instead of freezing it.
     public var trainRouters = false
+    /// ESFT: per MoE layer, the experts whose projections get LoRA (`mlp`); a routed layer
+    /// missing from the map gets none. nil: every expert (see ExpertSubsets.swift).
+    public var expertSubsets: [Int: [Int]]? = nil
 
     public init(rank: Int = 8, alpha: Double = 16, dropout: Double = 0, rslora: Bool = false,
                 targets: Set<ModuleKind> = [.query, .key, .value, .projection],
@@ -177,7 +180,7 @@ public final class AdapterSet: @unchecked Sendable {
         var plan: [AdapterPlan] = []
         for l in 0..<c.numLayers where spec.layers.contains(l, of: c.numLayers) {
             for kind in ModuleKind.allCases where kind != .head && spec.targets.contains(kind) {
-                for module in model.modules(of: kind, layer: l) {
+                for module in model.modules(of: kind, layer: l) where spec.adapts(module: module, family: c.family) {
                     plan.append(AdapterPlan(module: module, rank: spec.shape(of: kind).rank, scale: spec.scale(of: kind)))
                 }
             }
