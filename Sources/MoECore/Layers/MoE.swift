@@ -107,6 +107,28 @@ package func withExpertOrder(_ r: RoutingBuffers, _ body: (UnsafePointer<Int32>,
     }
 }
 
+/// What every expert task of `moeForward` reads: one expert's feed-forward over its rows.
+private struct ExpertJob {
+    let experts: UnsafePointer<FeedForwardWeights>
+    let adapters: UnsafePointer<FeedForwardAdapters>?
+    let cache: FeedForwardLoRACache
+    let routing: RoutingBuffers
+    let scratch: ExpertBuffers
+    let hidden: Int
+    let path: ProductPath
+
+    func run(expert e: Int) {
+        let w = experts[e], r = routing, s = scratch, h = hidden
+        let start = r.expertStart[e], rows = r.count(of: e)
+        let inter = w.gate.rows
+        let ad = adapters?[e] ?? FeedForwardAdapters()
+        feedForward(out: s.ye.pointer + start * h, x: s.xe.pointer + start * h, rows: rows, weights: w,
+                    adapters: ad, cache: cache.offset(row: start, adapters: ad),
+                    gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
+                    act: s.act.pointer + start * inter, accumulate: false, path: path)
+    }
+}
+
 /// Mixtral sparse MoE block, dropless:
 ///   out[i, :] += sum over the k experts e chosen for token i of weight(i, e) * FFN_e(x[i, :]).
 /// x [N, H]; routing already done (RoutingBuffers); each expert runs one matrix product
@@ -119,26 +141,37 @@ public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
                        routing r: RoutingBuffers, scratch s: ExpertBuffers, path: ProductPath = .exact) {
     let total = r.assignCount
     gatherExpertInputs(s.xe.pointer, x: x, hidden: h, routing: r)
-    withExpertOrder(r) { order, count in
-        Parallel.forEachTask(order, count: count) { e in
-            let w = experts[e]
-            let start = r.expertStart[e], rows = r.count(of: e)
-            let inter = w.gate.rows
-            let ad = adapters.isEmpty ? FeedForwardAdapters() : adapters[e]
-            feedForward(out: s.ye.pointer + start * h, x: s.xe.pointer + start * h, rows: rows, weights: w,
-                        adapters: ad, cache: cache.offset(row: start, adapters: ad),
-                        gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
-                        act: s.act.pointer + start * inter, accumulate: false, path: path)
+    experts.withUnsafeBufferPointer { w in
+        adapters.withUnsafeBufferPointer { a in
+            var job = ExpertJob(experts: w.baseAddress!, adapters: a.isEmpty ? nil : a.baseAddress, cache: cache, routing: r,
+                                scratch: s, hidden: h, path: path)
+            withExpertOrder(r) { order, count in
+                withUnsafeMutablePointer(to: &job) { p in
+                    Parallel.forEachTask(order, count: count, context: UnsafeMutableRawPointer(p)) { context, e in
+                        context!.assumingMemoryBound(to: ExpertJob.self).pointee.run(expert: e)
+                    }
+                }
+            }
         }
     }
     // Scatter-add with the routing weights. Two assignments may share a token, so the
-    // workers split the hidden columns, each adding in assignment order.
-    parallelChunks(h, minChunk: 64) { cols in
-        for a in 0..<total {
-            let token = Int(r.assignToken[a])
-            let weight = r.topWeight[token * r.k + Int(r.assignSlot[a])]
-            let src = s.ye.pointer + a * h, dst = out + token * h
-            for j in cols { dst[j] += weight * src[j] }
-        }
+    // workers split the hidden columns, each adding in assignment order. A decoding step's
+    // few rows are added on this thread (a region would cost more than it saves).
+    if total * h <= 1 << 16 {
+        scatterExpertOutputs(out, s.ye.pointer, routing: r, hidden: h, columns: 0..<h)
+    } else {
+        parallelChunks(h, minChunk: 64) { cols in scatterExpertOutputs(out, s.ye.pointer, routing: r, hidden: h, columns: cols) }
+    }
+}
+
+/// out[token, cols] += weight * ye[a, cols] for every assignment a, in assignment order.
+@inline(__always)
+private func scatterExpertOutputs(_ out: UnsafeMutablePointer<Float>, _ ye: UnsafePointer<Float>, routing r: RoutingBuffers,
+                                  hidden h: Int, columns cols: Range<Int>) {
+    for a in 0..<r.assignCount {
+        let token = Int(r.assignToken[a])
+        let weight = r.topWeight[token * r.k + Int(r.assignSlot[a])]
+        let src = ye + a * h, dst = out + token * h
+        for j in cols { dst[j] += weight * src[j] }
     }
 }

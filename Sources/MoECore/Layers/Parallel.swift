@@ -73,6 +73,45 @@ public enum Parallel {
         }
     }
 
+    /// A task of a region as a C function of its context and an index: no closure to box,
+    /// so a region run with one allocates nothing (a Swift closure made escaping for the
+    /// pool is two heap objects per region).
+    public typealias Task = @convention(c) (UnsafeMutableRawPointer?, Int) -> Void
+
+    private struct TaskList {
+        let task: Task
+        let context: UnsafeMutableRawPointer?
+        let order: UnsafePointer<Int32>
+        let count: Int
+    }
+
+    /// The next task of the running `forEachTask` region (one region runs at a time).
+    private static let nextTask = Atomic<Int>(0)
+
+    /// `forEachTask` with the task as a C function: task(context, order[0]), ... each worker
+    /// taking the next as it finishes one. Allocates nothing.
+    public static func forEachTask(_ order: UnsafePointer<Int32>, count: Int, context: UnsafeMutableRawPointer?, _ task: Task) {
+        let w = min(workers, count)
+        if w <= 1 || inRegion || !expertTasks || BLAS.threading == .library {
+            for i in 0..<count { task(context, Int(order[i])) }
+            return
+        }
+        nextTask.store(0, ordering: .relaxed)
+        var list = TaskList(task: task, context: context, order: order, count: count)
+        withUnsafeMutablePointer(to: &list) { p in
+            _ = mt_pool_run(w, Int32(workers), { context, i in
+                pthread_setspecific(Parallel.key, UnsafeRawPointer(bitPattern: i + 1))
+                let l = context!.assumingMemoryBound(to: TaskList.self)
+                while true {
+                    let k = Parallel.nextTask.wrappingAdd(1, ordering: .relaxed).oldValue
+                    if k >= l.pointee.count { break }
+                    l.pointee.task(l.pointee.context, Int(l.pointee.order[k]))
+                }
+                pthread_setspecific(Parallel.key, nil)
+            }, UnsafeMutableRawPointer(p))
+        }
+    }
+
     /// Runs task(order[0]), task(order[1]), ... with each worker taking the next task as it
     /// finishes one (dynamic scheduling: tasks of uneven cost balance; give the costliest
     /// first). Which worker runs a task does not change its result.
