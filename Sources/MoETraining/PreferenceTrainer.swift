@@ -20,9 +20,14 @@ extension Trainer {
         try configureMoE(model)
         JSONL.maxLineBytes = c.data.maxLineBytes
         defer { JSONL.maxLineBytes = JSONL.defaultMaxLineBytes }
+        var chat: ChatEncoder?
+        if case let .jinja(renderer) = try ChatFormat.resolve(c.data.chatTemplate, modelDirectory: c.model) {
+            chat = ChatEncoder(renderer: renderer, tokenizer: loaded.tokenizer)
+        }
         var examples: [PreferenceExample] = []
         for f in c.data.trainFiles {
-            let ds = try PreferenceDataset.load(path: f.path, tokenizer: loaded.tokenizer, vocabSize: model.config.vocabSize, maxSeqLen: tc.maxSeqLen)
+            let ds = try PreferenceDataset.load(path: f.path, tokenizer: loaded.tokenizer, vocabSize: model.config.vocabSize,
+                                                maxSeqLen: tc.maxSeqLen, chat: chat)
             events.log("train: \(ds.examples.count) pairs from \(f.path)" + (ds.truncated > 0 ? "; \(ds.truncated) with completions cut to max_seq_len \(tc.maxSeqLen)" : ""))
             examples += ds.examples
         }
