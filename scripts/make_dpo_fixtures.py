@@ -27,7 +27,9 @@ the model's router_aux_loss_coef (0.02) x the MoE load-balancing loss of the pol
 the loss (aux_loss and aux_coef are stored beside it); the plain-torch cdpo and the ORPO
 stand-in (aux_loss_enabled false) do not. dpo-FAMILY/ holds the adapter
 (adapter_config.json, adapter_model.safetensors, peft's save), batch.json (the pairs' ids) and
-meta.json (versions, beta per case). Tests: Tests/MoETuneTests/PreferenceTests.swift.
+meta.json (versions, beta per case). dpo-chat/ holds string and conversational preference lines
+and the prompt/chosen/rejected ids TRL's DPOTrainer tokenizes them into with the chat-model
+fixture's tokenizer (Qwen2.5's, with its chat template). Tests: Tests/MoETuneTests/PreferenceTests.swift.
 """
 import argparse, json, os, shutil, tempfile, types
 
@@ -187,11 +189,53 @@ def write_case(out, name, loss, metrics, grads, aux=None):
     print(f"  {name}: loss {loss:.8f}, " + ", ".join(f"{k} {v:.6f}" for k, v in sorted(metrics.items())))
 
 
+STRING_LINES = [{"prompt": "What is 2+2?", "chosen": " 4", "rejected": " 5, I think"},
+                {"prompt": "Name a colour:", "chosen": "blue", "rejected": " a dog"}]
+CHAT_LINES = [{"prompt": [{"role": "user", "content": "What is 2+2?"}],
+               "chosen": [{"role": "assistant", "content": "4"}],
+               "rejected": [{"role": "assistant", "content": "5, I think"}]},
+              {"prompt": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"}],
+               "chosen": [{"role": "assistant", "content": "Hi"}],
+               "rejected": [{"role": "assistant", "content": "Good day to you, dear friend."}]}]
+
+
+def tokenized_lines(fx, tmp):
+    """TRL 1.16's tokenization of string and conversational lines with the chat-model fixture's
+    tokenizer (Qwen2.5's tokenizer.json and chat template): dpo-chat/{data.jsonl, tokenized.json}."""
+    import lzma
+    from transformers import AutoTokenizer
+    src, tok_dir = os.path.join(fx, "chat-model"), os.path.join(tmp, "chat-tok")
+    os.makedirs(tok_dir)
+    shutil.copy(os.path.join(src, "tokenizer_config.json"), tok_dir)
+    open(os.path.join(tok_dir, "tokenizer.json"), "wb").write(lzma.open(os.path.join(src, "tokenizer.json.xz")).read())
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(fx, "llama"), dtype=torch.float32)
+    out = []
+    for lines in (STRING_LINES, CHAT_LINES):
+        args = DPOConfig(output_dir=tmp, report_to=[], use_cpu=True, max_length=None)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(lines), processing_class=tok,
+                             peft_config=LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj"]))
+        for row in trainer.train_dataset:
+            out.append({k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")})
+        model = trainer.model.unload()
+    d = os.path.join(fx, "dpo-chat")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    with open(os.path.join(d, "data.jsonl"), "w") as f:
+        for line in STRING_LINES + CHAT_LINES:
+            f.write(json.dumps(line) + "\n")
+    json.dump({"trl": trl.__version__, "transformers": transformers.__version__, "lines": out},
+              open(os.path.join(d, "tokenized.json"), "w"), indent=1)
+    print("dpo-chat: " + "; ".join(f"{len(o['prompt_ids'])}+{len(o['chosen_ids'])}/{len(o['rejected_ids'])}" for o in out))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixtures", required=True)
     fx = ap.parse_args().fixtures
     torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenized_lines(fx, tmp)
     for fam, targets in FAMILIES.items():
         model_dir = os.path.join(fx, fam)
         vocab = json.load(open(os.path.join(model_dir, "config.json")))["vocab_size"]

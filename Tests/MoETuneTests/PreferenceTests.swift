@@ -244,3 +244,34 @@ extension PreferenceTests {
         XCTAssertFalse(sft.resolvedYAML().contains("\ndpo:"), sft.resolvedYAML())
     }
 }
+
+// MARK: Tokenization
+
+extension PreferenceTests {
+    /// String and conversational lines tokenize into the prompt, chosen and rejected ids TRL 1.16's
+    /// DPOTrainer makes (Fixtures/dpo-chat, Qwen2.5's tokenizer and chat template): the pair cut
+    /// where prompt and prompt + completion part, EOS (<|im_end|>) ending string completions.
+    func testPairsTokenizeAsTRL() throws {
+        let dir = try makeTempDir(self) + "/chat-model"
+        try FileManager.default.copyItem(atPath: Fixtures.dir("chat-model"), toPath: dir)
+        try TokenizerJSONTests.xz(dir + "/tokenizer.json.xz").write(to: URL(fileURLWithPath: dir + "/tokenizer.json"))
+        let loaded = try LoadedModel.load(directory: dir)
+        guard case let .jinja(renderer) = try ChatFormat.resolve(nil, modelDirectory: dir) else { return XCTFail("no Jinja template") }
+        let chat = ChatEncoder(renderer: renderer, tokenizer: loaded.tokenizer)
+        let ds = try PreferenceDataset.load(path: Fixtures.dir("dpo-chat/data.jsonl"), tokenizer: loaded.tokenizer,
+                                            vocabSize: loaded.model.config.vocabSize, maxSeqLen: 512, chat: chat)
+        let ref = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Fixtures.dir("dpo-chat/tokenized.json")))) as! [String: Any]
+        XCTAssertEqual(ref["trl"] as? String, Self.trlVersion)
+        let lines = ref["lines"] as! [[String: [Int]]]
+        XCTAssertEqual(ds.examples.count, lines.count)
+        for (ex, r) in zip(ds.examples, lines) {
+            XCTAssertEqual(ex.prompt.map(Int.init), r["prompt_ids"], "line \(ex.line) prompt")
+            XCTAssertEqual(ex.chosen.map(Int.init), r["chosen_ids"], "line \(ex.line) chosen")
+            XCTAssertEqual(ex.rejected.map(Int.init), r["rejected_ids"], "line \(ex.line) rejected")
+        }
+        // Message lists without a Jinja template: refused naming the line.
+        assertMoETuneError(try PreferenceDataset.load(path: Fixtures.dir("dpo-chat/data.jsonl"), tokenizer: loaded.tokenizer,
+                                                      vocabSize: loaded.model.config.vocabSize, maxSeqLen: 512),
+                           contains: ["data.jsonl:3", "chat template"])
+    }
+}
