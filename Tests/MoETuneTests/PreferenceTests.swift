@@ -275,3 +275,31 @@ extension PreferenceTests {
                            contains: ["data.jsonl:3", "chat template"])
     }
 }
+
+// MARK: init_adapter
+
+extension PreferenceTests {
+    /// SFT, then DPO from its adapter (training.init_adapter): the adapter keeps the SFT run's
+    /// rank and targets (the lora section is not used), and the reference is the SFT adapter
+    /// (TRL's "ref" copy of a pretrained adapter), so the first step starts at zero rewards and
+    /// the sigmoid loss ln 2.
+    func testDPOStartsFromAnSFTAdapter() throws {
+        let dir = try makeTempDir(self)
+        let path = try setUpRun(dir, extra: "  max_steps: 3")
+        var text = ""
+        for i in 0..<8 { text += "{\"prompt\": \"Add \(i) and \(i + 1).\", \"completion\": \" \(2 * i + 1)\"}\n" }
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/sft.jsonl"))
+        try train(path, overrides: ["training.method=sft", "data.train=\(dir)/sft.jsonl", "lora.rank=2", "training.out_dir=\(dir)/sft"])
+        try train(path, overrides: ["training.init_adapter=\(dir)/sft", "lora.rank=8"])
+        let lines = try stepLines(dir)
+        XCTAssertEqual(lines.count, 3)
+        XCTAssertEqual(lines[0]["rewards/chosen"] as? Double, 0)
+        XCTAssertEqual(lines[0]["rewards/margins"] as? Double, 0)
+        XCTAssertEqual(lines[0]["loss"] as! Double, log(2), accuracy: 1e-12)
+        XCTAssertNotEqual(lines[2]["rewards/margins"] as? Double, 0)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/out/adapter_config.json"))) as! [String: Any]
+        XCTAssertEqual(config["r"] as? Int, 2)
+        assertMoETuneError(try TrainConfig.load(path: path, overrides: ["training.init_adapter=\(dir)/nowhere"]),
+                           contains: ["training.init_adapter", "adapter_config.json"])
+    }
+}
