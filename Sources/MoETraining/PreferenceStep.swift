@@ -72,12 +72,9 @@ package final class PreferenceStep {
         return (0..<batch.pairs).map { (sums[$0], sums[batch.pairs + $0]) }
     }
 
-    /// Policy forward, the pairs' losses, and the backward of J (above) into the adapters'
-    /// gradients (accumulated). `reference`: the pairs' reference log-probs (DPO). `pairScale`
-    /// = 1/P_step, `nllScale` = 1/N_nll (ORPO), `auxScale` as SFT's (MoE auxiliary losses).
-    package func run(_ batch: PreferenceBatch, adapters: AdapterSet, objective: PreferenceObjective,
-                     reference: [(chosen: Double, rejected: Double)]?, pairScale: Double, nllScale: Double,
-                     auxScale: Float) throws -> PreferenceMicroResult {
+    /// Policy forward and the pairs' losses (no backward: evaluation), with ORPO's NLL sums.
+    package func score(_ batch: PreferenceBatch, adapters: AdapterSet, objective: PreferenceObjective,
+                       reference: [(chosen: Double, rejected: Double)]?) throws -> PreferenceMicroResult {
         _ = try model.forward(batch.tokens, state: state, adapters: adapters)
         let (sums, counts) = sequenceLogps(batch)
         var result = PreferenceMicroResult()
@@ -87,6 +84,22 @@ package final class PreferenceStep {
             if let reference { (p.refChosen, p.refRejected) = reference[i] }
             result.pairs.append(objective.loss(p))
         }
+        if objective.method == .orpo {
+            for m in 0..<state.headRows where state.headRowPosition(m) / batch.tokens.seq < batch.pairs {
+                result.nllSum += Double(state.losses[m])
+                result.nllTokens += 1
+            }
+        }
+        return result
+    }
+
+    /// score, then the backward of J (above) into the adapters' gradients (accumulated).
+    /// `reference`: the pairs' reference log-probs (DPO). `pairScale` = 1/P_step, `nllScale` =
+    /// 1/N_nll (ORPO), `auxScale` as SFT's (MoE auxiliary losses).
+    package func run(_ batch: PreferenceBatch, adapters: AdapterSet, objective: PreferenceObjective,
+                     reference: [(chosen: Double, rejected: Double)]?, pairScale: Double, nllScale: Double,
+                     auxScale: Float) throws -> PreferenceMicroResult {
+        let result = try score(batch, adapters: adapters, objective: objective, reference: reference)
         // Per head row m at position pos (row pos / T): d J / d CE, as derived above.
         let t = batch.tokens.seq, orpo = objective.method == .orpo
         for m in 0..<state.headRows {
@@ -94,11 +107,7 @@ package final class PreferenceStep {
             let chosen = row < batch.pairs, pair = result.pairs[chosen ? row : row - batch.pairs]
             var w = 0.0
             if batch.completion[pos] { w -= pairScale * (chosen ? pair.dChosen : pair.dRejected) }
-            if orpo && chosen {
-                w += nllScale
-                result.nllSum += Double(state.losses[m])
-                result.nllTokens += 1
-            }
+            if orpo && chosen { w += nllScale }
             scales[m] = Float(w)
         }
         scales.withUnsafeBufferPointer { p in
@@ -107,6 +116,27 @@ package final class PreferenceStep {
             state.headRowScales = nil
         }
         return result
+    }
+
+    /// Loss and metrics over `examples` in file order, `batchSize` pairs at a time, forward only
+    /// (adapter dropout and router noise off); the reference in the same pass.
+    package func evaluate(_ examples: [PreferenceExample], batchSize: Int, adapters: AdapterSet, reference refAdapters: AdapterSet?,
+                          objective: PreferenceObjective) throws -> (loss: Double, metrics: [String: Double]) {
+        let (dropout, training) = (adapters.dropout?.active, model.moe.training)
+        adapters.dropout?.active = false
+        model.moe.training = false
+        defer {
+            if let dropout { adapters.dropout?.active = dropout }
+            model.moe.training = training
+        }
+        var results: [PreferenceMicroResult] = []
+        for start in stride(from: 0, to: examples.count, by: batchSize) {
+            let batch = PreferenceBatch(Array(examples[start..<min(start + batchSize, examples.count)]),
+                                        chosenPromptTargets: objective.method == .orpo)
+            let ref = objective.needsReference ? try reference(batch, adapters: refAdapters) : nil
+            results.append(try score(batch, adapters: adapters, objective: objective, reference: ref))
+        }
+        return objective.summary(results)
     }
 }
 

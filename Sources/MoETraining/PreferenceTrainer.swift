@@ -20,17 +20,8 @@ extension Trainer {
         try configureMoE(model)
         JSONL.maxLineBytes = c.data.maxLineBytes
         defer { JSONL.maxLineBytes = JSONL.defaultMaxLineBytes }
-        var chat: ChatEncoder?
-        if case let .jinja(renderer) = try ChatFormat.resolve(c.data.chatTemplate, modelDirectory: c.model) {
-            chat = ChatEncoder(renderer: renderer, tokenizer: loaded.tokenizer)
-        }
-        var examples: [PreferenceExample] = []
-        for f in c.data.trainFiles {
-            let ds = try PreferenceDataset.load(path: f.path, tokenizer: loaded.tokenizer, vocabSize: model.config.vocabSize,
-                                                maxSeqLen: tc.maxSeqLen, chat: chat)
-            events.log("train: \(ds.examples.count) pairs from \(f.path)" + (ds.truncated > 0 ? "; \(ds.truncated) with completions cut to max_seq_len \(tc.maxSeqLen)" : ""))
-            examples += ds.examples
-        }
+        let data = try loadPreferenceData(loaded, events: events)
+        let examples = data.train
         let adapters = try makeAdapters(model: model, config: c, events: events)
         let refAdapters = try tc.initAdapter.map { try PEFTAdapter.load(directory: $0, model: model) }
         let optimizer = Trainer.makeOptimizer(c, store: adapters.store)
@@ -41,7 +32,8 @@ extension Trainer {
         let totalSteps = tc.maxSteps ?? max(1, Int(min(stepsFromEpochs, Double(TrainConfig.limits.maxSteps))))
         let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
                                             minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
-        let longest = examples.map(\.longest).max() ?? 1
+        let longest = (examples + (data.valid ?? []) + (data.test ?? [])).map(\.longest).max() ?? 1
+        try checkPreferenceMemory(model.config, rows: 2 * min(tc.batchSize, examples.count), seq: longest)
         let state = ForwardState(config: model.config, batch: 2 * min(tc.batchSize, examples.count), seq: longest, training: true,
                                  loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil)
         state.scoredOnly = true
@@ -68,6 +60,20 @@ extension Trainer {
         if objective.needsReference && c.dpo.precomputeRef {
             cached = try plan.precomputeReference(step, adapters: refAdapters)
             events.log("reference log-probabilities of \(examples.count) pairs computed once (dpo.precompute_ref)")
+        }
+        var firstValid = resumed?.firstValidLoss, lastValid = resumed?.lastValidLoss
+        func evaluate(_ pairs: [PreferenceExample], _ split: String, step s: Int, limit: Int?) throws -> Double {
+            let subset = limit.map { Array(pairs.prefix($0 * tc.batchSize)) } ?? pairs
+            let (loss, values) = try step.evaluate(subset, batchSize: tc.batchSize, adapters: adapters, reference: refAdapters, objective: objective)
+            var line: [String: Any] = ["type": "eval", "step": s, "split": split, "loss": loss, "pairs": subset.count]
+            for (k, v) in values { line[k] = v }
+            try metrics.write(line)
+            events.log("\(split) at step \(s): loss \(String(format: "%.4f", loss))" + (values["rewards/accuracies"].map { ", reward accuracy \(String(format: "%.3f", $0))" } ?? ""))
+            return loss
+        }
+        if let valid = data.valid, resumed == nil {
+            firstValid = try evaluate(valid, "valid", step: 0, limit: tc.evalBatches)
+            lastValid = firstValid
         }
         var lastCheckpoint: String?
         var microIndex = resumed?.microIndex ?? 0
@@ -116,10 +122,13 @@ extension Trainer {
             }
             events.step(StepRecord(step: s, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: tokens,
                                    tokensPerSecond: Double(tokens) / seconds, elapsed: elapsed))
+            if let valid = data.valid, tc.evalEvery > 0, s % tc.evalEvery == 0, s != totalSteps {
+                lastValid = try evaluate(valid, "valid", step: s, limit: tc.evalBatches)
+            }
             let stop = events.shouldStop()
             if stop || s == totalSteps || (tc.saveEvery > 0 && s % tc.saveEvery == 0) {
                 let ck = TrainCheckpoint(step: s, microIndex: microIndex, optimizerStep: optimizer.t, trainedTokens: trainedTokens,
-                                         elapsed: elapsed, firstValidLoss: nil, lastValidLoss: nil,
+                                         elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
                                          configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
                 lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, family: model.family,
                                               baseModel: c.model, keep: tc.keepCheckpoints, data: dataIdentity)
@@ -127,10 +136,15 @@ extension Trainer {
             }
             if stop && s != totalSteps { stoppedAt = s; break }
         }
+        var testLoss: Double?
+        if stoppedAt == nil {
+            if let valid = data.valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil) }
+            testLoss = try data.test.map { try evaluate($0, "test", step: totalSteps, limit: nil) }
+        }
         try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
         try RunReport.write(outDir: outDir, title: "moe-tune \(tc.method.rawValue): \((c.model as NSString).lastPathComponent) → \(outDir)")
         return TrainSummary(steps: stoppedAt ?? totalSteps, seconds: Date().timeIntervalSince(start), trainedTokens: trainedTokens,
-                            firstValidLoss: nil, lastValidLoss: nil, testLoss: nil, outDir: outDir, firstRouting: nil, lastRouting: nil,
+                            firstValidLoss: firstValid, lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir, firstRouting: nil, lastRouting: nil,
                             stoppedAt: stoppedAt, checkpoint: lastCheckpoint, resumedFrom: resumed?.step)
     }
 
@@ -138,15 +152,49 @@ extension Trainer {
     private func requirePreferenceSupport(world: Collective) throws {
         let c = config, m = c.training.method.rawValue
         if world.size > 1 { throw MoETuneError.invalid("training.method \(m) runs in one process for now (no MPI data parallelism)") }
-        if c.data.valid != nil || c.data.validSplit != nil || c.data.test != nil {
-            throw MoETuneError.config(path: configPath, key: c.data.valid != nil ? "data.valid" : c.data.test != nil ? "data.test" : "data.valid_split",
-                                      message: "training.method \(m) has no evaluation yet: remove it")
-        }
         if c.data.trainFiles.contains(where: { $0.weight != 1 }) {
             throw MoETuneError.config(path: configPath, key: "data.train", message: "training.method \(m) takes its files whole: remove the weights")
         }
         if c.routerMode == .full {
             throw MoETuneError.config(path: configPath, key: "moe.router", message: "full router training has no adapter-off reference; use lora or frozen with \(m)")
+        }
+    }
+
+    /// The training pairs (every data.train file), and the validation pairs (data.valid, or
+    /// data.valid_split held out of the training pairs as SFT holds out examples) and test pairs.
+    private func loadPreferenceData(_ loaded: LoadedModel, events: TrainerEvents)
+        throws -> (train: [PreferenceExample], valid: [PreferenceExample]?, test: [PreferenceExample]?) {
+        let c = config, tc = c.training
+        var chat: ChatEncoder?
+        if case let .jinja(renderer) = try ChatFormat.resolve(c.data.chatTemplate, modelDirectory: c.model) {
+            chat = ChatEncoder(renderer: renderer, tokenizer: loaded.tokenizer)
+        }
+        func load(_ path: String, _ split: String) throws -> [PreferenceExample] {
+            let ds = try PreferenceDataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
+                                                maxSeqLen: tc.maxSeqLen, chat: chat)
+            events.log("\(split): \(ds.examples.count) pairs from \(path)" + (ds.truncated > 0 ? "; \(ds.truncated) with completions cut to max_seq_len \(tc.maxSeqLen)" : ""))
+            return ds.examples
+        }
+        var train = try c.data.trainFiles.flatMap { try load($0.path, "train") }
+        var valid = try c.data.valid.map { try load($0, "valid") }
+        if let split = c.data.validSplit {
+            let held = try ValidSplitter.heldOut(split, total: train.count, configPath: configPath)
+            let (keep, hold) = ValidSplitter.split(total: train.count, held: held, seed: UInt64(bitPattern: Int64(tc.seed)))
+            valid = hold.map { train[$0] }
+            train = keep.map { train[$0] }
+            events.log("valid: \(hold.count) pairs held out of data.train (valid_split); \(train.count) left to train on")
+        }
+        return (train, valid, try c.data.test.map { try load($0, "test") })
+    }
+
+    /// Refuses a batch whose activations (whole head: [2 x batch_size x longest, V] logits) would not fit.
+    private func checkPreferenceMemory(_ mc: ModelConfig, rows: Int, seq: Int) throws {
+        let needed = MemoryEstimate.trainingBytes(config: mc, rows: rows, seq: seq, headChunkRows: nil)
+        let limits = [MemoryEstimate.physicalBytes.map { ("this machine's memory", $0) }].compactMap { $0 }
+            + MemoryEstimate.processLimits().map { ($0.what, $0.left - MemoryEstimate.processMargin) }
+        for (what, left) in limits where needed > left {
+            throw MoETuneError.config(path: configPath, key: "training.batch_size",
+                message: "a micro-batch of \(rows / 2) pairs (\(rows) sequences of up to \(seq) tokens) needs about \(MemoryEstimate.format(needed)) of activations, more than \(MemoryEstimate.format(max(left, 0))) (\(what)); lower training.batch_size or training.max_seq_len")
         }
     }
 

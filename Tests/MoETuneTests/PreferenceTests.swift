@@ -192,10 +192,18 @@ extension PreferenceTests {
         XCTAssertEqual(la.map { $0["rewards/margins"] as! Double }, lb.map { $0["rewards/margins"] as! Double })
     }
 
-    /// ORPO trains (loss falls over a few steps) and logs TRL's ORPO names.
+    /// ORPO trains (loss falls over a few steps) and logs TRL's ORPO names; pairs held out
+    /// (data.valid_split) are evaluated at the start, every eval_every steps and at the end.
     func testORPORunLogsTRLNames() throws {
         let a = try makeTempDir(self)
-        try train(try setUpRun(a, method: "orpo", extra: "  max_steps: 6\norpo:\n  beta: 0.2"))
+        let summary = try train(try setUpRun(a, method: "orpo", extra: "  max_steps: 6\n  eval_every: 3\norpo:\n  beta: 0.2"),
+                                overrides: ["data.valid_split=4"])
+        let evals = try MetricsLog.read(path: a + "/out/metrics.jsonl").filter { $0["type"] as? String == "eval" }
+        XCTAssertEqual(evals.map { $0["step"] as! Int }, [0, 3, 6])
+        XCTAssertEqual(evals.map { $0["pairs"] as! Int }, [4, 4, 4])
+        XCTAssertNotNil(evals.last?["log_odds_ratio"])
+        XCTAssertEqual(summary.lastValidLoss, evals.last?["loss"] as? Double)
+        XCTAssertLessThan(summary.lastValidLoss!, summary.firstValidLoss!)
         let lines = try stepLines(a)
         for key in ["nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/accuracies", "logps/rejected"] {
             XCTAssertNotNil(lines.last?[key], key)
