@@ -33,8 +33,9 @@ extension Trainer {
         let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
                                             minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
         let longest = (examples + (data.valid ?? []) + (data.test ?? [])).map(\.longest).max() ?? 1
-        try checkPreferenceMemory(model.config, rows: 2 * min(tc.batchSize, examples.count), seq: longest)
-        let state = ForwardState(config: model.config, batch: 2 * min(tc.batchSize, examples.count), seq: longest, training: true,
+        let rows = 2 * min(tc.batchSize, max(examples.count, data.valid?.count ?? 0, data.test?.count ?? 0))
+        try checkPreferenceMemory(model.config, rows: rows, seq: longest)
+        let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil)
         state.scoredOnly = true
         let step = try PreferenceStep(model: model, state: state)
@@ -75,6 +76,9 @@ extension Trainer {
             firstValid = try evaluate(valid, "valid", step: 0, limit: tc.evalBatches)
             lastValid = firstValid
         }
+        // Parameters of the last step whose loss was finite, restored if training diverges.
+        let lastGood = FloatBuffer(count: adapters.store.count)
+        lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
         var lastCheckpoint: String?
         var microIndex = resumed?.microIndex ?? 0
         var trainedTokens = resumed?.trainedTokens ?? 0
@@ -105,10 +109,19 @@ extension Trainer {
             let (loss, values) = objective.summary(results)
             let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
             guard loss.isFinite, norm.isFinite else {
-                throw MoETuneError.invalid("training diverged at step \(s): loss \(loss), gradient norm \(norm); try a lower optimizer.lr")
+                adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
+                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
+                throw MoETuneError.invalid("training diverged at step \(s): loss \(loss), gradient norm \(norm); the last adapter with a finite loss is saved in \(outDir); try a lower optimizer.lr")
             }
+            lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
             let lr = schedule.lr(step: s)
             optimizer.step(lr: Float(lr))
+            if let (i, v) = DivergenceGuard.firstExcessive(adapters.store) {
+                adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
+                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
+                throw MoETuneError.config(path: configPath, key: "optimizer.lr",
+                    message: "training diverged at step \(s): an adapter weight reached \(v) (element \(i)) after an update at learning rate \(lr); lower optimizer.lr. The adapter before step \(s) is saved in \(outDir)")
+            }
             let tokens = batches.reduce(0) { $0 + $1.batch.completion.reduce(0) { $0 + ($1 ? 1 : 0) } }
             trainedTokens += tokens
             let elapsed = elapsedBefore + Date().timeIntervalSince(start)
