@@ -118,6 +118,35 @@ package final class PreferenceStep {
         return result
     }
 
+    /// The gradients of one optimizer step (zeroed first) over its micro-batches, the first of
+    /// which is micro-batch `m0` of the run (dropout masks and router noise follow it). The
+    /// reference: `cached` (precompute_ref, by pair index), else a forward with `refAdapters`.
+    /// Returns the micro-batches' results and the mean MoE load-balancing loss.
+    package func accumulate(_ batches: [(indices: [Int], batch: PreferenceBatch)], first m0: Int, adapters: AdapterSet,
+                            reference refAdapters: AdapterSet?, cached: [(chosen: Double, rejected: Double)]?,
+                            objective: PreferenceObjective) throws -> ([PreferenceMicroResult], Double) {
+        let pairs = batches.reduce(0) { $0 + $1.batch.pairs }
+        let nllTokens = PreferenceObjective.nllTokens(batches.map(\.batch))
+        adapters.store.zeroGrads()
+        adapters.dropout?.active = true
+        model.moe.training = true
+        var results: [PreferenceMicroResult] = []
+        var aux = 0.0
+        for (k, mb) in batches.enumerated() {
+            adapters.dropout?.step = m0 + k
+            model.moe.step = m0 + k
+            var ref: [(chosen: Double, rejected: Double)]?
+            if objective.needsReference {
+                ref = try cached.map { cache in mb.indices.map { cache[$0] } } ?? reference(mb.batch, adapters: refAdapters)
+            }
+            results.append(try run(mb.batch, adapters: adapters, objective: objective, reference: ref,
+                                   pairScale: 1 / Double(pairs), nllScale: 1 / Double(max(nllTokens, 1)),
+                                   auxScale: 1 / Float(batches.count)))
+            aux += state.auxLoss / Double(batches.count)
+        }
+        return (results, aux)
+    }
+
     /// Loss and metrics over `examples` in file order, `batchSize` pairs at a time, forward only
     /// (adapter dropout and router noise off); the reference in the same pass.
     package func evaluate(_ examples: [PreferenceExample], batchSize: Int, adapters: AdapterSet, reference refAdapters: AdapterSet?,

@@ -89,22 +89,8 @@ extension Trainer {
             let group = Array(microIndex..<(microIndex + tc.gradAccum))
             let batches = group.map { plan.microBatch($0) }
             let pairs = batches.reduce(0) { $0 + $1.batch.pairs }
-            let nllTokens = PreferenceObjective.nllTokens(batches.map(\.batch))
-            adapters.store.zeroGrads()
-            adapters.dropout?.active = true
-            model.moe.training = true
-            var results: [PreferenceMicroResult] = []
-            for (m, mb) in zip(group, batches) {
-                adapters.dropout?.step = m
-                model.moe.step = m
-                var ref: [(chosen: Double, rejected: Double)]?
-                if objective.needsReference {
-                    ref = try cached.map { cache in mb.indices.map { cache[$0] } } ?? step.reference(mb.batch, adapters: refAdapters)
-                }
-                results.append(try step.run(mb.batch, adapters: adapters, objective: objective, reference: ref,
-                                            pairScale: 1 / Double(pairs), nllScale: 1 / Double(max(nllTokens, 1)),
-                                            auxScale: 1 / Float(tc.gradAccum)))
-            }
+            let (results, aux) = try step.accumulate(batches, first: microIndex, adapters: adapters, reference: refAdapters,
+                                                     cached: cached, objective: objective)
             microIndex += tc.gradAccum
             let (loss, values) = objective.summary(results)
             let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
@@ -130,7 +116,7 @@ extension Trainer {
                 var line: [String: Any] = ["type": "step", "step": s, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens,
                                            "tokens_per_s": Double(tokens) / seconds, "elapsed_s": elapsed, "pairs": pairs]
                 for (k, v) in values { line[k] = v }
-                if model.config.isMoE { line["aux_loss"] = state.auxLoss }
+                if model.config.isMoE { line["aux_loss"] = aux }
                 try metrics.write(line)
             }
             events.step(StepRecord(step: s, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: tokens,
