@@ -21,130 +21,39 @@ extension Trainer {
         JSONL.maxLineBytes = c.data.maxLineBytes
         defer { JSONL.maxLineBytes = JSONL.defaultMaxLineBytes }
         let data = try loadPreferenceData(loaded, events: events)
-        let examples = data.train
         let adapters = try makeAdapters(model: model, config: c, events: events)
         let refAdapters = try tc.initAdapter.map { try PEFTAdapter.load(directory: $0, model: model) }
-        let optimizer = Trainer.makeOptimizer(c, store: adapters.store)
-        let objective = PreferenceObjective(method: tc.method, dpo: c.dpo, orpoBeta: c.orpo.beta)
-        let plan = PreferencePlan(examples: examples, batchSize: tc.batchSize, seed: UInt64(bitPattern: Int64(tc.seed)),
+        let plan = PreferencePlan(examples: data.train, batchSize: tc.batchSize, seed: UInt64(bitPattern: Int64(tc.seed)),
                                   orpo: tc.method == .orpo)
         let stepsFromEpochs = (Double(plan.perEpoch) * (tc.epochs ?? 1) / Double(tc.gradAccum)).rounded(.up)
         let totalSteps = tc.maxSteps ?? max(1, Int(min(stepsFromEpochs, Double(TrainConfig.limits.maxSteps))))
-        let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
-                                            minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
-        let longest = (examples + (data.valid ?? []) + (data.test ?? [])).map(\.longest).max() ?? 1
-        let rows = 2 * min(tc.batchSize, max(examples.count, data.valid?.count ?? 0, data.test?.count ?? 0))
+        let all = data.train + (data.valid ?? []) + (data.test ?? [])
+        let longest = all.map(\.longest).max() ?? 1
+        let rows = 2 * min(tc.batchSize, max(data.train.count, data.valid?.count ?? 0, data.test?.count ?? 0))
         try checkPreferenceMemory(model.config, rows: rows, seq: longest)
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
                                  loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil)
         state.scoredOnly = true
-        let step = try PreferenceStep(model: model, state: state)
         let mc = model.config
-        adapters.dropout?.reserve(state.batchCapacity * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
-        events.log("\(tc.method.rawValue): \(examples.count) pairs, \(plan.perEpoch) micro-batches of up to \(tc.batchSize) pairs an epoch, \(totalSteps) steps")
+        adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
+        events.log("\(tc.method.rawValue): \(data.train.count) pairs, \(plan.perEpoch) micro-batches of up to \(tc.batchSize) pairs an epoch, \(totalSteps) steps")
 
         // Resume: as SFT's (config, data and position checked against the checkpoint).
+        let optimizer = Trainer.makeOptimizer(c, store: adapters.store)
         let yaml = c.resolvedYAML()
         let dataIdentity = try TrainCheckpoint.identify(data: c.data.trainFiles.map(\.path))
-        var resumed: TrainCheckpoint?
-        if let path = resumeFrom {
-            resumed = try restorePreference(path: path, adapters: adapters, optimizer: optimizer, yaml: yaml, totalSteps: totalSteps,
-                                            dataIdentity: dataIdentity, acceptDataChange: acceptDataChange)
-            events.log("resuming from \(path) (step \(resumed!.step) of \(totalSteps))")
+        let resumed = try resumeFrom.map { path in
+            let ck = try restorePreference(path: path, adapters: adapters, optimizer: optimizer, yaml: yaml, totalSteps: totalSteps,
+                                           dataIdentity: dataIdentity, acceptDataChange: acceptDataChange)
+            events.log("resuming from \(path) (step \(ck.step) of \(totalSteps))")
+            return ck
         }
-        let metrics = try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps)
+        let run = PreferenceRun(config: c, configPath: configPath, outDir: outDir, model: model, adapters: adapters, refAdapters: refAdapters,
+                                optimizer: optimizer, step: try PreferenceStep(model: model, state: state), plan: plan, totalSteps: totalSteps,
+                                metrics: try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps),
+                                yaml: yaml, dataIdentity: dataIdentity, events: events)
         try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml")
-
-        // precompute_ref: every pair's reference log-probs once, in the micro-batch of the first
-        // epoch that holds it (so a one-epoch run sees the numbers the in-step reference gives).
-        var cached: [(chosen: Double, rejected: Double)]?
-        if objective.needsReference && c.dpo.precomputeRef {
-            cached = try plan.precomputeReference(step, adapters: refAdapters)
-            events.log("reference log-probabilities of \(examples.count) pairs computed once (dpo.precompute_ref)")
-        }
-        var firstValid = resumed?.firstValidLoss, lastValid = resumed?.lastValidLoss
-        func evaluate(_ pairs: [PreferenceExample], _ split: String, step s: Int, limit: Int?) throws -> Double {
-            let subset = limit.map { Array(pairs.prefix($0 * tc.batchSize)) } ?? pairs
-            let (loss, values) = try step.evaluate(subset, batchSize: tc.batchSize, adapters: adapters, reference: refAdapters, objective: objective)
-            var line: [String: Any] = ["type": "eval", "step": s, "split": split, "loss": loss, "pairs": subset.count]
-            for (k, v) in values { line[k] = v }
-            try metrics.write(line)
-            events.log("\(split) at step \(s): loss \(String(format: "%.4f", loss))" + (values["rewards/accuracies"].map { ", reward accuracy \(String(format: "%.3f", $0))" } ?? ""))
-            return loss
-        }
-        if let valid = data.valid, resumed == nil {
-            firstValid = try evaluate(valid, "valid", step: 0, limit: tc.evalBatches)
-            lastValid = firstValid
-        }
-        // Parameters of the last step whose loss was finite, restored if training diverges.
-        let lastGood = FloatBuffer(count: adapters.store.count)
-        lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
-        var lastCheckpoint: String?
-        var microIndex = resumed?.microIndex ?? 0
-        var trainedTokens = resumed?.trainedTokens ?? 0
-        let start = Date(), elapsedBefore = resumed?.elapsed ?? 0
-        var stoppedAt: Int?
-        for s in stride(from: (resumed?.step ?? 0) + 1, through: totalSteps, by: 1) {
-            let stepStart = Date()
-            let group = Array(microIndex..<(microIndex + tc.gradAccum))
-            let batches = group.map { plan.microBatch($0) }
-            let pairs = batches.reduce(0) { $0 + $1.batch.pairs }
-            let (results, aux) = try step.accumulate(batches, first: microIndex, adapters: adapters, reference: refAdapters,
-                                                     cached: cached, objective: objective)
-            microIndex += tc.gradAccum
-            let (loss, values) = objective.summary(results)
-            let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
-            guard loss.isFinite, norm.isFinite else {
-                adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
-                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
-                throw MoETuneError.invalid("training diverged at step \(s): loss \(loss), gradient norm \(norm); the last adapter with a finite loss is saved in \(outDir); try a lower optimizer.lr")
-            }
-            lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
-            let lr = schedule.lr(step: s)
-            optimizer.step(lr: Float(lr))
-            if let (i, v) = DivergenceGuard.firstExcessive(adapters.store) {
-                adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
-                try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
-                throw MoETuneError.config(path: configPath, key: "optimizer.lr",
-                    message: "training diverged at step \(s): an adapter weight reached \(v) (element \(i)) after an update at learning rate \(lr); lower optimizer.lr. The adapter before step \(s) is saved in \(outDir)")
-            }
-            let tokens = batches.reduce(0) { $0 + $1.batch.completion.reduce(0) { $0 + ($1 ? 1 : 0) } }
-            trainedTokens += tokens
-            let elapsed = elapsedBefore + Date().timeIntervalSince(start)
-            let seconds = max(Date().timeIntervalSince(stepStart), 1e-9)
-            if s % tc.logEvery == 0 || s == totalSteps {
-                var line: [String: Any] = ["type": "step", "step": s, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens,
-                                           "tokens_per_s": Double(tokens) / seconds, "elapsed_s": elapsed, "pairs": pairs]
-                for (k, v) in values { line[k] = v }
-                if model.config.isMoE { line["aux_loss"] = aux }
-                try metrics.write(line)
-            }
-            events.step(StepRecord(step: s, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: tokens,
-                                   tokensPerSecond: Double(tokens) / seconds, elapsed: elapsed))
-            if let valid = data.valid, tc.evalEvery > 0, s % tc.evalEvery == 0, s != totalSteps {
-                lastValid = try evaluate(valid, "valid", step: s, limit: tc.evalBatches)
-            }
-            let stop = events.shouldStop()
-            if stop || s == totalSteps || (tc.saveEvery > 0 && s % tc.saveEvery == 0) {
-                let ck = TrainCheckpoint(step: s, microIndex: microIndex, optimizerStep: optimizer.t, trainedTokens: trainedTokens,
-                                         elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
-                                         configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
-                lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, family: model.family,
-                                              baseModel: c.model, keep: tc.keepCheckpoints, data: dataIdentity)
-                if s != totalSteps { try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir) }
-            }
-            if stop && s != totalSteps { stoppedAt = s; break }
-        }
-        var testLoss: Double?
-        if stoppedAt == nil {
-            if let valid = data.valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil) }
-            testLoss = try data.test.map { try evaluate($0, "test", step: totalSteps, limit: nil) }
-        }
-        try PEFTAdapter.save(adapters, family: model.family, baseModel: c.model, to: outDir)
-        try RunReport.write(outDir: outDir, title: "moe-tune \(tc.method.rawValue): \((c.model as NSString).lastPathComponent) → \(outDir)")
-        return TrainSummary(steps: stoppedAt ?? totalSteps, seconds: Date().timeIntervalSince(start), trainedTokens: trainedTokens,
-                            firstValidLoss: firstValid, lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir, firstRouting: nil, lastRouting: nil,
-                            stoppedAt: stoppedAt, checkpoint: lastCheckpoint, resumedFrom: resumed?.step)
+        return try run.train(valid: data.valid, test: data.test, resumed: resumed)
     }
 
     /// What preference training does not do yet, refused with the key to change.
@@ -215,6 +124,138 @@ extension Trainer {
                 throw MoETuneError.file(path: first.path, message: "\(first.change) since the checkpoint \(path) was made from it; restore it, or pass --accept-data-change")
             }
         }
+    }
+}
+
+/// One preference run once everything is loaded: the steps, evaluations and checkpoints.
+final class PreferenceRun {
+    let config: TrainConfig, configPath: String, outDir: String
+    let model: Transformer, adapters: AdapterSet, refAdapters: AdapterSet?, optimizer: Optimizer
+    let step: PreferenceStep, plan: PreferencePlan, objective: PreferenceObjective
+    let totalSteps: Int, schedule: LearningRateSchedule
+    let metrics: MetricsLog, yaml: String, dataIdentity: [TrainCheckpoint.FileIdentity], events: TrainerEvents
+    /// precompute_ref: every training pair's reference log-probs (by pair index).
+    var cached: [(chosen: Double, rejected: Double)]?
+    /// Parameters of the last step whose loss was finite, restored if training diverges.
+    let lastGood: FloatBuffer
+    var lastCheckpoint: String?
+    var firstValid: Double?, lastValid: Double?
+
+    init(config c: TrainConfig, configPath: String, outDir: String, model: Transformer, adapters: AdapterSet, refAdapters: AdapterSet?,
+         optimizer: Optimizer, step: PreferenceStep, plan: PreferencePlan, totalSteps: Int, metrics: MetricsLog, yaml: String,
+         dataIdentity: [TrainCheckpoint.FileIdentity], events: TrainerEvents) {
+        (config, self.configPath, self.outDir, self.model, self.adapters, self.refAdapters) = (c, configPath, outDir, model, adapters, refAdapters)
+        (self.optimizer, self.step, self.plan, self.totalSteps, self.metrics) = (optimizer, step, plan, totalSteps, metrics)
+        (self.yaml, self.dataIdentity, self.events) = (yaml, dataIdentity, events)
+        objective = PreferenceObjective(method: c.training.method, dpo: c.dpo, orpoBeta: c.orpo.beta)
+        schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
+                                        minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
+        lastGood = FloatBuffer(count: adapters.store.count)
+        lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
+    }
+
+    /// Steps from the checkpoint `resumed` (or the start) to the end or a stop; valid evaluated
+    /// at the start, every eval_every steps and at the end, test at the end.
+    func train(valid: [PreferenceExample]?, test: [PreferenceExample]?, resumed: TrainCheckpoint?) throws -> TrainSummary {
+        let tc = config.training
+        // precompute_ref: every pair's reference log-probs once, in the micro-batch of the first
+        // epoch that holds it (so a one-epoch run sees the numbers the in-step reference gives).
+        if objective.needsReference && config.dpo.precomputeRef {
+            cached = try plan.precomputeReference(step, adapters: refAdapters)
+            events.log("reference log-probabilities of \(plan.examples.count) pairs computed once (dpo.precompute_ref)")
+        }
+        (firstValid, lastValid) = (resumed?.firstValidLoss, resumed?.lastValidLoss)
+        if let valid, resumed == nil {
+            firstValid = try evaluate(valid, "valid", step: 0, limit: tc.evalBatches)
+            lastValid = firstValid
+        }
+        var position = (micro: resumed?.microIndex ?? 0, tokens: resumed?.trainedTokens ?? 0)
+        let start = Date(), elapsedBefore = resumed?.elapsed ?? 0
+        var stoppedAt: Int?
+        for s in stride(from: (resumed?.step ?? 0) + 1, through: totalSteps, by: 1) {
+            let stepTokens = try trainStep(s, first: position.micro, elapsed: { elapsedBefore + Date().timeIntervalSince(start) }, tokensBefore: position.tokens)
+            position = (position.micro + tc.gradAccum, position.tokens + stepTokens)
+            if let valid, tc.evalEvery > 0, s % tc.evalEvery == 0, s != totalSteps {
+                lastValid = try evaluate(valid, "valid", step: s, limit: tc.evalBatches)
+            }
+            let stop = events.shouldStop()
+            if stop || s == totalSteps || (tc.saveEvery > 0 && s % tc.saveEvery == 0) {
+                try checkpoint(step: s, microIndex: position.micro, trainedTokens: position.tokens, elapsed: elapsedBefore + Date().timeIntervalSince(start))
+            }
+            if stop && s != totalSteps { stoppedAt = s; break }
+        }
+        var testLoss: Double?
+        if stoppedAt == nil {
+            if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil) }
+            testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil) }
+        }
+        try PEFTAdapter.save(adapters, family: model.family, baseModel: config.model, to: outDir)
+        try RunReport.write(outDir: outDir, title: "moe-tune \(tc.method.rawValue): \((config.model as NSString).lastPathComponent) → \(outDir)")
+        return TrainSummary(steps: stoppedAt ?? totalSteps, seconds: Date().timeIntervalSince(start), trainedTokens: position.tokens,
+                            firstValidLoss: firstValid, lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir, firstRouting: nil,
+                            lastRouting: nil, stoppedAt: stoppedAt, checkpoint: lastCheckpoint, resumedFrom: resumed?.step)
+    }
+
+    /// Step `s` over micro-batches first..<first + grad_accum: gradients, clipping, the update,
+    /// its metrics line. Returns the completion tokens it trained on.
+    func trainStep(_ s: Int, first: Int, elapsed: () -> Double, tokensBefore: Int) throws -> Int {
+        let stepStart = Date(), c = config
+        let batches = (first..<(first + c.training.gradAccum)).map { plan.microBatch($0) }
+        let pairs = batches.reduce(0) { $0 + $1.batch.pairs }
+        let (results, aux) = try step.accumulate(batches, first: first, adapters: adapters, reference: refAdapters,
+                                                 cached: cached, objective: objective)
+        let (loss, values) = objective.summary(results)
+        let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
+        guard loss.isFinite, norm.isFinite else {
+            throw try diverged("training diverged at step \(s): loss \(loss), gradient norm \(norm); the last adapter with a finite loss is saved in \(outDir); try a lower optimizer.lr")
+        }
+        lastGood.pointer.update(from: adapters.store.params.pointer, count: adapters.store.count)
+        let lr = schedule.lr(step: s)
+        optimizer.step(lr: Float(lr))
+        if let (i, v) = DivergenceGuard.firstExcessive(adapters.store) {
+            throw try diverged("training diverged at step \(s): an adapter weight reached \(v) (element \(i)) after an update at learning rate \(lr); lower optimizer.lr. The adapter before step \(s) is saved in \(outDir)")
+        }
+        let tokens = batches.reduce(0) { $0 + $1.batch.completion.reduce(0) { $0 + ($1 ? 1 : 0) } }
+        let seconds = max(Date().timeIntervalSince(stepStart), 1e-9)
+        if s % c.training.logEvery == 0 || s == totalSteps {
+            var line: [String: Any] = ["type": "step", "step": s, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens,
+                                       "tokens_per_s": Double(tokens) / seconds, "elapsed_s": elapsed(), "pairs": pairs]
+            for (k, v) in values { line[k] = v }
+            if model.config.isMoE { line["aux_loss"] = aux }
+            try metrics.write(line)
+        }
+        events.step(StepRecord(step: s, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: tokens,
+                               tokensPerSecond: Double(tokens) / seconds, elapsed: elapsed()))
+        return tokens
+    }
+
+    /// The last good parameters back and saved; the error to throw.
+    func diverged(_ message: String) throws -> MoETuneError {
+        adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
+        try PEFTAdapter.save(adapters, family: model.family, baseModel: config.model, to: outDir)
+        return MoETuneError.config(path: configPath, key: "optimizer.lr", message: message)
+    }
+
+    func checkpoint(step s: Int, microIndex: Int, trainedTokens: Int, elapsed: Double) throws {
+        let ck = TrainCheckpoint(step: s, microIndex: microIndex, optimizerStep: optimizer.t, trainedTokens: trainedTokens,
+                                 elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
+                                 configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
+        lastCheckpoint = try ck.write(outDir: outDir, adapters: adapters, optimizer: optimizer, family: model.family,
+                                      baseModel: config.model, keep: config.training.keepCheckpoints, data: dataIdentity)
+        if s != totalSteps { try PEFTAdapter.save(adapters, family: model.family, baseModel: config.model, to: outDir) }
+    }
+
+    /// An eval line (split, loss, pairs, TRL's metrics) over `pairs` (the first limit x batch_size).
+    func evaluate(_ pairs: [PreferenceExample], _ split: String, step s: Int, limit: Int?) throws -> Double {
+        let bs = config.training.batchSize
+        let subset = limit.map { Array(pairs.prefix($0 * bs)) } ?? pairs
+        let (loss, values) = try step.evaluate(subset, batchSize: bs, adapters: adapters, reference: refAdapters, objective: objective)
+        var line: [String: Any] = ["type": "eval", "step": s, "split": split, "loss": loss, "pairs": subset.count]
+        for (k, v) in values { line[k] = v }
+        try metrics.write(line)
+        events.log("\(split) at step \(s): loss \(String(format: "%.4f", loss))"
+            + (values["rewards/accuracies"].map { ", reward accuracy \(String(format: "%.3f", $0))" } ?? ""))
+        return loss
     }
 }
 
