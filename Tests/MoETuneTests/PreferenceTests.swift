@@ -211,6 +211,8 @@ extension PreferenceTests {
         XCTAssertLessThan(lines.last!["loss"] as! Double, lines.first!["loss"] as! Double)
         let text = try String(contentsOfFile: a + "/out/metrics.jsonl", encoding: .utf8)
         XCTAssertTrue(text.contains("\"rewards/chosen\""), "TRL's names are written with their slash")
+        let report = try String(contentsOfFile: a + "/out/report.html", encoding: .utf8)
+        XCTAssertTrue(report.contains("Reward accuracy"))
     }
 
     /// Bad preference lines: one-line errors naming the file and line.
