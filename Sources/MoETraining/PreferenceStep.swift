@@ -118,31 +118,30 @@ package final class PreferenceStep {
         return result
     }
 
-    /// The gradients of one optimizer step (zeroed first) over its micro-batches, the first of
-    /// which is micro-batch `m0` of the run (dropout masks and router noise follow it). The
+    /// This rank's share of one optimizer step: the gradients (zeroed first) of `mine`, micro-
+    /// batches of the run by index (dropout masks and router noise follow the index), with J's
+    /// scales from the whole step (`pairs`, `nllTokens`, `microBatches` over every rank). The
     /// reference: `cached` (precompute_ref, by pair index), else a forward with `refAdapters`.
-    /// Returns the micro-batches' results and the mean MoE load-balancing loss.
-    package func accumulate(_ batches: [(indices: [Int], batch: PreferenceBatch)], first m0: Int, adapters: AdapterSet,
-                            reference refAdapters: AdapterSet?, cached: [(chosen: Double, rejected: Double)]?,
+    /// Returns the micro-batches' results and their summed MoE load-balancing loss / microBatches.
+    package func accumulate(_ mine: [(m: Int, indices: [Int], batch: PreferenceBatch)], pairs: Int, nllTokens: Int, microBatches: Int,
+                            adapters: AdapterSet, reference refAdapters: AdapterSet?, cached: [(chosen: Double, rejected: Double)]?,
                             objective: PreferenceObjective) throws -> ([PreferenceMicroResult], Double) {
-        let pairs = batches.reduce(0) { $0 + $1.batch.pairs }
-        let nllTokens = PreferenceObjective.nllTokens(batches.map(\.batch))
         adapters.store.zeroGrads()
         adapters.dropout?.active = true
         model.moe.training = true
         var results: [PreferenceMicroResult] = []
         var aux = 0.0
-        for (k, mb) in batches.enumerated() {
-            adapters.dropout?.step = m0 + k
-            model.moe.step = m0 + k
+        for mb in mine {
+            adapters.dropout?.step = mb.m
+            model.moe.step = mb.m
             var ref: [(chosen: Double, rejected: Double)]?
             if objective.needsReference {
                 ref = try cached.map { cache in mb.indices.map { cache[$0] } } ?? reference(mb.batch, adapters: refAdapters)
             }
             results.append(try run(mb.batch, adapters: adapters, objective: objective, reference: ref,
                                    pairScale: 1 / Double(pairs), nllScale: 1 / Double(max(nllTokens, 1)),
-                                   auxScale: 1 / Float(batches.count)))
-            aux += state.auxLoss / Double(batches.count)
+                                   auxScale: 1 / Float(microBatches)))
+            aux += state.auxLoss / Double(microBatches)
         }
         return (results, aux)
     }
@@ -193,20 +192,44 @@ package struct PreferenceObjective: Sendable {
         }
     }
 
-    /// The step's loss and metrics from its micro-batches: means over the step's pairs (TRL's
-    /// names), ORPO's nll_loss the mean over the chosen-sequence tokens.
-    package func summary(_ results: [PreferenceMicroResult]) -> (loss: Double, metrics: [String: Double]) {
-        let pairs = results.flatMap(\.pairs)
-        let n = Double(max(pairs.count, 1))
+    /// TRL's metric names of the method, in PairLoss.metrics' order.
+    package var metricNames: [String] {
+        let dpo = ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"]
+        return method == .orpo ? dpo + ["log_odds_ratio", "log_odds_chosen"] : dpo
+    }
+
+    /// The sums a step's loss and metrics are made of, one vector to add up over ranks:
+    /// [pairs, Σ loss, Σ nll, nll tokens, Σ each metric in metricNames' order].
+    package func totals(_ results: [PreferenceMicroResult]) -> [Double] {
+        var t = [Double](repeating: 0, count: 4 + metricNames.count)
+        for r in results {
+            for p in r.pairs {
+                t[0] += 1
+                t[1] += p.loss
+                for (k, (_, v)) in p.metrics.enumerated() { t[4 + k] += v }
+            }
+            t[2] += r.nllSum
+            t[3] += Double(r.nllTokens)
+        }
+        return t
+    }
+
+    /// The step's loss and metrics from its totals: means over the step's pairs (TRL's names),
+    /// ORPO's nll_loss the mean over the chosen-sequence tokens.
+    package func summary(totals t: [Double]) -> (loss: Double, metrics: [String: Double]) {
+        let n = max(t[0], 1)
         var metrics: [String: Double] = [:]
-        for p in pairs { for (k, v) in p.metrics { metrics[k, default: 0] += v / n } }
-        var loss = pairs.reduce(0) { $0 + $1.loss } / n
+        for (k, name) in metricNames.enumerated() { metrics[name] = t[4 + k] / n }
+        var loss = t[1] / n
         if method == .orpo {
-            let tokens = results.reduce(0) { $0 + $1.nllTokens }
-            let nll = results.reduce(0) { $0 + $1.nllSum } / Double(max(tokens, 1))
+            let nll = t[2] / max(t[3], 1)
             metrics["nll_loss"] = nll
             loss += nll
         }
         return (loss, metrics)
+    }
+
+    package func summary(_ results: [PreferenceMicroResult]) -> (loss: Double, metrics: [String: Double]) {
+        summary(totals: totals(results))
     }
 }

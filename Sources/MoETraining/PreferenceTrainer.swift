@@ -11,10 +11,17 @@ import MoEInference
 /// mean over its pairs (PreferenceStep). The reference of DPO is the base with the adapter off
 /// (with training.init_adapter: the base with that adapter, frozen, as TRL uses its "ref" copy).
 extension Trainer {
-    func trainPreference(outDir: String, resumeFrom: String?, acceptDataChange: Bool, events: TrainerEvents,
+    func trainPreference(outDir: String, resume: Bool, resumeFrom: String?, acceptDataChange: Bool, events: TrainerEvents,
                          world: Collective) throws -> TrainSummary {
-        let c = config, tc = c.training
-        try requirePreferenceSupport(world: world)
+        // As SFT: the run one process would do, grad_accum x ranks micro-batches a step (recorded so).
+        var c = config
+        guard c.training.gradAccum * world.size <= TrainConfig.limits.gradAccum else {
+            throw MoETuneError.config(path: configPath, key: "training.grad_accum",
+                                      message: "\(c.training.gradAccum) x \(world.size) ranks is more than \(TrainConfig.limits.gradAccum) micro-batches a step")
+        }
+        c.training.gradAccum *= world.size
+        let tc = c.training
+        try requirePreferenceSupport()
         let loaded = try LoadedModel.load(directory: c.model, quantize: c.quantization, base: c.baseDType)
         let model = loaded.model
         try configureMoE(model)
@@ -38,28 +45,41 @@ extension Trainer {
         adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
         events.log("\(tc.method.rawValue): \(data.train.count) pairs, \(plan.perEpoch) micro-batches of up to \(tc.batchSize) pairs an epoch, \(totalSteps) steps")
 
-        // Resume: as SFT's (config, data and position checked against the checkpoint).
+        // Resume: as SFT's (config, data and position checked against the checkpoint by rank 0,
+        // which shares it).
         let optimizer = Trainer.makeOptimizer(c, store: adapters.store)
         let yaml = c.resolvedYAML()
-        let dataIdentity = try TrainCheckpoint.identify(data: c.data.trainFiles.map(\.path))
-        let resumed = try resumeFrom.map { path in
+        if world.size > 1 { try requireSameRun(c, yaml: yaml, world: world, events: events) }
+        let dataIdentity = world.isRoot ? try TrainCheckpoint.identify(data: c.data.trainFiles.map(\.path)) : []
+        var resumed = try (world.isRoot ? resumeFrom : nil).map { path in
             let ck = try restorePreference(path: path, adapters: adapters, optimizer: optimizer, yaml: yaml, totalSteps: totalSteps,
                                            dataIdentity: dataIdentity, acceptDataChange: acceptDataChange)
             events.log("resuming from \(path) (step \(ck.step) of \(totalSteps))")
             return ck
         }
+        if resume && world.size > 1 {
+            resumed = try shareCheckpoint(resumed, world: world, adapters: adapters, optimizer: optimizer, yaml: yaml)
+        }
         let run = PreferenceRun(config: c, configPath: configPath, outDir: outDir, model: model, adapters: adapters, refAdapters: refAdapters,
                                 optimizer: optimizer, step: try PreferenceStep(model: model, state: state), plan: plan, totalSteps: totalSteps,
-                                metrics: try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps),
-                                yaml: yaml, dataIdentity: dataIdentity, events: events)
-        try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml")
+                                metrics: world.isRoot ? try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps) : nil,
+                                yaml: yaml, dataIdentity: dataIdentity, events: events, world: world)
+        if world.isRoot { try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml") }
         return try run.train(valid: data.valid, test: data.test, resumed: resumed)
     }
 
+    /// Every rank must train the same thing: same resolved config, same files (as SFT checks).
+    private func requireSameRun(_ c: TrainConfig, yaml: String, world: Collective, events: TrainerEvents) throws {
+        let files = [c.model] + c.data.trainFiles.map(\.path) + [c.data.valid, c.data.test].compactMap { $0 }
+        var h = FileDigest.of(paths: files)
+        for b in yaml.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        try world.requireSame(h, "resolved config, model and data files")
+        events.log("data parallel: \(world.size) ranks (Open MPI); each step's \(c.training.gradAccum) micro-batches are shared out, rank r taking r, r + \(world.size), ...")
+    }
+
     /// What preference training does not do yet, refused with the key to change.
-    private func requirePreferenceSupport(world: Collective) throws {
+    private func requirePreferenceSupport() throws {
         let c = config, m = c.training.method.rawValue
-        if world.size > 1 { throw MoETuneError.invalid("training.method \(m) runs in one process for now (no MPI data parallelism)") }
         if c.data.trainFiles.contains(where: { $0.weight != 1 }) {
             throw MoETuneError.config(path: configPath, key: "data.train", message: "training.method \(m) takes its files whole: remove the weights")
         }
@@ -133,7 +153,9 @@ final class PreferenceRun {
     let model: Transformer, adapters: AdapterSet, refAdapters: AdapterSet?, optimizer: Optimizer
     let step: PreferenceStep, plan: PreferencePlan, objective: PreferenceObjective
     let totalSteps: Int, schedule: LearningRateSchedule
-    let metrics: MetricsLog, yaml: String, dataIdentity: [TrainCheckpoint.FileIdentity], events: TrainerEvents
+    /// Rank 0 alone writes into out_dir (metrics nil elsewhere).
+    let metrics: MetricsLog?, yaml: String, dataIdentity: [TrainCheckpoint.FileIdentity], events: TrainerEvents
+    let world: Collective
     /// precompute_ref: every training pair's reference log-probs (by pair index).
     var cached: [(chosen: Double, rejected: Double)]?
     /// Parameters of the last step whose loss was finite, restored if training diverges.
@@ -142,11 +164,11 @@ final class PreferenceRun {
     var firstValid: Double?, lastValid: Double?
 
     init(config c: TrainConfig, configPath: String, outDir: String, model: Transformer, adapters: AdapterSet, refAdapters: AdapterSet?,
-         optimizer: Optimizer, step: PreferenceStep, plan: PreferencePlan, totalSteps: Int, metrics: MetricsLog, yaml: String,
-         dataIdentity: [TrainCheckpoint.FileIdentity], events: TrainerEvents) {
+         optimizer: Optimizer, step: PreferenceStep, plan: PreferencePlan, totalSteps: Int, metrics: MetricsLog?, yaml: String,
+         dataIdentity: [TrainCheckpoint.FileIdentity], events: TrainerEvents, world: Collective) {
         (config, self.configPath, self.outDir, self.model, self.adapters, self.refAdapters) = (c, configPath, outDir, model, adapters, refAdapters)
         (self.optimizer, self.step, self.plan, self.totalSteps, self.metrics) = (optimizer, step, plan, totalSteps, metrics)
-        (self.yaml, self.dataIdentity, self.events) = (yaml, dataIdentity, events)
+        (self.yaml, self.dataIdentity, self.events, self.world) = (yaml, dataIdentity, events, world)
         objective = PreferenceObjective(method: c.training.method, dpo: c.dpo, orpoBeta: c.orpo.beta)
         schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
                                         minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
@@ -178,7 +200,8 @@ final class PreferenceRun {
             if let valid, tc.evalEvery > 0, s % tc.evalEvery == 0, s != totalSteps {
                 lastValid = try evaluate(valid, "valid", step: s, limit: tc.evalBatches)
             }
-            let stop = events.shouldStop()
+            // Every rank stops at the same step (a signal reaches ranks at different moments).
+            let stop = try world.any(events.shouldStop())
             if stop || s == totalSteps || (tc.saveEvery > 0 && s % tc.saveEvery == 0) {
                 try checkpoint(step: s, microIndex: position.micro, trainedTokens: position.tokens, elapsed: elapsedBefore + Date().timeIntervalSince(start))
             }
@@ -188,6 +211,11 @@ final class PreferenceRun {
         if stoppedAt == nil {
             if let valid { lastValid = try evaluate(valid, "valid", step: totalSteps, limit: nil) }
             testLoss = try test.map { try evaluate($0, "test", step: totalSteps, limit: nil) }
+        }
+        guard world.isRoot else {
+            return TrainSummary(steps: stoppedAt ?? totalSteps, seconds: Date().timeIntervalSince(start), trainedTokens: position.tokens,
+                                firstValidLoss: firstValid, lastValidLoss: lastValid, testLoss: testLoss, outDir: outDir, firstRouting: nil,
+                                lastRouting: nil, stoppedAt: stoppedAt, checkpoint: nil, resumedFrom: resumed?.step)
         }
         try PEFTAdapter.save(adapters, family: model.family, baseModel: config.model, to: outDir)
         try RunReport.write(outDir: outDir, title: "moe-tune \(tc.method.rawValue): \((config.model as NSString).lastPathComponent) → \(outDir)")
@@ -199,12 +227,20 @@ final class PreferenceRun {
     /// Step `s` over micro-batches first..<first + grad_accum: gradients, clipping, the update,
     /// its metrics line. Returns the completion tokens it trained on.
     func trainStep(_ s: Int, first: Int, elapsed: () -> Double, tokensBefore: Int) throws -> Int {
-        let stepStart = Date(), c = config
-        let batches = (first..<(first + c.training.gradAccum)).map { plan.microBatch($0) }
+        let stepStart = Date(), c = config, n = c.training.gradAccum
+        let batches = (first..<(first + n)).map { plan.microBatch($0) }
         let pairs = batches.reduce(0) { $0 + $1.batch.pairs }
-        let (results, aux) = try step.accumulate(batches, first: first, adapters: adapters, reference: refAdapters,
-                                                 cached: cached, objective: objective)
-        let (loss, values) = objective.summary(results)
+        // This rank's share of the step: micro-batches first + rank, first + rank + ranks, ...
+        let mine = stride(from: world.rank, to: n, by: world.size).map { (first + $0, batches[$0].indices, batches[$0].batch) }
+        let (results, aux) = try step.accumulate(mine, pairs: pairs, nllTokens: PreferenceObjective.nllTokens(batches.map(\.batch)),
+                                                 microBatches: n, adapters: adapters, reference: refAdapters, cached: cached, objective: objective)
+        var totals = objective.totals(results) + [aux]
+        if world.size > 1 {
+            try world.sum(adapters.store.grads.pointer, count: adapters.store.count)
+            totals = try world.sum(totals)
+        }
+        let traffic = world.takeTraffic()
+        let (loss, values) = objective.summary(totals: Array(totals.dropLast()))
         let norm = clipGradientNorm(adapters.store, maxNorm: c.optimizer.gradClip.map(Float.init))
         guard loss.isFinite, norm.isFinite else {
             throw try diverged("training diverged at step \(s): loss \(loss), gradient norm \(norm); the last adapter with a finite loss is saved in \(outDir); try a lower optimizer.lr")
@@ -221,8 +257,9 @@ final class PreferenceRun {
             var line: [String: Any] = ["type": "step", "step": s, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": tokens,
                                        "tokens_per_s": Double(tokens) / seconds, "elapsed_s": elapsed(), "pairs": pairs]
             for (k, v) in values { line[k] = v }
-            if model.config.isMoE { line["aux_loss"] = aux }
-            try metrics.write(line)
+            if model.config.isMoE { line["aux_loss"] = totals.last! }
+            if world.size > 1 { line["ranks"] = world.size; line["allreduce_s"] = traffic.seconds; line["allreduce_bytes"] = traffic.bytes }
+            try metrics?.write(line)
         }
         events.step(StepRecord(step: s, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: tokens,
                                tokensPerSecond: Double(tokens) / seconds, elapsed: elapsed()))
@@ -232,11 +269,12 @@ final class PreferenceRun {
     /// The last good parameters back and saved; the error to throw.
     func diverged(_ message: String) throws -> MoETuneError {
         adapters.store.params.pointer.update(from: lastGood.pointer, count: adapters.store.count)
-        try PEFTAdapter.save(adapters, family: model.family, baseModel: config.model, to: outDir)
+        if world.isRoot { try PEFTAdapter.save(adapters, family: model.family, baseModel: config.model, to: outDir) }
         return MoETuneError.config(path: configPath, key: "optimizer.lr", message: message)
     }
 
     func checkpoint(step s: Int, microIndex: Int, trainedTokens: Int, elapsed: Double) throws {
+        guard world.isRoot else { return }
         let ck = TrainCheckpoint(step: s, microIndex: microIndex, optimizerStep: optimizer.t, trainedTokens: trainedTokens,
                                  elapsed: elapsed, firstValidLoss: firstValid, lastValidLoss: lastValid,
                                  configHash: ConfigFingerprint.hash(yaml), configYAML: yaml)
@@ -252,7 +290,7 @@ final class PreferenceRun {
         let (loss, values) = try step.evaluate(subset, batchSize: bs, adapters: adapters, reference: refAdapters, objective: objective)
         var line: [String: Any] = ["type": "eval", "step": s, "split": split, "loss": loss, "pairs": subset.count]
         for (k, v) in values { line[k] = v }
-        try metrics.write(line)
+        try metrics?.write(line)
         events.log("\(split) at step \(s): loss \(String(format: "%.4f", loss))"
             + (values["rewards/accuracies"].map { ", reward accuracy \(String(format: "%.3f", $0))" } ?? ""))
         return loss

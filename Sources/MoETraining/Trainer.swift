@@ -95,7 +95,7 @@ public final class Trainer {
         // resolved config.yaml records that figure, so a run resumes on any number of ranks
         // whose product with grad_accum stays the same.
         if config.training.method != .sft {
-            return try trainPreference(outDir: outDir, resumeFrom: resumeFrom, acceptDataChange: acceptDataChange, events: events, world: world)
+            return try trainPreference(outDir: outDir, resume: resume, resumeFrom: resumeFrom, acceptDataChange: acceptDataChange, events: events, world: world)
         }
         var c = config
         guard c.training.gradAccum * world.size <= TrainConfig.limits.gradAccum else {
@@ -455,7 +455,7 @@ public final class Trainer {
     }
 
     /// Rank 0's restored checkpoint (position, parameters, optimizer state) on every rank.
-    private func shareCheckpoint(_ ck: TrainCheckpoint?, world: Collective, adapters: AdapterSet, optimizer: Optimizer,
+    func shareCheckpoint(_ ck: TrainCheckpoint?, world: Collective, adapters: AdapterSet, optimizer: Optimizer,
                                  yaml: String) throws -> TrainCheckpoint {
         let nan = Double.nan
         let head = try world.broadcast([Double(ck?.step ?? 0), Double(ck?.microIndex ?? 0), Double(ck?.optimizerStep ?? 0),

@@ -313,3 +313,45 @@ extension PreferenceTests {
                            contains: ["training.init_adapter", "adapter_config.json"])
     }
 }
+
+// MARK: Data parallel
+
+extension MPITests {
+    /// DPO over 2 ranks (Open MPI) equals one process with grad_accum 2: the adapter within 1e-5
+    /// relative, the step losses and TRL's metrics within 1e-5 (sums in another order).
+    func testDPORanksEqualOneProcess() throws {
+        let mpirun = try requireMPI()
+        let dir = try makeTempDir(self)
+        var text = ""
+        for i in 0..<16 { text += "{\"prompt\": \"Add \(i) and \(i + 3).\", \"chosen\": \" \(2 * i + 3)\", \"rejected\": \" \(2 * i + 5)!\"}\n" }
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/prefs.jsonl"))
+        func config(_ name: String, gradAccum: Int) throws -> String {
+            let yaml = """
+            model: \(Fixtures.dir("mixtral"))
+            data: {train: \(dir)/prefs.jsonl, valid_split: 4}
+            lora: {rank: 4, dropout: 0.1, targets: [query, value, mlp]}
+            moe: {jitter: 0.01}
+            optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+            schedule: {name: constant}
+            training: {method: dpo, batch_size: 2, grad_accum: \(gradAccum), max_steps: 4, max_seq_len: 32, eval_every: 2, out_dir: \(dir)/\(name)}
+            dpo: {beta: 0.2}
+            """
+            try Data(yaml.utf8).write(to: URL(fileURLWithPath: dir + "/\(name).yaml"))
+            return dir + "/\(name).yaml"
+        }
+        XCTAssertEqual(try runMoETune(["train", "--config", try config("single", gradAccum: 2)]).status, 0)
+        let p = try startMPI(mpirun, ranks: 2, ["train", "--config", try config("multi", gradAccum: 1)], dir: dir)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, output(dir))
+        try assertSameAdapter(dir + "/single", dir + "/multi", relative: 1e-5)
+        let single = try MetricsLog.read(path: dir + "/single/metrics.jsonl"), multi = try MetricsLog.read(path: dir + "/multi/metrics.jsonl")
+        XCTAssertEqual(single.count, multi.count)
+        for (a, b) in zip(single, multi) {
+            for key in ["loss", "rewards/chosen", "rewards/margins", "logps/rejected", "grad_norm"] {
+                guard let u = a[key] as? Double, let v = b[key] as? Double else { continue }
+                XCTAssertEqual(u, v, accuracy: 1e-5 * max(1, abs(u)), key)
+            }
+        }
+        XCTAssertEqual(multi.filter { $0["type"] as? String == "step" }.first?["ranks"] as? Int, 2)
+    }
+}
