@@ -48,14 +48,19 @@ extension TokenBatch {
 /// shuffled again (as mlx-lm and others do), so batches hold similar lengths without a
 /// fixed length order. Deterministic for a given seed and epoch.
 public func trainingBatches(_ examples: [Example], batchSize: Int, seed: UInt64, epoch: Int) -> [[Int]] {
+    trainingBatches(lengths: examples.map(\.tokens.count), batchSize: batchSize, seed: seed, epoch: epoch)
+}
+
+/// The same over items of the given lengths (preference pairs: the longer sequence of each).
+public func trainingBatches(lengths: [Int], batchSize: Int, seed: UInt64, epoch: Int) -> [[Int]] {
     var rng = SplitMix64(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9)
-    var order = Array(examples.indices)
+    var order = Array(lengths.indices)
     order.shuffle(using: &rng)
     let window = batchSize * 32
     var batches: [[Int]] = []
     for start in stride(from: 0, to: order.count, by: window) {
         let chunk = order[start..<min(start + window, order.count)].sorted {
-            (examples[$0].tokens.count, $0) < (examples[$1].tokens.count, $1)
+            (lengths[$0], $0) < (lengths[$1], $1)
         }
         for b in stride(from: 0, to: chunk.count, by: batchSize) {
             batches.append(Array(chunk[(chunk.startIndex + b)..<min(chunk.startIndex + b + batchSize, chunk.endIndex)]))

@@ -17,7 +17,7 @@ public enum ConfigFingerprint {
     ]
 
     /// Keys the resolved config gained later, with the default a run saved before them had.
-    package static let laterDefaults = ["base_dtype": "fp32"]
+    package static let laterDefaults = ["base_dtype": "fp32", "training.method": "sft", "training.init_adapter": "null"]
 
     /// `section.key` → value text of a config rendered by `TrainConfig.resolvedYAML`
     /// (nested lines are part of their key's value).

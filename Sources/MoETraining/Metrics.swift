@@ -47,7 +47,7 @@ public final class MetricsLog {
 
     public func write(_ object: [String: Any]) throws {
         guard JSONSerialization.isValidJSONObject(object),
-              var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
+              var data = try? JSONSerialization.data(withJSONObject: object, options: Self.options(object)) else {
             throw MoETuneError.file(path: path, message: "cannot encode a metrics line (a value that is not finite?): \(object.keys.sorted())")
         }
         data.append(UInt8(ascii: "\n"))
@@ -61,6 +61,12 @@ public final class MetricsLog {
             if before >= 0 { ftruncate(fd, before) }
             throw error
         }
+    }
+
+    /// Keys with a slash (TRL's names: rewards/chosen) are written as they are, not as "rewards\\/chosen";
+    /// lines without one are encoded as they always were.
+    static func options(_ object: [String: Any]) -> JSONSerialization.WritingOptions {
+        object.keys.contains { $0.contains("/") } ? [.sortedKeys, .withoutEscapingSlashes] : [.sortedKeys]
     }
 
     /// Reads a metrics file back (for reports).

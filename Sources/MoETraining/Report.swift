@@ -36,6 +36,14 @@ public enum RunReport {
                                              ("valid", validLoss, "#ee854a")], yLabel: "cross-entropy")
         body += "<div class=row><div><h2>Learning rate</h2>" + lineChart([("lr", series(steps, "lr"), "#6acc64")], yLabel: "lr", small: true)
         body += "</div><div><h2>Throughput</h2>" + lineChart([("tokens/s", series(steps, "tokens_per_s"), "#956cb4")], yLabel: "trained tokens/s", small: true) + "</div></div>"
+        // DPO / ORPO runs: TRL's rewards and reward accuracy (absent from SFT runs).
+        if steps.contains(where: { $0["rewards/margins"] != nil }) {
+            body += "<div class=row><div><h2>Rewards (per step)</h2>" + lineChart([("chosen", series(steps, "rewards/chosen"), "#2a5cb8"),
+                ("rejected", series(steps, "rewards/rejected"), "#d65f5f"), ("margin", series(steps, "rewards/margins"), "#6acc64")],
+                yLabel: "reward", small: true)
+            body += "</div><div><h2>Reward accuracy</h2>" + lineChart([("train", series(steps, "rewards/accuracies"), "#a9bfe8"),
+                ("valid", series(evals, "rewards/accuracies"), "#ee854a")], yLabel: "chosen > rejected", small: true) + "</div></div>"
+        }
         let moeEvals = evals.filter { $0["experts"] != nil }
         if let first = moeEvals.first, let last = moeEvals.last {
             body += "<h2>Expert load (share of each layer's assignments on the validation set)</h2><div class=row>"

@@ -88,7 +88,29 @@ public struct TrainConfig: Equatable, Sendable {
         public var topK: Int?
     }
 
+    /// training.method: supervised fine-tuning, or preference training on
+    /// {"prompt", "chosen", "rejected"} lines (DPO with the adapter-off base as the reference, ORPO).
+    public enum TrainMethod: String, Sendable, CaseIterable { case sft, dpo, orpo }
+    public enum DPOLossName: String, Sendable, CaseIterable { case sigmoid, ipo, hinge, robust }
+
+    /// The `dpo:` section (TRL's DPOConfig names).
+    public struct DPOSection: Equatable, Sendable {
+        public var beta = 0.1
+        public var loss: DPOLossName = .sigmoid
+        public var labelSmoothing = 0.0
+        /// Reference log-probabilities once before training (cached) instead of in every step.
+        public var precomputeRef = false
+    }
+
+    /// The `orpo:` section: beta is TRL's ORPOConfig.beta (the paper's lambda).
+    public struct ORPOSection: Equatable, Sendable {
+        public var beta = 0.1
+    }
+
     public struct TrainingSection: Equatable, Sendable {
+        public var method: TrainMethod = .sft
+        /// A PEFT adapter folder to start from (its rank, alpha and targets); nil: a new adapter.
+        public var initAdapter: String?
         public var batchSize = 4
         public var gradAccum = 1
         public var maxSteps: Int?
@@ -121,6 +143,8 @@ public struct TrainConfig: Equatable, Sendable {
     public var optimizer = OptimizerSection()
     public var schedule = ScheduleSection()
     public var moe = MoESection()
+    public var dpo = DPOSection()
+    public var orpo = ORPOSection()
     /// QLoRA: NF4 base weights (nil: full precision).
     public var quantization: QuantizationSpec?
     /// How the frozen base's linear weights are held (fp32, or bf16 with half the memory).
@@ -294,6 +318,7 @@ public struct TrainConfig: Equatable, Sendable {
         } else {
             _ = r.raw("quantization")
         }
+        let (dpo, orpo) = try preferenceSections(r)
         let baseDType = BaseDType(rawValue: try r.choice("base_dtype", BaseDType.allCases.map(\.rawValue), default: "fp32"))!
         if baseDType.isBF16, quantization != nil {
             throw r.fail("base_dtype", "\(baseDType.rawValue) and quantization (QLoRA, nf4) exclude each other: NF4 already holds the frozen weights in 4 bits; drop one of them")
@@ -302,6 +327,8 @@ public struct TrainConfig: Equatable, Sendable {
         let t = try r.section("training")
         let outDir = try t.string("out_dir")
         var tr = TrainingSection(outDir: outDir)
+        tr.method = TrainMethod(rawValue: try t.choice("method", TrainMethod.allCases.map(\.rawValue), default: tr.method.rawValue))!
+        tr.initAdapter = try t.optionalString("init_adapter")
         tr.batchSize = try t.int("batch_size", default: tr.batchSize)
         tr.gradAccum = try t.int("grad_accum", default: tr.gradAccum)
         tr.maxSteps = try t.optionalInt("max_steps")
@@ -319,7 +346,25 @@ public struct TrainConfig: Equatable, Sendable {
         var config = TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
                                  quantization: quantization, training: tr)
         config.baseDType = baseDType
+        config.dpo = dpo
+        config.orpo = orpo
         return config
+    }
+
+    /// The dpo: and orpo: sections (read whatever the method; validate checks they fit it).
+    package static func preferenceSections(_ r: ConfigReader) throws -> (DPOSection, ORPOSection) {
+        let d = try r.section("dpo")
+        var dpo = DPOSection()
+        dpo.beta = try d.double("beta", default: dpo.beta)
+        dpo.loss = DPOLossName(rawValue: try d.choice("loss", DPOLossName.allCases.map(\.rawValue), default: dpo.loss.rawValue))!
+        dpo.labelSmoothing = try d.double("label_smoothing", default: dpo.labelSmoothing)
+        dpo.precomputeRef = try d.bool("precompute_ref", default: dpo.precomputeRef)
+        try d.finish()
+        let o = try r.section("orpo")
+        var orpo = ORPOSection()
+        orpo.beta = try o.double("beta", default: orpo.beta)
+        try o.finish()
+        return (dpo, orpo)
     }
 
     /// data.train: FILE, or a list of FILE or {path: FILE, weight: W} (W > 0).
@@ -468,6 +513,7 @@ public struct TrainConfig: Equatable, Sendable {
             guard b >= training.maxSeqLen else { throw t.fail("batch_tokens", "must be at least max_seq_len (\(training.maxSeqLen)), got \(b)") }
             guard b / training.maxSeqLen <= L.batchSize else { throw t.fail("batch_tokens", "gives more than \(L.batchSize) rows of max_seq_len") }
         }
+        try validatePreference(r)
         if data.validSplit != nil, data.valid != nil {
             throw try r.section("data").fail("valid_split", "holds out part of data.train as the validation set, but data.valid is given; keep one")
         }
@@ -476,6 +522,31 @@ public struct TrainConfig: Equatable, Sendable {
             guard ChatFormat.isValidSetting(tpl) else {
                 throw try r.section("data").fail("chat_template", "must be null, \"llama2\", a .jinja file, or contain {user} followed by {assistant}")
             }
+        }
+    }
+
+    package func validatePreference(_ r: ConfigReader) throws {
+        let t = try r.section("training"), d = try r.section("dpo"), o = try r.section("orpo")
+        if training.method != .dpo, let key = ["beta", "loss", "label_smoothing", "precompute_ref"].first(where: { d.node($0) != nil }) {
+            throw d.fail(key, "the dpo section applies to training.method: dpo, but the method is \(training.method.rawValue)")
+        }
+        if training.method != .orpo, o.node("beta") != nil {
+            throw o.fail("beta", "the orpo section applies to training.method: orpo, but the method is \(training.method.rawValue)")
+        }
+        guard dpo.beta > 0, dpo.beta.isFinite else { throw d.fail("beta", "must be positive, got \(dpo.beta)") }
+        guard dpo.labelSmoothing >= 0, dpo.labelSmoothing < 0.5 else { throw d.fail("label_smoothing", "must be in [0, 0.5), got \(dpo.labelSmoothing)") }
+        if dpo.labelSmoothing != 0, dpo.loss == .ipo || dpo.loss == .hinge {
+            throw d.fail("label_smoothing", "applies to loss: sigmoid (conservative DPO) and robust, not \(dpo.loss.rawValue)")
+        }
+        guard orpo.beta > 0, orpo.beta.isFinite else { throw o.fail("beta", "must be positive, got \(orpo.beta)") }
+        guard training.method == .sft || !training.packing else {
+            throw t.fail("packing", "packs SFT examples; \(training.method.rawValue) batches whole chosen/rejected pairs: remove it")
+        }
+        guard training.method == .sft || !data.trainOnInputs else {
+            throw try r.section("data").fail("train_on_inputs", "\(training.method.rawValue) scores the completions only: remove it")
+        }
+        if let a = training.initAdapter, !FileManager.default.fileExists(atPath: a + "/adapter_config.json") {
+            throw t.fail("init_adapter", "\(a) holds no adapter_config.json (a PEFT adapter folder)")
         }
     }
 
@@ -490,6 +561,22 @@ public struct TrainConfig: Equatable, Sendable {
         case nil: return "null"
         case .fraction(let f): return "\(f)"
         case .count(let c): return "\(c)"
+        }
+    }
+
+    /// training.method and init_adapter, and the dpo: or orpo: section of the method in use;
+    /// nothing at their defaults (an SFT run's config.yaml reads as before these keys existed).
+    /// The training keys continue the training section, which resolvedYAML ends with.
+    package func preferenceYAML(_ q: (String?) -> String) -> String {
+        var s = ""
+        if training.method != .sft || training.initAdapter != nil {
+            s = "  method: \(training.method.rawValue)\n  init_adapter: \(q(training.initAdapter))\n"
+        }
+        switch training.method {
+        case .sft: return s
+        case .dpo: return s +
+            "dpo:\n  beta: \(dpo.beta)\n  loss: \(dpo.loss.rawValue)\n  label_smoothing: \(dpo.labelSmoothing)\n  precompute_ref: \(dpo.precomputeRef)\n"
+        case .orpo: return s + "orpo:\n  beta: \(orpo.beta)\n"
         }
     }
 
@@ -586,6 +673,6 @@ public struct TrainConfig: Equatable, Sendable {
           packing: \(training.packing)
           batch_tokens: \(n(training.batchTokens))
 
-        """
+        """ + preferenceYAML(q)
     }
 }

@@ -94,6 +94,9 @@ public final class Trainer {
         // The run as one process would do it: grad_accum x ranks micro-batches a step. The
         // resolved config.yaml records that figure, so a run resumes on any number of ranks
         // whose product with grad_accum stays the same.
+        if config.training.method != .sft {
+            return try trainPreference(outDir: outDir, resume: resume, resumeFrom: resumeFrom, acceptDataChange: acceptDataChange, events: events, world: world)
+        }
         var c = config
         guard c.training.gradAccum * world.size <= TrainConfig.limits.gradAccum else {
             throw MoETuneError.config(path: configPath, key: "training.grad_accum",
@@ -173,19 +176,8 @@ public final class Trainer {
                 message: "shared_expert, but \(model.config.family.name) models have no shared expert")
         }
         let spec = try resolvedLoRASpec(c, model: model, train: train, outDir: outDir, root: root, events: events)
-        let adapters = try AdapterSet(model: model, spec: spec, seed: UInt64(bitPattern: Int64(tc.seed)))
-        events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters"
-            + (model.layers.first?.q.nf4 != nil ? "; base weights in NF4 (QLoRA)" : "")
-            + (c.baseDType.isBF16 ? "; base weights in bf16 (\(c.baseDType.rawValue))" : ""))
-        let optimizer: Optimizer
-        switch c.optimizer.name {
-        case .adamw:
-            optimizer = AdamW(store: adapters.store, beta1: Float(c.optimizer.beta1), beta2: Float(c.optimizer.beta2),
-                              eps: Float(c.optimizer.eps), weightDecay: Float(c.optimizer.weightDecay))
-        case .sgd:
-            optimizer = SGD(store: adapters.store, momentum: Float(c.optimizer.momentum), nesterov: c.optimizer.nesterov,
-                            weightDecay: Float(c.optimizer.weightDecay))
-        }
+        let adapters = try makeAdapters(model: model, config: c, spec: spec, events: events)
+        let optimizer = Trainer.makeOptimizer(c, store: adapters.store)
 
         // Step plan: micro-batches of similar length (or packed rows), grad_accum of them per
         // step; micro-batch m of the run is a function of the seed (BatchPlan).
@@ -436,8 +428,37 @@ public final class Trainer {
                             checkpoint: lastCheckpoint ?? (root ? TrainCheckpoint.list(outDir: outDir).last?.path : nil), resumedFrom: resumed?.step)
     }
 
+    /// The adapter to train: training.init_adapter's (its rank, alpha and targets), or a new one
+    /// from the lora section.
+    /// The run's adapters: `init_adapter`'s, or new ones as `spec` (default the config's
+    /// targets; an SFT run's ESFT selection narrows the experts) says.
+    func makeAdapters(model: Transformer, config c: TrainConfig, spec: LoRASpec? = nil, events: TrainerEvents) throws -> AdapterSet {
+        let adapters: AdapterSet
+        if let dir = c.training.initAdapter {
+            adapters = try PEFTAdapter.load(directory: dir, model: model)
+            events.log("LoRA: starting from the adapter in \(dir) (its rank, alpha and targets; the optimizer starts fresh)")
+        } else {
+            adapters = try AdapterSet(model: model, spec: spec ?? c.loraSpec, seed: UInt64(bitPattern: Int64(c.training.seed)))
+        }
+        events.log("LoRA: \(adapters.all.count) adapted modules, \(adapters.store.count) trainable parameters"
+            + (model.layers.first?.q.nf4 != nil ? "; base weights in NF4 (QLoRA)" : "")
+            + (c.baseDType.isBF16 ? "; base weights in bf16 (\(c.baseDType.rawValue))" : ""))
+        return adapters
+    }
+
+    static func makeOptimizer(_ c: TrainConfig, store: ParameterStore) -> Optimizer {
+        switch c.optimizer.name {
+        case .adamw:
+            return AdamW(store: store, beta1: Float(c.optimizer.beta1), beta2: Float(c.optimizer.beta2),
+                         eps: Float(c.optimizer.eps), weightDecay: Float(c.optimizer.weightDecay))
+        case .sgd:
+            return SGD(store: store, momentum: Float(c.optimizer.momentum), nesterov: c.optimizer.nesterov,
+                       weightDecay: Float(c.optimizer.weightDecay))
+        }
+    }
+
     /// Rank 0's restored checkpoint (position, parameters, optimizer state) on every rank.
-    private func shareCheckpoint(_ ck: TrainCheckpoint?, world: Collective, adapters: AdapterSet, optimizer: Optimizer,
+    func shareCheckpoint(_ ck: TrainCheckpoint?, world: Collective, adapters: AdapterSet, optimizer: Optimizer,
                                  yaml: String) throws -> TrainCheckpoint {
         let nan = Double.nan
         let head = try world.broadcast([Double(ck?.step ?? 0), Double(ck?.microIndex ?? 0), Double(ck?.optimizerStep ?? 0),
@@ -478,7 +499,7 @@ public final class Trainer {
     }
 
     /// Applies the `moe:` section to the model before any state is built.
-    private func configureMoE(_ model: Transformer) throws {
+    func configureMoE(_ model: Transformer) throws {
         let m = config.moe
         guard model.config.isMoE else {
             let used = m.zLossCoef != 0 || (m.auxLossCoef ?? 0) != 0 || m.router != nil || m.jitter != 0 || m.noiseStd != 0 || m.noiseLearned

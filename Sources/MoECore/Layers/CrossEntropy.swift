@@ -32,8 +32,12 @@ public func crossEntropyForward(losses: UnsafeMutablePointer<Float>, logits: Uns
 /// zero on ignored rows. scale is 1 / (counted tokens) for a mean loss (times any
 /// gradient-accumulation factor). Overwrites dlogits [N, V], which may be the logits
 /// themselves (computed in place).
+/// With `rowScales` [N], row i's scale is scale * rowScales[i]: the gradient of
+/// sum_i scale * rowScales[i] * loss_i (a weighted loss, e.g. preference training's
+/// d objective / d token log-prob; Training/PreferenceStep.swift).
 public func crossEntropyBackward(dlogits: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>,
-                                 targets: UnsafePointer<Int32>, rows n: Int, vocab v: Int, scale: Float) {
+                                 targets: UnsafePointer<Int32>, rows n: Int, vocab v: Int, scale: Float,
+                                 rowScales: UnsafePointer<Float>? = nil) {
     parallelChunks(n, minChunk: 8) { range in
         for i in range {
             let d = dlogits + i * v
@@ -42,9 +46,10 @@ public func crossEntropyBackward(dlogits: UnsafeMutablePointer<Float>, logits: U
             let row = logits + i * v
             let m = mt_max(row, v)
             if UnsafePointer(d) != row { d.update(from: row, count: v) }
-            let k = scale / mt_exp_shift_inplace(d, v, m)
+            let rs = rowScales.map { scale * $0[i] } ?? scale
+            let k = rs / mt_exp_shift_inplace(d, v, m)
             for j in 0..<v { d[j] *= k }
-            d[tgt] -= scale
+            d[tgt] -= rs
         }
     }
 }

@@ -154,6 +154,10 @@ public final class ForwardState {
     public let headChunk: Int
     public let chunkedHead: Bool
     public var headLossScale: Float?
+    /// Per head row (in the head's row order: scoredRows with `scoredOnly`), a factor on the
+    /// loss gradient: backward takes d (sum_m headRowScales[m] * lossScale * loss_m). Set
+    /// between forward and backward, whole head only (the caller owns the memory); nil: 1.
+    package var headRowScales: UnsafePointer<Float>?
     /// Whether the last forward pass took the head's backward (chunked, training).
     package var headGradientTaken = false
     /// Chunked training head: d x [chunk, H] and the head adapter's du [chunk, r].
@@ -171,6 +175,8 @@ public final class ForwardState {
     /// position of each (`scoredRows`) and its target (`headTargets`).
     public internal(set) var headRows = 0
     package let scoredRows: UnsafeMutablePointer<Int32>   // [N]
+    /// Position (b * T + t) of head row m.
+    package func headRowPosition(_ m: Int) -> Int { scoredOnly ? Int(scoredRows[m]) : m }
     package let headTargets: UnsafeMutablePointer<Int32>  // [N]
     /// valid[i]: token i is not padding.
     public let valid: UnsafeMutablePointer<Bool>

@@ -31,6 +31,9 @@ extension Transformer {
             throw MoETuneError.invalid("internal: a head in row chunks cannot carry an adapter with dropout (build the ForwardState without headChunkRows)")
         }
         let backward = s.keepsAllLayers
+        if backward, s.headRowScales != nil {
+            throw MoETuneError.invalid("internal: per-row loss scales need the whole head (build the ForwardState without headChunkRows)")
+        }
         var scale: Float = 0
         if backward {
             guard let sc = s.headLossScale else {
@@ -88,7 +91,7 @@ extension Transformer {
         // d logits overwrite the logits, which nothing needs any more.
         let dlogits = s.logits.pointer
         crossEntropyBackward(dlogits: dlogits, logits: dlogits, targets: s.headTargets,
-                             rows: m, vocab: c.vocabSize, scale: lossScale)
+                             rows: m, vocab: c.vocabSize, scale: lossScale, rowScales: s.headRowScales)
         // Granite: logits = z / logits_scaling, so d z [m, V] = d logits / logits_scaling.
         if c.logitsScaling != 1 { divideInPlace(dlogits, count: m * c.vocabSize, by: c.logitsScaling) }
         linearBackwardInput(dx: dln, dy: dlogits, rows: m, weight: lmHead, accumulate: false)
