@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import openai
@@ -27,12 +28,16 @@ def start(args):
         cmd += ["--adapter", f"tuned={args.adapter}"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
+    lines = []
     while time.time() < deadline:
         line = proc.stderr.readline()
+        lines.append(line)
         if not line and proc.poll() is not None:
-            sys.exit(f"serve exited: {proc.returncode}")
+            sys.exit(f"serve exited ({proc.returncode}): {''.join(lines[-5:]).strip()}")
         m = re.search(r"listening on (http://\S+)", line)
         if m:
+            # Keep reading its per-request lines, so a full pipe never blocks the server.
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
             return proc, m.group(1)
     sys.exit("serve did not start")
 
