@@ -31,6 +31,11 @@ public struct StepRecord: Sendable {
     public var realTokens = 0
     /// Share of the computed tokens that are padding.
     public var paddingShare: Double { computedTokens > 0 ? Double(computedTokens - realTokens) / Double(computedTokens) : 0 }
+    /// Seconds of the step (0 when not measured).
+    public var seconds = 0.0
+    /// Tokens the forward passes computed per second (`tokensPerSecond` counts the scored
+    /// ones: with prompts masked out, a step computes many more than it scores).
+    public var computedTokensPerSecond: Double { seconds > 0 ? Double(computedTokens) / seconds : 0 }
     /// Share of the computed tokens that carry a prediction counted in the loss.
     public var targetShare: Double { computedTokens > 0 ? Double(tokens) / Double(computedTokens) : 0 }
 }
@@ -380,13 +385,15 @@ public final class Trainer {
             }
             trainedTokens += stepTokens
             let elapsed = elapsedBefore + Date().timeIntervalSince(start)
+            let stepSeconds = max(Date().timeIntervalSince(stepStart), 1e-9)
             let record = StepRecord(step: step, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: norm, tokens: stepTokens,
-                                    tokensPerSecond: Double(stepTokens) / max(Date().timeIntervalSince(stepStart), 1e-9),
-                                    elapsed: elapsed, computedTokens: computed, realTokens: real)
+                                    tokensPerSecond: Double(stepTokens) / stepSeconds,
+                                    elapsed: elapsed, computedTokens: computed, realTokens: real, seconds: stepSeconds)
             if step % tc.logEvery == 0 || step == totalSteps {
                 var line: [String: Any] = ["type": "step", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
                                            "tokens": stepTokens, "tokens_per_s": record.tokensPerSecond, "elapsed_s": elapsed,
-                                           "tokens_computed": computed, "tokens_real": real, "padding_share": record.paddingShare]
+                                           "tokens_computed": computed, "tokens_real": real, "padding_share": record.paddingShare,
+                                           "tokens_computed_per_s": record.computedTokensPerSecond]
                 if model.config.isMoE { line["aux_loss"] = auxSum; line["z_loss"] = zSum }
                 if world.size > 1 { line["ranks"] = world.size; line["allreduce_s"] = traffic.seconds; line["allreduce_bytes"] = traffic.bytes }
                 try metrics?.write(line)

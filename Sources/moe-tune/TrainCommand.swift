@@ -69,8 +69,10 @@ struct TrainCommand: ParsableCommand {
             let progress = ProgressLine("step")
             events.step = { r in
                 progress.update(done: r.step, total: r.totalSteps,
-                                extra: String(format: "loss %.4f lr %.2e |g| %.3f %.0f tok/s pad %.0f%%", r.loss, r.lr, r.gradNorm,
-                                              r.tokensPerSecond, 100 * r.paddingShare))
+                                extra: String(format: "loss %.4f lr %.2e |g| %.3f %.0f scored tok/s", r.loss, r.lr, r.gradNorm,
+                                              r.tokensPerSecond)
+                                    + (r.computedTokens > 0 ? String(format: " (%.0f computed) pad %.0f%%", r.computedTokensPerSecond,
+                                                                     100 * r.paddingShare) : ""))
             }
             events.evaluation = { split, step, r in
                 progress.interrupt(String(format: "%@ loss %.4f (ppl %.2f) at step %d", split, r.loss, r.perplexity, step))
