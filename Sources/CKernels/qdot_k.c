@@ -104,11 +104,6 @@ void mt_qdot_k_scalar(int type, long nb, const uint8_t *w, const uint8_t *x, lon
 
 #if defined(__x86_64__)
 
-AVX2_INLINE int hsum_i32x4(__m128i v) {
-    v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
-    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 1));
-    return _mm_cvtsi128_si32(v);
-}
 
 
 // The 12 scale bytes as 32-bit words a, b, c: scales 0..3 are a's bytes' low 6 bits, mins
@@ -132,9 +127,10 @@ AVX2_INLINE void dotk_avx2_t(const int type, const int nx, long nb, const uint8_
                              float *out) {
     const long ts = type == Q4_K ? 144 : type == Q5_K ? 176 : 210;
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc[4], macc[4];
+    __m256 acc[4];
+    __m128 macc[4];   // Q4_K/Q5_K: the minimums' 4 partial sums, added across lanes once at the end
     UNROLL_NX
-    for (int j = 0; j < nx; j++) acc[j] = macc[j] = _mm256_setzero_ps();
+    for (int j = 0; j < nx; j++) { acc[j] = _mm256_setzero_ps(); macc[j] = _mm_setzero_ps(); }
     for (long b = 0; b < nb; b++) {
         const uint8_t *wb = w + b * ts;
         const long xo = b * XQ256_BYTES;
@@ -214,14 +210,18 @@ AVX2_INLINE void dotk_avx2_t(const int type, const int nx, long nb, const uint8_
                 const __m256 dx = _mm256_set1_ps(rd_f32(xb));
                 __m256i bs = _mm256_loadu_si256((const __m256i *)(xb + 260));
                 __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-                int summ = hsum_i32x4(_mm_madd_epi16(pairs, mins16));
+                __m128i mins = _mm_madd_epi16(pairs, mins16);
                 acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
-                macc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_set1_ps((float)summ), macc[j]);
+                macc[j] = _mm_fmadd_ps(_mm256_castps256_ps128(_mm256_mul_ps(dmin, dx)), _mm_cvtepi32_ps(mins), macc[j]);
             }
         }
     }
     UNROLL_NX
-    for (int j = 0; j < nx; j++) out[j] = hsum8(acc[j]) - _mm256_cvtss_f32(macc[j]);
+    for (int j = 0; j < nx; j++) {
+        __m128 m = _mm_add_ps(macc[j], _mm_movehl_ps(macc[j], macc[j]));
+        m = _mm_add_ss(m, _mm_shuffle_ps(m, m, 1));
+        out[j] = hsum8(acc[j]) - _mm_cvtss_f32(m);
+    }
 }
 
 #define DOTK_AVX2(T)                                                                               \
