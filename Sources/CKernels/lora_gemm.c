@@ -10,7 +10,7 @@
 //   reads C), op(A) [m, k], op(B) [k, n].
 //
 // AVX2+FMA chosen at run time (MOE_TUNE_LORA_KERNEL=scalar forces the scalar loop), as
-// nf4.c and packed_gemm.c do; no AVX-512 variant (no CPU here to measure one on).
+// nf4.c does; no AVX-512 variant (no CPU here to measure one on).
 #include "dispatch.h"
 #include "ckernels.h"
 #include <stdlib.h>

@@ -70,7 +70,7 @@ struct BenchTrainCommand: ParsableCommand {
                                       "step_s": (r.stepSeconds * 1000).rounded() / 1000, "trainable": r.trainable,
                                       "peak_rss_mb": r.peakRSSMB, "loss": (r.loss * 10000).rounded() / 10000,
                                       "first_loss": (r.firstLoss * 1e6).rounded() / 1e6,
-                                      "blas_core": BLAS.ensureInitialized().core, "gemm": BLAS.gemmDescription, "qlora": qlora, "base_dtype": base.rawValue,
+                                      "blas_core": BLAS.ensureInitialized().core, "qlora": qlora, "base_dtype": base.rawValue,
                                       "threads": Parallel.workers, "blas_threading": BLAS.threading.rawValue,
                                       "cpu_ms_per_token": (r.cpuSecondsPerStep / computedPerStep * 1e6).rounded() / 1000,
                                       "step_gflop": (r.flopsPerStep / 1e8).rounded() / 10,

@@ -69,10 +69,10 @@ public struct EnvironmentSwitch: Sendable {
 /// (dispatch.c mt_choose_kernel: "avx512" = 2, "avx2" = 1, "scalar" = 0, compared exactly; a name
 /// the CPU does not run, or any other value, used to be ignored silently).
 public enum CKernelVariants: Sendable {
-    case nf4, bf16, packed, qdot
+    case nf4, bf16, qdot
 
     /// The variants the kernel file has, best first.
-    package var names: [String] { self == .packed || self == .qdot ? ["avx2", "scalar"] : ["avx512", "avx2", "scalar"] }
+    package var names: [String] { self == .qdot ? ["avx2", "scalar"] : ["avx512", "avx2", "scalar"] }
 
     /// The variants this CPU runs (the kernel file's own `supported` test).
     package var namesHere: [String] {
@@ -81,7 +81,6 @@ public enum CKernelVariants: Sendable {
             switch self {
             case .nf4: return mt_nf4_kernel_supported(level) == 1
             case .bf16: return mt_bf16_kernel_supported(level) == 1
-            case .packed: return mt_packed_kernel_supported(level) == 1
             case .qdot: return mt_qdot_kernel_supported(level) == 1
             }
         }
@@ -101,9 +100,6 @@ public enum EnvironmentSwitches {
               accepted: "auto, keep or an OpenBLAS core type (\(BLAS.forcibleCoreTypes.map(\.name).joined(separator: ", ")))",
               defaultValue: "auto, SkylakeX on an AVX-512 CPU, else OpenBLAS's own choice",
               meaning: "OpenBLAS's kernels; keep: OpenBLAS's choice at load; a core type forces it (to measure)"),
-        .init(name: "MOE_TUNE_GEMM", values: .words(["openblas", "blis", "onednn", "auto"], ignoringCase: true),
-              accepted: "openblas, blis, onednn or auto", defaultValue: "openblas",
-              meaning: "which library multiplies (blis and onednn must be installed; auto: the measured per-shape rule)"),
         .init(name: "MOE_TUNE_EXPERT_TASKS", values: .words(["0", "1"], ignoringCase: false),
               accepted: "0 or 1", defaultValue: "1",
               meaning: "1: MoE experts as tasks of one region; 0: one after another, products split (to measure)"),
@@ -123,12 +119,6 @@ public enum EnvironmentSwitches {
         .init(name: "MOE_TUNE_QDOT_KERNEL", values: .kernel(.qdot), accepted: "avx2 or scalar",
               defaultValue: "the best this CPU runs",
               meaning: "the decoder's products of ggml blocks, NF4 and bf16 rows (generate, eval --generate; to measure)"),
-        .init(name: "MOE_TUNE_PACKED_KERNEL", values: .kernel(.packed), accepted: "avx2 or scalar",
-              defaultValue: "the best this CPU runs", meaning: "kernel of the GEMM over pre-packed weights (MOE_TUNE_PREPACK; to measure)"),
-        .init(name: "MOE_TUNE_PREPACK",
-              values: .words(["0", "1", "forward", "on", "true", "off", "false"], ignoringCase: true),
-              accepted: "0, 1, forward, on, true, off or false", defaultValue: "0",
-              meaning: "pre-pack frozen fp32 weights: 1/on/true both copies, forward the forward copy only, 0/off/false none"),
         .init(name: "MOE_TUNE_HEAD_CHUNKS", values: .words(["0", "1"], ignoringCase: false),
               accepted: "0 (whole head) or 1 (chunked)", defaultValue: "1",
               meaning: "bench-train: the LM head and loss by chunks of rows, or whole (to measure)"),
@@ -142,6 +132,14 @@ public enum EnvironmentSwitches {
     /// warning for them.
     public static let otherKnownNames: Set<String> = [
         "MOE_TUNE_SLOW_TESTS", "MOE_TUNE_SMOLLM2_GGUF", "MOE_TUNE_FUZZ", "MOE_TUNE_FUZZ_TARGET", "MOE_TUNE_FUZZ_FIXTURES",
+    ]
+
+    /// Switches of earlier versions whose code is gone (its measurements are in docs/benchmarks.md):
+    /// setting one is a warning saying so, not an error.
+    public static let removedNames: [String: String] = [
+        "MOE_TUNE_PREPACK": "pre-packed frozen weights were removed",
+        "MOE_TUNE_PACKED_KERNEL": "pre-packed frozen weights were removed",
+        "MOE_TUNE_GEMM": "the optional GEMM libraries (BLIS, oneDNN) were removed; OpenBLAS multiplies",
     ]
 
     /// The switch named `name`.
@@ -163,7 +161,8 @@ public enum EnvironmentSwitches {
         }
         let known = Set(all.map(\.name)).union(otherKnownNames)
         return environment.keys.filter { $0.hasPrefix("MOE_TUNE_") && !known.contains($0) }.sorted().map { name in
-            "\(shown(name)) is not a moe-tune switch (closest: \(closest(to: name))); ignored"
+            if let why = removedNames[name] { return "\(name) is no longer read (\(why); docs/benchmarks.md); ignored" }
+            return "\(shown(name)) is not a moe-tune switch (closest: \(closest(to: name))); ignored"
         }
     }
 
