@@ -44,7 +44,10 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let mpi: OpenMPI?
-        do { mpi = try OpenMPI.fromEnvironment() } catch let e as MoETuneError {
+        do {
+            let options = try StartUp.runOptions()
+            mpi = try OpenMPI.fromEnvironment(processEnvironment, timeout: options.mpiTimeout)
+        } catch let e as MoETuneError {
             FileHandle.standardError.write(Data("moe-tune: error: \(e.description)\n".utf8))
             throw ExitCode(1)
         }

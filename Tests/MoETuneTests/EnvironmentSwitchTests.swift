@@ -9,11 +9,12 @@ import Foundation
 @testable import MoEExport
 import XCTest
 
-/// Every MOE_TUNE_* switch is checked the same way (EnvironmentSwitches): a bad value is refused
-/// in one line naming the variable, the value and the accepted values, by the checker and at the
-/// command line's start for every subcommand; a good value is accepted and read by the code that
-/// owns the switch as that value (checked in a fresh process, since the owners cache what they
-/// read); an unknown MOE_TUNE_* variable gets a one-line warning naming the closest switch.
+/// Every MOE_TUNE_* switch is checked the same way (EnvironmentSwitches, applied by the one
+/// builder of RunOptions): a bad value is refused in one line naming the variable, the value and
+/// the accepted values, by the checker, the builder and at the command line's start for every
+/// subcommand; a good value is accepted and, once the options are installed, acts as that value
+/// in the code that owns the switch (checked in a fresh process, since the owners keep what they
+/// read on first use); an unknown MOE_TUNE_* variable gets a one-line warning naming the closest switch.
 final class EnvironmentSwitchTests: XCTestCase {
     static let avx512 = BLAS.cpuSupportsSkylakeXKernels()
 
@@ -105,19 +106,33 @@ final class EnvironmentSwitchTests: XCTestCase {
                            contains: ["; on this CPU: \(CKernelVariants.qdot.namesHere.joined(separator: ", ")) (unset"])
         assertMoETuneError(try EnvironmentSwitches.check(environment: ["MOE_TUNE_BLAS_CORETYPE": "Bogus"]),
                            contains: ["; on this CPU: auto, keep, Prescott"])
-        // The readers that check a value themselves say the same.
-        for (v, body) in [("abc", { _ = try causalBlockRows(["MOE_TUNE_ATTENTION_BLOCK": "abc"]) }),
-                          ("off", { _ = try TrainBenchmark.chunkedHeadFromEnvironment(["MOE_TUNE_HEAD_CHUNKS": "off"]) }),
-                          ("5s", { _ = try OpenMPI.timeoutSeconds(["MOE_TUNE_MPI_TIMEOUT": "5s"]) })] as [(String, () throws -> Void)] {
-            do {
-                try body()
-                XCTFail("\(v) taken")
-            } catch let e as MoETuneError {
-                let name = e.description.prefix { $0 != "=" }
-                let expected = try XCTUnwrap(EnvironmentSwitches.named(String(name))).refusal(v)
-                XCTAssertEqual(e, expected)
+        // The one builder of the options refuses each the same way.
+        for s in EnvironmentSwitches.all {
+            for v in Self.bad[s.name]! {
+                do {
+                    _ = try runOptions([s.name: v])
+                    XCTFail("\(s.name)=\(v) taken")
+                } catch let e as MoETuneError {
+                    XCTAssertEqual(e, s.refusal(v))
+                }
             }
         }
+    }
+
+    /// Unset: every option at its default; `--threads` overrides MOE_TUNE_THREADS and is checked.
+    func testTheOptionsValueDefaultsAndFlags() throws {
+        XCTAssertEqual(try runOptions([:]), RunOptions())
+        XCTAssertEqual(try runOptions(["PATH": "/bin", "MOE_TUNE_SLOW_TESTS": "1"]), RunOptions())
+        var o = try runOptions(["MOE_TUNE_THREADS": "3", "MOE_TUNE_NF4_KERNEL": "scalar", "MOE_TUNE_LORA_KERNEL": "blas"])
+        XCTAssertEqual(o.threads, 3)
+        XCTAssertEqual(o.nf4Kernel, .scalar)
+        XCTAssertEqual(o.loraKernel, .blas)
+        try o.setThreads(5)
+        XCTAssertEqual(o.threads, 5)
+        assertMoETuneError(try o.setThreads(0), contains: ["--threads must be in 1...1024, got 0"])
+        var warnings: [String] = []
+        _ = try RunOptions(environment: ["MOE_TUNE_THRADS": "2"], warnings: &warnings)
+        XCTAssertEqual(warnings.count, 1)
     }
 
     /// Each round sets the i-th good value of every switch that has one, checks that the checker
@@ -175,20 +190,23 @@ final class EnvironmentSwitchTests: XCTestCase {
         guard ProcessInfo.processInfo.environment["ENVSWITCH_TEST_PROBE"] == "1" else {
             throw XCTSkip("runs only as the probe of testGoodValuesAreAcceptedAndReadByTheirOwnersAsThatValue")
         }
+        // As the command line does: the options built from the environment, installed first.
+        var warnings: [String] = []
+        try RunOptions(environment: ProcessInfo.processInfo.environment, warnings: &warnings).install()
         let sel = BLAS.ensureInitialized()
         let read: [(String, String)] = [
             ("MOE_TUNE_THREADS", "\(Parallel.workers)"),
             ("MOE_TUNE_BLAS_THREADING", BLAS.threading.rawValue),
             ("MOE_TUNE_BLAS_CORETYPE", "\(sel.core.lowercased())|\(sel.switched)|\(sel.coreBefore.lowercased())"),
             ("MOE_TUNE_EXPERT_TASKS", "\(Parallel.expertTasks)"),
-            ("MOE_TUNE_CHUNK_FLOATS", "\(ChunkedMatmul.defaultChunkFloats)"),
+            ("MOE_TUNE_CHUNK_FLOATS", "\(ChunkedMatmul.chunkFloats)"),
             ("MOE_TUNE_ATTENTION_BLOCK", "\(causalBlock)"),
             ("MOE_TUNE_LORA_KERNEL", LoRAGemm.useKernel ? String(cString: mt_lora_kernel()) : "blas"),
             ("MOE_TUNE_NF4_KERNEL", String(cString: mt_nf4_kernel())),
             ("MOE_TUNE_BF16_KERNEL", String(cString: mt_bf16_kernel())),
             ("MOE_TUNE_QDOT_KERNEL", String(cString: mt_qdot_kernel())),
-            ("MOE_TUNE_HEAD_CHUNKS", "\(try TrainBenchmark.chunkedHeadFromEnvironment())"),
-            ("MOE_TUNE_MPI_TIMEOUT", "\(try OpenMPI.timeoutSeconds())"),
+            ("MOE_TUNE_HEAD_CHUNKS", "\(RunOptions.current.headChunks)"),
+            ("MOE_TUNE_MPI_TIMEOUT", "\(RunOptions.current.mpiTimeout)"),
         ]
         print(read.map { "PROBE \($0.0)=\($0.1)" }.joined(separator: "\n"))
     }

@@ -9,6 +9,12 @@
 extern "C" {
 #endif
 
+/// The variants of the kernel files that have several, chosen once at start-up (Swift's
+/// RunOptions.install, from MOE_TUNE_NF4_KERNEL, MOE_TUNE_BF16_KERNEL, MOE_TUNE_QDOT_KERNEL,
+/// MOE_TUNE_LORA_KERNEL): 2 = AVX-512, 1 = AVX2, 0 = scalar, -1 = the best this CPU runs (also
+/// the choice of a variant this CPU lacks). Unset: the best. Later calls reset the choice.
+void mt_set_kernels(int nf4, int bf16, int qdot, int lora);
+
 /// x[i] = exp(x[i] - shift) for i < n; returns the sum.
 float mt_exp_shift_inplace(float *x, long n, float shift);
 /// sum of exp(x[i] - shift) for i < n.

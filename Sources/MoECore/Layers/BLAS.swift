@@ -14,7 +14,7 @@ import MoEText
 /// (gotoblas_dynamic_quit / gotoblas_dynamic_init). So on first use moe-tune checks the
 /// CPU itself and, when it has the AVX-512 subsets the SkylakeX kernels need, re-runs
 /// the dispatcher with OPENBLAS_CORETYPE=SkylakeX. On other CPUs it leaves OpenBLAS's
-/// choice alone. MOE_TUNE_BLAS_CORETYPE=NAME forces a core type (e.g. Haswell, to
+/// choice alone. RunOptions.blasCoreType (MOE_TUNE_BLAS_CORETYPE=NAME) forces a core type (e.g. Haswell, to
 /// measure without the switch; one of `forcibleCoreTypes` the CPU runs, EnvironmentSwitches
 /// checks it); MOE_TUNE_BLAS_CORETYPE=keep keeps OpenBLAS's choice.
 public enum BLAS {
@@ -42,7 +42,7 @@ public enum BLAS {
     private static func selectKernels() -> Selection {
         let before = corename()
         let avx512 = cpuSupportsSkylakeXKernels()
-        let request = ProcessInfo.processInfo.environment["MOE_TUNE_BLAS_CORETYPE"] ?? "auto"
+        let request = RunOptions.current.blasCoreType
         let target: String?
         switch request.lowercased() {
         case "keep": target = nil
@@ -106,12 +106,9 @@ public enum BLAS {
 
     /// Who spreads one product over the cores: `split` (default): moe-tune, by rows or
     /// columns of C, OpenBLAS single-threaded in each worker; `library`: OpenBLAS's own
-    /// threads (MOE_TUNE_BLAS_THREADING=library).
+    /// threads (RunOptions.blasThreading, MOE_TUNE_BLAS_THREADING=library), read on first use.
     public enum Threading: String, Sendable { case split, library }
-    public static let threading: Threading = {
-        let v = ProcessInfo.processInfo.environment["MOE_TUNE_BLAS_THREADING"]?.lowercased() ?? "split"
-        return Threading(rawValue: v) ?? .split
-    }()
+    public static let threading: Threading = RunOptions.current.blasThreading
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, with leading dimensions
     /// (row strides) lda, ldb, ldc. op(A) is [m, k], op(B) is [k, n].
