@@ -65,6 +65,7 @@ struct TrainCommand: ParsableCommand {
         try runReportingErrors {
             let cfg = try TrainConfig.load(path: config, overrides: overrides)
             let trainer = Trainer(config: cfg, configPath: config)
+            trainer.runOptions = RunOptions.effective()
             noteBaseDType(cfg.baseDType)
             var events = TrainerEvents()
             let err = FileHandle.standardError
