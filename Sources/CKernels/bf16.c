@@ -57,8 +57,7 @@ static bf16_fn bf16_kernel_fn(int kernel) {
 }
 
 static int bf16_best(void) {
-    static int chosen = -1;
-    return mt_choose_kernel(&chosen, "MOE_TUNE_BF16_KERNEL", mt_bf16_kernel_supported);
+    return mt_choose_kernel(MT_KERNEL_BF16, mt_bf16_kernel_supported);
 }
 
 void mt_bf16_widen(float *dst, const unsigned short *src, long n) { bf16_kernel_fn(bf16_best())(dst, src, n); }

@@ -1,17 +1,24 @@
 #include "dispatch.h"
-#include <stdlib.h>
-#include <string.h>
+#include "ckernels.h"
 
-int mt_choose_kernel(int *chosen, const char *env_name, int (*supported)(int)) {
-    int k = __atomic_load_n(chosen, __ATOMIC_RELAXED);
+static int requested[MT_KERNEL_FILES] = {-1, -1, -1, -1};
+static int chosen[MT_KERNEL_FILES] = {-1, -1, -1, -1};
+
+void mt_set_kernels(int nf4, int bf16, int qdot, int lora) {
+    const int want[MT_KERNEL_FILES] = {nf4, bf16, qdot, lora};
+    for (int i = 0; i < MT_KERNEL_FILES; i++) {
+        __atomic_store_n(&requested[i], want[i], __ATOMIC_RELAXED);
+        __atomic_store_n(&chosen[i], -1, __ATOMIC_RELAXED);
+    }
+}
+
+int mt_choose_kernel(int which, int (*supported)(int)) {
+    int k = __atomic_load_n(&chosen[which], __ATOMIC_RELAXED);
     if (k >= 0) return k;
     k = supported(2) ? 2 : (supported(1) ? 1 : 0);
-    const char *env = getenv(env_name);
-    if (env) {
-        int want = strcmp(env, "avx512") == 0 ? 2 : (strcmp(env, "avx2") == 0 ? 1 : (strcmp(env, "scalar") == 0 ? 0 : -1));
-        if (want >= 0 && supported(want)) k = want;
-    }
-    __atomic_store_n(chosen, k, __ATOMIC_RELAXED);
+    int want = __atomic_load_n(&requested[which], __ATOMIC_RELAXED);
+    if (want >= 0 && supported(want)) k = want;
+    __atomic_store_n(&chosen[which], k, __ATOMIC_RELAXED);
     return k;
 }
 

@@ -2,11 +2,13 @@
 #ifndef MT_DISPATCH_H
 #define MT_DISPATCH_H
 
-// The variant a kernel file's entry points use, chosen once and kept in *chosen (start it at
-// -1): the best variant `supported` accepts of 2 (AVX-512), 1 (AVX2) and 0 (scalar), unless the
-// environment variable env_name names one the CPU supports ("avx512", "avx2", "scalar"), to
-// measure them side by side.
-int mt_choose_kernel(int *chosen, const char *env_name, int (*supported)(int));
+// The kernel files whose variant mt_set_kernels (ckernels.h) may choose.
+enum { MT_KERNEL_NF4, MT_KERNEL_BF16, MT_KERNEL_QDOT, MT_KERNEL_LORA, MT_KERNEL_FILES };
+
+// The variant kernel file `which` uses, chosen on first use and kept until mt_set_kernels is
+// called again: the one mt_set_kernels asked for if `supported` accepts it, else the best
+// `supported` accepts of 2 (AVX-512), 1 (AVX2) and 0 (scalar).
+int mt_choose_kernel(int which, int (*supported)(int));
 
 // Whether the CPU runs variant `kernel`: 2 = AVX-512F, 1 = AVX2, 0 = scalar (always).
 int mt_x86_level_supported(int kernel);

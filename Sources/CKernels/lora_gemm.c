@@ -9,8 +9,8 @@
 //   C[m, n] = alpha * op(A) op(B) + beta * C   (row-major, cblas semantics; beta = 0 never
 //   reads C), op(A) [m, k], op(B) [k, n].
 //
-// AVX2+FMA chosen at run time (MOE_TUNE_LORA_KERNEL=scalar forces the scalar loop), as
-// nf4.c and packed_gemm.c do; no AVX-512 variant (no CPU here to measure one on).
+// AVX2+FMA chosen at run time (mt_set_kernels' lora = 0, MOE_TUNE_LORA_KERNEL=scalar, forces the scalar loop), as
+// nf4.c does; no AVX-512 variant (no CPU here to measure one on).
 #include "dispatch.h"
 #include "ckernels.h"
 #include <stdlib.h>
@@ -182,8 +182,7 @@ static lg_fn lg_kernel(int kernel) {
 }
 
 static int lg_best(void) {
-    static int chosen = -1;
-    return mt_choose_kernel(&chosen, "MOE_TUNE_LORA_KERNEL", mt_lora_kernel_supported);
+    return mt_choose_kernel(MT_KERNEL_LORA, mt_lora_kernel_supported);
 }
 
 const char *mt_lora_kernel(void) { return lg_best() == 1 ? "avx2" : "scalar"; }

@@ -110,8 +110,7 @@ static nf4_fn nf4_kernel_fn(int kernel) {
 }
 
 static int nf4_best(void) {
-    static int chosen = -1;
-    return mt_choose_kernel(&chosen, "MOE_TUNE_NF4_KERNEL", mt_nf4_kernel_supported);
+    return mt_choose_kernel(MT_KERNEL_NF4, mt_nf4_kernel_supported);
 }
 
 void mt_nf4_dequant(float *dst, const unsigned char *packed, long lo, long hi, const float *code16,

@@ -310,8 +310,7 @@ int mt_qdot_kernel_supported(int kernel) {
 }
 
 static int qdot_best(void) {
-    static int chosen = -1;
-    return mt_choose_kernel(&chosen, "MOE_TUNE_QDOT_KERNEL", mt_qdot_kernel_supported);
+    return mt_choose_kernel(MT_KERNEL_QDOT, mt_qdot_kernel_supported);
 }
 
 const char *mt_qdot_kernel(void) { return qdot_best() == 1 ? "avx2" : "scalar"; }

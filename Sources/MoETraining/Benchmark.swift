@@ -22,7 +22,7 @@ public struct TrainBenchmark {
     /// Head and loss over scored positions only (what training does); false: every row.
     public var scoredOnly = true
     /// The head in row chunks with its backward in the forward pass (what training does);
-    /// false: logits [N, V] whole (MOE_TUNE_HEAD_CHUNKS=0 on bench-train, to measure both).
+    /// false: logits [N, V] whole (RunOptions.headChunks, MOE_TUNE_HEAD_CHUNKS=0 on bench-train, to measure both).
     public var chunkedHead = true
 
     public init() {}
@@ -151,16 +151,6 @@ public struct TrainBenchmark {
         guard data || (2...L.maxSeqLen).contains(seq) else { throw MoETuneError.invalid("bench-train: --seq must be in 2...\(L.maxSeqLen), got \(seq)") }
         guard (1...L.maxSteps).contains(steps) else { throw MoETuneError.invalid("bench-train: --steps must be in 1...\(L.maxSteps), got \(steps)") }
         guard (0...L.maxSteps).contains(warmup) else { throw MoETuneError.invalid("bench-train: --warmup must be in 0...\(L.maxSteps), got \(warmup)") }
-    }
-
-    /// MOE_TUNE_HEAD_CHUNKS: unset or `1` the chunked head, `0` the whole head; anything
-    /// else (`off`, `false`) used to mean chunked silently (review).
-    public static func chunkedHeadFromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
-        switch env["MOE_TUNE_HEAD_CHUNKS"] {
-        case nil, "1": return true
-        case "0": return false
-        case let v?: throw EnvironmentSwitches.refusal("MOE_TUNE_HEAD_CHUNKS", v)
-        }
     }
 
     /// `bench-train --dump-batches`: refuses a path that is or lies inside one of `inputs`

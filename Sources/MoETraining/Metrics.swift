@@ -9,6 +9,7 @@ import MoEInference
 /// goes, so a crash loses nothing already written.
 ///   {"type": "step", "step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"}
 ///   {"type": "eval", "step", "split", "loss", "perplexity", "tokens", ...}
+///   {"type": "run_options", "options": {...}}   (first line of each start or resume; no step)
 /// Each line goes out in one write(2) on a file opened O_APPEND; a line the disk could not
 /// take whole is cut off again (the file is truncated to its length before the line), so
 /// the file holds whole lines only. A failed write is a typed error.
@@ -19,14 +20,17 @@ public final class MetricsLog {
     /// Starts a new file, or with `resumeAfter` keeps the lines of an existing one up to
     /// that step (a killed run may have logged past its last checkpoint), dropping also
     /// the final evaluations at that step when `finalStep` equals it (they are redone),
-    /// and any cut-off last line.
+    /// and any cut-off last line; the run_options lines of earlier starts stay.
     public init(path: String, resumeAfter step: Int? = nil, finalStep: Int = .max) throws {
         self.path = path
         var kept = Data()
         if let step, let old = FileManager.default.contents(atPath: path) {
             for line in old.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
-                guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                      let s = obj["step"] as? Int else { continue }
+                guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else { continue }
+                guard let s = obj["step"] as? Int else {
+                    if obj["type"] as? String == "run_options" { kept.append(Data(line)); kept.append(UInt8(ascii: "\n")) }
+                    continue
+                }
                 if s > step || (s == step && s == finalStep && obj["type"] as? String == "eval") { continue }
                 kept.append(Data(line))
                 kept.append(UInt8(ascii: "\n"))

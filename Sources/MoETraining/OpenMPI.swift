@@ -16,7 +16,7 @@ import Glibc
 public final class OpenMPI: Collective {
     public let rank: Int
     public let size: Int
-    /// Seconds a collective may wait for the other ranks (MOE_TUNE_MPI_TIMEOUT, default 300).
+    /// Seconds a collective may wait for the other ranks (RunOptions.mpiTimeout, MOE_TUNE_MPI_TIMEOUT, default 300).
     public let timeout: Double
 
     private typealias InitThread = @convention(c) (UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>?, Int32, UnsafeMutablePointer<Int32>) -> Int32
@@ -33,17 +33,11 @@ public final class OpenMPI: Collective {
     private var trafficSeconds = 0.0, trafficBytes = 0
     private var finalized = false
 
-    /// The run's ranks when Open MPI's launcher started this process; nil otherwise.
-    public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> OpenMPI? {
-        guard let sizeText = env["OMPI_COMM_WORLD_SIZE"] else { return nil }
-        return try OpenMPI(launchedSize: sizeText, timeout: timeoutSeconds(env))
-    }
-
-    /// MOE_TUNE_MPI_TIMEOUT: seconds, more than 0 and at most a day; unset: 300.
-    package static func timeoutSeconds(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Double {
-        guard let t = env["MOE_TUNE_MPI_TIMEOUT"] else { return 300 }
-        guard let v = Double(t), v > 0, v <= 86_400 else { throw EnvironmentSwitches.refusal("MOE_TUNE_MPI_TIMEOUT", t) }
-        return v
+    /// The run's ranks when Open MPI's launcher started this process (`environment`, the process's,
+    /// holds OMPI_COMM_WORLD_SIZE); nil otherwise. `timeout`: RunOptions.mpiTimeout.
+    public static func fromEnvironment(_ environment: [String: String], timeout: Double) throws -> OpenMPI? {
+        guard let sizeText = environment["OMPI_COMM_WORLD_SIZE"] else { return nil }
+        return try OpenMPI(launchedSize: sizeText, timeout: timeout)
     }
 
     private init(launchedSize: String, timeout: Double) throws {

@@ -60,11 +60,13 @@ extension Trainer {
         if resume && world.size > 1 {
             resumed = try shareCheckpoint(resumed, world: world, adapters: adapters, optimizer: optimizer, yaml: yaml)
         }
+        let metrics = world.isRoot ? try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps) : nil
+        try recordRunOptions(metrics)
         let run = PreferenceRun(config: c, configPath: configPath, outDir: outDir, model: model, adapters: adapters, refAdapters: refAdapters,
                                 optimizer: optimizer, step: try PreferenceStep(model: model, state: state), plan: plan, totalSteps: totalSteps,
-                                metrics: world.isRoot ? try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps) : nil,
+                                metrics: metrics,
                                 yaml: yaml, dataIdentity: dataIdentity, events: events, world: world)
-        if world.isRoot { try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml") }
+        if world.isRoot { try AtomicFile.write(Data(configFileText(yaml).utf8), to: outDir + "/config.yaml") }
         return try run.train(valid: data.valid, test: data.test, resumed: resumed)
     }
 

@@ -65,10 +65,25 @@ public struct TrainSummary: Sendable {
 public final class Trainer {
     public let config: TrainConfig
     public let configPath: String
+    /// The process's run options as they act (RunOptions.effective()), recorded at the end of
+    /// out_dir/config.yaml (as comments) and as metrics.jsonl's first line of each start or
+    /// resume; empty: not recorded. Never part of the config hash: they do not block --resume.
+    public var runOptions: [(key: String, value: Any)] = []
 
     public init(config: TrainConfig, configPath: String) {
         self.config = config
         self.configPath = configPath
+    }
+
+    /// out_dir/config.yaml: the resolved config, then the run options as comments.
+    func configFileText(_ yaml: String) -> String {
+        runOptions.isEmpty ? yaml : yaml + (yaml.hasSuffix("\n") ? "" : "\n") + RunOptions.yamlComment(runOptions)
+    }
+
+    /// metrics.jsonl's line for the run options of this start or resume.
+    func recordRunOptions(_ metrics: MetricsLog?) throws {
+        guard !runOptions.isEmpty else { return }
+        try metrics?.write(["type": "run_options", "options": RunOptions.json(runOptions)])
     }
 
     /// Trains; with `resume`, continues from the newest checkpoint in out_dir exactly as
@@ -261,13 +276,14 @@ public final class Trainer {
         let startStep = (resumed?.step ?? 0) + 1
 
         let metrics = root ? try MetricsLog(path: outDir + "/metrics.jsonl", resumeAfter: resumed?.step, finalStep: totalSteps) : nil
+        try recordRunOptions(metrics)
         if let ck = resumed, !dataChanges.isEmpty {
             events.log("data changed since checkpoint step \(ck.step): " + dataChanges.map { "\($0.path) \($0.change)" }.joined(separator: "; ")
                 + "; continuing on the edited data (--accept-data-change)")
             try metrics?.write(["type": "data_change", "resumed_after_step": ck.step, "accepted": true,
                                 "files": dataChanges.map { ["path": $0.path, "change": $0.change] }])
         }
-        if root { try AtomicFile.write(Data(yaml.utf8), to: outDir + "/config.yaml") }
+        if root { try AtomicFile.write(Data(configFileText(yaml).utf8), to: outDir + "/config.yaml") }
         var lastCheckpoint: String?
         func checkpoint(step: Int, microIndex: Int, trainedTokens: Int, elapsed: Double, firstValid: Double?, lastValid: Double?) throws {
             guard root else { return }

@@ -26,7 +26,6 @@ struct BenchBLASCommand: ParsableCommand {
         try runReportingErrors {}
         let sel = BLAS.ensureInitialized()
         print("OpenBLAS core: \(sel.core) (chosen at load: \(sel.coreBefore); switched: \(sel.switched); CPU has AVX-512: \(sel.cpuHasAVX512))")
-        print("MOE_TUNE_GEMM: \(BLAS.gemmDescription)")
         // y[N, out] = x[N, in] W^T for the projection shapes of bench-small and a 4096 square.
         let shapes = [(512, 512), (1024, 512), (512, 1024), (8000, 512), (4096, 4096)]
         var totalFlops = 0.0, totalTime = 0.0

@@ -36,17 +36,16 @@ struct BenchTrainCommand: ParsableCommand {
     var dumpBatches: String?
 
     func run() throws {
-        try runReportingErrors {
+        try runReportingErrors(threads: threads) {
             if dumpBatches != nil, data == nil {
                 throw MoETuneError.invalid("--dump-batches writes the batches of --data FILE.jsonl; random tokens have none to dump: pass --data")
             }
-            if let threads { try Parallel.setWorkers(threads) }
             let base = try parseBaseDType(baseDType)
             let quantize = qlora ? QuantizationSpec(doubleQuant: true) : nil
             var bench = TrainBenchmark()
             bench.batch = batch; bench.seq = seq; bench.rank = rank; bench.steps = steps; bench.warmup = warmup
             bench.scoredOnly = !allRows
-            bench.chunkedHead = try TrainBenchmark.chunkedHeadFromEnvironment()
+            bench.chunkedHead = RunOptions.current.headChunks
             if experts { bench.targets.insert(.mlp) }
             try bench.checkSizes(data: data != nil)
             let m: Transformer
@@ -70,11 +69,12 @@ struct BenchTrainCommand: ParsableCommand {
                                       "step_s": (r.stepSeconds * 1000).rounded() / 1000, "trainable": r.trainable,
                                       "peak_rss_mb": r.peakRSSMB, "loss": (r.loss * 10000).rounded() / 10000,
                                       "first_loss": (r.firstLoss * 1e6).rounded() / 1e6,
-                                      "blas_core": BLAS.ensureInitialized().core, "gemm": BLAS.gemmDescription, "qlora": qlora, "base_dtype": base.rawValue,
+                                      "blas_core": BLAS.ensureInitialized().core, "qlora": qlora, "base_dtype": base.rawValue,
                                       "threads": Parallel.workers, "blas_threading": BLAS.threading.rawValue,
                                       "cpu_ms_per_token": (r.cpuSecondsPerStep / computedPerStep * 1e6).rounded() / 1000,
                                       "step_gflop": (r.flopsPerStep / 1e8).rounded() / 10,
-                                      "gflops": (gflops * 10).rounded() / 10, "scored_only": !allRows, "head_chunks": bench.chunkedHead]
+                                      "gflops": (gflops * 10).rounded() / 10, "scored_only": !allRows, "head_chunks": bench.chunkedHead,
+                                      "run_options": RunOptions.json(RunOptions.effective())]
             if data != nil {
                 obj["data"] = data
                 obj["scored_tokens_per_s"] = (r.scoredTokensPerSecond * 10).rounded() / 10

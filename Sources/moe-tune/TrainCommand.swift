@@ -44,7 +44,10 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let mpi: OpenMPI?
-        do { mpi = try OpenMPI.fromEnvironment() } catch let e as MoETuneError {
+        do {
+            let options = try StartUp.runOptions()
+            mpi = try OpenMPI.fromEnvironment(processEnvironment, timeout: options.mpiTimeout)
+        } catch let e as MoETuneError {
             FileHandle.standardError.write(Data("moe-tune: error: \(e.description)\n".utf8))
             throw ExitCode(1)
         }
@@ -62,6 +65,7 @@ struct TrainCommand: ParsableCommand {
         try runReportingErrors {
             let cfg = try TrainConfig.load(path: config, overrides: overrides)
             let trainer = Trainer(config: cfg, configPath: config)
+            trainer.runOptions = RunOptions.effective()
             noteBaseDType(cfg.baseDType)
             var events = TrainerEvents()
             let err = FileHandle.standardError

@@ -22,15 +22,12 @@ struct MoETuneCommand: ParsableCommand {
 /// and far from overflowing the sizes computed from it.
 let maxNewTokensLimit = 1 << 20
 
-/// Prints a library error as one line and exits non-zero. Before any work: every MOE_TUNE_*
-/// switch set to a value its reader does not take is refused (EnvironmentSwitches), an unknown
-/// MOE_TUNE_* variable gets a one-line warning, and the chosen GEMM library must be installed.
-func runReportingErrors(_ body: () throws -> Void) throws {
+/// Prints a library error as one line and exits non-zero. Before any work the run options are
+/// built and installed (StartUp): every MOE_TUNE_* switch set to a value it does not take is
+/// refused, an unknown MOE_TUNE_* variable gets a one-line warning. `threads`: `--threads`.
+func runReportingErrors(threads: Int? = nil, _ body: () throws -> Void) throws {
     do {
-        for warning in try EnvironmentSwitches.check(environment: ProcessInfo.processInfo.environment) {
-            FileHandle.standardError.write(Data("moe-tune: warning: \(Printable.text(warning, limit: MoETuneError.maxLength))\n".utf8))
-        }
-        try BLAS.checkGEMMRequest()
+        try StartUp.runOptions(threads: threads)
         try body()
     } catch let error as MoETuneError {
         FileHandle.standardError.write(Data("moe-tune: error: \(error.description)\n".utf8))

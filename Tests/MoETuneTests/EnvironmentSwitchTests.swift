@@ -9,11 +9,12 @@ import Foundation
 @testable import MoEExport
 import XCTest
 
-/// Every MOE_TUNE_* switch is checked the same way (EnvironmentSwitches): a bad value is refused
-/// in one line naming the variable, the value and the accepted values, by the checker and at the
-/// command line's start for every subcommand; a good value is accepted and read by the code that
-/// owns the switch as that value (checked in a fresh process, since the owners cache what they
-/// read); an unknown MOE_TUNE_* variable gets a one-line warning naming the closest switch.
+/// Every MOE_TUNE_* switch is checked the same way (EnvironmentSwitches, applied by the one
+/// builder of RunOptions): a bad value is refused in one line naming the variable, the value and
+/// the accepted values, by the checker, the builder and at the command line's start for every
+/// subcommand; a good value is accepted and, once the options are installed, acts as that value
+/// in the code that owns the switch (checked in a fresh process, since the owners keep what they
+/// read on first use); an unknown MOE_TUNE_* variable gets a one-line warning naming the closest switch.
 final class EnvironmentSwitchTests: XCTestCase {
     static let avx512 = BLAS.cpuSupportsSkylakeXKernels()
 
@@ -22,18 +23,15 @@ final class EnvironmentSwitchTests: XCTestCase {
         var g: [String: [(String, String)]] = [
             "MOE_TUNE_THREADS": [("1", "1"), ("3", "3"), ("1024", "1024")],
             "MOE_TUNE_BLAS_THREADING": [("split", "split"), ("library", "library"), ("LIBRARY", "library")],
-            "MOE_TUNE_GEMM": [("openblas", "openblas"), ("auto", "auto"), ("blis", "blis"), ("onednn", "onednn"), ("OpenBLAS", "openblas")],
             "MOE_TUNE_EXPERT_TASKS": [("0", "false"), ("1", "true")],
             "MOE_TUNE_CHUNK_FLOATS": [("1", "1"), ("65536", "65536"), ("1000000", "1000000")],
             "MOE_TUNE_ATTENTION_BLOCK": [("0", "0"), ("1", "1"), ("64", "64"), ("100000", "100000")],
             "MOE_TUNE_LORA_KERNEL": [("blas", "blas"), ("scalar", "scalar")],
-            "MOE_TUNE_PREPACK": [("0", "0"), ("1", "1"), ("forward", "forward"), ("on", "1"), ("TRUE", "1"),
-                                 ("off", "0"), ("false", "0"), ("Forward", "forward")],
             "MOE_TUNE_HEAD_CHUNKS": [("0", "false"), ("1", "true")],
             "MOE_TUNE_MPI_TIMEOUT": [("5", "5.0"), ("0.5", "0.5"), ("86400", "86400.0"), ("1e3", "1000.0")],
         ]
         // The kernel variants this CPU runs (scalar everywhere), read back as their names.
-        for (name, k) in [("MOE_TUNE_NF4_KERNEL", CKernelVariants.nf4), ("MOE_TUNE_BF16_KERNEL", .bf16), ("MOE_TUNE_PACKED_KERNEL", .packed),
+        for (name, k) in [("MOE_TUNE_NF4_KERNEL", CKernelVariants.nf4), ("MOE_TUNE_BF16_KERNEL", .bf16),
                           ("MOE_TUNE_QDOT_KERNEL", .qdot)] {
             g[name] = k.namesHere.map { ($0, $0) }
         }
@@ -50,16 +48,13 @@ final class EnvironmentSwitchTests: XCTestCase {
         "MOE_TUNE_THREADS": ["abc", "", "0", "1025", "-1", "2 ", "1.5", "99999999999999999999999", "1\n2"],
         "MOE_TUNE_BLAS_THREADING": ["splt", "", "both", "1"],
         "MOE_TUNE_BLAS_CORETYPE": ["Bogus", "", "Cooperlake", "Katmai", "Bulldozer", "Haswell "] + (avx512 ? [] : ["SkylakeX"]),
-        "MOE_TUNE_GEMM": ["mkl", "", "open blas", "1"],
         "MOE_TUNE_EXPERT_TASKS": ["on", "", "true", "2", "00", "off"],
         "MOE_TUNE_CHUNK_FLOATS": ["1k", "", "0", "-5", "abc", "99999999999999999999999"],
         "MOE_TUNE_ATTENTION_BLOCK": ["abc", "", "-8", "1.5"],
         "MOE_TUNE_LORA_KERNEL": ["foo", "", "SCALAR", "avx2"],
         "MOE_TUNE_NF4_KERNEL": ["sse", "", "AVX2"] + (mt_nf4_kernel_supported(2) == 1 ? [] : ["avx512"]),
         "MOE_TUNE_BF16_KERNEL": ["sse", "", "AVX2"] + (mt_bf16_kernel_supported(2) == 1 ? [] : ["avx512"]),
-        "MOE_TUNE_PACKED_KERNEL": ["avx512", "", "AVX2", "sse"] + (mt_packed_kernel_supported(1) == 1 ? [] : ["avx2"]),
         "MOE_TUNE_QDOT_KERNEL": ["avx512", "", "AVX2", "sse"] + (mt_qdot_kernel_supported(1) == 1 ? [] : ["avx2"]),
-        "MOE_TUNE_PREPACK": ["yes", "", "2", "backward", "01"],
         "MOE_TUNE_HEAD_CHUNKS": ["off", "", "false", "00"],
         "MOE_TUNE_MPI_TIMEOUT": ["5s", "", "0", "-1", "86401", "abc", "nan", "inf"],
     ]
@@ -93,7 +88,7 @@ final class EnvironmentSwitchTests: XCTestCase {
             }
         }
         XCTAssertTrue(seen.isSuperset(of: names), "listed but never read: \(Set(names).subtracting(seen))")
-        let unlisted = seen.subtracting(names).subtracting(EnvironmentSwitches.otherKnownNames)
+        let unlisted = seen.subtracting(names).subtracting(EnvironmentSwitches.otherKnownNames).subtracting(EnvironmentSwitches.removedNames.keys)
         XCTAssertEqual(unlisted, [], "read by the sources but not listed in EnvironmentSwitches.all")
     }
 
@@ -107,23 +102,37 @@ final class EnvironmentSwitchTests: XCTestCase {
             }
         }
         // Where the CPU decides, the message says what this CPU runs.
-        assertMoETuneError(try EnvironmentSwitches.check(environment: ["MOE_TUNE_PACKED_KERNEL": "avx512"]),
-                           contains: ["; on this CPU: \(CKernelVariants.packed.namesHere.joined(separator: ", ")) (unset"])
+        assertMoETuneError(try EnvironmentSwitches.check(environment: ["MOE_TUNE_QDOT_KERNEL": "avx512"]),
+                           contains: ["; on this CPU: \(CKernelVariants.qdot.namesHere.joined(separator: ", ")) (unset"])
         assertMoETuneError(try EnvironmentSwitches.check(environment: ["MOE_TUNE_BLAS_CORETYPE": "Bogus"]),
                            contains: ["; on this CPU: auto, keep, Prescott"])
-        // The readers that check a value themselves say the same.
-        for (v, body) in [("abc", { _ = try causalBlockRows(["MOE_TUNE_ATTENTION_BLOCK": "abc"]) }),
-                          ("off", { _ = try TrainBenchmark.chunkedHeadFromEnvironment(["MOE_TUNE_HEAD_CHUNKS": "off"]) }),
-                          ("5s", { _ = try OpenMPI.timeoutSeconds(["MOE_TUNE_MPI_TIMEOUT": "5s"]) })] as [(String, () throws -> Void)] {
-            do {
-                try body()
-                XCTFail("\(v) taken")
-            } catch let e as MoETuneError {
-                let name = e.description.prefix { $0 != "=" }
-                let expected = try XCTUnwrap(EnvironmentSwitches.named(String(name))).refusal(v)
-                XCTAssertEqual(e, expected)
+        // The one builder of the options refuses each the same way.
+        for s in EnvironmentSwitches.all {
+            for v in Self.bad[s.name]! {
+                do {
+                    _ = try runOptions([s.name: v])
+                    XCTFail("\(s.name)=\(v) taken")
+                } catch let e as MoETuneError {
+                    XCTAssertEqual(e, s.refusal(v))
+                }
             }
         }
+    }
+
+    /// Unset: every option at its default; `--threads` overrides MOE_TUNE_THREADS and is checked.
+    func testTheOptionsValueDefaultsAndFlags() throws {
+        XCTAssertEqual(try runOptions([:]), RunOptions())
+        XCTAssertEqual(try runOptions(["PATH": "/bin", "MOE_TUNE_SLOW_TESTS": "1"]), RunOptions())
+        var o = try runOptions(["MOE_TUNE_THREADS": "3", "MOE_TUNE_NF4_KERNEL": "scalar", "MOE_TUNE_LORA_KERNEL": "blas"])
+        XCTAssertEqual(o.threads, 3)
+        XCTAssertEqual(o.nf4Kernel, .scalar)
+        XCTAssertEqual(o.loraKernel, .blas)
+        try o.setThreads(5)
+        XCTAssertEqual(o.threads, 5)
+        assertMoETuneError(try o.setThreads(0), contains: ["--threads must be in 1...1024, got 0"])
+        var warnings: [String] = []
+        _ = try RunOptions(environment: ["MOE_TUNE_THRADS": "2"], warnings: &warnings)
+        XCTAssertEqual(warnings.count, 1)
     }
 
     /// Each round sets the i-th good value of every switch that has one, checks that the checker
@@ -181,29 +190,23 @@ final class EnvironmentSwitchTests: XCTestCase {
         guard ProcessInfo.processInfo.environment["ENVSWITCH_TEST_PROBE"] == "1" else {
             throw XCTSkip("runs only as the probe of testGoodValuesAreAcceptedAndReadByTheirOwnersAsThatValue")
         }
+        // As the command line does: the options built from the environment, installed first.
+        var warnings: [String] = []
+        try RunOptions(environment: ProcessInfo.processInfo.environment, warnings: &warnings).install()
         let sel = BLAS.ensureInitialized()
-        let gemm: String
-        switch BLAS.gemmRequest {
-        case .auto?: gemm = "auto"
-        case .only(let l)?: gemm = l.rawValue
-        case nil: gemm = "nil"
-        }
         let read: [(String, String)] = [
             ("MOE_TUNE_THREADS", "\(Parallel.workers)"),
             ("MOE_TUNE_BLAS_THREADING", BLAS.threading.rawValue),
             ("MOE_TUNE_BLAS_CORETYPE", "\(sel.core.lowercased())|\(sel.switched)|\(sel.coreBefore.lowercased())"),
-            ("MOE_TUNE_GEMM", gemm),
             ("MOE_TUNE_EXPERT_TASKS", "\(Parallel.expertTasks)"),
-            ("MOE_TUNE_CHUNK_FLOATS", "\(ChunkedMatmul.defaultChunkFloats)"),
+            ("MOE_TUNE_CHUNK_FLOATS", "\(ChunkedMatmul.chunkFloats)"),
             ("MOE_TUNE_ATTENTION_BLOCK", "\(causalBlock)"),
             ("MOE_TUNE_LORA_KERNEL", LoRAGemm.useKernel ? String(cString: mt_lora_kernel()) : "blas"),
             ("MOE_TUNE_NF4_KERNEL", String(cString: mt_nf4_kernel())),
             ("MOE_TUNE_BF16_KERNEL", String(cString: mt_bf16_kernel())),
-            ("MOE_TUNE_PACKED_KERNEL", String(cString: mt_packed_kernel())),
             ("MOE_TUNE_QDOT_KERNEL", String(cString: mt_qdot_kernel())),
-            ("MOE_TUNE_PREPACK", PackedWeight.mode.rawValue),
-            ("MOE_TUNE_HEAD_CHUNKS", "\(try TrainBenchmark.chunkedHeadFromEnvironment())"),
-            ("MOE_TUNE_MPI_TIMEOUT", "\(try OpenMPI.timeoutSeconds())"),
+            ("MOE_TUNE_HEAD_CHUNKS", "\(RunOptions.current.headChunks)"),
+            ("MOE_TUNE_MPI_TIMEOUT", "\(RunOptions.current.mpiTimeout)"),
         ]
         print(read.map { "PROBE \($0.0)=\($0.1)" }.joined(separator: "\n"))
     }
@@ -235,8 +238,8 @@ final class EnvironmentSwitchTests: XCTestCase {
     }
 
     func testAnUnknownSwitchIsAWarningNamingTheClosestOne() throws {
-        for (typo, closest) in [("MOE_TUNE_THRADS", "MOE_TUNE_THREADS"), ("MOE_TUNE_GEM", "MOE_TUNE_GEMM"),
-                                ("MOE_TUNE_PREPAK", "MOE_TUNE_PREPACK"), ("MOE_TUNE_NF4KERNEL", "MOE_TUNE_NF4_KERNEL"),
+        for (typo, closest) in [("MOE_TUNE_THRADS", "MOE_TUNE_THREADS"), ("MOE_TUNE_QDOT_KERNL", "MOE_TUNE_QDOT_KERNEL"),
+                                ("MOE_TUNE_HEAD_CHUNK", "MOE_TUNE_HEAD_CHUNKS"), ("MOE_TUNE_NF4KERNEL", "MOE_TUNE_NF4_KERNEL"),
                                 ("MOE_TUNE_ATTN_BLOCK", "MOE_TUNE_ATTENTION_BLOCK"), ("MOE_TUNE_MPI_TIMEOUTS", "MOE_TUNE_MPI_TIMEOUT"),
                                 ("MOE_TUNE_BLAS_THREADS", "MOE_TUNE_BLAS_THREADING")] {
             XCTAssertEqual(try EnvironmentSwitches.check(environment: [typo: "1", "PATH": "/bin"]),
@@ -246,6 +249,9 @@ final class EnvironmentSwitchTests: XCTestCase {
         var quiet = ["MOE_TUNE": "x", "OPENBLAS_CORETYPE": "Haswell", "MOE_TUNEX": "1"]
         for n in EnvironmentSwitches.otherKnownNames { quiet[n] = "1" }
         XCTAssertEqual(try EnvironmentSwitches.check(environment: quiet), [])
+        // A switch of an earlier version whose code was removed: a warning that says so.
+        XCTAssertEqual(try EnvironmentSwitches.check(environment: ["MOE_TUNE_PREPACK": "1"]),
+                       ["MOE_TUNE_PREPACK is no longer read (pre-packed frozen weights were removed; docs/benchmarks.md); ignored"])
         // Several: one line each, sorted.
         XCTAssertEqual(try EnvironmentSwitches.check(environment: ["MOE_TUNE_ZZ": "1", "MOE_TUNE_AA": "1"]).count, 2)
 

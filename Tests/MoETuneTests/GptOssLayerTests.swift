@@ -125,12 +125,12 @@ extension GptOssLayerTests {
     /// Review: MOE_TUNE_ATTENTION_BLOCK=abc (or -8) was taken silently as 64; now refused in one
     /// line naming the variable and what it accepts, by the library check and at the CLI's start.
     func testAttentionBlockSwitchIsChecked() throws {
-        XCTAssertEqual(try causalBlockRows([:]), 64)
+        XCTAssertEqual(try runOptions([:]).attentionBlock, 64)
         for (v, n) in [("0", 0), ("1", 1), ("64", 64), ("100000", 100_000)] {
-            XCTAssertEqual(try causalBlockRows(["MOE_TUNE_ATTENTION_BLOCK": v]), n)
+            XCTAssertEqual(try runOptions(["MOE_TUNE_ATTENTION_BLOCK": v]).attentionBlock, n)
         }
         for v in ["abc", "-8", "", "64 ", "1.5", "sixty-four", "99999999999999999999999"] {
-            assertMoETuneError(try causalBlockRows(["MOE_TUNE_ATTENTION_BLOCK": v]),
+            assertMoETuneError(try runOptions(["MOE_TUNE_ATTENTION_BLOCK": v]),
                                contains: ["MOE_TUNE_ATTENTION_BLOCK=\(v):", "whole number", ">= 0"])
         }
         let r = try runMoETune(["tokenize", "--model", Fixtures.dir("mixtral"), "--data", "/nonexistent.jsonl"],

@@ -115,11 +115,11 @@ extension LoRAGemmTests {
         for v in ["foo", "SCALAR", "Blas", "", "avx2"] {
             assertMoETuneError(try EnvironmentSwitches.check(environment: ["MOE_TUNE_LORA_KERNEL": v]), contains: ["MOE_TUNE_LORA_KERNEL=\(v):", "blas or scalar"])
         }
-        XCTAssertEqual(try TrainBenchmark.chunkedHeadFromEnvironment([:]), true)
-        XCTAssertEqual(try TrainBenchmark.chunkedHeadFromEnvironment(["MOE_TUNE_HEAD_CHUNKS": "1"]), true)
-        XCTAssertEqual(try TrainBenchmark.chunkedHeadFromEnvironment(["MOE_TUNE_HEAD_CHUNKS": "0"]), false)
+        XCTAssertEqual(try runOptions([:]).headChunks, true)
+        XCTAssertEqual(try runOptions(["MOE_TUNE_HEAD_CHUNKS": "1"]).headChunks, true)
+        XCTAssertEqual(try runOptions(["MOE_TUNE_HEAD_CHUNKS": "0"]).headChunks, false)
         for v in ["off", "false", "", "00"] {
-            assertMoETuneError(try TrainBenchmark.chunkedHeadFromEnvironment(["MOE_TUNE_HEAD_CHUNKS": v]), contains: ["MOE_TUNE_HEAD_CHUNKS=\(v):"])
+            assertMoETuneError(try runOptions(["MOE_TUNE_HEAD_CHUNKS": v]), contains: ["MOE_TUNE_HEAD_CHUNKS=\(v):"])
         }
     }
 }

@@ -81,3 +81,9 @@ func copyFixture(_ name: String, _ test: XCTestCase) throws -> String {
     try FileManager.default.copyItem(atPath: Fixtures.dir(name), toPath: dst)
     return dst
 }
+
+/// The run options `environment` sets (RunOptions' one builder; its warnings dropped).
+func runOptions(_ environment: [String: String]) throws -> RunOptions {
+    var warnings: [String] = []
+    return try RunOptions(environment: environment, warnings: &warnings)
+}

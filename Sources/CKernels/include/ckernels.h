@@ -9,6 +9,12 @@
 extern "C" {
 #endif
 
+/// The variants of the kernel files that have several, chosen once at start-up (Swift's
+/// RunOptions.install, from MOE_TUNE_NF4_KERNEL, MOE_TUNE_BF16_KERNEL, MOE_TUNE_QDOT_KERNEL,
+/// MOE_TUNE_LORA_KERNEL): 2 = AVX-512, 1 = AVX2, 0 = scalar, -1 = the best this CPU runs (also
+/// the choice of a variant this CPU lacks). Unset: the best. Later calls reset the choice.
+void mt_set_kernels(int nf4, int bf16, int qdot, int lora);
+
 /// x[i] = exp(x[i] - shift) for i < n; returns the sum.
 float mt_exp_shift_inplace(float *x, long n, float shift);
 /// sum of exp(x[i] - shift) for i < n.
@@ -97,23 +103,6 @@ int mt_bf16_kernel_supported(int kernel);
 int mt_bf16_widen_with(int kernel, float *dst, const unsigned short *src, long n);
 /// Native bf16 arithmetic on this CPU (CPUID): bit 0 AVX512_BF16, bit 1 AMX-BF16; 0 if neither.
 int mt_cpu_native_bf16(void);
-
-/// Pre-packed GEMM (packed_gemm.c). A B[k, n] operand, element (kk, j) at b[kk * strideK +
-/// j * strideN], packed into panels of 16 columns (K rows of 16 floats each, the last panel
-/// zero-padded): mt_packed_size(k, n) floats. W[n, k] of x · W^T is strideK = 1, strideN = k;
-/// W of dy · W is strideK = n, strideN = 1.
-long mt_packed_size(long k, long n);
-void mt_pack_b(float *dst, const float *b, long k, long n, long strideK, long strideN);
-/// C[m, n] (+)= A[m, k] (row stride lda) · B (packed); row stride of C ldc. Allocates nothing.
-void mt_packed_gemm(long m, long n, long k, const float *a, long lda, const float *packed, float *c, long ldc,
-                    int accumulate);
-/// Which kernel runs: "avx2" (6 x 16, FMA) or "scalar".
-const char *mt_packed_kernel(void);
-/// Whether kernel 0 (scalar) or 1 (AVX2+FMA) runs on this CPU.
-int mt_packed_kernel_supported(int kernel);
-/// mt_packed_gemm with a given kernel; -1 when this CPU lacks it.
-int mt_packed_gemm_with(int kernel, long m, long n, long k, const float *a, long lda, const float *packed, float *c,
-                        long ldc, int accumulate);
 
 /// Skinny products of LoRA adapters (lora_gemm.c), cblas row-major semantics:
 /// C[m, n] = alpha * op(A) op(B) + beta * C, op(A) [m, k], op(B) [k, n]; transA/transB 1 =

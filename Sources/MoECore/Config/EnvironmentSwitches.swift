@@ -3,12 +3,12 @@ import Foundation
 import MoEFormats
 import MoEText
 
-/// One MOE_TUNE_* environment variable moe-tune reads: the values it accepts, its default and
-/// what it is for. The code that uses a switch still reads it where it is used (most cache it in
-/// a static on first use); `EnvironmentSwitches.check(environment:)` runs before any work, so a
-/// bad value is refused in one line instead of being taken silently as the default.
-/// EnvironmentSwitchTests holds every reader to this list: each good value is accepted here and
-/// read by its owner as that value, each bad one refused here and by the command line.
+/// One MOE_TUNE_* environment variable moe-tune reads: the values it accepts, its default, what
+/// it is for, and the field of RunOptions it sets. Only `RunOptions(environment:)` reads these
+/// variables, once, at start-up: each value is checked here (a bad one refused in one line,
+/// never taken silently as the default) and then applied to its typed field.
+/// EnvironmentSwitchTests holds the list and the code together: each good value is accepted here
+/// and acts, once installed, as that value; each bad one is refused here and by the command line.
 public struct EnvironmentSwitch: Sendable {
     public enum Values: Sendable {
         /// One of these words; `ignoringCase` where the reader lowercases the value.
@@ -29,6 +29,8 @@ public struct EnvironmentSwitch: Sendable {
     public let accepted: String
     public let defaultValue: String
     public let meaning: String
+    /// Sets the option from a value `accepts` takes.
+    package let apply: @Sendable (inout RunOptions, String) -> Void
 
     /// The values this CPU runs, for the CPU-dependent switches (nil for the others).
     public var runnableHere: [String]? {
@@ -69,10 +71,10 @@ public struct EnvironmentSwitch: Sendable {
 /// (dispatch.c mt_choose_kernel: "avx512" = 2, "avx2" = 1, "scalar" = 0, compared exactly; a name
 /// the CPU does not run, or any other value, used to be ignored silently).
 public enum CKernelVariants: Sendable {
-    case nf4, bf16, packed, qdot
+    case nf4, bf16, qdot
 
     /// The variants the kernel file has, best first.
-    package var names: [String] { self == .packed || self == .qdot ? ["avx2", "scalar"] : ["avx512", "avx2", "scalar"] }
+    package var names: [String] { self == .qdot ? ["avx2", "scalar"] : ["avx512", "avx2", "scalar"] }
 
     /// The variants this CPU runs (the kernel file's own `supported` test).
     package var namesHere: [String] {
@@ -81,7 +83,6 @@ public enum CKernelVariants: Sendable {
             switch self {
             case .nf4: return mt_nf4_kernel_supported(level) == 1
             case .bf16: return mt_bf16_kernel_supported(level) == 1
-            case .packed: return mt_packed_kernel_supported(level) == 1
             case .qdot: return mt_qdot_kernel_supported(level) == 1
             }
         }
@@ -93,48 +94,51 @@ public enum EnvironmentSwitches {
     public static let all: [EnvironmentSwitch] = [
         .init(name: "MOE_TUNE_THREADS", values: .wholeNumber(1...1024), accepted: "a whole number 1...1024",
               defaultValue: "the active cores",
-              meaning: "workers of every parallel region (bench-train --threads overrides it)"),
+              meaning: "workers of every parallel region (bench-train --threads overrides it)",
+              apply: { $0.threads = Int($1) }),
         .init(name: "MOE_TUNE_BLAS_THREADING", values: .words(["split", "library"], ignoringCase: true),
               accepted: "split or library", defaultValue: "split",
-              meaning: "split: moe-tune splits each product over the workers, OpenBLAS single-threaded in each; library: OpenBLAS's own threads (to measure)"),
+              meaning: "split: moe-tune splits each product over the workers, OpenBLAS single-threaded in each; library: OpenBLAS's own threads (to measure)",
+              apply: { $0.blasThreading = BLAS.Threading(rawValue: $1.lowercased()) ?? .split }),
         .init(name: "MOE_TUNE_BLAS_CORETYPE", values: .coreType,
               accepted: "auto, keep or an OpenBLAS core type (\(BLAS.forcibleCoreTypes.map(\.name).joined(separator: ", ")))",
               defaultValue: "auto, SkylakeX on an AVX-512 CPU, else OpenBLAS's own choice",
-              meaning: "OpenBLAS's kernels; keep: OpenBLAS's choice at load; a core type forces it (to measure)"),
-        .init(name: "MOE_TUNE_GEMM", values: .words(["openblas", "blis", "onednn", "auto"], ignoringCase: true),
-              accepted: "openblas, blis, onednn or auto", defaultValue: "openblas",
-              meaning: "which library multiplies (blis and onednn must be installed; auto: the measured per-shape rule)"),
+              meaning: "OpenBLAS's kernels; keep: OpenBLAS's choice at load; a core type forces it (to measure)",
+              apply: { $0.blasCoreType = $1 }),
         .init(name: "MOE_TUNE_EXPERT_TASKS", values: .words(["0", "1"], ignoringCase: false),
               accepted: "0 or 1", defaultValue: "1",
-              meaning: "1: MoE experts as tasks of one region; 0: one after another, products split (to measure)"),
+              meaning: "1: MoE experts as tasks of one region; 0: one after another, products split (to measure)",
+              apply: { $0.expertTasks = $1 == "1" }),
         .init(name: "MOE_TUNE_CHUNK_FLOATS", values: .wholeNumber(1...Int.max), accepted: "a whole number >= 1",
               defaultValue: "half the L2 cache in floats (256Ki when unknown, at most 1Mi)",
-              meaning: "floats per chunk of dequantized compressed weight (NF4, ggml, bf16)"),
+              meaning: "floats per chunk of dequantized compressed weight (NF4, ggml, bf16)",
+              apply: { $0.chunkFloats = Int($1) }),
         .init(name: "MOE_TUNE_ATTENTION_BLOCK", values: .wholeNumber(0...Int.max),
               accepted: "a whole number of rows >= 0 (0: full T x T products)", defaultValue: "\(defaultCausalBlock)",
-              meaning: "rows per causal block of attention"),
+              meaning: "rows per causal block of attention",
+              apply: { $0.attentionBlock = Int($1) ?? defaultCausalBlock }),
         .init(name: "MOE_TUNE_LORA_KERNEL", values: .words(["blas", "scalar"], ignoringCase: false),
               accepted: "blas or scalar", defaultValue: "the AVX2 kernel where the CPU has one",
-              meaning: "LoRA's skinny products: blas sends them to BLAS.gemm, scalar forces the kernel's scalar loop (to measure)"),
+              meaning: "LoRA's skinny products: blas sends them to BLAS.gemm, scalar forces the kernel's scalar loop (to measure)",
+              apply: { $0.loraKernel = RunOptions.LoRAKernel(rawValue: $1) }),
         .init(name: "MOE_TUNE_NF4_KERNEL", values: .kernel(.nf4), accepted: "avx512, avx2 or scalar",
-              defaultValue: "the best this CPU runs", meaning: "NF4 dequantization kernel (to measure)"),
+              defaultValue: "the best this CPU runs", meaning: "NF4 dequantization kernel (to measure)",
+              apply: { $0.nf4Kernel = RunOptions.Kernel(rawValue: $1) }),
         .init(name: "MOE_TUNE_BF16_KERNEL", values: .kernel(.bf16), accepted: "avx512, avx2 or scalar",
-              defaultValue: "the best this CPU runs", meaning: "bf16 -> fp32 widening kernel (to measure)"),
+              defaultValue: "the best this CPU runs", meaning: "bf16 -> fp32 widening kernel (to measure)",
+              apply: { $0.bf16Kernel = RunOptions.Kernel(rawValue: $1) }),
         .init(name: "MOE_TUNE_QDOT_KERNEL", values: .kernel(.qdot), accepted: "avx2 or scalar",
               defaultValue: "the best this CPU runs",
-              meaning: "the decoder's products of ggml blocks, NF4 and bf16 rows (generate, eval --generate; to measure)"),
-        .init(name: "MOE_TUNE_PACKED_KERNEL", values: .kernel(.packed), accepted: "avx2 or scalar",
-              defaultValue: "the best this CPU runs", meaning: "kernel of the GEMM over pre-packed weights (MOE_TUNE_PREPACK; to measure)"),
-        .init(name: "MOE_TUNE_PREPACK",
-              values: .words(["0", "1", "forward", "on", "true", "off", "false"], ignoringCase: true),
-              accepted: "0, 1, forward, on, true, off or false", defaultValue: "0",
-              meaning: "pre-pack frozen fp32 weights: 1/on/true both copies, forward the forward copy only, 0/off/false none"),
+              meaning: "the decoder's products of ggml blocks, NF4 and bf16 rows (generate, eval --generate; to measure)",
+              apply: { $0.qdotKernel = RunOptions.Kernel(rawValue: $1) }),
         .init(name: "MOE_TUNE_HEAD_CHUNKS", values: .words(["0", "1"], ignoringCase: false),
               accepted: "0 (whole head) or 1 (chunked)", defaultValue: "1",
-              meaning: "bench-train: the LM head and loss by chunks of rows, or whole (to measure)"),
+              meaning: "bench-train: the LM head and loss by chunks of rows, or whole (to measure)",
+              apply: { $0.headChunks = $1 == "1" }),
         .init(name: "MOE_TUNE_MPI_TIMEOUT", values: .seconds(atMost: 86_400),
               accepted: "seconds, more than 0 and at most 86400", defaultValue: "300",
-              meaning: "under mpirun: how long a collective waits for the other ranks"),
+              meaning: "under mpirun: how long a collective waits for the other ranks",
+              apply: { $0.mpiTimeout = Double($1) ?? 300 }),
     ]
 
     /// MOE_TUNE_* names that moe-tune does not read but this repository uses: the tests
@@ -142,6 +146,14 @@ public enum EnvironmentSwitches {
     /// warning for them.
     public static let otherKnownNames: Set<String> = [
         "MOE_TUNE_SLOW_TESTS", "MOE_TUNE_SMOLLM2_GGUF", "MOE_TUNE_FUZZ", "MOE_TUNE_FUZZ_TARGET", "MOE_TUNE_FUZZ_FIXTURES",
+    ]
+
+    /// Switches of earlier versions whose code is gone (its measurements are in docs/benchmarks.md):
+    /// setting one is a warning saying so, not an error.
+    public static let removedNames: [String: String] = [
+        "MOE_TUNE_PREPACK": "pre-packed frozen weights were removed",
+        "MOE_TUNE_PACKED_KERNEL": "pre-packed frozen weights were removed",
+        "MOE_TUNE_GEMM": "the optional GEMM libraries (BLIS, oneDNN) were removed; OpenBLAS multiplies",
     ]
 
     /// The switch named `name`.
@@ -163,7 +175,8 @@ public enum EnvironmentSwitches {
         }
         let known = Set(all.map(\.name)).union(otherKnownNames)
         return environment.keys.filter { $0.hasPrefix("MOE_TUNE_") && !known.contains($0) }.sorted().map { name in
-            "\(shown(name)) is not a moe-tune switch (closest: \(closest(to: name))); ignored"
+            if let why = removedNames[name] { return "\(name) is no longer read (\(why); docs/benchmarks.md); ignored" }
+            return "\(shown(name)) is not a moe-tune switch (closest: \(closest(to: name))); ignored"
         }
     }
 

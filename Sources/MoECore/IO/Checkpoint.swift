@@ -155,15 +155,6 @@ public final class Checkpoint: @unchecked Sendable {
         return UnsafePointer(buffer.pointer)
     }
 
-    /// Drops the resident pages of `name` when `floats` handed out a view straight into the
-    /// file's read-only map (aligned F32; never written, so they re-read from the file if
-    /// touched again); converted tensors are left alone.
-    package func releaseMapped(_ name: String) {
-        guard gguf == nil, let (fileIndex, info) = location[name], info.dtype == .f32 else { return }
-        let file = files[fileIndex]
-        if Int(bitPattern: file.bytes(of: info).baseAddress) % MemoryLayout<Float>.alignment == 0 { file.release(info) }
-    }
-
     /// Tensor `name` stored as MXFP4 (`name`_blocks / `name`_scales, GPT-OSS's experts),
     /// dequantized to fp32 [E, G*32, R] (IO/MXFP4.swift) and kept with the checkpoint;
     /// nil when the checkpoint holds no `name`_blocks.

@@ -32,13 +32,7 @@ extension Checkpoint {
         if quantize == nil, let g = gguf, let w = try g.blockWeight(name, rows: rows, cols: cols) { return Matrix(ggml: w) }
         if isBnb4bit(name) { return Matrix(nf4: try readBnb4bit(name, rows: rows, cols: cols)) }
         if quantize == nil, base.isBF16 { return try bf16Matrix(name, rows: rows, cols: cols) }
-        guard let q = quantize else {
-            // Packed copies (Layers/PackedWeight.swift) serve the products; the mapped pages go
-            // back to the page cache and return from the file if merge or export reads them.
-            let m = try matrix(name, rows: rows, cols: cols).prepacked()
-            if m.packed != nil { releaseMapped(name) }
-            return m
-        }
+        guard let q = quantize else { return try matrix(name, rows: rows, cols: cols) }
         return Matrix(nf4: try withTemporaryFloats(name, shape: [rows, cols]) {
             NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
         })

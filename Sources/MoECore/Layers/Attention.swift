@@ -36,22 +36,12 @@ package func forEachCausalBlock(_ t: Int, block: Int, _ body: (Int, Int) -> Void
     }
 }
 
-@usableFromInline package let causalBlock: Int = (try? causalBlockRows()) ?? defaultCausalBlock
+/// Rows per causal block: RunOptions.attentionBlock (MOE_TUNE_ATTENTION_BLOCK; 0: one full
+/// T x T block), read once, on first use.
+@usableFromInline package let causalBlock: Int = RunOptions.current.attentionBlock
 
 /// Rows per causal block when MOE_TUNE_ATTENTION_BLOCK is unset.
 package let defaultCausalBlock = 64
-
-/// MOE_TUNE_ATTENTION_BLOCK: a whole number of rows >= 0 (0: one full T x T block), unset: 64.
-/// Anything else is refused in one line naming the variable and the accepted values (the
-/// command line refuses it before any work, through EnvironmentSwitches.check), so a typo is
-/// never taken silently as the default.
-public func causalBlockRows(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Int {
-    guard let v = env["MOE_TUNE_ATTENTION_BLOCK"] else { return defaultCausalBlock }
-    guard let n = Int(v), n >= 0 else {
-        throw EnvironmentSwitches.refusal("MOE_TUNE_ATTENTION_BLOCK", v)
-    }
-    return n
-}
 
 /// P [T, T] = causal softmax(q_h k_h^T / sqrt(D)) of one (sequence, head), computed by causal
 /// row blocks (forEachCausalBlock): rows [i0, i1) hold P in columns [0, i1) (0 above the

@@ -14,7 +14,7 @@ import MoEText
 /// (gotoblas_dynamic_quit / gotoblas_dynamic_init). So on first use moe-tune checks the
 /// CPU itself and, when it has the AVX-512 subsets the SkylakeX kernels need, re-runs
 /// the dispatcher with OPENBLAS_CORETYPE=SkylakeX. On other CPUs it leaves OpenBLAS's
-/// choice alone. MOE_TUNE_BLAS_CORETYPE=NAME forces a core type (e.g. Haswell, to
+/// choice alone. RunOptions.blasCoreType (MOE_TUNE_BLAS_CORETYPE=NAME) forces a core type (e.g. Haswell, to
 /// measure without the switch; one of `forcibleCoreTypes` the CPU runs, EnvironmentSwitches
 /// checks it); MOE_TUNE_BLAS_CORETYPE=keep keeps OpenBLAS's choice.
 public enum BLAS {
@@ -42,7 +42,7 @@ public enum BLAS {
     private static func selectKernels() -> Selection {
         let before = corename()
         let avx512 = cpuSupportsSkylakeXKernels()
-        let request = ProcessInfo.processInfo.environment["MOE_TUNE_BLAS_CORETYPE"] ?? "auto"
+        let request = RunOptions.current.blasCoreType
         let target: String?
         switch request.lowercased() {
         case "keep": target = nil
@@ -106,12 +106,9 @@ public enum BLAS {
 
     /// Who spreads one product over the cores: `split` (default): moe-tune, by rows or
     /// columns of C, OpenBLAS single-threaded in each worker; `library`: OpenBLAS's own
-    /// threads (MOE_TUNE_BLAS_THREADING=library).
+    /// threads (RunOptions.blasThreading, MOE_TUNE_BLAS_THREADING=library), read on first use.
     public enum Threading: String, Sendable { case split, library }
-    public static let threading: Threading = {
-        let v = ProcessInfo.processInfo.environment["MOE_TUNE_BLAS_THREADING"]?.lowercased() ?? "split"
-        return Threading(rawValue: v) ?? .split
-    }()
+    public static let threading: Threading = RunOptions.current.blasThreading
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, with leading dimensions
     /// (row strides) lda, ldb, ldc. op(A) is [m, k], op(B) is [k, n].
@@ -158,125 +155,18 @@ public enum BLAS {
         }
     }
 
-    /// One product on the calling thread, on the library `library(...)` picks.
+    /// One product on the calling thread (OpenBLAS).
     @inline(__always)
     package static func sgemm(
         _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float,
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        switch library(transA, transB, m: m, n: n, k: k) {
-        case .onednn:
-            if let lib = GEMMLibraries.oneDNN {
-                GEMMLibraries.dnnl(lib, transA: transA == .transpose, transB: transB == .transpose, m: m, n: n, k: k,
-                                   alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-                return
-            }
-        case .blis:
-            if let lib = GEMMLibraries.blis {
-                GEMMLibraries.blis(lib, transA: transA == .transpose, transB: transB == .transpose, m: m, n: n, k: k,
-                                   alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-                return
-            }
-        case .openblas: break
-        }
         cblas_sgemm(
             CblasRowMajor,
             transA == .none ? CblasNoTrans : CblasTrans,
             transB == .none ? CblasNoTrans : CblasTrans,
             Int32(m), Int32(n), Int32(k), alpha,
             a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-    }
-
-    // MARK: which library multiplies
-
-    /// The GEMM libraries: OpenBLAS (linked, always there) and, when installed, BLIS and oneDNN
-    /// (Sources/MoECore/Layers/GEMMLibraries.swift, loaded with dlopen).
-    public enum Library: String, Sendable, CaseIterable { case openblas, blis, onednn }
-
-    /// MOE_TUNE_GEMM: `openblas` (default), `auto` (the measured rule of `library(...)`), or
-    /// `blis` / `onednn` (every product on that library).
-    public enum GEMMRequest: Sendable, Equatable { case auto, only(Library) }
-
-    public static let gemmRequest: GEMMRequest? = {
-        let v = ProcessInfo.processInfo.environment["MOE_TUNE_GEMM"]?.lowercased() ?? defaultGEMM
-        if v == "auto" { return .auto }
-        return Library(rawValue: v).map { .only($0) }
-    }()
-    /// OpenBLAS: it allocates nothing per call; oneDNN's dnnl_sgemm allocates one aligned block
-    /// per call and BLIS's bli_sgemm two small ones, which breaks the training step's
-    /// no-allocation rule, for at most 7% of CPU time measured (README "Other GEMM libraries").
-    package static let defaultGEMM = "openblas"
-
-    /// MOE_TUNE_GEMM names a known choice whose library is installed; called by the
-    /// command-line layer before any work (after EnvironmentSwitches.check, which refuses
-    /// unknown values of every switch, this one included).
-    public static func checkGEMMRequest() throws {
-        let raw = ProcessInfo.processInfo.environment["MOE_TUNE_GEMM"] ?? defaultGEMM
-        guard let r = gemmRequest else {
-            throw EnvironmentSwitches.refusal("MOE_TUNE_GEMM", raw)
-        }
-        if case .only(.onednn) = r, GEMMLibraries.oneDNN == nil {
-            throw MoETuneError.invalid("MOE_TUNE_GEMM=onednn: libdnnl.so.2 not found (apt-get install libdnnl2)")
-        }
-        if case .only(.blis) = r, GEMMLibraries.blis == nil {
-            throw MoETuneError.invalid("MOE_TUNE_GEMM=blis: libblis.so.4 not found (apt-get install libblis4-pthread)")
-        }
-    }
-
-    /// The measured rule is for the CPU class it was measured on: x86-64 with AVX2 and no
-    /// AVX-512 (README "Other GEMM libraries"); elsewhere `auto` keeps OpenBLAS.
-    package static let ruleApplies: Bool = {
-        #if arch(x86_64)
-        return !cpuSupportsSkylakeXKernels()
-        #else
-        return false
-        #endif
-    }()
-
-    /// Which library takes C[m, n] = op(A) op(B). With MOE_TUNE_GEMM=auto, on an AVX2 CPU
-    /// without AVX-512, from scripts/bench_gemm_libs.c (one thread, best of 27 rounds):
-    /// - A B^T (every frozen forward, LoRA's u = x A^T and y += u B^T, attention's Q K^T):
-    ///   oneDNN, never slower than OpenBLAS on the step's shapes (-1% to +126%);
-    /// - A B with n or k at most 128 (k/v input gradients, attention's P V and dS K, LoRA's
-    ///   du = dy B and dx += du A): oneDNN (+13% to +118%); with both above 128 oneDNN loses up
-    ///   to 44% on 128-256-row expert products, so OpenBLAS;
-    /// - A^T B with m or n at most 16 (LoRA's dA and dB): BLIS (+4% to +51%); else with n at
-    ///   most 64 (attention's dV = P^T dO, dK): oneDNN (+13%);
-    /// - everything else: OpenBLAS.
-    /// A library that is not installed falls back to OpenBLAS; so do products with k = 0 and
-    /// `MOE_TUNE_BLAS_THREADING=library` (OpenBLAS's own threads).
-    @inline(__always)
-    package static func library(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int) -> Library {
-        guard k > 0, threading == .split, let request = gemmRequest else { return .openblas }
-        switch request {
-        case .only(let lib): return lib
-        case .auto: return ruleApplies ? measuredRule(transA, transB, m: m, n: n, k: k) : .openblas
-        }
-    }
-
-    /// The rule above, for any CPU (tests check it).
-    @inline(__always)
-    package static func measuredRule(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int) -> Library {
-        switch (transA, transB) {
-        case (.none, .transpose): return .onednn
-        case (.none, .none): return min(n, k) <= 128 ? .onednn : .openblas
-        case (.transpose, .none): return min(m, n) <= 16 ? .blis : n <= 64 ? .onednn : .openblas
-        case (.transpose, .transpose): return .openblas
-        }
-    }
-
-    /// One line for reports: what MOE_TUNE_GEMM asked for and which libraries are present
-    /// (with `openblas`, the optional ones are not loaded, so not looked for).
-    public static var gemmDescription: String {
-        if gemmRequest == .only(.openblas) { return "openblas" }
-        let present = [GEMMLibraries.blis != nil ? "blis" : nil, GEMMLibraries.oneDNN != nil ? "onednn" : nil].compactMap { $0 }
-        let req: String
-        switch gemmRequest {
-        case .auto: req = ruleApplies ? "auto" : "auto (openblas: rule not measured on this CPU)"
-        case .only(let l): req = l.rawValue
-        case nil: req = "invalid"
-        }
-        return "\(req); optional libraries present: \(present.isEmpty ? "none" : present.joined(separator: ", "))"
     }
 }

@@ -38,8 +38,6 @@ public struct Matrix: @unchecked Sendable {
     public enum Storage: @unchecked Sendable {
         /// fp32 at `pointer`.
         case fp32
-        /// fp32 at `pointer`, with packed copies for CKernels' packed GEMM (`prepacked()`).
-        case packed(PackedWeight)
         /// 4-bit NF4 (QLoRA); `pointer` is not to be read.
         case nf4(NF4Weight)
         /// ggml blocks of a GGUF file; `pointer` is not to be read.
@@ -56,11 +54,11 @@ public struct Matrix: @unchecked Sendable {
     public let cols: Int
     public let storage: Storage
 
-    public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int, packed: PackedWeight? = nil) {
+    public init(_ pointer: UnsafePointer<Float>, rows: Int, cols: Int) {
         self.pointer = pointer
         self.rows = rows
         self.cols = cols
-        storage = packed.map { .packed($0) } ?? .fp32
+        storage = .fp32
     }
 
     private init(rows: Int, cols: Int, storage: Storage) {
@@ -85,13 +83,11 @@ public struct Matrix: @unchecked Sendable {
     public var transposed: TransposedWeight? { if case .transposed(let t) = storage { return t }; return nil }
     /// The bf16 storage of a weight (`base_dtype: bf16`), if that is how it is held.
     public var bf16: BF16Weight? { if case .bf16(let b) = storage { return b }; return nil }
-    /// The packed copies of an fp32 weight, if it has them.
-    public var packed: PackedWeight? { if case .packed(let p) = storage { return p }; return nil }
 
     /// Whether only the products can read this weight (`pointer` is not the weight).
     public var isQuantized: Bool {
         switch storage {
-        case .fp32, .packed: return false
+        case .fp32: return false
         case .nf4, .ggml, .transposed, .bf16: return true
         }
     }

@@ -16,14 +16,13 @@ public protocol RowDequantizing: AnyObject {
 /// (MoE experts run as parallel tasks, each dequantizing its own weights).
 package enum ChunkedMatmul {
     /// Floats of dequantized weight per chunk: twice one core's L2 cache in bytes (L2 / 2
-    /// floats; 256Ki floats when the size is unknown; at most 1Mi), MOE_TUNE_CHUNK_FLOATS=N
-    /// overrides (to measure; tests lower it to force several chunks). sgemm packs the chunk
+    /// floats; 256Ki floats when the size is unknown; at most 1Mi), RunOptions.chunkFloats
+    /// (MOE_TUNE_CHUNK_FLOATS=N) overrides (to measure; tests lower it to force several chunks). sgemm packs the chunk
     /// into its own L2-sized panels anyway; what a chunk costs is one more packing of the
     /// activations, so fewer, larger chunks win: on the 2-core EPYC (512 KiB L2) 256Ki floats
     /// took 7-11% less CPU per token of a QLoRA step than 64Ki (README, Speed).
     nonisolated(unsafe) static var chunkFloats = defaultChunkFloats
     package static let defaultChunkFloats: Int = {
-        if let s = ProcessInfo.processInfo.environment["MOE_TUNE_CHUNK_FLOATS"], let n = Int(s), n >= 1 { return n }
         let l2 = sysconf(Int32(_SC_LEVEL2_CACHE_SIZE))
         return l2 >= 256 * 1024 ? min(l2 / 2, 1 << 20) : 1 << 18
     }()

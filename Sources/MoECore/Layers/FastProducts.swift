@@ -34,7 +34,7 @@ package enum FastProducts {
         guard n >= 1, n <= maxRows else { return false }
         let t = threads
         switch w.storage {
-        case .fp32, .packed:
+        case .fp32:
             mt_split_rows_f32(t, w.pointer, w.rows, w.cols, x, n, w.cols, y, w.rows, accumulate ? 1 : 0)
             return true
         case .ggml(let g):

@@ -12,7 +12,6 @@ public func linearForward(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float
     case .ggml(let g): ChunkedMatmul.forward(y: y, x: x, rows: n, weight: g, accumulate: accumulate); return
     case .bf16(let b): ChunkedMatmul.forward(y: y, x: x, rows: n, weight: b, accumulate: accumulate); return
     case .transposed(let t): t.forward(y: y, x: x, rows: n, accumulate: accumulate); return
-    case .packed(let p): p.forward(y: y, x: x, rows: n, accumulate: accumulate); return
     case .fp32: break
     }
     BLAS.gemm(.none, .transpose, m: n, n: w.rows, k: w.cols,
@@ -30,8 +29,6 @@ public func linearBackwardInput(dx: UnsafeMutablePointer<Float>, dy: UnsafePoint
     case .ggml(let g): ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: g, accumulate: accumulate); return
     case .bf16(let b): ChunkedMatmul.backwardInput(dx: dx, dy: dy, rows: n, weight: b, accumulate: accumulate); return
     case .transposed(let t): t.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate); return
-    // Packed with the forward copy only: the backward stays on OpenBLAS.
-    case .packed(let p): if p.backwardInput(dx: dx, dy: dy, rows: n, accumulate: accumulate) { return }
     case .fp32: break
     }
     BLAS.gemm(.none, .none, m: n, n: w.cols, k: w.rows,

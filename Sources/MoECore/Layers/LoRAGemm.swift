@@ -10,12 +10,10 @@ import MoEText
 /// both operands as OpenBLAS does (on one 64-expert expert's shapes, 128 rows, 2.5x less
 /// time for its six products; scripts/bench_lora_gemm.c). Larger products keep
 /// `BLAS.gemm` and its split over the workers.
-/// `MOE_TUNE_LORA_KERNEL=blas` sends every product to `BLAS.gemm` (to measure the two);
-/// `=scalar` forces the kernel's scalar loop.
+/// RunOptions.loraKernel (`MOE_TUNE_LORA_KERNEL`): `blas` sends every product to `BLAS.gemm`
+/// (to measure the two); `scalar` forces the kernel's scalar loop (mt_set_kernels).
 package enum LoRAGemm {
-    package static let useKernel: Bool = {
-        ProcessInfo.processInfo.environment["MOE_TUNE_LORA_KERNEL"] != "blas"
-    }()
+    package static let useKernel: Bool = RunOptions.current.loraKernel != .blas
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C, row-major; the arguments of `BLAS.gemm`.
     @inline(__always)

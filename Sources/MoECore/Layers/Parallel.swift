@@ -14,25 +14,18 @@ import MoEText
 /// a region and call the ordinary layer functions, which would otherwise split their own
 /// products over the cores.
 public enum Parallel {
-    /// Worker count of every region: `--threads N` / MOE_TUNE_THREADS, else the active cores.
-    /// Set it (`setWorkers`) before allocating forward/backward states: per-worker scratch
-    /// is sized by it.
-    nonisolated(unsafe) public private(set) static var workers: Int = {
-        if let s = ProcessInfo.processInfo.environment["MOE_TUNE_THREADS"], let n = Int(s), n >= 1 { return min(n, 1024) }
-        return max(1, ProcessInfo.processInfo.activeProcessorCount)
-    }()
+    /// Worker count of every region: RunOptions.threads (`--threads N` / MOE_TUNE_THREADS),
+    /// else the active cores; set by `RunOptions.install()` before any forward/backward state
+    /// is allocated (per-worker scratch is sized by it).
+    nonisolated(unsafe) public internal(set) static var workers: Int = activeCores
+
+    /// The cores this process may run on.
+    package static var activeCores: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
 
     /// MoE experts as tasks of one region (each expert's products unsplit on one worker),
     /// or one after another with each product split over the workers
-    /// (MOE_TUNE_EXPERT_TASKS=0; kept to measure the two side by side).
-    nonisolated(unsafe) public static var expertTasks: Bool =
-        ProcessInfo.processInfo.environment["MOE_TUNE_EXPERT_TASKS"] != "0"
-
-    /// Sets the worker count (1...1024). Not thread-safe: call at start-up.
-    public static func setWorkers(_ n: Int) throws {
-        guard (1...1024).contains(n) else { throw MoETuneError.invalid("--threads must be in 1...1024, got \(n)") }
-        workers = n
-    }
+    /// (RunOptions.expertTasks, MOE_TUNE_EXPERT_TASKS=0; kept to measure the two side by side).
+    nonisolated(unsafe) public static var expertTasks = true
 
     /// Thread-specific slot: nil outside a region, worker index + 1 inside.
     fileprivate static let key: pthread_key_t = {
