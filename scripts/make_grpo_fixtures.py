@@ -15,7 +15,9 @@ old_per_token_logps, ref_per_token_logps from the same function with the adapter
 through GRPOTrainer._compute_loss, then loss.backward(). Advantages are TRL's
 sum_then_normalize formula (group mean, unbiased std + 1e-4) of the rewards, written out here
 for scale_rewards group / batch / none (TRL computes them inside generation, which needs a
-sampler). The MoE load-balancing term is left out (aux_loss_enabled off).
+sampler). The MoE load-balancing term is left out (aux_loss_enabled off). TRL 1.16's defaults
+stand otherwise: importance_sampling_level token, use_bias_correction_kl on (the k3 KL times the
+ratio), no entropy mask, no vLLM correction.
 
 Each case NAME writes grpo-FAMILY/NAME.safetensors: loss, TRL's metrics ("metric:" + name:
 kl, clip_ratio/*), the old and reference log-probs TRL used (old_logps, ref_logps: [6, 6], 0
