@@ -34,7 +34,9 @@ extension Trainer {
             ?? max(1, Int(min((Double(plan.perEpoch) * (tc.epochs ?? 1) / Double(tc.gradAccum)).rounded(.up), Double(TrainConfig.limits.maxSteps))))
         let totalSteps = tc.maxSteps ?? generations * g.iterations
         let longest = ([data.train] + [data.valid, data.test].compactMap { $0 }).flatMap(\.prompts).map(\.ids.count).max() ?? 1
-        let seq = min(longest + g.maxNewTokens, tc.maxSeqLen)
+        // The decoder's cache holds at most `cache` tokens; a sequence it returns can be one longer
+        // (the last token picked is never fed back), so a training row holds cache + 1 <= max_seq_len.
+        let cache = min(longest + g.maxNewTokens, tc.maxSeqLen - 1), seq = cache + 1
         let rows = tc.batchSize * g.groupSize
         try checkGRPOMemory(model.config, rows: rows, seq: seq)
         let state = ForwardState(config: model.config, batch: rows, seq: seq, training: true,
@@ -57,7 +59,7 @@ extension Trainer {
             events.log("resuming from \(path) (step \(ck.step) of \(totalSteps))")
             return ck
         }
-        let generator = BatchGenerator(model: model, adapters: adapters, maxLength: seq, parallel: max(1, min(8, rows)),
+        let generator = BatchGenerator(model: model, adapters: adapters, maxLength: cache, parallel: max(1, min(8, rows)),
                                        stopIds: loaded.tokenizer.stopIds, products: .exact)
         let run = GRPORun(config: c, configPath: configPath, outDir: outDir, model: model, tokenizer: loaded.tokenizer, adapters: adapters,
                           refAdapters: refAdapters, optimizer: optimizer, step: try GRPOStep(model: model, state: state), generator: generator,
@@ -79,7 +81,7 @@ extension Trainer {
         }
         func load(_ path: String, _ split: String) throws -> GRPODataset {
             let ds = try GRPODataset.load(path: path, tokenizer: loaded.tokenizer, vocabSize: loaded.model.config.vocabSize,
-                                          maxSeqLen: tc.maxSeqLen, minNew: 1, chat: chat)
+                                          maxSeqLen: tc.maxSeqLen, minNew: 2, chat: chat)
             try rewards.check(ds.prompts, path: path)
             events.log("\(split): \(ds.prompts.count) prompts from \(path)")
             return ds

@@ -91,6 +91,16 @@ final class GRPORunTests: XCTestCase {
         XCTAssertNotNil(evals[0]["rewards/exact/mean"])
     }
 
+    /// max_seq_len shorter than prompt + max_new_tokens: completions end at the cache's length,
+    /// and every training row (the last token picked included) fits max_seq_len.
+    func testCompletionsCutAtMaxSeqLen() throws {
+        let a = try makeTempDir(self)
+        try train(try setUpRun(a, extra: "  max_steps: 2", grpo: "  temperature: 1.5"), overrides: ["training.max_seq_len=12"])
+        let steps = try lines(a, "step")
+        XCTAssertEqual(steps.count, 2)
+        XCTAssertGreaterThan(steps[0]["completions/clipped_ratio"] as! Double, 0)
+    }
+
     func message(_ body: () throws -> Void) -> String {
         do { try body(); return "no error" } catch { return "\(error)" }
     }
