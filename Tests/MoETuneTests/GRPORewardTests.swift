@@ -79,6 +79,40 @@ final class GRPORewardTests: XCTestCase {
         XCTAssertThrowsError(try spec("    - {type: command}")) { XCTAssertTrue("\($0)".contains("command"), "\($0)") }
     }
 
+    /// Every reward type with non-default keys survives config.yaml (the resolved config a resume checks).
+    func testRewardsRoundTripThroughResolvedYAML() throws {
+        let dir = try makeTempDir(self)
+        try Data("{\"prompt\": \"x\"}\n".utf8).write(to: URL(fileURLWithPath: dir + "/d.jsonl"))
+        let text = """
+        model: \(Fixtures.dir("mixtral"))
+        data:
+          train: \(dir)/d.jsonl
+        training:
+          method: grpo
+          out_dir: \(dir)/out
+        grpo:
+          epsilon_high: 0.3
+          scale_rewards: batch
+          loss: dr_grpo
+          rewards:
+            - {type: exact, field: solution, marker: "#### ", boxed: true, weight: 2}
+            - {type: numeric, tolerance: 0.01, marker: "Answer:"}
+            - {type: regex, pattern: '\\d+ "q" \\s*$', name: digits}
+            - {type: json, keys: [a, "b c"]}
+            - {type: length, max_tokens: 10, penalty: 0.1}
+            - {type: format, template: "<think>...</think>\\n<answer>...</answer>"}
+            - {type: command, command: [python3, "my score.py", --flag], timeout_s: 5}
+        """
+        try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/c.yaml"))
+        let c = try TrainConfig.load(path: dir + "/c.yaml")
+        XCTAssertEqual(c.grpo.rewards.count, 7)
+        try Data(c.resolvedYAML().utf8).write(to: URL(fileURLWithPath: dir + "/r.yaml"))
+        let again = try TrainConfig.load(path: dir + "/r.yaml")
+        XCTAssertEqual(c, again)
+        XCTAssertEqual(again.grpo.rewards[2].pattern, "\\d+ \"q\" \\s*$")
+        XCTAssertEqual(again.grpo.rewards[6].command, ["python3", "my score.py", "--flag"])
+    }
+
     func program(_ script: String, timeout: Double = 5) -> RewardProgram {
         RewardProgram(name: "judge", key: "grpo.rewards[0]", configPath: "c.yaml", command: ["sh", "-c", script], timeout: timeout)
     }
