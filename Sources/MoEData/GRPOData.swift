@@ -41,6 +41,7 @@ public struct GRPODataset: Sendable {
             if let bad = p.ids.first(where: { $0 < 0 || Int($0) >= vocabSize }) {
                 throw MoETuneError.line(path: path, line: line, message: "token id \(bad) is outside the model's vocabulary of \(vocabSize)")
             }
+            guard !p.ids.isEmpty else { throw MoETuneError.line(path: path, line: line, message: "the prompt has no tokens") }
             guard p.ids.count + minNew <= maxSeqLen else {
                 throw MoETuneError.line(path: path, line: line,
                     message: "the prompt has \(p.ids.count) tokens, which leaves no room for \(minNew) new tokens within max_seq_len \(maxSeqLen); shorten it or raise training.max_seq_len")
