@@ -21,6 +21,8 @@ public struct GenerationResult: Sendable, Equatable {
     public var tokens: [Int32]
     /// Why it ended: a stop token, the token budget, or the cache's length.
     public var reason: FinishReason
+    /// The stop token that ended it (reason stop), not in `tokens`.
+    public var stopToken: Int32? = nil
 
     public enum FinishReason: String, Sendable { case stop, length }
 }
@@ -185,7 +187,7 @@ public final class BatchGenerator {
         // Mutated in place: a copy of the slot's token array would be copied again on append.
         let token = active[slot]!.sampler.next(logits, vocab: vocab)
         if !ignoreStop, stopIds.contains(token) {
-            finish(slot: slot, reason: .stop, onFinish: onFinish)
+            finish(slot: slot, reason: .stop, stopToken: token, onFinish: onFinish)
             return
         }
         active[slot]!.tokens.append(token)
@@ -196,10 +198,10 @@ public final class BatchGenerator {
         }
     }
 
-    private func finish(slot: Int, reason: GenerationResult.FinishReason, onFinish: (Int, GenerationResult) -> Void) {
+    private func finish(slot: Int, reason: GenerationResult.FinishReason, stopToken: Int32? = nil, onFinish: (Int, GenerationResult) -> Void) {
         guard let a = active[slot] else { return }
         active[slot] = nil
-        onFinish(a.request, GenerationResult(tokens: a.tokens, reason: reason))
+        onFinish(a.request, GenerationResult(tokens: a.tokens, reason: reason, stopToken: stopToken))
     }
 }
 

@@ -80,7 +80,7 @@ extension Trainer {
     }
 
     /// What preference training does not do yet, refused with the key to change.
-    private func requirePreferenceSupport() throws {
+    func requirePreferenceSupport() throws {
         let c = config, m = c.training.method.rawValue
         if c.data.trainFiles.contains(where: { $0.weight != 1 }) {
             throw MoETuneError.config(path: configPath, key: "data.train", message: "training.method \(m) takes its files whole: remove the weights")
@@ -133,7 +133,7 @@ extension Trainer {
     }
 
     /// The checkpoint at `path` restored, after the checks SFT's resume makes.
-    private func restorePreference(path: String, adapters: AdapterSet, optimizer: Optimizer, yaml: String, totalSteps: Int,
+    func restorePreference(path: String, adapters: AdapterSet, optimizer: Optimizer, yaml: String, totalSteps: Int,
                                    dataIdentity: [TrainCheckpoint.FileIdentity], acceptDataChange: Bool) throws -> TrainCheckpoint {
         let recorded = try TrainCheckpoint.verify(path: path)
         return try TrainCheckpoint.restore(path: path, adapters: adapters, optimizer: optimizer) { ck in

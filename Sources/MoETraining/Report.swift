@@ -44,6 +44,7 @@ public enum RunReport {
             body += "</div><div><h2>Reward accuracy</h2>" + lineChart([("train", series(steps, "rewards/accuracies"), "#a9bfe8"),
                 ("valid", series(evals, "rewards/accuracies"), "#ee854a")], yLabel: "chosen > rejected", small: true) + "</div></div>"
         }
+        if steps.contains(where: { $0["reward_std"] != nil }) { body += grpoCharts(steps: steps, evals: evals, series: series) }
         let moeEvals = evals.filter { $0["experts"] != nil }
         if let first = moeEvals.first, let last = moeEvals.last {
             body += "<h2>Expert load (share of each layer's assignments on the validation set)</h2><div class=row>"

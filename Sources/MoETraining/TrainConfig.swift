@@ -89,8 +89,9 @@ public struct TrainConfig: Equatable, Sendable {
     }
 
     /// training.method: supervised fine-tuning, or preference training on
-    /// {"prompt", "chosen", "rejected"} lines (DPO with the adapter-off base as the reference, ORPO).
-    public enum TrainMethod: String, Sendable, CaseIterable { case sft, dpo, orpo }
+    /// {"prompt", "chosen", "rejected"} lines (DPO with the adapter-off base as the reference, ORPO),
+    /// or GRPO with verifiable rewards on {"prompt", ...fields} lines.
+    public enum TrainMethod: String, Sendable, CaseIterable { case sft, dpo, orpo, grpo }
     public enum DPOLossName: String, Sendable, CaseIterable { case sigmoid, ipo, hinge, robust }
 
     /// The `dpo:` section (TRL's DPOConfig names).
@@ -145,6 +146,7 @@ public struct TrainConfig: Equatable, Sendable {
     public var moe = MoESection()
     public var dpo = DPOSection()
     public var orpo = ORPOSection()
+    public var grpo = GRPOSection()
     /// QLoRA: NF4 base weights (nil: full precision).
     public var quantization: QuantizationSpec?
     /// How the frozen base's linear weights are held (fp32, or bf16 with half the memory).
@@ -319,6 +321,7 @@ public struct TrainConfig: Equatable, Sendable {
             _ = r.raw("quantization")
         }
         let (dpo, orpo) = try preferenceSections(r)
+        let grpo = try grpoSection(r)
         let baseDType = BaseDType(rawValue: try r.choice("base_dtype", BaseDType.allCases.map(\.rawValue), default: "fp32"))!
         if baseDType.isBF16, quantization != nil {
             throw r.fail("base_dtype", "\(baseDType.rawValue) and quantization (QLoRA, nf4) exclude each other: NF4 already holds the frozen weights in 4 bits; drop one of them")
@@ -348,6 +351,7 @@ public struct TrainConfig: Equatable, Sendable {
         config.baseDType = baseDType
         config.dpo = dpo
         config.orpo = orpo
+        config.grpo = grpo
         return config
     }
 
@@ -514,6 +518,7 @@ public struct TrainConfig: Equatable, Sendable {
             guard b / training.maxSeqLen <= L.batchSize else { throw t.fail("batch_tokens", "gives more than \(L.batchSize) rows of max_seq_len") }
         }
         try validatePreference(r)
+        try validateGRPO(r)
         if data.validSplit != nil, data.valid != nil {
             throw try r.section("data").fail("valid_split", "holds out part of data.train as the validation set, but data.valid is given; keep one")
         }
@@ -540,7 +545,7 @@ public struct TrainConfig: Equatable, Sendable {
         }
         guard orpo.beta > 0, orpo.beta.isFinite else { throw o.fail("beta", "must be positive, got \(orpo.beta)") }
         guard training.method == .sft || !training.packing else {
-            throw t.fail("packing", "packs SFT examples; \(training.method.rawValue) batches whole chosen/rejected pairs: remove it")
+            throw t.fail("packing", "packs SFT examples; \(training.method.rawValue) batches whole sequences: remove it")
         }
         guard training.method == .sft || !data.trainOnInputs else {
             throw try r.section("data").fail("train_on_inputs", "\(training.method.rawValue) scores the completions only: remove it")
@@ -577,6 +582,7 @@ public struct TrainConfig: Equatable, Sendable {
         case .dpo: return s +
             "dpo:\n  beta: \(dpo.beta)\n  loss: \(dpo.loss.rawValue)\n  label_smoothing: \(dpo.labelSmoothing)\n  precompute_ref: \(dpo.precomputeRef)\n"
         case .orpo: return s + "orpo:\n  beta: \(orpo.beta)\n"
+        case .grpo: return s + grpoYAML(q)
         }
     }
 

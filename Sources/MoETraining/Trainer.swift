@@ -114,6 +114,9 @@ public final class Trainer {
         // The run as one process would do it: grad_accum x ranks micro-batches a step. The
         // resolved config.yaml records that figure, so a run resumes on any number of ranks
         // whose product with grad_accum stays the same.
+        if config.training.method == .grpo {
+            return try trainGRPO(outDir: outDir, resume: resume, resumeFrom: resumeFrom, acceptDataChange: acceptDataChange, events: events, world: world)
+        }
         if config.training.method != .sft {
             return try trainPreference(outDir: outDir, resume: resume, resumeFrom: resumeFrom, acceptDataChange: acceptDataChange, events: events, world: world)
         }

@@ -106,8 +106,10 @@ struct TrainCommand: ParsableCommand {
                 throw ExitCode(128 + sig)
             }
             var lines = ["trained \(s.steps) steps, \(s.trainedTokens) tokens in \(formatDuration(s.seconds)) (\(String(format: "%.0f", Double(s.trainedTokens) / max(s.seconds, 1e-9))) tokens/s)"]
-            if let a = s.firstValidLoss, let b = s.lastValidLoss { lines.append(String(format: "valid loss %.4f -> %.4f", a, b)) }
-            if let t = s.testLoss { lines.append(String(format: "test loss %.4f", t)) }
+            // GRPO's evaluations are mean rewards of greedy completions, not losses.
+            let measure = cfg.training.method == .grpo ? "mean reward" : "loss"
+            if let a = s.firstValidLoss, let b = s.lastValidLoss { lines.append(String(format: "valid \(measure) %.4f -> %.4f", a, b)) }
+            if let t = s.testLoss { lines.append(String(format: "test \(measure) %.4f", t)) }
             if let first = s.firstRouting, let last = s.lastRouting {
                 lines.append("expert load at the first validation:\n" + expertTable(first))
                 lines.append("expert load at the last validation:\n" + expertTable(last))

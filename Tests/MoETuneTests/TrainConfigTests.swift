@@ -386,7 +386,7 @@ final class TrainConfigTests: XCTestCase {
     }
 
     func testShippedConfigsLoadAndResolvedYAMLRoundTrips() throws {
-        for name in ["demo.yaml", "example.yaml", "moe.yaml", "qlora.yaml", "packing.yaml", "deepseek-v2-lite.yaml", "gpt-oss.yaml", "esft.yaml", "dpo.yaml"] {
+        for name in ["demo.yaml", "example.yaml", "moe.yaml", "qlora.yaml", "packing.yaml", "deepseek-v2-lite.yaml", "gpt-oss.yaml", "esft.yaml", "dpo.yaml", "grpo.yaml"] {
             let c = try TrainConfig.load(path: Self.shipped(name))
             let again = try TrainConfig.load(path: try write(c.resolvedYAML(), name: "resolved-" + name))
             XCTAssertEqual(c, again, name)

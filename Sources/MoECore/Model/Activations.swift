@@ -158,6 +158,9 @@ public final class ForwardState {
     /// loss gradient: backward takes d (sum_m headRowScales[m] * lossScale * loss_m). Set
     /// between forward and backward, whole head only (the caller owns the memory); nil: 1.
     package var headRowScales: UnsafePointer<Float>?
+    /// The losses' temperature T (GRPO, as TRL's fused head): the whole head's logits are
+    /// divided by T before the cross-entropy, and d logits by T after its backward. 1: none.
+    package var headTemperature: Float = 1
     /// Whether the last forward pass took the head's backward (chunked, training).
     package var headGradientTaken = false
     /// Chunked training head: d x [chunk, H] and the head adapter's du [chunk, r].

@@ -22,6 +22,7 @@ extension Transformer {
             linearForward(y: s.logits.pointer, x: s.lnF.pointer, rows: m, weight: lmHead)
             if let l = adapters?.head { loraForward(y: s.logits.pointer, x: s.lnF.pointer, rows: m, adapter: l, u: s.headLoRA!.pointer) }
             if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: m * v, by: c.logitsScaling) }
+            if s.headTemperature != 1 { divideInPlace(s.logits.pointer, count: m * v, by: s.headTemperature) }
             s.headGradientTaken = false
             return crossEntropyForward(losses: s.losses.pointer, logits: s.logits.pointer, targets: s.headTargets,
                                        rows: m, vocab: v)
@@ -31,6 +32,9 @@ extension Transformer {
             throw MoETuneError.invalid("internal: a head in row chunks cannot carry an adapter with dropout (build the ForwardState without headChunkRows)")
         }
         let backward = s.keepsAllLayers
+        if s.headTemperature != 1 {
+            throw MoETuneError.invalid("internal: a loss temperature needs the whole head (build the ForwardState without headChunkRows)")
+        }
         if backward, s.headRowScales != nil {
             throw MoETuneError.invalid("internal: per-row loss scales need the whole head (build the ForwardState without headChunkRows)")
         }
@@ -92,6 +96,8 @@ extension Transformer {
         let dlogits = s.logits.pointer
         crossEntropyBackward(dlogits: dlogits, logits: dlogits, targets: s.headTargets,
                              rows: m, vocab: c.vocabSize, scale: lossScale, rowScales: s.headRowScales)
+        // A loss temperature: logits / T went into the cross-entropy, so d logits = d (logits / T) / T.
+        if s.headTemperature != 1 { divideInPlace(dlogits, count: m * c.vocabSize, by: s.headTemperature) }
         // Granite: logits = z / logits_scaling, so d z [m, V] = d logits / logits_scaling.
         if c.logitsScaling != 1 { divideInPlace(dlogits, count: m * c.vocabSize, by: c.logitsScaling) }
         linearBackwardInput(dx: dln, dy: dlogits, rows: m, weight: lmHead, accumulate: false)
