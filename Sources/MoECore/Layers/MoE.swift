@@ -107,6 +107,21 @@ package func withExpertOrder(_ r: RoutingBuffers, _ body: (UnsafePointer<Int32>,
     }
 }
 
+/// REAP's statistic of expert e: the sum over its kept assignments a of (routing weight,
+/// without DeepSeek-V2's routed_scaling_factor) x ||ye[a, :]||_2, ye the expert's output
+/// rows before the weight [assignments, H].
+package func weightedOutputNorms(_ ye: UnsafePointer<Float>, hidden h: Int, expert e: Int, routing r: RoutingBuffers) -> Double {
+    var sum = 0.0
+    for a in r.expertStart[e]..<r.expertStart[e + 1] {
+        let row = ye + a * h
+        var sq = 0.0
+        for j in 0..<h { sq += Double(row[j]) * Double(row[j]) }
+        let weight = Double(r.topWeight[Int(r.assignToken[a]) * r.k + Int(r.assignSlot[a])]) / Double(r.scale)
+        sum += weight * sq.squareRoot()
+    }
+    return sum
+}
+
 /// Mixtral sparse MoE block, dropless:
 ///   out[i, :] += sum over the k experts e chosen for token i of weight(i, e) * FFN_e(x[i, :]).
 /// x [N, H]; routing already done (RoutingBuffers); each expert runs one matrix product
@@ -114,9 +129,11 @@ package func withExpertOrder(_ r: RoutingBuffers, _ body: (UnsafePointer<Int32>,
 /// (each on one worker, busiest first, products unsplit): with many experts and few tokens
 /// each (64 experts, top-8), splitting every small product over the cores costs more than
 /// it gains. Each expert writes only its own rows of the scratch and its own adapter.
+/// `outputNorms` [E]: each expert's weightedOutputNorms (REAP), when given.
 public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, hidden h: Int,
                        experts: [FeedForwardWeights], adapters: [FeedForwardAdapters], cache: FeedForwardLoRACache,
-                       routing r: RoutingBuffers, scratch s: ExpertBuffers, path: ProductPath = .exact) {
+                       routing r: RoutingBuffers, scratch s: ExpertBuffers, path: ProductPath = .exact,
+                       outputNorms norms: UnsafeMutablePointer<Double>? = nil) {
     let total = r.assignCount
     gatherExpertInputs(s.xe.pointer, x: x, hidden: h, routing: r)
     withExpertOrder(r) { order, count in
@@ -129,6 +146,7 @@ public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>
                         adapters: ad, cache: cache.offset(row: start, adapters: ad),
                         gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
                         act: s.act.pointer + start * inter, accumulate: false, path: path)
+            if let norms { norms[e] = weightedOutputNorms(s.ye.pointer, hidden: h, expert: e, routing: r) }
         }
     }
     // Scatter-add with the routing weights. Two assignments may share a token, so the
