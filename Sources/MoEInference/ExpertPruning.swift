@@ -91,7 +91,8 @@ public struct PrunePlan: Equatable, Sendable {
 
     /// Scores every expert (one forward pass over the calibration set unless `random`) and
     /// keeps the `keep` most salient per routed layer.
-    public static func compute(model: Transformer, dataset: Dataset?, batchSize: Int, method: PruneMethod,
+    /// With `adapters`, the experts are scored on the adapted model (the one being pruned).
+    public static func compute(model: Transformer, adapters: AdapterSet? = nil, dataset: Dataset?, batchSize: Int, method: PruneMethod,
                                keep: Int, seed: UInt64, progress: ((Int, Int) -> Void)? = nil) throws -> PrunePlan {
         let c = model.config
         guard c.isMoE else {
@@ -113,7 +114,7 @@ public struct PrunePlan: Equatable, Sendable {
         let saved = model.moe
         model.moe.expertOutputNorms = method == .reap
         defer { model.moe = saved }
-        let r = try Evaluator.evaluate(model: model, dataset: dataset, batchSize: batchSize, progress: progress)
+        let r = try Evaluator.evaluate(model: model, adapters: adapters, dataset: dataset, batchSize: batchSize, progress: progress)
         guard let routing = r.routing else { throw MoETuneError.invalid("the model routed no tokens") }
         let scored = saliency(routing, method: method, seed: seed)
         if let bad = scored.first(where: { !$0.saliency.allSatisfy(\.isFinite) }) {

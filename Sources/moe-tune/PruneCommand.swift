@@ -43,6 +43,12 @@ struct PruneCommand: ParsableCommand {
     @Option(help: "Output: a folder (Hugging Face) or a .gguf file.")
     var out: String
 
+    @Option(help: "A PEFT adapter of --model to prune alongside (its dropped experts' adapters removed, the rest renumbered).")
+    var adapter: String?
+
+    @Option(help: "New folder for the pruned adapter (with --adapter).")
+    var adapterOut: String?
+
     @Flag(help: "Replace an --out that moe-tune wrote before.")
     var overwrite = false
 
@@ -72,6 +78,8 @@ struct PruneCommand: ParsableCommand {
                 throw MoETuneError.invalid("--gguf-type must be f32, f16, bf16, q8_0 or q4_0")
             }
             guard kind == .random || data != nil else { throw MoETuneError.invalid("--method \(kind.rawValue) needs calibration data: --data FILE.jsonl") }
+            guard (adapter == nil) == (adapterOut == nil) else { throw MoETuneError.invalid("--adapter and --adapter-out go together") }
+            if let adapterOut { try OutputFolder.check(adapterOut, option: "--adapter-out", inputs: [model] + [adapter!], overwrite: false) }
             let toGGUF = GGUFFile.isGGUFPath(out)
             if toGGUF { try GGUFExport.checkOutput(out, inputs: [model], overwrite: overwrite) } else {
                 guard !GGUFFile.isGGUFPath(model) else {
@@ -93,14 +101,22 @@ struct PruneCommand: ParsableCommand {
                                            options: DataOptions(maxSeqLen: maxSeqLen, trainOnInputs: false, chat: format))
             }
             let progress = ProgressLine("prune")
-            let plan = try PrunePlan.compute(model: loaded.model, dataset: dataset, batchSize: batchSize, method: kind,
+            let adapters = try adapter.map { try PEFTAdapter.load(directory: $0, model: loaded.model) }
+            defer { withExtendedLifetime(adapters) {} }
+            let plan = try PrunePlan.compute(model: loaded.model, adapters: adapters, dataset: dataset, batchSize: batchSize, method: kind,
                                              keep: count, seed: seed) { progress.update(done: $0, total: $1) }
             let start = Date()
             let s = toGGUF
                 ? try ExpertPruner.pruneGGUF(model: model, kept: plan.kept, topK: topK, out: out, overwrite: overwrite, type: type)
                 : try ExpertPruner.pruneFolder(model: model, kept: plan.kept, topK: topK, outDir: out, overwrite: overwrite)
+            var adapterModules: Int?
+            if let adapter, let adapterOut {
+                adapterModules = try ExpertPruner.pruneAdapter(adapter: adapter, model: model, kept: plan.kept, topK: topK,
+                                                               outDir: adapterOut, baseModel: out)
+            }
             if json {
                 var obj = plan.jsonObject
+                if let adapterOut { obj["adapter_out"] = adapterOut }
                 obj["top_k"] = s.topK
                 obj["out"] = out
                 print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
@@ -108,6 +124,7 @@ struct PruneCommand: ParsableCommand {
                 print(plan.table())
                 print("wrote \(out): \(s.experts) of \(c.numExperts) experts per layer, top-k \(s.topK), \(s.tensors) tensors, "
                       + "\(String(format: "%.1f", Double(s.bytes) / 1_048_576)) MiB in \(formatDuration(Date().timeIntervalSince(start)))")
+                if let adapterOut, let adapterModules { print("wrote the pruned adapter \(adapterOut): \(adapterModules) modules") }
             }
         }
     }

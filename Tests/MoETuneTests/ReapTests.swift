@@ -161,3 +161,30 @@ final class ReapTests: XCTestCase {
                            contains: ["--data"])
     }
 }
+
+/// `prune --adapter`: the pruned adapter merged into the pruned model equals the original
+/// adapter merged and then pruned, tensor for tensor (experts renumbered, router LoRA rows).
+final class ReapAdapterTests: XCTestCase {
+    func testPrunedAdapterMergesLikePrunedMerge() throws {
+        let dir = try makeTempDir(self)
+        let model = Fixtures.dir("qwen3_moe"), adapter = Fixtures.dir("peft-out-qwen3_moe")
+        let kept = [0: [1, 2, 5, 7], 1: [0, 3, 4, 6]]
+        _ = try ExpertPruner.pruneFolder(model: model, kept: kept, topK: nil, outDir: dir + "/pruned", overwrite: false)
+        let modules = try ExpertPruner.pruneAdapter(adapter: adapter, model: model, kept: kept, topK: nil,
+                                                    outDir: dir + "/pruned-adapter", baseModel: dir + "/pruned")
+        let original = try PEFTAdapter.load(directory: adapter, shapes: ModuleShapes(config: try Checkpoint(directory: model).config))
+        XCTAssertEqual(modules, original.all.count - 2 * 4 * 3, "the dropped experts' gate/up/down adapters")
+        _ = try Merger.merge(modelDir: dir + "/pruned", adapters: [(dir + "/pruned-adapter", 1)], outDir: dir + "/a")
+        _ = try Merger.merge(modelDir: model, adapters: [(adapter, 1)], outDir: dir + "/merged")
+        _ = try ExpertPruner.pruneFolder(model: dir + "/merged", kept: kept, topK: nil, outDir: dir + "/b", overwrite: false)
+        let a = try SafeTensorsFile(path: dir + "/a/model.safetensors"), b = try SafeTensorsFile(path: dir + "/b/model.safetensors")
+        XCTAssertEqual(Set(a.tensors.keys), Set(b.tensors.keys))
+        for (name, info) in a.tensors {
+            XCTAssertEqual(try a.floatArray(name), try b.floatArray(name), name)
+            XCTAssertEqual(info.shape, b.tensors[name]?.shape, name)
+        }
+        assertMoETuneError(try ExpertPruner.pruneAdapter(adapter: adapter, model: model, kept: kept, topK: nil,
+                                                         outDir: dir + "/pruned-adapter", baseModel: dir + "/pruned"),
+                           contains: ["pruned-adapter"])
+    }
+}
