@@ -21,16 +21,22 @@ public enum ExpertPruner {
         public var topK: Int
     }
 
-    /// The experts kept per routed layer: the same number in every routed layer, distinct
-    /// ids within 0..<E, no layer without a router; top-k (`topK` or the model's) at most
-    /// that number. Returns (experts kept, top-k).
-    package static func check(_ c: ModelConfig, kept: [Int: [Int]], topK: Int?, path: String) throws -> (experts: Int, topK: Int) {
+    /// Refuses, before any work, a model whose experts cannot be pruned: a dense one, GPT-OSS
+    /// (transposed fused experts), group-limited routing (DeepSeek-V2's n_group).
+    public static func checkPrunable(_ c: ModelConfig, path: String) throws {
         let f = c.family
         guard c.isMoE, let m = f.moe else { throw MoETuneError.file(path: path, message: "a dense \(f.name) model has no experts to prune") }
         guard !m.transposedInterleaved else { throw MoETuneError.file(path: path, message: "pruning \(f.name) models is not supported") }
         guard c.expertGroups == nil else {
             throw MoETuneError.file(path: path, message: "group-limited routing (n_group) cannot be pruned: the groups would no longer divide the experts")
         }
+    }
+
+    /// The experts kept per routed layer: the same number in every routed layer, distinct
+    /// ids within 0..<E, no layer without a router; top-k (`topK` or the model's) at most
+    /// that number. Returns (experts kept, top-k).
+    package static func check(_ c: ModelConfig, kept: [Int: [Int]], topK: Int?, path: String) throws -> (experts: Int, topK: Int) {
+        try checkPrunable(c, path: path)
         let routed = (0..<c.numLayers).filter(c.isMoELayer)
         guard Set(kept.keys) == Set(routed) else {
             throw MoETuneError.invalid("internal: experts to keep given for layers \(kept.keys.sorted()), the model routes in \(routed)")

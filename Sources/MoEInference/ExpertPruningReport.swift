@@ -8,7 +8,7 @@ extension PrunePlan {
     /// `{"method", "seed", "experts", "keep", "tokens", "layers": [{"layer", "saliency": [one
     /// per expert], "kept": [ids]}]}`.
     public var jsonObject: [String: Any] {
-        ["method": method.rawValue, "seed": Int(truncatingIfNeeded: seed), "experts": experts, "keep": keep, "tokens": tokens,
+        ["method": method.rawValue, "seed": NSNumber(value: seed), "experts": experts, "keep": keep, "tokens": tokens,
          "layers": layers.map { ["layer": $0.layer, "saliency": $0.saliency, "kept": $0.kept] as [String: Any] }]
     }
 

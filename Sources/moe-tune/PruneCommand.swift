@@ -89,7 +89,7 @@ struct PruneCommand: ParsableCommand {
             }
             let loaded = try LoadedModel.load(directory: model, quantize: nil, base: .fp32)
             let c = loaded.model.config
-            guard c.isMoE else { throw MoETuneError.invalid("\(model) is a dense \(c.family.name) model: it has no experts to prune") }
+            try ExpertPruner.checkPrunable(c, path: model)
             let count = try PrunePlan.keepCount(keep, experts: c.numExperts)
             if let k = topK ?? Optional(c.expertsPerToken), k > count || k < 1 {
                 throw MoETuneError.invalid("top-k \(k) exceeds the \(count) experts kept per layer: keep more experts or pass --top-k at most \(count)")

@@ -188,3 +188,40 @@ final class ReapAdapterTests: XCTestCase {
                            contains: ["pruned-adapter"])
     }
 }
+
+/// `moe-tune prune` on the built binary: --json's object, the table, a GGUF output, the
+/// pruned adapter, and one-line refusals before any output.
+final class ReapCLITests: XCTestCase {
+    func testPruneCommand() throws {
+        let dir = try makeTempDir(self), data = Fixtures.dir("eval.jsonl")
+        let r = try runMoETune(["prune", "--model", Fixtures.dir("olmoe"), "--data", data, "--keep", "0.5", "--json", "--out", dir + "/o"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let obj = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any]
+        XCTAssertEqual(Set(obj.keys), ["method", "seed", "experts", "keep", "top_k", "tokens", "layers", "out"])
+        XCTAssertEqual(obj["keep"] as? Int, 4)
+        XCTAssertEqual(obj["top_k"] as? Int, 2)
+        let ref = (try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Fixtures.dir("reap/olmoe.json")))) as! [String: Any])["layers"] as! [[String: Any]]
+        XCTAssertEqual((obj["layers"] as! [[String: Any]]).map { $0["kept"] as! [Int] },
+                       ref.map { (($0["kept"] as! [String: Any])["reap"] as! [String: [Int]])["0.5"]! })
+        XCTAssertEqual(try Transformer.load(directory: dir + "/o").config.numExperts, 4)
+        let g = try runMoETune(["prune", "--model", Fixtures.dir("gguf/arch/qwen3_moe.gguf"), "--data", data, "--keep", "6",
+                                "--top-k", "2", "--out", dir + "/q.gguf"])
+        XCTAssertEqual(g.status, 0, g.err)
+        XCTAssertTrue(g.out.contains("reap saliency per expert, 655 tokens; keeping 6 of 8 per layer"), g.out)
+        let c = try Transformer.load(directory: dir + "/q.gguf").config
+        XCTAssertEqual([c.numExperts, c.expertsPerToken], [6, 2])
+        let a = try runMoETune(["prune", "--model", Fixtures.dir("qwen3_moe"), "--adapter", Fixtures.dir("peft-out-qwen3_moe"),
+                                "--adapter-out", dir + "/ad", "--method", "random", "--seed", "3", "--keep", "0.5", "--out", dir + "/qa"])
+        XCTAssertEqual(a.status, 0, a.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/ad/adapter_config.json"))
+        for bad in [["--model", Fixtures.dir("llama"), "--keep", "0.5"], ["--model", Fixtures.dir("gpt_oss"), "--keep", "0.5"],
+                    ["--model", Fixtures.dir("mixtral"), "--keep", "0.25"], ["--model", Fixtures.dir("mixtral"), "--keep", "0.5", "--method", "x"],
+                    ["--model", Fixtures.dir("mixtral"), "--keep", "3", "--top-k", "4"], ["--model", Fixtures.dir("mixtral"), "--keep", "9"]] {
+            let e = try runMoETune(["prune", "--data", data, "--out", dir + "/bad"] + bad)
+            XCTAssertEqual(e.status, 1, e.err)
+            XCTAssertEqual(e.err.split(separator: "\n").filter { $0.hasPrefix("moe-tune") }.count, 1, e.err)
+            XCTAssertTrue(e.out.isEmpty)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/bad"))
+        }
+    }
+}
