@@ -77,7 +77,7 @@ public enum GGUFExport {
     }
 
     public static func mergedModel(model modelPath: String, adapters: [(path: String, weight: Float)], out: String,
-                                   type: GGMLType, overwrite: Bool) throws -> Summary {
+                                   type: GGMLType, overwrite: Bool, name: String? = nil, writer: String = "merge") throws -> Summary {
         guard GGMLQuantize.writable.contains(type) else {
             throw MoETuneError.invalid("--gguf-type must be one of f32, f16, bf16, q8_0, q4_0")
         }
@@ -104,8 +104,8 @@ public enum GGUFExport {
         var w = GGUFWriter()
         for (k, v) in f.ggufMetadata(c) { w.set(k, v) }
         w.set("general.type", .string("model"))
-        w.set(GGUFFile.writerKey, .string("merge"))
-        w.set("general.name", .string(((modelPath as NSString).lastPathComponent as NSString).deletingPathExtension + (adapters.isEmpty ? "" : "-merged")))
+        w.set(GGUFFile.writerKey, .string(writer))
+        w.set("general.name", .string(name ?? ((modelPath as NSString).lastPathComponent as NSString).deletingPathExtension + (adapters.isEmpty ? "" : "-merged")))
         w.set("general.file_type", .uint32(fileType(type)))
         if type.blockSize > 1 { w.set("general.quantization_version", .uint32(2)) }
         for (k, v) in try tokenizerMetadata(ck, model: modelPath, family: f) { w.set(k, v) }

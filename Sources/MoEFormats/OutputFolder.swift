@@ -47,7 +47,7 @@ public enum OutputFolder {
         /// A model folder merge or quantize wrote.
         case model
 
-        var describe: String { self == .trainingRun ? "a training run (written by moe-tune train)" : "a model folder (written by moe-tune merge or quantize)" }
+        var describe: String { self == .trainingRun ? "a training run (written by moe-tune train)" : "a model folder (written by moe-tune merge, quantize or prune)" }
     }
 
     /// The command `dir`'s marker names ("train", "merge", "quantize"), nil without a marker.
@@ -68,7 +68,7 @@ public enum OutputFolder {
         if w == "train" || fm.fileExists(atPath: dir + "/checkpoints") || fm.fileExists(atPath: dir + "/adapter_config.json") {
             return .trainingRun
         }
-        return ["merge", "quantize", "merge/quantize"].contains(w) ? .model : nil
+        return ["merge", "quantize", "merge/quantize", "prune"].contains(w) ? .model : nil
     }
 
     /// Refuses `dir` when another moe-tune process holds it (its lock), naming the pid.

@@ -23,7 +23,7 @@ extension ModelFamily {
     public static let deepseekV2 = ModelFamily(
         name: "deepseek_v2", modelTypes: ["deepseek_v2"],
         moe: MoENames(block: "mlp", router: "gate", expertParts: ["gate_proj", "up_proj", "down_proj"], fusedBlock: "mlp",
-                      sharedExpert: "shared_experts", sharedExpertGate: nil),
+                      sharedExpert: "shared_experts", sharedExpertGate: nil, expertCountKey: "n_routed_experts"),
         defaults: FamilyDefaults(rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 2048,
                                  bosTokenId: 1, eosTokenId: 2, routerAuxLossCoef: 0),
         attentionModules: ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"],

@@ -95,6 +95,10 @@ extension ModelFamily {
         return out
     }
 
+    /// The metadata keys of the expert count and of the experts used per token.
+    public var ggufExpertCountKey: String { (ggufArchitecture ?? name) + ".expert_count" }
+    public var ggufExpertUsedCountKey: String { (ggufArchitecture ?? name) + ".expert_used_count" }
+
     /// The model configuration a GGUF's metadata gives (`ARCH.block_count`,
     /// `ARCH.embedding_length`, …, `tokenizer.ggml.*` for the token ids); every size is
     /// checked, and what moe-tune does not implement is refused, naming the key.
@@ -249,7 +253,7 @@ extension ModelFamily {
             (a + ".vocab_size", .uint32(UInt32(c.vocabSize))),
         ]
         if c.isMoE {
-            out += [(a + ".expert_count", .uint32(UInt32(c.numExperts))), (a + ".expert_used_count", .uint32(UInt32(c.expertsPerToken)))]
+            out += [(ggufExpertCountKey, .uint32(UInt32(c.numExperts))), (ggufExpertUsedCountKey, .uint32(UInt32(c.expertsPerToken)))]
             if self == .qwen2MoE || self == .qwen3MoE { out.append((a + ".expert_feed_forward_length", .uint32(UInt32(c.expertIntermediateSize)))) }
             if c.sharedExpertIntermediateSize > 0 { out.append((a + ".expert_shared_feed_forward_length", .uint32(UInt32(c.sharedExpertIntermediateSize)))) }
             if c.normTopKProb != ggufNormTopK { out.append((a + ".expert_weights_norm", .bool(c.normTopKProb))) }

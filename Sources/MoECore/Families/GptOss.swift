@@ -26,7 +26,7 @@ extension ModelFamily {
     public static let gptOss = ModelFamily(
         name: "gpt_oss", modelTypes: ["gpt_oss"],
         moe: MoENames(block: "mlp", router: "router", expertParts: ["gate_proj", "up_proj", "down_proj"], fusedBlock: "mlp",
-                      transposedInterleaved: true),
+                      transposedInterleaved: true, expertCountKey: "num_local_experts"),
         defaults: FamilyDefaults(rmsNormEps: 1e-5, ropeTheta: 150000, maxPositionEmbeddings: 131072,
                                  bosTokenId: nil, eosTokenId: 2, routerAuxLossCoef: 0.001, headDim: 64),
         readConfig: { r, c in

@@ -21,7 +21,8 @@ extension ModelFamily {
         name: "granitemoe", modelTypes: ["granitemoe"],
         moe: MoENames(block: "block_sparse_moe", router: "router", expertParts: ["gate_proj", "up_proj", "down_proj"],
                       fusedBlock: "block_sparse_moe",
-                      checkpointFused: .init(router: "router.layer", gateUp: "input_linear", down: "output_linear")),
+                      checkpointFused: .init(router: "router.layer", gateUp: "input_linear", down: "output_linear"),
+                      expertCountKey: "num_local_experts"),
         defaults: FamilyDefaults(rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 2048,
                                  bosTokenId: 1, eosTokenId: 2, routerAuxLossCoef: 0.001),
         readConfig: { r, c in

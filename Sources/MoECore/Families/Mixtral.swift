@@ -7,7 +7,7 @@ import MoEText
 extension ModelFamily {
     public static let mixtral = ModelFamily(
         name: "mixtral", modelTypes: ["mixtral"],
-        moe: MoENames(block: "block_sparse_moe", router: "gate", expertParts: ["w1", "w3", "w2"], fusedBlock: "mlp"),
+        moe: MoENames(block: "block_sparse_moe", router: "gate", expertParts: ["w1", "w3", "w2"], fusedBlock: "mlp", expertCountKey: "num_local_experts"),
         defaults: FamilyDefaults(rmsNormEps: 1e-5, ropeTheta: 1e6, maxPositionEmbeddings: 4096, routerAuxLossCoef: 0.001),
         readConfig: { r, c in
             try r.refuse("attention_bias", message: "biases in linear layers are not supported")

@@ -63,6 +63,13 @@ public struct MoENames: Sendable {
     /// router, shared-expert and dense-MLP adapters as `target_parameters` on their 2-D
     /// weights (PEFTAdapter.save); false: per-expert module names in `target_modules`.
     public var peftFusedLayout = true
+    /// config.json's key of the expert count this family writes (pruning rewrites it, and
+    /// every other key of `expertCountKeys` the file has).
+    public var expertCountKey = "num_experts"
+    /// Every config.json key that holds an expert count in some family's files.
+    public static let expertCountKeys = ["num_experts", "num_local_experts", "n_routed_experts"]
+    /// config.json's key of the experts chosen per token.
+    public static let topKKey = "num_experts_per_tok"
 
     public struct FusedNames: Sendable {
         public var router: String

@@ -116,6 +116,8 @@ private struct ExpertJob {
     let scratch: ExpertBuffers
     let hidden: Int
     let path: ProductPath
+    /// REAP's statistic per expert [E], when asked for.
+    let norms: UnsafeMutablePointer<Double>?
 
     func run(expert e: Int) {
         let w = experts[e], r = routing, s = scratch, h = hidden
@@ -126,7 +128,23 @@ private struct ExpertJob {
                     adapters: ad, cache: cache.offset(row: start, adapters: ad),
                     gate: s.gate.pointer + start * inter, up: s.up.pointer + start * inter,
                     act: s.act.pointer + start * inter, accumulate: false, path: path)
+        if let norms { norms[e] = weightedOutputNorms(s.ye.pointer, hidden: h, expert: e, routing: r) }
     }
+}
+
+/// REAP's statistic of expert e: the sum over its kept assignments a of (routing weight,
+/// without DeepSeek-V2's routed_scaling_factor) x ||ye[a, :]||_2, ye the expert's output
+/// rows before the weight [assignments, H].
+package func weightedOutputNorms(_ ye: UnsafePointer<Float>, hidden h: Int, expert e: Int, routing r: RoutingBuffers) -> Double {
+    var sum = 0.0
+    for a in r.expertStart[e]..<r.expertStart[e + 1] {
+        let row = ye + a * h
+        var sq = 0.0
+        for j in 0..<h { sq += Double(row[j]) * Double(row[j]) }
+        let weight = Double(r.topWeight[Int(r.assignToken[a]) * r.k + Int(r.assignSlot[a])]) / Double(r.scale)
+        sum += weight * sq.squareRoot()
+    }
+    return sum
 }
 
 /// Mixtral sparse MoE block, dropless:
@@ -136,15 +154,17 @@ private struct ExpertJob {
 /// (each on one worker, busiest first, products unsplit): with many experts and few tokens
 /// each (64 experts, top-8), splitting every small product over the cores costs more than
 /// it gains. Each expert writes only its own rows of the scratch and its own adapter.
+/// `outputNorms` [E]: each expert's weightedOutputNorms (REAP), when given.
 public func moeForward(out: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, hidden h: Int,
                        experts: [FeedForwardWeights], adapters: [FeedForwardAdapters], cache: FeedForwardLoRACache,
-                       routing r: RoutingBuffers, scratch s: ExpertBuffers, path: ProductPath = .exact) {
+                       routing r: RoutingBuffers, scratch s: ExpertBuffers, path: ProductPath = .exact,
+                       outputNorms norms: UnsafeMutablePointer<Double>? = nil) {
     let total = r.assignCount
     gatherExpertInputs(s.xe.pointer, x: x, hidden: h, routing: r)
     experts.withUnsafeBufferPointer { w in
         adapters.withUnsafeBufferPointer { a in
             var job = ExpertJob(experts: w.baseAddress!, adapters: a.isEmpty ? nil : a.baseAddress, cache: cache, routing: r,
-                                scratch: s, hidden: h, path: path)
+                                scratch: s, hidden: h, path: path, norms: norms)
             withExpertOrder(r) { order, count in
                 withUnsafeMutablePointer(to: &job) { p in
                     Parallel.forEachTask(order, count: count, context: UnsafeMutableRawPointer(p)) { context, e in

@@ -21,6 +21,10 @@ public struct MoEOptions: Equatable, Sendable {
     public var learnedNoise = false
     /// True while training: noise and jitter apply only then.
     public var training = false
+    /// Sum each expert's routing weight x the L2 norm of its output over the tokens routed to
+    /// it (RoutingBuffers.outputNormSum; REAP's saliency). Off by default: it costs a pass
+    /// over the experts' output rows.
+    public var expertOutputNorms = false
     /// Seeds the noise; the trainer advances `step` so every micro-batch draws anew.
     public var seed: UInt64 = 0
     public var step = 0
@@ -78,6 +82,10 @@ public final class RoutingBuffers {
     public private(set) var probSum: [Double]
     /// Sums over valid tokens of each expert's final routing weight (topWeight; 0 where not chosen) [E].
     public private(set) var gateSum: [Double]
+    /// With MoEOptions.expertOutputNorms: sums over the kept assignments of each expert of its
+    /// routing weight (topWeight without `scale`) x the L2 norm of its output row (before the
+    /// weight), written by moeForward [E]; zero otherwise.
+    public let outputNormSum: UnsafeMutablePointer<Double>
     public private(set) var entropySum = 0.0
     public private(set) var zSum = 0.0
 
@@ -98,6 +106,8 @@ public final class RoutingBuffers {
         assignSlot = .allocate(capacity: tokens * k)
         expertStart = .allocate(capacity: experts + 1)
         counts = .allocate(capacity: 2 * experts)
+        outputNormSum = .allocate(capacity: experts)
+        outputNormSum.initialize(repeating: 0, count: experts)
         selected = Array(repeating: 0, count: experts)
         probSum = Array(repeating: 0, count: experts)
         gateSum = Array(repeating: 0, count: experts)
@@ -105,7 +115,7 @@ public final class RoutingBuffers {
 
     deinit {
         topExpert.deallocate(); slotKept.deallocate(); assignToken.deallocate(); assignSlot.deallocate()
-        expertStart.deallocate(); counts.deallocate()
+        expertStart.deallocate(); counts.deallocate(); outputNormSum.deallocate()
     }
 
     /// Number of kept assignments of expert e.
@@ -180,7 +190,7 @@ public final class RoutingBuffers {
         }
         // Statistics over valid tokens.
         validTokens = 0
-        for j in 0..<e { selected[j] = 0; probSum[j] = 0; gateSum[j] = 0 }
+        for j in 0..<e { selected[j] = 0; probSum[j] = 0; gateSum[j] = 0; outputNormSum[j] = 0 }
         entropySum = 0
         zSum = 0
         for i in 0..<n where valid[i] {

@@ -424,9 +424,10 @@ extension DecoderLayer {
                 linearForward(y: r.noisePre.pointer, x: xm, rows: n, weight: wn)
             }
             r.route(tokens: n, valid: valid, options: o, layer: l)
-            statistics?.record(layer: l, from: r)
             moeForward(out: out, x: xm, tokens: n, hidden: h, experts: weights.experts,
-                       adapters: ad.experts, cache: f.cache, routing: r, scratch: scratch, path: products)
+                       adapters: ad.experts, cache: f.cache, routing: r, scratch: scratch, path: products,
+                       outputNorms: o.expertOutputNorms ? r.outputNormSum : nil)
+            statistics?.record(layer: l, from: r)
             if let se = sharedExpert, let sa = f.shared {
                 sharedExpertForward(out: out, x: x, rows: n, hidden: h, weights: se, gate: weights.sharedExpertGate,
                                     adapters: ad.shared, cache: f.sharedCache, acts: sa, act: f.act, path: products)

@@ -14,6 +14,9 @@ public final class RoutingStatistics: @unchecked Sendable {
     public private(set) var probSum: [Double]    // [L * E]
     /// Final routing weights (after the family's top-k normalisation) summed per expert [L * E].
     public private(set) var gateSum: [Double]
+    /// Sums over the routed tokens of each expert's routing weight x the L2 norm of its output
+    /// (REAP; only with MoEOptions.expertOutputNorms, else 0) [L * E].
+    public private(set) var outputNormSum: [Double]
     public private(set) var entropySum: [Double] // [L]
     public private(set) var zSum: [Double]       // [L]
     /// Auxiliary loss values summed over the recorded forward passes, and how many.
@@ -28,13 +31,14 @@ public final class RoutingStatistics: @unchecked Sendable {
         dropped = Array(repeating: 0, count: layers)
         probSum = Array(repeating: 0, count: layers * experts)
         gateSum = Array(repeating: 0, count: layers * experts)
+        outputNormSum = Array(repeating: 0, count: layers * experts)
         entropySum = Array(repeating: 0, count: layers)
         zSum = Array(repeating: 0, count: layers)
     }
 
     public func reset() {
         for i in tokens.indices { tokens[i] = 0; dropped[i] = 0; entropySum[i] = 0; zSum[i] = 0 }
-        for i in selected.indices { selected[i] = 0; probSum[i] = 0; gateSum[i] = 0 }
+        for i in selected.indices { selected[i] = 0; probSum[i] = 0; gateSum[i] = 0; outputNormSum[i] = 0 }
         auxLossSum = 0; zLossSum = 0; passes = 0
     }
 
@@ -48,6 +52,7 @@ public final class RoutingStatistics: @unchecked Sendable {
             selected[l * experts + j] = Double(r.selected[j])
             probSum[l * experts + j] = r.probSum[j]
             gateSum[l * experts + j] = r.gateSum[j]
+            outputNormSum[l * experts + j] = r.outputNormSum[j]
         }
     }
 
@@ -57,13 +62,15 @@ public final class RoutingStatistics: @unchecked Sendable {
             tokens[i] += o.tokens[i]; dropped[i] += o.dropped[i]
             entropySum[i] += o.entropySum[i]; zSum[i] += o.zSum[i]
         }
-        for i in selected.indices { selected[i] += o.selected[i]; probSum[i] += o.probSum[i]; gateSum[i] += o.gateSum[i] }
+        for i in selected.indices { selected[i] += o.selected[i]; probSum[i] += o.probSum[i]; gateSum[i] += o.gateSum[i]
+            outputNormSum[i] += o.outputNormSum[i]
+        }
         auxLossSum += auxLoss; zLossSum += zLoss; passes += 1
     }
 
     /// Every sum as one array (to be summed over data-parallel ranks), and back.
     public func flattened() -> [Double] {
-        tokens.map(Double.init) + selected + dropped.map(Double.init) + probSum + entropySum + zSum + gateSum
+        tokens.map(Double.init) + selected + dropped.map(Double.init) + probSum + entropySum + zSum + gateSum + outputNormSum
             + [auxLossSum, zLossSum, Double(passes)]
     }
 
@@ -78,6 +85,7 @@ public final class RoutingStatistics: @unchecked Sendable {
         entropySum = Array(take(layers))
         zSum = Array(take(layers))
         gateSum = Array(take(layers * experts))
+        outputNormSum = Array(take(layers * experts))
         auxLossSum = v[i]; zLossSum = v[i + 1]; passes = Int(v[i + 2].rounded())
     }
 
