@@ -54,6 +54,11 @@ public enum MemoryEstimate {
     /// RLIMIT_AS (against the mapped size, /proc/self/statm), RLIMIT_DATA (against VmData)
     /// and the cgroup's memory limit (v2 memory.max, v1 memory.limit_in_bytes, against the
     /// usage less reclaimable page cache): the ones that are set, each with what is left.
+    /// The loaded model is counted as it is held: a GGUF base's block weights are its
+    /// file's read-only private mapping (GGMLWeight.init(mapped:)), file-backed pages that
+    /// the address-space limit counts in full (as the mapping did before, beside the copy),
+    /// VmData not at all, and the cgroup as page cache (less its inactive part); no limit
+    /// counts them as anonymous memory any more.
     /// A batch the machine could hold ended in "Fatal error: out of memory" under them.
     public static func processLimits(proc: String = "/proc/self", cgroupMount: String = "/sys/fs/cgroup",
                                       rlimit: (Int32) -> UInt64? = MemoryEstimate.softLimit) -> [Limit] {

@@ -59,9 +59,16 @@ package final class GGUFModelFile: @unchecked Sendable {
     /// The Hugging Face shape of tensor `name` (an expert's [rows, cols]).
     package func shape(_ name: String) -> [Int]? { byHF[name]?.shape }
 
+    /// Whether the rows of tensor `name` are stored permuted (llama.cpp's q/k order), so
+    /// that Hugging Face row r is not file row r.
+    private func isPermuted(_ name: String, rows: Int) -> Bool {
+        guard let heads = byHF[name]?.permuteHeads, heads > 0, rows % heads == 0, (rows / heads) % 2 == 0 else { return false }
+        return true
+    }
+
     /// Source row of Hugging Face row r of tensor `name`.
     private func sourceRow(_ name: String, rows: Int) -> (Int) -> Int {
-        guard let heads = byHF[name]?.permuteHeads, heads > 0, rows % heads == 0, (rows / heads) % 2 == 0 else { return { $0 } }
+        guard isPermuted(name, rows: rows), let heads = byHF[name]?.permuteHeads else { return { $0 } }
         let d = rows / heads, half = d / 2
         return { r in
             let h = r / d, w = r % d
@@ -103,10 +110,14 @@ package final class GGUFModelFile: @unchecked Sendable {
     }
 
     /// A weight [rows, cols] kept in its ggml block format, or nil when the file stores it
-    /// as F32/F16/BF16 (read as fp32 instead).
+    /// as F32/F16/BF16 (read as fp32 instead). Rows in the file's order are used where they
+    /// are, in the file's mapping (kept alive by the weight); permuted rows are copied.
     package func blockWeight(_ name: String, rows: Int, cols: Int) throws -> GGMLWeight? {
         let (e, base) = try checked(name, shape: [rows, cols])
         guard e.info.type.blockSize > 1 else { return nil }
+        if !isPermuted(name, rows: rows) {
+            return GGMLWeight(type: e.info.type, rows: rows, cols: cols, mapped: base, owner: file.mapping)
+        }
         defer { file.release(e.info) }
         return GGMLWeight(type: e.info.type, rows: rows, cols: cols, src: base, sourceRow: sourceRow(name, rows: rows))
     }

@@ -41,7 +41,8 @@ public final class GGUFFile: @unchecked Sendable {
     /// Offset of the data section from the start of the file.
     public let dataOffset: Int
     private let index: [String: Int]
-    private let mapping: MappedFile
+    /// The file's one read-only mapping; block weights of a model point into it and keep it.
+    package let mapping: MappedFile
     private var base: UnsafeRawPointer { mapping.base }
 
     public init(path: String) throws {
