@@ -23,6 +23,11 @@ cd "$(dirname "$0")/.."
 all=(safetensors peft jsonl yaml tokenizer template gguf)
 tally=fuzz/executions.tsv
 
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
+
 if [ "${1:-}" = --report ]; then
   [ -f "$tally" ] || { echo "fuzz: no tally yet ($tally)" >&2; exit 1; }
   awk -F'\t' 'NR > 1 {
