@@ -9,15 +9,16 @@
 # .build-fuzz/corpus/TARGET (where new inputs go); a crash, timeout or out-of-memory input
 # goes to .build-fuzz/artifacts/TARGET/. The SECONDS mode (CI: FUZZ_RUNS, FUZZ_SEED) leaves
 # fuzz/ alone. A --minutes sitting then merges the inputs found into fuzz/corpus/TARGET with
-# libFuzzer's -merge=1 (re-minimised each time: the seeds stay, and of the other inputs only
-# those that add coverage, smallest first, at most FUZZ_CORPUS_FILES files (300) and
-# FUZZ_CORPUS_KB KiB (1024) per target) and appends one line per target to fuzz/executions.tsv
-# (date, target, executions, seconds, coverage, crashes, corpus files, build); commit both.
+# libFuzzer's -merge=1 (re-minimised each time: the seeds stay; of the other inputs only those
+# that add coverage, those committed before first, then the new ones smallest first, at most
+# FUZZ_CORPUS_FILES files (300) and FUZZ_CORPUS_KB KiB (1024) per target) and appends one line
+# per target to fuzz/executions.tsv (date, target, executions, seconds, coverage, crashes,
+# corpus files, build); commit both.
 # Build: FUZZ_BUILD=debug|release (default: debug for the SECONDS mode, as CI has always run
 # it; release for --minutes); FUZZ_NO_BUILD=1 skips the build (a second sitting beside one
 # that is running, on other targets). Long sittings: run under nice -n 19 on a shared machine.
 # Exits 1 when any target found something. Reproduce one input (BUILD: debug or release):
-#   MOE_TUNE_FUZZ_TARGET=TARGET .build-fuzz/BUILD/moe-tune-fuzz FILE
+#   SWIFT_DETERMINISTIC_HASHING=1 MOE_TUNE_FUZZ_TARGET=TARGET .build-fuzz/BUILD/moe-tune-fuzz FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 all=(safetensors peft jsonl yaml tokenizer template gguf)
@@ -82,34 +83,42 @@ fi
 export MOE_TUNE_FUZZ_FIXTURES="$PWD/Tests/MoETuneTests/Fixtures"
 # Leaks are not findings here (the Swift runtime's caches look like leaks at exit).
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+# Swift seeds its hashing per process: with it fixed, Dictionary and Set orders, and so the
+# coverage an input gives, repeat from run to run (stable merges, findings that reproduce).
+export SWIFT_DETERMINISTIC_HASHING=1
 
 # Merges the inputs a sitting found into the committed corpus, re-minimising it: the seeds
-# (files not named by a 40-hex SHA-1, from make_corpus.py or added by hand) always stay; the
-# merged inputs already committed and those in .build-fuzz/corpus/TARGET go through libFuzzer's
-# -merge=1, which keeps, smallest first, only inputs that add coverage (features) to what the
-# seeds and the inputs kept before them cover; then the largest are left out while the target's
-# corpus would be over max_files files or max_kb KiB. Prints "added removed".
+# (files not named by a 40-hex SHA-1, from make_corpus.py or added by hand) always stay. Two
+# passes of libFuzzer's -merge=1, which keeps, smallest first, only inputs that add coverage
+# (features) to what the corpus being built already covers: first the merged inputs already
+# committed (those still adding coverage over the seeds stay, so the committed set changes
+# little), then those found in .build-fuzz/corpus/TARGET. Past max_files files or max_kb KiB
+# the largest new ones are left out. Prints "added removed".
 merge_corpus() {
-  local t=$1 max_len=$2 dir="fuzz/corpus/$1" tmp=".build-fuzz/merge/$1"
+  local t=$1 max_len=$2 dir="fuzz/corpus/$1" tmp=".build-fuzz/merge/$1" dir_abs="$PWD/fuzz/corpus/$1"
   rm -rf "$tmp"; mkdir -p "$tmp/out" "$tmp/pool" "$dir"
-  local f size files=0 bytes=0 added=0 removed=0
+  local f size files=0 bytes=0 added=0 removed=0 pass
   for f in "$dir"/*; do
     [ -f "$f" ] || continue
     if [[ "$(basename "$f")" =~ ^[0-9a-f]{40}$ ]]; then cp "$f" "$tmp/pool/"; else
       cp "$f" "$tmp/out/"; files=$((files + 1)); bytes=$((bytes + $(stat -c %s "$f"))); fi
   done
-  if ! MOE_TUNE_FUZZ_TARGET="$t" "$bin" -merge=1 "$tmp/out" "$tmp/pool" ".build-fuzz/corpus/$t" \
-      -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
-      -artifact_prefix=".build-fuzz/artifacts/$t/" >".build-fuzz/$t.merge.log" 2>&1; then
-    echo "fuzz: $t: merge failed (corpus left as it was), see .build-fuzz/$t.merge.log" >&2
-    echo "0 0"; return
-  fi
+  for pass in "$tmp/pool" ".build-fuzz/corpus/$t"; do
+    if ! MOE_TUNE_FUZZ_TARGET="$t" "$bin" -merge=1 "$tmp/out" "$pass" \
+        -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix=".build-fuzz/artifacts/$t/" >>".build-fuzz/$t.merge.log" 2>&1; then
+      echo "fuzz: $t: merge failed (corpus left as it was), see .build-fuzz/$t.merge.log" >&2
+      echo "0 0"; return
+    fi
+  done
   local keep=()
   while read -r size f; do
     [[ "$f" =~ ^[0-9a-f]{40}$ ]] || continue
     if [ $((files + 1)) -gt "$max_files" ] || [ $((bytes + size)) -gt $((max_kb * 1024)) ]; then continue; fi
     keep+=("$f"); files=$((files + 1)); bytes=$((bytes + size))
-  done < <(find "$tmp/out" -maxdepth 1 -type f -printf '%s %f\n' | sort -n)
+  done < <(cd "$tmp/out" && for f in *; do
+             [ -e "$dir_abs/$f" ] && o=0 || o=1; printf '%s %s %s\n' "$o" "$(stat -c %s "$f")" "$f"
+           done | sort -k1,1n -k2,2n | cut -d' ' -f2-)
   for f in "$dir"/*; do
     [[ "$(basename "$f")" =~ ^[0-9a-f]{40}$ ]] || continue
     [[ " ${keep[*]:-} " == *" $(basename "$f") "* ]] || { rm "$f"; removed=$((removed + 1)); }
@@ -149,6 +158,7 @@ for t in "${targets[@]}"; do
   [ "$rc" -ne 0 ] && [ "$crashes" -eq 0 ] && crashes=1
   extra=""
   if [ -n "$minutes" ]; then
+    : >".build-fuzz/$t.merge.log"
     read -r added removed < <(merge_corpus "$t" "$max_len")
     files=$(find "fuzz/corpus/$t" -maxdepth 1 -type f | wc -l)
     [ -f "$tally" ] || printf 'date\ttarget\texecutions\tseconds\tcoverage\tcrashes\tcorpus_files\tbuild\n' >"$tally"
