@@ -9,11 +9,11 @@
 # .build-fuzz/corpus/TARGET (where new inputs go); a crash, timeout or out-of-memory input
 # goes to .build-fuzz/artifacts/TARGET/. The SECONDS mode (CI: FUZZ_RUNS, FUZZ_SEED) leaves
 # fuzz/ alone. A --minutes sitting then merges the inputs found into fuzz/corpus/TARGET with
-# libFuzzer's -merge=1 (re-minimised each time: the seeds stay; of the other inputs only those
-# that add coverage, those committed before first, then the new ones smallest first, at most
-# FUZZ_CORPUS_FILES files (300) and FUZZ_CORPUS_KB KiB (1024) per target) and appends one line
-# per target to fuzz/executions.tsv (date, target, executions, seconds, coverage, crashes,
-# corpus files, build); commit both.
+# libFuzzer's -merge=1 and -set_cover_merge=1 (re-minimised each time: the seeds stay; of the
+# other inputs only those that add coverage, those committed before first, then the new ones
+# smallest first, at most FUZZ_CORPUS_FILES files (500) and FUZZ_CORPUS_KB KiB (1024) per
+# target) and appends one line per target to fuzz/executions.tsv (date, target, executions,
+# seconds, coverage, crashes, corpus files, build); commit both.
 # Build: FUZZ_BUILD=debug|release (default: debug for the SECONDS mode, as CI has always run
 # it; release for --minutes); FUZZ_NO_BUILD=1 skips the build (a second sitting beside one
 # that is running, on other targets). Long sittings: run under nice -n 19 on a shared machine.
@@ -62,7 +62,7 @@ for t in "${targets[@]}"; do
 done
 [[ "$secs" =~ ^[0-9]+$ ]] || { echo "fuzz: SECONDS must be a whole number" >&2; exit 2; }
 [[ "$build" = debug || "$build" = release ]] || { echo "fuzz: FUZZ_BUILD must be debug or release" >&2; exit 2; }
-max_files="${FUZZ_CORPUS_FILES:-300}"
+max_files="${FUZZ_CORPUS_FILES:-500}"
 max_kb="${FUZZ_CORPUS_KB:-1024}"
 
 bin=.build-fuzz/$build/moe-tune-fuzz
@@ -89,11 +89,12 @@ export SWIFT_DETERMINISTIC_HASHING=1
 
 # Merges the inputs a sitting found into the committed corpus, re-minimising it: the seeds
 # (files not named by a 40-hex SHA-1, from make_corpus.py or added by hand) always stay. Two
-# passes of libFuzzer's -merge=1, which keeps, smallest first, only inputs that add coverage
-# (features) to what the corpus being built already covers: first the merged inputs already
-# committed (those still adding coverage over the seeds stay, so the committed set changes
-# little), then those found in .build-fuzz/corpus/TARGET. Past max_files files or max_kb KiB
-# the largest new ones are left out. Prints "added removed".
+# passes that keep only inputs adding coverage (libFuzzer's features) to what the corpus being
+# built already covers: first -merge=1 over the merged inputs already committed (smallest
+# first; those still adding coverage over the seeds stay, so the committed set changes little),
+# then -set_cover_merge=1 over those found in .build-fuzz/corpus/TARGET (a greedy set cover:
+# fewer files than -merge=1 for the same features). Past max_files files or max_kb KiB the
+# largest new ones are left out. Prints "added removed".
 merge_corpus() {
   local t=$1 max_len=$2 dir="fuzz/corpus/$1" tmp=".build-fuzz/merge/$1" dir_abs="$PWD/fuzz/corpus/$1"
   rm -rf "$tmp"; mkdir -p "$tmp/out" "$tmp/pool" "$dir"
@@ -103,8 +104,8 @@ merge_corpus() {
     if [[ "$(basename "$f")" =~ ^[0-9a-f]{40}$ ]]; then cp "$f" "$tmp/pool/"; else
       cp "$f" "$tmp/out/"; files=$((files + 1)); bytes=$((bytes + $(stat -c %s "$f"))); fi
   done
-  for pass in "$tmp/pool" ".build-fuzz/corpus/$t"; do
-    if ! MOE_TUNE_FUZZ_TARGET="$t" "$bin" -merge=1 "$tmp/out" "$pass" \
+  for pass in "merge $tmp/pool" "set_cover_merge .build-fuzz/corpus/$t"; do
+    if ! MOE_TUNE_FUZZ_TARGET="$t" "$bin" -"${pass%% *}"=1 "$tmp/out" "${pass#* }" \
         -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix=".build-fuzz/artifacts/$t/" >>".build-fuzz/$t.merge.log" 2>&1; then
       echo "fuzz: $t: merge failed (corpus left as it was), see .build-fuzz/$t.merge.log" >&2
