@@ -4,6 +4,7 @@
 #   bash scripts/fuzz.sh [all|TARGET[,TARGET...]] [SECONDS]      (defaults: all, 60)
 #   bash scripts/fuzz.sh --minutes N [all|TARGET[,TARGET...]]    a sitting: N minutes PER target
 #   bash scripts/fuzz.sh --report                                 the tally's totals per target
+#                                       (and how far each is towards 2 million executions)
 # Targets: safetensors peft jsonl yaml tokenizer template gguf. Both modes start from the
 # committed corpus fuzz/corpus/TARGET plus the inputs earlier runs found in
 # .build-fuzz/corpus/TARGET (where new inputs go); a crash, timeout or out-of-memory input
@@ -37,9 +38,10 @@ if [ "${1:-}" = --report ]; then
       last[$2] = substr($1, 1, 10)
     }
     END {
-      printf "%-12s %8s %14s %9s %9s %8s %7s %7s  %s\n", "target", "sittings", "executions", "seconds", "exec/s", "coverage", "crashes", "corpus", "dates"
-      for (i = 1; i <= k; i++) { t = order[i]
-        printf "%-12s %8d %14d %9d %9.0f %8s %7d %7s  %s..%s\n", t, n[t], ex[t], s[t], s[t] ? ex[t] / s[t] : 0, cov[t], cr[t], files[t], first[t], last[t] }
+      printf "%-12s %8s %14s %9s %9s %8s %7s %7s %7s  %s\n", "target", "sittings", "executions", "seconds", "exec/s", "coverage", "crashes", "corpus", "of 2M", "dates"
+      for (i = 1; i <= k; i++) { t = order[i]; E += ex[t]; S += s[t]; C += cr[t]
+        printf "%-12s %8d %14d %9d %9.0f %8s %7d %7s %6.0f%%  %s..%s\n", t, n[t], ex[t], s[t], s[t] ? ex[t] / s[t] : 0, cov[t], cr[t], files[t], ex[t] / 20000, first[t], last[t] }
+      printf "%-12s %8s %14d %9d %9s %8s %7d\n", "all", "", E, S, "", "", C
     }' "$tally"
   exit 0
 fi
