@@ -38,7 +38,8 @@ extension Trainer {
         // (the last token picked is never fed back), so a training row holds cache + 1 <= max_seq_len.
         let cache = min(longest + g.maxNewTokens, tc.maxSeqLen - 1), seq = cache + 1
         let rows = tc.batchSize * g.groupSize
-        try checkGRPOMemory(model.config, rows: rows, seq: seq)
+        try requireWholeHeadFits(model.config, rows: rows, seq: seq, batch: "\(rows) completions of up to \(seq) tokens",
+                                 lower: "training.batch_size, grpo.group_size or grpo.max_new_tokens")
         let state = ForwardState(config: model.config, batch: rows, seq: seq, training: true,
                                  loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil)
         state.scoredOnly = true
@@ -99,16 +100,6 @@ extension Trainer {
         return (train, valid, try c.data.test.map { try load($0, "test") })
     }
 
-    /// Refuses a micro-batch whose activations (whole head: [batch_size x group_size x seq, V]) would not fit.
-    private func checkGRPOMemory(_ mc: ModelConfig, rows: Int, seq: Int) throws {
-        let needed = MemoryEstimate.trainingBytes(config: mc, rows: rows, seq: seq, headChunkRows: nil)
-        let limits = [MemoryEstimate.physicalBytes.map { ("this machine's memory", $0) }].compactMap { $0 }
-            + MemoryEstimate.processLimits().map { ($0.what, $0.left - MemoryEstimate.processMargin) }
-        for (what, left) in limits where needed > left {
-            throw MoETuneError.config(path: configPath, key: "training.batch_size",
-                message: "a micro-batch of \(rows) completions of up to \(seq) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than \(MemoryEstimate.format(max(left, 0))) (\(what)); lower training.batch_size, grpo.group_size or grpo.max_new_tokens")
-        }
-    }
 }
 
 /// Micro-batch m of a GRPO run: the prompts of batch m % perEpoch of epoch m / perEpoch (a
