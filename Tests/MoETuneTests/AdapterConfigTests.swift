@@ -46,6 +46,10 @@ final class AdapterConfigTests: XCTestCase {
         try refuse(["adapter_config.json", "r:", "has rank 4", "gives 8"]) { $0["r"] = 8 }
         try refuse(["adapter_config.json", "alpha_pattern", "not a valid regular expression"]) { $0["alpha_pattern"] = ["q_proj[": 2] }
         try refuse(["adapter_config.json", "alpha_pattern", "not a number"]) { $0["alpha_pattern"] = ["q_proj": "2"] }
+        // A rank that Int() cannot hold trapped (a fuzzing find); a fraction is no rank either.
+        try refuse(["adapter_config.json", "rank_pattern", "not a rank"]) { $0["rank_pattern"] = [".*": 1e300] }
+        try refuse(["adapter_config.json", "rank_pattern", "not a rank"]) { $0["rank_pattern"] = [".*": 4.5] }
+        try refuse(["adapter_config.json", "rank_pattern", "not a rank"]) { $0["rank_pattern"] = [".*": 0] }
         try refuse(["adapter_config.json", "target_modules", "match none"]) { $0["target_modules"] = ["nothing_proj"] }
         try refuse(["adapter_model.safetensors", "lora_B.weight' has no lora_A"], edit: { _ in },
                    dropTensor: { $0.contains("layers.0.self_attn.q_proj.lora_A") })

@@ -230,6 +230,10 @@ public enum PEFTAdapter {
                 guard let v = (dict[k] as? NSNumber)?.doubleValue, !isJSONBool(dict[k]), v.isFinite else {
                     throw MoETuneError.config(path: configPath, key: key, message: "\(Printable.quoted(k)) has \(dict[k].map { "\($0)" } ?? "no value"), not a number")
                 }
+                // A rank is a whole number that fits in memory (Int(1e300) would trap).
+                if key == "rank_pattern", v.rounded() != v || !(1...Double(1 << 20)).contains(v) {
+                    throw MoETuneError.config(path: configPath, key: key, message: "\(Printable.quoted(k)) has \(v), not a rank (a whole number in 1...\(1 << 20))")
+                }
                 guard let re = try? NSRegularExpression(pattern: "^(.*\\.)?(\(k))$") else {
                     throw MoETuneError.config(path: configPath, key: key, message: "\(Printable.quoted(k)) is not a valid regular expression")
                 }
