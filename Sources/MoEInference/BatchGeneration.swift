@@ -145,21 +145,31 @@ public final class BatchGenerator {
         }
     }
 
-    /// Fills free slots with waiting requests: prefill, then the first token.
+    /// Fills free slots with waiting requests: their prompts prefilled together (one batch of
+    /// rows), then each one's first token. A request that ends at its first token frees its
+    /// slot for the next round.
     private func admit(onToken: (Int, Int32) -> Void, onFinish: (Int, GenerationResult) -> Void) throws {
-        for slot in 0..<decoder.slots where active[slot] == nil {
-            while active[slot] == nil, waitingHead < waiting.count {
-                let (id, r) = waiting[waitingHead]
-                waitingHead += 1
-                decoder.reset(slot: slot)
-                let t0 = Date()
-                let logits = try decoder.prefill(r.prompt, slot: slot)
-                timings.promptSeconds += Date().timeIntervalSince(t0)
-                timings.promptTokens += r.prompt.count
-                active[slot] = Active(request: id, sampler: TokenSampler(options: r.options, vocab: vocab),
-                                      budget: r.options.maxNewTokens)
-                accept(slot: slot, logits: logits, onToken: onToken, onFinish: onFinish)
-            }
+        var slots: [Int] = [], prompts: [[Int32]] = []
+        for slot in 0..<decoder.slots where active[slot] == nil && waitingHead < waiting.count {
+            let (id, r) = waiting[waitingHead]
+            waitingHead += 1
+            decoder.reset(slot: slot)
+            active[slot] = Active(request: id, sampler: TokenSampler(options: r.options, vocab: vocab),
+                                  budget: r.options.maxNewTokens)
+            slots.append(slot)
+            prompts.append(r.prompt)
+        }
+        guard !slots.isEmpty else { return }
+        let t0 = Date()
+        let logits: UnsafeMutablePointer<Float>
+        do { logits = try decoder.prefill(batch: prompts, slots: slots) } catch {
+            for slot in slots { active[slot] = nil }
+            throw error
+        }
+        timings.promptSeconds += Date().timeIntervalSince(t0)
+        timings.promptTokens += prompts.reduce(0) { $0 + $1.count }
+        for (i, slot) in slots.enumerated() {
+            accept(slot: slot, logits: logits + i * vocab, onToken: onToken, onFinish: onFinish)
         }
     }
 

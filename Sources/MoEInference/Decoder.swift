@@ -82,6 +82,7 @@ public final class Decoder {
     public func step(_ token: Int32) throws -> UnsafeMutablePointer<Float> {
         state.tokens[0] = token
         state.slotOf[0] = 0
+        state.outRows[0] = 0
         try run(rows: 1, outputs: 1)
         return state.logits.pointer
     }
@@ -100,9 +101,53 @@ public final class Decoder {
             let n = min(maxRows, tokens.count - i)
             for r in 0..<n { state.tokens[r] = tokens[i + r]; state.slotOf[r] = Int32(slot) }
             i += n
+            state.outRows[0] = Int32(n - 1)
             try run(rows: n, outputs: i == tokens.count ? 1 : 0)
         }
         return state.logits.pointer
+    }
+
+    /// Feeds several prompts at once, prompt i to slot slots[i] (distinct slots): their rows
+    /// share calls of up to maxRows rows, so each weight is read once per call for all of
+    /// them. Returns logits [prompts.count, V], row i the next token's after prompt i. Every
+    /// prompt is checked before any is fed: a refused batch leaves every slot as it was.
+    @discardableResult
+    public func prefill(batch prompts: [[Int32]], slots promptSlots: [Int]) throws -> UnsafeMutablePointer<Float> {
+        try checkBatch(prompts, slots: promptSlots)
+        var rows = 0, outputs = 0, done = 0
+        for (p, tokens) in prompts.enumerated() {
+            for (t, token) in tokens.enumerated() {
+                state.tokens[rows] = token
+                state.slotOf[rows] = Int32(promptSlots[p])
+                if t == tokens.count - 1 { state.outRows[outputs] = Int32(rows); outputs += 1 }
+                rows += 1
+                if rows == maxRows {
+                    try run(rows: rows, outputs: outputs, logitRow: done)
+                    done += outputs; rows = 0; outputs = 0
+                }
+            }
+        }
+        if rows > 0 { try run(rows: rows, outputs: outputs, logitRow: done) }
+        return state.logits.pointer
+    }
+
+    /// A batch of prompts fits: as many as there are slots, each slot once, none empty, each
+    /// within its slot's room, every token in the vocabulary.
+    private func checkBatch(_ prompts: [[Int32]], slots promptSlots: [Int]) throws {
+        guard prompts.count == promptSlots.count, prompts.count <= slots else {
+            throw MoETuneError.invalid("a batched prefill takes 1...\(slots) prompts, one slot each; got \(prompts.count)")
+        }
+        guard Set(promptSlots).count == promptSlots.count else { throw MoETuneError.invalid("a slot appears twice in a batched prefill") }
+        for (tokens, slot) in zip(prompts, promptSlots) {
+            guard !tokens.isEmpty else { throw MoETuneError.invalid("the prompt is empty") }
+            guard (0..<slots).contains(slot) else { throw MoETuneError.invalid("slot \(slot) is outside 0..<\(slots)") }
+            guard lengths[slot] + tokens.count <= maxLength else {
+                throw MoETuneError.invalid("the prompt has \(tokens.count) tokens; \(maxLength - lengths[slot]) fit in the sequence")
+            }
+            if let bad = tokens.first(where: { $0 < 0 || Int($0) >= c.vocabSize }) {
+                throw MoETuneError.invalid("token id \(bad) is outside the model's vocabulary of \(c.vocabSize)")
+            }
+        }
     }
 
     /// One decoding step of several sequences: token tokens[i] goes to slot slots[i] (each
@@ -114,21 +159,21 @@ public final class Decoder {
         guard n == rowSlots.count, n >= 1, n <= slots else {
             throw MoETuneError.invalid("a decoding step takes 1...\(slots) tokens, one per slot; got \(n)")
         }
-        for i in 0..<n { state.tokens[i] = tokens[i]; state.slotOf[i] = rowSlots[i] }
+        for i in 0..<n { state.tokens[i] = tokens[i]; state.slotOf[i] = rowSlots[i]; state.outRows[i] = Int32(i) }
         try run(rows: n, outputs: n)
         return state.logits.pointer
     }
 
-    /// Runs rows 0..<n of state.tokens / state.slotOf at their slots' next positions; the last
-    /// `outputs` rows' logits go to logits rows 0..<outputs.
-    private func run(rows n: Int, outputs: Int) throws {
+    /// Runs rows 0..<n of state.tokens / state.slotOf at their slots' next positions; the
+    /// logits of rows state.outRows[0..<outputs] go to logits rows logitRow..<logitRow+outputs.
+    private func run(rows n: Int, outputs: Int, logitRow: Int = 0) throws {
         try placeRows(n)
         let h = c.hiddenSize, x = state.x.pointer
         for i in 0..<n { embed(row: i, token: state.tokens[i], into: x + i * h) }
         var o = model.moe
         o.training = false
         for l in 0..<c.numLayers { layer(l, rows: n, options: o) }
-        head(rows: n, outputs: outputs)
+        head(outputs: outputs, logitRow: logitRow)
     }
 
     /// Checks every row, then gives each its slot's next position; the slots' lengths move
@@ -205,15 +250,17 @@ public final class Decoder {
         }
     }
 
-    /// logits [outputs, V] of the last `outputs` rows.
-    private func head(rows n: Int, outputs m: Int) {
+    /// logits [outputs, V] of rows state.outRows[0..<outputs], into logits rows from `logitRow`.
+    private func head(outputs m: Int, logitRow: Int) {
         guard m > 0 else { return }
-        let s = state, h = c.hiddenSize, first = n - m
-        rmsnormForward(out: s.ln.pointer, rstd: s.rstd.pointer, x: s.x.pointer + first * h, weight: model.finalNorm,
-                       rows: m, cols: h, eps: c.rmsNormEps)
-        linearForward(y: s.logits.pointer, x: s.ln.pointer, rows: m, weight: lmHead, path: products)
-        if let lh = adapters?.head { loraForward(y: s.logits.pointer, x: s.ln.pointer, rows: m, adapter: lh, u: s.u.pointer) }
-        if c.logitsScaling != 1 { divideInPlace(s.logits.pointer, count: m * c.vocabSize, by: c.logitsScaling) }
+        let s = state, h = c.hiddenSize, y = s.logits.pointer + logitRow * c.vocabSize
+        for j in 0..<m {
+            rmsnormForward(out: s.ln.pointer + j * h, rstd: s.rstd.pointer + j, x: s.x.pointer + Int(s.outRows[j]) * h,
+                           weight: model.finalNorm, rows: 1, cols: h, eps: c.rmsNormEps)
+        }
+        linearForward(y: y, x: s.ln.pointer, rows: m, weight: lmHead, path: products)
+        if let lh = adapters?.head { loraForward(y: y, x: s.ln.pointer, rows: m, adapter: lh, u: s.u.pointer) }
+        if c.logitsScaling != 1 { divideInPlace(y, count: m * c.vocabSize, by: c.logitsScaling) }
     }
 }
 
@@ -224,6 +271,8 @@ final class DecoderState {
     /// Per layer [slots, maxLength, nKV*D], after RoPE.
     let keyCache: [FloatBuffer], valueCache: [FloatBuffer]
     let tokens: UnsafeMutableBufferPointer<Int32>, slotOf: UnsafeMutableBufferPointer<Int32>
+    /// The rows whose logits a call computes, in the order of the logits' rows.
+    let outRows: UnsafeMutableBufferPointer<Int32>
     let positions: UnsafeMutableBufferPointer<Int32>
     let valid: UnsafeMutableBufferPointer<Bool>
     let x: FloatBuffer, ln: FloatBuffer, rstd: FloatBuffer   // [rows, H], [rows, H], [rows]
@@ -250,6 +299,7 @@ final class DecoderState {
         valueCache = (0..<c.numLayers).map { _ in FloatBuffer(count: slots * maxLength * c.kvDim, zeroed: false) }
         tokens = .allocate(capacity: n); tokens.initialize(repeating: 0)
         slotOf = .allocate(capacity: n); slotOf.initialize(repeating: 0)
+        outRows = .allocate(capacity: n); outRows.initialize(repeating: 0)
         positions = .allocate(capacity: n); positions.initialize(repeating: 0)
         valid = .allocate(capacity: n); valid.initialize(repeating: true)
         let h = c.hiddenSize
@@ -273,7 +323,7 @@ final class DecoderState {
     }
 
     deinit {
-        tokens.deallocate(); slotOf.deallocate(); positions.deallocate(); valid.deallocate()
+        tokens.deallocate(); slotOf.deallocate(); outRows.deallocate(); positions.deallocate(); valid.deallocate()
     }
 
     func keys(layer l: Int, slot: Int) -> UnsafePointer<Float> { UnsafePointer(keyCache[l].pointer + slot * maxLength * c.kvDim) }
