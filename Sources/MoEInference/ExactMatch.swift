@@ -13,7 +13,31 @@ public struct ExactMatchResult: Sendable {
     /// Per "task" field: (correct, total).
     public var perTask: [String: (correct: Int, total: Int)]
     public var samples: [(prompt: String, expected: String, generated: String)]
+    /// Every scored example's answer, in data order.
+    public var answers: [Answer] = []
+    /// The prompts' and the decoding steps' tokens and seconds.
+    public var timings = GenerationTimings()
     public var accuracy: Double { total > 0 ? Double(correct) / Double(total) : 0 }
+
+    /// One example's expected and generated text (both as given, untrimmed) and whether they matched.
+    public struct Answer: Sendable, Equatable {
+        public var task: String?
+        public var expected: String
+        public var generated: String
+        public var correct: Bool
+    }
+
+    /// The answers as JSON lines: {"correct", "expected", "generated", "task"} per example.
+    public func answersJSONL() throws -> Data {
+        var out = Data()
+        for a in answers {
+            var obj: [String: Any] = ["expected": a.expected, "generated": a.generated, "correct": a.correct]
+            if let task = a.task { obj["task"] = task }
+            out.append(try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
+            out.append(0x0A)
+        }
+        return out
+    }
 }
 
 public enum ExactMatch {
@@ -42,6 +66,7 @@ public enum ExactMatch {
             progress?(done, items.count)
         }
         var result = ExactMatchResult(correct: 0, total: 0, perTask: [:], samples: [])
+        result.timings = generator.timings
         for (i, ex) in items.enumerated() {
             try score(ex, prompt: prompts[i], generated: try tokenizer.decode(generated[i]), tokenizer: tokenizer, into: &result)
         }
@@ -54,6 +79,7 @@ public enum ExactMatch {
         let ok = generated.trimmingCharacters(in: .whitespacesAndNewlines) == ex.reply!.trimmingCharacters(in: .whitespacesAndNewlines)
         result.total += 1
         if ok { result.correct += 1 }
+        result.answers.append(.init(task: ex.task, expected: ex.reply!, generated: generated, correct: ok))
         if let task = ex.task {
             var t = result.perTask[task] ?? (0, 0)
             t.total += 1

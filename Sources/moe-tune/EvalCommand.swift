@@ -66,6 +66,9 @@ struct EvalCommand: ParsableCommand {
     @Flag(help: "Print exactly one JSON object on stdout.")
     var json = false
 
+    @Option(help: "With --generate: write every answer as a JSON line {correct, expected, generated, task}, in data order, to this new file.")
+    var predictions: String?
+
     func validate() throws {
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard maxSeqLen >= 2 else { throw ValidationError("--max-seq-len must be at least 2") }
@@ -74,11 +77,15 @@ struct EvalCommand: ParsableCommand {
         _ = try parseBaseDType(baseDType)
         guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1") }
         if let parallel, !(1...256).contains(parallel) { throw ValidationError("--parallel must be in 1...256, got \(parallel)") }
+        if predictions != nil, !generate { throw ValidationError("--predictions needs --generate") }
         guard maxNewTokens <= maxNewTokensLimit else { throw ValidationError("--max-new-tokens must be at most \(maxNewTokensLimit), got \(maxNewTokens)") }
     }
 
     func run() throws {
         try runReportingErrors {
+            if let predictions, FileManager.default.fileExists(atPath: predictions) {
+                throw MoETuneError.invalid("--predictions \(predictions) exists; moe-tune does not overwrite it (remove it or choose another name)")
+            }
             let base = try parseBaseDType(baseDType)
             noteBaseDType(base)
             let loaded = try LoadedModel.load(directory: model, quantize: quantize == nil ? nil : QuantizationSpec(doubleQuant: true), base: base)
@@ -109,48 +116,56 @@ struct EvalCommand: ParsableCommand {
                 em = try ExactMatch.evaluate(model: loaded.model, adapters: adapters, tokenizer: loaded.tokenizer, dataset: dataset,
                                              maxNewTokens: maxNewTokens, extraStopIds: endOfTurn, parallel: lanes,
                                              products: exact ? .exact : .fast) { genProgress.update(done: $0, total: $1) }
+                reportSpeed(em!.timings)
             }
-            if json {
-                // A loss above ~709 overflows exp: the perplexity is then null, never an invalid number.
-                var obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity.isFinite ? r.perplexity : NSNull(),
-                                          "tokens": r.tokens, "examples": r.examples]
-                if expertStats, let routing = r.routing { obj["expert_stats"] = routing.summary() }
-                if let em {
-                    obj["exact_match"] = em.accuracy
-                    obj["per_task"] = em.perTask.mapValues { ["exact_match": $0.total > 0 ? Double($0.correct) / Double($0.total) : 0,
-                                                              "correct": $0.correct, "examples": $0.total] }
-                }
-                // Valid JSON or nothing: an object that cannot be encoded is an error on stderr.
-                guard JSONSerialization.isValidJSONObject(obj), let json = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else {
-                    throw MoETuneError.invalid("the results hold a value JSON cannot encode (a NaN or infinite statistic); run without --json to see them")
-                }
-                print(String(decoding: json, as: UTF8.self))
+            if let predictions, let em { try AtomicFile.write(try em.answersJSONL(), to: predictions) }
+            if json { try printJSON(r, em) } else { printText(r, em, family: loaded.model.config.family.name) }
+        }
+    }
+
+    /// One JSON object: loss, perplexity, tokens, examples; expert_stats, exact_match and per_task when asked.
+    private func printJSON(_ r: EvalResult, _ em: ExactMatchResult?) throws {
+        // A loss above ~709 overflows exp: the perplexity is then null, never an invalid number.
+        var obj: [String: Any] = ["loss": r.loss, "perplexity": r.perplexity.isFinite ? r.perplexity : NSNull(),
+                                  "tokens": r.tokens, "examples": r.examples]
+        if expertStats, let routing = r.routing { obj["expert_stats"] = routing.summary() }
+        if let em {
+            obj["exact_match"] = em.accuracy
+            obj["per_task"] = em.perTask.mapValues { ["exact_match": $0.total > 0 ? Double($0.correct) / Double($0.total) : 0,
+                                                      "correct": $0.correct, "examples": $0.total] }
+        }
+        // Valid JSON or nothing: an object that cannot be encoded is an error on stderr.
+        guard JSONSerialization.isValidJSONObject(obj), let json = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) else {
+            throw MoETuneError.invalid("the results hold a value JSON cannot encode (a NaN or infinite statistic); run without --json to see them")
+        }
+        print(String(decoding: json, as: UTF8.self))
+    }
+
+    /// The results as text: loss and perplexity, exact match per task with three samples, the expert table.
+    private func printText(_ r: EvalResult, _ em: ExactMatchResult?, family: String) {
+        print("""
+        model       \(model)\(adapter.isEmpty ? "" : " + adapter " + adapter.joined(separator: ", "))
+        data        \(data) (\(r.examples) examples, \(r.tokens) scored tokens\(r.truncated > 0 ? ", \(r.truncated) truncated" : ""))
+        loss        \(String(format: "%.6f", r.loss))
+        perplexity  \(String(format: "%.4f", r.perplexity))
+        time        \(String(format: "%.2f", r.seconds)) s (\(String(format: "%.0f", Double(r.tokens) / max(r.seconds, 1e-9))) scored tokens/s)
+        """)
+        if let em {
+            print(String(format: "exact match %.1f%% (%d of %d)", 100 * em.accuracy, em.correct, em.total))
+            for task in em.perTask.keys.sorted() {
+                let t = em.perTask[task]!
+                let name = task.count < 14 ? task + String(repeating: " ", count: 14 - task.count) : task
+                print("  " + name + String(format: " %5.1f%% (%d of %d)", 100 * Double(t.correct) / Double(max(t.total, 1)), t.correct, t.total))
+            }
+            for s in em.samples.prefix(3) {
+                print("  e.g. \(s.prompt.debugDescription) -> \(s.generated.debugDescription) (expected \(s.expected.debugDescription))")
+            }
+        }
+        if expertStats {
+            if let routing = r.routing {
+                print("\nexpert load (share of each layer's assignments, valid tokens only)\n" + expertTable(routing))
             } else {
-                print("""
-                model       \(model)\(adapter.isEmpty ? "" : " + adapter " + adapter.joined(separator: ", "))
-                data        \(data) (\(r.examples) examples, \(r.tokens) scored tokens\(r.truncated > 0 ? ", \(r.truncated) truncated" : ""))
-                loss        \(String(format: "%.6f", r.loss))
-                perplexity  \(String(format: "%.4f", r.perplexity))
-                time        \(String(format: "%.2f", r.seconds)) s (\(String(format: "%.0f", Double(r.tokens) / max(r.seconds, 1e-9))) scored tokens/s)
-                """)
-                if let em {
-                    print(String(format: "exact match %.1f%% (%d of %d)", 100 * em.accuracy, em.correct, em.total))
-                    for task in em.perTask.keys.sorted() {
-                        let t = em.perTask[task]!
-                        let name = task.count < 14 ? task + String(repeating: " ", count: 14 - task.count) : task
-                        print("  " + name + String(format: " %5.1f%% (%d of %d)", 100 * Double(t.correct) / Double(max(t.total, 1)), t.correct, t.total))
-                    }
-                    for s in em.samples.prefix(3) {
-                        print("  e.g. \(s.prompt.debugDescription) -> \(s.generated.debugDescription) (expected \(s.expected.debugDescription))")
-                    }
-                }
-                if expertStats {
-                    if let routing = r.routing {
-                        print("\nexpert load (share of each layer's assignments, valid tokens only)\n" + expertTable(routing))
-                    } else {
-                        print("\n(no experts: \(loaded.model.config.family.name) is a dense model)")
-                    }
-                }
+                print("\n(no experts: \(family) is a dense model)")
             }
         }
     }

@@ -116,6 +116,46 @@ final class GenerationTests: XCTestCase {
         }
     }
 
+    /// Several prompts prefilled in one batch of rows (mixed across chunks, with a head
+    /// adapter and MoE layers) give each prompt's logits alone, and the same next step.
+    func testBatchedPrefillMatchesEachPromptAlone() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        let adapters = try PEFTAdapter.load(directory: Fixtures.dir("train-mixtral"), model: model)
+        let v = model.config.vocabSize
+        let prompts: [[Int32]] = [[1, 40, 47, 53], [1, 90, 97, 103, 9, 11, 12], [1, 150]]
+        for maxRows in [3, 5, 64] {
+            let batched = Decoder(model: model, adapters: adapters, maxLength: 32, slots: 3, maxRows: maxRows)
+            let logits = try batched.prefill(batch: [prompts[2], prompts[0], prompts[1]], slots: [2, 0, 1])
+            for (i, s) in [2, 0, 1].enumerated() {
+                let alone = Decoder(model: model, adapters: adapters, maxLength: 32)
+                let want = try alone.prefill(prompts[s])
+                var worst: Float = 0
+                for j in 0..<v { worst = max(worst, abs(want[j] - logits[i * v + j])) }
+                XCTAssertLessThan(worst, 1e-4, "prompt \(s), maxRows \(maxRows)")
+                XCTAssertEqual(batched.length(of: s), prompts[s].count)
+            }
+            let next: [Int32] = [7], slot: [Int32] = [1]
+            let out = try next.withUnsafeBufferPointer { t in try slot.withUnsafeBufferPointer { try batched.step(tokens: t, slots: $0) } }
+            let step = Array(UnsafeBufferPointer(start: out, count: v))
+            let alone = Decoder(model: model, adapters: adapters, maxLength: 32)
+            try alone.prefill(prompts[1])
+            let want = Array(UnsafeBufferPointer(start: try alone.step(7), count: v))
+            XCTAssertLessThan(zip(want, step).map { abs($0 - $1) }.max()!, 1e-4, "next step, maxRows \(maxRows)")
+        }
+    }
+
+    /// A refused batched prefill (a repeated slot, a prompt too long, a token outside the
+    /// vocabulary) feeds nothing.
+    func testARefusedBatchedPrefillFeedsNothing() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        let d = Decoder(model: model, adapters: nil, maxLength: 4, slots: 2)
+        XCTAssertThrowsError(try d.prefill(batch: [[1, 2], [1, 2]], slots: [0, 0]))
+        XCTAssertThrowsError(try d.prefill(batch: [[1, 2], [1, 2, 3, 4, 5]], slots: [0, 1]))
+        XCTAssertThrowsError(try d.prefill(batch: [[1, 2], [Int32(model.config.vocabSize)]], slots: [0, 1]))
+        XCTAssertThrowsError(try d.prefill(batch: [[1, 2], []], slots: [0, 1]))
+        XCTAssertEqual([d.length(of: 0), d.length(of: 1)], [0, 0])
+    }
+
     /// A refused call moves no slot on: a step whose second row does not fit leaves the first
     /// row's slot where it was, and a too-long prompt is refused before any of it is fed.
     func testARefusedCallLeavesEverySlotAsItWas() throws {
@@ -192,5 +232,16 @@ extension GenerationTests {
         XCTAssertEqual(r.perTask["a"]!.correct, 1)
         XCTAssertEqual(r.perTask["b"]!.correct, 1)
         XCTAssertEqual(r.perTask["b"]!.total, 2)
+        XCTAssertEqual(r.answers.map(\.correct), [true, false, true])
+        XCTAssertEqual(r.answers.map(\.generated), [own, own, ownChat])
+        XCTAssertEqual(r.answers.map(\.task), ["a", "b", "b"])
+        let written = String(decoding: try r.answersJSONL(), as: UTF8.self).split(separator: "\n")
+        XCTAssertEqual(written.count, 3)
+        let first = try JSONSerialization.jsonObject(with: Data(written[1].utf8)) as! [String: Any]
+        XCTAssertEqual(first["generated"] as? String, own)
+        XCTAssertEqual(first["correct"] as? Bool, false)
+        // Batched (three sequences at once) gives each example the answer decoded alone.
+        let batched = try ExactMatch.evaluate(model: loaded.model, adapters: nil, tokenizer: tok, dataset: ds, maxNewTokens: 6, parallel: 3)
+        XCTAssertEqual(batched.answers, r.answers)
     }
 }
