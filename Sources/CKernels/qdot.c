@@ -83,34 +83,52 @@ long mt_qdot_activation_bytes(int type, long n) {
     return block_size(type) == 32 ? n / 32 * XQ32_BYTES : n / 256 * XQ256_BYTES;
 }
 
+// One activation block of bs (32 or 256) values at x into o, in the layout of its family.
+static void quantize_activation_block(int bs, const float *x, uint8_t *o) {
+    float d;
+    if (bs == 32) {
+        int8_t q[32];
+        int sum = quantize_block(x, 32, &d, q);
+        float s = d * (float)sum;
+        memcpy(o, &d, 4);
+        memcpy(o + 4, &s, 4);
+        memcpy(o + 8, q, 32);
+        return;
+    }
+    int8_t q[256];
+    int16_t bsums[16];
+    quantize_block(x, 256, &d, q);
+    for (int g = 0; g < 16; g++) {
+        int s = 0;
+        for (int i = 0; i < 16; i++) s += q[16 * g + i];
+        bsums[g] = (int16_t)s;
+    }
+    memcpy(o, &d, 4);
+    memcpy(o + 4, q, 256);
+    memcpy(o + 260, bsums, 32);
+}
+
 void mt_qdot_quantize_activation(int type, const float *x, void *dst, long n) {
     if (!valid(type, n)) return;
+    const int bs = block_size(type);
+    const long ab = bs == 32 ? XQ32_BYTES : XQ256_BYTES;
     uint8_t *o = dst;
-    if (block_size(type) == 32) {
-        for (long b = 0; b < n / 32; b++, o += XQ32_BYTES) {
-            float d;
-            int8_t q[32];
-            int sum = quantize_block(x + 32 * b, 32, &d, q);
-            float s = d * (float)sum;
-            memcpy(o, &d, 4);
-            memcpy(o + 4, &s, 4);
-            memcpy(o + 8, q, 32);
-        }
-    } else {
-        for (long b = 0; b < n / 256; b++, o += XQ256_BYTES) {
-            float d;
-            int8_t q[256];
-            int16_t bsums[16];
-            quantize_block(x + 256 * b, 256, &d, q);
-            for (int g = 0; g < 16; g++) {
-                int s = 0;
-                for (int i = 0; i < 16; i++) s += q[16 * g + i];
-                bsums[g] = (int16_t)s;
-            }
-            memcpy(o, &d, 4);
-            memcpy(o + 4, q, 256);
-            memcpy(o + 260, bsums, 32);
-        }
+    for (long b = 0; b < n / bs; b++) quantize_activation_block(bs, x + bs * b, o + b * ab);
+}
+
+void mt_qdot_quantize_activation2(int type, const float *x, void *dst, long n) {
+    if (!valid(type, n)) return;
+    const int bs = block_size(type);
+    const long ab = bs == 32 ? XQ32_BYTES : XQ256_BYTES, bytes = n / bs * ab;
+    uint8_t *o = dst;
+    for (long b = 0; b < n / bs; b++) {
+        uint8_t *main = o + b * ab;
+        quantize_activation_block(bs, x + bs * b, main);
+        const int8_t *q = (const int8_t *)(main + (bs == 32 ? 8 : 4));
+        const float d = rd_f32(main);
+        float r[256];
+        for (int i = 0; i < bs; i++) r[i] = x[bs * b + i] - d * (float)q[i];
+        quantize_activation_block(bs, r, o + bytes + b * ab);
     }
 }
 

@@ -139,6 +139,12 @@ long mt_qdot_activation_bytes(int type, long n);
 /// Quantizes x[0..n) (finite) for weights of `type` into dst (mt_qdot_activation_bytes bytes,
 /// any alignment). Does nothing for a type or n mt_qdot_activation_bytes refuses.
 void mt_qdot_quantize_activation(int type, const float *x, void *dst, long n);
+/// The activation to about 16 bits, as two of mt_qdot_quantize_activation's (2 *
+/// mt_qdot_activation_bytes bytes): the first x quantized, the second the rounding's residual
+/// (x - the first's values, per block) quantized the same way. A row's products with the two,
+/// added, differ from its product with x by the residual's rounding (about 1/254 of the
+/// first's); matmat reads the row once for both.
+void mt_qdot_quantize_activation2(int type, const float *x, void *dst, long n);
 /// One weight row (n values of `type` at wrow) times the quantized activation xq: the sum over
 /// blocks, in order, of (dw * dx) * S (+ mw * s for Q4_1/Q5_1; - (dmin * dx) * sum over the 8
 /// sub-blocks of m_j * (sum of qx in j) for Q4_K/Q5_K), S = sum(qw * qx) in integers with qw
