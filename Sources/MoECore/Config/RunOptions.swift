@@ -40,8 +40,8 @@ public struct RunOptions: Sendable, Equatable {
     public var bf16Kernel: Kernel?
     public var qdotKernel: Kernel?
     /// MOE_TUNE_QDOT_ACTIVATION: the decoder's ggml products against the activation rounded to
-    /// 8 bits once (llama.cpp's), or 16: twice, the second pass the first's residual.
-    public var qdotActivationBits = 16
+    /// 8 bits once (as llama.cpp), or 16: twice, the second pass the first's residual.
+    public var qdotActivationBits = 8
     /// MOE_TUNE_HEAD_CHUNKS (bench-train): the LM head and loss by chunks of rows, or whole.
     public var headChunks = true
     /// MOE_TUNE_MPI_TIMEOUT: seconds a collective waits for the other ranks.

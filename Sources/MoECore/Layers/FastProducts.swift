@@ -10,8 +10,8 @@ public enum ProductPath: Sendable {
     case exact
     /// The decoder's products: a few rows (`FastProducts.maxRows`) against a compressed
     /// weight read once in its own blocks — ggml types with integer products against the
-    /// activation in 8-bit blocks as llama.cpp does, but twice: the activation and its
-    /// rounding's residual (about 16 bits; MOE_TUNE_QDOT_ACTIVATION=8: once, as llama.cpp), NF4 and bf16 widened per value in registers, fp32 by
+    /// activation rounded to 8 bits, as llama.cpp does (one scale per 4 values for the 32-value
+    /// types; MOE_TUNE_QDOT_ACTIVATION=16: twice, the second pass the first's residual), NF4 and bf16 widened per value in registers, fp32 by
     /// sgemv. More rows go the exact way (a prompt's prefill is a GEMM either way).
     case fast
 }
