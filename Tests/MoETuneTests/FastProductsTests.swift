@@ -214,6 +214,25 @@ final class FastProductsTests: XCTestCase {
         }
     }
 
+    /// The same on the real SmolLM2-135M-Instruct (Q4_1, Q8_0 tied head; skipped unless
+    /// MOE_TUNE_SMOLLM2_GGUF names the file, scripts/get_smollm2.sh; about 5 minutes in a debug
+    /// build): one 8-bit pass measured 1.0% and 2.3% on the 2 prompts (bounded at 3e-2), two
+    /// passes 4e-5 (bounded at 1e-3, one prompt).
+    func testFastDecodingOfSmolLM2FollowsTheExactPath() throws {
+        let path = GGUFModelTests.smolPath
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("no SmolLM2 GGUF at \(path)") }
+        let model = try Transformer.load(directory: path)
+        for bits in [8, 16] {
+            try withActivationBits(bits) {
+                for seed in 0..<(bits == 8 ? 2 : 1) {
+                    let (worst, agreed) = try followExactPath(model, seed: seed, name: "SmolLM2")
+                    print("fast decoding SmolLM2 Q4_1, activation \(bits) bits, prompt \(seed): worst relative logit difference \(worst), \(agreed) equal greedy tokens")
+                    XCTAssertLessThan(worst, bits == 8 ? 3e-2 : 1e-3, "SmolLM2, \(bits) bits, prompt \(seed)")
+                }
+            }
+        }
+    }
+
     /// Greedy decoding of 16 tokens by both paths, each feeding back its own token: the worst
     /// relative logit difference while the tokens agree, and how many agree. Asserts that
     /// they agree wherever the exact path's top-2 margin exceeds 0.1.

@@ -133,7 +133,7 @@ public enum EnvironmentSwitches {
               apply: { $0.qdotKernel = RunOptions.Kernel(rawValue: $1) }),
         .init(name: "MOE_TUNE_QDOT_ACTIVATION", values: .words(["8", "16"], ignoringCase: false),
               accepted: "8 or 16", defaultValue: "8",
-              meaning: "the decoder's ggml products: the activation rounded to 8 bits once, or twice (the second pass its residual: logits within 2e-4 of --exact, about a third more CPU)",
+              meaning: "the decoder's ggml products: the activation rounded to 8 bits once, or twice (the second pass its residual: logits within 5e-4 of --exact, about a quarter more CPU)",
               apply: { $0.qdotActivationBits = Int($1) ?? 8 }),
         .init(name: "MOE_TUNE_HEAD_CHUNKS", values: .words(["0", "1"], ignoringCase: false),
               accepted: "0 (whole head) or 1 (chunked)", defaultValue: "1",
