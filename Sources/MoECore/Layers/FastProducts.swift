@@ -42,11 +42,7 @@ package enum FastProducts {
             let type = Int32(g.type.rawValue), stride = mt_qdot_activation_bytes(type, g.cols)
             guard g.type.blockSize > 1, stride > 0 else { return false }
             if RunOptions.current.qdotActivationBits == 8 {
-                let xq = UnsafeMutableRawPointer(activations.pointer(count: (n * stride + 3) / 4))
-                for i in 0..<n { mt_qdot_quantize_activation(type, x + i * g.cols, xq + i * stride, g.cols) }
-                let out = output(y, rows: n, cols: g.rows, accumulate: accumulate)
-                mt_split_qdot(t, type, g.data, g.rowBytes, g.rows, g.cols, xq, stride, n, out, g.rows)
-                finish(y, out, count: n * g.rows)
+                onePass(y: y, x: x, rows: n, weight: g, type: type, stride: stride, accumulate: accumulate)
             } else {
                 twoPass(y: y, x: x, rows: n, weight: g, type: type, stride: stride, accumulate: accumulate)
             }
@@ -71,6 +67,17 @@ package enum FastProducts {
         case .transposed:
             return false
         }
+    }
+
+    /// The ggml product against each activation row rounded to 8 bits (ckernels.h's layout).
+    @inline(__always)
+    private static func onePass(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, weight g: GGMLWeight,
+                                type: Int32, stride: Int, accumulate: Bool) {
+        let xq = UnsafeMutableRawPointer(activations.pointer(count: (n * stride + 3) / 4))
+        for i in 0..<n { mt_qdot_quantize_activation(type, x + i * g.cols, xq + i * stride, g.cols) }
+        let out = output(y, rows: n, cols: g.rows, accumulate: accumulate)
+        mt_split_qdot(threads, type, g.data, g.rowBytes, g.rows, g.cols, xq, stride, n, out, g.rows)
+        finish(y, out, count: n * g.rows)
     }
 
     /// The ggml product with each activation row as two 8-bit activations (the row and its
