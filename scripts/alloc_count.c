@@ -1,7 +1,9 @@
 // LD_PRELOAD shim that counts calls to malloc, calloc, realloc, posix_memalign and
-// aligned_alloc and prints the total to stderr at exit ("allocations: N"). Used by
-// scripts/check_decode_allocs.sh: the difference between two runs that decode different
-// numbers of tokens is what the decoding loop allocates per token.
+// aligned_alloc and prints the total to stderr at exit ("allocations: N"); a process that
+// finds mt_alloc_count (dlsym) reads the count so far. Used by scripts/check_decode_allocs.sh:
+// DecodeAllocationTests counts the generation loop's allocations with it, and the difference
+// between two `generate` runs that decode different numbers of tokens is what the command
+// allocates per token.
 //   cc -O2 -shared -fPIC -o alloc_count.so scripts/alloc_count.c -ldl
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -71,6 +73,8 @@ void free(void *p) {
     if (!real_free) real_free = dlsym(RTLD_NEXT, "free");
     real_free(p);
 }
+
+long mt_alloc_count(void) { return atomic_load(&count); }
 
 __attribute__((destructor)) static void report(void) {
     char line[64];

@@ -37,28 +37,64 @@ public struct TokenSampler {
             for i in 1..<v where logits[i] > logits[best] { best = i }
             return Int32(best)
         }
+        let u = Double(rng.next() >> 11) * 0x1.0p-53, o = options
+        return probs.withUnsafeMutableBufferPointer { p in
+            order.withUnsafeMutableBufferPointer { ord in
+                TokenSampler.sample(logits, vocab: v, options: o, uniform: u, probs: p.baseAddress!, order: ord.baseAddress!)
+            }
+        }
+    }
+
+    /// Softmax at the temperature into probs, then the tokens from the most probable down
+    /// (ties: the lower id first), as many as top-k and top-p keep, and the pick: the first
+    /// whose running sum reaches uniform * (their total). The order comes from a heap in
+    /// `order`, popped only as far as needed (the pops land at its end, the most probable
+    /// last); nothing is allocated.
+    static func sample(_ logits: UnsafePointer<Float>, vocab v: Int, options: SamplingOptions, uniform: Double,
+                       probs p: UnsafeMutablePointer<Double>, order heap: UnsafeMutablePointer<Int>) -> Int32 {
         let t = options.temperature
         var m = -Double.infinity
         for i in 0..<v { m = max(m, Double(logits[i]) / t) }
         var sum = 0.0
-        for i in 0..<v { probs[i] = Foundation.exp(Double(logits[i]) / t - m); sum += probs[i] }
-        for i in 0..<v { probs[i] /= sum; order[i] = i }
-        order.sort { probs[$0] > probs[$1] || (probs[$0] == probs[$1] && $0 < $1) }
-        var keep = options.topK > 0 ? min(options.topK, v) : v
-        if options.topP < 1 {
-            var acc = 0.0
-            for (n, i) in order.prefix(keep).enumerated() {
-                acc += probs[i]
-                if acc >= options.topP { keep = n + 1; break }
-            }
+        for i in 0..<v { p[i] = Foundation.exp(Double(logits[i]) / t - m); sum += p[i] }
+        for i in 0..<v { p[i] /= sum; heap[i] = i }
+        for s in stride(from: v / 2 - 1, through: 0, by: -1) { siftDown(heap, s, v, p) }
+        // Pop k: the k-th most probable token goes to heap[v - k].
+        func pop(_ k: Int) -> Int {
+            (heap[0], heap[v - k]) = (heap[v - k], heap[0])
+            siftDown(heap, 0, v - k, p)
+            return heap[v - k]
         }
-        let total = order.prefix(keep).reduce(0.0) { $0 + probs[$1] }
-        var r = Double(rng.next() >> 11) * 0x1.0p-53 * total
-        for i in order.prefix(keep) {
-            r -= probs[i]
-            if r <= 0 { return Int32(i) }
+        var keep = options.topK > 0 ? min(options.topK, v) : v, acc = 0.0
+        for k in 1...keep {
+            acc += p[pop(k)]
+            if options.topP < 1, acc >= options.topP { keep = k; break }
         }
-        return Int32(order[keep - 1])
+        var total = 0.0
+        for k in 1...keep { total += p[heap[v - k]] }
+        var r = uniform * total
+        for k in 1...keep {
+            r -= p[heap[v - k]]
+            if r <= 0 { return Int32(heap[v - k]) }
+        }
+        return Int32(heap[v - keep])
+    }
+
+    /// Whether token a comes before token b: more probable, or as probable and a lower id.
+    @inline(__always)
+    static func before(_ a: Int, _ b: Int, _ p: UnsafePointer<Double>) -> Bool { p[a] > p[b] || (p[a] == p[b] && a < b) }
+
+    /// Restores the heap (the token that comes first at the root) below `root` within [0, end).
+    static func siftDown(_ h: UnsafeMutablePointer<Int>, _ root: Int, _ end: Int, _ p: UnsafePointer<Double>) {
+        var r = root
+        while true {
+            var c = 2 * r + 1
+            if c >= end { return }
+            if c + 1 < end, before(h[c + 1], h[c], p) { c += 1 }
+            guard before(h[c], h[r], p) else { return }
+            (h[r], h[c]) = (h[c], h[r])
+            r = c
+        }
     }
 }
 

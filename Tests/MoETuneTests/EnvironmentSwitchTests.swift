@@ -28,6 +28,7 @@ final class EnvironmentSwitchTests: XCTestCase {
             "MOE_TUNE_ATTENTION_BLOCK": [("0", "0"), ("1", "1"), ("64", "64"), ("100000", "100000")],
             "MOE_TUNE_LORA_KERNEL": [("blas", "blas"), ("scalar", "scalar")],
             "MOE_TUNE_HEAD_CHUNKS": [("0", "false"), ("1", "true")],
+            "MOE_TUNE_QDOT_ACTIVATION": [("8", "8"), ("16", "16")],
             "MOE_TUNE_MPI_TIMEOUT": [("5", "5.0"), ("0.5", "0.5"), ("86400", "86400.0"), ("1e3", "1000.0")],
         ]
         // The kernel variants this CPU runs (scalar everywhere), read back as their names.
@@ -56,6 +57,7 @@ final class EnvironmentSwitchTests: XCTestCase {
         "MOE_TUNE_BF16_KERNEL": ["sse", "", "AVX2"] + (mt_bf16_kernel_supported(2) == 1 ? [] : ["avx512"]),
         "MOE_TUNE_QDOT_KERNEL": ["avx512", "", "AVX2", "sse"] + (mt_qdot_kernel_supported(1) == 1 ? [] : ["avx2"]),
         "MOE_TUNE_HEAD_CHUNKS": ["off", "", "false", "00"],
+        "MOE_TUNE_QDOT_ACTIVATION": ["4", "", "32", "08", "16 "],
         "MOE_TUNE_MPI_TIMEOUT": ["5s", "", "0", "-1", "86401", "abc", "nan", "inf"],
     ]
 
@@ -206,6 +208,7 @@ final class EnvironmentSwitchTests: XCTestCase {
             ("MOE_TUNE_BF16_KERNEL", String(cString: mt_bf16_kernel())),
             ("MOE_TUNE_QDOT_KERNEL", String(cString: mt_qdot_kernel())),
             ("MOE_TUNE_HEAD_CHUNKS", "\(RunOptions.current.headChunks)"),
+            ("MOE_TUNE_QDOT_ACTIVATION", "\(RunOptions.current.qdotActivationBits)"),
             ("MOE_TUNE_MPI_TIMEOUT", "\(RunOptions.current.mpiTimeout)"),
         ]
         print(read.map { "PROBE \($0.0)=\($0.1)" }.joined(separator: "\n"))

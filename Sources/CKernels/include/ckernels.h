@@ -124,11 +124,14 @@ int mt_lora_gemm_with(int kernel, int transA, int transB, long m, long n, long k
 /// `type` is ggml's number: Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8 (blocks of 32)
 /// and Q4_K = 12, Q5_K = 13, Q6_K = 14 (super-blocks of 256), the layouts GGMLDequantize.swift
 /// reads; n (values per row) must be a multiple of the block. Activation layouts (activation j
-/// of n values): for the 32-value types n / 32 blocks of 40 bytes: fp32 d, fp32 s = d * sum(q),
-/// int8 q[32]; for the K types n / 256 blocks of 292 bytes: fp32 d, int8 q[256], int16 sums of
-/// q over each 16 values [16] (native byte order); one quantized activation serves every type
-/// of its family (all 32-value types, or all K types). Value i is d * q[i], d = max|x| / 127 over
-/// the block, q = round-to-nearest-even(x * 127 / max|x|), in [-127, 127]. Variants: scalar
+/// of n values): for the 32-value types n / 32 blocks of 68 bytes: fp32 d[8] (one for each 4
+/// values), fp32 s = sum over g of d[g] * (sum of q over values 4g..4g+3), int8 q[32]; for the K
+/// types n / 256 blocks of 292 bytes: fp32 d, int8 q[256], int16 sums of q over each 16 values
+/// [16] (native byte order); one quantized activation serves every type of its family (all
+/// 32-value types, or all K types). Value i is d * q[i], d = max|x| / 127 over its 4 values (32
+/// types) or its block of 256 (K types, ggml's q8_K), q = round-to-nearest-even(x * 127 /
+/// max|x|), in [-127, 127] (ggml: q8_0 one fp16 d per 32 values and round half away from zero;
+/// q8_K the same as here). Variants: scalar
 /// (the definition) and AVX2+FMA+F16C, chosen at run time (MOE_TUNE_QDOT_KERNEL=scalar|avx2
 /// forces one). No alignment is needed anywhere; nothing is allocated; every function may run
 /// on many threads at once (on disjoint outputs).
@@ -139,8 +142,15 @@ long mt_qdot_activation_bytes(int type, long n);
 /// Quantizes x[0..n) (finite) for weights of `type` into dst (mt_qdot_activation_bytes bytes,
 /// any alignment). Does nothing for a type or n mt_qdot_activation_bytes refuses.
 void mt_qdot_quantize_activation(int type, const float *x, void *dst, long n);
+/// The activation to about 16 bits, as two of mt_qdot_quantize_activation's (2 *
+/// mt_qdot_activation_bytes bytes): the first x quantized, the second the rounding's residual
+/// (x - the first's values, per block) quantized the same way. A row's products with the two,
+/// added, differ from its product with x by the residual's rounding (about 1/254 of the
+/// first's); matmat reads the row once for both.
+void mt_qdot_quantize_activation2(int type, const float *x, void *dst, long n);
 /// One weight row (n values of `type` at wrow) times the quantized activation xq: the sum over
-/// blocks, in order, of (dw * dx) * S (+ mw * s for Q4_1/Q5_1; - (dmin * dx) * sum over the 8
+/// blocks, in order, of (dw * dx) * S (32-value types: the sum over the block's 8 groups of 4
+/// values of (dw * dx_g) * S_g; + mw * s for Q4_1/Q5_1; - (dmin * dx) * sum over the 8
 /// sub-blocks of m_j * (sum of qx in j) for Q4_K/Q5_K), S = sum(qw * qx) in integers with qw
 /// the block's integer values (Q4_0 q - 8, Q5_0 q - 16; K types: each sub-block's q, Q6_K's
 /// q - 32, times its integer scale), fp32 across blocks. NaN for a type or n refused.

@@ -39,6 +39,9 @@ public struct RunOptions: Sendable, Equatable {
     public var nf4Kernel: Kernel?
     public var bf16Kernel: Kernel?
     public var qdotKernel: Kernel?
+    /// MOE_TUNE_QDOT_ACTIVATION: the decoder's ggml products against the activation rounded to
+    /// 8 bits once (as llama.cpp), or 16: twice, the second pass the first's residual.
+    public var qdotActivationBits = 8
     /// MOE_TUNE_HEAD_CHUNKS (bench-train): the LM head and loss by chunks of rows, or whole.
     public var headChunks = true
     /// MOE_TUNE_MPI_TIMEOUT: seconds a collective waits for the other ranks.
@@ -89,7 +92,7 @@ public struct RunOptions: Sendable, Equatable {
             ("attention_block", causalBlock),
             ("lora_kernel", LoRAGemm.useKernel ? String(cString: mt_lora_kernel()) : "blas"),
             ("nf4_kernel", String(cString: mt_nf4_kernel())), ("bf16_kernel", String(cString: mt_bf16_kernel())),
-            ("qdot_kernel", String(cString: mt_qdot_kernel())),
+            ("qdot_kernel", String(cString: mt_qdot_kernel())), ("qdot_activation_bits", o.qdotActivationBits),
             ("head_chunks", o.headChunks), ("mpi_timeout", o.mpiTimeout),
         ]
     }

@@ -9,8 +9,9 @@ public enum ProductPath: Sendable {
     /// reference of every test (`generate --exact`).
     case exact
     /// The decoder's products: a few rows (`FastProducts.maxRows`) against a compressed
-    /// weight read once in its own blocks — ggml types with the activation rounded to 8 bits
-    /// per block as llama.cpp does, NF4 and bf16 widened per value in registers, fp32 by
+    /// weight read once in its own blocks — ggml types with integer products against the
+    /// activation rounded to 8 bits, as llama.cpp does (one scale per 4 values for the 32-value
+    /// types; MOE_TUNE_QDOT_ACTIVATION=16: twice, the second pass the first's residual), NF4 and bf16 widened per value in registers, fp32 by
     /// sgemv. More rows go the exact way (a prompt's prefill is a GEMM either way).
     case fast
 }
@@ -40,11 +41,11 @@ package enum FastProducts {
         case .ggml(let g):
             let type = Int32(g.type.rawValue), stride = mt_qdot_activation_bytes(type, g.cols)
             guard g.type.blockSize > 1, stride > 0 else { return false }
-            let xq = UnsafeMutableRawPointer(activations.pointer(count: (n * stride + 3) / 4))
-            for i in 0..<n { mt_qdot_quantize_activation(type, x + i * g.cols, xq + i * stride, g.cols) }
-            let out = output(y, rows: n, cols: g.rows, accumulate: accumulate)
-            mt_split_qdot(t, type, g.data, g.rowBytes, g.rows, g.cols, xq, stride, n, out, g.rows)
-            finish(y, out, count: n * g.rows)
+            if RunOptions.current.qdotActivationBits == 8 {
+                onePass(y: y, x: x, rows: n, weight: g, type: type, stride: stride, accumulate: accumulate)
+            } else {
+                twoPass(y: y, x: x, rows: n, weight: g, type: type, stride: stride, accumulate: accumulate)
+            }
             return true
         case .nf4(let q):
             let out = output(y, rows: n, cols: q.rows, accumulate: accumulate)
@@ -65,6 +66,37 @@ package enum FastProducts {
             return true
         case .transposed:
             return false
+        }
+    }
+
+    /// The ggml product against each activation row rounded to 8 bits (ckernels.h's layout).
+    @inline(__always)
+    private static func onePass(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, weight g: GGMLWeight,
+                                type: Int32, stride: Int, accumulate: Bool) {
+        let xq = UnsafeMutableRawPointer(activations.pointer(count: (n * stride + 3) / 4))
+        for i in 0..<n { mt_qdot_quantize_activation(type, x + i * g.cols, xq + i * stride, g.cols) }
+        let out = output(y, rows: n, cols: g.rows, accumulate: accumulate)
+        mt_split_qdot(threads, type, g.data, g.rowBytes, g.rows, g.cols, xq, stride, n, out, g.rows)
+        finish(y, out, count: n * g.rows)
+    }
+
+    /// The ggml product with each activation row as two 8-bit activations (the row and its
+    /// rounding's residual, mt_qdot_quantize_activation2): 2n activations against each weight
+    /// row read once, the two products of a row added.
+    @inline(__always)
+    private static func twoPass(y: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, rows n: Int, weight g: GGMLWeight,
+                                type: Int32, stride: Int, accumulate: Bool) {
+        let xq = UnsafeMutableRawPointer(activations.pointer(count: (2 * n * stride + 3) / 4))
+        for i in 0..<n { mt_qdot_quantize_activation2(type, x + i * g.cols, xq + 2 * i * stride, g.cols) }
+        let r = g.rows, out = sums.pointer(count: 2 * n * r)
+        mt_split_qdot(threads, type, g.data, g.rowBytes, r, g.cols, xq, stride, 2 * n, out, r)
+        for i in 0..<n {
+            let a = out + 2 * i * r, b = a + r, yi = y + i * r
+            if accumulate {
+                for j in 0..<r { yi[j] += a[j] + b[j] }
+            } else {
+                for j in 0..<r { yi[j] = a[j] + b[j] }
+            }
         }
     }
 
