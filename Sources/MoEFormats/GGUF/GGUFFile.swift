@@ -50,8 +50,34 @@ public final class GGUFFile: @unchecked Sendable {
         let mapping = try MappedFile(path: path, minimumSize: 24, requireRegular: true) { size in
             "truncated GGUF file (\(size) bytes, shorter than its header)"
         }
-        let base = mapping.base, size = mapping.size
-        var r = GGUFCursor(base: base, size: size, path: path)
+        let size = mapping.size
+        var r = GGUFCursor(base: mapping.base, size: size, path: path)
+        let (version, nTensors, nKV) = try Self.readHeader(&r, path: path, size: size)
+        let (keys, metadata) = try Self.readMetadata(&r, count: nKV, path: path)
+        let alignment = try Self.alignment(metadata, path: path)
+        let raws = try Self.readTensorInfos(&r, count: nTensors, path: path)
+        let dataOffset = (r.position + alignment - 1) / alignment * alignment
+        guard dataOffset <= size || raws.isEmpty else {   // a vocabulary-only file has no data section
+            throw MoETuneError.file(path: path, message: "truncated GGUF file: the data section would start at \(dataOffset) but the file has \(size) bytes")
+        }
+        let tensors = try raws.map { try Self.place($0, dataOffset: dataOffset, alignment: alignment, size: size, path: path) }
+        try Self.checkNoOverlap(tensors, path: path)
+        self.version = version
+        self.keys = keys
+        self.metadata = metadata
+        self.alignment = alignment
+        self.dataOffset = dataOffset
+        self.tensors = tensors
+        var index: [String: Int] = [:]
+        for (i, t) in tensors.enumerated() { index[t.name] = i }
+        self.index = index
+        self.mapping = mapping
+    }
+
+    /// The magic, the version (2 or 3) and the tensor and metadata counts, each count bounded
+    /// by what a file of `size` bytes can hold (a key/value needs at least 12 bytes, a tensor
+    /// info 24).
+    static func readHeader(_ r: inout GGUFCursor, path: String, size: Int) throws -> (version: Int, tensors: Int, keys: Int) {
         let magic = try r.bytes(4, what: "the magic")
         guard Array(magic) == Array("GGUF".utf8) else {
             throw MoETuneError.file(path: path, message: "not a GGUF file (the first four bytes are not 'GGUF')")
@@ -64,12 +90,16 @@ public final class GGUFFile: @unchecked Sendable {
         }
         let nTensors = try r.u64(what: "the tensor count")
         let nKV = try r.u64(what: "the metadata count")
-        // Each key/value needs at least 12 bytes and each tensor info at least 24.
         guard nKV <= UInt64(size / 12), nTensors <= UInt64(size / 24) else {
             throw MoETuneError.file(path: path, message: "header claims \(nKV) metadata entries and \(nTensors) tensors, more than a file of \(size) bytes can hold")
         }
+        return (version, Int(nTensors), Int(nKV))
+    }
+
+    /// `count` key/value entries: keys in file order, each key once, each type known.
+    static func readMetadata(_ r: inout GGUFCursor, count: Int, path: String) throws -> ([String], [String: GGUFValue]) {
         var keys: [String] = [], metadata: [String: GGUFValue] = [:]
-        for i in 0..<Int(nKV) {
+        for i in 0..<count {
             let key = try r.string(what: "the key of metadata entry \(i)")
             guard metadata[key] == nil else { throw MoETuneError.file(path: path, message: "metadata key \(Printable.quoted(key)) appears twice") }
             let rawType = try r.u32(what: "the type of \(Printable.quoted(key))")
@@ -79,20 +109,29 @@ public final class GGUFFile: @unchecked Sendable {
             metadata[key] = try r.value(type, key: key, depth: 0)
             keys.append(key)
         }
-        var alignment = 32
-        if let a = metadata["general.alignment"] {
-            guard case .uint32(let v) = a else {
-                throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a uint32, got \(a.type.name)")
-            }
-            guard v > 0, v & (v - 1) == 0 else {
-                throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a power of two, got \(v)")
-            }
-            alignment = Int(v)
+        return (keys, metadata)
+    }
+
+    /// `general.alignment`: a uint32 power of two; 32 when absent.
+    static func alignment(_ metadata: [String: GGUFValue], path: String) throws -> Int {
+        guard let a = metadata["general.alignment"] else { return 32 }
+        guard case .uint32(let v) = a else {
+            throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a uint32, got \(a.type.name)")
         }
-        struct Raw { var name: String; var dims: [Int]; var type: GGMLType; var offset: UInt64 }
-        var raws: [Raw] = []
+        guard v > 0, v & (v - 1) == 0 else {
+            throw MoETuneError.file(path: path, message: "metadata 'general.alignment' must be a power of two, got \(v)")
+        }
+        return Int(v)
+    }
+
+    /// A tensor info as the file states it, before it is checked against the data section.
+    struct RawTensorInfo { var name: String; var dims: [Int]; var type: GGMLType; var offset: UInt64 }
+
+    /// `count` tensor infos: unique names, 1 to 4 dimensions of at most Int32.max, a supported type.
+    static func readTensorInfos(_ r: inout GGUFCursor, count: Int, path: String) throws -> [RawTensorInfo] {
+        var raws: [RawTensorInfo] = []
         var seen = Set<String>()
-        for i in 0..<Int(nTensors) {
+        for i in 0..<count {
             let name = try r.string(what: "the name of tensor \(i)")
             guard seen.insert(name).inserted else { throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)) appears twice") }
             let nDims = try r.u32(what: "the dimension count of tensor \(Printable.quoted(name))")
@@ -112,46 +151,39 @@ public final class GGUFFile: @unchecked Sendable {
                 throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(name)): tensor type \(GGMLType.name(of: rawType)) is not supported (supported: \(GGMLType.supportedNames))")
             }
             let offset = try r.u64(what: "the data offset of tensor \(Printable.quoted(name))")
-            raws.append(Raw(name: name, dims: dims, type: type, offset: offset))
+            raws.append(RawTensorInfo(name: name, dims: dims, type: type, offset: offset))
         }
-        let dataOffset = (r.position + alignment - 1) / alignment * alignment
-        guard dataOffset <= size || raws.isEmpty else {   // a vocabulary-only file has no data section
-            throw MoETuneError.file(path: path, message: "truncated GGUF file: the data section would start at \(dataOffset) but the file has \(size) bytes")
+        return raws
+    }
+
+    /// A tensor placed in the data section: a size that does not overflow, whole blocks per
+    /// row, an aligned offset, and every byte inside the file.
+    static func place(_ t: RawTensorInfo, dataOffset: Int, alignment: Int, size: Int, path: String) throws -> GGUFTensorInfo {
+        let (count, overflow) = t.dims.reduce((1, false)) { acc, d in
+            let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
         }
-        var tensors: [GGUFTensorInfo] = []
-        for t in raws {
-            let (count, overflow) = t.dims.reduce((1, false)) { acc, d in
-                let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
-            }
-            guard !overflow, count <= Int(Int32.max) * 16 else {
-                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): shape \(Array(t.dims.reversed())) is too large")
-            }
-            guard t.dims[0] % t.type.blockSize == 0 else {
-                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): rows of \(t.dims[0]) values are not a multiple of \(t.type.name)'s block of \(t.type.blockSize)")
-            }
-            guard t.offset % UInt64(alignment) == 0 else {
-                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): data offset \(t.offset) is not a multiple of the alignment \(alignment)")
-            }
-            let bytes = t.type.bytes(count: count)
-            guard t.offset <= UInt64(size - dataOffset), bytes <= size - dataOffset - Int(t.offset) else {
-                throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): its \(bytes) bytes at data offset \(t.offset) run past the end of the file (\(size - dataOffset) data bytes); the file may be truncated")
-            }
-            tensors.append(GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: dataOffset + Int(t.offset), byteCount: bytes))
+        guard !overflow, count <= Int(Int32.max) * 16 else {
+            throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): shape \(Array(t.dims.reversed())) is too large")
         }
+        guard t.dims[0] % t.type.blockSize == 0 else {
+            throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): rows of \(t.dims[0]) values are not a multiple of \(t.type.name)'s block of \(t.type.blockSize)")
+        }
+        guard t.offset % UInt64(alignment) == 0 else {
+            throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): data offset \(t.offset) is not a multiple of the alignment \(alignment)")
+        }
+        let bytes = t.type.bytes(count: count)
+        guard t.offset <= UInt64(size - dataOffset), bytes <= size - dataOffset - Int(t.offset) else {
+            throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(t.name)): its \(bytes) bytes at data offset \(t.offset) run past the end of the file (\(size - dataOffset) data bytes); the file may be truncated")
+        }
+        return GGUFTensorInfo(name: t.name, type: t.type, dims: t.dims, offset: dataOffset + Int(t.offset), byteCount: bytes)
+    }
+
+    /// No two tensors' bytes overlap.
+    static func checkNoOverlap(_ tensors: [GGUFTensorInfo], path: String) throws {
         let spans = tensors.filter { $0.byteCount > 0 }.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
         for (a, b) in zip(spans, spans.dropFirst()) where b.offset < a.offset + a.byteCount {
             throw MoETuneError.file(path: path, message: "tensors \(Printable.quoted(a.name)) and \(Printable.quoted(b.name)) overlap in the data")
         }
-        self.version = version
-        self.keys = keys
-        self.metadata = metadata
-        self.alignment = alignment
-        self.dataOffset = dataOffset
-        self.tensors = tensors
-        var index: [String: Int] = [:]
-        for (i, t) in tensors.enumerated() { index[t.name] = i }
-        self.index = index
-        self.mapping = mapping
     }
 
     public func tensor(_ name: String) -> GGUFTensorInfo? { index[name].map { tensors[$0] } }
