@@ -106,93 +106,104 @@ extension ModelFamily {
         guard let arch = try f.string("general.architecture") else {
             throw MoETuneError.file(path: f.path, message: "metadata 'general.architecture' is missing")
         }
-        let k = { (s: String) in arch + "." + s }
-        func positive(_ key: String, _ v: Int?) throws -> Int {
-            guard let v else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) is missing") }
-            guard v > 0, v < 1 << 24 else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) must be in 1..<16777216, got \(v)") }
-            return v
-        }
-        func factor(_ key: String) throws -> Double? {
-            guard let v = try f.double(key) else { return nil }
-            guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) must be a positive number, got \(v)") }
-            return v
-        }
-        let experts = try f.int(k("expert_count")) ?? 0
-        guard let family = forGGUFArchitecture(arch, experts: experts) else {
-            throw MoETuneError.file(path: f.path, message: "architecture \(Printable.quoted(arch)) is not supported for GGUF (supported: \(supportedGGUFArchitectures.joined(separator: ", ")))")
-        }
-        if experts > 0, family.moe == nil {
-            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("expert_count"))) is \(experts): the \(arch) architecture has no experts in moe-tune")
-        }
-        if family.moe != nil, experts <= 0 {
-            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("expert_count"))) is missing or not positive for the mixture-of-experts architecture \(arch)")
-        }
-        let hidden = try positive(k("embedding_length"), try f.int(k("embedding_length")))
-        let heads = try positive(k("attention.head_count"), try f.int(k("attention.head_count")))
-        let kvHeads = try positive(k("attention.head_count_kv"), try f.int(k("attention.head_count_kv")) ?? heads)
-        guard heads % kvHeads == 0 else {
-            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("attention.head_count_kv"))) \(kvHeads) does not divide the head count \(heads)")
-        }
-        let headDim = try positive(k("attention.key_length"), try f.int(k("attention.key_length")) ?? hidden / heads)
-        if let v = try f.int(k("attention.value_length")), v != headDim {
-            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("attention.value_length"))) \(v) differs from the key length \(headDim) (not supported)")
-        }
-        if let r = try f.int(k("rope.dimension_count")), r != headDim {
-            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("rope.dimension_count"))) \(r) is not the head size \(headDim) (partial rotary embeddings are not supported)")
-        }
-        guard headDim % 2 == 0 else { throw MoETuneError.file(path: f.path, message: "head size \(headDim) must be even") }
+        let m = GGUFMetadata(f: f, arch: arch)
+        let family = try ggufFamily(m)
+        let hidden = try m.positive("embedding_length")
+        let (heads, kvHeads, headDim) = try ggufAttentionShape(m, hidden: hidden)
         let tokens = try f.strings("tokenizer.ggml.tokens")
-        let vocab = try positive(k("vocab_size"), try f.int(k("vocab_size")) ?? tokens?.count ?? f.tensor("token_embd.weight")?.shape.first)
-        let eps = try f.double(k("attention.layer_norm_rms_epsilon")) ?? family.defaults.rmsNormEps
+        let vocab = try m.positive("vocab_size", try f.int(m.k("vocab_size")) ?? tokens?.count ?? f.tensor("token_embd.weight")?.shape.first)
+        let eps = try f.double(m.k("attention.layer_norm_rms_epsilon")) ?? family.defaults.rmsNormEps
         let eos = try f.int("tokenizer.ggml.eos_token_id")
-        func ggufTokenId(_ n: Int, _ key: String, _ vocab: Int) throws -> Int32 {
-            guard n >= 0, n < vocab, let v = Int32(exactly: n) else {
-                throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) \(n) is outside the vocabulary of \(vocab) tokens")
-            }
-            return v
-        }
-        let ffn = try positive(k("feed_forward_length"), try f.int(k("feed_forward_length")))
-        let maxPositions = try positive(k("context_length"), try f.int(k("context_length")) ?? family.defaults.maxPositionEmbeddings)
+        let ffn = try m.positive("feed_forward_length")
+        let maxPositions = try m.positive("context_length", try f.int(m.k("context_length")) ?? family.defaults.maxPositionEmbeddings)
         var c = ModelConfig(
             family: family, hiddenSize: hidden, intermediateSize: ffn,
-            numLayers: try positive(k("block_count"), try f.int(k("block_count"))),
+            numLayers: try m.positive("block_count"),
             numHeads: heads, numKVHeads: kvHeads, headDim: headDim,
-            rmsNormEps: Float(eps), ropeTheta: try f.double(k("rope.freq_base")) ?? family.defaults.ropeTheta,
+            rmsNormEps: Float(eps), ropeTheta: try f.double(m.k("rope.freq_base")) ?? family.defaults.ropeTheta,
             vocabSize: vocab, tieWordEmbeddings: f.tensor("output.weight") == nil,
-            bosTokenId: try f.int("tokenizer.ggml.bos_token_id").map { try ggufTokenId($0, "tokenizer.ggml.bos_token_id", vocab) },
-            eosTokenIds: try eos.map { [try ggufTokenId($0, "tokenizer.ggml.eos_token_id", vocab)] } ?? [],
+            bosTokenId: try f.int("tokenizer.ggml.bos_token_id").map { try m.tokenId($0, "tokenizer.ggml.bos_token_id", vocab: vocab) },
+            eosTokenIds: try eos.map { [try m.tokenId($0, "tokenizer.ggml.eos_token_id", vocab: vocab)] } ?? [],
             numExperts: 0, expertsPerToken: 0, routerAuxLossCoef: Float(family.defaults.routerAuxLossCoef),
             slidingWindow: nil, maxPositionEmbeddings: maxPositions)
         c.expertIntermediateSize = ffn
         c.ropeScaling = try ropeScaling(f, arch: arch, headDim: headDim, maxPositions: maxPositions)
+        try ggufFamilyOptions(&c, m)
+        if family.moe != nil { try ggufExperts(&c, m) }
+        return c
+    }
 
+    /// The family of `general.architecture` (with the expert count telling the MoE variant);
+    /// an expert count must agree with whether the family has experts.
+    static func ggufFamily(_ m: GGUFMetadata) throws -> ModelFamily {
+        let f = m.f, arch = m.arch, key = m.k("expert_count")
+        let experts = try f.int(key) ?? 0
+        guard let family = forGGUFArchitecture(arch, experts: experts) else {
+            throw MoETuneError.file(path: f.path, message: "architecture \(Printable.quoted(arch)) is not supported for GGUF (supported: \(supportedGGUFArchitectures.joined(separator: ", ")))")
+        }
+        if experts > 0, family.moe == nil {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) is \(experts): the \(arch) architecture has no experts in moe-tune")
+        }
+        if family.moe != nil, experts <= 0 {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) is missing or not positive for the mixture-of-experts architecture \(arch)")
+        }
+        return family
+    }
+
+    /// Heads, KV heads (dividing the heads) and the head size (the key length; the value
+    /// length and the rotary dimensions equal to it, and even).
+    static func ggufAttentionShape(_ m: GGUFMetadata, hidden: Int) throws -> (heads: Int, kvHeads: Int, headDim: Int) {
+        let f = m.f
+        let heads = try m.positive("attention.head_count")
+        let kvHeads = try m.positive("attention.head_count_kv", try f.int(m.k("attention.head_count_kv")) ?? heads)
+        guard heads % kvHeads == 0 else {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(m.k("attention.head_count_kv"))) \(kvHeads) does not divide the head count \(heads)")
+        }
+        let headDim = try m.positive("attention.key_length", try f.int(m.k("attention.key_length")) ?? hidden / heads)
+        if let v = try f.int(m.k("attention.value_length")), v != headDim {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(m.k("attention.value_length"))) \(v) differs from the key length \(headDim) (not supported)")
+        }
+        if let r = try f.int(m.k("rope.dimension_count")), r != headDim {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(m.k("rope.dimension_count"))) \(r) is not the head size \(headDim) (partial rotary embeddings are not supported)")
+        }
+        guard headDim % 2 == 0 else { throw MoETuneError.file(path: f.path, message: "head size \(headDim) must be even") }
+        return (heads, kvHeads, headDim)
+    }
+
+    /// What a family sets beyond the common keys: biases, q/k norms, clamping, Granite's multipliers.
+    static func ggufFamilyOptions(_ c: inout ModelConfig, _ m: GGUFMetadata) throws {
+        let family = c.family, f = m.f
         if family == .qwen2 || family == .qwen2MoE { c.qkvBias = f.tensor("blk.0.attn_q.bias") != nil }
         if family == .qwen3 || family == .qwen3MoE { c.qkNorm = .perHead }
         if family == .olmoe {
             c.qkNorm = .fullWidth
-            c.clipQKV = try factor(k("attention.clamp_kqv")).map(Float.init)
-        }
-        if family.moe != nil {
-            c.numExperts = try positive(k("expert_count"), experts)
-            c.expertsPerToken = try positive(k("expert_used_count"), try f.int(k("expert_used_count")))
-            guard c.expertsPerToken <= c.numExperts else {
-                throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k("expert_used_count"))) \(c.expertsPerToken) exceeds the \(c.numExperts) experts")
-            }
-            if let e = try f.int(k("expert_feed_forward_length")) { c.expertIntermediateSize = try positive(k("expert_feed_forward_length"), e) }
-            c.normTopKProb = try f.bool(k("expert_weights_norm")) ?? family.ggufNormTopK
-            if family == .qwen2MoE {
-                c.sharedExpertIntermediateSize = try f.int(k("expert_shared_feed_forward_length")).map { try positive(k("expert_shared_feed_forward_length"), $0) } ?? 0
-            }
-            // A layer without a router keeps the dense MLP (qwen2moe's mlp_only_layers).
-            c.mlpOnlyLayers = (0..<c.numLayers).filter { f.tensor("blk.\($0).ffn_gate_inp.weight") == nil }
+            c.clipQKV = try m.factor("attention.clamp_kqv").map(Float.init)
         }
         if family == .graniteMoE {
-            c.embeddingMultiplier = Float(try factor(k("embedding_scale")) ?? 1)
-            c.attentionMultiplier = try factor(k("attention.scale")).map(Float.init)
-            c.residualMultiplier = Float(try factor(k("residual_scale")) ?? 1)
-            c.logitsScaling = Float(try factor(k("logit_scale")) ?? 1)
+            c.embeddingMultiplier = Float(try m.factor("embedding_scale") ?? 1)
+            c.attentionMultiplier = try m.factor("attention.scale").map(Float.init)
+            c.residualMultiplier = Float(try m.factor("residual_scale") ?? 1)
+            c.logitsScaling = Float(try m.factor("logit_scale") ?? 1)
         }
-        return c
+    }
+
+    /// Experts, experts per token (at most the experts), their width, the top-k
+    /// normalisation, Qwen2-MoE's shared expert, and the layers without a router.
+    static func ggufExperts(_ c: inout ModelConfig, _ m: GGUFMetadata) throws {
+        let f = m.f
+        c.numExperts = try m.positive("expert_count")
+        c.expertsPerToken = try m.positive("expert_used_count")
+        guard c.expertsPerToken <= c.numExperts else {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(m.k("expert_used_count"))) \(c.expertsPerToken) exceeds the \(c.numExperts) experts")
+        }
+        if let e = try f.int(m.k("expert_feed_forward_length")) { c.expertIntermediateSize = try m.positive("expert_feed_forward_length", e) }
+        c.normTopKProb = try f.bool(m.k("expert_weights_norm")) ?? c.family.ggufNormTopK
+        if c.family == .qwen2MoE {
+            c.sharedExpertIntermediateSize = try f.int(m.k("expert_shared_feed_forward_length"))
+                .map { try m.positive("expert_shared_feed_forward_length", $0) } ?? 0
+        }
+        // A layer without a router keeps the dense MLP (qwen2moe's mlp_only_layers).
+        c.mlpOnlyLayers = (0..<c.numLayers).filter { f.tensor("blk.\($0).ffn_gate_inp.weight") == nil }
     }
 
     /// `ARCH.rope.scaling.*` and `rope_freqs.weight`, as llama.cpp reads them.
@@ -291,5 +302,40 @@ extension ModelFamily {
         default:
             return nil
         }
+    }
+}
+
+/// A GGUF's metadata read under its architecture's prefix (`ARCH.` + key), each value checked.
+struct GGUFMetadata {
+    let f: GGUFFile
+    let arch: String
+
+    func k(_ key: String) -> String { arch + "." + key }
+
+    /// `ARCH.key` in 1..<2^24.
+    func positive(_ key: String) throws -> Int { try positive(key, f.int(k(key))) }
+
+    /// `value` (`ARCH.key`, or the fallback it stands for) in 1..<2^24; nil is missing.
+    func positive(_ key: String, _ value: Int?) throws -> Int {
+        guard let v = value else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k(key))) is missing") }
+        guard v > 0, v < 1 << 24 else {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k(key))) must be in 1..<16777216, got \(v)")
+        }
+        return v
+    }
+
+    /// `ARCH.key` as a positive finite number, nil when absent.
+    func factor(_ key: String) throws -> Double? {
+        guard let v = try f.double(k(key)) else { return nil }
+        guard v.isFinite, v > 0 else { throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(k(key))) must be a positive number, got \(v)") }
+        return v
+    }
+
+    /// A token id of metadata `key` (a full key) inside a vocabulary of `vocab`.
+    func tokenId(_ n: Int, _ key: String, vocab: Int) throws -> Int32 {
+        guard n >= 0, n < vocab, let v = Int32(exactly: n) else {
+            throw MoETuneError.file(path: f.path, message: "metadata \(Printable.quoted(key)) \(n) is outside the vocabulary of \(vocab) tokens")
+        }
+        return v
     }
 }
