@@ -117,6 +117,22 @@ package enum SplitPattern: @unchecked Sendable {
         if last < range.upperBound { out.append((last..<range.upperBound, false)) }
     }
 
+    /// End of a contraction ('s 't 'm 'd 're 've 'll; any case and ſ for 's when `caseless`,
+    /// as llama 3's (?i:...)) at the apostrophe at byte i, or nil.
+    @inline(__always)
+    private static func contraction(_ b: UnsafeBufferPointer<UInt8>, _ i: Int, _ end: Int, caseless: Bool) -> Int? {
+        guard i + 1 < end else { return nil }
+        let c1 = b[i + 1]
+        let l1 = caseless ? (c1 | 0x20) : c1
+        if l1 == 0x73 || l1 == 0x74 || l1 == 0x6D || l1 == 0x64 { return i + 2 }   // s t m d
+        if caseless, c1 == 0xC5, i + 2 < end, b[i + 2] == 0xBF { return i + 3 }    // ſ folds to s
+        if i + 2 < end {
+            let l2 = caseless ? (b[i + 2] | 0x20) : b[i + 2]
+            if (l1 == 0x72 && l2 == 0x65) || (l1 == 0x76 && l2 == 0x65) || (l1 == 0x6C && l2 == 0x6C) { return i + 3 }
+        }
+        return nil
+    }
+
     /// End of the match of the hand-scanned patterns at byte i (< end). Every scalar is
     /// a letter, a number, whitespace or "other", so some alternative always matches.
     @inline(__always)
@@ -150,17 +166,7 @@ package enum SplitPattern: @unchecked Sendable {
             return j
         }
         let c0 = b[i]
-        // Contractions.
-        if c0 == 0x27, i + 1 < end {
-            let c1 = b[i + 1]
-            let l1 = llama ? (c1 | 0x20) : c1
-            if l1 == 0x73 || l1 == 0x74 || l1 == 0x6D || l1 == 0x64 { return i + 2 }   // s t m d
-            if llama, c1 == 0xC5, i + 2 < end, b[i + 2] == 0xBF { return i + 3 }        // ſ folds to s
-            if i + 2 < end {
-                let l2 = llama ? (b[i + 2] | 0x20) : b[i + 2]
-                if (l1 == 0x72 && l2 == 0x65) || (l1 == 0x76 && l2 == 0x65) || (l1 == 0x6C && l2 == 0x6C) { return i + 3 }
-            }
-        }
+        if c0 == 0x27, let e = Self.contraction(b, i, end, caseless: llama) { return e }
         let (k0, n0, v0) = cls(i)
         let next = i + n0
         let k1: UInt8 = next < end ? cls(next).0 : 0

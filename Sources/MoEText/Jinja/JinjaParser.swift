@@ -188,60 +188,11 @@ package struct JinjaParser {
     private mutating func parseStatement(_ tag: String, _ s: inout JinjaTokenStream, line: Int) throws -> JinjaNode {
         switch tag {
         case "if":
-            var branches: [(JinjaExpr, [JinjaNode])] = []
-            var cond = try withSoft(true) { p in try p.parseExpression(&s) }
-            try endOfTag(s)
-            while true {
-                let (nodes, end, endStream) = try body(until: ["elif", "else", "endif"], openedBy: "if", line: line)
-                var es = endStream
-                branches.append((cond, nodes))
-                if end == "elif" {
-                    cond = try withSoft(true) { p in try p.parseExpression(&es) }
-                    try endOfTag(es)
-                    continue
-                }
-                try endOfTag(es)
-                if end == "else" {
-                    let (other, _, last) = try body(until: ["endif"], openedBy: "if", line: line)
-                    try endOfTag(last)
-                    return .conditional(branches, otherwise: other)
-                }
-                return .conditional(branches, otherwise: [])
-            }
+            return try parseIf(&s, line: line)
         case "for":
-            let target = try parseTarget(&s, allowAttribute: false)
-            guard s.skipName("in") else { throw s.fail("expected 'in'") }
-            let iterable = try parseTuple(&s, withConditional: false)
-            var condition: JinjaExpr?
-            if s.skipName("if") { condition = try parseExpression(&s) }
-            if s.current?.isName("recursive") == true {
-                throw JinjaError(line: line, message: "recursive for loops are not supported")
-            }
-            try endOfTag(s)
-            let (nodes, end, es) = try body(until: ["else", "endfor"], openedBy: "for", line: line)
-            try endOfTag(es)
-            var other: [JinjaNode] = []
-            if end == "else" {
-                let (o, _, last) = try body(until: ["endfor"], openedBy: "for", line: line)
-                try endOfTag(last)
-                other = o
-            }
-            return .loop(target: target, iterable: iterable, condition: condition, body: nodes, otherwise: other, line: line,
-                         bodyFrame: JinjaFrame(nodes, assigned: JinjaFrame.assignedNames(target) + ["loop"], reads: condition.map { [$0] } ?? []),
-                         elseFrame: JinjaFrame(other))
+            return try parseFor(&s, line: line)
         case "set":
-            let target = try parseTarget(&s, allowAttribute: true)
-            if s.skipOp("=") {
-                let value = try parseTuple(&s)
-                try endOfTag(s)
-                return .set(target, value, line: line)
-            }
-            var filter: JinjaExpr?
-            if s.current?.isOp("|") == true { filter = try parseFilters(.blockInput, &s) }
-            try endOfTag(s)
-            let (nodes, _, es) = try body(until: ["endset"], openedBy: "set", line: line)
-            try endOfTag(es)
-            return .setBlock(target, filter: filter, body: nodes, line: line, frame: JinjaFrame(nodes))
+            return try parseSet(&s, line: line)
         case "macro":
             let name = try s.expectName()
             let params = try parseSignature(&s)
@@ -297,6 +248,70 @@ package struct JinjaParser {
             }
             throw JinjaError(line: line, message: "unknown tag '\(tag)'")
         }
+    }
+
+    /// {% if %} ... {% elif %} ... {% else %} ... {% endif %}
+    private mutating func parseIf(_ s: inout JinjaTokenStream, line: Int) throws -> JinjaNode {
+        var branches: [(JinjaExpr, [JinjaNode])] = []
+        var cond = try withSoft(true) { p in try p.parseExpression(&s) }
+        try endOfTag(s)
+        while true {
+            let (nodes, end, endStream) = try body(until: ["elif", "else", "endif"], openedBy: "if", line: line)
+            var es = endStream
+            branches.append((cond, nodes))
+            if end == "elif" {
+                cond = try withSoft(true) { p in try p.parseExpression(&es) }
+                try endOfTag(es)
+                continue
+            }
+            try endOfTag(es)
+            if end == "else" {
+                let (other, _, last) = try body(until: ["endif"], openedBy: "if", line: line)
+                try endOfTag(last)
+                return .conditional(branches, otherwise: other)
+            }
+            return .conditional(branches, otherwise: [])
+        }
+    }
+
+    /// {% for target in iterable [if condition] %} ... [{% else %} ...] {% endfor %}
+    private mutating func parseFor(_ s: inout JinjaTokenStream, line: Int) throws -> JinjaNode {
+        let target = try parseTarget(&s, allowAttribute: false)
+        guard s.skipName("in") else { throw s.fail("expected 'in'") }
+        let iterable = try parseTuple(&s, withConditional: false)
+        var condition: JinjaExpr?
+        if s.skipName("if") { condition = try parseExpression(&s) }
+        if s.current?.isName("recursive") == true {
+            throw JinjaError(line: line, message: "recursive for loops are not supported")
+        }
+        try endOfTag(s)
+        let (nodes, end, es) = try body(until: ["else", "endfor"], openedBy: "for", line: line)
+        try endOfTag(es)
+        var other: [JinjaNode] = []
+        if end == "else" {
+            let (o, _, last) = try body(until: ["endfor"], openedBy: "for", line: line)
+            try endOfTag(last)
+            other = o
+        }
+        return .loop(target: target, iterable: iterable, condition: condition, body: nodes, otherwise: other, line: line,
+                     bodyFrame: JinjaFrame(nodes, assigned: JinjaFrame.assignedNames(target) + ["loop"], reads: condition.map { [$0] } ?? []),
+                     elseFrame: JinjaFrame(other))
+    }
+
+    /// {% set target = value %}, or the block form {% set target [| filters] %} ... {% endset %}
+    private mutating func parseSet(_ s: inout JinjaTokenStream, line: Int) throws -> JinjaNode {
+        let target = try parseTarget(&s, allowAttribute: true)
+        if s.skipOp("=") {
+            let value = try parseTuple(&s)
+            try endOfTag(s)
+            return .set(target, value, line: line)
+        }
+        var filter: JinjaExpr?
+        if s.current?.isOp("|") == true { filter = try parseFilters(.blockInput, &s) }
+        try endOfTag(s)
+        let (nodes, _, es) = try body(until: ["endset"], openedBy: "set", line: line)
+        try endOfTag(es)
+        return .setBlock(target, filter: filter, body: nodes, line: line, frame: JinjaFrame(nodes))
     }
 
     private func parseSignature(_ s: inout JinjaTokenStream) throws -> [(String, JinjaExpr?)] {
