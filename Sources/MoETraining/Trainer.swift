@@ -81,6 +81,22 @@ public final class Trainer {
     }
 
     /// metrics.jsonl's line for the run options of this start or resume.
+    /// Refuses a micro-batch whose activations (MemoryEstimate, with training.recompute as
+    /// set) would not fit in the machine's memory or under the process's limits, naming
+    /// `key`, the keys to `lower`, and training.recompute: layers when that would fit.
+    func requireActivationsFit(_ model: Transformer, rows: Int, seq: Int, headChunkRows: Int?, loraRank: Int,
+                               batch: String, key: String, lower: String) throws {
+        let estimate = { (recompute: Bool) in
+            MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: seq, headChunkRows: headChunkRows,
+                                         recompute: recompute, loraRank: loraRank, jitter: model.moe.jitter > 0)
+        }
+        let recompute = config.training.recompute == .layers
+        if let message = MemoryEstimate.refusal(batch: batch, needed: estimate(recompute), recomputed: recompute ? nil : estimate(true),
+                                                lower: lower, room: MemoryEstimate.activationRoom()) {
+            throw MoETuneError.config(path: configPath, key: key, message: message)
+        }
+    }
+
     func recordRunOptions(_ metrics: MetricsLog?) throws {
         guard !runOptions.isEmpty else { return }
         try metrics?.write(["type": "run_options", "options": RunOptions.json(runOptions)])
@@ -226,19 +242,14 @@ public final class Trainer {
         // The head in row chunks (no [N, V] logits), its backward taken in the forward pass;
         // whole when a head adapter has dropout. The estimate counts the same buffers.
         let headChunkRows = adapters.head == nil || adapters.dropout == nil ? ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize) : nil
-        let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest, headChunkRows: headChunkRows)
         let batchKey = packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size"
-        if let physical = MemoryEstimate.physicalBytes, needed > physical {
-            throw MoETuneError.config(path: configPath, key: batchKey,
-                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size, training.batch_tokens or training.max_seq_len")
-        }
-        // The process's own limits (ulimit -v / -d, the cgroup's memory.max): what is left under them now.
-        for limit in MemoryEstimate.processLimits() where needed + MemoryEstimate.processMargin > limit.left {
-            throw MoETuneError.config(path: configPath, key: batchKey,
-                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than the \(MemoryEstimate.format(max(limit.left - MemoryEstimate.processMargin, 0))) left under \(limit.what); lower training.batch_size, training.batch_tokens or training.max_seq_len, or raise the limit")
-        }
+        let recompute = tc.recompute == .layers
+        try requireActivationsFit(model, rows: rows, seq: longest, headChunkRows: headChunkRows, loraRank: adapters.maxRank,
+                                  batch: "a batch of \(rows) sequences of up to \(longest) tokens", key: batchKey,
+                                  lower: "training.batch_size, training.batch_tokens or training.max_seq_len")
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
-                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0, headChunkRows: headChunkRows)
+                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0, headChunkRows: headChunkRows,
+                                 recompute: recompute)
         state.scoredOnly = true
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config
