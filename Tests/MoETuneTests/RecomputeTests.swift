@@ -46,7 +46,7 @@ final class RecomputeTests: XCTestCase {
         try writeData(dir)
         let none = try train(model, dir: dir, recompute: "none", extra: extra)
         let layers = try train(model, dir: dir, recompute: "layers", extra: extra)
-        XCTAssertEqual(none.numbers.count, 5, "3 steps and 2 evaluations")   // eval at start and end, at step 2
+        XCTAssertEqual(none.numbers.count, 6, "3 steps, 3 evaluations (start, step 2, end)")
         XCTAssertEqual(none.numbers, layers.numbers, "\(model): losses and gradient norms")
         XCTAssertTrue(none.adapter == layers.adapter, "\(model): the adapters differ")
     }
@@ -143,33 +143,49 @@ final class RecomputeTests: XCTestCase {
 
     /// End to end: a batch over the address-space limit (ulimit -v) that would fit with
     /// recomputation is refused before training with the hint; with training.recompute: layers
-    /// the same batch passes the check and trains.
+    /// the same batch passes the check and trains (not killed). The limit is set between the
+    /// two estimates, read from the refusals under a limit that refuses both.
     func testRefusalUnderALimitHintsRecompute() throws {
         let dir = try makeTempDir(self)
         var text = ""
-        for _ in 0..<8 { text += #"{"prompt": ""# + (0..<200).map { "w\($0)" }.joined(separator: " ") + #"", "completion": " x"}"# + "\n" }
+        for _ in 0..<64 { text += #"{"prompt": ""# + (0..<100).map { "w\($0)" }.joined(separator: " ") + #"", "completion": " x"}"# + "\n" }
         try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/long.jsonl"))
         let repo = Fixtures.root + "/../../.."
-        func run(_ recompute: String) throws -> (Int32, String) {
+        func run(_ recompute: String, limitKB: Int) throws -> (status: Int32, last: String) {
             let args = ["train", "--config", repo + "/configs/demo.yaml", "--set", "model=\(repo)/data/demo-model",
                         "--set", "data.train=\(dir)/long.jsonl", "--set", "data.valid=null", "--set", "data.test=null",
-                        "--set", "training.batch_size=8", "--set", "training.max_seq_len=512", "--set", "training.max_steps=1",
-                        "--set", "training.recompute=\(recompute)", "--set", "training.out_dir=\(dir)/out-\(recompute)"]
+                        "--set", "training.batch_size=64", "--set", "training.max_seq_len=512", "--set", "training.max_steps=1",
+                        "--set", "training.recompute=\(recompute)", "--set", "training.out_dir=\(dir)/out-\(recompute)-\(limitKB)"]
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/bin/bash")
-            p.arguments = ["-c", "ulimit -v \(Self.limitKB); exec timeout 300 \"$0\" \"$@\" >\(dir)/stdout 2>\(dir)/stderr", moeTuneBinary] + args
+            p.arguments = ["-c", "ulimit -v \(limitKB); exec timeout 300 \"$0\" \"$@\" >\(dir)/stdout 2>\(dir)/stderr", moeTuneBinary] + args
             try p.run()
             p.waitUntilExit()
-            return (p.terminationStatus, (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? "")
+            let err = (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? ""
+            XCTAssertFalse(err.contains("Fatal error"), err)
+            return (p.terminationStatus, String(err.split(separator: "\n").last ?? ""))
         }
-        let (status, err) = try run("none")
-        XCTAssertEqual(status, 1, err)
-        let last = String(err.split(separator: "\n").last ?? "")
-        XCTAssertTrue(last.contains("training.batch_size: a batch of 8 sequences of up to "), err)
-        XCTAssertTrue(last.contains("left under the address-space limit (ulimit -v)"), err)
-        XCTAssertTrue(last.contains(", or set training.recompute: layers (estimate "), err)
-        let (status2, err2) = try run("layers")
-        XCTAssertEqual(status2, 0, err2)
+        func gb(_ line: String, after: String, before: String) -> Double? {
+            guard let a = line.range(of: after), let b = line.range(of: before, range: a.upperBound..<line.endIndex) else { return nil }
+            return Double(line[a.upperBound..<b.lowerBound])
+        }
+        let tight = 800_000
+        let none = try run("none", limitKB: tight), layers = try run("layers", limitKB: tight)
+        for r in [none, layers] {
+            XCTAssertEqual(r.status, 1, r.last)
+            XCTAssertTrue(r.last.contains("training.batch_size: a batch of 64 sequences of up to "), r.last)
+            XCTAssertTrue(r.last.contains("left under the address-space limit (ulimit -v)"), r.last)
+            XCTAssertFalse(r.last.contains("set training.recompute"), r.last)
+        }
+        let needNone = try XCTUnwrap(gb(none.last, after: "needs about ", before: " GB of activations"))
+        let needLayers = try XCTUnwrap(gb(layers.last, after: "needs about ", before: " GB of activations"))
+        let used = try XCTUnwrap(gb(none.last, after: "GB, ", before: " GB of it in use"))
+        XCTAssertLessThan(needLayers, needNone - 0.2, none.last + "\n" + layers.last)
+        let limit = Int((used + MemoryEstimate.processMargin / 1e9 + (needNone + needLayers) / 2) * 1e6)
+        let hinted = try run("none", limitKB: limit)
+        XCTAssertEqual(hinted.status, 1, hinted.last)
+        XCTAssertTrue(hinted.last.contains(", or set training.recompute: layers (estimate "), hinted.last)
+        let trained = try run("layers", limitKB: limit)
+        XCTAssertEqual(trained.status, 0, trained.last)
     }
-    static let limitKB = 900_000
 }
