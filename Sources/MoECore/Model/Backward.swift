@@ -80,15 +80,12 @@ extension Transformer {
             // beside its forward there.
             let layer = decoderLayer(l), w = layer.weights, a = s.layer(l), ad = adapters.layers[l]
             let x = s.residualIn(l).pointer, mid = s.midBuffer(l).pointer
-            // Recomputation: the layer's forward again from its kept input, into the one set of
-            // layer activations (its output overwrites residual[l + 1], no longer read); it
-            // leaves ln1, mid and ln2 as this layer's.
+            // Recomputation: the layer's forward again from its input into the one set of layer
+            // activations (out overwrites residual[l + 1], no longer read), ln1, mid, ln2 included.
             let recomputed = s.recomputesLayers
             if recomputed { layerForward(l, state: s, adapters: adapters, statistics: nil) }
-            // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H] and
-            // d ffn = r * d out (r = residual_multiplier).
-            // mid and ln2 are shared between layers: recompute this layer's,
-            // mid = x + r * o_proj(attn) (+ LoRA), ln2 = norm(mid).
+            // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H], d ffn =
+            // r * d out. Else mid and ln2 (shared) are recomputed: mid = x + r * o_proj(attn), ln2 = norm(mid).
             if !recomputed {
                 layer.attentionOutput(mid: mid, x: x, attn: a.attn.pointer, rows: n, adapter: ad.o,
                                       u: a.lora?.o.pointer, scratch: a.ln2.pointer)
