@@ -108,9 +108,23 @@ public enum MemoryEstimate {
 
     /// What a step's activations must fit in: the machine's memory (what) and, for each of the
     /// process's limits, what is left under it less `processMargin`.
-    public static func activationRoom() -> [(what: String, left: Double)] {
-        [physicalBytes.map { ("of this machine's memory", $0) }].compactMap { $0 }
-            + processLimits().map { ("left under " + $0.what, $0.left - processMargin) }
+    /// The machine's share is its memory less the anonymous memory this process already holds
+    /// (the loaded model's fp32 parts: embedding, norms, a copied base); a GGUF base's mapped
+    /// file pages are page cache, which the kernel reclaims rather than kill for.
+    public static func activationRoom(proc: String = "/proc/self") -> [(what: String, left: Double)] {
+        let held = statusBytes("RssAnon", proc: proc) ?? 0
+        return [physicalBytes.map { ("left of this machine's \(format($0)) beside the \(format(held)) this process already holds", $0 - held) }]
+            .compactMap { $0 } + processLimits(proc: proc).map { ("left under " + $0.what, $0.left - processMargin) }
+    }
+
+    /// A "Key: N kB" line of PROC/status in bytes (nil when absent).
+    package static func statusBytes(_ key: String, proc: String = "/proc/self") -> Double? {
+        guard let t = try? String(contentsOfFile: proc + "/status", encoding: .utf8) else { return nil }
+        for line in t.split(separator: "\n") where line.hasPrefix(key + ":") {
+            // "RssAnon:\t  4699568 kB": a tab, then spaces.
+            return Double(line.dropFirst(key.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "").map { $0 * 1024 }
+        }
+        return nil
     }
 
     /// The refusal of `needed` bytes of activations when one of `room` is smaller, nil when
@@ -160,19 +174,12 @@ public enum MemoryEstimate {
         var out: [Limit] = []
         let page = Double(max(sysconf(Int32(_SC_PAGESIZE)), 1))
         func text(_ path: String) -> String? { (try? String(contentsOfFile: path, encoding: .utf8)) }
-        func statusKB(_ key: String) -> Double? {
-            guard let t = text(proc + "/status") else { return nil }
-            for line in t.split(separator: "\n") where line.hasPrefix(key + ":") {
-                return Double(line.dropFirst(key.count + 1).split(separator: " ").first ?? "").map { $0 * 1024 }
-            }
-            return nil
-        }
         if let limit = rlimit(Int32(RLIMIT_AS.rawValue)) {
             let used = text(proc + "/statm").flatMap { Double($0.split(separator: " ").first ?? "") }.map { $0 * page } ?? 0
             out.append(Limit(left: Double(limit) - used, what: "the address-space limit (ulimit -v) of \(format(Double(limit))), \(format(used)) of it in use"))
         }
         if let limit = rlimit(Int32(RLIMIT_DATA.rawValue)) {
-            let used = statusKB("VmData") ?? 0
+            let used = statusBytes("VmData", proc: proc) ?? 0
             out.append(Limit(left: Double(limit) - used, what: "the data-size limit (ulimit -d) of \(format(Double(limit))), \(format(used)) of it in use"))
         }
         if let (limit, used) = cgroupMemory(proc: proc, mount: cgroupMount) {

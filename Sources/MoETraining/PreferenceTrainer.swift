@@ -129,7 +129,7 @@ extension Trainer {
     /// the machine's memory or the process's limits. `batch` says what the rows are, `lower`
     /// which keys to lower.
     func requireWholeHeadFits(_ model: Transformer, rows: Int, seq: Int, loraRank: Int, batch: String, lower: String) throws {
-        try requireActivationsFit(model, rows: rows, seq: seq, headChunkRows: nil, loraRank: loraRank,
+        try requireActivationsFit(model, rows: rows, seq: seq, loraRank: loraRank, headChunkRows: nil,
                                   batch: "a micro-batch of \(batch)", key: "training.batch_size", lower: lower)
     }
 

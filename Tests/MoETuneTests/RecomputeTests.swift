@@ -141,6 +141,19 @@ final class RecomputeTests: XCTestCase {
         XCTAssertFalse(MemoryEstimate.refusal(batch: "b", needed: 45e9, recomputed: 9e9, lower: "y", room: two)!.contains("recompute"))
     }
 
+    /// The machine's room is its memory less the anonymous memory the process holds (the
+    /// model's fp32 parts), read from PROC/status.
+    func testRoomLeavesWhatTheProcessHolds() throws {
+        let proc = try makeTempDir(self)
+        try Data("Name:\tmoe-tune\nRssAnon:\t  2000000 kB\nRssFile:\t 9000000 kB\n".utf8)
+            .write(to: URL(fileURLWithPath: proc + "/status"))
+        XCTAssertEqual(MemoryEstimate.statusBytes("RssAnon", proc: proc), 2_048_000_000)
+        let physical = try XCTUnwrap(MemoryEstimate.physicalBytes)
+        let room = try XCTUnwrap(MemoryEstimate.activationRoom(proc: proc).first)
+        XCTAssertEqual(room.left, physical - 2_048_000_000)
+        XCTAssertEqual(room.what, "left of this machine's \(MemoryEstimate.format(physical)) beside the 2.0 GB this process already holds")
+    }
+
     /// End to end: a batch over the address-space limit (ulimit -v) that would fit with
     /// recomputation is refused before training with the hint; with training.recompute: layers
     /// the same batch passes the check and trains (not killed). The limit is set between the
