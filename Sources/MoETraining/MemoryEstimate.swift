@@ -106,11 +106,11 @@ public enum MemoryEstimate {
         return chunk * Double(c.vocabSize)
     }
 
-    /// What a step's activations must fit in: the machine's memory (what) and, for each of the
-    /// process's limits, what is left under it less `processMargin`.
-    /// The machine's share is its memory less the anonymous memory this process already holds
-    /// (the loaded model's fp32 parts: embedding, norms, a copied base); a GGUF base's mapped
-    /// file pages are page cache, which the kernel reclaims rather than kill for.
+    /// What a step's activations must fit in, each with the words that name it: the machine's
+    /// memory less the anonymous memory this process already holds (the loaded model's fp32
+    /// parts: embedding, norms, a copied base; a GGUF base's mapped file pages are page cache,
+    /// which the kernel reclaims rather than kill for), and what is left under each of the
+    /// process's limits less `processMargin`.
     public static func activationRoom(proc: String = "/proc/self") -> [(what: String, left: Double)] {
         let held = statusBytes("RssAnon", proc: proc) ?? 0
         return [physicalBytes.map { ("left of this machine's \(format($0)) beside the \(format(held)) this process already holds", $0 - held) }]
