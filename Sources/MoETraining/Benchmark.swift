@@ -24,6 +24,8 @@ public struct TrainBenchmark {
     /// The head in row chunks with its backward in the forward pass (what training does);
     /// false: logits [N, V] whole (RunOptions.headChunks, MOE_TUNE_HEAD_CHUNKS=0 on bench-train, to measure both).
     public var chunkedHead = true
+    /// Activation recomputation per decoder layer (training.recompute: layers).
+    public var recompute = false
 
     public init() {}
 
@@ -62,7 +64,8 @@ public struct TrainBenchmark {
         let rows = batches.map(\.batch).max()!, longest = batches.map(\.seq).max()!
         let adapters = try AdapterSet(model: model, spec: LoRASpec(rank: rank, alpha: Double(2 * rank), targets: self.targets), seed: seed)
         let state = ForwardState(config: c, batch: rows, seq: longest, training: true, loraRank: adapters.maxRank,
-                                 headChunkRows: chunkedHead ? ForwardState.defaultHeadChunkRows(vocab: c.vocabSize) : nil)
+                                 headChunkRows: chunkedHead ? ForwardState.defaultHeadChunkRows(vocab: c.vocabSize) : nil,
+                                 recompute: recompute)
         state.scoredOnly = scoredOnly
         let grads = BackwardState(for: state, config: c)
         let opt = AdamW(store: adapters.store)

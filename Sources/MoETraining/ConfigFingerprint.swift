@@ -10,14 +10,17 @@ import MoEInference
 /// Resuming compares the two configs key by key and names every key that changed.
 public enum ConfigFingerprint {
     /// Keys that cannot change the trained adapter (when to evaluate, log and save, where
-    /// the run lives), or that only lengthen it (checked by the trainer).
+    /// the run lives, whether activations are recomputed: bit-identical), or that only
+    /// lengthen it (checked by the trainer).
     public static let mayChange: Set<String> = [
         "training.eval_every", "training.eval_batches", "training.log_every", "training.save_every",
         "training.keep_checkpoints", "training.out_dir", "training.max_steps", "training.epochs",
+        "training.recompute",
     ]
 
     /// Keys the resolved config gained later, with the default a run saved before them had.
-    package static let laterDefaults = ["base_dtype": "fp32", "training.method": "sft", "training.init_adapter": "null"]
+    package static let laterDefaults = ["base_dtype": "fp32", "training.method": "sft", "training.init_adapter": "null",
+                                       "training.recompute": "none"]
 
     /// `section.key` → value text of a config rendered by `TrainConfig.resolvedYAML`
     /// (nested lines are part of their key's value).

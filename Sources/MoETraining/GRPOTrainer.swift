@@ -38,10 +38,11 @@ extension Trainer {
         // (the last token picked is never fed back), so a training row holds cache + 1 <= max_seq_len.
         let cache = min(longest + g.maxNewTokens, tc.maxSeqLen - 1), seq = cache + 1
         let rows = tc.batchSize * g.groupSize
-        try requireWholeHeadFits(model.config, rows: rows, seq: seq, batch: "\(rows) completions of up to \(seq) tokens",
+        try requireWholeHeadFits(model, rows: rows, seq: seq, loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), batch: "\(rows) completions of up to \(seq) tokens",
                                  lower: "training.batch_size, grpo.group_size or grpo.max_new_tokens")
         let state = ForwardState(config: model.config, batch: rows, seq: seq, training: true,
-                                 loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil)
+                                 loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil,
+                                 recompute: tc.recompute == .layers)
         state.scoredOnly = true
         let mc = model.config
         adapters.dropout?.reserve(rows * seq * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))

@@ -5,24 +5,98 @@ import MoECore
 import MoEData
 import MoEInference
 
-/// A rough upper estimate of the activation memory a training step holds, so that a batch
-/// that cannot fit is refused with a number before anything large is allocated (instead of
-/// dying in the allocator). Counts the forward state kept for backward (per layer: q, k, v,
-/// attention output, the MLP's gate/up for every routed expert, residuals), doubled for the
-/// backward pass's gradients of the same shapes, and the head's logits as ForwardState
-/// allocates them: one [chunk, V] buffer when the head runs in row chunks
-/// (`headChunkRows`, as the trainer builds its state), the whole [N, V] when nil (a head
-/// adapter with dropout); d logits are written over them, so they are counted once. In
-/// Double: no overflow.
+/// An estimate of the activation memory a training step holds, so that a batch that cannot
+/// fit is refused with a number before anything large is allocated (instead of dying in the
+/// allocator). Counts what ForwardState and BackwardState allocate, buffer by buffer: per
+/// layer the activations the backward pass reads (q, k, v, attention output, norms' rstd,
+/// routing, the MLP's or every routed expert's gate/up, LoRA inputs) and the layer's input
+/// on the residual stream; the buffers all layers share (norm outputs, silu(gate) * up,
+/// expert inputs/outputs); one layer's gradients (the backward pass reuses them layer by
+/// layer); the attention scratch; the dropout scratch; and the head's logits as ForwardState
+/// allocates them: one [chunk, V] buffer when the head runs in row chunks (`headChunkRows`,
+/// as the trainer builds its state), the whole [N, V] when nil (a head adapter with dropout);
+/// d logits are written over them, so they are counted once. With `recompute`
+/// (`training.recompute: layers`) only the residual input is kept per layer, plus one set of
+/// layer activations that the backward pass refills. Integer buffers count as floats (4
+/// bytes each); the model's weights and the optimizer state are not counted. In Double: no
+/// overflow.
 public enum MemoryEstimate {
-    public static func trainingBytes(config c: ModelConfig, rows: Int, seq: Int, headChunkRows: Int?) -> Double {
-        let n = Double(rows) * Double(seq)
-        let k = Double(c.isMoE ? max(c.expertsPerToken, 1) : 1)
-        let perLayer = 2 * Double(c.qDim) + 2 * Double(c.kvDim) + 2 * Double(c.intermediateSize) * k + 3 * Double(c.hiddenSize)
-        let floats = n * (Double(c.numLayers) * perLayer + 4 * Double(c.hiddenSize))
-            + Double(BLAS.cores) * Double(seq) * Double(seq)
-        return 4 * (2 * floats + logitsFloats(config: c, rows: rows, seq: seq, headChunkRows: headChunkRows))
+    public static func trainingBytes(config c: ModelConfig, rows: Int, seq: Int, headChunkRows: Int?, recompute: Bool = false,
+                                     loraRank: Int = 0, jitter: Bool = false) -> Double {
+        let n = Double(rows) * Double(seq), t = Double(seq)
+        let r = Double(loraRank), h = Double(c.hiddenSize)
+        var kept = 0.0   // per token, over all layers
+        if recompute {
+            kept = Double(c.numLayers) * h + layerFloats(c, dense: c.hasDenseLayers, moe: c.isMoE, loraRank: loraRank, jitter: jitter) - h
+        } else {
+            for l in 0..<c.numLayers {
+                kept += layerFloats(c, dense: !c.isMoELayer(l), moe: c.isMoELayer(l), loraRank: loraRank, jitter: jitter)
+            }
+        }
+        let perToken = kept + sharedFloats(c, loraRank: loraRank) + gradientFloats(c, loraRank: loraRank)
+        let headScratch = headChunkRows != nil && loraRank > 0 ? min(n, Double(max(1, headChunkRows!))) * (h + r) : 0
+        // Attention probabilities: [cores, T, T] forward, [cores, 2, T, T] backward.
+        let attention = 3 * Double(BLAS.cores) * t * t
+        return 4 * (n * perToken + attention + headScratch + Double(max(c.numExperts, 1))
+            + logitsFloats(config: c, rows: rows, seq: seq, headChunkRows: headChunkRows))
     }
+
+    /// Floats per token of one layer's LayerActivations (its input on the residual stream
+    /// included), a layer with a dense MLP and/or experts: what `recompute` keeps once.
+    package static func layerFloats(_ c: ModelConfig, dense: Bool, moe: Bool, loraRank: Int, jitter: Bool) -> Double {
+        let h = Double(c.hiddenSize), q = Double(c.qDim), kv = Double(c.kvDim), r = Double(loraRank)
+        let k = Double(max(c.expertsPerToken, 1)), e = Double(c.numExperts)
+        var f = h + 2 + 2 * q + 2 * kv   // input, rstd1/2, q, attn, k, v
+        if c.qkNorm != nil { f += q + kv + Double(c.numHeads + c.numKVHeads) }
+        if c.clipQKV != nil { f += q + 2 * kv }
+        if let m = c.mla {
+            let qLatent: Double = m.qLoraRank.map { 2 * Double($0) + 1 } ?? 0
+            f += 2 * Double(m.kvLoraRank) + 1 + qLatent
+        }
+        if dense { f += 2 * Double(c.intermediateSize) }
+        let shared = moe && c.sharedExpertIntermediateSize > 0
+        let ffnRows: Double = moe ? k : 1, sharedRows: Double = shared ? 3 : 0
+        if loraRank > 0 { f += r * (5 + 3 * ffnRows + sharedRows) }
+        if moe {
+            // Router logits, noise, its pre-activation, probabilities [E]; lse; top-k weights,
+            // experts, slots and assignments (ints); every assignment's gate/up.
+            f += 4 * e + 1 + 5 * k + 2 * k * Double(c.expertIntermediateSize)
+            if shared { f += 2 * Double(c.sharedExpertIntermediateSize) + h + 1 }
+            if jitter { f += 2 * h }
+        }
+        return f
+    }
+
+    /// Floats per token of the buffers every layer shares: ln1, ln2, mid, the last residual,
+    /// lnF (+ rstd, loss, ids, targets, positions), silu(gate) * up, the expert inputs and
+    /// outputs, MLA's scratch, the head adapter's inputs and the LoRA dropout scratch.
+    package static func sharedFloats(_ c: ModelConfig, loraRank: Int) -> Double {
+        let h = Double(c.hiddenSize), k = Double(max(c.expertsPerToken, 1))
+        var f = 5 * h + 8 + Double(loraRank) + feedForwardFloats(c)
+        if c.isMoE { f += 2 * k * h }
+        if let m = c.mla { f += Double(m.kvLoraRank + m.ropeDim) + Double(c.numHeads * (m.nopeDim + m.valueDim)) }
+        f += Double(max(c.hiddenSize, c.intermediateSize, c.expertIntermediateSize, c.sharedExpertIntermediateSize, c.qDim))
+        return f
+    }
+
+    /// Floats per token of BackwardState: one layer's gradients, reused by every layer.
+    package static func gradientFloats(_ c: ModelConfig, loraRank: Int) -> Double {
+        let h = Double(c.hiddenSize), q = Double(c.qDim), kv = Double(c.kvDim)
+        let k = Double(max(c.expertsPerToken, 1)), e = Double(c.numExperts)
+        var f = 2 * h + 2 * q + 2 * kv + 2 * feedForwardFloats(c) + (c.isMoE ? k : 1) * Double(max(loraRank, 1))
+        if c.qkNorm != nil { f += q }
+        if c.sharedExpertIntermediateSize > 0 { f += h + 1 }
+        if c.isMoE { f += 2 * k + 2 * e }
+        if c.residualMultiplier != 1 { f += h }
+        if let m = c.mla {
+            f += Double(c.numHeads * (m.nopeDim + m.valueDim)) + 2 * Double(m.kvLoraRank) + Double(m.ropeDim)
+                + 2 * Double(m.qLoraRank ?? 0)
+        }
+        return f
+    }
+
+    /// Floats per token of the largest SwiGLU scratch (ModelConfig.feedForwardScratch).
+    static func feedForwardFloats(_ c: ModelConfig) -> Double { Double(c.feedForwardScratch(tokens: 1)) }
 
     /// Floats of the logits buffer of a ForwardState for [rows, seq] with `headChunkRows`
     /// (ForwardState.logitsRows x V, in Double).
@@ -30,6 +104,41 @@ public enum MemoryEstimate {
         let n = Double(rows) * Double(seq)
         let chunk = headChunkRows.map { min(n, Double(max(1, $0))) } ?? n
         return chunk * Double(c.vocabSize)
+    }
+
+    /// What a step's activations must fit in, each with the words that name it: the machine's
+    /// memory less the anonymous memory this process already holds (the loaded model's fp32
+    /// parts: embedding, norms, a copied base; a GGUF base's mapped file pages are page cache,
+    /// which the kernel reclaims rather than kill for), and what is left under each of the
+    /// process's limits less `processMargin`.
+    public static func activationRoom(proc: String = "/proc/self") -> [(what: String, left: Double)] {
+        let held = statusBytes("RssAnon", proc: proc) ?? 0
+        return [physicalBytes.map { ("left of this machine's \(format($0)) beside the \(format(held)) this process already holds", $0 - held) }]
+            .compactMap { $0 } + processLimits(proc: proc).map { ("left under " + $0.what, $0.left - processMargin) }
+    }
+
+    /// A "Key: N kB" line of PROC/status in bytes (nil when absent).
+    package static func statusBytes(_ key: String, proc: String = "/proc/self") -> Double? {
+        guard let t = try? String(contentsOfFile: proc + "/status", encoding: .utf8) else { return nil }
+        for line in t.split(separator: "\n") where line.hasPrefix(key + ":") {
+            // "RssAnon:\t  4699568 kB": a tab, then spaces.
+            return Double(line.dropFirst(key.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "").map { $0 * 1024 }
+        }
+        return nil
+    }
+
+    /// The refusal of `needed` bytes of activations when one of `room` is smaller, nil when
+    /// it fits: "a batch of ... needs about X of activations, more than Y WHAT; lower KEYS",
+    /// and, when `recomputed` (the estimate with training.recompute: layers) fits them all,
+    /// "or set training.recompute: layers (estimate Z)".
+    public static func refusal(batch: String, needed: Double, recomputed: Double?, lower: String,
+                               room: [(what: String, left: Double)]) -> String? {
+        guard let over = room.first(where: { needed > $0.left }) else { return nil }
+        var text = "\(batch) needs about \(format(needed)) of activations, more than \(format(max(over.left, 0))) \(over.what); lower \(lower)"
+        if let recomputed, room.allSatisfy({ recomputed <= $0.left }) {
+            text += ", or set training.recompute: layers (estimate \(format(recomputed)))"
+        }
+        return text
     }
 
     /// The machine's physical memory in bytes (nil if unknown).
@@ -65,19 +174,12 @@ public enum MemoryEstimate {
         var out: [Limit] = []
         let page = Double(max(sysconf(Int32(_SC_PAGESIZE)), 1))
         func text(_ path: String) -> String? { (try? String(contentsOfFile: path, encoding: .utf8)) }
-        func statusKB(_ key: String) -> Double? {
-            guard let t = text(proc + "/status") else { return nil }
-            for line in t.split(separator: "\n") where line.hasPrefix(key + ":") {
-                return Double(line.dropFirst(key.count + 1).split(separator: " ").first ?? "").map { $0 * 1024 }
-            }
-            return nil
-        }
         if let limit = rlimit(Int32(RLIMIT_AS.rawValue)) {
             let used = text(proc + "/statm").flatMap { Double($0.split(separator: " ").first ?? "") }.map { $0 * page } ?? 0
             out.append(Limit(left: Double(limit) - used, what: "the address-space limit (ulimit -v) of \(format(Double(limit))), \(format(used)) of it in use"))
         }
         if let limit = rlimit(Int32(RLIMIT_DATA.rawValue)) {
-            let used = statusKB("VmData") ?? 0
+            let used = statusBytes("VmData", proc: proc) ?? 0
             out.append(Limit(left: Double(limit) - used, what: "the data-size limit (ulimit -d) of \(format(Double(limit))), \(format(used)) of it in use"))
         }
         if let (limit, used) = cgroupMemory(proc: proc, mount: cgroupMount) {

@@ -37,11 +37,12 @@ extension Trainer {
         let all = data.train + (data.valid ?? []) + (data.test ?? [])
         let longest = all.map(\.longest).max() ?? 1
         let rows = 2 * min(tc.batchSize, max(data.train.count, data.valid?.count ?? 0, data.test?.count ?? 0))
-        try requireWholeHeadFits(model.config, rows: rows, seq: longest,
+        try requireWholeHeadFits(model, rows: rows, seq: longest, loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0),
                                  batch: "\(rows / 2) pairs (\(rows) sequences of up to \(longest) tokens)",
                                  lower: "training.batch_size or training.max_seq_len")
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
-                                 loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil)
+                                 loraRank: max(adapters.maxRank, refAdapters?.maxRank ?? 0), jitter: model.moe.jitter > 0, headChunkRows: nil,
+                                 recompute: tc.recompute == .layers)
         state.scoredOnly = true
         let mc = model.config
         adapters.dropout?.reserve(rows * longest * max(mc.hiddenSize, mc.intermediateSize, mc.expertIntermediateSize, mc.sharedExpertIntermediateSize, mc.qDim))
@@ -127,14 +128,9 @@ extension Trainer {
     /// whole head ([rows x seq, V] logits: DPO/ORPO and GRPO keep every row's) would not fit in
     /// the machine's memory or the process's limits. `batch` says what the rows are, `lower`
     /// which keys to lower.
-    func requireWholeHeadFits(_ mc: ModelConfig, rows: Int, seq: Int, batch: String, lower: String) throws {
-        let needed = MemoryEstimate.trainingBytes(config: mc, rows: rows, seq: seq, headChunkRows: nil)
-        let limits = [MemoryEstimate.physicalBytes.map { ("this machine's memory", $0) }].compactMap { $0 }
-            + MemoryEstimate.processLimits().map { ($0.what, $0.left - MemoryEstimate.processMargin) }
-        for (what, left) in limits where needed > left {
-            throw MoETuneError.config(path: configPath, key: "training.batch_size",
-                message: "a micro-batch of \(batch) needs about \(MemoryEstimate.format(needed)) of activations, more than \(MemoryEstimate.format(max(left, 0))) (\(what)); lower \(lower)")
-        }
+    func requireWholeHeadFits(_ model: Transformer, rows: Int, seq: Int, loraRank: Int, batch: String, lower: String) throws {
+        try requireActivationsFit(model, rows: rows, seq: seq, loraRank: loraRank, headChunkRows: nil,
+                                  batch: "a micro-batch of \(batch)", key: "training.batch_size", lower: lower)
     }
 
     /// The checkpoint at `path` restored, after the checks SFT's resume makes.

@@ -92,6 +92,9 @@ public struct TrainConfig: Equatable, Sendable {
     /// {"prompt", "chosen", "rejected"} lines (DPO with the adapter-off base as the reference, ORPO),
     /// or GRPO with verifiable rewards on {"prompt", ...fields} lines.
     public enum TrainMethod: String, Sendable, CaseIterable { case sft, dpo, orpo, grpo }
+    /// training.recompute: none keeps every layer's activations for the backward pass;
+    /// layers keeps each decoder layer's input and recomputes the layer in backward.
+    public enum Recompute: String, Sendable, CaseIterable { case none, layers }
     public enum DPOLossName: String, Sendable, CaseIterable { case sigmoid, ipo, hinge, robust }
 
     /// The `dpo:` section (TRL's DPOConfig names).
@@ -130,6 +133,8 @@ public struct TrainConfig: Equatable, Sendable {
         /// Tokens per micro-batch when packing: rows = batch_tokens / max_seq_len;
         /// nil: batch_size rows.
         public var batchTokens: Int?
+        /// Activation recomputation (gradient checkpointing per decoder layer).
+        public var recompute: Recompute = .none
 
         /// The packing plan of these settings (nil: not packing).
         public var packingPlan: PackingPlan? {
@@ -345,6 +350,7 @@ public struct TrainConfig: Equatable, Sendable {
         tr.logEvery = try t.int("log_every", default: tr.logEvery)
         tr.packing = try t.bool("packing", default: tr.packing)
         tr.batchTokens = try t.optionalInt("batch_tokens")
+        tr.recompute = Recompute(rawValue: try t.choice("recompute", Recompute.allCases.map(\.rawValue), default: tr.recompute.rawValue))!
         try t.finish()
         var config = TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
                                  quantization: quantization, training: tr)
@@ -678,6 +684,7 @@ public struct TrainConfig: Equatable, Sendable {
           log_every: \(training.logEvery)
           packing: \(training.packing)
           batch_tokens: \(n(training.batchTokens))
+          recompute: \(training.recompute.rawValue)
 
         """ + preferenceYAML(q)
     }

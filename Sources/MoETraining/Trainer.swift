@@ -81,6 +81,22 @@ public final class Trainer {
     }
 
     /// metrics.jsonl's line for the run options of this start or resume.
+    /// Refuses a micro-batch whose activations (MemoryEstimate, with training.recompute as
+    /// set) would not fit in the machine's memory or under the process's limits, naming
+    /// `key`, the keys to `lower`, and training.recompute: layers when that would fit.
+    func requireActivationsFit(_ model: Transformer, rows: Int, seq: Int, loraRank: Int, headChunkRows: Int?,
+                               batch: String, key: String, lower: String) throws {
+        let estimate = { (recompute: Bool) in
+            MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: seq, headChunkRows: headChunkRows,
+                                         recompute: recompute, loraRank: loraRank, jitter: model.moe.jitter > 0)
+        }
+        let recompute = config.training.recompute == .layers
+        if let message = MemoryEstimate.refusal(batch: batch, needed: estimate(recompute), recomputed: recompute ? nil : estimate(true),
+                                                lower: lower, room: MemoryEstimate.activationRoom()) {
+            throw MoETuneError.config(path: configPath, key: key, message: message)
+        }
+    }
+
     func recordRunOptions(_ metrics: MetricsLog?) throws {
         guard !runOptions.isEmpty else { return }
         try metrics?.write(["type": "run_options", "options": RunOptions.json(runOptions)])
@@ -198,14 +214,28 @@ public final class Trainer {
             throw MoETuneError.config(path: configPath, key: "lora.targets",
                 message: "shared_expert, but \(model.config.family.name) models have no shared expert")
         }
-        let spec = try resolvedLoRASpec(c, model: model, train: train, outDir: outDir, root: root, events: events)
-        let adapters = try makeAdapters(model: model, config: c, spec: spec, events: events)
-        let optimizer = Trainer.makeOptimizer(c, store: adapters.store)
-
         // Step plan: micro-batches of similar length (or packed rows), grad_accum of them per
         // step; micro-batch m of the run is a function of the seed (BatchPlan).
         let plan = BatchPlan(examples: train.examples, mix: mix, batchSize: tc.batchSize, packing: packing,
                              seed: UInt64(bitPattern: Int64(tc.seed)))
+        // Buffers are sized from the data that is batched, not from the configured maxima.
+        let (rows, longest) = plan.capacity
+        let batchKey = packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size"
+        let batchText = "a batch of \(rows) sequences of up to \(longest) tokens"
+        let lower = "training.batch_size, training.batch_tokens or training.max_seq_len"
+        if tc.initAdapter == nil {
+            // Before the expert-selection pass and the adapters, with the config's ranks (checked
+            // again below with the adapters' own).
+            let rank = max(c.loraSpec.rank, c.loraSpec.overrides.values.map(\.rank).max() ?? 0)
+            let whole = c.loraSpec.targets.contains(.head) && c.loraSpec.dropout > 0
+            try requireActivationsFit(model, rows: rows, seq: longest, loraRank: rank,
+                                      headChunkRows: whole ? nil : ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize),
+                                      batch: batchText, key: batchKey, lower: lower)
+        }
+        let spec = try resolvedLoRASpec(c, model: model, train: train, outDir: outDir, root: root, events: events)
+        let adapters = try makeAdapters(model: model, config: c, spec: spec, events: events)
+        let optimizer = Trainer.makeOptimizer(c, store: adapters.store)
+
         let perEpoch = plan.perEpoch
         let stepsFromEpochs = (Double(perEpoch) * (tc.epochs ?? 1) / Double(tc.gradAccum)).rounded(.up)
         guard tc.maxSteps != nil || stepsFromEpochs <= Double(TrainConfig.limits.maxSteps) else {
@@ -221,24 +251,15 @@ public final class Trainer {
         let schedule = LearningRateSchedule(kind: c.schedule.name == .cosine ? .cosine : .constant, peak: c.optimizer.lr,
                                             minLR: c.schedule.minLR, warmup: c.schedule.warmupSteps, total: totalSteps)
 
-        // Buffers are sized from the data that is batched, not from the configured maxima.
-        let (rows, longest) = plan.capacity
         // The head in row chunks (no [N, V] logits), its backward taken in the forward pass;
         // whole when a head adapter has dropout. The estimate counts the same buffers.
         let headChunkRows = adapters.head == nil || adapters.dropout == nil ? ForwardState.defaultHeadChunkRows(vocab: model.config.vocabSize) : nil
-        let needed = MemoryEstimate.trainingBytes(config: model.config, rows: rows, seq: longest, headChunkRows: headChunkRows)
-        let batchKey = packing != nil ? (tc.batchTokens != nil ? "training.batch_tokens" : "training.batch_size") : "training.batch_size"
-        if let physical = MemoryEstimate.physicalBytes, needed > physical {
-            throw MoETuneError.config(path: configPath, key: batchKey,
-                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than this machine's \(MemoryEstimate.format(physical)); lower training.batch_size, training.batch_tokens or training.max_seq_len")
-        }
-        // The process's own limits (ulimit -v / -d, the cgroup's memory.max): what is left under them now.
-        for limit in MemoryEstimate.processLimits() where needed + MemoryEstimate.processMargin > limit.left {
-            throw MoETuneError.config(path: configPath, key: batchKey,
-                message: "a batch of \(rows) sequences of up to \(longest) tokens needs about \(MemoryEstimate.format(needed)) of activations, more than the \(MemoryEstimate.format(max(limit.left - MemoryEstimate.processMargin, 0))) left under \(limit.what); lower training.batch_size, training.batch_tokens or training.max_seq_len, or raise the limit")
-        }
+        let recompute = tc.recompute == .layers
+        try requireActivationsFit(model, rows: rows, seq: longest, loraRank: adapters.maxRank, headChunkRows: headChunkRows,
+                                  batch: batchText, key: batchKey, lower: lower)
         let state = ForwardState(config: model.config, batch: rows, seq: longest, training: true,
-                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0, headChunkRows: headChunkRows)
+                                 loraRank: adapters.maxRank, jitter: model.moe.jitter > 0, headChunkRows: headChunkRows,
+                                 recompute: recompute)
         state.scoredOnly = true
         let grads = BackwardState(for: state, config: model.config)
         let mc = model.config

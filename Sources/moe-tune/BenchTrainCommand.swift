@@ -24,6 +24,8 @@ struct BenchTrainCommand: ParsableCommand {
     @Flag(help: "Also adapt every expert (or the dense MLP).") var experts = false
     @Flag(help: "QLoRA: NF4 base weights (double quantization), quantized while loading.") var qlora = false
     @Option(name: .customLong("base-dtype"), help: "Frozen base: fp32, bf16 or bf16-emulated.") var baseDType = "fp32"
+    @Flag(help: "Recompute each decoder layer in the backward pass, keeping only its input (training.recompute: layers).")
+    var recompute = false
     @Option(help: "Worker threads (default: the active cores).") var threads: Int?
     @Flag(help: "Also measure the machine's large-sgemm GFLOP/s (2048^3) and report the step's fraction of it.") var peak = false
     @Option(help: "Instruction data (JSONL): train on the micro-batches `train` forms from it (--batch rows, --max-seq-len, --seed; prompt tokens unscored) instead of random tokens.")
@@ -45,6 +47,7 @@ struct BenchTrainCommand: ParsableCommand {
             var bench = TrainBenchmark()
             bench.batch = batch; bench.seq = seq; bench.rank = rank; bench.steps = steps; bench.warmup = warmup
             bench.scoredOnly = !allRows
+            bench.recompute = recompute
             bench.chunkedHead = RunOptions.current.headChunks
             if experts { bench.targets.insert(.mlp) }
             try bench.checkSizes(data: data != nil)
@@ -73,7 +76,7 @@ struct BenchTrainCommand: ParsableCommand {
                                       "threads": Parallel.workers, "blas_threading": BLAS.threading.rawValue,
                                       "cpu_ms_per_token": (r.cpuSecondsPerStep / computedPerStep * 1e6).rounded() / 1000,
                                       "step_gflop": (r.flopsPerStep / 1e8).rounded() / 10,
-                                      "gflops": (gflops * 10).rounded() / 10, "scored_only": !allRows, "head_chunks": bench.chunkedHead,
+                                      "gflops": (gflops * 10).rounded() / 10, "scored_only": !allRows, "head_chunks": bench.chunkedHead, "recompute": recompute,
                                       "run_options": RunOptions.json(RunOptions.effective())]
             if data != nil {
                 obj["data"] = data

@@ -151,6 +151,24 @@ extension PreferenceTests {
         return try f.tensors.keys.sorted().flatMap { try f.floatArray($0) }
     }
 
+    /// training.recompute: layers gives DPO and ORPO runs the adapter and metrics of none, bit for bit.
+    func testRecomputeIsBitIdentical() throws {
+        for method in ["dpo", "orpo"] {
+            let a = try makeTempDir(self), b = try makeTempDir(self)
+            try train(try setUpRun(a, method: method, extra: "  epochs: 1"))
+            try train(try setUpRun(b, method: method, extra: "  epochs: 1\n  recompute: layers"))
+            let lines = (try stepLines(a), try stepLines(b))
+            XCTAssertEqual(lines.0.count, 6, method)
+            for (x, y) in zip(lines.0, lines.1) {
+                for key in x.keys where key != "elapsed_s" && !key.hasSuffix("_per_s") {
+                    XCTAssertEqual("\(x[key]!)", "\(y[key].map { "\($0)" } ?? "nil")", "\(method) \(key)")
+                }
+            }
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: a + "/out/adapter_model.safetensors")),
+                           try Data(contentsOf: URL(fileURLWithPath: b + "/out/adapter_model.safetensors")), method)
+        }
+    }
+
     /// dpo.precompute_ref: the reference computed once before training gives the run the
     /// in-step reference gives (one epoch, so every pair's reference comes from the same
     /// micro-batch either way): losses and metrics within 1e-6, the adapter within 1e-6.

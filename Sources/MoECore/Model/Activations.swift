@@ -1,7 +1,8 @@
 import MoEFormats
 import MoEText
 /// Activations of one decoder layer for a batch of up to N = B*T tokens. Kept per layer
-/// when training (the backward pass reads them), shared by all layers in inference.
+/// when training (the backward pass reads them), shared by all layers in inference and
+/// when training with recomputation (ForwardState.recomputesLayers).
 public final class LayerActivations {
     public let ln1: FloatBuffer      // [N, H] input_layernorm output (shared; backward recomputes it)
     public let rstd1: FloatBuffer    // [N]
@@ -135,6 +136,8 @@ public final class ForwardState {
     /// The residual after a layer's attention block, [N, H]: one buffer for all layers,
     /// which the backward pass refills from the layer's input and attention output.
     public let mid: FloatBuffer
+    /// One set per layer in training; one set shared by all layers in inference and with
+    /// `recomputesLayers` (the backward pass refills it layer by layer).
     public let layers: [LayerActivations]
     /// silu(gate) * up of the layer being computed [rows, I], shared by all layers: the
     /// backward pass recomputes it instead of keeping one per layer.
@@ -201,21 +204,29 @@ public final class ForwardState {
     /// Routing statistics of the last forward pass, per layer (nil for dense models).
     public let routing: RoutingStatistics?
     public let keepsAllLayers: Bool
+    /// Activation recomputation (`training.recompute: layers`, gradient checkpointing per
+    /// decoder layer): a training state that keeps only each layer's input (`residual`) per
+    /// layer; the backward pass re-runs each layer's forward into the one shared set of
+    /// layer activations before that layer's backward (Model/Backward.swift).
+    public let recomputesLayers: Bool
     public let loraRank: Int
     /// Shape of the batch of the last forward pass (read by backward).
     public internal(set) var batch = 0
     public internal(set) var seq = 0
 
     /// `headChunkRows`: run the head in chunks of that many rows (`defaultHeadChunkRows`);
-    /// nil: whole, logits [N, V] readable by position.
+    /// nil: whole, logits [N, V] readable by position. `recompute` (training only): keep one
+    /// set of layer activations, recomputed in backward (`recomputesLayers`).
     public init(config c: ModelConfig, batch b: Int, seq t: Int, training: Bool, loraRank: Int = 0, jitter: Bool = false,
-                headChunkRows: Int? = nil) {
+                headChunkRows: Int? = nil, recompute: Bool = false) {
         batchCapacity = b
         seqCapacity = t
         keepsAllLayers = training
+        recomputesLayers = training && recompute
         self.loraRank = loraRank
         let n = b * t
-        let copies = training ? c.numLayers : 1
+        let perLayer = training && !recompute
+        let copies = perLayer ? c.numLayers : 1
         let rows = c.isMoE ? n * c.expertsPerToken : n
         act = FloatBuffer(count: c.feedForwardScratch(tokens: n))
         attnScratch = FloatBuffer(count: BLAS.cores * t * t)
@@ -225,8 +236,8 @@ public final class ForwardState {
                                        mla: c.mla.map { MLAScratch(tokens: n, heads: c.numHeads, shape: $0) })
         layers = (0..<copies).map { l in
             LayerActivations(config: c, batch: b, seq: t, loraRank: loraRank, jitter: jitter, shared: shared,
-                             dense: training ? !c.isMoELayer(l) : c.hasDenseLayers,
-                             moe: training ? c.isMoELayer(l) : c.isMoE)
+                             dense: perLayer ? !c.isMoELayer(l) : c.hasDenseLayers,
+                             moe: perLayer ? c.isMoELayer(l) : c.isMoE)
         }
         residual = (0..<(training ? c.numLayers + 1 : 2)).map { _ in FloatBuffer(count: n * c.hiddenSize) }
         mid = FloatBuffer(count: n * c.hiddenSize)
@@ -310,7 +321,7 @@ public final class ForwardState {
         batch.batch * batch.seq <= batchCapacity * seqCapacity && batch.batch <= batchCapacity && batch.seq <= seqCapacity
     }
 
-    package func layer(_ l: Int) -> LayerActivations { layers[keepsAllLayers ? l : 0] }
+    package func layer(_ l: Int) -> LayerActivations { layers[keepsAllLayers && !recomputesLayers ? l : 0] }
     package func midBuffer(_ l: Int) -> FloatBuffer { mid }
     package func residualIn(_ l: Int) -> FloatBuffer { residual[keepsAllLayers ? l : l % 2] }
     package func residualOut(_ l: Int) -> FloatBuffer { residual[keepsAllLayers ? l + 1 : (l + 1) % 2] }

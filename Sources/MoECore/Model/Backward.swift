@@ -80,15 +80,19 @@ extension Transformer {
             // beside its forward there.
             let layer = decoderLayer(l), w = layer.weights, a = s.layer(l), ad = adapters.layers[l]
             let x = s.residualIn(l).pointer, mid = s.midBuffer(l).pointer
-            // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H] and
-            // d ffn = r * d out (r = residual_multiplier).
-            // mid and ln2 are shared between layers: recompute this layer's,
-            // mid = x + r * o_proj(attn) (+ LoRA), ln2 = norm(mid).
-            layer.attentionOutput(mid: mid, x: x, attn: a.attn.pointer, rows: n, adapter: ad.o,
-                                  u: a.lora?.o.pointer, scratch: a.ln2.pointer)
+            // Recomputation: the layer's forward again from its input into the one set of layer
+            // activations (out overwrites residual[l + 1], no longer read), ln1, mid, ln2 included.
+            let recomputed = s.recomputesLayers
+            if recomputed { layerForward(l, state: s, adapters: adapters, statistics: nil) }
+            // Feed-forward block: out = mid + r * ffn(ln2(mid)); dres holds d out [N, H], d ffn =
+            // r * d out. Else mid and ln2 (shared) are recomputed: mid = x + r * o_proj(attn), ln2 = norm(mid).
+            if !recomputed {
+                layer.attentionOutput(mid: mid, x: x, attn: a.attn.pointer, rows: n, adapter: ad.o,
+                                      u: a.lora?.o.pointer, scratch: a.ln2.pointer)
+                rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: w.postAttentionNorm,
+                               rows: n, cols: h, eps: c.rmsNormEps)
+            }
             let dffn = layer.scaledGradient(g.dres.pointer, count: n * h, scaled: g.dscaled)
-            rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: w.postAttentionNorm,
-                           rows: n, cols: h, eps: c.rmsNormEps)
             layer.feedForwardSublayerBackward(dx: g.dln.pointer, dy: dffn, x: a.ln2.pointer, rows: n, model: self,
                                               adapters: adapters, acts: a, state: s, grads: g, auxScale: auxScale)
             rmsnormBackward(dx: g.dres.pointer, dy: g.dln.pointer, x: mid,
@@ -100,7 +104,7 @@ extension Transformer {
                               q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
                               scratch: g.attnScratch.pointer, shape: layer.attentionShape(batch: b, seq: t), positions: s.positions,
                               sinks: layer.sinks)
-            if ad.q != nil || ad.k != nil || ad.v != nil {
+            if !recomputed, ad.q != nil || ad.k != nil || ad.v != nil {
                 // The adapters' input ln1 is shared between layers: recompute this layer's.
                 rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: w.inputNorm,
                                rows: n, cols: h, eps: c.rmsNormEps)

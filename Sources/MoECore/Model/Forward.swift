@@ -32,41 +32,46 @@ extension Transformer {
         for i in 0..<b { for j in 0..<t { s.valid[i * t + j] = j < batch.lengths[i] } }
         s.packed = batch.positions != nil
         if let p = batch.positions { for i in 0..<n { s.positionBuffer[i] = p[i] } }
-        let positions = s.positions
         embeddingForward(out: s.residualIn(0).pointer, ids: s.ids, count: n, table: embed)
         // Granite: embeddings [N, H] times embedding_multiplier (frozen: no backward).
         if c.embeddingMultiplier != 1 { scaleInPlace(s.residualIn(0).pointer, count: n * h, by: c.embeddingMultiplier) }
-        let rows = RowPositions.batch(b, t, positions)
-        for l in 0..<c.numLayers {
-            // The layer's walk (Model/DecoderLayer.swift); each step keeps what backward needs.
-            let layer = decoderLayer(l), a = s.layer(l)
-            let ad = adapters?.layers[l] ?? LayerAdapters()
-            let x = s.residualIn(l).pointer, mid = s.midBuffer(l).pointer, out = s.residualOut(l).pointer
-            // Attention block: mid = x + r * o_proj(attention(rope(q), rope(k), v)), r = residual_multiplier.
-            rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: layer.weights.inputNorm,
-                           rows: n, cols: h, eps: c.rmsNormEps)
-            layer.attentionInputs(x: a.ln1.pointer, rows: n, at: rows, adapters: ad, into: a.attentionInputs, rope: rope)
-            attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
-                             scratch: s.attnScratch.pointer, shape: layer.attentionShape(batch: b, seq: t), positions: positions,
-                             sinks: layer.sinks)
-            layer.compactAttention(a.attn.pointer, rows: n)
-            layer.attentionOutput(mid: mid, x: x, attn: a.attn.pointer, rows: n, adapter: ad.o,
-                                  u: a.lora?.o.pointer, scratch: a.ln2.pointer)
-            // Feed-forward block: out = mid + r * ffn(norm(mid)).
-            rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: layer.weights.postAttentionNorm,
-                           rows: n, cols: h, eps: c.rmsNormEps)
-            let base = layer.beginResidual(out: out, base: mid, count: n * h, saved: nil)
-            layer.feedForwardSublayer(out: out, x: a.ln2.pointer, rows: n, adapters: adapters, layerAdapters: ad,
-                                      buffers: a.feedForwardBuffers(act: s.act.pointer), options: moe,
-                                      valid: s.valid, statistics: s.routing)
-            layer.endResidual(out: out, base: base, count: n * h)
-        }
+        for l in 0..<c.numLayers { layerForward(l, state: s, adapters: adapters, statistics: s.routing) }
         if c.isMoE { computeAuxiliaryLosses(s) }
         rmsnormForward(out: s.lnF.pointer, rstd: s.rstdF.pointer, x: s.residualIn(c.numLayers).pointer,
                        weight: finalNorm, rows: n, cols: h, eps: c.rmsNormEps)
         // Head and loss over m rows: all N, or only the scored ones (s.scoredOnly).
         let m = s.selectHeadRows(tokens: n, hidden: h)
         return try headForward(s, rows: m, adapters: adapters)
+    }
+
+    /// Layer l of the forward pass over the batch in `s` (its ids, valid, positions set):
+    /// residualOut(l) from residualIn(l), keeping in s.layer(l) what backward needs.
+    /// `statistics` records the routing (the forward pass; nil when backward recomputes the
+    /// layer, ForwardState.recomputesLayers). Model/DecoderLayer.swift has the sublayers.
+    package func layerForward(_ l: Int, state s: ForwardState, adapters: AdapterSet?, statistics: RoutingStatistics?) {
+        let c = config, n = s.batch * s.seq, h = c.hiddenSize
+        let rows = RowPositions.batch(s.batch, s.seq, s.positions)
+        let layer = decoderLayer(l), a = s.layer(l)
+        let ad = adapters?.layers[l] ?? LayerAdapters()
+        let x = s.residualIn(l).pointer, mid = s.midBuffer(l).pointer, out = s.residualOut(l).pointer
+        // Attention block: mid = x + r * o_proj(attention(rope(q), rope(k), v)), r = residual_multiplier.
+        rmsnormForward(out: a.ln1.pointer, rstd: a.rstd1.pointer, x: x, weight: layer.weights.inputNorm,
+                       rows: n, cols: h, eps: c.rmsNormEps)
+        layer.attentionInputs(x: a.ln1.pointer, rows: n, at: rows, adapters: ad, into: a.attentionInputs, rope: rope)
+        attentionForward(out: a.attn.pointer, q: a.q.pointer, k: a.k.pointer, v: a.v.pointer,
+                         scratch: s.attnScratch.pointer, shape: layer.attentionShape(batch: s.batch, seq: s.seq),
+                         positions: s.positions, sinks: layer.sinks)
+        layer.compactAttention(a.attn.pointer, rows: n)
+        layer.attentionOutput(mid: mid, x: x, attn: a.attn.pointer, rows: n, adapter: ad.o,
+                              u: a.lora?.o.pointer, scratch: a.ln2.pointer)
+        // Feed-forward block: out = mid + r * ffn(norm(mid)).
+        rmsnormForward(out: a.ln2.pointer, rstd: a.rstd2.pointer, x: mid, weight: layer.weights.postAttentionNorm,
+                       rows: n, cols: h, eps: c.rmsNormEps)
+        let base = layer.beginResidual(out: out, base: mid, count: n * h, saved: nil)
+        layer.feedForwardSublayer(out: out, x: a.ln2.pointer, rows: n, adapters: adapters, layerAdapters: ad,
+                                  buffers: a.feedForwardBuffers(act: s.act.pointer), options: moe,
+                                  valid: s.valid, statistics: statistics)
+        layer.endResidual(out: out, base: base, count: n * h)
     }
 
     /// The load-balancing loss as transformers' load_balancing_loss_func computes it for
