@@ -55,7 +55,10 @@ final class GGUFMappingTests: XCTestCase {
     /// in full is one line).
     func mappingCount(_ path: String) -> Int {
         let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-        let maps = (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? ""
+        // Read to the end in a loop: /proc files report size 0, and a one-shot read of a long
+        // maps file (a process that has run hundreds of tests) can come back cut short.
+        let data = FileHandle(forReadingAtPath: "/proc/self/maps")?.readDataToEndOfFile() ?? Data()
+        let maps = String(decoding: data, as: UTF8.self)
         return maps.split(separator: "\n").filter { $0.hasSuffix(real) }.count
     }
 }
