@@ -1,6 +1,6 @@
 """data/arith/: additions asked in chat form for the real-model GRPO demo (configs/grpo-smollm2.yaml,
 scripts/demo-grpo-real.sh). Each question asks for the number alone ("What is 7 + 5? Reply with
-only the number."); the reward checks the reply is exactly the sum.
+only the number."); the config's reward checks the last number of the reply against "answer".
 
     python3 scripts/make_arith.py [--seed 0]
 
