@@ -597,34 +597,40 @@ public struct TrainConfig: Equatable, Sendable {
 
     // MARK: Rendering
 
+    /// A double-quoted YAML scalar ("null" for nil); control characters escaped so the file reads back.
+    static func yamlQuoted(_ s: String?) -> String {
+        guard let s else { return "null" }
+        var escaped = ""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\\": escaped += "\\\\"
+            case "\"": escaped += "\\\""
+            case "\n": escaped += "\\n"
+            case "\t": escaped += "\\t"
+            case _ where u.value < 0x20 || (0x7F...0x9F).contains(u.value) || [0xFEFF, 0xFFFE, 0xFFFF].contains(u.value):
+                let hex = String(u.value, radix: 16)
+                escaped += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: escaped.unicodeScalars.append(u)
+            }
+        }
+        return "\"\(escaped)\""
+    }
+
+    /// lora.layers as YAML: all, a count of last layers, or a list.
+    static func layersYAML(_ layers: LayerSelection) -> String {
+        switch layers {
+        case .all: return "all"
+        case .last(let k): return "\(k)"
+        case .list(let ls): return "[" + ls.map(String.init).joined(separator: ", ") + "]"
+        }
+    }
+
     /// Every key with its value, defaults included, as YAML that `load` reads back.
     public func resolvedYAML() -> String {
-        func q(_ s: String?) -> String {
-            guard let s else { return "null" }
-            // A double-quoted YAML scalar; control characters escaped so the file reads back.
-            var escaped = ""
-            for u in s.unicodeScalars {
-                switch u {
-                case "\\": escaped += "\\\\"
-                case "\"": escaped += "\\\""
-                case "\n": escaped += "\\n"
-                case "\t": escaped += "\\t"
-                case _ where u.value < 0x20 || (0x7F...0x9F).contains(u.value) || [0xFEFF, 0xFFFE, 0xFFFF].contains(u.value):
-                    let hex = String(u.value, radix: 16)
-                    escaped += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                default: escaped.unicodeScalars.append(u)
-                }
-            }
-            return "\"\(escaped)\""
-        }
+        let q = Self.yamlQuoted
         func n(_ v: Double?) -> String { v.map { "\($0)" } ?? "null" }
         func n(_ v: Int?) -> String { v.map { "\($0)" } ?? "null" }
-        let layers: String
-        switch lora.layers {
-        case .all: layers = "all"
-        case .last(let k): layers = "\(k)"
-        case .list(let ls): layers = "[" + ls.map(String.init).joined(separator: ", ") + "]"
-        }
+        let layers = Self.layersYAML(lora.layers)
         var overrides = ""
         for kind in ModuleKind.allCases { if let o = lora.overrides[kind] { overrides += "\n    \(kind.rawValue): {rank: \(o.rank), alpha: \(o.alpha)}" } }
         return """
