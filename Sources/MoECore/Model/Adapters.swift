@@ -265,6 +265,20 @@ public final class AdapterSet: @unchecked Sendable {
             noiseWeights[l] = TrainedRouter(module: c.family.module(.router, layer: l) + "_noise",
                                             experts: c.numExperts, hidden: c.hiddenSize, weight: w, grad: g)
         }
+        let layers = Self.layerAdapters(byModule, config: c)
+        self.spec = spec
+        self.store = store
+        self.layers = layers
+        self.head = byModule[c.family.module(.head, layer: 0)]
+        self.all = all
+        self.maxRank = all.map(\.rank).max() ?? 0
+        self.dropout = dropout
+        self.routers = routers
+        self.noiseWeights = noiseWeights
+    }
+
+    /// Each layer's adapters found by module name (nil where the plan has none).
+    static func layerAdapters(_ byModule: [String: LoRAAdapter], config c: ModelConfig) -> [LayerAdapters] {
         var layers: [LayerAdapters] = []
         for l in 0..<c.numLayers {
             let f = c.family
@@ -282,17 +296,8 @@ public final class AdapterSet: @unchecked Sendable {
             la.shared = FeedForwardAdapters(gate: at(.shared(.gate)), up: at(.shared(.up)), down: at(.shared(.down)))
             layers.append(la)
         }
-        self.spec = spec
-        self.store = store
-        self.layers = layers
-        self.head = byModule[c.family.module(.head, layer: 0)]
-        self.all = all
-        self.maxRank = all.map(\.rank).max() ?? 0
-        self.dropout = dropout
-        self.routers = routers
-        self.noiseWeights = noiseWeights
+        return layers
     }
-
 }
 
 /// A small, fast, seedable generator (SplitMix64) for initialisation, dropout and
