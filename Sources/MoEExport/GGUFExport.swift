@@ -101,18 +101,64 @@ public enum GGUFExport {
         let untie = c.tieWordEmbeddings && byModule[f.module(.head, layer: 0)] != nil
         if untie { c.tieWordEmbeddings = false }
 
+        let w = try header(c, f, ck, modelPath: modelPath, name: name, merging: !adapters.isEmpty, type: type, writer: writer)
+        let (layouts, plan, factors) = try tensorPlan(c, f, ck, modelPath: modelPath, untie: untie, type: type)
+        let stream = try GGUFStreamWriter(path: out, metadata: w.metadata, tensors: layouts, alignment: w.alignment)
+        var merged = 0
+        for (layout, parts) in zip(layouts, plan) {
+            if parts.isEmpty, let factors {
+                try factors.withUnsafeBufferPointer { p in
+                    try GGMLQuantize.run(.f32, p.baseAddress!, count: p.count).withUnsafeBytes { try stream.write(layout.name, bytes: $0) }
+                }
+                continue
+            }
+            var stacked: [Float] = []
+            stacked.reserveCapacity(layout.shape.reduce(1, *))
+            for part in parts {
+                let (values, didMerge) = try mergedValues(part, ck, byModule: byModule, modelPath: modelPath)
+                if didMerge { merged += 1 }
+                if parts.count == 1 { stacked = values } else { stacked += values }
+            }
+            try stacked.withUnsafeBufferPointer { p in
+                if let i = GGMLQuantize.firstOverflow(layout.type, p.baseAddress!, count: p.count) {
+                    stream.abort()
+                    throw MoETuneError.file(path: modelPath, message: "\(layout.name): element \(i) is \(p[i]), too large for \(layout.type.name) (its f16 \(layout.type == .f16 ? "value" : "block scale") would be infinite); choose --gguf-type bf16 or f32")
+                }
+                try GGMLQuantize.run(layout.type, p.baseAddress!, count: p.count).withUnsafeBytes { try stream.write(layout.name, bytes: $0) }
+            }
+        }
+        guard merged == all.count else {
+            stream.abort()
+            throw MoETuneError.invalid("the adapters hold \(all.count) modules but \(merged) map onto \(f.ggufArchitecture!) tensors")
+        }
+        try stream.finish()
+        return Summary(tensors: layouts.count, mergedModules: merged, bytes: stream.totalBytes)
+    }
+
+    /// The output's metadata: the family's hyper-parameters, name, writer, file type, and the
+    /// base's tokenizer and chat template.
+    static func header(_ c: ModelConfig, _ f: ModelFamily, _ ck: Checkpoint, modelPath: String, name: String?, merging: Bool,
+                       type: GGMLType, writer: String) throws -> GGUFWriter {
         var w = GGUFWriter()
         for (k, v) in f.ggufMetadata(c) { w.set(k, v) }
         w.set("general.type", .string("model"))
         w.set(GGUFFile.writerKey, .string(writer))
-        w.set("general.name", .string(name ?? ((modelPath as NSString).lastPathComponent as NSString).deletingPathExtension + (adapters.isEmpty ? "" : "-merged")))
+        w.set("general.name", .string(name ?? ((modelPath as NSString).lastPathComponent as NSString).deletingPathExtension + (merging ? "-merged" : "")))
         w.set("general.file_type", .uint32(fileType(type)))
         if type.blockSize > 1 { w.set("general.quantization_version", .uint32(2)) }
         for (k, v) in try tokenizerMetadata(ck, model: modelPath, family: f) { w.set(k, v) }
+        return w
+    }
 
-        // The plan: each output tensor's layout and the checkpoint tensors it is made of (an
-        // expert's weight goes into its slice of the layer's 3-D ffn_*_exps tensor).
-        typealias Part = (name: GGUFTensorName, source: String, shape: [Int])
+    /// One checkpoint tensor that goes into an output tensor.
+    typealias Part = (name: GGUFTensorName, source: String, shape: [Int])
+
+    /// The plan: each output tensor's layout and the checkpoint tensors it is made of (an
+    /// expert's weight goes into its slice of the layer's 3-D ffn_*_exps tensor); RoPE
+    /// frequency factors first, with no parts. 1-D tensors stay f32, rows that are not whole
+    /// blocks of `type` become f16.
+    static func tensorPlan(_ c: ModelConfig, _ f: ModelFamily, _ ck: Checkpoint, modelPath: String, untie: Bool,
+                           type: GGMLType) throws -> ([GGUFWriter.Layout], [[Part]], [Float]?) {
         var layouts: [GGUFWriter.Layout] = []
         var plan: [[Part]] = []
         let factors = f.ggufRopeFrequencyFactors(c)
@@ -141,50 +187,31 @@ public enum GGUFExport {
             layouts.append(.init(name: n.gguf, type: t, shape: outShape, byteCount: t.bytes(count: outShape.reduce(1, *))))
             plan.append(group)
         }
+        return (layouts, plan, factors)
+    }
 
-        let stream = try GGUFStreamWriter(path: out, metadata: w.metadata, tensors: layouts, alignment: w.alignment)
-        var merged = 0
-        for (layout, parts) in zip(layouts, plan) {
-            if parts.isEmpty, let factors {
-                try factors.withUnsafeBufferPointer { p in
-                    try GGMLQuantize.run(.f32, p.baseAddress!, count: p.count).withUnsafeBytes { try stream.write(layout.name, bytes: $0) }
-                }
-                continue
+    /// One checkpoint tensor's values with its adapter's delta added (B A times the scale,
+    /// when the mix has one for it: `merged`), checked finite, rows permuted as llama.cpp keeps them.
+    static func mergedValues(_ part: Part, _ ck: Checkpoint, byModule: [String: LoRAAdapter],
+                             modelPath: String) throws -> (values: [Float], merged: Bool) {
+        let (n, source, shape) = part
+        var values = try ck.withTemporaryFloats(source, shape: shape) { Array(UnsafeBufferPointer(start: $0, count: shape.reduce(1, *))) }
+        var merged = false
+        if n.hf.hasSuffix(".weight"), let a = byModule[String(n.hf.dropLast(".weight".count))] {
+            guard shape == [a.outFeatures, a.inFeatures] else {
+                throw MoETuneError.file(path: ck.path(of: source), message: "tensor \(Printable.quoted(source)) has shape \(shape), expected \([a.outFeatures, a.inFeatures]) from config.json")
             }
-            var stacked: [Float] = []
-            stacked.reserveCapacity(layout.shape.reduce(1, *))
-            for (n, source, shape) in parts {
-                var values = try ck.withTemporaryFloats(source, shape: shape) { Array(UnsafeBufferPointer(start: $0, count: shape.reduce(1, *))) }
-                if n.hf.hasSuffix(".weight"), let a = byModule[String(n.hf.dropLast(".weight".count))] {
-                    guard shape == [a.outFeatures, a.inFeatures] else {
-                        throw MoETuneError.file(path: ck.path(of: source), message: "tensor \(Printable.quoted(source)) has shape \(shape), expected \([a.outFeatures, a.inFeatures]) from config.json")
-                    }
-                    values.withUnsafeMutableBufferPointer { buf in
-                        BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
-                                  a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 1, c: buf.baseAddress!, ldc: a.inFeatures)
-                    }
-                    merged += 1
-                }
-                if let i = values.firstIndex(where: { !$0.isFinite }) {
-                    throw MoETuneError.file(path: modelPath, message: "merging gives a non-finite weight in \(n.hf) (element \(i) is \(values[i])); check the adapters and the base for NaN/inf values")
-                }
-                if let heads = n.permuteHeads { values = permuteRows(values, rows: shape[0], cols: shape[1], heads: heads) }
-                if parts.count == 1 { stacked = values } else { stacked += values }
+            values.withUnsafeMutableBufferPointer { buf in
+                BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
+                          a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 1, c: buf.baseAddress!, ldc: a.inFeatures)
             }
-            try stacked.withUnsafeBufferPointer { p in
-                if let i = GGMLQuantize.firstOverflow(layout.type, p.baseAddress!, count: p.count) {
-                    stream.abort()
-                    throw MoETuneError.file(path: modelPath, message: "\(layout.name): element \(i) is \(p[i]), too large for \(layout.type.name) (its f16 \(layout.type == .f16 ? "value" : "block scale") would be infinite); choose --gguf-type bf16 or f32")
-                }
-                try GGMLQuantize.run(layout.type, p.baseAddress!, count: p.count).withUnsafeBytes { try stream.write(layout.name, bytes: $0) }
-            }
+            merged = true
         }
-        guard merged == all.count else {
-            stream.abort()
-            throw MoETuneError.invalid("the adapters hold \(all.count) modules but \(merged) map onto \(f.ggufArchitecture!) tensors")
+        if let i = values.firstIndex(where: { !$0.isFinite }) {
+            throw MoETuneError.file(path: modelPath, message: "merging gives a non-finite weight in \(n.hf) (element \(i) is \(values[i])); check the adapters and the base for NaN/inf values")
         }
-        try stream.finish()
-        return Summary(tensors: layouts.count, mergedModules: merged, bytes: stream.totalBytes)
+        if let heads = n.permuteHeads { values = permuteRows(values, rows: shape[0], cols: shape[1], heads: heads) }
+        return (values, merged)
     }
 
     public struct LoRASummary: Sendable {
