@@ -188,7 +188,14 @@ public final class RoutingBuffers {
                 if scale != 1 { for slot in 0..<k { tw[slot] *= scale } }
             }
         }
-        // Statistics over valid tokens.
+        gatherStatistics(tokens: n, valid: valid)
+        assign(tokens: n, valid: valid, capacityFactor: o.capacityFactor)
+    }
+
+    /// Over valid tokens: how many, and per expert the selections, probability and gate
+    /// sums; the entropy and squared log-sum-exp sums.
+    private func gatherStatistics(tokens n: Int, valid: UnsafePointer<Bool>) {
+        let e = experts, k = self.k, probs = self.probs.pointer, lse = self.lse.pointer, topWeight = self.topWeight.pointer
         validTokens = 0
         for j in 0..<e { selected[j] = 0; probSum[j] = 0; gateSum[j] = 0; outputNormSum[j] = 0 }
         entropySum = 0
@@ -209,9 +216,14 @@ public final class RoutingBuffers {
                 gateSum[ex] += Double(topWeight[i * k + s])
             }
         }
-        // Capacity, in token order, then the counting sort of kept assignments by expert.
+    }
+
+    /// Capacity (a factor of the fair share of valid assignments), in token order, then the
+    /// counting sort of the kept assignments by expert (expertStart, assignToken, assignSlot).
+    private func assign(tokens n: Int, valid: UnsafePointer<Bool>, capacityFactor: Double?) {
+        let e = experts, k = self.k
         let capacity: Int
-        if let f = o.capacityFactor {
+        if let f = capacityFactor {
             capacity = max(1, Int((f * Double(validTokens * k) / Double(e)).rounded(.up)))
         } else {
             capacity = Int.max
@@ -239,8 +251,7 @@ public final class RoutingBuffers {
                 assignToken[a] = Int32(i)
                 assignSlot[a] = Int32(s)
             }
-        }
-    }
+        }    }
 }
 
 @inline(__always)
