@@ -148,7 +148,10 @@ for t in "${targets[@]}"; do
   limit=(-max_total_time="$secs")
   [ -n "${FUZZ_RUNS:-}" ] && [ -z "$minutes" ] && limit=(-runs="$FUZZ_RUNS")
   [ -n "${FUZZ_SEED:-}" ] && limit+=(-seed="$FUZZ_SEED")
-  artifacts_before=$(find ".build-fuzz/artifacts/$t" -type f | wc -l)
+  # Findings are libFuzzer's crash-, timeout-, oom- and leak- files; a slow-unit- file (an input
+  # that took long, e.g. while the machine was busy or the process stopped) is not one.
+  findings() { find ".build-fuzz/artifacts/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l; }
+  artifacts_before=$(findings)
   start=$(date +%s)
   MOE_TUNE_FUZZ_TARGET="$t" timeout -k 10 $((secs + 120)) "$bin" \
     ".build-fuzz/corpus/$t" "fuzz/corpus/$t" -dict="fuzz/dict/$t.dict" \
@@ -156,8 +159,9 @@ for t in "${targets[@]}"; do
     -artifact_prefix=".build-fuzz/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || rc=$?
   elapsed=$(( $(date +%s) - start ))
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
-  crashes=$(( $(find ".build-fuzz/artifacts/$t" -type f | wc -l) - artifacts_before ))
+  # -a: a log that quotes a fuzzed input holds binary bytes, and grep would only say it matches.
+  cov=$(grep -a -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
+  crashes=$(( $(findings) - artifacts_before ))
   [ "$rc" -ne 0 ] && [ "$crashes" -eq 0 ] && crashes=1
   extra=""
   if [ -n "$minutes" ]; then
