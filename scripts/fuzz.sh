@@ -150,7 +150,8 @@ for t in "${targets[@]}"; do
   [ -n "${FUZZ_SEED:-}" ] && limit+=(-seed="$FUZZ_SEED")
   # Findings are libFuzzer's crash-, timeout-, oom- and leak- files; a slow-unit- file (an input
   # that took long, e.g. while the machine was busy or the process stopped) is not one.
-  findings() { find ".build-fuzz/artifacts/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l; }
+  findings() { mkdir -p ".build-fuzz/artifacts/$t"
+    find ".build-fuzz/artifacts/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l; }
   artifacts_before=$(findings)
   start=$(date +%s)
   MOE_TUNE_FUZZ_TARGET="$t" timeout -k 10 $((secs + 120)) "$bin" \
