@@ -37,3 +37,14 @@ func runMoETune(_ args: [String], environment: [String: String] = [:]) throws ->
     let read = { (name: String) in (try? String(contentsOfFile: dir + "/" + name, encoding: .utf8)) ?? "" }
     return (p.terminationStatus, read("out"), read("err"))
 }
+
+/// Runs moe-tune with `args` under `ulimit -v limitKB` and `timeout seconds`, stdout and
+/// stderr into dir/stdout and dir/stderr; returns the exit status and standard error.
+func runMoeTuneUnderAddressLimit(_ args: [String], limitKB: Int, timeout seconds: Int, dir: String) throws -> (status: Int32, stderr: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/bash")
+    p.arguments = ["-c", "ulimit -v \(limitKB); exec timeout \(seconds) \"$0\" \"$@\" >\(dir)/stdout 2>\(dir)/stderr", moeTuneBinary] + args
+    try p.run()
+    p.waitUntilExit()
+    return (p.terminationStatus, (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? "")
+}

@@ -258,13 +258,8 @@ final class HostileInputTests: XCTestCase {
         let args = ["train", "--config", repo + "/configs/demo.yaml", "--set", "model=\(repo)/data/demo-model", "--set", "data.train=\(dir)/long.jsonl",
                     "--set", "data.valid=null", "--set", "data.test=null", "--set", "training.batch_size=64", "--set", "training.max_seq_len=512",
                     "--set", "training.max_steps=1", "--set", "training.out_dir=\(dir)/out"]
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = ["-c", "ulimit -v 800000; exec timeout 120 \"$0\" \"$@\" >\(dir)/stdout 2>\(dir)/stderr", moeTuneBinary] + args
-        try p.run()
-        p.waitUntilExit()
-        let err = (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? ""
-        XCTAssertEqual(p.terminationStatus, 1, err)
+        let (status, err) = try runMoeTuneUnderAddressLimit(args, limitKB: 800000, timeout: 120, dir: dir)
+        XCTAssertEqual(status, 1, err)
         let last = String(err.split(separator: "\n").last ?? "")
         XCTAssertTrue(last.hasPrefix("moe-tune: error: \(repo)/configs/demo.yaml: training.batch_size: a batch of 64 sequences of up to "), err)
         XCTAssertTrue(last.contains("GB left under the address-space limit (ulimit -v) of 0.8 GB"), err)

@@ -169,14 +169,9 @@ final class RecomputeTests: XCTestCase {
                         "--set", "data.train=\(dir)/long.jsonl", "--set", "data.valid=null", "--set", "data.test=null",
                         "--set", "training.batch_size=64", "--set", "training.max_seq_len=512", "--set", "training.max_steps=1",
                         "--set", "training.recompute=\(recompute)", "--set", "training.out_dir=\(dir)/out-\(recompute)-\(limitKB)"]
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/bin/bash")
-            p.arguments = ["-c", "ulimit -v \(limitKB); exec timeout 300 \"$0\" \"$@\" >\(dir)/stdout 2>\(dir)/stderr", moeTuneBinary] + args
-            try p.run()
-            p.waitUntilExit()
-            let err = (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? ""
+            let (status, err) = try runMoeTuneUnderAddressLimit(args, limitKB: limitKB, timeout: 300, dir: dir)
             XCTAssertFalse(err.contains("Fatal error"), err)
-            return (p.terminationStatus, String(err.split(separator: "\n").last ?? ""))
+            return (status, String(err.split(separator: "\n").last ?? ""))
         }
         func gb(_ line: String, after: String, before: String) -> Double? {
             guard let a = line.range(of: after), let b = line.range(of: before, range: a.upperBound..<line.endIndex) else { return nil }
