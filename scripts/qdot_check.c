@@ -156,8 +156,9 @@ static void dequant_row(int t, const uint8_t *w, long n, float *y) {
 // The activation as documented in ckernels.h.
 static void dequant_act(int t, const uint8_t *xq, long n, float *y) {
     if (bsize(t) == 32) {
-        for (long b = 0; b < n / 32; b++) { float d; memcpy(&d, xq + 40 * b, 4);
-            for (int i = 0; i < 32; i++) y[32 * b + i] = d * (float)(int8_t)xq[40 * b + 8 + i]; }
+        // 68 bytes: 8 fp32 scales (one per 4 values), fp32 sum of the values, 32 int8.
+        for (long b = 0; b < n / 32; b++) { float d[8]; memcpy(d, xq + 68 * b, 32);
+            for (int i = 0; i < 32; i++) y[32 * b + i] = d[i / 4] * (float)(int8_t)xq[68 * b + 36 + i]; }
     } else {
         for (long b = 0; b < n / 256; b++) { float d; memcpy(&d, xq + 292 * b, 4);
             for (int i = 0; i < 256; i++) y[256 * b + i] = d * (float)(int8_t)xq[292 * b + 4 + i]; }
@@ -342,21 +343,32 @@ static void check_activation(void) {
         for (long i = 0; i < n; i++) x[i] = normal() * (i % 97 == 0 ? 20 : 1);
         for (long i = 0; i < 32; i++) x[i] = 0;  // a zero block
         long bytes = mt_qdot_activation_bytes(t, n);
-        CHECK(bytes == (bsize(t) == 32 ? n / 32 * 40 : n / 256 * 292), "%s activation bytes %ld", tname(t), bytes);
+        CHECK(bytes == (bsize(t) == 32 ? n / 32 * 68 : n / 256 * 292), "%s activation bytes %ld", tname(t), bytes);
         uint8_t *xq = malloc(bytes);
         mt_qdot_quantize_activation(t, x, xq, n);
         dequant_act(t, xq, n, y);
         int bs = bsize(t);
+        // One scale per group of g values (4 in the 32-value layout, 256 in the K types').
+        const int g = bs == 32 ? 4 : 256;
         for (long b = 0; b < n / bs; b++) {
-            float amax = 0; for (int i = 0; i < bs; i++) amax = fmaxf(amax, fabsf(x[b * bs + i]));
-            float d; memcpy(&d, xq + b * (bs == 32 ? 40 : 292), 4);
-            CHECK(d == amax / 127.0f, "%s block %ld: d %g, max/127 %g", tname(t), b, d, amax / 127.0f);
-            for (int i = 0; i < bs; i++) CHECK(fabsf(y[b * bs + i] - x[b * bs + i]) <= 0.5001f * d, "%s value %ld", tname(t), b * bs + i);
-            const int8_t *q = (const int8_t *)(xq + b * (bs == 32 ? 40 : 292) + (bs == 32 ? 8 : 4));
+            const uint8_t *blk = xq + b * (bs == 32 ? 68 : 292);
+            const int8_t *q = (const int8_t *)(blk + (bs == 32 ? 36 : 4));
+            float total = 0;
+            for (int k = 0; k < bs / g; k++) {
+                const float *xs = x + b * bs + k * g;
+                float amax = 0; for (int i = 0; i < g; i++) amax = fmaxf(amax, fabsf(xs[i]));
+                float d; memcpy(&d, blk + 4 * k, 4);
+                CHECK(d == amax / 127.0f, "%s block %ld group %d: d %g, max/127 %g", tname(t), b, k, d, amax / 127.0f);
+                int sum = 0;
+                for (int i = 0; i < g; i++) {
+                    CHECK(fabsf(y[b * bs + k * g + i] - xs[i]) <= 0.5001f * d, "%s value %ld", tname(t), b * bs + k * g + i);
+                    sum += q[k * g + i];
+                }
+                total += d * (float)sum;
+            }
             if (bs == 32) {
-                int s = 0; for (int i = 0; i < 32; i++) s += q[i];
-                float sf; memcpy(&sf, xq + b * 40 + 4, 4);
-                CHECK(sf == d * (float)s, "%s block %ld: s", tname(t), b);
+                float sf; memcpy(&sf, blk + 32, 4);
+                CHECK(sf == total, "%s block %ld: s %g, sum of d * q %g", tname(t), b, sf, total);
             } else {
                 int16_t sums[16]; memcpy(sums, xq + b * 292 + 260, 32);
                 for (int g = 0; g < 16; g++) { int s = 0; for (int i = 0; i < 16; i++) s += q[16 * g + i]; CHECK(sums[g] == s, "%s bsums", tname(t)); }
@@ -366,7 +378,7 @@ static void check_activation(void) {
         free(x); free(y); free(xq);
     }
     CHECK(mt_qdot_activation_bytes(1, 256) == -1 && isnan(mt_qdot_row(9, 256, NULL, NULL)), "unknown types refused");
-    printf("   activation quantization: d = max/127, |dequant - x| <= d/2, sums, sizes checked\n");
+    printf("   activation quantization: d = max/127 per 4 (32-value types) or 256 values, |dequant - x| <= d/2, sums, sizes checked\n");
 }
 
 // (a), (b), (m) on `rows` rows of n values; (c) when x32 is the fp32 activation.
