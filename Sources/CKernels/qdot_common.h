@@ -14,10 +14,12 @@
 #define XQ256_BYTES 292
 
 // The K-type kernels (qdot_k.c): out[j] = row · (activation j) for j < nx <= 4, the row nb
-// blocks of `type` at w, activation j at x + j * xs.
+// blocks of `type` at w, activation j at x + j * xs. The AVX2 one over `rows` rows rowBytes
+// apart, y[j * ldy + r].
 void mt_qdot_k_scalar(int type, long nb, const uint8_t *w, const uint8_t *x, long xs, int nx, float *out);
 #if defined(__x86_64__)
-void mt_qdot_k_avx2(int type, long nb, const uint8_t *w, const uint8_t *x, long xs, int nx, float *out);
+void mt_qdot_k_avx2(int type, long nb, const uint8_t *w, long rowBytes, long rows, const uint8_t *x, long xs, int nx,
+                    float *y, long ldy);
 #endif
 
 // IEEE half (little-endian bytes) -> fp32, exact for every value.
@@ -66,6 +68,14 @@ AVX2_INLINE __m256 half8(const uint8_t *p) {
     memcpy(&h, p, 2);
     return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
 }
+// Rows [0, rows) of a row kernel: `call` computes float t[nx] for `const uint8_t *row`.
+#define MT_ROWS(call, NX)                                                                          \
+    for (long r = 0; r < rows; r++) {                                                              \
+        const uint8_t *row = w + r * rowBytes;                                                     \
+        float t[4];                                                                                \
+        call;                                                                                      \
+        for (int j = 0; j < (NX); j++) y[j * ldy + r] = t[j];                                      \
+    }
 #endif
 
 #endif

@@ -224,23 +224,25 @@ AVX2_INLINE void dotk_avx2_t(const int type, const int nx, long nb, const uint8_
     }
 }
 
+// The row loop inside each type's kernel (qdot.c's DOT32_AVX2 says why).
 #define DOTK_AVX2(T)                                                                               \
-    AVX2_FN static void dotk_avx2_##T(long nb, const uint8_t *w, const uint8_t *x, long xs, int nx,   \
-                                      float *out) {                                                \
+    AVX2_FN static void dotk_avx2_##T(long nb, const uint8_t *w, long rowBytes, long rows,          \
+                                      const uint8_t *x, long xs, int nx, float *y, long ldy) {     \
         switch (nx) {                                                                              \
-        case 1: dotk_avx2_t(T, 1, nb, w, x, xs, out); break;                                      \
-        case 2: dotk_avx2_t(T, 2, nb, w, x, xs, out); break;                                      \
-        case 3: dotk_avx2_t(T, 3, nb, w, x, xs, out); break;                                      \
-        default: dotk_avx2_t(T, 4, nb, w, x, xs, out); break;                                     \
+        case 1: MT_ROWS(dotk_avx2_t(T, 1, nb, row, x, xs, t), 1); break;                           \
+        case 2: MT_ROWS(dotk_avx2_t(T, 2, nb, row, x, xs, t), 2); break;                           \
+        case 3: MT_ROWS(dotk_avx2_t(T, 3, nb, row, x, xs, t), 3); break;                           \
+        default: MT_ROWS(dotk_avx2_t(T, 4, nb, row, x, xs, t), 4); break;                          \
         }                                                                                          \
     }
 DOTK_AVX2(Q4_K)
 DOTK_AVX2(Q5_K)
 DOTK_AVX2(Q6_K)
 
-void mt_qdot_k_avx2(int type, long nb, const uint8_t *w, const uint8_t *x, long xs, int nx, float *out) {
-    if (type == Q4_K) dotk_avx2_Q4_K(nb, w, x, xs, nx, out);
-    else if (type == Q5_K) dotk_avx2_Q5_K(nb, w, x, xs, nx, out);
-    else dotk_avx2_Q6_K(nb, w, x, xs, nx, out);
+void mt_qdot_k_avx2(int type, long nb, const uint8_t *w, long rowBytes, long rows, const uint8_t *x, long xs, int nx,
+                    float *y, long ldy) {
+    if (type == Q4_K) dotk_avx2_Q4_K(nb, w, rowBytes, rows, x, xs, nx, y, ldy);
+    else if (type == Q5_K) dotk_avx2_Q5_K(nb, w, rowBytes, rows, x, xs, nx, y, ldy);
+    else dotk_avx2_Q6_K(nb, w, rowBytes, rows, x, xs, nx, y, ldy);
 }
 #endif
