@@ -105,82 +105,95 @@ public enum Merger {
     /// here: a missing one would otherwise be silently left out of the output.
     package static func checkBase(_ ck: Checkpoint) throws {
         let c = ck.config, f = c.family, h = c.hiddenSize
-        let shapes = ModuleShapes(config: c)
-        let floatTypes: [DType] = [.f32, .f16, .bf16, .f64]
-        /// `packed`: a linear weight, which may be bitsandbytes 4-bit bytes of another shape
-        /// (`moe-tune quantize`), checked as loading checks it (its quant state's shape, the
-        /// packed data's and scales' sizes: Checkpoint.checkBnb4bit, header and state only);
-        /// anything else must be a float tensor. (Byte lengths against shape and dtype are
-        /// checked when the safetensors header is read.)
-        func need(_ name: String, _ shape: [Int], packed: Bool = true) throws {
-            guard let info = ck.info(name) else {
-                throw MoETuneError.file(path: ck.directory, message: "tensor \(Printable.quoted(name)) not found in the checkpoint")
-            }
-            if packed, ck.isBnb4bit(name) {
-                try ck.checkBnb4bit(name, shape: shape)
-                return
-            }
-            guard floatTypes.contains(info.dtype) else {
-                throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(Printable.quoted(name)) has dtype \(info.dtype.rawValue); expected a float type\(packed ? " (or bitsandbytes 4-bit data with its quant_state)" : "")")
-            }
-            guard info.shape == shape else {
-                throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(Printable.quoted(name)) has shape \(info.shape), expected \(shape) from config.json")
-            }
-        }
-        try need(f.embedTokens, [c.vocabSize, h], packed: false)
-        try need(f.finalNorm, [h], packed: false)
+        try need(ck, f.embedTokens, [c.vocabSize, h], packed: false)
+        try need(ck, f.finalNorm, [h], packed: false)
         if !c.tieWordEmbeddings {
             guard ck.contains(f.lmHead) else {
                 throw MoETuneError.file(path: ck.directory, message: "tensor \(Printable.quoted(f.lmHead)) not found and tie_word_embeddings is false")
             }
-            try need(f.lmHead, [c.vocabSize, h])
+            try need(ck, f.lmHead, [c.vocabSize, h])
         }
-        let slots: [LinearSlot] = [.q, .k, .v, .o, .sharedGate] + FeedForwardPart.allCases.flatMap { [LinearSlot.mlp($0), .shared($0)] }
-        let (e, i) = (c.numExperts, c.expertIntermediateSize)
         for l in 0..<c.numLayers {
-            try need(f.inputNorm(l), [h], packed: false)
-            try need(f.postAttentionNorm(l), [h], packed: false)
-            for slot in slots {
-                if let s = shapes.linear(f.module(slot, layer: l)) { try need(f.weight(slot, layer: l), [s.rows, s.cols]) }
+            try checkBaseLayer(ck, layer: l)
+            if c.isMoELayer(l) { try checkBaseExperts(ck, layer: l) }
+        }
+    }
+
+    /// Layer l's norms, plain linear weights (attention, dense MLP, shared expert and its
+    /// gate, MLA's q_a_proj), biases, sinks and q/k norms, as checkBase checks them.
+    static func checkBaseLayer(_ ck: Checkpoint, layer l: Int) throws {
+        let c = ck.config, f = c.family, h = c.hiddenSize
+        let shapes = ModuleShapes(config: c)
+        let slots: [LinearSlot] = [.q, .k, .v, .o, .sharedGate] + FeedForwardPart.allCases.flatMap { [LinearSlot.mlp($0), .shared($0)] }
+        try need(ck, f.inputNorm(l), [h], packed: false)
+        try need(ck, f.postAttentionNorm(l), [h], packed: false)
+        for slot in slots {
+            if let s = shapes.linear(f.module(slot, layer: l)) { try need(ck, f.weight(slot, layer: l), [s.rows, s.cols]) }
+        }
+        if let m = c.mla { try need(ck, f.kvANorm(l), [m.kvLoraRank], packed: false) }
+        if let qr = c.mla?.qLoraRank {
+            try need(ck, f.qAProj(l), [qr, h])
+            try need(ck, f.qANorm(l), [qr], packed: false)
+        }
+        if c.qkvBias {
+            try need(ck, f.bias(.q, layer: l), [c.qDim], packed: false)
+            try need(ck, f.bias(.k, layer: l), [c.kvDim], packed: false)
+            try need(ck, f.bias(.v, layer: l), [c.kvDim], packed: false)
+        }
+        if c.oBias { try need(ck, f.bias(.o, layer: l), [h], packed: false) }
+        if c.attentionSinks { try need(ck, f.sinks(l), [c.numHeads], packed: false) }
+        if let kind = c.qkNorm {
+            try need(ck, f.qNorm(l), [kind == .perHead ? c.headDim : c.qDim], packed: false)
+            try need(ck, f.kNorm(l), [kind == .perHead ? c.headDim : c.kvDim], packed: false)
+        }
+    }
+
+    /// MoE layer l's router (and its bias) and experts: GPT-OSS's fused float tensors or MXFP4
+    /// blocks (their storage is checked apart) with their biases, transformers 5's fused
+    /// tensors, or one gate, up and down per expert.
+    static func checkBaseExperts(_ ck: Checkpoint, layer l: Int) throws {
+        let c = ck.config, f = c.family, h = c.hiddenSize
+        let (e, i) = (c.numExperts, c.expertIntermediateSize)
+        if c.routerBias { try need(ck, f.bias(.router, layer: l), [e], packed: false) }
+        if f.moe?.transposedInterleaved == true {
+            try need(ck, f.fusedRouter(l), [e, h], packed: false)
+            for (name, shape) in [(f.fusedGateUp(l), [e, h, 2 * i]), (f.fusedDown(l), [e, i, h])] where !ck.contains(name + "_blocks") {
+                try need(ck, name, shape)
             }
-            if let m = c.mla { try need(f.kvANorm(l), [m.kvLoraRank], packed: false) }
-            if let qr = c.mla?.qLoraRank {
-                try need(f.qAProj(l), [qr, h])
-                try need(f.qANorm(l), [qr], packed: false)
+            try need(ck, f.fusedGateUp(l) + "_bias", [e, 2 * i], packed: false)
+            try need(ck, f.fusedDown(l) + "_bias", [e, h], packed: false)
+        } else if let fused = f.fusedTensors(l, contains: ck.contains) {
+            try need(ck, fused.router, [e, h], packed: false)
+            try need(ck, fused.gateUp, [e, 2 * i, h])
+            try need(ck, fused.down, [e, h, i])
+        } else {
+            try need(ck, f.weight(.router, layer: l), [e, h], packed: false)
+            for x in 0..<e {
+                try need(ck, f.weight(.expert(x, .gate), layer: l), [i, h])
+                try need(ck, f.weight(.expert(x, .up), layer: l), [i, h])
+                try need(ck, f.weight(.expert(x, .down), layer: l), [h, i])
             }
-            if c.qkvBias {
-                try need(f.bias(.q, layer: l), [c.qDim], packed: false)
-                try need(f.bias(.k, layer: l), [c.kvDim], packed: false)
-                try need(f.bias(.v, layer: l), [c.kvDim], packed: false)
-            }
-            if c.oBias { try need(f.bias(.o, layer: l), [h], packed: false) }
-            if c.attentionSinks { try need(f.sinks(l), [c.numHeads], packed: false) }
-            if let kind = c.qkNorm {
-                try need(f.qNorm(l), [kind == .perHead ? c.headDim : c.qDim], packed: false)
-                try need(f.kNorm(l), [kind == .perHead ? c.headDim : c.kvDim], packed: false)
-            }
-            guard c.isMoELayer(l) else { continue }
-            if c.routerBias { try need(f.bias(.router, layer: l), [e], packed: false) }
-            if f.moe?.transposedInterleaved == true {
-                // GPT-OSS: float tensors, or MXFP4 blocks (their storage is checked apart).
-                try need(f.fusedRouter(l), [e, h], packed: false)
-                for (name, shape) in [(f.fusedGateUp(l), [e, h, 2 * i]), (f.fusedDown(l), [e, i, h])] where !ck.contains(name + "_blocks") {
-                    try need(name, shape)
-                }
-                try need(f.fusedGateUp(l) + "_bias", [e, 2 * i], packed: false)
-                try need(f.fusedDown(l) + "_bias", [e, h], packed: false)
-            } else if let fused = f.fusedTensors(l, contains: ck.contains) {
-                try need(fused.router, [e, h], packed: false)
-                try need(fused.gateUp, [e, 2 * i, h])
-                try need(fused.down, [e, h, i])
-            } else {
-                try need(f.weight(.router, layer: l), [e, h], packed: false)
-                for x in 0..<e {
-                    try need(f.weight(.expert(x, .gate), layer: l), [i, h])
-                    try need(f.weight(.expert(x, .up), layer: l), [i, h])
-                    try need(f.weight(.expert(x, .down), layer: l), [h, i])
-                }
-            }
+        }
+    }
+
+    /// Refuses tensor `name` of `ck` unless present in `shape`. `packed`: a linear weight,
+    /// which may be bitsandbytes 4-bit bytes of another shape (`moe-tune quantize`), checked
+    /// as loading checks it (its quant state's shape, the packed data's and scales' sizes:
+    /// Checkpoint.checkBnb4bit, header and state only); anything else must be a float tensor.
+    /// (Byte lengths against shape and dtype are checked when the safetensors header is read.)
+    static func need(_ ck: Checkpoint, _ name: String, _ shape: [Int], packed: Bool = true) throws {
+        guard let info = ck.info(name) else {
+            throw MoETuneError.file(path: ck.directory, message: "tensor \(Printable.quoted(name)) not found in the checkpoint")
+        }
+        if packed, ck.isBnb4bit(name) {
+            try ck.checkBnb4bit(name, shape: shape)
+            return
+        }
+        guard [DType.f32, .f16, .bf16, .f64].contains(info.dtype) else {
+            throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(Printable.quoted(name)) has dtype \(info.dtype.rawValue); expected a float type\(packed ? " (or bitsandbytes 4-bit data with its quant_state)" : "")")
+        }
+        guard info.shape == shape else {
+            throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(Printable.quoted(name)) has shape \(info.shape), expected \(shape) from config.json")
         }
     }
 
