@@ -33,6 +33,10 @@ public enum Merger {
         public var dequantizedMXFP4 = false
     }
 
+    /// Merges `adapters` (each with its weight) into the base in `modelDir` and writes the
+    /// folder `outDir`. The steps, each its own function: MergeJob.init (tensor table checked,
+    /// adapters read and mixed), plan, shardPlan, writeShards (each tensor read, merged,
+    /// checked, encoded, written), checkEveryModuleMerged, the index, mergedConfigText.
     public static func merge(modelDir: String, adapters: [(path: String, weight: Float)], outDir: String,
                              options: Options = Options()) throws -> Summary {
         let folder = try ModelFolderWriter(outDir: outDir, overwrite: options.overwrite, inputs: [modelDir] + adapters.map(\.path), command: "merge")
