@@ -160,124 +160,19 @@ public final class Transformer: @unchecked Sendable {
     }
 
     /// Router and experts of an MoE layer, in the classic per-expert layout or the
-    /// fused layout of transformers 5.
+    /// fused layout of transformers 5 (or GPT-OSS's transposed one).
     private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?,
                                     base: BaseDType) throws -> (Matrix, [FeedForwardWeights]) {
         let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
         if f.moe?.transposedInterleaved == true {
-            // GPT-OSS: gate_up_proj [E, H, 2I] (x @ W, columns 2i gate and 2i+1 up) and
-            // down_proj [E, I, H], each with a bias, transposed here into per-expert
-            // gate/up [I, H] and down [H, I].
             let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
             for name in [f.fusedGateUp(l), f.fusedDown(l)] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
-            if let q = quantize {
-                // QLoRA: each fused tensor quantized whole as bitsandbytes' quantize_4bit
-                // flattens it (blocks of 64 along 2I, then H, then E); the experts read
-                // their slices transposed (TransposedWeight). Biases stay fp32.
-                let quant = { (name: String, shape: [Int]) throws -> NF4Weight in
-                    let (rows, cols) = (shape[0] * shape[1], shape[2])
-                    // MXFP4 checkpoints: dequantized to a temporary fp32 copy first.
-                    if let w = try ck.withTemporaryMXFP4Floats(name, shape: shape, {
-                        NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
-                    }) { return w }
-                    return try ck.withTemporaryFloats(name, shape: shape) {
-                        NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
-                    }
-                }
-                let gu = try quant(f.fusedGateUp(l), [e, h, 2 * i]), dn = try quant(f.fusedDown(l), [e, i, h])
-                let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
-                let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
-                let bias = FloatBuffer(count: e * 2 * i, zeroed: false)
-                ck.keep(bias)
-                let clamped = c.clampedSwiGLU
-                return (router, (0..<e).map { x in
-                    let gb = bias.pointer + x * 2 * i, ub = gb + i
-                    for r in 0..<i { gb[r] = guBias[x * 2 * i + 2 * r]; ub[r] = guBias[x * 2 * i + 2 * r + 1] }
-                    return FeedForwardWeights(
-                        gate: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 0)),
-                        up: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 1)),
-                        down: Matrix(transposed: TransposedWeight(storage: dn, rowOffset: x * i, inFeatures: i, stride: 1, part: 0)),
-                        gateBias: gb, upBias: ub, downBias: dnBias + x * h, clamped: clamped)
-                })
-            }
-            // The released checkpoints store both as MXFP4 blocks, dequantized here.
-            let gu = try ck.mxfp4Floats(f.fusedGateUp(l), shape: [e, h, 2 * i]) ?? ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
-            let dn = try ck.mxfp4Floats(f.fusedDown(l), shape: [e, i, h]) ?? ck.floats(f.fusedDown(l), shape: [e, i, h])
-            let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
-            let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
-            let buf = FloatBuffer(count: e * (3 * i * h + 2 * i), zeroed: false)
-            ck.keep(buf)
-            let clamped = c.clampedSwiGLU
-            let experts = (0..<e).map { x -> FeedForwardWeights in
-                let gate = buf.pointer + x * (3 * i * h + 2 * i), up = gate + i * h, down = up + i * h
-                let gb = down + h * i, ub = gb + i
-                for r in 0..<i {
-                    for col in 0..<h {
-                        gate[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r]
-                        up[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r + 1]
-                    }
-                    gb[r] = guBias[x * 2 * i + 2 * r]
-                    ub[r] = guBias[x * 2 * i + 2 * r + 1]
-                }
-                for r in 0..<h { for col in 0..<i { down[r * i + col] = dn[(x * i + col) * h + r] } }
-                return FeedForwardWeights(gate: Matrix(gate, rows: i, cols: h), up: Matrix(up, rows: i, cols: h),
-                                          down: Matrix(down, rows: h, cols: i), gateBias: gb, upBias: ub,
-                                          downBias: dnBias + x * h, clamped: clamped)
-            }
-            return (router, experts)
+            if let q = quantize { return (router, try quantizedTransposedExperts(ck, layer: l, quantize: q)) }
+            return (router, try transposedExperts(ck, layer: l))
         }
         if let fused = f.fusedTensors(l, contains: ck.contains) {
             let router = try ck.matrix(fused.router, rows: e, cols: h)
-            if ck.isBnb4bit(fused.gateUp) || ck.isBnb4bit(fused.down) {
-                // Written by `moe-tune quantize`: each fused tensor quantized whole, each
-                // expert's gate, up and down a block-aligned slice of it.
-                guard (i * h) % NF4Weight.blockSize == 0 else {
-                    throw MoETuneError.file(path: ck.path(of: fused.gateUp),
-                        message: "\(fused.gateUp): 4-bit fused experts need intermediate x hidden (\(i) x \(h)) to be a multiple of 64")
-                }
-                let gateUp = try ck.readBnb4bit(fused.gateUp, shape: [e, 2 * i, h])
-                let down = try ck.readBnb4bit(fused.down, shape: [e, h, i])
-                return (router, (0..<e).map { x in
-                    FeedForwardWeights(gate: Matrix(nf4: gateUp.slice(rows: x * 2 * i, count: i)),
-                                       up: Matrix(nf4: gateUp.slice(rows: x * 2 * i + i, count: i)),
-                                       down: Matrix(nf4: down.slice(rows: x * h, count: h)))
-                })
-            }
-            if let q = quantize {
-                // Quantize each expert's slice of the fused tensors, one fused tensor at a time.
-                let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in
-                    (0..<e).map { x in (NF4Weight.quantize(p + x * 2 * i * h, rows: i, cols: h, doubleQuant: q.doubleQuant),
-                                        NF4Weight.quantize(p + x * 2 * i * h + i * h, rows: i, cols: h, doubleQuant: q.doubleQuant)) }
-                }
-                let down = try ck.withTemporaryFloats(fused.down, shape: [e, h, i]) { p in
-                    (0..<e).map { x in NF4Weight.quantize(p + x * h * i, rows: h, cols: i, doubleQuant: q.doubleQuant) }
-                }
-                return (router, (0..<e).map { x in
-                    FeedForwardWeights(gate: Matrix(nf4: gateUp[x].0), up: Matrix(nf4: gateUp[x].1), down: Matrix(nf4: down[x]))
-                })
-            }
-            if base.isBF16 {
-                // Each expert's slice of the fused tensors rounded to bf16, one tensor at a time.
-                let gateUp = try ck.withTemporaryFloats(fused.gateUp, shape: [e, 2 * i, h]) { p in
-                    (0..<e).map { x in (BF16Weight(rounding: p + x * 2 * i * h, rows: i, cols: h),
-                                        BF16Weight(rounding: p + x * 2 * i * h + i * h, rows: i, cols: h)) }
-                }
-                let down = try ck.withTemporaryFloats(fused.down, shape: [e, h, i]) { p in
-                    (0..<e).map { x in BF16Weight(rounding: p + x * h * i, rows: h, cols: i) }
-                }
-                return (router, (0..<e).map { x in
-                    FeedForwardWeights(gate: Matrix(bf16: gateUp[x].0), up: Matrix(bf16: gateUp[x].1), down: Matrix(bf16: down[x]))
-                })
-            }
-            let gateUp = try ck.floats(fused.gateUp, shape: [e, 2 * i, h])
-            let down = try ck.floats(fused.down, shape: [e, h, i])
-            let experts = (0..<e).map { x in
-                FeedForwardWeights(
-                    gate: Matrix(gateUp + x * 2 * i * h, rows: i, cols: h),
-                    up: Matrix(gateUp + x * 2 * i * h + i * h, rows: i, cols: h),
-                    down: Matrix(down + x * h * i, rows: h, cols: i))
-            }
-            return (router, experts)
+            return (router, try fusedExperts(ck, gateUp: fused.gateUp, down: fused.down, quantize: quantize, base: base))
         }
         let router = try ck.matrix(f.weight(.router, layer: l), rows: e, cols: h)
         let experts = try (0..<e).map { x in
@@ -287,5 +182,117 @@ public final class Transformer: @unchecked Sendable {
                 down: try ck.linear(f.weight(.expert(x, .down), layer: l), rows: h, cols: i, quantize: quantize, base: base))
         }
         return (router, experts)
+    }
+
+    /// GPT-OSS's experts for QLoRA: gate_up_proj [E, H, 2I] and down_proj [E, I, H] each
+    /// quantized whole as bitsandbytes' quantize_4bit flattens it (blocks of 64 along 2I,
+    /// then H, then E); the experts read their slices transposed (TransposedWeight). Biases stay fp32.
+    static func quantizedTransposedExperts(_ ck: Checkpoint, layer l: Int, quantize q: QuantizationSpec) throws -> [FeedForwardWeights] {
+        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
+        let quant = { (name: String, shape: [Int]) throws -> NF4Weight in
+            let (rows, cols) = (shape[0] * shape[1], shape[2])
+            // MXFP4 checkpoints: dequantized to a temporary fp32 copy first.
+            if let w = try ck.withTemporaryMXFP4Floats(name, shape: shape, {
+                NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+            }) { return w }
+            return try ck.withTemporaryFloats(name, shape: shape) {
+                NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
+            }
+        }
+        let gu = try quant(f.fusedGateUp(l), [e, h, 2 * i]), dn = try quant(f.fusedDown(l), [e, i, h])
+        let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
+        let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
+        let bias = FloatBuffer(count: e * 2 * i, zeroed: false)
+        ck.keep(bias)
+        let clamped = c.clampedSwiGLU
+        return (0..<e).map { x in
+            let gb = bias.pointer + x * 2 * i, ub = gb + i
+            for r in 0..<i { gb[r] = guBias[x * 2 * i + 2 * r]; ub[r] = guBias[x * 2 * i + 2 * r + 1] }
+            return FeedForwardWeights(
+                gate: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 0)),
+                up: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 1)),
+                down: Matrix(transposed: TransposedWeight(storage: dn, rowOffset: x * i, inFeatures: i, stride: 1, part: 0)),
+                gateBias: gb, upBias: ub, downBias: dnBias + x * h, clamped: clamped)
+        }
+    }
+
+    /// GPT-OSS's experts in fp32: gate_up_proj [E, H, 2I] (x @ W, columns 2i gate and 2i+1
+    /// up) and down_proj [E, I, H], each with a bias, transposed into per-expert gate/up
+    /// [I, H] and down [H, I]. The released checkpoints store both as MXFP4 blocks, dequantized here.
+    static func transposedExperts(_ ck: Checkpoint, layer l: Int) throws -> [FeedForwardWeights] {
+        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
+        let gu = try ck.mxfp4Floats(f.fusedGateUp(l), shape: [e, h, 2 * i]) ?? ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
+        let dn = try ck.mxfp4Floats(f.fusedDown(l), shape: [e, i, h]) ?? ck.floats(f.fusedDown(l), shape: [e, i, h])
+        let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
+        let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
+        let buf = FloatBuffer(count: e * (3 * i * h + 2 * i), zeroed: false)
+        ck.keep(buf)
+        let clamped = c.clampedSwiGLU
+        return (0..<e).map { x -> FeedForwardWeights in
+            let gate = buf.pointer + x * (3 * i * h + 2 * i), up = gate + i * h, down = up + i * h
+            let gb = down + h * i, ub = gb + i
+            for r in 0..<i {
+                for col in 0..<h {
+                    gate[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r]
+                    up[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r + 1]
+                }
+                gb[r] = guBias[x * 2 * i + 2 * r]
+                ub[r] = guBias[x * 2 * i + 2 * r + 1]
+            }
+            for r in 0..<h { for col in 0..<i { down[r * i + col] = dn[(x * i + col) * h + r] } }
+            return FeedForwardWeights(gate: Matrix(gate, rows: i, cols: h), up: Matrix(up, rows: i, cols: h),
+                                      down: Matrix(down, rows: h, cols: i), gateBias: gb, upBias: ub,
+                                      downBias: dnBias + x * h, clamped: clamped)
+        }
+    }
+
+    /// The experts of transformers 5's fused tensors gate_up [E, 2I, H] (gate rows, then up)
+    /// and down [E, H, I]: each expert's gate, up and down a slice, read as `moe-tune quantize`
+    /// wrote them (bitsandbytes 4-bit), quantized to NF4 or rounded to bf16 slice by slice, or fp32.
+    static func fusedExperts(_ ck: Checkpoint, gateUp: String, down: String, quantize: QuantizationSpec?,
+                             base: BaseDType) throws -> [FeedForwardWeights] {
+        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts
+        if ck.isBnb4bit(gateUp) || ck.isBnb4bit(down) {
+            // Each fused tensor quantized whole, each expert's part a block-aligned slice of it.
+            guard (i * h) % NF4Weight.blockSize == 0 else {
+                throw MoETuneError.file(path: ck.path(of: gateUp),
+                    message: "\(gateUp): 4-bit fused experts need intermediate x hidden (\(i) x \(h)) to be a multiple of 64")
+            }
+            let gu = try ck.readBnb4bit(gateUp, shape: [e, 2 * i, h]), dn = try ck.readBnb4bit(down, shape: [e, h, i])
+            return (0..<e).map { x in
+                FeedForwardWeights(gate: Matrix(nf4: gu.slice(rows: x * 2 * i, count: i)),
+                                   up: Matrix(nf4: gu.slice(rows: x * 2 * i + i, count: i)),
+                                   down: Matrix(nf4: dn.slice(rows: x * h, count: h)))
+            }
+        }
+        // One fused tensor at a time: each expert's slice quantized (QLoRA) or rounded to bf16.
+        if let q = quantize {
+            return try fusedSlices(ck, gateUp: gateUp, down: down) { p, rows, cols in
+                Matrix(nf4: NF4Weight.quantize(p, rows: rows, cols: cols, doubleQuant: q.doubleQuant))
+            }
+        }
+        if base.isBF16 {
+            return try fusedSlices(ck, gateUp: gateUp, down: down) { p, rows, cols in Matrix(bf16: BF16Weight(rounding: p, rows: rows, cols: cols)) }
+        }
+        let gu = try ck.floats(gateUp, shape: [e, 2 * i, h]), dn = try ck.floats(down, shape: [e, h, i])
+        return (0..<e).map { x in
+            FeedForwardWeights(gate: Matrix(gu + x * 2 * i * h, rows: i, cols: h), up: Matrix(gu + x * 2 * i * h + i * h, rows: i, cols: h),
+                               down: Matrix(dn + x * h * i, rows: h, cols: i))
+        }
+    }
+
+    /// Each expert's gate, up and down slices of the fused tensors made into a Matrix by
+    /// `make(pointer, rows, cols)` (which copies them), reading one fused tensor at a time
+    /// into temporary fp32.
+    static func fusedSlices(_ ck: Checkpoint, gateUp: String, down: String,
+                            _ make: (UnsafePointer<Float>, Int, Int) -> Matrix) throws -> [FeedForwardWeights] {
+        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts
+        let gu = try ck.withTemporaryFloats(gateUp, shape: [e, 2 * i, h]) { p in
+            (0..<e).map { x in (make(p + x * 2 * i * h, i, h), make(p + x * 2 * i * h + i * h, i, h)) }
+        }
+        let dn = try ck.withTemporaryFloats(down, shape: [e, h, i]) { p in
+            (0..<e).map { x in make(p + x * h * i, h, i) }
+        }
+        return (0..<e).map { x in FeedForwardWeights(gate: gu[x].0, up: gu[x].1, down: dn[x]) }
     }
 }
