@@ -80,7 +80,6 @@ public final class Trainer {
         runOptions.isEmpty ? yaml : yaml + (yaml.hasSuffix("\n") ? "" : "\n") + RunOptions.yamlComment(runOptions)
     }
 
-    /// metrics.jsonl's line for the run options of this start or resume.
     /// Refuses a micro-batch whose activations (MemoryEstimate, with training.recompute as
     /// set) would not fit in the machine's memory or under the process's limits, naming
     /// `key`, the keys to `lower`, and training.recompute: layers when that would fit.
@@ -97,6 +96,7 @@ public final class Trainer {
         }
     }
 
+    /// metrics.jsonl's line for the run options of this start or resume.
     func recordRunOptions(_ metrics: MetricsLog?) throws {
         guard !runOptions.isEmpty else { return }
         try metrics?.write(["type": "run_options", "options": RunOptions.json(runOptions)])
@@ -149,10 +149,8 @@ public final class Trainer {
         return try SFTLoop(run: run, data: data, trainable, steps: steps, buffers: buffers, start: start).train()
     }
 
-    /// The adapter to train: training.init_adapter's (its rank, alpha and targets), or a new one
-    /// from the lora section.
-    /// The run's adapters: `init_adapter`'s, or new ones as `spec` (default the config's
-    /// targets; an SFT run's ESFT selection narrows the experts) says.
+    /// The run's adapters: `init_adapter`'s (its rank, alpha and targets), or new ones as
+    /// `spec` (default the config's targets; an SFT run's ESFT selection narrows the experts) says.
     func makeAdapters(model: Transformer, config c: TrainConfig, spec: LoRASpec? = nil, events: TrainerEvents) throws -> AdapterSet {
         let adapters: AdapterSet
         if let dir = c.training.initAdapter {
@@ -167,6 +165,7 @@ public final class Trainer {
         return adapters
     }
 
+    /// The optimizer section's optimizer over `store`'s parameters.
     static func makeOptimizer(_ c: TrainConfig, store: ParameterStore) -> Optimizer {
         switch c.optimizer.name {
         case .adamw:
