@@ -23,6 +23,9 @@ unmerged) and grads.safetensors (d loss / d every LoRA tensor).
                layers 1 and 2 slide, layer 0 attends to everything (transformers 5 saves
                layer_types)
   qwen3-sw     Qwen3, 3 layers, sliding_window 6, max_window_layers 2: layer 2 slides
+  seed_oss     Seed-OSS: random q/k/v and o_proj biases (attention_bias, attention_out_bias), two KV
+               heads; attention_dropout and residual_dropout 0 (the released 0.1 would make
+               transformers' training-mode loss and gradients random)
 For the `train` families NAME/reference.json also gets nf4_loss (double quantization) and
 nf4_loss_single (without): the loss with every
 decoder-layer linear weight replaced by bitsandbytes' NF4 (blocks of 64, double
@@ -42,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import eval_examples, references  # noqa: E402
 
 import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, SeedOssConfig  # noqa: E402
 
 COMMON = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
               intermediate_size=96, rms_norm_eps=1e-6, max_position_embeddings=256, bos_token_id=1,
@@ -70,6 +73,8 @@ def configs(V):
                                   max_window_layers=1, **{**COMMON, "num_hidden_layers": 3, "num_key_value_heads": 1}), True
     yield "qwen3-sw", Qwen3Config(vocab_size=V, tie_word_embeddings=False, use_sliding_window=True, sliding_window=6,
                                   max_window_layers=2, **{**COMMON, "num_hidden_layers": 3, "head_dim": 24}), False
+    yield "seed_oss", SeedOssConfig(vocab_size=V, tie_word_embeddings=False, attention_bias=True, attention_out_bias=True,
+                                    attention_dropout=0.0, residual_dropout=0.0, **COMMON), True
 
 
 def randomize(model, seed):

@@ -15,8 +15,8 @@ import XCTest
 final class FamilyTests: XCTestCase {
     static let forwardFixtures = ["llama3-rope", "llama-yarn", "llama-linear", "qwen2", "qwen3", "mistral-sw",
                                   "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2-sw", "qwen3-sw", "qwen2_moe-sw",
-                                  "deepseek_v2", "deepseek_v2-yarn", "deepseek_v2-qlora", "gpt_oss"]
-    static let trainFixtures = ["qwen2", "qwen3", "mistral-sw", "qwen2-sw"]
+                                  "deepseek_v2", "deepseek_v2-yarn", "deepseek_v2-qlora", "gpt_oss", "seed_oss"]
+    static let trainFixtures = ["qwen2", "qwen3", "mistral-sw", "qwen2-sw", "seed_oss"]
     static let moeFixtures = ["qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "qwen2_moe-sw"]
     /// MoE families whose transformers 5 model computes no aux loss (no aux fixture).
     static let noAuxFixtures = ["deepseek_v2", "deepseek_v2-qlora"]

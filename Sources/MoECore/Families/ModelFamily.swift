@@ -117,7 +117,7 @@ public struct ModelFamily: Sendable, CustomStringConvertible, Equatable {
     public static func == (a: ModelFamily, b: ModelFamily) -> Bool { a.name == b.name }
 
     /// Every supported family.
-    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe, .graniteMoE, .deepseekV2, .gptOss]
+    public static let all: [ModelFamily] = [.llama, .mistral, .mixtral, .qwen2, .qwen3, .qwen2MoE, .qwen3MoE, .olmoe, .graniteMoE, .deepseekV2, .gptOss, .seedOss]
 
     public static var supportedModelTypes: [String] { all.flatMap(\.modelTypes) }
 
