@@ -109,30 +109,21 @@ public struct Dataset: Sendable {
         return Dataset(path: path, examples: examples, truncated: truncated)
     }
 
+    /// One data line as an example, by its detected format: plain text, a chat (the Jinja
+    /// template's encoder or a built-in template), or a prompt with its completion.
     package static func tokenize(_ object: [String: Any], path: String, line: Int, tokenizer: any TextTokenizer,
                          options: DataOptions, text: String? = nil, chat: ChatEncoder? = nil) throws -> Example {
-        func field(_ key: String, required: Bool = true) throws -> String? {
-            guard let v = object[key], !(v is NSNull) else {
-                if required { throw MoETuneError.line(path: path, line: line, message: "missing field \"\(key)\"") }
-                return nil
-            }
-            guard let s = v as? String else {
-                throw MoETuneError.line(path: path, line: line, message: "field \"\(key)\" must be a string")
-            }
-            return s
-        }
         let task = object["task"] as? String
         guard let format = ExampleFormat.detect(object) else {
             let keys = object.keys.sorted().joined(separator: ", ")
             throw MoETuneError.line(path: path, line: line,
                 message: "no known fields (found: \(keys)); expected \"text\", \"prompt\"+\"completion\", \"instruction\"+\"output\" or \"messages\"")
         }
-        let eos = tokenizer.eosId
         switch format {
         case .text:
             // SentencePiece: [BOS] + encode + [EOS]; tokenizer.json: transformers'
             // tokenizer(text).input_ids, then EOS unless already last.
-            let text = try field("text")!
+            let text = try field(object, "text", path: path, line: line)!
             let tokens = try tokenizer.trainingIds(text)
             return Example(tokens: tokens, counted: [false] + Array(repeating: true, count: tokens.count - 1),
                            line: line, promptLength: 1, task: task)
@@ -143,54 +134,84 @@ public struct Dataset: Sendable {
                 let source = try text ?? String(decoding: JSONSerialization.data(withJSONObject: object), as: UTF8.self)
                 return try chatExample(source, path: path, line: line, task: task, encoder: encoder, options: options)
             }
-            guard let list = object["messages"] as? [Any], !list.isEmpty else {
-                throw MoETuneError.line(path: path, line: line, message: "\"messages\" must be a non-empty list")
-            }
-            var messages: [(role: String, content: String)] = []
-            for (i, item) in list.enumerated() {
-                guard let m = item as? [String: Any], let role = m["role"] as? String, let content = m["content"] as? String else {
-                    throw MoETuneError.line(path: path, line: line,
-                        message: "messages[\(i)] must be an object with string \"role\" and \"content\"")
-                }
-                messages.append((role, content))
-            }
-            let segments: [(text: String, counted: Bool, eos: Bool)]
-            guard case let .builtin(template) = options.chat else { throw MoETuneError.invalid("no chat template") }
-            do { segments = try template.segments(messages) } catch let e as MoETuneError {
-                throw MoETuneError.line(path: path, line: line, message: e.description)
-            }
-            var tokens: [Int32] = tokenizer.prefixIds
-            var counted = [Bool](repeating: false, count: tokens.count)
-            var promptLength = 0, lastReplyStart = 0
-            for seg in segments {
-                var ids = try tokenizer.encode(seg.text)
-                if seg.eos, let eos { ids.append(eos) }
-                if seg.counted { lastReplyStart = tokens.count }
-                tokens += ids
-                counted += Array(repeating: seg.counted || options.trainOnInputs, count: ids.count)
-                if promptLength == 0, seg.counted { promptLength = tokens.count - ids.count }
-            }
-            let lastAssistant = messages.last { $0.role == "assistant" }?.content
-            return Example(tokens: tokens, counted: counted, line: line, promptLength: promptLength, task: task,
-                           reply: lastAssistant, replyStart: lastReplyStart)
+            return try builtinChatExample(object, path: path, line: line, task: task, tokenizer: tokenizer, options: options)
         case .promptCompletion, .alpaca:
-            let prompt: String, completion: String
-            if format == .promptCompletion {
-                prompt = try field("prompt")!
-                completion = try field("completion")!
-            } else {
-                prompt = AlpacaTemplate.prompt(instruction: try field("instruction")!, input: try field("input", required: false))
-                completion = try field("output")!
-            }
-            let p = tokenizer.prefixIds + (try tokenizer.encode(prompt))
-            var cpl = (try tokenizer.encode(completion)) + tokenizer.suffixIds
-            if let eos, cpl.last != eos { cpl.append(eos) }
-            let tokens = p + cpl
-            var counted = Array(repeating: options.trainOnInputs, count: p.count) + Array(repeating: true, count: cpl.count)
-            if !counted.isEmpty { counted[0] = false }
-            return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task,
-                           reply: completion, replyStart: p.count)
+            return try completionExample(object, format: format, path: path, line: line, task: task,
+                                         tokenizer: tokenizer, options: options)
         }
+    }
+
+    /// The string field `key` of a line; nil when absent or null and not `required`.
+    package static func field(_ object: [String: Any], _ key: String, required: Bool = true, path: String, line: Int) throws -> String? {
+        guard let v = object[key], !(v is NSNull) else {
+            if required { throw MoETuneError.line(path: path, line: line, message: "missing field \"\(key)\"") }
+            return nil
+        }
+        guard let s = v as? String else {
+            throw MoETuneError.line(path: path, line: line, message: "field \"\(key)\" must be a string")
+        }
+        return s
+    }
+
+    /// A {"messages": ...} line with a built-in template (options.chat .builtin): each segment
+    /// encoded in turn (EOS after the segments that take it), the replies counted.
+    package static func builtinChatExample(_ object: [String: Any], path: String, line: Int, task: String?,
+                                   tokenizer: any TextTokenizer, options: DataOptions) throws -> Example {
+        guard let list = object["messages"] as? [Any], !list.isEmpty else {
+            throw MoETuneError.line(path: path, line: line, message: "\"messages\" must be a non-empty list")
+        }
+        var messages: [(role: String, content: String)] = []
+        for (i, item) in list.enumerated() {
+            guard let m = item as? [String: Any], let role = m["role"] as? String, let content = m["content"] as? String else {
+                throw MoETuneError.line(path: path, line: line,
+                    message: "messages[\(i)] must be an object with string \"role\" and \"content\"")
+            }
+            messages.append((role, content))
+        }
+        let segments: [(text: String, counted: Bool, eos: Bool)]
+        guard case let .builtin(template) = options.chat else { throw MoETuneError.invalid("no chat template") }
+        do { segments = try template.segments(messages) } catch let e as MoETuneError {
+            throw MoETuneError.line(path: path, line: line, message: e.description)
+        }
+        let eos = tokenizer.eosId
+        var tokens: [Int32] = tokenizer.prefixIds
+        var counted = [Bool](repeating: false, count: tokens.count)
+        var promptLength = 0, lastReplyStart = 0
+        for seg in segments {
+            var ids = try tokenizer.encode(seg.text)
+            if seg.eos, let eos { ids.append(eos) }
+            if seg.counted { lastReplyStart = tokens.count }
+            tokens += ids
+            counted += Array(repeating: seg.counted || options.trainOnInputs, count: ids.count)
+            if promptLength == 0, seg.counted { promptLength = tokens.count - ids.count }
+        }
+        let lastAssistant = messages.last { $0.role == "assistant" }?.content
+        return Example(tokens: tokens, counted: counted, line: line, promptLength: promptLength, task: task,
+                       reply: lastAssistant, replyStart: lastReplyStart)
+    }
+
+    /// A prompt/completion or Alpaca (instruction, input, output) line: the completion and
+    /// EOS counted, the prompt only with train_on_inputs (never the first token).
+    package static func completionExample(_ object: [String: Any], format: ExampleFormat, path: String, line: Int,
+                                  task: String?, tokenizer: any TextTokenizer, options: DataOptions) throws -> Example {
+        let prompt: String, completion: String
+        if format == .promptCompletion {
+            prompt = try field(object, "prompt", path: path, line: line)!
+            completion = try field(object, "completion", path: path, line: line)!
+        } else {
+            prompt = AlpacaTemplate.prompt(instruction: try field(object, "instruction", path: path, line: line)!,
+                                           input: try field(object, "input", required: false, path: path, line: line))
+            completion = try field(object, "output", path: path, line: line)!
+        }
+        let eos = tokenizer.eosId
+        let p = tokenizer.prefixIds + (try tokenizer.encode(prompt))
+        var cpl = (try tokenizer.encode(completion)) + tokenizer.suffixIds
+        if let eos, cpl.last != eos { cpl.append(eos) }
+        let tokens = p + cpl
+        var counted = Array(repeating: options.trainOnInputs, count: p.count) + Array(repeating: true, count: cpl.count)
+        if !counted.isEmpty { counted[0] = false }
+        return Example(tokens: tokens, counted: counted, line: line, promptLength: p.count, task: task,
+                       reply: completion, replyStart: p.count)
     }
 }
 

@@ -245,8 +245,34 @@ public struct TrainConfig: Equatable, Sendable {
         return Node(pairs)
     }
 
+    /// The whole config from its top-level reader, section by section in the file's order of
+    /// reading (the first bad key is the one reported); `parse` then checks for unknown keys.
     package static func decode(_ r: ConfigReader) throws -> TrainConfig {
         let model = try r.string("model")
+        let data = try dataSection(r)
+        let lora = try loraSection(r)
+        let opt = try optimizerSection(r)
+        let schedule = try scheduleSection(r)
+        let moe = try moeSection(r)
+        let quantization = try quantizationSection(r)
+        let (dpo, orpo) = try preferenceSections(r)
+        let grpo = try grpoSection(r)
+        let baseDType = BaseDType(rawValue: try r.choice("base_dtype", BaseDType.allCases.map(\.rawValue), default: "fp32"))!
+        if baseDType.isBF16, quantization != nil {
+            throw r.fail("base_dtype", "\(baseDType.rawValue) and quantization (QLoRA, nf4) exclude each other: NF4 already holds the frozen weights in 4 bits; drop one of them")
+        }
+        let tr = try trainingSection(r)
+        var config = TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
+                                 quantization: quantization, training: tr)
+        config.baseDType = baseDType
+        config.dpo = dpo
+        config.orpo = orpo
+        config.grpo = grpo
+        return config
+    }
+
+    /// The data: section (train files, validation and test files, masking, chat template).
+    package static func dataSection(_ r: ConfigReader) throws -> DataSection {
         let d = try r.section("data")
         var data = DataSection(trainFiles: try trainFiles(d), valid: try d.optionalString("valid"),
                                validSplit: try validSplit(d), test: try d.optionalString("test"),
@@ -254,7 +280,11 @@ public struct TrainConfig: Equatable, Sendable {
                                chatTemplate: try d.optionalString("chat_template"))
         data.maxLineBytes = try d.int("max_line_bytes", default: data.maxLineBytes)
         try d.finish()
+        return data
+    }
 
+    /// The lora: section: shape, targets, layers, per-module overrides and the experts: subsection.
+    package static func loraSection(_ r: ConfigReader) throws -> LoRASection {
         let l = try r.section("lora")
         var lora = LoRASection()
         lora.rank = try l.int("rank", default: lora.rank)
@@ -263,20 +293,29 @@ public struct TrainConfig: Equatable, Sendable {
         lora.rslora = try l.bool("rslora", default: lora.rslora)
         if let t = l.raw("targets") { lora.targets = try moduleKinds(t, reader: l, key: "targets") }
         if let n = l.raw("layers") { lora.layers = try layerSelection(n, reader: l) }
+        lora.overrides = try loraOverrides(l, rank: lora.rank, alpha: lora.alpha)
+        lora.experts = try ExpertsSection.decode(l, targets: lora.targets)
+        try l.finish()
+        return lora
+    }
+
+    /// lora.overrides: a {rank, alpha} per module kind named (each defaulting to lora's own).
+    package static func loraOverrides(_ l: ConfigReader, rank: Int, alpha: Double) throws -> [ModuleKind: LoRAShape] {
         let o = try l.section("overrides")
+        var overrides: [ModuleKind: LoRAShape] = [:]
         for kind in ModuleKind.allCases {
             let s = try o.section(kind.rawValue)
             if o.node(kind.rawValue) != nil {
-                let rank = try s.int("rank", default: lora.rank)
-                let alpha = try s.double("alpha", default: lora.alpha)
-                lora.overrides[kind] = LoRAShape(rank: rank, alpha: alpha)
+                overrides[kind] = LoRAShape(rank: try s.int("rank", default: rank), alpha: try s.double("alpha", default: alpha))
             }
             try s.finish()
         }
         try o.finish()
-        lora.experts = try ExpertsSection.decode(l, targets: lora.targets)
-        try l.finish()
+        return overrides
+    }
 
+    /// The optimizer: section.
+    package static func optimizerSection(_ r: ConfigReader) throws -> OptimizerSection {
         let op = try r.section("optimizer")
         var opt = OptimizerSection()
         opt.name = OptimizerName(rawValue: try op.choice("name", OptimizerName.allCases.map(\.rawValue), default: opt.name.rawValue))!
@@ -294,14 +333,22 @@ public struct TrainConfig: Equatable, Sendable {
         opt.nesterov = try op.bool("nesterov", default: opt.nesterov)
         opt.gradClip = op.node("grad_clip") == nil ? opt.gradClip : try op.optionalDouble("grad_clip")
         try op.finish()
+        return opt
+    }
 
+    /// The schedule: section.
+    package static func scheduleSection(_ r: ConfigReader) throws -> ScheduleSection {
         let sc = try r.section("schedule")
         var schedule = ScheduleSection()
         schedule.name = ScheduleName(rawValue: try sc.choice("name", ScheduleName.allCases.map(\.rawValue), default: schedule.name.rawValue))!
         schedule.warmupSteps = try sc.int("warmup_steps", default: schedule.warmupSteps)
         schedule.minLR = try sc.double("min_lr", default: schedule.minLR)
         try sc.finish()
+        return schedule
+    }
 
+    /// The moe: section (auxiliary losses, router mode, jitter and noise, capacity, top-k).
+    package static func moeSection(_ r: ConfigReader) throws -> MoESection {
         let m = try r.section("moe")
         var moe = MoESection()
         moe.auxLossCoef = try m.optionalDouble("aux_loss_coef")
@@ -313,25 +360,26 @@ public struct TrainConfig: Equatable, Sendable {
         moe.capacityFactor = try m.optionalDouble("capacity_factor")
         moe.topK = try m.optionalInt("top_k")
         try m.finish()
+        return moe
+    }
 
-        var quantization: QuantizationSpec?
-        if let qn = r.node("quantization"), qn.null == nil {
-            let q = try r.section("quantization")
-            _ = try q.choice("type", ["nf4"], default: "nf4")
-            let bs = try q.int("block_size", default: 64)
-            guard bs == 64 else { throw q.fail("block_size", "only 64 is supported (as bitsandbytes' default)") }
-            quantization = QuantizationSpec(doubleQuant: try q.bool("double_quant", default: true))
-            try q.finish()
-        } else {
+    /// The quantization: section: nil when absent or null (QLoRA off), else NF4 with 64-value blocks.
+    package static func quantizationSection(_ r: ConfigReader) throws -> QuantizationSpec? {
+        guard let qn = r.node("quantization"), qn.null == nil else {
             _ = r.raw("quantization")
+            return nil
         }
-        let (dpo, orpo) = try preferenceSections(r)
-        let grpo = try grpoSection(r)
-        let baseDType = BaseDType(rawValue: try r.choice("base_dtype", BaseDType.allCases.map(\.rawValue), default: "fp32"))!
-        if baseDType.isBF16, quantization != nil {
-            throw r.fail("base_dtype", "\(baseDType.rawValue) and quantization (QLoRA, nf4) exclude each other: NF4 already holds the frozen weights in 4 bits; drop one of them")
-        }
+        let q = try r.section("quantization")
+        _ = try q.choice("type", ["nf4"], default: "nf4")
+        let bs = try q.int("block_size", default: 64)
+        guard bs == 64 else { throw q.fail("block_size", "only 64 is supported (as bitsandbytes' default)") }
+        let spec = QuantizationSpec(doubleQuant: try q.bool("double_quant", default: true))
+        try q.finish()
+        return spec
+    }
 
+    /// The training: section (out_dir required).
+    package static func trainingSection(_ r: ConfigReader) throws -> TrainingSection {
         let t = try r.section("training")
         let outDir = try t.string("out_dir")
         var tr = TrainingSection(outDir: outDir)
@@ -352,13 +400,7 @@ public struct TrainConfig: Equatable, Sendable {
         tr.batchTokens = try t.optionalInt("batch_tokens")
         tr.recompute = Recompute(rawValue: try t.choice("recompute", Recompute.allCases.map(\.rawValue), default: tr.recompute.rawValue))!
         try t.finish()
-        var config = TrainConfig(model: model, data: data, lora: lora, optimizer: opt, schedule: schedule, moe: moe,
-                                 quantization: quantization, training: tr)
-        config.baseDType = baseDType
-        config.dpo = dpo
-        config.orpo = orpo
-        config.grpo = grpo
-        return config
+        return tr
     }
 
     /// The dpo: and orpo: sections (read whatever the method; validate checks they fit it).

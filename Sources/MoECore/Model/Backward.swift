@@ -143,20 +143,34 @@ extension Transformer {
                              noise learnedNoise: TrainedRouter?,
                              adapters ad: LayerAdapters, acts a: LayerActivations, state s: ForwardState,
                              grads g: BackwardState, auxScale: Float) {
-        let c = config, h = c.hiddenSize, k = c.expertsPerToken, e = c.numExperts
+        let c = config, h = c.hiddenSize, k = c.expertsPerToken
         let r = a.routing!, sc = a.experts!
-        // d ye and then d xe [N*k, H] overwrite the expert outputs ye, shared by all layers and
-        // not kept (an expert's backward reads its rows of d ye before it writes d xe over them).
-        let dye = sc.ye.pointer, dxe = sc.ye.pointer, dtw = g.dtopWeight!.pointer, dots = g.expertDots!.pointer
         let jittered = moe.training && moe.jitter > 0 && a.moeInput != nil
         let x = jittered ? UnsafePointer(a.moeInput!.pointer) : ln2
-        let total = r.assignCount
-        // out[token] += w * ye[a]:  dye[a] = w * dy[token];  dw = <dy[token], ye[a]>, which the
-        // expert's backward gives without ye: ye = act Wd^T (+ s u B^T) + b_down, and
-        // d act = w * (dy Wd (+ s (dy B) A)), so <dy, ye> = <d act, act> / w + <dy, b_down>.
-        // Slots without an expert (padding, over capacity) had no effect: dw = 0.
-        dtw.update(repeating: 0, count: n * k)
-        parallelChunks(total, minChunk: 64) { range in
+        // d ye [N*k, H] (then d xe over it), d top weights [N, k].
+        g.dtopWeight!.pointer.update(repeating: 0, count: n * k)
+        expertOutputGradients(sc.ye.pointer, dy: dy, routing: r, hidden: h)
+        gatherExpertInputs(sc.xe.pointer, x: x, hidden: h, routing: r)
+        expertsBackward(layer: l, dy: dy, routing: r, scratch: sc, adapters: ad, acts: a, state: s, grads: g)
+        // dx [N, H] = sum of each token's d xe rows.
+        scatterExpertGradients(dx, UnsafePointer(sc.ye.pointer), routing: r, tokens: n, hidden: h)
+        // d router logits [N, E], then the router's inputs and trained weights.
+        routerLogitGradients(routing: r, tokens: n, state: s, grads: g, auxScale: auxScale)
+        routerInputBackward(dx: dx, x: x, tokens: n, router: router, trained: trained, noise: learnedNoise,
+                            adapters: ad, acts: a, grads: g)
+        if jittered, let factors = a.jitter {
+            // The block saw ln2 * factors: d ln2 = d input * factors.
+            for i in 0..<(n * h) { dx[i] *= factors[i] }
+        }
+    }
+
+    /// d ye [N*k, H] of every assignment: out[token] += w * ye[a], so dye[a] = w * dy[token].
+    /// d ye overwrites the expert outputs ye (shared by all layers and not kept; an expert's
+    /// backward reads its rows of d ye before it writes d xe over them).
+    package func expertOutputGradients(_ dye: UnsafeMutablePointer<Float>, dy: UnsafePointer<Float>,
+                                       routing r: RoutingBuffers, hidden h: Int) {
+        let k = config.expertsPerToken
+        parallelChunks(r.assignCount, minChunk: 64) { range in
             for asg in range {
                 let token = Int(r.assignToken[asg]), slot = Int(r.assignSlot[asg])
                 let wgt = r.topWeight[token * k + slot]
@@ -164,8 +178,20 @@ extension Transformer {
                 for j in 0..<h { d[j] = wgt * src[j] }
             }
         }
+    }
+
+    /// Each expert's feed-forward backward over its gathered rows: d xe [N*k, H] over d ye,
+    /// its adapters' gradients, and the gradient of each assignment's routing weight into
+    /// grads.dtopWeight [N, k]. dw = <dy[token], ye[a]>, which the expert's backward gives
+    /// without ye: ye = act Wd^T (+ s u B^T) + b_down and d act = w * (dy Wd (+ s (dy B) A)),
+    /// so <dy, ye> = <d act, act> / w + <dy, b_down>. Slots without an expert (padding, over
+    /// capacity) had no effect: dw = 0.
+    package func expertsBackward(layer l: Int, dy: UnsafePointer<Float>, routing r: RoutingBuffers, scratch sc: ExpertBuffers,
+                                 adapters ad: LayerAdapters, acts a: LayerActivations, state s: ForwardState,
+                                 grads g: BackwardState) {
+        let h = config.hiddenSize, k = config.expertsPerToken
+        let dye = sc.ye.pointer, dxe = sc.ye.pointer, dtw = g.dtopWeight!.pointer, dots = g.expertDots!.pointer
         let cache = a.lora?.ffn ?? FeedForwardLoRACache()
-        gatherExpertInputs(sc.xe.pointer, x: x, hidden: h, routing: r)
         // The experts are tasks of one parallel region, as in moeForward; each writes its own
         // rows of dxe/dgate/dup/du and its own adapter's gradients.
         let experts = layers[l].experts, rank = max(s.loraRank, 1)
@@ -194,8 +220,14 @@ extension Transformer {
                 }
             }
         }
+    }
+
+    /// dx [N, H] = the sum over each token's assignments of d xe [N*k, H]. Workers split the
+    /// hidden columns (two assignments may share a token).
+    package func scatterExpertGradients(_ dx: UnsafeMutablePointer<Float>, _ dxe: UnsafePointer<Float>,
+                                        routing r: RoutingBuffers, tokens n: Int, hidden h: Int) {
+        let total = r.assignCount
         dx.update(repeating: 0, count: n * h)
-        // Workers split the hidden columns (two assignments may share a token).
         parallelChunks(h, minChunk: 64) { cols in
             for asg in 0..<total {
                 let token = Int(r.assignToken[asg])
@@ -203,11 +235,17 @@ extension Transformer {
                 for j in cols { dst[j] += src[j] }
             }
         }
-        // Router: w_s = p_s / S over the selected experts, p = softmax(logits (+ noise)).
-        // The load-balancing loss adds coef * E * F_e / rows to d p_e of every valid token
-        // (F, the assignment shares, are constants: top-k is not differentiable); the
-        // z-loss adds coef * 2 * lse * p_j / rows to d logit_j.
-        let dlog = g.drouter!.pointer
+    }
+
+    /// grads.drouter [N, E] = d router logits from grads.dtopWeight [N, k]. Router: w_s = p_s / S
+    /// over the selected experts, p = softmax(logits (+ noise)). The load-balancing loss adds
+    /// coef * E * F_e / rows to d p_e of every valid token (F, the assignment shares, are
+    /// constants: top-k is not differentiable); the z-loss adds coef * 2 * lse * p_j / rows to
+    /// d logit_j.
+    package func routerLogitGradients(routing r: RoutingBuffers, tokens n: Int, state s: ForwardState,
+                                      grads g: BackwardState, auxScale: Float) {
+        let k = config.expertsPerToken, e = config.numExperts
+        let dlog = g.drouter!.pointer, dtw = g.dtopWeight!.pointer
         let rows = Float(max(s.auxRows, 1))
         let auxCoef = moe.auxLossCoef * auxScale, zCoef = moe.zLossCoef * auxScale
         let auxGrad = UnsafePointer(s.auxFraction.pointer)
@@ -239,6 +277,16 @@ extension Transformer {
                 }
             }
         }
+    }
+
+    /// From grads.drouter [N, E] (d logits): the learned noise weight's and a trained router's
+    /// gradients, and dx [N, H] += d logits through the router (and its adapter) and the noise
+    /// weight. x [N, H]: the router's input.
+    package func routerInputBackward(dx: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, tokens n: Int, router: Matrix,
+                                     trained: TrainedRouter?, noise learnedNoise: TrainedRouter?,
+                                     adapters ad: LayerAdapters, acts a: LayerActivations, grads g: BackwardState) {
+        let h = config.hiddenSize, e = config.numExperts, r = a.routing!
+        let dlog = g.drouter!.pointer
         if moe.training, moe.learnedNoise, moe.noiseStd > 0, let wn = learnedNoise {
             // logits' = logits + z * c * softplus(a), a = x W_noise^T:
             // d a = d logits' * z * c * sigmoid(a); dW_noise += da^T x; dx += da W_noise.
@@ -255,10 +303,6 @@ extension Transformer {
         linearBackwardInput(dx: dx, dy: dlog, rows: n, weight: router, accumulate: true)
         if let lr = ad.router {
             loraBackward(dx: dx, dy: dlog, x: x, rows: n, adapter: lr, u: a.lora!.router.pointer, du: g.du.pointer)
-        }
-        if jittered, let factors = a.jitter {
-            // The block saw ln2 * factors: d ln2 = d input * factors.
-            for i in 0..<(n * h) { dx[i] *= factors[i] }
         }
     }
 }

@@ -95,134 +95,169 @@ package struct JinjaLexer {
         return string(a, end)
     }
 
+    /// The template's pieces in order: text, `{{ … }}` outputs and `{% … %}` statements
+    /// (comments dropped, a `{% raw %}` body as text), with jinja2's whitespace control.
     package mutating func chunks() throws -> [JinjaChunk] {
         var out: [JinjaChunk] = []
         var lineStarting = true
         let n = src.count
         while pos < n {
-            var i = pos
-            while i + 1 < n, !(src[i] == "{" && (src[i + 1] == "{" || src[i + 1] == "%" || src[i + 1] == "#")) { i += 1 }
-            if i + 1 >= n {
+            guard let i = nextTag(from: pos) else {
                 out.append(.text(string(pos, n)))
                 break
             }
             let kind = src[i + 1]
             let sign: Unicode.Scalar? = (i + 2 < n && (src[i + 2] == "-" || src[i + 2] == "+")) ? src[i + 2] : nil
-            var p = i + 2 + (sign == nil ? 0 : 1)
+            let p = i + 2 + (sign == nil ? 0 : 1)
             let tagLine = lineAt(i)
             // {% raw %}
             if kind == "%", let afterRaw = rawBegin(p) {
                 let text = stripText(pos, i, sign: sign, lstrip: true, lineStarting: lineStarting)
                 if !text.isEmpty { out.append(.text(text)) }
-                var q = afterRaw
-                var found = false
-                while q + 1 < n {
-                    if src[q] == "{" && src[q + 1] == "%", let end = rawEnd(q + 2) {
-                        let endSign: Unicode.Scalar? = (src[q + 2] == "-" || src[q + 2] == "+") ? src[q + 2] : nil
-                        let ls = afterRaw > 0 && src[afterRaw - 1] == "\n"
-                        let body = stripText(afterRaw, q, sign: endSign, lstrip: true, lineStarting: ls)
-                        if !body.isEmpty { out.append(.text(body)) }
-                        pos = end.next
-                        lineStarting = end.next > 0 && src[end.next - 1] == "\n"
-                        found = true
-                        break
-                    }
-                    q += 1
-                }
-                if !found { throw JinjaError(line: tagLine, message: "missing end of raw directive") }
+                let body = try rawBody(afterRaw, tagLine: tagLine)
+                if !body.isEmpty { out.append(.text(body)) }
+                lineStarting = pos > 0 && src[pos - 1] == "\n"
                 continue
             }
             let text = stripText(pos, i, sign: sign, lstrip: kind != "{", lineStarting: lineStarting)
             if !text.isEmpty { out.append(.text(text)) }
             if kind == "#" {
-                var k = p
-                while k + 1 < n, !(src[k] == "#" && src[k + 1] == "}") { k += 1 }
-                guard k + 1 < n else { throw JinjaError(line: tagLine, message: "missing end of comment tag") }
-                let marker: Unicode.Scalar? = (k - 1 >= p && (src[k - 1] == "-" || src[k - 1] == "+")) ? src[k - 1] : nil
-                pos = afterEnd(k + 2, marker: marker, trim: true)
+                pos = try commentEnd(p, tagLine: tagLine)
                 lineStarting = pos > 0 && src[pos - 1] == "\n"
                 continue
             }
             let isBlock = kind == "%"
-            var tokens: [JinjaToken] = []
-            var depth = 0
-            var closed = false
-            while p < n {
-                let u = src[p]
-                if JinjaLexer.isSpace(u) { p += 1; continue }
-                if depth == 0 {
-                    if isBlock {
-                        if (u == "-" || u == "+") && starts("%}", at: p + 1) {
-                            pos = afterEnd(p + 3, marker: u, trim: true); closed = true; break
-                        }
-                        if starts("%}", at: p) { pos = afterEnd(p + 2, marker: nil, trim: true); closed = true; break }
-                    } else {
-                        if u == "-" && starts("}}", at: p + 1) { pos = afterEnd(p + 3, marker: "-", trim: false); closed = true; break }
-                        if starts("}}", at: p) { pos = p + 2; closed = true; break }
-                    }
-                }
-                let tokLine = lineAt(p)
-                if u == "'" || u == "\"" {
-                    var q = p + 1
-                    var raw: [Unicode.Scalar] = []
-                    while q < n, src[q] != u {
-                        if src[q] == "\\", q + 1 < n { raw.append(src[q]); q += 1 }
-                        raw.append(src[q]); q += 1
-                    }
-                    guard q < n else { throw JinjaError(line: tokLine, message: "unterminated string literal") }
-                    tokens.append(JinjaToken(kind: .string(JinjaLexer.unescape(raw)), line: tokLine))
-                    p = q + 1
-                    continue
-                }
-                if u.properties.numericType == .decimal && u.isASCII {
-                    var q = p
-                    func digits() { while q < n, (src[q].isASCII && src[q].properties.numericType == .decimal) || (src[q] == "_" && q + 1 < n && src[q + 1].isASCII && src[q + 1].properties.numericType == .decimal) { q += 1 } }
-                    digits()
-                    var isFloat = false
-                    if q + 1 < n, src[q] == ".", src[q + 1].isASCII, src[q + 1].properties.numericType == .decimal {
-                        isFloat = true; q += 1; digits()
-                    }
-                    if q < n, src[q] == "e" || src[q] == "E" {
-                        var r = q + 1
-                        if r < n, src[r] == "+" || src[r] == "-" { r += 1 }
-                        if r < n, src[r].isASCII, src[r].properties.numericType == .decimal { isFloat = true; q = r; digits() }
-                    }
-                    let text = string(p, q).replacingOccurrences(of: "_", with: "")
-                    if isFloat {
-                        guard let d = Double(text) else { throw JinjaError(line: tokLine, message: "bad number \(text)") }
-                        tokens.append(JinjaToken(kind: .float(d), line: tokLine))
-                    } else {
-                        guard let v = Int(text) else { throw JinjaError(line: tokLine, message: "integer \(text) is too large") }
-                        tokens.append(JinjaToken(kind: .int(v), line: tokLine))
-                    }
-                    p = q
-                    continue
-                }
-                if u == "_" || u.properties.isAlphabetic {
-                    var q = p + 1
-                    while q < n, src[q] == "_" || src[q].properties.isAlphabetic || (src[q].properties.numericType == .decimal) { q += 1 }
-                    tokens.append(JinjaToken(kind: .name(string(p, q)), line: tokLine))
-                    p = q
-                    continue
-                }
-                var matched: String?
-                for op in ["//", "**", "==", "!=", "<=", ">="] where starts(op, at: p) { matched = op; break }
-                if matched == nil, "+-/*%~[](){}<>=.:|,;".unicodeScalars.contains(u) { matched = String(u) }
-                guard let op = matched else {
-                    throw JinjaError(line: tokLine, message: "unexpected character '\(u)'")
-                }
-                if op == "(" || op == "[" || op == "{" { depth += 1 }
-                if op == ")" || op == "]" || op == "}" { depth -= 1 }
-                tokens.append(JinjaToken(kind: .op(op), line: tokLine))
-                p += op.unicodeScalars.count
-            }
-            guard closed else {
-                throw JinjaError(line: tagLine, message: isBlock ? "missing '%}' closing the tag" : "missing '}}' closing the expression")
-            }
+            let tokens = try tagTokens(from: p, isBlock: isBlock, tagLine: tagLine)
             lineStarting = pos > 0 && src[pos - 1] == "\n"
             out.append(isBlock ? .statement(tokens, line: tagLine) : .output(tokens, line: tagLine))
         }
         return out
+    }
+
+    /// Where the next `{{`, `{%` or `{#` at or after p starts; nil when none.
+    package func nextTag(from p: Int) -> Int? {
+        let n = src.count
+        var i = p
+        while i + 1 < n, !(src[i] == "{" && (src[i + 1] == "{" || src[i + 1] == "%" || src[i + 1] == "#")) { i += 1 }
+        return i + 1 < n ? i : nil
+    }
+
+    /// A raw block's text from `afterRaw` to its `{% endraw %}` (with the end tag's whitespace
+    /// control); pos moves past the end tag.
+    package mutating func rawBody(_ afterRaw: Int, tagLine: Int) throws -> String {
+        var q = afterRaw
+        while q + 1 < src.count {
+            if src[q] == "{" && src[q + 1] == "%", let end = rawEnd(q + 2) {
+                let endSign: Unicode.Scalar? = (src[q + 2] == "-" || src[q + 2] == "+") ? src[q + 2] : nil
+                let ls = afterRaw > 0 && src[afterRaw - 1] == "\n"
+                pos = end.next
+                return stripText(afterRaw, q, sign: endSign, lstrip: true, lineStarting: ls)
+            }
+            q += 1
+        }
+        throw JinjaError(line: tagLine, message: "missing end of raw directive")
+    }
+
+    /// Where the text after the comment whose inside starts at p resumes.
+    package func commentEnd(_ p: Int, tagLine: Int) throws -> Int {
+        let n = src.count
+        var k = p
+        while k + 1 < n, !(src[k] == "#" && src[k + 1] == "}") { k += 1 }
+        guard k + 1 < n else { throw JinjaError(line: tagLine, message: "missing end of comment tag") }
+        let marker: Unicode.Scalar? = (k - 1 >= p && (src[k - 1] == "-" || src[k - 1] == "+")) ? src[k - 1] : nil
+        return afterEnd(k + 2, marker: marker, trim: true)
+    }
+
+    /// The tokens of a tag whose inside starts at p, up to its closing `%}` or `}}` (outside
+    /// brackets); pos moves past the closing (with its whitespace control).
+    package mutating func tagTokens(from p0: Int, isBlock: Bool, tagLine: Int) throws -> [JinjaToken] {
+        let n = src.count
+        var tokens: [JinjaToken] = []
+        var depth = 0
+        var p = p0
+        while p < n {
+            if JinjaLexer.isSpace(src[p]) { p += 1; continue }
+            if depth == 0, let next = tagEnd(at: p, isBlock: isBlock) {
+                pos = next
+                return tokens
+            }
+            let (token, next) = try token(at: p, line: lineAt(p))
+            if token.isOp("(") || token.isOp("[") || token.isOp("{") { depth += 1 }
+            if token.isOp(")") || token.isOp("]") || token.isOp("}") { depth -= 1 }
+            tokens.append(token)
+            p = next
+        }
+        throw JinjaError(line: tagLine, message: isBlock ? "missing '%}' closing the tag" : "missing '}}' closing the expression")
+    }
+
+    /// When a tag's closing (`%}` or `}}`, with its whitespace marker) starts at p: where the
+    /// text after it resumes.
+    package func tagEnd(at p: Int, isBlock: Bool) -> Int? {
+        let u = src[p]
+        if isBlock {
+            if (u == "-" || u == "+") && starts("%}", at: p + 1) { return afterEnd(p + 3, marker: u, trim: true) }
+            if starts("%}", at: p) { return afterEnd(p + 2, marker: nil, trim: true) }
+        } else {
+            if u == "-" && starts("}}", at: p + 1) { return afterEnd(p + 3, marker: "-", trim: false) }
+            if starts("}}", at: p) { return p + 2 }
+        }
+        return nil
+    }
+
+    /// The token starting at p (not a space) and the position after it.
+    package func token(at p: Int, line: Int) throws -> (JinjaToken, Int) {
+        let u = src[p]
+        if u == "'" || u == "\"" { return try stringToken(at: p, line: line) }
+        if u.properties.numericType == .decimal && u.isASCII { return try numberToken(at: p, line: line) }
+        if u == "_" || u.properties.isAlphabetic {
+            var q = p + 1
+            while q < src.count, src[q] == "_" || src[q].properties.isAlphabetic || (src[q].properties.numericType == .decimal) { q += 1 }
+            return (JinjaToken(kind: .name(string(p, q)), line: line), q)
+        }
+        var matched: String?
+        for op in ["//", "**", "==", "!=", "<=", ">="] where starts(op, at: p) { matched = op; break }
+        if matched == nil, "+-/*%~[](){}<>=.:|,;".unicodeScalars.contains(u) { matched = String(u) }
+        guard let op = matched else {
+            throw JinjaError(line: line, message: "unexpected character '\(u)'")
+        }
+        return (JinjaToken(kind: .op(op), line: line), p + op.unicodeScalars.count)
+    }
+
+    /// A quoted string literal at p (Python escapes decoded).
+    package func stringToken(at p: Int, line: Int) throws -> (JinjaToken, Int) {
+        let n = src.count, u = src[p]
+        var q = p + 1
+        var raw: [Unicode.Scalar] = []
+        while q < n, src[q] != u {
+            if src[q] == "\\", q + 1 < n { raw.append(src[q]); q += 1 }
+            raw.append(src[q]); q += 1
+        }
+        guard q < n else { throw JinjaError(line: line, message: "unterminated string literal") }
+        return (JinjaToken(kind: .string(JinjaLexer.unescape(raw)), line: line), q + 1)
+    }
+
+    /// An integer or float literal at p (`_` between digits, a fraction, an exponent).
+    package func numberToken(at p: Int, line: Int) throws -> (JinjaToken, Int) {
+        let n = src.count
+        var q = p
+        func digits() { while q < n, (src[q].isASCII && src[q].properties.numericType == .decimal) || (src[q] == "_" && q + 1 < n && src[q + 1].isASCII && src[q + 1].properties.numericType == .decimal) { q += 1 } }
+        digits()
+        var isFloat = false
+        if q + 1 < n, src[q] == ".", src[q + 1].isASCII, src[q + 1].properties.numericType == .decimal {
+            isFloat = true; q += 1; digits()
+        }
+        if q < n, src[q] == "e" || src[q] == "E" {
+            var r = q + 1
+            if r < n, src[r] == "+" || src[r] == "-" { r += 1 }
+            if r < n, src[r].isASCII, src[r].properties.numericType == .decimal { isFloat = true; q = r; digits() }
+        }
+        let text = string(p, q).replacingOccurrences(of: "_", with: "")
+        if isFloat {
+            guard let d = Double(text) else { throw JinjaError(line: line, message: "bad number \(text)") }
+            return (JinjaToken(kind: .float(d), line: line), q)
+        }
+        guard let v = Int(text) else { throw JinjaError(line: line, message: "integer \(text) is too large") }
+        return (JinjaToken(kind: .int(v), line: line), q)
     }
 
     /// Where the text after a closing tag starts: `-` strips all whitespace, a plain block or
