@@ -148,4 +148,28 @@ final class ExpertLayoutTests: XCTestCase {
         up.withUnsafeBufferPointer { XCTAssertEqual(value(.stacked, $0.baseAddress!, .up, expert: 2, 5, 7, p), 0x3d9a562a) }
         down.withUnsafeBufferPointer { XCTAssertEqual(value(.stacked, $0.baseAddress!, .down, expert: 6, 10, 20, p), 0x3d11c27c) }
     }
+
+    /// peft's fused expert LoRA: per-expert A [r, in] and B [out, r] set into the fused A
+    /// (E, r, in) and B (out, r, E) read back bit for bit; B's expert index is fastest.
+    func testFusedLoRARoundTrips() {
+        let lora = ExpertLayout.FusedLoRA(experts: 3, rank: 2, inFeatures: 5, outFeatures: 4)
+        var a = [Float](repeating: .nan, count: 3 * 2 * 5), b = [Float](repeating: .nan, count: 4 * 2 * 3)
+        var pieces: [([Float], [Float])] = []
+        for x in 0..<3 {
+            let pa: [Float] = (0..<10).map { Float(x * 100 + $0) }
+            let pb: [Float] = (0..<8).map { Float(-x * 100 - $0) - 0.5 }
+            pieces.append((pa, pb))
+        }
+        for (x, p) in pieces.enumerated() { lora.set(x, a: p.0, b: p.1, into: &a, &b) }
+        XCTAssertFalse(a.contains { $0.isNaN } || b.contains { $0.isNaN })
+        for (x, p) in pieces.enumerated() {
+            let back = lora.expert(x, a: a, b: b)
+            XCTAssertEqual(back.a.map { $0.bitPattern }, p.0.map { $0.bitPattern })
+            XCTAssertEqual(back.b.map { $0.bitPattern }, p.1.map { $0.bitPattern })
+        }
+        // B[o = 1, j = 0] of expert 2 at (1 * 2 + 0) * 3 + 2.
+        XCTAssertEqual(b[8], pieces[2].1[1 * 2 + 0])
+        XCTAssertEqual(ExpertLayout.transformers5(.gptOss), .transposedInterleaved)
+        XCTAssertEqual(ExpertLayout.transformers5(.mixtral), .fused)
+    }
 }

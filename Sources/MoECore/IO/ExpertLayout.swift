@@ -187,3 +187,45 @@ public struct ExpertSlice: Sendable, Equatable {
         (offset / colStride, cols, rowStride, offset % colStride)
     }
 }
+
+// MARK: - peft's fused expert adapters
+
+extension ExpertLayout {
+    /// The layout transformers 5 gives the family's experts, which peft's fused expert
+    /// adapters follow (the rows of gate_up's LoRA B): GPT-OSS's transposed one, else fused.
+    public static func transformers5(_ f: ModelFamily) -> ExpertLayout {
+        f.moe?.transposedInterleaved == true ? .transposedInterleaved : .fused
+    }
+
+    /// peft's LoRA of a 3-D expert parameter (ParamWrapper, `target_parameters`), as the
+    /// adapter file stores it: A (E, r, in) as [E*r, in], expert-major, and B (out, r, E) as
+    /// [out, r*E], expert fastest; `rank` is each expert's r.
+    public struct FusedLoRA: Sendable, Equatable {
+        public var experts: Int
+        public var rank: Int
+        public var inFeatures: Int
+        public var outFeatures: Int
+
+        public init(experts: Int, rank: Int, inFeatures: Int, outFeatures: Int) {
+            self.experts = experts; self.rank = rank; self.inFeatures = inFeatures; self.outFeatures = outFeatures
+        }
+
+        /// Expert x's A [r, in] and B [out, r], read from the fused `a` and `b`.
+        public func expert(_ x: Int, a: [Float], b: [Float]) -> (a: [Float], b: [Float]) {
+            let (r, e) = (rank, experts)
+            let ax = Array(a[(x * r * inFeatures)..<((x + 1) * r * inFeatures)])
+            var bx = [Float](repeating: 0, count: outFeatures * r)
+            for o in 0..<outFeatures { for j in 0..<r { bx[o * r + j] = b[o * r * e + j * e + x] } }
+            return (ax, bx)
+        }
+
+        /// Writes expert x's A [r, in] and B [out, r] into the fused `a` and `b`.
+        public func set(_ x: Int, a ax: UnsafePointer<Float>, b bx: UnsafePointer<Float>, into a: inout [Float], _ b: inout [Float]) {
+            let (r, e) = (rank, experts)
+            for j in 0..<r {
+                for i in 0..<inFeatures { a[(x * r + j) * inFeatures + i] = ax[j * inFeatures + i] }
+                for o in 0..<outFeatures { b[o * r * e + j * e + x] = bx[o * r + j] }
+            }
+        }
+    }
+}
