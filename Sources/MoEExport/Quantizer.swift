@@ -25,7 +25,7 @@ public enum Quantizer {
         let family = ck.config.family
         // GPT-OSS reads only fp32/bf16 or MXFP4 experts (its config refuses bitsandbytes'
         // quantization_config): QLoRA quantizes it at load instead.
-        if family.moe?.transposedInterleaved == true {
+        if ExpertLayout.of(family, layer: 0, contains: ck.contains) == .transposedInterleaved {
             throw MoETuneError.file(path: modelDir, message: "\(family.name): `moe-tune quantize` is not supported for this family; QLoRA quantizes its weights to NF4 at load (lora.qlora)")
         }
         var writer = SafeTensorsWriter()
@@ -33,12 +33,15 @@ public enum Quantizer {
         let nf4Code = NF4Weight.code
         for name in ck.tensorNames.sorted() {
             let info = ck.info(name)!
-            // Fused experts (Granite's input_linear / output_linear, transformers 5's
-            // gate_up_proj / down_proj) are quantized whole, flattened [E*rows, cols]: each
-            // expert's gate, up and down must fill whole blocks of 64 so that moe-tune can
-            // read them back as slices (then the codes and scales equal quantizing each alone).
-            let fused = !keepExperts && family.fusedExpertTensor(name) != nil && info.shape.count == 3 && !ck.isBnb4bit(name)
-            if fused, (info.shape[1] * info.shape[2] / (family.fusedExpertTensor(name)!.gateUp ? 2 : 1)) % NF4Weight.blockSize != 0 {
+            // Fused experts (ExpertLayout.fused: Granite's input_linear / output_linear,
+            // transformers 5's gate_up_proj / down_proj) are quantized whole, flattened
+            // [E*rows, cols]: each expert's gate, up and down (the parts the tensor holds) must
+            // fill whole blocks of 64 so that moe-tune can read them back as slices (then the
+            // codes and scales equal quantizing each alone).
+            let expertTensor = keepExperts ? nil : family.fusedExpertTensor(name)
+            let fused = expertTensor != nil && info.shape.count == 3 && !ck.isBnb4bit(name)
+            if fused, let t = expertTensor,
+               (info.shape[1] * info.shape[2] / ExpertLayout.parts(gateUp: t.gateUp).count) % NF4Weight.blockSize != 0 {
                 throw MoETuneError.file(path: ck.path(of: name),
                     message: "\(name) \(info.shape): an expert's slice is not a multiple of 64 values; use --keep-experts")
             }
