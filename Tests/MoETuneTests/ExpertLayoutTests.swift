@@ -94,6 +94,13 @@ final class ExpertLayoutTests: XCTestCase {
         XCTAssertTrue(t.slice(.down, expert: 1, d).transposedView == (1 * 5, 5, 1, 0))
         XCTAssertTrue(ExpertLayout.fused.slice(.up, expert: 1, d).isContiguous)
         XCTAssertFalse(t.slice(.gate, expert: 0, d).isContiguous)
+        // GGUF's stacked tensors: [E, rows, cols], expert x the x-th matrix, in values and bytes.
+        XCTAssertEqual(ExpertLayout.stackedShape(experts: 3, matrix: [5, 7]), [3, 5, 7])
+        XCTAssertTrue(ExpertLayout.isStacked([3, 5, 7], experts: 3))
+        XCTAssertFalse(ExpertLayout.isStacked([5, 7], experts: 3))
+        XCTAssertEqual(ExpertLayout.stackedMatrixShape([3, 5, 7]), [5, 7])
+        XCTAssertEqual(ExpertLayout.stacked.slice(.down, expert: 2, d), ExpertLayout.stackedSlice(expert: 2, rows: 7, cols: 5))
+        XCTAssertEqual(ExpertLayout.stackedByteOffset(expert: 2, rows: 5, rowBytes: 34), 2 * 5 * 34)
     }
 
     /// Each family's layout as a checkpoint holds it.

@@ -118,7 +118,7 @@ public enum ExpertLayout: Sendable, Equatable, CaseIterable {
         case .perExpert:
             return ExpertSlice(offset: 0, rows: rows, cols: cols, rowStride: cols, colStride: 1)
         case .stacked:
-            return ExpertSlice(offset: x * rows * cols, rows: rows, cols: cols, rowStride: cols, colStride: 1)
+            return Self.stackedSlice(expert: x, rows: rows, cols: cols)
         case .fused:
             // [E, 2I, H]: gate rows then up rows; [E, H, I].
             let offset = part == .down ? x * h * i : x * 2 * i * h + (part == .up ? i * h : 0)
@@ -145,6 +145,28 @@ public enum ExpertLayout: Sendable, Equatable, CaseIterable {
         let row = gateUpRow(part, 0, inter: d.inter), step = gateUpRow(part, 1, inter: d.inter) - row
         return ExpertSlice(offset: x * 2 * d.inter + row, rows: out, cols: 1, rowStride: step, colStride: 1)
     }
+}
+
+// MARK: - GGUF's stacked experts
+
+extension ExpertLayout {
+    /// stacked: the tensor [E, rows, cols] of E experts' matrices [rows, cols].
+    public static func stackedShape(experts: Int, matrix: [Int]) -> [Int] { [experts] + matrix }
+
+    /// stacked: whether `shape` holds one matrix per expert, [E, rows, cols].
+    public static func isStacked(_ shape: [Int], experts: Int) -> Bool { shape.count == 3 && shape[0] == experts }
+
+    /// stacked: an expert's matrix shape [rows, cols] in a tensor of `shape` [E, rows, cols].
+    public static func stackedMatrixShape(_ shape: [Int]) -> [Int] { Array(shape.dropFirst()) }
+
+    /// stacked: expert x's [rows, cols], the x-th matrix of its tensor.
+    public static func stackedSlice(expert x: Int, rows: Int, cols: Int) -> ExpertSlice {
+        ExpertSlice(offset: x * rows * cols, rows: rows, cols: cols, rowStride: cols, colStride: 1)
+    }
+
+    /// stacked: the byte offset of expert x's matrix in its tensor, where each of its `rows`
+    /// rows takes `rowBytes` bytes (whole ggml blocks).
+    public static func stackedByteOffset(expert x: Int, rows: Int, rowBytes: Int) -> Int { x * rows * rowBytes }
 }
 
 /// One expert's matrix W [rows, cols] inside a larger tensor T (flat, row-major):
