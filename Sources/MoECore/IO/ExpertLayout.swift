@@ -8,30 +8,38 @@ import MoEText
 /// stacked tensor (reading: `slice`, `read`), and how per-expert matrices go back into one
 /// (writing: `write`, `add`), gate/up split or interleave and transposes included.
 ///
-/// Layouts, for E experts of width I (expert_intermediate_size) on hidden size H:
-/// - perExpert: one tensor per expert and part, "<block>.experts.N.<part>.weight":
-///   gate and up [I, H], down [H, I] (Mixtral's w1/w3/w2; Qwen-MoE, OLMoE, DeepSeek-V2's
-///   gate_proj/up_proj/down_proj). Read by Transformer.loadExperts (Checkpoint.linear) and
-///   Merger.checkBase; merged tensor by tensor (MergeJob, as any linear weight); pruned by
-///   ExpertPruner (renamed per expert); GGUF export reads them one by one.
+/// Layouts, for E experts of width I (expert_intermediate_size) on hidden size H, and the
+/// code that reads (R) and writes (W) each, all through this codec:
+/// - perExpert: one tensor per expert and part, "<block>.experts.N.<part>.weight": gate and
+///   up [I, H], down [H, I] (Mixtral's w1/w3/w2; Qwen-MoE, OLMoE, DeepSeek-V2's gate_proj /
+///   up_proj / down_proj). R: Transformer.loadExperts, Merger.checkBaseExperts, GGUFExport
+///   (one by one into the stacked tensors). W: MergeJob (merged as any linear weight),
+///   ExpertPruner.fates (renamed or dropped per expert), Quantizer (as any linear weight).
 /// - fused: transformers 5's "mlp.experts.gate_up_proj" [E, 2I, H] (rows 0..<I gate, I..<2I
 ///   up) and "mlp.experts.down_proj" [E, H, I], or the same under the family's own names
 ///   (Granite's "block_sparse_moe.input_linear" / "output_linear", MoENames.checkpointFused).
-///   Read by Transformer.loadExperts (fp32, bf16, NF4 slices, or bitsandbytes 4-bit written
-///   by Quantizer, which quantizes each fused tensor whole); merged by MergeJob; checked by
-///   Merger.checkBase; rows sliced by ExpertPruner.
+///   R: Transformer.fusedExperts / fusedSlices (fp32, bf16, NF4 slices, or the bitsandbytes
+///   4-bit that Quantizer writes, each fused tensor quantized whole), Merger.checkBaseExperts.
+///   W: MergeJob.addExpertDeltas, Quantizer (slices of whole blocks), ExpertPruner (kept
+///   experts' rows).
 /// - transposedInterleaved: GPT-OSS's "mlp.experts.gate_up_proj" [E, H, 2I] (x @ W: column
 ///   2o gate row o, 2o + 1 up row o) and "mlp.experts.down_proj" [E, I, H], with biases
 ///   gate_up_proj_bias [E, 2I] (interleaved alike) and down_proj_bias [E, H], each weight
-///   maybe stored as MXFP4 blocks (Checkpoint.mxfp4Floats). Read by Transformer (fp32 copies,
-///   or NF4 read through TransposedWeight); merged by MergeJob (dequantized); refused by
-///   Quantizer and ExpertPruner.
+///   maybe stored as MXFP4 blocks (Checkpoint.mxfp4Floats). R: Transformer.transposedExperts
+///   (fp32 copies) and quantizedTransposedExperts (NF4 read through TransposedWeight,
+///   `transposedView`), Merger.checkBaseExperts. W: MergeJob.addExpertDeltas (dequantized
+///   MXFP4 written as floats). Refused by Quantizer and ExpertPruner.
 /// - stacked: GGUF's "blk.N.ffn_{gate,up,down}_exps.weight" [E, rows, cols], one tensor per
-///   part, expert x's matrix the x-th [rows, cols] (GGUFLayout.swift names them). Read by
-///   GGUFModelFile (a per-expert view of each slice); written by GGUFExport (stacked per part);
-///   pruned by ExpertPrunerGGUF.
-/// - peft's fused expert LoRA (the adapter files, not the base): see PEFTAdapterReader /
-///   PEFTAdapterWriter; the only base-layout fact they need is `gateUpRow`.
+///   part, expert x's matrix the x-th [rows, cols] (Families/GGUFLayout.swift names them).
+///   R: GGUFModelFile (a per-expert view of each slice, `stackedByteOffset`). W: GGUFExport
+///   (`stackedShape`, `stackedSlice`); ExpertPrunerGGUF keeps the kept experts' rows.
+/// - peft's fused expert LoRA (adapter files, not the base; `FusedLoRA`): A (E, r, in), B
+///   (out, r, E), gate_up's B rows in the order `gateUpRow` gives for the family's
+///   transformers 5 layout. R: PEFTAdapter.fusedExpertPieces / splitGateUp. W:
+///   PEFTAdapter.fusedExpertLoRA.
+/// Before this codec each of these readers and writers held its own copy of the offsets,
+/// shapes and gate/up order (Transformer, MergeJob, PEFTAdapter.gateUpRow, the readers' and
+/// writers' loops, Quantizer, GGUFModelFile, GGUFExport); the names stay in the families.
 public enum ExpertLayout: Sendable, Equatable, CaseIterable {
     case perExpert
     case fused
