@@ -25,8 +25,8 @@ public enum ExpertPruner {
     /// (transposed fused experts), group-limited routing (DeepSeek-V2's n_group).
     public static func checkPrunable(_ c: ModelConfig, path: String) throws {
         let f = c.family
-        guard c.isMoE, let m = f.moe else { throw MoETuneError.file(path: path, message: "a dense \(f.name) model has no experts to prune") }
-        guard !m.transposedInterleaved else { throw MoETuneError.file(path: path, message: "pruning \(f.name) models is not supported") }
+        guard c.isMoE, f.moe != nil else { throw MoETuneError.file(path: path, message: "a dense \(f.name) model has no experts to prune") }
+        guard ExpertLayout.transformers5(f) != .transposedInterleaved else { throw MoETuneError.file(path: path, message: "pruning \(f.name) models is not supported") }
         guard c.expertGroups == nil else {
             throw MoETuneError.file(path: path, message: "group-limited routing (n_group) cannot be pruned: the groups would no longer divide the experts")
         }
@@ -58,7 +58,9 @@ public enum ExpertPruner {
     /// What becomes of one checkpoint tensor.
     enum Fate { case copy, drop, rename(String), rows(Int) }
 
-    /// Every expert, router and fused tensor of the routed layers, by checkpoint name.
+    /// Every expert, router and fused tensor of the routed layers, by checkpoint name: the
+    /// tensors of a fused layout (ExpertLayout, experts outermost) keep their kept experts'
+    /// rows, per-expert tensors are renamed or dropped.
     static func fates(_ ck: Checkpoint, kept: [Int: [Int]]) -> [String: Fate] {
         let c = ck.config, f = c.family
         var out: [String: Fate] = [:]
@@ -66,7 +68,7 @@ public enum ExpertPruner {
             var routers = [f.weight(.router, layer: l), f.bias(.router, layer: l), f.fusedRouter(l)]
             if let own = f.checkpointFused(l) { routers.append(own.router) }
             for r in routers { out[r] = .rows(l) }
-            if let fused = f.fusedTensors(l, contains: ck.contains) {
+            if let fused = ExpertLayout.of(f, layer: l, contains: ck.contains).tensors(f, layer: l, contains: ck.contains) {
                 out[fused.router] = .rows(l); out[fused.gateUp] = .rows(l); out[fused.down] = .rows(l)
             }
             for e in 0..<c.numExperts {

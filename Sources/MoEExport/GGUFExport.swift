@@ -112,12 +112,14 @@ public enum GGUFExport {
                 }
                 continue
             }
-            var stacked: [Float] = []
-            stacked.reserveCapacity(layout.shape.reduce(1, *))
+            // One tensor, or each expert's matrix at its place in the stacked tensor.
+            var stacked = parts.count == 1 ? [] : [Float](repeating: 0, count: layout.shape.reduce(1, *))
             for part in parts {
                 let (values, didMerge) = try mergedValues(part, ck, byModule: byModule, modelPath: modelPath)
                 if didMerge { merged += 1 }
-                if parts.count == 1 { stacked = values } else { stacked += values }
+                guard let x = part.name.expert, parts.count > 1 else { stacked = values; continue }
+                let s = ExpertLayout.stackedSlice(expert: x, rows: part.shape[0], cols: part.shape[1])
+                stacked.withUnsafeMutableBufferPointer { s.write(values, into: $0.baseAddress!) }
             }
             try stacked.withUnsafeBufferPointer { p in
                 if let i = GGMLQuantize.firstOverflow(layout.type, p.baseAddress!, count: p.count) {
@@ -179,7 +181,7 @@ public enum GGUFExport {
                 if e == 0 { group = [] }
                 group.append((n, source, shape))
                 guard e == c.numExperts - 1 else { continue }
-                outShape = [c.numExperts] + shape
+                outShape = ExpertLayout.stackedShape(experts: c.numExperts, matrix: shape)
             } else {
                 group = [(n, source, shape)]
             }

@@ -68,8 +68,11 @@ package final class MergeJob {
         // merge_and_unload + save_pretrained writes them) in the output dtype, and config.json
         // loses its quantization_config; without, the blocks are copied as they are.
         let expertAdapters = mixed.all.contains { if case .expert? = f.parse(module: $0.module)?.slot { return true }; return false }
-        dequantizeExperts = f.moe?.transposedInterleaved == true && expertAdapters
-            && (0..<c.numLayers).contains { ck.contains(f.fusedGateUp($0) + "_blocks") || ck.contains(f.fusedDown($0) + "_blocks") }
+        dequantizeExperts = expertAdapters && (0..<c.numLayers).contains { l in
+            guard ExpertLayout.of(f, layer: l, contains: ck.contains) == .transposedInterleaved,
+                  let t = ExpertLayout.transposedInterleaved.tensors(f, layer: l, contains: ck.contains) else { return false }
+            return ck.contains(t.gateUp + "_blocks") || ck.contains(t.down + "_blocks")
+        }
     }
 
     // MARK: - The plan
@@ -80,9 +83,10 @@ package final class MergeJob {
     package func plan() throws -> (tensors: [Merger.PlannedTensor], untie: Bool) {
         let c = config, f = family
         // As loading the model does: MXFP4 storage that disagrees with config.json is refused.
-        if f.moe?.transposedInterleaved == true, ck.gguf == nil {
-            for l in 0..<c.numLayers {
-                for name in [f.fusedGateUp(l), f.fusedDown(l)] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
+        if ck.gguf == nil {
+            for l in 0..<c.numLayers where ExpertLayout.of(f, layer: l, contains: ck.contains) == .transposedInterleaved {
+                let t = ExpertLayout.transposedInterleaved.tensors(f, layer: l, contains: ck.contains)!
+                for name in [t.gateUp, t.down] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
             }
         }
         var entries = try plannedBaseTensors()
@@ -112,8 +116,8 @@ package final class MergeJob {
                     throw MoETuneError.file(path: ck.path(of: name), message: "tensor \(name): MXFP4 blocks of a tensor that is not an expert tensor")
                 }
                 guard name.hasSuffix("_blocks") else { continue }
-                let (i, h, e) = (c.expertIntermediateSize, c.hiddenSize, c.numExperts)
-                let shape = gateUp ? [e, h, 2 * i] : [e, i, h]
+                // Only GPT-OSS's transposed experts are stored as MXFP4 blocks.
+                let shape = ExpertLayout.transposedInterleaved.shape(gateUp: gateUp, ExpertLayout.Dimensions(c))
                 entries.append(.init(name: base, shape: shape, source: .mxfp4, bytes: shape.reduce(1, *) * dtype.size))
             } else if [.f32, .f16, .bf16, .f64].contains(info.dtype) {
                 entries.append(.init(name: name, shape: info.shape, source: .float, bytes: info.count * dtype.size))
@@ -133,7 +137,7 @@ package final class MergeJob {
             let adapted: Bool
             if let (l, gateUp) = f.fusedExpertTensor(e.name) {
                 adapted = (0..<c.numExperts).contains { x in
-                    (gateUp ? [FeedForwardPart.gate, .up] : [.down]).contains { byModule[f.module(.expert(x, $0), layer: l)] != nil }
+                    ExpertLayout.parts(gateUp: gateUp).contains { byModule[f.module(.expert(x, $0), layer: l)] != nil }
                 }
             } else if e.name.hasSuffix(".weight") {
                 adapted = byModule[f.canonicalModule(String(e.name.dropLast(".weight".count)))] != nil
@@ -155,19 +159,8 @@ package final class MergeJob {
         let count = shape.reduce(1, *), f = family
         var values = [Float](repeating: 0, count: count)
         values.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: src, count: count) }
-        if let (l, gateUp) = f.fusedExpertTensor(name), f.moe?.transposedInterleaved == true {
-            try addTransposedExperts(name, shape: shape, layer: l, gateUp: gateUp, into: &values)
-        } else if let (l, gateUp) = f.fusedExpertTensor(name) {
-            let (i, h, c) = (config.expertIntermediateSize, config.hiddenSize, config)
-            try checkShape(name, shape, gateUp ? [c.numExperts, 2 * i, h] : [c.numExperts, h, i])
-            for e in 0..<c.numExperts {
-                if gateUp {
-                    addDelta(f.module(.expert(e, .gate), layer: l), into: &values, at: e * 2 * i * h)
-                    addDelta(f.module(.expert(e, .up), layer: l), into: &values, at: e * 2 * i * h + i * h)
-                } else {
-                    addDelta(f.module(.expert(e, .down), layer: l), into: &values, at: e * h * i)
-                }
-            }
+        if let (l, gateUp) = f.fusedExpertTensor(name) {
+            try addExpertDeltas(name, shape: shape, layer: l, gateUp: gateUp, into: &values)
         } else if name.hasSuffix(".weight") {
             let module = f.canonicalModule(String(name.dropLast(".weight".count)))
             if let (l, slot) = f.parse(module: module), slot == .router, l < mixed.routers.count,
@@ -196,31 +189,26 @@ package final class MergeJob {
         merged += 1
     }
 
-    /// GPT-OSS: gate_up_proj [E, H, 2I] (column 2i gate, 2i+1 up), down_proj [E, I, H]:
-    /// each expert's delta [out, in] = s B A lands transposed (and interleaved) in `values`.
-    func addTransposedExperts(_ name: String, shape: [Int], layer l: Int, gateUp: Bool, into values: inout [Float]) throws {
-        let c = config, f = family
-        let (i, h) = (c.expertIntermediateSize, c.hiddenSize)
-        try checkShape(name, shape, gateUp ? [c.numExperts, h, 2 * i] : [c.numExperts, i, h])
-        var delta = [Float](repeating: 0, count: i * h)
-        func addTransposed(_ module: String, at offset: Int, columns: Int, stride: Int, first: Int) {
-            guard let a = byModule[module] else { return }
-            delta.withUnsafeMutableBufferPointer { d in
-                BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
-                          a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 0, c: d.baseAddress!, ldc: a.inFeatures)
-            }
-            // delta [out, in] → W[in, columns]: W[x, first + stride * o] += delta[o, x].
-            for o in 0..<a.outFeatures {
-                for x in 0..<a.inFeatures { values[offset + x * columns + first + stride * o] += delta[o * a.inFeatures + x] }
-            }
-            merged += 1
-        }
+    /// A fused expert tensor (transformers 5's gate_up [E, 2I, H] / down [E, H, I], or
+    /// GPT-OSS's transposed and interleaved [E, H, 2I] / [E, I, H]): each expert's delta
+    /// [out, in] = s B A added where ExpertLayout puts its matrix, in place where the slice is
+    /// contiguous, else through a temporary delta.
+    func addExpertDeltas(_ name: String, shape: [Int], layer l: Int, gateUp: Bool, into values: inout [Float]) throws {
+        let c = config, f = family, d = ExpertLayout.Dimensions(c)
+        let layout = ExpertLayout.of(f, layer: l, contains: ck.contains)
+        try checkShape(name, shape, layout.shape(gateUp: gateUp, d))
+        var delta = [Float](repeating: 0, count: d.inter * d.hidden)
         for e in 0..<c.numExperts {
-            if gateUp {
-                addTransposed(f.module(.expert(e, .gate), layer: l), at: e * 2 * i * h, columns: 2 * i, stride: 2, first: 0)
-                addTransposed(f.module(.expert(e, .up), layer: l), at: e * 2 * i * h, columns: 2 * i, stride: 2, first: 1)
-            } else {
-                addTransposed(f.module(.expert(e, .down), layer: l), at: e * i * h, columns: h, stride: 1, first: 0)
+            for part in ExpertLayout.parts(gateUp: gateUp) {
+                let s = layout.slice(part, expert: e, d), module = f.module(.expert(e, part), layer: l)
+                guard !s.isContiguous else { addDelta(module, into: &values, at: s.offset); continue }
+                guard let a = byModule[module] else { continue }
+                delta.withUnsafeMutableBufferPointer { dp in
+                    BLAS.gemm(.none, .none, m: a.outFeatures, n: a.inFeatures, k: a.rank, alpha: a.scale,
+                              a: a.b, lda: a.rank, b: a.a, ldb: a.inFeatures, beta: 0, c: dp.baseAddress!, ldc: a.inFeatures)
+                    values.withUnsafeMutableBufferPointer { s.add(dp.baseAddress!, into: $0.baseAddress!) }
+                }
+                merged += 1
             }
         }
     }

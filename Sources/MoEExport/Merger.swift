@@ -152,32 +152,34 @@ public enum Merger {
         }
     }
 
-    /// MoE layer l's router (and its bias) and experts: GPT-OSS's fused float tensors or MXFP4
-    /// blocks (their storage is checked apart) with their biases, transformers 5's fused
-    /// tensors, or one gate, up and down per expert.
+    /// MoE layer l's router (and its bias) and experts in their layout (ExpertLayout):
+    /// GPT-OSS's fused float tensors or MXFP4 blocks (their storage is checked apart) with
+    /// their biases, transformers 5's fused tensors, or one gate, up and down per expert.
     static func checkBaseExperts(_ ck: Checkpoint, layer l: Int) throws {
-        let c = ck.config, f = c.family, h = c.hiddenSize
-        let (e, i) = (c.numExperts, c.expertIntermediateSize)
-        if c.routerBias { try need(ck, f.bias(.router, layer: l), [e], packed: false) }
-        if f.moe?.transposedInterleaved == true {
-            try need(ck, f.fusedRouter(l), [e, h], packed: false)
-            for (name, shape) in [(f.fusedGateUp(l), [e, h, 2 * i]), (f.fusedDown(l), [e, i, h])] where !ck.contains(name + "_blocks") {
-                try need(ck, name, shape)
+        let c = ck.config, f = c.family, h = c.hiddenSize, d = ExpertLayout.Dimensions(c)
+        let layout = ExpertLayout.of(f, layer: l, contains: ck.contains)
+        if c.routerBias { try need(ck, f.bias(.router, layer: l), [d.experts], packed: false) }
+        guard let t = layout.tensors(f, layer: l, contains: ck.contains) else {
+            try need(ck, f.weight(.router, layer: l), [d.experts, h], packed: false)
+            for x in 0..<d.experts {
+                for part in FeedForwardPart.allCases {
+                    let (rows, cols) = ExpertLayout.matrixShape(part, d)
+                    try need(ck, f.weight(.expert(x, part), layer: l), [rows, cols])
+                }
             }
-            try need(ck, f.fusedGateUp(l) + "_bias", [e, 2 * i], packed: false)
-            try need(ck, f.fusedDown(l) + "_bias", [e, h], packed: false)
-        } else if let fused = f.fusedTensors(l, contains: ck.contains) {
-            try need(ck, fused.router, [e, h], packed: false)
-            try need(ck, fused.gateUp, [e, 2 * i, h])
-            try need(ck, fused.down, [e, h, i])
-        } else {
-            try need(ck, f.weight(.router, layer: l), [e, h], packed: false)
-            for x in 0..<e {
-                try need(ck, f.weight(.expert(x, .gate), layer: l), [i, h])
-                try need(ck, f.weight(.expert(x, .up), layer: l), [i, h])
-                try need(ck, f.weight(.expert(x, .down), layer: l), [h, i])
-            }
+            return
         }
+        try need(ck, t.router, [d.experts, h], packed: false)
+        guard layout == .transposedInterleaved else {
+            try need(ck, t.gateUp, layout.shape(gateUp: true, d))
+            try need(ck, t.down, layout.shape(gateUp: false, d))
+            return
+        }
+        for (name, gateUp) in [(t.gateUp, true), (t.down, false)] where !ck.contains(name + "_blocks") {
+            try need(ck, name, layout.shape(gateUp: gateUp, d))
+        }
+        try need(ck, t.gateUpBias, layout.biasShape(gateUp: true, d), packed: false)
+        try need(ck, t.downBias, layout.biasShape(gateUp: false, d), packed: false)
     }
 
     /// Refuses tensor `name` of `ck` unless present in `shape`. `packed`: a linear weight,

@@ -25,7 +25,7 @@ public enum Quantizer {
         let family = ck.config.family
         // GPT-OSS reads only fp32/bf16 or MXFP4 experts (its config refuses bitsandbytes'
         // quantization_config): QLoRA quantizes it at load instead.
-        if family.moe?.transposedInterleaved == true {
+        if ExpertLayout.of(family, layer: 0, contains: ck.contains) == .transposedInterleaved {
             throw MoETuneError.file(path: modelDir, message: "\(family.name): `moe-tune quantize` is not supported for this family; QLoRA quantizes its weights to NF4 at load (lora.qlora)")
         }
         var writer = SafeTensorsWriter()
@@ -33,15 +33,7 @@ public enum Quantizer {
         let nf4Code = NF4Weight.code
         for name in ck.tensorNames.sorted() {
             let info = ck.info(name)!
-            // Fused experts (Granite's input_linear / output_linear, transformers 5's
-            // gate_up_proj / down_proj) are quantized whole, flattened [E*rows, cols]: each
-            // expert's gate, up and down must fill whole blocks of 64 so that moe-tune can
-            // read them back as slices (then the codes and scales equal quantizing each alone).
-            let fused = !keepExperts && family.fusedExpertTensor(name) != nil && info.shape.count == 3 && !ck.isBnb4bit(name)
-            if fused, (info.shape[1] * info.shape[2] / (family.fusedExpertTensor(name)!.gateUp ? 2 : 1)) % NF4Weight.blockSize != 0 {
-                throw MoETuneError.file(path: ck.path(of: name),
-                    message: "\(name) \(info.shape): an expert's slice is not a multiple of 64 values; use --keep-experts")
-            }
+            let fused = try isFusedExpertTensor(name, info, ck, keepExperts: keepExperts)
             guard fused || family.isDecoderLinearWeight(name, keepExperts: keepExperts), fused || info.shape.count == 2, !ck.isBnb4bit(name) else {
                 let bytes = try SafeTensorsFile(path: ck.path(of: name)).bytesCopy(info)
                 writer.add(.init(name: name, dtype: info.dtype, shape: info.shape, data: bytes))
@@ -90,5 +82,19 @@ public enum Quantizer {
             try ModelFolderWriter.copyTokenizerFiles(from: modelDir, to: staging)
             return Summary(quantized: quantized, kept: kept, bytes: data.count)
         }
+    }
+
+    /// Whether `name` is a fused expert tensor that is quantized whole (ExpertLayout.fused:
+    /// Granite's input_linear / output_linear, transformers 5's gate_up_proj / down_proj),
+    /// flattened [E*rows, cols]. Each expert's gate, up and down (the parts the tensor holds)
+    /// must fill whole blocks of 64 so that moe-tune can read them back as slices (then the
+    /// codes and scales equal quantizing each alone): one that does not is refused.
+    static func isFusedExpertTensor(_ name: String, _ info: TensorInfo, _ ck: Checkpoint, keepExperts: Bool) throws -> Bool {
+        guard !keepExperts, let t = ck.config.family.fusedExpertTensor(name), info.shape.count == 3, !ck.isBnb4bit(name) else { return false }
+        guard (info.shape[1] * info.shape[2] / ExpertLayout.parts(gateUp: t.gateUp).count) % NF4Weight.blockSize == 0 else {
+            throw MoETuneError.file(path: ck.path(of: name),
+                message: "\(name) \(info.shape): an expert's slice is not a multiple of 64 values; use --keep-experts")
+        }
+        return true
     }
 }

@@ -14,8 +14,9 @@ package final class GGUFModelFile: @unchecked Sendable {
         let info: GGUFTensorInfo
         let permuteHeads: Int?
         let expert: Int?
-        /// The Hugging Face shape: the GGUF shape, less the expert dimension of a slice.
-        var shape: [Int] { expert == nil ? info.shape : Array(info.shape.dropFirst()) }
+        /// The Hugging Face shape: the GGUF shape, less the expert dimension of a slice
+        /// (ExpertLayout.stacked).
+        var shape: [Int] { expert == nil ? info.shape : ExpertLayout.stackedMatrixShape(info.shape) }
     }
     private let byHF: [String: Entry]
 
@@ -36,7 +37,7 @@ package final class GGUFModelFile: @unchecked Sendable {
                 throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(n.gguf)) (\(n.hf)) is missing")
             }
             if n.expert != nil {
-                guard t.shape.count == 3, t.shape[0] == config.numExperts else {
+                guard ExpertLayout.isStacked(t.shape, experts: config.numExperts) else {
                     throw MoETuneError.file(path: path, message: "tensor \(Printable.quoted(n.gguf)) has shape \(t.shape), expected [\(config.numExperts), rows, cols] (one matrix per expert)")
                 }
                 guard t.dims[0] % t.type.blockSize == 0 else {
@@ -85,7 +86,7 @@ package final class GGUFModelFile: @unchecked Sendable {
             throw MoETuneError.file(path: file.path, message: "tensor \(Printable.quoted(e.info.name)) has \(e.expert.map { "per-expert shape \(e.shape) (expert \($0))" } ?? "shape \(e.shape)"), expected \(shape) from the GGUF metadata")
         }
         let t = e.info, cols = t.dims[0], rows = shape.count > 1 ? shape.dropLast().reduce(1, *) : 1
-        let offset = (e.expert ?? 0) * rows * t.type.bytes(count: cols)
+        let offset = ExpertLayout.stackedByteOffset(expert: e.expert ?? 0, rows: rows, rowBytes: t.type.bytes(count: cols))
         return (e, file.bytes(of: t) + offset)
     }
 

@@ -33,12 +33,6 @@ public enum PEFTAdapter {
         try AtomicFile.write(json, to: dir + "/adapter_config.json")
     }
 
-    /// The row of a fused gate_up LoRA B [2I, r] that holds gate (half 0) or up (half 1)
-    /// row o: gate rows then up rows, or interleaved (GPT-OSS: 2o, 2o + 1).
-    package static func gateUpRow(_ family: ModelFamily, inter: Int) -> (Int, Int) -> Int {
-        family.moe?.transposedInterleaved == true ? { half, o in 2 * o + half } : { half, o in half * inter + o }
-    }
-
     /// Reads the adapter in `dir` for `model`. Ranks come from the tensors, scales from
     /// lora_alpha (or alpha_pattern) and use_rslora.
     public static func load(directory dir: String, model: Transformer) throws -> AdapterSet {

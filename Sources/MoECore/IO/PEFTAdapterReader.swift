@@ -174,7 +174,8 @@ extension PEFTAdapter {
     }
 
     /// A fused expert adapter (`module`, layer `l`'s gate_up_proj or down_proj) split into
-    /// one adapter per expert: A (E, r, in) as [E*r, in]; B (out, r, E) as [out, r*E], expert fastest.
+    /// one adapter per expert (ExpertLayout.FusedLoRA: A (E, r, in) as [E*r, in]; B (out, r, E)
+    /// as [out, r*E], expert fastest).
     package static func fusedExpertPieces(_ module: String, layer l: Int, gateUp: Bool, file: SafeTensorsFile,
                                           config c: ModelConfig) throws -> [Piece] {
         let name = prefix + module + ".lora_A.weight", bName = prefix + module + ".lora_B.weight"
@@ -189,11 +190,10 @@ extension PEFTAdapter {
         }
         let a = try floats(name, in: file), b = try floats(bName, in: file)
         let inter = c.expertIntermediateSize
+        let lora = ExpertLayout.FusedLoRA(experts: e, rank: rank, inFeatures: inF, outFeatures: outF)
         var pieces: [Piece] = []
         for x in 0..<e {
-            let ax = Array(a[(x * rank * inF)..<((x + 1) * rank * inF)])
-            var bx = [Float](repeating: 0, count: outF * rank)
-            for o in 0..<outF { for j in 0..<rank { bx[o * rank + j] = b[o * rank * e + j * e + x] } }
+            let (ax, bx) = lora.expert(x, a: a, b: b)
             let expert = { (part: FeedForwardPart) in family.module(.expert(x, part), layer: l) }
             guard gateUp else {
                 pieces.append(Piece(module: expert(.down), a: ax, b: bx, rank: rank, patternName: family.fusedDown(l)))
@@ -216,10 +216,12 @@ extension PEFTAdapter {
     /// adapters): gate rows use only columns 0..<r/2, up rows only r/2..<r; split back into
     /// the two rank-r/2 adapters, each scaled as peft scales the fused one (`scaleRank` r).
     /// Otherwise (peft's own: one A for both) gate and up share A at the full rank.
-    /// GPT-OSS interleaves the rows (gate o at 2o, up o at 2o+1).
+    /// GPT-OSS interleaves the rows (gate o at 2o, up o at 2o+1): ExpertLayout.gateUpRow of
+    /// the family's transformers 5 layout.
     package static func splitGateUp(a ax: [Float], b bx: [Float], rank: Int, inFeatures inF: Int, inter: Int, family: ModelFamily)
         -> (gate: (a: [Float], b: [Float], rank: Int, scaleRank: Int?), up: (a: [Float], b: [Float], rank: Int, scaleRank: Int?)) {
-        let half = rank / 2, row = Self.gateUpRow(family, inter: inter)
+        let half = rank / 2, layout = ExpertLayout.transformers5(family)
+        let row = { (h: Int, o: Int) in layout.gateUpRow(h == 0 ? .gate : .up, o, inter: inter) }
         let blockDiagonal = rank % 2 == 0 && (0..<inter).allSatisfy { o in
             (0..<half).allSatisfy { j in bx[row(0, o) * rank + half + j] == 0 && bx[row(1, o) * rank + j] == 0 }
         }

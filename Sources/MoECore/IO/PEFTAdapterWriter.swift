@@ -128,33 +128,31 @@ extension PEFTAdapter {
               adapted.allSatisfy({ $0.gate?.rank == g0.rank && $0.up?.rank == g0.rank && $0.down?.rank == d0.rank }) else {
             throw MoETuneError.invalid("layer \(l): peft's fused expert layout needs LoRA adapters on each adapted expert's gate, up and down projections, each kind with one rank")
         }
-        // gate_up_proj [E, 2I, H]: A (E, 2r, H) as [E*2r, H], expert-major, rows [A_gate; A_up];
-        // B (2I, 2r, E) as [2I, 2r*E], expert fastest, block-diagonal: gate rows read
-        // columns 0..<r, up rows r..<2r (peft's PeftConcatenate of w1/w3). GPT-OSS's
-        // gate_up [E, H, 2I] interleaves them: gate row o is B row 2o, up row o is 2o+1.
+        // gate_up_proj [E, 2I, H]: each expert's A [2r, H] is [A_gate; A_up] and its B [2I, 2r]
+        // block-diagonal: gate rows read columns 0..<r, up rows r..<2r (peft's PeftConcatenate
+        // of w1/w3), the rows where the family's transformers 5 layout puts gate and up
+        // (GPT-OSS's gate_up [E, H, 2I] interleaves them: gate row o is B row 2o, up row o 2o+1).
         let r = g0.rank, h = g0.inFeatures, inter = g0.outFeatures, r2 = 2 * r
-        let row = Self.gateUpRow(family, inter: inter)
+        let layout = ExpertLayout.transformers5(family)
+        let gateUp = ExpertLayout.FusedLoRA(experts: e, rank: r2, inFeatures: h, outFeatures: 2 * inter)
         var a = [Float](repeating: 0, count: e * r2 * h)
         var b = [Float](repeating: 0, count: 2 * inter * r2 * e)
         for (x, ex) in experts.enumerated() where !ex.isEmpty {
-            for (half, ad) in [ex.gate!, ex.up!].enumerated() {
+            var ax = [Float](repeating: 0, count: r2 * h), bx = [Float](repeating: 0, count: 2 * inter * r2)
+            for (half, (part, ad)) in [(FeedForwardPart.gate, ex.gate!), (.up, ex.up!)].enumerated() {
                 for j in 0..<r {
-                    for i in 0..<h { a[(x * r2 + half * r + j) * h + i] = ad.a[j * h + i] }
-                    for o in 0..<inter { b[row(half, o) * r2 * e + (half * r + j) * e + x] = ad.b[o * r + j] }
+                    for i in 0..<h { ax[(half * r + j) * h + i] = ad.a[j * h + i] }
+                    for o in 0..<inter { bx[layout.gateUpRow(part, o, inter: inter) * r2 + half * r + j] = ad.b[o * r + j] }
                 }
             }
+            gateUp.set(x, a: ax, b: bx, into: &a, &b)
         }
         // down_proj [E, H, I]: A (E, r, I) as [E*r, I]; B (H, r, E) as [H, r*E].
         let rd = d0.rank, di = d0.inFeatures, dout = d0.outFeatures
+        let down = ExpertLayout.FusedLoRA(experts: e, rank: rd, inFeatures: di, outFeatures: dout)
         var da = [Float](repeating: 0, count: e * rd * di)
         var db = [Float](repeating: 0, count: dout * rd * e)
-        for (x, ex) in experts.enumerated() where !ex.isEmpty {
-            let ad = ex.down!
-            for j in 0..<rd {
-                for i in 0..<di { da[(x * rd + j) * di + i] = ad.a[j * di + i] }
-                for o in 0..<dout { db[o * rd * e + j * e + x] = ad.b[o * rd + j] }
-            }
-        }
+        for (x, ex) in experts.enumerated() where !ex.isEmpty { down.set(x, a: ex.down!.a, b: ex.down!.b, into: &da, &db) }
         return (LoRAPair(a: a, b: b, rank: e * r2, inFeatures: h, outFeatures: 2 * inter),
                 LoRAPair(a: da, b: db, rank: e * rd, inFeatures: di, outFeatures: dout), g0, d0)
     }

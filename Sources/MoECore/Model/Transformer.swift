@@ -159,36 +159,39 @@ public final class Transformer: @unchecked Sendable {
         config.expertsPerToken = k
     }
 
-    /// Router and experts of an MoE layer, in the classic per-expert layout or the
-    /// fused layout of transformers 5 (or GPT-OSS's transposed one).
+    /// Router and experts of an MoE layer in the layout its checkpoint holds (ExpertLayout):
+    /// per expert, transformers 5's fused tensors, or GPT-OSS's transposed ones.
     private static func loadExperts(_ ck: Checkpoint, layer l: Int, quantize: QuantizationSpec?,
                                     base: BaseDType) throws -> (Matrix, [FeedForwardWeights]) {
-        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
-        if f.moe?.transposedInterleaved == true {
-            let router = try ck.matrix(f.fusedRouter(l), rows: e, cols: h)
-            for name in [f.fusedGateUp(l), f.fusedDown(l)] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
-            if let q = quantize { return (router, try quantizedTransposedExperts(ck, layer: l, quantize: q)) }
-            return (router, try transposedExperts(ck, layer: l))
+        let c = ck.config, h = c.hiddenSize, e = c.numExperts, f = c.family, d = ExpertLayout.Dimensions(c)
+        let layout = ExpertLayout.of(f, layer: l, contains: ck.contains)
+        guard let fused = layout.tensors(f, layer: l, contains: ck.contains) else {
+            let router = try ck.matrix(f.weight(.router, layer: l), rows: e, cols: h)
+            let experts = try (0..<e).map { x in
+                let lin = { (part: FeedForwardPart) throws -> Matrix in
+                    let (rows, cols) = ExpertLayout.matrixShape(part, d)
+                    return try ck.linear(f.weight(.expert(x, part), layer: l), rows: rows, cols: cols, quantize: quantize, base: base)
+                }
+                return FeedForwardWeights(gate: try lin(.gate), up: try lin(.up), down: try lin(.down))
+            }
+            return (router, experts)
         }
-        if let fused = f.fusedTensors(l, contains: ck.contains) {
-            let router = try ck.matrix(fused.router, rows: e, cols: h)
+        let router = try ck.matrix(fused.router, rows: e, cols: h)
+        guard layout == .transposedInterleaved else {
             return (router, try fusedExperts(ck, gateUp: fused.gateUp, down: fused.down, quantize: quantize, base: base))
         }
-        let router = try ck.matrix(f.weight(.router, layer: l), rows: e, cols: h)
-        let experts = try (0..<e).map { x in
-            FeedForwardWeights(
-                gate: try ck.linear(f.weight(.expert(x, .gate), layer: l), rows: i, cols: h, quantize: quantize, base: base),
-                up: try ck.linear(f.weight(.expert(x, .up), layer: l), rows: i, cols: h, quantize: quantize, base: base),
-                down: try ck.linear(f.weight(.expert(x, .down), layer: l), rows: h, cols: i, quantize: quantize, base: base))
-        }
-        return (router, experts)
+        for name in [fused.gateUp, fused.down] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
+        if let q = quantize { return (router, try quantizedTransposedExperts(ck, fused, quantize: q)) }
+        return (router, try transposedExperts(ck, fused))
     }
 
     /// GPT-OSS's experts for QLoRA: gate_up_proj [E, H, 2I] and down_proj [E, I, H] each
     /// quantized whole as bitsandbytes' quantize_4bit flattens it (blocks of 64 along 2I,
-    /// then H, then E); the experts read their slices transposed (TransposedWeight). Biases stay fp32.
-    static func quantizedTransposedExperts(_ ck: Checkpoint, layer l: Int, quantize q: QuantizationSpec) throws -> [FeedForwardWeights] {
-        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
+    /// then H, then E); the experts read their slices transposed (TransposedWeight, where
+    /// ExpertLayout.transposedInterleaved puts them). Biases stay fp32.
+    static func quantizedTransposedExperts(_ ck: Checkpoint, _ t: ExpertLayout.FusedTensors,
+                                           quantize q: QuantizationSpec) throws -> [FeedForwardWeights] {
+        let c = ck.config, d = ExpertLayout.Dimensions(c), layout = ExpertLayout.transposedInterleaved
         let quant = { (name: String, shape: [Int]) throws -> NF4Weight in
             let (rows, cols) = (shape[0] * shape[1], shape[2])
             // MXFP4 checkpoints: dequantized to a temporary fp32 copy first.
@@ -199,70 +202,77 @@ public final class Transformer: @unchecked Sendable {
                 NF4Weight.quantize($0, rows: rows, cols: cols, doubleQuant: q.doubleQuant)
             }
         }
-        let gu = try quant(f.fusedGateUp(l), [e, h, 2 * i]), dn = try quant(f.fusedDown(l), [e, i, h])
-        let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
-        let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
-        let bias = FloatBuffer(count: e * 2 * i, zeroed: false)
+        let gu = try quant(t.gateUp, layout.shape(gateUp: true, d)), dn = try quant(t.down, layout.shape(gateUp: false, d))
+        let guBias = try ck.floats(t.gateUpBias, shape: layout.biasShape(gateUp: true, d))
+        let dnBias = try ck.floats(t.downBias, shape: layout.biasShape(gateUp: false, d))
+        let i = d.inter, bias = FloatBuffer(count: d.experts * 2 * i, zeroed: false)
         ck.keep(bias)
         let clamped = c.clampedSwiGLU
-        return (0..<e).map { x in
+        return (0..<d.experts).map { x in
             let gb = bias.pointer + x * 2 * i, ub = gb + i
-            for r in 0..<i { gb[r] = guBias[x * 2 * i + 2 * r]; ub[r] = guBias[x * 2 * i + 2 * r + 1] }
-            return FeedForwardWeights(
-                gate: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 0)),
-                up: Matrix(transposed: TransposedWeight(storage: gu, rowOffset: x * h, inFeatures: h, stride: 2, part: 1)),
-                down: Matrix(transposed: TransposedWeight(storage: dn, rowOffset: x * i, inFeatures: i, stride: 1, part: 0)),
-                gateBias: gb, upBias: ub, downBias: dnBias + x * h, clamped: clamped)
+            layout.biasSlice(.gate, expert: x, d).read(guBias, into: gb)
+            layout.biasSlice(.up, expert: x, d).read(guBias, into: ub)
+            let view = { (part: FeedForwardPart, storage: NF4Weight) -> Matrix in
+                let v = layout.slice(part, expert: x, d).transposedView
+                return Matrix(transposed: TransposedWeight(storage: storage, rowOffset: v.rowOffset, inFeatures: v.inFeatures,
+                                                           stride: v.stride, part: v.part))
+            }
+            return FeedForwardWeights(gate: view(.gate, gu), up: view(.up, gu), down: view(.down, dn), gateBias: gb, upBias: ub,
+                                      downBias: dnBias + layout.biasSlice(.down, expert: x, d).offset, clamped: clamped)
         }
     }
 
     /// GPT-OSS's experts in fp32: gate_up_proj [E, H, 2I] (x @ W, columns 2i gate and 2i+1
-    /// up) and down_proj [E, I, H], each with a bias, transposed into per-expert gate/up
-    /// [I, H] and down [H, I]. The released checkpoints store both as MXFP4 blocks, dequantized here.
-    static func transposedExperts(_ ck: Checkpoint, layer l: Int) throws -> [FeedForwardWeights] {
-        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts, f = c.family
-        let gu = try ck.mxfp4Floats(f.fusedGateUp(l), shape: [e, h, 2 * i]) ?? ck.floats(f.fusedGateUp(l), shape: [e, h, 2 * i])
-        let dn = try ck.mxfp4Floats(f.fusedDown(l), shape: [e, i, h]) ?? ck.floats(f.fusedDown(l), shape: [e, i, h])
-        let guBias = try ck.floats(f.fusedGateUp(l) + "_bias", shape: [e, 2 * i])
-        let dnBias = try ck.floats(f.fusedDown(l) + "_bias", shape: [e, h])
-        let buf = FloatBuffer(count: e * (3 * i * h + 2 * i), zeroed: false)
+    /// up) and down_proj [E, I, H], each with a bias, read by ExpertLayout.transposedInterleaved
+    /// into per-expert gate/up [I, H] and down [H, I]. The released checkpoints store both as
+    /// MXFP4 blocks, dequantized here.
+    static func transposedExperts(_ ck: Checkpoint, _ t: ExpertLayout.FusedTensors) throws -> [FeedForwardWeights] {
+        let c = ck.config, d = ExpertLayout.Dimensions(c), layout = ExpertLayout.transposedInterleaved
+        let (guShape, dnShape) = (layout.shape(gateUp: true, d), layout.shape(gateUp: false, d))
+        let gu = try ck.mxfp4Floats(t.gateUp, shape: guShape) ?? ck.floats(t.gateUp, shape: guShape)
+        let dn = try ck.mxfp4Floats(t.down, shape: dnShape) ?? ck.floats(t.down, shape: dnShape)
+        let guBias = try ck.floats(t.gateUpBias, shape: layout.biasShape(gateUp: true, d))
+        let dnBias = try ck.floats(t.downBias, shape: layout.biasShape(gateUp: false, d))
+        let (i, h) = (d.inter, d.hidden)
+        let buf = FloatBuffer(count: d.experts * (3 * i * h + 2 * i), zeroed: false)
         ck.keep(buf)
         let clamped = c.clampedSwiGLU
-        return (0..<e).map { x -> FeedForwardWeights in
+        return (0..<d.experts).map { x -> FeedForwardWeights in
             let gate = buf.pointer + x * (3 * i * h + 2 * i), up = gate + i * h, down = up + i * h
             let gb = down + h * i, ub = gb + i
-            for r in 0..<i {
-                for col in 0..<h {
-                    gate[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r]
-                    up[r * h + col] = gu[(x * h + col) * 2 * i + 2 * r + 1]
-                }
-                gb[r] = guBias[x * 2 * i + 2 * r]
-                ub[r] = guBias[x * 2 * i + 2 * r + 1]
-            }
-            for r in 0..<h { for col in 0..<i { down[r * i + col] = dn[(x * i + col) * h + r] } }
+            layout.slice(.gate, expert: x, d).read(gu, into: gate)
+            layout.slice(.up, expert: x, d).read(gu, into: up)
+            layout.slice(.down, expert: x, d).read(dn, into: down)
+            layout.biasSlice(.gate, expert: x, d).read(guBias, into: gb)
+            layout.biasSlice(.up, expert: x, d).read(guBias, into: ub)
             return FeedForwardWeights(gate: Matrix(gate, rows: i, cols: h), up: Matrix(up, rows: i, cols: h),
                                       down: Matrix(down, rows: h, cols: i), gateBias: gb, upBias: ub,
-                                      downBias: dnBias + x * h, clamped: clamped)
+                                      downBias: dnBias + layout.biasSlice(.down, expert: x, d).offset, clamped: clamped)
         }
     }
 
     /// The experts of transformers 5's fused tensors gate_up [E, 2I, H] (gate rows, then up)
-    /// and down [E, H, I]: each expert's gate, up and down a slice, read as `moe-tune quantize`
-    /// wrote them (bitsandbytes 4-bit), quantized to NF4 or rounded to bf16 slice by slice, or fp32.
+    /// and down [E, H, I] (ExpertLayout.fused): each expert's gate, up and down a slice, read
+    /// as `moe-tune quantize` wrote them (bitsandbytes 4-bit), quantized to NF4 or rounded to
+    /// bf16 slice by slice, or fp32.
     static func fusedExperts(_ ck: Checkpoint, gateUp: String, down: String, quantize: QuantizationSpec?,
                              base: BaseDType) throws -> [FeedForwardWeights] {
-        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts
+        let d = ExpertLayout.Dimensions(ck.config), layout = ExpertLayout.fused
+        let (i, h) = (d.inter, d.hidden), (guShape, dnShape) = (layout.shape(gateUp: true, d), layout.shape(gateUp: false, d))
         if ck.isBnb4bit(gateUp) || ck.isBnb4bit(down) {
             // Each fused tensor quantized whole, each expert's part a block-aligned slice of it.
             guard (i * h) % NF4Weight.blockSize == 0 else {
                 throw MoETuneError.file(path: ck.path(of: gateUp),
                     message: "\(gateUp): 4-bit fused experts need intermediate x hidden (\(i) x \(h)) to be a multiple of 64")
             }
-            let gu = try ck.readBnb4bit(gateUp, shape: [e, 2 * i, h]), dn = try ck.readBnb4bit(down, shape: [e, h, i])
-            return (0..<e).map { x in
-                FeedForwardWeights(gate: Matrix(nf4: gu.slice(rows: x * 2 * i, count: i)),
-                                   up: Matrix(nf4: gu.slice(rows: x * 2 * i + i, count: i)),
-                                   down: Matrix(nf4: dn.slice(rows: x * h, count: h)))
+            let gu = try ck.readBnb4bit(gateUp, shape: guShape), dn = try ck.readBnb4bit(down, shape: dnShape)
+            return (0..<d.experts).map { x in
+                // A contiguous slice's first row is its offset over its row length.
+                let part = { (p: FeedForwardPart, w: NF4Weight) -> Matrix in
+                    let s = layout.slice(p, expert: x, d)
+                    return Matrix(nf4: w.slice(rows: s.offset / s.cols, count: s.rows))
+                }
+                return FeedForwardWeights(gate: part(.gate, gu), up: part(.up, gu), down: part(.down, dn))
             }
         }
         // One fused tensor at a time: each expert's slice quantized (QLoRA) or rounded to bf16.
@@ -274,25 +284,32 @@ public final class Transformer: @unchecked Sendable {
         if base.isBF16 {
             return try fusedSlices(ck, gateUp: gateUp, down: down) { p, rows, cols in Matrix(bf16: BF16Weight(rounding: p, rows: rows, cols: cols)) }
         }
-        let gu = try ck.floats(gateUp, shape: [e, 2 * i, h]), dn = try ck.floats(down, shape: [e, h, i])
-        return (0..<e).map { x in
-            FeedForwardWeights(gate: Matrix(gu + x * 2 * i * h, rows: i, cols: h), up: Matrix(gu + x * 2 * i * h + i * h, rows: i, cols: h),
-                               down: Matrix(dn + x * h * i, rows: h, cols: i))
+        let gu = try ck.floats(gateUp, shape: guShape), dn = try ck.floats(down, shape: dnShape)
+        return (0..<d.experts).map { x in
+            let part = { (p: FeedForwardPart, t: UnsafePointer<Float>) -> Matrix in
+                let s = layout.slice(p, expert: x, d)
+                return Matrix(t + s.offset, rows: s.rows, cols: s.cols)
+            }
+            return FeedForwardWeights(gate: part(.gate, gu), up: part(.up, gu), down: part(.down, dn))
         }
     }
 
-    /// Each expert's gate, up and down slices of the fused tensors made into a Matrix by
-    /// `make(pointer, rows, cols)` (which copies them), reading one fused tensor at a time
-    /// into temporary fp32.
+    /// Each expert's gate, up and down slices of the fused tensors (ExpertLayout.fused) made
+    /// into a Matrix by `make(pointer, rows, cols)` (which copies them), reading one fused
+    /// tensor at a time into temporary fp32.
     static func fusedSlices(_ ck: Checkpoint, gateUp: String, down: String,
                             _ make: (UnsafePointer<Float>, Int, Int) -> Matrix) throws -> [FeedForwardWeights] {
-        let c = ck.config, h = c.hiddenSize, i = c.expertIntermediateSize, e = c.numExperts
-        let gu = try ck.withTemporaryFloats(gateUp, shape: [e, 2 * i, h]) { p in
-            (0..<e).map { x in (make(p + x * 2 * i * h, i, h), make(p + x * 2 * i * h + i * h, i, h)) }
+        let d = ExpertLayout.Dimensions(ck.config), layout = ExpertLayout.fused
+        func part(_ p: FeedForwardPart, _ x: Int, _ t: UnsafePointer<Float>) -> Matrix {
+            let s = layout.slice(p, expert: x, d)
+            return make(t + s.offset, s.rows, s.cols)
         }
-        let dn = try ck.withTemporaryFloats(down, shape: [e, h, i]) { p in
-            (0..<e).map { x in make(p + x * h * i, h, i) }
+        let gu = try ck.withTemporaryFloats(gateUp, shape: layout.shape(gateUp: true, d)) { p in
+            (0..<d.experts).map { x in (part(.gate, x, p), part(.up, x, p)) }
         }
-        return (0..<e).map { x in FeedForwardWeights(gate: gu[x].0, up: gu[x].1, down: dn[x]) }
+        let dn = try ck.withTemporaryFloats(down, shape: layout.shape(gateUp: false, d)) { p in
+            (0..<d.experts).map { x in part(.down, x, p) }
+        }
+        return (0..<d.experts).map { x in FeedForwardWeights(gate: gu[x].0, up: gu[x].1, down: dn[x]) }
     }
 }
