@@ -42,9 +42,14 @@ public enum GGUFExport {
             && lines[2].hasPrefix("ADAPTER ./") && lines[3].isEmpty
     }
 
+    /// The family of a model GGUF output can hold: one with a llama.cpp architecture and
+    /// without an o_proj bias (no architecture moe-tune writes has attn_output.bias).
     package static func family(_ c: ModelConfig, _ model: String) throws -> ModelFamily {
         guard c.family.ggufArchitecture != nil else {
             throw MoETuneError.file(path: model, message: "GGUF output supports \(ModelFamily.supportedGGUFArchitectures.joined(separator: ", ")) models; this is \(c.family.name)")
+        }
+        if c.oBias {
+            throw MoETuneError.file(path: model, message: "o_proj biases (attention_out_bias) cannot be written to a GGUF \(c.family.ggufArchitecture!) model (llama.cpp loads no attn_output.bias for it)")
         }
         return c.family
     }

@@ -29,6 +29,8 @@ public struct GGUFTensorName: Sendable, Equatable {
 ///   olmoe        q/k RMSNorm over the whole projection; top-k weights not renormalised
 ///   granitemoe   experts, q/k permuted, attention.scale, embedding_scale, residual_scale,
 ///                logit_scale (the four Granite multipliers)
+///   seed_oss     q/k/v biases when present; the MLP norm is post_attention_norm; no
+///                attn_output.bias (llama.cpp refuses the file), so no o_proj bias
 ///
 /// Experts: ffn_gate_inp [E, H] is the router, ffn_{gate,up,down}_exps the stacked experts.
 /// Whether top-k weights are renormalised is llama.cpp's per-architecture constant
@@ -50,6 +52,9 @@ extension ModelFamily {
     /// llama.cpp's "NORM" RoPE (the converter permutes q and k rows); the others are NEOX.
     package var ggufPermutesQK: Bool { self == .llama || self == .mixtral || self == .graniteMoE }
 
+    /// The GGUF name of a layer's norm before the MLP (post_attention_layernorm).
+    package var ggufFeedForwardNorm: String { self == .seedOss ? "post_attention_norm.weight" : "ffn_norm.weight" }
+
     /// Whether llama.cpp renormalises the top-k router weights of this architecture.
     package var ggufNormTopK: Bool { !(self == .qwen2MoE || self == .olmoe) }
 
@@ -65,7 +70,7 @@ extension ModelFamily {
             let b = "blk.\(l)."
             var pairs: [(String, String, Int?)] = [
                 (inputNorm(l), "attn_norm.weight", nil),
-                (postAttentionNorm(l), "ffn_norm.weight", nil),
+                (postAttentionNorm(l), ggufFeedForwardNorm, nil),
                 (weight(.q, layer: l), "attn_q.weight", permute ? c.numHeads : nil),
                 (weight(.k, layer: l), "attn_k.weight", permute ? c.numKVHeads : nil),
                 (weight(.v, layer: l), "attn_v.weight", nil),
@@ -173,7 +178,7 @@ extension ModelFamily {
     /// What a family sets beyond the common keys: biases, q/k norms, clamping, Granite's multipliers.
     static func ggufFamilyOptions(_ c: inout ModelConfig, _ m: GGUFMetadata) throws {
         let family = c.family, f = m.f
-        if family == .qwen2 || family == .qwen2MoE { c.qkvBias = f.tensor("blk.0.attn_q.bias") != nil }
+        if family == .qwen2 || family == .qwen2MoE || family == .seedOss { c.qkvBias = f.tensor("blk.0.attn_q.bias") != nil }
         if family == .qwen3 || family == .qwen3MoE { c.qkNorm = .perHead }
         if family == .olmoe {
             c.qkNorm = .fullWidth

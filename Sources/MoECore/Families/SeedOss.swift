@@ -11,7 +11,9 @@ import MoEText
 /// window. `attention_dropout` and `residual_dropout` (0.1 in the released config.json) act in
 /// transformers only while training: moe-tune's forward, eval and decoding equal
 /// transformers' eval mode, and it trains without them (LoRA dropout is its own option).
-/// `mlp_bias` is refused. GGUF: not read or written (llama.cpp's "seed_oss" is not mapped).
+/// `mlp_bias` is refused. GGUF: llama.cpp's "seed_oss" (NEOX RoPE, no q/k permutation;
+/// post_attention_layernorm is `post_attention_norm`); it has no attn_output.bias, so a model
+/// with `attention_out_bias` is not written to GGUF.
 extension ModelFamily {
     public static let seedOss = ModelFamily(
         name: "seed_oss", modelTypes: ["seed_oss"], moe: nil,
@@ -29,7 +31,8 @@ extension ModelFamily {
             }
             // SeedOssConfig has no sliding window.
             c.slidingWindow = nil
-        })
+        },
+        ggufArchitecture: "seed_oss")
 }
 
 /// `head_dim: null` means hidden_size / num_attention_heads in SeedOssConfig (ModelConfig.parse
