@@ -12,7 +12,8 @@ import XCTest
 /// logits within 1e-4 absolute and loss within 1e-5 relative of transformers — on the HF
 /// folder for the f32 files (the same reference.safetensors FamilyTests uses, or one
 /// recomputed where llama.cpp cannot carry a feature: qwen2_moe without dense layers or
-/// sliding windows, olmoe without clip_qkv and with the rms eps 1e-5 its converter writes), and through transformers' own GGUF reader for
+/// sliding windows, olmoe without clip_qkv and with the rms eps 1e-5 its converter writes,
+/// seed_oss without o_proj bias, written by gguf-py: scripts/make_gguf_seedoss_fixture.py), and through transformers' own GGUF reader for
 /// the f16 and q8_0 files (qwen3_moe's q8_0 experts kept in blocks, read per expert slice). Writing: `merge --format gguf` of each f32 file gives back the
 /// same tensors (bit-exact in f32) and the same configuration.
 final class GGUFArchTests: XCTestCase {
@@ -31,6 +32,7 @@ final class GGUFArchTests: XCTestCase {
         Case(file: "qwen3_moe", reference: Fixtures.dir("qwen3_moe"), family: .qwen3MoE),
         Case(file: "olmoe", reference: dir + "/olmoe", family: .olmoe),
         Case(file: "granitemoe", reference: Fixtures.dir("granitemoe"), family: .graniteMoE),
+        Case(file: "seed_oss", reference: dir + "/seed_oss", family: .seedOss),
         Case(file: "llama3-rope", reference: Fixtures.dir("llama3-rope"), family: .llama),
         Case(file: "llama-yarn", reference: Fixtures.dir("llama-yarn"), family: .llama),
         Case(file: "llama-linear", reference: Fixtures.dir("llama-linear"), family: .llama),
@@ -206,6 +208,26 @@ extension GGUFArchTests {
             assertMoETuneError(try GGUFExport.loraAdapter(model: base, adapter: tmp + "/lora", out: tmp + "/a.gguf", overwrite: false),
                                contains: ["experts.", "expert"])
         }
+    }
+
+    /// seed_oss: q/k/v biases read, rows not permuted (NEOX RoPE), the MLP norm under
+    /// post_attention_norm; a model with an o_proj bias is not written (llama.cpp has no
+    /// attn_output.bias for seed_oss), and moe-tune's own names are gguf-py's.
+    func testSeedOss() throws {
+        let f = try GGUFFile(path: Self.dir + "/seed_oss.gguf")
+        let c = try ModelFamily.config(gguf: f)
+        XCTAssertEqual(c.family, .seedOss)
+        XCTAssertTrue(c.qkvBias)
+        XCTAssertFalse(c.oBias)
+        XCTAssertEqual([c.headDim, c.numHeads, c.numKVHeads, c.intermediateSize], [16, 4, 2, 96])
+        let names = ModelFamily.seedOss.ggufTensorNames(c)
+        XCTAssertEqual(Set(names.map(\.gguf)), Set(f.tensors.map(\.name)))
+        XCTAssertTrue(names.allSatisfy { $0.permuteHeads == nil })
+        XCTAssertNotNil(f.tensor("blk.1.post_attention_norm.weight"))
+        let tmp = try makeTempDir(self)
+        assertMoETuneError(try GGUFExport.mergedModel(model: Fixtures.dir("seed_oss"), adapters: [], out: tmp + "/s.gguf", type: .f32, overwrite: false),
+                           contains: ["attention_out_bias", "seed_oss", "attn_output.bias"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/s.gguf"))
     }
 
     func testRefusals() throws {
