@@ -1,6 +1,7 @@
 """llama.cpp (llama-cpp-python) on the architecture fixtures of make_gguf_arch_fixtures.py and on
 the same models written back by moe-tune (`merge --format gguf`, f32, no adapter): the logits of
 the first reference sequence against transformers' (the reference the Swift tests use).
+seed_oss's source file is the gguf-py fixture of make_gguf_seedoss_fixture.py.
 
     ~/llama-venv/bin/python scripts/check_gguf_arch.py [--bin .build/debug/moe-tune]
 
@@ -37,7 +38,7 @@ FIX = "Tests/MoETuneTests/Fixtures"
 ARCH = os.path.join(FIX, "gguf", "arch")
 CASES = {"mixtral": "mixtral", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2_moe": None, "qwen3_moe": "qwen3_moe",
          "olmoe": None, "granitemoe": "granitemoe", "llama3-rope": "llama3-rope", "llama-yarn": "llama-yarn",
-         "llama-linear": "llama-linear"}
+         "llama-linear": "llama-linear", "seed_oss": None}
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bin", default=".build/debug/moe-tune")
