@@ -14,7 +14,7 @@ struct MoETuneCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moe-tune",
         abstract: "Fine-tune Mixture-of-Experts and dense language models on a CPU with LoRA and QLoRA.",
-        discussion: "Eleven families (Llama, Mistral, Mixtral, Qwen2/3, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE, DeepSeek-V2, GPT-OSS), Hugging Face folders or GGUF files. Start with README.md; every command is described in docs/commands.md.",
+        discussion: "Twelve families (Llama, Mistral, Mixtral, Qwen2/3, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE, DeepSeek-V2, GPT-OSS, Seed-OSS), Hugging Face folders or GGUF files. Start with README.md; every command is described in docs/commands.md.",
         subcommands: [TrainCommand.self, EvalCommand.self, ExpertsCommand.self, PruneCommand.self, MergeCommand.self, ExportLoRACommand.self, GenerateCommand.self, ServeCommand.self, TokenizeCommand.self, QuantizeCommand.self, BenchBLASCommand.self, BenchTrainCommand.self, BenchTokenizerCommand.self])
 }
 
