@@ -420,6 +420,15 @@ static void check_matmat(int t, long n, long rows, const uint8_t *w, int nk) {
     for (int j = 0; j < M; j++) { for (long i = 0; i < n; i++) x[i] = normal(); mt_qdot_quantize_activation(t, x, xq + j * stride, n); }
     long r0 = rows / 3, r1 = rows;
     float *y = malloc(sizeof(float) * M * (rows + 5));
+    // No activation, or no row: nothing read, nothing written.
+    for (int k = 0; k < nk; k++) {
+        for (long i = 0; i < M * (rows + 5); i++) y[i] = -7.0f;
+        mt_qdot_matmat_with(k, t, w, rb, r0, r1, n, xq, stride, 0, y, rows);
+        mt_qdot_matmat_with(k, t, w, rb, r1, r1, n, xq, stride, 3, y, rows);
+        int touched = 0;
+        for (long i = 0; i < M * (rows + 5); i++) touched += y[i] != -7.0f;
+        CHECK(touched == 0, "(m) %s kernel %d: m = 0 or no rows wrote %d values", tname(t), k, touched);
+    }
     for (int k = 0; k < nk; k++)
         for (int m = 1; m <= M; m++) {
             long ldy = r1 - r0 + 5;

@@ -373,6 +373,7 @@ static void matmat(int kernel, int type, const void *w, long rowBytes, long r0, 
                    long xqStride, long m, float *y, long ldy) {
     long nb = n / block_size(type);
     const uint8_t *w0 = (const uint8_t *)w + r0 * rowBytes, *x = xq;
+    if (m < 1 || r1 <= r0) return;  // nothing to do (the kernels' nx switch would take 0 for 4)
     if (m <= 4) {
         dot_rows(kernel, type, nb, w0, rowBytes, r1 - r0, x, xqStride, (int)m, y, ldy);
         return;

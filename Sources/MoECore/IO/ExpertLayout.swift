@@ -198,11 +198,13 @@ public struct ExpertSlice: Sendable, Equatable {
 
     /// w [rows, cols] = W, read from `t`.
     public func read(_ t: UnsafePointer<Float>, into w: UnsafeMutablePointer<Float>) {
+        if isContiguous { w.update(from: t + offset, count: rows * cols); return }
         for o in 0..<rows { for k in 0..<cols { w[o * cols + k] = t[index(o, k)] } }
     }
 
     /// W = w [rows, cols], written into `t`.
     public func write(_ w: UnsafePointer<Float>, into t: UnsafeMutablePointer<Float>) {
+        if isContiguous { (t + offset).update(from: w, count: rows * cols); return }
         for o in 0..<rows { for k in 0..<cols { t[index(o, k)] = w[o * cols + k] } }
     }
 
