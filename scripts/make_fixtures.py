@@ -19,7 +19,7 @@ import argparse, copy, io, json, os, random, shutil
 
 import sentencepiece as spm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
 WORDS = ("the a of and to in is was he she it they we you for on with as at by from this that "
@@ -145,6 +145,19 @@ def greedy_margin(model, prompt, tokens):
     with torch.no_grad():
         lo = model(input_ids=seq).logits[0, len(prompt) - 1 : -1].sort(-1, descending=True).values
     return (lo[:, 0] - lo[:, 1]).min().item()
+
+
+def logits_reference(model, ref_path, out):
+    """Logits and mean loss of `model` on the input ids / mask of an existing reference file."""
+    ref = load_file(ref_path)
+    ids, mask = ref["input_ids"].long(), ref["attention_mask"].long()
+    labels = ids.clone()
+    labels[mask == 0] = -100
+    with torch.no_grad():
+        o = model.eval()(input_ids=ids, attention_mask=mask, labels=labels)
+    save_file({"input_ids": ref["input_ids"], "attention_mask": ref["attention_mask"],
+               "logits": o.logits.float().contiguous(), "loss": o.loss.float().reshape(1)}, out)
+    print("wrote", out, "loss", o.loss.item())
 
 
 def references(model, sp, ids, mask, examples, folder):

@@ -31,7 +31,9 @@ Into Tests/MoETuneTests/Fixtures/gguf/arch/:
 import argparse, json, os, shutil, subprocess, sys, tempfile
 
 import torch
-from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import logits_reference  # noqa: E402
 
 FIX = "Tests/MoETuneTests/Fixtures"
 OUT = os.path.join(FIX, "gguf", "arch")
@@ -58,19 +60,6 @@ def convert(folder, out, outtype):
     subprocess.run([sys.executable, "-c", CONVERT.format(lcpp=a.llama_cpp), folder, "--outtype", outtype,
                     "--outfile", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print("wrote", out, os.path.getsize(out), "bytes")
-
-
-def logits_reference(model, ref_path, out):
-    """Logits and mean loss of `model` on the input ids / mask of an existing reference file."""
-    ref = load_file(ref_path)
-    ids, mask = ref["input_ids"].long(), ref["attention_mask"].long()
-    labels = ids.clone()
-    labels[mask == 0] = -100
-    with torch.no_grad():
-        o = model.eval()(input_ids=ids, attention_mask=mask, labels=labels)
-    save_file({"input_ids": ref["input_ids"], "attention_mask": ref["attention_mask"],
-               "logits": o.logits.float().contiguous(), "loss": o.loss.float().reshape(1)}, out)
-    print("wrote", out, "loss", o.loss.item())
 
 
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402

@@ -17,13 +17,16 @@ Tests/MoETuneTests/Fixtures/gguf/arch/: seed_oss.gguf (f32), seed_oss.reference.
 `--o-bias FILE` writes, instead, a GGUF that keeps attn_output.bias (to see whether a llama.cpp
 loads it).
 """
-import argparse, json, os, shutil, tempfile
+import argparse, json, os, shutil, sys, tempfile
 
 import gguf
 import sentencepiece as spm
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import logits_reference  # noqa: E402
 
 FIX = "Tests/MoETuneTests/Fixtures"
 SRC = os.path.join(FIX, "seed_oss")
@@ -85,19 +88,6 @@ def write_gguf(folder, out):
     w.write_tensors_to_file()
     w.close()
     print("wrote", out, os.path.getsize(out), "bytes")
-
-
-def logits_reference(model, ref_path, out):
-    """Logits and mean loss of `model` on the input ids / mask of an existing reference file."""
-    ref = load_file(ref_path)
-    ids, mask = ref["input_ids"].long(), ref["attention_mask"].long()
-    labels = ids.clone()
-    labels[mask == 0] = -100
-    with torch.no_grad():
-        o = model.eval()(input_ids=ids, attention_mask=mask, labels=labels)
-    save_file({"input_ids": ref["input_ids"], "attention_mask": ref["attention_mask"],
-               "logits": o.logits.float().contiguous(), "loss": o.loss.float().reshape(1)}, out)
-    print("wrote", out, "loss", o.loss.item())
 
 
 if a.o_bias:
