@@ -32,6 +32,8 @@ public struct GenerationResult: Sendable, Equatable {
 public struct GenerationTimings: Sendable {
     public var promptTokens = 0
     public var promptSeconds = 0.0
+    /// Prompt tokens not computed: copied from a prefix another prompt shared.
+    public var sharedPromptTokens = 0
     /// New tokens, the first of each sequence (picked from the prompt's logits) included.
     public var generatedTokens = 0
     /// Tokens fed through decoding steps, and the seconds of those steps alone (llama.cpp's
@@ -55,6 +57,8 @@ public final class BatchGenerator {
     public let stopIds: Set<Int32>
     /// Decode exactly max_new_tokens tokens, stop tokens included (for measuring).
     public var ignoreStop = false
+    /// Prefill a prefix that prompts admitted together share once (SharedPrefix).
+    public var sharePrefixes = true
     public private(set) var timings = GenerationTimings()
 
     private struct Active {
@@ -162,7 +166,7 @@ public final class BatchGenerator {
         guard !slots.isEmpty else { return }
         let t0 = Date()
         let logits: UnsafeMutablePointer<Float>
-        do { logits = try decoder.prefill(batch: prompts, slots: slots) } catch {
+        do { logits = try prefill(prompts, slots: slots) } catch {
             for slot in slots { active[slot] = nil }
             throw error
         }
@@ -171,6 +175,25 @@ public final class BatchGenerator {
         for (i, slot) in slots.enumerated() {
             accept(slot: slot, logits: logits + i * vocab, onToken: onToken, onFinish: onFinish)
         }
+    }
+
+    /// Prefills prompts[i] into slots[i] and returns their logits [prompts.count, V]: with
+    /// `sharePrefixes`, the prefixes several prompts share (SharedPrefix) first, once each,
+    /// copied into the other members' slots, then every prompt's rest in one batch.
+    private func prefill(_ prompts: [[Int32]], slots: [Int]) throws -> UnsafeMutablePointer<Float> {
+        let groups = sharePrefixes ? SharedPrefix.groups(prompts) : []
+        guard !groups.isEmpty else { return try decoder.prefill(batch: prompts, slots: slots) }
+        try decoder.prefill(batch: groups.map { Array(prompts[$0.members[0]][..<$0.length]) },
+                            slots: groups.map { slots[$0.members[0]] })
+        var rest = prompts
+        for g in groups {
+            for m in g.members {
+                try decoder.copyPrefix(from: slots[g.members[0]], to: slots[m], count: g.length)
+                rest[m] = Array(prompts[m][g.length...])
+            }
+            timings.sharedPromptTokens += g.savedTokens
+        }
+        return try decoder.prefill(batch: rest, slots: slots)
     }
 
     /// The pending token of every active slot into rowTokens/rowSlots; returns their count.
@@ -215,11 +238,15 @@ public final class BatchGenerator {
     }
 }
 
-/// Sequences to decode at once when the user does not say: 8 (a step reads each weight once
-/// for all of them, so up to about 8 rows cost little more than one on a few cores), fewer
-/// when their KV caches would take more than a quarter of the physical memory.
-public func defaultParallel(_ c: ModelConfig, maxLength: Int) -> Int {
+/// Sequences to decode at once when the user does not say. For a server (`requests` nil):
+/// 8, as a step reads each weight once for all of them, so up to about 8 rows cost little
+/// more than one on a few cores. For a known list of prompts (eval --generate, generate
+/// --prompts): up to 256 of them (--parallel's limit), so their prompts are prefilled in long batches and share
+/// their common prefixes. Fewer when their KV caches would take more than a quarter of the
+/// physical memory.
+public func defaultParallel(_ c: ModelConfig, maxLength: Int, requests: Int? = nil) -> Int {
     let perSlot = 2 * c.numLayers * max(1, maxLength) * c.kvDim * MemoryLayout<Float>.stride
     let budget = Int(ProcessInfo.processInfo.physicalMemory / 4)
-    return max(1, min(8, budget / max(perSlot, 1)))
+    let wanted = requests.map { max(1, min($0, 256)) } ?? 8
+    return max(1, min(wanted, budget / max(perSlot, 1)))
 }

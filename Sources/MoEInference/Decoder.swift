@@ -77,6 +77,20 @@ public final class Decoder {
     /// Forgets one slot's tokens (a finished sequence makes room for the next).
     public func reset(slot: Int) { lengths[slot] = 0 }
 
+    /// Makes slot `to` hold the first `count` positions of slot `from` (a prompt prefix
+    /// several sequences share, computed once): every layer's keys and values copied, `to`'s
+    /// own tokens forgotten. `to == from` keeps the first `count` positions of `from`.
+    public func copyPrefix(from: Int, to: Int, count: Int) throws {
+        guard (0..<slots).contains(from), (0..<slots).contains(to) else {
+            throw MoETuneError.invalid("slots \(from) and \(to) are not both within 0..<\(slots)")
+        }
+        guard (0...lengths[from]).contains(count) else {
+            throw MoETuneError.invalid("slot \(from) holds \(lengths[from]) positions, not \(count)")
+        }
+        if from != to { state.copy(from: from, to: to, positions: count) }
+        lengths[to] = count
+    }
+
     /// Feeds one token to slot 0 at position `length` and returns the logits of the next one [V].
     @discardableResult
     public func step(_ token: Int32) throws -> UnsafeMutablePointer<Float> {
@@ -328,6 +342,15 @@ final class DecoderState {
 
     func keys(layer l: Int, slot: Int) -> UnsafePointer<Float> { UnsafePointer(keyCache[l].pointer + slot * maxLength * c.kvDim) }
     func values(layer l: Int, slot: Int) -> UnsafePointer<Float> { UnsafePointer(valueCache[l].pointer + slot * maxLength * c.kvDim) }
+
+    /// Positions 0..<count of slot `from` into slot `to`, in every layer's keys and values.
+    func copy(from: Int, to: Int, positions count: Int) {
+        let n = count * c.kvDim, stride = maxLength * c.kvDim
+        for l in 0..<c.numLayers {
+            (keyCache[l].pointer + to * stride).update(from: keyCache[l].pointer + from * stride, count: n)
+            (valueCache[l].pointer + to * stride).update(from: valueCache[l].pointer + from * stride, count: n)
+        }
+    }
 
     /// Stores rows 0..<n of k and v at their slots' positions in layer l's cache.
     func cache(layer l: Int, rows n: Int) {

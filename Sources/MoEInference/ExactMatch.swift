@@ -41,19 +41,21 @@ public struct ExactMatchResult: Sendable {
 }
 
 public enum ExactMatch {
-    /// `parallel` sequences decode at once (continuous batching); `products: .exact`
+    /// `parallel` sequences decode at once (continuous batching; nil: defaultParallel for
+    /// this many prompts and their longest length); `products: .exact`
     /// multiplies as training does. A batch's products have more rows than one sequence's, so
     /// their sums may round differently in the last bit; greedy answers then differ only at
     /// near-ties (measured: none on 40 SmolLM2 prompts, parallel 1 against 8).
     public static func evaluate(model: Transformer, adapters: AdapterSet?, tokenizer: any TextTokenizer, dataset: Dataset,
-                                maxNewTokens: Int, extraStopIds: Set<Int32> = [], parallel: Int = 1,
+                                maxNewTokens: Int, extraStopIds: Set<Int32> = [], parallel: Int? = 1,
                                 products: ProductPath = .exact,
                                 progress: ((Int, Int) -> Void)? = nil) throws -> ExactMatchResult {
         let items = dataset.examples.filter { $0.reply != nil && $0.replyStart > 0 && $0.replyStart <= $0.tokens.count }
         let longest = items.map { $0.promptIds?.count ?? $0.replyStart }.max() ?? 1
-        let generator = BatchGenerator(model: model, adapters: adapters,
-                                       maxLength: min(longest + min(maxNewTokens, model.rope.maxPositions) + 1, model.rope.maxPositions),
-                                       parallel: max(1, min(parallel, items.count)),
+        let maxLength = min(longest + min(maxNewTokens, model.rope.maxPositions) + 1, model.rope.maxPositions)
+        let lanes = parallel ?? defaultParallel(model.config, maxLength: maxLength, requests: items.count)
+        let generator = BatchGenerator(model: model, adapters: adapters, maxLength: maxLength,
+                                       parallel: max(1, min(lanes, items.count)),
                                        stopIds: tokenizer.stopIds.union(extraStopIds), products: products)
         var options = SamplingOptions()
         options.maxNewTokens = maxNewTokens

@@ -112,9 +112,8 @@ struct EvalCommand: ParsableCommand {
             var em: ExactMatchResult?
             if generate {
                 let genProgress = ProgressLine("generate")
-                let lanes = parallel ?? defaultParallel(loaded.model.config, maxLength: maxSeqLen + maxNewTokens)
                 em = try ExactMatch.evaluate(model: loaded.model, adapters: adapters, tokenizer: loaded.tokenizer, dataset: dataset,
-                                             maxNewTokens: maxNewTokens, extraStopIds: endOfTurn, parallel: lanes,
+                                             maxNewTokens: maxNewTokens, extraStopIds: endOfTurn, parallel: parallel,
                                              products: exact ? .exact : .fast) { genProgress.update(done: $0, total: $1) }
                 reportSpeed(em!.timings)
             }

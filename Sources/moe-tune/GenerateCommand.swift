@@ -152,7 +152,7 @@ extension GenerateCommand {
             chat ? try promptIds([ChatMessage(role: "user", content: text)], format: format, encoder: encoder, tokenizer: tok)
                  : try tok.encode(text, addSpecialTokens: true)
         })
-        let lanes = parallel ?? defaultParallel(loaded.model.config, maxLength: maxLength)
+        let lanes = parallel ?? defaultParallel(loaded.model.config, maxLength: maxLength, requests: lines.count)
         let generator = BatchGenerator(model: loaded.model, adapters: adapters, maxLength: maxLength, parallel: lanes,
                                        stopIds: stops, products: exact ? .exact : .fast)
         generator.ignoreStop = ignoreEos
@@ -184,15 +184,18 @@ func promptIds(_ messages: [ChatMessage], format: ChatFormat, encoder: ChatEncod
 /// The speed fields of `generate --json`, as llama.cpp's timings name them.
 func speedFields(_ t: GenerationTimings, text: String?) -> [String: Any] {
     var o: [String: Any] = ["prompt_tokens": t.promptTokens, "prompt_tokens_per_s": t.promptTokensPerSecond,
-                            "generated_tokens": t.generatedTokens, "tokens_per_s": t.tokensPerSecond]
+                            "generated_tokens": t.generatedTokens, "tokens_per_s": t.tokensPerSecond,
+                            "prompt_tokens_shared": t.sharedPromptTokens]
     if let text { o["text"] = text }
     return o
 }
 
-/// "prompt: N tokens, X tokens/s; decode: M tokens, Y tokens/s" on standard error.
+/// "prompt: N tokens, X tokens/s; decode: M tokens, Y tokens/s" on standard error, with
+/// "(S shared)" after N when S of the prompts' tokens were copied from a shared prefix.
 func reportSpeed(_ t: GenerationTimings) {
-    let line = String(format: "prompt: %d tokens, %.1f tokens/s; decode: %d tokens, %.1f tokens/s\n",
-                      t.promptTokens, t.promptTokensPerSecond, t.generatedTokens, t.tokensPerSecond)
+    let shared = t.sharedPromptTokens > 0 ? " (\(t.sharedPromptTokens) shared)" : ""
+    let line = "prompt: \(t.promptTokens) tokens\(shared), " + String(format: "%.1f tokens/s; decode: %d tokens, %.1f tokens/s\n",
+                      t.promptTokensPerSecond, t.generatedTokens, t.tokensPerSecond)
     FileHandle.standardError.write(Data(line.utf8))
 }
 
