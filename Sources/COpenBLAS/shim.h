@@ -1,7 +1,9 @@
 // cblas.h from Debian's libopenblas-dev, plus the two entry points of OpenBLAS's
 // DYNAMIC_ARCH dispatcher that moe-tune uses to pick the AVX-512 kernels after the
-// library has loaded (see Sources/MoECore/Layers/BLAS.swift).
+// library has loaded, and the one that stops its thread server (see
+// Sources/MoECore/Layers/BLAS.swift).
 #include <cblas.h>
 
 void gotoblas_dynamic_init(void);
 void gotoblas_dynamic_quit(void);
+void blas_thread_shutdown_(void);

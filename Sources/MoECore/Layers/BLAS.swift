@@ -55,6 +55,11 @@ public enum BLAS {
         // (a measurement knob: on the 2-core AVX2 EPYC the whole step ran 3-4x slower, its
         // threads spinning through every non-BLAS stretch of the step).
         openblas_set_num_threads(Int32(threading == .library ? Parallel.workers : 1))
+        // Single-threaded, OpenBLAS never hands its server threads work, but the ones its
+        // load-time constructor started poll for it (sched_yield) for about 2^28 cycles
+        // first: on 2 cores, a third runnable thread through the first 0.1 s of every
+        // command (the demo model's eval: 234 -> 132 ms CPU, 119 -> 92 ms wall). Stopped.
+        if threading == .split { blas_thread_shutdown_() }
         var switched = false
         if let target, target.lowercased() != before.lowercased() {
             setenv("OPENBLAS_CORETYPE", target, 1)
