@@ -3,15 +3,27 @@ import MoEFormats
 import MoEText
 
 /// An owned, 64-byte aligned, fixed-size buffer of Float. Activations, gradients and
-/// converted weights live in these; the hot path only slices them.
+/// converted weights live in these; the hot path only slices them. A zeroed buffer of a
+/// MiB or more is mapped from the kernel's zero pages (mmap), not cleared: its pages are
+/// touched only when first written, so a buffer sized for the longest batch costs only
+/// what a call uses (the decoder's 2048-row buffers for a few hundred rows).
 public final class FloatBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
+    /// Bytes mapped with mmap (0: from posix_memalign).
+    private let mappedBytes: Int
 
     public init(count: Int, zeroed: Bool = true) {
         self.count = count
-        var raw: UnsafeMutableRawPointer?
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        if zeroed, bytes >= 1 << 20,
+           let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED {
+            mappedBytes = bytes
+            pointer = p.bindMemory(to: Float.self, capacity: max(count, 1))
+            return
+        }
+        mappedBytes = 0
+        var raw: UnsafeMutableRawPointer?
         guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
             fatalError("out of memory allocating \(bytes) bytes")
         }
@@ -19,7 +31,9 @@ public final class FloatBuffer: @unchecked Sendable {
         if zeroed { pointer.initialize(repeating: 0, count: max(count, 1)) }
     }
 
-    deinit { free(pointer) }
+    deinit {
+        if mappedBytes > 0 { munmap(pointer, mappedBytes) } else { free(pointer) }
+    }
 
     public func zero() { pointer.update(repeating: 0, count: count) }
 
