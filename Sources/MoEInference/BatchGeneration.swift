@@ -241,9 +241,9 @@ public final class BatchGenerator {
 /// Sequences to decode at once when the user does not say. For a server (`requests` nil):
 /// 8, as a step reads each weight once for all of them, so up to about 8 rows cost little
 /// more than one on a few cores. For a known list of prompts (eval --generate, generate
-/// --prompts): up to 256 of them (--parallel's limit), so their prompts are prefilled in long batches and share
-/// their common prefixes. Fewer when their KV caches would take more than a quarter of the
-/// physical memory.
+/// --prompts): all of them up to 256 (--parallel's limit), so that their prompts are
+/// prefilled in long batches and share their common prefixes. Fewer when their KV caches
+/// would take more than a quarter of the physical memory.
 public func defaultParallel(_ c: ModelConfig, maxLength: Int, requests: Int? = nil) -> Int {
     let perSlot = 2 * c.numLayers * max(1, maxLength) * c.kvDim * MemoryLayout<Float>.stride
     let budget = Int(ProcessInfo.processInfo.physicalMemory / 4)
