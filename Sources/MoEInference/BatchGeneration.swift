@@ -57,7 +57,7 @@ public final class BatchGenerator {
     public let stopIds: Set<Int32>
     /// Decode exactly max_new_tokens tokens, stop tokens included (for measuring).
     public var ignoreStop = false
-    /// Prefill a prefix that prompts admitted together share once (SharedPrefix).
+    /// Prefill the prefixes that prompts admitted together share once (SharedPrefix).
     public var sharePrefixes = true
     public private(set) var timings = GenerationTimings()
 
@@ -178,22 +178,24 @@ public final class BatchGenerator {
     }
 
     /// Prefills prompts[i] into slots[i] and returns their logits [prompts.count, V]: with
-    /// `sharePrefixes`, the prefixes several prompts share (SharedPrefix) first, once each,
-    /// copied into the other members' slots, then every prompt's rest in one batch.
+    /// `sharePrefixes`, the branches several prompts share (SharedPrefix) first, level by
+    /// level, each once, then every prompt's rest after copying its shared prefix, in one batch.
     private func prefill(_ prompts: [[Int32]], slots: [Int]) throws -> UnsafeMutablePointer<Float> {
-        let groups = sharePrefixes ? SharedPrefix.groups(prompts) : []
-        guard !groups.isEmpty else { return try decoder.prefill(batch: prompts, slots: slots) }
-        try decoder.prefill(batch: groups.map { Array(prompts[$0.members[0]][..<$0.length]) },
-                            slots: groups.map { slots[$0.members[0]] })
-        var rest = prompts
-        for g in groups {
-            for m in g.members {
-                try decoder.copyPrefix(from: slots[g.members[0]], to: slots[m], count: g.length)
-                rest[m] = Array(prompts[m][g.length...])
-            }
-            timings.sharedPromptTokens += g.savedTokens
+        guard sharePrefixes, prompts.count > 1 else { return try decoder.prefill(batch: prompts, slots: slots) }
+        let plan = SharedPrefix.plan(prompts)
+        for round in plan.rounds { try feed(round, prompts, slots: slots) }
+        timings.sharedPromptTokens += prompts.reduce(0) { $0 + $1.count } - plan.computedTokens
+        return try feed(plan.finals, prompts, slots: slots)
+    }
+
+    /// Each segment's copied prefix into its slot, then all their tokens in one prefill.
+    @discardableResult
+    private func feed(_ segments: [PrefixPlan.Segment], _ prompts: [[Int32]], slots: [Int]) throws -> UnsafeMutablePointer<Float> {
+        for s in segments {
+            if let source = s.source { try decoder.copyPrefix(from: slots[source], to: slots[s.member], count: s.from) }
         }
-        return try decoder.prefill(batch: rest, slots: slots)
+        return try decoder.prefill(batch: segments.map { Array(prompts[$0.member][$0.from..<$0.to]) },
+                                   slots: segments.map { slots[$0.member] })
     }
 
     /// The pending token of every active slot into rowTokens/rowSlots; returns their count.

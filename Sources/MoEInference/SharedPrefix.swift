@@ -1,67 +1,83 @@
 /// Prompts admitted together that begin alike (a chat template's header, a few-shot
-/// preamble, "What is the capital of"): each group's common prefix is prefilled once, in its
-/// first member's slot, copied into the other members' caches (Decoder.copyPrefix), and every
-/// member then feeds only the rest of its prompt. The keys and values of a prefix depend on
-/// its tokens alone (causal attention), so a copied prefix is the one each prompt would have
-/// computed, up to the rounding of a product over a different set of rows.
-public struct PrefixGroup: Sendable, Equatable {
-    /// Indices of the prompts that share the prefix; the first one computes it.
-    public var members: [Int]
-    /// Tokens they share (each member keeps at least its last token to feed).
-    public var length: Int
+/// preamble, "What is the capital of", a GRPO group's copies of one prompt) have their
+/// common prefixes computed once: the prompts form a prefix tree, each branch of it is
+/// prefilled once in the slot of its first prompt, and every prompt copies the keys and
+/// values of its longest shared prefix (Decoder.copyPrefix) before feeding the rest. The
+/// keys and values of a prefix depend on its tokens alone (causal attention), so a copied
+/// prefix is the one each prompt would have computed, up to the rounding of a product over
+/// a different set of rows.
+public struct PrefixPlan: Sendable, Equatable {
+    /// Prompt `member`'s tokens from..<to, fed into its slot after the first `from`
+    /// positions are copied from prompt `source`'s slot (nil: nothing copied, from 0).
+    public struct Segment: Sendable, Equatable {
+        public var member: Int
+        public var source: Int?
+        public var from: Int
+        public var to: Int
 
-    /// Tokens not prefilled thanks to the group.
-    public var savedTokens: Int { (members.count - 1) * length }
+        public init(member: Int, source: Int?, from: Int, to: Int) {
+            self.member = member
+            self.source = source
+            self.from = from
+            self.to = to
+        }
+    }
+
+    /// The shared branches, level by level (a level's segments in one prefill, their logits
+    /// unused); every segment's source was filled by an earlier level.
+    public var rounds: [[Segment]] = []
+    /// Each prompt's last segment, in prompt order (one prefill: the logits of its last row
+    /// pick the first new token).
+    public var finals: [Segment] = []
+
+    /// Tokens fed, of all the prompts' tokens.
+    public var computedTokens: Int { (rounds.joined() + finals).reduce(0) { $0 + $1.to - $1.from } }
 }
 
 public enum SharedPrefix {
-    /// Groups of prompts sharing at least `minimum` leading tokens, chosen to save the most
-    /// prefilled tokens: the prompts sorted (so prompts that share a prefix are neighbours),
-    /// then split into runs of neighbours by dynamic programming, a run of s prompts whose
-    /// common prefix is L tokens saving (s - 1) L. A prompt in no group is fed whole. Each
-    /// member keeps its last token out of the prefix, since that token's row gives the
-    /// logits of the first new one. O(n^2) for n prompts (n is at most the decoder's slots).
-    public static func groups(_ prompts: [[Int32]], minimum: Int = 1) -> [PrefixGroup] {
-        let order = prompts.indices.sorted { prompts[$0].lexicographicallyPrecedes(prompts[$1]) }
-        guard order.count > 1 else { return [] }
-        // shared[j]: the tokens sorted prompts j and j + 1 may share.
-        let shared = (0..<order.count - 1).map { j in common(prompts[order[j]], prompts[order[j + 1]]) }
-        let cut = bestRuns(shared, count: order.count, minimum: max(1, minimum))
-        var groups: [PrefixGroup] = [], end = order.count
-        while end > 0 {
-            let start = cut[end]
-            if end - start > 1 {
-                groups.append(PrefixGroup(members: order[start..<end].sorted(), length: shared[start..<end - 1].min()!))
-            }
-            end = start
-        }
-        return groups.sorted { $0.members[0] < $1.members[0] }
+    /// The plan for `prompts`: a branch where two or more prompts go on alike is fed once. Each
+    /// prompt keeps its last token out of every shared branch, since that token's row gives
+    /// the logits of its first new token.
+    public static func plan(_ prompts: [[Int32]]) -> PrefixPlan {
+        var plan = PrefixPlan()
+        plan.finals = prompts.indices.map { PrefixPlan.Segment(member: $0, source: nil, from: 0, to: prompts[$0].count) }
+        branch(Array(prompts.indices), depth: 0, source: nil, level: 0, prompts: prompts, into: &plan)
+        return plan
     }
 
-    /// Leading tokens a and b have in common, leaving each at least its last token.
-    static func common(_ a: [Int32], _ b: [Int32]) -> Int {
-        let limit = min(a.count, b.count) - 1
-        var n = 0
-        while n < limit, a[n] == b[n] { n += 1 }
-        return max(0, n)
+    /// The prompts `members` share their first `depth` tokens, held in prompt `source`'s slot:
+    /// groups them by their next token; a group of two or more becomes a branch to its
+    /// longest common prefix, fed in its first member's slot, and is split again; a prompt
+    /// alone, or one with nothing more to share, feeds its rest after copying `depth` tokens.
+    static func branch(_ members: [Int], depth: Int, source: Int?, level: Int, prompts: [[Int32]],
+                       into plan: inout PrefixPlan) {
+        var groups: [Int32: [Int]] = [:], order: [Int32] = []
+        for m in members {
+            guard prompts[m].count - 1 > depth else { plan.finals[m].source = source; plan.finals[m].from = depth; continue }
+            let token = prompts[m][depth]
+            if groups[token] == nil { order.append(token) }
+            groups[token, default: []].append(m)
+        }
+        for token in order {
+            let group = groups[token]!
+            guard group.count > 1 else { plan.finals[group[0]].source = source; plan.finals[group[0]].from = depth; continue }
+            let end = commonLength(group, from: depth, prompts: prompts)
+            if plan.rounds.count == level { plan.rounds.append([]) }
+            plan.rounds[level].append(PrefixPlan.Segment(member: group[0], source: source, from: depth, to: end))
+            branch(group, depth: end, source: group[0], level: level + 1, prompts: prompts, into: &plan)
+        }
     }
 
-    /// cut[i]: where the last run of the best split of the first i sorted prompts starts.
-    /// best[i] = max(best[i-1], max over j of best[j] + (i - j - 1) * min(shared[j..<i-1]))
-    /// with that minimum at least `minimum`.
-    static func bestRuns(_ shared: [Int], count n: Int, minimum: Int) -> [Int] {
-        var best = [Int](repeating: 0, count: n + 1), cut = Array(0...n)
-        for i in 1...n {
-            best[i] = best[i - 1]
-            cut[i] = i - 1
-            var length = Int.max
-            for j in stride(from: i - 2, through: 0, by: -1) {
-                length = min(length, shared[j])
-                if length < minimum { break }
-                let saved = best[j] + (i - j - 1) * length
-                if saved > best[i] { best[i] = saved; cut[i] = j }
-            }
+    /// The tokens every prompt of `group` has alike (they agree up to `from` and at `from`),
+    /// each keeping its last token.
+    static func commonLength(_ group: [Int], from: Int, prompts: [[Int32]]) -> Int {
+        let first = prompts[group[0]]
+        var end = group.map { prompts[$0].count - 1 }.min()!
+        for m in group.dropFirst() {
+            var n = from
+            while n < end, prompts[m][n] == first[n] { n += 1 }
+            end = n
         }
-        return cut
+        return end
     }
 }

@@ -6,22 +6,34 @@ import XCTest
 /// Prompts that begin alike prefilled once (SharedPrefix, Decoder.copyPrefix): the grouping
 /// by hand, and the logits and greedy tokens against feeding every prompt whole.
 final class SharedPrefixTests: XCTestCase {
-    /// Sorted: p0 = p4 = [1,2,3,4], p1 = [1,2,3,5], p2 = [1,2,9], p3 = [7,8]. {p0,p4,p1}
-    /// sharing 3 tokens saves 6; adding p2 (2 shared) would save 6 too, so the first, smaller
-    /// run stays; p3 shares nothing. A one-token prompt has nothing to share (its one token
-    /// gives its logits).
-    func testGroupsSaveTheMostTokens() {
-        let prompts: [[Int32]] = [[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9], [7, 8], [1, 2, 3, 4]]
-        XCTAssertEqual(SharedPrefix.groups(prompts), [PrefixGroup(members: [0, 1, 4], length: 3)])
-        XCTAssertEqual(SharedPrefix.groups([[1, 2, 9, 9], [1, 2, 8], [1, 2, 7]]), [PrefixGroup(members: [0, 1, 2], length: 2)])
-        XCTAssertEqual(SharedPrefix.groups([[5], [5], [5, 6]]), [])
-        XCTAssertEqual(SharedPrefix.groups([[5, 6], [5, 6]]), [PrefixGroup(members: [0, 1], length: 1)])
-        XCTAssertEqual(SharedPrefix.groups([[1, 2, 3]]), [])
-        XCTAssertEqual(SharedPrefix.groups([[1, 2, 3], [1, 2, 4]], minimum: 3), [])
-        // Two families of prompts: each its own group, the longer prefix in each.
-        let two: [[Int32]] = [[1, 9, 9, 9, 4], [1, 5, 6, 7, 8], [1, 9, 9, 9, 5], [1, 5, 6, 7, 9], [1, 5, 6, 7, 3]]
-        XCTAssertEqual(SharedPrefix.groups(two), [PrefixGroup(members: [0, 2], length: 4), PrefixGroup(members: [1, 3, 4], length: 4)])
-        XCTAssertEqual(SharedPrefix.groups(two).reduce(0) { $0 + $1.savedTokens }, 12)
+    /// p0 = p4 = [1,2,3,4], p1 = [1,2,3,5], p2 = [1,2,9], p3 = [7,8]: the branch [1,2] is fed
+    /// once (in p0's slot), then [3] after it (p0's slot again: p0, p1, p4 go on alike, each
+    /// keeping its last token); p2 copies 2 tokens, p0, p1, p4 copy 3, p3 shares nothing. Fed
+    /// 9 of 17 tokens.
+    func testThePlanFeedsEachSharedBranchOnce() {
+        typealias S = PrefixPlan.Segment
+        let plan = SharedPrefix.plan([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9], [7, 8], [1, 2, 3, 4]])
+        XCTAssertEqual(plan.rounds, [[S(member: 0, source: nil, from: 0, to: 2)], [S(member: 0, source: 0, from: 2, to: 3)]])
+        XCTAssertEqual(plan.finals, [S(member: 0, source: 0, from: 3, to: 4), S(member: 1, source: 0, from: 3, to: 4),
+                                     S(member: 2, source: 0, from: 2, to: 3), S(member: 3, source: nil, from: 0, to: 2),
+                                     S(member: 4, source: 0, from: 3, to: 4)])
+        XCTAssertEqual(plan.computedTokens, 9)
+        // Copies of one prompt (a GRPO group): the prompt less its last token once.
+        let copies = SharedPrefix.plan(Array(repeating: [5, 6, 7, 8], count: 4))
+        XCTAssertEqual(copies.rounds, [[S(member: 0, source: nil, from: 0, to: 3)]])
+        XCTAssertEqual(copies.computedTokens, 3 + 4)
+        // Nothing to share: one-token prompts, or one prompt.
+        XCTAssertEqual(SharedPrefix.plan([[5], [5], [5, 6]]).rounds, [])
+        XCTAssertEqual(SharedPrefix.plan([[5], [5], [5, 6]]).computedTokens, 4)
+        XCTAssertEqual(SharedPrefix.plan([[1, 2, 3]]).finals, [S(member: 0, source: nil, from: 0, to: 3)])
+        // Two levels under a shared BOS, each branch fed in its first member's slot.
+        let two = SharedPrefix.plan([[1, 9, 9, 9, 4], [1, 5, 6, 7, 8], [1, 9, 9, 9, 5], [1, 5, 6, 7, 9], [1, 5, 6, 3]])
+        XCTAssertEqual(two.rounds, [[S(member: 0, source: nil, from: 0, to: 1)],
+                                    [S(member: 0, source: 0, from: 1, to: 4), S(member: 1, source: 0, from: 1, to: 3)],
+                                    [S(member: 1, source: 1, from: 3, to: 4)]])
+        XCTAssertEqual(two.finals.map(\.source), [0, 1, 0, 1, 1])
+        XCTAssertEqual(two.finals.map(\.from), [4, 4, 4, 4, 3])
+        XCTAssertEqual(two.computedTokens, 1 + 3 + 2 + 1 + 5)
     }
 
     /// A prefix prefilled in one slot and copied into two others, each then fed the rest of
@@ -71,6 +83,7 @@ final class SharedPrefixTests: XCTestCase {
             answers.append(out)
             XCTAssertEqual(g.timings.promptTokens, prompts.reduce(0) { $0 + $1.count })
             if share { XCTAssertGreaterThan(g.timings.sharedPromptTokens, 10) } else { XCTAssertEqual(g.timings.sharedPromptTokens, 0) }
+            print("shared prompt tokens: \(g.timings.sharedPromptTokens) of \(g.timings.promptTokens)")
         }
         XCTAssertEqual(answers[0], answers[1])
         XCTAssertTrue(answers[0].allSatisfy { $0.count == 6 })
