@@ -71,11 +71,16 @@ public enum ExpertLayout: Sendable, Equatable, CaseIterable {
         public var downBias: String { down + "_bias" }
     }
 
+    /// Whether family f's experts are GPT-OSS's transposedInterleaved ones, in every layer of
+    /// every checkpoint: the one place that decides it (`of`, `transformers5`, and Quantizer,
+    /// ExpertPruner and MergeJob, which refuse or special-case that layout, ask it).
+    public static func isTransposedInterleaved(_ f: ModelFamily) -> Bool { f.moe?.transposedInterleaved == true }
+
     /// The layout of MoE layer l's experts in a Hugging Face checkpoint holding the tensors
     /// `contains` names: GPT-OSS's family is always transposed; otherwise fused where the
     /// checkpoint has either fused naming, else per expert.
     public static func of(_ f: ModelFamily, layer l: Int, contains: (String) -> Bool) -> ExpertLayout {
-        if f.moe?.transposedInterleaved == true { return .transposedInterleaved }
+        if isTransposedInterleaved(f) { return .transposedInterleaved }
         return f.fusedTensors(l, contains: contains) != nil ? .fused : .perExpert
     }
 
@@ -226,7 +231,7 @@ extension ExpertLayout {
     /// The layout transformers 5 gives the family's experts, which peft's fused expert
     /// adapters follow (the rows of gate_up's LoRA B): GPT-OSS's transposed one, else fused.
     public static func transformers5(_ f: ModelFamily) -> ExpertLayout {
-        f.moe?.transposedInterleaved == true ? .transposedInterleaved : .fused
+        isTransposedInterleaved(f) ? .transposedInterleaved : .fused
     }
 
     /// peft's LoRA of a 3-D expert parameter (ParamWrapper, `target_parameters`), as the
