@@ -68,13 +68,16 @@ AVX2_INLINE __m256 half8(const uint8_t *p) {
     memcpy(&h, p, 2);
     return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
 }
-// Rows [0, rows) of a row kernel: `call` computes float t[nx] for `const uint8_t *row`.
-#define MT_ROWS(call, NX)                                                                          \
-    for (long r = 0; r < rows; r++) {                                                              \
-        const uint8_t *row = w + r * rowBytes;                                                     \
-        float t[4];                                                                                \
-        call;                                                                                      \
-        for (int j = 0; j < (NX); j++) y[j * ldy + r] = t[j];                                      \
+// Rows [0, ROWS) of a row kernel over the weights W (rows of ROW_BYTES bytes): for each row
+// r, CALL computes float OUT[NX] (OUT a float[4] the macro declares) from the row's bytes at
+// `const uint8_t *ROW` (declared too), and OUT[j] goes to Y[j * LDY + r]. ROW and OUT name
+// the two variables CALL uses; every other name is an argument.
+#define MT_ROWS(W, ROW_BYTES, ROWS, Y, LDY, NX, ROW, OUT, CALL)                                    \
+    for (long r = 0; r < (ROWS); r++) {                                                            \
+        const uint8_t *ROW = (W) + r * (ROW_BYTES);                                                \
+        float OUT[4];                                                                              \
+        CALL;                                                                                      \
+        for (int j = 0; j < (NX); j++) (Y)[j * (LDY) + r] = OUT[j];                                \
     }
 #endif
 

@@ -229,10 +229,14 @@ AVX2_INLINE void dotk_avx2_t(const int type, const int nx, long nb, const uint8_
     AVX2_FN static void dotk_avx2_##T(long nb, const uint8_t *w, long rowBytes, long rows,          \
                                       const uint8_t *x, long xs, int nx, float *y, long ldy) {     \
         switch (nx) {                                                                              \
-        case 1: MT_ROWS(dotk_avx2_t(T, 1, nb, row, x, xs, t), 1); break;                           \
-        case 2: MT_ROWS(dotk_avx2_t(T, 2, nb, row, x, xs, t), 2); break;                           \
-        case 3: MT_ROWS(dotk_avx2_t(T, 3, nb, row, x, xs, t), 3); break;                           \
-        default: MT_ROWS(dotk_avx2_t(T, 4, nb, row, x, xs, t), 4); break;                          \
+        case 1: MT_ROWS(w, rowBytes, rows, y, ldy, 1, row, t,                                      \
+                        dotk_avx2_t(T, 1, nb, row, x, xs, t)); break;                              \
+        case 2: MT_ROWS(w, rowBytes, rows, y, ldy, 2, row, t,                                      \
+                        dotk_avx2_t(T, 2, nb, row, x, xs, t)); break;                              \
+        case 3: MT_ROWS(w, rowBytes, rows, y, ldy, 3, row, t,                                      \
+                        dotk_avx2_t(T, 3, nb, row, x, xs, t)); break;                              \
+        default: MT_ROWS(w, rowBytes, rows, y, ldy, 4, row, t,                                     \
+                         dotk_avx2_t(T, 4, nb, row, x, xs, t)); break;                             \
         }                                                                                          \
     }
 DOTK_AVX2(Q4_K)

@@ -26,7 +26,7 @@ public enum ExpertPruner {
     public static func checkPrunable(_ c: ModelConfig, path: String) throws {
         let f = c.family
         guard c.isMoE, f.moe != nil else { throw MoETuneError.file(path: path, message: "a dense \(f.name) model has no experts to prune") }
-        guard ExpertLayout.transformers5(f) != .transposedInterleaved else { throw MoETuneError.file(path: path, message: "pruning \(f.name) models is not supported") }
+        guard !ExpertLayout.isTransposedInterleaved(f) else { throw MoETuneError.file(path: path, message: "pruning \(f.name) models is not supported") }
         guard c.expertGroups == nil else {
             throw MoETuneError.file(path: path, message: "group-limited routing (n_group) cannot be pruned: the groups would no longer divide the experts")
         }

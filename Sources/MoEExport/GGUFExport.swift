@@ -122,9 +122,8 @@ public enum GGUFExport {
             for part in parts {
                 let (values, didMerge) = try mergedValues(part, ck, byModule: byModule, modelPath: modelPath)
                 if didMerge { merged += 1 }
-                guard let x = part.name.expert, parts.count > 1 else { stacked = values; continue }
-                let s = ExpertLayout.stackedSlice(expert: x, rows: part.shape[0], cols: part.shape[1])
-                stacked.withUnsafeMutableBufferPointer { s.write(values, into: $0.baseAddress!) }
+                guard parts.count > 1 else { stacked = values; continue }
+                try stack(values, part, into: &stacked, of: layout.name, parts: parts.count, stream, modelPath: modelPath)
             }
             try stacked.withUnsafeBufferPointer { p in
                 if let i = GGMLQuantize.firstOverflow(layout.type, p.baseAddress!, count: p.count) {
@@ -140,6 +139,20 @@ public enum GGUFExport {
         }
         try stream.finish()
         return Summary(tensors: layouts.count, mergedModules: merged, bytes: stream.totalBytes)
+    }
+
+    /// Writes `values`, expert x's matrix [rows, cols] (`part`), at its place in `stacked`, the
+    /// tensor `name` [E, rows, cols] stacked from `parts` parts. tensorPlan gives each part of a
+    /// stacked tensor its expert: a part without one is refused (the output aborted), never
+    /// taken for the whole tensor.
+    static func stack(_ values: [Float], _ part: Part, into stacked: inout [Float], of name: String, parts: Int,
+                      _ stream: GGUFStreamWriter, modelPath: String) throws {
+        guard let x = part.name.expert else {
+            stream.abort()
+            throw MoETuneError.file(path: modelPath, message: "\(name): stacked from \(parts) tensors, but \(Printable.quoted(part.source)) has no expert index")
+        }
+        let s = ExpertLayout.stackedSlice(expert: x, rows: part.shape[0], cols: part.shape[1])
+        stacked.withUnsafeMutableBufferPointer { s.write(values, into: $0.baseAddress!) }
     }
 
     /// The output's metadata: the family's hyper-parameters, name, writer, file type, and the

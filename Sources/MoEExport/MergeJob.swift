@@ -69,7 +69,7 @@ package final class MergeJob {
         // loses its quantization_config; without, the blocks are copied as they are.
         let expertAdapters = mixed.all.contains { if case .expert? = f.parse(module: $0.module)?.slot { return true }; return false }
         dequantizeExperts = expertAdapters && (0..<c.numLayers).contains { l in
-            guard ExpertLayout.of(f, layer: l, contains: ck.contains) == .transposedInterleaved,
+            guard ExpertLayout.isTransposedInterleaved(f),
                   let t = ExpertLayout.transposedInterleaved.tensors(f, layer: l, contains: ck.contains) else { return false }
             return ck.contains(t.gateUp + "_blocks") || ck.contains(t.down + "_blocks")
         }
@@ -84,7 +84,7 @@ package final class MergeJob {
         let c = config, f = family
         // As loading the model does: MXFP4 storage that disagrees with config.json is refused.
         if ck.gguf == nil {
-            for l in 0..<c.numLayers where ExpertLayout.of(f, layer: l, contains: ck.contains) == .transposedInterleaved {
+            for l in 0..<c.numLayers where ExpertLayout.isTransposedInterleaved(f) {
                 let t = ExpertLayout.transposedInterleaved.tensors(f, layer: l, contains: ck.contains)!
                 for name in [t.gateUp, t.down] { try ck.checkMXFP4Storage(name, module: f.fusedExperts(l)) }
             }

@@ -25,7 +25,7 @@ public enum Quantizer {
         let family = ck.config.family
         // GPT-OSS reads only fp32/bf16 or MXFP4 experts (its config refuses bitsandbytes'
         // quantization_config): QLoRA quantizes it at load instead.
-        if ExpertLayout.of(family, layer: 0, contains: ck.contains) == .transposedInterleaved {
+        if ExpertLayout.isTransposedInterleaved(family) {
             throw MoETuneError.file(path: modelDir, message: "\(family.name): `moe-tune quantize` is not supported for this family; QLoRA quantizes its weights to NF4 at load (lora.qlora)")
         }
         var writer = SafeTensorsWriter()

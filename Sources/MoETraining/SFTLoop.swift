@@ -67,7 +67,7 @@ final class SFTLoop {
     func train() throws -> TrainSummary {
         try begin()
         for step in stride(from: (resumed?.step ?? 0) + 1, through: totalSteps, by: 1) {
-            try self.step(step)
+            try trainStep(step)
             if try evaluateAndCheckpoint(step: step) { return try finish(stoppedAt: step) }
         }
         return try finish(stoppedAt: nil)
@@ -86,7 +86,7 @@ final class SFTLoop {
     /// gradients and losses summed over ranks, clipped, the update (guarded against divergence);
     /// its metrics line (every log_every steps and the last) and event. Returns its record.
     @discardableResult
-    func step(_ step: Int) throws -> StepRecord {
+    func trainStep(_ step: Int) throws -> StepRecord {
         let group = microIndex..<(microIndex + tc.gradAccum)
         var sums = StepSums()
         for m in group {

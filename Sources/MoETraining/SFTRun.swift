@@ -7,7 +7,7 @@ import MoEInference
 
 /// A supervised fine-tuning run as named steps, each of which can be run (and tested) on its
 /// own: `prepareData`, `agreeAcrossRanks`, `buildOptimizer`, `planSteps`, `buildStates`,
-/// `restoreOrStart`, then SFTLoop's `begin`, `step`, `evaluateAndCheckpoint` and `finish`.
+/// `restoreOrStart`, then SFTLoop's `begin`, `trainStep`, `evaluateAndCheckpoint` and `finish`.
 /// Trainer.train runs them in that order.
 final class SFTRun {
     /// The data a run trains and evaluates on: the training set (less valid_split's part), the

@@ -93,6 +93,9 @@ final class ExpertLayoutTests: XCTestCase {
         XCTAssertTrue(t.slice(.up, expert: 2, d).transposedView == (2 * 7, 7, 2, 1))
         XCTAssertTrue(t.slice(.down, expert: 1, d).transposedView == (1 * 5, 5, 1, 0))
         XCTAssertTrue(ExpertLayout.fused.slice(.up, expert: 1, d).isContiguous)
+        // gateUpRow applies to the layouts with a gate_up tensor, the biases to GPT-OSS's.
+        XCTAssertEqual(ExpertLayout.allCases.filter(\.fusesGateUp), [.fused, .transposedInterleaved])
+        XCTAssertEqual(ExpertLayout.allCases.filter(\.hasBiases), [.transposedInterleaved])
         XCTAssertFalse(t.slice(.gate, expert: 0, d).isContiguous)
         // GGUF's stacked tensors: [E, rows, cols], expert x the x-th matrix, in values and bytes.
         XCTAssertEqual(ExpertLayout.stackedShape(experts: 3, matrix: [5, 7]), [3, 5, 7])
@@ -178,5 +181,7 @@ final class ExpertLayoutTests: XCTestCase {
         XCTAssertEqual(b[8], pieces[2].1[1 * 2 + 0])
         XCTAssertEqual(ExpertLayout.transformers5(.gptOss), .transposedInterleaved)
         XCTAssertEqual(ExpertLayout.transformers5(.mixtral), .fused)
+        XCTAssertTrue(ExpertLayout.isTransposedInterleaved(.gptOss))
+        XCTAssertFalse(ExpertLayout.isTransposedInterleaved(.mixtral))
     }
 }

@@ -198,6 +198,23 @@ extension StreamingMergeTests {
 }
 
 extension StreamingMergeTests {
+    /// Review: a stacked GGUF tensor's part without an expert index (tensorPlan plans none)
+    /// was taken for the whole tensor; now refused naming the tensor, the output aborted.
+    func testStackedPartWithoutExpertIsRefused() throws {
+        let tmp = try makeTempDir(self)
+        let name = "blk.0.ffn_up_exps.weight"
+        let stream = try GGUFStreamWriter(path: tmp + "/m.gguf", metadata: [("general.architecture", .string("llama"))],
+                                          tensors: [.init(name: name, type: .f32, shape: [2, 1, 3], byteCount: 24)])
+        var stacked = [Float](repeating: 0, count: 6)
+        var part = GGUFTensorName(hf: "model.layers.0.mlp.experts.1.up_proj.weight", gguf: name, permuteHeads: nil, expert: 1)
+        try GGUFExport.stack([1, 2, 3], (part, part.hf, [1, 3]), into: &stacked, of: name, parts: 2, stream, modelPath: tmp)
+        XCTAssertEqual(stacked, [0, 0, 0, 1, 2, 3])
+        part.expert = nil
+        assertMoETuneError(try GGUFExport.stack([1, 2, 3], (part, part.hf, [1, 3]), into: &stacked, of: name, parts: 2, stream, modelPath: tmp),
+                           contains: [name, "stacked from 2 tensors", "has no expert index"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp), [])
+    }
+
     /// Review: `merge --dtype f16` of values beyond ±65504 (a large --weight) wrote inf into
     /// the output silently (21,718 of them with --weight 1e7); now refused naming the tensor.
     func testF16OverflowIsRefused() throws {

@@ -188,7 +188,7 @@ final class TrainingStepsTests: XCTestCase {
         let loop = try makeLoop(makeRun(setUp(dir)))
         try loop.begin()
         let before = params(loop.adapters)
-        let record = try loop.step(1)
+        let record = try loop.trainStep(1)
         XCTAssertEqual(record.step, 1)
         XCTAssertEqual(record.totalSteps, 3)
         XCTAssertTrue(record.loss.isFinite)
@@ -217,7 +217,7 @@ final class TrainingStepsTests: XCTestCase {
         let loop = try makeLoop(makeRun(path, events: events))
         try loop.begin()
         let firstValid = try XCTUnwrap(loop.firstValid)
-        try loop.step(1)
+        try loop.trainStep(1)
         XCTAssertFalse(try loop.evaluateAndCheckpoint(step: 1))
         XCTAssertEqual(TrainCheckpoint.list(outDir: dir + "/out").map(\.step), [1])
         XCTAssertEqual(loop.lastCheckpoint, TrainCheckpoint.list(outDir: dir + "/out").last?.path)
@@ -226,7 +226,7 @@ final class TrainingStepsTests: XCTestCase {
         let evals = try MetricsLog.read(path: dir + "/out/metrics.jsonl").filter { $0["type"] as? String == "eval" }
         XCTAssertEqual(evals.compactMap { $0["step"] as? Int }, [0, 1])
         // A stop asked for: a checkpoint there, and the loop ends.
-        try loop.step(2)
+        try loop.trainStep(2)
         stop = true
         XCTAssertTrue(try loop.evaluateAndCheckpoint(step: 2))
         XCTAssertEqual(TrainCheckpoint.list(outDir: dir + "/out").map(\.step), [1, 2])
@@ -242,7 +242,7 @@ final class TrainingStepsTests: XCTestCase {
         let loop = try makeLoop(makeRun(setUp(b, training: "max_steps: 4\neval_every: 2", extra: "moe:\n  jitter: 0.01")))
         try loop.begin()
         for s in 1...4 {
-            try loop.step(s)
+            try loop.trainStep(s)
             XCTAssertFalse(try loop.evaluateAndCheckpoint(step: s))
         }
         let byHand = try loop.finish(stoppedAt: nil)

@@ -9,30 +9,39 @@ import MoEText
 /// (writing: `write`, `add`), gate/up split or interleave and transposes included.
 ///
 /// Layouts, for E experts of width I (expert_intermediate_size) on hidden size H, and the
-/// code that reads (R) and writes (W) each, all through this codec:
+/// code that reads (R) and writes (W) each. The readers, MergeJob, GGUFExport and the peft
+/// adapters take their offsets, shapes and gate/up order from this codec. The pruners and
+/// Quantizer do not: ExpertPruner (folders), ExpertPrunerGGUF and Quantizer move whole
+/// tensors, or whole outermost rows (`ExpertPruner.selectRows`, experts outermost), by name,
+/// and ask the codec at most which tensors are fused (`of`, `tensors`), how many parts one
+/// holds (`parts`) and whether the layout is GPT-OSS's (`isTransposedInterleaved`);
+/// ExpertPrunerAdapter renames the per-expert adapters PEFTAdapter reads and writes.
 /// - perExpert: one tensor per expert and part, "<block>.experts.N.<part>.weight": gate and
 ///   up [I, H], down [H, I] (Mixtral's w1/w3/w2; Qwen-MoE, OLMoE, DeepSeek-V2's gate_proj /
 ///   up_proj / down_proj). R: Transformer.loadExperts, Merger.checkBaseExperts, GGUFExport
-///   (one by one into the stacked tensors). W: MergeJob (merged as any linear weight),
-///   ExpertPruner.fates (renamed or dropped per expert), Quantizer (as any linear weight).
+///   (one by one into the stacked tensors). W, not through the codec: MergeJob (merged as
+///   any linear weight), ExpertPruner.fates (renamed or dropped per expert, by the family's
+///   names), Quantizer (as any linear weight).
 /// - fused: transformers 5's "mlp.experts.gate_up_proj" [E, 2I, H] (rows 0..<I gate, I..<2I
 ///   up) and "mlp.experts.down_proj" [E, H, I], or the same under the family's own names
 ///   (Granite's "block_sparse_moe.input_linear" / "output_linear", MoENames.checkpointFused).
 ///   R: Transformer.fusedExperts / fusedSlices (fp32, bf16, NF4 slices, or the bitsandbytes
 ///   4-bit that Quantizer writes, each fused tensor quantized whole), Merger.checkBaseExperts.
-///   W: MergeJob.addExpertDeltas, Quantizer (slices of whole blocks), ExpertPruner (kept
-///   experts' rows).
+///   W: MergeJob.addExpertDeltas; Quantizer (each tensor quantized whole, `parts` for its
+///   check that every slice fills whole blocks), ExpertPruner (the kept experts' outermost
+///   rows of the tensors `tensors` names).
 /// - transposedInterleaved: GPT-OSS's "mlp.experts.gate_up_proj" [E, H, 2I] (x @ W: column
 ///   2o gate row o, 2o + 1 up row o) and "mlp.experts.down_proj" [E, I, H], with biases
 ///   gate_up_proj_bias [E, 2I] (interleaved alike) and down_proj_bias [E, H], each weight
 ///   maybe stored as MXFP4 blocks (Checkpoint.mxfp4Floats). R: Transformer.transposedExperts
 ///   (fp32 copies) and quantizedTransposedExperts (NF4 read through TransposedWeight,
 ///   `transposedView`), Merger.checkBaseExperts. W: MergeJob.addExpertDeltas (dequantized
-///   MXFP4 written as floats). Refused by Quantizer and ExpertPruner.
+///   MXFP4 written as floats). Refused by Quantizer and ExpertPruner (`isTransposedInterleaved`).
 /// - stacked: GGUF's "blk.N.ffn_{gate,up,down}_exps.weight" [E, rows, cols], one tensor per
 ///   part, expert x's matrix the x-th [rows, cols] (Families/GGUFLayout.swift names them).
 ///   R: GGUFModelFile (a per-expert view of each slice, `stackedByteOffset`). W: GGUFExport
-///   (`stackedShape`, `stackedSlice`); ExpertPrunerGGUF keeps the kept experts' rows.
+///   (`stackedShape`, `stackedSlice`); ExpertPrunerGGUF keeps the kept experts' outermost
+///   rows without the codec.
 /// - peft's fused expert LoRA (adapter files, not the base; `FusedLoRA`): A (E, r, in), B
 ///   (out, r, E), gate_up's B rows in the order `gateUpRow` gives for the family's
 ///   transformers 5 layout. R: PEFTAdapter.fusedExpertPieces / splitGateUp. W:
@@ -71,11 +80,16 @@ public enum ExpertLayout: Sendable, Equatable, CaseIterable {
         public var downBias: String { down + "_bias" }
     }
 
+    /// Whether family f's experts are GPT-OSS's transposedInterleaved ones, in every layer of
+    /// every checkpoint: the one place that decides it (`of`, `transformers5`, and Quantizer,
+    /// ExpertPruner and MergeJob, which refuse or special-case that layout, ask it).
+    public static func isTransposedInterleaved(_ f: ModelFamily) -> Bool { f.moe?.transposedInterleaved == true }
+
     /// The layout of MoE layer l's experts in a Hugging Face checkpoint holding the tensors
     /// `contains` names: GPT-OSS's family is always transposed; otherwise fused where the
     /// checkpoint has either fused naming, else per expert.
     public static func of(_ f: ModelFamily, layer l: Int, contains: (String) -> Bool) -> ExpertLayout {
-        if f.moe?.transposedInterleaved == true { return .transposedInterleaved }
+        if isTransposedInterleaved(f) { return .transposedInterleaved }
         return f.fusedTensors(l, contains: contains) != nil ? .fused : .perExpert
     }
 
@@ -110,10 +124,19 @@ public enum ExpertLayout: Sendable, Equatable, CaseIterable {
         }
     }
 
+    /// Whether this layout holds gate and up in one tensor (fused, transposedInterleaved):
+    /// the layouts `gateUpRow` applies to.
+    public var fusesGateUp: Bool { self == .fused || self == .transposedInterleaved }
+
+    /// Whether this layout's experts have biases (transposedInterleaved): the layout
+    /// `biasShape` and `biasSlice` apply to.
+    public var hasBiases: Bool { self == .transposedInterleaved }
+
     /// The row of gate_up's output dimension (2I) that holds row o of `part` (gate or up):
     /// gate rows then up rows, or interleaved (transposedInterleaved: 2o, 2o + 1). A LoRA B
-    /// [2I, r] of the fused tensor follows it.
+    /// [2I, r] of the fused tensor follows it. Only for a layout that `fusesGateUp`.
     public func gateUpRow(_ part: FeedForwardPart, _ o: Int, inter: Int) -> Int {
+        precondition(fusesGateUp, "gateUpRow of \(self), which has no gate_up tensor")
         let half = part == .up ? 1 : 0
         return self == .transposedInterleaved ? 2 * o + half : half * inter + o
     }
@@ -139,15 +162,17 @@ public enum ExpertLayout: Sendable, Equatable, CaseIterable {
     }
 
     /// The shape of the bias tensor of gate_up (else down) in transposedInterleaved:
-    /// [E, 2I] (interleaved as the weight) / [E, H].
+    /// [E, 2I] (interleaved as the weight) / [E, H]. Only for a layout that `hasBiases`.
     public func biasShape(gateUp: Bool, _ d: Dimensions) -> [Int] {
-        gateUp ? [d.experts, 2 * d.inter] : [d.experts, d.hidden]
+        precondition(hasBiases, "biasShape of \(self), which has no biases")
+        return gateUp ? [d.experts, 2 * d.inter] : [d.experts, d.hidden]
     }
 
     /// Where expert x's bias of `part` [out] lies in the layer's bias tensor (GPT-OSS:
     /// gate_up_proj_bias [E, 2I] interleaved as its weight, down_proj_bias [E, H]), as a
-    /// one-column slice.
+    /// one-column slice. Only for a layout that `hasBiases`.
     public func biasSlice(_ part: FeedForwardPart, expert x: Int, _ d: Dimensions) -> ExpertSlice {
+        precondition(hasBiases, "biasSlice of \(self), which has no biases")
         let out = Self.matrixShape(part, d).rows
         if part == .down { return ExpertSlice(offset: x * d.hidden, rows: out, cols: 1, rowStride: 1, colStride: 1) }
         let row = gateUpRow(part, 0, inter: d.inter), step = gateUpRow(part, 1, inter: d.inter) - row
@@ -226,7 +251,7 @@ extension ExpertLayout {
     /// The layout transformers 5 gives the family's experts, which peft's fused expert
     /// adapters follow (the rows of gate_up's LoRA B): GPT-OSS's transposed one, else fused.
     public static func transformers5(_ f: ModelFamily) -> ExpertLayout {
-        f.moe?.transposedInterleaved == true ? .transposedInterleaved : .fused
+        isTransposedInterleaved(f) ? .transposedInterleaved : .fused
     }
 
     /// peft's LoRA of a 3-D expert parameter (ParamWrapper, `target_parameters`), as the

@@ -266,13 +266,13 @@ public final class Transformer: @unchecked Sendable {
                     message: "\(gateUp): 4-bit fused experts need intermediate x hidden (\(i) x \(h)) to be a multiple of 64")
             }
             let gu = try ck.readBnb4bit(gateUp, shape: guShape), dn = try ck.readBnb4bit(down, shape: dnShape)
-            return (0..<d.experts).map { x in
-                // A contiguous slice's first row is its offset over its row length.
-                let part = { (p: FeedForwardPart, w: NF4Weight) -> Matrix in
-                    let s = layout.slice(p, expert: x, d)
+            return try (0..<d.experts).map { x in
+                // A slice of whole rows: its first row is its offset over its row length.
+                let part = { (p: FeedForwardPart, w: NF4Weight, name: String) throws -> Matrix in
+                    let s = try fusedSlice(p, expert: x, d, of: name, ck)
                     return Matrix(nf4: w.slice(rows: s.offset / s.cols, count: s.rows))
                 }
-                return FeedForwardWeights(gate: part(.gate, gu), up: part(.up, gu), down: part(.down, dn))
+                return FeedForwardWeights(gate: try part(.gate, gu, gateUp), up: try part(.up, gu, gateUp), down: try part(.down, dn, down))
             }
         }
         // One fused tensor at a time: each expert's slice quantized (QLoRA) or rounded to bf16.
@@ -285,13 +285,26 @@ public final class Transformer: @unchecked Sendable {
             return try fusedSlices(ck, gateUp: gateUp, down: down) { p, rows, cols in Matrix(bf16: BF16Weight(rounding: p, rows: rows, cols: cols)) }
         }
         let gu = try ck.floats(gateUp, shape: guShape), dn = try ck.floats(down, shape: dnShape)
-        return (0..<d.experts).map { x in
-            let part = { (p: FeedForwardPart, t: UnsafePointer<Float>) -> Matrix in
-                let s = layout.slice(p, expert: x, d)
+        return try (0..<d.experts).map { x in
+            let part = { (p: FeedForwardPart, t: UnsafePointer<Float>, name: String) throws -> Matrix in
+                let s = try fusedSlice(p, expert: x, d, of: name, ck)
                 return Matrix(t + s.offset, rows: s.rows, cols: s.cols)
             }
-            return FeedForwardWeights(gate: part(.gate, gu), up: part(.up, gu), down: part(.down, dn))
+            return FeedForwardWeights(gate: try part(.gate, gu, gateUp), up: try part(.up, gu, gateUp), down: try part(.down, dn, down))
         }
+    }
+
+    /// Expert x's `p` [rows, cols] in the fused tensor `name` (ExpertLayout.fused): the readers
+    /// here take its rows x cols values from the tensor's `offset` on, so it must be whole rows
+    /// of the tensor seen as [E * rows, cols] (contiguous, from a row's start); one that is
+    /// not is refused rather than read as a wrong slice.
+    static func fusedSlice(_ p: FeedForwardPart, expert x: Int, _ d: ExpertLayout.Dimensions, of name: String,
+                           _ ck: Checkpoint) throws -> ExpertSlice {
+        let s = ExpertLayout.fused.slice(p, expert: x, d)
+        guard s.isContiguous, s.offset % s.cols == 0 else {
+            throw MoETuneError.file(path: ck.path(of: name), message: "\(name): expert \(x)'s \(p) is not whole rows of the fused tensor")
+        }
+        return s
     }
 
     /// Each expert's gate, up and down slices of the fused tensors (ExpertLayout.fused) made
@@ -300,15 +313,15 @@ public final class Transformer: @unchecked Sendable {
     static func fusedSlices(_ ck: Checkpoint, gateUp: String, down: String,
                             _ make: (UnsafePointer<Float>, Int, Int) -> Matrix) throws -> [FeedForwardWeights] {
         let d = ExpertLayout.Dimensions(ck.config), layout = ExpertLayout.fused
-        func part(_ p: FeedForwardPart, _ x: Int, _ t: UnsafePointer<Float>) -> Matrix {
-            let s = layout.slice(p, expert: x, d)
+        func part(_ p: FeedForwardPart, _ x: Int, _ t: UnsafePointer<Float>, _ name: String) throws -> Matrix {
+            let s = try fusedSlice(p, expert: x, d, of: name, ck)
             return make(t + s.offset, s.rows, s.cols)
         }
         let gu = try ck.withTemporaryFloats(gateUp, shape: layout.shape(gateUp: true, d)) { p in
-            (0..<d.experts).map { x in (part(.gate, x, p), part(.up, x, p)) }
+            try (0..<d.experts).map { x in (try part(.gate, x, p, gateUp), try part(.up, x, p, gateUp)) }
         }
         let dn = try ck.withTemporaryFloats(down, shape: layout.shape(gateUp: false, d)) { p in
-            (0..<d.experts).map { x in part(.down, x, p) }
+            try (0..<d.experts).map { x in try part(.down, x, p, down) }
         }
         return (0..<d.experts).map { x in FeedForwardWeights(gate: gu[x].0, up: gu[x].1, down: dn[x]) }
     }
