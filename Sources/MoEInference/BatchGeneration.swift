@@ -59,15 +59,23 @@ public final class BatchGenerator {
     public var ignoreStop = false
     /// Prefill the prefixes that prompts admitted together share once (SharedPrefix).
     public var sharePrefixes = true
+    /// Keep the beginning of a finished sequence's cache for a new prompt that starts alike
+    /// (a chat's next turn: the conversation so far), as llama.cpp's server does
+    /// (cache_prompt): the prompt goes to the free slot whose held tokens match most.
+    public var reuseFinished = true
     public private(set) var timings = GenerationTimings()
 
     private struct Active {
         let request: Int
+        let prompt: [Int32]
         var sampler: TokenSampler
         var tokens: [Int32] = []
         let budget: Int
     }
     private var active: [Active?]
+    /// Tokens whose keys and values a free slot still holds (its last sequence's prompt and
+    /// fed tokens), for `reuseFinished`.
+    private var held: [[Int32]]
     /// Submitted requests not yet in a slot, oldest first (`waitingHead` is the next).
     private var waiting: [(id: Int, request: GenerationRequest)] = []
     private var waitingHead = 0
@@ -80,6 +88,7 @@ public final class BatchGenerator {
         decoder = Decoder(model: model, adapters: adapters, maxLength: maxLength, slots: max(1, parallel), products: products)
         self.stopIds = Set(model.config.eosTokenIds).union(stopIds)
         active = Array(repeating: nil, count: decoder.slots)
+        held = Array(repeating: [], count: decoder.slots)
         rowTokens = .allocate(capacity: decoder.slots); rowTokens.initialize(repeating: 0)
         rowSlots = .allocate(capacity: decoder.slots); rowSlots.initialize(repeating: 0)
         vocab = model.config.vocabSize
@@ -122,7 +131,7 @@ public final class BatchGenerator {
     /// Nothing is reported for it.
     public func cancel(id: Int) {
         if let i = waiting[waitingHead...].firstIndex(where: { $0.id == id }) { waiting.remove(at: i); return }
-        if let slot = active.firstIndex(where: { $0?.request == id }) { active[slot] = nil }
+        if let slot = active.firstIndex(where: { $0?.request == id }) { release(slot: slot) }
     }
 
     /// One round: waiting requests into free slots (each prompt prefilled, its first token
@@ -153,21 +162,26 @@ public final class BatchGenerator {
     /// rows), then each one's first token. A request that ends at its first token frees its
     /// slot for the next round.
     private func admit(onToken: (Int, Int32) -> Void, onFinish: (Int, GenerationResult) -> Void) throws {
-        var slots: [Int] = [], prompts: [[Int32]] = []
-        for slot in 0..<decoder.slots where active[slot] == nil && waitingHead < waiting.count {
+        guard waitingHead < waiting.count, active.contains(where: { $0 == nil }) else { return }
+        var slots: [Int] = [], prompts: [[Int32]] = [], kept: [Int] = []
+        var free = (0..<decoder.slots).filter { active[$0] == nil }
+        while !free.isEmpty, waitingHead < waiting.count {
             let (id, r) = waiting[waitingHead]
             waitingHead += 1
-            decoder.reset(slot: slot)
-            active[slot] = Active(request: id, sampler: TokenSampler(options: r.options, vocab: vocab),
+            let (i, keep) = bestFreeSlot(for: r.prompt, among: free)
+            let slot = free.remove(at: i)
+            if keep > 0 { try decoder.copyPrefix(from: slot, to: slot, count: keep) } else { decoder.reset(slot: slot) }
+            held[slot] = []
+            active[slot] = Active(request: id, prompt: r.prompt, sampler: TokenSampler(options: r.options, vocab: vocab),
                                   budget: r.options.maxNewTokens)
             slots.append(slot)
             prompts.append(r.prompt)
+            kept.append(keep)
         }
-        guard !slots.isEmpty else { return }
         let t0 = Date()
         let logits: UnsafeMutablePointer<Float>
-        do { logits = try prefill(prompts, slots: slots) } catch {
-            for slot in slots { active[slot] = nil }
+        do { logits = try prefill(prompts, slots: slots, kept: kept) } catch {
+            for slot in slots { active[slot] = nil; decoder.reset(slot: slot) }
             throw error
         }
         timings.promptSeconds += Date().timeIntervalSince(t0)
@@ -177,15 +191,30 @@ public final class BatchGenerator {
         }
     }
 
-    /// Prefills prompts[i] into slots[i] and returns their logits [prompts.count, V]: with
-    /// `sharePrefixes`, the branches several prompts share (SharedPrefix) first, level by
-    /// level, each once, then every prompt's rest after copying its shared prefix, in one batch.
-    private func prefill(_ prompts: [[Int32]], slots: [Int]) throws -> UnsafeMutablePointer<Float> {
-        guard sharePrefixes, prompts.count > 1 else { return try decoder.prefill(batch: prompts, slots: slots) }
-        let plan = SharedPrefix.plan(prompts)
+    /// Prefills prompts[i] into slots[i], whose caches already hold its first kept[i] tokens,
+    /// and returns their logits [prompts.count, V]: with `sharePrefixes`, the branches several
+    /// prompts share (SharedPrefix) first, level by level, each once, then every prompt's rest
+    /// after copying its shared prefix, in one batch.
+    private func prefill(_ prompts: [[Int32]], slots: [Int], kept: [Int]) throws -> UnsafeMutablePointer<Float> {
+        let plan = SharedPrefix.plan(prompts, held: kept, share: sharePrefixes)
         for round in plan.rounds { try feed(round, prompts, slots: slots) }
         timings.sharedPromptTokens += prompts.reduce(0) { $0 + $1.count } - plan.computedTokens
         return try feed(plan.finals, prompts, slots: slots)
+    }
+
+    /// The free slot (an index into `free`) whose held tokens begin as `prompt` does for the
+    /// most tokens, and that count (the prompt keeps at least its last token to feed); the
+    /// first free slot and 0 when none does or `reuseFinished` is off.
+    private func bestFreeSlot(for prompt: [Int32], among free: [Int]) -> (index: Int, keep: Int) {
+        var best = (index: 0, keep: 0)
+        guard reuseFinished else { return best }
+        for (i, slot) in free.enumerated() {
+            let h = held[slot], limit = min(h.count, prompt.count - 1, decoder.length(of: slot))
+            var n = 0
+            while n < limit, h[n] == prompt[n] { n += 1 }
+            if n > best.keep { best = (i, n) }
+        }
+        return best
     }
 
     /// Each segment's copied prefix into its slot, then all their tokens in one prefill.
@@ -235,8 +264,16 @@ public final class BatchGenerator {
 
     private func finish(slot: Int, reason: GenerationResult.FinishReason, stopToken: Int32? = nil, onFinish: (Int, GenerationResult) -> Void) {
         guard let a = active[slot] else { return }
-        active[slot] = nil
+        release(slot: slot)
         onFinish(a.request, GenerationResult(tokens: a.tokens, reason: reason, stopToken: stopToken))
+    }
+
+    /// Frees a slot; with `reuseFinished` it keeps the tokens its cache holds (the prompt and
+    /// the new tokens fed back: all but the last one picked).
+    private func release(slot: Int) {
+        guard let a = active[slot] else { return }
+        active[slot] = nil
+        held[slot] = reuseFinished ? a.prompt + a.tokens.prefix(max(0, decoder.length(of: slot) - a.prompt.count)) : []
     }
 }
 

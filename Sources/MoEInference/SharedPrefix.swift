@@ -35,13 +35,17 @@ public struct PrefixPlan: Sendable, Equatable {
 }
 
 public enum SharedPrefix {
-    /// The plan for `prompts`: a branch where two or more prompts go on alike is fed once. Each
-    /// prompt keeps its last token out of every shared branch, since that token's row gives
-    /// the logits of its first new token.
-    public static func plan(_ prompts: [[Int32]]) -> PrefixPlan {
+    /// The plan for `prompts`: a branch where two or more prompts go on alike is fed once
+    /// (`share`). Each prompt keeps its last token out of every shared branch, since that
+    /// token's row gives the logits of its first new token. Prompt i's slot may already hold
+    /// its first held[i] tokens (a finished sequence's, BatchGenerator.reuseFinished): such a
+    /// prompt feeds only the rest and takes no part in the tree.
+    public static func plan(_ prompts: [[Int32]], held: [Int]? = nil, share: Bool = true) -> PrefixPlan {
         var plan = PrefixPlan()
-        plan.finals = prompts.indices.map { PrefixPlan.Segment(member: $0, source: nil, from: 0, to: prompts[$0].count) }
-        branch(Array(prompts.indices), depth: 0, source: nil, level: 0, prompts: prompts, into: &plan)
+        let held = held ?? Array(repeating: 0, count: prompts.count)
+        plan.finals = prompts.indices.map { PrefixPlan.Segment(member: $0, source: nil, from: held[$0], to: prompts[$0].count) }
+        let fresh = prompts.indices.filter { held[$0] == 0 }
+        if share, fresh.count > 1 { branch(fresh, depth: 0, source: nil, level: 0, prompts: prompts, into: &plan) }
         return plan
     }
 

@@ -63,6 +63,9 @@ extension Trainer {
         }
         let generator = BatchGenerator(model: model, adapters: adapters, maxLength: cache, parallel: max(1, min(8, rows)),
                                        stopIds: loaded.tokenizer.stopIds, products: .exact)
+        // Each generation samples with the adapter as trained so far: a finished sequence's
+        // keys and values are the old adapter's, not to be reused.
+        generator.reuseFinished = false
         let run = GRPORun(config: c, configPath: configPath, outDir: outDir, model: model, tokenizer: loaded.tokenizer, adapters: adapters,
                           refAdapters: refAdapters, optimizer: optimizer, step: try GRPOStep(model: model, state: state), generator: generator,
                           rewards: rewards, plan: plan, trainPath: data.train.path, totalSteps: totalSteps,

@@ -62,8 +62,9 @@ final class SharedPrefixTests: XCTestCase {
         XCTAssertEqual(d.length(of: 0), 2)
     }
 
-    /// The batch generator with shared prefixes answers as it does without them (greedy,
-    /// exact products, slots refilled over several admissions), and says what it shared.
+    /// The batch generator with shared prefixes and reused finished caches answers as it does
+    /// without them (greedy, exact products, slots refilled over several admissions), and says
+    /// what it shared.
     func testGenerationWithSharedPrefixesEqualsWithout() throws {
         let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
         let adapters = try PEFTAdapter.load(directory: Fixtures.dir("train-mixtral"), model: model)
@@ -77,6 +78,7 @@ final class SharedPrefixTests: XCTestCase {
         for share in [false, true] {
             let g = BatchGenerator(model: model, adapters: adapters, maxLength: 16, parallel: 4)
             g.sharePrefixes = share
+            g.reuseFinished = share
             g.ignoreStop = true
             var out = [[Int32]](repeating: [], count: prompts.count)
             try g.run(prompts.map { GenerationRequest(prompt: $0, options: o) }) { i, r in out[i] = r.tokens }
@@ -87,5 +89,39 @@ final class SharedPrefixTests: XCTestCase {
         }
         XCTAssertEqual(answers[0], answers[1])
         XCTAssertTrue(answers[0].allSatisfy { $0.count == 6 })
+    }
+
+    /// A chat's next turn (the first prompt, its answer, two more tokens) reuses the finished
+    /// sequence's cache, prompt and fed tokens: only the new tokens are fed, and the answer is
+    /// a fresh generator's. With reuseFinished off nothing is reused.
+    func testANextTurnReusesTheFinishedSequencesCache() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        let adapters = try PEFTAdapter.load(directory: Fixtures.dir("train-mixtral"), model: model)
+        var o = SamplingOptions()
+        o.maxNewTokens = 5
+        func answer(_ g: BatchGenerator, _ prompt: [Int32]) throws -> [Int32] {
+            g.ignoreStop = true
+            var out: [Int32] = []
+            try g.run([GenerationRequest(prompt: prompt, options: o)]) { _, r in out = r.tokens }
+            return out
+        }
+        let first: [Int32] = [1, 40, 47, 53]
+        // The whole reply kept, or only its first 2 tokens (the cache cut back to 6).
+        for (reuse, replyKept) in [(true, 5), (true, 2), (false, 5)] {
+            let g = BatchGenerator(model: model, adapters: adapters, maxLength: 32, parallel: 2)
+            g.reuseFinished = reuse
+            let reply = try answer(g, first)
+            let next = first + reply.prefix(replyKept) + [9, 11]
+            let before = g.timings.sharedPromptTokens
+            let reused = try answer(g, next)
+            // The cache held the prompt and 4 of the 5 new tokens (the last one is never fed).
+            XCTAssertEqual(g.timings.sharedPromptTokens - before, reuse ? 4 + min(4, replyKept) : 0)
+            XCTAssertEqual(reused, try answer(BatchGenerator(model: model, adapters: adapters, maxLength: 32, parallel: 2), next))
+        }
+        // A prompt unlike the held one reuses only what matches: the BOS.
+        let g = BatchGenerator(model: model, adapters: adapters, maxLength: 32, parallel: 1)
+        _ = try answer(g, first)
+        _ = try answer(g, [1, 90, 97])
+        XCTAssertEqual(g.timings.sharedPromptTokens, 1)
     }
 }
