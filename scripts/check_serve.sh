@@ -74,6 +74,12 @@ grep -q '"object":"chat.completion.chunk"' "$tmp/stream.txt" || fail "stream chu
 grep -q '"usage":{"completion_tokens":' "$tmp/stream.txt" || fail "stream usage chunk"
 streamed=$(grep -o '"content":"[^"]*"' "$tmp/stream.txt" | sed 's/"content":"\(.*\)"/\1/' | tr -d '\n')
 [ -n "$whole" ] && [ "$streamed" = "$whole" ] || fail "streamed '$streamed' vs whole '$whole'"; ok
+# The same chat again: its prompt comes from a finished request's cache (all but its last token).
+again=$(post /v1/chat/completions "{$chat}" | head -n 1)
+prompt=$(echo "$again" | grep -o '"prompt_tokens":[0-9]*' | cut -d: -f2)
+cached=$(echo "$again" | grep -o '"cached_tokens":[0-9]*' | cut -d: -f2)
+[ -n "$prompt" ] && [ "$cached" = "$((prompt - 1))" ] && [ "$(echo "$again" | field content)" = "$whole" ] \
+  || fail "cached prompt: $again"; ok
 
 # A stop string: the text ends before it.
 full=$(post /v1/completions '{"prompt":"The capital of","max_tokens":12,"temperature":0}' | head -n 1 | field text)

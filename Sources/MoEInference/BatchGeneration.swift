@@ -64,6 +64,9 @@ public final class BatchGenerator {
     /// (cache_prompt): the prompt goes to the free slot whose held tokens match most.
     public var reuseFinished = true
     public private(set) var timings = GenerationTimings()
+    /// Called for each request as its prompt is prefilled: (request, prompt tokens it did not
+    /// feed: copied from a shared prefix or kept from a finished sequence).
+    public var onAdmit: ((Int, Int) -> Void)?
 
     private struct Active {
         let request: Int
@@ -199,7 +202,13 @@ public final class BatchGenerator {
         let plan = SharedPrefix.plan(prompts, held: kept, share: sharePrefixes)
         for round in plan.rounds { try feed(round, prompts, slots: slots) }
         timings.sharedPromptTokens += prompts.reduce(0) { $0 + $1.count } - plan.computedTokens
-        return try feed(plan.finals, prompts, slots: slots)
+        let logits = try feed(plan.finals, prompts, slots: slots)
+        if let onAdmit {
+            var fed = [Int](repeating: 0, count: prompts.count)
+            for s in plan.rounds.joined() + plan.finals { fed[s.member] += s.to - s.from }
+            for (i, slot) in slots.enumerated() { onAdmit(active[slot]!.request, prompts[i].count - fed[i]) }
+        }
+        return logits
     }
 
     /// The free slot (an index into `free`) whose held tokens begin as `prompt` does for the

@@ -5,6 +5,8 @@ import MoEInference
 
 /// What the engine tells a waiting request.
 package enum EngineEvent: Sendable {
+    /// The prompt was prefilled; this many of its tokens were not computed (a cached prefix).
+    case admitted(cachedPromptTokens: Int)
     case token(Int32)
     case finished(GenerationResult)
     case failed(String)
@@ -94,8 +96,7 @@ package final class Engine: @unchecked Sendable {
         guard let set = adapters[job.model] else {
             job.sink.yield(.failed("unknown model \(job.model)")); job.sink.finish(); return
         }
-        let g = generators[job.model] ?? BatchGenerator(model: model, adapters: set, maxLength: maxLength, parallel: parallel,
-                                                          stopIds: stopIds, products: products)
+        let g = generators[job.model] ?? makeGenerator(set)
         generators[job.model] = g
         do {
             try g.submit(job.request, id: job.id)
@@ -103,6 +104,13 @@ package final class Engine: @unchecked Sendable {
         } catch {
             job.sink.yield(.failed("\(error)")); job.sink.finish()
         }
+    }
+
+    /// A generator for one served name; it reports each prompt's cached tokens to its request.
+    private func makeGenerator(_ set: AdapterSet?) -> BatchGenerator {
+        let g = BatchGenerator(model: model, adapters: set, maxLength: maxLength, parallel: parallel, stopIds: stopIds, products: products)
+        g.onAdmit = { [unowned self] id, cached in sinks[id]?.yield(.admitted(cachedPromptTokens: cached)) }
+        return g
     }
 
     /// One round of `name`'s generator. If it fails, its requests get the error and the

@@ -136,11 +136,12 @@ package struct OpenAIServer: Sendable {
     /// A non-streamed answer: every token, then one JSON object.
     private func whole(_ reply: Reply, events: AsyncStream<EngineEvent>, engineId: Int, stops: [String]) async throws -> Response {
         var textStream = TextStream(stops: stops) { text.decode($0) }
-        var tokens = 0
+        var tokens = 0, cached = 0
         var finish = "length"
         try await withTaskCancellationHandler {
             loop: for await event in events {
                 switch event {
+                case let .admitted(c): cached = c
                 case let .token(t):
                     tokens += 1
                     _ = textStream.add(t)
@@ -150,8 +151,8 @@ package struct OpenAIServer: Sendable {
                 }
             }
         } onCancel: { engine.cancel(engineId) }
-        reply.log(finish: finish, completionTokens: tokens)
-        return json(reply.whole(text: textStream.text, finish: finish, completionTokens: tokens))
+        reply.log(finish: finish, completionTokens: tokens, cached: cached)
+        return json(reply.whole(text: textStream.text, finish: finish, completionTokens: tokens, cached: cached))
     }
 
     /// A streamed answer: server-sent events, one per piece of text, then `[DONE]`.
@@ -159,12 +160,13 @@ package struct OpenAIServer: Sendable {
         let engine = engine, text = text
         let body = ResponseBody { writer in
             var textStream = TextStream(stops: stops) { text.decode($0) }
-            var tokens = 0
+            var tokens = 0, cached = 0
             do {
                 if reply.chat { try await writer.write(sse(reply.chunk(role: true, text: "", finish: nil))) }
                 loop: for await event in events {
                     var piece = "", finish: String?
                     switch event {
+                    case let .admitted(c): cached = c
                     case let .token(t):
                         tokens += 1
                         piece = textStream.add(t)
@@ -176,9 +178,9 @@ package struct OpenAIServer: Sendable {
                     }
                     if !piece.isEmpty { try await writer.write(sse(reply.chunk(text: piece, finish: nil))) }
                     if let finish {
-                        reply.log(finish: finish, completionTokens: tokens)
+                        reply.log(finish: finish, completionTokens: tokens, cached: cached)
                         try await writer.write(sse(reply.chunk(text: "", finish: finish)))
-                        if usage { try await writer.write(sse(reply.usageChunk(completionTokens: tokens))) }
+                        if usage { try await writer.write(sse(reply.usageChunk(completionTokens: tokens, cached: cached))) }
                         break loop
                     }
                 }
@@ -186,7 +188,7 @@ package struct OpenAIServer: Sendable {
                 try await writer.finish(nil)
             } catch {
                 engine.cancel(engineId)   // the client hung up
-                reply.log(finish: "client-left", completionTokens: tokens)
+                reply.log(finish: "client-left", completionTokens: tokens, cached: cached)
                 throw error
             }
         }
@@ -210,22 +212,25 @@ struct Reply: Sendable {
     private var object: String { chat ? "chat.completion" : "text_completion" }
 
     /// One line on standard error per answered request.
-    func log(finish: String, completionTokens: Int) {
+    func log(finish: String, completionTokens: Int, cached: Int) {
         let seconds = String(format: "%.2f", Date().timeIntervalSince(start))
-        let line = "moe-tune serve: \(chat ? "chat" : "completion") model=\(model) prompt=\(promptTokens) "
+        let line = "moe-tune serve: \(chat ? "chat" : "completion") model=\(model) prompt=\(promptTokens) cached=\(cached) "
             + "completion=\(completionTokens) finish=\(finish) \(seconds) s\n"
         FileHandle.standardError.write(Data(line.utf8))
     }
 
-    func usage(_ completionTokens: Int) -> [String: Any] {
-        ["prompt_tokens": promptTokens, "completion_tokens": completionTokens, "total_tokens": promptTokens + completionTokens]
+    /// OpenAI's usage object; prompt_tokens_details.cached_tokens: the prompt tokens a cached
+    /// prefix spared (BatchGenerator's shared and kept prefixes).
+    func usage(_ completionTokens: Int, cached: Int) -> [String: Any] {
+        ["prompt_tokens": promptTokens, "completion_tokens": completionTokens, "total_tokens": promptTokens + completionTokens,
+         "prompt_tokens_details": ["cached_tokens": cached]]
     }
 
-    func whole(text: String, finish: String, completionTokens: Int) -> [String: Any] {
+    func whole(text: String, finish: String, completionTokens: Int, cached: Int) -> [String: Any] {
         let choice: [String: Any] = chat
             ? ["index": 0, "message": ["role": "assistant", "content": text], "logprobs": NSNull(), "finish_reason": finish]
             : ["index": 0, "text": text, "logprobs": NSNull(), "finish_reason": finish]
-        return ["id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage(completionTokens)]
+        return ["id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage(completionTokens, cached: cached)]
     }
 
     func chunk(role: Bool = false, text: String, finish: String?) -> [String: Any] {
@@ -242,9 +247,9 @@ struct Reply: Sendable {
                 "choices": [choice]]
     }
 
-    func usageChunk(completionTokens: Int) -> [String: Any] {
+    func usageChunk(completionTokens: Int, cached: Int) -> [String: Any] {
         ["id": id, "object": chat ? "chat.completion.chunk" : "text_completion", "created": created, "model": model,
-         "choices": [Any](), "usage": usage(completionTokens)]
+         "choices": [Any](), "usage": usage(completionTokens, cached: cached)]
     }
 }
 

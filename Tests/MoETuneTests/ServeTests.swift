@@ -160,9 +160,12 @@ final class ServeTests: XCTestCase {
             for (i, r) in reqs.enumerated() {
                 let events = engine.submit(r, model: name).events
                 Task {
-                    var tokens: [Int32] = []
+                    var tokens: [Int32] = [], admitted = 0
                     for await e in events {
                         switch e {
+                        case let .admitted(cached):
+                            admitted += 1
+                            XCTAssertTrue((0..<r.prompt.count).contains(cached), "cached \(cached) of \(r.prompt.count)")
                         case let .token(t): tokens.append(t)
                         case let .finished(res):
                             XCTAssertEqual(res.tokens, tokens, "streamed tokens are the result's")
@@ -170,6 +173,7 @@ final class ServeTests: XCTestCase {
                         case let .failed(m): XCTFail(m)
                         }
                     }
+                    XCTAssertEqual(admitted, 1, "one admission event")
                     expectation.fulfill()
                 }
             }
