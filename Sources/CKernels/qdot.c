@@ -297,23 +297,8 @@ AVX2_INLINE void dot32_avx2_t(const int type, const int nx, long nb, const uint8
     for (int j = 0; j < nx; j++) out[j] = hsum8(acc[j]) + _mm256_cvtss_f32(macc[j]);
 }
 
-// The row loop inside each type's kernel, the kernel inlined into it: a call per row cost a
-// tenth of a decoding step on rows of 8 Q4_K super-blocks (perf: the row loop and its calls
-// 6% of user cycles beside the kernel's 59%).
-#define DOT32_AVX2(T)                                                                              \
-    AVX2_FN static void dot32_avx2_##T(long nb, const uint8_t *w, long rowBytes, long rows,         \
-                                       const uint8_t *x, long xs, int nx, float *y, long ldy) {    \
-        switch (nx) {                                                                              \
-        case 1: MT_ROWS(w, rowBytes, rows, y, ldy, 1, row, t,                                      \
-                        dot32_avx2_t(T, 1, nb, row, x, xs, t)); break;                             \
-        case 2: MT_ROWS(w, rowBytes, rows, y, ldy, 2, row, t,                                      \
-                        dot32_avx2_t(T, 2, nb, row, x, xs, t)); break;                             \
-        case 3: MT_ROWS(w, rowBytes, rows, y, ldy, 3, row, t,                                      \
-                        dot32_avx2_t(T, 3, nb, row, x, xs, t)); break;                             \
-        default: MT_ROWS(w, rowBytes, rows, y, ldy, 4, row, t,                                     \
-                         dot32_avx2_t(T, 4, nb, row, x, xs, t)); break;                            \
-        }                                                                                          \
-    }
+// Each type's row kernel, the row loop around the inlined kernel (qdot_common.h's MT_ROW_KERNEL).
+#define DOT32_AVX2(T) MT_ROW_KERNEL(dot32_avx2, dot32_avx2_t, T)
 DOT32_AVX2(Q4_0)
 DOT32_AVX2(Q4_1)
 DOT32_AVX2(Q5_0)

@@ -224,21 +224,8 @@ AVX2_INLINE void dotk_avx2_t(const int type, const int nx, long nb, const uint8_
     }
 }
 
-// The row loop inside each type's kernel (qdot.c's DOT32_AVX2 says why).
-#define DOTK_AVX2(T)                                                                               \
-    AVX2_FN static void dotk_avx2_##T(long nb, const uint8_t *w, long rowBytes, long rows,          \
-                                      const uint8_t *x, long xs, int nx, float *y, long ldy) {     \
-        switch (nx) {                                                                              \
-        case 1: MT_ROWS(w, rowBytes, rows, y, ldy, 1, row, t,                                      \
-                        dotk_avx2_t(T, 1, nb, row, x, xs, t)); break;                              \
-        case 2: MT_ROWS(w, rowBytes, rows, y, ldy, 2, row, t,                                      \
-                        dotk_avx2_t(T, 2, nb, row, x, xs, t)); break;                              \
-        case 3: MT_ROWS(w, rowBytes, rows, y, ldy, 3, row, t,                                      \
-                        dotk_avx2_t(T, 3, nb, row, x, xs, t)); break;                              \
-        default: MT_ROWS(w, rowBytes, rows, y, ldy, 4, row, t,                                     \
-                         dotk_avx2_t(T, 4, nb, row, x, xs, t)); break;                             \
-        }                                                                                          \
-    }
+// Each type's row kernel, the row loop around the inlined kernel (qdot_common.h's MT_ROW_KERNEL).
+#define DOTK_AVX2(T) MT_ROW_KERNEL(dotk_avx2, dotk_avx2_t, T)
 DOTK_AVX2(Q4_K)
 DOTK_AVX2(Q5_K)
 DOTK_AVX2(Q6_K)
