@@ -213,7 +213,7 @@ package final class JinjaEvaluator {
                 throw JinjaError(line: line, message: "Chat templates cannot store underscore-prefixed attributes on a namespace, but got '\(attr)'. Please rename the attribute.")
             }
             ns.attributes[attr] = value
-            do { try JinjaBuiltins.checkNesting(.namespace(ns)) } catch let e as JinjaError {
+            do { _ = try JinjaBuiltins.checkNesting(.namespace(ns)) } catch let e as JinjaError {
                 ns.attributes[attr] = nil
                 throw JinjaError(line: line, message: e.message)
             }
