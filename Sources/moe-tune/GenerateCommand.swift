@@ -152,8 +152,10 @@ extension GenerateCommand {
             chat ? try promptIds([ChatMessage(role: "user", content: text)], format: format, encoder: encoder, tokenizer: tok)
                  : try tok.encode(text, addSpecialTokens: true)
         })
-        let lanes = parallel ?? defaultParallel(loaded.model.config, maxLength: maxLength, requests: lines.count)
-        let generator = BatchGenerator(model: loaded.model, adapters: adapters, maxLength: maxLength, parallel: lanes,
+        // Each slot's cache as long as the longest prompt and its new tokens need (within the cap).
+        let length = min(maxLength, (lines.map(\.count).max() ?? 1) + options.maxNewTokens + 1)
+        let lanes = parallel ?? defaultParallel(loaded.model.config, maxLength: length, requests: lines.count)
+        let generator = BatchGenerator(model: loaded.model, adapters: adapters, maxLength: length, parallel: lanes,
                                        stopIds: stops, products: exact ? .exact : .fast)
         generator.ignoreStop = ignoreEos
         var results = [GenerationResult?](repeating: nil, count: lines.count)
