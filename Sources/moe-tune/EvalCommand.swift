@@ -33,7 +33,7 @@ struct EvalCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "With --generate: the most new tokens per answer.")
     var maxNewTokens = 64
 
-    @Option(parsing: .unconditional, help: "With --generate: sequences decoded at once (continuous batching); default from the cores and memory.")
+    @Option(parsing: .unconditional, help: "With --generate: sequences decoded at once (continuous batching); default every line, up to 256, fewer if their KV caches would pass a quarter of the memory.")
     var parallel: Int?
 
     @Flag(help: "With --generate: multiply as training does (weights widened to fp32), not in their own blocks; slower, the reference answers.")

@@ -40,7 +40,7 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Decode exactly --max-new-tokens tokens, stop tokens included (to measure speed).") var ignoreEos = false
     @Flag(help: "Print one JSON object (prompt_tokens, prompt_tokens_per_s, generated_tokens, tokens_per_s, text) on stdout.") var json = false
     @Option(help: "JSONL file of {\"prompt\": TEXT} (or {\"messages\": [...]} with --chat) lines: answer each, one JSON line per prompt.") var prompts: String?
-    @Option(parsing: .unconditional, help: "With --prompts: sequences decoded at once (continuous batching); default from the cores and memory.") var parallel: Int?
+    @Option(parsing: .unconditional, help: "With --prompts: sequences decoded at once (continuous batching); default every line, up to 256, fewer if their KV caches would pass a quarter of the memory.") var parallel: Int?
 
     func validate() throws {
         guard prompt != nil || chat || prompts != nil else { throw ValidationError("give --prompt TEXT, --prompts FILE.jsonl, or --chat") }

@@ -25,7 +25,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(parsing: .unconditional, help: "Port to listen on (0: any free port, printed when ready).") var port = 8080
     @Option(name: .customLong("ctx-size"), parsing: .unconditional, help: "Tokens per sequence, prompt and reply (default: the model's, at most 4096).") var ctxSize: Int?
-    @Option(parsing: .unconditional, help: "Sequences decoded at once per served model (default from the cores and memory).") var parallel: Int?
+    @Option(parsing: .unconditional, help: "Sequences decoded at once per served model (default 8, fewer if their KV caches would pass a quarter of the memory).") var parallel: Int?
     @Option(help: "Chat format: default the model's own template; \"llama2\", a .jinja file, or a {user}/{assistant} turn.") var chatTemplate: String?
     @Option(help: "Quantize the base weights while loading: nf4.") var quantize: String?
     @Option(name: .customLong("base-dtype"), help: "Hold the frozen base in: fp32, bf16, bf16-emulated.") var baseDType = "fp32"
