@@ -124,4 +124,19 @@ final class SharedPrefixTests: XCTestCase {
         _ = try answer(g, [1, 90, 97])
         XCTAssertEqual(g.timings.sharedPromptTokens, 1)
     }
+
+    /// Lanes by default: 8 for a server, every prompt up to 256 for a known list, fewer when
+    /// the KV caches would pass a quarter of the memory.
+    func testDefaultLanes() throws {
+        let c = try Transformer.load(directory: Fixtures.dir("mixtral")).config
+        XCTAssertEqual(defaultParallel(c, maxLength: 64), 8)
+        XCTAssertEqual(defaultParallel(c, maxLength: 64, requests: 3), 3)
+        XCTAssertEqual(defaultParallel(c, maxLength: 64, requests: 200), 200)
+        XCTAssertEqual(defaultParallel(c, maxLength: 64, requests: 5000), 256)
+        XCTAssertEqual(defaultParallel(c, maxLength: 64, requests: 0), 1)
+        // A cache of a quarter of the memory per slot leaves one lane.
+        let quarter = Int(ProcessInfo.processInfo.physicalMemory / 4)
+        let perPosition = 2 * c.numLayers * c.kvDim * MemoryLayout<Float>.stride
+        XCTAssertEqual(defaultParallel(c, maxLength: quarter / perPosition, requests: 200), 1)
+    }
 }
