@@ -30,8 +30,9 @@ static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;   // one region at a ti
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int started;
 
-// Pause-loop iterations a worker spins before it sleeps (10-100 us: a pause is 10-140 cycles
-// depending on the CPU), and that a caller waits before it yields its core. Measured on the
+// Pause-loop iterations a worker spins before it sleeps (5-70 us at 4 GHz: a pause is 10-140
+// cycles depending on the CPU, so the spin is longer on CPUs with a slow pause), and that a
+// caller waits before it yields its core. Measured on the
 // 2-core Zen 4: 2000 decodes as fast as 20000 on a quiet machine (SmolLM2 Q4_1 193-195 against
 // 191-198 tokens/s, OLMoE-shaped Q4_K 47.5 against 48.3) and faster beside a build (88 against
 // 65), where spinning takes the core from the thread that has the work; 300 decodes slower

@@ -6,4 +6,9 @@
 
 void gotoblas_dynamic_init(void);
 void gotoblas_dynamic_quit(void);
-void blas_thread_shutdown_(void);
+// Only OpenBLAS's threaded builds define it (its serial build has no thread server): weak,
+// so a serial libopenblas links and loads, and moe_blas_stop_threads does nothing there.
+void blas_thread_shutdown_(void) __attribute__((weak));
+static inline void moe_blas_stop_threads(void) {
+    if (blas_thread_shutdown_) blas_thread_shutdown_();
+}

@@ -32,7 +32,8 @@ public struct GenerationResult: Sendable, Equatable {
 public struct GenerationTimings: Sendable {
     public var promptTokens = 0
     public var promptSeconds = 0.0
-    /// Prompt tokens not computed: copied from a prefix another prompt shared.
+    /// Prompt tokens not computed: copied from a prefix another prompt shared, or kept from a
+    /// finished sequence's cache (BatchGenerator.reuseFinished). promptTokens counts them too.
     public var sharedPromptTokens = 0
     /// New tokens, the first of each sequence (picked from the prompt's logits) included.
     public var generatedTokens = 0
@@ -159,6 +160,10 @@ public final class BatchGenerator {
         guard r.prompt.count < decoder.maxLength else {
             throw MoETuneError.invalid("prompt \(i + 1) has \(r.prompt.count) tokens; the limit is \(decoder.maxLength - 1)")
         }
+        // Refused alone here, not with the batch it would be prefilled in.
+        if let bad = r.prompt.first(where: { $0 < 0 || Int($0) >= vocab }) {
+            throw MoETuneError.invalid("prompt \(i + 1): token id \(bad) is outside the model's vocabulary of \(vocab)")
+        }
     }
 
     /// Fills free slots with waiting requests: their prompts prefilled together (one batch of
@@ -173,7 +178,7 @@ public final class BatchGenerator {
             waitingHead += 1
             let (i, keep) = bestFreeSlot(for: r.prompt, among: free)
             let slot = free.remove(at: i)
-            if keep > 0 { try decoder.copyPrefix(from: slot, to: slot, count: keep) } else { decoder.reset(slot: slot) }
+            decoder.truncate(slot: slot, to: keep)
             held[slot] = []
             active[slot] = Active(request: id, prompt: r.prompt, sampler: TokenSampler(options: r.options, vocab: vocab),
                                   budget: r.options.maxNewTokens)
@@ -201,8 +206,8 @@ public final class BatchGenerator {
     private func prefill(_ prompts: [[Int32]], slots: [Int], kept: [Int]) throws -> UnsafeMutablePointer<Float> {
         let plan = SharedPrefix.plan(prompts, held: kept, share: sharePrefixes)
         for round in plan.rounds { try feed(round, prompts, slots: slots) }
-        timings.sharedPromptTokens += prompts.reduce(0) { $0 + $1.count } - plan.computedTokens
         let logits = try feed(plan.finals, prompts, slots: slots)
+        timings.sharedPromptTokens += prompts.reduce(0) { $0 + $1.count } - plan.computedTokens
         if let onAdmit {
             var fed = [Int](repeating: 0, count: prompts.count)
             for s in plan.rounds.joined() + plan.finals { fed[s.member] += s.to - s.from }
@@ -211,18 +216,24 @@ public final class BatchGenerator {
         return logits
     }
 
-    /// The free slot (an index into `free`) whose held tokens begin as `prompt` does for the
-    /// most tokens, and that count (the prompt keeps at least its last token to feed); the
-    /// first free slot and 0 when none does or `reuseFinished` is off.
+    /// The free slot (an index into `free`) for `prompt`, and how many of its held tokens the
+    /// prompt keeps (each prompt feeds at least its last token): the slot whose held tokens
+    /// begin as the prompt does for the most tokens, the one holding fewer on a tie, unless
+    /// that keeps less than half of what the slot holds while a slot holding less would do:
+    /// then the slot holding the fewest tokens, keeping nothing (so an unrelated request that
+    /// shares only a BOS or a header does not evict a conversation's cache).
     private func bestFreeSlot(for prompt: [Int32], among free: [Int]) -> (index: Int, keep: Int) {
-        var best = (index: 0, keep: 0)
-        guard reuseFinished else { return best }
+        var best = (index: 0, keep: 0), emptiest = 0
         for (i, slot) in free.enumerated() {
+            if held[slot].count < held[free[emptiest]].count { emptiest = i }
+            guard reuseFinished else { continue }
             let h = held[slot], limit = min(h.count, prompt.count - 1, decoder.length(of: slot))
             var n = 0
             while n < limit, h[n] == prompt[n] { n += 1 }
-            if n > best.keep { best = (i, n) }
+            if n > best.keep || (n == best.keep && n > 0 && h.count < held[free[best.index]].count) { best = (i, n) }
         }
+        let evicts = held[free[best.index]].count
+        if best.keep == 0 || (2 * best.keep < evicts && held[free[emptiest]].count < evicts) { return (emptiest, 0) }
         return best
     }
 
@@ -293,7 +304,8 @@ public final class BatchGenerator {
 /// prefilled in long batches and share their common prefixes. Fewer when their KV caches
 /// would take more than a quarter of the physical memory.
 public func defaultParallel(_ c: ModelConfig, maxLength: Int, requests: Int? = nil) -> Int {
-    let perSlot = 2 * c.numLayers * max(1, maxLength) * c.kvDim * MemoryLayout<Float>.stride
+    // The KV cache, plus a logits row and a sampler's scratch (Int and Double per token).
+    let perSlot = 2 * c.numLayers * max(1, maxLength) * c.kvDim * MemoryLayout<Float>.stride + 20 * c.vocabSize
     let budget = Int(ProcessInfo.processInfo.physicalMemory / 4)
     let wanted = requests.map { max(1, min($0, 256)) } ?? 8
     return max(1, min(wanted, budget / max(perSlot, 1)))

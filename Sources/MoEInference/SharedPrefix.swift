@@ -35,6 +35,12 @@ public struct PrefixPlan: Sendable, Equatable {
 }
 
 public enum SharedPrefix {
+    /// Levels of branches at most: each level is one more prefill call (a pass over every
+    /// weight), so prompts that are prefixes of one another (k-shot with growing k) stop here.
+    public static let maxLevels = 4
+    /// Prompt tokens a branch must save ((prompts - 1) x its length) to be fed on its own.
+    public static let minimumSaved = 2
+
     /// The plan for `prompts`: a branch where two or more prompts go on alike is fed once
     /// (`share`). Each prompt keeps its last token out of every shared branch, since that
     /// token's row gives the logits of its first new token. Prompt i's slot may already hold
@@ -52,7 +58,8 @@ public enum SharedPrefix {
     /// The prompts `members` share their first `depth` tokens, held in prompt `source`'s slot:
     /// groups them by their next token; a group of two or more becomes a branch to its
     /// longest common prefix, fed in its first member's slot, and is split again; a prompt
-    /// alone, or one with nothing more to share, feeds its rest after copying `depth` tokens.
+    /// alone, or one with nothing more to share (or a branch below `minimumSaved` or past
+    /// `maxLevels`), feeds its rest after copying `depth` tokens.
     static func branch(_ members: [Int], depth: Int, source: Int?, level: Int, prompts: [[Int32]],
                        into plan: inout PrefixPlan) {
         var groups: [Int32: [Int]] = [:], order: [Int32] = []
@@ -66,6 +73,10 @@ public enum SharedPrefix {
             let group = groups[token]!
             guard group.count > 1 else { plan.finals[group[0]].source = source; plan.finals[group[0]].from = depth; continue }
             let end = commonLength(group, from: depth, prompts: prompts)
+            guard level < maxLevels, (group.count - 1) * (end - depth) >= minimumSaved else {
+                for m in group { plan.finals[m].source = source; plan.finals[m].from = depth }
+                continue
+            }
             if plan.rounds.count == level { plan.rounds.append([]) }
             plan.rounds[level].append(PrefixPlan.Segment(member: group[0], source: source, from: depth, to: end))
             branch(group, depth: end, source: group[0], level: level + 1, prompts: prompts, into: &plan)

@@ -32,6 +32,8 @@ package final class Engine: @unchecked Sendable {
     // Engine thread only:
     private var generators: [String: BatchGenerator] = [:]
     private var sinks: [Int: AsyncStream<EngineEvent>.Continuation] = [:]
+    /// The served name of each request with a sink (a failed generator fails all of its own).
+    private var nameOf: [Int: String] = [:]
 
     /// `adapters`: the served names, nil for the base alone.
     package init(model: Transformer, adapters: [String: AdapterSet?], maxLength: Int, parallel: Int,
@@ -85,6 +87,7 @@ package final class Engine: @unchecked Sendable {
             for job in jobs { admit(job) }
             for id in gone {
                 guard let sink = sinks.removeValue(forKey: id) else { continue }
+                nameOf[id] = nil
                 for g in generators.values { g.cancel(id: id) }
                 sink.finish()
             }
@@ -101,6 +104,7 @@ package final class Engine: @unchecked Sendable {
         do {
             try g.submit(job.request, id: job.id)
             sinks[job.id] = job.sink
+            nameOf[job.id] = job.model
         } catch {
             job.sink.yield(.failed("\(error)")); job.sink.finish()
         }
@@ -120,11 +124,15 @@ package final class Engine: @unchecked Sendable {
         do {
             try g.advance(onToken: { id, t in sinks[id]?.yield(.token(t)) },
                           onFinish: { id, r in
+                              nameOf[id] = nil
                               if let s = sinks.removeValue(forKey: id) { s.yield(.finished(r)); s.finish() }
                           })
         } catch {
             generators[name] = nil
-            for id in Array(sinks.keys) where g.owns(id) {
+            // Every request of this name: those running or waiting, and those of the admission
+            // that failed (no longer in the generator).
+            for id in Array(sinks.keys) where nameOf[id] == name {
+                nameOf[id] = nil
                 sinks[id]?.yield(.failed("\(error)")); sinks.removeValue(forKey: id)?.finish()
             }
         }

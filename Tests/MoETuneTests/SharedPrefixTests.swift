@@ -26,14 +26,19 @@ final class SharedPrefixTests: XCTestCase {
         XCTAssertEqual(SharedPrefix.plan([[5], [5], [5, 6]]).rounds, [])
         XCTAssertEqual(SharedPrefix.plan([[5], [5], [5, 6]]).computedTokens, 4)
         XCTAssertEqual(SharedPrefix.plan([[1, 2, 3]]).finals, [S(member: 0, source: nil, from: 0, to: 3)])
-        // Two levels under a shared BOS, each branch fed in its first member's slot.
+        // Two levels under a shared BOS, each branch fed in its first member's slot; [7] shared
+        // by p1 and p3 saves one token, under minimumSaved: they feed it themselves.
         let two = SharedPrefix.plan([[1, 9, 9, 9, 4], [1, 5, 6, 7, 8], [1, 9, 9, 9, 5], [1, 5, 6, 7, 9], [1, 5, 6, 3]])
         XCTAssertEqual(two.rounds, [[S(member: 0, source: nil, from: 0, to: 1)],
-                                    [S(member: 0, source: 0, from: 1, to: 4), S(member: 1, source: 0, from: 1, to: 3)],
-                                    [S(member: 1, source: 1, from: 3, to: 4)]])
+                                    [S(member: 0, source: 0, from: 1, to: 4), S(member: 1, source: 0, from: 1, to: 3)]])
         XCTAssertEqual(two.finals.map(\.source), [0, 1, 0, 1, 1])
-        XCTAssertEqual(two.finals.map(\.from), [4, 4, 4, 4, 3])
-        XCTAssertEqual(two.computedTokens, 1 + 3 + 2 + 1 + 5)
+        XCTAssertEqual(two.finals.map(\.from), [4, 3, 4, 3, 3])
+        XCTAssertEqual(two.computedTokens, 1 + 3 + 2 + 7)
+        // Prompts each a prefix of the next (k-shot with growing k) stop at maxLevels levels.
+        let growing: [[Int32]] = (1...6).map { k in Array(1...Int32(2 * k)) + [Int32(100 + k)] }
+        let deep = SharedPrefix.plan(growing)
+        XCTAssertEqual(deep.rounds.count, SharedPrefix.maxLevels)
+        XCTAssertEqual(deep.finals[5], S(member: 5, source: 3, from: 8, to: 13))
     }
 
     /// A prefix prefilled in one slot and copied into two others, each then fed the rest of
@@ -75,19 +80,23 @@ final class SharedPrefixTests: XCTestCase {
             return [1, 40, 47, 53] + middle + [Int32(70 + i)]
         }
         var answers: [[[Int32]]] = []
-        for share in [false, true] {
-            let g = BatchGenerator(model: model, adapters: adapters, maxLength: 16, parallel: 4)
+        let total = prompts.reduce(0) { $0 + $1.count }
+        for (share, reuse, lanes) in [(false, false, 4), (true, false, 4), (false, true, 4), (true, true, 4), (true, false, 12)] {
+            let g = BatchGenerator(model: model, adapters: adapters, maxLength: 16, parallel: lanes)
             g.sharePrefixes = share
-            g.reuseFinished = share
+            g.reuseFinished = reuse
             g.ignoreStop = true
             var out = [[Int32]](repeating: [], count: prompts.count)
             try g.run(prompts.map { GenerationRequest(prompt: $0, options: o) }) { i, r in out[i] = r.tokens }
             answers.append(out)
-            XCTAssertEqual(g.timings.promptTokens, prompts.reduce(0) { $0 + $1.count })
-            if share { XCTAssertGreaterThan(g.timings.sharedPromptTokens, 10) } else { XCTAssertEqual(g.timings.sharedPromptTokens, 0) }
-            print("shared prompt tokens: \(g.timings.sharedPromptTokens) of \(g.timings.promptTokens)")
+            XCTAssertEqual(g.timings.promptTokens, total)
+            let shared = g.timings.sharedPromptTokens
+            print("share \(share), reuse \(reuse), \(lanes) lanes: shared prompt tokens \(shared) of \(total)")
+            if !share && !reuse { XCTAssertEqual(shared, 0) } else { XCTAssertGreaterThan(shared, 10) }
+            // All prompts in one admission: exactly what the plan spares.
+            if lanes >= prompts.count { XCTAssertEqual(shared, total - SharedPrefix.plan(prompts).computedTokens) }
         }
-        XCTAssertEqual(answers[0], answers[1])
+        for a in answers.dropFirst() { XCTAssertEqual(a, answers[0]) }
         XCTAssertTrue(answers[0].allSatisfy { $0.count == 6 })
     }
 

@@ -59,7 +59,7 @@ public enum BLAS {
         // load-time constructor started poll for it (sched_yield) for about 2^28 cycles
         // first: on 2 cores, a third runnable thread through the first 0.1 s of every
         // command (the demo model's eval: 234 -> 132 ms CPU, 119 -> 92 ms wall). Stopped.
-        if threading == .split { blas_thread_shutdown_() }
+        if threading == .split { moe_blas_stop_threads() }
         var switched = false
         if let target, target.lowercased() != before.lowercased() {
             setenv("OPENBLAS_CORETYPE", target, 1)
