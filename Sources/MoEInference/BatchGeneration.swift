@@ -109,7 +109,9 @@ public final class BatchGenerator {
     }
 
     /// Queues a request under the caller's `id` (a server's request number); it starts when
-    /// a slot is free. Refuses an empty prompt or one that leaves no room to generate.
+    /// a slot is free. Refuses an empty prompt, one that leaves no room to generate, or one
+    /// with a token outside the vocabulary (its prefill would fail the requests admitted
+    /// with it, which no one could then tell).
     public func submit(_ request: GenerationRequest, id: Int) throws {
         try check(request, index: id)
         if waitingHead > 64, waitingHead * 2 > waiting.count {
@@ -158,6 +160,9 @@ public final class BatchGenerator {
         guard !r.prompt.isEmpty else { throw MoETuneError.invalid("prompt \(i + 1) is empty") }
         guard r.prompt.count < decoder.maxLength else {
             throw MoETuneError.invalid("prompt \(i + 1) has \(r.prompt.count) tokens; the limit is \(decoder.maxLength - 1)")
+        }
+        if let bad = r.prompt.first(where: { $0 < 0 || Int($0) >= vocab }) {
+            throw MoETuneError.invalid("prompt \(i + 1) has token id \(bad), outside the model's vocabulary of \(vocab)")
         }
     }
 

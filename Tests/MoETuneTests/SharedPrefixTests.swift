@@ -124,4 +124,23 @@ final class SharedPrefixTests: XCTestCase {
         _ = try answer(g, [1, 90, 97])
         XCTAssertEqual(g.timings.sharedPromptTokens, 1)
     }
+
+    /// A prompt with a token outside the vocabulary is refused when submitted: admitted, its
+    /// prefill would fail, and the prompts admitted with it would be dropped from their slots
+    /// unreported (a server's clients waiting for ever). The valid prompt beside it runs.
+    func testAPromptOutsideTheVocabularyIsRefusedWhenSubmitted() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        let v = Int32(model.config.vocabSize)
+        var o = SamplingOptions()
+        o.maxNewTokens = 3
+        let g = BatchGenerator(model: model, adapters: nil, maxLength: 16, parallel: 2)
+        g.ignoreStop = true
+        try g.submit(GenerationRequest(prompt: [1, 40, 47], options: o), id: 0)
+        XCTAssertThrowsError(try g.submit(GenerationRequest(prompt: [1, 40, v], options: o), id: 1))
+        XCTAssertThrowsError(try g.submit(GenerationRequest(prompt: [1, -1], options: o), id: 2))
+        var finished: [Int: GenerationResult] = [:]
+        while g.hasWork { try g.advance { id, r in finished[id] = r } }
+        XCTAssertEqual(Array(finished.keys), [0])
+        XCTAssertEqual(finished[0]?.tokens.count, 3)
+    }
 }
