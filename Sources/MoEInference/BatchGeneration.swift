@@ -79,6 +79,10 @@ public final class BatchGenerator {
     /// Tokens whose keys and values a free slot still holds (its last sequence's prompt and
     /// fed tokens), for `reuseFinished`.
     private var held: [[Int32]]
+    /// When each slot was last freed (a count of releases; 0: never used), for picking the
+    /// slot freed longest ago.
+    private var freedAt: [Int]
+    private var releases = 0
     /// Submitted requests not yet in a slot, oldest first (`waitingHead` is the next).
     private var waiting: [(id: Int, request: GenerationRequest)] = []
     private var waitingHead = 0
@@ -92,6 +96,7 @@ public final class BatchGenerator {
         self.stopIds = Set(model.config.eosTokenIds).union(stopIds)
         active = Array(repeating: nil, count: decoder.slots)
         held = Array(repeating: [], count: decoder.slots)
+        freedAt = Array(repeating: 0, count: decoder.slots)
         rowTokens = .allocate(capacity: decoder.slots); rowTokens.initialize(repeating: 0)
         rowSlots = .allocate(capacity: decoder.slots); rowSlots.initialize(repeating: 0)
         vocab = model.config.vocabSize
@@ -176,9 +181,9 @@ public final class BatchGenerator {
         while !free.isEmpty, waitingHead < waiting.count {
             let (id, r) = waiting[waitingHead]
             waitingHead += 1
-            let (i, keep) = bestFreeSlot(for: r.prompt, among: free)
+            let (i, source, keep) = bestFreeSlot(for: r.prompt, among: free)
             let slot = free.remove(at: i)
-            if keep > 0 { try decoder.copyPrefix(from: slot, to: slot, count: keep) } else { decoder.reset(slot: slot) }
+            if keep > 0 { try decoder.copyPrefix(from: source, to: slot, count: keep) } else { decoder.reset(slot: slot) }
             held[slot] = []
             active[slot] = Active(request: id, prompt: r.prompt, sampler: TokenSampler(options: r.options, vocab: vocab),
                                   budget: r.options.maxNewTokens)
@@ -216,19 +221,29 @@ public final class BatchGenerator {
         return logits
     }
 
-    /// The free slot (an index into `free`) whose held tokens begin as `prompt` does for the
-    /// most tokens, and that count (the prompt keeps at least its last token to feed); the
-    /// first free slot and 0 when none does or `reuseFinished` is off.
-    private func bestFreeSlot(for prompt: [Int32], among free: [Int]) -> (index: Int, keep: Int) {
-        var best = (index: 0, keep: 0)
-        guard reuseFinished else { return best }
-        for (i, slot) in free.enumerated() {
-            let h = held[slot], limit = min(h.count, prompt.count - 1, decoder.length(of: slot))
-            var n = 0
-            while n < limit, h[n] == prompt[n] { n += 1 }
-            if n > best.keep { best = (i, n) }
-        }
-        return best
+    /// Where `prompt` goes (an index into `free`), and the free slot whose cache gives its first
+    /// `keep` tokens (the most that any free slot holds; copied when it is another slot). It
+    /// goes to the slot whose held tokens it throws away fewest of (a chat's next turn: its own,
+    /// none; a prompt that shares only a chat template's header or system prompt with another
+    /// conversation: an unused slot, not that conversation's), then the best matching one, then
+    /// the one freed longest ago (llama.cpp's server evicts the least recently used slot too).
+    /// Without `reuseFinished`: the first free slot, nothing kept.
+    private func bestFreeSlot(for prompt: [Int32], among free: [Int]) -> (index: Int, source: Int, keep: Int) {
+        guard reuseFinished else { return (0, free[0], 0) }
+        let matches = free.map { matched(prompt, slot: $0) }
+        let best = matches.indices.max { matches[$0] < matches[$1] }!
+        let rank = free.indices.map { (held[free[$0]].count - matches[$0], $0 == best ? 0 : 1, freedAt[free[$0]]) }
+        let target = free.indices.min { rank[$0] < rank[$1] }!
+        return (target, free[best], matches[best])
+    }
+
+    /// How many of `prompt`'s first tokens free slot `slot` holds (all but its last at most:
+    /// the last token's row gives the first new token's logits).
+    private func matched(_ prompt: [Int32], slot: Int) -> Int {
+        let h = held[slot], limit = min(h.count, prompt.count - 1, decoder.length(of: slot))
+        var n = 0
+        while n < limit, h[n] == prompt[n] { n += 1 }
+        return n
     }
 
     /// Each segment's copied prefix into its slot, then all their tokens in one prefill.
@@ -287,6 +302,8 @@ public final class BatchGenerator {
     private func release(slot: Int) {
         guard let a = active[slot] else { return }
         active[slot] = nil
+        releases += 1
+        freedAt[slot] = releases
         held[slot] = reuseFinished ? a.prompt + a.tokens.prefix(max(0, decoder.length(of: slot) - a.prompt.count)) : []
     }
 }

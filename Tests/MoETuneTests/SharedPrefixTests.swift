@@ -143,4 +143,44 @@ final class SharedPrefixTests: XCTestCase {
         XCTAssertEqual(Array(finished.keys), [0])
         XCTAssertEqual(finished[0]?.tokens.count, 3)
     }
+
+    /// Two conversations taking turns on two slots, their prompts sharing a 3-token header:
+    /// each next turn finds its own conversation cached (the other's first turn went to the
+    /// unused slot, the header copied there, not to the slot whose held tokens matched only
+    /// the header), and answers as a fresh generator does. A repeated prompt is answered from
+    /// the cache without evicting the other conversation.
+    func testConversationsTakingTurnsKeepTheirOwnCaches() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        var o = SamplingOptions()
+        o.maxNewTokens = 4
+        func answer(_ g: BatchGenerator, _ prompt: [Int32]) throws -> [Int32] {
+            g.ignoreStop = true
+            var out: [Int32] = []
+            try g.run([GenerationRequest(prompt: prompt, options: o)]) { _, r in out = r.tokens }
+            return out
+        }
+        let g = BatchGenerator(model: model, adapters: nil, maxLength: 32, parallel: 2)
+        var a: [Int32] = [1, 5, 6, 40, 47], b: [Int32] = [1, 5, 6, 90, 97]
+        a += try answer(g, a)
+        let before = g.timings.sharedPromptTokens
+        b += try answer(g, b)
+        XCTAssertEqual(g.timings.sharedPromptTokens - before, 3)
+        for turn in 0..<2 {
+            for i in 0..<2 {
+                let prompt = (i == 0 ? a : b).dropLast() + [9, Int32(11 + turn)]
+                let before = g.timings.sharedPromptTokens
+                let reply = try answer(g, Array(prompt))
+                // The cache held the conversation less its last token, never fed.
+                XCTAssertEqual(g.timings.sharedPromptTokens - before, prompt.count - 2, "turn \(turn), conversation \(i)")
+                XCTAssertEqual(reply, try answer(BatchGenerator(model: model, adapters: nil, maxLength: 32, parallel: 2), Array(prompt)))
+                if i == 0 { a = Array(prompt) + reply } else { b = Array(prompt) + reply }
+            }
+        }
+        let again = Array(b.dropLast(4)), shared = g.timings.sharedPromptTokens
+        XCTAssertEqual(try answer(g, again), Array(b.suffix(4)))
+        let next = Array(a.dropLast()) + [9, 20]
+        _ = try answer(g, next)
+        XCTAssertEqual(g.timings.sharedPromptTokens - shared, again.count - 1 + next.count - 2)
+    }
 }
+
