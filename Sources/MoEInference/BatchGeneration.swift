@@ -80,6 +80,10 @@ public final class BatchGenerator {
     /// Tokens whose keys and values a free slot still holds (its last sequence's prompt and
     /// fed tokens), for `reuseFinished`.
     private var held: [[Int32]]
+    /// When each slot was last freed (a count of releases; 0: never used), for picking the
+    /// slot freed longest ago.
+    private var freedAt: [Int]
+    private var releases = 0
     /// Submitted requests not yet in a slot, oldest first (`waitingHead` is the next).
     private var waiting: [(id: Int, request: GenerationRequest)] = []
     private var waitingHead = 0
@@ -93,6 +97,7 @@ public final class BatchGenerator {
         self.stopIds = Set(model.config.eosTokenIds).union(stopIds)
         active = Array(repeating: nil, count: decoder.slots)
         held = Array(repeating: [], count: decoder.slots)
+        freedAt = Array(repeating: 0, count: decoder.slots)
         rowTokens = .allocate(capacity: decoder.slots); rowTokens.initialize(repeating: 0)
         rowSlots = .allocate(capacity: decoder.slots); rowSlots.initialize(repeating: 0)
         vocab = model.config.vocabSize
@@ -110,7 +115,9 @@ public final class BatchGenerator {
     }
 
     /// Queues a request under the caller's `id` (a server's request number); it starts when
-    /// a slot is free. Refuses an empty prompt or one that leaves no room to generate.
+    /// a slot is free. Refuses an empty prompt, one that leaves no room to generate, or one
+    /// with a token outside the vocabulary (its prefill would fail the requests admitted
+    /// with it, which no one could then tell).
     public func submit(_ request: GenerationRequest, id: Int) throws {
         try check(request, index: id)
         if waitingHead > 64, waitingHead * 2 > waiting.count {
@@ -173,22 +180,24 @@ public final class BatchGenerator {
         guard waitingHead < waiting.count, active.contains(where: { $0 == nil }) else { return }
         var slots: [Int] = [], prompts: [[Int32]] = [], kept: [Int] = []
         var free = (0..<decoder.slots).filter { active[$0] == nil }
-        while !free.isEmpty, waitingHead < waiting.count {
-            let (id, r) = waiting[waitingHead]
-            waitingHead += 1
-            let (i, keep) = bestFreeSlot(for: r.prompt, among: free)
-            let slot = free.remove(at: i)
-            decoder.truncate(slot: slot, to: keep)
-            held[slot] = []
-            active[slot] = Active(request: id, prompt: r.prompt, sampler: TokenSampler(options: r.options, vocab: vocab),
-                                  budget: r.options.maxNewTokens)
-            slots.append(slot)
-            prompts.append(r.prompt)
-            kept.append(keep)
-        }
         let t0 = Date()
         let logits: UnsafeMutablePointer<Float>
-        do { logits = try prefill(prompts, slots: slots, kept: kept) } catch {
+        do {
+            while !free.isEmpty, waitingHead < waiting.count {
+                let (id, r) = waiting[waitingHead]
+                waitingHead += 1
+                let (i, source, keep) = bestFreeSlot(for: r.prompt, among: free)
+                let slot = free.remove(at: i)
+                if keep > 0 { try decoder.copyPrefix(from: source, to: slot, count: keep) } else { decoder.reset(slot: slot) }
+                held[slot] = []
+                active[slot] = Active(request: id, prompt: r.prompt, sampler: TokenSampler(options: r.options, vocab: vocab),
+                                      budget: r.options.maxNewTokens)
+                slots.append(slot)
+                prompts.append(r.prompt)
+                kept.append(keep)
+            }
+            logits = try prefill(prompts, slots: slots, kept: kept)
+        } catch {
             for slot in slots { active[slot] = nil; decoder.reset(slot: slot) }
             throw error
         }
@@ -216,25 +225,29 @@ public final class BatchGenerator {
         return logits
     }
 
-    /// The free slot (an index into `free`) for `prompt`, and how many of its held tokens the
-    /// prompt keeps (each prompt feeds at least its last token): the slot whose held tokens
-    /// begin as the prompt does for the most tokens, the one holding fewer on a tie, unless
-    /// that keeps less than half of what the slot holds while a slot holding less would do:
-    /// then the slot holding the fewest tokens, keeping nothing (so an unrelated request that
-    /// shares only a BOS or a header does not evict a conversation's cache).
-    private func bestFreeSlot(for prompt: [Int32], among free: [Int]) -> (index: Int, keep: Int) {
-        var best = (index: 0, keep: 0), emptiest = 0
-        for (i, slot) in free.enumerated() {
-            if held[slot].count < held[free[emptiest]].count { emptiest = i }
-            guard reuseFinished else { continue }
-            let h = held[slot], limit = min(h.count, prompt.count - 1, decoder.length(of: slot))
-            var n = 0
-            while n < limit, h[n] == prompt[n] { n += 1 }
-            if n > best.keep || (n == best.keep && n > 0 && h.count < held[free[best.index]].count) { best = (i, n) }
-        }
-        let evicts = held[free[best.index]].count
-        if best.keep == 0 || (2 * best.keep < evicts && held[free[emptiest]].count < evicts) { return (emptiest, 0) }
-        return best
+    /// Where `prompt` goes (an index into `free`), and the free slot whose cache gives its first
+    /// `keep` tokens (the most that any free slot holds; copied when it is another slot). It
+    /// goes to the slot whose held tokens it throws away fewest of (a chat's next turn: its own,
+    /// none; a prompt that shares only a chat template's header or system prompt with another
+    /// conversation: an unused slot, not that conversation's), then the best matching one, then
+    /// the one freed longest ago (llama.cpp's server evicts the least recently used slot too).
+    /// Without `reuseFinished`: the first free slot, nothing kept.
+    private func bestFreeSlot(for prompt: [Int32], among free: [Int]) -> (index: Int, source: Int, keep: Int) {
+        guard reuseFinished else { return (0, free[0], 0) }
+        let matches = free.map { matched(prompt, slot: $0) }
+        let best = matches.indices.max { matches[$0] < matches[$1] }!
+        let rank = free.indices.map { (held[free[$0]].count - matches[$0], $0 == best ? 0 : 1, freedAt[free[$0]]) }
+        let target = free.indices.min { rank[$0] < rank[$1] }!
+        return (target, free[best], matches[best])
+    }
+
+    /// How many of `prompt`'s first tokens free slot `slot` holds (all but its last at most:
+    /// the last token's row gives the first new token's logits).
+    private func matched(_ prompt: [Int32], slot: Int) -> Int {
+        let h = held[slot], limit = min(h.count, prompt.count - 1, decoder.length(of: slot))
+        var n = 0
+        while n < limit, h[n] == prompt[n] { n += 1 }
+        return n
     }
 
     /// Each segment's copied prefix into its slot, then all their tokens in one prefill.
@@ -293,6 +306,8 @@ public final class BatchGenerator {
     private func release(slot: Int) {
         guard let a = active[slot] else { return }
         active[slot] = nil
+        releases += 1
+        freedAt[slot] = releases
         held[slot] = reuseFinished ? a.prompt + a.tokens.prefix(max(0, decoder.length(of: slot) - a.prompt.count)) : []
     }
 }

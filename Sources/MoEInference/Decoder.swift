@@ -76,8 +76,6 @@ public final class Decoder {
     public func reset() { for s in 0..<slots { lengths[s] = 0 } }
     /// Forgets one slot's tokens (a finished sequence makes room for the next).
     public func reset(slot: Int) { lengths[slot] = 0 }
-    /// Keeps only the first `count` positions of a slot (at most those it holds).
-    public func truncate(slot: Int, to count: Int) { lengths[slot] = max(0, min(count, lengths[slot])) }
 
     /// Makes slot `to` hold the first `count` positions of slot `from` (a prompt prefix
     /// several sequences share, computed once): every layer's keys and values copied, `to`'s

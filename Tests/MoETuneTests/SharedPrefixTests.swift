@@ -148,4 +148,63 @@ final class SharedPrefixTests: XCTestCase {
         let perPosition = 2 * c.numLayers * c.kvDim * MemoryLayout<Float>.stride
         XCTAssertEqual(defaultParallel(c, maxLength: quarter / perPosition, requests: 200), 1)
     }
+
+    /// A prompt with a token outside the vocabulary is refused when submitted: admitted, its
+    /// prefill would fail, and the prompts admitted with it would be dropped from their slots
+    /// unreported (a server's clients waiting for ever). The valid prompt beside it runs.
+    func testAPromptOutsideTheVocabularyIsRefusedWhenSubmitted() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        let v = Int32(model.config.vocabSize)
+        var o = SamplingOptions()
+        o.maxNewTokens = 3
+        let g = BatchGenerator(model: model, adapters: nil, maxLength: 16, parallel: 2)
+        g.ignoreStop = true
+        try g.submit(GenerationRequest(prompt: [1, 40, 47], options: o), id: 0)
+        XCTAssertThrowsError(try g.submit(GenerationRequest(prompt: [1, 40, v], options: o), id: 1))
+        XCTAssertThrowsError(try g.submit(GenerationRequest(prompt: [1, -1], options: o), id: 2))
+        var finished: [Int: GenerationResult] = [:]
+        while g.hasWork { try g.advance { id, r in finished[id] = r } }
+        XCTAssertEqual(Array(finished.keys), [0])
+        XCTAssertEqual(finished[0]?.tokens.count, 3)
+    }
+
+    /// Two conversations taking turns on two slots, their prompts sharing a 3-token header:
+    /// each next turn finds its own conversation cached (the other's first turn went to the
+    /// unused slot, the header copied there, not to the slot whose held tokens matched only
+    /// the header), and answers as a fresh generator does. A repeated prompt is answered from
+    /// the cache without evicting the other conversation.
+    func testConversationsTakingTurnsKeepTheirOwnCaches() throws {
+        let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
+        var o = SamplingOptions()
+        o.maxNewTokens = 4
+        func answer(_ g: BatchGenerator, _ prompt: [Int32]) throws -> [Int32] {
+            g.ignoreStop = true
+            var out: [Int32] = []
+            try g.run([GenerationRequest(prompt: prompt, options: o)]) { _, r in out = r.tokens }
+            return out
+        }
+        let g = BatchGenerator(model: model, adapters: nil, maxLength: 32, parallel: 2)
+        var a: [Int32] = [1, 5, 6, 40, 47], b: [Int32] = [1, 5, 6, 90, 97]
+        a += try answer(g, a)
+        let before = g.timings.sharedPromptTokens
+        b += try answer(g, b)
+        XCTAssertEqual(g.timings.sharedPromptTokens - before, 3)
+        for turn in 0..<2 {
+            for i in 0..<2 {
+                let prompt = (i == 0 ? a : b).dropLast() + [9, Int32(11 + turn)]
+                let before = g.timings.sharedPromptTokens
+                let reply = try answer(g, Array(prompt))
+                // The cache held the conversation less its last token, never fed.
+                XCTAssertEqual(g.timings.sharedPromptTokens - before, prompt.count - 2, "turn \(turn), conversation \(i)")
+                XCTAssertEqual(reply, try answer(BatchGenerator(model: model, adapters: nil, maxLength: 32, parallel: 2), Array(prompt)))
+                if i == 0 { a = Array(prompt) + reply } else { b = Array(prompt) + reply }
+            }
+        }
+        let again = Array(b.dropLast(4)), shared = g.timings.sharedPromptTokens
+        XCTAssertEqual(try answer(g, again), Array(b.suffix(4)))
+        let next = Array(a.dropLast()) + [9, 20]
+        _ = try answer(g, next)
+        XCTAssertEqual(g.timings.sharedPromptTokens - shared, again.count - 1 + next.count - 2)
+    }
 }
+
