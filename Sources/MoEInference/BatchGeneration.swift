@@ -62,7 +62,8 @@ public final class BatchGenerator {
     public var sharePrefixes = true
     /// Keep the beginning of a finished sequence's cache for a new prompt that starts alike
     /// (a chat's next turn: the conversation so far), as llama.cpp's server does
-    /// (cache_prompt): the prompt goes to the free slot whose held tokens match most.
+    /// (cache_prompt): the prompt's beginning comes from the free slot whose held tokens match
+    /// it most (bestFreeSlot says which slot it runs in).
     public var reuseFinished = true
     public private(set) var timings = GenerationTimings()
     /// Called for each request as its prompt is prefilled: (request, prompt tokens it did not
@@ -216,11 +217,10 @@ public final class BatchGenerator {
         let plan = SharedPrefix.plan(prompts, held: kept, share: sharePrefixes)
         for round in plan.rounds { try feed(round, prompts, slots: slots) }
         let logits = try feed(plan.finals, prompts, slots: slots)
-        timings.sharedPromptTokens += prompts.reduce(0) { $0 + $1.count } - plan.computedTokens
-        if let onAdmit {
-            var fed = [Int](repeating: 0, count: prompts.count)
-            for s in plan.rounds.joined() + plan.finals { fed[s.member] += s.to - s.from }
-            for (i, slot) in slots.enumerated() { onAdmit(active[slot]!.request, prompts[i].count - fed[i]) }
+        let fed = plan.fedTokens
+        for (i, slot) in slots.enumerated() {
+            timings.sharedPromptTokens += prompts[i].count - fed[i]
+            onAdmit?(active[slot]!.request, prompts[i].count - fed[i])
         }
         return logits
     }

@@ -30,8 +30,16 @@ public struct PrefixPlan: Sendable, Equatable {
     /// pick the first new token).
     public var finals: [Segment] = []
 
+    /// Tokens each prompt feeds in its own slot (the branches it leads and its last segment),
+    /// in prompt order; the rest of its prompt is copied.
+    public var fedTokens: [Int] {
+        var fed = [Int](repeating: 0, count: finals.count)
+        for s in rounds.joined() + finals { fed[s.member] += s.to - s.from }
+        return fed
+    }
+
     /// Tokens fed, of all the prompts' tokens.
-    public var computedTokens: Int { (rounds.joined() + finals).reduce(0) { $0 + $1.to - $1.from } }
+    public var computedTokens: Int { fedTokens.reduce(0, +) }
 }
 
 public enum SharedPrefix {

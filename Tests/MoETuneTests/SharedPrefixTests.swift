@@ -6,6 +6,16 @@ import XCTest
 /// Prompts that begin alike prefilled once (SharedPrefix, Decoder.copyPrefix): the grouping
 /// by hand, and the logits and greedy tokens against feeding every prompt whole.
 final class SharedPrefixTests: XCTestCase {
+    /// `newTokens` greedy tokens from one prompt, stop tokens ignored.
+    func reply(_ g: BatchGenerator, _ prompt: [Int32], newTokens: Int) throws -> [Int32] {
+        var o = SamplingOptions()
+        o.maxNewTokens = newTokens
+        g.ignoreStop = true
+        var out: [Int32] = []
+        try g.run([GenerationRequest(prompt: prompt, options: o)]) { _, r in out = r.tokens }
+        return out
+    }
+
     /// p0 = p4 = [1,2,3,4], p1 = [1,2,3,5], p2 = [1,2,9], p3 = [7,8]: the branch [1,2] is fed
     /// once (in p0's slot), then [3] after it (p0's slot again: p0, p1, p4 go on alike, each
     /// keeping its last token); p2 copies 2 tokens, p0, p1, p4 copy 3, p3 shares nothing. Fed
@@ -106,14 +116,7 @@ final class SharedPrefixTests: XCTestCase {
     func testANextTurnReusesTheFinishedSequencesCache() throws {
         let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
         let adapters = try PEFTAdapter.load(directory: Fixtures.dir("train-mixtral"), model: model)
-        var o = SamplingOptions()
-        o.maxNewTokens = 5
-        func answer(_ g: BatchGenerator, _ prompt: [Int32]) throws -> [Int32] {
-            g.ignoreStop = true
-            var out: [Int32] = []
-            try g.run([GenerationRequest(prompt: prompt, options: o)]) { _, r in out = r.tokens }
-            return out
-        }
+        func answer(_ g: BatchGenerator, _ prompt: [Int32]) throws -> [Int32] { try reply(g, prompt, newTokens: 5) }
         let first: [Int32] = [1, 40, 47, 53]
         // The whole reply kept, or only its first 2 tokens (the cache cut back to 6).
         for (reuse, replyKept) in [(true, 5), (true, 2), (false, 5)] {
@@ -175,14 +178,7 @@ final class SharedPrefixTests: XCTestCase {
     /// the cache without evicting the other conversation.
     func testConversationsTakingTurnsKeepTheirOwnCaches() throws {
         let model = try Transformer.load(directory: Fixtures.dir("mixtral"))
-        var o = SamplingOptions()
-        o.maxNewTokens = 4
-        func answer(_ g: BatchGenerator, _ prompt: [Int32]) throws -> [Int32] {
-            g.ignoreStop = true
-            var out: [Int32] = []
-            try g.run([GenerationRequest(prompt: prompt, options: o)]) { _, r in out = r.tokens }
-            return out
-        }
+        func answer(_ g: BatchGenerator, _ prompt: [Int32]) throws -> [Int32] { try reply(g, prompt, newTokens: 4) }
         let g = BatchGenerator(model: model, adapters: nil, maxLength: 32, parallel: 2)
         var a: [Int32] = [1, 5, 6, 40, 47], b: [Int32] = [1, 5, 6, 90, 97]
         a += try answer(g, a)
